@@ -1,0 +1,236 @@
+//! The desired-state model: what should exist in the cluster. Commands are validated against
+//! the current state before they are proposed, and applied deterministically once committed.
+//!
+//! Everything here is plain data and pure functions; the Raft state machine (`store`) holds one
+//! `DesiredState` and feeds it committed commands.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use qvdc_transport::protocol::{Inventory, PoolSource, PoolSpec};
+use serde::{Deserialize, Serialize};
+
+pub const NAME_BYTES_MAX: usize = 64;
+pub const PATH_BYTES_MAX: usize = 4096;
+pub const POOL_HOSTS_MAX: usize = 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRecord {
+    pub host_id: String,
+    pub inventory: Inventory,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolRecord {
+    pub spec: PoolSpec,
+    pub hosts: BTreeSet<String>,
+}
+
+/// Everything the control plane has decided. Maps are ordered so that every iteration over
+/// them is the same on every node and in every simulation run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredState {
+    pub hosts: BTreeMap<String, HostRecord>,
+    pub pools: BTreeMap<String, PoolRecord>,
+}
+
+/// A change to desired state; the application data of a Raft log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// A host registered or re-registered with (possibly new) inventory.
+    RegisterHost { host_id: String, inventory: Inventory },
+    CreatePool { spec: PoolSpec, hosts: Vec<String> },
+}
+
+/// What applying a command did; the application response of a Raft log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Applied,
+    /// The command changed nothing (it was already in effect).
+    Unchanged,
+    Rejected(ValidationError),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ValidationError {
+    #[error("{what} name must not be empty")]
+    EmptyName { what: String },
+    #[error("{what} name {name:?} is longer than {NAME_BYTES_MAX} bytes")]
+    NameTooLong { what: String, name: String },
+    #[error("{what} name {name:?} may only contain letters, digits, '.', '_' and '-', and must not start with '.' or '-'")]
+    BadName { what: String, name: String },
+    #[error("pool {0:?} already exists; pick another name or delete the existing pool first")]
+    PoolExists(String),
+    #[error("a pool needs at least one host; pass --hosts h1,h2,...")]
+    NoHosts,
+    #[error("host {0:?} is listed twice")]
+    DuplicateHost(String),
+    #[error("a pool may be assigned to at most {POOL_HOSTS_MAX} hosts")]
+    TooManyHosts,
+    #[error("unknown host(s): {}; `qvctl host list` shows the registered hosts", .0.join(", "))]
+    UnknownHosts(Vec<String>),
+    #[error("pool path {0:?} must be an absolute path")]
+    RelativePath(String),
+    #[error("pool path is longer than {PATH_BYTES_MAX} bytes")]
+    PathTooLong,
+}
+
+/// Checks a name of a pool, host or other object: 1 to 64 bytes of `[A-Za-z0-9._-]`, not
+/// starting with '.' or '-' (names become file names and command-line arguments on hosts).
+pub fn validate_name(what: &str, name: &str) -> Result<(), ValidationError> {
+    let what = what.to_owned();
+    if name.is_empty() {
+        return Err(ValidationError::EmptyName { what });
+    }
+    if name.len() > NAME_BYTES_MAX {
+        return Err(ValidationError::NameTooLong { what, name: name.to_owned() });
+    }
+    let allowed = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if !allowed || name.starts_with(['.', '-']) {
+        return Err(ValidationError::BadName { what, name: name.to_owned() });
+    }
+    Ok(())
+}
+
+fn validate_source(source: &PoolSource) -> Result<(), ValidationError> {
+    match source {
+        PoolSource::Dir { path } => {
+            if path.len() > PATH_BYTES_MAX {
+                return Err(ValidationError::PathTooLong);
+            }
+            if !path.starts_with('/') {
+                return Err(ValidationError::RelativePath(path.clone()));
+            }
+            Ok(())
+        }
+    }
+}
+
+impl DesiredState {
+    /// Decides whether `command` may enter the log. Run on the leader before proposing and
+    /// again when applying, so a command that became invalid while in flight changes nothing.
+    pub fn validate(&self, command: &Command) -> Result<(), ValidationError> {
+        match command {
+            Command::RegisterHost { host_id, .. } => validate_name("host", host_id),
+            Command::CreatePool { spec, hosts } => self.validate_create_pool(spec, hosts),
+        }
+    }
+
+    fn validate_create_pool(&self, spec: &PoolSpec, hosts: &[String]) -> Result<(), ValidationError> {
+        validate_name("pool", &spec.name)?;
+        validate_source(&spec.source)?;
+        if self.pools.contains_key(&spec.name) {
+            return Err(ValidationError::PoolExists(spec.name.clone()));
+        }
+        if hosts.is_empty() {
+            return Err(ValidationError::NoHosts);
+        }
+        if hosts.len() > POOL_HOSTS_MAX {
+            return Err(ValidationError::TooManyHosts);
+        }
+        let mut seen = BTreeSet::new();
+        for host in hosts {
+            if !seen.insert(host) {
+                return Err(ValidationError::DuplicateHost(host.clone()));
+            }
+        }
+        let unknown: Vec<String> = hosts.iter().filter(|h| !self.hosts.contains_key(*h)).cloned().collect();
+        if !unknown.is_empty() {
+            return Err(ValidationError::UnknownHosts(unknown));
+        }
+        Ok(())
+    }
+
+    /// Applies a committed command. Deterministic: the same state and command give the same
+    /// result on every node.
+    pub fn apply(&mut self, command: &Command) -> Outcome {
+        if let Err(e) = self.validate(command) {
+            return Outcome::Rejected(e);
+        }
+        match command {
+            Command::RegisterHost { host_id, inventory } => {
+                let record = HostRecord { host_id: host_id.clone(), inventory: inventory.clone() };
+                if self.hosts.get(host_id) == Some(&record) {
+                    return Outcome::Unchanged;
+                }
+                self.hosts.insert(host_id.clone(), record);
+                Outcome::Applied
+            }
+            Command::CreatePool { spec, hosts } => {
+                let record = PoolRecord { spec: spec.clone(), hosts: hosts.iter().cloned().collect() };
+                let previous = self.pools.insert(spec.name.clone(), record);
+                assert!(previous.is_none(), "validation rejects duplicate pools");
+                Outcome::Applied
+            }
+        }
+    }
+
+    /// The pools assigned to `host_id`, in name order.
+    pub fn pools_of_host<'a>(&'a self, host_id: &'a str) -> impl Iterator<Item = &'a PoolRecord> + 'a {
+        self.pools.values().filter(move |p| p.hosts.contains(host_id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inventory() -> Inventory {
+        Inventory { hostname: "h".into(), cpu_cores: 2, memory_bytes: 1 << 30 }
+    }
+
+    fn with_hosts(ids: &[&str]) -> DesiredState {
+        let mut state = DesiredState::default();
+        for id in ids {
+            let cmd = Command::RegisterHost { host_id: (*id).into(), inventory: inventory() };
+            assert_eq!(state.apply(&cmd), Outcome::Applied);
+        }
+        state
+    }
+
+    fn create(name: &str, path: &str, hosts: &[&str]) -> Command {
+        Command::CreatePool {
+            spec: PoolSpec { name: name.into(), source: PoolSource::Dir { path: path.into() } },
+            hosts: hosts.iter().map(|h| (*h).to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn registering_the_same_host_twice_changes_nothing() {
+        let mut state = with_hosts(&["host-1"]);
+        let again = Command::RegisterHost { host_id: "host-1".into(), inventory: inventory() };
+        assert_eq!(state.apply(&again), Outcome::Unchanged);
+        assert_eq!(state.hosts.len(), 1);
+    }
+
+    #[test]
+    fn pool_is_created_on_known_hosts() {
+        let mut state = with_hosts(&["host-1", "host-2"]);
+        assert_eq!(state.apply(&create("p", "/srv/p", &["host-1", "host-2"])), Outcome::Applied);
+        let names: Vec<_> = state.pools_of_host("host-2").map(|p| p.spec.name.clone()).collect();
+        assert_eq!(names, ["p"]);
+    }
+
+    #[test]
+    fn invalid_pools_are_rejected_without_changing_state() {
+        let mut state = with_hosts(&["host-1"]);
+        state.apply(&create("taken", "/srv", &["host-1"]));
+        let before = state.clone();
+        let cases = [
+            (create("", "/srv", &["host-1"]), "must not be empty"),
+            (create("a/b", "/srv", &["host-1"]), "may only contain"),
+            (create(&"x".repeat(65), "/srv", &["host-1"]), "longer than 64"),
+            (create("taken", "/srv", &["host-1"]), "already exists"),
+            (create("p", "/srv", &[]), "at least one host"),
+            (create("p", "/srv", &["host-1", "host-1"]), "listed twice"),
+            (create("p", "/srv", &["host-9"]), "unknown host(s): host-9"),
+            (create("p", "srv", &["host-1"]), "absolute path"),
+        ];
+        for (command, message) in cases {
+            match state.apply(&command) {
+                Outcome::Rejected(e) => assert!(e.to_string().contains(message), "{e} !~ {message}"),
+                other => panic!("{command:?} gave {other:?}"),
+            }
+        }
+        assert_eq!(state, before);
+    }
+}

@@ -1,0 +1,221 @@
+//! The one place that knows how messages become bytes: a length-prefixed, versioned frame
+//! around a bincode body, with a hard size limit checked before anything is allocated.
+//!
+//! Frame layout: `[u32 BE body length][u16 BE protocol version][bincode body]`, where the
+//! length counts the version and the body. Swapping the encoding means changing this file only.
+
+use serde::{de::DeserializeOwned, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::protocol::PROTOCOL_VERSION;
+
+/// The largest frame (version + body) either side accepts. Raft snapshots are the largest
+/// messages; 16 MiB leaves room for clusters far beyond the walking skeleton.
+pub const FRAME_BYTES_MAX: usize = 16 * 1024 * 1024;
+const LENGTH_BYTES: usize = 4;
+const VERSION_BYTES: usize = 2;
+
+/// Why a frame could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("frame of {bytes} bytes exceeds the limit of {limit} bytes")]
+    FrameTooLarge { bytes: usize, limit: usize },
+    #[error("frame of {bytes} bytes is too short to hold a protocol version")]
+    FrameTooShort { bytes: usize },
+    #[error(
+        "peer speaks protocol version {got}, this build speaks {expected}: upgrade the older side"
+    )]
+    VersionMismatch { got: u16, expected: u16 },
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    #[error("could not encode message: {0}")]
+    Encode(String),
+    #[error("stream error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn bincode_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<FRAME_BYTES_MAX>()
+}
+
+/// Encodes `value` as a bare bincode body (no length, no version) — for payloads that travel
+/// inside another message, such as Raft RPCs, and for values stored on disk.
+pub fn to_bytes<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+    let body = bincode::serde::encode_to_vec(value, bincode_config())
+        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    if body.len() > FRAME_BYTES_MAX - VERSION_BYTES {
+        return Err(CodecError::FrameTooLarge {
+            bytes: body.len(),
+            limit: FRAME_BYTES_MAX,
+        });
+    }
+    Ok(body)
+}
+
+/// Decodes a bare bincode body written by [`to_bytes`]. Trailing bytes are an error: a frame
+/// holds exactly one message.
+pub fn from_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (value, used) = bincode::serde::decode_from_slice(bytes, bincode_config())
+        .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    if used != bytes.len() {
+        return Err(CodecError::Malformed(format!(
+            "{} trailing bytes after the message",
+            bytes.len() - used
+        )));
+    }
+    Ok(value)
+}
+
+/// Encodes one complete frame, prefix included.
+pub fn encode_frame<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+    let body = to_bytes(value)?;
+    let length = body.len() + VERSION_BYTES;
+    assert!(
+        length <= FRAME_BYTES_MAX,
+        "to_bytes enforces the frame limit"
+    );
+    let mut frame = Vec::with_capacity(LENGTH_BYTES + length);
+    frame.extend_from_slice(
+        &u32::try_from(length)
+            .expect("bounded by FRAME_BYTES_MAX")
+            .to_be_bytes(),
+    );
+    frame.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+    frame.extend_from_slice(&body);
+    Ok(frame)
+}
+
+/// Decodes the part of a frame after its length prefix: version, then body.
+pub fn decode_frame_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    if bytes.len() > FRAME_BYTES_MAX {
+        return Err(CodecError::FrameTooLarge {
+            bytes: bytes.len(),
+            limit: FRAME_BYTES_MAX,
+        });
+    }
+    let Some((version, body)) = bytes.split_first_chunk::<VERSION_BYTES>() else {
+        return Err(CodecError::FrameTooShort { bytes: bytes.len() });
+    };
+    let version = u16::from_be_bytes(*version);
+    if version != PROTOCOL_VERSION {
+        return Err(CodecError::VersionMismatch {
+            got: version,
+            expected: PROTOCOL_VERSION,
+        });
+    }
+    from_bytes(body)
+}
+
+/// Writes one frame to a stream.
+pub async fn write_frame<W, T>(writer: &mut W, value: &T) -> Result<(), CodecError>
+where
+    W: AsyncWrite + Unpin,
+    T: Serialize,
+{
+    let frame = encode_frame(value)?;
+    writer.write_all(&frame).await?;
+    Ok(())
+}
+
+/// Reads one frame from a stream. The announced length is checked against
+/// [`FRAME_BYTES_MAX`] before the buffer is allocated, so a hostile peer cannot make us
+/// reserve more than the limit.
+pub async fn read_frame<R, T>(reader: &mut R) -> Result<T, CodecError>
+where
+    R: AsyncRead + Unpin,
+    T: DeserializeOwned,
+{
+    let mut prefix = [0u8; LENGTH_BYTES];
+    reader.read_exact(&mut prefix).await?;
+    let length = u32::from_be_bytes(prefix) as usize;
+    if length > FRAME_BYTES_MAX {
+        return Err(CodecError::FrameTooLarge {
+            bytes: length,
+            limit: FRAME_BYTES_MAX,
+        });
+    }
+    let mut bytes = vec![0u8; length];
+    reader.read_exact(&mut bytes).await?;
+    decode_frame_body(&bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    enum Sample {
+        Ping { id: u64 },
+        Blob(Vec<u8>),
+    }
+
+    #[tokio::test]
+    async fn frame_round_trips_through_a_stream() {
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        write_frame(&mut a, &Sample::Ping { id: 7 }).await.unwrap();
+        let got: Sample = read_frame(&mut b).await.unwrap();
+        assert_eq!(got, Sample::Ping { id: 7 });
+    }
+
+    #[tokio::test]
+    async fn announced_length_over_the_limit_is_rejected_before_allocation() {
+        let (mut a, mut b) = tokio::io::duplex(64);
+        let length = u32::try_from(FRAME_BYTES_MAX + 1).unwrap();
+        a.write_all(&length.to_be_bytes()).await.unwrap();
+        let err = read_frame::<_, Sample>(&mut b).await.unwrap_err();
+        assert!(
+            matches!(err, CodecError::FrameTooLarge { bytes, .. } if bytes == FRAME_BYTES_MAX + 1)
+        );
+    }
+
+    #[test]
+    fn message_over_the_limit_is_not_encoded() {
+        let err = encode_frame(&Sample::Blob(vec![0; FRAME_BYTES_MAX])).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                CodecError::FrameTooLarge { .. } | CodecError::Encode(_)
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn other_protocol_versions_are_named_in_the_error() {
+        let mut frame = encode_frame(&Sample::Ping { id: 1 }).unwrap();
+        frame[LENGTH_BYTES..LENGTH_BYTES + VERSION_BYTES].copy_from_slice(&9u16.to_be_bytes());
+        let err = decode_frame_body::<Sample>(&frame[LENGTH_BYTES..]).unwrap_err();
+        assert!(matches!(err, CodecError::VersionMismatch { got: 9, .. }));
+    }
+
+    #[test]
+    fn garbage_and_truncated_bodies_are_typed_errors() {
+        let frame = encode_frame(&Sample::Blob(vec![1, 2, 3, 4])).unwrap();
+        let body = &frame[LENGTH_BYTES..];
+        for cut in 0..body.len() {
+            assert!(
+                decode_frame_body::<Sample>(&body[..cut]).is_err(),
+                "cut at {cut}"
+            );
+        }
+        let mut garbage = PROTOCOL_VERSION.to_be_bytes().to_vec();
+        garbage.extend_from_slice(&[0xff; 32]);
+        assert!(matches!(
+            decode_frame_body::<Sample>(&garbage),
+            Err(CodecError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn huge_length_inside_the_body_does_not_allocate_past_the_limit() {
+        // A Vec<u8> whose varint length claims u32::MAX elements.
+        let mut body = vec![1u8]; // variant Blob
+        body.push(252);
+        body.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            from_bytes::<Sample>(&body),
+            Err(CodecError::Malformed(_))
+        ));
+    }
+}

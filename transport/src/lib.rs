@@ -1,0 +1,14 @@
+//! qvdc-transport: how qvdc processes talk. The versioned wire protocol and its codec, the
+//! QUIC endpoint with mutual TLS, certificate tooling, and the adapter that runs the same
+//! QUIC code over the simulated network.
+//!
+//! This crate knows nothing of Raft, libvirt or actors: Raft messages cross it as opaque bytes.
+
+pub mod codec;
+pub mod protocol;
+pub mod quic;
+#[cfg(feature = "sim")]
+pub mod sim;
+pub mod tls;
+
+pub use quic::{Endpoint, TransportError};

@@ -1,0 +1,184 @@
+//! The QUIC endpoint every qvdc process uses, and the one request/response pattern on it:
+//! open a bidirectional stream, write one frame, read one frame.
+//!
+//! The same code runs over real UDP and over the simulated network (`sim`); only the socket
+//! handed to quinn differs.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::{
+    codec::{self, CodecError},
+    tls::{self, Identity, PeerIdentity, TlsError},
+};
+
+/// A connection with no traffic for this long is considered dead.
+pub const IDLE_TIMEOUT_MS: u64 = 4_000;
+/// Keep-alives keep a quiet connection (a host between heartbeats) from idling out.
+pub const KEEP_ALIVE_INTERVAL_MS: u64 = 1_000;
+/// Bound on how many requests one peer may have in flight on one connection.
+pub const STREAMS_PER_CONNECTION_MAX: u32 = 256;
+/// Time allowed for dialing and completing the handshake.
+pub const CONNECT_TIMEOUT_MS: u64 = 2_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("could not reach {addr}: {reason}")]
+    Connect { addr: SocketAddr, reason: String },
+    #[error("timed out reaching {addr} after {ms} ms")]
+    ConnectTimeout { addr: SocketAddr, ms: u64 },
+    #[error("connection lost: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("stream failed: {0}")]
+    Stream(String),
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("could not open endpoint: {0}")]
+    Endpoint(String),
+}
+
+/// A bound QUIC endpoint that can accept (if it has a server configuration) and dial.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    inner: quinn::Endpoint,
+}
+
+fn transport_config() -> Arc<quinn::TransportConfig> {
+    let mut config = quinn::TransportConfig::default();
+    config
+        .max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(Duration::from_millis(IDLE_TIMEOUT_MS))
+                .expect("small timeout"),
+        ))
+        .keep_alive_interval(Some(Duration::from_millis(KEEP_ALIVE_INTERVAL_MS)))
+        .max_concurrent_bidi_streams(STREAMS_PER_CONNECTION_MAX.into())
+        .max_concurrent_uni_streams(0u32.into());
+    Arc::new(config)
+}
+
+pub(crate) fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, TransportError> {
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(identity.server_config()?)
+        .map_err(|e| TransportError::Endpoint(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(transport_config());
+    Ok(config)
+}
+
+pub(crate) fn client_config(identity: &Identity) -> Result<quinn::ClientConfig, TransportError> {
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(identity.client_config()?)
+        .map_err(|e| TransportError::Endpoint(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(transport_config());
+    Ok(config)
+}
+
+impl Endpoint {
+    /// Binds a real UDP socket. With `accept`, the endpoint also serves incoming connections.
+    pub fn bind(
+        addr: SocketAddr,
+        identity: &Identity,
+        accept: bool,
+    ) -> Result<Self, TransportError> {
+        let server = accept.then(|| server_config(identity)).transpose()?;
+        let mut inner = match server {
+            Some(server) => quinn::Endpoint::server(server, addr),
+            None => quinn::Endpoint::client(addr),
+        }
+        .map_err(|e| TransportError::Endpoint(format!("bind {addr}: {e}")))?;
+        inner.set_default_client_config(client_config(identity)?);
+        Ok(Self { inner })
+    }
+
+    /// Wraps an endpoint built elsewhere (the simulated network builds its own).
+    pub fn from_quinn(inner: quinn::Endpoint, identity: &Identity) -> Result<Self, TransportError> {
+        let mut inner = inner;
+        inner.set_default_client_config(client_config(identity)?);
+        Ok(Self { inner })
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr, TransportError> {
+        self.inner
+            .local_addr()
+            .map_err(|e| TransportError::Endpoint(e.to_string()))
+    }
+
+    /// Dials a control-plane node and completes the mutual-TLS handshake.
+    pub async fn connect(&self, addr: SocketAddr) -> Result<quinn::Connection, TransportError> {
+        let connecting =
+            self.inner
+                .connect(addr, tls::SERVER_NAME)
+                .map_err(|e| TransportError::Connect {
+                    addr,
+                    reason: e.to_string(),
+                })?;
+        match tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connecting).await {
+            Ok(Ok(connection)) => Ok(connection),
+            Ok(Err(e)) => Err(TransportError::Connect {
+                addr,
+                reason: e.to_string(),
+            }),
+            Err(_) => Err(TransportError::ConnectTimeout {
+                addr,
+                ms: CONNECT_TIMEOUT_MS,
+            }),
+        }
+    }
+
+    /// Waits for the next incoming connection; `None` once the endpoint is closed.
+    pub async fn accept(&self) -> Option<quinn::Incoming> {
+        self.inner.accept().await
+    }
+
+    pub fn close(&self) {
+        self.inner.close(0u32.into(), b"shutdown");
+    }
+}
+
+/// The identity a connected peer proved during the handshake.
+pub fn peer_identity(connection: &quinn::Connection) -> Result<PeerIdentity, TransportError> {
+    let certs = connection
+        .peer_identity()
+        .and_then(|any| {
+            any.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .ok_or_else(|| TlsError::PeerCertificate("peer presented no certificate".into()))?;
+    let first = certs
+        .first()
+        .ok_or_else(|| TlsError::PeerCertificate("empty certificate chain".into()))?;
+    Ok(tls::identity_of(first)?)
+}
+
+/// Sends one request on a fresh stream and waits for its one response.
+pub async fn call<Q, A>(connection: &quinn::Connection, request: &Q) -> Result<A, TransportError>
+where
+    Q: Serialize,
+    A: DeserializeOwned,
+{
+    let (mut send, mut recv) = connection.open_bi().await?;
+    codec::write_frame(&mut send, request).await?;
+    send.finish()
+        .map_err(|e| TransportError::Stream(e.to_string()))?;
+    Ok(codec::read_frame(&mut recv).await?)
+}
+
+/// Reads the one request on an accepted stream; the caller answers with [`respond`].
+pub async fn read_request<Q: DeserializeOwned>(
+    recv: &mut quinn::RecvStream,
+) -> Result<Q, TransportError> {
+    Ok(codec::read_frame(recv).await?)
+}
+
+/// Writes the one response on an accepted stream and closes our side.
+pub async fn respond<A: Serialize>(
+    mut send: quinn::SendStream,
+    response: &A,
+) -> Result<(), TransportError> {
+    codec::write_frame(&mut send, response).await?;
+    send.finish()
+        .map_err(|e| TransportError::Stream(e.to_string()))?;
+    Ok(())
+}

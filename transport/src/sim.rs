@@ -1,0 +1,1 @@
+//! Simulated UDP adapter (filled in below).
