@@ -1,0 +1,93 @@
+//! `qhost`: the host agent daemon. Dials the control plane, registers this host, mounts the
+//! pools assigned to it and reports their state every heartbeat.
+
+use std::{net::SocketAddr, net::ToSocketAddrs, path::PathBuf};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use qvdc_host::{agent::HEARTBEAT_INTERVAL_MS_DEFAULT, inventory, Agent, AgentConfig, RealMounter};
+use qvdc_transport::{tls::Identity, Endpoint};
+
+/// Runs the qvdc host agent on this machine.
+///
+/// Example:
+///   qhost --host-id host-1 --cluster 127.0.0.1:7001,127.0.0.1:7002 --data-dir /var/lib/qhost \
+///         --ca-cert certs/ca.crt --cert certs/host-1.crt --key certs/host-1.key
+#[derive(Debug, Parser)]
+#[command(version, verbatim_doc_comment)]
+struct Args {
+    /// This host's id; must equal the name in its certificate.
+    #[arg(long, env = "QHOST_HOST_ID")]
+    host_id: String,
+    /// Control-plane addresses (HOST:PORT, comma-separated); any reachable node will do.
+    #[arg(long, env = "QVDC_CLUSTER", value_delimiter = ',', required = true)]
+    cluster: Vec<String>,
+    /// Where the agent keeps its state; pools are mounted under DATA_DIR/pools/NAME.
+    #[arg(long, env = "QHOST_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Cluster CA certificate (PEM).
+    #[arg(long, env = "QVDC_CA_CERT")]
+    ca_cert: PathBuf,
+    /// This host's certificate (PEM), issued with `qvctl certs issue --role host`.
+    #[arg(long, env = "QVDC_CERT")]
+    cert: PathBuf,
+    /// This host's private key (PEM).
+    #[arg(long, env = "QVDC_KEY")]
+    key: PathBuf,
+    /// Local UDP address to dial from.
+    #[arg(long, default_value = "0.0.0.0:0")]
+    bind: SocketAddr,
+    /// How often the host reports its state.
+    #[arg(long, default_value_t = HEARTBEAT_INTERVAL_MS_DEFAULT)]
+    heartbeat_interval_ms: u64,
+}
+
+fn resolve(addrs: &[String]) -> anyhow::Result<Vec<SocketAddr>> {
+    let mut out = Vec::new();
+    for addr in addrs {
+        let resolved = addr
+            .to_socket_addrs()
+            .with_context(|| format!("cannot resolve control-plane address {addr:?}"))?;
+        out.extend(resolved.take(1));
+    }
+    if out.is_empty() {
+        bail!("--cluster names no address");
+    }
+    Ok(out)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let identity =
+        Identity::load(&args.ca_cert, &args.cert, &args.key).context("loading TLS identity")?;
+    let me = identity.peer_identity()?;
+    if me.name != args.host_id {
+        bail!(
+            "--host-id is {:?} but the certificate names {:?}: a host may only speak for itself",
+            args.host_id,
+            me.name
+        );
+    }
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let endpoint = Endpoint::bind(args.bind, &identity, false)?;
+    let config = AgentConfig {
+        host_id: args.host_id,
+        cluster: resolve(&args.cluster)?,
+        pool_root: args.data_dir.join("pools"),
+        inventory: inventory::scan(),
+        heartbeat_interval_ms: args.heartbeat_interval_ms,
+    };
+    let agent = Agent::new(config, endpoint, RealMounter);
+    tokio::select! {
+        () = agent.run() => {}
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
+    }
+    Ok(())
+}
