@@ -105,7 +105,7 @@ impl<M: Mounter> Agent<M> {
 
     async fn request(
         &self,
-        connection: &quinn::Connection,
+        connection: &qvdc_transport::quinn::Connection,
         message: HostMessage,
     ) -> Result<Response, SessionEnd> {
         let timeout = Duration::from_millis(REQUEST_TIMEOUT_MS);
@@ -145,7 +145,7 @@ impl<M: Mounter> Agent<M> {
         end
     }
 
-    async fn heartbeat(&self, connection: &quinn::Connection) -> SessionEnd {
+    async fn heartbeat(&self, connection: &qvdc_transport::quinn::Connection) -> SessionEnd {
         let mut ticker =
             tokio::time::interval(Duration::from_millis(self.config.heartbeat_interval_ms));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -184,7 +184,7 @@ fn not_registered(reply: Response) -> SessionEnd {
 
 /// Serves the leader's commands: one stream per command, answered with its result.
 async fn serve_commands<M: Mounter>(
-    connection: quinn::Connection,
+    connection: qvdc_transport::quinn::Connection,
     pools: Arc<Mutex<Pools<M>>>,
     fence_term: Arc<AtomicU64>,
 ) {

@@ -37,8 +37,14 @@ pub struct DesiredState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// A host registered or re-registered with (possibly new) inventory.
-    RegisterHost { host_id: String, inventory: Inventory },
-    CreatePool { spec: PoolSpec, hosts: Vec<String> },
+    RegisterHost {
+        host_id: String,
+        inventory: Inventory,
+    },
+    CreatePool {
+        spec: PoolSpec,
+        hosts: Vec<String>,
+    },
 }
 
 /// What applying a command did; the application response of a Raft log entry.
@@ -82,11 +88,19 @@ pub fn validate_name(what: &str, name: &str) -> Result<(), ValidationError> {
         return Err(ValidationError::EmptyName { what });
     }
     if name.len() > NAME_BYTES_MAX {
-        return Err(ValidationError::NameTooLong { what, name: name.to_owned() });
+        return Err(ValidationError::NameTooLong {
+            what,
+            name: name.to_owned(),
+        });
     }
-    let allowed = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    let allowed = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if !allowed || name.starts_with(['.', '-']) {
-        return Err(ValidationError::BadName { what, name: name.to_owned() });
+        return Err(ValidationError::BadName {
+            what,
+            name: name.to_owned(),
+        });
     }
     Ok(())
 }
@@ -115,7 +129,11 @@ impl DesiredState {
         }
     }
 
-    fn validate_create_pool(&self, spec: &PoolSpec, hosts: &[String]) -> Result<(), ValidationError> {
+    fn validate_create_pool(
+        &self,
+        spec: &PoolSpec,
+        hosts: &[String],
+    ) -> Result<(), ValidationError> {
         validate_name("pool", &spec.name)?;
         validate_source(&spec.source)?;
         if self.pools.contains_key(&spec.name) {
@@ -133,7 +151,11 @@ impl DesiredState {
                 return Err(ValidationError::DuplicateHost(host.clone()));
             }
         }
-        let unknown: Vec<String> = hosts.iter().filter(|h| !self.hosts.contains_key(*h)).cloned().collect();
+        let unknown: Vec<String> = hosts
+            .iter()
+            .filter(|h| !self.hosts.contains_key(*h))
+            .cloned()
+            .collect();
         if !unknown.is_empty() {
             return Err(ValidationError::UnknownHosts(unknown));
         }
@@ -148,7 +170,10 @@ impl DesiredState {
         }
         match command {
             Command::RegisterHost { host_id, inventory } => {
-                let record = HostRecord { host_id: host_id.clone(), inventory: inventory.clone() };
+                let record = HostRecord {
+                    host_id: host_id.clone(),
+                    inventory: inventory.clone(),
+                };
                 if self.hosts.get(host_id) == Some(&record) {
                     return Outcome::Unchanged;
                 }
@@ -156,7 +181,10 @@ impl DesiredState {
                 Outcome::Applied
             }
             Command::CreatePool { spec, hosts } => {
-                let record = PoolRecord { spec: spec.clone(), hosts: hosts.iter().cloned().collect() };
+                let record = PoolRecord {
+                    spec: spec.clone(),
+                    hosts: hosts.iter().cloned().collect(),
+                };
                 let previous = self.pools.insert(spec.name.clone(), record);
                 assert!(previous.is_none(), "validation rejects duplicate pools");
                 Outcome::Applied
@@ -165,8 +193,13 @@ impl DesiredState {
     }
 
     /// The pools assigned to `host_id`, in name order.
-    pub fn pools_of_host<'a>(&'a self, host_id: &'a str) -> impl Iterator<Item = &'a PoolRecord> + 'a {
-        self.pools.values().filter(move |p| p.hosts.contains(host_id))
+    pub fn pools_of_host<'a>(
+        &'a self,
+        host_id: &'a str,
+    ) -> impl Iterator<Item = &'a PoolRecord> + 'a {
+        self.pools
+            .values()
+            .filter(move |p| p.hosts.contains(host_id))
     }
 }
 
@@ -175,13 +208,20 @@ mod tests {
     use super::*;
 
     fn inventory() -> Inventory {
-        Inventory { hostname: "h".into(), cpu_cores: 2, memory_bytes: 1 << 30 }
+        Inventory {
+            hostname: "h".into(),
+            cpu_cores: 2,
+            memory_bytes: 1 << 30,
+        }
     }
 
     fn with_hosts(ids: &[&str]) -> DesiredState {
         let mut state = DesiredState::default();
         for id in ids {
-            let cmd = Command::RegisterHost { host_id: (*id).into(), inventory: inventory() };
+            let cmd = Command::RegisterHost {
+                host_id: (*id).into(),
+                inventory: inventory(),
+            };
             assert_eq!(state.apply(&cmd), Outcome::Applied);
         }
         state
@@ -189,7 +229,10 @@ mod tests {
 
     fn create(name: &str, path: &str, hosts: &[&str]) -> Command {
         Command::CreatePool {
-            spec: PoolSpec { name: name.into(), source: PoolSource::Dir { path: path.into() } },
+            spec: PoolSpec {
+                name: name.into(),
+                source: PoolSource::Dir { path: path.into() },
+            },
             hosts: hosts.iter().map(|h| (*h).to_string()).collect(),
         }
     }
@@ -197,7 +240,10 @@ mod tests {
     #[test]
     fn registering_the_same_host_twice_changes_nothing() {
         let mut state = with_hosts(&["host-1"]);
-        let again = Command::RegisterHost { host_id: "host-1".into(), inventory: inventory() };
+        let again = Command::RegisterHost {
+            host_id: "host-1".into(),
+            inventory: inventory(),
+        };
         assert_eq!(state.apply(&again), Outcome::Unchanged);
         assert_eq!(state.hosts.len(), 1);
     }
@@ -205,8 +251,14 @@ mod tests {
     #[test]
     fn pool_is_created_on_known_hosts() {
         let mut state = with_hosts(&["host-1", "host-2"]);
-        assert_eq!(state.apply(&create("p", "/srv/p", &["host-1", "host-2"])), Outcome::Applied);
-        let names: Vec<_> = state.pools_of_host("host-2").map(|p| p.spec.name.clone()).collect();
+        assert_eq!(
+            state.apply(&create("p", "/srv/p", &["host-1", "host-2"])),
+            Outcome::Applied
+        );
+        let names: Vec<_> = state
+            .pools_of_host("host-2")
+            .map(|p| p.spec.name.clone())
+            .collect();
         assert_eq!(names, ["p"]);
     }
 
@@ -218,7 +270,10 @@ mod tests {
         let cases = [
             (create("", "/srv", &["host-1"]), "must not be empty"),
             (create("a/b", "/srv", &["host-1"]), "may only contain"),
-            (create(&"x".repeat(65), "/srv", &["host-1"]), "longer than 64"),
+            (
+                create(&"x".repeat(65), "/srv", &["host-1"]),
+                "longer than 64",
+            ),
             (create("taken", "/srv", &["host-1"]), "already exists"),
             (create("p", "/srv", &[]), "at least one host"),
             (create("p", "/srv", &["host-1", "host-1"]), "listed twice"),
@@ -227,7 +282,9 @@ mod tests {
         ];
         for (command, message) in cases {
             match state.apply(&command) {
-                Outcome::Rejected(e) => assert!(e.to_string().contains(message), "{e} !~ {message}"),
+                Outcome::Rejected(e) => {
+                    assert!(e.to_string().contains(message), "{e} !~ {message}")
+                }
                 other => panic!("{command:?} gave {other:?}"),
             }
         }

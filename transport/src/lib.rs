@@ -12,3 +12,5 @@ pub mod sim;
 pub mod tls;
 
 pub use quic::{Endpoint, TransportError};
+/// The QUIC implementation, re-exported so that every crate names the same version.
+pub use quinn;

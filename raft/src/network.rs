@@ -1,0 +1,202 @@
+//! Raft RPC over the transport: openraft's messages travel as opaque payloads of
+//! `Request::Raft`, encoded with the transport's codec, on QUIC connections cached per peer.
+
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
+
+use openraft::{
+    error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable},
+    network::{RPCOption, RaftNetwork, RaftNetworkFactory},
+    raft::{
+        AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest,
+        InstallSnapshotResponse, VoteRequest, VoteResponse,
+    },
+    BasicNode,
+};
+use qvdc_transport::{
+    codec::{self, CodecError},
+    protocol::{Request, Response},
+    quic, Endpoint, TransportError,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use crate::types::{NodeId, Raft, TypeConfig};
+
+#[derive(Debug, Serialize, Deserialize)]
+enum RaftRpc {
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum RaftReply {
+    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    InstallSnapshot(
+        Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
+    ),
+}
+
+/// Answers one Raft RPC received from a peer; the caller has checked that the peer is a server.
+pub async fn handle_rpc(raft: &Raft, payload: &[u8]) -> Result<Vec<u8>, CodecError> {
+    let reply = match codec::from_bytes(payload)? {
+        RaftRpc::AppendEntries(rpc) => RaftReply::AppendEntries(raft.append_entries(rpc).await),
+        RaftRpc::Vote(rpc) => RaftReply::Vote(raft.vote(rpc).await),
+        RaftRpc::InstallSnapshot(rpc) => {
+            RaftReply::InstallSnapshot(raft.install_snapshot(rpc).await)
+        }
+    };
+    codec::to_bytes(&reply)
+}
+
+type Connections = Arc<Mutex<BTreeMap<SocketAddr, qvdc_transport::quinn::Connection>>>;
+
+/// Creates one client per peer; all share the endpoint and the connection cache.
+#[derive(Debug, Clone)]
+pub struct Network {
+    endpoint: Endpoint,
+    connections: Connections,
+}
+
+impl Network {
+    pub fn new(endpoint: Endpoint) -> Self {
+        Self {
+            endpoint,
+            connections: Arc::default(),
+        }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
+        PeerClient {
+            target,
+            addr: node.addr.parse().map_err(|_| node.addr.clone()),
+            endpoint: self.endpoint.clone(),
+            connections: self.connections.clone(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct PeerClient {
+    target: NodeId,
+    addr: Result<SocketAddr, String>,
+    endpoint: Endpoint,
+    connections: Connections,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum PeerError {
+    #[error("peer address {0:?} is not HOST:PORT")]
+    BadAddress(String),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("unexpected reply to a Raft RPC: {0}")]
+    Protocol(String),
+}
+
+impl PeerClient {
+    async fn connection(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<qvdc_transport::quinn::Connection, TransportError> {
+        let mut cache = self.connections.lock().await;
+        if let Some(c) = cache.get(&addr).filter(|c| c.close_reason().is_none()) {
+            return Ok(c.clone());
+        }
+        let connection = self.endpoint.connect(addr).await?;
+        cache.insert(addr, connection.clone());
+        Ok(connection)
+    }
+
+    async fn exchange(&self, rpc: &RaftRpc, ttl: Duration) -> Result<RaftReply, PeerError> {
+        let addr = self.addr.clone().map_err(PeerError::BadAddress)?;
+        let attempt = async {
+            let connection = self.connection(addr).await?;
+            let request = Request::Raft(codec::to_bytes(rpc).map_err(TransportError::from)?);
+            let result = quic::call::<_, Response>(&connection, &request).await;
+            if result.is_err() {
+                self.connections.lock().await.remove(&addr);
+            }
+            Ok::<_, PeerError>(result?)
+        };
+        let response = tokio::time::timeout(ttl, attempt)
+            .await
+            .map_err(|_| PeerError::Timeout(ttl))??;
+        match response {
+            Response::Raft(bytes) => {
+                codec::from_bytes(&bytes).map_err(|e| PeerError::Transport(e.into()))
+            }
+            other => Err(PeerError::Protocol(format!("{other:?}"))),
+        }
+    }
+}
+
+fn failed<E: std::error::Error>(e: PeerError) -> RPCError<NodeId, BasicNode, E> {
+    match e {
+        PeerError::Transport(
+            TransportError::Connect { .. } | TransportError::ConnectTimeout { .. },
+        ) => RPCError::Unreachable(Unreachable::new(&e)),
+        _ => RPCError::Network(NetworkError::new(&e)),
+    }
+}
+
+fn remote<T, E: std::error::Error>(
+    target: NodeId,
+    result: Result<T, RaftError<NodeId, E>>,
+) -> Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>> {
+    result.map_err(|e| RPCError::RemoteError(RemoteError::new(target, e)))
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        match self
+            .exchange(&RaftRpc::AppendEntries(rpc), option.hard_ttl())
+            .await
+        {
+            Ok(RaftReply::AppendEntries(result)) => remote(self.target, result),
+            Ok(other) => Err(failed(PeerError::Protocol(format!("{other:?}")))),
+            Err(e) => Err(failed(e)),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        match self
+            .exchange(&RaftRpc::InstallSnapshot(rpc), option.hard_ttl())
+            .await
+        {
+            Ok(RaftReply::InstallSnapshot(result)) => remote(self.target, result),
+            Ok(other) => Err(failed(PeerError::Protocol(format!("{other:?}")))),
+            Err(e) => Err(failed(e)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        match self.exchange(&RaftRpc::Vote(rpc), option.hard_ttl()).await {
+            Ok(RaftReply::Vote(result)) => remote(self.target, result),
+            Ok(other) => Err(failed(PeerError::Protocol(format!("{other:?}")))),
+            Err(e) => Err(failed(e)),
+        }
+    }
+}
