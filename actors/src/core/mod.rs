@@ -1,0 +1,43 @@
+//! The decisions of the supervision tree as plain state machines over plain data: no tokio,
+//! no actors, `now` passed in. Actors feed them inputs and carry out the effects they return.
+
+pub mod liveness;
+pub mod pool;
+
+use std::time::Duration;
+
+/// Timing knobs of the supervision tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timings {
+    /// How often hosts heartbeat (they are told nothing; this is what they are expected to do).
+    pub heartbeat_interval_ms: u64,
+    /// A host silent for this long is Unreachable and its reports count as Unknown.
+    pub stale_after_ms: u64,
+    /// A command not confirmed by a report after this long is sent again.
+    pub command_retry_ms: u64,
+    /// How long the leader waits for a host to answer one command.
+    pub command_timeout_ms: u64,
+    /// How often pool supervisors reconcile.
+    pub tick_ms: u64,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval_ms: 1_000,
+            stale_after_ms: 3_000,
+            command_retry_ms: 2_000,
+            command_timeout_ms: 5_000,
+            tick_ms: 250,
+        }
+    }
+}
+
+impl Timings {
+    pub fn stale_after(&self) -> Duration {
+        Duration::from_millis(self.stale_after_ms)
+    }
+    pub fn command_retry(&self) -> Duration {
+        Duration::from_millis(self.command_retry_ms)
+    }
+}

@@ -1,0 +1,373 @@
+//! One pool's reconciliation and aggregation. Level-triggered: on every tick the core looks at
+//! what each assigned host last reported and decides which hosts still need InitStoragePool.
+//! The same inputs always give the same effects, in host-name order.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use qvdc_transport::protocol::{
+    Capacity, CommandId, Health, HostCommand, HostCommandKind, PoolHostView, PoolReport, PoolSpec,
+    PoolView,
+};
+use tokio::time::Instant;
+
+use super::Timings;
+
+/// What the pool supervisor asks its actor to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    Send { host: String, command: HostCommand },
+}
+
+#[derive(Debug, Clone)]
+struct Observation {
+    seen_at: Instant,
+    /// The pool's entry in that heartbeat; `None` when the host does not have the pool.
+    report: Option<PoolReport>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    id: CommandId,
+    sent_at: Instant,
+}
+
+#[derive(Debug)]
+pub struct PoolCore {
+    spec: PoolSpec,
+    hosts: BTreeSet<String>,
+    term: u64,
+    next_seq: u64,
+    observations: BTreeMap<String, Observation>,
+    pending: BTreeMap<String, Pending>,
+    /// The last command failure per host, shown until a report supersedes it.
+    failures: BTreeMap<String, String>,
+    timings: Timings,
+}
+
+impl PoolCore {
+    /// `term` is the leader's term: every command carries it as a fencing token.
+    pub fn new(spec: PoolSpec, hosts: BTreeSet<String>, term: u64, timings: Timings) -> Self {
+        Self {
+            spec,
+            hosts,
+            term,
+            next_seq: 1,
+            observations: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            failures: BTreeMap::new(),
+            timings,
+        }
+    }
+
+    pub fn spec(&self) -> &PoolSpec {
+        &self.spec
+    }
+
+    /// A heartbeat from `host` arrived; `report` is this pool's entry in it, if any.
+    pub fn observe(&mut self, host: &str, seen_at: Instant, report: Option<PoolReport>) {
+        if !self.hosts.contains(host) {
+            return;
+        }
+        if report.as_ref().is_some_and(|r| r.health == Health::Healthy) {
+            self.pending.remove(host);
+            self.failures.remove(host);
+        }
+        self.observations
+            .insert(host.to_owned(), Observation { seen_at, report });
+    }
+
+    /// A command's answer came back from `host`.
+    pub fn command_done(&mut self, host: &str, id: CommandId, outcome: Result<(), String>) {
+        if self.pending.get(host).is_some_and(|p| p.id == id) {
+            if let Err(reason) = outcome {
+                self.failures.insert(host.to_owned(), reason);
+            }
+        }
+    }
+
+    fn fresh<'a>(&'a self, host: &str, now: Instant) -> Option<&'a Observation> {
+        let observation = self.observations.get(host)?;
+        (now.saturating_duration_since(observation.seen_at) <= self.timings.stale_after())
+            .then_some(observation)
+    }
+
+    fn needs_init(&self, host: &str, now: Instant) -> bool {
+        let Some(observation) = self.fresh(host, now) else {
+            return false; // unreachable hosts get their commands when they come back
+        };
+        if observation
+            .report
+            .as_ref()
+            .is_some_and(|r| r.health == Health::Healthy)
+        {
+            return false;
+        }
+        match self.pending.get(host) {
+            Some(p) => now.saturating_duration_since(p.sent_at) >= self.timings.command_retry(),
+            None => true,
+        }
+    }
+
+    /// Decides which hosts need InitStoragePool now.
+    pub fn tick(&mut self, now: Instant) -> Vec<Effect> {
+        let due: Vec<String> = self
+            .hosts
+            .iter()
+            .filter(|h| self.needs_init(h, now))
+            .cloned()
+            .collect();
+        let mut effects = Vec::with_capacity(due.len());
+        for host in due {
+            let id = CommandId {
+                term: self.term,
+                seq: self.next_seq,
+            };
+            self.next_seq += 1;
+            self.pending
+                .insert(host.clone(), Pending { id, sent_at: now });
+            let command = HostCommand {
+                id,
+                kind: HostCommandKind::InitStoragePool(self.spec.clone()),
+            };
+            effects.push(Effect::Send { host, command });
+        }
+        effects
+    }
+
+    fn host_view(&self, host: &str, now: Instant) -> PoolHostView {
+        let mut view = PoolHostView {
+            host_id: host.to_owned(),
+            health: Health::Unknown,
+            mounted: false,
+            capacity: Capacity::default(),
+            volume_count: 0,
+            error: None,
+        };
+        match self.fresh(host, now) {
+            None => {
+                view.error = Some(match self.observations.get(host) {
+                    Some(_) => "host stopped reporting".to_owned(),
+                    None => "no report from host yet".to_owned(),
+                });
+            }
+            Some(Observation {
+                report: Some(report),
+                ..
+            }) => {
+                view.health = report.health;
+                view.mounted = report.mounted;
+                view.capacity = report.capacity;
+                view.volume_count = report.volume_count;
+                view.error = report.error.clone();
+            }
+            Some(Observation { report: None, .. }) => {
+                view.error = Some(
+                    self.failures
+                        .get(host)
+                        .cloned()
+                        .unwrap_or_else(|| "pool not initialised yet".into()),
+                );
+                if self.failures.contains_key(host) {
+                    view.health = Health::Error;
+                }
+            }
+        }
+        view
+    }
+
+    /// The pool as the operator sees it at `now`.
+    pub fn view(&self, now: Instant) -> PoolView {
+        let hosts: Vec<PoolHostView> = self.hosts.iter().map(|h| self.host_view(h, now)).collect();
+        let healthy: Vec<String> = hosts
+            .iter()
+            .filter(|h| h.health == Health::Healthy)
+            .map(|h| h.host_id.clone())
+            .collect();
+        let failed: Vec<String> = hosts
+            .iter()
+            .filter(|h| matches!(h.health, Health::Error | Health::Degraded))
+            .map(|h| h.host_id.clone())
+            .collect();
+        let mut capacity = Capacity::default();
+        for h in hosts.iter().filter(|h| h.health == Health::Healthy) {
+            capacity.total_bytes += h.capacity.total_bytes;
+            capacity.used_bytes += h.capacity.used_bytes;
+            capacity.available_bytes += h.capacity.available_bytes;
+        }
+        let health = overall_health(hosts.len(), healthy.len(), failed.len());
+        PoolView {
+            spec: self.spec.clone(),
+            health,
+            capacity,
+            healthy_hosts: healthy,
+            failed_hosts: failed,
+            hosts,
+        }
+    }
+}
+
+/// HEALTHY when every assigned host is healthy, DEGRADED when some are, ERROR when none is
+/// and at least one is known to fail, UNKNOWN when nothing is known.
+fn overall_health(assigned: usize, healthy: usize, failed: usize) -> Health {
+    assert!(healthy + failed <= assigned);
+    if assigned > 0 && healthy == assigned {
+        Health::Healthy
+    } else if healthy > 0 {
+        Health::Degraded
+    } else if failed > 0 {
+        Health::Error
+    } else {
+        Health::Unknown
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use qvdc_transport::protocol::PoolSource;
+
+    use super::*;
+
+    fn spec() -> PoolSpec {
+        PoolSpec {
+            name: "shared".into(),
+            source: PoolSource::Dir {
+                path: "/srv/shared".into(),
+            },
+        }
+    }
+
+    fn core() -> PoolCore {
+        let hosts = ["host-1", "host-2", "host-3"].map(String::from).into();
+        PoolCore::new(spec(), hosts, 7, Timings::default())
+    }
+
+    fn healthy(total: u64) -> PoolReport {
+        PoolReport {
+            pool: "shared".into(),
+            mounted: true,
+            mount_path: "/data/pools/shared".into(),
+            capacity: Capacity {
+                total_bytes: total,
+                used_bytes: 1,
+                available_bytes: total - 1,
+            },
+            volume_count: 2,
+            health: Health::Healthy,
+            error: None,
+        }
+    }
+
+    fn failed(message: &str) -> PoolReport {
+        PoolReport {
+            mounted: false,
+            capacity: Capacity::default(),
+            volume_count: 0,
+            health: Health::Error,
+            error: Some(message.into()),
+            ..healthy(1)
+        }
+    }
+
+    fn init(host: &str, seq: u64) -> Effect {
+        let command = HostCommand {
+            id: CommandId { term: 7, seq },
+            kind: HostCommandKind::InitStoragePool(spec()),
+        };
+        Effect::Send {
+            host: host.into(),
+            command,
+        }
+    }
+
+    #[test]
+    fn commands_go_only_to_hosts_that_report_and_lack_the_pool() {
+        let mut core = core();
+        let t0 = Instant::now();
+        assert_eq!(core.tick(t0), vec![], "no host has reported: nothing to do");
+        core.observe("host-1", t0, None);
+        core.observe("host-2", t0, Some(healthy(100)));
+        core.observe("host-3", t0, None);
+        assert_eq!(core.tick(t0), vec![init("host-1", 1), init("host-3", 2)]);
+        assert_eq!(
+            core.tick(t0 + Duration::from_millis(500)),
+            vec![],
+            "in flight: not sent twice"
+        );
+    }
+
+    #[test]
+    fn unconfirmed_commands_are_retried_with_a_new_id() {
+        let mut core = core();
+        let t0 = Instant::now();
+        core.observe("host-1", t0, None);
+        assert_eq!(core.tick(t0), vec![init("host-1", 1)]);
+        let later = t0 + Duration::from_millis(2_000);
+        core.observe("host-1", later, Some(failed("mkdir: Not a directory")));
+        assert_eq!(core.tick(later), vec![init("host-1", 2)]);
+        core.observe("host-1", later, Some(healthy(10)));
+        assert_eq!(
+            core.tick(later + Duration::from_secs(10)),
+            vec![],
+            "stale host gets nothing"
+        );
+    }
+
+    #[test]
+    fn view_aggregates_healthy_capacity_and_names_failures() {
+        let mut core = core();
+        let t0 = Instant::now();
+        core.observe("host-1", t0, Some(healthy(100)));
+        core.observe("host-2", t0, Some(healthy(50)));
+        core.observe(
+            "host-3",
+            t0,
+            Some(failed("cannot create mount point: Not a directory")),
+        );
+        let view = core.view(t0);
+        assert_eq!(view.health, Health::Degraded);
+        assert_eq!(view.capacity.total_bytes, 150);
+        assert_eq!(view.healthy_hosts, ["host-1", "host-2"]);
+        assert_eq!(view.failed_hosts, ["host-3"]);
+        assert_eq!(
+            view.hosts[2].error.as_deref(),
+            Some("cannot create mount point: Not a directory")
+        );
+    }
+
+    #[test]
+    fn stale_reports_are_unknown_never_healthy() {
+        let mut core = core();
+        let t0 = Instant::now();
+        for host in ["host-1", "host-2", "host-3"] {
+            core.observe(host, t0, Some(healthy(100)));
+        }
+        assert_eq!(core.view(t0).health, Health::Healthy);
+        let view = core.view(t0 + Duration::from_millis(3_001));
+        assert_eq!(view.health, Health::Unknown);
+        assert!(view.hosts.iter().all(|h| h.health == Health::Unknown));
+        assert_eq!(view.capacity, Capacity::default());
+    }
+
+    #[test]
+    fn a_failed_command_shows_as_error_until_a_report_arrives() {
+        let mut core = core();
+        let t0 = Instant::now();
+        core.observe("host-3", t0, None);
+        let [Effect::Send { command, .. }] = core.tick(t0).try_into().unwrap();
+        core.command_done("host-3", command.id, Err("Permission denied".into()));
+        let view = core.view(t0);
+        assert_eq!(view.hosts[2].health, Health::Error);
+        assert_eq!(view.hosts[2].error.as_deref(), Some("Permission denied"));
+        assert_eq!(view.health, Health::Error);
+    }
+
+    #[test]
+    fn overall_health_rules() {
+        assert_eq!(overall_health(3, 3, 0), Health::Healthy);
+        assert_eq!(overall_health(3, 1, 2), Health::Degraded);
+        assert_eq!(overall_health(3, 0, 1), Health::Error);
+        assert_eq!(overall_health(3, 0, 0), Health::Unknown);
+    }
+}

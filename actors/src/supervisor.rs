@@ -1,0 +1,551 @@
+//! The supervision tree that runs on the leader: a cluster supervisor with one child per host
+//! and one per pool. Children that fail are restarted with bounded backoff. Each actor only
+//! decodes a message, calls its core and carries out the effects.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use qvdc_raft::DesiredState;
+use qvdc_transport::{
+    protocol::{CommandId, CommandResult, HostCommand, Liveness, PoolReport, PoolView},
+    quic, quinn,
+};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio::{sync::watch, time::Instant};
+use tracing::{info, warn};
+
+use crate::core::{liveness::liveness, pool::Effect, pool::PoolCore, Timings};
+
+pub(crate) const RESTART_BACKOFF_MS_MIN: u64 = 100;
+pub(crate) const RESTART_BACKOFF_MS_MAX: u64 = 5_000;
+
+// ---------------------------------------------------------------------------------------
+// Messages
+
+pub(crate) enum ClusterMsg {
+    DesiredChanged(Arc<DesiredState>),
+    HostConnected {
+        host_id: String,
+        connection: quinn::Connection,
+    },
+    Heartbeat {
+        host_id: String,
+        pools: Vec<PoolReport>,
+    },
+    Execute {
+        host: String,
+        command: HostCommand,
+        reply_to: ActorRef<PoolMsg>,
+    },
+    PoolView {
+        name: String,
+        reply: RpcReplyPort<Option<PoolView>>,
+    },
+    Pools(RpcReplyPort<Vec<ActorRef<PoolMsg>>>),
+    Liveness(RpcReplyPort<BTreeMap<String, Liveness>>),
+    Respawn {
+        child: Child,
+    },
+}
+
+pub(crate) enum HostMsg {
+    Connected(quinn::Connection),
+    Seen,
+    Execute {
+        command: HostCommand,
+        reply_to: ActorRef<PoolMsg>,
+    },
+    Liveness(RpcReplyPort<Liveness>),
+}
+
+pub(crate) enum PoolMsg {
+    Observe {
+        host: String,
+        at: Instant,
+        report: Option<PoolReport>,
+    },
+    CommandDone {
+        host: String,
+        id: CommandId,
+        outcome: Result<(), String>,
+    },
+    Tick,
+    View(RpcReplyPort<PoolView>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Child {
+    Host(String),
+    Pool(String),
+}
+
+// ---------------------------------------------------------------------------------------
+// Cluster supervisor
+
+pub(crate) struct ClusterSupervisor;
+
+pub(crate) struct ClusterArgs {
+    pub term: u64,
+    pub desired: watch::Receiver<Arc<DesiredState>>,
+    pub timings: Timings,
+}
+
+pub(crate) struct ClusterState {
+    term: u64,
+    timings: Timings,
+    desired: Arc<DesiredState>,
+    hosts: BTreeMap<String, ActorRef<HostMsg>>,
+    pools: BTreeMap<String, ActorRef<PoolMsg>>,
+    backoff_ms: BTreeMap<Child, u64>,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl ClusterState {
+    fn child_of(&self, cell: &ActorCell) -> Option<Child> {
+        let id = cell.get_id();
+        let host = self
+            .hosts
+            .iter()
+            .find(|(_, r)| r.get_id() == id)
+            .map(|(h, _)| Child::Host(h.clone()));
+        host.or_else(|| {
+            self.pools
+                .iter()
+                .find(|(_, r)| r.get_id() == id)
+                .map(|(p, _)| Child::Pool(p.clone()))
+        })
+    }
+}
+
+async fn spawn_host(
+    myself: &ActorRef<ClusterMsg>,
+    state: &mut ClusterState,
+    host_id: &str,
+) -> Result<(), ActorProcessingErr> {
+    let args = HostArgs {
+        host_id: host_id.to_owned(),
+        timings: state.timings,
+    };
+    let (actor, _) = Actor::spawn_linked(None, HostSupervisor, args, myself.get_cell()).await?;
+    state.hosts.insert(host_id.to_owned(), actor);
+    Ok(())
+}
+
+async fn spawn_pool(
+    myself: &ActorRef<ClusterMsg>,
+    state: &mut ClusterState,
+    name: &str,
+) -> Result<(), ActorProcessingErr> {
+    let Some(record) = state.desired.pools.get(name) else {
+        return Ok(());
+    };
+    let core = PoolCore::new(
+        record.spec.clone(),
+        record.hosts.clone(),
+        state.term,
+        state.timings,
+    );
+    let args = PoolArgs {
+        core,
+        cluster: myself.clone(),
+        tick_ms: state.timings.tick_ms,
+    };
+    let (actor, _) = Actor::spawn_linked(None, PoolSupervisor, args, myself.get_cell()).await?;
+    info!(pool = %name, term = state.term, "pool supervisor started");
+    state.pools.insert(name.to_owned(), actor);
+    Ok(())
+}
+
+/// Starts a child for every host and pool of the desired state that has none yet.
+async fn converge(
+    myself: &ActorRef<ClusterMsg>,
+    state: &mut ClusterState,
+) -> Result<(), ActorProcessingErr> {
+    let hosts: Vec<String> = state
+        .desired
+        .hosts
+        .keys()
+        .filter(|h| !state.hosts.contains_key(*h))
+        .cloned()
+        .collect();
+    for host in hosts {
+        spawn_host(myself, state, &host).await?;
+    }
+    let pools: Vec<String> = state
+        .desired
+        .pools
+        .keys()
+        .filter(|p| !state.pools.contains_key(*p))
+        .cloned()
+        .collect();
+    for pool in pools {
+        spawn_pool(myself, state, &pool).await?;
+    }
+    Ok(())
+}
+
+impl Actor for ClusterSupervisor {
+    type Msg = ClusterMsg;
+    type State = ClusterState;
+    type Arguments = ClusterArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<ClusterMsg>,
+        args: ClusterArgs,
+    ) -> Result<ClusterState, ActorProcessingErr> {
+        let mut desired_rx = args.desired;
+        let desired = desired_rx.borrow_and_update().clone();
+        let forward = myself.clone();
+        let watcher = tokio::spawn(async move {
+            while desired_rx.changed().await.is_ok() {
+                let latest = desired_rx.borrow_and_update().clone();
+                if forward.cast(ClusterMsg::DesiredChanged(latest)).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut state = ClusterState {
+            term: args.term,
+            timings: args.timings,
+            desired,
+            hosts: BTreeMap::new(),
+            pools: BTreeMap::new(),
+            backoff_ms: BTreeMap::new(),
+            watcher,
+        };
+        converge(&myself, &mut state).await?;
+        info!(
+            term = args.term,
+            hosts = state.hosts.len(),
+            pools = state.pools.len(),
+            "supervision started"
+        );
+        Ok(state)
+    }
+
+    async fn post_stop(
+        &self,
+        _: ActorRef<ClusterMsg>,
+        state: &mut ClusterState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.watcher.abort();
+        info!(term = state.term, "supervision stopped");
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<ClusterMsg>,
+        message: ClusterMsg,
+        state: &mut ClusterState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            ClusterMsg::DesiredChanged(desired) => {
+                state.desired = desired;
+                converge(&myself, state).await?;
+            }
+            ClusterMsg::HostConnected {
+                host_id,
+                connection,
+            } => {
+                if !state.hosts.contains_key(&host_id) {
+                    spawn_host(&myself, state, &host_id).await?;
+                }
+                state.hosts[&host_id].cast(HostMsg::Connected(connection))?;
+            }
+            ClusterMsg::Heartbeat { host_id, pools } => route_heartbeat(state, &host_id, pools),
+            ClusterMsg::Execute {
+                host,
+                command,
+                reply_to,
+            } => match state.hosts.get(&host) {
+                Some(actor) => actor.cast(HostMsg::Execute { command, reply_to })?,
+                None => {
+                    let outcome = Err(format!("host {host} has no supervisor"));
+                    let _ = reply_to.cast(PoolMsg::CommandDone {
+                        host,
+                        id: command.id,
+                        outcome,
+                    });
+                }
+            },
+            ClusterMsg::PoolView { name, reply } => match state.pools.get(&name) {
+                Some(pool) => pool.cast(PoolMsg::View(forward_view(reply)))?,
+                None => {
+                    let _ = reply.send(None);
+                }
+            },
+            ClusterMsg::Pools(reply) => {
+                let _ = reply.send(state.pools.values().cloned().collect());
+            }
+            ClusterMsg::Liveness(reply) => {
+                let mut out = BTreeMap::new();
+                for (host, actor) in &state.hosts {
+                    let timeout = Duration::from_millis(state.timings.command_timeout_ms);
+                    let answer = actor.call(HostMsg::Liveness, Some(timeout)).await;
+                    let value = answer
+                        .ok()
+                        .and_then(|r| r.success_or(()).ok())
+                        .unwrap_or(Liveness::Unreachable);
+                    out.insert(host.clone(), value);
+                }
+                let _ = reply.send(out);
+            }
+            ClusterMsg::Respawn { child } => match &child {
+                Child::Host(h) if !state.hosts.contains_key(h) => {
+                    spawn_host(&myself, state, h).await?
+                }
+                Child::Pool(p) if !state.pools.contains_key(p) => {
+                    spawn_pool(&myself, state, p).await?
+                }
+                _ => {}
+            },
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<ClusterMsg>,
+        event: SupervisionEvent,
+        state: &mut ClusterState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, why) = match event {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.unwrap_or_default())
+            }
+            _ => return Ok(()),
+        };
+        let Some(child) = state.child_of(&cell) else {
+            return Ok(());
+        };
+        match &child {
+            Child::Host(h) => drop(state.hosts.remove(h)),
+            Child::Pool(p) => drop(state.pools.remove(p)),
+        }
+        let backoff = state
+            .backoff_ms
+            .entry(child.clone())
+            .or_insert(RESTART_BACKOFF_MS_MIN);
+        warn!(?child, %why, backoff_ms = *backoff, "child stopped; restarting");
+        myself.send_after(Duration::from_millis(*backoff), move || {
+            ClusterMsg::Respawn { child }
+        });
+        *backoff = (*backoff * 2).min(RESTART_BACKOFF_MS_MAX);
+        Ok(())
+    }
+}
+
+fn route_heartbeat(state: &ClusterState, host_id: &str, pools: Vec<PoolReport>) {
+    let now = Instant::now();
+    if let Some(actor) = state.hosts.get(host_id) {
+        let _ = actor.cast(HostMsg::Seen);
+    }
+    let mut reports: BTreeMap<String, PoolReport> =
+        pools.into_iter().map(|r| (r.pool.clone(), r)).collect();
+    for (name, record) in &state.desired.pools {
+        if !record.hosts.contains(host_id) {
+            continue;
+        }
+        if let Some(actor) = state.pools.get(name) {
+            let report = reports.remove(name);
+            let _ = actor.cast(PoolMsg::Observe {
+                host: host_id.to_owned(),
+                at: now,
+                report,
+            });
+        }
+    }
+}
+
+/// Adapts a reply port for `Option<PoolView>` into one for `PoolView`.
+fn forward_view(reply: RpcReplyPort<Option<PoolView>>) -> RpcReplyPort<PoolView> {
+    let (tx, rx) = ractor::concurrency::oneshot();
+    tokio::spawn(async move {
+        let _ = reply.send(rx.await.ok());
+    });
+    tx.into()
+}
+
+// ---------------------------------------------------------------------------------------
+// Host supervisor
+
+pub(crate) struct HostSupervisor;
+
+pub(crate) struct HostArgs {
+    host_id: String,
+    timings: Timings,
+}
+
+pub(crate) struct HostState {
+    host_id: String,
+    timings: Timings,
+    connection: Option<quinn::Connection>,
+    last_seen: Option<Instant>,
+}
+
+impl Actor for HostSupervisor {
+    type Msg = HostMsg;
+    type State = HostState;
+    type Arguments = HostArgs;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<HostMsg>,
+        args: HostArgs,
+    ) -> Result<HostState, ActorProcessingErr> {
+        Ok(HostState {
+            host_id: args.host_id,
+            timings: args.timings,
+            connection: None,
+            last_seen: None,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<HostMsg>,
+        message: HostMsg,
+        state: &mut HostState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            HostMsg::Connected(connection) => {
+                info!(host = %state.host_id, "host connected");
+                state.connection = Some(connection);
+                state.last_seen = Some(Instant::now());
+            }
+            HostMsg::Seen => state.last_seen = Some(Instant::now()),
+            HostMsg::Execute { command, reply_to } => execute(state, command, reply_to),
+            HostMsg::Liveness(reply) => {
+                let _ = reply.send(liveness(
+                    state.last_seen,
+                    Instant::now(),
+                    state.timings.stale_after(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sends one command to the host in its own task, so a slow host never blocks this actor,
+/// and reports the outcome to the pool supervisor that asked.
+fn execute(state: &HostState, command: HostCommand, reply_to: ActorRef<PoolMsg>) {
+    let host = state.host_id.clone();
+    let id = command.id;
+    let Some(connection) = state.connection.clone() else {
+        let _ = reply_to.cast(PoolMsg::CommandDone {
+            host,
+            id,
+            outcome: Err("host is not connected".into()),
+        });
+        return;
+    };
+    let timeout = Duration::from_millis(state.timings.command_timeout_ms);
+    info!(%host, %id, "sending command");
+    tokio::spawn(async move {
+        let outcome = match tokio::time::timeout(
+            timeout,
+            quic::call::<_, CommandResult>(&connection, &command),
+        )
+        .await
+        {
+            Ok(Ok(result)) => {
+                assert_eq!(result.id, id, "a host answers the command it was sent");
+                result.outcome
+            }
+            Ok(Err(e)) => Err(format!("could not deliver command: {e}")),
+            Err(_) => Err(format!(
+                "host did not answer within {} ms",
+                timeout.as_millis()
+            )),
+        };
+        let _ = reply_to.cast(PoolMsg::CommandDone { host, id, outcome });
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// Pool supervisor
+
+pub(crate) struct PoolSupervisor;
+
+pub(crate) struct PoolArgs {
+    core: PoolCore,
+    cluster: ActorRef<ClusterMsg>,
+    tick_ms: u64,
+}
+
+pub(crate) struct PoolState {
+    core: PoolCore,
+    cluster: ActorRef<ClusterMsg>,
+    ticker: tokio::task::JoinHandle<()>,
+}
+
+impl Actor for PoolSupervisor {
+    type Msg = PoolMsg;
+    type State = PoolState;
+    type Arguments = PoolArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<PoolMsg>,
+        args: PoolArgs,
+    ) -> Result<PoolState, ActorProcessingErr> {
+        let period = Duration::from_millis(args.tick_ms);
+        let ticker = tokio::spawn(async move {
+            let mut interval = tokio::time::interval(period);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                if myself.cast(PoolMsg::Tick).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(PoolState {
+            core: args.core,
+            cluster: args.cluster,
+            ticker,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _: ActorRef<PoolMsg>,
+        state: &mut PoolState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.ticker.abort();
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<PoolMsg>,
+        message: PoolMsg,
+        state: &mut PoolState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            PoolMsg::Observe { host, at, report } => state.core.observe(&host, at, report),
+            PoolMsg::CommandDone { host, id, outcome } => {
+                if let Err(reason) = &outcome {
+                    warn!(pool = %state.core.spec().name, %host, %id, %reason, "command failed");
+                }
+                state.core.command_done(&host, id, outcome);
+            }
+            PoolMsg::Tick => {
+                for Effect::Send { host, command } in state.core.tick(Instant::now()) {
+                    state.cluster.cast(ClusterMsg::Execute {
+                        host,
+                        command,
+                        reply_to: myself.clone(),
+                    })?;
+                }
+            }
+            PoolMsg::View(reply) => {
+                let _ = reply.send(state.core.view(Instant::now()));
+            }
+        }
+        Ok(())
+    }
+}
