@@ -1,1 +1,12 @@
-//! placeholder
+//! qvdc-cluster: a control-plane node wired from raft, actors and transport; the operator
+//! client; and the binaries `qvdc` (server, local sandbox) and `qvctl` (operator CLI).
+//! Business rules live in the lower crates; this crate connects them.
+
+mod api;
+pub mod client;
+mod hosts;
+pub mod node;
+pub mod output;
+
+pub use client::{Client, ClientError};
+pub use node::{Node, NodeConfig, Storage};

@@ -60,6 +60,7 @@ pub struct PoolSpec {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Health {
     Healthy,
     Degraded,
@@ -268,7 +269,8 @@ pub struct PoolHostView {
 pub struct PoolView {
     pub spec: PoolSpec,
     pub health: Health,
-    /// Sum over healthy hosts.
+    /// As seen by the healthy host with the least space available (not a sum: hosts
+    /// share the storage).
     pub capacity: Capacity,
     pub healthy_hosts: Vec<String>,
     pub failed_hosts: Vec<String>,

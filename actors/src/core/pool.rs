@@ -188,12 +188,14 @@ impl PoolCore {
             .filter(|h| matches!(h.health, Health::Error | Health::Degraded))
             .map(|h| h.host_id.clone())
             .collect();
-        let mut capacity = Capacity::default();
-        for h in hosts.iter().filter(|h| h.health == Health::Healthy) {
-            capacity.total_bytes += h.capacity.total_bytes;
-            capacity.used_bytes += h.capacity.used_bytes;
-            capacity.available_bytes += h.capacity.available_bytes;
-        }
+        // One pool is one storage seen from several hosts: adding their views would count a
+        // shared filesystem once per host. The pool offers what its tightest healthy host sees.
+        let capacity = hosts
+            .iter()
+            .filter(|h| h.health == Health::Healthy)
+            .map(|h| h.capacity)
+            .min_by_key(|c| (c.available_bytes, c.total_bytes))
+            .unwrap_or_default();
         let health = overall_health(hosts.len(), healthy.len(), failed.len());
         PoolView {
             spec: self.spec.clone(),
@@ -315,7 +317,7 @@ mod tests {
     }
 
     #[test]
-    fn view_aggregates_healthy_capacity_and_names_failures() {
+    fn view_takes_capacity_from_the_tightest_healthy_host_and_names_failures() {
         let mut core = core();
         let t0 = Instant::now();
         core.observe("host-1", t0, Some(healthy(100)));
@@ -327,7 +329,10 @@ mod tests {
         );
         let view = core.view(t0);
         assert_eq!(view.health, Health::Degraded);
-        assert_eq!(view.capacity.total_bytes, 150);
+        assert_eq!(
+            view.capacity.total_bytes, 50,
+            "the tightest healthy host's view, not a sum"
+        );
         assert_eq!(view.healthy_hosts, ["host-1", "host-2"]);
         assert_eq!(view.failed_hosts, ["host-3"]);
         assert_eq!(

@@ -1,0 +1,197 @@
+//! `qvdc`: a control-plane node (`qvdc server`) and a local sandbox cluster (`qvdc dev`).
+
+mod dev;
+
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use qvdc_actors::Timings;
+use qvdc_cluster::{Node, NodeConfig, Storage};
+use qvdc_transport::{
+    tls::{Identity, Role},
+    Endpoint,
+};
+use serde::Deserialize;
+
+/// The qvdc control plane.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one control-plane node.
+    ///
+    /// Three nodes started with the same --initial-cluster form a cluster; a node restarted
+    /// with its data dir rejoins with its state. Every flag may also come from --config.
+    ///
+    /// Example:
+    ///   qvdc server --node-id 1 --listen 127.0.0.1:7101 --data-dir /var/lib/qvdc \
+    ///     --initial-cluster 1=127.0.0.1:7101,2=127.0.0.1:7102,3=127.0.0.1:7103 \
+    ///     --ca-cert certs/ca.crt --cert certs/node-1.crt --key certs/node-1.key
+    #[command(verbatim_doc_comment)]
+    Server(ServerArgs),
+    /// Start a local sandbox: certificates, 3 control-plane nodes and N host agents on
+    /// loopback, until Ctrl-C.
+    Dev(dev::DevArgs),
+}
+
+#[derive(Debug, Default, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct ServerArgs {
+    /// TOML file with any of the flags below as keys (node-id = 1, listen = "..."); flags win.
+    #[arg(long)]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// This node's id in --initial-cluster.
+    #[arg(long)]
+    node_id: Option<u64>,
+    /// UDP address to serve QUIC on.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Where the node keeps its Raft log and state (created if missing).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Every initial member as ID=HOST:PORT, comma-separated.
+    #[arg(long)]
+    initial_cluster: Option<String>,
+    /// Cluster CA certificate.
+    #[arg(long, env = "QVDC_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+    /// This node's server certificate.
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// This node's key.
+    #[arg(long)]
+    key: Option<PathBuf>,
+}
+
+impl ServerArgs {
+    /// Fills flags not given on the command line from the config file.
+    fn merged(self) -> anyhow::Result<Self> {
+        let Some(path) = &self.config else {
+            return Ok(self);
+        };
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let file: ServerArgs =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        Ok(Self {
+            config: self.config,
+            node_id: self.node_id.or(file.node_id),
+            listen: self.listen.or(file.listen),
+            data_dir: self.data_dir.or(file.data_dir),
+            initial_cluster: self.initial_cluster.or(file.initial_cluster),
+            ca_cert: self.ca_cert.or(file.ca_cert),
+            cert: self.cert.or(file.cert),
+            key: self.key.or(file.key),
+        })
+    }
+}
+
+fn required<T>(value: Option<T>, flag: &str) -> anyhow::Result<T> {
+    value.with_context(|| format!("missing --{flag} (or `{flag} = ...` in --config)"))
+}
+
+/// Parses `1=127.0.0.1:7101,2=...` into node ids and addresses.
+fn parse_initial_cluster(text: &str) -> anyhow::Result<BTreeMap<u64, String>> {
+    let mut members = BTreeMap::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .with_context(|| format!("{part:?} is not ID=HOST:PORT"))?;
+        let id: u64 = id
+            .parse()
+            .with_context(|| format!("node id {id:?} is not a number"))?;
+        let _: SocketAddr = addr
+            .parse()
+            .with_context(|| format!("{addr:?} is not an IP:PORT address"))?;
+        if members.insert(id, addr.to_owned()).is_some() {
+            bail!("node id {id} appears twice in --initial-cluster");
+        }
+    }
+    if members.is_empty() {
+        bail!("--initial-cluster names no node");
+    }
+    Ok(members)
+}
+
+async fn serve(args: ServerArgs) -> anyhow::Result<()> {
+    let args = args.merged()?;
+    let node_id = required(args.node_id, "node-id")?;
+    let listen = required(args.listen, "listen")?;
+    let data_dir = required(args.data_dir, "data-dir")?;
+    let initial_cluster =
+        parse_initial_cluster(&required(args.initial_cluster, "initial-cluster")?)?;
+    let identity = Identity::load(
+        &required(args.ca_cert, "ca-cert")?,
+        &required(args.cert, "cert")?,
+        &required(args.key, "key")?,
+    )?;
+    if identity.peer_identity()?.role != Role::Server {
+        bail!(
+            "--cert is not a server certificate; issue one with `qvctl certs issue --role server`"
+        );
+    }
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let endpoint = Endpoint::bind(listen, &identity, true)?;
+    let config = NodeConfig {
+        node_id,
+        initial_cluster,
+        storage: Storage::Dir(data_dir),
+        timings: Timings::default(),
+    };
+    let node = Node::start(config, endpoint).await?;
+    wait_for_signal().await;
+    tracing::info!("stopping");
+    node.shutdown().await;
+    Ok(())
+}
+
+/// Waits for SIGINT or SIGTERM.
+async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("signal handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match Cli::parse().command {
+        Command::Server(args) => serve(args).await,
+        Command::Dev(args) => dev::run(args).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initial_cluster_is_parsed_and_checked() {
+        let members = parse_initial_cluster("1=127.0.0.1:1,2=127.0.0.1:2").unwrap();
+        assert_eq!(members[&2], "127.0.0.1:2");
+        for bad in [
+            "",
+            "1",
+            "x=127.0.0.1:1",
+            "1=nowhere",
+            "1=127.0.0.1:1,1=127.0.0.1:2",
+        ] {
+            assert!(parse_initial_cluster(bad).is_err(), "{bad:?}");
+        }
+    }
+}

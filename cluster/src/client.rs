@@ -1,0 +1,165 @@
+//! The operator's client: dial any control-plane node, follow redirects to the leader, retry
+//! while an election is under way, and give up after a deadline with an error that says why.
+
+use std::{net::SocketAddr, time::Duration};
+
+use qvdc_transport::{
+    protocol::{ApiError, ApiErrorKind, ApiRequest, ApiResponse, Request, Response},
+    quic, quinn, Endpoint, TransportError,
+};
+use tokio::time::Instant;
+
+/// Pause between attempts while no leader is known.
+pub const RETRY_INTERVAL_MS: u64 = 200;
+/// Redirects followed for one request before giving up (guards against redirect loops).
+pub const REDIRECTS_MAX: u32 = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The cluster answered and said no; nothing was changed.
+    #[error("{0}")]
+    Rejected(ApiError),
+    #[error("refused: {0}")]
+    Forbidden(String),
+    #[error("no control-plane node answered within {waited_ms} ms (last error: {last})")]
+    Unreachable { waited_ms: u64, last: String },
+    #[error("the cluster did not complete the request within {waited_ms} ms (last: {last})")]
+    Timeout { waited_ms: u64, last: String },
+    #[error("unexpected answer: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// Exit code for the CLI: 3 rejected or forbidden, 4 timed out, 5 unreachable, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ClientError::Rejected(_) | ClientError::Forbidden(_) => 3,
+            ClientError::Timeout { .. } => 4,
+            ClientError::Unreachable { .. } => 5,
+            ClientError::Protocol(_) => 1,
+        }
+    }
+}
+
+pub struct Client {
+    endpoint: Endpoint,
+    nodes: Vec<SocketAddr>,
+    connection: Option<(SocketAddr, quinn::Connection)>,
+    timeout: Duration,
+}
+
+enum Attempt {
+    Done(Result<ApiResponse, ClientError>),
+    Redirect(SocketAddr),
+    /// Try again after a pause; `reached` says whether any node answered.
+    Retry {
+        reason: String,
+        reached: bool,
+    },
+}
+
+impl Client {
+    pub fn new(endpoint: Endpoint, nodes: Vec<SocketAddr>, timeout: Duration) -> Self {
+        assert!(
+            !nodes.is_empty(),
+            "a client needs at least one node address"
+        );
+        Self {
+            endpoint,
+            nodes,
+            connection: None,
+            timeout,
+        }
+    }
+
+    async fn connect(&mut self, addr: SocketAddr) -> Result<quinn::Connection, TransportError> {
+        if let Some((cached, connection)) = &self.connection {
+            if *cached == addr && connection.close_reason().is_none() {
+                return Ok(connection.clone());
+            }
+        }
+        let connection = self.endpoint.connect(addr).await?;
+        self.connection = Some((addr, connection.clone()));
+        Ok(connection)
+    }
+
+    async fn attempt(&mut self, addr: SocketAddr, request: &ApiRequest) -> Attempt {
+        let connection = match self.connect(addr).await {
+            Ok(c) => c,
+            Err(e) => {
+                return Attempt::Retry {
+                    reason: e.to_string(),
+                    reached: false,
+                }
+            }
+        };
+        match quic::call::<_, Response>(&connection, &Request::Api(request.clone())).await {
+            Ok(Response::Api(Ok(response))) => Attempt::Done(Ok(response)),
+            Ok(Response::Api(Err(e))) if e.kind == ApiErrorKind::Unavailable => Attempt::Retry {
+                reason: e.message,
+                reached: true,
+            },
+            Ok(Response::Api(Err(e))) => Attempt::Done(Err(ClientError::Rejected(e))),
+            Ok(Response::Forbidden { reason }) => {
+                Attempt::Done(Err(ClientError::Forbidden(reason)))
+            }
+            Ok(Response::NotLeader { leader: Some(hint) }) => match hint.addr.parse() {
+                Ok(leader) if leader != addr => Attempt::Redirect(leader),
+                _ => Attempt::Retry {
+                    reason: "leader hint points back here".into(),
+                    reached: true,
+                },
+            },
+            Ok(Response::NotLeader { leader: None }) => Attempt::Retry {
+                reason: "no leader elected yet".into(),
+                reached: true,
+            },
+            Ok(other) => Attempt::Done(Err(ClientError::Protocol(format!("{other:?}")))),
+            Err(e) => {
+                self.connection = None;
+                Attempt::Retry {
+                    reason: e.to_string(),
+                    reached: false,
+                }
+            }
+        }
+    }
+
+    /// Sends `request` to the leader, wherever it is, until it is answered or the timeout passes.
+    pub async fn request(&mut self, request: ApiRequest) -> Result<ApiResponse, ClientError> {
+        let started = Instant::now();
+        let mut next = self.connection.as_ref().map(|(a, _)| *a);
+        let mut rotation = 0usize;
+        let mut redirects = 0u32;
+        let mut reached_any = false;
+        let mut last = String::from("nothing tried");
+        while started.elapsed() < self.timeout {
+            let addr = next.take().unwrap_or_else(|| {
+                rotation += 1;
+                self.nodes[(rotation - 1) % self.nodes.len()]
+            });
+            match self.attempt(addr, &request).await {
+                Attempt::Done(result) => return result,
+                Attempt::Redirect(leader) if redirects < REDIRECTS_MAX => {
+                    redirects += 1;
+                    reached_any = true;
+                    next = Some(leader);
+                }
+                Attempt::Redirect(leader) => {
+                    last = format!("too many redirects (last to {leader})")
+                }
+                Attempt::Retry { reason, reached } => {
+                    reached_any |= reached;
+                    last = format!("{addr}: {reason}");
+                    tokio::time::sleep(Duration::from_millis(RETRY_INTERVAL_MS)).await;
+                }
+            }
+        }
+        let waited_ms = started.elapsed().as_millis() as u64;
+        Err(if reached_any {
+            ClientError::Timeout { waited_ms, last }
+        } else {
+            ClientError::Unreachable { waited_ms, last }
+        })
+    }
+}

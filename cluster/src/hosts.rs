@@ -1,0 +1,67 @@
+//! The control plane's side of the host protocol: registration (recorded through Raft) and
+//! heartbeats (soft state, handed to the supervision tree). Only the leader accepts either.
+
+use qvdc_raft::Command;
+use qvdc_transport::{
+    protocol::{HostMessage, HostReply, Response},
+    quinn,
+    tls::PeerIdentity,
+};
+use tracing::info;
+
+use crate::{api::propose, node::NodeInner};
+
+pub(crate) async fn handle(
+    node: &NodeInner,
+    peer: &PeerIdentity,
+    connection: &quinn::Connection,
+    message: HostMessage,
+) -> Response {
+    let host_id = match &message {
+        HostMessage::Register { host_id, .. } | HostMessage::Heartbeat { host_id, .. } => host_id,
+    };
+    if *host_id != peer.name {
+        return Response::Forbidden {
+            reason: format!(
+                "certificate of host {:?} cannot speak for host {host_id:?}",
+                peer.name
+            ),
+        };
+    }
+    let Some(supervision) = node.supervision().await else {
+        return node.not_leader();
+    };
+    match message {
+        HostMessage::Register { host_id, inventory } => {
+            let known = node
+                .desired
+                .borrow()
+                .hosts
+                .get(&host_id)
+                .map(|h| h.inventory == inventory);
+            if known != Some(true) {
+                let command = Command::RegisterHost {
+                    host_id: host_id.clone(),
+                    inventory,
+                };
+                if let Err(response) = propose(node, command).await {
+                    return match response {
+                        Response::Api(Err(e)) => {
+                            Response::Host(HostReply::Retry { reason: e.message })
+                        }
+                        other => other,
+                    };
+                }
+            }
+            info!(host = %host_id, term = supervision.term(), "host registered");
+            supervision.host_connected(host_id, connection.clone());
+            Response::Host(HostReply::Registered {
+                term: supervision.term(),
+            })
+        }
+        HostMessage::Heartbeat { host_id, pools, .. } => {
+            supervision.heartbeat(host_id, pools);
+            Response::Host(HostReply::HeartbeatAck)
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! A control-plane node: one QUIC endpoint, one Raft instance, and — while this node leads —
+//! one supervision tree. Every accepted connection is served according to the role in the
+//! peer's certificate.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use openraft::ServerState;
+use qvdc_actors::{Supervision, Timings};
+use qvdc_raft::{network::Network, store, DesiredState, NodeId, Raft};
+use qvdc_transport::{
+    protocol::{LeaderHint, Request, Response},
+    quic, quinn,
+    tls::{PeerIdentity, Role},
+    Endpoint,
+};
+use tokio::sync::{watch, RwLock};
+use tracing::{debug, info, warn};
+
+use crate::{api, hosts};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("storage: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("node {0} is not in --initial-cluster")]
+    NotAMember(NodeId),
+}
+
+/// Where a node keeps its Raft data.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    /// A redb file: `<data-dir>/raft.redb`.
+    Dir(std::path::PathBuf),
+    /// In memory, for the simulation.
+    Memory,
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub node_id: NodeId,
+    /// Every initial member's id and QUIC address, this node included.
+    pub initial_cluster: BTreeMap<NodeId, String>,
+    pub storage: Storage,
+    pub timings: Timings,
+}
+
+/// Shared state of a running node.
+pub struct NodeInner {
+    pub(crate) id: NodeId,
+    pub(crate) raft: Raft,
+    pub(crate) desired: watch::Receiver<Arc<DesiredState>>,
+    pub(crate) supervision: RwLock<Option<Supervision>>,
+}
+
+/// A running control-plane node. Cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<NodeInner>,
+    tasks: Arc<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Node {
+    /// Opens storage, starts Raft, initialises the cluster if it is new, and serves `endpoint`.
+    pub async fn start(config: NodeConfig, endpoint: Endpoint) -> Result<Self, NodeError> {
+        if !config.initial_cluster.contains_key(&config.node_id) {
+            return Err(NodeError::NotAMember(config.node_id));
+        }
+        let db = match &config.storage {
+            Storage::Dir(dir) => store::open(&dir.join("raft.redb"))?,
+            Storage::Memory => store::open_in_memory()?,
+        };
+        let (machine, desired) = store::StateMachine::open(db.clone())?;
+        let network = Network::new(endpoint.clone());
+        let raft = Raft::new(
+            config.node_id,
+            qvdc_raft::raft_config(),
+            network,
+            store::LogStore::new(db),
+            machine,
+        )
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
+        if !raft
+            .is_initialized()
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?
+        {
+            // Every initial member proposes the same membership; openraft accepts that.
+            let members = qvdc_raft::initial_members(&config.initial_cluster);
+            if let Err(e) = raft.initialize(members).await {
+                debug!(error = %e, "cluster already initialised by a peer");
+            }
+        }
+        let inner = Arc::new(NodeInner {
+            id: config.node_id,
+            raft,
+            desired,
+            supervision: RwLock::new(None),
+        });
+        let leadership = tokio::spawn(follow_leadership(inner.clone(), config.timings));
+        let serving = tokio::spawn(accept_loop(inner.clone(), endpoint));
+        info!(node = config.node_id, "control-plane node started");
+        Ok(Self {
+            inner,
+            tasks: Arc::new(vec![leadership, serving]),
+        })
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    /// Stops serving, stops supervision and shuts Raft down.
+    pub async fn shutdown(&self) {
+        for task in self.tasks.iter() {
+            task.abort();
+        }
+        if let Some(supervision) = self.inner.supervision.write().await.take() {
+            supervision.stop().await;
+        }
+        let _ = self.inner.raft.shutdown().await;
+    }
+}
+
+/// Starts the supervision tree when this node becomes leader and stops it when it is not.
+async fn follow_leadership(node: Arc<NodeInner>, timings: Timings) {
+    let mut metrics = node.raft.metrics();
+    loop {
+        let (leading, term) = {
+            let m = metrics.borrow_and_update();
+            (m.state == ServerState::Leader, m.current_term)
+        };
+        let mut slot = node.supervision.write().await;
+        let current = slot.as_ref().map(Supervision::term);
+        if current.is_some() && (!leading || current != Some(term)) {
+            info!(
+                node = node.id,
+                term = current,
+                "leadership lost: stopping supervision"
+            );
+            slot.take().expect("checked above").stop().await;
+        }
+        if leading && slot.is_none() {
+            match Supervision::start(term, node.desired.clone(), timings).await {
+                Ok(supervision) => {
+                    info!(node = node.id, term, "became leader: supervision started");
+                    *slot = Some(supervision);
+                }
+                Err(e) => warn!(error = %e, "could not start supervision"),
+            }
+        }
+        drop(slot);
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+impl NodeInner {
+    /// Where to send a client that reached a follower.
+    pub(crate) fn leader_hint(&self) -> Option<LeaderHint> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let leader = metrics.current_leader?;
+        let node = metrics.membership_config.membership().get_node(&leader)?;
+        Some(LeaderHint {
+            node_id: leader,
+            addr: node.addr.clone(),
+        })
+    }
+
+    pub(crate) fn not_leader(&self) -> Response {
+        Response::NotLeader {
+            leader: self.leader_hint(),
+        }
+    }
+
+    /// The supervision tree, if this node leads.
+    pub(crate) async fn supervision(&self) -> Option<Supervision> {
+        self.supervision.read().await.clone()
+    }
+}
+
+async fn accept_loop(node: Arc<NodeInner>, endpoint: Endpoint) {
+    while let Some(incoming) = endpoint.accept().await {
+        let node = node.clone();
+        tokio::spawn(async move {
+            let connection = match incoming.await {
+                Ok(c) => c,
+                Err(e) => return debug!(error = %e, "handshake failed"),
+            };
+            match quic::peer_identity(&connection) {
+                Ok(peer) => serve_connection(node, connection, peer).await,
+                Err(e) => warn!(error = %e, "peer without a usable identity; closing"),
+            }
+        });
+    }
+}
+
+async fn serve_connection(node: Arc<NodeInner>, connection: quinn::Connection, peer: PeerIdentity) {
+    debug!(role = %peer.role, name = %peer.name, remote = %connection.remote_address(), "peer connected");
+    let peer = Arc::new(peer);
+    while let Ok((send, mut recv)) = connection.accept_bi().await {
+        let (node, peer, connection) = (node.clone(), peer.clone(), connection.clone());
+        tokio::spawn(async move {
+            let response = match quic::read_request::<Request>(&mut recv).await {
+                Ok(request) => dispatch(&node, &peer, &connection, request).await,
+                Err(e) => return debug!(error = %e, "unreadable request"),
+            };
+            if let Err(e) = quic::respond(send, &response).await {
+                debug!(error = %e, "could not answer");
+            }
+        });
+    }
+}
+
+fn forbidden(peer: &PeerIdentity, what: &str, needed: Role) -> Response {
+    Response::Forbidden {
+        reason: format!(
+            "certificate {:?} has role {}, but {what} needs role {needed}; use a {needed} certificate",
+            peer.name, peer.role
+        ),
+    }
+}
+
+async fn dispatch(
+    node: &NodeInner,
+    peer: &PeerIdentity,
+    connection: &quinn::Connection,
+    request: Request,
+) -> Response {
+    match request {
+        Request::Raft(payload) if peer.role == Role::Server => {
+            match qvdc_raft::network::handle_rpc(&node.raft, &payload).await {
+                Ok(reply) => Response::Raft(reply),
+                Err(e) => Response::Forbidden {
+                    reason: format!("malformed Raft RPC: {e}"),
+                },
+            }
+        }
+        Request::Raft(_) => forbidden(peer, "Raft", Role::Server),
+        Request::Host(message) if peer.role == Role::Host => {
+            hosts::handle(node, peer, connection, message).await
+        }
+        Request::Host(_) => forbidden(peer, "speaking for a host", Role::Host),
+        Request::Api(request) if peer.role == Role::Operator => api::handle(node, request).await,
+        Request::Api(_) => forbidden(peer, "the operator API", Role::Operator),
+    }
+}
