@@ -33,8 +33,9 @@ pub enum NodeError {
 pub enum Storage {
     /// A redb file: `<data-dir>/raft.redb`.
     Dir(std::path::PathBuf),
-    /// In memory, for the simulation.
-    Memory,
+    /// An already open database: the simulation keeps one per node outside the node, so
+    /// that what was committed survives a simulated crash as it would on disk.
+    Database(Arc<store::Database>),
 }
 
 #[derive(Debug, Clone)]
@@ -69,7 +70,7 @@ impl Node {
         }
         let db = match &config.storage {
             Storage::Dir(dir) => store::open(&dir.join("raft.redb"))?,
-            Storage::Memory => store::open_in_memory()?,
+            Storage::Database(db) => db.clone(),
         };
         let (machine, desired) = store::StateMachine::open(db.clone())?;
         let network = Network::new(endpoint.clone());

@@ -26,7 +26,7 @@ use crate::{mounter::Mounter, pools::Pools};
 
 pub const HEARTBEAT_INTERVAL_MS_DEFAULT: u64 = 1_000;
 /// A heartbeat or registration not answered within this long counts as a lost leader.
-pub const REQUEST_TIMEOUT_MS: u64 = 3_000;
+pub const REQUEST_TIMEOUT_MS: u64 = 2_000;
 pub const REDIAL_BACKOFF_MS_MIN: u64 = 100;
 pub const REDIAL_BACKOFF_MS_MAX: u64 = 2_000;
 /// Commands the agent executes at once; more wait for a slot (QUIC flow control pushes back).
@@ -82,12 +82,12 @@ impl<M: Mounter> Agent<M> {
     pub async fn run(self) {
         let mut next = 0usize;
         let mut hint = None;
+        let mut failed: Option<SocketAddr> = None;
         let mut backoff_ms = REDIAL_BACKOFF_MS_MIN;
         loop {
-            let addr = hint.take().unwrap_or_else(|| {
-                next += 1;
-                self.config.cluster[(next - 1) % self.config.cluster.len()]
-            });
+            let addr = hint
+                .take()
+                .unwrap_or_else(|| self.next_address(&mut next, failed));
             match self.session(addr, &mut backoff_ms).await {
                 SessionEnd::Redirect(leader) => {
                     debug!(%addr, %leader, "redirected to the leader");
@@ -95,12 +95,26 @@ impl<M: Mounter> Agent<M> {
                     tokio::time::sleep(Duration::from_millis(REDIAL_BACKOFF_MS_MIN / 2)).await;
                 }
                 SessionEnd::Failed(reason) => {
+                    failed = Some(addr);
                     warn!(%addr, %reason, "control plane session ended; re-dialing in {backoff_ms} ms");
                     tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
                     backoff_ms = (backoff_ms * 2).min(REDIAL_BACKOFF_MS_MAX);
                 }
             }
         }
+    }
+
+    /// The next control-plane address in rotation, skipping the one that just failed: after a
+    /// leader dies, its address is the one least likely to answer.
+    fn next_address(&self, next: &mut usize, failed: Option<SocketAddr>) -> SocketAddr {
+        let cluster = &self.config.cluster;
+        let mut addr = cluster[*next % cluster.len()];
+        *next += 1;
+        if Some(addr) == failed && cluster.len() > 1 {
+            addr = cluster[*next % cluster.len()];
+            *next += 1;
+        }
+        addr
     }
 
     async fn request(

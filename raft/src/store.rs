@@ -13,7 +13,8 @@ use openraft::{
     StorageIOError,
 };
 use qvdc_transport::codec;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+pub use redb::Database;
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 

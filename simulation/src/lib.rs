@@ -1,1 +1,10 @@
-//! placeholder
+//! qvdc-simulation: the whole system — control-plane nodes, host agents and an operator —
+//! in one deterministic turmoil world. Production code runs unchanged: the same Raft,
+//! supervisors, host agent and QUIC transport; only the UDP socket, the mounter and the
+//! storage medium are simulated. A seed fixes the run; its event trace replays exactly.
+
+pub mod pool_flow;
+pub mod trace;
+mod world;
+
+pub use world::{Certs, SimConfig};

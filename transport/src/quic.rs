@@ -20,7 +20,7 @@ pub const KEEP_ALIVE_INTERVAL_MS: u64 = 1_000;
 /// Bound on how many requests one peer may have in flight on one connection.
 pub const STREAMS_PER_CONNECTION_MAX: u32 = 256;
 /// Time allowed for dialing and completing the handshake.
-pub const CONNECT_TIMEOUT_MS: u64 = 2_000;
+pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {

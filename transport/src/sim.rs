@@ -1,1 +1,138 @@
-//! Simulated UDP adapter (filled in below).
+//! QUIC over the simulated network: an `AsyncUdpSocket` on turmoil's UDP socket, so the
+//! same quinn endpoint, TLS and codec run in the deterministic simulation as in production.
+//! Only the socket differs; quinn's randomness is seeded through `EndpointConfig::rng_seed`.
+
+use std::{
+    fmt,
+    future::Future,
+    io::{self, IoSliceMut},
+    net::SocketAddr,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+};
+
+use quinn::udp::{RecvMeta, Transmit};
+
+use crate::{
+    quic::{server_config, TransportError},
+    tls::Identity,
+    Endpoint,
+};
+
+type Readiness = Pin<Box<dyn Future<Output = io::Result<()>> + Send>>;
+
+/// A turmoil UDP socket seen through quinn's socket interface.
+pub struct SimSocket {
+    socket: Arc<turmoil::net::UdpSocket>,
+    /// The wait for the next datagram, kept across polls.
+    readable: Mutex<Option<Readiness>>,
+}
+
+impl fmt::Debug for SimSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimSocket")
+            .field("socket", &self.socket)
+            .finish()
+    }
+}
+
+/// turmoil's UDP has no back-pressure: a send never waits.
+#[derive(Debug)]
+struct AlwaysWritable;
+
+impl quinn::UdpPoller for AlwaysWritable {
+    fn poll_writable(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl quinn::AsyncUdpSocket for SimSocket {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn quinn::UdpPoller>> {
+        Box::pin(AlwaysWritable)
+    }
+
+    fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
+        assert!(
+            transmit.segment_size.is_none(),
+            "one datagram per transmit (max_transmit_segments is 1)"
+        );
+        self.socket
+            .try_send_to(transmit.contents, transmit.destination)
+            .map(|_| ())
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        let mut readable = self
+            .readable
+            .lock()
+            .expect("socket readiness lock poisoned");
+        loop {
+            if let Some(wait) = readable.as_mut() {
+                let ready = std::task::ready!(wait.as_mut().poll(cx));
+                *readable = None;
+                ready?;
+            }
+            match self.socket.try_recv_from(&mut bufs[0]) {
+                Ok((len, addr)) => {
+                    meta[0] = RecvMeta {
+                        addr,
+                        len,
+                        stride: len,
+                        ecn: None,
+                        dst_ip: None,
+                    };
+                    return Poll::Ready(Ok(1));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let socket = self.socket.clone();
+                    *readable = Some(Box::pin(async move { socket.readable().await }));
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    fn may_fragment(&self) -> bool {
+        false
+    }
+}
+
+/// Binds a QUIC endpoint on the simulated network. `seed` fixes quinn's randomness
+/// (connection ids and the like) for this endpoint.
+pub async fn bind(
+    addr: SocketAddr,
+    identity: &Identity,
+    accept: bool,
+    seed: u64,
+) -> Result<Endpoint, TransportError> {
+    let socket = turmoil::net::UdpSocket::bind(addr)
+        .await
+        .map_err(|e| TransportError::Endpoint(format!("bind {addr}: {e}")))?;
+    let mut seed_bytes = [0u8; 32];
+    seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    let mut config = quinn::EndpointConfig::default();
+    config.rng_seed(Some(seed_bytes));
+    let server = accept.then(|| server_config(identity)).transpose()?;
+    let socket = Arc::new(SimSocket {
+        socket: Arc::new(socket),
+        readable: Mutex::new(None),
+    });
+    let inner = quinn::Endpoint::new_with_abstract_socket(
+        config,
+        server,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|e| TransportError::Endpoint(e.to_string()))?;
+    Endpoint::from_quinn(inner, identity)
+}

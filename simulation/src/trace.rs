@@ -1,0 +1,101 @@
+//! The event trace of a run: every qvdc log event at INFO or above, stamped with simulated
+//! time and the simulated machine it happened on. Two runs of one seed must produce the same
+//! trace, byte for byte; its hash is how tests compare them.
+
+use std::sync::{Arc, Mutex};
+
+use tracing::{field::Visit, span, Event, Level, Metadata, Subscriber};
+use tracing_subscriber::{layer::Context, registry::LookupSpan, Layer};
+
+/// Events recorded so far, shared with the harness.
+pub type Events = Arc<Mutex<Vec<String>>>;
+
+/// A tracing layer that appends qvdc's events to an [`Events`] list.
+pub struct TraceLayer {
+    events: Events,
+}
+
+impl TraceLayer {
+    pub fn new(events: Events) -> Self {
+        Self { events }
+    }
+}
+
+struct MachineName(String);
+
+/// turmoil wraps each machine's tick in a span named "node" that carries the machine's name.
+fn is_machine_span(meta: &Metadata<'_>) -> bool {
+    meta.is_span() && meta.name() == "node" && meta.target().starts_with("turmoil")
+}
+
+#[derive(Default)]
+struct Fields(String);
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write;
+        if field.name() == "message" {
+            let _ = write!(self.0, " {value:?}");
+        } else {
+            let _ = write!(self.0, " {}={value:?}", field.name());
+        }
+    }
+}
+
+impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for TraceLayer {
+    fn enabled(&self, meta: &Metadata<'_>, _: Context<'_, S>) -> bool {
+        is_machine_span(meta)
+            || (meta.is_event()
+                && meta.target().starts_with("qvdc")
+                && *meta.level() <= Level::INFO)
+    }
+
+    fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, ctx: Context<'_, S>) {
+        if !is_machine_span(attrs.metadata()) {
+            return;
+        }
+        let mut fields = Fields::default();
+        attrs.record(&mut fields);
+        if let Some(span) = ctx.span(id) {
+            let name = fields
+                .0
+                .trim()
+                .trim_start_matches("name=")
+                .trim_matches('"')
+                .to_owned();
+            span.extensions_mut().insert(MachineName(name));
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let meta = event.metadata();
+        // Task spans are disabled (see `enabled`), so the current span is turmoil's machine span.
+        let machine = ctx
+            .lookup_current()
+            .and_then(|span| {
+                span.scope()
+                    .find_map(|s| s.extensions().get::<MachineName>().map(|m| m.0.clone()))
+            })
+            .unwrap_or_else(|| "-".into());
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        let at_ms = turmoil::sim_elapsed().unwrap_or_default().as_millis();
+        let line = format!(
+            "{at_ms:>8} {machine:<9} {:<5} {}:{}",
+            meta.level(),
+            meta.target(),
+            fields.0
+        );
+        self.events.lock().expect("trace lock poisoned").push(line);
+    }
+}
+
+/// FNV-1a over the trace: stable across Rust versions and platforms.
+pub fn hash(events: &[String]) -> u64 {
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    for byte in events.iter().flat_map(|e| e.bytes().chain([b'\n'])) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}

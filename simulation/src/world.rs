@@ -1,0 +1,192 @@
+//! Building blocks of a simulated cluster: certificates, control-plane machines, host machines.
+
+use std::{collections::BTreeMap, net::SocketAddr, path::Path, sync::Arc, time::Duration};
+
+use qvdc_actors::Timings;
+use qvdc_cluster::{Client, Node, NodeConfig, Storage};
+use qvdc_host::{Agent, AgentConfig, SimMounter};
+use qvdc_raft::store;
+use qvdc_transport::{
+    protocol::Inventory,
+    sim,
+    tls::{self, Identity, Role},
+    Endpoint,
+};
+
+pub(crate) const NODE_PORT: u16 = 7000;
+pub(crate) const HOST_PORT: u16 = 7100;
+pub(crate) const CLIENT_PORT: u16 = 7200;
+pub(crate) const OPERATOR: &str = "admin";
+const HOST_DISK_BYTES: u64 = 100 << 30;
+
+/// Shape of a simulated cluster.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub seed: u64,
+    pub nodes: u64,
+    pub hosts: usize,
+    /// Hosts (1-based) whose pool mounts fail.
+    pub failing_hosts: Vec<usize>,
+}
+
+impl SimConfig {
+    pub(crate) fn node_name(i: u64) -> String {
+        format!("cp{i}")
+    }
+    pub(crate) fn host_name(i: usize) -> String {
+        format!("host-{i}")
+    }
+}
+
+/// Every identity of the cluster, created once per run in a scratch directory.
+pub struct Certs {
+    _dir: tempfile::TempDir,
+    identities: BTreeMap<String, Identity>,
+}
+
+impl Certs {
+    pub fn new(config: &SimConfig) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        tls::init_ca(dir.path())?;
+        let mut names: Vec<(Role, String)> = (1..=config.nodes)
+            .map(|i| (Role::Server, format!("node-{i}")))
+            .collect();
+        names.extend((1..=config.hosts).map(|i| (Role::Host, SimConfig::host_name(i))));
+        names.push((Role::Operator, OPERATOR.to_owned()));
+        let mut identities = BTreeMap::new();
+        for (role, name) in names {
+            identities.insert(name.clone(), load(dir.path(), role, &name)?);
+        }
+        Ok(Self {
+            _dir: dir,
+            identities,
+        })
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Identity {
+        self.identities[name].clone()
+    }
+}
+
+fn load(dir: &Path, role: Role, name: &str) -> anyhow::Result<Identity> {
+    let (cert, key) = tls::issue(dir, role, name)?;
+    Ok(Identity::load(&dir.join("ca.crt"), &cert, &key)?)
+}
+
+fn addr_of(name: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(turmoil::lookup(name), port)
+}
+
+pub(crate) fn node_addrs(nodes: u64) -> Vec<SocketAddr> {
+    (1..=nodes)
+        .map(|i| addr_of(&SimConfig::node_name(i), NODE_PORT))
+        .collect()
+}
+
+/// Mixes the run's seed with a machine's name into a seed for that machine's QUIC endpoint.
+fn endpoint_seed(seed: u64, machine: &str) -> u64 {
+    machine.bytes().fold(seed ^ 0x9e37_79b9_7f4a_7c15, |h, b| {
+        h.rotate_left(5) ^ u64::from(b)
+    })
+}
+
+/// Registers control-plane node `i` with the world. Its database lives outside the machine,
+/// so a crash keeps what was committed.
+pub(crate) fn add_node(
+    world: &mut turmoil::Sim<'_>,
+    config: &SimConfig,
+    certs: &Certs,
+    i: u64,
+) -> anyhow::Result<()> {
+    let name = SimConfig::node_name(i);
+    let identity = certs.get(&format!("node-{i}"));
+    let db = store::open_in_memory()?;
+    let (seed, nodes) = (config.seed, config.nodes);
+    world.host(name.clone(), move || {
+        let (identity, db, name) = (identity.clone(), db.clone(), name.clone());
+        async move {
+            let endpoint = sim::bind(
+                SocketAddr::from(([0, 0, 0, 0], NODE_PORT)),
+                &identity,
+                true,
+                endpoint_seed(seed, &name),
+            )
+            .await?;
+            let initial_cluster = (1..=nodes)
+                .zip(node_addrs(nodes))
+                .map(|(id, a)| (id, a.to_string()))
+                .collect();
+            let node_config = NodeConfig {
+                node_id: i,
+                initial_cluster,
+                storage: Storage::Database(db),
+                timings: Timings::default(),
+            };
+            let _node = Node::start(node_config, endpoint).await?;
+            std::future::pending::<()>().await;
+            Ok(())
+        }
+    });
+    Ok(())
+}
+
+/// Registers host agent `i` with the world, with a simulated mounter.
+pub(crate) fn add_host(world: &mut turmoil::Sim<'_>, config: &SimConfig, certs: &Certs, i: usize) {
+    let name = SimConfig::host_name(i);
+    let identity = certs.get(&name);
+    let failing = config.failing_hosts.contains(&i);
+    let (seed, nodes) = (config.seed, config.nodes);
+    world.host(name.clone(), move || {
+        let (identity, name) = (identity.clone(), name.clone());
+        async move {
+            let endpoint = sim::bind(
+                SocketAddr::from(([0, 0, 0, 0], HOST_PORT)),
+                &identity,
+                false,
+                endpoint_seed(seed, &name),
+            )
+            .await?;
+            let mut mounter = SimMounter::new(HOST_DISK_BYTES);
+            if failing {
+                mounter = mounter.failing_mounts("Not a directory (os error 20)");
+            }
+            let config = AgentConfig {
+                host_id: name.clone(),
+                cluster: node_addrs(nodes),
+                pool_root: format!("/var/lib/qhost/{name}/pools").into(),
+                inventory: Inventory {
+                    hostname: name.clone(),
+                    cpu_cores: 8,
+                    memory_bytes: 32 << 30,
+                },
+                heartbeat_interval_ms: qvdc_host::agent::HEARTBEAT_INTERVAL_MS_DEFAULT,
+            };
+            Agent::new(config, endpoint, mounter).run().await;
+            Ok(())
+        }
+    });
+}
+
+/// An operator's client inside the world, talking to every node or to chosen ones.
+pub(crate) async fn operator(
+    config: &SimConfig,
+    certs: &Certs,
+    port_offset: u16,
+    nodes: Vec<SocketAddr>,
+) -> anyhow::Result<Client> {
+    let identity = certs.get(OPERATOR);
+    let endpoint: Endpoint = sim::bind(
+        SocketAddr::from(([0, 0, 0, 0], CLIENT_PORT + port_offset)),
+        &identity,
+        false,
+        endpoint_seed(config.seed + u64::from(port_offset), OPERATOR),
+    )
+    .await?;
+    Ok(Client::new(endpoint, nodes, Duration::from_secs(30)))
+}
+
+pub(crate) fn node_addr(i: u64) -> SocketAddr {
+    addr_of(&SimConfig::node_name(i), NODE_PORT)
+}
+
+pub(crate) type Shared<T> = Arc<std::sync::Mutex<T>>;

@@ -1,0 +1,63 @@
+//! The walking-skeleton flow in the deterministic simulation.
+
+use qvdc_simulation::{pool_flow, SimConfig};
+use qvdc_transport::protocol::Health;
+
+fn config(seed: u64) -> SimConfig {
+    SimConfig {
+        seed,
+        nodes: 3,
+        hosts: 3,
+        failing_hosts: vec![3],
+    }
+}
+
+#[test]
+fn pool_aggregate_survives_a_leader_crash() {
+    let outcome = pool_flow::run(&config(1)).unwrap();
+    assert_eq!(outcome.view.health, Health::Degraded);
+    assert_eq!(outcome.view.healthy_hosts, ["host-1", "host-2"]);
+    assert_eq!(outcome.view.failed_hosts, ["host-3"]);
+    assert_eq!(outcome.view_after_failover.failed_hosts, ["host-3"]);
+    assert!(
+        outcome.trace.iter().any(|e| e.contains("became leader")),
+        "trace records elections"
+    );
+    eprintln!(
+        "simulated: pool create -> aggregate {:?}; leader cp{} crash -> same aggregate {:?}; {} trace events",
+        outcome.create_to_aggregate,
+        outcome.crashed_node,
+        outcome.crash_to_aggregate,
+        outcome.trace.len()
+    );
+}
+
+#[test]
+fn a_seed_replays_to_the_same_trace() {
+    let first = pool_flow::run(&config(7)).unwrap();
+    let second = pool_flow::run(&config(7)).unwrap();
+    if first.trace_hash != second.trace_hash {
+        let diverged = first
+            .trace
+            .iter()
+            .zip(&second.trace)
+            .position(|(a, b)| a != b);
+        panic!(
+            "traces differ at event {diverged:?}: {:?} vs {:?}",
+            diverged.map(|i| &first.trace[i]),
+            diverged.map(|i| &second.trace[i])
+        );
+    }
+    for milestone in [
+        "became leader",
+        "host registered",
+        "pool mounted",
+        "pool mount failed",
+        "leadership lost",
+    ] {
+        assert!(
+            first.trace.iter().any(|e| e.contains(milestone)),
+            "the trace misses {milestone:?}"
+        );
+    }
+}
