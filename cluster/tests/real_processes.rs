@@ -1,0 +1,476 @@
+//! The walking skeleton with real processes: three `qvdc server`s and three `qhost`s on
+//! loopback, real QUIC with mutual TLS, real bind mounts, driven through the `qvctl` binary.
+//! Needs root (mount(2)); with QVDC_REQUIRE_REAL=1 a missing privilege fails the test.
+
+use std::{
+    net::UdpSocket,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use qvdc_transport::tls::{self, Role};
+use serde_json::Value;
+
+const QVDC: &str = env!("CARGO_BIN_EXE_qvdc");
+const QVCTL: &str = env!("CARGO_BIN_EXE_qvctl");
+
+fn qhost() -> PathBuf {
+    let path = Path::new(QVDC).with_file_name("qhost");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        path.display()
+    );
+    path
+}
+
+fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn may_mount() -> bool {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    if !root && std::env::var("QVDC_REQUIRE_REAL").is_ok_and(|v| v == "1") {
+        panic!("QVDC_REQUIRE_REAL=1 but this test needs root to mount");
+    }
+    root
+}
+
+/// A cluster of child processes, killed and unmounted when dropped.
+struct Cluster {
+    dir: tempfile::TempDir,
+    addrs: Vec<String>,
+    nodes: Vec<Option<Child>>,
+    hosts: Vec<Child>,
+}
+
+impl Cluster {
+    fn certs(&self) -> PathBuf {
+        self.dir.path().join("certs")
+    }
+
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        tls::init_ca(&certs).unwrap();
+        for i in 1..=3 {
+            tls::issue(&certs, Role::Server, &format!("node-{i}")).unwrap();
+            tls::issue(&certs, Role::Host, &format!("host-{i}")).unwrap();
+        }
+        tls::issue(&certs, Role::Operator, "admin").unwrap();
+        let addrs: Vec<String> = (0..3)
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
+        let mut cluster = Self {
+            dir,
+            addrs,
+            nodes: Vec::new(),
+            hosts: Vec::new(),
+        };
+        for id in 1..=3 {
+            let child = cluster.spawn_node(id);
+            cluster.nodes.push(Some(child));
+        }
+        // host-3 cannot mount anything: its pool root is a plain file.
+        std::fs::create_dir_all(cluster.dir.path().join("host-3")).unwrap();
+        std::fs::write(cluster.dir.path().join("host-3/pools"), b"not a directory").unwrap();
+        for i in 1..=3 {
+            let child = cluster.spawn_host(i);
+            cluster.hosts.push(child);
+        }
+        cluster
+    }
+
+    fn log(&self, name: &str) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{name}.log")))
+            .unwrap()
+    }
+
+    fn tls_args(&self, name: &str) -> Vec<String> {
+        let c = self.certs();
+        vec![
+            "--ca-cert".into(),
+            c.join("ca.crt").display().to_string(),
+            "--cert".into(),
+            c.join(format!("{name}.crt")).display().to_string(),
+            "--key".into(),
+            c.join(format!("{name}.key")).display().to_string(),
+        ]
+    }
+
+    fn spawn_node(&self, id: usize) -> Child {
+        let initial: Vec<String> = self
+            .addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{}={a}", i + 1))
+            .collect();
+        let log = self.log(&format!("node-{id}"));
+        Command::new(QVDC)
+            .args([
+                "server",
+                "--node-id",
+                &id.to_string(),
+                "--listen",
+                &self.addrs[id - 1],
+            ])
+            .args([
+                "--data-dir",
+                &self
+                    .dir
+                    .path()
+                    .join(format!("node-{id}"))
+                    .display()
+                    .to_string(),
+            ])
+            .args(["--initial-cluster", &initial.join(",")])
+            .args(self.tls_args(&format!("node-{id}")))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    fn spawn_host(&self, i: usize) -> Child {
+        let name = format!("host-{i}");
+        let log = self.log(&name);
+        Command::new(qhost())
+            .args(["--host-id", &name, "--cluster", &self.addrs.join(",")])
+            .args([
+                "--data-dir",
+                &self.dir.path().join(&name).display().to_string(),
+            ])
+            .args(self.tls_args(&name))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    /// Runs qvctl as `cert` against `addrs`.
+    fn qvctl_as(&self, cert: &str, ca_dir: &Path, addrs: &[String], args: &[&str]) -> Output {
+        Command::new(QVCTL)
+            .env("QVDC_CLUSTER", addrs.join(","))
+            .env("QVDC_CA_CERT", ca_dir.join("ca.crt"))
+            .env("QVDC_CERT", ca_dir.join(format!("{cert}.crt")))
+            .env("QVDC_KEY", ca_dir.join(format!("{cert}.key")))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Option<Value> {
+        let mut all = args.to_vec();
+        all.extend(["--output", "json", "--timeout-ms", "3000"]);
+        let out = self.qvctl_as("admin", &self.certs(), &self.addrs, &all);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).unwrap())
+    }
+
+    fn dump_logs(&self) {
+        for entry in std::fs::read_dir(self.dir.path()).unwrap().flatten() {
+            if entry.path().extension().is_some_and(|e| e == "log") {
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                eprintln!(
+                    "--- {}\n{}",
+                    entry.path().display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self.nodes.iter_mut().flatten().chain(self.hosts.iter_mut()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let prefix = self.dir.path().display().to_string();
+        for point in table
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|p| p.starts_with(&prefix))
+        {
+            let _ = Command::new("umount").args(["-l", point]).status();
+        }
+    }
+}
+
+fn eventually<T>(
+    cluster: &Cluster,
+    what: &str,
+    limit: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+) -> T {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if let Some(value) = probe() {
+            return value;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cluster.dump_logs();
+    panic!("{what} did not happen within {limit:?}");
+}
+
+/// The pool view once every host has a fresh report and the two mountable hosts are healthy.
+fn settled(view: Value) -> Option<Value> {
+    let hosts = view["hosts"].as_array()?;
+    let known = hosts.iter().all(|h| h["health"] != "UNKNOWN");
+    (known && view["healthy_hosts"].as_array()?.len() == 2).then_some(view)
+}
+
+fn assert_aggregate(view: &Value) {
+    assert_eq!(view["health"], "DEGRADED", "{view:#}");
+    assert_eq!(
+        view["healthy_hosts"],
+        serde_json::json!(["host-1", "host-2"])
+    );
+    assert_eq!(view["failed_hosts"], serde_json::json!(["host-3"]));
+    for host in &view["hosts"].as_array().unwrap()[..2] {
+        assert_eq!(host["health"], "HEALTHY");
+        assert_eq!(host["mounted"], true);
+        assert!(host["capacity"]["total_bytes"].as_u64().unwrap() > 0);
+        assert_eq!(host["volume_count"], 1, "the source holds one volume file");
+    }
+    let error = view["hosts"][2]["error"].as_str().unwrap();
+    assert!(
+        error.contains("Not a directory"),
+        "host-3 error should carry the kernel's reason: {error}"
+    );
+}
+
+#[test]
+fn pool_flow_across_real_processes_survives_leader_kill_needs_root() {
+    if !may_mount() {
+        eprintln!("skipped: needs root to mount (set QVDC_REQUIRE_REAL=1 to make this a failure)");
+        return;
+    }
+    let mut cluster = Cluster::start();
+    let source = cluster.dir.path().join("shared");
+    std::fs::create_dir_all(&source).unwrap();
+    std::fs::write(source.join("disk-a.qcow2"), b"x").unwrap();
+
+    eventually(
+        &cluster,
+        "three hosts Ready",
+        Duration::from_secs(30),
+        || {
+            let hosts = cluster.json(&["host", "list"])?;
+            let hosts = hosts.as_array()?;
+            (hosts.len() == 3 && hosts.iter().all(|h| h["liveness"] == "Ready")).then_some(())
+        },
+    );
+
+    let created = Instant::now();
+    let out = cluster.qvctl_as(
+        "admin",
+        &cluster.certs(),
+        &cluster.addrs,
+        &[
+            "pool",
+            "create",
+            "shared",
+            "--type",
+            "dir",
+            "--path",
+            &source.display().to_string(),
+            "--hosts",
+            "host-1,host-2,host-3",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let view = eventually(&cluster, "pool aggregate", Duration::from_secs(30), || {
+        cluster.json(&["pool", "show", "shared"]).and_then(settled)
+    });
+    eprintln!("pool create -> aggregate visible: {:?}", created.elapsed());
+    assert_aggregate(&view);
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let host1_mount = cluster
+        .dir
+        .path()
+        .join("host-1/pools/shared")
+        .display()
+        .to_string();
+    assert!(
+        mounts
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some(host1_mount.as_str())),
+        "host-1 really mounted the pool"
+    );
+
+    let status = cluster.json(&["cluster", "status"]).unwrap();
+    let leader = status["leader"].as_u64().unwrap() as usize;
+    let applied = status["last_applied"].as_u64().unwrap();
+    let mut killed = cluster.nodes[leader - 1].take().unwrap();
+    killed.kill().unwrap(); // SIGKILL
+    killed.wait().unwrap();
+    let killed_at = Instant::now();
+    let after = eventually(
+        &cluster,
+        "aggregate from a new leader",
+        Duration::from_secs(15),
+        || {
+            let view = cluster
+                .json(&["pool", "show", "shared"])
+                .and_then(settled)?;
+            let status = cluster.json(&["cluster", "status"])?;
+            (status["leader"].as_u64() != Some(leader as u64)).then_some(view)
+        },
+    );
+    eprintln!(
+        "leader kill -9 -> same aggregate from node {}: {:?}",
+        cluster.json(&["cluster", "status"]).unwrap()["leader"],
+        killed_at.elapsed()
+    );
+    assert_aggregate(&after);
+
+    let restarted = cluster.spawn_node(leader);
+    cluster.nodes[leader - 1] = Some(restarted);
+    let only_it = vec![cluster.addrs[leader - 1].clone()];
+    eventually(
+        &cluster,
+        "restarted node rejoins",
+        Duration::from_secs(20),
+        || {
+            let out = cluster.qvctl_as(
+                "admin",
+                &cluster.certs(),
+                &only_it,
+                &["cluster", "status", "-o", "json", "--timeout-ms", "2000"],
+            );
+            let status: Value = serde_json::from_slice(&out.stdout).ok()?;
+            let caught_up = status["last_applied"].as_u64()? >= applied;
+            (status["leader"].as_u64().is_some() && status["node_id"] == leader as u64 && caught_up)
+                .then_some(())
+        },
+    );
+
+    check_certificates_are_enforced(&cluster);
+}
+
+fn check_certificates_are_enforced(cluster: &Cluster) {
+    let foreign = cluster.dir.path().join("foreign");
+    tls::init_ca(&foreign).unwrap();
+    tls::issue(&foreign, Role::Operator, "mallory").unwrap();
+    let out = cluster.qvctl_as(
+        "mallory",
+        &foreign,
+        &cluster.addrs,
+        &["cluster", "status", "--timeout-ms", "1500"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "a foreign CA is refused at the handshake: {stderr}"
+    );
+    assert!(
+        stderr.contains("certificate") || stderr.contains("Certificate"),
+        "{stderr}"
+    );
+
+    let spec = [
+        "pool", "create", "evil", "--path", "/tmp", "--hosts", "host-1",
+    ];
+    let out = cluster.qvctl_as("host-1", &cluster.certs(), &cluster.addrs, &spec);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "a host certificate may not mutate: {stderr}"
+    );
+    assert!(
+        stderr.contains("role host") && stderr.contains("operator"),
+        "{stderr}"
+    );
+    assert!(
+        cluster.json(&["pool", "show", "evil"]).is_none(),
+        "nothing was created"
+    );
+}
+
+#[test]
+fn oversized_frames_are_refused_and_the_node_keeps_serving() {
+    use qvdc_transport::{
+        codec::FRAME_BYTES_MAX,
+        protocol::{ApiRequest, ApiResponse, Request, Response},
+        quic,
+        tls::Identity,
+        Endpoint,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path();
+    tls::init_ca(certs).unwrap();
+    tls::issue(certs, Role::Server, "node-1").unwrap();
+    tls::issue(certs, Role::Operator, "admin").unwrap();
+    let load = |name: &str| {
+        Identity::load(
+            &certs.join("ca.crt"),
+            &certs.join(format!("{name}.crt")),
+            &certs.join(format!("{name}.key")),
+        )
+        .unwrap()
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let server = Endpoint::bind("127.0.0.1:0".parse().unwrap(), &load("node-1"), true).unwrap();
+        let addr = server.local_addr().unwrap();
+        let config = qvdc_cluster::NodeConfig {
+            node_id: 1,
+            initial_cluster: [(1, addr.to_string())].into(),
+            storage: qvdc_cluster::Storage::Dir(dir.path().join("node-1")),
+            timings: Default::default(),
+        };
+        std::fs::create_dir_all(dir.path().join("node-1")).unwrap();
+        let _node = qvdc_cluster::Node::start(config, server).await.unwrap();
+
+        let client = Endpoint::bind("127.0.0.1:0".parse().unwrap(), &load("admin"), false).unwrap();
+        let connection = client.connect(addr).await.unwrap();
+        let (mut send, mut recv) = connection.open_bi().await.unwrap();
+        let length = u32::try_from(FRAME_BYTES_MAX + 1).unwrap();
+        send.write_all(&length.to_be_bytes()).await.unwrap();
+        send.write_all(&[0u8; 1024]).await.unwrap();
+        let _ = send.finish();
+        let answer = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(1 << 20))
+            .await
+            .unwrap();
+        assert!(
+            answer.map_or(true, |bytes| bytes.is_empty()),
+            "an oversized frame gets no answer"
+        );
+
+        let reply: Response = quic::call(&connection, &Request::Api(ApiRequest::ClusterStatus))
+            .await
+            .unwrap();
+        assert!(
+            matches!(reply, Response::Api(Ok(ApiResponse::ClusterStatus(_)))),
+            "{reply:?}"
+        );
+    });
+}
