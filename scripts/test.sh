@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: unit tests, openraft's storage suite, the deterministic
+# simulation and the real-process tests (three qvdc servers, three qhosts, real mounts).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+./scripts/setup.sh
+
+if [ "$(id -u)" -eq 0 ]; then
+  # Everything the real tests need is here: a test that cannot run must fail, not skip.
+  export QVDC_REQUIRE_REAL=1
+else
+  echo "test: not root, so tests that mount filesystems will skip (run as root to include them)" >&2
+fi
+
+# The real-process tests start qhost, which lives in another crate: build every binary first.
+cargo build --workspace --bins
+cargo nextest run --workspace --no-fail-fast "$@"
