@@ -147,6 +147,7 @@ fn failed<E: std::error::Error>(e: PeerError) -> RPCError<NodeId, BasicNode, E> 
     }
 }
 
+#[allow(clippy::result_large_err)] // the error type is the one openraft's RaftNetwork returns
 fn remote<T, E: std::error::Error>(
     target: NodeId,
     result: Result<T, RaftError<NodeId, E>>,
