@@ -95,6 +95,9 @@ pub(crate) struct ClusterState {
     desired: Arc<DesiredState>,
     hosts: BTreeMap<String, ActorRef<HostMsg>>,
     pools: BTreeMap<String, ActorRef<PoolMsg>>,
+    /// Each host's latest heartbeat, replayed to pool supervisors that start later so they
+    /// can decide at once instead of waiting for the next heartbeat.
+    last_heartbeat: BTreeMap<String, (Instant, Vec<PoolReport>)>,
     backoff_ms: BTreeMap<Child, u64>,
     watcher: tokio::task::JoinHandle<()>,
 }
@@ -151,6 +154,16 @@ async fn spawn_pool(
     };
     let (actor, _) = Actor::spawn_linked(None, PoolSupervisor, args, myself.get_cell()).await?;
     info!(pool = %name, term = state.term, "pool supervisor started");
+    for host in &record.hosts {
+        if let Some((at, reports)) = state.last_heartbeat.get(host) {
+            let report = reports.iter().find(|r| r.pool == name).cloned();
+            actor.cast(PoolMsg::Observe {
+                host: host.clone(),
+                at: *at,
+                report,
+            })?;
+        }
+    }
     state.pools.insert(name.to_owned(), actor);
     Ok(())
 }
@@ -210,6 +223,7 @@ impl Actor for ClusterSupervisor {
             desired,
             hosts: BTreeMap::new(),
             pools: BTreeMap::new(),
+            last_heartbeat: BTreeMap::new(),
             backoff_ms: BTreeMap::new(),
             watcher,
         };
@@ -253,7 +267,7 @@ impl Actor for ClusterSupervisor {
                 }
                 state.hosts[&host_id].cast(HostMsg::Connected(connection))?;
             }
-            ClusterMsg::Heartbeat { host_id, pools } => route_heartbeat(state, &host_id, pools),
+            ClusterMsg::Heartbeat { host_id, pools } => route_heartbeat(state, host_id, pools),
             ClusterMsg::Execute {
                 host,
                 command,
@@ -337,26 +351,25 @@ impl Actor for ClusterSupervisor {
     }
 }
 
-fn route_heartbeat(state: &ClusterState, host_id: &str, pools: Vec<PoolReport>) {
+fn route_heartbeat(state: &mut ClusterState, host_id: String, pools: Vec<PoolReport>) {
     let now = Instant::now();
-    if let Some(actor) = state.hosts.get(host_id) {
+    if let Some(actor) = state.hosts.get(&host_id) {
         let _ = actor.cast(HostMsg::Seen);
     }
-    let mut reports: BTreeMap<String, PoolReport> =
-        pools.into_iter().map(|r| (r.pool.clone(), r)).collect();
     for (name, record) in &state.desired.pools {
-        if !record.hosts.contains(host_id) {
+        if !record.hosts.contains(&host_id) {
             continue;
         }
         if let Some(actor) = state.pools.get(name) {
-            let report = reports.remove(name);
+            let report = pools.iter().find(|r| r.pool == *name).cloned();
             let _ = actor.cast(PoolMsg::Observe {
-                host: host_id.to_owned(),
+                host: host_id.clone(),
                 at: now,
                 report,
             });
         }
     }
+    state.last_heartbeat.insert(host_id, (now, pools));
 }
 
 /// Adapts a reply port for `Option<PoolView>` into one for `PoolView`.

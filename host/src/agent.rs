@@ -19,7 +19,7 @@ use qvdc_transport::{
     },
     quic, Endpoint, TransportError,
 };
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
 use tracing::{debug, info, warn};
 
 use crate::{mounter::Mounter, pools::Pools};
@@ -50,6 +50,8 @@ pub struct Agent<M> {
     pools: Arc<Mutex<Pools<M>>>,
     /// The highest leader term seen; commands from lower terms are refused.
     fence_term: Arc<AtomicU64>,
+    /// Signalled after a command ran, so its effect is reported now rather than a heartbeat later.
+    report_now: Arc<Notify>,
 }
 
 enum SessionEnd {
@@ -75,6 +77,7 @@ impl<M: Mounter> Agent<M> {
             endpoint,
             pools: Arc::new(Mutex::new(pools)),
             fence_term: Arc::new(AtomicU64::new(0)),
+            report_now: Arc::new(Notify::new()),
         }
     }
 
@@ -152,6 +155,7 @@ impl<M: Mounter> Agent<M> {
             connection.clone(),
             self.pools.clone(),
             self.fence_term.clone(),
+            self.report_now.clone(),
         ));
         let end = self.heartbeat(&connection).await;
         commands.abort();
@@ -164,7 +168,10 @@ impl<M: Mounter> Agent<M> {
             tokio::time::interval(Duration::from_millis(self.config.heartbeat_interval_ms));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         for seq in 1.. {
-            ticker.tick().await;
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = self.report_now.notified() => ticker.reset(),
+            }
             let pools = self.pools.lock().await.reports().await;
             let beat = HostMessage::Heartbeat {
                 host_id: self.config.host_id.clone(),
@@ -201,13 +208,15 @@ async fn serve_commands<M: Mounter>(
     connection: qvdc_transport::quinn::Connection,
     pools: Arc<Mutex<Pools<M>>>,
     fence_term: Arc<AtomicU64>,
+    report_now: Arc<Notify>,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(COMMANDS_IN_FLIGHT_MAX));
     while let Ok((send, mut recv)) = connection.accept_bi().await {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        let (pools, fence_term) = (pools.clone(), fence_term.clone());
+        let (pools, fence_term, report_now) =
+            (pools.clone(), fence_term.clone(), report_now.clone());
         tokio::spawn(async move {
             let _permit = permit;
             let command: HostCommand = match quic::read_request(&mut recv).await {
@@ -215,6 +224,7 @@ async fn serve_commands<M: Mounter>(
                 Err(e) => return warn!(error = %e, "unreadable command"),
             };
             let result = execute(command, &pools, &fence_term).await;
+            report_now.notify_one();
             if let Err(e) = quic::respond(send, &result).await {
                 warn!(error = %e, "could not answer a command");
             }
