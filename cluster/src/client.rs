@@ -103,6 +103,7 @@ impl Client {
             Ok(Response::Forbidden { reason }) => {
                 Attempt::Done(Err(ClientError::Forbidden(reason)))
             }
+            Ok(Response::Malformed { reason }) => Attempt::Done(Err(ClientError::Protocol(reason))),
             Ok(Response::NotLeader { leader: Some(hint) }) => match hint.addr.parse() {
                 Ok(leader) if leader != addr => Attempt::Redirect(leader),
                 _ => Attempt::Retry {

@@ -207,7 +207,12 @@ async fn serve_connection(node: Arc<NodeInner>, connection: quinn::Connection, p
         tokio::spawn(async move {
             let response = match quic::read_request::<Request>(&mut recv).await {
                 Ok(request) => dispatch(&node, &peer, &connection, request).await,
-                Err(e) => return debug!(error = %e, "unreadable request"),
+                Err(e) => {
+                    debug!(error = %e, peer = %peer.name, "unreadable request");
+                    Response::Malformed {
+                        reason: e.to_string(),
+                    }
+                }
             };
             if let Err(e) = quic::respond(send, &response).await {
                 debug!(error = %e, "could not answer");
@@ -235,8 +240,8 @@ async fn dispatch(
         Request::Raft(payload) if peer.role == Role::Server => {
             match qvdc_raft::network::handle_rpc(&node.raft, &payload).await {
                 Ok(reply) => Response::Raft(reply),
-                Err(e) => Response::Forbidden {
-                    reason: format!("malformed Raft RPC: {e}"),
+                Err(e) => Response::Malformed {
+                    reason: format!("Raft RPC: {e}"),
                 },
             }
         }

@@ -411,11 +411,15 @@ fn check_certificates_are_enforced(cluster: &Cluster) {
     );
 }
 
+/// One node on loopback, probed with raw requests under each kind of certificate.
 #[test]
-fn oversized_frames_are_refused_and_the_node_keeps_serving() {
+fn a_node_refuses_what_a_certificate_does_not_allow_and_oversized_frames() {
     use qvdc_transport::{
-        codec::FRAME_BYTES_MAX,
-        protocol::{ApiRequest, ApiResponse, Request, Response},
+        codec::{self, FRAME_BYTES_MAX},
+        protocol::{
+            ApiRequest, ApiResponse, HostMessage, Inventory, PoolSource, PoolSpec, Request,
+            Response,
+        },
         quic,
         tls::Identity,
         Endpoint,
@@ -425,13 +429,10 @@ fn oversized_frames_are_refused_and_the_node_keeps_serving() {
     tls::init_ca(certs).unwrap();
     tls::issue(certs, Role::Server, "node-1").unwrap();
     tls::issue(certs, Role::Operator, "admin").unwrap();
+    tls::issue(certs, Role::Host, "host-1").unwrap();
     let load = |name: &str| {
-        Identity::load(
-            &certs.join("ca.crt"),
-            &certs.join(format!("{name}.crt")),
-            &certs.join(format!("{name}.key")),
-        )
-        .unwrap()
+        let file = |ext: &str| certs.join(format!("{name}.{ext}"));
+        Identity::load(&certs.join("ca.crt"), &file("crt"), &file("key")).unwrap()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -441,36 +442,86 @@ fn oversized_frames_are_refused_and_the_node_keeps_serving() {
     runtime.block_on(async {
         let server = Endpoint::bind("127.0.0.1:0".parse().unwrap(), &load("node-1"), true).unwrap();
         let addr = server.local_addr().unwrap();
+        std::fs::create_dir_all(dir.path().join("node-1")).unwrap();
         let config = qvdc_cluster::NodeConfig {
             node_id: 1,
             initial_cluster: [(1, addr.to_string())].into(),
             storage: qvdc_cluster::Storage::Dir(dir.path().join("node-1")),
             timings: Default::default(),
         };
-        std::fs::create_dir_all(dir.path().join("node-1")).unwrap();
         let _node = qvdc_cluster::Node::start(config, server).await.unwrap();
+        let connect = |name: &str| {
+            let endpoint =
+                Endpoint::bind("127.0.0.1:0".parse().unwrap(), &load(name), false).unwrap();
+            async move { endpoint.connect(addr).await.unwrap() }
+        };
+        let operator = connect("admin").await;
+        let host = connect("host-1").await;
 
-        let client = Endpoint::bind("127.0.0.1:0".parse().unwrap(), &load("admin"), false).unwrap();
-        let connection = client.connect(addr).await.unwrap();
-        let (mut send, mut recv) = connection.open_bi().await.unwrap();
+        // A frame announcing more than the limit is answered with a typed error, not read.
+        let (mut send, mut recv) = operator.open_bi().await.unwrap();
         let length = u32::try_from(FRAME_BYTES_MAX + 1).unwrap();
         send.write_all(&length.to_be_bytes()).await.unwrap();
         send.write_all(&[0u8; 1024]).await.unwrap();
         let _ = send.finish();
-        let answer = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(1 << 20))
+        let reply: Response = codec::read_frame(&mut recv).await.unwrap();
+        let Response::Malformed { reason } = reply else {
+            panic!("{reply:?}")
+        };
+        assert!(reason.contains("exceeds the limit"), "{reason}");
+
+        let forbidden = |reply: Response, needle: &str| match reply {
+            Response::Forbidden { reason } => {
+                assert!(reason.contains(needle), "{reason} !~ {needle}")
+            }
+            other => panic!("expected Forbidden, got {other:?}"),
+        };
+        let reply = quic::call(&operator, &Request::Raft(vec![1, 2, 3]))
             .await
             .unwrap();
-        assert!(
-            answer.map_or(true, |bytes| bytes.is_empty()),
-            "an oversized frame gets no answer"
+        forbidden(reply, "needs role server");
+        let reply = quic::call(&host, &Request::Raft(vec![1, 2, 3]))
+            .await
+            .unwrap();
+        forbidden(reply, "needs role server");
+        let spec = PoolSpec {
+            name: "p".into(),
+            source: PoolSource::Dir {
+                path: "/srv".into(),
+            },
+        };
+        let create = Request::Api(ApiRequest::PoolCreate {
+            spec,
+            hosts: vec!["host-1".into()],
+        });
+        forbidden(
+            quic::call(&host, &create).await.unwrap(),
+            "needs role operator",
+        );
+        let inventory = Inventory {
+            hostname: "h".into(),
+            cpu_cores: 1,
+            memory_bytes: 1,
+        };
+        let impostor = Request::Host(HostMessage::Register {
+            host_id: "host-2".into(),
+            inventory,
+        });
+        forbidden(
+            quic::call(&host, &impostor).await.unwrap(),
+            "cannot speak for host",
+        );
+        forbidden(
+            quic::call(&operator, &impostor).await.unwrap(),
+            "needs role host",
         );
 
-        let reply: Response = quic::call(&connection, &Request::Api(ApiRequest::ClusterStatus))
+        let reply: Response = quic::call(&operator, &Request::Api(ApiRequest::ClusterStatus))
             .await
             .unwrap();
         assert!(
             matches!(reply, Response::Api(Ok(ApiResponse::ClusterStatus(_)))),
-            "{reply:?}"
+            "still serving: {reply:?}"
         );
     });
 }

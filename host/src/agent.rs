@@ -199,6 +199,9 @@ fn not_registered(reply: Response) -> SessionEnd {
         Response::NotLeader { leader: None } => SessionEnd::Failed("no leader elected yet".into()),
         Response::Host(HostReply::Retry { reason }) => SessionEnd::Failed(reason),
         Response::Forbidden { reason } => SessionEnd::Failed(format!("refused: {reason}")),
+        Response::Malformed { reason } => SessionEnd::Failed(format!(
+            "the control plane could not read our request: {reason}"
+        )),
         other => SessionEnd::Failed(format!("unexpected reply {other:?}")),
     }
 }

@@ -36,6 +36,10 @@ pub enum Response {
     Forbidden {
         reason: String,
     },
+    /// The request could not be read (too large, another protocol version, malformed).
+    Malformed {
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

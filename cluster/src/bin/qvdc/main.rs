@@ -181,6 +181,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn config_file_fills_what_flags_leave_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(
+            &file,
+            "node-id = 2\nlisten = \"127.0.0.1:7102\"\ndata-dir = \"/var/lib/qvdc\"\n",
+        )
+        .unwrap();
+        let flags = ServerArgs {
+            config: Some(file.clone()),
+            node_id: Some(3),
+            ..Default::default()
+        };
+        let merged = flags.merged().unwrap();
+        assert_eq!(merged.node_id, Some(3), "a flag wins over the file");
+        assert_eq!(merged.listen, Some("127.0.0.1:7102".parse().unwrap()));
+        assert_eq!(merged.data_dir, Some("/var/lib/qvdc".into()));
+        std::fs::write(&file, "node-idd = 2\n").unwrap();
+        let err = ServerArgs {
+            config: Some(file),
+            ..Default::default()
+        }
+        .merged()
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("node-idd"),
+            "unknown keys are named: {err:#}"
+        );
+    }
+
+    #[test]
     fn initial_cluster_is_parsed_and_checked() {
         let members = parse_initial_cluster("1=127.0.0.1:1,2=127.0.0.1:2").unwrap();
         assert_eq!(members[&2], "127.0.0.1:2");
