@@ -75,8 +75,18 @@ impl Supervision {
         });
     }
 
-    pub fn heartbeat(&self, host_id: String, pools: Vec<PoolReport>) {
-        let _ = self.root.cast(ClusterMsg::Heartbeat { host_id, pools });
+    /// A heartbeat arrived on `connection`, which is where the host's commands go from now on.
+    pub fn heartbeat(
+        &self,
+        host_id: String,
+        connection: quinn::Connection,
+        pools: Vec<PoolReport>,
+    ) {
+        let _ = self.root.cast(ClusterMsg::Heartbeat {
+            host_id,
+            connection,
+            pools,
+        });
     }
 
     pub async fn pool_view(&self, name: &str) -> Result<Option<PoolView>, SupervisionError> {

@@ -29,6 +29,7 @@ pub(crate) enum ClusterMsg {
     },
     Heartbeat {
         host_id: String,
+        connection: quinn::Connection,
         pools: Vec<PoolReport>,
     },
     Execute {
@@ -49,7 +50,7 @@ pub(crate) enum ClusterMsg {
 
 pub(crate) enum HostMsg {
     Connected(quinn::Connection),
-    Seen,
+    Seen(quinn::Connection),
     Execute {
         command: HostCommand,
         reply_to: ActorRef<PoolMsg>,
@@ -267,7 +268,11 @@ impl Actor for ClusterSupervisor {
                 }
                 state.hosts[&host_id].cast(HostMsg::Connected(connection))?;
             }
-            ClusterMsg::Heartbeat { host_id, pools } => route_heartbeat(state, host_id, pools),
+            ClusterMsg::Heartbeat {
+                host_id,
+                connection,
+                pools,
+            } => route_heartbeat(state, host_id, connection, pools),
             ClusterMsg::Execute {
                 host,
                 command,
@@ -351,10 +356,18 @@ impl Actor for ClusterSupervisor {
     }
 }
 
-fn route_heartbeat(state: &mut ClusterState, host_id: String, pools: Vec<PoolReport>) {
+/// Hands a heartbeat to the host's supervisor (with the connection it came on: a host that
+/// registered with an earlier tree of this node never registers again) and each pool's
+/// part of it to that pool's supervisor.
+fn route_heartbeat(
+    state: &mut ClusterState,
+    host_id: String,
+    connection: quinn::Connection,
+    pools: Vec<PoolReport>,
+) {
     let now = Instant::now();
     if let Some(actor) = state.hosts.get(&host_id) {
-        let _ = actor.cast(HostMsg::Seen);
+        let _ = actor.cast(HostMsg::Seen(connection));
     }
     for (name, record) in &state.desired.pools {
         if !record.hosts.contains(&host_id) {
@@ -428,7 +441,10 @@ impl Actor for HostSupervisor {
                 state.connection = Some(connection);
                 state.last_seen = Some(Instant::now());
             }
-            HostMsg::Seen => state.last_seen = Some(Instant::now()),
+            HostMsg::Seen(connection) => {
+                state.connection = Some(connection);
+                state.last_seen = Some(Instant::now());
+            }
             HostMsg::Execute { command, reply_to } => execute(state, command, reply_to),
             HostMsg::Liveness(reply) => {
                 let _ = reply.send(liveness(

@@ -60,7 +60,7 @@ pub(crate) async fn handle(
             })
         }
         HostMessage::Heartbeat { host_id, pools, .. } => {
-            supervision.heartbeat(host_id, pools);
+            supervision.heartbeat(host_id, connection.clone(), pools);
             Response::Host(HostReply::HeartbeatAck)
         }
     }

@@ -54,19 +54,34 @@ struct Shape {
 
 impl Shape {
     fn config(&self, seed: u64) -> SimConfig {
-        SimConfig { seed, nodes: 3, hosts: self.hosts, failing_hosts: self.failing_hosts.clone() }
+        SimConfig {
+            seed,
+            nodes: 3,
+            hosts: self.hosts,
+            failing_hosts: self.failing_hosts.clone(),
+        }
     }
 
     fn flags(&self) -> String {
         let failing: Vec<String> = self.failing_hosts.iter().map(ToString::to_string).collect();
-        format!("--hosts {} --failing-hosts {}", self.hosts, failing.join(","))
+        format!(
+            "--hosts {} --failing-hosts {}",
+            self.hosts,
+            failing.join(",")
+        )
     }
 }
 
 fn parse_range(text: &str) -> Result<Range<u64>, String> {
-    let (start, end) = text.split_once("..").ok_or("expected START..END, e.g. 0..100")?;
-    let start: u64 = start.parse().map_err(|_| format!("{start:?} is not a number"))?;
-    let end: u64 = end.parse().map_err(|_| format!("{end:?} is not a number"))?;
+    let (start, end) = text
+        .split_once("..")
+        .ok_or("expected START..END, e.g. 0..100")?;
+    let start: u64 = start
+        .parse()
+        .map_err(|_| format!("{start:?} is not a number"))?;
+    let end: u64 = end
+        .parse()
+        .map_err(|_| format!("{end:?} is not a number"))?;
     if start >= end {
         return Err(format!("{text} is empty"));
     }
@@ -82,9 +97,14 @@ fn run(seeds: Range<u64>, shape: &Shape) -> ExitCode {
     std::thread::scope(|scope| {
         for _ in 0..workers {
             scope.spawn(|| loop {
-                let Some(seed) = next.lock().expect("seed lock").next() else { return };
+                let Some(seed) = next.lock().expect("seed lock").next() else {
+                    return;
+                };
                 if let Err(e) = pool_flow::run(&shape.config(seed)) {
-                    failures.lock().expect("failure lock").push((seed, format!("{e:#}")));
+                    failures
+                        .lock()
+                        .expect("failure lock")
+                        .push((seed, format!("{e:#}")));
                 }
             });
         }
@@ -93,7 +113,10 @@ fn run(seeds: Range<u64>, shape: &Shape) -> ExitCode {
     failures.sort();
     let elapsed = started.elapsed().as_secs_f64();
     for (seed, error) in &failures {
-        println!("seed {seed} FAILED: {error}\n  replay: qvsim replay --seed {seed} {} --trace", shape.flags());
+        println!(
+            "seed {seed} FAILED: {error}\n  replay: qvsim replay --seed {seed} {} --trace",
+            shape.flags()
+        );
     }
     println!(
         "{} passed, {} failed ({total} seeds in {elapsed:.1} s on {workers} threads, {:.0} seeds/min)",
@@ -101,7 +124,11 @@ fn run(seeds: Range<u64>, shape: &Shape) -> ExitCode {
         failures.len(),
         total as f64 / elapsed * 60.0
     );
-    if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn replay(seed: u64, trace: bool, shape: &Shape) -> anyhow::Result<()> {
