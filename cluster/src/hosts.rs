@@ -53,6 +53,11 @@ pub(crate) async fn handle(
                     };
                 }
             }
+            // Leadership may have changed while the registration went through Raft: attach
+            // the host to the tree that is current now, and tell it that tree's term.
+            let Some(supervision) = node.supervision().await else {
+                return node.not_leader();
+            };
             info!(host = %host_id, term = supervision.term(), "host registered");
             supervision.host_connected(host_id, connection.clone());
             Response::Host(HostReply::Registered {
