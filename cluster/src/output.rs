@@ -169,7 +169,141 @@ fn pool_detail(p: &PoolView) -> String {
 
 #[cfg(test)]
 mod tests {
+    use expect_test::expect;
+    use qvdc_transport::protocol::{
+        Health, Inventory, MemberStatus, PoolHostView, PoolSource, PoolSpec,
+    };
+
     use super::*;
+
+    fn pool() -> PoolView {
+        let healthy = |id: &str| PoolHostView {
+            host_id: id.into(),
+            health: Health::Healthy,
+            mounted: true,
+            capacity: Capacity {
+                total_bytes: 100 << 30,
+                used_bytes: 25 << 30,
+                available_bytes: 75 << 30,
+            },
+            volume_count: 3,
+            error: None,
+        };
+        let failed = PoolHostView {
+            host_id: "host-3".into(),
+            health: Health::Error,
+            mounted: false,
+            capacity: Capacity::default(),
+            volume_count: 0,
+            error: Some("cannot create mount point /var/lib/qhost/pools/shared: Not a directory (os error 20)".into()),
+        };
+        PoolView {
+            spec: PoolSpec {
+                name: "shared".into(),
+                source: PoolSource::Dir {
+                    path: "/srv/shared".into(),
+                },
+            },
+            health: Health::Degraded,
+            capacity: Capacity {
+                total_bytes: 100 << 30,
+                used_bytes: 25 << 30,
+                available_bytes: 75 << 30,
+            },
+            healthy_hosts: vec!["host-1".into(), "host-2".into()],
+            failed_hosts: vec!["host-3".into()],
+            hosts: vec![healthy("host-1"), healthy("host-2"), failed],
+        }
+    }
+
+    #[test]
+    fn pool_detail_table() {
+        expect![[r#"
+            pool:     shared
+            source:   dir /srv/shared
+            health:   DEGRADED
+            capacity: 25.0 GiB / 100.0 GiB (75.0 GiB free)
+            healthy:  host-1, host-2
+            failed:   host-3
+            ┌────────┬─────────┬─────────┬──────────────────────────────────────┬─────────┬──────────────────────────────────────────────────────────────────────────────────────┐
+            │ HOST   ┆ HEALTH  ┆ MOUNTED ┆ CAPACITY                             ┆ VOLUMES ┆ ERROR                                                                                │
+            ╞════════╪═════════╪═════════╪══════════════════════════════════════╪═════════╪══════════════════════════════════════════════════════════════════════════════════════╡
+            │ host-1 ┆ HEALTHY ┆ true    ┆ 25.0 GiB / 100.0 GiB (75.0 GiB free) ┆ 3       ┆                                                                                      │
+            │ host-2 ┆ HEALTHY ┆ true    ┆ 25.0 GiB / 100.0 GiB (75.0 GiB free) ┆ 3       ┆                                                                                      │
+            │ host-3 ┆ ERROR   ┆ false   ┆ -                                    ┆ 0       ┆ cannot create mount point /var/lib/qhost/pools/shared: Not a directory (os error 20) │
+            └────────┴─────────┴─────────┴──────────────────────────────────────┴─────────┴──────────────────────────────────────────────────────────────────────────────────────┘"#]].assert_eq(&render(&ApiResponse::Pool(pool()), Format::Table));
+    }
+
+    #[test]
+    fn pool_list_table() {
+        expect![[r#"
+            ┌────────┬─────────────────┬──────────┬──────────┬──────────────────────────────────────┐
+            │ POOL   ┆ SOURCE          ┆ HEALTH   ┆ HOSTS OK ┆ CAPACITY                             │
+            ╞════════╪═════════════════╪══════════╪══════════╪══════════════════════════════════════╡
+            │ shared ┆ dir /srv/shared ┆ DEGRADED ┆ 2/3      ┆ 25.0 GiB / 100.0 GiB (75.0 GiB free) │
+            └────────┴─────────────────┴──────────┴──────────┴──────────────────────────────────────┘"#]].assert_eq(&render(&ApiResponse::Pools(vec![pool()]), Format::Table));
+    }
+
+    #[test]
+    fn host_list_table() {
+        let host = |id: &str, liveness| HostView {
+            host_id: id.into(),
+            inventory: Inventory {
+                hostname: format!("{id}.lab"),
+                cpu_cores: 16,
+                memory_bytes: 64 << 30,
+            },
+            liveness,
+        };
+        let hosts = vec![
+            host("host-1", Liveness::Ready),
+            host("host-2", Liveness::Unreachable),
+        ];
+        expect![[r#"
+            ┌────────┬─────────────┬────────────┬──────┬──────────┐
+            │ HOST   ┆ STATE       ┆ HOSTNAME   ┆ CPUS ┆ MEMORY   │
+            ╞════════╪═════════════╪════════════╪══════╪══════════╡
+            │ host-1 ┆ Ready       ┆ host-1.lab ┆ 16   ┆ 64.0 GiB │
+            │ host-2 ┆ Unreachable ┆ host-2.lab ┆ 16   ┆ 64.0 GiB │
+            └────────┴─────────────┴────────────┴──────┴──────────┘"#]]
+        .assert_eq(&render(&ApiResponse::Hosts(hosts), Format::Table));
+    }
+
+    #[test]
+    fn cluster_status_table() {
+        let member = |id: u64| MemberStatus {
+            node_id: id,
+            addr: format!("10.0.0.{id}:7101"),
+            voter: true,
+        };
+        let status = ClusterStatus {
+            node_id: 2,
+            leader: Some(1),
+            term: 4,
+            last_log_index: Some(17),
+            last_applied: Some(17),
+            members: vec![member(1), member(2), member(3)],
+        };
+        expect![[r#"
+            leader: 1   term: 4   applied index: 17 (answered by node 2)
+            ┌──────┬───────────────┬───────┬──────────┐
+            │ NODE ┆ ADDRESS       ┆ VOTER ┆ ROLE     │
+            ╞══════╪═══════════════╪═══════╪══════════╡
+            │ 1    ┆ 10.0.0.1:7101 ┆ true  ┆ leader   │
+            │ 2    ┆ 10.0.0.2:7101 ┆ true  ┆ follower │
+            │ 3    ┆ 10.0.0.3:7101 ┆ true  ┆ follower │
+            └──────┴───────────────┴───────┴──────────┘"#]]
+        .assert_eq(&render(&ApiResponse::ClusterStatus(status), Format::Table));
+    }
+
+    #[test]
+    fn pool_json_is_what_scripts_read() {
+        let json: serde_json::Value =
+            serde_json::from_str(&render(&ApiResponse::Pool(pool()), Format::Json)).unwrap();
+        assert_eq!(json["health"], "DEGRADED");
+        assert_eq!(json["failed_hosts"][0], "host-3");
+        assert_eq!(json["hosts"][0]["capacity"]["total_bytes"], 100u64 << 30);
+    }
 
     #[test]
     fn bytes_are_shown_in_binary_units() {
