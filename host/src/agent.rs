@@ -2,15 +2,7 @@
 //! leader, register, then heartbeat while serving the leader's commands on the same
 //! connection. On any failure it re-dials with bounded backoff.
 
-use std::{
-    net::SocketAddr,
-    path::PathBuf,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use qvdc_transport::{
     protocol::{
@@ -22,7 +14,11 @@ use qvdc_transport::{
 use tokio::sync::{Mutex, Notify};
 use tracing::{debug, info, warn};
 
-use crate::{mounter::Mounter, pools::Pools};
+use crate::{
+    fence::{Fence, FenceError},
+    mounter::Mounter,
+    pools::Pools,
+};
 
 pub const HEARTBEAT_INTERVAL_MS_DEFAULT: u64 = 1_000;
 /// A heartbeat or registration not answered within this long counts as a lost leader.
@@ -49,7 +45,7 @@ pub struct Agent<M> {
     endpoint: Endpoint,
     pools: Arc<Mutex<Pools<M>>>,
     /// The highest leader term seen; commands from lower terms are refused.
-    fence_term: Arc<AtomicU64>,
+    fence: Arc<Fence>,
     /// Signalled after a command ran, so its effect is reported now rather than a heartbeat later.
     report_now: Arc<Notify>,
 }
@@ -66,7 +62,8 @@ impl From<TransportError> for SessionEnd {
 }
 
 impl<M: Mounter> Agent<M> {
-    pub fn new(config: AgentConfig, endpoint: Endpoint, mounter: M) -> Self {
+    /// `fence` holds the highest leader term seen, loaded from its store.
+    pub fn new(config: AgentConfig, endpoint: Endpoint, mounter: M, fence: Fence) -> Self {
         assert!(
             !config.cluster.is_empty(),
             "an agent needs at least one control-plane address"
@@ -76,7 +73,7 @@ impl<M: Mounter> Agent<M> {
             config,
             endpoint,
             pools: Arc::new(Mutex::new(pools)),
-            fence_term: Arc::new(AtomicU64::new(0)),
+            fence: Arc::new(fence),
             report_now: Arc::new(Notify::new()),
         }
     }
@@ -149,12 +146,15 @@ impl<M: Mounter> Agent<M> {
             Err(end) => return end,
         };
         info!(%addr, term, host_id = %self.config.host_id, "registered with the leader");
+        if let Err(e) = self.fence.admit(term) {
+            // A node that still believes it leads an old term: find the real leader.
+            return SessionEnd::Failed(e.to_string());
+        }
         *backoff_ms = REDIAL_BACKOFF_MS_MIN;
-        self.fence_term.fetch_max(term, Ordering::SeqCst);
         let commands = tokio::spawn(serve_commands(
             connection.clone(),
             self.pools.clone(),
-            self.fence_term.clone(),
+            self.fence.clone(),
             self.report_now.clone(),
         ));
         let end = self.heartbeat(&connection).await;
@@ -210,7 +210,7 @@ fn not_registered(reply: Response) -> SessionEnd {
 async fn serve_commands<M: Mounter>(
     connection: qvdc_transport::quinn::Connection,
     pools: Arc<Mutex<Pools<M>>>,
-    fence_term: Arc<AtomicU64>,
+    fence: Arc<Fence>,
     report_now: Arc<Notify>,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(COMMANDS_IN_FLIGHT_MAX));
@@ -218,15 +218,14 @@ async fn serve_commands<M: Mounter>(
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        let (pools, fence_term, report_now) =
-            (pools.clone(), fence_term.clone(), report_now.clone());
+        let (pools, fence, report_now) = (pools.clone(), fence.clone(), report_now.clone());
         tokio::spawn(async move {
             let _permit = permit;
             let command: HostCommand = match quic::read_request(&mut recv).await {
                 Ok(c) => c,
                 Err(e) => return warn!(error = %e, "unreadable command"),
             };
-            let result = execute(command, &pools, &fence_term).await;
+            let result = execute(command, &pools, &fence).await;
             report_now.notify_one();
             if let Err(e) = quic::respond(send, &result).await {
                 warn!(error = %e, "could not answer a command");
@@ -238,18 +237,15 @@ async fn serve_commands<M: Mounter>(
 async fn execute<M: Mounter>(
     command: HostCommand,
     pools: &Mutex<Pools<M>>,
-    fence_term: &AtomicU64,
+    fence: &Fence,
 ) -> CommandResult {
-    let seen = fence_term.fetch_max(command.id.term, Ordering::SeqCst);
-    if command.id.term < seen {
-        let reason = format!(
-            "stale leader: command {} from term {} but this host has seen term {seen}",
-            command.id, command.id.term
-        );
-        warn!(%reason, "command refused");
+    if let Err(e) = fence.admit(command.id.term) {
+        if matches!(e, FenceError::Stale { .. }) {
+            warn!(id = %command.id, error = %e, "command refused");
+        }
         return CommandResult {
             id: command.id,
-            outcome: Err(reason),
+            outcome: Err(e.to_string()),
         };
     }
     let outcome = match command.kind {

@@ -3,9 +3,11 @@
 //! cluster-wide.
 
 pub mod agent;
+pub mod fence;
 pub mod inventory;
 pub mod mounter;
 pub mod pools;
 
 pub use agent::{Agent, AgentConfig};
+pub use fence::{Fence, FileFence, MemoryFence};
 pub use mounter::{Mounter, RealMounter, SimMounter};

@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, net::SocketAddr, path::Path, sync::Arc, time::D
 
 use qvdc_actors::Timings;
 use qvdc_cluster::{Client, Node, NodeConfig, Storage};
-use qvdc_host::{Agent, AgentConfig, SimMounter};
+use qvdc_host::{Agent, AgentConfig, Fence, MemoryFence, SimMounter};
 use qvdc_raft::store;
 use qvdc_transport::{
     protocol::Inventory,
@@ -136,9 +136,12 @@ pub(crate) fn add_host(world: &mut turmoil::Sim<'_>, config: &SimConfig, certs: 
     let identity = certs.get(&name);
     let failing = config.failing_hosts.contains(&i);
     let (seed, nodes) = (config.seed, config.nodes);
+    // Outside the machine, like a file on its disk: the fencing term survives a crash.
+    let fence_store = MemoryFence::default();
     world.host(name.clone(), move || {
-        let (identity, name) = (identity.clone(), name.clone());
+        let (identity, name, fence_store) = (identity.clone(), name.clone(), fence_store.clone());
         async move {
+            let fence = Fence::open(Box::new(fence_store))?;
             let endpoint = sim::bind(
                 SocketAddr::from(([0, 0, 0, 0], HOST_PORT)),
                 &identity,
@@ -161,7 +164,7 @@ pub(crate) fn add_host(world: &mut turmoil::Sim<'_>, config: &SimConfig, certs: 
                 },
                 heartbeat_interval_ms: qvdc_host::agent::HEARTBEAT_INTERVAL_MS_DEFAULT,
             };
-            Agent::new(config, endpoint, mounter).run().await;
+            Agent::new(config, endpoint, mounter, fence).run().await;
             Ok(())
         }
     });

@@ -5,7 +5,10 @@ use std::{net::SocketAddr, net::ToSocketAddrs, path::PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use qvdc_host::{agent::HEARTBEAT_INTERVAL_MS_DEFAULT, inventory, Agent, AgentConfig, RealMounter};
+use qvdc_host::{
+    agent::HEARTBEAT_INTERVAL_MS_DEFAULT, inventory, Agent, AgentConfig, Fence, FileFence,
+    RealMounter,
+};
 use qvdc_transport::{tls::Identity, Endpoint};
 
 /// Runs the qvdc host agent on this machine.
@@ -84,7 +87,8 @@ async fn main() -> anyhow::Result<()> {
         inventory: inventory::scan(),
         heartbeat_interval_ms: args.heartbeat_interval_ms,
     };
-    let agent = Agent::new(config, endpoint, RealMounter);
+    let fence = Fence::open(Box::new(FileFence::new(args.data_dir.join("fence-term"))))?;
+    let agent = Agent::new(config, endpoint, RealMounter, fence);
     tokio::select! {
         () = agent.run() => {}
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
