@@ -21,6 +21,7 @@ use crate::{
 const POOL: &str = "shared";
 const POLL_MS: u64 = 100;
 const SIM_DURATION_S: u64 = 600;
+const UDP_QUEUE_DATAGRAMS_MAX: usize = 4096;
 
 /// What a run measured, in simulated time, and its event trace.
 #[derive(Debug)]
@@ -77,6 +78,8 @@ fn simulate(config: &SimConfig) -> anyhow::Result<Measured> {
     let mut world = turmoil::Builder::new()
         .rng_seed(config.seed)
         .simulation_duration(Duration::from_secs(SIM_DURATION_S))
+        // turmoil drops datagrams beyond a socket's queue (64 by default); a kernel holds far more.
+        .udp_capacity(UDP_QUEUE_DATAGRAMS_MAX)
         .build();
     for i in 1..=config.nodes {
         world::add_node(&mut world, config, &certs, i)?;

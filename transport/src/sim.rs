@@ -57,9 +57,19 @@ impl quinn::AsyncUdpSocket for SimSocket {
             transmit.segment_size.is_none(),
             "one datagram per transmit (max_transmit_segments is 1)"
         );
-        self.socket
+        match self
+            .socket
             .try_send_to(transmit.contents, transmit.destination)
-            .map(|_| ())
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(e),
+            // quinn treats any other send error as fatal to the endpoint; on a real network
+            // such a datagram is simply lost, and QUIC recovers from loss.
+            Err(e) => {
+                tracing::debug!(error = %e, to = %transmit.destination, "simulated datagram lost");
+                Ok(())
+            }
+        }
     }
 
     fn poll_recv(
