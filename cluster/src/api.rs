@@ -42,13 +42,19 @@ pub(crate) async fn propose(node: &NodeInner, command: Command) -> Result<(), Re
 pub(crate) async fn handle(node: &NodeInner, request: ApiRequest) -> Response {
     match request {
         ApiRequest::ClusterStatus => {
-            Response::Api(Ok(ApiResponse::ClusterStatus(cluster_status(node))))
+            let mut status = cluster_status(node);
+            // A leader cut off from its peers still believes it leads; do not repeat that.
+            if status.leader == Some(node.id) && node.leading().await.is_err() {
+                status.leader = None;
+            }
+            Response::Api(Ok(ApiResponse::ClusterStatus(status)))
         }
         ApiRequest::PoolCreate { spec, hosts } => create_pool(node, spec, hosts).await,
         ApiRequest::HostList | ApiRequest::PoolShow { .. } | ApiRequest::PoolList => {
             // Reported state lives in the leader's memory.
-            let Some(supervision) = node.supervision().await else {
-                return node.not_leader();
+            let supervision = match node.leading().await {
+                Ok(supervision) => supervision,
+                Err(response) => return response,
             };
             let result = match request {
                 ApiRequest::HostList => supervision

@@ -28,8 +28,9 @@ pub(crate) async fn handle(
             ),
         };
     }
-    let Some(supervision) = node.supervision().await else {
-        return node.not_leader();
+    let supervision = match node.leading().await {
+        Ok(supervision) => supervision,
+        Err(response) => return response,
     };
     match message {
         HostMessage::Register { host_id, inventory } => {
@@ -55,8 +56,9 @@ pub(crate) async fn handle(
             }
             // Leadership may have changed while the registration went through Raft: attach
             // the host to the tree that is current now, and tell it that tree's term.
-            let Some(supervision) = node.supervision().await else {
-                return node.not_leader();
+            let supervision = match node.leading().await {
+                Ok(supervision) => supervision,
+                Err(response) => return response,
             };
             info!(host = %host_id, term = supervision.term(), "host registered");
             supervision.host_connected(host_id, connection.clone());

@@ -13,10 +13,20 @@ use qvdc_transport::{
     tls::{PeerIdentity, Role},
     Endpoint,
 };
-use tokio::sync::{watch, RwLock};
+use tokio::{
+    sync::{watch, RwLock},
+    time::{Duration, Instant},
+};
 use tracing::{debug, info, warn};
 
 use crate::{api, hosts};
+
+/// How long a quorum's confirmation lets the leader answer hosts and reported-state queries
+/// without asking again: three quarters of the shortest election timeout, so an isolated
+/// leader stops answering before its followers can have elected a successor.
+pub const LEADER_LEASE_MS: u64 = qvdc_raft::ELECTION_TIMEOUT_MS_MIN * 3 / 4;
+/// How long a leader waits for a quorum to confirm it before saying it cannot lead.
+pub const LEADER_CONFIRM_TIMEOUT_MS: u64 = 1_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -53,6 +63,8 @@ pub struct NodeInner {
     pub(crate) raft: Raft,
     pub(crate) desired: watch::Receiver<Arc<DesiredState>>,
     pub(crate) supervision: RwLock<Option<Supervision>>,
+    /// When a quorum last confirmed this node's leadership (the moment the check began).
+    pub(crate) confirmed_at: std::sync::Mutex<Option<Instant>>,
 }
 
 /// A running control-plane node. Cheap to clone.
@@ -99,6 +111,7 @@ impl Node {
             raft,
             desired,
             supervision: RwLock::new(None),
+            confirmed_at: std::sync::Mutex::new(None),
         });
         let leadership = tokio::spawn(follow_leadership(inner.clone(), config.timings));
         let serving = tokio::spawn(accept_loop(inner.clone(), endpoint));
@@ -180,6 +193,38 @@ impl NodeInner {
     /// The supervision tree, if this node leads.
     pub(crate) async fn supervision(&self) -> Option<Supervision> {
         self.supervision.read().await.clone()
+    }
+
+    /// The supervision tree, if this node leads *and* a quorum has confirmed it within the
+    /// lease. A leader cut off from its peers keeps believing it leads (Raft does not step
+    /// it down); this is what stops it from holding on to hosts and serving stale views.
+    /// The error is the response to give: a redirect from a follower, or "no leader here"
+    /// from a leader that could not confirm itself.
+    pub(crate) async fn leading(&self) -> Result<Supervision, Response> {
+        let Some(supervision) = self.supervision().await else {
+            return Err(self.not_leader());
+        };
+        let lease = Duration::from_millis(LEADER_LEASE_MS);
+        let fresh = |at: &Option<Instant>| at.is_some_and(|at| at.elapsed() < lease);
+        if fresh(&self.confirmed_at.lock().expect("lease lock poisoned")) {
+            return Ok(supervision);
+        }
+        let asked = Instant::now();
+        let confirm = tokio::time::timeout(
+            Duration::from_millis(LEADER_CONFIRM_TIMEOUT_MS),
+            self.raft.ensure_linearizable(),
+        );
+        match confirm.await {
+            Ok(Ok(_)) => {
+                let mut at = self.confirmed_at.lock().expect("lease lock poisoned");
+                *at = Some(at.map_or(asked, |previous| previous.max(asked)));
+                Ok(supervision)
+            }
+            _ => {
+                debug!(node = self.id, "leadership not confirmed by a quorum");
+                Err(Response::NotLeader { leader: None })
+            }
+        }
     }
 }
 

@@ -50,7 +50,11 @@ pub async fn handle_rpc(raft: &Raft, payload: &[u8]) -> Result<Vec<u8>, CodecErr
     codec::to_bytes(&reply)
 }
 
-type Connections = Arc<Mutex<BTreeMap<SocketAddr, qvdc_transport::quinn::Connection>>>;
+/// One slot per peer. Dialing a peer holds only that peer's slot: a dead peer's connect
+/// timeout must never delay RPCs to live ones (it once kept a new leader from confirming
+/// its quorum while it kept re-dialing the crashed old leader).
+type Slot = Arc<Mutex<Option<qvdc_transport::quinn::Connection>>>;
+type Connections = Arc<std::sync::Mutex<BTreeMap<SocketAddr, Slot>>>;
 
 /// Creates one client per peer; all share the endpoint and the connection cache.
 #[derive(Debug, Clone)]
@@ -106,13 +110,21 @@ impl PeerClient {
         &self,
         addr: SocketAddr,
     ) -> Result<qvdc_transport::quinn::Connection, TransportError> {
-        let mut cache = self.connections.lock().await;
-        if let Some(c) = cache.get(&addr).filter(|c| c.close_reason().is_none()) {
+        let mut slot = self.slot(addr).lock_owned().await;
+        if let Some(c) = slot.as_ref().filter(|c| c.close_reason().is_none()) {
             return Ok(c.clone());
         }
         let connection = self.endpoint.connect(addr).await?;
-        cache.insert(addr, connection.clone());
+        *slot = Some(connection.clone());
         Ok(connection)
+    }
+
+    fn slot(&self, addr: SocketAddr) -> Slot {
+        let mut slots = self
+            .connections
+            .lock()
+            .expect("connection slots lock poisoned");
+        slots.entry(addr).or_default().clone()
     }
 
     async fn exchange(&self, rpc: &RaftRpc, ttl: Duration) -> Result<RaftReply, PeerError> {
@@ -122,7 +134,7 @@ impl PeerClient {
             let request = Request::Raft(codec::to_bytes(rpc).map_err(TransportError::from)?);
             let result = quic::call::<_, Response>(&connection, &request).await;
             if result.is_err() {
-                self.connections.lock().await.remove(&addr);
+                *self.slot(addr).lock().await = None;
             }
             Ok::<_, PeerError>(result?)
         };

@@ -7,4 +7,4 @@ pub mod pool_flow;
 pub mod trace;
 mod world;
 
-pub use world::{Certs, SimConfig};
+pub use world::{Certs, Disruption, SimConfig};

@@ -15,7 +15,7 @@ use tracing_subscriber::layer::SubscriberExt;
 
 use crate::{
     trace::{self, Events, TraceLayer},
-    world::{self, Certs, Shared, SimConfig},
+    world::{self, Certs, Disruption, Shared, SimConfig},
 };
 
 const POOL: &str = "shared";
@@ -42,6 +42,8 @@ pub struct Outcome {
 struct Faults {
     crash: Option<String>,
     restart: Option<String>,
+    isolate: Option<String>,
+    heal: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -57,7 +59,14 @@ struct Measured {
 pub fn run(config: &SimConfig) -> anyhow::Result<Outcome> {
     let events: Events = Arc::default();
     let subscriber = tracing_subscriber::registry().with(TraceLayer::new(events.clone()));
-    let measured = tracing::subscriber::with_default(subscriber, || simulate(config))?;
+    let measured = tracing::subscriber::with_default(subscriber, || simulate(config));
+    // A failed run has no outcome to carry its trace; QVSIM_DUMP=1 prints it instead.
+    if measured.is_err() && std::env::var_os("QVSIM_DUMP").is_some() {
+        for e in events.lock().expect("trace lock poisoned").iter() {
+            eprintln!("{e}");
+        }
+    }
+    let measured = measured?;
     let trace = std::mem::take(&mut *events.lock().expect("trace lock poisoned"));
     Ok(Outcome {
         trace_hash: trace::hash(&trace),
@@ -109,9 +118,27 @@ fn simulate(config: &SimConfig) -> anyhow::Result<Measured> {
         if let Some(machine) = requested.restart.take() {
             world.bounce(machine);
         }
+        if let Some(machine) = requested.isolate.take() {
+            for peer in peers(config.nodes, &machine) {
+                world.partition(machine.as_str(), peer);
+            }
+        }
+        if let Some(machine) = requested.heal.take() {
+            for peer in peers(config.nodes, &machine) {
+                world.repair(machine.as_str(), peer);
+            }
+        }
     }
     let measured = std::mem::take(&mut *measured.lock().expect("measured lock poisoned"));
     Ok(measured)
+}
+
+/// The other control-plane machines.
+fn peers(nodes: u64, machine: &str) -> Vec<String> {
+    (1..=nodes)
+        .map(SimConfig::node_name)
+        .filter(|n| n != machine)
+        .collect()
 }
 
 async fn ask(client: &mut Client, request: ApiRequest) -> anyhow::Result<ApiResponse> {
@@ -200,38 +227,60 @@ async fn operator_script(
     let create_to_aggregate = created.elapsed();
     check_aggregate(&view, &config)?;
 
-    let leader = status(&mut client).await?.leader.context("no leader")?;
-    faults.lock().expect("faults lock poisoned").crash = Some(SimConfig::node_name(leader));
-    let crashed = Instant::now();
-    tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
+    let before = status(&mut client).await?;
+    let leader = before.leader.context("no leader")?;
+    let name = SimConfig::node_name(leader);
+    let others = (1..=config.nodes)
+        .filter(|i| *i != leader)
+        .map(world::node_addr)
+        .collect();
+    let mut majority = world::operator(&config, &certs, 2, others).await?;
+    {
+        let mut requested = faults.lock().expect("faults lock poisoned");
+        match config.disruption {
+            Disruption::Crash => requested.crash = Some(name.clone()),
+            Disruption::Isolate => requested.isolate = Some(name.clone()),
+        }
+    }
+    let disrupted = Instant::now();
+    // The old leader may answer until its lease runs out; wait for a successor first.
+    let new_leader = eventually("a new leader", Duration::from_secs(60), async || {
+        let s = status(&mut majority).await?;
+        Ok(s.leader.filter(|l| *l != leader).map(|_| s))
+    })
+    .await?;
     let after = eventually(
         "aggregate from the new leader",
         Duration::from_secs(60),
-        async || settled_view(&mut client, expected_healthy).await,
+        async || settled_view(&mut majority, expected_healthy).await,
     )
     .await?;
-    let crash_to_aggregate = crashed.elapsed();
+    let crash_to_aggregate = disrupted.elapsed();
     ensure!(
         after.health == view.health
             && after.healthy_hosts == view.healthy_hosts
             && after.failed_hosts == view.failed_hosts,
         "aggregate changed across failover: {view:?} vs {after:?}"
     );
-    let new_leader = status(&mut client).await?;
-    ensure!(
-        new_leader.leader != Some(leader),
-        "the crashed node {leader} is still reported as leader"
-    );
 
-    faults.lock().expect("faults lock poisoned").restart = Some(SimConfig::node_name(leader));
+    {
+        let mut requested = faults.lock().expect("faults lock poisoned");
+        match config.disruption {
+            Disruption::Crash => requested.restart = Some(name),
+            Disruption::Isolate => requested.heal = Some(name),
+        }
+    }
     let applied = new_leader.last_applied;
     let mut rejoined = world::operator(&config, &certs, 1, vec![world::node_addr(leader)]).await?;
     eventually(
-        "restarted node catches up",
+        "the old leader rejoins and catches up",
         Duration::from_secs(60),
         async || {
             let s = status(&mut rejoined).await?;
-            Ok((s.leader.is_some() && s.last_applied >= applied).then_some(()))
+            Ok(
+                (s.leader.is_some() && s.term > before.term && s.last_applied >= applied)
+                    .then_some(()),
+            )
         },
     )
     .await?;

@@ -27,6 +27,19 @@ pub struct SimConfig {
     pub hosts: usize,
     /// Hosts (1-based) whose pool mounts fail.
     pub failing_hosts: Vec<usize>,
+    /// What happens to the leader once the pool is up.
+    pub disruption: Disruption,
+}
+
+/// How the scenario takes the leader away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Disruption {
+    /// The leader's machine crashes, and is restarted later.
+    #[default]
+    Crash,
+    /// The leader is cut off from the other control-plane nodes (hosts and operators can
+    /// still reach it), and the partition heals later.
+    Isolate,
 }
 
 impl SimConfig {

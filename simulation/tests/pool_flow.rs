@@ -1,6 +1,6 @@
 //! The walking-skeleton flow in the deterministic simulation.
 
-use qvdc_simulation::{pool_flow, SimConfig};
+use qvdc_simulation::{pool_flow, Disruption, SimConfig};
 use qvdc_transport::protocol::Health;
 
 fn config(seed: u64) -> SimConfig {
@@ -9,6 +9,14 @@ fn config(seed: u64) -> SimConfig {
         nodes: 3,
         hosts: 3,
         failing_hosts: vec![3],
+        disruption: Disruption::Crash,
+    }
+}
+
+fn isolating(seed: u64) -> SimConfig {
+    SimConfig {
+        disruption: Disruption::Isolate,
+        ..config(seed)
     }
 }
 
@@ -30,6 +38,19 @@ fn pool_aggregate_survives_a_leader_crash() {
         outcome.crash_to_aggregate,
         outcome.trace.len()
     );
+}
+
+/// A leader cut off from its peers, but not from hosts, must let go of them: Raft does not
+/// step it down, so without a leader lease the hosts would keep reporting to it and the
+/// new leader would show every host UNKNOWN.
+#[test]
+fn an_isolated_leader_lets_go_of_its_hosts() {
+    let outcome = pool_flow::run(&isolating(2)).unwrap();
+    assert_eq!(
+        outcome.view_after_failover.healthy_hosts,
+        ["host-1", "host-2"]
+    );
+    assert_eq!(outcome.view_after_failover.failed_hosts, ["host-3"]);
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::{ops::Range, process::ExitCode, sync::Mutex, time::Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use qvdc_simulation::{pool_flow, SimConfig};
+use qvdc_simulation::{pool_flow, Disruption, SimConfig};
 
 /// Run qvdc's deterministic simulation: real control-plane nodes and host agents in a
 /// simulated network, with the leader crashed and restarted in every run.
@@ -50,6 +50,9 @@ struct Shape {
     /// Hosts (1-based, comma-separated) whose pool mounts fail.
     #[arg(long, value_delimiter = ',', default_value = "3")]
     failing_hosts: Vec<usize>,
+    /// How the leader is taken away once the pool is up.
+    #[arg(long, value_enum, default_value = "crash")]
+    disruption: Disruption,
 }
 
 impl Shape {
@@ -59,13 +62,18 @@ impl Shape {
             nodes: 3,
             hosts: self.hosts,
             failing_hosts: self.failing_hosts.clone(),
+            disruption: self.disruption,
         }
     }
 
     fn flags(&self) -> String {
         let failing: Vec<String> = self.failing_hosts.iter().map(ToString::to_string).collect();
+        let disruption = match self.disruption {
+            Disruption::Crash => "crash",
+            Disruption::Isolate => "isolate",
+        };
         format!(
-            "--hosts {} --failing-hosts {}",
+            "--hosts {} --failing-hosts {} --disruption {disruption}",
             self.hosts,
             failing.join(",")
         )
