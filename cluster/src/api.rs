@@ -49,7 +49,11 @@ pub(crate) async fn handle(node: &NodeInner, request: ApiRequest) -> Response {
             }
             Response::Api(Ok(ApiResponse::ClusterStatus(status)))
         }
-        ApiRequest::PoolCreate { spec, hosts } => create_pool(node, spec, hosts).await,
+        ApiRequest::PoolCreate {
+            request_id,
+            spec,
+            hosts,
+        } => create_pool(node, request_id, spec, hosts).await,
         ApiRequest::HostList | ApiRequest::PoolShow { .. } | ApiRequest::PoolList => {
             // Reported state lives in the leader's memory.
             let supervision = match node.leading().await {
@@ -84,9 +88,18 @@ fn not_found_pool(node: &NodeInner, name: &str) -> Response {
     Response::Api(Err(ApiError::new(ApiErrorKind::NotFound, message)))
 }
 
-async fn create_pool(node: &NodeInner, spec: PoolSpec, hosts: Vec<String>) -> Response {
+async fn create_pool(
+    node: &NodeInner,
+    request_id: String,
+    spec: PoolSpec,
+    hosts: Vec<String>,
+) -> Response {
     let name = spec.name.clone();
-    match propose(node, Command::CreatePool { spec, hosts }).await {
+    let command = Command::Once {
+        request_id,
+        command: Box::new(Command::CreatePool { spec, hosts }),
+    };
+    match propose(node, command).await {
         Ok(()) => Response::Api(Ok(ApiResponse::PoolCreated { name })),
         Err(response) => response,
     }

@@ -46,6 +46,9 @@ pub struct Client {
     nodes: Vec<SocketAddr>,
     connection: Option<(SocketAddr, quinn::Connection)>,
     timeout: Duration,
+    /// Prefix of this client's request ids; random unless set (the simulation sets it).
+    request_prefix: String,
+    requests_made: u64,
 }
 
 enum Attempt {
@@ -69,7 +72,22 @@ impl Client {
             nodes,
             connection: None,
             timeout,
+            request_prefix: format!("{:016x}", rand::random::<u64>()),
+            requests_made: 0,
         }
+    }
+
+    /// Fixes the prefix of this client's request ids (the simulation derives it from its seed).
+    pub fn with_request_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.request_prefix = prefix.into();
+        self
+    }
+
+    /// A fresh request id for a mutation. Sending the same request again — as
+    /// [`Client::request`] does after a lost answer — must reuse it.
+    pub fn new_request_id(&mut self) -> String {
+        self.requests_made += 1;
+        format!("{}-{}", self.request_prefix, self.requests_made)
     }
 
     async fn connect(&mut self, addr: SocketAddr) -> Result<quinn::Connection, TransportError> {

@@ -280,27 +280,44 @@ fn pool_flow_across_real_processes_survives_leader_kill_needs_root() {
     );
 
     let created = Instant::now();
-    let out = cluster.qvctl_as(
-        "admin",
-        &cluster.certs(),
-        &cluster.addrs,
-        &[
+    let source_arg = source.display().to_string();
+    let create = |request_id: &str| {
+        let args = [
             "pool",
             "create",
             "shared",
             "--type",
             "dir",
             "--path",
-            &source.display().to_string(),
+            &source_arg,
+        ];
+        let mut args = args.to_vec();
+        args.extend([
             "--hosts",
             "host-1,host-2,host-3",
-        ],
-    );
+            "--request-id",
+            request_id,
+        ]);
+        cluster.qvctl_as("admin", &cluster.certs(), &cluster.addrs, &args)
+    };
+    let out = create("create-shared-1");
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let retried = create("create-shared-1");
+    assert!(
+        retried.status.success(),
+        "a retry with the same request id gets the first answer"
+    );
+    let duplicate = create("create-shared-2");
+    assert_eq!(
+        duplicate.status.code(),
+        Some(3),
+        "a new request for the same pool is rejected"
+    );
+    assert!(String::from_utf8_lossy(&duplicate.stderr).contains("already exists"));
     let view = eventually(&cluster, "pool aggregate", Duration::from_secs(30), || {
         cluster.json(&["pool", "show", "shared"]).and_then(settled)
     });
@@ -491,6 +508,7 @@ fn a_node_refuses_what_a_certificate_does_not_allow_and_oversized_frames() {
             },
         };
         let create = Request::Api(ApiRequest::PoolCreate {
+            request_id: "r-1".into(),
             spec,
             hosts: vec!["host-1".into()],
         });

@@ -4,7 +4,7 @@
 //! Everything here is plain data and pure functions; the Raft state machine (`store`) holds one
 //! `DesiredState` and feeds it committed commands.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use qvdc_transport::protocol::{Inventory, PoolSource, PoolSpec};
 use serde::{Deserialize, Serialize};
@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 pub const NAME_BYTES_MAX: usize = 64;
 pub const PATH_BYTES_MAX: usize = 4096;
 pub const POOL_HOSTS_MAX: usize = 1024;
+/// Operator requests whose results are remembered for retries; older ones are forgotten.
+pub const REQUESTS_REMEMBERED_MAX: usize = 10_000;
+pub const REQUEST_ID_BYTES_MAX: usize = 128;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostRecord {
@@ -31,6 +34,41 @@ pub struct PoolRecord {
 pub struct DesiredState {
     pub hosts: BTreeMap<String, HostRecord>,
     pub pools: BTreeMap<String, PoolRecord>,
+    pub requests: RequestLog,
+}
+
+/// The outcomes of the most recent operator requests, by request id. It is replicated state,
+/// so a retry sent to a new leader after a failover gets the first outcome too.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestLog {
+    outcomes: BTreeMap<String, Outcome>,
+    /// Request ids, oldest first, for forgetting past `REQUESTS_REMEMBERED_MAX`.
+    order: VecDeque<String>,
+}
+
+impl RequestLog {
+    pub fn get(&self, request_id: &str) -> Option<&Outcome> {
+        self.outcomes.get(request_id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.outcomes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.outcomes.is_empty()
+    }
+
+    fn record(&mut self, request_id: String, outcome: Outcome) {
+        let previous = self.outcomes.insert(request_id.clone(), outcome);
+        assert!(previous.is_none(), "a request id is recorded once");
+        self.order.push_back(request_id);
+        if self.order.len() > REQUESTS_REMEMBERED_MAX {
+            let oldest = self.order.pop_front().expect("longer than the bound");
+            self.outcomes.remove(&oldest);
+        }
+        assert_eq!(self.order.len(), self.outcomes.len());
+    }
 }
 
 /// A change to desired state; the application data of a Raft log entry.
@@ -40,6 +78,12 @@ pub enum Command {
     RegisterHost {
         host_id: String,
         inventory: Inventory,
+    },
+    /// An operator's request: applied at most once per request id; a retry gets the
+    /// outcome of the first application.
+    Once {
+        request_id: String,
+        command: Box<Command>,
     },
     CreatePool {
         spec: PoolSpec,
@@ -78,6 +122,10 @@ pub enum ValidationError {
     RelativePath(String),
     #[error("pool path is longer than {PATH_BYTES_MAX} bytes")]
     PathTooLong,
+    #[error("request id must be 1 to {REQUEST_ID_BYTES_MAX} bytes")]
+    BadRequestId,
+    #[error("a request cannot wrap another request")]
+    NestedRequest,
 }
 
 /// Checks a name of a pool, host or other object: 1 to 64 bytes of `[A-Za-z0-9._-]`, not
@@ -126,6 +174,21 @@ impl DesiredState {
         match command {
             Command::RegisterHost { host_id, .. } => validate_name("host", host_id),
             Command::CreatePool { spec, hosts } => self.validate_create_pool(spec, hosts),
+            Command::Once {
+                request_id,
+                command,
+            } => {
+                if request_id.is_empty() || request_id.len() > REQUEST_ID_BYTES_MAX {
+                    return Err(ValidationError::BadRequestId);
+                }
+                if matches!(**command, Command::Once { .. }) {
+                    return Err(ValidationError::NestedRequest);
+                }
+                if self.requests.get(request_id).is_some() {
+                    return Ok(()); // a retry: it replays the recorded outcome
+                }
+                self.validate(command)
+            }
         }
     }
 
@@ -165,6 +228,23 @@ impl DesiredState {
     /// Applies a committed command. Deterministic: the same state and command give the same
     /// result on every node.
     pub fn apply(&mut self, command: &Command) -> Outcome {
+        if let Command::Once {
+            request_id,
+            command: inner,
+        } = command
+        {
+            if let Some(outcome) = self.requests.get(request_id) {
+                return outcome.clone();
+            }
+            let outcome = match self.validate(command) {
+                Ok(()) => self.apply(inner),
+                Err(e) => Outcome::Rejected(e),
+            };
+            if !matches!(outcome, Outcome::Rejected(ValidationError::BadRequestId)) {
+                self.requests.record(request_id.clone(), outcome.clone());
+            }
+            return outcome;
+        }
         if let Err(e) = self.validate(command) {
             return Outcome::Rejected(e);
         }
@@ -189,6 +269,7 @@ impl DesiredState {
                 assert!(previous.is_none(), "validation rejects duplicate pools");
                 Outcome::Applied
             }
+            Command::Once { .. } => unreachable!("handled above"),
         }
     }
 
@@ -289,5 +370,82 @@ mod tests {
             }
         }
         assert_eq!(state, before);
+    }
+
+    fn once(id: &str, command: Command) -> Command {
+        Command::Once {
+            request_id: id.into(),
+            command: Box::new(command),
+        }
+    }
+
+    #[test]
+    fn a_retried_request_returns_its_first_outcome_and_applies_nothing() {
+        let mut state = with_hosts(&["host-1"]);
+        let request = once("r1", create("p", "/srv/p", &["host-1"]));
+        assert_eq!(state.apply(&request), Outcome::Applied);
+        let after_first = state.clone();
+        assert_eq!(
+            state.apply(&request),
+            Outcome::Applied,
+            "a retry is not 'already exists'"
+        );
+        assert_eq!(state, after_first, "the retry changed nothing");
+        match state.apply(&once("r2", create("p", "/srv/p", &["host-1"]))) {
+            Outcome::Rejected(ValidationError::PoolExists(_)) => {}
+            other => panic!("a new request for the same pool is a duplicate: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_rejected_request_stays_rejected_when_retried() {
+        let mut state = with_hosts(&["host-1"]);
+        let request = once("r1", create("p", "/srv/p", &["host-9"]));
+        let first = state.apply(&request);
+        assert!(matches!(
+            first,
+            Outcome::Rejected(ValidationError::UnknownHosts(_))
+        ));
+        state.apply(&Command::RegisterHost {
+            host_id: "host-9".into(),
+            inventory: inventory(),
+        });
+        assert_eq!(
+            state.apply(&request),
+            first,
+            "the retry gets the original answer"
+        );
+        assert!(state.pools.is_empty());
+    }
+
+    #[test]
+    fn request_ids_are_checked_and_forgotten_beyond_the_bound() {
+        let mut state = with_hosts(&["host-1"]);
+        let bad = once("", create("p", "/srv/p", &["host-1"]));
+        assert_eq!(
+            state.apply(&bad),
+            Outcome::Rejected(ValidationError::BadRequestId)
+        );
+        let nested = once("a", once("b", create("p", "/srv/p", &["host-1"])));
+        assert_eq!(
+            state.apply(&nested),
+            Outcome::Rejected(ValidationError::NestedRequest)
+        );
+        for i in 0..REQUESTS_REMEMBERED_MAX + 5 {
+            let register = Command::RegisterHost {
+                host_id: "host-1".into(),
+                inventory: inventory(),
+            };
+            state.apply(&once(&format!("id-{i}"), register));
+        }
+        assert_eq!(state.requests.len(), REQUESTS_REMEMBERED_MAX);
+        assert!(
+            state.requests.get("id-0").is_none(),
+            "the oldest are forgotten first"
+        );
+        assert!(state
+            .requests
+            .get(&format!("id-{}", REQUESTS_REMEMBERED_MAX + 4))
+            .is_some());
     }
 }

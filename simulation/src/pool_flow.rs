@@ -212,14 +212,18 @@ async fn operator_script(
         },
     };
     let created = Instant::now();
-    ask(
-        &mut client,
-        ApiRequest::PoolCreate {
-            spec,
-            hosts: hosts.clone(),
-        },
-    )
-    .await?;
+    let create = ApiRequest::PoolCreate {
+        request_id: client.new_request_id(),
+        spec,
+        hosts: hosts.clone(),
+    };
+    ask(&mut client, create.clone()).await?;
+    // As if the answer had been lost: the same request again gets the same answer.
+    let again = ask(&mut client, create).await?;
+    ensure!(
+        matches!(again, ApiResponse::PoolCreated { .. }),
+        "a retried create answered {again:?}"
+    );
     let view = eventually("pool aggregate", Duration::from_secs(30), async || {
         settled_view(&mut client, expected_healthy).await
     })

@@ -198,7 +198,8 @@ pub(crate) async fn operator(
         endpoint_seed(config.seed + u64::from(port_offset), OPERATOR),
     )
     .await?;
-    Ok(Client::new(endpoint, nodes, Duration::from_secs(30)))
+    let prefix = format!("op{port_offset}-{}", config.seed);
+    Ok(Client::new(endpoint, nodes, Duration::from_secs(30)).with_request_prefix(prefix))
 }
 
 pub(crate) fn node_addr(i: u64) -> SocketAddr {

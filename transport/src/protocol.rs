@@ -178,8 +178,16 @@ pub struct CommandResult {
 pub enum ApiRequest {
     ClusterStatus,
     HostList,
-    PoolCreate { spec: PoolSpec, hosts: Vec<String> },
-    PoolShow { name: String },
+    /// `request_id` makes the request safe to retry: the same id always gets the first
+    /// answer and is applied at most once.
+    PoolCreate {
+        request_id: String,
+        spec: PoolSpec,
+        hosts: Vec<String>,
+    },
+    PoolShow {
+        name: String,
+    },
     PoolList,
 }
 

@@ -50,6 +50,10 @@ struct Connection {
     /// Give up on a request after this long (elections and redirects included).
     #[arg(long, global = true, default_value_t = 10_000)]
     timeout_ms: u64,
+    /// Id of this change. A change sent again with the same id is applied at most once and
+    /// gets the first answer: pass one when a script may retry (default: a fresh id).
+    #[arg(long, global = true)]
+    request_id: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -186,7 +190,7 @@ fn certs(command: CertsCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn request_of(command: Command) -> ApiRequest {
+fn request_of(command: Command, request_id: String) -> ApiRequest {
     match command {
         Command::Cluster(ClusterCommand::Status) => ApiRequest::ClusterStatus,
         Command::Host(HostCommand::List) => ApiRequest::HostList,
@@ -196,6 +200,7 @@ fn request_of(command: Command) -> ApiRequest {
             path,
             hosts,
         }) => ApiRequest::PoolCreate {
+            request_id,
             spec: PoolSpec {
                 name,
                 source: PoolSource::Dir { path },
@@ -214,7 +219,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let mut client = client(&cli.connection)?;
-    match client.request(request_of(cli.command)).await {
+    let request_id = cli
+        .connection
+        .request_id
+        .clone()
+        .unwrap_or_else(|| client.new_request_id());
+    match client.request(request_of(cli.command, request_id)).await {
         Ok(response) => {
             println!("{}", output::render(&response, cli.output));
             Ok(ExitCode::SUCCESS)
