@@ -143,5 +143,8 @@ fn cluster_status(node: &NodeInner) -> ClusterStatus {
         last_log_index: metrics.last_log_index,
         last_applied: metrics.last_applied.map(|l| l.index),
         members,
+        snapshot_index: metrics.snapshot.map(|l| l.index),
+        purged_index: metrics.purged.map(|l| l.index),
+        state_digest: node.desired.borrow().digest(),
     }
 }

@@ -55,6 +55,7 @@ pub struct NodeConfig {
     pub initial_cluster: BTreeMap<NodeId, String>,
     pub storage: Storage,
     pub timings: Timings,
+    pub retention: qvdc_raft::LogRetention,
 }
 
 /// Shared state of a running node.
@@ -88,7 +89,7 @@ impl Node {
         let network = Network::new(endpoint.clone());
         let raft = Raft::new(
             config.node_id,
-            qvdc_raft::raft_config(),
+            qvdc_raft::raft_config(config.retention),
             network,
             store::LogStore::new(db),
             machine,

@@ -86,11 +86,17 @@ fn cluster_table(s: &ClusterStatus) -> String {
             role.into(),
         ]);
     }
+    let index = |i: Option<u64>| i.map_or("-".into(), |i| i.to_string());
     let leader = s.leader.map_or("none".into(), |l| l.to_string());
-    let applied = s.last_applied.map_or("-".into(), |a| a.to_string());
     format!(
-        "leader: {leader}   term: {}   applied index: {applied} (answered by node {})\n{t}",
-        s.term, s.node_id
+        "leader: {leader}   term: {}   answered by node {}\n\
+         log: applied {}, snapshot {}, purged {}   state digest: {:016x}\n{t}",
+        s.term,
+        s.node_id,
+        index(s.last_applied),
+        index(s.snapshot_index),
+        index(s.purged_index),
+        s.state_digest
     )
 }
 
@@ -283,9 +289,13 @@ mod tests {
             last_log_index: Some(17),
             last_applied: Some(17),
             members: vec![member(1), member(2), member(3)],
+            snapshot_index: Some(12),
+            purged_index: Some(2),
+            state_digest: 0x1234_5678_9abc_def0,
         };
         expect![[r#"
-            leader: 1   term: 4   applied index: 17 (answered by node 2)
+            leader: 1   term: 4   answered by node 2
+            log: applied 17, snapshot 12, purged 2   state digest: 123456789abcdef0
             ┌──────┬───────────────┬───────┬──────────┐
             │ NODE ┆ ADDRESS       ┆ VOTER ┆ ROLE     │
             ╞══════╪═══════════════╪═══════╪══════════╡

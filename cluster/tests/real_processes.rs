@@ -465,6 +465,7 @@ fn a_node_refuses_what_a_certificate_does_not_allow_and_oversized_frames() {
             initial_cluster: [(1, addr.to_string())].into(),
             storage: qvdc_cluster::Storage::Dir(dir.path().join("node-1")),
             timings: Default::default(),
+            retention: Default::default(),
         };
         let _node = qvdc_cluster::Node::start(config, server).await.unwrap();
         let connect = |name: &str| {

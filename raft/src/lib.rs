@@ -19,13 +19,38 @@ pub const HEARTBEAT_INTERVAL_MS: u64 = 100;
 pub const ELECTION_TIMEOUT_MS_MIN: u64 = 400;
 pub const ELECTION_TIMEOUT_MS_MAX: u64 = 800;
 
+/// When a node snapshots its state machine and how much log it keeps behind a snapshot.
+/// A follower that falls further behind than the kept log catches up by snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogRetention {
+    /// Build a snapshot once this many entries were applied since the last one.
+    pub snapshot_after_logs: u64,
+    /// Entries kept in the log behind the latest snapshot, for followers that lag a little.
+    pub logs_kept_after_snapshot: u64,
+}
+
+impl Default for LogRetention {
+    fn default() -> Self {
+        Self {
+            snapshot_after_logs: 5_000,
+            logs_kept_after_snapshot: 1_000,
+        }
+    }
+}
+
 /// The openraft configuration every node runs with.
-pub fn raft_config() -> Arc<openraft::Config> {
+pub fn raft_config(retention: LogRetention) -> Arc<openraft::Config> {
+    assert!(
+        retention.snapshot_after_logs > 0,
+        "snapshots need a positive threshold"
+    );
     let config = openraft::Config {
         cluster_name: "qvdc".into(),
         heartbeat_interval: HEARTBEAT_INTERVAL_MS,
         election_timeout_min: ELECTION_TIMEOUT_MS_MIN,
         election_timeout_max: ELECTION_TIMEOUT_MS_MAX,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(retention.snapshot_after_logs),
+        max_in_snapshot_log_to_keep: retention.logs_kept_after_snapshot,
         ..Default::default()
     };
     Arc::new(

@@ -273,6 +273,15 @@ impl DesiredState {
         }
     }
 
+    /// A fingerprint of the whole desired state (FNV-1a over its encoding). Nodes that
+    /// applied the same log agree on it; `cluster status` shows it so that can be checked.
+    pub fn digest(&self) -> u64 {
+        let bytes = qvdc_transport::codec::to_bytes(self).expect("desired state fits a frame");
+        bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
+            (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    }
+
     /// The pools assigned to `host_id`, in name order.
     pub fn pools_of_host<'a>(
         &'a self,

@@ -3,6 +3,8 @@
 //! supervisors, host agent and QUIC transport; only the UDP socket, the mounter and the
 //! storage medium are simulated. A seed fixes the run; its event trace replays exactly.
 
+pub mod catch_up;
+mod harness;
 pub mod pool_flow;
 pub mod trace;
 mod world;

@@ -1,27 +1,23 @@
 //! The walking-skeleton scenario: hosts register, an operator creates a `dir` pool on every
-//! host (one of which cannot mount it), waits for the aggregate, crashes the leader, sees
-//! the same aggregate from the new leader, and restarts the crashed node, which rejoins.
+//! host (one of which cannot mount it), waits for the aggregate, takes the leader away
+//! (crash or isolation), sees the same aggregate from the new leader, and brings the old
+//! leader back, which rejoins.
 
 use std::{sync::Arc, time::Duration};
 
 use anyhow::{bail, ensure, Context};
 use qvdc_cluster::Client;
-use qvdc_raft::runtime::seed_thread_rng;
 use qvdc_transport::protocol::{
-    ApiRequest, ApiResponse, ClusterStatus, Health, Liveness, PoolSource, PoolSpec, PoolView,
+    ApiRequest, ApiResponse, Health, Liveness, PoolSource, PoolSpec, PoolView,
 };
 use tokio::time::Instant;
-use tracing_subscriber::layer::SubscriberExt;
 
 use crate::{
-    trace::{self, Events, TraceLayer},
+    harness::{self, ask, eventually, status, Faults},
     world::{self, Certs, Disruption, Shared, SimConfig},
 };
 
 const POOL: &str = "shared";
-const POLL_MS: u64 = 100;
-const SIM_DURATION_S: u64 = 600;
-const UDP_QUEUE_DATAGRAMS_MAX: usize = 4096;
 
 /// What a run measured, in simulated time, and its event trace.
 #[derive(Debug)]
@@ -30,26 +26,16 @@ pub struct Outcome {
     pub trace_hash: u64,
     /// The aggregate first seen complete.
     pub view: PoolView,
-    /// The aggregate seen from the new leader after the old one crashed.
+    /// The aggregate seen from the new leader after the old one was taken away.
     pub view_after_failover: PoolView,
     pub create_to_aggregate: Duration,
     pub crash_to_aggregate: Duration,
     pub crashed_node: u64,
 }
 
-/// Requests from the operator script to the world (crash or restart a machine).
-#[derive(Debug, Default)]
-struct Faults {
-    crash: Option<String>,
-    restart: Option<String>,
-    isolate: Option<String>,
-    heal: Option<String>,
-}
-
-#[derive(Debug, Default)]
 struct Measured {
-    view: Option<PoolView>,
-    view_after_failover: Option<PoolView>,
+    view: PoolView,
+    view_after_failover: PoolView,
     create_to_aggregate: Duration,
     crash_to_aggregate: Duration,
     crashed_node: u64,
@@ -57,118 +43,17 @@ struct Measured {
 
 /// Runs the scenario for `config.seed`. Fails if any step of the flow does not hold.
 pub fn run(config: &SimConfig) -> anyhow::Result<Outcome> {
-    let events: Events = Arc::default();
-    let subscriber = tracing_subscriber::registry().with(TraceLayer::new(events.clone()));
-    let measured = tracing::subscriber::with_default(subscriber, || simulate(config));
-    // A failed run has no outcome to carry its trace; QVSIM_DUMP=1 prints it instead.
-    if measured.is_err() && std::env::var_os("QVSIM_DUMP").is_some() {
-        for e in events.lock().expect("trace lock poisoned").iter() {
-            eprintln!("{e}");
-        }
-    }
-    let measured = measured?;
-    let trace = std::mem::take(&mut *events.lock().expect("trace lock poisoned"));
+    let run = harness::run(config, operator_script)?;
+    let measured = run.value;
     Ok(Outcome {
-        trace_hash: trace::hash(&trace),
-        trace,
-        view: measured.view.context("no aggregate recorded")?,
-        view_after_failover: measured
-            .view_after_failover
-            .context("no aggregate after failover")?,
+        trace: run.trace,
+        trace_hash: run.trace_hash,
+        view: measured.view,
+        view_after_failover: measured.view_after_failover,
         create_to_aggregate: measured.create_to_aggregate,
         crash_to_aggregate: measured.crash_to_aggregate,
         crashed_node: measured.crashed_node,
     })
-}
-
-fn simulate(config: &SimConfig) -> anyhow::Result<Measured> {
-    seed_thread_rng(config.seed);
-    let certs = Arc::new(Certs::new(config)?);
-    let mut world = turmoil::Builder::new()
-        .rng_seed(config.seed)
-        .simulation_duration(Duration::from_secs(SIM_DURATION_S))
-        // turmoil drops datagrams beyond a socket's queue (64 by default); a kernel holds far more.
-        .udp_capacity(UDP_QUEUE_DATAGRAMS_MAX)
-        .build();
-    for i in 1..=config.nodes {
-        world::add_node(&mut world, config, &certs, i)?;
-    }
-    for i in 1..=config.hosts {
-        world::add_host(&mut world, config, &certs, i);
-    }
-    let faults: Shared<Faults> = Arc::default();
-    let measured: Shared<Measured> = Arc::default();
-    let script = operator_script(
-        config.clone(),
-        certs.clone(),
-        faults.clone(),
-        measured.clone(),
-    );
-    world.client("operator", async move {
-        script.await.map_err(|e| format!("{e:#}").into())
-    });
-    while !world
-        .step()
-        .map_err(|e| anyhow::anyhow!("simulation failed: {e}"))?
-    {
-        let mut requested = faults.lock().expect("faults lock poisoned");
-        if let Some(machine) = requested.crash.take() {
-            world.crash(machine);
-        }
-        if let Some(machine) = requested.restart.take() {
-            world.bounce(machine);
-        }
-        if let Some(machine) = requested.isolate.take() {
-            for peer in peers(config.nodes, &machine) {
-                world.partition(machine.as_str(), peer);
-            }
-        }
-        if let Some(machine) = requested.heal.take() {
-            for peer in peers(config.nodes, &machine) {
-                world.repair(machine.as_str(), peer);
-            }
-        }
-    }
-    let measured = std::mem::take(&mut *measured.lock().expect("measured lock poisoned"));
-    Ok(measured)
-}
-
-/// The other control-plane machines.
-fn peers(nodes: u64, machine: &str) -> Vec<String> {
-    (1..=nodes)
-        .map(SimConfig::node_name)
-        .filter(|n| n != machine)
-        .collect()
-}
-
-async fn ask(client: &mut Client, request: ApiRequest) -> anyhow::Result<ApiResponse> {
-    Ok(client.request(request).await?)
-}
-
-async fn status(client: &mut Client) -> anyhow::Result<ClusterStatus> {
-    match ask(client, ApiRequest::ClusterStatus).await? {
-        ApiResponse::ClusterStatus(s) => Ok(s),
-        other => bail!("unexpected {other:?}"),
-    }
-}
-
-/// Polls `probe` every POLL_MS until it returns Some, for at most `limit`.
-async fn eventually<T>(
-    what: &str,
-    limit: Duration,
-    mut probe: impl AsyncFnMut() -> anyhow::Result<Option<T>>,
-) -> anyhow::Result<T> {
-    let started = Instant::now();
-    let mut last_error = String::new();
-    while started.elapsed() < limit {
-        match probe().await {
-            Ok(Some(value)) => return Ok(value),
-            Ok(None) => {}
-            Err(e) => last_error = format!("{e:#}"),
-        }
-        tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
-    }
-    bail!("{what} did not happen within {limit:?} (last error: {last_error})")
 }
 
 /// The aggregate once every assigned host has a fresh report and the healthy ones are up.
@@ -188,8 +73,7 @@ async fn operator_script(
     config: SimConfig,
     certs: Arc<Certs>,
     faults: Shared<Faults>,
-    measured: Shared<Measured>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Measured> {
     let mut client = world::operator(&config, &certs, 0, world::node_addrs(config.nodes)).await?;
     let hosts: Vec<String> = (1..=config.hosts).map(SimConfig::host_name).collect();
     let expected_healthy = config.hosts - config.failing_hosts.len();
@@ -289,14 +173,13 @@ async fn operator_script(
     )
     .await?;
 
-    *measured.lock().expect("measured lock poisoned") = Measured {
-        view: Some(view),
-        view_after_failover: Some(after),
+    Ok(Measured {
+        view,
+        view_after_failover: after,
         create_to_aggregate,
         crash_to_aggregate,
         crashed_node: leader,
-    };
-    Ok(())
+    })
 }
 
 fn check_aggregate(view: &PoolView, config: &SimConfig) -> anyhow::Result<()> {

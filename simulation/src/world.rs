@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, net::SocketAddr, path::Path, sync::Arc, time::D
 use qvdc_actors::Timings;
 use qvdc_cluster::{Client, Node, NodeConfig, Storage};
 use qvdc_host::{Agent, AgentConfig, Fence, MemoryFence, SimMounter};
-use qvdc_raft::store;
+use qvdc_raft::{store, LogRetention};
 use qvdc_transport::{
     protocol::Inventory,
     sim,
@@ -29,6 +29,8 @@ pub struct SimConfig {
     pub failing_hosts: Vec<usize>,
     /// What happens to the leader once the pool is up.
     pub disruption: Disruption,
+    /// Snapshot and log-purge thresholds of every node.
+    pub retention: LogRetention,
 }
 
 /// How the scenario takes the leader away.
@@ -114,7 +116,7 @@ pub(crate) fn add_node(
     let name = SimConfig::node_name(i);
     let identity = certs.get(&format!("node-{i}"));
     let db = store::open_in_memory()?;
-    let (seed, nodes) = (config.seed, config.nodes);
+    let (seed, nodes, retention) = (config.seed, config.nodes, config.retention);
     world.host(name.clone(), move || {
         let (identity, db, name) = (identity.clone(), db.clone(), name.clone());
         async move {
@@ -134,6 +136,7 @@ pub(crate) fn add_node(
                 initial_cluster,
                 storage: Storage::Database(db),
                 timings: Timings::default(),
+                retention,
             };
             let _node = Node::start(node_config, endpoint).await?;
             std::future::pending::<()>().await;

@@ -10,6 +10,7 @@ fn config(seed: u64) -> SimConfig {
         hosts: 3,
         failing_hosts: vec![3],
         disruption: Disruption::Crash,
+        retention: Default::default(),
     }
 }
 

@@ -248,6 +248,12 @@ pub struct ClusterStatus {
     pub last_log_index: Option<u64>,
     pub last_applied: Option<u64>,
     pub members: Vec<MemberStatus>,
+    /// Last log index covered by this node's latest snapshot.
+    pub snapshot_index: Option<u64>,
+    /// Entries up to this index are gone from this node's log (they live in the snapshot).
+    pub purged_index: Option<u64>,
+    /// Fingerprint of this node's applied desired state; equal on nodes at the same index.
+    pub state_digest: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,7 +5,7 @@ use std::{ops::Range, process::ExitCode, sync::Mutex, time::Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use qvdc_simulation::{pool_flow, Disruption, SimConfig};
+use qvdc_simulation::{catch_up, pool_flow, Disruption, SimConfig};
 
 /// Run qvdc's deterministic simulation: real control-plane nodes and host agents in a
 /// simulated network, with the leader crashed and restarted in every run.
@@ -42,6 +42,14 @@ enum Command {
     },
 }
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Scenario {
+    /// Pool create with a failing host, leader taken away, old leader back.
+    PoolFlow,
+    /// A follower misses the purged log and catches up by snapshot.
+    CatchUp,
+}
+
 #[derive(Debug, Clone, clap::Args)]
 struct Shape {
     /// Number of host agents.
@@ -50,7 +58,10 @@ struct Shape {
     /// Hosts (1-based, comma-separated) whose pool mounts fail.
     #[arg(long, value_delimiter = ',', default_value = "3")]
     failing_hosts: Vec<usize>,
-    /// How the leader is taken away once the pool is up.
+    /// Which scenario to run.
+    #[arg(long, value_enum, default_value = "pool-flow")]
+    scenario: Scenario,
+    /// How the leader is taken away once the pool is up (pool-flow).
     #[arg(long, value_enum, default_value = "crash")]
     disruption: Disruption,
 }
@@ -63,6 +74,7 @@ impl Shape {
             hosts: self.hosts,
             failing_hosts: self.failing_hosts.clone(),
             disruption: self.disruption,
+            retention: Default::default(),
         }
     }
 
@@ -72,8 +84,12 @@ impl Shape {
             Disruption::Crash => "crash",
             Disruption::Isolate => "isolate",
         };
+        let scenario = match self.scenario {
+            Scenario::PoolFlow => "pool-flow",
+            Scenario::CatchUp => "catch-up",
+        };
         format!(
-            "--hosts {} --failing-hosts {} --disruption {disruption}",
+            "--scenario {scenario} --hosts {} --failing-hosts {} --disruption {disruption}",
             self.hosts,
             failing.join(",")
         )
@@ -108,7 +124,11 @@ fn run(seeds: Range<u64>, shape: &Shape) -> ExitCode {
                 let Some(seed) = next.lock().expect("seed lock").next() else {
                     return;
                 };
-                if let Err(e) = pool_flow::run(&shape.config(seed)) {
+                let result = match shape.scenario {
+                    Scenario::PoolFlow => pool_flow::run(&shape.config(seed)).map(drop),
+                    Scenario::CatchUp => catch_up::run(seed).map(drop),
+                };
+                if let Err(e) = result {
                     failures
                         .lock()
                         .expect("failure lock")
@@ -141,6 +161,23 @@ fn run(seeds: Range<u64>, shape: &Shape) -> ExitCode {
 
 fn replay(seed: u64, trace: bool, shape: &Shape) -> anyhow::Result<()> {
     let started = Instant::now();
+    if let Scenario::CatchUp = shape.scenario {
+        let outcome = catch_up::run(seed).with_context(|| format!("seed {seed}"))?;
+        if trace {
+            outcome.trace.iter().for_each(|event| println!("{event}"));
+        }
+        println!(
+            "seed {seed}: ok in {:.2} s wall; trace {:016x}; node {} crashed at index {}, the leader \
+             purged through {}, the node caught up with snapshot {}",
+            started.elapsed().as_secs_f64(),
+            outcome.trace_hash,
+            outcome.follower,
+            outcome.applied_before_crash,
+            outcome.leader_purged,
+            outcome.follower_snapshot
+        );
+        return Ok(());
+    }
     let outcome = pool_flow::run(&shape.config(seed)).with_context(|| format!("seed {seed}"))?;
     if trace {
         for event in &outcome.trace {

@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use qvdc_actors::Timings;
 use qvdc_cluster::{Node, NodeConfig, Storage};
+use qvdc_raft::LogRetention;
 use qvdc_transport::{
     tls::{Identity, Role},
     Endpoint,
@@ -68,6 +69,13 @@ struct ServerArgs {
     /// This node's key.
     #[arg(long)]
     key: Option<PathBuf>,
+    /// Snapshot the state once this many log entries were applied since the last snapshot.
+    #[arg(long)]
+    snapshot_after_logs: Option<u64>,
+    /// Log entries kept behind a snapshot for followers that lag a little; one further
+    /// behind receives the snapshot.
+    #[arg(long)]
+    logs_kept_after_snapshot: Option<u64>,
 }
 
 impl ServerArgs {
@@ -89,6 +97,10 @@ impl ServerArgs {
             ca_cert: self.ca_cert.or(file.ca_cert),
             cert: self.cert.or(file.cert),
             key: self.key.or(file.key),
+            snapshot_after_logs: self.snapshot_after_logs.or(file.snapshot_after_logs),
+            logs_kept_after_snapshot: self
+                .logs_kept_after_snapshot
+                .or(file.logs_kept_after_snapshot),
         })
     }
 }
@@ -140,11 +152,24 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let endpoint = Endpoint::bind(listen, &identity, true)?;
+    let defaults = LogRetention::default();
+    let retention = LogRetention {
+        snapshot_after_logs: args
+            .snapshot_after_logs
+            .unwrap_or(defaults.snapshot_after_logs),
+        logs_kept_after_snapshot: args
+            .logs_kept_after_snapshot
+            .unwrap_or(defaults.logs_kept_after_snapshot),
+    };
+    if retention.snapshot_after_logs == 0 {
+        bail!("--snapshot-after-logs must be at least 1");
+    }
     let config = NodeConfig {
         node_id,
         initial_cluster,
         storage: Storage::Dir(data_dir),
         timings: Timings::default(),
+        retention,
     };
     let node = Node::start(config, endpoint).await?;
     wait_for_signal().await;

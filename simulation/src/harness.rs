@@ -1,0 +1,164 @@
+//! Runs one simulated world: builds the machines, runs an operator script as turmoil's client,
+//! applies the faults the script asks for between steps, and records the event trace.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use anyhow::bail;
+use qvdc_cluster::Client;
+use qvdc_raft::runtime::seed_thread_rng;
+use qvdc_transport::protocol::{ApiRequest, ApiResponse, ClusterStatus};
+use tokio::time::Instant;
+use tracing_subscriber::layer::SubscriberExt;
+
+use crate::{
+    trace::{self, Events, TraceLayer},
+    world::{self, Certs, Shared, SimConfig},
+};
+
+/// How often scripts poll for a condition.
+pub(crate) const POLL_MS: u64 = 100;
+/// Simulated time after which a run that has not finished fails.
+const SIM_DURATION_S: u64 = 600;
+/// turmoil drops datagrams beyond a socket's queue (64 by default); a kernel holds far more.
+const UDP_QUEUE_DATAGRAMS_MAX: usize = 4096;
+
+/// Faults a script asks the world for; each is applied once, before the next step.
+#[derive(Debug, Default)]
+pub(crate) struct Faults {
+    pub(crate) crash: Option<String>,
+    pub(crate) restart: Option<String>,
+    /// Cut this control-plane machine off from the other control-plane machines.
+    pub(crate) isolate: Option<String>,
+    pub(crate) heal: Option<String>,
+}
+
+/// A finished run: what the script returned and the trace of events.
+pub(crate) struct Run<T> {
+    pub(crate) value: T,
+    pub(crate) trace: Vec<String>,
+    pub(crate) trace_hash: u64,
+}
+
+/// Runs `script` as the operator of a world shaped by `config`.
+pub(crate) fn run<T, S, Fut>(config: &SimConfig, script: S) -> anyhow::Result<Run<T>>
+where
+    T: 'static,
+    S: FnOnce(SimConfig, Arc<Certs>, Shared<Faults>) -> Fut,
+    Fut: Future<Output = anyhow::Result<T>> + 'static,
+{
+    let events: Events = Arc::default();
+    let subscriber = tracing_subscriber::registry().with(TraceLayer::new(events.clone()));
+    let value = tracing::subscriber::with_default(subscriber, || simulate(config, script));
+    // A failed run has no outcome to carry its trace; QVSIM_DUMP=1 prints it instead.
+    if value.is_err() && std::env::var_os("QVSIM_DUMP").is_some() {
+        for e in events.lock().expect("trace lock poisoned").iter() {
+            eprintln!("{e}");
+        }
+    }
+    let value = value?;
+    let trace = std::mem::take(&mut *events.lock().expect("trace lock poisoned"));
+    Ok(Run {
+        value,
+        trace_hash: trace::hash(&trace),
+        trace,
+    })
+}
+
+fn simulate<T, S, Fut>(config: &SimConfig, script: S) -> anyhow::Result<T>
+where
+    T: 'static,
+    S: FnOnce(SimConfig, Arc<Certs>, Shared<Faults>) -> Fut,
+    Fut: Future<Output = anyhow::Result<T>> + 'static,
+{
+    seed_thread_rng(config.seed);
+    let certs = Arc::new(Certs::new(config)?);
+    let mut world = turmoil::Builder::new()
+        .rng_seed(config.seed)
+        .simulation_duration(Duration::from_secs(SIM_DURATION_S))
+        .udp_capacity(UDP_QUEUE_DATAGRAMS_MAX)
+        .build();
+    for i in 1..=config.nodes {
+        world::add_node(&mut world, config, &certs, i)?;
+    }
+    for i in 1..=config.hosts {
+        world::add_host(&mut world, config, &certs, i);
+    }
+    let faults: Shared<Faults> = Arc::default();
+    let result: Shared<Option<T>> = Arc::new(std::sync::Mutex::new(None));
+    let script = script(config.clone(), certs, faults.clone());
+    let slot = result.clone();
+    world.client("operator", async move {
+        let value = script.await.map_err(|e| format!("{e:#}"))?;
+        *slot.lock().expect("result lock poisoned") = Some(value);
+        Ok(())
+    });
+    while !world
+        .step()
+        .map_err(|e| anyhow::anyhow!("simulation failed: {e}"))?
+    {
+        apply(
+            &mut world,
+            config,
+            &mut faults.lock().expect("faults lock poisoned"),
+        );
+    }
+    let value = result.lock().expect("result lock poisoned").take();
+    value.ok_or_else(|| anyhow::anyhow!("the operator script finished without a result"))
+}
+
+fn apply(world: &mut turmoil::Sim<'_>, config: &SimConfig, requested: &mut Faults) {
+    if let Some(machine) = requested.crash.take() {
+        world.crash(machine);
+    }
+    if let Some(machine) = requested.restart.take() {
+        world.bounce(machine);
+    }
+    if let Some(machine) = requested.isolate.take() {
+        for peer in peers(config.nodes, &machine) {
+            world.partition(machine.as_str(), peer);
+        }
+    }
+    if let Some(machine) = requested.heal.take() {
+        for peer in peers(config.nodes, &machine) {
+            world.repair(machine.as_str(), peer);
+        }
+    }
+}
+
+/// The other control-plane machines.
+fn peers(nodes: u64, machine: &str) -> Vec<String> {
+    (1..=nodes)
+        .map(SimConfig::node_name)
+        .filter(|n| n != machine)
+        .collect()
+}
+
+pub(crate) async fn ask(client: &mut Client, request: ApiRequest) -> anyhow::Result<ApiResponse> {
+    Ok(client.request(request).await?)
+}
+
+pub(crate) async fn status(client: &mut Client) -> anyhow::Result<ClusterStatus> {
+    match ask(client, ApiRequest::ClusterStatus).await? {
+        ApiResponse::ClusterStatus(s) => Ok(s),
+        other => bail!("unexpected {other:?}"),
+    }
+}
+
+/// Polls `probe` every POLL_MS of simulated time until it returns Some, for at most `limit`.
+pub(crate) async fn eventually<T>(
+    what: &str,
+    limit: Duration,
+    mut probe: impl AsyncFnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<T> {
+    let started = Instant::now();
+    let mut last_error = String::new();
+    while started.elapsed() < limit {
+        match probe().await {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => {}
+            Err(e) => last_error = format!("{e:#}"),
+        }
+        tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
+    }
+    bail!("{what} did not happen within {limit:?} (last error: {last_error})")
+}
