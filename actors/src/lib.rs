@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use qvdc_raft::DesiredState;
 use qvdc_transport::{
-    protocol::{Liveness, PoolReport, PoolView},
+    protocol::{Leadership, Liveness, PoolReport, PoolView},
     quinn,
 };
 use ractor::{Actor, ActorRef};
@@ -29,12 +29,12 @@ pub enum SupervisionError {
     Unavailable(String),
 }
 
-/// A running supervision tree for one leadership term. Dropping it does not stop it; call
+/// A running supervision tree for one leadership. Dropping it does not stop it; call
 /// [`Supervision::stop`].
 #[derive(Clone)]
 pub struct Supervision {
     root: ActorRef<ClusterMsg>,
-    term: u64,
+    leadership: Leadership,
 }
 
 fn timeout() -> Option<Duration> {
@@ -46,25 +46,26 @@ fn unavailable(e: impl std::fmt::Display) -> SupervisionError {
 }
 
 impl Supervision {
-    /// Starts the tree for leadership `term` from the desired state.
+    /// Starts the tree for `leadership` from the desired state.
     pub async fn start(
-        term: u64,
+        leadership: Leadership,
         desired: watch::Receiver<Arc<DesiredState>>,
         timings: Timings,
     ) -> Result<Self, SupervisionError> {
         let args = ClusterArgs {
-            term,
+            leadership,
             desired,
             timings,
         };
         let (root, _) = Actor::spawn(None, ClusterSupervisor, args)
             .await
             .map_err(|e| SupervisionError::Spawn(e.to_string()))?;
-        Ok(Self { root, term })
+        Ok(Self { root, leadership })
     }
 
-    pub fn term(&self) -> u64 {
-        self.term
+    /// The leadership this tree acts for; its commands carry it as their fencing token.
+    pub fn leadership(&self) -> Leadership {
+        self.leadership
     }
 
     /// A host registered on `connection`; commands for it go there from now on.

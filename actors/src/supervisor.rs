@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use qvdc_raft::DesiredState;
 use qvdc_transport::{
-    protocol::{CommandId, CommandResult, HostCommand, Liveness, PoolReport, PoolView},
+    protocol::{CommandId, CommandResult, HostCommand, Leadership, Liveness, PoolReport, PoolView},
     quic, quinn,
 };
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
@@ -85,13 +85,13 @@ pub(crate) enum Child {
 pub(crate) struct ClusterSupervisor;
 
 pub(crate) struct ClusterArgs {
-    pub term: u64,
+    pub leadership: Leadership,
     pub desired: watch::Receiver<Arc<DesiredState>>,
     pub timings: Timings,
 }
 
 pub(crate) struct ClusterState {
-    term: u64,
+    leadership: Leadership,
     timings: Timings,
     desired: Arc<DesiredState>,
     hosts: BTreeMap<String, ActorRef<HostMsg>>,
@@ -145,7 +145,7 @@ async fn spawn_pool(
     let core = PoolCore::new(
         record.spec.clone(),
         record.hosts.clone(),
-        state.term,
+        state.leadership,
         state.timings,
     );
     let args = PoolArgs {
@@ -154,7 +154,7 @@ async fn spawn_pool(
         tick_ms: state.timings.tick_ms,
     };
     let (actor, _) = Actor::spawn_linked(None, PoolSupervisor, args, myself.get_cell()).await?;
-    info!(pool = %name, term = state.term, "pool supervisor started");
+    info!(pool = %name, leadership = %state.leadership, "pool supervisor started");
     for host in &record.hosts {
         if let Some((at, reports)) = state.last_heartbeat.get(host) {
             let report = reports.iter().find(|r| r.pool == name).cloned();
@@ -219,7 +219,7 @@ impl Actor for ClusterSupervisor {
             }
         });
         let mut state = ClusterState {
-            term: args.term,
+            leadership: args.leadership,
             timings: args.timings,
             desired,
             hosts: BTreeMap::new(),
@@ -230,7 +230,7 @@ impl Actor for ClusterSupervisor {
         };
         converge(&myself, &mut state).await?;
         info!(
-            term = args.term,
+            leadership = %args.leadership,
             hosts = state.hosts.len(),
             pools = state.pools.len(),
             "supervision started"
@@ -244,7 +244,7 @@ impl Actor for ClusterSupervisor {
         state: &mut ClusterState,
     ) -> Result<(), ActorProcessingErr> {
         state.watcher.abort();
-        info!(term = state.term, "supervision stopped");
+        info!(leadership = %state.leadership, "supervision stopped");
         Ok(())
     }
 

@@ -60,10 +60,10 @@ pub(crate) async fn handle(
                 Ok(supervision) => supervision,
                 Err(response) => return response,
             };
-            info!(host = %host_id, term = supervision.term(), "host registered");
+            info!(host = %host_id, leadership = %supervision.leadership(), "host registered");
             supervision.host_connected(host_id, connection.clone());
             Response::Host(HostReply::Registered {
-                term: supervision.term(),
+                leadership: supervision.leadership(),
             })
         }
         HostMessage::Heartbeat { host_id, pools, .. } => {

@@ -8,7 +8,7 @@ use openraft::ServerState;
 use qvdc_actors::{Supervision, Timings};
 use qvdc_raft::{network::Network, store, DesiredState, NodeId, Raft};
 use qvdc_transport::{
-    protocol::{LeaderHint, Request, Response},
+    protocol::{LeaderHint, Leadership, Request, Response},
     quic, quinn,
     tls::{PeerIdentity, Role},
     Endpoint,
@@ -143,24 +143,24 @@ impl Node {
 async fn follow_leadership(node: Arc<NodeInner>, timings: Timings) {
     let mut metrics = node.raft.metrics();
     loop {
-        let (leading, term) = {
+        let (leading, leadership) = {
             let m = metrics.borrow_and_update();
-            (m.state == ServerState::Leader, m.current_term)
+            let leadership = Leadership {
+                term: m.current_term,
+                node: node.id,
+            };
+            (m.state == ServerState::Leader, leadership)
         };
         let mut slot = node.supervision.write().await;
-        let current = slot.as_ref().map(Supervision::term);
-        if current.is_some() && (!leading || current != Some(term)) {
-            info!(
-                node = node.id,
-                term = current,
-                "leadership lost: stopping supervision"
-            );
+        let current = slot.as_ref().map(Supervision::leadership);
+        if let Some(current) = current.filter(|c| !leading || *c != leadership) {
+            info!(node = node.id, leadership = %current, "leadership lost: stopping supervision");
             slot.take().expect("checked above").stop().await;
         }
         if leading && slot.is_none() {
-            match Supervision::start(term, node.desired.clone(), timings).await {
+            match Supervision::start(leadership, node.desired.clone(), timings).await {
                 Ok(supervision) => {
-                    info!(node = node.id, term, "became leader: supervision started");
+                    info!(node = node.id, %leadership, "became leader: supervision started");
                     *slot = Some(supervision);
                 }
                 Err(e) => warn!(error = %e, "could not start supervision"),

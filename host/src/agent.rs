@@ -140,13 +140,13 @@ impl<M: Mounter> Agent<M> {
             host_id: self.config.host_id.clone(),
             inventory: self.config.inventory.clone(),
         };
-        let term = match self.request(&connection, register).await {
-            Ok(Response::Host(HostReply::Registered { term })) => term,
+        let leadership = match self.request(&connection, register).await {
+            Ok(Response::Host(HostReply::Registered { leadership })) => leadership,
             Ok(other) => return not_registered(other),
             Err(end) => return end,
         };
-        info!(%addr, term, host_id = %self.config.host_id, "registered with the leader");
-        if let Err(e) = self.fence.admit(term) {
+        info!(%addr, %leadership, host_id = %self.config.host_id, "registered with the leader");
+        if let Err(e) = self.fence.admit(leadership) {
             // A node that still believes it leads an old term: find the real leader.
             return SessionEnd::Failed(e.to_string());
         }
@@ -239,7 +239,7 @@ async fn execute<M: Mounter>(
     pools: &Mutex<Pools<M>>,
     fence: &Fence,
 ) -> CommandResult {
-    if let Err(e) = fence.admit(command.id.term) {
+    if let Err(e) = fence.admit(command.id.leadership) {
         if matches!(e, FenceError::Stale { .. }) {
             warn!(id = %command.id, error = %e, "command refused");
         }

@@ -1,31 +1,31 @@
-//! The fencing term: the highest leader term this host has seen. Every command carries its
-//! leader's term; one from a lower term comes from a deposed leader and is refused. The
-//! term is stored before it is trusted, so a restarted agent cannot be fooled either.
+//! The fence: the highest leadership (Raft term, then leader node) this host has obeyed.
+//! Every command carries the leadership that issued it; one from a lower leadership comes
+//! from a deposed leader and is refused. A new high is stored before it is trusted, so a
+//! restarted agent cannot be fooled either.
 
 use std::{
     io::Write,
     path::PathBuf,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
-    },
+    sync::{Arc, Mutex},
 };
+
+use qvdc_transport::protocol::Leadership;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FenceError {
-    #[error("command from term {term} refused: this host has seen term {seen}, so its sender is a deposed leader")]
-    Stale { term: u64, seen: u64 },
-    #[error("fencing term file {path}: {reason}")]
+    #[error("command from leadership {got} refused: this host has seen leadership {seen}, so its sender is a deposed leader")]
+    Stale { got: Leadership, seen: Leadership },
+    #[error("fencing file {path}: {reason}")]
     Storage { path: String, reason: String },
 }
 
-/// Where the fencing term survives a restart.
+/// Where the fence survives a restart.
 pub trait FenceStore: Send + Sync + 'static {
-    fn load(&self) -> Result<u64, FenceError>;
-    fn save(&self, term: u64) -> Result<(), FenceError>;
+    fn load(&self) -> Result<Leadership, FenceError>;
+    fn save(&self, leadership: Leadership) -> Result<(), FenceError>;
 }
 
-/// A small file, replaced atomically (write, fsync, rename, fsync the directory).
+/// A small file (`TERM NODE`), replaced atomically: write, fsync, rename, fsync the directory.
 #[derive(Debug)]
 pub struct FileFence {
     path: PathBuf,
@@ -42,25 +42,30 @@ impl FileFence {
             reason: reason.to_string(),
         }
     }
+
+    fn parse(&self, text: &str) -> Result<Leadership, FenceError> {
+        let mut numbers = text.split_whitespace().map(str::parse::<u64>);
+        match (numbers.next(), numbers.next(), numbers.next()) {
+            (Some(Ok(term)), Some(Ok(node)), None) => Ok(Leadership { term, node }),
+            _ => Err(self.error(format!("expected `TERM NODE`, found {text:?}"))),
+        }
+    }
 }
 
 impl FenceStore for FileFence {
-    fn load(&self) -> Result<u64, FenceError> {
+    fn load(&self) -> Result<Leadership, FenceError> {
         match std::fs::read_to_string(&self.path) {
-            Ok(text) => text
-                .trim()
-                .parse()
-                .map_err(|e| self.error(format!("not a term: {e}"))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Ok(text) => self.parse(&text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Leadership::default()),
             Err(e) => Err(self.error(e)),
         }
     }
 
-    fn save(&self, term: u64) -> Result<(), FenceError> {
+    fn save(&self, leadership: Leadership) -> Result<(), FenceError> {
         let temporary = self.path.with_extension("tmp");
         let write = || -> std::io::Result<()> {
             let mut file = std::fs::File::create(&temporary)?;
-            writeln!(file, "{term}")?;
+            writeln!(file, "{} {}", leadership.term, leadership.node)?;
             file.sync_all()?;
             std::fs::rename(&temporary, &self.path)?;
             if let Some(dir) = self.path.parent() {
@@ -75,22 +80,23 @@ impl FenceStore for FileFence {
 /// In memory, for the simulation: the harness keeps it outside the simulated machine, so it
 /// survives a crash the way a file would.
 #[derive(Debug, Default, Clone)]
-pub struct MemoryFence(Arc<AtomicU64>);
+pub struct MemoryFence(Arc<Mutex<Leadership>>);
 
 impl FenceStore for MemoryFence {
-    fn load(&self) -> Result<u64, FenceError> {
-        Ok(self.0.load(Ordering::SeqCst))
+    fn load(&self) -> Result<Leadership, FenceError> {
+        Ok(*self.0.lock().expect("fence lock poisoned"))
     }
-    fn save(&self, term: u64) -> Result<(), FenceError> {
-        self.0.store(term, Ordering::SeqCst);
+    fn save(&self, leadership: Leadership) -> Result<(), FenceError> {
+        *self.0.lock().expect("fence lock poisoned") = leadership;
         Ok(())
     }
 }
 
-/// The fence itself: admits terms at least as high as any seen, storing each new high first.
+/// The fence itself: admits leaderships at least as high as any seen, storing each new high
+/// before admitting it.
 pub struct Fence {
     store: Box<dyn FenceStore>,
-    seen: Mutex<u64>,
+    seen: Mutex<Leadership>,
 }
 
 impl Fence {
@@ -102,19 +108,22 @@ impl Fence {
         })
     }
 
-    pub fn seen(&self) -> u64 {
+    pub fn seen(&self) -> Leadership {
         *self.seen.lock().expect("fence lock poisoned")
     }
 
-    /// Admits `term` if no higher term has been seen, recording it durably if it is new.
-    pub fn admit(&self, term: u64) -> Result<(), FenceError> {
+    /// Admits `leadership` unless a higher one has been seen, recording it durably if new.
+    pub fn admit(&self, leadership: Leadership) -> Result<(), FenceError> {
         let mut seen = self.seen.lock().expect("fence lock poisoned");
-        if term < *seen {
-            return Err(FenceError::Stale { term, seen: *seen });
+        if leadership < *seen {
+            return Err(FenceError::Stale {
+                got: leadership,
+                seen: *seen,
+            });
         }
-        if term > *seen {
-            self.store.save(term)?;
-            *seen = term;
+        if leadership > *seen {
+            self.store.save(leadership)?;
+            *seen = leadership;
         }
         Ok(())
     }
@@ -124,32 +133,47 @@ impl Fence {
 mod tests {
     use super::*;
 
-    #[test]
-    fn lower_terms_are_refused_and_the_highest_survives_reopening() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("fence-term");
-        let fence = Fence::open(Box::new(FileFence::new(path.clone()))).unwrap();
-        assert_eq!(fence.seen(), 0);
-        fence.admit(3).unwrap();
-        fence.admit(3).expect("the same term is admitted again");
-        assert!(matches!(
-            fence.admit(2),
-            Err(FenceError::Stale { term: 2, seen: 3 })
-        ));
-        drop(fence);
-        let reopened = Fence::open(Box::new(FileFence::new(path))).unwrap();
-        assert_eq!(reopened.seen(), 3);
-        assert!(reopened.admit(1).is_err());
+    fn l(term: u64, node: u64) -> Leadership {
+        Leadership { term, node }
     }
 
     #[test]
-    fn a_corrupt_fence_file_is_an_error_not_term_zero() {
+    fn lower_leaderships_are_refused_and_the_highest_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("fence-term");
-        std::fs::write(&path, "garbage").unwrap();
+        let path = dir.path().join("fence");
+        let fence = Fence::open(Box::new(FileFence::new(path.clone()))).unwrap();
+        assert_eq!(fence.seen(), Leadership::default());
+        fence.admit(l(3, 1)).unwrap();
+        fence
+            .admit(l(3, 1))
+            .expect("the same leadership is admitted again");
+        fence
+            .admit(l(3, 2))
+            .expect("a higher node took over within term 3");
+        assert!(
+            matches!(fence.admit(l(3, 1)), Err(FenceError::Stale { .. })),
+            "the deposed one is refused"
+        );
         assert!(matches!(
-            Fence::open(Box::new(FileFence::new(path))),
-            Err(FenceError::Storage { .. })
+            fence.admit(l(2, 9)),
+            Err(FenceError::Stale { .. })
         ));
+        drop(fence);
+        let reopened = Fence::open(Box::new(FileFence::new(path))).unwrap();
+        assert_eq!(reopened.seen(), l(3, 2));
+        assert!(reopened.admit(l(1, 5)).is_err());
+    }
+
+    #[test]
+    fn a_corrupt_fence_file_is_an_error_not_a_fresh_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fence");
+        for garbage in ["garbage", "7", "7 1 3"] {
+            std::fs::write(&path, garbage).unwrap();
+            let err = Fence::open(Box::new(FileFence::new(path.clone())))
+                .err()
+                .expect("refused");
+            assert!(matches!(err, FenceError::Storage { .. }), "{garbage:?}");
+        }
     }
 }

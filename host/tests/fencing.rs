@@ -1,6 +1,7 @@
 //! Fencing over the real transport: a stand-in leader (holding a server certificate) sends
 //! commands to a running agent. Commands from a term lower than one the host has seen are
-//! refused, and the highest term survives the agent's restart.
+//! refused — including one deposed within its term by a node with a higher id — and the
+//! highest leadership survives the agent's restart.
 
 use std::{net::SocketAddr, path::Path, time::Duration};
 
@@ -8,7 +9,7 @@ use qvdc_host::{agent::AgentConfig, Agent, Fence, FileFence, SimMounter};
 use qvdc_transport::{
     protocol::{
         CommandId, CommandResult, HostCommand, HostCommandKind, HostMessage, HostReply, Inventory,
-        PoolSource, PoolSpec, Request, Response,
+        Leadership, PoolSource, PoolSpec, Request, Response,
     },
     quic, quinn,
     tls::{self, Identity, Role},
@@ -24,15 +25,15 @@ fn identity(dir: &Path, name: &str) -> Identity {
     .unwrap()
 }
 
-/// Accepts one host connection, registers it as leader of `term`, acknowledges heartbeats.
-async fn stand_in_leader(endpoint: &Endpoint, term: u64) -> quinn::Connection {
+/// Accepts one host connection, registers it under `leadership`, acknowledges heartbeats.
+async fn stand_in_leader(endpoint: &Endpoint, leadership: Leadership) -> quinn::Connection {
     let connection = endpoint.accept().await.unwrap().await.unwrap();
     let serving = connection.clone();
     tokio::spawn(async move {
         while let Ok((send, mut recv)) = serving.accept_bi().await {
             let reply = match quic::read_request::<Request>(&mut recv).await.unwrap() {
                 Request::Host(HostMessage::Register { .. }) => {
-                    Response::Host(HostReply::Registered { term })
+                    Response::Host(HostReply::Registered { leadership })
                 }
                 Request::Host(HostMessage::Heartbeat { .. }) => {
                     Response::Host(HostReply::HeartbeatAck)
@@ -45,7 +46,12 @@ async fn stand_in_leader(endpoint: &Endpoint, term: u64) -> quinn::Connection {
     connection
 }
 
-async fn command(connection: &quinn::Connection, term: u64, seq: u64) -> Result<(), String> {
+async fn command(
+    connection: &quinn::Connection,
+    term: u64,
+    node: u64,
+    seq: u64,
+) -> Result<(), String> {
     let spec = PoolSpec {
         name: "p".into(),
         source: PoolSource::Dir {
@@ -53,7 +59,10 @@ async fn command(connection: &quinn::Connection, term: u64, seq: u64) -> Result<
         },
     };
     let command = HostCommand {
-        id: CommandId { term, seq },
+        id: CommandId {
+            leadership: Leadership { term, node },
+            seq,
+        },
         kind: HostCommandKind::InitStoragePool(spec),
     };
     let result: CommandResult = quic::call(connection, &command).await.unwrap();
@@ -79,7 +88,7 @@ fn start_agent(dir: &Path, leader: SocketAddr) -> tokio::task::JoinHandle<()> {
         false,
     )
     .unwrap();
-    let fence = Fence::open(Box::new(FileFence::new(dir.join("fence-term")))).unwrap();
+    let fence = Fence::open(Box::new(FileFence::new(dir.join("fence")))).unwrap();
     tokio::spawn(Agent::new(config, endpoint, SimMounter::new(1 << 30), fence).run())
 }
 
@@ -98,37 +107,48 @@ async fn commands_from_a_deposed_leader_are_refused_even_after_a_restart() {
     let addr = leader.local_addr().unwrap();
 
     let agent = start_agent(dir.path(), addr);
-    let connection = tokio::time::timeout(Duration::from_secs(10), stand_in_leader(&leader, 5))
-        .await
-        .unwrap();
-    let refused = command(&connection, 4, 1).await.unwrap_err();
+    let registered = Leadership { term: 5, node: 1 };
+    let connection = tokio::time::timeout(
+        Duration::from_secs(10),
+        stand_in_leader(&leader, registered),
+    )
+    .await
+    .unwrap();
+    let refused = command(&connection, 4, 3, 1).await.unwrap_err();
     assert!(refused.contains("deposed leader"), "{refused}");
-    command(&connection, 5, 2)
+    command(&connection, 5, 1, 2)
         .await
-        .expect("the current term is obeyed");
-    command(&connection, 7, 3)
+        .expect("the current leadership is obeyed");
+    command(&connection, 5, 2, 3)
         .await
-        .expect("a newer leader is obeyed");
+        .expect("node 2 took over within term 5: obeyed");
+    let refused = command(&connection, 5, 1, 4).await.unwrap_err();
     assert!(
-        command(&connection, 5, 4).await.is_err(),
+        refused.contains("has seen leadership 5/2"),
+        "node 1 was deposed within its term: {refused}"
+    );
+    command(&connection, 7, 1, 5)
+        .await
+        .expect("a newer term is obeyed");
+    assert!(
+        command(&connection, 5, 2, 6).await.is_err(),
         "term 7 is now the floor"
     );
-    assert_eq!(
-        std::fs::read_to_string(dir.path().join("fence-term"))
-            .unwrap()
-            .trim(),
-        "7"
-    );
+    let fence = || std::fs::read_to_string(dir.path().join("fence")).unwrap();
+    assert_eq!(fence().trim(), "7 1");
 
     agent.abort();
     let _ = agent.await;
     connection.close(0u32.into(), b"restart");
     let _agent = start_agent(dir.path(), addr);
     // A node that believes it still leads term 6 registers the restarted host...
-    let connection = tokio::time::timeout(Duration::from_secs(10), stand_in_leader(&leader, 6))
-        .await
-        .unwrap();
-    // ...but the host remembers term 7: it refuses the registration and hangs up, so the
+    let connection = tokio::time::timeout(
+        Duration::from_secs(10),
+        stand_in_leader(&leader, Leadership { term: 6, node: 3 }),
+    )
+    .await
+    .unwrap();
+    // ...but the host remembers leadership 7/1: it refuses the registration and hangs up, so the
     // deposed leader cannot deliver a command at all.
     let reason = tokio::time::timeout(Duration::from_secs(10), connection.closed())
         .await
@@ -144,16 +164,14 @@ async fn commands_from_a_deposed_leader_are_refused_even_after_a_restart() {
         },
     };
     let late = HostCommand {
-        id: CommandId { term: 6, seq: 1 },
+        id: CommandId {
+            leadership: Leadership { term: 6, node: 3 },
+            seq: 1,
+        },
         kind: HostCommandKind::InitStoragePool(spec),
     };
     assert!(quic::call::<_, CommandResult>(&connection, &late)
         .await
         .is_err());
-    assert_eq!(
-        std::fs::read_to_string(dir.path().join("fence-term"))
-            .unwrap()
-            .trim(),
-        "7"
-    );
+    assert_eq!(fence().trim(), "7 1");
 }

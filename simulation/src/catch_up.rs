@@ -110,6 +110,7 @@ async fn script(
         },
     )
     .await?;
+    harness::nodes_agree(&config, &certs).await?;
     let follower_snapshot = caught_up
         .snapshot_index
         .context("the follower has no snapshot")?;

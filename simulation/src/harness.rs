@@ -8,9 +8,10 @@ use qvdc_cluster::Client;
 use qvdc_raft::runtime::seed_thread_rng;
 use qvdc_transport::protocol::{ApiRequest, ApiResponse, ClusterStatus};
 use tokio::time::Instant;
-use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::{layer::SubscriberExt, Layer};
 
 use crate::{
+    invariants,
     trace::{self, Events, TraceLayer},
     world::{self, Certs, Shared, SimConfig},
 };
@@ -47,7 +48,16 @@ where
     Fut: Future<Output = anyhow::Result<T>> + 'static,
 {
     let events: Events = Arc::default();
-    let subscriber = tracing_subscriber::registry().with(TraceLayer::new(events.clone()));
+    // QVSIM_LOG=openraft=debug (any tracing filter) also prints logs to stderr while replaying.
+    // Without it, the printing layer's filter is "off", so callsites nobody records stay
+    // disabled (an absent layer would instead count as interested in everything).
+    let filter = std::env::var("QVSIM_LOG").unwrap_or_else(|_| "off".into());
+    let printed = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(tracing_subscriber::EnvFilter::new(filter));
+    let subscriber = tracing_subscriber::registry()
+        .with(TraceLayer::new(events.clone()).with_filter(trace::recorded()))
+        .with(printed);
     let value = tracing::subscriber::with_default(subscriber, || simulate(config, script));
     // A failed run has no outcome to carry its trace; QVSIM_DUMP=1 prints it instead.
     if value.is_err() && std::env::var_os("QVSIM_DUMP").is_some() {
@@ -57,6 +67,7 @@ where
     }
     let value = value?;
     let trace = std::mem::take(&mut *events.lock().expect("trace lock poisoned"));
+    invariants::hosts_obey_leaderships_in_order(&trace)?;
     Ok(Run {
         value,
         trace_hash: trace::hash(&trace),
@@ -142,6 +153,32 @@ pub(crate) async fn status(client: &mut Client) -> anyhow::Result<ClusterStatus>
         ApiResponse::ClusterStatus(s) => Ok(s),
         other => bail!("unexpected {other:?}"),
     }
+}
+
+/// Once every node is up and has applied the same log, checks that they hold the same state.
+pub(crate) async fn nodes_agree(config: &SimConfig, certs: &Certs) -> anyhow::Result<()> {
+    let mut clients = Vec::new();
+    for i in 1..=config.nodes {
+        let port_offset = 10 + u16::try_from(i).expect("few nodes");
+        clients.push(world::operator(config, certs, port_offset, vec![world::node_addr(i)]).await?);
+    }
+    let statuses = eventually(
+        "all nodes at the same index",
+        Duration::from_secs(60),
+        async || {
+            let mut statuses = Vec::with_capacity(clients.len());
+            for client in &mut clients {
+                statuses.push(status(client).await?);
+            }
+            let applied = statuses[0].last_applied;
+            Ok(statuses
+                .iter()
+                .all(|s| s.last_applied == applied)
+                .then_some(statuses))
+        },
+    )
+    .await?;
+    invariants::same_index_same_state(&statuses)
 }
 
 /// Polls `probe` every POLL_MS of simulated time until it returns Some, for at most `limit`.

@@ -5,6 +5,7 @@
 
 pub mod catch_up;
 mod harness;
+pub mod invariants;
 pub mod pool_flow;
 pub mod trace;
 mod world;

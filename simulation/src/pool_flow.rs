@@ -173,6 +173,7 @@ async fn operator_script(
     )
     .await?;
 
+    harness::nodes_agree(&config, &certs).await?;
     Ok(Measured {
         view,
         view_after_failover: after,

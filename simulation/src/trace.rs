@@ -23,6 +23,18 @@ impl TraceLayer {
 
 struct MachineName(String);
 
+/// What the trace records: qvdc's events at INFO and above, and turmoil's machine spans.
+/// Apply it as a per-layer filter (`TraceLayer::new(..).with_filter(recorded())`), so other
+/// layers still see everything they ask for.
+pub fn recorded() -> tracing_subscriber::filter::FilterFn<impl Fn(&Metadata<'_>) -> bool> {
+    tracing_subscriber::filter::filter_fn(|meta| {
+        is_machine_span(meta)
+            || (meta.is_event()
+                && meta.target().starts_with("qvdc")
+                && *meta.level() <= Level::INFO)
+    })
+}
+
 /// turmoil wraps each machine's tick in a span named "node" that carries the machine's name.
 fn is_machine_span(meta: &Metadata<'_>) -> bool {
     meta.is_span() && meta.name() == "node" && meta.target().starts_with("turmoil")
@@ -43,13 +55,6 @@ impl Visit for Fields {
 }
 
 impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for TraceLayer {
-    fn enabled(&self, meta: &Metadata<'_>, _: Context<'_, S>) -> bool {
-        is_machine_span(meta)
-            || (meta.is_event()
-                && meta.target().starts_with("qvdc")
-                && *meta.level() <= Level::INFO)
-    }
-
     fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, ctx: Context<'_, S>) {
         if !is_machine_span(attrs.metadata()) {
             return;

@@ -130,7 +130,7 @@ pub enum HostMessage {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum HostReply {
     Registered {
-        term: u64,
+        leadership: Leadership,
     },
     HeartbeatAck,
     /// The registration could not be recorded; the host retries.
@@ -139,16 +139,33 @@ pub enum HostReply {
     },
 }
 
-/// Identifies one command: the leader's term (its fencing token) and a sequence number.
+/// One Raft leadership: its term and the leader's node id, ordered by term, then node. This
+/// is the fencing token. openraft lets a node with a higher id take over within a term (it
+/// breaks split votes that way), so the term alone does not tell leaderships apart.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Leadership {
+    pub term: u64,
+    pub node: u64,
+}
+
+impl std::fmt::Display for Leadership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.term, self.node)
+    }
+}
+
+/// Identifies one command: the leadership that issued it and a sequence number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct CommandId {
-    pub term: u64,
+    pub leadership: Leadership,
     pub seq: u64,
 }
 
 impl std::fmt::Display for CommandId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{}", self.term, self.seq)
+        write!(f, "{}.{}", self.leadership, self.seq)
     }
 }
 

@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use qvdc_transport::protocol::{
-    Capacity, CommandId, Health, HostCommand, HostCommandKind, PoolHostView, PoolReport, PoolSpec,
-    PoolView,
+    Capacity, CommandId, Health, HostCommand, HostCommandKind, Leadership, PoolHostView,
+    PoolReport, PoolSpec, PoolView,
 };
 use tokio::time::Instant;
 
@@ -35,7 +35,7 @@ struct Pending {
 pub struct PoolCore {
     spec: PoolSpec,
     hosts: BTreeSet<String>,
-    term: u64,
+    leadership: Leadership,
     next_seq: u64,
     observations: BTreeMap<String, Observation>,
     pending: BTreeMap<String, Pending>,
@@ -45,12 +45,17 @@ pub struct PoolCore {
 }
 
 impl PoolCore {
-    /// `term` is the leader's term: every command carries it as a fencing token.
-    pub fn new(spec: PoolSpec, hosts: BTreeSet<String>, term: u64, timings: Timings) -> Self {
+    /// Every command carries `leadership` as its fencing token.
+    pub fn new(
+        spec: PoolSpec,
+        hosts: BTreeSet<String>,
+        leadership: Leadership,
+        timings: Timings,
+    ) -> Self {
         Self {
             spec,
             hosts,
-            term,
+            leadership,
             next_seq: 1,
             observations: BTreeMap::new(),
             pending: BTreeMap::new(),
@@ -119,7 +124,7 @@ impl PoolCore {
         let mut effects = Vec::with_capacity(due.len());
         for host in due {
             let id = CommandId {
-                term: self.term,
+                leadership: self.leadership,
                 seq: self.next_seq,
             };
             self.next_seq += 1;
@@ -231,6 +236,8 @@ mod tests {
 
     use super::*;
 
+    const LEADERSHIP: Leadership = Leadership { term: 7, node: 2 };
+
     fn spec() -> PoolSpec {
         PoolSpec {
             name: "shared".into(),
@@ -242,7 +249,7 @@ mod tests {
 
     fn core() -> PoolCore {
         let hosts = ["host-1", "host-2", "host-3"].map(String::from).into();
-        PoolCore::new(spec(), hosts, 7, Timings::default())
+        PoolCore::new(spec(), hosts, LEADERSHIP, Timings::default())
     }
 
     fn healthy(total: u64) -> PoolReport {
@@ -274,7 +281,10 @@ mod tests {
 
     fn init(host: &str, seq: u64) -> Effect {
         let command = HostCommand {
-            id: CommandId { term: 7, seq },
+            id: CommandId {
+                leadership: LEADERSHIP,
+                seq,
+            },
             kind: HostCommandKind::InitStoragePool(spec()),
         };
         Effect::Send {

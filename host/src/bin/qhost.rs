@@ -87,7 +87,7 @@ async fn main() -> anyhow::Result<()> {
         inventory: inventory::scan(),
         heartbeat_interval_ms: args.heartbeat_interval_ms,
     };
-    let fence = Fence::open(Box::new(FileFence::new(args.data_dir.join("fence-term"))))?;
+    let fence = Fence::open(Box::new(FileFence::new(args.data_dir.join("fence"))))?;
     let agent = Agent::new(config, endpoint, RealMounter, fence);
     tokio::select! {
         () = agent.run() => {}

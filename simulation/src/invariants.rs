@@ -1,0 +1,119 @@
+//! Properties every run must have, checked over its event trace and its final state. Each
+//! returns the first violation it finds, worded for the person replaying the seed.
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, ensure};
+use qvdc_transport::protocol::ClusterStatus;
+
+/// The machine and the `key=value` fields of a trace line.
+fn parse(line: &str) -> Option<(&str, BTreeMap<&str, &str>)> {
+    let mut words = line.split_whitespace();
+    let _at_ms = words.next()?;
+    let machine = words.next()?;
+    let fields = words.filter_map(|w| w.split_once('=')).collect();
+    Some((machine, fields))
+}
+
+/// Fencing, as the hosts report it: a host never executes a command of a lower leadership
+/// (term, then leader node) after one of a higher leadership.
+pub fn hosts_obey_leaderships_in_order(trace: &[String]) -> anyhow::Result<()> {
+    let mut highest: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    let executed = trace
+        .iter()
+        .filter(|l| l.contains("pool mounted") || l.contains("pool mount failed"));
+    for line in executed {
+        let Some((machine, fields)) = parse(line) else {
+            continue;
+        };
+        let Some(leadership) = fields.get("id").and_then(|id| leadership_of(id)) else {
+            bail!("a command without a leadership: {line}");
+        };
+        let seen = highest.entry(machine).or_insert(leadership);
+        ensure!(
+            leadership >= *seen,
+            "{machine} executed a command of leadership {leadership:?} after one of {seen:?}:\n  {line}"
+        );
+        *seen = leadership;
+    }
+    Ok(())
+}
+
+/// `TERM/NODE.SEQ`, a command id as displayed, to its (term, node).
+fn leadership_of(id: &str) -> Option<(u64, u64)> {
+    let (leadership, _seq) = id.split_once('.')?;
+    let (term, node) = leadership.split_once('/')?;
+    Some((term.parse().ok()?, node.parse().ok()?))
+}
+
+/// State machine safety: nodes that applied the same prefix of the log hold the same state.
+pub fn same_index_same_state(statuses: &[ClusterStatus]) -> anyhow::Result<()> {
+    for a in statuses {
+        for b in statuses
+            .iter()
+            .filter(|b| b.node_id > a.node_id && b.last_applied == a.last_applied)
+        {
+            ensure!(
+                a.state_digest == b.state_digest,
+                "nodes {} and {} applied up to {:?} but hold different states ({:016x} vs {:016x})",
+                a.node_id,
+                b.node_id,
+                a.last_applied,
+                a.state_digest,
+                b.state_digest
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(at: u64, machine: &str, text: &str) -> String {
+        format!("{at:>8} {machine:<9} INFO  qvdc: {text}")
+    }
+
+    #[test]
+    fn a_host_obeying_a_deposed_leadership_is_caught() {
+        let ok = [
+            line(1, "host-1", "pool mounted id=2/1.1 pool=p"),
+            line(2, "host-1", "pool mounted id=2/3.1 pool=p"),
+            line(3, "host-2", "pool mounted id=1/1.4 pool=p"),
+        ];
+        hosts_obey_leaderships_in_order(&ok).unwrap();
+        let deposed_in_term = [
+            line(1, "host-1", "pool mounted id=3/2.1 pool=p"),
+            line(2, "host-1", "pool mount failed id=3/1.9 pool=p"),
+        ];
+        assert!(hosts_obey_leaderships_in_order(&deposed_in_term).is_err());
+        let older_term = [
+            line(1, "host-1", "pool mounted id=3/1.1 pool=p"),
+            line(2, "host-1", "pool mounted id=2/3.2 pool=p"),
+        ];
+        assert!(hosts_obey_leaderships_in_order(&older_term).is_err());
+    }
+
+    #[test]
+    fn diverged_states_at_one_index_are_caught() {
+        let status = |node_id, applied, state_digest| ClusterStatus {
+            node_id,
+            leader: Some(1),
+            term: 1,
+            last_log_index: applied,
+            last_applied: applied,
+            members: vec![],
+            snapshot_index: None,
+            purged_index: None,
+            state_digest,
+        };
+        same_index_same_state(&[
+            status(1, Some(5), 7),
+            status(2, Some(5), 7),
+            status(3, Some(4), 9),
+        ])
+        .unwrap();
+        assert!(same_index_same_state(&[status(1, Some(5), 7), status(2, Some(5), 8)]).is_err());
+    }
+}
