@@ -46,25 +46,30 @@ async fn stand_in_leader(endpoint: &Endpoint, leadership: Leadership) -> quinn::
     connection
 }
 
-async fn command(
-    connection: &quinn::Connection,
-    term: u64,
-    node: u64,
-    seq: u64,
-) -> Result<(), String> {
+fn init_pool(term: u64, node: u64, seq: u64) -> HostCommand {
     let spec = PoolSpec {
         name: "p".into(),
         source: PoolSource::Dir {
             path: "/srv/p".into(),
         },
     };
-    let command = HostCommand {
-        id: CommandId {
-            leadership: Leadership { term, node },
-            seq,
-        },
-        kind: HostCommandKind::InitStoragePool(spec),
+    let id = CommandId {
+        leadership: Leadership { term, node },
+        seq,
     };
+    HostCommand {
+        id,
+        kind: HostCommandKind::InitStoragePool(spec),
+    }
+}
+
+async fn command(
+    connection: &quinn::Connection,
+    term: u64,
+    node: u64,
+    seq: u64,
+) -> Result<(), String> {
+    let command = init_pool(term, node, seq);
     let result: CommandResult = quic::call(connection, &command).await.unwrap();
     assert_eq!(result.id, command.id);
     result.outcome
@@ -157,19 +162,7 @@ async fn commands_from_a_deposed_leader_are_refused_even_after_a_restart() {
         matches!(reason, quinn::ConnectionError::ApplicationClosed(_)),
         "{reason:?}"
     );
-    let spec = PoolSpec {
-        name: "p".into(),
-        source: PoolSource::Dir {
-            path: "/srv/p".into(),
-        },
-    };
-    let late = HostCommand {
-        id: CommandId {
-            leadership: Leadership { term: 6, node: 3 },
-            seq: 1,
-        },
-        kind: HostCommandKind::InitStoragePool(spec),
-    };
+    let late = init_pool(6, 3, 1);
     assert!(quic::call::<_, CommandResult>(&connection, &late)
         .await
         .is_err());
