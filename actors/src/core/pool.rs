@@ -29,7 +29,13 @@ struct Observation {
 struct Pending {
     id: CommandId,
     sent_at: Instant,
+    /// Commands sent for this pool since the host last reported it healthy, this one included.
+    attempts: u32,
 }
+
+/// Resends back off exponentially up to this many doublings of the retry interval
+/// (2 s × 2^4 = 32 s with the default timings).
+pub const RETRY_DOUBLINGS_MAX: u32 = 4;
 
 #[derive(Debug)]
 pub struct PoolCore {
@@ -108,9 +114,16 @@ impl PoolCore {
             return false;
         }
         match self.pending.get(host) {
-            Some(p) => now.saturating_duration_since(p.sent_at) >= self.timings.command_retry(),
+            Some(p) => now.saturating_duration_since(p.sent_at) >= self.retry_after(p.attempts),
             None => true,
         }
+    }
+
+    /// How long to wait before resending, after `attempts` unsuccessful commands: a host that
+    /// keeps failing (a broken mount) is asked less and less often until it is healthy.
+    fn retry_after(&self, attempts: u32) -> std::time::Duration {
+        let doublings = attempts.saturating_sub(1).min(RETRY_DOUBLINGS_MAX);
+        self.timings.command_retry() * 2u32.pow(doublings)
     }
 
     /// Decides which hosts need InitStoragePool now.
@@ -128,8 +141,15 @@ impl PoolCore {
                 seq: self.next_seq,
             };
             self.next_seq += 1;
-            self.pending
-                .insert(host.clone(), Pending { id, sent_at: now });
+            let attempts = self.pending.get(&host).map_or(1, |p| p.attempts + 1);
+            self.pending.insert(
+                host.clone(),
+                Pending {
+                    id,
+                    sent_at: now,
+                    attempts,
+                },
+            );
             let command = HostCommand {
                 id,
                 kind: HostCommandKind::InitStoragePool(self.spec.clone()),
@@ -384,5 +404,38 @@ mod tests {
         assert_eq!(overall_health(3, 1, 2), Health::Degraded);
         assert_eq!(overall_health(3, 0, 1), Health::Error);
         assert_eq!(overall_health(3, 0, 0), Health::Unknown);
+    }
+
+    #[test]
+    fn a_host_that_keeps_failing_is_asked_less_and_less_often() {
+        let mut core = core();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut sent = Vec::new();
+        for ms in (0..=70_000).step_by(250) {
+            core.observe("host-3", at(ms), Some(failed("Permission denied")));
+            for Effect::Send { command, .. } in core.tick(at(ms)) {
+                sent.push((ms, command.id.seq));
+            }
+        }
+        assert_eq!(
+            sent,
+            [
+                (0, 1),
+                (2_000, 2),
+                (6_000, 3),
+                (14_000, 4),
+                (30_000, 5),
+                (62_000, 6)
+            ],
+            "2 s, then 4, 8, 16 and at most 32 s between attempts"
+        );
+        core.observe("host-3", at(70_250), Some(healthy(10)));
+        core.observe("host-3", at(70_500), Some(failed("Permission denied")));
+        let [Effect::Send { command, .. }] = core.tick(at(70_500)).try_into().unwrap();
+        assert_eq!(
+            command.id.seq, 7,
+            "after a healthy report, a new failure is retried at once"
+        );
     }
 }
