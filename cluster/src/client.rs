@@ -101,6 +101,23 @@ impl Client {
         Ok(connection)
     }
 
+    /// Dials every node at once and keeps the first connection whose handshake completes, so
+    /// a dead node costs nothing while another one answers. `None` if none answered.
+    async fn connect_first(&mut self) -> Option<SocketAddr> {
+        let mut dials = tokio::task::JoinSet::new();
+        for addr in self.nodes.clone() {
+            let endpoint = self.endpoint.clone();
+            dials.spawn(async move { (addr, endpoint.connect(addr).await) });
+        }
+        while let Some(joined) = dials.join_next().await {
+            if let Ok((addr, Ok(connection))) = joined {
+                self.connection = Some((addr, connection));
+                return Some(addr); // dropping `dials` abandons the slower handshakes
+            }
+        }
+        None
+    }
+
     async fn attempt(&mut self, addr: SocketAddr, request: &ApiRequest) -> Attempt {
         let connection = match self.connect(addr).await {
             Ok(c) => c,
@@ -147,7 +164,10 @@ impl Client {
     /// Sends `request` to the leader, wherever it is, until it is answered or the timeout passes.
     pub async fn request(&mut self, request: ApiRequest) -> Result<ApiResponse, ClientError> {
         let started = Instant::now();
-        let mut next = self.connection.as_ref().map(|(a, _)| *a);
+        let mut next = match &self.connection {
+            Some((addr, connection)) if connection.close_reason().is_none() => Some(*addr),
+            _ => self.connect_first().await,
+        };
         let mut rotation = 0usize;
         let mut redirects = 0u32;
         let mut reached_any = false;
@@ -171,6 +191,9 @@ impl Client {
                     reached_any |= reached;
                     last = format!("{addr}: {reason}");
                     tokio::time::sleep(Duration::from_millis(RETRY_INTERVAL_MS)).await;
+                    if !reached {
+                        next = self.connect_first().await;
+                    }
                 }
             }
         }

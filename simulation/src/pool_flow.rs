@@ -115,7 +115,12 @@ async fn operator_script(
     let create_to_aggregate = created.elapsed();
     check_aggregate(&view, &config)?;
 
-    let before = status(&mut client).await?;
+    // Any node answers a status; the one that does may not know the leader at that moment.
+    let before = eventually("a known leader", Duration::from_secs(30), async || {
+        let s = status(&mut client).await?;
+        Ok(s.leader.is_some().then_some(s))
+    })
+    .await?;
     let leader = before.leader.context("no leader")?;
     let name = SimConfig::node_name(leader);
     let others = (1..=config.nodes)
