@@ -16,7 +16,7 @@ use ractor::{Actor, ActorRef};
 use tokio::sync::watch;
 
 pub use crate::core::Timings;
-use crate::supervisor::{ClusterArgs, ClusterMsg, ClusterSupervisor, PoolMsg};
+use crate::supervisor::{ClusterArgs, ClusterMsg, ClusterSupervisor, HostMsg, PoolMsg};
 
 /// How long an API query waits for the supervision tree.
 pub const QUERY_TIMEOUT_MS: u64 = 2_000;
@@ -90,42 +90,56 @@ impl Supervision {
         });
     }
 
-    pub async fn pool_view(&self, name: &str) -> Result<Option<PoolView>, SupervisionError> {
-        let name = name.to_owned();
+    async fn children<T>(
+        &self,
+        message: impl FnOnce(ractor::RpcReplyPort<T>) -> ClusterMsg,
+    ) -> Result<T, SupervisionError>
+    where
+        T: Send + 'static,
+    {
         let answer = self
             .root
-            .call(|reply| ClusterMsg::PoolView { name, reply }, timeout())
+            .call(message, timeout())
             .await
             .map_err(unavailable)?;
         answer.success_or(()).map_err(|_| unavailable("timed out"))
     }
 
-    pub async fn pool_views(&self) -> Result<Vec<PoolView>, SupervisionError> {
-        let pools: Vec<ActorRef<PoolMsg>> = self
-            .root
-            .call(ClusterMsg::Pools, timeout())
+    async fn view(pool: &ActorRef<PoolMsg>) -> Result<PoolView, SupervisionError> {
+        let answer = pool
+            .call(PoolMsg::View, timeout())
             .await
-            .map_err(unavailable)?
-            .success_or(())
-            .map_err(|_| unavailable("timed out"))?;
+            .map_err(unavailable)?;
+        answer.success_or(()).map_err(|_| unavailable("timed out"))
+    }
+
+    pub async fn pool_view(&self, name: &str) -> Result<Option<PoolView>, SupervisionError> {
+        match self.children(ClusterMsg::Pools).await?.get(name) {
+            Some(pool) => Ok(Some(Self::view(pool).await?)),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn pool_views(&self) -> Result<Vec<PoolView>, SupervisionError> {
+        let pools = self.children(ClusterMsg::Pools).await?;
         let mut views = Vec::with_capacity(pools.len());
-        for pool in pools {
-            let view = pool
-                .call(PoolMsg::View, timeout())
-                .await
-                .map_err(unavailable)?;
-            views.push(view.success_or(()).map_err(|_| unavailable("timed out"))?);
+        for pool in pools.values() {
+            views.push(Self::view(pool).await?);
         }
         Ok(views)
     }
 
+    /// Each supervised host's liveness; a host supervisor that does not answer counts as
+    /// Unreachable.
     pub async fn liveness(&self) -> Result<BTreeMap<String, Liveness>, SupervisionError> {
-        let answer = self
-            .root
-            .call(ClusterMsg::Liveness, timeout())
-            .await
-            .map_err(unavailable)?;
-        answer.success_or(()).map_err(|_| unavailable("timed out"))
+        let hosts = self.children(ClusterMsg::Hosts).await?;
+        let mut out = BTreeMap::new();
+        for (host, actor) in hosts {
+            let answer = actor.call(HostMsg::Liveness, timeout()).await;
+            let liveness = answer.ok().and_then(|r| r.success_or(()).ok());
+            out.insert(host, liveness.unwrap_or(Liveness::Unreachable));
+        }
+        Ok(out)
     }
 
     /// Stops the tree and waits until every actor has stopped.

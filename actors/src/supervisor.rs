@@ -37,12 +37,11 @@ pub(crate) enum ClusterMsg {
         command: HostCommand,
         reply_to: ActorRef<PoolMsg>,
     },
-    PoolView {
-        name: String,
-        reply: RpcReplyPort<Option<PoolView>>,
-    },
-    Pools(RpcReplyPort<Vec<ActorRef<PoolMsg>>>),
-    Liveness(RpcReplyPort<BTreeMap<String, Liveness>>),
+    /// The pool supervisors by pool name; callers query them directly, so a slow child
+    /// never holds up this actor.
+    Pools(RpcReplyPort<BTreeMap<String, ActorRef<PoolMsg>>>),
+    /// The host supervisors by host id, for the same reason.
+    Hosts(RpcReplyPort<BTreeMap<String, ActorRef<HostMsg>>>),
     Respawn {
         child: Child,
     },
@@ -288,27 +287,11 @@ impl Actor for ClusterSupervisor {
                     });
                 }
             },
-            ClusterMsg::PoolView { name, reply } => match state.pools.get(&name) {
-                Some(pool) => pool.cast(PoolMsg::View(forward_view(reply)))?,
-                None => {
-                    let _ = reply.send(None);
-                }
-            },
             ClusterMsg::Pools(reply) => {
-                let _ = reply.send(state.pools.values().cloned().collect());
+                let _ = reply.send(state.pools.clone());
             }
-            ClusterMsg::Liveness(reply) => {
-                let mut out = BTreeMap::new();
-                for (host, actor) in &state.hosts {
-                    let timeout = Duration::from_millis(state.timings.command_timeout_ms);
-                    let answer = actor.call(HostMsg::Liveness, Some(timeout)).await;
-                    let value = answer
-                        .ok()
-                        .and_then(|r| r.success_or(()).ok())
-                        .unwrap_or(Liveness::Unreachable);
-                    out.insert(host.clone(), value);
-                }
-                let _ = reply.send(out);
+            ClusterMsg::Hosts(reply) => {
+                let _ = reply.send(state.hosts.clone());
             }
             ClusterMsg::Respawn { child } => match &child {
                 Child::Host(h) if !state.hosts.contains_key(h) => {
@@ -383,15 +366,6 @@ fn route_heartbeat(
         }
     }
     state.last_heartbeat.insert(host_id, (now, pools));
-}
-
-/// Adapts a reply port for `Option<PoolView>` into one for `PoolView`.
-fn forward_view(reply: RpcReplyPort<Option<PoolView>>) -> RpcReplyPort<PoolView> {
-    let (tx, rx) = ractor::concurrency::oneshot();
-    tokio::spawn(async move {
-        let _ = reply.send(rx.await.ok());
-    });
-    tx.into()
 }
 
 // ---------------------------------------------------------------------------------------

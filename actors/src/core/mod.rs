@@ -9,8 +9,6 @@ use std::time::Duration;
 /// Timing knobs of the supervision tree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timings {
-    /// How often hosts heartbeat (they are told nothing; this is what they are expected to do).
-    pub heartbeat_interval_ms: u64,
     /// A host silent for this long is Unreachable and its reports count as Unknown.
     pub stale_after_ms: u64,
     /// A command not confirmed by a report after this long is sent again.
@@ -24,7 +22,6 @@ pub struct Timings {
 impl Default for Timings {
     fn default() -> Self {
         Self {
-            heartbeat_interval_ms: 1_000,
             stale_after_ms: 3_000,
             command_retry_ms: 2_000,
             command_timeout_ms: 5_000,
