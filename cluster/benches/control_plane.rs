@@ -7,9 +7,7 @@
 //! the number of failovers, QVDC_BENCH_SECONDS=N the seconds per concurrency level).
 
 use std::{
-    net::{SocketAddr, UdpSocket},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
@@ -19,132 +17,35 @@ use qvdc_transport::{
         ApiRequest, ApiResponse, HostMessage, Inventory, PoolSource, PoolSpec, Request, Response,
     },
     quic,
-    tls::{self, Identity, Role},
+    tls::Role,
     Endpoint,
 };
 
-const QVDC: &str = env!("CARGO_BIN_EXE_qvdc");
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use support::Nodes;
+
 const HOST: &str = "bench-host";
+const OPERATOR: &str = "bench";
 
-struct Cluster {
-    dir: tempfile::TempDir,
-    addrs: Vec<String>,
-    nodes: Vec<Option<Child>>,
+fn start() -> Nodes {
+    Nodes::start(&[(Role::Operator, OPERATOR), (Role::Host, HOST)], false)
 }
 
-impl Cluster {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let certs = dir.path().join("certs");
-        tls::init_ca(&certs).unwrap();
-        for i in 1..=3 {
-            tls::issue(&certs, Role::Server, &format!("node-{i}")).unwrap();
-        }
-        tls::issue(&certs, Role::Operator, "bench").unwrap();
-        tls::issue(&certs, Role::Host, HOST).unwrap();
-        let addrs = (0..3)
-            .map(|_| {
-                format!(
-                    "127.0.0.1:{}",
-                    UdpSocket::bind("127.0.0.1:0")
-                        .unwrap()
-                        .local_addr()
-                        .unwrap()
-                        .port()
-                )
-            })
-            .collect();
-        let mut cluster = Self {
-            dir,
-            addrs,
-            nodes: Vec::new(),
-        };
-        for id in 1..=3 {
-            let child = cluster.spawn(id);
-            cluster.nodes.push(Some(child));
-        }
-        cluster
-    }
-
-    fn certs(&self) -> PathBuf {
-        self.dir.path().join("certs")
-    }
-
-    fn spawn(&self, id: usize) -> Child {
-        let c = self.certs();
-        let initial: Vec<String> = self
-            .addrs
-            .iter()
-            .enumerate()
-            .map(|(i, a)| format!("{}={a}", i + 1))
-            .collect();
-        Command::new(QVDC)
-            .args([
-                "server",
-                "--node-id",
-                &id.to_string(),
-                "--listen",
-                &self.addrs[id - 1],
-            ])
-            .args([
-                "--data-dir",
-                &self
-                    .dir
-                    .path()
-                    .join(format!("node-{id}"))
-                    .display()
-                    .to_string(),
-            ])
-            .args(["--initial-cluster", &initial.join(",")])
-            .args(["--ca-cert", &c.join("ca.crt").display().to_string()])
-            .args([
-                "--cert",
-                &c.join(format!("node-{id}.crt")).display().to_string(),
-            ])
-            .args([
-                "--key",
-                &c.join(format!("node-{id}.key")).display().to_string(),
-            ])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start qvdc server")
-    }
-
-    fn identity(&self, name: &str) -> Identity {
-        let c = self.certs();
-        Identity::load(
-            &c.join("ca.crt"),
-            &c.join(format!("{name}.crt")),
-            &c.join(format!("{name}.key")),
-        )
-        .unwrap()
-    }
-
-    fn client(&self) -> Client {
-        let endpoint = Endpoint::bind(
-            "127.0.0.1:0".parse().unwrap(),
-            &self.identity("bench"),
-            false,
-        )
-        .unwrap();
-        let nodes: Vec<SocketAddr> = self.addrs.iter().map(|a| a.parse().unwrap()).collect();
-        Client::new(endpoint, nodes, Duration::from_secs(30))
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for child in self.nodes.iter_mut().flatten() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+fn new_client(nodes: &Nodes) -> Client {
+    let endpoint = Endpoint::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        &nodes.identity(OPERATOR),
+        false,
+    )
+    .unwrap();
+    let addrs: Vec<SocketAddr> = nodes.addrs.iter().map(|a| a.parse().unwrap()).collect();
+    Client::new(endpoint, addrs, Duration::from_secs(30))
 }
 
 /// Registers a host (without ever heartbeating) so that pools can be assigned to it.
-async fn register_host(cluster: &Cluster) {
+async fn register_host(cluster: &Nodes) {
     let endpoint = Endpoint::bind(
         "127.0.0.1:0".parse().unwrap(),
         &cluster.identity(HOST),
@@ -205,11 +106,11 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
-async fn throughput(cluster: &Cluster, clients: usize, seconds: u64, round: usize) {
+async fn throughput(cluster: &Nodes, clients: usize, seconds: u64, round: usize) {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let mut client = cluster.client();
+        let mut client = new_client(cluster);
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut n = 0;
@@ -247,21 +148,18 @@ async fn leader(client: &mut Client) -> usize {
     }
 }
 
-async fn failover(cluster: &mut Cluster, kills: usize) {
+async fn failover(cluster: &mut Nodes, kills: usize) {
     let mut times = Vec::new();
     for k in 0..kills {
-        let mut client = cluster.client();
+        let mut client = new_client(cluster);
         let victim = leader(&mut client).await;
         create_pool(&mut client, format!("before-kill-{k}")).await;
-        let mut child = cluster.nodes[victim - 1].take().unwrap();
-        child.kill().unwrap(); // SIGKILL
+        cluster.kill(victim);
         let killed = Instant::now();
-        child.wait().unwrap();
-        let mut fresh = cluster.client();
+        let mut fresh = new_client(cluster);
         create_pool(&mut fresh, format!("after-kill-{k}")).await;
         times.push(killed.elapsed());
-        let restarted = cluster.spawn(victim);
-        cluster.nodes[victim - 1] = Some(restarted);
+        cluster.restart(victim);
         tokio::time::sleep(Duration::from_secs(2)).await; // let it rejoin before the next kill
     }
     times.sort();
@@ -292,7 +190,7 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let mut cluster = Cluster::start();
+        let mut cluster = start();
         register_host(&cluster).await;
         println!(
             "3 qvdc servers on loopback, QUIC + mTLS, redb with fsync; {} cores",

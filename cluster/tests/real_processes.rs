@@ -3,7 +3,6 @@
 //! Needs root (mount(2)); with QVDC_REQUIRE_REAL=1 a missing privilege fails the test.
 
 use std::{
-    net::UdpSocket,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
@@ -12,7 +11,9 @@ use std::{
 use qvdc_transport::tls::{self, Role};
 use serde_json::Value;
 
-const QVDC: &str = env!("CARGO_BIN_EXE_qvdc");
+mod support;
+
+use support::QVDC;
 const QVCTL: &str = env!("CARGO_BIN_EXE_qvctl");
 
 fn qhost() -> PathBuf {
@@ -23,14 +24,6 @@ fn qhost() -> PathBuf {
         path.display()
     );
     path
-}
-
-fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn may_mount() -> bool {
@@ -44,44 +37,34 @@ fn may_mount() -> bool {
     root
 }
 
-/// A cluster of child processes, killed and unmounted when dropped.
+/// Three nodes and three hosts; hosts are killed and their mounts removed when dropped.
 struct Cluster {
-    dir: tempfile::TempDir,
-    addrs: Vec<String>,
-    nodes: Vec<Option<Child>>,
+    nodes: support::Nodes,
     hosts: Vec<Child>,
 }
 
 impl Cluster {
     fn certs(&self) -> PathBuf {
-        self.dir.path().join("certs")
+        self.nodes.certs()
     }
 
     fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let certs = dir.path().join("certs");
-        tls::init_ca(&certs).unwrap();
-        for i in 1..=3 {
-            tls::issue(&certs, Role::Server, &format!("node-{i}")).unwrap();
-            tls::issue(&certs, Role::Host, &format!("host-{i}")).unwrap();
-        }
-        tls::issue(&certs, Role::Operator, "admin").unwrap();
-        let addrs: Vec<String> = (0..3)
-            .map(|_| format!("127.0.0.1:{}", free_port()))
-            .collect();
+        let hosts = [
+            (Role::Host, "host-1"),
+            (Role::Host, "host-2"),
+            (Role::Host, "host-3"),
+        ];
+        let nodes = support::Nodes::start(
+            &[hosts[0], hosts[1], hosts[2], (Role::Operator, "admin")],
+            true,
+        );
         let mut cluster = Self {
-            dir,
-            addrs,
-            nodes: Vec::new(),
+            nodes,
             hosts: Vec::new(),
         };
-        for id in 1..=3 {
-            let child = cluster.spawn_node(id);
-            cluster.nodes.push(Some(child));
-        }
         // host-3 cannot mount anything: its pool root is a plain file.
-        std::fs::create_dir_all(cluster.dir.path().join("host-3")).unwrap();
-        std::fs::write(cluster.dir.path().join("host-3/pools"), b"not a directory").unwrap();
+        std::fs::create_dir_all(cluster.dir().join("host-3")).unwrap();
+        std::fs::write(cluster.dir().join("host-3/pools"), b"not a directory").unwrap();
         for i in 1..=3 {
             let child = cluster.spawn_host(i);
             cluster.hosts.push(child);
@@ -89,71 +72,23 @@ impl Cluster {
         cluster
     }
 
-    fn log(&self, name: &str) -> std::fs::File {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join(format!("{name}.log")))
-            .unwrap()
+    fn dir(&self) -> &Path {
+        self.nodes.dir.path()
     }
 
-    fn tls_args(&self, name: &str) -> Vec<String> {
-        let c = self.certs();
-        vec![
-            "--ca-cert".into(),
-            c.join("ca.crt").display().to_string(),
-            "--cert".into(),
-            c.join(format!("{name}.crt")).display().to_string(),
-            "--key".into(),
-            c.join(format!("{name}.key")).display().to_string(),
-        ]
-    }
-
-    fn spawn_node(&self, id: usize) -> Child {
-        let initial: Vec<String> = self
-            .addrs
-            .iter()
-            .enumerate()
-            .map(|(i, a)| format!("{}={a}", i + 1))
-            .collect();
-        let log = self.log(&format!("node-{id}"));
-        Command::new(QVDC)
-            .args([
-                "server",
-                "--node-id",
-                &id.to_string(),
-                "--listen",
-                &self.addrs[id - 1],
-            ])
-            .args([
-                "--data-dir",
-                &self
-                    .dir
-                    .path()
-                    .join(format!("node-{id}"))
-                    .display()
-                    .to_string(),
-            ])
-            .args(["--initial-cluster", &initial.join(",")])
-            .args(self.tls_args(&format!("node-{id}")))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap()
+    fn addrs(&self) -> &[String] {
+        &self.nodes.addrs
     }
 
     fn spawn_host(&self, i: usize) -> Child {
         let name = format!("host-{i}");
-        let log = self.log(&name);
+        let (stdout, stderr) = self.nodes.output(&name);
         Command::new(qhost())
-            .args(["--host-id", &name, "--cluster", &self.addrs.join(",")])
-            .args([
-                "--data-dir",
-                &self.dir.path().join(&name).display().to_string(),
-            ])
-            .args(self.tls_args(&name))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
+            .args(["--host-id", &name, "--cluster", &self.addrs().join(",")])
+            .args(["--data-dir", &self.dir().join(&name).display().to_string()])
+            .args(self.nodes.tls_args(&name))
+            .stdout(stdout)
+            .stderr(stderr)
             .spawn()
             .unwrap()
     }
@@ -174,14 +109,14 @@ impl Cluster {
     fn json(&self, args: &[&str]) -> Option<Value> {
         let mut all = args.to_vec();
         all.extend(["--output", "json", "--timeout-ms", "3000"]);
-        let out = self.qvctl_as("admin", &self.certs(), &self.addrs, &all);
+        let out = self.qvctl_as("admin", &self.certs(), self.addrs(), &all);
         out.status
             .success()
             .then(|| serde_json::from_slice(&out.stdout).unwrap())
     }
 
     fn dump_logs(&self) {
-        for entry in std::fs::read_dir(self.dir.path()).unwrap().flatten() {
+        for entry in std::fs::read_dir(self.dir()).unwrap().flatten() {
             if entry.path().extension().is_some_and(|e| e == "log") {
                 let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
                 let tail: Vec<&str> = text.lines().rev().take(15).collect();
@@ -197,12 +132,12 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for child in self.nodes.iter_mut().flatten().chain(self.hosts.iter_mut()) {
+        for child in &mut self.hosts {
             let _ = child.kill();
             let _ = child.wait();
         }
         let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let prefix = self.dir.path().display().to_string();
+        let prefix = self.dir().display().to_string();
         for point in table
             .lines()
             .filter_map(|l| l.split(' ').nth(4))
@@ -264,7 +199,7 @@ fn pool_flow_across_real_processes_survives_leader_kill_needs_root() {
         return;
     }
     let mut cluster = Cluster::start();
-    let source = cluster.dir.path().join("shared");
+    let source = cluster.dir().join("shared");
     std::fs::create_dir_all(&source).unwrap();
     std::fs::write(source.join("disk-a.qcow2"), b"x").unwrap();
 
@@ -298,7 +233,7 @@ fn pool_flow_across_real_processes_survives_leader_kill_needs_root() {
             "--request-id",
             request_id,
         ]);
-        cluster.qvctl_as("admin", &cluster.certs(), &cluster.addrs, &args)
+        cluster.qvctl_as("admin", &cluster.certs(), cluster.addrs(), &args)
     };
     let out = create("create-shared-1");
     assert!(
@@ -325,8 +260,7 @@ fn pool_flow_across_real_processes_survives_leader_kill_needs_root() {
     assert_aggregate(&view);
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let host1_mount = cluster
-        .dir
-        .path()
+        .dir()
         .join("host-1/pools/shared")
         .display()
         .to_string();
@@ -340,9 +274,7 @@ fn pool_flow_across_real_processes_survives_leader_kill_needs_root() {
     let status = cluster.json(&["cluster", "status"]).unwrap();
     let leader = status["leader"].as_u64().unwrap() as usize;
     let applied = status["last_applied"].as_u64().unwrap();
-    let mut killed = cluster.nodes[leader - 1].take().unwrap();
-    killed.kill().unwrap(); // SIGKILL
-    killed.wait().unwrap();
+    cluster.nodes.kill(leader);
     let killed_at = Instant::now();
     let after = eventually(
         &cluster,
@@ -363,9 +295,8 @@ fn pool_flow_across_real_processes_survives_leader_kill_needs_root() {
     );
     assert_aggregate(&after);
 
-    let restarted = cluster.spawn_node(leader);
-    cluster.nodes[leader - 1] = Some(restarted);
-    let only_it = vec![cluster.addrs[leader - 1].clone()];
+    cluster.nodes.restart(leader);
+    let only_it = vec![cluster.addrs()[leader - 1].clone()];
     eventually(
         &cluster,
         "restarted node rejoins",
@@ -388,13 +319,13 @@ fn pool_flow_across_real_processes_survives_leader_kill_needs_root() {
 }
 
 fn check_certificates_are_enforced(cluster: &Cluster) {
-    let foreign = cluster.dir.path().join("foreign");
+    let foreign = cluster.dir().join("foreign");
     tls::init_ca(&foreign).unwrap();
     tls::issue(&foreign, Role::Operator, "mallory").unwrap();
     let out = cluster.qvctl_as(
         "mallory",
         &foreign,
-        &cluster.addrs,
+        cluster.addrs(),
         &["cluster", "status", "--timeout-ms", "1500"],
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -411,7 +342,7 @@ fn check_certificates_are_enforced(cluster: &Cluster) {
     let spec = [
         "pool", "create", "evil", "--path", "/tmp", "--hosts", "host-1",
     ];
-    let out = cluster.qvctl_as("host-1", &cluster.certs(), &cluster.addrs, &spec);
+    let out = cluster.qvctl_as("host-1", &cluster.certs(), cluster.addrs(), &spec);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         out.status.code(),
