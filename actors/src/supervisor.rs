@@ -352,10 +352,8 @@ fn route_heartbeat(
     if let Some(actor) = state.hosts.get(&host_id) {
         let _ = actor.cast(HostMsg::Seen(connection));
     }
-    for (name, record) in &state.desired.pools {
-        if !record.hosts.contains(&host_id) {
-            continue;
-        }
+    for record in state.desired.pools_of_host(&host_id) {
+        let name = &record.spec.name;
         if let Some(actor) = state.pools.get(name) {
             let report = pools.iter().find(|r| r.pool == *name).cloned();
             let _ = actor.cast(PoolMsg::Observe {
