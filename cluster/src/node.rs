@@ -72,6 +72,7 @@ pub struct NodeInner {
 #[derive(Clone)]
 pub struct Node {
     inner: Arc<NodeInner>,
+    endpoint: Endpoint,
     tasks: Arc<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -115,10 +116,11 @@ impl Node {
             confirmed_at: std::sync::Mutex::new(None),
         });
         let leadership = tokio::spawn(follow_leadership(inner.clone(), config.timings));
-        let serving = tokio::spawn(accept_loop(inner.clone(), endpoint));
+        let serving = tokio::spawn(accept_loop(inner.clone(), endpoint.clone()));
         info!(node = config.node_id, "control-plane node started");
         Ok(Self {
             inner,
+            endpoint,
             tasks: Arc::new(vec![leadership, serving]),
         })
     }
@@ -127,7 +129,8 @@ impl Node {
         &self.inner.raft
     }
 
-    /// Stops serving, stops supervision and shuts Raft down.
+    /// Stops serving, stops supervision, shuts Raft down and closes every connection, so hosts
+    /// and peers re-dial at once instead of waiting for an idle timeout.
     pub async fn shutdown(&self) {
         for task in self.tasks.iter() {
             task.abort();
@@ -136,6 +139,7 @@ impl Node {
             supervision.stop().await;
         }
         let _ = self.inner.raft.shutdown().await;
+        self.endpoint.close();
     }
 }
 

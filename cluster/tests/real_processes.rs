@@ -398,7 +398,7 @@ fn a_node_refuses_what_a_certificate_does_not_allow_and_oversized_frames() {
             timings: Default::default(),
             retention: Default::default(),
         };
-        let _node = qvdc_cluster::Node::start(config, server).await.unwrap();
+        let node = qvdc_cluster::Node::start(config, server).await.unwrap();
         let connect = |name: &str| {
             let endpoint =
                 Endpoint::bind("127.0.0.1:0".parse().unwrap(), &load(name), false).unwrap();
@@ -472,6 +472,15 @@ fn a_node_refuses_what_a_certificate_does_not_allow_and_oversized_frames() {
         assert!(
             matches!(reply, Response::Api(Ok(ApiResponse::ClusterStatus(_)))),
             "still serving: {reply:?}"
+        );
+
+        // A node that shuts down closes its connections: clients learn at once, not after
+        // the idle timeout.
+        node.shutdown().await;
+        let closed = tokio::time::timeout(Duration::from_millis(500), operator.closed()).await;
+        assert!(
+            closed.is_ok(),
+            "the connection outlived the node's shutdown"
         );
     });
 }
