@@ -454,7 +454,7 @@ fn execute(state: &HostState, command: HostCommand, reply_to: ActorRef<PoolMsg>)
         {
             Ok(Ok(result)) => {
                 assert_eq!(result.id, id, "a host answers the command it was sent");
-                result.outcome
+                result.outcome.map(drop).map_err(|e| e.message)
             }
             Ok(Err(e)) => Err(format!("could not deliver command: {e}")),
             Err(_) => Err(format!(

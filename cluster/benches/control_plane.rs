@@ -56,6 +56,7 @@ async fn register_host(cluster: &Nodes) {
         hostname: HOST.into(),
         cpu_cores: 1,
         memory_bytes: 1 << 30,
+        ..Inventory::default()
     };
     let started = Instant::now();
     loop {
@@ -66,6 +67,7 @@ async fn register_host(cluster: &Nodes) {
             let register = Request::Host(HostMessage::Register {
                 host_id: HOST.into(),
                 inventory: inventory.clone(),
+                vms: Vec::new(),
             });
             if let Ok(Response::Host(_)) = quic::call::<_, Response>(&connection, &register).await {
                 return;

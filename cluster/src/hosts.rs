@@ -3,7 +3,7 @@
 
 use qvdc_raft::Command;
 use qvdc_transport::{
-    protocol::{HostMessage, HostReply, Response},
+    protocol::{HostMessage, HostReply, Inventory, Response},
     quinn,
     tls::PeerIdentity,
 };
@@ -17,10 +17,8 @@ pub(crate) async fn handle(
     connection: &quinn::Connection,
     message: HostMessage,
 ) -> Response {
-    let host_id = match &message {
-        HostMessage::Register { host_id, .. } | HostMessage::Heartbeat { host_id, .. } => host_id,
-    };
-    if *host_id != peer.name {
+    let host_id = message.host_id();
+    if host_id != peer.name {
         return Response::Forbidden {
             reason: format!(
                 "certificate of host {:?} cannot speak for host {host_id:?}",
@@ -33,26 +31,11 @@ pub(crate) async fn handle(
         Err(response) => return response,
     };
     match message {
-        HostMessage::Register { host_id, inventory } => {
-            let known = node
-                .desired
-                .borrow()
-                .hosts
-                .get(&host_id)
-                .map(|h| h.inventory == inventory);
-            if known != Some(true) {
-                let command = Command::RegisterHost {
-                    host_id: host_id.clone(),
-                    inventory,
-                };
-                if let Err(response) = propose(node, command).await {
-                    return match response {
-                        Response::Api(Err(e)) => {
-                            Response::Host(HostReply::Retry { reason: e.message })
-                        }
-                        other => other,
-                    };
-                }
+        HostMessage::Register {
+            host_id, inventory, ..
+        } => {
+            if let Err(response) = record_inventory(node, &host_id, inventory).await {
+                return response;
             }
             // Leadership may have changed while the registration went through Raft: attach
             // the host to the tree that is current now, and tell it that tree's term.
@@ -70,5 +53,39 @@ pub(crate) async fn handle(
             supervision.heartbeat(host_id, connection.clone(), pools);
             Response::Host(HostReply::HeartbeatAck)
         }
+        HostMessage::InventoryChanged { host_id, inventory } => {
+            match record_inventory(node, &host_id, inventory).await {
+                Ok(()) => Response::Host(HostReply::HeartbeatAck),
+                Err(response) => response,
+            }
+        }
     }
+}
+
+/// Records the host and its inventory through Raft unless the state machine has it already.
+async fn record_inventory(
+    node: &NodeInner,
+    host_id: &str,
+    inventory: Inventory,
+) -> Result<(), Response> {
+    let known = node
+        .desired
+        .borrow()
+        .hosts
+        .get(host_id)
+        .is_some_and(|h| h.inventory == inventory);
+    if known {
+        return Ok(());
+    }
+    let command = Command::RegisterHost {
+        host_id: host_id.to_owned(),
+        inventory,
+    };
+    propose(node, command)
+        .await
+        .map(drop)
+        .map_err(|response| match response {
+            Response::Api(Err(e)) => Response::Host(HostReply::Retry { reason: e.message }),
+            other => other,
+        })
 }

@@ -2,7 +2,7 @@
 
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use qvdc_transport::protocol::{
-    ApiResponse, Capacity, ClusterStatus, HostView, Liveness, PoolSource, PoolView,
+    ApiResponse, Capacity, ClusterStatus, HostView, Liveness, PoolView,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -118,19 +118,13 @@ fn hosts_table(hosts: &[HostView]) -> String {
     t.to_string()
 }
 
-fn source(pool: &PoolView) -> String {
-    match &pool.spec.source {
-        PoolSource::Dir { path } => format!("dir {path}"),
-    }
-}
-
 fn pools_table(pools: &[PoolView]) -> String {
     let mut t = table(&["POOL", "SOURCE", "HEALTH", "HOSTS OK", "CAPACITY"]);
     for p in pools {
         let ok = format!("{}/{}", p.healthy_hosts.len(), p.hosts.len());
         t.add_row(vec![
             p.spec.name.clone(),
-            source(p),
+            p.spec.source.to_string(),
             p.health.to_string(),
             ok,
             capacity(&p.capacity),
@@ -165,7 +159,7 @@ fn pool_detail(p: &PoolView) -> String {
     format!(
         "pool:     {}\nsource:   {}\nhealth:   {}\ncapacity: {}\nhealthy:  {}\nfailed:   {}\n{t}",
         p.spec.name,
-        source(p),
+        p.spec.source,
         p.health,
         capacity(&p.capacity),
         list(&p.healthy_hosts),
@@ -258,6 +252,7 @@ mod tests {
                 hostname: format!("{id}.lab"),
                 cpu_cores: 16,
                 memory_bytes: 64 << 30,
+                ..Inventory::default()
             },
             liveness,
         };

@@ -452,10 +452,12 @@ fn a_node_refuses_what_a_certificate_does_not_allow_and_oversized_frames() {
             hostname: "h".into(),
             cpu_cores: 1,
             memory_bytes: 1,
+            ..Inventory::default()
         };
         let impostor = Request::Host(HostMessage::Register {
             host_id: "host-2".into(),
             inventory,
+            vms: Vec::new(),
         });
         forbidden(
             quic::call(&host, &impostor).await.unwrap(),

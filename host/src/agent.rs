@@ -6,18 +6,21 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use qvdc_transport::{
     protocol::{
-        CommandResult, HostCommand, HostCommandKind, HostMessage, HostReply, Inventory, Request,
-        Response,
+        CommandOutput, CommandResult, HostCommand, HostCommandKind, HostError, HostErrorKind,
+        HostMessage, HostReply, Inventory, PowerState, Request, Response, VmReport, VmSpec,
     },
     quic, Endpoint, TransportError,
 };
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::{
     fence::{Fence, FenceError},
+    hypervisor::{DomainDisk, DomainNic, DomainSpec, Hypervisor},
     mounter::Mounter,
-    pools::Pools,
+    network::{Networker, Networks},
+    pools::{validate_volume_name, PoolOp, Pools},
+    vms::{VmOp, Vms},
 };
 
 pub const HEARTBEAT_INTERVAL_MS_DEFAULT: u64 = 1_000;
@@ -27,6 +30,11 @@ pub const REDIAL_BACKOFF_MS_MIN: u64 = 100;
 pub const REDIAL_BACKOFF_MS_MAX: u64 = 2_000;
 /// Commands the agent executes at once; more wait for a slot (QUIC flow control pushes back).
 pub const COMMANDS_IN_FLIGHT_MAX: usize = 64;
+/// How often the agent looks at its hardware again (when it can: see `AgentConfig`).
+pub const INVENTORY_RESCAN_MS: u64 = 60_000;
+/// Smallest and largest VM the agent defines.
+pub const VM_MEMORY_BYTES_MIN: u64 = 16 << 20;
+pub const VM_VCPUS_MAX: u32 = 512;
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -36,14 +44,33 @@ pub struct AgentConfig {
     /// `<data-dir>/pools`: where pools are mounted.
     pub pool_root: PathBuf,
     pub inventory: Inventory,
+    /// Scans the hardware again; the agent sends the result when it changes. `None` keeps
+    /// `inventory` as given (the simulation).
+    pub rescan_inventory: Option<fn() -> Inventory>,
     pub heartbeat_interval_ms: u64,
 }
 
+/// What executes commands on this host: mounts, domains and bridges.
+pub struct HostParts<M, H, N> {
+    pub mounter: M,
+    pub hypervisor: H,
+    pub networker: N,
+}
+
+/// The host's actual state and the actors that own it.
+struct Host<M, H, N> {
+    pools: Pools<M>,
+    vms: Vms<H>,
+    networks: Networks<N>,
+    /// The last domain list the hypervisor gave, sent again while it does not answer.
+    last_vms: std::sync::Mutex<Vec<VmReport>>,
+}
+
 /// The running agent. Cheap to share: the state lives behind `Arc`s.
-pub struct Agent<M> {
+pub struct Agent<M, H, N> {
     config: AgentConfig,
     endpoint: Endpoint,
-    pools: Arc<Mutex<Pools<M>>>,
+    host: Arc<Host<M, H, N>>,
     /// The highest leader term seen; commands from lower terms are refused.
     fence: Arc<Fence>,
     /// Signalled after a command ran, so its effect is reported now rather than a heartbeat later.
@@ -61,25 +88,49 @@ impl From<TransportError> for SessionEnd {
     }
 }
 
-impl<M: Mounter> Agent<M> {
+impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
     /// `fence` holds the highest leader term seen, loaded from its store.
-    pub fn new(config: AgentConfig, endpoint: Endpoint, mounter: M, fence: Fence) -> Self {
+    pub fn new(
+        config: AgentConfig,
+        endpoint: Endpoint,
+        parts: HostParts<M, H, N>,
+        fence: Fence,
+    ) -> Self {
         assert!(
             !config.cluster.is_empty(),
             "an agent needs at least one control-plane address"
         );
-        let pools = Pools::new(mounter, config.pool_root.clone());
+        let report_now = Arc::new(Notify::new());
+        let probe_interval = Duration::from_millis(config.heartbeat_interval_ms);
+        let pools = Pools::new(
+            parts.mounter,
+            config.pool_root.clone(),
+            probe_interval,
+            report_now.clone(),
+        );
+        let host = Host {
+            pools,
+            vms: Vms::new(parts.hypervisor),
+            networks: Networks::new(parts.networker),
+            last_vms: std::sync::Mutex::new(Vec::new()),
+        };
         Self {
             config,
             endpoint,
-            pools: Arc::new(Mutex::new(pools)),
+            host: Arc::new(host),
             fence: Arc::new(fence),
-            report_now: Arc::new(Notify::new()),
+            report_now,
         }
     }
 
     /// Runs until the task is dropped.
-    pub async fn run(self) {
+    pub async fn run(mut self) {
+        match self.host.vms.hypervisor().describe().await {
+            Ok(hypervisor) => self.config.inventory.hypervisor = hypervisor,
+            Err(e) => {
+                warn!(error = %e, "the hypervisor does not answer; VMs cannot run here until it does")
+            }
+        }
         let mut next = 0usize;
         let mut hint = None;
         let mut failed: Option<SocketAddr> = None;
@@ -131,7 +182,7 @@ impl<M: Mounter> Agent<M> {
         }
     }
 
-    async fn session(&self, addr: SocketAddr, backoff_ms: &mut u64) -> SessionEnd {
+    async fn session(&mut self, addr: SocketAddr, backoff_ms: &mut u64) -> SessionEnd {
         let connection = match self.endpoint.connect(addr).await {
             Ok(c) => c,
             Err(e) => return e.into(),
@@ -139,6 +190,7 @@ impl<M: Mounter> Agent<M> {
         let register = HostMessage::Register {
             host_id: self.config.host_id.clone(),
             inventory: self.config.inventory.clone(),
+            vms: self.host.vm_reports().await,
         };
         let leadership = match self.request(&connection, register).await {
             Ok(Response::Host(HostReply::Registered { leadership })) => leadership,
@@ -153,7 +205,7 @@ impl<M: Mounter> Agent<M> {
         *backoff_ms = REDIAL_BACKOFF_MS_MIN;
         let commands = tokio::spawn(serve_commands(
             connection.clone(),
-            self.pools.clone(),
+            self.host.clone(),
             self.fence.clone(),
             self.report_now.clone(),
         ));
@@ -163,20 +215,30 @@ impl<M: Mounter> Agent<M> {
         end
     }
 
-    async fn heartbeat(&self, connection: &qvdc_transport::quinn::Connection) -> SessionEnd {
+    async fn heartbeat(&mut self, connection: &qvdc_transport::quinn::Connection) -> SessionEnd {
         let mut ticker =
             tokio::time::interval(Duration::from_millis(self.config.heartbeat_interval_ms));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut rescan = tokio::time::interval(Duration::from_millis(INVENTORY_RESCAN_MS));
+        rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        rescan.reset();
         for seq in 1.. {
             tokio::select! {
                 _ = ticker.tick() => {}
                 () = self.report_now.notified() => ticker.reset(),
+                _ = rescan.tick() => {
+                    if let Err(end) = self.send_inventory_if_changed(connection).await {
+                        return end;
+                    }
+                    continue;
+                }
             }
-            let pools = self.pools.lock().await.reports().await;
             let beat = HostMessage::Heartbeat {
                 host_id: self.config.host_id.clone(),
                 seq,
-                pools,
+                pools: self.host.pools.reports(),
+                vms: self.host.vm_reports().await,
+                networks: self.host.networks.reports().await,
             };
             match self.request(connection, beat).await {
                 Ok(Response::Host(HostReply::HeartbeatAck)) => {}
@@ -185,6 +247,34 @@ impl<M: Mounter> Agent<M> {
             }
         }
         unreachable!("heartbeat sequence numbers do not run out")
+    }
+
+    async fn send_inventory_if_changed(
+        &mut self,
+        connection: &qvdc_transport::quinn::Connection,
+    ) -> Result<(), SessionEnd> {
+        let Some(scan) = self.config.rescan_inventory else {
+            return Ok(());
+        };
+        let mut inventory = tokio::task::spawn_blocking(scan)
+            .await
+            .map_err(|e| SessionEnd::Failed(format!("inventory scan failed: {e}")))?;
+        inventory.hypervisor = self.config.inventory.hypervisor.clone();
+        if inventory == self.config.inventory {
+            return Ok(());
+        }
+        info!("hardware changed; sending the new inventory");
+        let message = HostMessage::InventoryChanged {
+            host_id: self.config.host_id.clone(),
+            inventory: inventory.clone(),
+        };
+        match self.request(connection, message).await? {
+            Response::Host(HostReply::HeartbeatAck) => {
+                self.config.inventory = inventory;
+                Ok(())
+            }
+            other => Err(not_registered(other)),
+        }
     }
 }
 
@@ -207,9 +297,9 @@ fn not_registered(reply: Response) -> SessionEnd {
 }
 
 /// Serves the leader's commands: one stream per command, answered with its result.
-async fn serve_commands<M: Mounter>(
+async fn serve_commands<M: Mounter, H: Hypervisor, N: Networker>(
     connection: qvdc_transport::quinn::Connection,
-    pools: Arc<Mutex<Pools<M>>>,
+    host: Arc<Host<M, H, N>>,
     fence: Arc<Fence>,
     report_now: Arc<Notify>,
 ) {
@@ -218,14 +308,14 @@ async fn serve_commands<M: Mounter>(
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        let (pools, fence, report_now) = (pools.clone(), fence.clone(), report_now.clone());
+        let (host, fence, report_now) = (host.clone(), fence.clone(), report_now.clone());
         tokio::spawn(async move {
             let _permit = permit;
             let command: HostCommand = match quic::read_request(&mut recv).await {
                 Ok(c) => c,
                 Err(e) => return warn!(error = %e, "unreadable command"),
             };
-            let result = execute(command, &pools, &fence).await;
+            let result = execute(command, &host, &fence).await;
             report_now.notify_one();
             if let Err(e) = quic::respond(send, &result).await {
                 warn!(error = %e, "could not answer a command");
@@ -234,38 +324,174 @@ async fn serve_commands<M: Mounter>(
     }
 }
 
-async fn execute<M: Mounter>(
+async fn execute<M: Mounter, H: Hypervisor, N: Networker>(
     command: HostCommand,
-    pools: &Mutex<Pools<M>>,
+    host: &Host<M, H, N>,
     fence: &Fence,
 ) -> CommandResult {
     if let Err(e) = fence.admit(command.id.leadership) {
         if matches!(e, FenceError::Stale { .. }) {
             warn!(id = %command.id, error = %e, "command refused");
         }
+        let kind = match e {
+            FenceError::Stale { .. } => HostErrorKind::StaleLeadership,
+            _ => HostErrorKind::Failed,
+        };
         return CommandResult {
             id: command.id,
-            outcome: Err(e.to_string()),
+            outcome: Err(HostError::new(kind, e.to_string())),
         };
     }
-    let outcome = match command.kind {
-        HostCommandKind::InitStoragePool(spec) => {
-            let name = spec.name.clone();
-            let result = pools
-                .lock()
-                .await
-                .init(spec)
-                .await
-                .map_err(|e| e.to_string());
-            match &result {
-                Ok(()) => info!(id = %command.id, pool = %name, "pool mounted"),
-                Err(e) => warn!(id = %command.id, pool = %name, error = %e, "pool mount failed"),
-            }
-            result
-        }
-    };
+    // The simulation's fencing invariant reads this line: every command a host obeys.
+    info!(id = %command.id, command = command.kind.label(), "executing command");
+    let outcome = host.execute(command.kind).await;
+    if let Err(e) = &outcome {
+        warn!(id = %command.id, error = %e, "command failed");
+    }
     CommandResult {
         id: command.id,
         outcome,
+    }
+}
+
+impl<M: Mounter, H: Hypervisor, N: Networker> Host<M, H, N> {
+    async fn execute(&self, kind: HostCommandKind) -> Result<CommandOutput, HostError> {
+        use HostCommandKind as K;
+        let pools = &self.pools;
+        let vm = |name: String, op| async move { self.vms.execute(&name, op).await };
+        match kind {
+            K::InitStoragePool(spec) => pools.execute(&spec.name.clone(), PoolOp::Init(spec)).await,
+            K::RemoveStoragePool { pool } => pools.execute(&pool, PoolOp::Remove).await,
+            K::CreateVolume {
+                pool,
+                name,
+                format,
+                size_bytes,
+            } => {
+                let op = PoolOp::CreateVolume {
+                    name,
+                    format,
+                    size_bytes,
+                };
+                pools.execute(&pool, op).await
+            }
+            K::ResizeVolume {
+                pool,
+                name,
+                size_bytes,
+            } => {
+                let op = PoolOp::ResizeVolume { name, size_bytes };
+                pools.execute(&pool, op).await
+            }
+            K::DeleteVolume { pool, name } => {
+                pools.execute(&pool, PoolOp::DeleteVolume { name }).await
+            }
+            K::ListVolumes { pool } => pools.execute(&pool, PoolOp::ListVolumes).await,
+            K::DefineVm(spec) => {
+                let domain = self.resolve(spec)?;
+                vm(domain.name.clone(), VmOp::Define(domain)).await
+            }
+            K::StartVm { name } => vm(name, VmOp::Start).await,
+            K::ShutdownVm { name, timeout_ms } => vm(name, VmOp::Shutdown { timeout_ms }).await,
+            K::RebootVm { name } => vm(name, VmOp::Reboot).await,
+            K::ForceOffVm { name } => vm(name, VmOp::ForceOff).await,
+            K::UndefineVm { name } => vm(name, VmOp::Undefine).await,
+            K::AdoptVm { name, id } => vm(name, VmOp::Adopt { id }).await,
+            K::CreateNetwork(spec) => self.networks.ensure(spec).await,
+            K::RemoveNetwork { name } => self.networks.remove(&name).await,
+        }
+    }
+
+    /// Makes a VM concrete for this host: its disks become files in pools mounted here and
+    /// its NICs ports on bridges configured here.
+    fn resolve(&self, spec: VmSpec) -> Result<DomainSpec, HostError> {
+        let invalid = |message: String| HostError::new(HostErrorKind::Invalid, message);
+        validate_volume_name(&spec.name).map_err(|_| {
+            invalid(format!(
+                "VM name {:?} must be letters, digits, '.', '_' or '-', not starting with '.' or '-'",
+                spec.name
+            ))
+        })?;
+        if spec.vcpus == 0 || spec.vcpus > VM_VCPUS_MAX {
+            return Err(invalid(format!(
+                "a VM needs 1 to {VM_VCPUS_MAX} vCPUs, not {}",
+                spec.vcpus
+            )));
+        }
+        if spec.memory_bytes < VM_MEMORY_BYTES_MIN {
+            return Err(invalid(format!(
+                "a VM needs at least 16 MiB of memory, not {} bytes",
+                spec.memory_bytes
+            )));
+        }
+        let mounted: std::collections::BTreeSet<String> = self
+            .pools
+            .reports()
+            .into_iter()
+            .filter(|r| r.mounted)
+            .map(|r| r.pool)
+            .collect();
+        let mut disks = Vec::with_capacity(spec.disks.len());
+        for disk in &spec.disks {
+            validate_volume_name(&disk.volume)?;
+            if !mounted.contains(&disk.pool) {
+                return Err(HostError::new(
+                    HostErrorKind::NotFound,
+                    format!(
+                        "pool {} is not mounted on this host; assign the pool to this host first",
+                        disk.pool
+                    ),
+                ));
+            }
+            disks.push(DomainDisk {
+                path: self.pools.mount_path(&disk.pool).join(&disk.volume),
+                format: disk.format,
+            });
+        }
+        let mut nics = Vec::with_capacity(spec.nics.len());
+        for nic in &spec.nics {
+            let bridge = self.networks.bridge_of(&nic.network).ok_or_else(|| {
+                HostError::new(
+                    HostErrorKind::NotFound,
+                    format!(
+                        "network {} is not configured on this host; assign the network to this host first",
+                        nic.network
+                    ),
+                )
+            })?;
+            nics.push(DomainNic {
+                bridge,
+                mac: nic.mac.clone(),
+            });
+        }
+        Ok(DomainSpec {
+            id: spec.id,
+            name: spec.name,
+            vcpus: spec.vcpus,
+            memory_bytes: spec.memory_bytes,
+            disks,
+            nics,
+        })
+    }
+
+    /// The domains now. If the hypervisor does not answer, the last known domains with
+    /// their power state Unknown (an old answer must not pass for a fresh one).
+    async fn vm_reports(&self) -> Vec<VmReport> {
+        let mut last = self.last_vms.lock().expect("vm list poisoned").clone();
+        match self.vms.reports().await {
+            Ok(reports) => {
+                last.clone_from(&reports);
+                *self.last_vms.lock().expect("vm list poisoned") = last;
+                reports
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot list domains; reporting them as unknown");
+                for report in &mut last {
+                    report.power = PowerState::Unknown;
+                    report.reason = format!("the hypervisor does not answer: {e}");
+                }
+                last
+            }
+        }
     }
 }

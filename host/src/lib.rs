@@ -1,13 +1,20 @@
-//! qvdc-host: the host agent. It owns the host's mounts, scans its inventory, reports actual
-//! state on every heartbeat and executes the leader's commands. It decides nothing
-//! cluster-wide.
+//! qvdc-host: the host agent. It owns the host's mounts, domains and bridges, scans its
+//! inventory, reports actual state on every heartbeat and executes the leader's commands. It
+//! decides nothing cluster-wide.
 
 pub mod agent;
 pub mod fence;
+pub mod hypervisor;
 pub mod inventory;
+pub mod libvirt;
 pub mod mounter;
+pub mod network;
 pub mod pools;
+pub mod vms;
 
-pub use agent::{Agent, AgentConfig};
+pub use agent::{Agent, AgentConfig, HostParts};
 pub use fence::{Fence, FileFence, MemoryFence};
+pub use hypervisor::{Hypervisor, SimHypervisor};
+pub use libvirt::Libvirt;
 pub use mounter::{Mounter, RealMounter, SimMounter};
+pub use network::{IpNetworker, Networker, SimNetworker};

@@ -1,28 +1,34 @@
-//! Mounting pools: the `Mounter` trait, its real implementation on mount(2) and statvfs(3),
-//! and a simulated one for the deterministic simulation.
+//! Pool storage on a host: the `Mounter` trait (mount, inspect and unmount pool filesystems;
+//! create, resize, delete and list the volume files in them), its real implementation on
+//! mount(2), mount(8), statvfs(3) and qemu-img, and a simulated one for the deterministic
+//! simulation.
 //!
-//! Real filesystem calls can block forever (a dead NFS server, a hung FUSE daemon), so the
-//! real mounter runs each one on a blocking thread under a timeout and reports the timeout as
-//! an error instead of stalling the agent.
+//! Real filesystem calls can block forever (a dead NFS server, a hung FUSE daemon). The real
+//! mounter runs each one on a blocking thread and never starts a second call on a path whose
+//! previous call has not returned, so a hung mount costs one thread, not one per heartbeat.
+//! Callers bound the wait with a timeout (see `pools`), which is where a hang becomes a report.
 
 use std::{
     collections::BTreeMap,
     future::Future,
+    io::Read,
     path::{Path, PathBuf},
-    sync::Mutex,
-    time::Duration,
+    process::Command,
+    sync::{Arc, Mutex},
 };
 
-use qvdc_transport::protocol::Capacity;
+use qvdc_transport::protocol::{
+    Capacity, HostError, HostErrorKind, PoolSource, VolumeFormat, VolumeInfo,
+};
 
-/// How long one filesystem call may take before the agent gives up on it.
-pub const MOUNT_OP_TIMEOUT_MS: u64 = 5_000;
 /// Directory entries counted as volumes at most; a pool with more reports this many.
 pub const VOLUME_COUNT_MAX: u64 = 1_000_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MountError {
-    #[error("source directory {path} is not usable on this host: {reason}; create it or fix the pool's path")]
+    #[error(
+        "source {path} is not usable on this host: {reason}; create it or fix the pool's source"
+    )]
     Source { path: String, reason: String },
     #[error("cannot create mount point {path}: {reason}; check the host's --data-dir")]
     MountPoint { path: String, reason: String },
@@ -38,6 +44,8 @@ pub enum MountError {
         path: String,
         ms: u64,
     },
+    #[error("an earlier call on {path} has not returned yet; the filesystem may be hung")]
+    Stuck { path: String },
     #[error("{op} on {path} failed: {reason}")]
     Io {
         op: &'static str,
@@ -46,51 +54,145 @@ pub enum MountError {
     },
 }
 
+impl From<MountError> for HostError {
+    fn from(e: MountError) -> Self {
+        let kind = match e {
+            MountError::Timeout { .. } | MountError::Stuck { .. } => HostErrorKind::Timeout,
+            MountError::Source { .. } => HostErrorKind::NotFound,
+            _ => HostErrorKind::Failed,
+        };
+        HostError::new(kind, e.to_string())
+    }
+}
+
 /// What a mounted pool holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Usage {
     pub capacity: Capacity,
     pub volume_count: u64,
+    /// The filesystem is mounted read-only (by an operator, or by the kernel after errors).
+    pub read_only: bool,
 }
 
-/// Mounts and inspects pool filesystems. Implementations must be idempotent: binding a
-/// target that is already bound to the same source succeeds without a second mount.
+/// Mounts and inspects pool filesystems and the volume files in them. Every operation is
+/// idempotent: mounting what is mounted, deleting what is gone and creating a volume that
+/// exists as asked all succeed without changing anything.
 pub trait Mounter: Send + Sync + 'static {
-    fn bind(
+    fn mount(
         &self,
-        source: PathBuf,
+        source: PoolSource,
         target: PathBuf,
     ) -> impl Future<Output = Result<(), MountError>> + Send;
     fn is_mounted(&self, target: PathBuf) -> impl Future<Output = Result<bool, MountError>> + Send;
     fn usage(&self, target: PathBuf) -> impl Future<Output = Result<Usage, MountError>> + Send;
     fn unmount(&self, target: PathBuf) -> impl Future<Output = Result<(), MountError>> + Send;
+
+    fn create_volume(
+        &self,
+        dir: PathBuf,
+        name: String,
+        format: VolumeFormat,
+        size_bytes: u64,
+    ) -> impl Future<Output = Result<(), HostError>> + Send;
+    /// Grows a volume; shrinking is refused (it would cut off data the guest may use).
+    fn resize_volume(
+        &self,
+        dir: PathBuf,
+        name: String,
+        size_bytes: u64,
+    ) -> impl Future<Output = Result<(), HostError>> + Send;
+    fn delete_volume(
+        &self,
+        dir: PathBuf,
+        name: String,
+    ) -> impl Future<Output = Result<(), HostError>> + Send;
+    /// The regular files in `dir`, sorted by name.
+    fn list_volumes(
+        &self,
+        dir: PathBuf,
+    ) -> impl Future<Output = Result<Vec<VolumeInfo>, HostError>> + Send;
+}
+
+fn volume_exists_differently(
+    name: &str,
+    have: &VolumeInfo,
+    format: VolumeFormat,
+    size: u64,
+) -> HostError {
+    HostError::new(
+        HostErrorKind::Conflict,
+        format!(
+            "volume {name} already exists as {} of {} bytes (asked: {format} of {size} bytes); delete it first or pick another name",
+            have.format.map_or("an unknown format".to_owned(), |f| f.to_string()),
+            have.size_bytes
+        ),
+    )
+}
+
+fn shrink_refused(name: &str, have: u64, want: u64) -> HostError {
+    HostError::new(
+        HostErrorKind::Invalid,
+        format!(
+            "volume {name} is {have} bytes; shrinking it to {want} bytes is refused because it would cut off data the guest may use"
+        ),
+    )
+}
+
+fn no_volume(name: &str, dir: &Path) -> HostError {
+    HostError::new(
+        HostErrorKind::NotFound,
+        format!("no volume {name} in {}", dir.display()),
+    )
 }
 
 // ---------------------------------------------------------------------------------------
 // Real mounts
 
-/// mount(2) and statvfs(3) on this machine. Needs root (CAP_SYS_ADMIN) to mount.
+/// mount(2), mount(8), statvfs(3) and qemu-img on this machine. Needs root to mount.
 #[derive(Debug, Default, Clone)]
-pub struct RealMounter;
+pub struct RealMounter {
+    /// Paths with a call still running on a blocking thread.
+    in_flight: Arc<Mutex<BTreeMap<PathBuf, &'static str>>>,
+}
 
-async fn blocking<T: Send + 'static>(
-    op: &'static str,
-    path: &Path,
-    f: impl FnOnce() -> Result<T, MountError> + Send + 'static,
-) -> Result<T, MountError> {
-    let timeout = Duration::from_millis(MOUNT_OP_TIMEOUT_MS);
-    match tokio::time::timeout(timeout, tokio::task::spawn_blocking(f)).await {
-        Ok(Ok(result)) => result,
-        Ok(Err(join)) => Err(MountError::Io {
-            op,
-            path: path.display().to_string(),
-            reason: join.to_string(),
-        }),
-        Err(_) => Err(MountError::Timeout {
-            op,
-            path: path.display().to_string(),
-            ms: MOUNT_OP_TIMEOUT_MS,
-        }),
+impl RealMounter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs `f` on a blocking thread unless a call on `path` is still running.
+    async fn blocking<T: Send + 'static, E: From<MountError> + Send + 'static>(
+        &self,
+        op: &'static str,
+        path: &Path,
+        f: impl FnOnce() -> Result<T, E> + Send + 'static,
+    ) -> Result<T, E> {
+        let key = path.to_path_buf();
+        {
+            let mut in_flight = self.in_flight.lock().expect("in-flight table poisoned");
+            if in_flight.contains_key(&key) {
+                return Err(MountError::Stuck {
+                    path: path.display().to_string(),
+                }
+                .into());
+            }
+            in_flight.insert(key.clone(), op);
+        }
+        let table = self.in_flight.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let result = f();
+            table.lock().expect("in-flight table poisoned").remove(&key);
+            result
+        })
+        .await;
+        joined.unwrap_or_else(|join| {
+            Err(MountError::Io {
+                op,
+                path: path.display().to_string(),
+                reason: join.to_string(),
+            }
+            .into())
+        })
     }
 }
 
@@ -114,21 +216,17 @@ fn mounted_in_mountinfo(target: &Path) -> Result<bool, MountError> {
         .any(|point| point == wanted))
 }
 
-fn bind_now(source: &Path, target: &Path) -> Result<(), MountError> {
-    let shown = |p: &Path| p.display().to_string();
-    match std::fs::metadata(source) {
-        Ok(meta) if meta.is_dir() => {}
-        Ok(_) => {
+fn shown(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn mount_now(source: &PoolSource, target: &Path) -> Result<(), MountError> {
+    if let PoolSource::Dir { path } | PoolSource::Block { device: path, .. } = source {
+        if let Err(e) = std::fs::metadata(path) {
             return Err(MountError::Source {
-                path: shown(source),
-                reason: "not a directory".into(),
-            })
-        }
-        Err(e) => {
-            return Err(MountError::Source {
-                path: shown(source),
+                path: path.clone(),
                 reason: e.to_string(),
-            })
+            });
         }
     }
     std::fs::create_dir_all(target).map_err(|e| MountError::MountPoint {
@@ -137,6 +235,38 @@ fn bind_now(source: &Path, target: &Path) -> Result<(), MountError> {
     })?;
     if mounted_in_mountinfo(target)? {
         return Ok(());
+    }
+    match source {
+        PoolSource::Dir { path } => bind_now(Path::new(path), target),
+        PoolSource::Nfs {
+            server,
+            export,
+            options,
+        } => {
+            let from = format!("{server}:{export}");
+            let mut args = vec!["-t".to_owned(), "nfs".to_owned()];
+            if let Some(options) = options {
+                args.extend(["-o".to_owned(), options.clone()]);
+            }
+            run_mount(&from, target, args)
+        }
+        PoolSource::Block { device, fs_type } => {
+            let mut args = vec!["-t".to_owned(), fs_type.clone()];
+            // An image file goes through a loop device, released again on unmount.
+            if std::fs::metadata(device).is_ok_and(|m| m.is_file()) {
+                args.extend(["-o".to_owned(), "loop".to_owned()]);
+            }
+            run_mount(device, target, args)
+        }
+    }
+}
+
+fn bind_now(source: &Path, target: &Path) -> Result<(), MountError> {
+    if !source.is_dir() {
+        return Err(MountError::Source {
+            path: shown(source),
+            reason: "not a directory".into(),
+        });
     }
     nix::mount::mount(
         Some(source),
@@ -152,8 +282,29 @@ fn bind_now(source: &Path, target: &Path) -> Result<(), MountError> {
     })
 }
 
+/// mount(8), which knows the helpers (mount.nfs, loop devices) that mount(2) alone does not.
+fn run_mount(from: &str, target: &Path, mut args: Vec<String>) -> Result<(), MountError> {
+    args.extend([from.to_owned(), shown(target)]);
+    let failed = |reason: String| MountError::Mount {
+        from: from.to_owned(),
+        target: shown(target),
+        reason,
+    };
+    let output = Command::new("mount")
+        .args(&args)
+        .output()
+        .map_err(|e| failed(format!("cannot run mount(8): {e}")))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    Err(failed(
+        stderr.trim().trim_start_matches("mount: ").to_owned(),
+    ))
+}
+
 fn usage_now(target: &Path) -> Result<Usage, MountError> {
-    let path = target.display().to_string();
+    let path = shown(target);
     let stat = nix::sys::statvfs::statvfs(target).map_err(|e| MountError::Io {
         op: "statvfs",
         path: path.clone(),
@@ -178,54 +329,238 @@ fn usage_now(target: &Path) -> Result<Usage, MountError> {
     Ok(Usage {
         capacity,
         volume_count,
+        read_only: stat.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY),
     })
 }
 
+const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
+
+/// A volume file's format and the size its guest sees: a qcow2 header's virtual size, or the
+/// length of a raw file.
+fn volume_info(path: &Path) -> std::io::Result<VolumeInfo> {
+    let mut header = [0u8; 32];
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    let read = file.read(&mut header)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if read == header.len() && &header[..4] == QCOW2_MAGIC {
+        let size = u64::from_be_bytes(header[24..32].try_into().expect("8 bytes"));
+        return Ok(VolumeInfo {
+            name,
+            format: Some(VolumeFormat::Qcow2),
+            size_bytes: size,
+        });
+    }
+    Ok(VolumeInfo {
+        name,
+        format: Some(VolumeFormat::Raw),
+        size_bytes: len,
+    })
+}
+
+fn io_failed(op: &str, path: &Path, e: impl std::fmt::Display) -> HostError {
+    HostError::new(
+        HostErrorKind::Failed,
+        format!("{op} {} failed: {e}", path.display()),
+    )
+}
+
+fn qemu_img(args: &[&str]) -> Result<(), HostError> {
+    let output = Command::new("qemu-img").args(args).output().map_err(|e| {
+        HostError::new(
+            HostErrorKind::Failed,
+            format!("cannot run qemu-img ({e}); install qemu-utils on this host"),
+        )
+    })?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(HostError::new(
+        HostErrorKind::Failed,
+        format!(
+            "qemu-img {} failed: {}",
+            args.first().copied().unwrap_or_default(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ),
+    ))
+}
+
+fn create_volume_now(path: &Path, format: VolumeFormat, size: u64) -> Result<(), HostError> {
+    match volume_info(path) {
+        Ok(have) if have.format == Some(format) && have.size_bytes == size => return Ok(()),
+        Ok(have) => {
+            let name = have.name.clone();
+            return Err(volume_exists_differently(&name, &have, format, size));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_failed("reading", path, e)),
+    }
+    match format {
+        VolumeFormat::Raw => {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .map_err(|e| io_failed("creating", path, e))?;
+            file.set_len(size)
+                .and_then(|()| file.sync_all())
+                .map_err(|e| io_failed("sizing", path, e))
+        }
+        VolumeFormat::Qcow2 => {
+            let path = path.to_string_lossy();
+            qemu_img(&["create", "-q", "-f", "qcow2", &path, &size.to_string()])
+        }
+    }
+}
+
+fn resize_volume_now(path: &Path, size: u64) -> Result<(), HostError> {
+    let have = match volume_info(path) {
+        Ok(have) => have,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let dir = path.parent().unwrap_or(path);
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            return Err(no_volume(&name, dir));
+        }
+        Err(e) => return Err(io_failed("reading", path, e)),
+    };
+    if size < have.size_bytes {
+        return Err(shrink_refused(&have.name, have.size_bytes, size));
+    }
+    if size == have.size_bytes {
+        return Ok(());
+    }
+    match have.format {
+        Some(VolumeFormat::Qcow2) => {
+            let path = path.to_string_lossy();
+            qemu_img(&["resize", "-q", "-f", "qcow2", &path, &size.to_string()])
+        }
+        _ => std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|f| f.set_len(size).and_then(|()| f.sync_all()))
+            .map_err(|e| io_failed("resizing", path, e)),
+    }
+}
+
+fn list_volumes_now(dir: &Path) -> Result<Vec<VolumeInfo>, HostError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| io_failed("listing", dir, e))?;
+    let mut volumes = Vec::new();
+    for entry in entries.filter_map(Result::ok) {
+        if !entry.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        if let Ok(info) = volume_info(&entry.path()) {
+            volumes.push(info);
+        }
+        if volumes.len() as u64 >= VOLUME_COUNT_MAX {
+            break;
+        }
+    }
+    volumes.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(volumes)
+}
+
 impl Mounter for RealMounter {
-    async fn bind(&self, source: PathBuf, target: PathBuf) -> Result<(), MountError> {
-        let shown = target.clone();
-        blocking("mount", &shown, move || bind_now(&source, &target)).await
+    async fn mount(&self, source: PoolSource, target: PathBuf) -> Result<(), MountError> {
+        let path = target.clone();
+        self.blocking("mount", &path, move || mount_now(&source, &target))
+            .await
     }
 
     async fn is_mounted(&self, target: PathBuf) -> Result<bool, MountError> {
-        let shown = target.clone();
-        blocking("read mountinfo", &shown, move || {
+        let path = target.clone();
+        self.blocking("read mountinfo", &path, move || {
             mounted_in_mountinfo(&target)
         })
         .await
     }
 
     async fn usage(&self, target: PathBuf) -> Result<Usage, MountError> {
-        let shown = target.clone();
-        blocking("statvfs", &shown, move || usage_now(&target)).await
+        let path = target.clone();
+        self.blocking("statvfs", &path, move || usage_now(&target))
+            .await
     }
 
     async fn unmount(&self, target: PathBuf) -> Result<(), MountError> {
-        let shown = target.clone();
-        blocking("umount", &shown, move || {
+        let path = target.clone();
+        self.blocking("umount", &path, move || {
             if !mounted_in_mountinfo(&target)? {
                 return Ok(());
             }
             nix::mount::umount(&target).map_err(|e| MountError::Io {
                 op: "umount",
-                path: target.display().to_string(),
+                path: shown(&target),
                 reason: e.desc().into(),
             })
         })
         .await
+    }
+
+    async fn create_volume(
+        &self,
+        dir: PathBuf,
+        name: String,
+        format: VolumeFormat,
+        size_bytes: u64,
+    ) -> Result<(), HostError> {
+        self.blocking("create volume", &dir.clone(), move || {
+            create_volume_now(&dir.join(name), format, size_bytes)
+        })
+        .await
+    }
+
+    async fn resize_volume(
+        &self,
+        dir: PathBuf,
+        name: String,
+        size_bytes: u64,
+    ) -> Result<(), HostError> {
+        self.blocking("resize volume", &dir.clone(), move || {
+            resize_volume_now(&dir.join(name), size_bytes)
+        })
+        .await
+    }
+
+    async fn delete_volume(&self, dir: PathBuf, name: String) -> Result<(), HostError> {
+        self.blocking("delete volume", &dir.clone(), move || {
+            let path = dir.join(name);
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(io_failed("deleting", &path, e))
+                }
+                _ => Ok(()),
+            }
+        })
+        .await
+    }
+
+    async fn list_volumes(&self, dir: PathBuf) -> Result<Vec<VolumeInfo>, HostError> {
+        self.blocking("list volumes", &dir.clone(), move || list_volumes_now(&dir))
+            .await
     }
 }
 
 // ---------------------------------------------------------------------------------------
 // Simulated mounts
 
-/// An in-memory mount table for the simulation. Source directories always exist; a failure
-/// can be configured per host to exercise the error path. No threads, no clocks.
+#[derive(Debug, Default)]
+struct SimTable {
+    mounts: BTreeMap<PathBuf, PoolSource>,
+    /// Volume files by directory, then name.
+    files: BTreeMap<PathBuf, BTreeMap<String, VolumeInfo>>,
+    mount_failure: Option<String>,
+    hung: bool,
+}
+
+/// An in-memory mount table and volume store for the simulation. Sources always exist; a
+/// mount failure or a hang can be switched on to exercise those paths. No threads, no clocks.
 #[derive(Debug)]
 pub struct SimMounter {
     capacity: Capacity,
-    mount_failure: Option<String>,
-    mounts: Mutex<BTreeMap<PathBuf, PathBuf>>,
+    table: Mutex<SimTable>,
 }
 
 impl SimMounter {
@@ -237,91 +572,248 @@ impl SimMounter {
         };
         Self {
             capacity,
-            mount_failure: None,
-            mounts: Mutex::new(BTreeMap::new()),
+            table: Mutex::new(SimTable::default()),
         }
     }
 
     /// Every mount fails with `reason`, as when the pool root cannot be created.
-    pub fn failing_mounts(mut self, reason: impl Into<String>) -> Self {
-        self.mount_failure = Some(reason.into());
+    pub fn failing_mounts(self, reason: impl Into<String>) -> Self {
+        self.table().mount_failure = Some(reason.into());
         self
     }
 
-    fn table(&self) -> std::sync::MutexGuard<'_, BTreeMap<PathBuf, PathBuf>> {
-        self.mounts.lock().expect("sim mount table poisoned")
+    /// While hung, calls into a mounted filesystem do not return, like those to a dead NFS
+    /// server; they resume once it is no longer hung.
+    pub fn set_hung(&self, hung: bool) {
+        self.table().hung = hung;
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, SimTable> {
+        self.table.lock().expect("sim mount table poisoned")
+    }
+
+    /// Waits for as long as the filesystem is hung.
+    async fn unless_hung(&self) {
+        while self.table().hung {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 }
 
 impl Mounter for SimMounter {
-    async fn bind(&self, source: PathBuf, target: PathBuf) -> Result<(), MountError> {
-        if let Some(reason) = &self.mount_failure {
+    async fn mount(&self, source: PoolSource, target: PathBuf) -> Result<(), MountError> {
+        let mut table = self.table();
+        if let Some(reason) = &table.mount_failure {
             return Err(MountError::MountPoint {
-                path: target.display().to_string(),
+                path: shown(&target),
                 reason: reason.clone(),
             });
         }
-        let mut table = self.table();
-        match table.get(&target) {
+        match table.mounts.get(&target) {
             Some(existing) if *existing == source => Ok(()),
             Some(existing) => Err(MountError::Mount {
-                from: source.display().to_string(),
-                target: target.display().to_string(),
-                reason: format!("already mounted from {}", existing.display()),
+                from: source.to_string(),
+                target: shown(&target),
+                reason: format!("already mounted from {existing}"),
             }),
             None => {
-                table.insert(target, source);
+                table.mounts.insert(target, source);
                 Ok(())
             }
         }
     }
 
     async fn is_mounted(&self, target: PathBuf) -> Result<bool, MountError> {
-        Ok(self.table().contains_key(&target))
+        self.unless_hung().await;
+        Ok(self.table().mounts.contains_key(&target))
     }
 
     async fn usage(&self, target: PathBuf) -> Result<Usage, MountError> {
-        if !self.table().contains_key(&target) {
+        self.unless_hung().await;
+        let table = self.table();
+        if !table.mounts.contains_key(&target) {
             return Err(MountError::Io {
                 op: "statvfs",
-                path: target.display().to_string(),
+                path: shown(&target),
                 reason: "not mounted".into(),
             });
         }
+        let volume_count = table.files.get(&target).map_or(0, |f| f.len() as u64);
         Ok(Usage {
             capacity: self.capacity,
-            volume_count: 0,
+            volume_count,
+            read_only: false,
         })
     }
 
     async fn unmount(&self, target: PathBuf) -> Result<(), MountError> {
-        self.table().remove(&target);
+        self.table().mounts.remove(&target);
         Ok(())
     }
-}
 
+    async fn create_volume(
+        &self,
+        dir: PathBuf,
+        name: String,
+        format: VolumeFormat,
+        size_bytes: u64,
+    ) -> Result<(), HostError> {
+        self.unless_hung().await;
+        let mut table = self.table();
+        let files = table.files.entry(dir).or_default();
+        match files.get(&name) {
+            Some(have) if have.format == Some(format) && have.size_bytes == size_bytes => Ok(()),
+            Some(have) => Err(volume_exists_differently(&name, have, format, size_bytes)),
+            None => {
+                let info = VolumeInfo {
+                    name: name.clone(),
+                    format: Some(format),
+                    size_bytes,
+                };
+                files.insert(name, info);
+                Ok(())
+            }
+        }
+    }
+
+    async fn resize_volume(
+        &self,
+        dir: PathBuf,
+        name: String,
+        size_bytes: u64,
+    ) -> Result<(), HostError> {
+        self.unless_hung().await;
+        let mut table = self.table();
+        let Some(have) = table.files.get_mut(&dir).and_then(|f| f.get_mut(&name)) else {
+            return Err(no_volume(&name, &dir));
+        };
+        if size_bytes < have.size_bytes {
+            return Err(shrink_refused(&name, have.size_bytes, size_bytes));
+        }
+        have.size_bytes = size_bytes;
+        Ok(())
+    }
+
+    async fn delete_volume(&self, dir: PathBuf, name: String) -> Result<(), HostError> {
+        self.unless_hung().await;
+        if let Some(files) = self.table().files.get_mut(&dir) {
+            files.remove(&name);
+        }
+        Ok(())
+    }
+
+    async fn list_volumes(&self, dir: PathBuf) -> Result<Vec<VolumeInfo>, HostError> {
+        self.unless_hung().await;
+        let table = self.table();
+        Ok(table
+            .files
+            .get(&dir)
+            .map(|f| f.values().cloned().collect())
+            .unwrap_or_default())
+    }
+}
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+
+    fn dir_source(path: &Path) -> PoolSource {
+        PoolSource::Dir { path: shown(path) }
+    }
 
     /// The behaviour every `Mounter` must show. Runs against the simulated mounter always and
     /// against real mounts when this process may mount (root).
     async fn conformance(mounter: &impl Mounter, scratch: &Path) {
         let source = scratch.join("source");
         std::fs::create_dir_all(&source).unwrap();
-        std::fs::write(source.join("vol-a.qcow2"), b"x").unwrap();
         let target = scratch.join("root/pools/p1");
 
         assert!(!mounter.is_mounted(target.clone()).await.unwrap());
-        mounter.bind(source.clone(), target.clone()).await.unwrap();
+        mounter
+            .mount(dir_source(&source), target.clone())
+            .await
+            .unwrap();
         assert!(mounter.is_mounted(target.clone()).await.unwrap());
         mounter
-            .bind(source.clone(), target.clone())
+            .mount(dir_source(&source), target.clone())
             .await
-            .expect("binding twice is idempotent");
+            .expect("mounting twice is idempotent");
         let usage = mounter.usage(target.clone()).await.unwrap();
         assert!(usage.capacity.total_bytes > 0);
         assert!(usage.capacity.available_bytes <= usage.capacity.total_bytes);
+        assert!(!usage.read_only);
+        assert_eq!(usage.volume_count, 0);
+
+        let create = |name: &str, format, size| {
+            mounter.create_volume(target.clone(), name.into(), format, size)
+        };
+        create("disk.qcow2", VolumeFormat::Qcow2, 64 << 20)
+            .await
+            .unwrap();
+        create("disk.qcow2", VolumeFormat::Qcow2, 64 << 20)
+            .await
+            .expect("creating the same volume twice is idempotent");
+        create("data.img", VolumeFormat::Raw, 1 << 20)
+            .await
+            .unwrap();
+        let err = create("data.img", VolumeFormat::Raw, 2 << 20)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, HostErrorKind::Conflict, "{err}");
+        let listed = mounter.list_volumes(target.clone()).await.unwrap();
+        let expected = vec![
+            VolumeInfo {
+                name: "data.img".into(),
+                format: Some(VolumeFormat::Raw),
+                size_bytes: 1 << 20,
+            },
+            VolumeInfo {
+                name: "disk.qcow2".into(),
+                format: Some(VolumeFormat::Qcow2),
+                size_bytes: 64 << 20,
+            },
+        ];
+        assert_eq!(listed, expected);
+        assert_eq!(mounter.usage(target.clone()).await.unwrap().volume_count, 2);
+
+        for (name, size) in [("disk.qcow2", 128 << 20), ("data.img", 4 << 20)] {
+            mounter
+                .resize_volume(target.clone(), name.into(), size)
+                .await
+                .unwrap();
+        }
+        let sizes: Vec<u64> = mounter
+            .list_volumes(target.clone())
+            .await
+            .unwrap()
+            .iter()
+            .map(|v| v.size_bytes)
+            .collect();
+        assert_eq!(sizes, [4 << 20, 128 << 20]);
+        let err = mounter
+            .resize_volume(target.clone(), "data.img".into(), 1)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, HostErrorKind::Invalid, "{err}");
+        let err = mounter
+            .resize_volume(target.clone(), "nope".into(), 1)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, HostErrorKind::NotFound, "{err}");
+
+        for _ in 0..2 {
+            mounter
+                .delete_volume(target.clone(), "data.img".into())
+                .await
+                .expect("deleting is idempotent");
+        }
+        assert_eq!(mounter.list_volumes(target.clone()).await.unwrap().len(), 1);
+        mounter
+            .delete_volume(target.clone(), "disk.qcow2".into())
+            .await
+            .unwrap();
+
         mounter.unmount(target.clone()).await.unwrap();
         assert!(!mounter.is_mounted(target.clone()).await.unwrap());
         mounter
@@ -339,8 +831,25 @@ mod tests {
     #[tokio::test]
     async fn sim_mounter_reports_configured_failure() {
         let mounter = SimMounter::new(1 << 30).failing_mounts("Permission denied");
-        let err = mounter.bind("/a".into(), "/b".into()).await.unwrap_err();
+        let err = mounter
+            .mount(dir_source(Path::new("/a")), "/b".into())
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("Permission denied"), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sim_mounter_hangs_when_told() {
+        let mounter = SimMounter::new(1 << 30);
+        mounter
+            .mount(dir_source(Path::new("/a")), "/b".into())
+            .await
+            .unwrap();
+        mounter.set_hung(true);
+        let stalled = tokio::time::timeout(Duration::from_secs(60), mounter.usage("/b".into()));
+        assert!(stalled.await.is_err(), "a hung statvfs never returns");
+        mounter.set_hung(false);
+        assert!(mounter.usage("/b".into()).await.is_ok());
     }
 
     /// Whether this process may mount. Without root the real tests skip — unless
@@ -355,18 +864,24 @@ mod tests {
         root
     }
 
+    /// Whether `program` is installed; a missing one fails the test under QVDC_REQUIRE_REAL=1.
+    fn have(program: &str) -> bool {
+        let found = Command::new(program).arg("--version").output().is_ok();
+        let required = std::env::var("QVDC_REQUIRE_REAL").is_ok_and(|v| v == "1");
+        assert!(
+            found || !required,
+            "QVDC_REQUIRE_REAL=1 but {program} is not installed; run scripts/setup.sh"
+        );
+        found
+    }
+
     #[tokio::test]
     async fn real_mounter_conforms_needs_root() {
-        if !may_mount() {
+        if !may_mount() || !have("qemu-img") {
             return;
         }
         let scratch = tempfile::tempdir().unwrap();
-        conformance(&RealMounter, scratch.path()).await;
-        let usage_of_source = RealMounter
-            .usage(scratch.path().join("source"))
-            .await
-            .unwrap();
-        assert_eq!(usage_of_source.volume_count, 1);
+        conformance(&RealMounter::new(), scratch.path()).await;
     }
 
     #[tokio::test]
@@ -375,8 +890,11 @@ mod tests {
             return;
         }
         let scratch = tempfile::tempdir().unwrap();
-        let err = RealMounter
-            .bind(scratch.path().join("nope"), scratch.path().join("t"))
+        let err = RealMounter::new()
+            .mount(
+                dir_source(&scratch.path().join("nope")),
+                scratch.path().join("t"),
+            )
             .await
             .unwrap_err();
         assert!(matches!(err, MountError::Source { .. }), "{err}");
@@ -384,5 +902,152 @@ mod tests {
             err.to_string().contains("No such file or directory"),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn real_block_pool_mounts_a_loop_backed_ext4_image_needs_root() {
+        if !may_mount() || !have("mkfs.ext4") {
+            return;
+        }
+        let scratch = tempfile::tempdir().unwrap();
+        let image = scratch.path().join("pool.img");
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+        let mkfs = Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&image)
+            .status()
+            .unwrap();
+        assert!(mkfs.success());
+        let source = PoolSource::Block {
+            device: shown(&image),
+            fs_type: "ext4".into(),
+        };
+        let target = scratch.path().join("pools/blk");
+        let mounter = RealMounter::new();
+        mounter.mount(source.clone(), target.clone()).await.unwrap();
+        mounter
+            .mount(source, target.clone())
+            .await
+            .expect("mounting twice is idempotent");
+        let usage = mounter.usage(target.clone()).await.unwrap();
+        // ext4 keeps some of 64 MiB for itself; the rest is the pool's.
+        assert!(
+            (40 << 20..=64 << 20).contains(&usage.capacity.total_bytes),
+            "{usage:?}"
+        );
+        mounter
+            .create_volume(target.clone(), "v.raw".into(), VolumeFormat::Raw, 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!(mounter.usage(target.clone()).await.unwrap().volume_count, 1);
+        mounter.unmount(target.clone()).await.unwrap();
+        assert!(!mounter.is_mounted(target).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn real_nfs_pool_fails_with_the_kernels_message_needs_root() {
+        if !may_mount() {
+            return;
+        }
+        let scratch = tempfile::tempdir().unwrap();
+        let source = PoolSource::Nfs {
+            server: "127.0.0.1".into(),
+            export: "/export".into(),
+            options: Some("vers=4.2".into()),
+        };
+        let err = RealMounter::new()
+            .mount(source, scratch.path().join("nfs"))
+            .await
+            .unwrap_err();
+        let MountError::Mount { from, reason, .. } = &err else {
+            panic!("expected a mount failure, got {err}");
+        };
+        assert_eq!(from, "127.0.0.1:/export");
+        // This kernel has no NFS client; a kernel with one would fail differently (nothing
+        // serves NFS on loopback here), and either way the words come from the system.
+        assert!(
+            !reason.is_empty() && !reason.contains("cannot run"),
+            "{err}"
+        );
+        eprintln!("nfs mount failed as expected: {err}");
+    }
+
+    /// A FUSE filesystem whose daemon never answers: every call into it blocks until the
+    /// connection is closed. Mounted by hand on /dev/fuse, so no FUSE library is needed.
+    struct HungFuse {
+        device: Option<std::fs::File>,
+        target: PathBuf,
+    }
+
+    impl HungFuse {
+        fn mount(target: &Path) -> Self {
+            use std::os::fd::AsRawFd;
+            std::fs::create_dir_all(target).unwrap();
+            let device = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/fuse")
+                .expect("/dev/fuse; load the fuse module");
+            let data = format!(
+                "fd={},rootmode=40000,user_id=0,group_id=0",
+                device.as_raw_fd()
+            );
+            nix::mount::mount(
+                Some("qvdc-hung"),
+                target,
+                Some("fuse.qvdc-hung"),
+                nix::mount::MsFlags::empty(),
+                Some(data.as_str()),
+            )
+            .expect("mount a FUSE filesystem");
+            Self {
+                device: Some(device),
+                target: target.to_path_buf(),
+            }
+        }
+    }
+
+    impl Drop for HungFuse {
+        fn drop(&mut self) {
+            // Closing the device aborts the connection: blocked calls return ENOTCONN.
+            drop(self.device.take());
+            let _ = nix::mount::umount2(&self.target, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn real_hung_filesystem_costs_one_thread_and_never_blocks_the_caller_needs_root() {
+        if !may_mount() {
+            return;
+        }
+        let scratch = tempfile::tempdir().unwrap();
+        let target = scratch.path().join("hung");
+        let fuse = HungFuse::mount(&target);
+        let mounter = RealMounter::new();
+        let first = tokio::time::timeout(Duration::from_millis(300), mounter.usage(target.clone()));
+        assert!(
+            first.await.is_err(),
+            "statvfs on a hung FUSE mount returned"
+        );
+        let second =
+            tokio::time::timeout(Duration::from_millis(300), mounter.usage(target.clone()))
+                .await
+                .expect("a second call must not wait for the hung one");
+        assert!(
+            matches!(second, Err(MountError::Stuck { .. })),
+            "{second:?}"
+        );
+        drop(fuse);
+        // Once the filesystem is gone, the stuck call returns and the path is usable again.
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while mounter.in_flight.lock().unwrap().contains_key(&target) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the hung call returns after the connection is aborted");
     }
 }

@@ -1,86 +1,362 @@
-//! The host's pools: executes InitStoragePool and produces the per-pool report that goes out
-//! on every heartbeat. The host is the source of truth for this state.
+//! The host's pools. Each pool is owned by its own actor (a task with a mailbox), which
+//! executes that pool's commands one at a time and probes its filesystem on a timer. The
+//! heartbeat reads each actor's latest report without waiting, so a hung filesystem delays
+//! nothing but its own pool. The host is the source of truth for this state.
 
-use std::{collections::BTreeMap, path::PathBuf};
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
-use qvdc_transport::protocol::{Health, PoolReport, PoolSource, PoolSpec};
+use qvdc_transport::protocol::{
+    CommandOutput, Health, HostError, HostErrorKind, PoolReport, PoolSpec, VolumeFormat,
+};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tracing::{info, warn};
 
 use crate::mounter::{MountError, Mounter};
 
-#[derive(Debug)]
-struct PoolState {
-    spec: PoolSpec,
-    mount_path: PathBuf,
-    last_error: Option<MountError>,
+/// How long a probe of a mounted pool (mount table, statvfs) may take before the pool is
+/// reported DEGRADED as possibly hung.
+pub const PROBE_TIMEOUT_MS: u64 = 3_000;
+/// How long mounting, unmounting or a volume operation may take before it fails as timed out.
+pub const OPERATION_TIMEOUT_MS: u64 = 10_000;
+/// Largest volume a host creates (16 TiB).
+pub const VOLUME_BYTES_MAX: u64 = 16 << 40;
+/// Longest volume name, in bytes.
+pub const VOLUME_NAME_BYTES_MAX: usize = 128;
+
+/// A command addressed to one pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PoolOp {
+    Init(PoolSpec),
+    Remove,
+    CreateVolume {
+        name: String,
+        format: VolumeFormat,
+        size_bytes: u64,
+    },
+    ResizeVolume {
+        name: String,
+        size_bytes: u64,
+    },
+    DeleteVolume {
+        name: String,
+    },
+    ListVolumes,
 }
 
-/// Pools assigned to this host, keyed by name, and how to reach their filesystems.
-#[derive(Debug)]
+type Reply = oneshot::Sender<Result<CommandOutput, HostError>>;
+
+struct PoolHandle {
+    mailbox: mpsc::Sender<(PoolOp, Reply)>,
+    report: Arc<Mutex<PoolReport>>,
+}
+
+/// Pools assigned to this host, keyed by name.
 pub struct Pools<M> {
-    mounter: M,
+    mounter: Arc<M>,
     root: PathBuf,
-    pools: BTreeMap<String, PoolState>,
+    probe_interval: Duration,
+    /// Signalled when a pool's report changed because of a command.
+    changed: Arc<Notify>,
+    pools: Mutex<BTreeMap<String, PoolHandle>>,
+}
+
+/// Checks a volume's name: a plain file name in the pool's directory.
+pub fn validate_volume_name(name: &str) -> Result<(), HostError> {
+    let plain = !name.is_empty()
+        && name.len() <= VOLUME_NAME_BYTES_MAX
+        && !name.starts_with(['.', '-'])
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if plain {
+        return Ok(());
+    }
+    Err(HostError::new(
+        HostErrorKind::Invalid,
+        format!(
+            "volume name {name:?} must be 1 to {VOLUME_NAME_BYTES_MAX} letters, digits, '.', '_' or '-', not starting with '.' or '-'"
+        ),
+    ))
+}
+
+fn validate_size(size_bytes: u64) -> Result<(), HostError> {
+    if (1..=VOLUME_BYTES_MAX).contains(&size_bytes) {
+        return Ok(());
+    }
+    Err(HostError::new(
+        HostErrorKind::Invalid,
+        format!("volume size must be between 1 byte and 16 TiB, not {size_bytes} bytes"),
+    ))
 }
 
 impl<M: Mounter> Pools<M> {
-    /// `root` is `<data-dir>/pools`; each pool mounts at `root/<pool name>`.
-    pub fn new(mounter: M, root: PathBuf) -> Self {
+    /// `root` is `<data-dir>/pools`; each pool mounts at `root/<pool name>`. `changed` is
+    /// signalled after a command changed a pool, so the host reports it at once.
+    pub fn new(mounter: M, root: PathBuf, probe_interval: Duration, changed: Arc<Notify>) -> Self {
         Self {
-            mounter,
+            mounter: Arc::new(mounter),
             root,
-            pools: BTreeMap::new(),
+            probe_interval,
+            changed,
+            pools: Mutex::new(BTreeMap::new()),
         }
     }
 
-    /// Mounts the pool. Idempotent: a pool already mounted stays as it is.
-    pub async fn init(&mut self, spec: PoolSpec) -> Result<(), MountError> {
-        let mount_path = self.root.join(&spec.name);
-        let result = match &spec.source {
-            PoolSource::Dir { path } => {
-                self.mounter
-                    .bind(PathBuf::from(path), mount_path.clone())
-                    .await
+    /// Where `pool` is (or would be) mounted.
+    pub fn mount_path(&self, pool: &str) -> PathBuf {
+        self.root.join(pool)
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, PoolHandle>> {
+        self.pools.lock().expect("pool table poisoned")
+    }
+
+    /// Runs `op` on pool `name`'s actor. `Init` starts the actor if the pool is new.
+    pub async fn execute(&self, name: &str, op: PoolOp) -> Result<CommandOutput, HostError> {
+        if let PoolOp::CreateVolume {
+            name, size_bytes, ..
+        }
+        | PoolOp::ResizeVolume { name, size_bytes } = &op
+        {
+            validate_volume_name(name)?;
+            validate_size(*size_bytes)?;
+        }
+        if let PoolOp::DeleteVolume { name } = &op {
+            validate_volume_name(name)?;
+        }
+        let mailbox = {
+            let mut table = self.table();
+            match (table.get(name), &op) {
+                (Some(handle), _) => handle.mailbox.clone(),
+                (None, PoolOp::Init(spec)) => {
+                    let handle = self.spawn(spec.clone());
+                    let mailbox = handle.mailbox.clone();
+                    table.insert(name.to_owned(), handle);
+                    mailbox
+                }
+                (None, PoolOp::Remove) => return Ok(CommandOutput::Done),
+                (None, _) => {
+                    return Err(HostError::new(
+                        HostErrorKind::NotFound,
+                        format!("pool {name} is not assigned to this host"),
+                    ))
+                }
             }
         };
-        let state = PoolState {
-            spec,
-            mount_path,
-            last_error: result.clone().err(),
+        let removing = op == PoolOp::Remove;
+        let (reply, answer) = oneshot::channel();
+        let gone = || {
+            HostError::new(
+                HostErrorKind::Failed,
+                format!("pool {name}'s actor stopped"),
+            )
         };
-        self.pools.insert(state.spec.name.clone(), state);
+        mailbox.send((op, reply)).await.map_err(|_| gone())?;
+        let result = answer.await.map_err(|_| gone())?;
+        if removing && result.is_ok() {
+            self.table().remove(name);
+        }
+        self.changed.notify_one();
         result
     }
 
-    /// The current state of every pool, read fresh from the filesystem.
-    pub async fn reports(&self) -> Vec<PoolReport> {
-        let mut reports = Vec::with_capacity(self.pools.len());
-        for state in self.pools.values() {
-            reports.push(self.report(state).await);
-        }
-        reports
+    fn spawn(&self, spec: PoolSpec) -> PoolHandle {
+        let mount_path = self.mount_path(&spec.name);
+        let report = Arc::new(Mutex::new(PoolReport {
+            pool: spec.name.clone(),
+            mounted: false,
+            mount_path: mount_path.display().to_string(),
+            capacity: Default::default(),
+            volume_count: 0,
+            health: Health::Unknown,
+            error: Some("not probed yet".into()),
+        }));
+        let (mailbox, inbox) = mpsc::channel(16);
+        let actor = PoolActor {
+            spec,
+            mount_path,
+            mounter: self.mounter.clone(),
+            mount_error: None,
+            report: report.clone(),
+        };
+        tokio::spawn(actor.run(inbox, self.probe_interval));
+        PoolHandle { mailbox, report }
     }
 
-    async fn report(&self, state: &PoolState) -> PoolReport {
+    /// The latest report of every pool, without waiting for any filesystem.
+    pub fn reports(&self) -> Vec<PoolReport> {
+        self.table()
+            .values()
+            .map(|h| h.report.lock().expect("pool report poisoned").clone())
+            .collect()
+    }
+}
+
+struct PoolActor<M> {
+    spec: PoolSpec,
+    mount_path: PathBuf,
+    mounter: Arc<M>,
+    /// Why the last mount failed; cleared by a successful one.
+    mount_error: Option<MountError>,
+    report: Arc<Mutex<PoolReport>>,
+}
+
+async fn bounded<T>(
+    ms: u64,
+    op: &'static str,
+    path: &std::path::Path,
+    call: impl std::future::Future<Output = Result<T, MountError>>,
+) -> Result<T, MountError> {
+    tokio::time::timeout(Duration::from_millis(ms), call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(MountError::Timeout {
+                op,
+                path: path.display().to_string(),
+                ms,
+            })
+        })
+}
+
+impl<M: Mounter> PoolActor<M> {
+    async fn run(mut self, mut inbox: mpsc::Receiver<(PoolOp, Reply)>, interval: Duration) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                received = inbox.recv() => {
+                    let Some((op, reply)) = received else { return };
+                    let stop = op == PoolOp::Remove;
+                    let result = self.handle(op).await;
+                    let removed = stop && result.is_ok();
+                    if !removed {
+                        self.probe().await;
+                    }
+                    let _ = reply.send(result);
+                    if removed {
+                        return;
+                    }
+                }
+                _ = ticker.tick() => self.probe().await,
+            }
+        }
+    }
+
+    async fn handle(&mut self, op: PoolOp) -> Result<CommandOutput, HostError> {
+        let dir = self.mount_path.clone();
+        let pool = self.spec.name.clone();
+        match op {
+            PoolOp::Init(spec) => {
+                if spec != self.spec && self.mount_error.is_none() {
+                    // The pool's source changed: let go of the old one first.
+                    self.unmount().await?;
+                }
+                self.spec = spec;
+                let call = self.mounter.mount(self.spec.source.clone(), dir.clone());
+                let result = bounded(OPERATION_TIMEOUT_MS, "mount", &dir, call).await;
+                match &result {
+                    Ok(()) => info!(%pool, source = %self.spec.source, "pool mounted"),
+                    Err(e) => warn!(%pool, error = %e, "pool mount failed"),
+                }
+                self.mount_error = result.clone().err();
+                result.map(|()| CommandOutput::Done).map_err(Into::into)
+            }
+            PoolOp::Remove => {
+                self.unmount().await?;
+                info!(%pool, "pool unmounted and removed");
+                Ok(CommandOutput::Done)
+            }
+            op => {
+                if let Some(e) = &self.mount_error {
+                    return Err(HostError::new(
+                        HostErrorKind::Conflict,
+                        format!("pool {pool} is not mounted on this host: {e}"),
+                    ));
+                }
+                let timeout = |what: &str| {
+                    HostError::new(
+                        HostErrorKind::Timeout,
+                        format!("{what} in pool {pool} did not finish within {OPERATION_TIMEOUT_MS} ms; the pool's filesystem may be hung"),
+                    )
+                };
+                let limit = Duration::from_millis(OPERATION_TIMEOUT_MS);
+                let m = &self.mounter;
+                let done = |r: Result<(), HostError>| r.map(|()| CommandOutput::Done);
+                match op {
+                    PoolOp::CreateVolume {
+                        name,
+                        format,
+                        size_bytes,
+                    } => {
+                        tokio::time::timeout(limit, m.create_volume(dir, name, format, size_bytes))
+                            .await
+                            .map_or_else(|_| Err(timeout("creating a volume")), done)
+                    }
+                    PoolOp::ResizeVolume { name, size_bytes } => {
+                        tokio::time::timeout(limit, m.resize_volume(dir, name, size_bytes))
+                            .await
+                            .map_or_else(|_| Err(timeout("resizing a volume")), done)
+                    }
+                    PoolOp::DeleteVolume { name } => {
+                        tokio::time::timeout(limit, m.delete_volume(dir, name))
+                            .await
+                            .map_or_else(|_| Err(timeout("deleting a volume")), done)
+                    }
+                    PoolOp::ListVolumes => tokio::time::timeout(limit, m.list_volumes(dir))
+                        .await
+                        .map_or_else(
+                            |_| Err(timeout("listing volumes")),
+                            |r| r.map(CommandOutput::Volumes),
+                        ),
+                    PoolOp::Init(_) | PoolOp::Remove => unreachable!("handled above"),
+                }
+            }
+        }
+    }
+
+    async fn unmount(&mut self) -> Result<(), HostError> {
+        let dir = self.mount_path.clone();
+        bounded(
+            OPERATION_TIMEOUT_MS,
+            "umount",
+            &dir,
+            self.mounter.unmount(dir.clone()),
+        )
+        .await
+        .map_err(HostError::from)
+    }
+
+    /// Looks at the filesystem and publishes what it found.
+    async fn probe(&mut self) {
+        let report = self.inspect().await;
+        *self.report.lock().expect("pool report poisoned") = report;
+    }
+
+    async fn inspect(&self) -> PoolReport {
+        let path = &self.mount_path;
         let mut report = PoolReport {
-            pool: state.spec.name.clone(),
+            pool: self.spec.name.clone(),
             mounted: false,
-            mount_path: state.mount_path.display().to_string(),
+            mount_path: path.display().to_string(),
             capacity: Default::default(),
             volume_count: 0,
             health: Health::Error,
             error: None,
         };
-        if let Some(error) = &state.last_error {
+        if let Some(error) = &self.mount_error {
             report.error = Some(error.to_string());
             return report;
         }
-        match self.mounter.is_mounted(state.mount_path.clone()).await {
+        let mounted = self.mounter.is_mounted(path.clone());
+        match bounded(PROBE_TIMEOUT_MS, "reading the mount table", path, mounted).await {
             Ok(true) => report.mounted = true,
             Ok(false) => {
-                report.error = Some(format!(
-                    "{} is no longer mounted",
-                    state.mount_path.display()
-                ));
+                report.error = Some(format!("{} is no longer mounted", path.display()));
                 return report;
             }
             Err(e) => {
@@ -89,11 +365,19 @@ impl<M: Mounter> Pools<M> {
                 return report;
             }
         }
-        match self.mounter.usage(state.mount_path.clone()).await {
+        let usage = self.mounter.usage(path.clone());
+        match bounded(PROBE_TIMEOUT_MS, "statvfs", path, usage).await {
             Ok(usage) => {
                 report.capacity = usage.capacity;
                 report.volume_count = usage.volume_count;
                 report.health = Health::Healthy;
+                if usage.read_only {
+                    report.health = Health::Degraded;
+                    report.error = Some(format!(
+                        "{} is mounted read-only; volumes cannot be created or written",
+                        path.display()
+                    ));
+                }
             }
             Err(e) => {
                 report.health = Health::Degraded;
@@ -106,6 +390,8 @@ impl<M: Mounter> Pools<M> {
 
 #[cfg(test)]
 mod tests {
+    use qvdc_transport::protocol::PoolSource;
+
     use super::*;
     use crate::mounter::SimMounter;
 
@@ -118,43 +404,115 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn mounted_pool_reports_healthy_with_capacity() {
-        let mut pools = Pools::new(SimMounter::new(1000), "/data/pools".into());
-        pools.init(spec("p")).await.unwrap();
-        pools.init(spec("p")).await.expect("init is idempotent");
-        let reports = pools.reports().await;
+    fn pools(mounter: SimMounter) -> Pools<SimMounter> {
+        let interval = Duration::from_millis(1_000);
+        Pools::new(
+            mounter,
+            "/data/pools".into(),
+            interval,
+            Arc::new(Notify::new()),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn mounted_pool_reports_healthy_with_capacity_and_volumes() {
+        let pools = pools(SimMounter::new(1000));
+        pools.execute("p", PoolOp::Init(spec("p"))).await.unwrap();
+        pools
+            .execute("p", PoolOp::Init(spec("p")))
+            .await
+            .expect("init is idempotent");
+        let create = PoolOp::CreateVolume {
+            name: "v1".into(),
+            format: VolumeFormat::Qcow2,
+            size_bytes: 10,
+        };
+        pools.execute("p", create).await.unwrap();
+        let reports = pools.reports();
         assert_eq!(reports.len(), 1);
         let r = &reports[0];
         assert_eq!(
-            (r.health, r.mounted, r.capacity.total_bytes),
-            (Health::Healthy, true, 1000)
+            (r.health, r.mounted, r.capacity.total_bytes, r.volume_count),
+            (Health::Healthy, true, 1000, 1)
         );
         assert_eq!(r.mount_path, "/data/pools/p");
     }
 
-    #[tokio::test]
-    async fn failed_mount_reports_error_with_message() {
+    #[tokio::test(start_paused = true)]
+    async fn failed_mount_reports_error_and_refuses_volumes() {
         let mounter = SimMounter::new(1000).failing_mounts("Not a directory (os error 20)");
-        let mut pools = Pools::new(mounter, "/data/pools".into());
-        assert!(pools.init(spec("p")).await.is_err());
-        let r = &pools.reports().await[0];
+        let pools = pools(mounter);
+        let err = pools
+            .execute("p", PoolOp::Init(spec("p")))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, HostErrorKind::Failed);
+        let r = &pools.reports()[0];
         assert_eq!((r.health, r.mounted), (Health::Error, false));
         assert!(
             r.error.as_deref().unwrap().contains("Not a directory"),
-            "{:?}",
-            r.error
+            "{r:?}"
         );
+        let err = pools.execute("p", PoolOp::ListVolumes).await.unwrap_err();
+        assert_eq!(err.kind, HostErrorKind::Conflict, "{err}");
     }
 
-    #[tokio::test]
-    async fn pool_unmounted_behind_our_back_is_an_error() {
-        let mounter = SimMounter::new(1000);
-        let mut pools = Pools::new(mounter, "/data/pools".into());
-        pools.init(spec("p")).await.unwrap();
+    #[tokio::test(start_paused = true)]
+    async fn pool_unmounted_behind_our_back_is_an_error_at_the_next_probe() {
+        let pools = pools(SimMounter::new(1000));
+        pools.execute("p", PoolOp::Init(spec("p"))).await.unwrap();
         pools.mounter.unmount("/data/pools/p".into()).await.unwrap();
-        let r = &pools.reports().await[0];
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        let r = &pools.reports()[0];
         assert_eq!(r.health, Health::Error);
         assert!(r.error.as_deref().unwrap().contains("no longer mounted"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_pool_is_degraded_within_the_probe_timeout_and_others_stay_readable() {
+        let pools = pools(SimMounter::new(1000));
+        pools.execute("p", PoolOp::Init(spec("p"))).await.unwrap();
+        pools.mounter.set_hung(true);
+        // Reports are readable at any moment: they never wait for the filesystem.
+        let before = pools.reports();
+        assert_eq!(before[0].health, Health::Healthy);
+        tokio::time::sleep(Duration::from_millis(1_000 + PROBE_TIMEOUT_MS + 10)).await;
+        let r = &pools.reports()[0];
+        assert_eq!(r.health, Health::Degraded, "{r:?}");
+        assert!(r.error.as_deref().unwrap().contains("may be hung"), "{r:?}");
+        pools.mounter.set_hung(false);
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        assert_eq!(pools.reports()[0].health, Health::Healthy);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn removing_a_pool_unmounts_it_and_is_idempotent() {
+        let pools = pools(SimMounter::new(1000));
+        pools.execute("p", PoolOp::Init(spec("p"))).await.unwrap();
+        pools.execute("p", PoolOp::Remove).await.unwrap();
+        assert!(pools.reports().is_empty());
+        assert!(!pools
+            .mounter
+            .is_mounted("/data/pools/p".into())
+            .await
+            .unwrap());
+        pools.execute("p", PoolOp::Remove).await.unwrap();
+        let err = pools.execute("p", PoolOp::ListVolumes).await.unwrap_err();
+        assert_eq!(err.kind, HostErrorKind::NotFound);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bad_volume_names_and_sizes_are_refused_before_reaching_the_pool() {
+        let pools = pools(SimMounter::new(1000));
+        pools.execute("p", PoolOp::Init(spec("p"))).await.unwrap();
+        for (name, size) in [("../etc", 1), ("", 1), (".hidden", 1), ("ok", 0)] {
+            let op = PoolOp::CreateVolume {
+                name: name.into(),
+                format: VolumeFormat::Raw,
+                size_bytes: size,
+            };
+            let err = pools.execute("p", op).await.unwrap_err();
+            assert_eq!(err.kind, HostErrorKind::Invalid, "{name:?}: {err}");
+        }
     }
 }

@@ -5,11 +5,14 @@
 
 use std::{net::SocketAddr, path::Path, time::Duration};
 
-use qvdc_host::{agent::AgentConfig, Agent, Fence, FileFence, SimMounter};
+use qvdc_host::{
+    agent::AgentConfig, Agent, Fence, FileFence, HostParts, SimHypervisor, SimMounter, SimNetworker,
+};
 use qvdc_transport::{
     protocol::{
-        CommandId, CommandResult, HostCommand, HostCommandKind, HostMessage, HostReply, Inventory,
-        Leadership, PoolSource, PoolSpec, Request, Response,
+        CommandId, CommandOutput, CommandResult, HostCommand, HostCommandKind, HostError,
+        HostErrorKind, HostMessage, HostReply, Inventory, Leadership, PoolSource, PoolSpec,
+        Request, Response,
     },
     quic, quinn,
     tls::{self, Identity, Role},
@@ -68,7 +71,7 @@ async fn command(
     term: u64,
     node: u64,
     seq: u64,
-) -> Result<(), String> {
+) -> Result<CommandOutput, HostError> {
     let command = init_pool(term, node, seq);
     let result: CommandResult = quic::call(connection, &command).await.unwrap();
     assert_eq!(result.id, command.id);
@@ -84,7 +87,9 @@ fn start_agent(dir: &Path, leader: SocketAddr) -> tokio::task::JoinHandle<()> {
             hostname: "h".into(),
             cpu_cores: 1,
             memory_bytes: 1 << 30,
+            ..Inventory::default()
         },
+        rescan_inventory: None,
         heartbeat_interval_ms: 200,
     };
     let endpoint = Endpoint::bind(
@@ -94,7 +99,12 @@ fn start_agent(dir: &Path, leader: SocketAddr) -> tokio::task::JoinHandle<()> {
     )
     .unwrap();
     let fence = Fence::open(Box::new(FileFence::new(dir.join("fence")))).unwrap();
-    tokio::spawn(Agent::new(config, endpoint, SimMounter::new(1 << 30), fence).run())
+    let parts = HostParts {
+        mounter: SimMounter::new(1 << 30),
+        hypervisor: SimHypervisor::new(),
+        networker: SimNetworker::new(),
+    };
+    tokio::spawn(Agent::new(config, endpoint, parts, fence).run())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,7 +130,8 @@ async fn commands_from_a_deposed_leader_are_refused_even_after_a_restart() {
     .await
     .unwrap();
     let refused = command(&connection, 4, 3, 1).await.unwrap_err();
-    assert!(refused.contains("deposed leader"), "{refused}");
+    assert_eq!(refused.kind, HostErrorKind::StaleLeadership);
+    assert!(refused.message.contains("deposed leader"), "{refused}");
     command(&connection, 5, 1, 2)
         .await
         .expect("the current leadership is obeyed");
@@ -129,7 +140,7 @@ async fn commands_from_a_deposed_leader_are_refused_even_after_a_restart() {
         .expect("node 2 took over within term 5: obeyed");
     let refused = command(&connection, 5, 1, 4).await.unwrap_err();
     assert!(
-        refused.contains("has seen leadership 5/2"),
+        refused.message.contains("has seen leadership 5/2"),
         "node 1 was deposed within its term: {refused}"
     );
     command(&connection, 7, 1, 5)

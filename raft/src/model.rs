@@ -122,6 +122,8 @@ pub enum ValidationError {
     RelativePath(String),
     #[error("pool path is longer than {PATH_BYTES_MAX} bytes")]
     PathTooLong,
+    #[error("{0}")]
+    BadSource(String),
     #[error("request id must be 1 to {REQUEST_ID_BYTES_MAX} bytes")]
     BadRequestId,
     #[error("a request cannot wrap another request")]
@@ -153,14 +155,56 @@ pub fn validate_name(what: &str, name: &str) -> Result<(), ValidationError> {
     Ok(())
 }
 
+fn validate_path(path: &str) -> Result<(), ValidationError> {
+    if path.len() > PATH_BYTES_MAX {
+        return Err(ValidationError::PathTooLong);
+    }
+    if !path.starts_with('/') {
+        return Err(ValidationError::RelativePath(path.to_owned()));
+    }
+    Ok(())
+}
+
+/// Filesystems a `block` pool may hold: the ones hosts are expected to mount and that suit
+/// VM images.
+pub const BLOCK_FS_TYPES: [&str; 3] = ["ext4", "xfs", "btrfs"];
+
 fn validate_source(source: &PoolSource) -> Result<(), ValidationError> {
+    let bad = |reason: String| Err(ValidationError::BadSource(reason));
     match source {
-        PoolSource::Dir { path } => {
-            if path.len() > PATH_BYTES_MAX {
-                return Err(ValidationError::PathTooLong);
+        PoolSource::Dir { path } => validate_path(path),
+        PoolSource::Nfs {
+            server,
+            export,
+            options,
+        } => {
+            let server_ok = !server.is_empty()
+                && server.len() <= NAME_BYTES_MAX
+                && server
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+            if !server_ok {
+                return bad(format!(
+                    "NFS server {server:?} must be a host name or IP address, like nfs1.example.com or 10.0.0.5"
+                ));
             }
-            if !path.starts_with('/') {
-                return Err(ValidationError::RelativePath(path.clone()));
+            validate_path(export)?;
+            if let Some(options) = options {
+                if options.len() > PATH_BYTES_MAX || options.chars().any(char::is_whitespace) {
+                    return bad(format!(
+                        "NFS options {options:?} must be comma-separated mount options without spaces, like vers=4.2,hard"
+                    ));
+                }
+            }
+            Ok(())
+        }
+        PoolSource::Block { device, fs_type } => {
+            validate_path(device)?;
+            if !BLOCK_FS_TYPES.contains(&fs_type.as_str()) {
+                return bad(format!(
+                    "filesystem {fs_type:?} is not supported for block pools; use one of {}",
+                    BLOCK_FS_TYPES.join(", ")
+                ));
             }
             Ok(())
         }
@@ -302,6 +346,7 @@ mod tests {
             hostname: "h".into(),
             cpu_cores: 2,
             memory_bytes: 1 << 30,
+            ..Inventory::default()
         }
     }
 

@@ -486,6 +486,7 @@ mod tests {
             hostname: "h".into(),
             cpu_cores: 1,
             memory_bytes: 1,
+            ..Inventory::default()
         };
         let command = Command::RegisterHost {
             host_id: "host-1".into(),

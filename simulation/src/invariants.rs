@@ -19,9 +19,7 @@ fn parse(line: &str) -> Option<(&str, BTreeMap<&str, &str>)> {
 /// (term, then leader node) after one of a higher leadership.
 pub fn hosts_obey_leaderships_in_order(trace: &[String]) -> anyhow::Result<()> {
     let mut highest: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
-    let executed = trace
-        .iter()
-        .filter(|l| l.contains("pool mounted") || l.contains("pool mount failed"));
+    let executed = trace.iter().filter(|l| l.contains("executing command"));
     for line in executed {
         let Some((machine, fields)) = parse(line) else {
             continue;
@@ -78,19 +76,19 @@ mod tests {
     #[test]
     fn a_host_obeying_a_deposed_leadership_is_caught() {
         let ok = [
-            line(1, "host-1", "pool mounted id=2/1.1 pool=p"),
-            line(2, "host-1", "pool mounted id=2/3.1 pool=p"),
-            line(3, "host-2", "pool mounted id=1/1.4 pool=p"),
+            line(1, "host-1", "executing command id=2/1.1 pool=p"),
+            line(2, "host-1", "executing command id=2/3.1 pool=p"),
+            line(3, "host-2", "executing command id=1/1.4 pool=p"),
         ];
         hosts_obey_leaderships_in_order(&ok).unwrap();
         let deposed_in_term = [
-            line(1, "host-1", "pool mounted id=3/2.1 pool=p"),
-            line(2, "host-1", "pool mount failed id=3/1.9 pool=p"),
+            line(1, "host-1", "executing command id=3/2.1 pool=p"),
+            line(2, "host-1", "executing command id=3/1.9 pool=p"),
         ];
         assert!(hosts_obey_leaderships_in_order(&deposed_in_term).is_err());
         let older_term = [
-            line(1, "host-1", "pool mounted id=3/1.1 pool=p"),
-            line(2, "host-1", "pool mounted id=2/3.2 pool=p"),
+            line(1, "host-1", "executing command id=3/1.1 pool=p"),
+            line(2, "host-1", "executing command id=2/3.2 pool=p"),
         ];
         assert!(hosts_obey_leaderships_in_order(&older_term).is_err());
     }

@@ -4,7 +4,9 @@ use std::{collections::BTreeMap, net::SocketAddr, path::Path, sync::Arc, time::D
 
 use qvdc_actors::Timings;
 use qvdc_cluster::{Client, Node, NodeConfig, Storage};
-use qvdc_host::{Agent, AgentConfig, Fence, MemoryFence, SimMounter};
+use qvdc_host::{
+    Agent, AgentConfig, Fence, HostParts, MemoryFence, SimHypervisor, SimMounter, SimNetworker,
+};
 use qvdc_raft::{store, LogRetention};
 use qvdc_transport::{
     protocol::Inventory,
@@ -175,12 +177,23 @@ pub(crate) fn add_host(world: &mut turmoil::Sim<'_>, config: &SimConfig, certs: 
                 pool_root: format!("/var/lib/qhost/{name}/pools").into(),
                 inventory: Inventory {
                     hostname: name.clone(),
+                    cpu_model: "Simulated CPU".into(),
+                    cpu_sockets: 1,
+                    cores_per_socket: 8,
+                    threads_per_core: 1,
                     cpu_cores: 8,
                     memory_bytes: 32 << 30,
+                    ..Inventory::default()
                 },
+                rescan_inventory: None,
                 heartbeat_interval_ms: qvdc_host::agent::HEARTBEAT_INTERVAL_MS_DEFAULT,
             };
-            Agent::new(config, endpoint, mounter, fence).run().await;
+            let parts = HostParts {
+                mounter,
+                hypervisor: SimHypervisor::new(),
+                networker: SimNetworker::new().with_uplinks(["eth0"]),
+            };
+            Agent::new(config, endpoint, parts, fence).run().await;
             Ok(())
         }
     });

@@ -55,6 +55,26 @@ pub struct LeaderHint {
 pub enum PoolSource {
     /// A directory on each host, bind-mounted under the host's pool root.
     Dir { path: String },
+    /// An NFS export, mounted with `mount -t nfs SERVER:EXPORT` and `options` (comma-separated,
+    /// as for mount(8)); every host mounts the same export.
+    Nfs {
+        server: String,
+        export: String,
+        options: Option<String>,
+    },
+    /// A block device (or a filesystem image, mounted through a loop device) holding a
+    /// filesystem of type `fs_type`, such as ext4 or xfs.
+    Block { device: String, fs_type: String },
+}
+
+impl std::fmt::Display for PoolSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PoolSource::Dir { path } => write!(f, "dir {path}"),
+            PoolSource::Nfs { server, export, .. } => write!(f, "nfs {server}:{export}"),
+            PoolSource::Block { device, fs_type } => write!(f, "block {device} ({fs_type})"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,11 +126,159 @@ pub struct PoolReport {
 // ---------------------------------------------------------------------------------------
 // Host agent <-> control plane
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What a host has, scanned at start and sent again whenever it changes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Inventory {
     pub hostname: String,
+    pub cpu_model: String,
+    pub cpu_sockets: u32,
+    pub cores_per_socket: u32,
+    pub threads_per_core: u32,
+    /// Logical CPUs the host can run vCPUs on.
     pub cpu_cores: u32,
     pub memory_bytes: u64,
+    pub disks: Vec<DiskInventory>,
+    pub nics: Vec<NicInventory>,
+    /// The hypervisor the agent drives, e.g. "QEMU 7.2.0 (libvirt 9.0.0)".
+    pub hypervisor: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskInventory {
+    /// Kernel name, e.g. `sda` or `nvme0n1`.
+    pub name: String,
+    pub size_bytes: u64,
+    pub rotational: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicInventory {
+    pub name: String,
+    pub mac: String,
+    /// Link speed; unknown for virtual or unplugged interfaces.
+    pub speed_mbps: Option<u32>,
+    pub up: bool,
+}
+
+// ---------------------------------------------------------------------------------------
+// Volumes, VMs and networks as hosts execute and report them
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VolumeFormat {
+    Qcow2,
+    Raw,
+}
+
+impl std::fmt::Display for VolumeFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            VolumeFormat::Qcow2 => "qcow2",
+            VolumeFormat::Raw => "raw",
+        })
+    }
+}
+
+/// A file in a pool, as the host that lists it sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeInfo {
+    pub name: String,
+    /// From the file name's extension; `None` for files qvdc did not create.
+    pub format: Option<VolumeFormat>,
+    /// The size the guest sees (qcow2's virtual size is not read: this is the file's length
+    /// for raw volumes and the allocated length for qcow2 ones).
+    pub size_bytes: u64,
+}
+
+/// A disk of a VM: a volume in a pool that is mounted on the VM's host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmDisk {
+    pub pool: String,
+    pub volume: String,
+    pub format: VolumeFormat,
+}
+
+/// A network interface of a VM, attached to a network (vSwitch) configured on its host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmNic {
+    pub network: String,
+    /// Chosen by the hypervisor when absent.
+    pub mac: Option<String>,
+}
+
+/// What a VM is made of. The host names the libvirt domain after `name` and records `id` in
+/// the domain's metadata, so operators recognise it in `virsh list` and the agent recognises
+/// it after a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmSpec {
+    pub id: String,
+    pub name: String,
+    pub vcpus: u32,
+    pub memory_bytes: u64,
+    pub disks: Vec<VmDisk>,
+    pub nics: Vec<VmNic>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PowerState {
+    Running,
+    /// Paused by the hypervisor or an operator.
+    Paused,
+    ShuttingDown,
+    ShutOff,
+    Crashed,
+    Suspended,
+    Unknown,
+}
+
+impl std::fmt::Display for PowerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PowerState::Running => "running",
+            PowerState::Paused => "paused",
+            PowerState::ShuttingDown => "shutting down",
+            PowerState::ShutOff => "shut off",
+            PowerState::Crashed => "crashed",
+            PowerState::Suspended => "suspended",
+            PowerState::Unknown => "unknown",
+        })
+    }
+}
+
+/// One domain on a host, as the host's hypervisor reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmReport {
+    /// The domain's name.
+    pub name: String,
+    /// The VM id from the domain's qvdc metadata; `None` for a domain qvdc does not manage
+    /// (defined by someone else and not adopted): the host reports it and never touches it.
+    pub id: Option<String>,
+    pub power: PowerState,
+    /// Why it is in that state, as the hypervisor says (e.g. "destroyed", "booted").
+    pub reason: String,
+    pub vcpus: u32,
+    pub memory_bytes: u64,
+}
+
+/// A vSwitch: a Linux bridge on each assigned host, optionally trunked to a VLAN on an uplink.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkSpec {
+    pub name: String,
+    /// The bridge's interface name (at most 15 bytes, a Linux limit).
+    pub bridge: String,
+    /// With `uplink`: a VLAN sub-interface `UPLINK.VLAN` becomes a port of the bridge.
+    pub vlan: Option<u16>,
+    pub uplink: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkReport {
+    pub network: String,
+    pub bridge: String,
+    pub up: bool,
+    /// Why it is down (or a warning while up), in the operator's words.
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -119,12 +287,32 @@ pub enum HostMessage {
     Register {
         host_id: String,
         inventory: Inventory,
+        /// Every domain on the host, managed or not.
+        vms: Vec<VmReport>,
     },
     Heartbeat {
         host_id: String,
         seq: u64,
         pools: Vec<PoolReport>,
+        vms: Vec<VmReport>,
+        networks: Vec<NetworkReport>,
     },
+    /// The host's hardware changed since it registered.
+    InventoryChanged {
+        host_id: String,
+        inventory: Inventory,
+    },
+}
+
+impl HostMessage {
+    /// The host the message speaks for (it must match the sender's certificate).
+    pub fn host_id(&self) -> &str {
+        match self {
+            HostMessage::Register { host_id, .. }
+            | HostMessage::Heartbeat { host_id, .. }
+            | HostMessage::InventoryChanged { host_id, .. } => host_id,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -179,13 +367,139 @@ pub struct HostCommand {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum HostCommandKind {
+    /// Mount the pool under the host's pool root.
     InitStoragePool(PoolSpec),
+    /// Unmount the pool and forget it (the pool was unassigned or deleted). Its data stays.
+    RemoveStoragePool {
+        pool: String,
+    },
+    CreateVolume {
+        pool: String,
+        name: String,
+        format: VolumeFormat,
+        size_bytes: u64,
+    },
+    /// Grow (or, for raw volumes, shrink) a volume to `size_bytes`.
+    ResizeVolume {
+        pool: String,
+        name: String,
+        size_bytes: u64,
+    },
+    DeleteVolume {
+        pool: String,
+        name: String,
+    },
+    /// Answered with [`CommandOutput::Volumes`].
+    ListVolumes {
+        pool: String,
+    },
+    /// Define (or redefine, while shut off) the domain for this VM.
+    DefineVm(VmSpec),
+    StartVm {
+        name: String,
+    },
+    /// Ask the guest to shut down; destroy it if it is still running after `timeout_ms`.
+    ShutdownVm {
+        name: String,
+        timeout_ms: u64,
+    },
+    RebootVm {
+        name: String,
+    },
+    /// Pull the plug.
+    ForceOffVm {
+        name: String,
+    },
+    /// Remove the domain's definition, destroying it first if it runs. Its volumes stay.
+    UndefineVm {
+        name: String,
+    },
+    /// Take over a domain qvdc did not create: record `id` in its metadata.
+    AdoptVm {
+        name: String,
+        id: String,
+    },
+    /// Create the network's bridge (and VLAN port) on this host.
+    CreateNetwork(NetworkSpec),
+    RemoveNetwork {
+        name: String,
+    },
 }
+
+impl HostCommandKind {
+    /// A short name for logs and traces.
+    pub fn label(&self) -> &'static str {
+        match self {
+            HostCommandKind::InitStoragePool(_) => "init-pool",
+            HostCommandKind::RemoveStoragePool { .. } => "remove-pool",
+            HostCommandKind::CreateVolume { .. } => "create-volume",
+            HostCommandKind::ResizeVolume { .. } => "resize-volume",
+            HostCommandKind::DeleteVolume { .. } => "delete-volume",
+            HostCommandKind::ListVolumes { .. } => "list-volumes",
+            HostCommandKind::DefineVm(_) => "define-vm",
+            HostCommandKind::StartVm { .. } => "start-vm",
+            HostCommandKind::ShutdownVm { .. } => "shutdown-vm",
+            HostCommandKind::RebootVm { .. } => "reboot-vm",
+            HostCommandKind::ForceOffVm { .. } => "force-off-vm",
+            HostCommandKind::UndefineVm { .. } => "undefine-vm",
+            HostCommandKind::AdoptVm { .. } => "adopt-vm",
+            HostCommandKind::CreateNetwork(_) => "create-network",
+            HostCommandKind::RemoveNetwork { .. } => "remove-network",
+        }
+    }
+}
+
+/// What a successful command produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandOutput {
+    Done,
+    Volumes(Vec<VolumeInfo>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HostErrorKind {
+    /// The command came from a leadership older than one the host has obeyed.
+    StaleLeadership,
+    /// The command names a pool, volume, VM or network the host does not have.
+    NotFound,
+    /// The command cannot be carried out as given (a bad name, a size of zero, ...).
+    Invalid,
+    /// Something already exists in a way that contradicts the command.
+    Conflict,
+    /// The operation did not finish in time (a hung mount, a guest that ignores shutdown).
+    Timeout,
+    /// The operating system or hypervisor refused; the message carries its words.
+    Failed,
+}
+
+/// A command that failed, with a message the operator can act on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostError {
+    pub kind: HostErrorKind,
+    pub message: String,
+}
+
+impl HostError {
+    pub fn new(kind: HostErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for HostError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for HostError {}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CommandResult {
     pub id: CommandId,
-    pub outcome: Result<(), String>,
+    pub outcome: Result<CommandOutput, HostError>,
 }
 
 // ---------------------------------------------------------------------------------------

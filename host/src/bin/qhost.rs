@@ -1,13 +1,14 @@
 //! `qhost`: the host agent daemon. Dials the control plane, registers this host, mounts the
-//! pools assigned to it and reports their state every heartbeat.
+//! pools, runs the VMs and configures the networks assigned to it, and reports their state
+//! every heartbeat.
 
 use std::{net::SocketAddr, net::ToSocketAddrs, path::PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Parser;
 use qvdc_host::{
-    agent::HEARTBEAT_INTERVAL_MS_DEFAULT, inventory, Agent, AgentConfig, Fence, FileFence,
-    RealMounter,
+    agent::HEARTBEAT_INTERVAL_MS_DEFAULT, inventory, libvirt::SYSTEM_URI, Agent, AgentConfig,
+    Fence, FileFence, HostParts, IpNetworker, Libvirt, RealMounter,
 };
 use qvdc_transport::{tls::Identity, Endpoint};
 
@@ -43,6 +44,10 @@ struct Args {
     /// How often the host reports its state.
     #[arg(long, default_value_t = HEARTBEAT_INTERVAL_MS_DEFAULT)]
     heartbeat_interval_ms: u64,
+    /// The libvirt connection VMs run on: qemu:///system for KVM, test:///default for
+    /// libvirt's in-memory test driver (no daemon, no real VMs).
+    #[arg(long, env = "QHOST_LIBVIRT", default_value = SYSTEM_URI)]
+    libvirt: String,
 }
 
 fn resolve(addrs: &[String]) -> anyhow::Result<Vec<SocketAddr>> {
@@ -85,10 +90,16 @@ async fn main() -> anyhow::Result<()> {
         cluster: resolve(&args.cluster)?,
         pool_root: args.data_dir.join("pools"),
         inventory: inventory::scan(),
+        rescan_inventory: Some(inventory::scan),
         heartbeat_interval_ms: args.heartbeat_interval_ms,
     };
     let fence = Fence::open(Box::new(FileFence::new(args.data_dir.join("fence"))))?;
-    let agent = Agent::new(config, endpoint, RealMounter, fence);
+    let parts = HostParts {
+        mounter: RealMounter::new(),
+        hypervisor: Libvirt::new(args.libvirt),
+        networker: IpNetworker::host(),
+    };
+    let agent = Agent::new(config, endpoint, parts, fence);
     tokio::select! {
         () = agent.run() => {}
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),

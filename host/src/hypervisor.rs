@@ -1,0 +1,527 @@
+//! Domains on a host: the `Hypervisor` trait, the libvirt domain XML qvdc writes, and a
+//! simulated hypervisor for the deterministic simulation. The libvirt implementation lives in
+//! `libvirt`.
+//!
+//! The trait is deliberately thin — one call per libvirt operation, each idempotent where
+//! libvirt allows it — and knows nothing of who manages a domain: the VM actors (`vms`) decide
+//! what may be done to which domain.
+
+use std::{collections::BTreeMap, future::Future, path::PathBuf, sync::Mutex};
+
+use qvdc_transport::protocol::{HostError, HostErrorKind, PowerState, VmReport, VolumeFormat};
+
+/// XML namespace of the metadata element that carries a domain's VM id.
+pub const METADATA_NAMESPACE: &str = "https://qvdc.dev/xmlns/vm/1";
+/// Prefix of that element (`<qvdc:vm>`).
+pub const METADATA_PREFIX: &str = "qvdc";
+
+/// A VM made concrete for this host: its disks are files and its NICs are bridges here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainSpec {
+    pub id: String,
+    pub name: String,
+    pub vcpus: u32,
+    pub memory_bytes: u64,
+    pub disks: Vec<DomainDisk>,
+    pub nics: Vec<DomainNic>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainDisk {
+    pub path: PathBuf,
+    pub format: VolumeFormat,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainNic {
+    pub bridge: String,
+    pub mac: Option<String>,
+}
+
+/// Defines, runs and inspects domains. Domains are addressed by name.
+pub trait Hypervisor: Send + Sync + 'static {
+    /// What drives the domains, e.g. "QEMU 7.2.0 (libvirt 9.0.0)".
+    fn describe(&self) -> impl Future<Output = Result<String, HostError>> + Send;
+    /// Defines the domain, or updates its definition if it exists (a running domain takes
+    /// the new definition at its next start).
+    fn define(&self, spec: DomainSpec) -> impl Future<Output = Result<(), HostError>> + Send;
+    /// Starts it; a running domain stays as it is.
+    fn start(&self, name: String) -> impl Future<Output = Result<(), HostError>> + Send;
+    /// Asks the guest to shut down (ACPI). Returns at once; a domain that is not running is
+    /// left alone.
+    fn shutdown(&self, name: String) -> impl Future<Output = Result<(), HostError>> + Send;
+    /// Stops it at once (pulls the plug); a domain that is not running is left alone.
+    fn destroy(&self, name: String) -> impl Future<Output = Result<(), HostError>> + Send;
+    /// Reboots a running domain.
+    fn reboot(&self, name: String) -> impl Future<Output = Result<(), HostError>> + Send;
+    /// Removes the definition, destroying a running domain first. A missing domain is fine.
+    fn undefine(&self, name: String) -> impl Future<Output = Result<(), HostError>> + Send;
+    /// Records `id` in the domain's qvdc metadata.
+    fn set_id(
+        &self,
+        name: String,
+        id: String,
+    ) -> impl Future<Output = Result<(), HostError>> + Send;
+    fn domain(
+        &self,
+        name: String,
+    ) -> impl Future<Output = Result<Option<VmReport>, HostError>> + Send;
+    /// Every domain on the host, sorted by name.
+    fn domains(&self) -> impl Future<Output = Result<Vec<VmReport>, HostError>> + Send;
+}
+
+pub(crate) fn not_found(name: &str) -> HostError {
+    HostError::new(
+        HostErrorKind::NotFound,
+        format!("no domain {name} on this host"),
+    )
+}
+
+pub(crate) fn not_running(name: &str) -> HostError {
+    HostError::new(
+        HostErrorKind::Invalid,
+        format!("domain {name} is not running; start it first"),
+    )
+}
+
+/// Escapes text for XML content and attribute values.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The metadata element libvirt stores for qvdc, without its namespace prefix (libvirt adds
+/// it to the root element; the domain XML writes the same shape).
+pub fn metadata_xml(id: &str) -> String {
+    format!("<vm><id>{}</id></vm>", escape(id))
+}
+
+/// Reads the id back out of [`metadata_xml`] as libvirt returns it (it adds the namespace).
+pub fn id_from_metadata(xml: &str) -> Option<String> {
+    let start = xml.find("<id>")? + "<id>".len();
+    let end = start + xml[start..].find("</id>")?;
+    let raw = &xml[start..end];
+    Some(
+        raw.replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&quot;", "\"")
+            .replace("&apos;", "'")
+            .replace("&amp;", "&"),
+    )
+}
+
+/// The libvirt domain XML for `spec`: a q35 machine with virtio disks and NICs. `kind` is
+/// the domain type: `kvm` on real hosts, `qemu` without KVM, `test` for libvirt's test driver.
+/// `uuid` is the existing domain's, when redefining it.
+pub fn domain_xml(spec: &DomainSpec, kind: &str, uuid: Option<&str>) -> String {
+    let mut xml = format!(
+        "<domain type='{kind}'>\n  <name>{}</name>\n",
+        escape(&spec.name)
+    );
+    if let Some(uuid) = uuid {
+        xml.push_str(&format!("  <uuid>{}</uuid>\n", escape(uuid)));
+    }
+    xml.push_str(&format!(
+        "  <memory unit='KiB'>{}</memory>\n  <vcpu>{}</vcpu>\n",
+        spec.memory_bytes / 1024,
+        spec.vcpus
+    ));
+    xml.push_str(&format!(
+        "  <metadata>\n    <{METADATA_PREFIX}:vm xmlns:{METADATA_PREFIX}='{METADATA_NAMESPACE}'><id>{}</id></{METADATA_PREFIX}:vm>\n  </metadata>\n",
+        escape(&spec.id)
+    ));
+    xml.push_str(concat!(
+        "  <os>\n    <type arch='x86_64' machine='q35'>hvm</type>\n    <boot dev='hd'/>\n  </os>\n",
+        "  <features>\n    <acpi/>\n  </features>\n",
+        "  <on_poweroff>destroy</on_poweroff>\n  <on_reboot>restart</on_reboot>\n  <on_crash>destroy</on_crash>\n",
+        "  <devices>\n",
+    ));
+    for (i, disk) in spec.disks.iter().enumerate() {
+        let dev = format!("vd{}", char::from(b'a' + (i % 26) as u8));
+        xml.push_str(&format!(
+            "    <disk type='file' device='disk'>\n      <driver name='qemu' type='{}'/>\n      <source file='{}'/>\n      <target dev='{dev}' bus='virtio'/>\n    </disk>\n",
+            disk.format,
+            escape(&disk.path.to_string_lossy())
+        ));
+    }
+    for nic in &spec.nics {
+        xml.push_str(&format!(
+            "    <interface type='bridge'>\n      <source bridge='{}'/>\n",
+            escape(&nic.bridge)
+        ));
+        if let Some(mac) = &nic.mac {
+            xml.push_str(&format!("      <mac address='{}'/>\n", escape(mac)));
+        }
+        xml.push_str("      <model type='virtio'/>\n    </interface>\n");
+    }
+    xml.push_str("    <console type='pty'/>\n  </devices>\n</domain>\n");
+    xml
+}
+
+// ---------------------------------------------------------------------------------------
+// Simulated hypervisor
+
+#[derive(Debug, Clone)]
+struct SimDomain {
+    id: Option<String>,
+    power: PowerState,
+    reason: String,
+    vcpus: u32,
+    memory_bytes: u64,
+}
+
+#[derive(Debug, Default)]
+struct SimState {
+    domains: BTreeMap<String, SimDomain>,
+    /// Every call fails with this message, as when libvirtd is down.
+    failure: Option<String>,
+    /// Guests that ignore an ACPI shutdown request.
+    deaf_guests: bool,
+}
+
+/// Domains in memory, for the simulation and fast tests. Guests shut down at once when asked
+/// unless told to ignore it. No threads, no clocks.
+#[derive(Debug, Default)]
+pub struct SimHypervisor {
+    state: Mutex<SimState>,
+}
+
+impl SimHypervisor {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> Result<std::sync::MutexGuard<'_, SimState>, HostError> {
+        let state = self.state.lock().expect("sim hypervisor poisoned");
+        match &state.failure {
+            Some(reason) => Err(HostError::new(HostErrorKind::Failed, reason.clone())),
+            None => Ok(state),
+        }
+    }
+
+    /// Makes every call fail with `reason` (`None` heals it).
+    pub fn set_failure(&self, reason: Option<String>) {
+        self.state.lock().expect("sim hypervisor poisoned").failure = reason;
+    }
+
+    /// Guests ignore shutdown requests, so only destroying them stops them.
+    pub fn set_deaf_guests(&self, deaf: bool) {
+        self.state
+            .lock()
+            .expect("sim hypervisor poisoned")
+            .deaf_guests = deaf;
+    }
+
+    /// A domain someone else defined on this host (it has no qvdc id).
+    pub fn add_foreign(&self, name: &str, running: bool) {
+        let domain = SimDomain {
+            id: None,
+            power: if running {
+                PowerState::Running
+            } else {
+                PowerState::ShutOff
+            },
+            reason: if running { "booted" } else { "unknown" }.into(),
+            vcpus: 1,
+            memory_bytes: 64 << 20,
+        };
+        let mut state = self.state.lock().expect("sim hypervisor poisoned");
+        state.domains.insert(name.to_owned(), domain);
+    }
+
+    fn with_domain<T>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut SimDomain, bool) -> Result<T, HostError>,
+    ) -> Result<T, HostError> {
+        let mut state = self.state()?;
+        let deaf = state.deaf_guests;
+        let domain = state.domains.get_mut(name).ok_or_else(|| not_found(name))?;
+        f(domain, deaf)
+    }
+}
+
+fn report(name: &str, d: &SimDomain) -> VmReport {
+    VmReport {
+        name: name.to_owned(),
+        id: d.id.clone(),
+        power: d.power,
+        reason: d.reason.clone(),
+        vcpus: d.vcpus,
+        memory_bytes: d.memory_bytes,
+    }
+}
+
+fn set_power(d: &mut SimDomain, power: PowerState, reason: &str) {
+    d.power = power;
+    d.reason = reason.to_owned();
+}
+
+impl Hypervisor for SimHypervisor {
+    async fn describe(&self) -> Result<String, HostError> {
+        self.state().map(|_| "simulated hypervisor".to_owned())
+    }
+
+    async fn define(&self, spec: DomainSpec) -> Result<(), HostError> {
+        let mut state = self.state()?;
+        let domain = state
+            .domains
+            .entry(spec.name.clone())
+            .or_insert_with(|| SimDomain {
+                id: None,
+                power: PowerState::ShutOff,
+                reason: "unknown".into(),
+                vcpus: 0,
+                memory_bytes: 0,
+            });
+        domain.id = Some(spec.id);
+        domain.vcpus = spec.vcpus;
+        domain.memory_bytes = spec.memory_bytes;
+        Ok(())
+    }
+
+    async fn start(&self, name: String) -> Result<(), HostError> {
+        self.with_domain(&name, |d, _| {
+            if d.power != PowerState::Running {
+                set_power(d, PowerState::Running, "booted");
+            }
+            Ok(())
+        })
+    }
+
+    async fn shutdown(&self, name: String) -> Result<(), HostError> {
+        self.with_domain(&name, |d, deaf| {
+            if d.power == PowerState::Running && !deaf {
+                set_power(d, PowerState::ShutOff, "shutdown");
+            }
+            Ok(())
+        })
+    }
+
+    async fn destroy(&self, name: String) -> Result<(), HostError> {
+        self.with_domain(&name, |d, _| {
+            if d.power != PowerState::ShutOff {
+                set_power(d, PowerState::ShutOff, "destroyed");
+            }
+            Ok(())
+        })
+    }
+
+    async fn reboot(&self, name: String) -> Result<(), HostError> {
+        self.with_domain(&name, |d, _| {
+            if d.power != PowerState::Running {
+                return Err(not_running(&name));
+            }
+            set_power(d, PowerState::Running, "booted");
+            Ok(())
+        })
+    }
+
+    async fn undefine(&self, name: String) -> Result<(), HostError> {
+        self.state()?.domains.remove(&name);
+        Ok(())
+    }
+
+    async fn set_id(&self, name: String, id: String) -> Result<(), HostError> {
+        self.with_domain(&name, |d, _| {
+            d.id = Some(id);
+            Ok(())
+        })
+    }
+
+    async fn domain(&self, name: String) -> Result<Option<VmReport>, HostError> {
+        Ok(self.state()?.domains.get(&name).map(|d| report(&name, d)))
+    }
+
+    async fn domains(&self) -> Result<Vec<VmReport>, HostError> {
+        let state = self.state()?;
+        Ok(state.domains.iter().map(|(n, d)| report(n, d)).collect())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod conformance {
+    //! The behaviour every `Hypervisor` must show, run against the simulated one here and
+    //! against libvirt (test driver and real KVM) in `libvirt`.
+
+    use super::*;
+
+    pub(crate) fn spec(name: &str, id: &str) -> DomainSpec {
+        DomainSpec {
+            id: id.into(),
+            name: name.into(),
+            vcpus: 1,
+            memory_bytes: 64 << 20,
+            disks: Vec::new(),
+            nics: Vec::new(),
+        }
+    }
+
+    async fn power(h: &impl Hypervisor, name: &str) -> PowerState {
+        h.domain(name.into())
+            .await
+            .unwrap()
+            .expect("domain exists")
+            .power
+    }
+
+    /// Waits (in tokio time) until the domain is in `want`, for at most `ms`.
+    pub(crate) async fn wait_power(h: &impl Hypervisor, name: &str, want: PowerState, ms: u64) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(ms);
+        loop {
+            let now = power(h, name).await;
+            if now == want {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} is {now}, not {want}, after {ms} ms"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `name` must be unique to the run (real libvirt keeps domains between runs).
+    pub(crate) async fn lifecycle(h: &impl Hypervisor, name: &str) {
+        assert!(!h.describe().await.unwrap().is_empty());
+        assert_eq!(h.domain(name.into()).await.unwrap(), None);
+        h.define(spec(name, "vm-1")).await.unwrap();
+        h.define(spec(name, "vm-1"))
+            .await
+            .expect("defining again is idempotent");
+        let defined = h.domain(name.into()).await.unwrap().unwrap();
+        assert_eq!(
+            (
+                defined.id.as_deref(),
+                defined.power,
+                defined.vcpus,
+                defined.memory_bytes
+            ),
+            (Some("vm-1"), PowerState::ShutOff, 1, 64 << 20)
+        );
+        assert!(h.domains().await.unwrap().iter().any(|d| d.name == name));
+
+        let err = h.reboot(name.into()).await.unwrap_err();
+        assert_eq!(err.kind, HostErrorKind::Invalid, "{err}");
+        h.start(name.into()).await.unwrap();
+        h.start(name.into())
+            .await
+            .expect("starting twice is idempotent");
+        let running = h.domain(name.into()).await.unwrap().unwrap();
+        assert_eq!(running.power, PowerState::Running);
+        h.destroy(name.into()).await.unwrap();
+        let off = h.domain(name.into()).await.unwrap().unwrap();
+        assert_eq!(
+            (off.power, off.reason.as_str()),
+            (PowerState::ShutOff, "destroyed")
+        );
+        h.destroy(name.into())
+            .await
+            .expect("destroying twice is idempotent");
+        h.shutdown(name.into())
+            .await
+            .expect("shutting down a stopped domain is fine");
+
+        h.set_id(name.into(), "vm-2".into()).await.unwrap();
+        let adopted = h.domain(name.into()).await.unwrap().unwrap();
+        assert_eq!(adopted.id.as_deref(), Some("vm-2"));
+
+        h.start(name.into()).await.unwrap();
+        h.undefine(name.into())
+            .await
+            .expect("a running domain is destroyed, then undefined");
+        assert_eq!(h.domain(name.into()).await.unwrap(), None);
+        h.undefine(name.into())
+            .await
+            .expect("undefining twice is idempotent");
+        let err = h.start(name.into()).await.unwrap_err();
+        assert_eq!(err.kind, HostErrorKind::NotFound, "{err}");
+    }
+
+    #[tokio::test]
+    async fn sim_hypervisor_conforms() {
+        lifecycle(&SimHypervisor::new(), "sim-vm").await;
+    }
+
+    #[tokio::test]
+    async fn sim_guest_shuts_down_when_asked_unless_deaf() {
+        let h = SimHypervisor::new();
+        h.define(spec("a", "1")).await.unwrap();
+        h.start("a".into()).await.unwrap();
+        h.set_deaf_guests(true);
+        h.shutdown("a".into()).await.unwrap();
+        assert_eq!(power(&h, "a").await, PowerState::Running);
+        h.set_deaf_guests(false);
+        h.shutdown("a".into()).await.unwrap();
+        assert_eq!(power(&h, "a").await, PowerState::ShutOff);
+    }
+
+    #[test]
+    fn domain_xml_is_a_q35_machine_with_virtio_devices_and_the_vm_id() {
+        let spec = DomainSpec {
+            disks: vec![DomainDisk {
+                path: "/data/pools/p1/web's disk.qcow2".into(),
+                format: VolumeFormat::Qcow2,
+            }],
+            nics: vec![DomainNic {
+                bridge: "br-prod".into(),
+                mac: Some("52:54:00:00:00:01".into()),
+            }],
+            ..spec("web-1", "vm-7")
+        };
+        expect_test::expect![[r#"
+            <domain type='kvm'>
+              <name>web-1</name>
+              <memory unit='KiB'>65536</memory>
+              <vcpu>1</vcpu>
+              <metadata>
+                <qvdc:vm xmlns:qvdc='https://qvdc.dev/xmlns/vm/1'><id>vm-7</id></qvdc:vm>
+              </metadata>
+              <os>
+                <type arch='x86_64' machine='q35'>hvm</type>
+                <boot dev='hd'/>
+              </os>
+              <features>
+                <acpi/>
+              </features>
+              <on_poweroff>destroy</on_poweroff>
+              <on_reboot>restart</on_reboot>
+              <on_crash>destroy</on_crash>
+              <devices>
+                <disk type='file' device='disk'>
+                  <driver name='qemu' type='qcow2'/>
+                  <source file='/data/pools/p1/web&apos;s disk.qcow2'/>
+                  <target dev='vda' bus='virtio'/>
+                </disk>
+                <interface type='bridge'>
+                  <source bridge='br-prod'/>
+                  <mac address='52:54:00:00:00:01'/>
+                  <model type='virtio'/>
+                </interface>
+                <console type='pty'/>
+              </devices>
+            </domain>
+        "#]]
+        .assert_eq(&domain_xml(&spec, "kvm", None));
+    }
+
+    #[test]
+    fn the_id_survives_a_round_trip_through_metadata() {
+        let xml = format!(
+            "<qvdc:vm xmlns:qvdc=\"{METADATA_NAMESPACE}\">{}</qvdc:vm>",
+            metadata_xml("a<b&c")
+        );
+        assert_eq!(id_from_metadata(&xml).as_deref(), Some("a<b&c"));
+        assert_eq!(id_from_metadata("<vm/>"), None);
+    }
+}
