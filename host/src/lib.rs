@@ -10,6 +10,7 @@ pub mod libvirt;
 pub mod mounter;
 pub mod network;
 pub mod pools;
+pub mod testing;
 pub mod vms;
 
 pub use agent::{Agent, AgentConfig, HostParts};

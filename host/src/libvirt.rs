@@ -379,12 +379,26 @@ mod tests {
         }
     }
 
+    /// Removes a domain from the real libvirt when dropped, so a failed test leaves none.
+    struct Forget(String);
+
+    impl Drop for Forget {
+        fn drop(&mut self) {
+            for verb in ["destroy", "undefine"] {
+                let _ = std::process::Command::new("virsh")
+                    .args(["-c", SYSTEM_URI, verb, &self.0])
+                    .output();
+            }
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn real_kvm_conforms_needs_libvirtd() {
         let Some(libvirt) = system_libvirt().await else {
             return;
         };
         let name = format!("qvdc-conformance-{}", std::process::id());
+        let _cleanup = Forget(name.clone());
         lifecycle(&libvirt, &name).await;
 
         // A running guest without an OS ignores ACPI; time what a start and a destroy cost.

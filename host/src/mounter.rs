@@ -975,49 +975,6 @@ mod tests {
         eprintln!("nfs mount failed as expected: {err}");
     }
 
-    /// A FUSE filesystem whose daemon never answers: every call into it blocks until the
-    /// connection is closed. Mounted by hand on /dev/fuse, so no FUSE library is needed.
-    struct HungFuse {
-        device: Option<std::fs::File>,
-        target: PathBuf,
-    }
-
-    impl HungFuse {
-        fn mount(target: &Path) -> Self {
-            use std::os::fd::AsRawFd;
-            std::fs::create_dir_all(target).unwrap();
-            let device = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open("/dev/fuse")
-                .expect("/dev/fuse; load the fuse module");
-            let data = format!(
-                "fd={},rootmode=40000,user_id=0,group_id=0",
-                device.as_raw_fd()
-            );
-            nix::mount::mount(
-                Some("qvdc-hung"),
-                target,
-                Some("fuse.qvdc-hung"),
-                nix::mount::MsFlags::empty(),
-                Some(data.as_str()),
-            )
-            .expect("mount a FUSE filesystem");
-            Self {
-                device: Some(device),
-                target: target.to_path_buf(),
-            }
-        }
-    }
-
-    impl Drop for HungFuse {
-        fn drop(&mut self) {
-            // Closing the device aborts the connection: blocked calls return ENOTCONN.
-            drop(self.device.take());
-            let _ = nix::mount::umount2(&self.target, nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn real_hung_filesystem_costs_one_thread_and_never_blocks_the_caller_needs_root() {
         if !may_mount() {
@@ -1025,7 +982,7 @@ mod tests {
         }
         let scratch = tempfile::tempdir().unwrap();
         let target = scratch.path().join("hung");
-        let fuse = HungFuse::mount(&target);
+        let fuse = crate::testing::HungFuse::mount(&target).expect("mount a hung FUSE filesystem");
         let mounter = RealMounter::new();
         let first = tokio::time::timeout(Duration::from_millis(300), mounter.usage(target.clone()));
         assert!(

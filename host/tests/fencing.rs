@@ -11,71 +11,32 @@ use qvdc_host::{
 use qvdc_transport::{
     protocol::{
         CommandId, CommandOutput, CommandResult, HostCommand, HostCommandKind, HostError,
-        HostErrorKind, HostMessage, HostReply, Inventory, Leadership, PoolSource, PoolSpec,
-        Request, Response,
+        HostErrorKind, Inventory, Leadership, PoolSource, PoolSpec,
     },
-    quic, quinn,
-    tls::{self, Identity, Role},
-    Endpoint,
+    quic, quinn, Endpoint,
 };
 
-fn identity(dir: &Path, name: &str) -> Identity {
-    Identity::load(
-        &dir.join("ca.crt"),
-        &dir.join(format!("{name}.crt")),
-        &dir.join(format!("{name}.key")),
-    )
-    .unwrap()
-}
+mod support;
 
-/// Accepts one host connection, registers it under `leadership`, acknowledges heartbeats.
-async fn stand_in_leader(endpoint: &Endpoint, leadership: Leadership) -> quinn::Connection {
-    let connection = endpoint.accept().await.unwrap().await.unwrap();
-    let serving = connection.clone();
-    tokio::spawn(async move {
-        while let Ok((send, mut recv)) = serving.accept_bi().await {
-            let reply = match quic::read_request::<Request>(&mut recv).await.unwrap() {
-                Request::Host(HostMessage::Register { .. }) => {
-                    Response::Host(HostReply::Registered { leadership })
-                }
-                Request::Host(HostMessage::Heartbeat { .. }) => {
-                    Response::Host(HostReply::HeartbeatAck)
-                }
-                other => panic!("unexpected {other:?}"),
-            };
-            let _ = quic::respond(send, &reply).await;
-        }
-    });
-    connection
-}
+use support::{accept_host, certificates, identity, HostSession};
 
-fn init_pool(term: u64, node: u64, seq: u64) -> HostCommand {
-    let spec = PoolSpec {
+fn init_pool() -> HostCommandKind {
+    HostCommandKind::InitStoragePool(PoolSpec {
         name: "p".into(),
         source: PoolSource::Dir {
             path: "/srv/p".into(),
         },
-    };
-    let id = CommandId {
-        leadership: Leadership { term, node },
-        seq,
-    };
-    HostCommand {
-        id,
-        kind: HostCommandKind::InitStoragePool(spec),
-    }
+    })
 }
 
 async fn command(
-    connection: &quinn::Connection,
+    session: &HostSession,
     term: u64,
     node: u64,
     seq: u64,
 ) -> Result<CommandOutput, HostError> {
-    let command = init_pool(term, node, seq);
-    let result: CommandResult = quic::call(connection, &command).await.unwrap();
-    assert_eq!(result.id, command.id);
-    result.outcome
+    let leadership = Leadership { term, node };
+    session.command_as(leadership, seq, init_pool()).await
 }
 
 fn start_agent(dir: &Path, leader: SocketAddr) -> tokio::task::JoinHandle<()> {
@@ -110,9 +71,7 @@ fn start_agent(dir: &Path, leader: SocketAddr) -> tokio::task::JoinHandle<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_from_a_deposed_leader_are_refused_even_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    tls::init_ca(dir.path()).unwrap();
-    tls::issue(dir.path(), Role::Server, "node-1").unwrap();
-    tls::issue(dir.path(), Role::Host, "host-1").unwrap();
+    certificates(dir.path());
     let leader = Endpoint::bind(
         "127.0.0.1:0".parse().unwrap(),
         &identity(dir.path(), "node-1"),
@@ -123,31 +82,28 @@ async fn commands_from_a_deposed_leader_are_refused_even_after_a_restart() {
 
     let agent = start_agent(dir.path(), addr);
     let registered = Leadership { term: 5, node: 1 };
-    let connection = tokio::time::timeout(
-        Duration::from_secs(10),
-        stand_in_leader(&leader, registered),
-    )
-    .await
-    .unwrap();
-    let refused = command(&connection, 4, 3, 1).await.unwrap_err();
+    let session = tokio::time::timeout(Duration::from_secs(10), accept_host(&leader, registered))
+        .await
+        .unwrap();
+    let refused = command(&session, 4, 3, 1).await.unwrap_err();
     assert_eq!(refused.kind, HostErrorKind::StaleLeadership);
     assert!(refused.message.contains("deposed leader"), "{refused}");
-    command(&connection, 5, 1, 2)
+    command(&session, 5, 1, 2)
         .await
         .expect("the current leadership is obeyed");
-    command(&connection, 5, 2, 3)
+    command(&session, 5, 2, 3)
         .await
         .expect("node 2 took over within term 5: obeyed");
-    let refused = command(&connection, 5, 1, 4).await.unwrap_err();
+    let refused = command(&session, 5, 1, 4).await.unwrap_err();
     assert!(
         refused.message.contains("has seen leadership 5/2"),
         "node 1 was deposed within its term: {refused}"
     );
-    command(&connection, 7, 1, 5)
+    command(&session, 7, 1, 5)
         .await
         .expect("a newer term is obeyed");
     assert!(
-        command(&connection, 5, 2, 6).await.is_err(),
+        command(&session, 5, 2, 6).await.is_err(),
         "term 7 is now the floor"
     );
     let fence = || std::fs::read_to_string(dir.path().join("fence")).unwrap();
@@ -155,26 +111,30 @@ async fn commands_from_a_deposed_leader_are_refused_even_after_a_restart() {
 
     agent.abort();
     let _ = agent.await;
-    connection.close(0u32.into(), b"restart");
+    session.connection.close(0u32.into(), b"restart");
     let _agent = start_agent(dir.path(), addr);
     // A node that believes it still leads term 6 registers the restarted host...
-    let connection = tokio::time::timeout(
-        Duration::from_secs(10),
-        stand_in_leader(&leader, Leadership { term: 6, node: 3 }),
-    )
-    .await
-    .unwrap();
+    let deposed = Leadership { term: 6, node: 3 };
+    let session = tokio::time::timeout(Duration::from_secs(10), accept_host(&leader, deposed))
+        .await
+        .unwrap();
     // ...but the host remembers leadership 7/1: it refuses the registration and hangs up, so the
     // deposed leader cannot deliver a command at all.
-    let reason = tokio::time::timeout(Duration::from_secs(10), connection.closed())
+    let reason = tokio::time::timeout(Duration::from_secs(10), session.connection.closed())
         .await
         .unwrap();
     assert!(
         matches!(reason, quinn::ConnectionError::ApplicationClosed(_)),
         "{reason:?}"
     );
-    let late = init_pool(6, 3, 1);
-    assert!(quic::call::<_, CommandResult>(&connection, &late)
+    let late = HostCommand {
+        id: CommandId {
+            leadership: deposed,
+            seq: 1,
+        },
+        kind: init_pool(),
+    };
+    assert!(quic::call::<_, CommandResult>(&session.connection, &late)
         .await
         .is_err());
     assert_eq!(fence().trim(), "7 1");
