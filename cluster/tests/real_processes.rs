@@ -86,6 +86,7 @@ impl Cluster {
         Command::new(qhost())
             .args(["--host-id", &name, "--cluster", &self.addrs().join(",")])
             .args(["--data-dir", &self.dir().join(&name).display().to_string()])
+            .args(["--libvirt", "test:///default"])
             .args(self.nodes.tls_args(&name))
             .stdout(stdout)
             .stderr(stderr)

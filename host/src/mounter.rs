@@ -905,6 +905,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn real_mount_gone_read_only_is_seen_needs_root() {
+        if !may_mount() {
+            return;
+        }
+        let scratch = tempfile::tempdir().unwrap();
+        let source = scratch.path().join("source");
+        std::fs::create_dir(&source).unwrap();
+        let target = scratch.path().join("pools/p");
+        let mounter = RealMounter::new();
+        mounter
+            .mount(dir_source(&source), target.clone())
+            .await
+            .unwrap();
+        // What an operator (or the kernel, after I/O errors) may do behind the agent's back.
+        nix::mount::mount(
+            None::<&str>,
+            &target,
+            None::<&str>,
+            nix::mount::MsFlags::MS_REMOUNT
+                | nix::mount::MsFlags::MS_BIND
+                | nix::mount::MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .unwrap();
+        let usage = mounter.usage(target.clone()).await.unwrap();
+        mounter.unmount(target).await.unwrap();
+        assert!(usage.read_only, "{usage:?}");
+    }
+
+    #[tokio::test]
     async fn real_block_pool_mounts_a_loop_backed_ext4_image_needs_root() {
         if !may_mount() || !have("mkfs.ext4") {
             return;

@@ -22,8 +22,8 @@ use qvdc_host::{
 };
 use qvdc_transport::{
     protocol::{
-        CommandOutput, Health, HostCommandKind, HostMessage, Leadership, PoolReport, PoolSource,
-        PoolSpec, PowerState, VmDisk, VmReport, VmSpec, VolumeFormat, VolumeInfo,
+        CommandOutput, Health, HostCommandKind, HostErrorKind, HostMessage, Leadership, PoolReport,
+        PoolSource, PoolSpec, PowerState, VmDisk, VmReport, VmSpec, VolumeFormat, VolumeInfo,
     },
     Endpoint,
 };
@@ -106,6 +106,19 @@ async fn qhost_runs_a_kvm_vm_on_a_volume_and_reports_what_happens_to_it() {
     )
     .unwrap();
     let data = dir.join("data");
+    let vm = format!("qvdc-it-{}", std::process::id());
+    let by_virsh = format!("{vm}-virsh");
+    let foreign = format!("{vm}-foreign");
+    // A domain someone else defined on this host before the agent started.
+    let foreign_xml = dir.join("foreign.xml");
+    std::fs::write(
+        &foreign_xml,
+        format!("<domain type='kvm'><name>{foreign}</name><memory unit='MiB'>32</memory><os><type arch='x86_64'>hvm</type></os></domain>"),
+    )
+    .unwrap();
+    assert!(virsh(&["define", &foreign_xml.display().to_string()])
+        .status
+        .success());
     let qhost = Command::new(env!("CARGO_BIN_EXE_qhost"))
         .args(["--host-id", "host-1", "--libvirt", URI])
         .arg("--cluster")
@@ -123,12 +136,10 @@ async fn qhost_runs_a_kvm_vm_on_a_volume_and_reports_what_happens_to_it() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let vm = format!("qvdc-it-{}", std::process::id());
-    let by_virsh = format!("{vm}-virsh");
     let pool_path = data.join("pools/local");
     let _cleanup = Cleanup {
         qhost,
-        domains: vec![vm.clone(), by_virsh.clone()],
+        domains: vec![vm.clone(), by_virsh.clone(), foreign.clone()],
         mounts: vec![pool_path.clone()],
     };
 

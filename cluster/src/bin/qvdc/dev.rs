@@ -32,6 +32,10 @@ pub(crate) struct DevArgs {
     /// UDP port of node 1; nodes 2 and 3 take the next ports.
     #[arg(long, default_value_t = 7101)]
     base_port: u16,
+    /// libvirt connection of every host agent: libvirt's in-memory test driver by default
+    /// (no daemon, no real VMs); qemu:///system runs real VMs under KVM.
+    #[arg(long, default_value = "test:///default")]
+    libvirt: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -117,7 +121,13 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         .map(|(i, a)| format!("{}={a}", i + 1))
         .collect();
     let mut running = start_nodes(&dir, &certs, &addrs, &initial.join(","))?;
-    running.extend(start_hosts(&dir, &certs, &addrs, args.hosts)?);
+    running.extend(start_hosts(
+        &dir,
+        &certs,
+        &addrs,
+        args.hosts,
+        &args.libvirt,
+    )?);
     write_env(&dir, &certs, &addrs)?;
     let infos: Vec<&ProcessInfo> = running.iter().map(|r| &r.info).collect();
     std::fs::write(
@@ -188,6 +198,7 @@ fn start_hosts(
     certs: &Path,
     addrs: &[String],
     hosts: u32,
+    libvirt: &str,
 ) -> anyhow::Result<Vec<Running>> {
     let qhost = sibling_binary("qhost")?;
     let mut running = Vec::new();
@@ -202,6 +213,7 @@ fn start_hosts(
             addrs.join(","),
         ];
         argv.extend(["--data-dir".into(), data_dir.display().to_string()]);
+        argv.extend(["--libvirt".into(), libvirt.to_owned()]);
         argv.extend(tls_args(certs, &id));
         let child = spawn(&qhost, &argv, &log)?;
         let pid = child.id().unwrap_or(0);
