@@ -30,7 +30,7 @@ pub const REDIAL_BACKOFF_MS_MIN: u64 = 100;
 pub const REDIAL_BACKOFF_MS_MAX: u64 = 2_000;
 /// Commands the agent executes at once; more wait for a slot (QUIC flow control pushes back).
 pub const COMMANDS_IN_FLIGHT_MAX: usize = 64;
-/// How often the agent looks at its hardware again (when it can: see `AgentConfig`).
+/// How often `qhost` looks at its hardware again.
 pub const INVENTORY_RESCAN_MS: u64 = 60_000;
 /// Smallest and largest VM the agent defines.
 pub const VM_MEMORY_BYTES_MIN: u64 = 16 << 20;
@@ -44,10 +44,16 @@ pub struct AgentConfig {
     /// `<data-dir>/pools`: where pools are mounted.
     pub pool_root: PathBuf,
     pub inventory: Inventory,
-    /// Scans the hardware again; the agent sends the result when it changes. `None` keeps
-    /// `inventory` as given (the simulation).
-    pub rescan_inventory: Option<fn() -> Inventory>,
+    /// How to look at the hardware again; the agent sends the result when it changed. `None`
+    /// keeps `inventory` as given (the simulation).
+    pub rescan_inventory: Option<InventoryRescan>,
     pub heartbeat_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct InventoryRescan {
+    pub scan: fn() -> Inventory,
+    pub every_ms: u64,
 }
 
 /// What executes commands on this host: mounts, domains and bridges.
@@ -219,7 +225,11 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
         let mut ticker =
             tokio::time::interval(Duration::from_millis(self.config.heartbeat_interval_ms));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut rescan = tokio::time::interval(Duration::from_millis(INVENTORY_RESCAN_MS));
+        let rescan_ms = self
+            .config
+            .rescan_inventory
+            .map_or(INVENTORY_RESCAN_MS, |r| r.every_ms);
+        let mut rescan = tokio::time::interval(Duration::from_millis(rescan_ms));
         rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         rescan.reset();
         for seq in 1.. {
@@ -253,10 +263,10 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
         &mut self,
         connection: &qvdc_transport::quinn::Connection,
     ) -> Result<(), SessionEnd> {
-        let Some(scan) = self.config.rescan_inventory else {
+        let Some(rescan) = self.config.rescan_inventory else {
             return Ok(());
         };
-        let mut inventory = tokio::task::spawn_blocking(scan)
+        let mut inventory = tokio::task::spawn_blocking(rescan.scan)
             .await
             .map_err(|e| SessionEnd::Failed(format!("inventory scan failed: {e}")))?;
         inventory.hypervisor = self.config.inventory.hypervisor.clone();

@@ -18,7 +18,7 @@ use qvdc_transport::{
 
 mod support;
 
-use support::{accept_host, certificates, identity, HostSession};
+use support::{accept_host, certificates, identity, start_sim_agent, HostSession};
 
 fn init_pool() -> HostCommandKind {
     HostCommandKind::InitStoragePool(PoolSpec {
@@ -40,32 +40,7 @@ async fn command(
 }
 
 fn start_agent(dir: &Path, leader: SocketAddr) -> tokio::task::JoinHandle<()> {
-    let config = AgentConfig {
-        host_id: "host-1".into(),
-        cluster: vec![leader],
-        pool_root: dir.join("pools"),
-        inventory: Inventory {
-            hostname: "h".into(),
-            cpu_cores: 1,
-            memory_bytes: 1 << 30,
-            ..Inventory::default()
-        },
-        rescan_inventory: None,
-        heartbeat_interval_ms: 200,
-    };
-    let endpoint = Endpoint::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        &identity(dir, "host-1"),
-        false,
-    )
-    .unwrap();
-    let fence = Fence::open(Box::new(FileFence::new(dir.join("fence")))).unwrap();
-    let parts = HostParts {
-        mounter: SimMounter::new(1 << 30),
-        hypervisor: SimHypervisor::new(),
-        networker: SimNetworker::new(),
-    };
-    tokio::spawn(Agent::new(config, endpoint, parts, fence).run())
+    start_sim_agent(dir, leader, None)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,8 +7,10 @@ use std::{net::SocketAddr, net::ToSocketAddrs, path::PathBuf};
 use anyhow::{bail, Context};
 use clap::Parser;
 use qvdc_host::{
-    agent::HEARTBEAT_INTERVAL_MS_DEFAULT, inventory, libvirt::SYSTEM_URI, Agent, AgentConfig,
-    Fence, FileFence, HostParts, IpNetworker, Libvirt, RealMounter,
+    agent::{InventoryRescan, HEARTBEAT_INTERVAL_MS_DEFAULT, INVENTORY_RESCAN_MS},
+    inventory,
+    libvirt::SYSTEM_URI,
+    Agent, AgentConfig, Fence, FileFence, HostParts, IpNetworker, Libvirt, RealMounter,
 };
 use qvdc_transport::{tls::Identity, Endpoint};
 
@@ -90,7 +92,10 @@ async fn main() -> anyhow::Result<()> {
         cluster: resolve(&args.cluster)?,
         pool_root: args.data_dir.join("pools"),
         inventory: inventory::scan(),
-        rescan_inventory: Some(inventory::scan),
+        rescan_inventory: Some(InventoryRescan {
+            scan: inventory::scan,
+            every_ms: INVENTORY_RESCAN_MS,
+        }),
         heartbeat_interval_ms: args.heartbeat_interval_ms,
     };
     let fence = Fence::open(Box::new(FileFence::new(args.data_dir.join("fence"))))?;

@@ -4,12 +4,16 @@
 
 #![allow(dead_code, unreachable_pub)] // each test binary uses part of it
 
-use std::path::Path;
+use std::{net::SocketAddr, path::Path};
 
+use qvdc_host::{
+    agent::{AgentConfig, InventoryRescan},
+    Agent, Fence, FileFence, HostParts, SimHypervisor, SimMounter, SimNetworker,
+};
 use qvdc_transport::{
     protocol::{
         CommandId, CommandOutput, CommandResult, HostCommand, HostCommandKind, HostError,
-        HostMessage, HostReply, Leadership, Request, Response,
+        HostMessage, HostReply, Inventory, Leadership, Request, Response,
     },
     quic, quinn,
     tls::{self, Identity, Role},
@@ -31,6 +35,46 @@ pub fn certificates(dir: &Path) {
     tls::init_ca(dir).unwrap();
     tls::issue(dir, Role::Server, "node-1").unwrap();
     tls::issue(dir, Role::Host, "host-1").unwrap();
+}
+
+/// The inventory a simulated test host starts with.
+pub fn small_inventory() -> Inventory {
+    Inventory {
+        hostname: "h".into(),
+        cpu_cores: 1,
+        memory_bytes: 1 << 30,
+        ..Inventory::default()
+    }
+}
+
+/// An agent `host-1` in this process with simulated mounts, domains and bridges, its fence
+/// in `dir`, dialing `leader`.
+pub fn start_sim_agent(
+    dir: &Path,
+    leader: SocketAddr,
+    rescan_inventory: Option<InventoryRescan>,
+) -> tokio::task::JoinHandle<()> {
+    let config = AgentConfig {
+        host_id: "host-1".into(),
+        cluster: vec![leader],
+        pool_root: dir.join("pools"),
+        inventory: small_inventory(),
+        rescan_inventory,
+        heartbeat_interval_ms: 200,
+    };
+    let endpoint = Endpoint::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        &identity(dir, "host-1"),
+        false,
+    )
+    .unwrap();
+    let fence = Fence::open(Box::new(FileFence::new(dir.join("fence")))).unwrap();
+    let parts = HostParts {
+        mounter: SimMounter::new(1 << 30),
+        hypervisor: SimHypervisor::new(),
+        networker: SimNetworker::new(),
+    };
+    tokio::spawn(Agent::new(config, endpoint, parts, fence).run())
 }
 
 /// The leader's end of one host's connection.
