@@ -5,13 +5,10 @@
 
 use std::{net::SocketAddr, path::Path, time::Duration};
 
-use qvdc_host::{
-    agent::AgentConfig, Agent, Fence, FileFence, HostParts, SimHypervisor, SimMounter, SimNetworker,
-};
 use qvdc_transport::{
     protocol::{
         CommandId, CommandOutput, CommandResult, HostCommand, HostCommandKind, HostError,
-        HostErrorKind, Inventory, Leadership, PoolSource, PoolSpec,
+        HostErrorKind, Leadership, PoolSource, PoolSpec,
     },
     quic, quinn, Endpoint,
 };

@@ -147,7 +147,7 @@ async fn qhost_runs_a_kvm_vm_on_a_volume_and_reports_what_happens_to_it() {
     let mut host = tokio::time::timeout(Duration::from_secs(30), accept_host(&leader, leadership))
         .await
         .expect("qhost dials the leader");
-    let HostMessage::Register { inventory, .. } = host.messages.recv().await.unwrap() else {
+    let HostMessage::Register { inventory, vms, .. } = host.messages.recv().await.unwrap() else {
         panic!("the first message registers the host");
     };
     assert!(
@@ -155,6 +155,22 @@ async fn qhost_runs_a_kvm_vm_on_a_volume_and_reports_what_happens_to_it() {
         "{inventory:?}"
     );
     assert!(inventory.hypervisor.contains("QEMU"), "{inventory:?}");
+    // Existing domains are reported at registration; one qvdc did not create is unmanaged
+    // and left alone.
+    let existing = vms
+        .iter()
+        .find(|v| v.name == foreign)
+        .expect("foreign domain reported");
+    assert_eq!(
+        (existing.id.as_deref(), existing.power),
+        (None, PowerState::ShutOff)
+    );
+    let start_foreign = HostCommandKind::StartVm {
+        name: foreign.clone(),
+    };
+    let refused = host.command(start_foreign).await.unwrap_err();
+    assert_eq!(refused.kind, HostErrorKind::Conflict, "{refused}");
+    assert!(virsh(&["undefine", &foreign]).status.success());
 
     // A dir pool with a qcow2 volume.
     let source = dir.join("pool-source");
