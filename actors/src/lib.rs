@@ -9,14 +9,19 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use qvdc_raft::DesiredState;
 use qvdc_transport::{
-    protocol::{Leadership, Liveness, PoolReport, PoolView},
+    protocol::{
+        CommandOutput, HostCommand, HostCommandKind, Leadership, Liveness, PoolReport, PoolView,
+        VmReport, VmView,
+    },
     quinn,
 };
 use ractor::{Actor, ActorRef};
 use tokio::sync::watch;
 
 pub use crate::core::Timings;
-use crate::supervisor::{ClusterArgs, ClusterMsg, ClusterSupervisor, HostMsg, PoolMsg};
+use crate::supervisor::{
+    ClusterArgs, ClusterMsg, ClusterSupervisor, Done, HostMsg, PoolMsg, VmMsg,
+};
 
 /// How long an API query waits for the supervision tree.
 pub const QUERY_TIMEOUT_MS: u64 = 2_000;
@@ -35,6 +40,9 @@ pub enum SupervisionError {
 pub struct Supervision {
     root: ActorRef<ClusterMsg>,
     leadership: Leadership,
+    /// Sequence numbers of commands sent on an operator's behalf (`execute`), counted down
+    /// from the top so they never meet the supervisors' own.
+    next_seq: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn timeout() -> Option<Duration> {
@@ -60,7 +68,11 @@ impl Supervision {
         let (root, _) = Actor::spawn(None, ClusterSupervisor, args)
             .await
             .map_err(|e| SupervisionError::Spawn(e.to_string()))?;
-        Ok(Self { root, leadership })
+        Ok(Self {
+            root,
+            leadership,
+            next_seq: Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX)),
+        })
     }
 
     /// The leadership this tree acts for; its commands carry it as their fencing token.
@@ -82,12 +94,68 @@ impl Supervision {
         host_id: String,
         connection: quinn::Connection,
         pools: Vec<PoolReport>,
+        vms: Vec<VmReport>,
     ) {
         let _ = self.root.cast(ClusterMsg::Heartbeat {
             host_id,
             connection,
             pools,
+            vms,
         });
+    }
+
+    /// Sends `kind` to `host` now, on an operator's behalf (a reboot), and waits for the
+    /// answer. The error is worded for the operator.
+    pub async fn execute(
+        &self,
+        host: &str,
+        kind: HostCommandKind,
+    ) -> Result<CommandOutput, String> {
+        let seq = self
+            .next_seq
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        let id = qvdc_transport::protocol::CommandId {
+            leadership: self.leadership,
+            seq,
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let done: Done = Box::new(move |outcome| {
+            let _ = tx.send(outcome);
+        });
+        let command = HostCommand { id, kind };
+        self.root
+            .cast(ClusterMsg::Execute {
+                host: host.to_owned(),
+                command,
+                done,
+            })
+            .map_err(|e| format!("the supervision tree is gone: {e}"))?;
+        rx.await
+            .map_err(|_| "the supervision tree stopped before the host answered".to_owned())?
+    }
+
+    async fn vm(actor: &ActorRef<VmMsg>) -> Result<VmView, SupervisionError> {
+        let answer = actor
+            .call(VmMsg::View, timeout())
+            .await
+            .map_err(unavailable)?;
+        answer.success_or(()).map_err(|_| unavailable("timed out"))
+    }
+
+    pub async fn vm_view(&self, name: &str) -> Result<Option<VmView>, SupervisionError> {
+        match self.children(ClusterMsg::Vms).await?.get(name) {
+            Some(actor) => Ok(Some(Self::vm(actor).await?)),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn vm_views(&self) -> Result<Vec<VmView>, SupervisionError> {
+        let vms = self.children(ClusterMsg::Vms).await?;
+        let mut views = Vec::with_capacity(vms.len());
+        for actor in vms.values() {
+            views.push(Self::vm(actor).await?);
+        }
+        Ok(views)
     }
 
     async fn children<T>(

@@ -4,16 +4,19 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use qvdc_raft::DesiredState;
+use qvdc_raft::{model::VmRecord, DesiredState};
 use qvdc_transport::{
-    protocol::{CommandId, CommandResult, HostCommand, Leadership, Liveness, PoolReport, PoolView},
+    protocol::{
+        CommandId, CommandOutput, CommandResult, HostCommand, HostCommandKind, Leadership,
+        Liveness, PoolReport, PoolView, VmReport, VmView,
+    },
     quic, quinn,
 };
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::{sync::watch, time::Instant};
 use tracing::{info, warn};
 
-use crate::core::{liveness::liveness, pool::Effect, pool::PoolCore, Timings};
+use crate::core::{liveness::liveness, pool, pool::PoolCore, vm, vm::VmCore, Timings};
 
 pub(crate) const RESTART_BACKOFF_MS_MIN: u64 = 100;
 pub(crate) const RESTART_BACKOFF_MS_MAX: u64 = 5_000;
@@ -31,17 +34,20 @@ pub(crate) enum ClusterMsg {
         host_id: String,
         connection: quinn::Connection,
         pools: Vec<PoolReport>,
+        vms: Vec<VmReport>,
     },
     Execute {
         host: String,
         command: HostCommand,
-        reply_to: ActorRef<PoolMsg>,
+        done: Done,
     },
     /// The pool supervisors by pool name; callers query them directly, so a slow child
     /// never holds up this actor.
     Pools(RpcReplyPort<BTreeMap<String, ActorRef<PoolMsg>>>),
     /// The host supervisors by host id, for the same reason.
     Hosts(RpcReplyPort<BTreeMap<String, ActorRef<HostMsg>>>),
+    /// The VM supervisors by VM name, for the same reason.
+    Vms(RpcReplyPort<BTreeMap<String, ActorRef<VmMsg>>>),
     Respawn {
         child: Child,
     },
@@ -50,11 +56,25 @@ pub(crate) enum ClusterMsg {
 pub(crate) enum HostMsg {
     Connected(quinn::Connection),
     Seen(quinn::Connection),
-    Execute {
-        command: HostCommand,
-        reply_to: ActorRef<PoolMsg>,
-    },
+    Execute { command: HostCommand, done: Done },
     Liveness(RpcReplyPort<Liveness>),
+}
+
+/// Called with a command's outcome once its host answered (or could not be reached).
+pub(crate) type Done = Box<dyn FnOnce(Result<CommandOutput, String>) + Send>;
+
+pub(crate) enum VmMsg {
+    Record(VmRecord),
+    Observe {
+        at: Instant,
+        report: Option<VmReport>,
+    },
+    CommandDone {
+        id: CommandId,
+        outcome: Result<(), String>,
+    },
+    Tick,
+    View(RpcReplyPort<VmView>),
 }
 
 pub(crate) enum PoolMsg {
@@ -76,6 +96,7 @@ pub(crate) enum PoolMsg {
 pub(crate) enum Child {
     Host(String),
     Pool(String),
+    Vm(String),
 }
 
 // ---------------------------------------------------------------------------------------
@@ -95,27 +116,45 @@ pub(crate) struct ClusterState {
     desired: Arc<DesiredState>,
     hosts: BTreeMap<String, ActorRef<HostMsg>>,
     pools: BTreeMap<String, ActorRef<PoolMsg>>,
-    /// Each host's latest heartbeat, replayed to pool supervisors that start later so they
-    /// can decide at once instead of waiting for the next heartbeat.
-    last_heartbeat: BTreeMap<String, (Instant, Vec<PoolReport>)>,
+    vms: BTreeMap<String, ActorRef<VmMsg>>,
+    /// Each host's latest heartbeat, replayed to pool and VM supervisors that start later so
+    /// they can decide at once instead of waiting for the next heartbeat.
+    last_heartbeat: BTreeMap<String, Heartbeat>,
+    /// Domains of deleted VMs being removed from their hosts, by (host, domain), with when
+    /// the last UndefineVm was sent.
+    removing: BTreeMap<(String, String), Instant>,
+    next_seq: u64,
     backoff_ms: BTreeMap<Child, u64>,
     watcher: tokio::task::JoinHandle<()>,
+}
+
+pub(crate) struct Heartbeat {
+    at: Instant,
+    pools: Vec<PoolReport>,
+    vms: Vec<VmReport>,
 }
 
 impl ClusterState {
     fn child_of(&self, cell: &ActorCell) -> Option<Child> {
         let id = cell.get_id();
-        let host = self
-            .hosts
+        if let Some((h, _)) = self.hosts.iter().find(|(_, r)| r.get_id() == id) {
+            return Some(Child::Host(h.clone()));
+        }
+        if let Some((p, _)) = self.pools.iter().find(|(_, r)| r.get_id() == id) {
+            return Some(Child::Pool(p.clone()));
+        }
+        self.vms
             .iter()
             .find(|(_, r)| r.get_id() == id)
-            .map(|(h, _)| Child::Host(h.clone()));
-        host.or_else(|| {
-            self.pools
-                .iter()
-                .find(|(_, r)| r.get_id() == id)
-                .map(|(p, _)| Child::Pool(p.clone()))
-        })
+            .map(|(v, _)| Child::Vm(v.clone()))
+    }
+
+    fn next_id(&mut self) -> CommandId {
+        self.next_seq += 1;
+        CommandId {
+            leadership: self.leadership,
+            seq: self.next_seq,
+        }
     }
 }
 
@@ -155,16 +194,41 @@ async fn spawn_pool(
     let (actor, _) = Actor::spawn_linked(None, PoolSupervisor, args, myself.get_cell()).await?;
     info!(pool = %name, leadership = %state.leadership, "pool supervisor started");
     for host in &record.hosts {
-        if let Some((at, reports)) = state.last_heartbeat.get(host) {
-            let report = reports.iter().find(|r| r.pool == name).cloned();
+        if let Some(beat) = state.last_heartbeat.get(host) {
+            let report = beat.pools.iter().find(|r| r.pool == name).cloned();
             actor.cast(PoolMsg::Observe {
                 host: host.clone(),
-                at: *at,
+                at: beat.at,
                 report,
             })?;
         }
     }
     state.pools.insert(name.to_owned(), actor);
+    Ok(())
+}
+
+async fn spawn_vm(
+    myself: &ActorRef<ClusterMsg>,
+    state: &mut ClusterState,
+    name: &str,
+) -> Result<(), ActorProcessingErr> {
+    let Some(record) = state.desired.vms.get(name) else {
+        return Ok(());
+    };
+    let args = VmArgs {
+        core: VmCore::new(record.clone(), state.leadership, state.timings),
+        cluster: myself.clone(),
+        tick_ms: state.timings.tick_ms,
+    };
+    let (actor, _) = Actor::spawn_linked(None, VmSupervisor, args, myself.get_cell()).await?;
+    if let Some(beat) = state.last_heartbeat.get(&record.host) {
+        let report = beat.vms.iter().find(|v| v.name == name).cloned();
+        actor.cast(VmMsg::Observe {
+            at: beat.at,
+            report,
+        })?;
+    }
+    state.vms.insert(name.to_owned(), actor);
     Ok(())
 }
 
@@ -192,6 +256,32 @@ async fn converge(
         .collect();
     for pool in pools {
         spawn_pool(myself, state, &pool).await?;
+    }
+    let deleted: Vec<String> = state
+        .vms
+        .keys()
+        .filter(|v| !state.desired.vms.contains_key(*v))
+        .cloned()
+        .collect();
+    for name in deleted {
+        if let Some(actor) = state.vms.remove(&name) {
+            actor.stop(Some("VM deleted".into()));
+        }
+    }
+    for (name, record) in &state.desired.vms {
+        if let Some(actor) = state.vms.get(name) {
+            actor.cast(VmMsg::Record(record.clone()))?;
+        }
+    }
+    let vms: Vec<String> = state
+        .desired
+        .vms
+        .keys()
+        .filter(|v| !state.vms.contains_key(*v))
+        .cloned()
+        .collect();
+    for vm in vms {
+        spawn_vm(myself, state, &vm).await?;
     }
     Ok(())
 }
@@ -223,7 +313,10 @@ impl Actor for ClusterSupervisor {
             desired,
             hosts: BTreeMap::new(),
             pools: BTreeMap::new(),
+            vms: BTreeMap::new(),
             last_heartbeat: BTreeMap::new(),
+            removing: BTreeMap::new(),
+            next_seq: 0,
             backoff_ms: BTreeMap::new(),
             watcher,
         };
@@ -271,22 +364,19 @@ impl Actor for ClusterSupervisor {
                 host_id,
                 connection,
                 pools,
-            } => route_heartbeat(state, host_id, connection, pools),
+                vms,
+            } => route_heartbeat(state, host_id, connection, pools, vms),
             ClusterMsg::Execute {
                 host,
                 command,
-                reply_to,
+                done,
             } => match state.hosts.get(&host) {
-                Some(actor) => actor.cast(HostMsg::Execute { command, reply_to })?,
-                None => {
-                    let outcome = Err(format!("host {host} has no supervisor"));
-                    let _ = reply_to.cast(PoolMsg::CommandDone {
-                        host,
-                        id: command.id,
-                        outcome,
-                    });
-                }
+                Some(actor) => actor.cast(HostMsg::Execute { command, done })?,
+                None => done(Err(format!("host {host} has no supervisor"))),
             },
+            ClusterMsg::Vms(reply) => {
+                let _ = reply.send(state.vms.clone());
+            }
             ClusterMsg::Pools(reply) => {
                 let _ = reply.send(state.pools.clone());
             }
@@ -300,6 +390,7 @@ impl Actor for ClusterSupervisor {
                 Child::Pool(p) if !state.pools.contains_key(p) => {
                     spawn_pool(&myself, state, p).await?
                 }
+                Child::Vm(v) if !state.vms.contains_key(v) => spawn_vm(&myself, state, v).await?,
                 _ => {}
             },
         }
@@ -325,6 +416,11 @@ impl Actor for ClusterSupervisor {
         match &child {
             Child::Host(h) => drop(state.hosts.remove(h)),
             Child::Pool(p) => drop(state.pools.remove(p)),
+            Child::Vm(v) => {
+                if state.vms.remove(v).is_some() && !state.desired.vms.contains_key(v) {
+                    return Ok(()); // stopped because the VM was deleted
+                }
+            }
         }
         let backoff = state
             .backoff_ms
@@ -340,13 +436,15 @@ impl Actor for ClusterSupervisor {
 }
 
 /// Hands a heartbeat to the host's supervisor (with the connection it came on: a host that
-/// registered with an earlier tree of this node never registers again) and each pool's
-/// part of it to that pool's supervisor.
+/// registered with an earlier tree of this node never registers again), each pool's part of
+/// it to that pool's supervisor and each VM's to that VM's, and removes the domains of
+/// deleted VMs from the host.
 fn route_heartbeat(
     state: &mut ClusterState,
     host_id: String,
     connection: quinn::Connection,
     pools: Vec<PoolReport>,
+    vms: Vec<VmReport>,
 ) {
     let now = Instant::now();
     if let Some(actor) = state.hosts.get(&host_id) {
@@ -363,7 +461,55 @@ fn route_heartbeat(
             });
         }
     }
-    state.last_heartbeat.insert(host_id, (now, pools));
+    for record in state.desired.vms_of_host(&host_id) {
+        let name = &record.spec.name;
+        if let Some(actor) = state.vms.get(name) {
+            let report = vms.iter().find(|v| v.name == *name).cloned();
+            let _ = actor.cast(VmMsg::Observe { at: now, report });
+        }
+    }
+    remove_strays(state, &host_id, &vms, now);
+    state.last_heartbeat.insert(
+        host_id,
+        Heartbeat {
+            at: now,
+            pools,
+            vms,
+        },
+    );
+}
+
+/// Undefines domains that carry a qvdc VM id but belong to no VM placed on this host (the VM
+/// was deleted). Domains without an id are not qvdc's and are left alone.
+fn remove_strays(state: &mut ClusterState, host_id: &str, vms: &[VmReport], now: Instant) {
+    let strays = crate::core::vm::strays(&state.desired, host_id, vms);
+    state
+        .removing
+        .retain(|(host, name), _| host != host_id || strays.contains(name));
+    for name in strays {
+        let key = (host_id.to_owned(), name.clone());
+        let due = state.removing.get(&key).is_none_or(|sent| {
+            now.saturating_duration_since(*sent) >= state.timings.command_retry()
+        });
+        if !due {
+            continue;
+        }
+        state.removing.insert(key, now);
+        let command = HostCommand {
+            id: state.next_id(),
+            kind: HostCommandKind::UndefineVm { name: name.clone() },
+        };
+        info!(host = %host_id, domain = %name, "removing the domain of a deleted VM");
+        if let Some(actor) = state.hosts.get(host_id) {
+            let host = host_id.to_owned();
+            let done: Done = Box::new(move |outcome| {
+                if let Err(reason) = outcome {
+                    warn!(%host, domain = %name, %reason, "could not remove a deleted VM's domain");
+                }
+            });
+            let _ = actor.cast(HostMsg::Execute { command, done });
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -417,7 +563,7 @@ impl Actor for HostSupervisor {
                 state.connection = Some(connection);
                 state.last_seen = Some(Instant::now());
             }
-            HostMsg::Execute { command, reply_to } => execute(state, command, reply_to),
+            HostMsg::Execute { command, done } => execute(state, command, done),
             HostMsg::Liveness(reply) => {
                 let _ = reply.send(liveness(
                     state.last_seen,
@@ -431,20 +577,15 @@ impl Actor for HostSupervisor {
 }
 
 /// Sends one command to the host in its own task, so a slow host never blocks this actor,
-/// and reports the outcome to the pool supervisor that asked.
-fn execute(state: &HostState, command: HostCommand, reply_to: ActorRef<PoolMsg>) {
+/// and hands the outcome to `done`.
+fn execute(state: &HostState, command: HostCommand, done: Done) {
     let host = state.host_id.clone();
     let id = command.id;
     let Some(connection) = state.connection.clone() else {
-        let _ = reply_to.cast(PoolMsg::CommandDone {
-            host,
-            id,
-            outcome: Err("host is not connected".into()),
-        });
-        return;
+        return done(Err("host is not connected".into()));
     };
     let timeout = Duration::from_millis(state.timings.command_timeout_ms);
-    info!(%host, %id, "sending command");
+    info!(%host, %id, command = command.kind.label(), "sending command");
     tokio::spawn(async move {
         let outcome = match tokio::time::timeout(
             timeout,
@@ -454,7 +595,7 @@ fn execute(state: &HostState, command: HostCommand, reply_to: ActorRef<PoolMsg>)
         {
             Ok(Ok(result)) => {
                 assert_eq!(result.id, id, "a host answers the command it was sent");
-                result.outcome.map(drop).map_err(|e| e.message)
+                result.outcome.map_err(|e| e.message)
             }
             Ok(Err(e)) => Err(format!("could not deliver command: {e}")),
             Err(_) => Err(format!(
@@ -462,8 +603,27 @@ fn execute(state: &HostState, command: HostCommand, reply_to: ActorRef<PoolMsg>)
                 timeout.as_millis()
             )),
         };
-        let _ = reply_to.cast(PoolMsg::CommandDone { host, id, outcome });
+        done(outcome);
     });
+}
+
+/// A ticker that casts `tick()` to `actor` every `tick_ms`, until the actor is gone.
+fn start_ticker<M: ractor::Message>(
+    actor: ActorRef<M>,
+    tick_ms: u64,
+    tick: fn() -> M,
+) -> tokio::task::JoinHandle<()> {
+    let period = Duration::from_millis(tick_ms);
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            if actor.cast(tick()).is_err() {
+                return;
+            }
+        }
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -493,17 +653,7 @@ impl Actor for PoolSupervisor {
         myself: ActorRef<PoolMsg>,
         args: PoolArgs,
     ) -> Result<PoolState, ActorProcessingErr> {
-        let period = Duration::from_millis(args.tick_ms);
-        let ticker = tokio::spawn(async move {
-            let mut interval = tokio::time::interval(period);
-            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                interval.tick().await;
-                if myself.cast(PoolMsg::Tick).is_err() {
-                    return;
-                }
-            }
-        });
+        let ticker = start_ticker(myself, args.tick_ms, || PoolMsg::Tick);
         Ok(PoolState {
             core: args.core,
             cluster: args.cluster,
@@ -535,15 +685,106 @@ impl Actor for PoolSupervisor {
                 state.core.command_done(&host, id, outcome);
             }
             PoolMsg::Tick => {
-                for Effect::Send { host, command } in state.core.tick(Instant::now()) {
+                for pool::Effect::Send { host, command } in state.core.tick(Instant::now()) {
+                    let (pool, id, to) = (myself.clone(), command.id, host.clone());
+                    let done: Done = Box::new(move |outcome| {
+                        let outcome = outcome.map(drop);
+                        let _ = pool.cast(PoolMsg::CommandDone {
+                            host: to,
+                            id,
+                            outcome,
+                        });
+                    });
                     state.cluster.cast(ClusterMsg::Execute {
                         host,
                         command,
-                        reply_to: myself.clone(),
+                        done,
                     })?;
                 }
             }
             PoolMsg::View(reply) => {
+                let _ = reply.send(state.core.view(Instant::now()));
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// VM supervisor
+
+pub(crate) struct VmSupervisor;
+
+pub(crate) struct VmArgs {
+    core: VmCore,
+    cluster: ActorRef<ClusterMsg>,
+    tick_ms: u64,
+}
+
+pub(crate) struct VmState {
+    core: VmCore,
+    cluster: ActorRef<ClusterMsg>,
+    ticker: tokio::task::JoinHandle<()>,
+}
+
+impl Actor for VmSupervisor {
+    type Msg = VmMsg;
+    type State = VmState;
+    type Arguments = VmArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<VmMsg>,
+        args: VmArgs,
+    ) -> Result<VmState, ActorProcessingErr> {
+        let ticker = start_ticker(myself, args.tick_ms, || VmMsg::Tick);
+        Ok(VmState {
+            core: args.core,
+            cluster: args.cluster,
+            ticker,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _: ActorRef<VmMsg>,
+        state: &mut VmState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.ticker.abort();
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<VmMsg>,
+        message: VmMsg,
+        state: &mut VmState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            VmMsg::Record(record) => state.core.set_record(record),
+            VmMsg::Observe { at, report } => state.core.observe(at, report),
+            VmMsg::CommandDone { id, outcome } => {
+                if let Err(reason) = &outcome {
+                    let vm = &state.core.record().spec.name;
+                    warn!(%vm, %id, %reason, "command failed");
+                }
+                state.core.command_done(id, outcome);
+            }
+            VmMsg::Tick => {
+                for vm::Effect::Send { host, command } in state.core.tick(Instant::now()) {
+                    let (vm, id) = (myself.clone(), command.id);
+                    let done: Done = Box::new(move |outcome| {
+                        let outcome = outcome.map(drop);
+                        let _ = vm.cast(VmMsg::CommandDone { id, outcome });
+                    });
+                    state.cluster.cast(ClusterMsg::Execute {
+                        host,
+                        command,
+                        done,
+                    })?;
+                }
+            }
+            VmMsg::View(reply) => {
                 let _ = reply.send(state.core.view(Instant::now()));
             }
         }

@@ -2,18 +2,27 @@
 //! proposed to Raft; queries about reported state are answered by the leader's supervision
 //! tree. A follower redirects the client to the leader.
 
+use std::collections::BTreeMap;
+
 use openraft::error::{ClientWriteError, RaftError};
-use qvdc_raft::{Command, Outcome, ValidationError};
+use qvdc_actors::{
+    core::placement::{self, HostFacts},
+    Supervision,
+};
+use qvdc_raft::{Command, DesiredState, Outcome, ValidationError};
 use qvdc_transport::protocol::{
-    ApiError, ApiErrorKind, ApiRequest, ApiResponse, ClusterStatus, HostView, Liveness,
-    MemberStatus, PoolSpec, Response,
+    ApiError, ApiErrorKind, ApiRequest, ApiResponse, ClusterStatus, DesiredPower, Health,
+    HostCommandKind, HostView, Liveness, MemberStatus, PoolSpec, PoolView, Response, VmSpec,
 };
 
 use crate::node::NodeInner;
 
 fn rejected(e: ValidationError) -> Response {
     let kind = match e {
-        ValidationError::PoolExists(_) => ApiErrorKind::AlreadyExists,
+        ValidationError::PoolExists(_) | ValidationError::VmExists(_) => {
+            ApiErrorKind::AlreadyExists
+        }
+        ValidationError::NoSuchVm(_) => ApiErrorKind::NotFound,
         _ => ApiErrorKind::Invalid,
     };
     Response::Api(Err(ApiError::new(kind, e.to_string())))
@@ -54,6 +63,62 @@ pub(crate) async fn handle(node: &NodeInner, request: ApiRequest) -> Response {
             spec,
             hosts,
         } => create_pool(node, request_id, spec, hosts).await,
+        ApiRequest::VmCreate {
+            request_id,
+            spec,
+            host,
+            start,
+        } => create_vm(node, request_id, spec, host, start).await,
+        ApiRequest::VmSetPower {
+            request_id,
+            name,
+            power,
+        } => {
+            let command = Command::SetVmPower { name, power };
+            once(node, request_id, command).await
+        }
+        ApiRequest::VmDelete { request_id, name } => {
+            once(node, request_id, Command::DeleteVm { name }).await
+        }
+        ApiRequest::VmForceOff { request_id, name } => {
+            let command = Command::SetVmPower {
+                name: name.clone(),
+                power: DesiredPower::Stopped,
+            };
+            if let Err(response) = propose_once(node, request_id, command).await {
+                return response;
+            }
+            on_vm_host(
+                node,
+                &name,
+                HostCommandKind::ForceOffVm { name: name.clone() },
+            )
+            .await
+        }
+        ApiRequest::VmReboot { name } => {
+            on_vm_host(
+                node,
+                &name,
+                HostCommandKind::RebootVm { name: name.clone() },
+            )
+            .await
+        }
+        ApiRequest::VmShow { .. } | ApiRequest::VmList => {
+            let supervision = match node.leading().await {
+                Ok(supervision) => supervision,
+                Err(response) => return response,
+            };
+            let result = match request {
+                ApiRequest::VmList => supervision.vm_views().await.map(ApiResponse::Vms),
+                ApiRequest::VmShow { name } => match supervision.vm_view(&name).await {
+                    Ok(Some(view)) => Ok(ApiResponse::Vm(view)),
+                    Ok(None) => return not_found_vm(node, &name),
+                    Err(e) => Err(e),
+                },
+                _ => unreachable!("matched above"),
+            };
+            result.map_or_else(|e| unavailable(e.to_string()), |r| Response::Api(Ok(r)))
+        }
         ApiRequest::HostList | ApiRequest::PoolShow { .. } | ApiRequest::PoolList => {
             // Reported state lives in the leader's memory.
             let supervision = match node.leading().await {
@@ -75,6 +140,169 @@ pub(crate) async fn handle(node: &NodeInner, request: ApiRequest) -> Response {
             };
             result.map_or_else(|e| unavailable(e.to_string()), |r| Response::Api(Ok(r)))
         }
+    }
+}
+
+fn not_found_vm(node: &NodeInner, name: &str) -> Response {
+    if node.desired.borrow().vms.contains_key(name) {
+        return unavailable(format!(
+            "VM {name:?} is being set up on this leader; retry in a moment"
+        ));
+    }
+    let message = format!("no VM named {name:?}; `qvctl vm list` shows the VMs");
+    Response::Api(Err(ApiError::new(ApiErrorKind::NotFound, message)))
+}
+
+/// Commits `command` once per `request_id`.
+async fn propose_once(
+    node: &NodeInner,
+    request_id: String,
+    command: Command,
+) -> Result<(), Response> {
+    let command = Command::Once {
+        request_id,
+        command: Box::new(command),
+    };
+    propose(node, command).await
+}
+
+/// Commits `command` once per `request_id`; answers `Done`.
+async fn once(node: &NodeInner, request_id: String, command: Command) -> Response {
+    match propose_once(node, request_id, command).await {
+        Ok(()) => Response::Api(Ok(ApiResponse::Done)),
+        Err(response) => response,
+    }
+}
+
+/// Sends `kind` to the host of VM `name` now and answers with the host's result.
+async fn on_vm_host(node: &NodeInner, name: &str, kind: HostCommandKind) -> Response {
+    let supervision = match node.leading().await {
+        Ok(supervision) => supervision,
+        Err(response) => return response,
+    };
+    let host = match node.desired.borrow().vms.get(name) {
+        Some(vm) => vm.host.clone(),
+        None => return not_found_vm(node, name),
+    };
+    match supervision.execute(&host, kind).await {
+        Ok(_) => Response::Api(Ok(ApiResponse::Done)),
+        Err(reason) => Response::Api(Err(ApiError::new(
+            ApiErrorKind::Unavailable,
+            format!("host {host} did not carry it out: {reason}"),
+        ))),
+    }
+}
+
+/// What placement needs to know about every registered host, from the desired state and
+/// the leader's latest reports.
+fn host_facts(
+    desired: &DesiredState,
+    liveness: &BTreeMap<String, Liveness>,
+    pools: &[PoolView],
+) -> Vec<HostFacts> {
+    desired
+        .hosts
+        .values()
+        .map(|h| HostFacts {
+            host: h.host_id.clone(),
+            ready: liveness.get(&h.host_id) == Some(&Liveness::Ready),
+            cpu_cores: h.inventory.cpu_cores,
+            memory_bytes: h.inventory.memory_bytes,
+            committed_memory_bytes: desired
+                .vms_of_host(&h.host_id)
+                .map(|vm| vm.spec.memory_bytes)
+                .sum(),
+            healthy_pools: pools
+                .iter()
+                .filter(|p| {
+                    p.hosts
+                        .iter()
+                        .any(|ph| ph.host_id == h.host_id && ph.health == Health::Healthy)
+                })
+                .map(|p| p.spec.name.clone())
+                .collect(),
+        })
+        .collect()
+}
+
+async fn place(
+    supervision: &Supervision,
+    node: &NodeInner,
+    spec: &VmSpec,
+) -> Result<String, Response> {
+    let liveness = supervision
+        .liveness()
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    let pools = supervision
+        .pool_views()
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    let facts = host_facts(&node.desired.borrow(), &liveness, &pools);
+    placement::place(spec, &facts).map_err(|reasons| {
+        let why: Vec<String> = reasons.iter().map(|(h, r)| format!("{h}: {r}")).collect();
+        let message = format!(
+            "no host can run VM {}: {}; free capacity, fix the pools, or pass --host",
+            spec.name,
+            why.join("; ")
+        );
+        Response::Api(Err(ApiError::new(ApiErrorKind::Invalid, message)))
+    })
+}
+
+async fn create_vm(
+    node: &NodeInner,
+    request_id: String,
+    mut spec: VmSpec,
+    host: Option<String>,
+    start: bool,
+) -> Response {
+    let created = |vm: &qvdc_raft::model::VmRecord| {
+        Response::Api(Ok(ApiResponse::VmCreated {
+            name: vm.spec.name.clone(),
+            id: vm.spec.id.clone(),
+            host: vm.host.clone(),
+        }))
+    };
+    // A VM's id is the id of the request that created it: unique, and a retry finds it.
+    spec.id = request_id.clone();
+    if node.desired.borrow().requests.get(&request_id).is_some() {
+        if let Some(vm) = node
+            .desired
+            .borrow()
+            .vms
+            .values()
+            .find(|vm| vm.spec.id == spec.id)
+        {
+            return created(vm);
+        }
+    }
+    let host = match host {
+        Some(host) => host,
+        None => {
+            let supervision = match node.leading().await {
+                Ok(supervision) => supervision,
+                Err(response) => return response,
+            };
+            match place(&supervision, node, &spec).await {
+                Ok(host) => host,
+                Err(response) => return response,
+            }
+        }
+    };
+    let power = if start {
+        DesiredPower::Running
+    } else {
+        DesiredPower::Stopped
+    };
+    let name = spec.name.clone();
+    let command = Command::CreateVm { spec, host, power };
+    if let Err(response) = propose_once(node, request_id, command).await {
+        return response;
+    }
+    match node.desired.borrow().vms.get(&name) {
+        Some(vm) => created(vm),
+        None => unavailable(format!("VM {name} was created and deleted meanwhile")),
     }
 }
 

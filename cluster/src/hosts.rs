@@ -49,8 +49,13 @@ pub(crate) async fn handle(
                 leadership: supervision.leadership(),
             })
         }
-        HostMessage::Heartbeat { host_id, pools, .. } => {
-            supervision.heartbeat(host_id, connection.clone(), pools);
+        HostMessage::Heartbeat {
+            host_id,
+            pools,
+            vms,
+            ..
+        } => {
+            supervision.heartbeat(host_id, connection.clone(), pools, vms);
             Response::Host(HostReply::HeartbeatAck)
         }
         HostMessage::InventoryChanged { host_id, inventory } => {

@@ -2,7 +2,7 @@
 
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use qvdc_transport::protocol::{
-    ApiResponse, Capacity, ClusterStatus, HostView, Liveness, PoolView,
+    ApiResponse, Capacity, ClusterStatus, HostView, Liveness, PoolView, VmView,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -23,6 +23,12 @@ pub fn render(response: &ApiResponse, format: Format) -> String {
             }
             ApiResponse::Pool(pool) => pool_detail(pool),
             ApiResponse::Pools(pools) => pools_table(pools),
+            ApiResponse::VmCreated { name, id, host } => {
+                format!("VM {name} (id {id}) placed on {host}; `qvctl vm show {name}` follows it")
+            }
+            ApiResponse::Vm(vm) => vm_detail(vm),
+            ApiResponse::Vms(vms) => vms_table(vms),
+            ApiResponse::Done => "done".into(),
         },
     }
 }
@@ -34,6 +40,12 @@ fn json(response: &ApiResponse) -> String {
         ApiResponse::PoolCreated { name } => Ok(serde_json::json!({ "created": name })),
         ApiResponse::Pool(p) => serde_json::to_value(p),
         ApiResponse::Pools(p) => serde_json::to_value(p),
+        ApiResponse::VmCreated { name, id, host } => {
+            Ok(serde_json::json!({ "created": name, "id": id, "host": host }))
+        }
+        ApiResponse::Vm(v) => serde_json::to_value(v),
+        ApiResponse::Vms(v) => serde_json::to_value(v),
+        ApiResponse::Done => Ok(serde_json::json!({ "done": true })),
     };
     serde_json::to_string_pretty(&value.expect("API types serialize")).expect("JSON values print")
 }
@@ -164,6 +176,52 @@ fn pool_detail(p: &PoolView) -> String {
         capacity(&p.capacity),
         list(&p.healthy_hosts),
         list(&p.failed_hosts)
+    )
+}
+
+fn disks(vm: &VmView) -> String {
+    let disks: Vec<String> = vm
+        .spec
+        .disks
+        .iter()
+        .map(|d| format!("{}/{} ({})", d.pool, d.volume, d.format))
+        .collect();
+    if disks.is_empty() {
+        "-".into()
+    } else {
+        disks.join(", ")
+    }
+}
+
+fn vms_table(vms: &[VmView]) -> String {
+    let mut t = table(&["VM", "HOST", "DESIRED", "POWER", "VCPUS", "MEMORY", "ERROR"]);
+    for vm in vms {
+        t.add_row(vec![
+            vm.spec.name.clone(),
+            vm.host.clone(),
+            vm.desired.to_string(),
+            vm.power.to_string(),
+            vm.spec.vcpus.to_string(),
+            bytes(vm.spec.memory_bytes),
+            vm.error.clone().unwrap_or_default(),
+        ]);
+    }
+    t.to_string()
+}
+
+fn vm_detail(vm: &VmView) -> String {
+    format!(
+        "vm:      {}\nid:      {}\nhost:    {}\ndesired: {}\npower:   {} ({})\nvcpus:   {}\nmemory:  {}\ndisks:   {}\nerror:   {}",
+        vm.spec.name,
+        vm.spec.id,
+        vm.host,
+        vm.desired,
+        vm.power,
+        vm.reason,
+        vm.spec.vcpus,
+        bytes(vm.spec.memory_bytes),
+        disks(vm),
+        vm.error.as_deref().unwrap_or("-")
     )
 }
 

@@ -319,6 +319,166 @@ fn pool_flow_across_real_processes_survives_leader_kill_needs_root() {
     check_certificates_are_enforced(&cluster);
 }
 
+impl Cluster {
+    fn qvctl(&self, args: &[&str]) -> Output {
+        self.qvctl_as("admin", &self.certs(), self.addrs(), args)
+    }
+
+    fn wait_ready_with_pool(&self) -> PathBuf {
+        let source = self.dir().join("shared");
+        std::fs::create_dir_all(&source).unwrap();
+        std::fs::write(source.join("disk-a.qcow2"), b"x").unwrap();
+        eventually(self, "three hosts Ready", Duration::from_secs(30), || {
+            let hosts = self.json(&["host", "list"])?;
+            let hosts = hosts.as_array()?;
+            (hosts.len() == 3 && hosts.iter().all(|h| h["liveness"] == "Ready")).then_some(())
+        });
+        let path = source.display().to_string();
+        let out = self.qvctl(&[
+            "pool",
+            "create",
+            "shared",
+            "--path",
+            &path,
+            "--hosts",
+            "host-1,host-2,host-3",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eventually(self, "pool aggregate", Duration::from_secs(30), || {
+            self.json(&["pool", "show", "shared"]).and_then(settled)
+        });
+        source
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn vm_flow_across_real_processes_needs_root() {
+    if !may_mount() {
+        eprintln!("skipped: needs root to mount (set QVDC_REQUIRE_REAL=1 to make this a failure)");
+        return;
+    }
+    let mut cluster = Cluster::start();
+    cluster.wait_ready_with_pool();
+
+    // Placed where the pool is healthy: host-3 cannot mount it.
+    let started = Instant::now();
+    let out = cluster.qvctl(&[
+        "vm",
+        "create",
+        "web",
+        "--vcpus",
+        "1",
+        "--memory",
+        "64M",
+        "--disk",
+        "shared/disk-a.qcow2",
+        "--start",
+        "--wait",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    eprintln!(
+        "vm create --start --wait -> running: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        text(&out).contains("web: running on host-1"),
+        "{}",
+        text(&out)
+    );
+    let web = cluster.json(&["vm", "show", "web"]).unwrap();
+    assert_eq!(
+        (&web["host"], &web["power"], &web["desired"]),
+        (
+            &Value::from("host-1"),
+            &Value::from("running"),
+            &Value::from("running")
+        ),
+        "{web:#}"
+    );
+
+    // Nothing fits: every host says why.
+    let out = cluster.qvctl(&[
+        "vm", "create", "huge", "--memory", "1T", "--disk", "shared/x",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let why = text(&out);
+    assert!(
+        why.contains("host-3: pool shared not healthy here") && why.contains("MiB free"),
+        "{why}"
+    );
+
+    let out = cluster.qvctl(&["vm", "stop", "web", "--wait"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("web: shut off on host-1"),
+        "{}",
+        text(&out)
+    );
+
+    // The leader dies while a create is being followed: it still completes, once.
+    let status = cluster.json(&["cluster", "status"]).unwrap();
+    let leader = status["leader"].as_u64().unwrap() as usize;
+    let follow = Command::new(QVCTL)
+        .env("QVDC_CLUSTER", cluster.addrs().join(","))
+        .env("QVDC_CA_CERT", cluster.certs().join("ca.crt"))
+        .env("QVDC_CERT", cluster.certs().join("admin.crt"))
+        .env("QVDC_KEY", cluster.certs().join("admin.key"))
+        .args(["vm", "create", "db", "--memory", "64M", "--start", "--wait"])
+        .args(["--request-id", "create-db", "--timeout-ms", "20000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    cluster.nodes.kill(leader);
+    let out = follow.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let retried = cluster.qvctl(&[
+        "vm",
+        "create",
+        "db",
+        "--memory",
+        "64M",
+        "--start",
+        "--request-id",
+        "create-db",
+    ]);
+    assert!(
+        retried.status.success(),
+        "a retry gets the first answer: {}",
+        text(&retried)
+    );
+    let vms = cluster.json(&["vm", "list"]).unwrap();
+    let names: Vec<&str> = vms
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["spec"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["db", "web"]);
+    let db = cluster.json(&["vm", "show", "db"]).unwrap();
+    assert_eq!(db["power"], "running", "{db:#}");
+
+    let out = cluster.qvctl(&["vm", "delete", "web", "--wait"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = cluster.qvctl(&["vm", "show", "web"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("no VM named"), "{}", text(&out));
+    cluster.nodes.restart(leader);
+}
+
 fn check_certificates_are_enforced(cluster: &Cluster) {
     let foreign = cluster.dir().join("foreign");
     tls::init_ca(&foreign).unwrap();

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use qvdc_transport::protocol::{Inventory, PoolSource, PoolSpec};
+use qvdc_transport::protocol::{DesiredPower, Inventory, PoolSource, PoolSpec, VmSpec};
 use serde::{Deserialize, Serialize};
 
 pub const NAME_BYTES_MAX: usize = 64;
@@ -15,6 +15,9 @@ pub const POOL_HOSTS_MAX: usize = 1024;
 /// Operator requests whose results are remembered for retries; older ones are forgotten.
 pub const REQUESTS_REMEMBERED_MAX: usize = 10_000;
 pub const REQUEST_ID_BYTES_MAX: usize = 128;
+pub const VM_VCPUS_MAX: u32 = 512;
+pub const VM_MEMORY_BYTES_MIN: u64 = 16 << 20;
+pub const VM_DISKS_MAX: usize = 26;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostRecord {
@@ -28,12 +31,22 @@ pub struct PoolRecord {
     pub hosts: BTreeSet<String>,
 }
 
+/// A VM and the placement decision for it: which host runs it, and whether it should run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmRecord {
+    pub spec: VmSpec,
+    pub host: String,
+    pub power: DesiredPower,
+}
+
 /// Everything the control plane has decided. Maps are ordered so that every iteration over
 /// them is the same on every node and in every simulation run.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DesiredState {
     pub hosts: BTreeMap<String, HostRecord>,
     pub pools: BTreeMap<String, PoolRecord>,
+    /// VMs by name.
+    pub vms: BTreeMap<String, VmRecord>,
     pub requests: RequestLog,
 }
 
@@ -89,6 +102,19 @@ pub enum Command {
         spec: PoolSpec,
         hosts: Vec<String>,
     },
+    /// A VM placed on `host`.
+    CreateVm {
+        spec: VmSpec,
+        host: String,
+        power: DesiredPower,
+    },
+    SetVmPower {
+        name: String,
+        power: DesiredPower,
+    },
+    DeleteVm {
+        name: String,
+    },
 }
 
 /// What applying a command did; the application response of a Raft log entry.
@@ -124,6 +150,12 @@ pub enum ValidationError {
     PathTooLong,
     #[error("{0}")]
     BadSource(String),
+    #[error("VM {0:?} already exists; pick another name or delete the existing VM first")]
+    VmExists(String),
+    #[error("no VM named {0:?}; `qvctl vm list` shows the VMs")]
+    NoSuchVm(String),
+    #[error("{0}")]
+    BadVm(String),
     #[error("request id must be 1 to {REQUEST_ID_BYTES_MAX} bytes")]
     BadRequestId,
     #[error("a request cannot wrap another request")]
@@ -218,6 +250,14 @@ impl DesiredState {
         match command {
             Command::RegisterHost { host_id, .. } => validate_name("host", host_id),
             Command::CreatePool { spec, hosts } => self.validate_create_pool(spec, hosts),
+            Command::CreateVm { spec, host, .. } => self.validate_create_vm(spec, host),
+            Command::SetVmPower { name, .. } | Command::DeleteVm { name } => {
+                if self.vms.contains_key(name) {
+                    Ok(())
+                } else {
+                    Err(ValidationError::NoSuchVm(name.clone()))
+                }
+            }
             Command::Once {
                 request_id,
                 command,
@@ -269,6 +309,63 @@ impl DesiredState {
         Ok(())
     }
 
+    fn validate_create_vm(&self, spec: &VmSpec, host: &str) -> Result<(), ValidationError> {
+        validate_name("VM", &spec.name)?;
+        let bad = |message: String| Err(ValidationError::BadVm(message));
+        if spec.id.is_empty() || spec.id.len() > REQUEST_ID_BYTES_MAX {
+            return bad(format!("VM id must be 1 to {REQUEST_ID_BYTES_MAX} bytes"));
+        }
+        if self.vms.contains_key(&spec.name) {
+            return Err(ValidationError::VmExists(spec.name.clone()));
+        }
+        if self.vms.values().any(|vm| vm.spec.id == spec.id) {
+            return bad(format!("VM id {:?} is taken", spec.id));
+        }
+        if !(1..=VM_VCPUS_MAX).contains(&spec.vcpus) {
+            return bad(format!(
+                "a VM needs 1 to {VM_VCPUS_MAX} vCPUs, not {}",
+                spec.vcpus
+            ));
+        }
+        if spec.memory_bytes < VM_MEMORY_BYTES_MIN {
+            return bad(format!(
+                "a VM needs at least 16M of memory, not {} bytes",
+                spec.memory_bytes
+            ));
+        }
+        if spec.disks.len() > VM_DISKS_MAX {
+            return bad(format!("a VM may have at most {VM_DISKS_MAX} disks"));
+        }
+        if !self.hosts.contains_key(host) {
+            return Err(ValidationError::UnknownHosts(vec![host.to_owned()]));
+        }
+        for disk in &spec.disks {
+            validate_name("volume", &disk.volume)?;
+            match self.pools.get(&disk.pool) {
+                None => {
+                    return bad(format!(
+                        "disk {}/{}: no pool named {:?}; `qvctl pool list` shows the pools",
+                        disk.pool, disk.volume, disk.pool
+                    ))
+                }
+                Some(pool) if !pool.hosts.contains(host) => {
+                    return bad(format!(
+                        "disk {}/{}: pool {} is not assigned to host {host}; assign it first or pick a host that has it",
+                        disk.pool, disk.volume, disk.pool
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(nic) = spec.nics.first() {
+            return bad(format!(
+                "network {:?} does not exist; `qvctl network list` shows the networks",
+                nic.network
+            ));
+        }
+        Ok(())
+    }
+
     /// Applies a committed command. Deterministic: the same state and command give the same
     /// result on every node.
     pub fn apply(&mut self, command: &Command) -> Outcome {
@@ -313,6 +410,28 @@ impl DesiredState {
                 assert!(previous.is_none(), "validation rejects duplicate pools");
                 Outcome::Applied
             }
+            Command::CreateVm { spec, host, power } => {
+                let record = VmRecord {
+                    spec: spec.clone(),
+                    host: host.clone(),
+                    power: *power,
+                };
+                let previous = self.vms.insert(spec.name.clone(), record);
+                assert!(previous.is_none(), "validation rejects duplicate VMs");
+                Outcome::Applied
+            }
+            Command::SetVmPower { name, power } => {
+                let vm = self.vms.get_mut(name).expect("validated");
+                if vm.power == *power {
+                    return Outcome::Unchanged;
+                }
+                vm.power = *power;
+                Outcome::Applied
+            }
+            Command::DeleteVm { name } => {
+                self.vms.remove(name).expect("validated");
+                Outcome::Applied
+            }
             Command::Once { .. } => unreachable!("handled above"),
         }
     }
@@ -324,6 +443,11 @@ impl DesiredState {
         bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
             (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
         })
+    }
+
+    /// The VMs placed on `host_id`, in name order.
+    pub fn vms_of_host<'a>(&'a self, host_id: &'a str) -> impl Iterator<Item = &'a VmRecord> + 'a {
+        self.vms.values().filter(move |vm| vm.host == host_id)
     }
 
     /// The pools assigned to `host_id`, in name order.
@@ -370,6 +494,98 @@ mod tests {
             },
             hosts: hosts.iter().map(|h| (*h).to_string()).collect(),
         }
+    }
+
+    fn vm(name: &str, id: &str, disks: &[(&str, &str)]) -> VmSpec {
+        VmSpec {
+            id: id.into(),
+            name: name.into(),
+            vcpus: 1,
+            memory_bytes: 64 << 20,
+            disks: disks
+                .iter()
+                .map(|(pool, volume)| qvdc_transport::protocol::VmDisk {
+                    pool: (*pool).into(),
+                    volume: (*volume).into(),
+                    format: qvdc_transport::protocol::VolumeFormat::Qcow2,
+                })
+                .collect(),
+            nics: Vec::new(),
+        }
+    }
+
+    fn create_vm(spec: VmSpec, host: &str) -> Command {
+        Command::CreateVm {
+            spec,
+            host: host.into(),
+            power: DesiredPower::Running,
+        }
+    }
+
+    #[test]
+    fn a_vm_is_placed_powered_and_deleted() {
+        let mut state = with_hosts(&["host-1", "host-2"]);
+        state.apply(&create("p", "/srv/p", &["host-1"]));
+        let spec = vm("web", "vm-1", &[("p", "web.qcow2")]);
+        assert_eq!(state.apply(&create_vm(spec, "host-1")), Outcome::Applied);
+        assert_eq!(state.vms_of_host("host-1").count(), 1);
+        assert_eq!(state.vms_of_host("host-2").count(), 0);
+        let stop = Command::SetVmPower {
+            name: "web".into(),
+            power: DesiredPower::Stopped,
+        };
+        assert_eq!(state.apply(&stop), Outcome::Applied);
+        assert_eq!(state.apply(&stop), Outcome::Unchanged);
+        assert_eq!(state.vms["web"].power, DesiredPower::Stopped);
+        let delete = Command::DeleteVm { name: "web".into() };
+        assert_eq!(state.apply(&delete), Outcome::Applied);
+        assert!(matches!(
+            state.apply(&delete),
+            Outcome::Rejected(ValidationError::NoSuchVm(_))
+        ));
+    }
+
+    #[test]
+    fn invalid_vms_are_rejected_without_changing_state() {
+        let mut state = with_hosts(&["host-1", "host-2"]);
+        state.apply(&create("p", "/srv/p", &["host-1"]));
+        state.apply(&create_vm(vm("taken", "vm-1", &[]), "host-1"));
+        let before = state.clone();
+        let mut big = vm("big", "vm-2", &[]);
+        big.vcpus = 0;
+        let mut nic = vm("nic", "vm-3", &[]);
+        nic.nics.push(qvdc_transport::protocol::VmNic {
+            network: "prod".into(),
+            mac: None,
+        });
+        let cases = [
+            (
+                create_vm(vm("taken", "vm-9", &[]), "host-1"),
+                "already exists",
+            ),
+            (create_vm(vm("other", "vm-1", &[]), "host-1"), "is taken"),
+            (
+                create_vm(vm("x", "vm-4", &[]), "host-9"),
+                "unknown host(s): host-9",
+            ),
+            (create_vm(big, "host-1"), "1 to 512 vCPUs"),
+            (
+                create_vm(vm("d", "vm-5", &[("nope", "v")]), "host-1"),
+                "no pool named",
+            ),
+            (
+                create_vm(vm("d", "vm-5", &[("p", "v")]), "host-2"),
+                "not assigned to host host-2",
+            ),
+            (create_vm(nic, "host-1"), "network \"prod\" does not exist"),
+        ];
+        for (command, message) in cases {
+            match state.apply(&command) {
+                Outcome::Rejected(e) => assert!(e.to_string().contains(message), "{e}"),
+                other => panic!("{command:?} was {other:?}"),
+            }
+        }
+        assert_eq!(state, before);
     }
 
     #[test]

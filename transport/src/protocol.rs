@@ -520,15 +520,58 @@ pub enum ApiRequest {
         name: String,
     },
     PoolList,
+    /// Defines a VM on `host`, or on a host the leader picks when `host` is `None`. The VM's
+    /// id is assigned by the control plane (`spec.id` is ignored).
+    VmCreate {
+        request_id: String,
+        spec: VmSpec,
+        host: Option<String>,
+        start: bool,
+    },
+    /// Sets whether the VM should run (start / stop).
+    VmSetPower {
+        request_id: String,
+        name: String,
+        power: DesiredPower,
+    },
+    /// Reboots a running VM now (nothing changes in desired state).
+    VmReboot {
+        name: String,
+    },
+    /// Stops the VM at once and keeps it stopped.
+    VmForceOff {
+        request_id: String,
+        name: String,
+    },
+    /// Removes the VM: the host destroys and undefines its domain. Its volumes stay.
+    VmDelete {
+        request_id: String,
+        name: String,
+    },
+    VmShow {
+        name: String,
+    },
+    VmList,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ApiResponse {
     ClusterStatus(ClusterStatus),
     Hosts(Vec<HostView>),
-    PoolCreated { name: String },
+    PoolCreated {
+        name: String,
+    },
     Pool(PoolView),
     Pools(Vec<PoolView>),
+    VmCreated {
+        name: String,
+        id: String,
+        host: String,
+    },
+    Vm(VmView),
+    Vms(Vec<VmView>),
+    /// The request was carried out and has nothing to report.
+    Done,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -600,6 +643,36 @@ pub struct HostView {
     pub host_id: String,
     pub inventory: Inventory,
     pub liveness: Liveness,
+}
+
+/// Whether a VM should run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DesiredPower {
+    Running,
+    Stopped,
+}
+
+impl std::fmt::Display for DesiredPower {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DesiredPower::Running => "running",
+            DesiredPower::Stopped => "stopped",
+        })
+    }
+}
+
+/// A VM as the operator sees it: what should be, and what its host last said.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmView {
+    pub spec: VmSpec,
+    pub host: String,
+    pub desired: DesiredPower,
+    /// As the host last reported it; `Unknown` without a fresh report.
+    pub power: PowerState,
+    pub reason: String,
+    /// The last failure closing the gap (a start that failed, a conflicting domain).
+    pub error: Option<String>,
 }
 
 /// One host's part of a pool, as the leader last heard it.

@@ -2,7 +2,9 @@
 //! no actors, `now` passed in. Actors feed them inputs and carry out the effects they return.
 
 pub mod liveness;
+pub mod placement;
 pub mod pool;
+pub mod vm;
 
 use std::time::Duration;
 
@@ -37,4 +39,15 @@ impl Timings {
     pub fn command_retry(&self) -> Duration {
         Duration::from_millis(self.command_retry_ms)
     }
+
+    /// How long to wait before resending, after `attempts` unsuccessful commands: a host that
+    /// keeps failing is asked less and less often, up to `RETRY_DOUBLINGS_MAX` doublings.
+    pub fn retry_after(&self, attempts: u32) -> Duration {
+        let doublings = attempts.saturating_sub(1).min(RETRY_DOUBLINGS_MAX);
+        self.command_retry() * 2u32.pow(doublings)
+    }
 }
+
+/// Resends back off exponentially up to this many doublings of the retry interval
+/// (2 s × 2^4 = 32 s with the default timings).
+pub const RETRY_DOUBLINGS_MAX: u32 = 4;

@@ -33,10 +33,6 @@ struct Pending {
     attempts: u32,
 }
 
-/// Resends back off exponentially up to this many doublings of the retry interval
-/// (2 s × 2^4 = 32 s with the default timings).
-pub const RETRY_DOUBLINGS_MAX: u32 = 4;
-
 #[derive(Debug)]
 pub struct PoolCore {
     spec: PoolSpec,
@@ -114,16 +110,11 @@ impl PoolCore {
             return false;
         }
         match self.pending.get(host) {
-            Some(p) => now.saturating_duration_since(p.sent_at) >= self.retry_after(p.attempts),
+            Some(p) => {
+                now.saturating_duration_since(p.sent_at) >= self.timings.retry_after(p.attempts)
+            }
             None => true,
         }
-    }
-
-    /// How long to wait before resending, after `attempts` unsuccessful commands: a host that
-    /// keeps failing (a broken mount) is asked less and less often until it is healthy.
-    fn retry_after(&self, attempts: u32) -> std::time::Duration {
-        let doublings = attempts.saturating_sub(1).min(RETRY_DOUBLINGS_MAX);
-        self.timings.command_retry() * 2u32.pow(doublings)
     }
 
     /// Decides which hosts need InitStoragePool now.

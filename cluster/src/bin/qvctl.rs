@@ -4,9 +4,13 @@ use std::{net::SocketAddr, net::ToSocketAddrs, path::PathBuf, process::ExitCode,
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
+use qvdc_cluster::client::ClientError;
 use qvdc_cluster::{output, Client};
 use qvdc_transport::{
-    protocol::{ApiRequest, PoolSource, PoolSpec},
+    protocol::{
+        ApiErrorKind, ApiRequest, ApiResponse, DesiredPower, PoolSource, PoolSpec, PowerState,
+        VmDisk, VmSpec, VolumeFormat,
+    },
     tls::{self, Identity, Role},
     Endpoint,
 };
@@ -21,6 +25,8 @@ use qvdc_transport::{
 ///   qvctl cluster status
 ///   qvctl pool create shared --type dir --path /srv/shared --hosts host-1,host-2,host-3
 ///   qvctl pool show shared --output json
+///   qvctl vm create web --vcpus 2 --memory 512M --disk shared/web.qcow2 --start --wait
+///   qvctl vm list
 #[derive(Debug, Parser)]
 #[command(version, verbatim_doc_comment)]
 struct Cli {
@@ -70,6 +76,117 @@ enum Command {
     /// Storage pools.
     #[command(subcommand)]
     Pool(PoolCommand),
+    /// Virtual machines.
+    #[command(subcommand)]
+    Vm(VmCommand),
+}
+
+#[derive(Debug, Args)]
+struct Wait {
+    /// Follow the change until the VM's host reports it done.
+    #[arg(long)]
+    wait: bool,
+    /// Give up waiting after this long (exit code 4).
+    #[arg(long, default_value_t = 120_000)]
+    wait_timeout_ms: u64,
+}
+
+#[derive(Debug, Subcommand)]
+enum VmCommand {
+    /// Define a VM; the cluster picks a host unless --host is given.
+    Create {
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        vcpus: u32,
+        /// Memory, e.g. 512M or 2G (binary units).
+        #[arg(long, value_parser = parse_size)]
+        memory: u64,
+        /// A disk: POOL/VOLUME, optionally :raw (default qcow2). Repeat for more disks.
+        #[arg(long = "disk", value_parser = parse_disk)]
+        disks: Vec<VmDisk>,
+        /// Run it on this host instead of letting the cluster choose.
+        #[arg(long)]
+        host: Option<String>,
+        /// Start it once defined.
+        #[arg(long)]
+        start: bool,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// Start a VM (and keep it running).
+    Start {
+        name: String,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// Shut a VM down gracefully (destroyed if it ignores the request) and keep it stopped.
+    Stop {
+        name: String,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// Reboot a running VM.
+    Reboot { name: String },
+    /// Pull the plug on a VM and keep it stopped.
+    ForceOff {
+        name: String,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// Delete a VM: its host destroys and undefines the domain. Volumes stay.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// One VM: its definition, host, desired and reported power state.
+    Show { name: String },
+    /// All VMs.
+    List,
+}
+
+/// Parses 512M, 2G, 1024K, 1T (binary units) or plain bytes.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &text[digits.len()..];
+    let shift = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?}; use K, M, G or T, like 512M"
+            ))
+        }
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size; write it like 512M or 2G"))?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text} is too large"))
+}
+
+/// Parses POOL/VOLUME[:raw|:qcow2].
+fn parse_disk(text: &str) -> Result<VmDisk, String> {
+    let (path, format) = match text.rsplit_once(':') {
+        Some((path, "raw")) => (path, VolumeFormat::Raw),
+        Some((path, "qcow2")) => (path, VolumeFormat::Qcow2),
+        Some((_, other)) => return Err(format!("unknown disk format {other:?}; use qcow2 or raw")),
+        None => (text, VolumeFormat::Qcow2),
+    };
+    let Some((pool, volume)) = path.split_once('/') else {
+        return Err(format!(
+            "disk {text:?} must be POOL/VOLUME, like shared/web.qcow2"
+        ));
+    };
+    Ok(VmDisk {
+        pool: pool.into(),
+        volume: volume.into(),
+        format,
+    })
 }
 
 #[derive(Debug, Subcommand)]
@@ -106,14 +223,33 @@ enum HostCommand {
 #[derive(Debug, Subcommand)]
 enum PoolCommand {
     /// Define a pool and assign it to hosts; each host mounts it under its pool root.
+    ///
+    ///   --type dir   --path /srv/shared               bind-mount a directory on every host
+    ///   --type nfs   --server nfs1 --export /vms      mount an NFS export [--options vers=4.2]
+    ///   --type block --device /dev/sdb --fs-type xfs  mount a block device (or image file)
+    #[command(verbatim_doc_comment)]
     Create {
         name: String,
-        /// Pool type; `dir` bind-mounts a directory that exists on every host.
         #[arg(long = "type", value_enum, default_value = "dir")]
         kind: PoolKind,
-        /// Absolute path of the source directory on each host (for --type dir).
+        /// Absolute path of the source directory on each host (--type dir).
+        #[arg(long, required_if_eq("kind", "dir"))]
+        path: Option<String>,
+        /// NFS server (--type nfs).
+        #[arg(long, required_if_eq("kind", "nfs"))]
+        server: Option<String>,
+        /// Exported path on the NFS server (--type nfs).
+        #[arg(long, required_if_eq("kind", "nfs"))]
+        export: Option<String>,
+        /// NFS mount options, comma-separated (--type nfs).
         #[arg(long)]
-        path: String,
+        options: Option<String>,
+        /// Block device or filesystem image (--type block).
+        #[arg(long, required_if_eq("kind", "block"))]
+        device: Option<String>,
+        /// Filesystem on the device: ext4, xfs or btrfs (--type block).
+        #[arg(long, default_value = "ext4")]
+        fs_type: String,
         /// Hosts to mount it on, comma-separated.
         #[arg(long, value_delimiter = ',', required = true)]
         hosts: Vec<String>,
@@ -127,6 +263,8 @@ enum PoolCommand {
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum PoolKind {
     Dir,
+    Nfs,
+    Block,
 }
 
 fn resolve(addrs: &[String]) -> anyhow::Result<Vec<SocketAddr>> {
@@ -196,20 +334,156 @@ fn request_of(command: Command, request_id: String) -> ApiRequest {
         Command::Host(HostCommand::List) => ApiRequest::HostList,
         Command::Pool(PoolCommand::Create {
             name,
-            kind: PoolKind::Dir,
+            kind,
             path,
+            server,
+            export,
+            options,
+            device,
+            fs_type,
             hosts,
-        }) => ApiRequest::PoolCreate {
-            request_id,
-            spec: PoolSpec {
-                name,
-                source: PoolSource::Dir { path },
-            },
-            hosts,
-        },
+        }) => {
+            // clap requires each type's flags, so the unwraps below cannot fail.
+            let source = match kind {
+                PoolKind::Dir => PoolSource::Dir {
+                    path: path.unwrap_or_default(),
+                },
+                PoolKind::Nfs => PoolSource::Nfs {
+                    server: server.unwrap_or_default(),
+                    export: export.unwrap_or_default(),
+                    options,
+                },
+                PoolKind::Block => PoolSource::Block {
+                    device: device.unwrap_or_default(),
+                    fs_type,
+                },
+            };
+            ApiRequest::PoolCreate {
+                request_id,
+                spec: PoolSpec { name, source },
+                hosts,
+            }
+        }
         Command::Pool(PoolCommand::Show { name }) => ApiRequest::PoolShow { name },
         Command::Pool(PoolCommand::List) => ApiRequest::PoolList,
+        Command::Vm(command) => vm_request(command, request_id),
         Command::Certs(_) => unreachable!("handled locally"),
+    }
+}
+
+fn vm_request(command: VmCommand, request_id: String) -> ApiRequest {
+    let power = |name, power| ApiRequest::VmSetPower {
+        request_id: request_id.clone(),
+        name,
+        power,
+    };
+    match command {
+        VmCommand::Create {
+            name,
+            vcpus,
+            memory,
+            disks,
+            host,
+            start,
+            ..
+        } => ApiRequest::VmCreate {
+            spec: VmSpec {
+                id: String::new(),
+                name,
+                vcpus,
+                memory_bytes: memory,
+                disks,
+                nics: Vec::new(),
+            },
+            host,
+            start,
+            request_id,
+        },
+        VmCommand::Start { name, .. } => power(name, DesiredPower::Running),
+        VmCommand::Stop { name, .. } => power(name, DesiredPower::Stopped),
+        VmCommand::Reboot { name } => ApiRequest::VmReboot { name },
+        VmCommand::ForceOff { name, .. } => ApiRequest::VmForceOff { request_id, name },
+        VmCommand::Delete { name, .. } => ApiRequest::VmDelete { request_id, name },
+        VmCommand::Show { name } => ApiRequest::VmShow { name },
+        VmCommand::List => ApiRequest::VmList,
+    }
+}
+
+/// What `--wait` waits for: the VM in this power state, or gone.
+enum Goal {
+    Power(PowerState),
+    Gone,
+}
+
+/// The VM and the goal a `--wait` follows, if one was asked for.
+fn wait_goal(command: &Command) -> Option<(String, Goal, u64)> {
+    let Command::Vm(vm) = command else {
+        return None;
+    };
+    let (name, goal, wait) = match vm {
+        VmCommand::Create {
+            name, start, wait, ..
+        } => {
+            let power = if *start {
+                PowerState::Running
+            } else {
+                PowerState::ShutOff
+            };
+            (name, Goal::Power(power), wait)
+        }
+        VmCommand::Start { name, wait } => (name, Goal::Power(PowerState::Running), wait),
+        VmCommand::Stop { name, wait } | VmCommand::ForceOff { name, wait } => {
+            (name, Goal::Power(PowerState::ShutOff), wait)
+        }
+        VmCommand::Delete { name, wait } => (name, Goal::Gone, wait),
+        _ => return None,
+    };
+    wait.wait
+        .then(|| (name.clone(), goal, wait.wait_timeout_ms))
+}
+
+/// Polls the VM until its host reports the goal, printing each change of state.
+async fn follow(
+    client: &mut Client,
+    name: String,
+    goal: Goal,
+    timeout_ms: u64,
+) -> Result<(), ClientError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+    let mut last = String::new();
+    loop {
+        let now = client
+            .request(ApiRequest::VmShow { name: name.clone() })
+            .await;
+        let (done, state) = match (&goal, now) {
+            (Goal::Gone, Err(ClientError::Rejected(e))) if e.kind == ApiErrorKind::NotFound => {
+                (true, "deleted".to_owned())
+            }
+            (_, Err(e)) => return Err(e),
+            (goal, Ok(ApiResponse::Vm(vm))) => {
+                let reached = matches!(goal, Goal::Power(p) if *p == vm.power);
+                let mut state = format!("{} on {} ({})", vm.power, vm.host, vm.reason);
+                if let Some(error) = &vm.error {
+                    state.push_str(&format!(": {error}"));
+                }
+                (reached, state)
+            }
+            (_, Ok(other)) => return Err(ClientError::Protocol(format!("{other:?}"))),
+        };
+        if state != last {
+            eprintln!("{name}: {state}");
+            last = state;
+        }
+        if done {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ClientError::Timeout {
+                waited_ms: timeout_ms,
+                last,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -224,11 +498,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .request_id
         .clone()
         .unwrap_or_else(|| client.new_request_id());
-    match client.request(request_of(cli.command, request_id)).await {
+    let wait = wait_goal(&cli.command);
+    let outcome = match client.request(request_of(cli.command, request_id)).await {
         Ok(response) => {
             println!("{}", output::render(&response, cli.output));
-            Ok(ExitCode::SUCCESS)
+            match wait {
+                Some((name, goal, timeout_ms)) => follow(&mut client, name, goal, timeout_ms).await,
+                None => Ok(()),
+            }
         }
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => {
             eprintln!("error: {e}");
             Ok(ExitCode::from(e.exit_code() as u8))

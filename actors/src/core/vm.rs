@@ -1,0 +1,422 @@
+//! One VM's reconciliation. Level-triggered: on every tick the core compares the VM's record
+//! (spec, host, desired power) with what its host last reported and decides the one command
+//! that closes the gap — define, start or shut down — resending with backoff until the report
+//! matches. A VM is only ever acted on at the host its record names: it cannot run on two.
+
+use std::collections::BTreeSet;
+
+use qvdc_raft::{model::VmRecord, DesiredState};
+use qvdc_transport::protocol::{
+    CommandId, DesiredPower, HostCommand, HostCommandKind, Leadership, PowerState, VmReport, VmView,
+};
+use tokio::time::Instant;
+
+use super::Timings;
+
+/// How long a guest gets to shut down before its host destroys it.
+pub const SHUTDOWN_TIMEOUT_MS: u64 = 30_000;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    Send { host: String, command: HostCommand },
+}
+
+#[derive(Debug, Clone)]
+struct Observation {
+    seen_at: Instant,
+    /// The VM's domain in that heartbeat; `None` when the host has no such domain.
+    report: Option<VmReport>,
+}
+
+#[derive(Debug, Clone)]
+struct Pending {
+    id: CommandId,
+    sent_at: Instant,
+    attempts: u32,
+    kind: &'static str,
+}
+
+#[derive(Debug)]
+pub struct VmCore {
+    record: VmRecord,
+    leadership: Leadership,
+    next_seq: u64,
+    observation: Option<Observation>,
+    pending: Option<Pending>,
+    /// Why the gap is not closing, shown until the VM reaches its desired state.
+    failure: Option<String>,
+    timings: Timings,
+}
+
+impl VmCore {
+    pub fn new(record: VmRecord, leadership: Leadership, timings: Timings) -> Self {
+        Self {
+            record,
+            leadership,
+            next_seq: 1,
+            observation: None,
+            pending: None,
+            failure: None,
+            timings,
+        }
+    }
+
+    pub fn record(&self) -> &VmRecord {
+        &self.record
+    }
+
+    /// The record changed (the operator started or stopped the VM): act on it at once.
+    pub fn set_record(&mut self, record: VmRecord) {
+        if record != self.record {
+            self.record = record;
+            self.pending = None;
+            self.failure = None;
+        }
+    }
+
+    /// A heartbeat from the VM's host arrived; `report` is its domain in it, if any.
+    pub fn observe(&mut self, seen_at: Instant, report: Option<VmReport>) {
+        self.observation = Some(Observation { seen_at, report });
+        if self.wanted().is_none() {
+            self.pending = None;
+            if self.conflict().is_none() {
+                self.failure = None;
+            }
+        }
+    }
+
+    /// A command's answer came back.
+    pub fn command_done(&mut self, id: CommandId, outcome: Result<(), String>) {
+        if let (Some(pending), Err(reason)) = (&self.pending, outcome) {
+            if pending.id == id {
+                self.failure = Some(format!("{} failed: {reason}", pending.kind));
+            }
+        }
+    }
+
+    fn fresh(&self, now: Instant) -> Option<&Observation> {
+        self.observation
+            .as_ref()
+            .filter(|o| now.saturating_duration_since(o.seen_at) <= self.timings.stale_after())
+    }
+
+    /// A domain of that name on the host that is not this VM.
+    fn conflict(&self) -> Option<String> {
+        let report = self.observation.as_ref()?.report.as_ref()?;
+        (report.id.as_deref() != Some(&self.record.spec.id)).then(|| {
+            format!(
+                "host {} has another domain named {} ({}); rename or remove it",
+                self.record.host,
+                report.name,
+                report
+                    .id
+                    .as_ref()
+                    .map_or("not managed by qvdc".to_owned(), |id| format!("VM {id}"))
+            )
+        })
+    }
+
+    /// The command that closes the gap to the last observation, if there is a gap.
+    fn wanted(&self) -> Option<HostCommandKind> {
+        let observation = self.observation.as_ref()?;
+        let spec = &self.record.spec;
+        let Some(report) = &observation.report else {
+            return Some(HostCommandKind::DefineVm(spec.clone()));
+        };
+        if self.conflict().is_some() {
+            return None;
+        }
+        let outdated = report.vcpus != spec.vcpus || report.memory_bytes != spec.memory_bytes;
+        let name = spec.name.clone();
+        match (self.record.power, report.power) {
+            (_, PowerState::ShutOff) if outdated => Some(HostCommandKind::DefineVm(spec.clone())),
+            (DesiredPower::Running, PowerState::ShutOff | PowerState::Crashed) => {
+                Some(HostCommandKind::StartVm { name })
+            }
+            (DesiredPower::Stopped, PowerState::Running | PowerState::Paused) => {
+                Some(HostCommandKind::ShutdownVm {
+                    name,
+                    timeout_ms: SHUTDOWN_TIMEOUT_MS,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Decides whether to send a command now.
+    pub fn tick(&mut self, now: Instant) -> Vec<Effect> {
+        if self.fresh(now).is_none() {
+            return Vec::new(); // the host is unreachable: it gets its commands when back
+        }
+        if let Some(conflict) = self.conflict() {
+            self.failure = Some(conflict);
+            return Vec::new();
+        }
+        let Some(kind) = self.wanted() else {
+            return Vec::new();
+        };
+        // A pending command of another kind had its effect (defined, now start it): go on at
+        // once. The same command again waits out the backoff.
+        let attempts = match &self.pending {
+            Some(p) if p.kind != kind.label() => 1,
+            Some(p)
+                if now.saturating_duration_since(p.sent_at)
+                    < self.timings.retry_after(p.attempts) =>
+            {
+                return Vec::new();
+            }
+            Some(p) => p.attempts + 1,
+            None => 1,
+        };
+        let id = CommandId {
+            leadership: self.leadership,
+            seq: self.next_seq,
+        };
+        self.next_seq += 1;
+        self.pending = Some(Pending {
+            id,
+            sent_at: now,
+            attempts,
+            kind: kind.label(),
+        });
+        let command = HostCommand { id, kind };
+        vec![Effect::Send {
+            host: self.record.host.clone(),
+            command,
+        }]
+    }
+
+    pub fn view(&self, now: Instant) -> VmView {
+        let (power, reason) = match self.fresh(now) {
+            None => (
+                PowerState::Unknown,
+                "no fresh report from its host".to_owned(),
+            ),
+            Some(Observation { report: None, .. }) => (
+                PowerState::Unknown,
+                "not defined on its host yet".to_owned(),
+            ),
+            Some(Observation {
+                report: Some(report),
+                ..
+            }) => (report.power, report.reason.clone()),
+        };
+        VmView {
+            spec: self.record.spec.clone(),
+            host: self.record.host.clone(),
+            desired: self.record.power,
+            power,
+            reason,
+            error: self.failure.clone(),
+        }
+    }
+}
+
+/// Domains on `host` that carry a qvdc VM id but belong to no VM placed there (their VM was
+/// deleted): the host must remove them. Domains without an id are not qvdc's and never count.
+pub fn strays(desired: &DesiredState, host: &str, reports: &[VmReport]) -> BTreeSet<String> {
+    let placed: BTreeSet<(&str, &str)> = desired
+        .vms_of_host(host)
+        .map(|vm| (vm.spec.name.as_str(), vm.spec.id.as_str()))
+        .collect();
+    reports
+        .iter()
+        .filter(|r| {
+            r.id.as_deref()
+                .is_some_and(|id| !placed.contains(&(r.name.as_str(), id)))
+        })
+        .map(|r| r.name.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use qvdc_transport::protocol::VmSpec;
+
+    use super::*;
+
+    fn record(power: DesiredPower) -> VmRecord {
+        VmRecord {
+            spec: VmSpec {
+                id: "vm-1".into(),
+                name: "web".into(),
+                vcpus: 2,
+                memory_bytes: 64 << 20,
+                disks: Vec::new(),
+                nics: Vec::new(),
+            },
+            host: "host-1".into(),
+            power,
+        }
+    }
+
+    fn report(power: PowerState) -> VmReport {
+        VmReport {
+            name: "web".into(),
+            id: Some("vm-1".into()),
+            power,
+            reason: "r".into(),
+            vcpus: 2,
+            memory_bytes: 64 << 20,
+        }
+    }
+
+    fn leadership() -> Leadership {
+        Leadership { term: 3, node: 1 }
+    }
+
+    fn send(seq: u64, kind: HostCommandKind) -> Effect {
+        Effect::Send {
+            host: "host-1".into(),
+            command: HostCommand {
+                id: CommandId {
+                    leadership: leadership(),
+                    seq,
+                },
+                kind,
+            },
+        }
+    }
+
+    fn start() -> HostCommandKind {
+        HostCommandKind::StartVm { name: "web".into() }
+    }
+
+    #[test]
+    fn a_new_vm_is_defined_then_started_then_left_alone() {
+        let mut core = VmCore::new(
+            record(DesiredPower::Running),
+            leadership(),
+            Timings::default(),
+        );
+        let t0 = Instant::now();
+        assert_eq!(core.tick(t0), [], "nothing before its host reports");
+        core.observe(t0, None);
+        let define = HostCommandKind::DefineVm(record(DesiredPower::Running).spec);
+        assert_eq!(core.tick(t0), [send(1, define)]);
+        assert_eq!(core.tick(t0), [], "one command at a time");
+        core.observe(t0, Some(report(PowerState::ShutOff)));
+        assert_eq!(core.tick(t0), [send(2, start())]);
+        core.observe(t0, Some(report(PowerState::Running)));
+        assert_eq!(core.tick(t0), []);
+        let view = core.view(t0);
+        assert_eq!(
+            (view.power, view.desired, view.error),
+            (PowerState::Running, DesiredPower::Running, None)
+        );
+    }
+
+    #[test]
+    fn a_failing_start_is_retried_with_backoff_and_its_reason_shown() {
+        let mut core = VmCore::new(
+            record(DesiredPower::Running),
+            leadership(),
+            Timings::default(),
+        );
+        let t0 = Instant::now();
+        core.observe(t0, Some(report(PowerState::ShutOff)));
+        assert_eq!(core.tick(t0), [send(1, start())]);
+        let id = CommandId {
+            leadership: leadership(),
+            seq: 1,
+        };
+        core.command_done(id, Err("Cannot access storage file".into()));
+        let later = |ms| t0 + Duration::from_millis(ms);
+        core.observe(later(1_900), Some(report(PowerState::ShutOff)));
+        assert_eq!(core.tick(later(1_900)), []);
+        assert_eq!(core.tick(later(2_000)), [send(2, start())]);
+        core.observe(later(5_900), Some(report(PowerState::ShutOff)));
+        assert_eq!(
+            core.tick(later(5_900)),
+            [],
+            "the second wait is twice as long"
+        );
+        assert_eq!(core.tick(later(6_000)), [send(3, start())]);
+        let error = core.view(later(6_000)).error.unwrap();
+        assert!(
+            error.contains("start-vm failed: Cannot access storage file"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn stopping_shuts_the_guest_down_and_a_silent_host_gets_nothing() {
+        let mut core = VmCore::new(
+            record(DesiredPower::Running),
+            leadership(),
+            Timings::default(),
+        );
+        let t0 = Instant::now();
+        core.observe(t0, Some(report(PowerState::Running)));
+        core.set_record(record(DesiredPower::Stopped));
+        let shutdown = HostCommandKind::ShutdownVm {
+            name: "web".into(),
+            timeout_ms: SHUTDOWN_TIMEOUT_MS,
+        };
+        assert_eq!(core.tick(t0), [send(1, shutdown)]);
+        let stale = t0 + Duration::from_millis(3_001);
+        core.set_record(record(DesiredPower::Running));
+        assert_eq!(core.tick(stale), [], "host unreachable");
+        assert_eq!(core.view(stale).power, PowerState::Unknown);
+    }
+
+    #[test]
+    fn a_domain_of_the_same_name_that_is_not_this_vm_is_never_touched() {
+        let mut core = VmCore::new(
+            record(DesiredPower::Running),
+            leadership(),
+            Timings::default(),
+        );
+        let t0 = Instant::now();
+        let mut foreign = report(PowerState::ShutOff);
+        foreign.id = None;
+        core.observe(t0, Some(foreign));
+        assert_eq!(core.tick(t0), []);
+        let error = core.view(t0).error.unwrap();
+        assert!(error.contains("not managed by qvdc"), "{error}");
+    }
+
+    #[test]
+    fn only_domains_of_vms_no_longer_placed_here_are_strays() {
+        let mut desired = DesiredState::default();
+        desired
+            .vms
+            .insert("web".into(), record(DesiredPower::Running));
+        let mut other_host = record(DesiredPower::Running);
+        other_host.spec.name = "db".into();
+        other_host.spec.id = "vm-2".into();
+        other_host.host = "host-2".into();
+        desired.vms.insert("db".into(), other_host);
+        let domain = |name: &str, id: Option<&str>| VmReport {
+            name: name.into(),
+            id: id.map(str::to_owned),
+            ..report(PowerState::Running)
+        };
+        let reports = [
+            domain("web", Some("vm-1")),
+            domain("old", Some("vm-0")),
+            domain("db", Some("vm-2")),
+            domain("legacy", None),
+            domain("web2", Some("vm-1")),
+        ];
+        let strays: Vec<String> = strays(&desired, "host-1", &reports).into_iter().collect();
+        assert_eq!(strays, ["db", "old", "web2"]);
+    }
+
+    #[test]
+    fn a_changed_spec_redefines_a_stopped_domain() {
+        let mut core = VmCore::new(
+            record(DesiredPower::Stopped),
+            leadership(),
+            Timings::default(),
+        );
+        let t0 = Instant::now();
+        let mut old = report(PowerState::ShutOff);
+        old.vcpus = 1;
+        core.observe(t0, Some(old));
+        let define = HostCommandKind::DefineVm(record(DesiredPower::Stopped).spec);
+        assert_eq!(core.tick(t0), [send(1, define)]);
+    }
+}
