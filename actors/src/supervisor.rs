@@ -4,7 +4,10 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use qvdc_raft::{model::VmRecord, DesiredState};
+use qvdc_raft::{
+    model::{PoolRecord, VmRecord},
+    DesiredState,
+};
 use qvdc_transport::{
     protocol::{
         CommandId, CommandOutput, CommandResult, HostCommand, HostCommandKind, Leadership,
@@ -16,7 +19,10 @@ use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, Super
 use tokio::{sync::watch, time::Instant};
 use tracing::{info, warn};
 
-use crate::core::{liveness::liveness, pool, pool::PoolCore, vm, vm::VmCore, Timings};
+use crate::core::{
+    liveness::liveness, pool, pool::PoolCore, vm, vm::VmCore, volumes, volumes::VolumesCore,
+    Timings,
+};
 
 pub(crate) const RESTART_BACKOFF_MS_MIN: u64 = 100;
 pub(crate) const RESTART_BACKOFF_MS_MAX: u64 = 5_000;
@@ -78,6 +84,12 @@ pub(crate) enum VmMsg {
 }
 
 pub(crate) enum PoolMsg {
+    Record(PoolRecord),
+    VolumeDone {
+        volume: String,
+        id: CommandId,
+        outcome: Result<(), String>,
+    },
     Observe {
         host: String,
         at: Instant,
@@ -120,9 +132,9 @@ pub(crate) struct ClusterState {
     /// Each host's latest heartbeat, replayed to pool and VM supervisors that start later so
     /// they can decide at once instead of waiting for the next heartbeat.
     last_heartbeat: BTreeMap<String, Heartbeat>,
-    /// Domains of deleted VMs being removed from their hosts, by (host, domain), with when
-    /// the last UndefineVm was sent.
-    removing: BTreeMap<(String, String), Instant>,
+    /// Domains of deleted VMs and mounts of unassigned pools being removed from their hosts,
+    /// by (host, command, name), with when the last command was sent.
+    removing: BTreeMap<(String, &'static str, String), Instant>,
     next_seq: u64,
     backoff_ms: BTreeMap<Child, u64>,
     watcher: tokio::task::JoinHandle<()>,
@@ -186,8 +198,11 @@ async fn spawn_pool(
         state.leadership,
         state.timings,
     );
+    let mut volumes = VolumesCore::new(name.to_owned(), state.leadership, state.timings);
+    volumes.set_desired(record.volumes.clone());
     let args = PoolArgs {
         core,
+        volumes,
         cluster: myself.clone(),
         tick_ms: state.timings.tick_ms,
     };
@@ -256,6 +271,22 @@ async fn converge(
         .collect();
     for pool in pools {
         spawn_pool(myself, state, &pool).await?;
+    }
+    let deleted: Vec<String> = state
+        .pools
+        .keys()
+        .filter(|p| !state.desired.pools.contains_key(*p))
+        .cloned()
+        .collect();
+    for name in deleted {
+        if let Some(actor) = state.pools.remove(&name) {
+            actor.stop(Some("pool deleted".into()));
+        }
+    }
+    for (name, record) in &state.desired.pools {
+        if let Some(actor) = state.pools.get(name) {
+            actor.cast(PoolMsg::Record(record.clone()))?;
+        }
     }
     let deleted: Vec<String> = state
         .vms
@@ -415,7 +446,11 @@ impl Actor for ClusterSupervisor {
         };
         match &child {
             Child::Host(h) => drop(state.hosts.remove(h)),
-            Child::Pool(p) => drop(state.pools.remove(p)),
+            Child::Pool(p) => {
+                if state.pools.remove(p).is_some() && !state.desired.pools.contains_key(p) {
+                    return Ok(()); // stopped because the pool was deleted
+                }
+            }
             Child::Vm(v) => {
                 if state.vms.remove(v).is_some() && !state.desired.vms.contains_key(v) {
                     return Ok(()); // stopped because the VM was deleted
@@ -468,7 +503,14 @@ fn route_heartbeat(
             let _ = actor.cast(VmMsg::Observe { at: now, report });
         }
     }
-    remove_strays(state, &host_id, &vms, now);
+    let strays = [
+        (
+            "remove-pool",
+            pool::strays(&state.desired, &host_id, &pools),
+        ),
+        ("undefine-vm", vm::strays(&state.desired, &host_id, &vms)),
+    ];
+    remove_strays(state, &host_id, strays, now);
     state.last_heartbeat.insert(
         host_id,
         Heartbeat {
@@ -479,35 +521,50 @@ fn route_heartbeat(
     );
 }
 
-/// Undefines domains that carry a qvdc VM id but belong to no VM placed on this host (the VM
-/// was deleted). Domains without an id are not qvdc's and are left alone.
-fn remove_strays(state: &mut ClusterState, host_id: &str, vms: &[VmReport], now: Instant) {
-    let strays = crate::core::vm::strays(&state.desired, host_id, vms);
-    state
-        .removing
-        .retain(|(host, name), _| host != host_id || strays.contains(name));
-    for name in strays {
-        let key = (host_id.to_owned(), name.clone());
-        let due = state.removing.get(&key).is_none_or(|sent| {
-            now.saturating_duration_since(*sent) >= state.timings.command_retry()
-        });
-        if !due {
-            continue;
-        }
-        state.removing.insert(key, now);
-        let command = HostCommand {
-            id: state.next_id(),
-            kind: HostCommandKind::UndefineVm { name: name.clone() },
-        };
-        info!(host = %host_id, domain = %name, "removing the domain of a deleted VM");
-        if let Some(actor) = state.hosts.get(host_id) {
-            let host = host_id.to_owned();
-            let done: Done = Box::new(move |outcome| {
-                if let Err(reason) = outcome {
-                    warn!(%host, domain = %name, %reason, "could not remove a deleted VM's domain");
-                }
+/// Removes from `host_id` what is no longer meant to be there: mounts of pools unassigned
+/// from it, domains of deleted VMs (or of VMs placed elsewhere). Domains without a qvdc id
+/// are not qvdc's and are never among them. Each removal is resent until the host stops
+/// reporting the object, at most once per retry interval.
+fn remove_strays(
+    state: &mut ClusterState,
+    host_id: &str,
+    strays: [(&'static str, std::collections::BTreeSet<String>); 2],
+    now: Instant,
+) {
+    state.removing.retain(|(host, what, name), _| {
+        host != host_id
+            || strays
+                .iter()
+                .any(|(kind, names)| kind == what && names.contains(name))
+    });
+    for (what, names) in strays {
+        for name in names {
+            let key = (host_id.to_owned(), what, name.clone());
+            let due = state.removing.get(&key).is_none_or(|sent| {
+                now.saturating_duration_since(*sent) >= state.timings.command_retry()
             });
-            let _ = actor.cast(HostMsg::Execute { command, done });
+            if !due {
+                continue;
+            }
+            state.removing.insert(key, now);
+            let kind = match what {
+                "remove-pool" => HostCommandKind::RemoveStoragePool { pool: name.clone() },
+                _ => HostCommandKind::UndefineVm { name: name.clone() },
+            };
+            let command = HostCommand {
+                id: state.next_id(),
+                kind,
+            };
+            info!(host = %host_id, %what, %name, "removing what is no longer assigned to the host");
+            if let Some(actor) = state.hosts.get(host_id) {
+                let host = host_id.to_owned();
+                let done: Done = Box::new(move |outcome| {
+                    if let Err(reason) = outcome {
+                        warn!(%host, %what, %name, %reason, "could not remove it");
+                    }
+                });
+                let _ = actor.cast(HostMsg::Execute { command, done });
+            }
         }
     }
 }
@@ -633,12 +690,14 @@ pub(crate) struct PoolSupervisor;
 
 pub(crate) struct PoolArgs {
     core: PoolCore,
+    volumes: VolumesCore,
     cluster: ActorRef<ClusterMsg>,
     tick_ms: u64,
 }
 
 pub(crate) struct PoolState {
     core: PoolCore,
+    volumes: VolumesCore,
     cluster: ActorRef<ClusterMsg>,
     ticker: tokio::task::JoinHandle<()>,
 }
@@ -656,6 +715,7 @@ impl Actor for PoolSupervisor {
         let ticker = start_ticker(myself, args.tick_ms, || PoolMsg::Tick);
         Ok(PoolState {
             core: args.core,
+            volumes: args.volumes,
             cluster: args.cluster,
             ticker,
         })
@@ -677,6 +737,20 @@ impl Actor for PoolSupervisor {
         state: &mut PoolState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
+            PoolMsg::Record(record) => {
+                state.core.set_record(record.spec, record.hosts);
+                state.volumes.set_desired(record.volumes);
+            }
+            PoolMsg::VolumeDone {
+                volume,
+                id,
+                outcome,
+            } => {
+                if let Err(reason) = &outcome {
+                    warn!(pool = %state.core.spec().name, %volume, %id, %reason, "volume command failed");
+                }
+                state.volumes.command_done(&volume, id, outcome);
+            }
             PoolMsg::Observe { host, at, report } => state.core.observe(&host, at, report),
             PoolMsg::CommandDone { host, id, outcome } => {
                 if let Err(reason) = &outcome {
@@ -685,7 +759,8 @@ impl Actor for PoolSupervisor {
                 state.core.command_done(&host, id, outcome);
             }
             PoolMsg::Tick => {
-                for pool::Effect::Send { host, command } in state.core.tick(Instant::now()) {
+                let now = Instant::now();
+                for pool::Effect::Send { host, command } in state.core.tick(now) {
                     let (pool, id, to) = (myself.clone(), command.id, host.clone());
                     let done: Done = Box::new(move |outcome| {
                         let outcome = outcome.map(drop);
@@ -701,9 +776,33 @@ impl Actor for PoolSupervisor {
                         done,
                     })?;
                 }
+                let through = state.core.healthy_host(now).map(str::to_owned);
+                for effect in state.volumes.tick(now, through.as_deref()) {
+                    let volumes::Effect::Send {
+                        host,
+                        volume,
+                        command,
+                    } = effect;
+                    let (pool, id) = (myself.clone(), command.id);
+                    let done: Done = Box::new(move |outcome| {
+                        let outcome = outcome.map(drop);
+                        let _ = pool.cast(PoolMsg::VolumeDone {
+                            volume,
+                            id,
+                            outcome,
+                        });
+                    });
+                    state.cluster.cast(ClusterMsg::Execute {
+                        host,
+                        command,
+                        done,
+                    })?;
+                }
             }
             PoolMsg::View(reply) => {
-                let _ = reply.send(state.core.view(Instant::now()));
+                let mut view = state.core.view(Instant::now());
+                view.volumes = state.volumes.views();
+                let _ = reply.send(view);
             }
         }
         Ok(())

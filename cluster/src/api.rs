@@ -11,8 +11,9 @@ use qvdc_actors::{
 };
 use qvdc_raft::{Command, DesiredState, Outcome, ValidationError};
 use qvdc_transport::protocol::{
-    ApiError, ApiErrorKind, ApiRequest, ApiResponse, ClusterStatus, DesiredPower, Health,
-    HostCommandKind, HostView, Liveness, MemberStatus, PoolSpec, PoolView, Response, VmSpec,
+    ApiError, ApiErrorKind, ApiRequest, ApiResponse, ClusterStatus, CommandOutput, DesiredPower,
+    Health, HostCommandKind, HostDetail, HostPool, HostView, Liveness, MemberStatus, PoolSpec,
+    PoolView, Response, VmSpec,
 };
 
 use crate::node::NodeInner;
@@ -22,7 +23,10 @@ fn rejected(e: ValidationError) -> Response {
         ValidationError::PoolExists(_) | ValidationError::VmExists(_) => {
             ApiErrorKind::AlreadyExists
         }
-        ValidationError::NoSuchVm(_) => ApiErrorKind::NotFound,
+        ValidationError::NoSuchVm(_)
+        | ValidationError::NoSuchPool(_)
+        | ValidationError::NoSuchVolume { .. } => ApiErrorKind::NotFound,
+        ValidationError::VolumeExists { .. } => ApiErrorKind::AlreadyExists,
         _ => ApiErrorKind::Invalid,
     };
     Response::Api(Err(ApiError::new(kind, e.to_string())))
@@ -103,6 +107,94 @@ pub(crate) async fn handle(node: &NodeInner, request: ApiRequest) -> Response {
             )
             .await
         }
+        ApiRequest::PoolAssign {
+            request_id,
+            pool,
+            hosts,
+        } => once(node, request_id, Command::AssignPool { pool, hosts }).await,
+        ApiRequest::PoolUnassign {
+            request_id,
+            pool,
+            hosts,
+        } => once(node, request_id, Command::UnassignPool { pool, hosts }).await,
+        ApiRequest::PoolDelete { request_id, pool } => {
+            once(node, request_id, Command::DeletePool { pool }).await
+        }
+        ApiRequest::VolumeCreate {
+            request_id,
+            pool,
+            name,
+            format,
+            size_bytes,
+        } => {
+            let command = Command::CreateVolume {
+                pool,
+                name,
+                format,
+                size_bytes,
+            };
+            once(node, request_id, command).await
+        }
+        ApiRequest::VolumeResize {
+            request_id,
+            pool,
+            name,
+            size_bytes,
+        } => {
+            let command = Command::ResizeVolume {
+                pool,
+                name,
+                size_bytes,
+            };
+            once(node, request_id, command).await
+        }
+        ApiRequest::VolumeDelete {
+            request_id,
+            pool,
+            name,
+        } => {
+            let command = Command::DeleteVolume {
+                pool: pool.clone(),
+                name: name.clone(),
+            };
+            if let Err(response) = propose_once(node, request_id, command).await {
+                return response;
+            }
+            // The record is gone; now the file, through any healthy host of the pool.
+            on_pool_host(
+                node,
+                &pool,
+                None,
+                HostCommandKind::DeleteVolume {
+                    pool: pool.clone(),
+                    name,
+                },
+            )
+            .await
+            .map_or_else(|r| r, |_| Response::Api(Ok(ApiResponse::Done)))
+        }
+        ApiRequest::PoolFiles { pool, host } => {
+            let list = HostCommandKind::ListVolumes { pool: pool.clone() };
+            match on_pool_host(node, &pool, host, list).await {
+                Ok((host, CommandOutput::Volumes(files))) => {
+                    Response::Api(Ok(ApiResponse::Files { pool, host, files }))
+                }
+                Ok((_, other)) => unavailable(format!("unexpected answer {other:?}")),
+                Err(response) => response,
+            }
+        }
+        ApiRequest::VolumeList { pool } => {
+            let supervision = match node.leading().await {
+                Ok(supervision) => supervision,
+                Err(response) => return response,
+            };
+            match supervision.pool_view(&pool).await {
+                Ok(Some(view)) => Response::Api(Ok(ApiResponse::Volumes(view.volumes))),
+                Ok(None) => not_found_pool(node, &pool),
+                Err(e) => unavailable(e.to_string()),
+            }
+        }
+        ApiRequest::HostShow { host } => host_show(node, host).await,
         ApiRequest::VmShow { .. } | ApiRequest::VmList => {
             let supervision = match node.leading().await {
                 Ok(supervision) => supervision,
@@ -191,6 +283,88 @@ async fn on_vm_host(node: &NodeInner, name: &str, kind: HostCommandKind) -> Resp
             format!("host {host} did not carry it out: {reason}"),
         ))),
     }
+}
+
+/// Sends `kind` to `host`, or to the first healthy host of `pool`, and returns which host
+/// answered and what.
+async fn on_pool_host(
+    node: &NodeInner,
+    pool: &str,
+    host: Option<String>,
+    kind: HostCommandKind,
+) -> Result<(String, CommandOutput), Response> {
+    let supervision = node.leading().await?;
+    let view = match supervision.pool_view(pool).await {
+        Ok(Some(view)) => view,
+        Ok(None) => return Err(not_found_pool(node, pool)),
+        Err(e) => return Err(unavailable(e.to_string())),
+    };
+    let host = match host {
+        Some(host) if view.hosts.iter().any(|h| h.host_id == host) => host,
+        Some(host) => {
+            let message = format!("pool {pool} is not assigned to host {host}");
+            return Err(Response::Api(Err(ApiError::new(
+                ApiErrorKind::Invalid,
+                message,
+            ))));
+        }
+        None => match view.healthy_hosts.first() {
+            Some(host) => host.clone(),
+            None => {
+                return Err(unavailable(format!(
+                    "no host has pool {pool} healthy right now; `qvctl pool show {pool}` says why"
+                )))
+            }
+        },
+    };
+    match supervision.execute(&host, kind).await {
+        Ok(output) => Ok((host, output)),
+        Err(reason) => Err(Response::Api(Err(ApiError::new(
+            ApiErrorKind::Unavailable,
+            format!("host {host} did not carry it out: {reason}"),
+        )))),
+    }
+}
+
+async fn host_show(node: &NodeInner, host: String) -> Response {
+    let supervision = match node.leading().await {
+        Ok(supervision) => supervision,
+        Err(response) => return response,
+    };
+    let gathered = async {
+        let liveness = supervision.liveness().await?;
+        let pools = supervision.pool_views().await?;
+        let vms = supervision.vm_views().await?;
+        Ok::<_, qvdc_actors::SupervisionError>((liveness, pools, vms))
+    };
+    let (liveness, pools, vms) = match gathered.await {
+        Ok(all) => all,
+        Err(e) => return unavailable(e.to_string()),
+    };
+    let Some(view) = host_views(node, &liveness)
+        .into_iter()
+        .find(|h| h.host_id == host)
+    else {
+        let message = format!("no host named {host:?}; `qvctl host list` shows the hosts");
+        return Response::Api(Err(ApiError::new(ApiErrorKind::NotFound, message)));
+    };
+    let pools = pools
+        .iter()
+        .filter_map(|p| {
+            let mine = p.hosts.iter().find(|h| h.host_id == host)?;
+            Some(HostPool {
+                pool: p.spec.name.clone(),
+                health: mine.health,
+                error: mine.error.clone(),
+            })
+        })
+        .collect();
+    let vms = vms.into_iter().filter(|v| v.host == host).collect();
+    Response::Api(Ok(ApiResponse::Host(HostDetail {
+        host: view,
+        pools,
+        vms,
+    })))
 }
 
 /// What placement needs to know about every registered host, from the desired state and

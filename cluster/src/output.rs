@@ -2,7 +2,8 @@
 
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use qvdc_transport::protocol::{
-    ApiResponse, Capacity, ClusterStatus, HostView, Liveness, PoolView, VmView,
+    ApiResponse, Capacity, ClusterStatus, HostDetail, HostView, Liveness, PoolView, VmView,
+    VolumeInfo, VolumeView,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -29,6 +30,9 @@ pub fn render(response: &ApiResponse, format: Format) -> String {
             ApiResponse::Vm(vm) => vm_detail(vm),
             ApiResponse::Vms(vms) => vms_table(vms),
             ApiResponse::Done => "done".into(),
+            ApiResponse::Files { pool, host, files } => files_table(pool, host, files),
+            ApiResponse::Volumes(volumes) => volumes_table(volumes),
+            ApiResponse::Host(host) => host_detail(host),
         },
     }
 }
@@ -46,6 +50,10 @@ fn json(response: &ApiResponse) -> String {
         ApiResponse::Vm(v) => serde_json::to_value(v),
         ApiResponse::Vms(v) => serde_json::to_value(v),
         ApiResponse::Done => Ok(serde_json::json!({ "done": true })),
+        ApiResponse::Files { pool, host, files } => serde_json::to_value(files)
+            .map(|f| serde_json::json!({ "pool": pool, "host": host, "files": f })),
+        ApiResponse::Volumes(v) => serde_json::to_value(v),
+        ApiResponse::Host(h) => serde_json::to_value(h),
     };
     serde_json::to_string_pretty(&value.expect("API types serialize")).expect("JSON values print")
 }
@@ -179,6 +187,60 @@ fn pool_detail(p: &PoolView) -> String {
     )
 }
 
+fn files_table(pool: &str, host: &str, files: &[VolumeInfo]) -> String {
+    let mut t = table(&["FILE", "FORMAT", "SIZE"]);
+    for f in files {
+        let format = f.format.map_or("-".to_owned(), |f| f.to_string());
+        t.add_row(vec![f.name.clone(), format, bytes(f.size_bytes)]);
+    }
+    format!("pool {pool} as host {host} sees it:\n{t}")
+}
+
+fn volumes_table(volumes: &[VolumeView]) -> String {
+    let mut t = table(&["VOLUME", "FORMAT", "SIZE", "READY", "ERROR"]);
+    for v in volumes {
+        t.add_row(vec![
+            v.name.clone(),
+            v.format.to_string(),
+            bytes(v.size_bytes),
+            v.ready.to_string(),
+            v.error.clone().unwrap_or_default(),
+        ]);
+    }
+    t.to_string()
+}
+
+fn host_detail(detail: &HostDetail) -> String {
+    let h = &detail.host;
+    let i = &h.inventory;
+    let mut out = format!(
+        "host:       {}\nliveness:   {}\nhostname:   {}\ncpu:        {} ({} sockets x {} cores x {} threads = {} CPUs)\nmemory:     {}\nhypervisor: {}\n",
+        h.host_id,
+        match h.liveness {
+            Liveness::Ready => "Ready",
+            Liveness::Unreachable => "Unreachable",
+        },
+        i.hostname,
+        i.cpu_model,
+        i.cpu_sockets,
+        i.cores_per_socket,
+        i.threads_per_core,
+        i.cpu_cores,
+        bytes(i.memory_bytes),
+        if i.hypervisor.is_empty() { "-" } else { &i.hypervisor },
+    );
+    let mut pools = table(&["POOL", "HEALTH", "ERROR"]);
+    for p in &detail.pools {
+        pools.add_row(vec![
+            p.pool.clone(),
+            p.health.to_string(),
+            p.error.clone().unwrap_or_default(),
+        ]);
+    }
+    out.push_str(&format!("{pools}\n{}", vms_table(&detail.vms)));
+    out
+}
+
 fn disks(vm: &VmView) -> String {
     let disks: Vec<String> = vm
         .spec
@@ -271,6 +333,7 @@ mod tests {
             healthy_hosts: vec!["host-1".into(), "host-2".into()],
             failed_hosts: vec!["host-3".into()],
             hosts: vec![healthy("host-1"), healthy("host-2"), failed],
+            volumes: Vec::new(),
         }
     }
 

@@ -41,6 +41,8 @@ fn may_mount() -> bool {
 struct Cluster {
     nodes: support::Nodes,
     hosts: Vec<Child>,
+    /// The libvirt connection of each host.
+    libvirt: [&'static str; 3],
 }
 
 impl Cluster {
@@ -49,6 +51,10 @@ impl Cluster {
     }
 
     fn start() -> Self {
+        Self::start_with(["test:///default"; 3])
+    }
+
+    fn start_with(libvirt: [&'static str; 3]) -> Self {
         let hosts = [
             (Role::Host, "host-1"),
             (Role::Host, "host-2"),
@@ -61,6 +67,7 @@ impl Cluster {
         let mut cluster = Self {
             nodes,
             hosts: Vec::new(),
+            libvirt,
         };
         // host-3 cannot mount anything: its pool root is a plain file.
         std::fs::create_dir_all(cluster.dir().join("host-3")).unwrap();
@@ -86,7 +93,7 @@ impl Cluster {
         Command::new(qhost())
             .args(["--host-id", &name, "--cluster", &self.addrs().join(",")])
             .args(["--data-dir", &self.dir().join(&name).display().to_string()])
-            .args(["--libvirt", "test:///default"])
+            .args(["--libvirt", self.libvirt[i - 1]])
             .args(self.nodes.tls_args(&name))
             .stdout(stdout)
             .stderr(stderr)
@@ -477,6 +484,196 @@ fn vm_flow_across_real_processes_needs_root() {
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert!(text(&out).contains("no VM named"), "{}", text(&out));
     cluster.nodes.restart(leader);
+}
+
+fn mounted(path: &Path) -> bool {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let path = path.display().to_string();
+    table
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(path.as_str()))
+}
+
+#[test]
+fn storage_flow_assign_unassign_volumes_and_files_needs_root() {
+    if !may_mount() {
+        eprintln!("skipped: needs root to mount (set QVDC_REQUIRE_REAL=1 to make this a failure)");
+        return;
+    }
+    let cluster = Cluster::start();
+    let source = cluster.wait_ready_with_pool();
+    let ok = |args: &[&str]| {
+        let out = cluster.qvctl(args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        out
+    };
+
+    // host-3 cannot mount the pool: take it away, and the pool is whole again.
+    ok(&["pool", "unassign", "shared", "--hosts", "host-3"]);
+    eventually(
+        &cluster,
+        "pool HEALTHY without host-3",
+        Duration::from_secs(15),
+        || {
+            let view = cluster.json(&["pool", "show", "shared"])?;
+            (view["health"] == "HEALTHY" && view["hosts"].as_array()?.len() == 2).then_some(())
+        },
+    );
+    ok(&["pool", "assign", "shared", "--hosts", "host-3"]);
+    eventually(
+        &cluster,
+        "host-3 back in the pool",
+        Duration::from_secs(15),
+        || {
+            let view = cluster
+                .json(&["pool", "show", "shared"])
+                .and_then(settled)?;
+            (view["failed_hosts"] == serde_json::json!(["host-3"])).then_some(())
+        },
+    );
+
+    // A volume, created once through a healthy host, then grown, listed and deleted.
+    let started = Instant::now();
+    ok(&["volume", "create", "shared", "web.qcow2", "--size", "64M"]);
+    eventually(&cluster, "volume ready", Duration::from_secs(15), || {
+        let volumes = cluster.json(&["volume", "list", "shared"])?;
+        (volumes[0]["ready"] == true).then_some(())
+    });
+    eprintln!("volume create -> ready: {:?}", started.elapsed());
+    let files = cluster.json(&["pool", "files", "shared"]).unwrap();
+    assert_eq!(
+        files["files"],
+        serde_json::json!([
+            { "name": "disk-a.qcow2", "format": "raw", "size_bytes": 1 },
+            { "name": "web.qcow2", "format": "qcow2", "size_bytes": 64 << 20 },
+        ]),
+        "{files:#}"
+    );
+    ok(&["volume", "resize", "shared", "web.qcow2", "--size", "128M"]);
+    eventually(&cluster, "volume grown", Duration::from_secs(15), || {
+        let files = cluster.json(&["pool", "files", "shared", "--host", "host-2"])?;
+        (files["files"][1]["size_bytes"] == 128 << 20).then_some(())
+    });
+    let out = cluster.qvctl(&["volume", "resize", "shared", "web.qcow2", "--size", "1M"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("can only grow"), "{}", text(&out));
+    ok(&["volume", "delete", "shared", "web.qcow2"]);
+    assert!(!source.join("web.qcow2").exists(), "the file is gone");
+    assert_eq!(
+        cluster.json(&["volume", "list", "shared"]).unwrap(),
+        serde_json::json!([])
+    );
+
+    // Deleting the pool unmounts it everywhere and leaves its data.
+    let host1 = cluster.dir().join("host-1/pools/shared");
+    assert!(mounted(&host1));
+    ok(&["pool", "delete", "shared"]);
+    eventually(&cluster, "pool unmounted", Duration::from_secs(15), || {
+        (!mounted(&host1) && !mounted(&cluster.dir().join("host-2/pools/shared"))).then_some(())
+    });
+    assert!(source.join("disk-a.qcow2").exists());
+}
+
+/// Whether libvirtd with KVM is here; under QVDC_REQUIRE_REAL=1 it must be.
+fn kvm() -> bool {
+    let ok = Path::new("/dev/kvm").exists()
+        && Command::new("virsh")
+            .args(["-c", "qemu:///system", "version"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+    let required = std::env::var("QVDC_REQUIRE_REAL").is_ok_and(|v| v == "1");
+    assert!(
+        ok || !required,
+        "QVDC_REQUIRE_REAL=1 but libvirtd with KVM is not usable; run scripts/setup.sh"
+    );
+    ok
+}
+
+#[test]
+fn a_vm_runs_under_real_kvm_through_qvctl_needs_root() {
+    if !may_mount() || !kvm() {
+        eprintln!("skipped: needs root and libvirtd with KVM");
+        return;
+    }
+    let cluster = Cluster::start_with(["qemu:///system", "test:///default", "test:///default"]);
+    cluster.wait_ready_with_pool();
+    let name = format!("qvdc-rp-{}", std::process::id());
+    struct Forget(String);
+    impl Drop for Forget {
+        fn drop(&mut self) {
+            for verb in ["destroy", "undefine"] {
+                let _ = Command::new("virsh")
+                    .args(["-c", "qemu:///system", verb, &self.0])
+                    .output();
+            }
+        }
+    }
+    let _forget = Forget(name.clone());
+    let ok = |args: &[&str]| {
+        let out = cluster.qvctl(args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        out
+    };
+    ok(&["volume", "create", "shared", "kvm.qcow2", "--size", "64M"]);
+    eventually(&cluster, "volume ready", Duration::from_secs(15), || {
+        let volumes = cluster.json(&["volume", "list", "shared"])?;
+        (volumes[0]["ready"] == true).then_some(())
+    });
+    let started = Instant::now();
+    ok(&[
+        "vm",
+        "create",
+        &name,
+        "--memory",
+        "64M",
+        "--disk",
+        "shared/kvm.qcow2",
+        "--host",
+        "host-1",
+        "--start",
+        "--wait",
+    ]);
+    eprintln!(
+        "vm create --start --wait under KVM -> running: {:?}",
+        started.elapsed()
+    );
+    let state = Command::new("virsh")
+        .args(["-c", "qemu:///system", "domstate", &name])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&state.stdout).trim(), "running");
+    let host = cluster.json(&["host", "show", "host-1"]).unwrap();
+    assert_eq!(host["vms"][0]["power"], "running", "{host:#}");
+    assert!(
+        host["host"]["inventory"]["hypervisor"]
+            .as_str()
+            .unwrap()
+            .contains("QEMU"),
+        "{host:#}"
+    );
+
+    // The guest has no OS and ignores the request: destroyed at the (test's 3 s) deadline.
+    let stopping = Instant::now();
+    ok(&["vm", "stop", &name, "--wait"]);
+    eprintln!(
+        "vm stop --wait (guest ignores ACPI; 3 s deadline): {:?}",
+        stopping.elapsed()
+    );
+    ok(&["vm", "start", &name, "--wait"]);
+    ok(&["vm", "force-off", &name, "--wait"]);
+    ok(&["vm", "delete", &name, "--wait"]);
+    eventually(
+        &cluster,
+        "domain undefined",
+        Duration::from_secs(15),
+        || {
+            let listed = Command::new("virsh")
+                .args(["-c", "qemu:///system", "list", "--all", "--name"])
+                .output()
+                .ok()?;
+            (!String::from_utf8_lossy(&listed.stdout).contains(&name)).then_some(())
+        },
+    );
 }
 
 fn check_certificates_are_enforced(cluster: &Cluster) {

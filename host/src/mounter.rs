@@ -87,6 +87,7 @@ pub trait Mounter: Send + Sync + 'static {
     fn usage(&self, target: PathBuf) -> impl Future<Output = Result<Usage, MountError>> + Send;
     fn unmount(&self, target: PathBuf) -> impl Future<Output = Result<(), MountError>> + Send;
 
+    /// Creates the volume, or grows it to `size_bytes` if it exists smaller in that format.
     fn create_volume(
         &self,
         dir: PathBuf,
@@ -395,6 +396,9 @@ fn qemu_img(args: &[&str]) -> Result<(), HostError> {
 fn create_volume_now(path: &Path, format: VolumeFormat, size: u64) -> Result<(), HostError> {
     match volume_info(path) {
         Ok(have) if have.format == Some(format) && have.size_bytes == size => return Ok(()),
+        Ok(have) if have.format == Some(format) && have.size_bytes < size => {
+            return resize_volume_now(path, size);
+        }
         Ok(have) => {
             let name = have.name.clone();
             return Err(volume_exists_differently(&name, &have, format, size));
@@ -667,6 +671,10 @@ impl Mounter for SimMounter {
         let files = table.files.entry(dir).or_default();
         match files.get(&name) {
             Some(have) if have.format == Some(format) && have.size_bytes == size_bytes => Ok(()),
+            Some(have) if have.format == Some(format) && have.size_bytes < size_bytes => {
+                files.get_mut(&name).expect("just seen").size_bytes = size_bytes;
+                Ok(())
+            }
             Some(have) => Err(volume_exists_differently(&name, have, format, size_bytes)),
             None => {
                 let info = VolumeInfo {
@@ -761,7 +769,13 @@ mod tests {
         create("data.img", VolumeFormat::Raw, 1 << 20)
             .await
             .unwrap();
-        let err = create("data.img", VolumeFormat::Raw, 2 << 20)
+        create("data.img", VolumeFormat::Raw, 2 << 20)
+            .await
+            .expect("creating it larger grows it");
+        create("data.img", VolumeFormat::Raw, 1 << 20)
+            .await
+            .expect_err("a larger volume of that name exists");
+        let err = create("data.img", VolumeFormat::Qcow2, 2 << 20)
             .await
             .unwrap_err();
         assert_eq!(err.kind, HostErrorKind::Conflict, "{err}");
@@ -770,7 +784,7 @@ mod tests {
             VolumeInfo {
                 name: "data.img".into(),
                 format: Some(VolumeFormat::Raw),
-                size_bytes: 1 << 20,
+                size_bytes: 2 << 20,
             },
             VolumeInfo {
                 name: "disk.qcow2".into(),

@@ -6,7 +6,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use qvdc_transport::protocol::{DesiredPower, Inventory, PoolSource, PoolSpec, VmSpec};
+use qvdc_transport::protocol::{
+    DesiredPower, Inventory, PoolSource, PoolSpec, VmSpec, VolumeFormat,
+};
 use serde::{Deserialize, Serialize};
 
 pub const NAME_BYTES_MAX: usize = 64;
@@ -18,6 +20,8 @@ pub const REQUEST_ID_BYTES_MAX: usize = 128;
 pub const VM_VCPUS_MAX: u32 = 512;
 pub const VM_MEMORY_BYTES_MIN: u64 = 16 << 20;
 pub const VM_DISKS_MAX: usize = 26;
+/// Largest volume (16 TiB).
+pub const VOLUME_BYTES_MAX: u64 = 16 << 40;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostRecord {
@@ -29,6 +33,15 @@ pub struct HostRecord {
 pub struct PoolRecord {
     pub spec: PoolSpec,
     pub hosts: BTreeSet<String>,
+    /// Volume files qvdc created in the pool, by name. A pool is one storage seen by all its
+    /// hosts, so a volume exists once, created through any healthy host.
+    pub volumes: BTreeMap<String, VolumeRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeRecord {
+    pub format: VolumeFormat,
+    pub size_bytes: u64,
 }
 
 /// A VM and the placement decision for it: which host runs it, and whether it should run.
@@ -115,6 +128,35 @@ pub enum Command {
     DeleteVm {
         name: String,
     },
+    AssignPool {
+        pool: String,
+        hosts: Vec<String>,
+    },
+    /// The hosts unmount the pool; its data stays.
+    UnassignPool {
+        pool: String,
+        hosts: Vec<String>,
+    },
+    /// Every host unmounts the pool; its data and volume files stay on the storage.
+    DeletePool {
+        pool: String,
+    },
+    CreateVolume {
+        pool: String,
+        name: String,
+        format: VolumeFormat,
+        size_bytes: u64,
+    },
+    /// Grows a volume.
+    ResizeVolume {
+        pool: String,
+        name: String,
+        size_bytes: u64,
+    },
+    DeleteVolume {
+        pool: String,
+        name: String,
+    },
 }
 
 /// What applying a command did; the application response of a Raft log entry.
@@ -156,6 +198,16 @@ pub enum ValidationError {
     NoSuchVm(String),
     #[error("{0}")]
     BadVm(String),
+    #[error("no pool named {0:?}; `qvctl pool list` shows the pools")]
+    NoSuchPool(String),
+    #[error("{0}")]
+    InUse(String),
+    #[error("volume {pool}/{name} already exists; pick another name or delete it first")]
+    VolumeExists { pool: String, name: String },
+    #[error("no volume {name:?} in pool {pool}; `qvctl volume list {pool}` shows its volumes")]
+    NoSuchVolume { pool: String, name: String },
+    #[error("{0}")]
+    BadVolume(String),
     #[error("request id must be 1 to {REQUEST_ID_BYTES_MAX} bytes")]
     BadRequestId,
     #[error("a request cannot wrap another request")]
@@ -185,6 +237,23 @@ pub fn validate_name(what: &str, name: &str) -> Result<(), ValidationError> {
         });
     }
     Ok(())
+}
+
+fn changed(changed: bool) -> Outcome {
+    if changed {
+        Outcome::Applied
+    } else {
+        Outcome::Unchanged
+    }
+}
+
+fn validate_volume_size(size_bytes: u64) -> Result<(), ValidationError> {
+    if (1..=VOLUME_BYTES_MAX).contains(&size_bytes) {
+        return Ok(());
+    }
+    Err(ValidationError::BadVolume(format!(
+        "a volume is 1 byte to 16 TiB, not {size_bytes} bytes"
+    )))
 }
 
 fn validate_path(path: &str) -> Result<(), ValidationError> {
@@ -251,6 +320,48 @@ impl DesiredState {
             Command::RegisterHost { host_id, .. } => validate_name("host", host_id),
             Command::CreatePool { spec, hosts } => self.validate_create_pool(spec, hosts),
             Command::CreateVm { spec, host, .. } => self.validate_create_vm(spec, host),
+            Command::AssignPool { pool, hosts } | Command::UnassignPool { pool, hosts } => {
+                self.validate_assignment(command, pool, hosts)
+            }
+            Command::DeletePool { pool } => {
+                self.pool(pool)?;
+                self.refuse_if_used(pool, None, None)
+            }
+            Command::CreateVolume {
+                pool,
+                name,
+                size_bytes,
+                ..
+            } => {
+                validate_name("volume", name)?;
+                validate_volume_size(*size_bytes)?;
+                if self.pool(pool)?.volumes.contains_key(name) {
+                    return Err(ValidationError::VolumeExists {
+                        pool: pool.clone(),
+                        name: name.clone(),
+                    });
+                }
+                Ok(())
+            }
+            Command::ResizeVolume {
+                pool,
+                name,
+                size_bytes,
+            } => {
+                validate_volume_size(*size_bytes)?;
+                let volume = self.volume(pool, name)?;
+                if *size_bytes < volume.size_bytes {
+                    return Err(ValidationError::BadVolume(format!(
+                        "volume {pool}/{name} is {} bytes; it can only grow (shrinking would cut off data the guest may use)",
+                        volume.size_bytes
+                    )));
+                }
+                Ok(())
+            }
+            Command::DeleteVolume { pool, name } => {
+                self.volume(pool, name)?;
+                self.refuse_if_used(pool, None, Some(name))
+            }
             Command::SetVmPower { name, .. } | Command::DeleteVm { name } => {
                 if self.vms.contains_key(name) {
                     Ok(())
@@ -305,6 +416,83 @@ impl DesiredState {
             .collect();
         if !unknown.is_empty() {
             return Err(ValidationError::UnknownHosts(unknown));
+        }
+        Ok(())
+    }
+
+    fn pool(&self, pool: &str) -> Result<&PoolRecord, ValidationError> {
+        self.pools
+            .get(pool)
+            .ok_or_else(|| ValidationError::NoSuchPool(pool.to_owned()))
+    }
+
+    fn volume(&self, pool: &str, name: &str) -> Result<&VolumeRecord, ValidationError> {
+        self.pool(pool)?
+            .volumes
+            .get(name)
+            .ok_or_else(|| ValidationError::NoSuchVolume {
+                pool: pool.to_owned(),
+                name: name.to_owned(),
+            })
+    }
+
+    /// Refuses when a VM (on `host`, if given) has a disk in `pool` (on volume `volume`, if
+    /// given): taking the storage away would break it.
+    fn refuse_if_used(
+        &self,
+        pool: &str,
+        host: Option<&str>,
+        volume: Option<&str>,
+    ) -> Result<(), ValidationError> {
+        for vm in self.vms.values() {
+            if host.is_some_and(|h| h != vm.host) {
+                continue;
+            }
+            let uses = vm
+                .spec
+                .disks
+                .iter()
+                .any(|d| d.pool == pool && volume.is_none_or(|v| v == d.volume));
+            if uses {
+                let what = volume.map_or(format!("pool {pool}"), |v| format!("volume {pool}/{v}"));
+                return Err(ValidationError::InUse(format!(
+                    "VM {} on {} uses {what}; delete the VM first",
+                    vm.spec.name, vm.host
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_assignment(
+        &self,
+        command: &Command,
+        pool: &str,
+        hosts: &[String],
+    ) -> Result<(), ValidationError> {
+        let record = self.pool(pool)?;
+        if hosts.is_empty() {
+            return Err(ValidationError::NoHosts);
+        }
+        let unknown: Vec<String> = hosts
+            .iter()
+            .filter(|h| !self.hosts.contains_key(*h))
+            .cloned()
+            .collect();
+        if !unknown.is_empty() {
+            return Err(ValidationError::UnknownHosts(unknown));
+        }
+        if let Command::UnassignPool { .. } = command {
+            for host in hosts {
+                self.refuse_if_used(pool, Some(host), None)?;
+            }
+            if hosts.iter().filter(|h| record.hosts.contains(*h)).count() == record.hosts.len() {
+                return Err(ValidationError::InUse(format!(
+                    "pool {pool} would have no host left; delete the pool instead"
+                )));
+            }
+        } else if record.hosts.len() + hosts.len() > POOL_HOSTS_MAX {
+            return Err(ValidationError::TooManyHosts);
         }
         Ok(())
     }
@@ -405,6 +593,7 @@ impl DesiredState {
                 let record = PoolRecord {
                     spec: spec.clone(),
                     hosts: hosts.iter().cloned().collect(),
+                    volumes: BTreeMap::new(),
                 };
                 let previous = self.pools.insert(spec.name.clone(), record);
                 assert!(previous.is_none(), "validation rejects duplicate pools");
@@ -430,6 +619,52 @@ impl DesiredState {
             }
             Command::DeleteVm { name } => {
                 self.vms.remove(name).expect("validated");
+                Outcome::Applied
+            }
+            Command::AssignPool { pool, hosts } => {
+                let record = self.pools.get_mut(pool).expect("validated");
+                let before = record.hosts.len();
+                record.hosts.extend(hosts.iter().cloned());
+                changed(record.hosts.len() != before)
+            }
+            Command::UnassignPool { pool, hosts } => {
+                let record = self.pools.get_mut(pool).expect("validated");
+                let before = record.hosts.len();
+                record.hosts.retain(|h| !hosts.contains(h));
+                changed(record.hosts.len() != before)
+            }
+            Command::DeletePool { pool } => {
+                self.pools.remove(pool).expect("validated");
+                Outcome::Applied
+            }
+            Command::CreateVolume {
+                pool,
+                name,
+                format,
+                size_bytes,
+            } => {
+                let record = VolumeRecord {
+                    format: *format,
+                    size_bytes: *size_bytes,
+                };
+                let pool = self.pools.get_mut(pool).expect("validated");
+                pool.volumes.insert(name.clone(), record);
+                Outcome::Applied
+            }
+            Command::ResizeVolume {
+                pool,
+                name,
+                size_bytes,
+            } => {
+                let pool = self.pools.get_mut(pool).expect("validated");
+                let volume = pool.volumes.get_mut(name).expect("validated");
+                let before = volume.size_bytes;
+                volume.size_bytes = *size_bytes;
+                changed(before != *size_bytes)
+            }
+            Command::DeleteVolume { pool, name } => {
+                let pool = self.pools.get_mut(pool).expect("validated");
+                pool.volumes.remove(name).expect("validated");
                 Outcome::Applied
             }
             Command::Once { .. } => unreachable!("handled above"),
@@ -543,6 +778,88 @@ mod tests {
             state.apply(&delete),
             Outcome::Rejected(ValidationError::NoSuchVm(_))
         ));
+    }
+
+    fn rejected_with(state: &mut DesiredState, command: Command, message: &str) {
+        let before = state.clone();
+        match state.apply(&command) {
+            Outcome::Rejected(e) => assert!(e.to_string().contains(message), "{e}"),
+            other => panic!("{command:?} was {other:?}"),
+        }
+        assert_eq!(*state, before);
+    }
+
+    #[test]
+    fn pools_are_assigned_unassigned_and_deleted_unless_a_vm_needs_them() {
+        let mut state = with_hosts(&["host-1", "host-2", "host-3"]);
+        state.apply(&create("p", "/srv/p", &["host-1"]));
+        let hosts = |h: &[&str]| h.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>();
+        let assign = Command::AssignPool {
+            pool: "p".into(),
+            hosts: hosts(&["host-2", "host-3"]),
+        };
+        assert_eq!(state.apply(&assign), Outcome::Applied);
+        assert_eq!(state.apply(&assign), Outcome::Unchanged);
+        state.apply(&create_vm(
+            vm("web", "vm-1", &[("p", "web.qcow2")]),
+            "host-2",
+        ));
+        let unassign = |h: &[&str]| Command::UnassignPool {
+            pool: "p".into(),
+            hosts: hosts(h),
+        };
+        rejected_with(
+            &mut state,
+            unassign(&["host-2"]),
+            "VM web on host-2 uses pool p",
+        );
+        rejected_with(&mut state, unassign(&["host-9"]), "unknown host(s): host-9");
+        assert_eq!(state.apply(&unassign(&["host-3"])), Outcome::Applied);
+        let delete = Command::DeletePool { pool: "p".into() };
+        rejected_with(&mut state, delete.clone(), "VM web on host-2 uses pool p");
+        state.apply(&Command::DeleteVm { name: "web".into() });
+        rejected_with(&mut state, unassign(&["host-1", "host-2"]), "no host left");
+        assert_eq!(state.apply(&delete), Outcome::Applied);
+        rejected_with(&mut state, delete, "no pool named \"p\"");
+    }
+
+    #[test]
+    fn volumes_are_created_grown_and_deleted_unless_a_vm_uses_them() {
+        let mut state = with_hosts(&["host-1"]);
+        state.apply(&create("p", "/srv/p", &["host-1"]));
+        let volume = |name: &str, size| Command::CreateVolume {
+            pool: "p".into(),
+            name: name.into(),
+            format: qvdc_transport::protocol::VolumeFormat::Qcow2,
+            size_bytes: size,
+        };
+        assert_eq!(
+            state.apply(&volume("web.qcow2", 64 << 20)),
+            Outcome::Applied
+        );
+        rejected_with(&mut state, volume("web.qcow2", 64 << 20), "already exists");
+        rejected_with(&mut state, volume("../x", 1), "may only contain");
+        rejected_with(&mut state, volume("big", 17 << 40), "1 byte to 16 TiB");
+        let resize = |size| Command::ResizeVolume {
+            pool: "p".into(),
+            name: "web.qcow2".into(),
+            size_bytes: size,
+        };
+        assert_eq!(state.apply(&resize(128 << 20)), Outcome::Applied);
+        rejected_with(&mut state, resize(1 << 20), "can only grow");
+        assert_eq!(state.pools["p"].volumes["web.qcow2"].size_bytes, 128 << 20);
+        state.apply(&create_vm(
+            vm("web", "vm-1", &[("p", "web.qcow2")]),
+            "host-1",
+        ));
+        let delete = Command::DeleteVolume {
+            pool: "p".into(),
+            name: "web.qcow2".into(),
+        };
+        rejected_with(&mut state, delete.clone(), "uses volume p/web.qcow2");
+        state.apply(&Command::DeleteVm { name: "web".into() });
+        assert_eq!(state.apply(&delete), Outcome::Applied);
+        rejected_with(&mut state, delete, "no volume");
     }
 
     #[test]

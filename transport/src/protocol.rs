@@ -552,6 +552,51 @@ pub enum ApiRequest {
         name: String,
     },
     VmList,
+    PoolAssign {
+        request_id: String,
+        pool: String,
+        hosts: Vec<String>,
+    },
+    /// The hosts unmount the pool; its data stays.
+    PoolUnassign {
+        request_id: String,
+        pool: String,
+        hosts: Vec<String>,
+    },
+    /// Every host unmounts the pool; its data and volume files stay on the storage.
+    PoolDelete {
+        request_id: String,
+        pool: String,
+    },
+    /// The files in a pool as a host sees them (the first healthy one unless `host` is given).
+    PoolFiles {
+        pool: String,
+        host: Option<String>,
+    },
+    VolumeCreate {
+        request_id: String,
+        pool: String,
+        name: String,
+        format: VolumeFormat,
+        size_bytes: u64,
+    },
+    VolumeResize {
+        request_id: String,
+        pool: String,
+        name: String,
+        size_bytes: u64,
+    },
+    VolumeDelete {
+        request_id: String,
+        pool: String,
+        name: String,
+    },
+    VolumeList {
+        pool: String,
+    },
+    HostShow {
+        host: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -572,6 +617,29 @@ pub enum ApiResponse {
     Vms(Vec<VmView>),
     /// The request was carried out and has nothing to report.
     Done,
+    Files {
+        pool: String,
+        host: String,
+        files: Vec<VolumeInfo>,
+    },
+    Volumes(Vec<VolumeView>),
+    Host(HostDetail),
+}
+
+/// One host: what it has, whether it is alive, and what is assigned to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostDetail {
+    pub host: HostView,
+    pub pools: Vec<HostPool>,
+    pub vms: Vec<VmView>,
+}
+
+/// A pool as one host reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostPool {
+    pub pool: String,
+    pub health: Health,
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -697,4 +765,16 @@ pub struct PoolView {
     pub healthy_hosts: Vec<String>,
     pub failed_hosts: Vec<String>,
     pub hosts: Vec<PoolHostView>,
+    pub volumes: Vec<VolumeView>,
+}
+
+/// A volume qvdc manages in a pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeView {
+    pub name: String,
+    pub format: VolumeFormat,
+    pub size_bytes: u64,
+    /// A host confirmed the file exists at this size.
+    pub ready: bool,
+    pub error: Option<String>,
 }

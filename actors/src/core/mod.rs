@@ -5,6 +5,7 @@ pub mod liveness;
 pub mod placement;
 pub mod pool;
 pub mod vm;
+pub mod volumes;
 
 use std::time::Duration;
 
@@ -19,6 +20,8 @@ pub struct Timings {
     pub command_timeout_ms: u64,
     /// How often pool supervisors reconcile.
     pub tick_ms: u64,
+    /// How long a guest gets to shut down before its host destroys it.
+    pub vm_shutdown_timeout_ms: u64,
 }
 
 impl Default for Timings {
@@ -26,8 +29,10 @@ impl Default for Timings {
         Self {
             stale_after_ms: 3_000,
             command_retry_ms: 2_000,
-            command_timeout_ms: 5_000,
+            // Long enough for a guest's shutdown (the host answers once it stopped).
+            command_timeout_ms: 40_000,
             tick_ms: 250,
+            vm_shutdown_timeout_ms: 30_000,
         }
     }
 }

@@ -70,6 +70,34 @@ impl PoolCore {
         &self.spec
     }
 
+    /// The pool's definition or hosts changed. Hosts no longer assigned are forgotten (their
+    /// hosts unmount the pool when they next report it: see [`strays`]).
+    pub fn set_record(&mut self, spec: PoolSpec, hosts: BTreeSet<String>) {
+        if spec != self.spec {
+            // Every host must mount the new source: forget what they confirmed.
+            self.pending.clear();
+            self.failures.clear();
+            self.observations.clear();
+        }
+        self.observations.retain(|h, _| hosts.contains(h));
+        self.pending.retain(|h, _| hosts.contains(h));
+        self.failures.retain(|h, _| hosts.contains(h));
+        self.spec = spec;
+        self.hosts = hosts;
+    }
+
+    /// The first assigned host (by name) with a fresh healthy report: where volume work goes.
+    pub fn healthy_host(&self, now: Instant) -> Option<&str> {
+        self.hosts
+            .iter()
+            .find(|h| {
+                self.fresh(h, now)
+                    .and_then(|o| o.report.as_ref())
+                    .is_some_and(|r| r.health == Health::Healthy)
+            })
+            .map(String::as_str)
+    }
+
     /// A heartbeat from `host` arrived; `report` is this pool's entry in it, if any.
     pub fn observe(&mut self, host: &str, seen_at: Instant, report: Option<PoolReport>) {
         if !self.hosts.contains(host) {
@@ -220,8 +248,27 @@ impl PoolCore {
             healthy_hosts: healthy,
             failed_hosts: failed,
             hosts,
+            volumes: Vec::new(),
         }
     }
+}
+
+/// Pools `host` reports but is not assigned (unassigned, or deleted): it must unmount them.
+pub fn strays(
+    desired: &qvdc_raft::DesiredState,
+    host: &str,
+    reports: &[PoolReport],
+) -> BTreeSet<String> {
+    reports
+        .iter()
+        .filter(|r| {
+            desired
+                .pools
+                .get(&r.pool)
+                .is_none_or(|p| !p.hosts.contains(host))
+        })
+        .map(|r| r.pool.clone())
+        .collect()
 }
 
 /// HEALTHY when every assigned host is healthy, DEGRADED when some are, ERROR when none is

@@ -3,7 +3,7 @@
 //! that closes the gap — define, start or shut down — resending with backoff until the report
 //! matches. A VM is only ever acted on at the host its record names: it cannot run on two.
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, time::Duration};
 
 use qvdc_raft::{model::VmRecord, DesiredState};
 use qvdc_transport::protocol::{
@@ -12,9 +12,6 @@ use qvdc_transport::protocol::{
 use tokio::time::Instant;
 
 use super::Timings;
-
-/// How long a guest gets to shut down before its host destroys it.
-pub const SHUTDOWN_TIMEOUT_MS: u64 = 30_000;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
@@ -34,6 +31,8 @@ struct Pending {
     sent_at: Instant,
     attempts: u32,
     kind: &'static str,
+    /// The host answered (a shutdown is answered only once the guest stopped).
+    answered: bool,
 }
 
 #[derive(Debug)]
@@ -87,10 +86,12 @@ impl VmCore {
 
     /// A command's answer came back.
     pub fn command_done(&mut self, id: CommandId, outcome: Result<(), String>) {
-        if let (Some(pending), Err(reason)) = (&self.pending, outcome) {
-            if pending.id == id {
-                self.failure = Some(format!("{} failed: {reason}", pending.kind));
-            }
+        let Some(pending) = self.pending.as_mut().filter(|p| p.id == id) else {
+            return;
+        };
+        pending.answered = true;
+        if let Err(reason) = outcome {
+            self.failure = Some(format!("{} failed: {reason}", pending.kind));
         }
     }
 
@@ -136,7 +137,7 @@ impl VmCore {
             (DesiredPower::Stopped, PowerState::Running | PowerState::Paused) => {
                 Some(HostCommandKind::ShutdownVm {
                     name,
-                    timeout_ms: SHUTDOWN_TIMEOUT_MS,
+                    timeout_ms: self.timings.vm_shutdown_timeout_ms,
                 })
             }
             _ => None,
@@ -159,6 +160,14 @@ impl VmCore {
         // once. The same command again waits out the backoff.
         let attempts = match &self.pending {
             Some(p) if p.kind != kind.label() => 1,
+            // Unanswered: the host may still be at it (a guest shutting down).
+            Some(p)
+                if !p.answered
+                    && now.saturating_duration_since(p.sent_at)
+                        < Duration::from_millis(self.timings.command_timeout_ms) =>
+            {
+                return Vec::new();
+            }
             Some(p)
                 if now.saturating_duration_since(p.sent_at)
                     < self.timings.retry_after(p.attempts) =>
@@ -178,6 +187,7 @@ impl VmCore {
             sent_at: now,
             attempts,
             kind: kind.label(),
+            answered: false,
         });
         let command = HostCommand { id, kind };
         vec![Effect::Send {
@@ -231,8 +241,6 @@ pub fn strays(desired: &DesiredState, host: &str, reports: &[VmReport]) -> BTree
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use qvdc_transport::protocol::VmSpec;
 
     use super::*;
@@ -327,6 +335,16 @@ mod tests {
         core.observe(later(1_900), Some(report(PowerState::ShutOff)));
         assert_eq!(core.tick(later(1_900)), []);
         assert_eq!(core.tick(later(2_000)), [send(2, start())]);
+        assert_eq!(
+            core.tick(later(5_900)),
+            [],
+            "unanswered: the host may be at it"
+        );
+        let id = CommandId {
+            leadership: leadership(),
+            seq: 2,
+        };
+        core.command_done(id, Err("Cannot access storage file".into()));
         core.observe(later(5_900), Some(report(PowerState::ShutOff)));
         assert_eq!(
             core.tick(later(5_900)),
@@ -353,7 +371,7 @@ mod tests {
         core.set_record(record(DesiredPower::Stopped));
         let shutdown = HostCommandKind::ShutdownVm {
             name: "web".into(),
-            timeout_ms: SHUTDOWN_TIMEOUT_MS,
+            timeout_ms: Timings::default().vm_shutdown_timeout_ms,
         };
         assert_eq!(core.tick(t0), [send(1, shutdown)]);
         let stale = t0 + Duration::from_millis(3_001);

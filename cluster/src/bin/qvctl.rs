@@ -79,6 +79,49 @@ enum Command {
     /// Virtual machines.
     #[command(subcommand)]
     Vm(VmCommand),
+    /// Volume files in pools.
+    #[command(subcommand)]
+    Volume(VolumeCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum VolumeCommand {
+    /// Create a volume file in a pool, through one of its healthy hosts.
+    Create {
+        pool: String,
+        name: String,
+        /// Size, e.g. 64M or 20G (binary units).
+        #[arg(long, value_parser = parse_size)]
+        size: u64,
+        #[arg(long, value_enum, default_value = "qcow2")]
+        format: FormatArg,
+    },
+    /// Grow a volume.
+    Resize {
+        pool: String,
+        name: String,
+        #[arg(long, value_parser = parse_size)]
+        size: u64,
+    },
+    /// Delete a volume and its file.
+    Delete { pool: String, name: String },
+    /// The volumes qvdc manages in a pool (`pool files` lists every file).
+    List { pool: String },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum FormatArg {
+    Qcow2,
+    Raw,
+}
+
+impl From<FormatArg> for VolumeFormat {
+    fn from(f: FormatArg) -> Self {
+        match f {
+            FormatArg::Qcow2 => VolumeFormat::Qcow2,
+            FormatArg::Raw => VolumeFormat::Raw,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -218,6 +261,8 @@ enum ClusterCommand {
 enum HostCommand {
     /// Registered hosts with their inventory and liveness.
     List,
+    /// One host: inventory, liveness, and the pools and VMs assigned to it.
+    Show { host: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -258,6 +303,27 @@ enum PoolCommand {
     Show { name: String },
     /// All pools with their health and capacity.
     List,
+    /// Assign the pool to more hosts; they mount it.
+    Assign {
+        name: String,
+        #[arg(long, value_delimiter = ',', required = true)]
+        hosts: Vec<String>,
+    },
+    /// Take the pool away from hosts; they unmount it (its data stays).
+    Unassign {
+        name: String,
+        #[arg(long, value_delimiter = ',', required = true)]
+        hosts: Vec<String>,
+    },
+    /// Delete the pool: every host unmounts it. Its data and files stay on the storage.
+    Delete { name: String },
+    /// The files in the pool, as one of its hosts sees them.
+    Files {
+        name: String,
+        /// Ask this host (default: the first healthy one).
+        #[arg(long)]
+        host: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -332,6 +398,48 @@ fn request_of(command: Command, request_id: String) -> ApiRequest {
     match command {
         Command::Cluster(ClusterCommand::Status) => ApiRequest::ClusterStatus,
         Command::Host(HostCommand::List) => ApiRequest::HostList,
+        Command::Host(HostCommand::Show { host }) => ApiRequest::HostShow { host },
+        Command::Pool(PoolCommand::Assign { name, hosts }) => ApiRequest::PoolAssign {
+            request_id,
+            pool: name,
+            hosts,
+        },
+        Command::Pool(PoolCommand::Unassign { name, hosts }) => ApiRequest::PoolUnassign {
+            request_id,
+            pool: name,
+            hosts,
+        },
+        Command::Pool(PoolCommand::Delete { name }) => ApiRequest::PoolDelete {
+            request_id,
+            pool: name,
+        },
+        Command::Pool(PoolCommand::Files { name, host }) => {
+            ApiRequest::PoolFiles { pool: name, host }
+        }
+        Command::Volume(VolumeCommand::Create {
+            pool,
+            name,
+            size,
+            format,
+        }) => ApiRequest::VolumeCreate {
+            request_id,
+            pool,
+            name,
+            format: format.into(),
+            size_bytes: size,
+        },
+        Command::Volume(VolumeCommand::Resize { pool, name, size }) => ApiRequest::VolumeResize {
+            request_id,
+            pool,
+            name,
+            size_bytes: size,
+        },
+        Command::Volume(VolumeCommand::Delete { pool, name }) => ApiRequest::VolumeDelete {
+            request_id,
+            pool,
+            name,
+        },
+        Command::Volume(VolumeCommand::List { pool }) => ApiRequest::VolumeList { pool },
         Command::Pool(PoolCommand::Create {
             name,
             kind,

@@ -124,6 +124,8 @@ impl Nodes {
                 &initial.join(","),
             ])
             .args(self.tls_args(&format!("node-{id}")))
+            // Test guests have no OS and ignore shutdown requests: do not wait long for them.
+            .args(["--vm-shutdown-timeout-ms", "3000"])
             .stdout(stdout)
             .stderr(stderr)
             .spawn()

@@ -76,6 +76,13 @@ struct ServerArgs {
     /// behind receives the snapshot.
     #[arg(long)]
     logs_kept_after_snapshot: Option<u64>,
+    /// A host silent this long is Unreachable and its reports count as UNKNOWN (default
+    /// 3000: three missed heartbeats at the default 1 s interval).
+    #[arg(long)]
+    host_stale_after_ms: Option<u64>,
+    /// How long a guest gets to shut down when asked before its host destroys it.
+    #[arg(long)]
+    vm_shutdown_timeout_ms: Option<u64>,
 }
 
 impl ServerArgs {
@@ -101,6 +108,8 @@ impl ServerArgs {
             logs_kept_after_snapshot: self
                 .logs_kept_after_snapshot
                 .or(file.logs_kept_after_snapshot),
+            host_stale_after_ms: self.host_stale_after_ms.or(file.host_stale_after_ms),
+            vm_shutdown_timeout_ms: self.vm_shutdown_timeout_ms.or(file.vm_shutdown_timeout_ms),
         })
     }
 }
@@ -164,11 +173,23 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     if retention.snapshot_after_logs == 0 {
         bail!("--snapshot-after-logs must be at least 1");
     }
+    let mut timings = Timings::default();
+    if let Some(ms) = args.host_stale_after_ms {
+        if ms < 500 {
+            bail!("--host-stale-after-ms must be at least 500 (hosts heartbeat every second)");
+        }
+        timings.stale_after_ms = ms;
+    }
+    if let Some(ms) = args.vm_shutdown_timeout_ms {
+        timings.vm_shutdown_timeout_ms = ms;
+        // The leader waits for the host's answer, which comes after the guest stopped.
+        timings.command_timeout_ms = timings.command_timeout_ms.max(ms + 5_000);
+    }
     let config = NodeConfig {
         node_id,
         initial_cluster,
         storage: Storage::Dir(data_dir),
-        timings: Timings::default(),
+        timings,
         retention,
     };
     let node = Node::start(config, endpoint).await?;

@@ -1,0 +1,232 @@
+//! The volumes of one pool. A pool is one storage seen by all its hosts, so each volume is
+//! created once, through the first healthy host; the host's CreateVolume is idempotent and
+//! grows a smaller file, so after a failover the new leader simply asks again.
+
+use std::collections::BTreeMap;
+
+use qvdc_raft::model::VolumeRecord;
+use qvdc_transport::protocol::{CommandId, HostCommand, HostCommandKind, Leadership, VolumeView};
+use tokio::time::Instant;
+
+use super::Timings;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    Send {
+        host: String,
+        volume: String,
+        command: HostCommand,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    id: CommandId,
+    sent_at: Instant,
+    attempts: u32,
+}
+
+#[derive(Debug)]
+pub struct VolumesCore {
+    pool: String,
+    leadership: Leadership,
+    next_seq: u64,
+    desired: BTreeMap<String, VolumeRecord>,
+    /// Sizes a host confirmed during this leadership.
+    confirmed: BTreeMap<String, u64>,
+    pending: BTreeMap<String, Pending>,
+    failures: BTreeMap<String, String>,
+    timings: Timings,
+}
+
+impl VolumesCore {
+    pub fn new(pool: String, leadership: Leadership, timings: Timings) -> Self {
+        Self {
+            pool,
+            leadership,
+            // Pool commands count up from 1; volume commands from the middle, so the two
+            // never share an id within this leadership.
+            next_seq: u64::MAX / 2,
+            desired: BTreeMap::new(),
+            confirmed: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            failures: BTreeMap::new(),
+            timings,
+        }
+    }
+
+    pub fn set_desired(&mut self, desired: BTreeMap<String, VolumeRecord>) {
+        self.pending.retain(|name, _| desired.contains_key(name));
+        self.failures.retain(|name, _| desired.contains_key(name));
+        self.desired = desired;
+    }
+
+    fn missing(&self, name: &str, record: &VolumeRecord) -> bool {
+        self.confirmed.get(name) != Some(&record.size_bytes)
+    }
+
+    /// Sends CreateVolume for each volume not yet confirmed at its size, through `host` (a
+    /// healthy host of the pool; `None` when there is none, and then nothing is sent).
+    pub fn tick(&mut self, now: Instant, host: Option<&str>) -> Vec<Effect> {
+        let Some(host) = host else {
+            return Vec::new();
+        };
+        let mut effects = Vec::new();
+        let due: Vec<(String, VolumeRecord)> = self
+            .desired
+            .iter()
+            .filter(|(name, record)| self.missing(name, record))
+            .filter(|(name, _)| {
+                self.pending.get(*name).is_none_or(|p| {
+                    now.saturating_duration_since(p.sent_at) >= self.timings.retry_after(p.attempts)
+                })
+            })
+            .map(|(n, r)| (n.clone(), r.clone()))
+            .collect();
+        for (name, record) in due {
+            let id = CommandId {
+                leadership: self.leadership,
+                seq: self.next_seq,
+            };
+            self.next_seq += 1;
+            let attempts = self.pending.get(&name).map_or(1, |p| p.attempts + 1);
+            self.pending.insert(
+                name.clone(),
+                Pending {
+                    id,
+                    sent_at: now,
+                    attempts,
+                },
+            );
+            let kind = HostCommandKind::CreateVolume {
+                pool: self.pool.clone(),
+                name: name.clone(),
+                format: record.format,
+                size_bytes: record.size_bytes,
+            };
+            effects.push(Effect::Send {
+                host: host.to_owned(),
+                volume: name,
+                command: HostCommand { id, kind },
+            });
+        }
+        effects
+    }
+
+    pub fn command_done(&mut self, volume: &str, id: CommandId, outcome: Result<(), String>) {
+        if self.pending.get(volume).is_none_or(|p| p.id != id) {
+            return;
+        }
+        let Some(size) = self.desired.get(volume).map(|r| r.size_bytes) else {
+            return;
+        };
+        match outcome {
+            Ok(()) => {
+                self.confirmed.insert(volume.to_owned(), size);
+                self.failures.remove(volume);
+                self.pending.remove(volume);
+            }
+            // Stays pending: resent once its backoff has passed.
+            Err(reason) => drop(self.failures.insert(volume.to_owned(), reason)),
+        }
+    }
+
+    pub fn views(&self) -> Vec<VolumeView> {
+        self.desired
+            .iter()
+            .map(|(name, record)| VolumeView {
+                name: name.clone(),
+                format: record.format,
+                size_bytes: record.size_bytes,
+                ready: !self.missing(name, record),
+                error: self.failures.get(name).cloned(),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use qvdc_transport::protocol::VolumeFormat;
+
+    use super::*;
+
+    const LEADERSHIP: Leadership = Leadership { term: 2, node: 1 };
+
+    fn core() -> VolumesCore {
+        let mut core = VolumesCore::new("p".into(), LEADERSHIP, Timings::default());
+        let record = VolumeRecord {
+            format: VolumeFormat::Qcow2,
+            size_bytes: 64 << 20,
+        };
+        core.set_desired([("web.qcow2".to_owned(), record)].into());
+        core
+    }
+
+    fn create(seq: u64, size: u64) -> Effect {
+        Effect::Send {
+            host: "host-1".into(),
+            volume: "web.qcow2".into(),
+            command: HostCommand {
+                id: CommandId {
+                    leadership: LEADERSHIP,
+                    seq: u64::MAX / 2 + seq,
+                },
+                kind: HostCommandKind::CreateVolume {
+                    pool: "p".into(),
+                    name: "web.qcow2".into(),
+                    format: VolumeFormat::Qcow2,
+                    size_bytes: size,
+                },
+            },
+        }
+    }
+
+    #[test]
+    fn a_volume_is_created_once_through_a_healthy_host_and_again_when_it_grows() {
+        let mut core = core();
+        let t0 = Instant::now();
+        assert_eq!(core.tick(t0, None), [], "no healthy host: nothing to do");
+        assert_eq!(core.tick(t0, Some("host-1")), [create(0, 64 << 20)]);
+        assert_eq!(core.tick(t0, Some("host-1")), [], "in flight");
+        let id = CommandId {
+            leadership: LEADERSHIP,
+            seq: u64::MAX / 2,
+        };
+        core.command_done("web.qcow2", id, Ok(()));
+        assert!(core.views()[0].ready);
+        assert_eq!(core.tick(t0 + Duration::from_secs(60), Some("host-1")), []);
+        let mut grown = core.desired.clone();
+        grown.get_mut("web.qcow2").unwrap().size_bytes = 128 << 20;
+        core.set_desired(grown);
+        assert!(!core.views()[0].ready);
+        assert_eq!(core.tick(t0, Some("host-1")), [create(1, 128 << 20)]);
+    }
+
+    #[test]
+    fn a_failure_is_shown_and_retried_with_backoff() {
+        let mut core = core();
+        let t0 = Instant::now();
+        core.tick(t0, Some("host-1"));
+        let id = CommandId {
+            leadership: LEADERSHIP,
+            seq: u64::MAX / 2,
+        };
+        core.command_done("web.qcow2", id, Err("No space left on device".into()));
+        let view = &core.views()[0];
+        assert_eq!(
+            (view.ready, view.error.as_deref()),
+            (false, Some("No space left on device"))
+        );
+        assert_eq!(
+            core.tick(t0 + Duration::from_millis(1_999), Some("host-1")),
+            []
+        );
+        assert_eq!(
+            core.tick(t0 + Duration::from_millis(2_000), Some("host-1")),
+            [create(1, 64 << 20)]
+        );
+    }
+}
