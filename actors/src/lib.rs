@@ -10,8 +10,8 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use qvdc_raft::DesiredState;
 use qvdc_transport::{
     protocol::{
-        CommandOutput, HostCommand, HostCommandKind, Leadership, Liveness, PoolReport, PoolView,
-        VmReport, VmView,
+        CommandOutput, HostCommand, HostCommandKind, Leadership, Liveness, NetworkReport,
+        NetworkView, PoolReport, PoolView, VmReport, VmView,
     },
     quinn,
 };
@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 pub use crate::core::Timings;
 use crate::supervisor::{
-    ClusterArgs, ClusterMsg, ClusterSupervisor, Done, HostMsg, PoolMsg, VmMsg,
+    ClusterArgs, ClusterMsg, ClusterSupervisor, Done, HostMsg, NetMsg, PoolMsg, VmMsg,
 };
 
 /// How long an API query waits for the supervision tree.
@@ -95,13 +95,39 @@ impl Supervision {
         connection: quinn::Connection,
         pools: Vec<PoolReport>,
         vms: Vec<VmReport>,
+        networks: Vec<NetworkReport>,
     ) {
         let _ = self.root.cast(ClusterMsg::Heartbeat {
             host_id,
             connection,
             pools,
             vms,
+            networks,
         });
+    }
+
+    async fn network(actor: &ActorRef<NetMsg>) -> Result<NetworkView, SupervisionError> {
+        let answer = actor
+            .call(NetMsg::View, timeout())
+            .await
+            .map_err(unavailable)?;
+        answer.success_or(()).map_err(|_| unavailable("timed out"))
+    }
+
+    pub async fn network_view(&self, name: &str) -> Result<Option<NetworkView>, SupervisionError> {
+        match self.children(ClusterMsg::Networks).await?.get(name) {
+            Some(actor) => Ok(Some(Self::network(actor).await?)),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn network_views(&self) -> Result<Vec<NetworkView>, SupervisionError> {
+        let networks = self.children(ClusterMsg::Networks).await?;
+        let mut views = Vec::with_capacity(networks.len());
+        for actor in networks.values() {
+            views.push(Self::network(actor).await?);
+        }
+        Ok(views)
     }
 
     /// Sends `kind` to `host` now, on an operator's behalf (a reboot), and waits for the

@@ -5,13 +5,13 @@
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use qvdc_raft::{
-    model::{PoolRecord, VmRecord},
+    model::{NetworkRecord, PoolRecord, VmRecord},
     DesiredState,
 };
 use qvdc_transport::{
     protocol::{
         CommandId, CommandOutput, CommandResult, HostCommand, HostCommandKind, Leadership,
-        Liveness, PoolReport, PoolView, VmReport, VmView,
+        Liveness, NetworkReport, NetworkView, PoolReport, PoolView, VmReport, VmView,
     },
     quic, quinn,
 };
@@ -20,8 +20,8 @@ use tokio::{sync::watch, time::Instant};
 use tracing::{info, warn};
 
 use crate::core::{
-    liveness::liveness, pool, pool::PoolCore, vm, vm::VmCore, volumes, volumes::VolumesCore,
-    Timings,
+    liveness::liveness, network, network::NetworkCore, pool, pool::PoolCore, vm, vm::VmCore,
+    volumes, volumes::VolumesCore, Timings,
 };
 
 pub(crate) const RESTART_BACKOFF_MS_MIN: u64 = 100;
@@ -41,12 +41,15 @@ pub(crate) enum ClusterMsg {
         connection: quinn::Connection,
         pools: Vec<PoolReport>,
         vms: Vec<VmReport>,
+        networks: Vec<NetworkReport>,
     },
     Execute {
         host: String,
         command: HostCommand,
         done: Done,
     },
+    /// The network supervisors by network name.
+    Networks(RpcReplyPort<BTreeMap<String, ActorRef<NetMsg>>>),
     /// The pool supervisors by pool name; callers query them directly, so a slow child
     /// never holds up this actor.
     Pools(RpcReplyPort<BTreeMap<String, ActorRef<PoolMsg>>>),
@@ -68,6 +71,22 @@ pub(crate) enum HostMsg {
 
 /// Called with a command's outcome once its host answered (or could not be reached).
 pub(crate) type Done = Box<dyn FnOnce(Result<CommandOutput, String>) + Send>;
+
+pub(crate) enum NetMsg {
+    Record(NetworkRecord),
+    Observe {
+        host: String,
+        at: Instant,
+        report: Option<NetworkReport>,
+    },
+    CommandDone {
+        host: String,
+        id: CommandId,
+        outcome: Result<(), String>,
+    },
+    Tick,
+    View(RpcReplyPort<NetworkView>),
+}
 
 pub(crate) enum VmMsg {
     Record(VmRecord),
@@ -109,6 +128,7 @@ pub(crate) enum Child {
     Host(String),
     Pool(String),
     Vm(String),
+    Network(String),
 }
 
 // ---------------------------------------------------------------------------------------
@@ -129,6 +149,7 @@ pub(crate) struct ClusterState {
     hosts: BTreeMap<String, ActorRef<HostMsg>>,
     pools: BTreeMap<String, ActorRef<PoolMsg>>,
     vms: BTreeMap<String, ActorRef<VmMsg>>,
+    networks: BTreeMap<String, ActorRef<NetMsg>>,
     /// Each host's latest heartbeat, replayed to pool and VM supervisors that start later so
     /// they can decide at once instead of waiting for the next heartbeat.
     last_heartbeat: BTreeMap<String, Heartbeat>,
@@ -144,6 +165,7 @@ pub(crate) struct Heartbeat {
     at: Instant,
     pools: Vec<PoolReport>,
     vms: Vec<VmReport>,
+    networks: Vec<NetworkReport>,
 }
 
 impl ClusterState {
@@ -154,6 +176,9 @@ impl ClusterState {
         }
         if let Some((p, _)) = self.pools.iter().find(|(_, r)| r.get_id() == id) {
             return Some(Child::Pool(p.clone()));
+        }
+        if let Some((n, _)) = self.networks.iter().find(|(_, r)| r.get_id() == id) {
+            return Some(Child::Network(n.clone()));
         }
         self.vms
             .iter()
@@ -219,6 +244,34 @@ async fn spawn_pool(
         }
     }
     state.pools.insert(name.to_owned(), actor);
+    Ok(())
+}
+
+async fn spawn_network(
+    myself: &ActorRef<ClusterMsg>,
+    state: &mut ClusterState,
+    name: &str,
+) -> Result<(), ActorProcessingErr> {
+    let Some(record) = state.desired.networks.get(name) else {
+        return Ok(());
+    };
+    let args = NetArgs {
+        core: NetworkCore::new(record.clone(), state.leadership, state.timings),
+        cluster: myself.clone(),
+        tick_ms: state.timings.tick_ms,
+    };
+    let (actor, _) = Actor::spawn_linked(None, NetSupervisor, args, myself.get_cell()).await?;
+    for host in &record.hosts {
+        if let Some(beat) = state.last_heartbeat.get(host) {
+            let report = beat.networks.iter().find(|r| r.network == name).cloned();
+            actor.cast(NetMsg::Observe {
+                host: host.clone(),
+                at: beat.at,
+                report,
+            })?;
+        }
+    }
+    state.networks.insert(name.to_owned(), actor);
     Ok(())
 }
 
@@ -314,6 +367,32 @@ async fn converge(
     for vm in vms {
         spawn_vm(myself, state, &vm).await?;
     }
+    let deleted: Vec<String> = state
+        .networks
+        .keys()
+        .filter(|n| !state.desired.networks.contains_key(*n))
+        .cloned()
+        .collect();
+    for name in deleted {
+        if let Some(actor) = state.networks.remove(&name) {
+            actor.stop(Some("network deleted".into()));
+        }
+    }
+    for (name, record) in &state.desired.networks {
+        if let Some(actor) = state.networks.get(name) {
+            actor.cast(NetMsg::Record(record.clone()))?;
+        }
+    }
+    let networks: Vec<String> = state
+        .desired
+        .networks
+        .keys()
+        .filter(|n| !state.networks.contains_key(*n))
+        .cloned()
+        .collect();
+    for network in networks {
+        spawn_network(myself, state, &network).await?;
+    }
     Ok(())
 }
 
@@ -345,6 +424,7 @@ impl Actor for ClusterSupervisor {
             hosts: BTreeMap::new(),
             pools: BTreeMap::new(),
             vms: BTreeMap::new(),
+            networks: BTreeMap::new(),
             last_heartbeat: BTreeMap::new(),
             removing: BTreeMap::new(),
             next_seq: 0,
@@ -396,7 +476,8 @@ impl Actor for ClusterSupervisor {
                 connection,
                 pools,
                 vms,
-            } => route_heartbeat(state, host_id, connection, pools, vms),
+                networks,
+            } => route_heartbeat(state, host_id, connection, pools, vms, networks),
             ClusterMsg::Execute {
                 host,
                 command,
@@ -407,6 +488,9 @@ impl Actor for ClusterSupervisor {
             },
             ClusterMsg::Vms(reply) => {
                 let _ = reply.send(state.vms.clone());
+            }
+            ClusterMsg::Networks(reply) => {
+                let _ = reply.send(state.networks.clone());
             }
             ClusterMsg::Pools(reply) => {
                 let _ = reply.send(state.pools.clone());
@@ -422,6 +506,9 @@ impl Actor for ClusterSupervisor {
                     spawn_pool(&myself, state, p).await?
                 }
                 Child::Vm(v) if !state.vms.contains_key(v) => spawn_vm(&myself, state, v).await?,
+                Child::Network(n) if !state.networks.contains_key(n) => {
+                    spawn_network(&myself, state, n).await?
+                }
                 _ => {}
             },
         }
@@ -456,6 +543,11 @@ impl Actor for ClusterSupervisor {
                     return Ok(()); // stopped because the VM was deleted
                 }
             }
+            Child::Network(n) => {
+                if state.networks.remove(n).is_some() && !state.desired.networks.contains_key(n) {
+                    return Ok(()); // stopped because the network was deleted
+                }
+            }
         }
         let backoff = state
             .backoff_ms
@@ -480,6 +572,7 @@ fn route_heartbeat(
     connection: quinn::Connection,
     pools: Vec<PoolReport>,
     vms: Vec<VmReport>,
+    networks: Vec<NetworkReport>,
 ) {
     let now = Instant::now();
     if let Some(actor) = state.hosts.get(&host_id) {
@@ -503,22 +596,36 @@ fn route_heartbeat(
             let _ = actor.cast(VmMsg::Observe { at: now, report });
         }
     }
+    for record in state.desired.networks_of_host(&host_id) {
+        let name = &record.spec.name;
+        if let Some(actor) = state.networks.get(name) {
+            let report = networks.iter().find(|r| r.network == *name).cloned();
+            let _ = actor.cast(NetMsg::Observe {
+                host: host_id.clone(),
+                at: now,
+                report,
+            });
+        }
+    }
     let strays = [
         (
             "remove-pool",
             pool::strays(&state.desired, &host_id, &pools),
         ),
         ("undefine-vm", vm::strays(&state.desired, &host_id, &vms)),
+        (
+            "remove-network",
+            network::strays(&state.desired, &host_id, &networks),
+        ),
     ];
     remove_strays(state, &host_id, strays, now);
-    state.last_heartbeat.insert(
-        host_id,
-        Heartbeat {
-            at: now,
-            pools,
-            vms,
-        },
-    );
+    let beat = Heartbeat {
+        at: now,
+        pools,
+        vms,
+        networks,
+    };
+    state.last_heartbeat.insert(host_id, beat);
 }
 
 /// Removes from `host_id` what is no longer meant to be there: mounts of pools unassigned
@@ -528,7 +635,7 @@ fn route_heartbeat(
 fn remove_strays(
     state: &mut ClusterState,
     host_id: &str,
-    strays: [(&'static str, std::collections::BTreeSet<String>); 2],
+    strays: [(&'static str, std::collections::BTreeSet<String>); 3],
     now: Instant,
 ) {
     state.removing.retain(|(host, what, name), _| {
@@ -549,6 +656,7 @@ fn remove_strays(
             state.removing.insert(key, now);
             let kind = match what {
                 "remove-pool" => HostCommandKind::RemoveStoragePool { pool: name.clone() },
+                "remove-network" => HostCommandKind::RemoveNetwork { name: name.clone() },
                 _ => HostCommandKind::UndefineVm { name: name.clone() },
             };
             let command = HostCommand {
@@ -884,6 +992,92 @@ impl Actor for VmSupervisor {
                 }
             }
             VmMsg::View(reply) => {
+                let _ = reply.send(state.core.view(Instant::now()));
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Network supervisor
+
+pub(crate) struct NetSupervisor;
+
+pub(crate) struct NetArgs {
+    core: NetworkCore,
+    cluster: ActorRef<ClusterMsg>,
+    tick_ms: u64,
+}
+
+pub(crate) struct NetState {
+    core: NetworkCore,
+    cluster: ActorRef<ClusterMsg>,
+    ticker: tokio::task::JoinHandle<()>,
+}
+
+impl Actor for NetSupervisor {
+    type Msg = NetMsg;
+    type State = NetState;
+    type Arguments = NetArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<NetMsg>,
+        args: NetArgs,
+    ) -> Result<NetState, ActorProcessingErr> {
+        let ticker = start_ticker(myself, args.tick_ms, || NetMsg::Tick);
+        Ok(NetState {
+            core: args.core,
+            cluster: args.cluster,
+            ticker,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _: ActorRef<NetMsg>,
+        state: &mut NetState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.ticker.abort();
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<NetMsg>,
+        message: NetMsg,
+        state: &mut NetState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            NetMsg::Record(record) => state.core.set_record(record),
+            NetMsg::Observe { host, at, report } => state.core.observe(&host, at, report),
+            NetMsg::CommandDone { host, id, outcome } => {
+                if let Err(reason) = &outcome {
+                    let network = state.core.name();
+                    warn!(%network, %host, %id, %reason, "command failed");
+                }
+                state.core.command_done(&host, id, outcome);
+            }
+            NetMsg::Tick => {
+                for network::Effect::Send { host, command } in state.core.tick(Instant::now()) {
+                    let (net, id, to) = (myself.clone(), command.id, host.clone());
+                    let done: Done = Box::new(move |outcome| {
+                        let outcome = outcome.map(drop);
+                        let _ = net.cast(NetMsg::CommandDone {
+                            host: to,
+                            id,
+                            outcome,
+                        });
+                    });
+                    state.cluster.cast(ClusterMsg::Execute {
+                        host,
+                        command,
+                        done,
+                    })?;
+                }
+            }
+            NetMsg::View(reply) => {
                 let _ = reply.send(state.core.view(Instant::now()));
             }
         }

@@ -12,8 +12,8 @@ use qvdc_actors::{
 use qvdc_raft::{Command, DesiredState, Outcome, ValidationError};
 use qvdc_transport::protocol::{
     ApiError, ApiErrorKind, ApiRequest, ApiResponse, ClusterStatus, CommandOutput, DesiredPower,
-    Health, HostCommandKind, HostDetail, HostPool, HostView, Liveness, MemberStatus, PoolSpec,
-    PoolView, Response, VmSpec,
+    Health, HostCommandKind, HostDetail, HostPool, HostView, Liveness, MemberStatus, NetworkView,
+    PoolSpec, PoolView, Response, VmSpec,
 };
 
 use crate::node::NodeInner;
@@ -26,7 +26,10 @@ fn rejected(e: ValidationError) -> Response {
         ValidationError::NoSuchVm(_)
         | ValidationError::NoSuchPool(_)
         | ValidationError::NoSuchVolume { .. } => ApiErrorKind::NotFound,
-        ValidationError::VolumeExists { .. } => ApiErrorKind::AlreadyExists,
+        ValidationError::VolumeExists { .. } | ValidationError::NetworkExists(_) => {
+            ApiErrorKind::AlreadyExists
+        }
+        ValidationError::NoSuchNetwork(_) => ApiErrorKind::NotFound,
         _ => ApiErrorKind::Invalid,
     };
     Response::Api(Err(ApiError::new(kind, e.to_string())))
@@ -195,6 +198,60 @@ pub(crate) async fn handle(node: &NodeInner, request: ApiRequest) -> Response {
             }
         }
         ApiRequest::HostShow { host } => host_show(node, host).await,
+        ApiRequest::NetworkCreate {
+            request_id,
+            spec,
+            hosts,
+        } => once(node, request_id, Command::CreateNetwork { spec, hosts }).await,
+        ApiRequest::NetworkAssign {
+            request_id,
+            network,
+            hosts,
+        } => once(node, request_id, Command::AssignNetwork { network, hosts }).await,
+        ApiRequest::NetworkUnassign {
+            request_id,
+            network,
+            hosts,
+        } => {
+            once(
+                node,
+                request_id,
+                Command::UnassignNetwork { network, hosts },
+            )
+            .await
+        }
+        ApiRequest::NetworkDelete {
+            request_id,
+            network,
+        } => once(node, request_id, Command::DeleteNetwork { network }).await,
+        ApiRequest::NetworkShow { .. } | ApiRequest::NetworkList => {
+            let supervision = match node.leading().await {
+                Ok(supervision) => supervision,
+                Err(response) => return response,
+            };
+            let result = match request {
+                ApiRequest::NetworkList => {
+                    supervision.network_views().await.map(ApiResponse::Networks)
+                }
+                ApiRequest::NetworkShow { network } => {
+                    match supervision.network_view(&network).await {
+                        Ok(Some(view)) => Ok(ApiResponse::Network(view)),
+                        Ok(None) => {
+                            let message = format!(
+                                "no network named {network:?}; `qvctl network list` shows the networks"
+                            );
+                            return Response::Api(Err(ApiError::new(
+                                ApiErrorKind::NotFound,
+                                message,
+                            )));
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                _ => unreachable!("matched above"),
+            };
+            result.map_or_else(|e| unavailable(e.to_string()), |r| Response::Api(Ok(r)))
+        }
         ApiRequest::VmShow { .. } | ApiRequest::VmList => {
             let supervision = match node.leading().await {
                 Ok(supervision) => supervision,
@@ -373,6 +430,7 @@ fn host_facts(
     desired: &DesiredState,
     liveness: &BTreeMap<String, Liveness>,
     pools: &[PoolView],
+    networks: &[NetworkView],
 ) -> Vec<HostFacts> {
     desired
         .hosts
@@ -386,6 +444,11 @@ fn host_facts(
                 .vms_of_host(&h.host_id)
                 .map(|vm| vm.spec.memory_bytes)
                 .sum(),
+            up_networks: networks
+                .iter()
+                .filter(|n| n.hosts.iter().any(|nh| nh.host_id == h.host_id && nh.up))
+                .map(|n| n.spec.name.clone())
+                .collect(),
             healthy_pools: pools
                 .iter()
                 .filter(|p| {
@@ -412,7 +475,11 @@ async fn place(
         .pool_views()
         .await
         .map_err(|e| unavailable(e.to_string()))?;
-    let facts = host_facts(&node.desired.borrow(), &liveness, &pools);
+    let networks = supervision
+        .network_views()
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    let facts = host_facts(&node.desired.borrow(), &liveness, &pools, &networks);
     placement::place(spec, &facts).map_err(|reasons| {
         let why: Vec<String> = reasons.iter().map(|(h, r)| format!("{h}: {r}")).collect();
         let message = format!(

@@ -53,9 +53,10 @@ pub(crate) async fn handle(
             host_id,
             pools,
             vms,
+            networks,
             ..
         } => {
-            supervision.heartbeat(host_id, connection.clone(), pools, vms);
+            supervision.heartbeat(host_id, connection.clone(), pools, vms, networks);
             Response::Host(HostReply::HeartbeatAck)
         }
         HostMessage::InventoryChanged { host_id, inventory } => {

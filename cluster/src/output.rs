@@ -2,8 +2,8 @@
 
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use qvdc_transport::protocol::{
-    ApiResponse, Capacity, ClusterStatus, HostDetail, HostView, Liveness, PoolView, VmView,
-    VolumeInfo, VolumeView,
+    ApiResponse, Capacity, ClusterStatus, HostDetail, HostView, Liveness, NetworkView, PoolView,
+    VmView, VolumeInfo, VolumeView,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -33,6 +33,8 @@ pub fn render(response: &ApiResponse, format: Format) -> String {
             ApiResponse::Files { pool, host, files } => files_table(pool, host, files),
             ApiResponse::Volumes(volumes) => volumes_table(volumes),
             ApiResponse::Host(host) => host_detail(host),
+            ApiResponse::Network(network) => networks_table(std::slice::from_ref(network)),
+            ApiResponse::Networks(networks) => networks_table(networks),
         },
     }
 }
@@ -54,6 +56,8 @@ fn json(response: &ApiResponse) -> String {
             .map(|f| serde_json::json!({ "pool": pool, "host": host, "files": f })),
         ApiResponse::Volumes(v) => serde_json::to_value(v),
         ApiResponse::Host(h) => serde_json::to_value(h),
+        ApiResponse::Network(n) => serde_json::to_value(n),
+        ApiResponse::Networks(n) => serde_json::to_value(n),
     };
     serde_json::to_string_pretty(&value.expect("API types serialize")).expect("JSON values print")
 }
@@ -185,6 +189,27 @@ fn pool_detail(p: &PoolView) -> String {
         list(&p.healthy_hosts),
         list(&p.failed_hosts)
     )
+}
+
+fn networks_table(networks: &[NetworkView]) -> String {
+    let mut t = table(&["NETWORK", "BRIDGE", "VLAN", "HOST", "UP", "ERROR"]);
+    for n in networks {
+        let vlan = match (&n.spec.uplink, n.spec.vlan) {
+            (Some(uplink), Some(vlan)) => format!("{vlan} on {uplink}"),
+            _ => "-".into(),
+        };
+        for h in &n.hosts {
+            t.add_row(vec![
+                n.spec.name.clone(),
+                n.spec.bridge.clone(),
+                vlan.clone(),
+                h.host_id.clone(),
+                h.up.to_string(),
+                h.error.clone().unwrap_or_default(),
+            ]);
+        }
+    }
+    t.to_string()
 }
 
 fn files_table(pool: &str, host: &str, files: &[VolumeInfo]) -> String {

@@ -43,6 +43,8 @@ struct Cluster {
     hosts: Vec<Child>,
     /// The libvirt connection of each host.
     libvirt: [&'static str; 3],
+    /// Each host's network namespace, where it makes its bridges.
+    netns: [String; 3],
 }
 
 impl Cluster {
@@ -64,10 +66,31 @@ impl Cluster {
             &[hosts[0], hosts[1], hosts[2], (Role::Operator, "admin")],
             true,
         );
+        // Named after the cluster's unique temporary directory.
+        let unique = nodes
+            .dir
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .replace('.', "");
+        let netns = [1, 2, 3].map(|i| format!("qvdc-{unique}-{i}"));
+        for ns in &netns {
+            let made = Command::new("ip")
+                .args(["netns", "add", ns])
+                .status()
+                .unwrap();
+            assert!(made.success(), "ip netns add {ns}");
+            let uplink = [
+                "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
+            ];
+            assert!(Command::new("ip").args(uplink).status().unwrap().success());
+        }
         let mut cluster = Self {
             nodes,
             hosts: Vec::new(),
             libvirt,
+            netns,
         };
         // host-3 cannot mount anything: its pool root is a plain file.
         std::fs::create_dir_all(cluster.dir().join("host-3")).unwrap();
@@ -94,6 +117,7 @@ impl Cluster {
             .args(["--host-id", &name, "--cluster", &self.addrs().join(",")])
             .args(["--data-dir", &self.dir().join(&name).display().to_string()])
             .args(["--libvirt", self.libvirt[i - 1]])
+            .args(["--netns", &self.netns[i - 1]])
             .args(self.nodes.tls_args(&name))
             .stdout(stdout)
             .stderr(stderr)
@@ -152,6 +176,9 @@ impl Drop for Cluster {
             .filter(|p| p.starts_with(&prefix))
         {
             let _ = Command::new("umount").args(["-l", point]).status();
+        }
+        for ns in &self.netns {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
     }
 }
@@ -572,6 +599,109 @@ fn storage_flow_assign_unassign_volumes_and_files_needs_root() {
         (!mounted(&host1) && !mounted(&cluster.dir().join("host-2/pools/shared"))).then_some(())
     });
     assert!(source.join("disk-a.qcow2").exists());
+}
+
+#[test]
+fn network_flow_bridges_on_hosts_and_vms_on_them_needs_root() {
+    if !may_mount() {
+        eprintln!("skipped: needs root (set QVDC_REQUIRE_REAL=1 to make this a failure)");
+        return;
+    }
+    let cluster = Cluster::start();
+    cluster.wait_ready_with_pool();
+    let ok = |args: &[&str]| {
+        let out = cluster.qvctl(args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        out
+    };
+    let bridge_on = |host: usize| {
+        Command::new("ip")
+            .args(["-n", &cluster.netns[host - 1], "link", "show", "br-prod"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    let started = Instant::now();
+    ok(&[
+        "network",
+        "create",
+        "prod",
+        "--bridge",
+        "br-prod",
+        "--hosts",
+        "host-1,host-2",
+    ]);
+    eventually(
+        &cluster,
+        "network up on both hosts",
+        Duration::from_secs(15),
+        || {
+            let view = cluster.json(&["network", "show", "prod"])?;
+            view["hosts"]
+                .as_array()?
+                .iter()
+                .all(|h| h["up"] == true)
+                .then_some(())
+        },
+    );
+    eprintln!("network create -> up on its hosts: {:?}", started.elapsed());
+    assert!(bridge_on(1) && bridge_on(2) && !bridge_on(3));
+
+    // A tagged network: this kernel may have no VLAN support; then the host says so.
+    ok(&[
+        "network", "create", "dmz", "--bridge", "br-dmz", "--vlan", "42", "--uplink", "eth0",
+        "--hosts", "host-1",
+    ]);
+    let dmz = eventually(&cluster, "dmz reported", Duration::from_secs(15), || {
+        let view = cluster.json(&["network", "show", "dmz"])?;
+        let host = view["hosts"][0].clone();
+        let error = host["error"].as_str().unwrap_or_default();
+        (host["up"] == true || error.contains("Unknown device type")).then_some(host)
+    });
+    eprintln!("tagged network on host-1: {dmz}");
+
+    // VMs go only where their network is up.
+    ok(&[
+        "vm",
+        "create",
+        "web",
+        "--memory",
+        "64M",
+        "--network",
+        "prod",
+        "--start",
+        "--wait",
+    ]);
+    let web = cluster.json(&["vm", "show", "web"]).unwrap();
+    assert!(
+        web["host"] == "host-1" || web["host"] == "host-2",
+        "{web:#}"
+    );
+    let out = cluster.qvctl(&["network", "delete", "prod"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        text(&out).contains("is attached to network prod"),
+        "{}",
+        text(&out)
+    );
+    ok(&["vm", "delete", "web", "--wait"]);
+
+    // Unassigned hosts remove the bridge; a deleted network leaves none behind.
+    ok(&["network", "unassign", "prod", "--hosts", "host-2"]);
+    eventually(
+        &cluster,
+        "bridge gone from host-2",
+        Duration::from_secs(15),
+        || (!bridge_on(2)).then_some(()),
+    );
+    ok(&["network", "delete", "prod"]);
+    eventually(
+        &cluster,
+        "bridge gone from host-1",
+        Duration::from_secs(15),
+        || (!bridge_on(1)).then_some(()),
+    );
 }
 
 /// Whether libvirtd with KVM is here; under QVDC_REQUIRE_REAL=1 it must be.

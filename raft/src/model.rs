@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use qvdc_transport::protocol::{
-    DesiredPower, Inventory, PoolSource, PoolSpec, VmSpec, VolumeFormat,
+    DesiredPower, Inventory, NetworkSpec, PoolSource, PoolSpec, VmSpec, VolumeFormat,
 };
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +44,13 @@ pub struct VolumeRecord {
     pub size_bytes: u64,
 }
 
+/// A vSwitch and the hosts that carry it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkRecord {
+    pub spec: NetworkSpec,
+    pub hosts: BTreeSet<String>,
+}
+
 /// A VM and the placement decision for it: which host runs it, and whether it should run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmRecord {
@@ -60,6 +67,7 @@ pub struct DesiredState {
     pub pools: BTreeMap<String, PoolRecord>,
     /// VMs by name.
     pub vms: BTreeMap<String, VmRecord>,
+    pub networks: BTreeMap<String, NetworkRecord>,
     pub requests: RequestLog,
 }
 
@@ -157,6 +165,21 @@ pub enum Command {
         pool: String,
         name: String,
     },
+    CreateNetwork {
+        spec: NetworkSpec,
+        hosts: Vec<String>,
+    },
+    AssignNetwork {
+        network: String,
+        hosts: Vec<String>,
+    },
+    UnassignNetwork {
+        network: String,
+        hosts: Vec<String>,
+    },
+    DeleteNetwork {
+        network: String,
+    },
 }
 
 /// What applying a command did; the application response of a Raft log entry.
@@ -208,6 +231,12 @@ pub enum ValidationError {
     NoSuchVolume { pool: String, name: String },
     #[error("{0}")]
     BadVolume(String),
+    #[error("network {0:?} already exists; pick another name or delete it first")]
+    NetworkExists(String),
+    #[error("no network named {0:?}; `qvctl network list` shows the networks")]
+    NoSuchNetwork(String),
+    #[error("{0}")]
+    BadNetwork(String),
     #[error("request id must be 1 to {REQUEST_ID_BYTES_MAX} bytes")]
     BadRequestId,
     #[error("a request cannot wrap another request")]
@@ -362,6 +391,23 @@ impl DesiredState {
                 self.volume(pool, name)?;
                 self.refuse_if_used(pool, None, Some(name))
             }
+            Command::CreateNetwork { spec, hosts } => self.validate_create_network(spec, hosts),
+            Command::AssignNetwork { network, hosts } => {
+                self.network(network)?;
+                self.known_hosts(hosts)
+            }
+            Command::UnassignNetwork { network, hosts } => {
+                self.network(network)?;
+                self.known_hosts(hosts)?;
+                for host in hosts {
+                    self.refuse_if_network_used(network, Some(host))?;
+                }
+                Ok(())
+            }
+            Command::DeleteNetwork { network } => {
+                self.network(network)?;
+                self.refuse_if_network_used(network, None)
+            }
             Command::SetVmPower { name, .. } | Command::DeleteVm { name } => {
                 if self.vms.contains_key(name) {
                     Ok(())
@@ -418,6 +464,94 @@ impl DesiredState {
             return Err(ValidationError::UnknownHosts(unknown));
         }
         Ok(())
+    }
+
+    fn network(&self, network: &str) -> Result<&NetworkRecord, ValidationError> {
+        self.networks
+            .get(network)
+            .ok_or_else(|| ValidationError::NoSuchNetwork(network.to_owned()))
+    }
+
+    fn known_hosts(&self, hosts: &[String]) -> Result<(), ValidationError> {
+        if hosts.is_empty() {
+            return Err(ValidationError::NoHosts);
+        }
+        let unknown: Vec<String> = hosts
+            .iter()
+            .filter(|h| !self.hosts.contains_key(*h))
+            .cloned()
+            .collect();
+        if unknown.is_empty() {
+            Ok(())
+        } else {
+            Err(ValidationError::UnknownHosts(unknown))
+        }
+    }
+
+    fn refuse_if_network_used(
+        &self,
+        network: &str,
+        host: Option<&str>,
+    ) -> Result<(), ValidationError> {
+        let user = self.vms.values().find(|vm| {
+            host.is_none_or(|h| h == vm.host) && vm.spec.nics.iter().any(|n| n.network == network)
+        });
+        match user {
+            Some(vm) => Err(ValidationError::InUse(format!(
+                "VM {} on {} is attached to network {network}; delete the VM first",
+                vm.spec.name, vm.host
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn validate_create_network(
+        &self,
+        spec: &NetworkSpec,
+        hosts: &[String],
+    ) -> Result<(), ValidationError> {
+        validate_name("network", &spec.name)?;
+        if self.networks.contains_key(&spec.name) {
+            return Err(ValidationError::NetworkExists(spec.name.clone()));
+        }
+        let bad = |m: String| Err(ValidationError::BadNetwork(m));
+        let ifname = |n: &str| {
+            !n.is_empty()
+                && n.len() <= 15
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        };
+        if !ifname(&spec.bridge) {
+            return bad(format!(
+                "bridge name {:?} must be 1 to 15 letters, digits, '-', '_' or '.' (a Linux interface name)",
+                spec.bridge
+            ));
+        }
+        if let Some(other) = self
+            .networks
+            .values()
+            .find(|n| n.spec.bridge == spec.bridge)
+        {
+            return bad(format!(
+                "bridge {} already carries network {}; pick another bridge name",
+                spec.bridge, other.spec.name
+            ));
+        }
+        match (&spec.uplink, spec.vlan) {
+            (None, None) => {}
+            (Some(uplink), Some(vlan)) => {
+                if !(1..=4094).contains(&vlan) {
+                    return bad(format!("VLAN id {vlan} must be between 1 and 4094"));
+                }
+                if !ifname(&format!("{uplink}.{vlan}")) {
+                    return bad(format!(
+                        "uplink {uplink:?} with VLAN {vlan} makes an interface name longer than 15 bytes"
+                    ));
+                }
+            }
+            _ => return bad("a VLAN needs both --vlan and --uplink (or neither)".into()),
+        }
+        self.known_hosts(hosts)
     }
 
     fn pool(&self, pool: &str) -> Result<&PoolRecord, ValidationError> {
@@ -545,11 +679,22 @@ impl DesiredState {
                 Some(_) => {}
             }
         }
-        if let Some(nic) = spec.nics.first() {
-            return bad(format!(
-                "network {:?} does not exist; `qvctl network list` shows the networks",
-                nic.network
-            ));
+        for nic in &spec.nics {
+            match self.networks.get(&nic.network) {
+                None => {
+                    return bad(format!(
+                        "network {:?} does not exist; `qvctl network list` shows the networks",
+                        nic.network
+                    ))
+                }
+                Some(network) if !network.hosts.contains(host) => {
+                    return bad(format!(
+                        "network {} is not assigned to host {host}; assign it first or pick a host that has it",
+                        nic.network
+                    ))
+                }
+                Some(_) => {}
+            }
         }
         Ok(())
     }
@@ -667,6 +812,30 @@ impl DesiredState {
                 pool.volumes.remove(name).expect("validated");
                 Outcome::Applied
             }
+            Command::CreateNetwork { spec, hosts } => {
+                let record = NetworkRecord {
+                    spec: spec.clone(),
+                    hosts: hosts.iter().cloned().collect(),
+                };
+                self.networks.insert(spec.name.clone(), record);
+                Outcome::Applied
+            }
+            Command::AssignNetwork { network, hosts } => {
+                let record = self.networks.get_mut(network).expect("validated");
+                let before = record.hosts.len();
+                record.hosts.extend(hosts.iter().cloned());
+                changed(record.hosts.len() != before)
+            }
+            Command::UnassignNetwork { network, hosts } => {
+                let record = self.networks.get_mut(network).expect("validated");
+                let before = record.hosts.len();
+                record.hosts.retain(|h| !hosts.contains(h));
+                changed(record.hosts.len() != before)
+            }
+            Command::DeleteNetwork { network } => {
+                self.networks.remove(network).expect("validated");
+                Outcome::Applied
+            }
             Command::Once { .. } => unreachable!("handled above"),
         }
     }
@@ -683,6 +852,16 @@ impl DesiredState {
     /// The VMs placed on `host_id`, in name order.
     pub fn vms_of_host<'a>(&'a self, host_id: &'a str) -> impl Iterator<Item = &'a VmRecord> + 'a {
         self.vms.values().filter(move |vm| vm.host == host_id)
+    }
+
+    /// The networks assigned to `host_id`, in name order.
+    pub fn networks_of_host<'a>(
+        &'a self,
+        host_id: &'a str,
+    ) -> impl Iterator<Item = &'a NetworkRecord> + 'a {
+        self.networks
+            .values()
+            .filter(move |n| n.hosts.contains(host_id))
     }
 
     /// The pools assigned to `host_id`, in name order.
@@ -860,6 +1039,54 @@ mod tests {
         state.apply(&Command::DeleteVm { name: "web".into() });
         assert_eq!(state.apply(&delete), Outcome::Applied);
         rejected_with(&mut state, delete, "no volume");
+    }
+
+    #[test]
+    fn networks_carry_vms_only_on_their_hosts_and_stay_while_used() {
+        let mut state = with_hosts(&["host-1", "host-2"]);
+        let net = |name: &str, bridge: &str, vlan: Option<(&str, u16)>| Command::CreateNetwork {
+            spec: qvdc_transport::protocol::NetworkSpec {
+                name: name.into(),
+                bridge: bridge.into(),
+                vlan: vlan.map(|v| v.1),
+                uplink: vlan.map(|v| v.0.to_owned()),
+            },
+            hosts: vec!["host-1".into()],
+        };
+        assert_eq!(state.apply(&net("prod", "br-prod", None)), Outcome::Applied);
+        rejected_with(&mut state, net("prod", "br-x", None), "already exists");
+        rejected_with(
+            &mut state,
+            net("dmz", "br-prod", None),
+            "already carries network prod",
+        );
+        rejected_with(
+            &mut state,
+            net("dmz", "br-dmz", Some(("eth0", 5000))),
+            "between 1 and 4094",
+        );
+        rejected_with(
+            &mut state,
+            net("dmz", "a-very-long-bridge", None),
+            "1 to 15",
+        );
+        let mut web = vm("web", "vm-1", &[]);
+        web.nics.push(qvdc_transport::protocol::VmNic {
+            network: "prod".into(),
+            mac: None,
+        });
+        rejected_with(
+            &mut state,
+            create_vm(web.clone(), "host-2"),
+            "network prod is not assigned to host host-2",
+        );
+        assert_eq!(state.apply(&create_vm(web, "host-1")), Outcome::Applied);
+        let delete = Command::DeleteNetwork {
+            network: "prod".into(),
+        };
+        rejected_with(&mut state, delete.clone(), "VM web on host-1 is attached");
+        state.apply(&Command::DeleteVm { name: "web".into() });
+        assert_eq!(state.apply(&delete), Outcome::Applied);
     }
 
     #[test]

@@ -597,6 +597,29 @@ pub enum ApiRequest {
     HostShow {
         host: String,
     },
+    NetworkCreate {
+        request_id: String,
+        spec: NetworkSpec,
+        hosts: Vec<String>,
+    },
+    NetworkAssign {
+        request_id: String,
+        network: String,
+        hosts: Vec<String>,
+    },
+    NetworkUnassign {
+        request_id: String,
+        network: String,
+        hosts: Vec<String>,
+    },
+    NetworkDelete {
+        request_id: String,
+        network: String,
+    },
+    NetworkShow {
+        network: String,
+    },
+    NetworkList,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -624,6 +647,8 @@ pub enum ApiResponse {
     },
     Volumes(Vec<VolumeView>),
     Host(HostDetail),
+    Network(NetworkView),
+    Networks(Vec<NetworkView>),
 }
 
 /// One host: what it has, whether it is alive, and what is assigned to it.
@@ -740,6 +765,20 @@ pub struct VmView {
     pub power: PowerState,
     pub reason: String,
     /// The last failure closing the gap (a start that failed, a conflicting domain).
+    pub error: Option<String>,
+}
+
+/// A network as the operator sees it: its definition and each host's report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkView {
+    pub spec: NetworkSpec,
+    pub hosts: Vec<NetworkHostView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkHostView {
+    pub host_id: String,
+    pub up: bool,
     pub error: Option<String>,
 }
 

@@ -2,6 +2,7 @@
 //! no actors, `now` passed in. Actors feed them inputs and carry out the effects they return.
 
 pub mod liveness;
+pub mod network;
 pub mod placement;
 pub mod pool;
 pub mod vm;

@@ -18,6 +18,8 @@ pub struct HostFacts {
     pub committed_memory_bytes: u64,
     /// Pools assigned to the host that it reports HEALTHY.
     pub healthy_pools: BTreeSet<String>,
+    /// Networks assigned to the host that it reports up.
+    pub up_networks: BTreeSet<String>,
 }
 
 /// Why no host fits, host by host, in host order.
@@ -42,6 +44,17 @@ pub fn misfit(spec: &VmSpec, host: &HostFacts) -> Option<String> {
         .collect();
     if !missing.is_empty() {
         return Some(format!("pool {} not healthy here", missing.join(", ")));
+    }
+    let down: Vec<&str> = spec
+        .nics
+        .iter()
+        .map(|n| n.network.as_str())
+        .filter(|network| !host.up_networks.contains(*network))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if !down.is_empty() {
+        return Some(format!("network {} not up here", down.join(", ")));
     }
     if spec.vcpus > host.cpu_cores {
         return Some(format!(
@@ -101,6 +114,7 @@ mod tests {
             memory_bytes: 8 << 30,
             committed_memory_bytes: (8 << 30) - (free_mib << 20),
             healthy_pools: pools.iter().map(|p| (*p).to_owned()).collect(),
+            up_networks: ["prod".to_owned()].into(),
         }
     }
 
@@ -132,6 +146,23 @@ mod tests {
         ];
         assert_eq!(place(&vm(256, 1, &["p"]), &hosts), Ok("host-2".into()));
         assert_eq!(place(&vm(256, 1, &[]), &hosts), Ok("host-3".into()));
+    }
+
+    #[test]
+    fn a_vm_goes_only_where_its_networks_are_up() {
+        let mut no_net = host("host-1", true, 4096, &[]);
+        no_net.up_networks.clear();
+        let hosts = [no_net, host("host-2", true, 1024, &[])];
+        let mut spec = vm(64, 1, &[]);
+        spec.nics.push(qvdc_transport::protocol::VmNic {
+            network: "prod".into(),
+            mac: None,
+        });
+        assert_eq!(place(&spec, &hosts), Ok("host-2".into()));
+        assert_eq!(
+            place(&spec, &hosts[..1]).unwrap_err()[0].1,
+            "network prod not up here"
+        );
     }
 
     #[test]

@@ -8,8 +8,8 @@ use qvdc_cluster::client::ClientError;
 use qvdc_cluster::{output, Client};
 use qvdc_transport::{
     protocol::{
-        ApiErrorKind, ApiRequest, ApiResponse, DesiredPower, PoolSource, PoolSpec, PowerState,
-        VmDisk, VmSpec, VolumeFormat,
+        ApiErrorKind, ApiRequest, ApiResponse, DesiredPower, NetworkSpec, PoolSource, PoolSpec,
+        PowerState, VmDisk, VmNic, VmSpec, VolumeFormat,
     },
     tls::{self, Identity, Role},
     Endpoint,
@@ -82,6 +82,50 @@ enum Command {
     /// Volume files in pools.
     #[command(subcommand)]
     Volume(VolumeCommand),
+    /// Networks (vSwitches): a Linux bridge on each assigned host.
+    #[command(subcommand)]
+    Network(NetworkCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum NetworkCommand {
+    /// Define a network; each assigned host creates its bridge (and VLAN port).
+    ///
+    ///   qvctl network create prod --bridge br-prod --hosts host-1,host-2
+    ///   qvctl network create dmz --bridge br-dmz --vlan 42 --uplink eth0 --hosts host-1
+    #[command(verbatim_doc_comment)]
+    Create {
+        name: String,
+        /// The bridge's interface name on every host (at most 15 bytes).
+        #[arg(long)]
+        bridge: String,
+        /// VLAN id carried on --uplink into the bridge.
+        #[arg(long, requires = "uplink")]
+        vlan: Option<u16>,
+        /// The host interface the VLAN rides on.
+        #[arg(long, requires = "vlan")]
+        uplink: Option<String>,
+        #[arg(long, value_delimiter = ',', required = true)]
+        hosts: Vec<String>,
+    },
+    /// Add hosts to the network.
+    Assign {
+        name: String,
+        #[arg(long, value_delimiter = ',', required = true)]
+        hosts: Vec<String>,
+    },
+    /// Take hosts off the network; they remove its bridge.
+    Unassign {
+        name: String,
+        #[arg(long, value_delimiter = ',', required = true)]
+        hosts: Vec<String>,
+    },
+    /// Delete the network; every host removes its bridge.
+    Delete { name: String },
+    /// One network and whether it is up on each host.
+    Show { name: String },
+    /// All networks.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -147,6 +191,9 @@ enum VmCommand {
         /// A disk: POOL/VOLUME, optionally :raw (default qcow2). Repeat for more disks.
         #[arg(long = "disk", value_parser = parse_disk)]
         disks: Vec<VmDisk>,
+        /// A NIC on this network. Repeat for more NICs.
+        #[arg(long = "network")]
+        networks: Vec<String>,
         /// Run it on this host instead of letting the cluster choose.
         #[arg(long)]
         host: Option<String>,
@@ -440,6 +487,7 @@ fn request_of(command: Command, request_id: String) -> ApiRequest {
             name,
         },
         Command::Volume(VolumeCommand::List { pool }) => ApiRequest::VolumeList { pool },
+        Command::Network(command) => network_request(command, request_id),
         Command::Pool(PoolCommand::Create {
             name,
             kind,
@@ -479,6 +527,43 @@ fn request_of(command: Command, request_id: String) -> ApiRequest {
     }
 }
 
+fn network_request(command: NetworkCommand, request_id: String) -> ApiRequest {
+    match command {
+        NetworkCommand::Create {
+            name,
+            bridge,
+            vlan,
+            uplink,
+            hosts,
+        } => ApiRequest::NetworkCreate {
+            request_id,
+            spec: NetworkSpec {
+                name,
+                bridge,
+                vlan,
+                uplink,
+            },
+            hosts,
+        },
+        NetworkCommand::Assign { name, hosts } => ApiRequest::NetworkAssign {
+            request_id,
+            network: name,
+            hosts,
+        },
+        NetworkCommand::Unassign { name, hosts } => ApiRequest::NetworkUnassign {
+            request_id,
+            network: name,
+            hosts,
+        },
+        NetworkCommand::Delete { name } => ApiRequest::NetworkDelete {
+            request_id,
+            network: name,
+        },
+        NetworkCommand::Show { name } => ApiRequest::NetworkShow { network: name },
+        NetworkCommand::List => ApiRequest::NetworkList,
+    }
+}
+
 fn vm_request(command: VmCommand, request_id: String) -> ApiRequest {
     let power = |name, power| ApiRequest::VmSetPower {
         request_id: request_id.clone(),
@@ -491,6 +576,7 @@ fn vm_request(command: VmCommand, request_id: String) -> ApiRequest {
             vcpus,
             memory,
             disks,
+            networks,
             host,
             start,
             ..
@@ -501,7 +587,10 @@ fn vm_request(command: VmCommand, request_id: String) -> ApiRequest {
                 vcpus,
                 memory_bytes: memory,
                 disks,
-                nics: Vec::new(),
+                nics: networks
+                    .into_iter()
+                    .map(|network| VmNic { network, mac: None })
+                    .collect(),
             },
             host,
             start,

@@ -50,6 +50,10 @@ struct Args {
     /// libvirt's in-memory test driver (no daemon, no real VMs).
     #[arg(long, env = "QHOST_LIBVIRT", default_value = SYSTEM_URI)]
     libvirt: String,
+    /// Create network bridges inside this network namespace instead of the host's own (it
+    /// must exist; useful when several agents share one machine).
+    #[arg(long)]
+    netns: Option<String>,
 }
 
 fn resolve(addrs: &[String]) -> anyhow::Result<Vec<SocketAddr>> {
@@ -102,7 +106,10 @@ async fn main() -> anyhow::Result<()> {
     let parts = HostParts {
         mounter: RealMounter::new(),
         hypervisor: Libvirt::new(args.libvirt),
-        networker: IpNetworker::host(),
+        networker: match args.netns {
+            Some(netns) => IpNetworker::in_namespace(netns),
+            None => IpNetworker::host(),
+        },
     };
     let agent = Agent::new(config, endpoint, parts, fence);
     tokio::select! {
