@@ -198,6 +198,11 @@ pub(crate) async fn handle(node: &NodeInner, request: ApiRequest) -> Response {
             }
         }
         ApiRequest::HostShow { host } => host_show(node, host).await,
+        ApiRequest::HostMaintenance {
+            request_id,
+            host,
+            on,
+        } => once(node, request_id, Command::SetMaintenance { host, on }).await,
         ApiRequest::NetworkCreate {
             request_id,
             spec,
@@ -438,6 +443,7 @@ fn host_facts(
         .map(|h| HostFacts {
             host: h.host_id.clone(),
             ready: liveness.get(&h.host_id) == Some(&Liveness::Ready),
+            maintenance: h.maintenance,
             cpu_cores: h.inventory.cpu_cores,
             memory_bytes: h.inventory.memory_bytes,
             committed_memory_bytes: desired
@@ -589,6 +595,7 @@ fn host_views(
                 .get(&h.host_id)
                 .copied()
                 .unwrap_or(Liveness::Unreachable),
+            maintenance: h.maintenance,
         })
         .collect()
 }

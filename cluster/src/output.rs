@@ -127,13 +127,17 @@ fn cluster_table(s: &ClusterStatus) -> String {
 fn hosts_table(hosts: &[HostView]) -> String {
     let mut t = table(&["HOST", "STATE", "HOSTNAME", "CPUS", "MEMORY"]);
     for h in hosts {
-        let state = match h.liveness {
+        let mut state = match h.liveness {
             Liveness::Ready => "Ready",
             Liveness::Unreachable => "Unreachable",
-        };
+        }
+        .to_owned();
+        if h.maintenance {
+            state.push_str(", maintenance");
+        }
         t.add_row(vec![
             h.host_id.clone(),
-            state.into(),
+            state,
             h.inventory.hostname.clone(),
             h.inventory.cpu_cores.to_string(),
             bytes(h.inventory.memory_bytes),
@@ -401,18 +405,19 @@ mod tests {
                 ..Inventory::default()
             },
             liveness,
+            maintenance: id == "host-2",
         };
         let hosts = vec![
             host("host-1", Liveness::Ready),
             host("host-2", Liveness::Unreachable),
         ];
         expect![[r#"
-            ┌────────┬─────────────┬────────────┬──────┬──────────┐
-            │ HOST   ┆ STATE       ┆ HOSTNAME   ┆ CPUS ┆ MEMORY   │
-            ╞════════╪═════════════╪════════════╪══════╪══════════╡
-            │ host-1 ┆ Ready       ┆ host-1.lab ┆ 16   ┆ 64.0 GiB │
-            │ host-2 ┆ Unreachable ┆ host-2.lab ┆ 16   ┆ 64.0 GiB │
-            └────────┴─────────────┴────────────┴──────┴──────────┘"#]]
+            ┌────────┬──────────────────────────┬────────────┬──────┬──────────┐
+            │ HOST   ┆ STATE                    ┆ HOSTNAME   ┆ CPUS ┆ MEMORY   │
+            ╞════════╪══════════════════════════╪════════════╪══════╪══════════╡
+            │ host-1 ┆ Ready                    ┆ host-1.lab ┆ 16   ┆ 64.0 GiB │
+            │ host-2 ┆ Unreachable, maintenance ┆ host-2.lab ┆ 16   ┆ 64.0 GiB │
+            └────────┴──────────────────────────┴────────────┴──────┴──────────┘"#]]
         .assert_eq(&render(&ApiResponse::Hosts(hosts), Format::Table));
     }
 

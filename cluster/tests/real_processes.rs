@@ -513,6 +513,91 @@ fn vm_flow_across_real_processes_needs_root() {
     cluster.nodes.restart(leader);
 }
 
+#[test]
+fn host_agents_killed_and_restarted_are_seen_and_given_their_config_again_needs_root() {
+    if !may_mount() {
+        eprintln!("skipped: needs root (set QVDC_REQUIRE_REAL=1 to make this a failure)");
+        return;
+    }
+    let mut cluster = Cluster::start();
+    cluster.wait_ready_with_pool();
+    let ok = |cluster: &Cluster, args: &[&str]| {
+        let out = cluster.qvctl(args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+    };
+    // Maintenance keeps new VMs off a host.
+    ok(&cluster, &["host", "maintenance", "host-1", "on"]);
+    ok(
+        &cluster,
+        &[
+            "vm",
+            "create",
+            "web",
+            "--memory",
+            "64M",
+            "--disk",
+            "shared/disk-a.qcow2",
+            "--start",
+            "--wait",
+        ],
+    );
+    assert_eq!(
+        cluster.json(&["vm", "show", "web"]).unwrap()["host"],
+        "host-2"
+    );
+    let hosts = cluster.json(&["host", "list"]).unwrap();
+    assert_eq!(hosts[0]["maintenance"], true, "{hosts:#}");
+    ok(&cluster, &["host", "maintenance", "host-1", "off"]);
+
+    // host-2 dies: Unreachable, its pool report UNKNOWN and its VM's power unknown, within
+    // the failure-detection time (3 s by default).
+    let mut agent = cluster.hosts.remove(1);
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    let killed = Instant::now();
+    eventually(
+        &cluster,
+        "host-2 Unreachable",
+        Duration::from_secs(10),
+        || {
+            let hosts = cluster.json(&["host", "list"])?;
+            let pool = cluster.json(&["pool", "show", "shared"])?;
+            let vm = cluster.json(&["vm", "show", "web"])?;
+            (hosts[1]["liveness"] == "Unreachable"
+                && pool["hosts"][1]["health"] == "UNKNOWN"
+                && vm["power"] == "unknown")
+                .then_some(())
+        },
+    );
+    let detected = killed.elapsed();
+    eprintln!("host agent killed -> Unreachable/UNKNOWN: {detected:?}");
+    assert!(detected < Duration::from_secs(5), "{detected:?}");
+
+    // It comes back with nothing (its test-driver domains died with it): the leader pushes
+    // the pool and the VM again.
+    let restarted = Instant::now();
+    let agent = cluster.spawn_host(2);
+    cluster.hosts.insert(1, agent);
+    eventually(
+        &cluster,
+        "host-2 Ready with its VM running",
+        Duration::from_secs(20),
+        || {
+            let hosts = cluster.json(&["host", "list"])?;
+            let pool = cluster.json(&["pool", "show", "shared"])?;
+            let vm = cluster.json(&["vm", "show", "web"])?;
+            (hosts[1]["liveness"] == "Ready"
+                && pool["hosts"][1]["health"] == "HEALTHY"
+                && vm["power"] == "running")
+                .then_some(())
+        },
+    );
+    eprintln!(
+        "host agent restarted -> Ready, pool HEALTHY, VM running again: {:?}",
+        restarted.elapsed()
+    );
+}
+
 fn mounted(path: &Path) -> bool {
     let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let path = path.display().to_string();

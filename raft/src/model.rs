@@ -27,6 +27,8 @@ pub const VOLUME_BYTES_MAX: u64 = 16 << 40;
 pub struct HostRecord {
     pub host_id: String,
     pub inventory: Inventory,
+    /// In maintenance, a host keeps what it runs but gets no new VMs.
+    pub maintenance: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,6 +170,11 @@ pub enum Command {
     CreateNetwork {
         spec: NetworkSpec,
         hosts: Vec<String>,
+    },
+    /// Puts a host in or out of maintenance.
+    SetMaintenance {
+        host: String,
+        on: bool,
     },
     AssignNetwork {
         network: String,
@@ -392,6 +399,7 @@ impl DesiredState {
                 self.refuse_if_used(pool, None, Some(name))
             }
             Command::CreateNetwork { spec, hosts } => self.validate_create_network(spec, hosts),
+            Command::SetMaintenance { host, .. } => self.known_hosts(std::slice::from_ref(host)),
             Command::AssignNetwork { network, hosts } => {
                 self.network(network)?;
                 self.known_hosts(hosts)
@@ -724,15 +732,21 @@ impl DesiredState {
         }
         match command {
             Command::RegisterHost { host_id, inventory } => {
+                let maintenance = self.hosts.get(host_id).is_some_and(|h| h.maintenance);
                 let record = HostRecord {
                     host_id: host_id.clone(),
                     inventory: inventory.clone(),
+                    maintenance,
                 };
                 if self.hosts.get(host_id) == Some(&record) {
                     return Outcome::Unchanged;
                 }
                 self.hosts.insert(host_id.clone(), record);
                 Outcome::Applied
+            }
+            Command::SetMaintenance { host, on } => {
+                let record = self.hosts.get_mut(host).expect("validated");
+                changed(std::mem::replace(&mut record.maintenance, *on) != *on)
             }
             Command::CreatePool { spec, hosts } => {
                 let record = PoolRecord {

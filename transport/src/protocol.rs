@@ -620,6 +620,11 @@ pub enum ApiRequest {
         network: String,
     },
     NetworkList,
+    HostMaintenance {
+        request_id: String,
+        host: String,
+        on: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -736,6 +741,8 @@ pub struct HostView {
     pub host_id: String,
     pub inventory: Inventory,
     pub liveness: Liveness,
+    /// In maintenance: runs what it has, gets no new VMs.
+    pub maintenance: bool,
 }
 
 /// Whether a VM should run.

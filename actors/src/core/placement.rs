@@ -12,6 +12,8 @@ pub struct HostFacts {
     pub host: String,
     /// Heartbeating to this leader.
     pub ready: bool,
+    /// In maintenance: takes no new VMs.
+    pub maintenance: bool,
     pub cpu_cores: u32,
     pub memory_bytes: u64,
     /// Memory of the VMs already placed there (running or not: they may be started).
@@ -33,6 +35,9 @@ fn mib(bytes: u64) -> u64 {
 pub fn misfit(spec: &VmSpec, host: &HostFacts) -> Option<String> {
     if !host.ready {
         return Some("unreachable".into());
+    }
+    if host.maintenance {
+        return Some("in maintenance".into());
     }
     let missing: Vec<&str> = spec
         .disks
@@ -110,6 +115,7 @@ mod tests {
         HostFacts {
             host: name.into(),
             ready,
+            maintenance: false,
             cpu_cores: 4,
             memory_bytes: 8 << 30,
             committed_memory_bytes: (8 << 30) - (free_mib << 20),
@@ -192,6 +198,10 @@ mod tests {
                 ("host-4".into(), "needs 8 vCPUs, has 4 cores".into()),
             ]
         );
+        let mut resting = host("host-5", true, 4096, &["p"]);
+        resting.maintenance = true;
+        let reasons = place(&vm(256, 1, &["p"]), &[resting]).unwrap_err();
+        assert_eq!(reasons[0].1, "in maintenance");
         let reasons = place(&vm(256, 1, &["p"]), &hosts[..1]).unwrap_err();
         assert_eq!(reasons[0].1, "needs 256 MiB of memory, 128 MiB free");
         assert!(place(&vm(1, 1, &[]), &[]).unwrap_err()[0]

@@ -310,6 +310,18 @@ enum HostCommand {
     List,
     /// One host: inventory, liveness, and the pools and VMs assigned to it.
     Show { host: String },
+    /// Put a host in maintenance (it keeps its VMs but gets no new ones), or take it out.
+    Maintenance {
+        host: String,
+        #[arg(value_enum)]
+        state: OnOff,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
 }
 
 #[derive(Debug, Subcommand)]
@@ -446,6 +458,11 @@ fn request_of(command: Command, request_id: String) -> ApiRequest {
         Command::Cluster(ClusterCommand::Status) => ApiRequest::ClusterStatus,
         Command::Host(HostCommand::List) => ApiRequest::HostList,
         Command::Host(HostCommand::Show { host }) => ApiRequest::HostShow { host },
+        Command::Host(HostCommand::Maintenance { host, state }) => ApiRequest::HostMaintenance {
+            request_id,
+            host,
+            on: state == OnOff::On,
+        },
         Command::Pool(PoolCommand::Assign { name, hosts }) => ApiRequest::PoolAssign {
             request_id,
             pool: name,
