@@ -421,6 +421,109 @@ mod tests {
         .assert_eq(&render(&ApiResponse::Hosts(hosts), Format::Table));
     }
 
+    fn vm() -> VmView {
+        VmView {
+            spec: qvdc_transport::protocol::VmSpec {
+                id: "req-7f3a".into(),
+                name: "web".into(),
+                vcpus: 2,
+                memory_bytes: 512 << 20,
+                disks: vec![qvdc_transport::protocol::VmDisk {
+                    pool: "shared".into(),
+                    volume: "web.qcow2".into(),
+                    format: qvdc_transport::protocol::VolumeFormat::Qcow2,
+                }],
+                nics: Vec::new(),
+            },
+            host: "host-2".into(),
+            desired: qvdc_transport::protocol::DesiredPower::Running,
+            power: qvdc_transport::protocol::PowerState::ShutOff,
+            reason: "destroyed".into(),
+            error: Some("start-vm failed: Cannot access storage file".into()),
+        }
+    }
+
+    #[test]
+    fn vm_views() {
+        expect![[r#"
+            vm:      web
+            id:      req-7f3a
+            host:    host-2
+            desired: running
+            power:   shut off (destroyed)
+            vcpus:   2
+            memory:  512.0 MiB
+            disks:   shared/web.qcow2 (qcow2)
+            error:   start-vm failed: Cannot access storage file"#]]
+        .assert_eq(&render(&ApiResponse::Vm(vm()), Format::Table));
+        expect![[r#"
+            ┌─────┬────────┬─────────┬──────────┬───────┬───────────┬─────────────────────────────────────────────┐
+            │ VM  ┆ HOST   ┆ DESIRED ┆ POWER    ┆ VCPUS ┆ MEMORY    ┆ ERROR                                       │
+            ╞═════╪════════╪═════════╪══════════╪═══════╪═══════════╪═════════════════════════════════════════════╡
+            │ web ┆ host-2 ┆ running ┆ shut off ┆ 2     ┆ 512.0 MiB ┆ start-vm failed: Cannot access storage file │
+            └─────┴────────┴─────────┴──────────┴───────┴───────────┴─────────────────────────────────────────────┘"#]].assert_eq(&render(&ApiResponse::Vms(vec![vm()]), Format::Table));
+        expect![[r#"
+            {
+              "desired": "running",
+              "error": "start-vm failed: Cannot access storage file",
+              "host": "host-2",
+              "power": "shut_off",
+              "reason": "destroyed",
+              "spec": {
+                "disks": [
+                  {
+                    "format": "qcow2",
+                    "pool": "shared",
+                    "volume": "web.qcow2"
+                  }
+                ],
+                "id": "req-7f3a",
+                "memory_bytes": 536870912,
+                "name": "web",
+                "nics": [],
+                "vcpus": 2
+              }
+            }"#]]
+        .assert_eq(&render(&ApiResponse::Vm(vm()), Format::Json));
+    }
+
+    #[test]
+    fn network_and_volume_tables() {
+        let network = NetworkView {
+            spec: qvdc_transport::protocol::NetworkSpec {
+                name: "dmz".into(),
+                bridge: "br-dmz".into(),
+                vlan: Some(42),
+                uplink: Some("eth0".into()),
+            },
+            hosts: vec![qvdc_transport::protocol::NetworkHostView {
+                host_id: "host-1".into(),
+                up: false,
+                error: Some("VLAN port eth0.42 does not exist".into()),
+            }],
+        };
+        expect![[r#"
+            ┌─────────┬────────┬────────────┬────────┬───────┬──────────────────────────────────┐
+            │ NETWORK ┆ BRIDGE ┆ VLAN       ┆ HOST   ┆ UP    ┆ ERROR                            │
+            ╞═════════╪════════╪════════════╪════════╪═══════╪══════════════════════════════════╡
+            │ dmz     ┆ br-dmz ┆ 42 on eth0 ┆ host-1 ┆ false ┆ VLAN port eth0.42 does not exist │
+            └─────────┴────────┴────────────┴────────┴───────┴──────────────────────────────────┘"#]].assert_eq(&render(&ApiResponse::Networks(vec![network]), Format::Table));
+        let volume = VolumeView {
+            name: "web.qcow2".into(),
+            format: qvdc_transport::protocol::VolumeFormat::Qcow2,
+            size_bytes: 20 << 30,
+            ready: true,
+            error: None,
+        };
+        expect![[r#"
+            ┌───────────┬────────┬──────────┬───────┬───────┐
+            │ VOLUME    ┆ FORMAT ┆ SIZE     ┆ READY ┆ ERROR │
+            ╞═══════════╪════════╪══════════╪═══════╪═══════╡
+            │ web.qcow2 ┆ qcow2  ┆ 20.0 GiB ┆ true  ┆       │
+            └───────────┴────────┴──────────┴───────┴───────┘"#]]
+        .assert_eq(&render(&ApiResponse::Volumes(vec![volume]), Format::Table));
+    }
+
     #[test]
     fn cluster_status_table() {
         let member = |id: u64| MemberStatus {

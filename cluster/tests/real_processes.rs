@@ -505,6 +505,58 @@ fn vm_flow_across_real_processes_needs_root() {
     let db = cluster.json(&["vm", "show", "db"]).unwrap();
     assert_eq!(db["power"], "running", "{db:#}");
 
+    // And while a pool create is being followed.
+    let status = cluster.json(&["cluster", "status"]).unwrap();
+    let leader_now = status["leader"].as_u64().unwrap() as usize;
+    cluster.nodes.restart(leader);
+    let other = cluster.dir().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let follow = Command::new(QVCTL)
+        .env("QVDC_CLUSTER", cluster.addrs().join(","))
+        .env("QVDC_CA_CERT", cluster.certs().join("ca.crt"))
+        .env("QVDC_CERT", cluster.certs().join("admin.crt"))
+        .env("QVDC_KEY", cluster.certs().join("admin.key"))
+        .args([
+            "pool",
+            "create",
+            "other",
+            "--path",
+            &other.display().to_string(),
+        ])
+        .args([
+            "--hosts",
+            "host-1,host-2",
+            "--wait",
+            "--request-id",
+            "create-other",
+        ])
+        .args(["--timeout-ms", "20000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    cluster.nodes.kill(leader_now);
+    let out = follow.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("other on host-2: HEALTHY"),
+        "{}",
+        text(&out)
+    );
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mount = cluster
+        .dir()
+        .join("host-1/pools/other")
+        .display()
+        .to_string();
+    let mounts = table
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == Some(mount.as_str()))
+        .count();
+    assert_eq!(mounts, 1, "mounted once, not once per attempt");
+    let leader = leader_now;
+
     let out = cluster.qvctl(&["vm", "delete", "web", "--wait"]);
     assert!(out.status.success(), "{}", text(&out));
     let out = cluster.qvctl(&["vm", "show", "web"]);

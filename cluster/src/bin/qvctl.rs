@@ -1,6 +1,9 @@
 //! `qvctl`: the operator's command line for a qvdc cluster.
 
-use std::{net::SocketAddr, net::ToSocketAddrs, path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    collections::BTreeMap, net::SocketAddr, net::ToSocketAddrs, path::PathBuf, process::ExitCode,
+    time::Duration,
+};
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
@@ -85,6 +88,11 @@ enum Command {
     /// Networks (vSwitches): a Linux bridge on each assigned host.
     #[command(subcommand)]
     Network(NetworkCommand),
+    /// Print a shell completion script, e.g. `qvctl completions bash > /etc/bash_completion.d/qvctl`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -170,7 +178,7 @@ impl From<FormatArg> for VolumeFormat {
 
 #[derive(Debug, Args)]
 struct Wait {
-    /// Follow the change until the VM's host reports it done.
+    /// Follow the change until the hosts report it done, host by host.
     #[arg(long)]
     wait: bool,
     /// Give up waiting after this long (exit code 4).
@@ -357,6 +365,8 @@ enum PoolCommand {
         /// Hosts to mount it on, comma-separated.
         #[arg(long, value_delimiter = ',', required = true)]
         hosts: Vec<String>,
+        #[command(flatten)]
+        wait: Wait,
     },
     /// One pool: overall health, capacity, and what each host reports.
     Show { name: String },
@@ -367,6 +377,8 @@ enum PoolCommand {
         name: String,
         #[arg(long, value_delimiter = ',', required = true)]
         hosts: Vec<String>,
+        #[command(flatten)]
+        wait: Wait,
     },
     /// Take the pool away from hosts; they unmount it (its data stays).
     Unassign {
@@ -463,7 +475,7 @@ fn request_of(command: Command, request_id: String) -> ApiRequest {
             host,
             on: state == OnOff::On,
         },
-        Command::Pool(PoolCommand::Assign { name, hosts }) => ApiRequest::PoolAssign {
+        Command::Pool(PoolCommand::Assign { name, hosts, .. }) => ApiRequest::PoolAssign {
             request_id,
             pool: name,
             hosts,
@@ -515,6 +527,7 @@ fn request_of(command: Command, request_id: String) -> ApiRequest {
             device,
             fs_type,
             hosts,
+            ..
         }) => {
             // clap requires each type's flags, so the unwraps below cannot fail.
             let source = match kind {
@@ -540,7 +553,7 @@ fn request_of(command: Command, request_id: String) -> ApiRequest {
         Command::Pool(PoolCommand::Show { name }) => ApiRequest::PoolShow { name },
         Command::Pool(PoolCommand::List) => ApiRequest::PoolList,
         Command::Vm(command) => vm_request(command, request_id),
-        Command::Certs(_) => unreachable!("handled locally"),
+        Command::Certs(_) | Command::Completions { .. } => unreachable!("handled locally"),
     }
 }
 
@@ -623,87 +636,190 @@ fn vm_request(command: VmCommand, request_id: String) -> ApiRequest {
     }
 }
 
-/// What `--wait` waits for: the VM in this power state, or gone.
+/// What `--wait` waits for.
 enum Goal {
-    Power(PowerState),
-    Gone,
+    /// The VM in this power state.
+    Power(String, PowerState),
+    /// The VM gone.
+    Gone(String),
+    /// Every host of the pool reported it (healthy or not).
+    Reported(String),
 }
 
-/// The VM and the goal a `--wait` follows, if one was asked for.
-fn wait_goal(command: &Command) -> Option<(String, Goal, u64)> {
-    let Command::Vm(vm) = command else {
-        return None;
-    };
-    let (name, goal, wait) = match vm {
-        VmCommand::Create {
+/// The goal a `--wait` follows and for how long, if one was asked for.
+fn wait_goal(command: &Command) -> Option<(Goal, u64)> {
+    let (goal, wait) = match command {
+        Command::Vm(VmCommand::Create {
             name, start, wait, ..
-        } => {
+        }) => {
             let power = if *start {
                 PowerState::Running
             } else {
                 PowerState::ShutOff
             };
-            (name, Goal::Power(power), wait)
+            (Goal::Power(name.clone(), power), wait)
         }
-        VmCommand::Start { name, wait } => (name, Goal::Power(PowerState::Running), wait),
-        VmCommand::Stop { name, wait } | VmCommand::ForceOff { name, wait } => {
-            (name, Goal::Power(PowerState::ShutOff), wait)
+        Command::Vm(VmCommand::Start { name, wait }) => {
+            (Goal::Power(name.clone(), PowerState::Running), wait)
         }
-        VmCommand::Delete { name, wait } => (name, Goal::Gone, wait),
+        Command::Vm(VmCommand::Stop { name, wait } | VmCommand::ForceOff { name, wait }) => {
+            (Goal::Power(name.clone(), PowerState::ShutOff), wait)
+        }
+        Command::Vm(VmCommand::Delete { name, wait }) => (Goal::Gone(name.clone()), wait),
+        Command::Pool(
+            PoolCommand::Create { name, wait, .. } | PoolCommand::Assign { name, wait, .. },
+        ) => (Goal::Reported(name.clone()), wait),
         _ => return None,
     };
-    wait.wait
-        .then(|| (name.clone(), goal, wait.wait_timeout_ms))
+    wait.wait.then_some((goal, wait.wait_timeout_ms))
 }
 
-/// Polls the VM until its host reports the goal, printing each change of state.
-async fn follow(
-    client: &mut Client,
-    name: String,
-    goal: Goal,
-    timeout_ms: u64,
-) -> Result<(), ClientError> {
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
-    let mut last = String::new();
-    loop {
-        let now = client
-            .request(ApiRequest::VmShow { name: name.clone() })
-            .await;
-        let (done, state) = match (&goal, now) {
-            (Goal::Gone, Err(ClientError::Rejected(e))) if e.kind == ApiErrorKind::NotFound => {
-                (true, "deleted".to_owned())
-            }
-            (_, Err(e)) => return Err(e),
-            (goal, Ok(ApiResponse::Vm(vm))) => {
-                let reached = matches!(goal, Goal::Power(p) if *p == vm.power);
-                let mut state = format!("{} on {} ({})", vm.power, vm.host, vm.reason);
-                if let Some(error) = &vm.error {
-                    state.push_str(&format!(": {error}"));
-                }
-                (reached, state)
-            }
-            (_, Ok(other)) => return Err(ClientError::Protocol(format!("{other:?}"))),
-        };
-        if state != last {
-            eprintln!("{name}: {state}");
-            last = state;
+/// How each part of a change is going: a spinner per part on a terminal, a line per change
+/// otherwise (logs and scripts read those).
+struct Progress {
+    bars: Option<(
+        indicatif::MultiProgress,
+        BTreeMap<String, indicatif::ProgressBar>,
+    )>,
+    last: BTreeMap<String, String>,
+}
+
+impl Progress {
+    fn new() -> Self {
+        use std::io::IsTerminal;
+        let bars = std::io::stderr()
+            .is_terminal()
+            .then(|| (indicatif::MultiProgress::new(), BTreeMap::new()));
+        Self {
+            bars,
+            last: BTreeMap::new(),
         }
+    }
+
+    fn update(&mut self, part: &str, state: String, done: bool) {
+        if self.last.get(part) == Some(&state) {
+            return;
+        }
+        self.last.insert(part.to_owned(), state.clone());
+        let Some((multi, bars)) = &mut self.bars else {
+            eprintln!("{part}: {state}");
+            return;
+        };
+        let bar = bars.entry(part.to_owned()).or_insert_with(|| {
+            let bar = multi.add(indicatif::ProgressBar::new_spinner());
+            let style = indicatif::ProgressStyle::with_template("{spinner} {prefix}: {msg}")
+                .expect("valid template");
+            bar.set_style(style);
+            bar.set_prefix(part.to_owned());
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
         if done {
-            return Ok(());
+            bar.finish_with_message(state);
+        } else {
+            bar.set_message(state);
+        }
+    }
+
+    fn finish(self) {
+        if let Some((_, bars)) = self.bars {
+            bars.values().for_each(|b| b.finish());
+        }
+    }
+}
+
+/// Polls until the goal is reached, showing each change of state.
+async fn follow(client: &mut Client, goal: Goal, timeout_ms: u64) -> Result<(), ClientError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+    let mut progress = Progress::new();
+    let result = loop {
+        match step(client, &goal, &mut progress).await {
+            Ok(true) => break Ok(()),
+            Ok(false) => {}
+            Err(e) => break Err(e),
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(ClientError::Timeout {
+            let last: Vec<String> = progress
+                .last
+                .iter()
+                .map(|(part, state)| format!("{part}: {state}"))
+                .collect();
+            break Err(ClientError::Timeout {
                 waited_ms: timeout_ms,
-                last,
+                last: last.join("; "),
             });
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    progress.finish();
+    result
+}
+
+/// One look at the goal; `true` once it is reached.
+async fn step(
+    client: &mut Client,
+    goal: &Goal,
+    progress: &mut Progress,
+) -> Result<bool, ClientError> {
+    match goal {
+        Goal::Power(name, _) | Goal::Gone(name) => {
+            let now = client
+                .request(ApiRequest::VmShow { name: name.clone() })
+                .await;
+            match (goal, now) {
+                (Goal::Gone(_), Err(ClientError::Rejected(e)))
+                    if e.kind == ApiErrorKind::NotFound =>
+                {
+                    progress.update(name, "deleted".into(), true);
+                    Ok(true)
+                }
+                (_, Err(e)) => Err(e),
+                (goal, Ok(ApiResponse::Vm(vm))) => {
+                    let reached = matches!(goal, Goal::Power(_, p) if *p == vm.power);
+                    let mut state = format!("{} on {} ({})", vm.power, vm.host, vm.reason);
+                    if let Some(error) = &vm.error {
+                        state.push_str(&format!(": {error}"));
+                    }
+                    progress.update(name, state, reached);
+                    Ok(reached)
+                }
+                (_, Ok(other)) => Err(ClientError::Protocol(format!("{other:?}"))),
+            }
+        }
+        Goal::Reported(pool) => {
+            let view = match client
+                .request(ApiRequest::PoolShow { name: pool.clone() })
+                .await?
+            {
+                ApiResponse::Pool(view) => view,
+                other => return Err(ClientError::Protocol(format!("{other:?}"))),
+            };
+            let mut all = true;
+            for host in &view.hosts {
+                let reported = host.health != qvdc_transport::protocol::Health::Unknown;
+                all &= reported;
+                let mut state = host.health.to_string();
+                if let Some(error) = &host.error {
+                    state.push_str(&format!(": {error}"));
+                }
+                progress.update(&format!("{pool} on {}", host.host_id), state, reported);
+            }
+            Ok(all)
+        }
     }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Certs(command) = cli.command {
         certs(command)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Command::Completions { shell } = cli.command {
+        let mut cli = <Cli as clap::CommandFactory>::command();
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut cli, "qvctl", &mut script);
+        // A reader that stops early (`| head`) is not an error.
+        let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
         return Ok(ExitCode::SUCCESS);
     }
     let mut client = client(&cli.connection)?;
@@ -717,7 +833,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Ok(response) => {
             println!("{}", output::render(&response, cli.output));
             match wait {
-                Some((name, goal, timeout_ms)) => follow(&mut client, name, goal, timeout_ms).await,
+                Some((goal, timeout_ms)) => follow(&mut client, goal, timeout_ms).await,
                 None => Ok(()),
             }
         }
