@@ -44,7 +44,7 @@ impl VmOp {
             VmOp::Start => "start",
             VmOp::Shutdown { .. } => "shutdown",
             VmOp::Reboot => "reboot",
-            VmOp::ForceOff => "force off",
+            VmOp::ForceOff => "force-off",
             VmOp::Undefine => "undefine",
             VmOp::Adopt { .. } => "adopt",
         }
@@ -123,7 +123,8 @@ impl<H: Hypervisor> VmActor<H> {
             let what = op.label();
             let result = self.handle(op).await;
             match &result {
-                Ok(_) => info!(vm = %self.name, op = what, "done"),
+                // The simulation's one-host-per-VM invariant reads this line.
+                Ok(_) => info!(vm = %self.name, op = %what, "vm operation done"),
                 Err(e) => warn!(vm = %self.name, op = what, error = %e, "VM operation failed"),
             }
             let _ = reply.send(result);

@@ -68,6 +68,7 @@ where
     let value = value?;
     let trace = std::mem::take(&mut *events.lock().expect("trace lock poisoned"));
     invariants::hosts_obey_leaderships_in_order(&trace)?;
+    invariants::vm_runs_on_one_host_at_a_time(&trace)?;
     Ok(Run {
         value,
         trace_hash: trace::hash(&trace),

@@ -37,6 +37,36 @@ pub fn hosts_obey_leaderships_in_order(trace: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A VM never runs on two hosts at once, as the hosts report their domain operations: a
+/// start (or reboot) on one host while it still runs on another is a split brain.
+pub fn vm_runs_on_one_host_at_a_time(trace: &[String]) -> anyhow::Result<()> {
+    let mut running: BTreeMap<&str, std::collections::BTreeSet<&str>> = BTreeMap::new();
+    for line in trace.iter().filter(|l| l.contains("vm operation done")) {
+        let Some((machine, fields)) = parse(line) else {
+            continue;
+        };
+        let (Some(vm), Some(op)) = (fields.get("vm"), fields.get("op")) else {
+            bail!("a VM operation without its VM or op: {line}");
+        };
+        let hosts = running.entry(vm).or_default();
+        match *op {
+            "start" | "reboot" => {
+                hosts.insert(machine);
+            }
+            "shutdown" | "force-off" | "undefine" => {
+                hosts.remove(machine);
+            }
+            "define" | "adopt" => {}
+            other => bail!("unknown VM operation {other:?}: {line}"),
+        }
+        ensure!(
+            hosts.len() <= 1,
+            "VM {vm} runs on {hosts:?} at once:\n  {line}"
+        );
+    }
+    Ok(())
+}
+
 /// `TERM/NODE.SEQ`, a command id as displayed, to its (term, node).
 fn leadership_of(id: &str) -> Option<(u64, u64)> {
     let (leadership, _seq) = id.split_once('.')?;
@@ -71,6 +101,23 @@ mod tests {
 
     fn line(at: u64, machine: &str, text: &str) -> String {
         format!("{at:>8} {machine:<9} INFO  qvdc: {text}")
+    }
+
+    #[test]
+    fn a_vm_started_on_a_second_host_is_caught() {
+        let ok = [
+            line(1, "host-1", "vm operation done vm=web op=start"),
+            line(2, "host-1", "vm operation done vm=web op=force-off"),
+            line(3, "host-2", "vm operation done vm=web op=start"),
+            line(4, "host-1", "vm operation done vm=db op=start"),
+        ];
+        vm_runs_on_one_host_at_a_time(&ok).unwrap();
+        let split = [
+            line(1, "host-1", "vm operation done vm=web op=start"),
+            line(2, "host-2", "vm operation done vm=web op=start"),
+        ];
+        let err = vm_runs_on_one_host_at_a_time(&split).unwrap_err();
+        assert!(err.to_string().contains("web runs on"), "{err}");
     }
 
     #[test]

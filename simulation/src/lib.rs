@@ -9,6 +9,7 @@ pub mod invariants;
 pub mod linearizability;
 pub mod pool_flow;
 pub mod trace;
+pub mod vm_flow;
 mod world;
 
 pub use world::{Certs, Disruption, SimConfig};

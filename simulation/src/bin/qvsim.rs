@@ -5,7 +5,7 @@ use std::{ops::Range, process::ExitCode, sync::Mutex, time::Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use qvdc_simulation::{catch_up, pool_flow, Disruption, SimConfig};
+use qvdc_simulation::{catch_up, pool_flow, vm_flow, Disruption, SimConfig};
 
 /// Run qvdc's deterministic simulation: real control-plane nodes and host agents in a
 /// simulated network, with the leader crashed and restarted in every run.
@@ -48,6 +48,8 @@ enum Scenario {
     PoolFlow,
     /// A follower misses the purged log and catches up by snapshot.
     CatchUp,
+    /// A VM placed, started, kept on its host across a leader loss, stopped and deleted.
+    VmFlow,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -87,6 +89,7 @@ impl Shape {
         let scenario = match self.scenario {
             Scenario::PoolFlow => "pool-flow",
             Scenario::CatchUp => "catch-up",
+            Scenario::VmFlow => "vm-flow",
         };
         format!(
             "--scenario {scenario} --hosts {} --failing-hosts {} --disruption {disruption}",
@@ -127,6 +130,7 @@ fn run(seeds: Range<u64>, shape: &Shape) -> ExitCode {
                 let result = match shape.scenario {
                     Scenario::PoolFlow => pool_flow::run(&shape.config(seed)).map(drop),
                     Scenario::CatchUp => catch_up::run(seed).map(drop),
+                    Scenario::VmFlow => vm_flow::run(&shape.config(seed)).map(drop),
                 };
                 if let Err(e) = result {
                     failures
@@ -175,6 +179,21 @@ fn replay(seed: u64, trace: bool, shape: &Shape) -> anyhow::Result<()> {
             outcome.applied_before_crash,
             outcome.leader_purged,
             outcome.follower_snapshot
+        );
+        return Ok(());
+    }
+    if let Scenario::VmFlow = shape.scenario {
+        let outcome = vm_flow::run(&shape.config(seed)).with_context(|| format!("seed {seed}"))?;
+        if trace {
+            outcome.trace.iter().for_each(|event| println!("{event}"));
+        }
+        println!(
+            "seed {seed}: ok in {:.2} s wall; trace {:016x}; VM placed on {}, running {:?} after \
+             create (simulated time)",
+            started.elapsed().as_secs_f64(),
+            outcome.trace_hash,
+            outcome.host,
+            outcome.create_to_running
         );
         return Ok(());
     }

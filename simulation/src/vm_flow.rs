@@ -1,0 +1,210 @@
+//! The VM flow in the simulation: a pool and a volume, a VM placed by the cluster and
+//! started, the leader taken away (crash or isolation) while it runs, then the VM stopped and
+//! deleted through the new leader. The VM must keep running on the host it was placed on —
+//! never started on a second one — which the invariants check on every run.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::{bail, ensure, Context};
+use qvdc_cluster::{Client, ClientError};
+use qvdc_transport::protocol::{
+    ApiErrorKind, ApiRequest, ApiResponse, Liveness, PoolSource, PoolSpec, PowerState, VmDisk,
+    VmSpec, VmView, VolumeFormat,
+};
+use tokio::time::Instant;
+
+use crate::{
+    harness::{self, ask, eventually, status, Faults},
+    world::{self, Certs, Disruption, Shared, SimConfig},
+};
+
+const POOL: &str = "shared";
+const VM: &str = "web";
+
+/// What a run measured, in simulated time, and its event trace.
+#[derive(Debug)]
+pub struct Outcome {
+    pub trace: Vec<String>,
+    pub trace_hash: u64,
+    pub host: String,
+    pub create_to_running: Duration,
+}
+
+/// Runs the scenario for `config.seed`. Fails if any step of the flow does not hold.
+pub fn run(config: &SimConfig) -> anyhow::Result<Outcome> {
+    let run = harness::run(config, operator_script)?;
+    let (host, create_to_running) = run.value;
+    Ok(Outcome {
+        trace: run.trace,
+        trace_hash: run.trace_hash,
+        host,
+        create_to_running,
+    })
+}
+
+async fn vm(client: &mut Client) -> anyhow::Result<VmView> {
+    match ask(client, ApiRequest::VmShow { name: VM.into() }).await? {
+        ApiResponse::Vm(view) => Ok(view),
+        other => bail!("vm show answered {other:?}"),
+    }
+}
+
+async fn operator_script(
+    config: SimConfig,
+    certs: Arc<Certs>,
+    faults: Shared<Faults>,
+) -> anyhow::Result<(String, Duration)> {
+    let mut client = world::operator(&config, &certs, 0, world::node_addrs(config.nodes)).await?;
+    let hosts: Vec<String> = (1..=config.hosts).map(SimConfig::host_name).collect();
+    eventually("all hosts Ready", Duration::from_secs(60), async || {
+        let ApiResponse::Hosts(list) = ask(&mut client, ApiRequest::HostList).await? else {
+            bail!("not a host list")
+        };
+        Ok(
+            (list.len() == config.hosts && list.iter().all(|h| h.liveness == Liveness::Ready))
+                .then_some(()),
+        )
+    })
+    .await?;
+    let spec = PoolSpec {
+        name: POOL.into(),
+        source: PoolSource::Dir {
+            path: "/srv/shared".into(),
+        },
+    };
+    let create = ApiRequest::PoolCreate {
+        request_id: client.new_request_id(),
+        spec,
+        hosts,
+    };
+    ask(&mut client, create).await?;
+    let volume = ApiRequest::VolumeCreate {
+        request_id: client.new_request_id(),
+        pool: POOL.into(),
+        name: "web.qcow2".into(),
+        format: VolumeFormat::Qcow2,
+        size_bytes: 64 << 20,
+    };
+    ask(&mut client, volume).await?;
+    eventually("volume ready", Duration::from_secs(60), async || match ask(
+        &mut client,
+        ApiRequest::VolumeList { pool: POOL.into() },
+    )
+    .await?
+    {
+        ApiResponse::Volumes(v) => Ok(v.first().filter(|v| v.ready).map(drop)),
+        other => bail!("volume list answered {other:?}"),
+    })
+    .await?;
+
+    let created = Instant::now();
+    let spec = VmSpec {
+        id: String::new(),
+        name: VM.into(),
+        vcpus: 2,
+        memory_bytes: 1 << 30,
+        disks: vec![VmDisk {
+            pool: POOL.into(),
+            volume: "web.qcow2".into(),
+            format: VolumeFormat::Qcow2,
+        }],
+        nics: Vec::new(),
+    };
+    let request = ApiRequest::VmCreate {
+        request_id: client.new_request_id(),
+        spec,
+        host: None,
+        start: true,
+    };
+    let ApiResponse::VmCreated { host, .. } = ask(&mut client, request).await? else {
+        bail!("vm create answered something else");
+    };
+    let failing: Vec<String> = config
+        .failing_hosts
+        .iter()
+        .map(|i| SimConfig::host_name(*i))
+        .collect();
+    ensure!(
+        !failing.contains(&host),
+        "placed on {host}, where the pool cannot mount"
+    );
+    eventually("VM running", Duration::from_secs(60), async || {
+        Ok((vm(&mut client).await?.power == PowerState::Running).then_some(()))
+    })
+    .await?;
+    let create_to_running = created.elapsed();
+
+    // Take the leader away while the VM runs.
+    let before = eventually("a known leader", Duration::from_secs(30), async || {
+        let s = status(&mut client).await?;
+        Ok(s.leader.is_some().then_some(s))
+    })
+    .await?;
+    let leader = before.leader.context("no leader")?;
+    let name = SimConfig::node_name(leader);
+    let others = (1..=config.nodes)
+        .filter(|i| *i != leader)
+        .map(world::node_addr)
+        .collect();
+    let mut majority = world::operator(&config, &certs, 2, others).await?;
+    {
+        let mut requested = faults.lock().expect("faults lock poisoned");
+        match config.disruption {
+            Disruption::Crash => requested.crash = Some(name.clone()),
+            Disruption::Isolate => requested.isolate = Some(name.clone()),
+        }
+    }
+    eventually("a new leader", Duration::from_secs(60), async || {
+        let s = status(&mut majority).await?;
+        Ok(s.leader.filter(|l| *l != leader).map(drop))
+    })
+    .await?;
+    let after = eventually(
+        "VM running, seen by the new leader",
+        Duration::from_secs(60),
+        async || {
+            let view = vm(&mut majority).await?;
+            Ok((view.power == PowerState::Running).then_some(view))
+        },
+    )
+    .await?;
+    ensure!(
+        after.host == host,
+        "the VM moved from {host} to {}",
+        after.host
+    );
+
+    // Stop and delete it through the new leader.
+    let stop = ApiRequest::VmSetPower {
+        request_id: majority.new_request_id(),
+        name: VM.into(),
+        power: qvdc_transport::protocol::DesiredPower::Stopped,
+    };
+    ask(&mut majority, stop).await?;
+    eventually("VM shut off", Duration::from_secs(60), async || {
+        Ok((vm(&mut majority).await?.power == PowerState::ShutOff).then_some(()))
+    })
+    .await?;
+    let delete = ApiRequest::VmDelete {
+        request_id: majority.new_request_id(),
+        name: VM.into(),
+    };
+    ask(&mut majority, delete).await?;
+    match majority
+        .request(ApiRequest::VmShow { name: VM.into() })
+        .await
+    {
+        Err(ClientError::Rejected(e)) if e.kind == ApiErrorKind::NotFound => {}
+        other => bail!("a deleted VM answered {other:?}"),
+    }
+
+    {
+        let mut requested = faults.lock().expect("faults lock poisoned");
+        match config.disruption {
+            Disruption::Crash => requested.restart = Some(name),
+            Disruption::Isolate => requested.heal = Some(name),
+        }
+    }
+    harness::nodes_agree(&config, &certs).await?;
+    Ok((host, create_to_running))
+}
