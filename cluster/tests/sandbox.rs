@@ -100,7 +100,7 @@ fn dev_sandbox_starts_serves_and_stops_cleanly() {
         printed.push('\n');
     }
     assert!(
-        printed.contains("qvctl pool create shared"),
+        printed.contains("qvctl pool create shared") && printed.contains("qvctl vm create web"),
         "the guide shows the next steps:\n{printed}"
     );
 
@@ -155,6 +155,24 @@ fn dev_sandbox_starts_serves_and_stops_cleanly() {
         eventually("pool healthy", || {
             (qvctl_json(&env, &["pool", "show", "shared"])?["health"] == "HEALTHY").then_some(())
         });
+        // The rest of the tour: a volume and a VM on it, on libvirt's test driver.
+        qvctl_json(
+            &env,
+            &["volume", "create", "shared", "web.qcow2", "--size", "64M"],
+        )
+        .expect("volume create");
+        let create = [
+            "vm",
+            "create",
+            "web",
+            "--memory",
+            "64M",
+            "--disk",
+            "shared/web.qcow2",
+        ];
+        qvctl_json(&env, &[&create[..], &["--start", "--wait"]].concat()).expect("vm create");
+        let vm = qvctl_json(&env, &["vm", "show", "web"]).unwrap();
+        assert_eq!(vm["power"], "running", "{vm}");
     }
 
     nix::sys::signal::kill(

@@ -138,7 +138,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     let ready = wait_for_leader(&certs, &addrs).await;
     check_alive(&mut running)?;
     let leader = ready?;
-    print_guide(&dir, args.hosts, leader);
+    print_guide(&dir, args.hosts, leader, &args.libvirt);
     super::wait_for_signal().await;
     println!("\nstopping {} processes...", running.len());
     stop_all(&mut running).await;
@@ -322,20 +322,24 @@ fn unmount_under(dir: &Path) {
     }
 }
 
-fn print_guide(dir: &Path, hosts: u32, leader: u64) {
+fn print_guide(dir: &Path, hosts: u32, leader: u64, libvirt: &str) {
     let host_list: Vec<String> = (1..=hosts).map(|i| format!("host-{i}")).collect();
     let d = dir.display();
     println!(
-        "\nqvdc sandbox is up: 3 control-plane nodes (leader: node {leader}) and {hosts} hosts.
+        "\nqvdc sandbox is up: 3 control-plane nodes (leader: node {leader}) and {hosts} hosts on {libvirt}.
 Processes, addresses and data dirs: {d}/nodes.json; logs: {d}/*.log
 
-Try it in another shell:
+A short tour, in another shell:
   source {d}/cluster.env
-  qvctl cluster status
-  qvctl host list
+  qvctl cluster status                       # members, leader, term
+  qvctl host list                            # inventory and liveness of every host
   mkdir -p {d}/shared
-  qvctl pool create shared --type dir --path {d}/shared --hosts {}
-  qvctl pool show shared
+  qvctl pool create shared --type dir --path {d}/shared --hosts {} --wait
+  qvctl volume create shared web.qcow2 --size 64M
+  qvctl vm create web --vcpus 1 --memory 64M --disk shared/web.qcow2 --start --wait
+  qvctl vm list                              # placed by the cluster, reported by its host
+  qvctl host show host-1                     # what that host runs and mounts
+  qvctl vm stop web --wait && qvctl vm delete web --wait
 
 Press Ctrl-C here to stop everything.",
         host_list.join(",")
