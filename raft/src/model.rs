@@ -71,6 +71,24 @@ pub struct DesiredState {
     pub vms: BTreeMap<String, VmRecord>,
     pub networks: BTreeMap<String, NetworkRecord>,
     pub requests: RequestLog,
+    /// What is assigned to each host, so per-host lookups (every heartbeat) do not scan every
+    /// object. Kept in step by `apply`; see `index_matches_a_scan` in the tests.
+    by_host: BTreeMap<String, HostIndex>,
+}
+
+/// The names of what is assigned to one host.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct HostIndex {
+    pools: BTreeSet<String>,
+    vms: BTreeSet<String>,
+    networks: BTreeSet<String>,
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Pool,
+    Vm,
+    Network,
 }
 
 /// The outcomes of the most recent operator requests, by request id. It is replicated state,
@@ -756,6 +774,9 @@ impl DesiredState {
                 };
                 let previous = self.pools.insert(spec.name.clone(), record);
                 assert!(previous.is_none(), "validation rejects duplicate pools");
+                for host in hosts {
+                    self.indexed(Kind::Pool, host, &spec.name, true);
+                }
                 Outcome::Applied
             }
             Command::CreateVm { spec, host, power } => {
@@ -766,6 +787,7 @@ impl DesiredState {
                 };
                 let previous = self.vms.insert(spec.name.clone(), record);
                 assert!(previous.is_none(), "validation rejects duplicate VMs");
+                self.indexed(Kind::Vm, host, &spec.name, true);
                 Outcome::Applied
             }
             Command::SetVmPower { name, power } => {
@@ -777,23 +799,35 @@ impl DesiredState {
                 Outcome::Applied
             }
             Command::DeleteVm { name } => {
-                self.vms.remove(name).expect("validated");
+                let vm = self.vms.remove(name).expect("validated");
+                self.indexed(Kind::Vm, &vm.host, name, false);
                 Outcome::Applied
             }
             Command::AssignPool { pool, hosts } => {
                 let record = self.pools.get_mut(pool).expect("validated");
                 let before = record.hosts.len();
                 record.hosts.extend(hosts.iter().cloned());
-                changed(record.hosts.len() != before)
+                let outcome = changed(record.hosts.len() != before);
+                for host in hosts {
+                    self.indexed(Kind::Pool, host, pool, true);
+                }
+                outcome
             }
             Command::UnassignPool { pool, hosts } => {
                 let record = self.pools.get_mut(pool).expect("validated");
                 let before = record.hosts.len();
                 record.hosts.retain(|h| !hosts.contains(h));
-                changed(record.hosts.len() != before)
+                let outcome = changed(record.hosts.len() != before);
+                for host in hosts {
+                    self.indexed(Kind::Pool, host, pool, false);
+                }
+                outcome
             }
             Command::DeletePool { pool } => {
-                self.pools.remove(pool).expect("validated");
+                let record = self.pools.remove(pool).expect("validated");
+                for host in &record.hosts {
+                    self.indexed(Kind::Pool, host, pool, false);
+                }
                 Outcome::Applied
             }
             Command::CreateVolume {
@@ -832,22 +866,36 @@ impl DesiredState {
                     hosts: hosts.iter().cloned().collect(),
                 };
                 self.networks.insert(spec.name.clone(), record);
+                for host in hosts {
+                    self.indexed(Kind::Network, host, &spec.name, true);
+                }
                 Outcome::Applied
             }
             Command::AssignNetwork { network, hosts } => {
                 let record = self.networks.get_mut(network).expect("validated");
                 let before = record.hosts.len();
                 record.hosts.extend(hosts.iter().cloned());
-                changed(record.hosts.len() != before)
+                let outcome = changed(record.hosts.len() != before);
+                for host in hosts {
+                    self.indexed(Kind::Network, host, network, true);
+                }
+                outcome
             }
             Command::UnassignNetwork { network, hosts } => {
                 let record = self.networks.get_mut(network).expect("validated");
                 let before = record.hosts.len();
                 record.hosts.retain(|h| !hosts.contains(h));
-                changed(record.hosts.len() != before)
+                let outcome = changed(record.hosts.len() != before);
+                for host in hosts {
+                    self.indexed(Kind::Network, host, network, false);
+                }
+                outcome
             }
             Command::DeleteNetwork { network } => {
-                self.networks.remove(network).expect("validated");
+                let record = self.networks.remove(network).expect("validated");
+                for host in &record.hosts {
+                    self.indexed(Kind::Network, host, network, false);
+                }
                 Outcome::Applied
             }
             Command::Once { .. } => unreachable!("handled above"),
@@ -863,9 +911,30 @@ impl DesiredState {
         })
     }
 
+    fn indexed(&mut self, kind: Kind, host: &str, name: &str, present: bool) {
+        let index = self.by_host.entry(host.to_owned()).or_default();
+        let set = match kind {
+            Kind::Pool => &mut index.pools,
+            Kind::Vm => &mut index.vms,
+            Kind::Network => &mut index.networks,
+        };
+        if present {
+            set.insert(name.to_owned());
+        } else {
+            set.remove(name);
+        }
+    }
+
+    fn index_of(&self, host: &str) -> Option<&HostIndex> {
+        self.by_host.get(host)
+    }
+
     /// The VMs placed on `host_id`, in name order.
     pub fn vms_of_host<'a>(&'a self, host_id: &'a str) -> impl Iterator<Item = &'a VmRecord> + 'a {
-        self.vms.values().filter(move |vm| vm.host == host_id)
+        self.index_of(host_id)
+            .into_iter()
+            .flat_map(|i| &i.vms)
+            .filter_map(|name| self.vms.get(name))
     }
 
     /// The networks assigned to `host_id`, in name order.
@@ -873,9 +942,10 @@ impl DesiredState {
         &'a self,
         host_id: &'a str,
     ) -> impl Iterator<Item = &'a NetworkRecord> + 'a {
-        self.networks
-            .values()
-            .filter(move |n| n.hosts.contains(host_id))
+        self.index_of(host_id)
+            .into_iter()
+            .flat_map(|i| &i.networks)
+            .filter_map(|name| self.networks.get(name))
     }
 
     /// The pools assigned to `host_id`, in name order.
@@ -883,9 +953,10 @@ impl DesiredState {
         &'a self,
         host_id: &'a str,
     ) -> impl Iterator<Item = &'a PoolRecord> + 'a {
-        self.pools
-            .values()
-            .filter(move |p| p.hosts.contains(host_id))
+        self.index_of(host_id)
+            .into_iter()
+            .flat_map(|i| &i.pools)
+            .filter_map(|name| self.pools.get(name))
     }
 }
 
@@ -1101,6 +1172,102 @@ mod tests {
         rejected_with(&mut state, delete.clone(), "VM web on host-1 is attached");
         state.apply(&Command::DeleteVm { name: "web".into() });
         assert_eq!(state.apply(&delete), Outcome::Applied);
+    }
+
+    /// The per-host index says what a scan of every object would.
+    fn assert_index_matches_a_scan(state: &DesiredState) {
+        for host in state.hosts.keys() {
+            let names = |it: Vec<String>| it;
+            let pools: Vec<String> = state
+                .pools_of_host(host)
+                .map(|p| p.spec.name.clone())
+                .collect();
+            let scanned: Vec<String> = state
+                .pools
+                .values()
+                .filter(|p| p.hosts.contains(host))
+                .map(|p| p.spec.name.clone())
+                .collect();
+            assert_eq!(names(pools), scanned, "pools of {host}");
+            let vms: Vec<&str> = state
+                .vms_of_host(host)
+                .map(|v| v.spec.name.as_str())
+                .collect();
+            let scanned: Vec<&str> = state
+                .vms
+                .values()
+                .filter(|v| v.host == *host)
+                .map(|v| v.spec.name.as_str())
+                .collect();
+            assert_eq!(vms, scanned, "VMs of {host}");
+            let networks: Vec<&str> = state
+                .networks_of_host(host)
+                .map(|n| n.spec.name.as_str())
+                .collect();
+            let scanned: Vec<&str> = state
+                .networks
+                .values()
+                .filter(|n| n.hosts.contains(host))
+                .map(|n| n.spec.name.as_str())
+                .collect();
+            assert_eq!(networks, scanned, "networks of {host}");
+        }
+    }
+
+    #[test]
+    fn index_matches_a_scan_through_every_kind_of_change() {
+        let mut state = with_hosts(&["host-1", "host-2", "host-3"]);
+        let hosts = |h: &[&str]| h.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>();
+        let net = |name: &str, hosts: Vec<String>| Command::CreateNetwork {
+            spec: qvdc_transport::protocol::NetworkSpec {
+                name: name.into(),
+                bridge: format!("br-{name}"),
+                vlan: None,
+                uplink: None,
+            },
+            hosts,
+        };
+        let steps = [
+            create("a", "/srv/a", &["host-1", "host-2"]),
+            create("b", "/srv/b", &["host-3"]),
+            Command::AssignPool {
+                pool: "b".into(),
+                hosts: hosts(&["host-1"]),
+            },
+            Command::UnassignPool {
+                pool: "a".into(),
+                hosts: hosts(&["host-2"]),
+            },
+            net("n1", hosts(&["host-1", "host-3"])),
+            Command::AssignNetwork {
+                network: "n1".into(),
+                hosts: hosts(&["host-2"]),
+            },
+            Command::UnassignNetwork {
+                network: "n1".into(),
+                hosts: hosts(&["host-3"]),
+            },
+            create_vm(vm("w1", "vm-1", &[("a", "v")]), "host-1"),
+            create_vm(vm("w2", "vm-2", &[]), "host-2"),
+            Command::DeleteVm { name: "w1".into() },
+            Command::DeletePool { pool: "a".into() },
+            Command::DeleteNetwork {
+                network: "n1".into(),
+            },
+        ];
+        for step in steps {
+            let outcome = state.apply(&step);
+            assert!(
+                !matches!(outcome, Outcome::Rejected(_)),
+                "{step:?}: {outcome:?}"
+            );
+            assert_index_matches_a_scan(&state);
+        }
+        let pools: Vec<_> = state
+            .pools_of_host("host-1")
+            .map(|p| p.spec.name.clone())
+            .collect();
+        assert_eq!(pools, ["b"]);
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The VM flow in the simulation: a pool and a volume, a VM placed by the cluster and
-//! started, the leader taken away (crash or isolation) while it runs, then the VM stopped and
+//! The VM flow in the simulation: a pool (unassigned from a host and assigned back), a volume
+//! and a network, a VM placed by the cluster and started, the leader taken away (crash or isolation) while it runs, then the VM stopped and
 //! deleted through the new leader. The VM must keep running on the host it was placed on —
 //! never started on a second one — which the invariants check on every run.
 
@@ -8,8 +8,8 @@ use std::{sync::Arc, time::Duration};
 use anyhow::{bail, ensure, Context};
 use qvdc_cluster::{Client, ClientError};
 use qvdc_transport::protocol::{
-    ApiErrorKind, ApiRequest, ApiResponse, Liveness, PoolSource, PoolSpec, PowerState, VmDisk,
-    VmSpec, VmView, VolumeFormat,
+    ApiErrorKind, ApiRequest, ApiResponse, Liveness, NetworkSpec, PoolSource, PoolSpec, PowerState,
+    VmDisk, VmNic, VmSpec, VmView, VolumeFormat,
 };
 use tokio::time::Instant;
 
@@ -20,6 +20,7 @@ use crate::{
 
 const POOL: &str = "shared";
 const VM: &str = "web";
+const NETWORK: &str = "prod";
 
 /// What a run measured, in simulated time, and its event trace.
 #[derive(Debug)]
@@ -78,6 +79,56 @@ async fn operator_script(
         hosts,
     };
     ask(&mut client, create).await?;
+    // The last host leaves the pool and comes back: it unmounts, then mounts again.
+    let last = vec![SimConfig::host_name(config.hosts)];
+    let unassign = ApiRequest::PoolUnassign {
+        request_id: client.new_request_id(),
+        pool: POOL.into(),
+        hosts: last.clone(),
+    };
+    ask(&mut client, unassign).await?;
+    eventually(
+        "pool without its last host",
+        Duration::from_secs(60),
+        async || match ask(&mut client, ApiRequest::PoolShow { name: POOL.into() }).await? {
+            ApiResponse::Pool(view) => Ok((view.hosts.len() == config.hosts - 1).then_some(())),
+            other => bail!("pool show answered {other:?}"),
+        },
+    )
+    .await?;
+    let assign = ApiRequest::PoolAssign {
+        request_id: client.new_request_id(),
+        pool: POOL.into(),
+        hosts: last,
+    };
+    ask(&mut client, assign).await?;
+    let network = ApiRequest::NetworkCreate {
+        request_id: client.new_request_id(),
+        spec: NetworkSpec {
+            name: NETWORK.into(),
+            bridge: "br-prod".into(),
+            vlan: None,
+            uplink: None,
+        },
+        hosts: (1..=config.hosts).map(SimConfig::host_name).collect(),
+    };
+    ask(&mut client, network).await?;
+    eventually(
+        "network up everywhere",
+        Duration::from_secs(60),
+        async || match ask(
+            &mut client,
+            ApiRequest::NetworkShow {
+                network: NETWORK.into(),
+            },
+        )
+        .await?
+        {
+            ApiResponse::Network(view) => Ok(view.hosts.iter().all(|h| h.up).then_some(())),
+            other => bail!("network show answered {other:?}"),
+        },
+    )
+    .await?;
     let volume = ApiRequest::VolumeCreate {
         request_id: client.new_request_id(),
         pool: POOL.into(),
@@ -108,7 +159,10 @@ async fn operator_script(
             volume: "web.qcow2".into(),
             format: VolumeFormat::Qcow2,
         }],
-        nics: Vec::new(),
+        nics: vec![VmNic {
+            network: NETWORK.into(),
+            mac: None,
+        }],
     };
     let request = ApiRequest::VmCreate {
         request_id: client.new_request_id(),

@@ -399,14 +399,24 @@ mod tests {
     #[test]
     fn only_domains_of_vms_no_longer_placed_here_are_strays() {
         let mut desired = DesiredState::default();
-        desired
-            .vms
-            .insert("web".into(), record(DesiredPower::Running));
         let mut other_host = record(DesiredPower::Running);
         other_host.spec.name = "db".into();
         other_host.spec.id = "vm-2".into();
         other_host.host = "host-2".into();
-        desired.vms.insert("db".into(), other_host);
+        for host in ["host-1", "host-2"] {
+            desired.apply(&qvdc_raft::Command::RegisterHost {
+                host_id: host.into(),
+                inventory: Default::default(),
+            });
+        }
+        for vm in [record(DesiredPower::Running), other_host] {
+            let create = qvdc_raft::Command::CreateVm {
+                spec: vm.spec,
+                host: vm.host,
+                power: vm.power,
+            };
+            assert_eq!(desired.apply(&create), qvdc_raft::Outcome::Applied);
+        }
         let domain = |name: &str, id: Option<&str>| VmReport {
             name: name.into(),
             id: id.map(str::to_owned),
