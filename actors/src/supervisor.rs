@@ -300,7 +300,32 @@ async fn spawn_vm(
     Ok(())
 }
 
-/// Starts a child for every host and pool of the desired state that has none yet.
+/// Stops the children whose object left the desired state, hands the others their current
+/// record, and returns the objects that have no child yet, in name order.
+fn sync_children<R: Clone, M: ractor::Message>(
+    children: &mut BTreeMap<String, ActorRef<M>>,
+    desired: &BTreeMap<String, R>,
+    record: fn(R) -> M,
+    gone: &str,
+) -> Result<Vec<String>, ActorProcessingErr> {
+    children.retain(|name, actor| {
+        let keep = desired.contains_key(name);
+        if !keep {
+            actor.stop(Some(gone.into()));
+        }
+        keep
+    });
+    for (name, actor) in children.iter() {
+        actor.cast(record(desired[name].clone()))?;
+    }
+    Ok(desired
+        .keys()
+        .filter(|name| !children.contains_key(*name))
+        .cloned()
+        .collect())
+}
+
+/// Makes the children match the desired state: one per host, pool, VM and network.
 async fn converge(
     myself: &ActorRef<ClusterMsg>,
     state: &mut ClusterState,
@@ -315,81 +340,26 @@ async fn converge(
     for host in hosts {
         spawn_host(myself, state, &host).await?;
     }
-    let pools: Vec<String> = state
-        .desired
-        .pools
-        .keys()
-        .filter(|p| !state.pools.contains_key(*p))
-        .cloned()
-        .collect();
+    let desired = state.desired.clone();
+    let pools = sync_children(
+        &mut state.pools,
+        &desired.pools,
+        PoolMsg::Record,
+        "pool deleted",
+    )?;
     for pool in pools {
         spawn_pool(myself, state, &pool).await?;
     }
-    let deleted: Vec<String> = state
-        .pools
-        .keys()
-        .filter(|p| !state.desired.pools.contains_key(*p))
-        .cloned()
-        .collect();
-    for name in deleted {
-        if let Some(actor) = state.pools.remove(&name) {
-            actor.stop(Some("pool deleted".into()));
-        }
-    }
-    for (name, record) in &state.desired.pools {
-        if let Some(actor) = state.pools.get(name) {
-            actor.cast(PoolMsg::Record(record.clone()))?;
-        }
-    }
-    let deleted: Vec<String> = state
-        .vms
-        .keys()
-        .filter(|v| !state.desired.vms.contains_key(*v))
-        .cloned()
-        .collect();
-    for name in deleted {
-        if let Some(actor) = state.vms.remove(&name) {
-            actor.stop(Some("VM deleted".into()));
-        }
-    }
-    for (name, record) in &state.desired.vms {
-        if let Some(actor) = state.vms.get(name) {
-            actor.cast(VmMsg::Record(record.clone()))?;
-        }
-    }
-    let vms: Vec<String> = state
-        .desired
-        .vms
-        .keys()
-        .filter(|v| !state.vms.contains_key(*v))
-        .cloned()
-        .collect();
+    let vms = sync_children(&mut state.vms, &desired.vms, VmMsg::Record, "VM deleted")?;
     for vm in vms {
         spawn_vm(myself, state, &vm).await?;
     }
-    let deleted: Vec<String> = state
-        .networks
-        .keys()
-        .filter(|n| !state.desired.networks.contains_key(*n))
-        .cloned()
-        .collect();
-    for name in deleted {
-        if let Some(actor) = state.networks.remove(&name) {
-            actor.stop(Some("network deleted".into()));
-        }
-    }
-    for (name, record) in &state.desired.networks {
-        if let Some(actor) = state.networks.get(name) {
-            actor.cast(NetMsg::Record(record.clone()))?;
-        }
-    }
-    let networks: Vec<String> = state
-        .desired
-        .networks
-        .keys()
-        .filter(|n| !state.networks.contains_key(*n))
-        .cloned()
-        .collect();
+    let networks = sync_children(
+        &mut state.networks,
+        &desired.networks,
+        NetMsg::Record,
+        "network deleted",
+    )?;
     for network in networks {
         spawn_network(myself, state, &network).await?;
     }

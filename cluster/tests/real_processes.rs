@@ -354,6 +354,20 @@ fn pool_flow_across_real_processes_survives_leader_kill_needs_root() {
 }
 
 impl Cluster {
+    /// Starts `qvctl args` as the operator without waiting for it.
+    fn qvctl_spawn(&self, args: &[&str]) -> Child {
+        Command::new(QVCTL)
+            .env("QVDC_CLUSTER", self.addrs().join(","))
+            .env("QVDC_CA_CERT", self.certs().join("ca.crt"))
+            .env("QVDC_CERT", self.certs().join("admin.crt"))
+            .env("QVDC_KEY", self.certs().join("admin.key"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     fn qvctl(&self, args: &[&str]) -> Output {
         self.qvctl_as("admin", &self.certs(), self.addrs(), args)
     }
@@ -464,17 +478,19 @@ fn vm_flow_across_real_processes_needs_root() {
     // The leader dies while a create is being followed: it still completes, once.
     let status = cluster.json(&["cluster", "status"]).unwrap();
     let leader = status["leader"].as_u64().unwrap() as usize;
-    let follow = Command::new(QVCTL)
-        .env("QVDC_CLUSTER", cluster.addrs().join(","))
-        .env("QVDC_CA_CERT", cluster.certs().join("ca.crt"))
-        .env("QVDC_CERT", cluster.certs().join("admin.crt"))
-        .env("QVDC_KEY", cluster.certs().join("admin.key"))
-        .args(["vm", "create", "db", "--memory", "64M", "--start", "--wait"])
-        .args(["--request-id", "create-db", "--timeout-ms", "20000"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let follow = cluster.qvctl_spawn(&[
+        "vm",
+        "create",
+        "db",
+        "--memory",
+        "64M",
+        "--start",
+        "--wait",
+        "--request-id",
+        "create-db",
+        "--timeout-ms",
+        "20000",
+    ]);
     std::thread::sleep(Duration::from_millis(150));
     cluster.nodes.kill(leader);
     let out = follow.wait_with_output().unwrap();
@@ -511,30 +527,21 @@ fn vm_flow_across_real_processes_needs_root() {
     cluster.nodes.restart(leader);
     let other = cluster.dir().join("other");
     std::fs::create_dir_all(&other).unwrap();
-    let follow = Command::new(QVCTL)
-        .env("QVDC_CLUSTER", cluster.addrs().join(","))
-        .env("QVDC_CA_CERT", cluster.certs().join("ca.crt"))
-        .env("QVDC_CERT", cluster.certs().join("admin.crt"))
-        .env("QVDC_KEY", cluster.certs().join("admin.key"))
-        .args([
-            "pool",
-            "create",
-            "other",
-            "--path",
-            &other.display().to_string(),
-        ])
-        .args([
-            "--hosts",
-            "host-1,host-2",
-            "--wait",
-            "--request-id",
-            "create-other",
-        ])
-        .args(["--timeout-ms", "20000"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let other_path = other.display().to_string();
+    let follow = cluster.qvctl_spawn(&[
+        "pool",
+        "create",
+        "other",
+        "--path",
+        &other_path,
+        "--hosts",
+        "host-1,host-2",
+        "--wait",
+        "--request-id",
+        "create-other",
+        "--timeout-ms",
+        "20000",
+    ]);
     std::thread::sleep(Duration::from_millis(150));
     cluster.nodes.kill(leader_now);
     let out = follow.wait_with_output().unwrap();

@@ -803,26 +803,8 @@ impl DesiredState {
                 self.indexed(Kind::Vm, &vm.host, name, false);
                 Outcome::Applied
             }
-            Command::AssignPool { pool, hosts } => {
-                let record = self.pools.get_mut(pool).expect("validated");
-                let before = record.hosts.len();
-                record.hosts.extend(hosts.iter().cloned());
-                let outcome = changed(record.hosts.len() != before);
-                for host in hosts {
-                    self.indexed(Kind::Pool, host, pool, true);
-                }
-                outcome
-            }
-            Command::UnassignPool { pool, hosts } => {
-                let record = self.pools.get_mut(pool).expect("validated");
-                let before = record.hosts.len();
-                record.hosts.retain(|h| !hosts.contains(h));
-                let outcome = changed(record.hosts.len() != before);
-                for host in hosts {
-                    self.indexed(Kind::Pool, host, pool, false);
-                }
-                outcome
-            }
+            Command::AssignPool { pool, hosts } => self.reassign(Kind::Pool, pool, hosts, true),
+            Command::UnassignPool { pool, hosts } => self.reassign(Kind::Pool, pool, hosts, false),
             Command::DeletePool { pool } => {
                 let record = self.pools.remove(pool).expect("validated");
                 for host in &record.hosts {
@@ -872,24 +854,10 @@ impl DesiredState {
                 Outcome::Applied
             }
             Command::AssignNetwork { network, hosts } => {
-                let record = self.networks.get_mut(network).expect("validated");
-                let before = record.hosts.len();
-                record.hosts.extend(hosts.iter().cloned());
-                let outcome = changed(record.hosts.len() != before);
-                for host in hosts {
-                    self.indexed(Kind::Network, host, network, true);
-                }
-                outcome
+                self.reassign(Kind::Network, network, hosts, true)
             }
             Command::UnassignNetwork { network, hosts } => {
-                let record = self.networks.get_mut(network).expect("validated");
-                let before = record.hosts.len();
-                record.hosts.retain(|h| !hosts.contains(h));
-                let outcome = changed(record.hosts.len() != before);
-                for host in hosts {
-                    self.indexed(Kind::Network, host, network, false);
-                }
-                outcome
+                self.reassign(Kind::Network, network, hosts, false)
             }
             Command::DeleteNetwork { network } => {
                 let record = self.networks.remove(network).expect("validated");
@@ -923,6 +891,26 @@ impl DesiredState {
         } else {
             set.remove(name);
         }
+    }
+
+    /// Assigns (or unassigns) a pool or network to `hosts`, keeping the index in step.
+    fn reassign(&mut self, kind: Kind, name: &str, hosts: &[String], assign: bool) -> Outcome {
+        let assigned = match kind {
+            Kind::Pool => &mut self.pools.get_mut(name).expect("validated").hosts,
+            Kind::Network => &mut self.networks.get_mut(name).expect("validated").hosts,
+            Kind::Vm => unreachable!("a VM has one host, set when it is created"),
+        };
+        let before = assigned.len();
+        if assign {
+            assigned.extend(hosts.iter().cloned());
+        } else {
+            assigned.retain(|h| !hosts.contains(h));
+        }
+        let outcome = changed(assigned.len() != before);
+        for host in hosts {
+            self.indexed(kind, host, name, assign);
+        }
+        outcome
     }
 
     fn index_of(&self, host: &str) -> Option<&HostIndex> {
