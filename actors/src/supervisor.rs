@@ -742,6 +742,27 @@ fn execute(state: &HostState, command: HostCommand, done: Done) {
     });
 }
 
+/// Sends `command` to `host` through the cluster supervisor; its outcome comes back to `me`
+/// as the message `done` makes of it.
+fn send<M: ractor::Message>(
+    cluster: &ActorRef<ClusterMsg>,
+    me: &ActorRef<M>,
+    host: String,
+    command: HostCommand,
+    done: impl FnOnce(CommandId, Result<(), String>) -> M + Send + 'static,
+) -> Result<(), ActorProcessingErr> {
+    let (me, id) = (me.clone(), command.id);
+    let done: Done = Box::new(move |outcome| {
+        let _ = me.cast(done(id, outcome.map(drop)));
+    });
+    cluster.cast(ClusterMsg::Execute {
+        host,
+        command,
+        done,
+    })?;
+    Ok(())
+}
+
 /// A ticker that casts `tick()` to `actor` every `tick_ms`, until the actor is gone.
 fn start_ticker<M: ractor::Message>(
     actor: ActorRef<M>,
@@ -839,20 +860,18 @@ impl Actor for PoolSupervisor {
             PoolMsg::Tick => {
                 let now = Instant::now();
                 for pool::Effect::Send { host, command } in state.core.tick(now) {
-                    let (pool, id, to) = (myself.clone(), command.id, host.clone());
-                    let done: Done = Box::new(move |outcome| {
-                        let outcome = outcome.map(drop);
-                        let _ = pool.cast(PoolMsg::CommandDone {
+                    let to = host.clone();
+                    send(
+                        &state.cluster,
+                        &myself,
+                        host,
+                        command,
+                        move |id, outcome| PoolMsg::CommandDone {
                             host: to,
                             id,
                             outcome,
-                        });
-                    });
-                    state.cluster.cast(ClusterMsg::Execute {
-                        host,
-                        command,
-                        done,
-                    })?;
+                        },
+                    )?;
                 }
                 let through = state.core.healthy_host(now).map(str::to_owned);
                 for effect in state.volumes.tick(now, through.as_deref()) {
@@ -861,20 +880,17 @@ impl Actor for PoolSupervisor {
                         volume,
                         command,
                     } = effect;
-                    let (pool, id) = (myself.clone(), command.id);
-                    let done: Done = Box::new(move |outcome| {
-                        let outcome = outcome.map(drop);
-                        let _ = pool.cast(PoolMsg::VolumeDone {
+                    send(
+                        &state.cluster,
+                        &myself,
+                        host,
+                        command,
+                        move |id, outcome| PoolMsg::VolumeDone {
                             volume,
                             id,
                             outcome,
-                        });
-                    });
-                    state.cluster.cast(ClusterMsg::Execute {
-                        host,
-                        command,
-                        done,
-                    })?;
+                        },
+                    )?;
                 }
             }
             PoolMsg::View(reply) => {
@@ -949,15 +965,8 @@ impl Actor for VmSupervisor {
             }
             VmMsg::Tick => {
                 for vm::Effect::Send { host, command } in state.core.tick(Instant::now()) {
-                    let (vm, id) = (myself.clone(), command.id);
-                    let done: Done = Box::new(move |outcome| {
-                        let outcome = outcome.map(drop);
-                        let _ = vm.cast(VmMsg::CommandDone { id, outcome });
-                    });
-                    state.cluster.cast(ClusterMsg::Execute {
-                        host,
-                        command,
-                        done,
+                    send(&state.cluster, &myself, host, command, |id, outcome| {
+                        VmMsg::CommandDone { id, outcome }
                     })?;
                 }
             }
@@ -1031,20 +1040,18 @@ impl Actor for NetSupervisor {
             }
             NetMsg::Tick => {
                 for network::Effect::Send { host, command } in state.core.tick(Instant::now()) {
-                    let (net, id, to) = (myself.clone(), command.id, host.clone());
-                    let done: Done = Box::new(move |outcome| {
-                        let outcome = outcome.map(drop);
-                        let _ = net.cast(NetMsg::CommandDone {
+                    let to = host.clone();
+                    send(
+                        &state.cluster,
+                        &myself,
+                        host,
+                        command,
+                        move |id, outcome| NetMsg::CommandDone {
                             host: to,
                             id,
                             outcome,
-                        });
-                    });
-                    state.cluster.cast(ClusterMsg::Execute {
-                        host,
-                        command,
-                        done,
-                    })?;
+                        },
+                    )?;
                 }
             }
             NetMsg::View(reply) => {
