@@ -42,6 +42,11 @@ fn unavailable(message: impl Into<String>) -> Response {
 /// Validates `command` against the current desired state and commits it through Raft.
 /// The error is the response to send back as it is.
 pub(crate) async fn propose(node: &NodeInner, command: Command) -> Result<(), Response> {
+    // Only the leader's state is current enough to judge a command: a follower that has not
+    // applied the pool created a moment ago would reject a volume in it. Send it on instead.
+    if node.raft.metrics().borrow().current_leader != Some(node.id) {
+        return Err(node.not_leader());
+    }
     node.desired.borrow().validate(&command).map_err(rejected)?;
     match node.raft.client_write(command).await {
         Ok(written) => match written.data {

@@ -27,7 +27,9 @@ fn main() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(20);
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!("pool flow (3 nodes, leader crash and restart), {seeds} seeds per shape, {workers} threads");
+    println!(
+        "pool flow (3 nodes, leader crash and restart), {seeds} seeds per shape, {workers} threads"
+    );
     println!("hosts | seeds/min | simulated s per wall s (one run) | mean run | mean simulated");
     for hosts in [10, 100] {
         let next = Mutex::new(0..seeds);

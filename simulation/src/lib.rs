@@ -6,6 +6,7 @@
 pub mod catch_up;
 mod harness;
 pub mod invariants;
+pub mod lagging_follower;
 pub mod linearizability;
 pub mod pool_flow;
 pub mod trace;
