@@ -1,7 +1,8 @@
 //! The VM flow in the simulation: a pool (unassigned from a host and assigned back), a volume
-//! and a network, a VM placed by the cluster and started, the leader taken away (crash or isolation) while it runs, then the VM stopped and
-//! deleted through the new leader. The VM must keep running on the host it was placed on —
-//! never started on a second one — which the invariants check on every run.
+//! and a network; a VM placed by the cluster and started; the leader taken away (crash or
+//! isolation) while it runs; the VM's host agent crashed and restarted (it gets the VM back);
+//! then the VM stopped and deleted through the new leader. The VM must stay on the host it
+//! was placed on — never started on a second one — which the invariants check on every run.
 
 use std::{sync::Arc, time::Duration};
 
@@ -226,6 +227,40 @@ async fn operator_script(
         after.host == host,
         "the VM moved from {host} to {}",
         after.host
+    );
+
+    // The VM's host agent crashes (and its hypervisor with it): the host turns Unreachable
+    // and the VM's power unknown; once back, it gets the pool and the VM again.
+    faults.lock().expect("faults lock poisoned").crash = Some(host.clone());
+    eventually(
+        "host unreachable, VM unknown",
+        Duration::from_secs(60),
+        async || {
+            let view = vm(&mut majority).await?;
+            let ApiResponse::Hosts(hosts) = ask(&mut majority, ApiRequest::HostList).await? else {
+                bail!("not a host list")
+            };
+            let unreachable = hosts
+                .iter()
+                .any(|h| h.host_id == host && h.liveness == Liveness::Unreachable);
+            Ok((unreachable && view.power == PowerState::Unknown).then_some(()))
+        },
+    )
+    .await?;
+    faults.lock().expect("faults lock poisoned").restart = Some(host.clone());
+    let back = eventually(
+        "VM running again on its host",
+        Duration::from_secs(60),
+        async || {
+            let view = vm(&mut majority).await?;
+            Ok((view.power == PowerState::Running).then_some(view))
+        },
+    )
+    .await?;
+    ensure!(
+        back.host == host,
+        "the VM moved from {host} to {}",
+        back.host
     );
 
     // Stop and delete it through the new leader.
