@@ -13,7 +13,7 @@ use tracing_subscriber::{layer::SubscriberExt, Layer};
 use crate::{
     invariants,
     trace::{self, Events, TraceLayer},
-    world::{self, Certs, Shared, SimConfig},
+    world::{self, Certs, Disruption, Shared, SimConfig},
 };
 
 /// How often scripts poll for a condition.
@@ -204,4 +204,73 @@ pub(crate) async fn eventually<T>(
         tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
     }
     bail!("{what} did not happen within {limit:?} (last error: {last_error})")
+}
+
+/// What a script has once the leader was taken away (see [`take_leader_away`]).
+pub(crate) struct Disrupted {
+    /// The status that named the old leader.
+    pub(crate) before: ClusterStatus,
+    pub(crate) leader: u64,
+    /// The old leader's machine, for bringing it back.
+    pub(crate) machine: String,
+    /// A client of the other nodes only.
+    pub(crate) majority: Client,
+    /// When the fault was asked for.
+    pub(crate) at: Instant,
+    /// The status that named the successor.
+    pub(crate) after: ClusterStatus,
+}
+
+/// Crashes or isolates the current leader, as `config.disruption` says, and waits until the
+/// other nodes have elected a successor.
+pub(crate) async fn take_leader_away(
+    config: &SimConfig,
+    certs: &Certs,
+    client: &mut Client,
+    faults: &Shared<Faults>,
+) -> anyhow::Result<Disrupted> {
+    // Any node answers a status; the one that does may not know the leader at that moment.
+    let before = eventually("a known leader", Duration::from_secs(30), async || {
+        let s = status(client).await?;
+        Ok(s.leader.is_some().then_some(s))
+    })
+    .await?;
+    let leader = before.leader.expect("filtered above");
+    let machine = SimConfig::node_name(leader);
+    let others = (1..=config.nodes)
+        .filter(|i| *i != leader)
+        .map(world::node_addr)
+        .collect();
+    let mut majority = world::operator(config, certs, 2, others).await?;
+    {
+        let mut requested = faults.lock().expect("faults lock poisoned");
+        match config.disruption {
+            Disruption::Crash => requested.crash = Some(machine.clone()),
+            Disruption::Isolate => requested.isolate = Some(machine.clone()),
+        }
+    }
+    let at = Instant::now();
+    // The old leader may answer until its lease runs out; wait for a successor.
+    let after = eventually("a new leader", Duration::from_secs(60), async || {
+        let s = status(&mut majority).await?;
+        Ok(s.leader.filter(|l| *l != leader).map(|_| s))
+    })
+    .await?;
+    Ok(Disrupted {
+        before,
+        leader,
+        machine,
+        majority,
+        at,
+        after,
+    })
+}
+
+/// Undoes [`take_leader_away`]: restarts or heals the old leader's machine.
+pub(crate) fn bring_back(config: &SimConfig, faults: &Shared<Faults>, machine: String) {
+    let mut requested = faults.lock().expect("faults lock poisoned");
+    match config.disruption {
+        Disruption::Crash => requested.restart = Some(machine),
+        Disruption::Isolate => requested.heal = Some(machine),
+    }
 }

@@ -5,7 +5,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use anyhow::{bail, ensure, Context};
+use anyhow::{bail, ensure};
 use qvdc_cluster::Client;
 use qvdc_transport::protocol::{
     ApiRequest, ApiResponse, Health, Liveness, PoolSource, PoolSpec, PoolView,
@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use crate::{
     harness::{self, ask, eventually, status, Faults},
-    world::{self, Certs, Disruption, Shared, SimConfig},
+    world::{self, Certs, Shared, SimConfig},
 };
 
 const POOL: &str = "shared";
@@ -115,40 +115,16 @@ async fn operator_script(
     let create_to_aggregate = created.elapsed();
     check_aggregate(&view, &config)?;
 
-    // Any node answers a status; the one that does may not know the leader at that moment.
-    let before = eventually("a known leader", Duration::from_secs(30), async || {
-        let s = status(&mut client).await?;
-        Ok(s.leader.is_some().then_some(s))
-    })
-    .await?;
-    let leader = before.leader.context("no leader")?;
-    let name = SimConfig::node_name(leader);
-    let others = (1..=config.nodes)
-        .filter(|i| *i != leader)
-        .map(world::node_addr)
-        .collect();
-    let mut majority = world::operator(&config, &certs, 2, others).await?;
-    {
-        let mut requested = faults.lock().expect("faults lock poisoned");
-        match config.disruption {
-            Disruption::Crash => requested.crash = Some(name.clone()),
-            Disruption::Isolate => requested.isolate = Some(name.clone()),
-        }
-    }
-    let disrupted = Instant::now();
-    // The old leader may answer until its lease runs out; wait for a successor first.
-    let new_leader = eventually("a new leader", Duration::from_secs(60), async || {
-        let s = status(&mut majority).await?;
-        Ok(s.leader.filter(|l| *l != leader).map(|_| s))
-    })
-    .await?;
+    let disrupted = harness::take_leader_away(&config, &certs, &mut client, &faults).await?;
+    let (before, leader, new_leader) = (disrupted.before, disrupted.leader, disrupted.after);
+    let (mut majority, disrupted_at) = (disrupted.majority, disrupted.at);
     let after = eventually(
         "aggregate from the new leader",
         Duration::from_secs(60),
         async || settled_view(&mut majority, expected_healthy).await,
     )
     .await?;
-    let crash_to_aggregate = disrupted.elapsed();
+    let crash_to_aggregate = disrupted_at.elapsed();
     ensure!(
         after.health == view.health
             && after.healthy_hosts == view.healthy_hosts
@@ -156,13 +132,7 @@ async fn operator_script(
         "aggregate changed across failover: {view:?} vs {after:?}"
     );
 
-    {
-        let mut requested = faults.lock().expect("faults lock poisoned");
-        match config.disruption {
-            Disruption::Crash => requested.restart = Some(name),
-            Disruption::Isolate => requested.heal = Some(name),
-        }
-    }
+    harness::bring_back(&config, &faults, disrupted.machine);
     let applied = new_leader.last_applied;
     let mut rejoined = world::operator(&config, &certs, 1, vec![world::node_addr(leader)]).await?;
     eventually(

@@ -6,7 +6,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use anyhow::{bail, ensure, Context};
+use anyhow::{bail, ensure};
 use qvdc_cluster::{Client, ClientError};
 use qvdc_transport::protocol::{
     ApiErrorKind, ApiRequest, ApiResponse, Liveness, NetworkSpec, PoolSource, PoolSpec, PowerState,
@@ -15,8 +15,8 @@ use qvdc_transport::protocol::{
 use tokio::time::Instant;
 
 use crate::{
-    harness::{self, ask, eventually, status, Faults},
-    world::{self, Certs, Disruption, Shared, SimConfig},
+    harness::{self, ask, eventually, Faults},
+    world::{self, Certs, Shared, SimConfig},
 };
 
 const POOL: &str = "shared";
@@ -190,30 +190,8 @@ async fn operator_script(
     let create_to_running = created.elapsed();
 
     // Take the leader away while the VM runs.
-    let before = eventually("a known leader", Duration::from_secs(30), async || {
-        let s = status(&mut client).await?;
-        Ok(s.leader.is_some().then_some(s))
-    })
-    .await?;
-    let leader = before.leader.context("no leader")?;
-    let name = SimConfig::node_name(leader);
-    let others = (1..=config.nodes)
-        .filter(|i| *i != leader)
-        .map(world::node_addr)
-        .collect();
-    let mut majority = world::operator(&config, &certs, 2, others).await?;
-    {
-        let mut requested = faults.lock().expect("faults lock poisoned");
-        match config.disruption {
-            Disruption::Crash => requested.crash = Some(name.clone()),
-            Disruption::Isolate => requested.isolate = Some(name.clone()),
-        }
-    }
-    eventually("a new leader", Duration::from_secs(60), async || {
-        let s = status(&mut majority).await?;
-        Ok(s.leader.filter(|l| *l != leader).map(drop))
-    })
-    .await?;
+    let disrupted = harness::take_leader_away(&config, &certs, &mut client, &faults).await?;
+    let mut majority = disrupted.majority;
     let after = eventually(
         "VM running, seen by the new leader",
         Duration::from_secs(60),
@@ -287,13 +265,7 @@ async fn operator_script(
         other => bail!("a deleted VM answered {other:?}"),
     }
 
-    {
-        let mut requested = faults.lock().expect("faults lock poisoned");
-        match config.disruption {
-            Disruption::Crash => requested.restart = Some(name),
-            Disruption::Isolate => requested.heal = Some(name),
-        }
-    }
+    harness::bring_back(&config, &faults, disrupted.machine);
     harness::nodes_agree(&config, &certs).await?;
     Ok((host, create_to_running))
 }
