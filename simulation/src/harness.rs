@@ -6,7 +6,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 use anyhow::bail;
 use qvdc_cluster::Client;
 use qvdc_raft::runtime::seed_thread_rng;
-use qvdc_transport::protocol::{ApiRequest, ApiResponse, ClusterStatus};
+use qvdc_transport::protocol::{ApiRequest, ApiResponse, ClusterStatus, Liveness};
 use tokio::time::Instant;
 use tracing_subscriber::{layer::SubscriberExt, Layer};
 
@@ -273,4 +273,19 @@ pub(crate) fn bring_back(config: &SimConfig, faults: &Shared<Faults>, machine: S
         Disruption::Crash => requested.restart = Some(machine),
         Disruption::Isolate => requested.heal = Some(machine),
     }
+}
+
+/// Waits until `hosts` hosts are registered and Ready.
+pub(crate) async fn all_hosts_ready(client: &mut Client, hosts: usize) -> anyhow::Result<()> {
+    eventually("all hosts Ready", Duration::from_secs(60), async || {
+        let ApiResponse::Hosts(list) = ask(client, ApiRequest::HostList).await? else {
+            bail!("not a host list")
+        };
+        let ready = list
+            .iter()
+            .filter(|h| h.liveness == Liveness::Ready)
+            .count();
+        Ok((list.len() == hosts && ready == hosts).then_some(()))
+    })
+    .await
 }

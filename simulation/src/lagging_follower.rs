@@ -40,15 +40,7 @@ async fn script(
     faults: Shared<Faults>,
 ) -> anyhow::Result<Lagging> {
     let mut client = world::operator(&config, &certs, 0, world::node_addrs(config.nodes)).await?;
-    eventually(
-        "the host registered",
-        Duration::from_secs(60),
-        async || match ask(&mut client, ApiRequest::HostList).await? {
-            ApiResponse::Hosts(hosts) => Ok((hosts.len() == 1).then_some(())),
-            _ => Ok(None),
-        },
-    )
-    .await?;
+    harness::all_hosts_ready(&mut client, config.hosts).await?;
     let before = eventually("a known leader", Duration::from_secs(30), async || {
         let s = status(&mut client).await?;
         Ok(s.leader.is_some().then_some(s))

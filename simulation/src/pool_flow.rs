@@ -7,9 +7,7 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::{bail, ensure};
 use qvdc_cluster::Client;
-use qvdc_transport::protocol::{
-    ApiRequest, ApiResponse, Health, Liveness, PoolSource, PoolSpec, PoolView,
-};
+use qvdc_transport::protocol::{ApiRequest, ApiResponse, Health, PoolSource, PoolSpec, PoolView};
 use tokio::time::Instant;
 
 use crate::{
@@ -78,16 +76,7 @@ async fn operator_script(
     let hosts: Vec<String> = (1..=config.hosts).map(SimConfig::host_name).collect();
     let expected_healthy = config.hosts - config.failing_hosts.len();
 
-    eventually("all hosts Ready", Duration::from_secs(60), async || {
-        let ApiResponse::Hosts(list) = ask(&mut client, ApiRequest::HostList).await? else {
-            bail!("not a host list")
-        };
-        Ok(
-            (list.len() == config.hosts && list.iter().all(|h| h.liveness == Liveness::Ready))
-                .then_some(()),
-        )
-    })
-    .await?;
+    harness::all_hosts_ready(&mut client, config.hosts).await?;
 
     let spec = PoolSpec {
         name: POOL.into(),

@@ -58,16 +58,7 @@ async fn operator_script(
 ) -> anyhow::Result<(String, Duration)> {
     let mut client = world::operator(&config, &certs, 0, world::node_addrs(config.nodes)).await?;
     let hosts: Vec<String> = (1..=config.hosts).map(SimConfig::host_name).collect();
-    eventually("all hosts Ready", Duration::from_secs(60), async || {
-        let ApiResponse::Hosts(list) = ask(&mut client, ApiRequest::HostList).await? else {
-            bail!("not a host list")
-        };
-        Ok(
-            (list.len() == config.hosts && list.iter().all(|h| h.liveness == Liveness::Ready))
-                .then_some(()),
-        )
-    })
-    .await?;
+    harness::all_hosts_ready(&mut client, config.hosts).await?;
     let spec = PoolSpec {
         name: POOL.into(),
         source: PoolSource::Dir {
