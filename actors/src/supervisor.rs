@@ -5,7 +5,7 @@
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use qvdc_raft::{
-    model::{NetworkRecord, PoolRecord, VmRecord},
+    model::{DiffItem, NetworkRecord, OrdMap, PoolRecord, VmRecord},
     DesiredState,
 };
 use qvdc_transport::{
@@ -300,42 +300,50 @@ async fn spawn_vm(
     Ok(())
 }
 
-/// Stops the children whose object left the desired state, hands the others their current
-/// record, and returns the objects that have no child yet, in name order.
-fn sync_children<R: Clone, M: ractor::Message>(
+/// Brings one kind of children from `previous` to `desired`: stops the children whose object
+/// is gone, hands the others their record if it changed, and returns the objects that have
+/// no child yet, in name order. It walks only what differs between the two versions (they
+/// share everything else), so a write costs in proportion to what it changed.
+fn sync_children<R: Clone + PartialEq, M: ractor::Message>(
     children: &mut BTreeMap<String, ActorRef<M>>,
-    desired: &BTreeMap<String, R>,
+    previous: &OrdMap<String, R>,
+    desired: &OrdMap<String, R>,
     record: fn(R) -> M,
     gone: &str,
 ) -> Result<Vec<String>, ActorProcessingErr> {
-    children.retain(|name, actor| {
-        let keep = desired.contains_key(name);
-        if !keep {
-            actor.stop(Some(gone.into()));
+    let mut unsupervised = Vec::new();
+    for change in previous.diff(desired) {
+        let (name, now) = match change {
+            DiffItem::Remove(name, _) => {
+                if let Some(actor) = children.remove(name) {
+                    actor.stop(Some(gone.into()));
+                }
+                continue;
+            }
+            DiffItem::Add(name, now) | DiffItem::Update { new: (name, now), .. } => (name, now),
+        };
+        match children.get(name) {
+            Some(actor) => actor.cast(record(now.clone()))?,
+            None => unsupervised.push(name.clone()),
         }
-        keep
-    });
-    for (name, actor) in children.iter() {
-        actor.cast(record(desired[name].clone()))?;
     }
-    Ok(desired
-        .keys()
-        .filter(|name| !children.contains_key(*name))
-        .cloned()
-        .collect())
+    Ok(unsupervised)
 }
 
 /// Makes the children match the desired state: one per host, pool, VM and network.
+/// `previous` is the state the children were last given.
 async fn converge(
     myself: &ActorRef<ClusterMsg>,
     state: &mut ClusterState,
+    previous: &DesiredState,
 ) -> Result<(), ActorProcessingErr> {
-    let hosts: Vec<String> = state
-        .desired
+    let hosts: Vec<String> = previous
         .hosts
-        .keys()
-        .filter(|h| !state.hosts.contains_key(*h))
-        .cloned()
+        .diff(&state.desired.hosts)
+        .filter_map(|change| match change {
+            DiffItem::Add(host, _) if !state.hosts.contains_key(host) => Some(host.clone()),
+            _ => None,
+        })
         .collect();
     for host in hosts {
         spawn_host(myself, state, &host).await?;
@@ -343,6 +351,7 @@ async fn converge(
     let desired = state.desired.clone();
     let pools = sync_children(
         &mut state.pools,
+        &previous.pools,
         &desired.pools,
         PoolMsg::Record,
         "pool deleted",
@@ -350,12 +359,19 @@ async fn converge(
     for pool in pools {
         spawn_pool(myself, state, &pool).await?;
     }
-    let vms = sync_children(&mut state.vms, &desired.vms, VmMsg::Record, "VM deleted")?;
+    let vms = sync_children(
+        &mut state.vms,
+        &previous.vms,
+        &desired.vms,
+        VmMsg::Record,
+        "VM deleted",
+    )?;
     for vm in vms {
         spawn_vm(myself, state, &vm).await?;
     }
     let networks = sync_children(
         &mut state.networks,
+        &previous.networks,
         &desired.networks,
         NetMsg::Record,
         "network deleted",
@@ -401,7 +417,8 @@ impl Actor for ClusterSupervisor {
             backoff_ms: BTreeMap::new(),
             watcher,
         };
-        converge(&myself, &mut state).await?;
+        let empty = DesiredState::default();
+        converge(&myself, &mut state, &empty).await?;
         info!(
             leadership = %args.leadership,
             hosts = state.hosts.len(),
@@ -429,8 +446,8 @@ impl Actor for ClusterSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             ClusterMsg::DesiredChanged(desired) => {
-                state.desired = desired;
-                converge(&myself, state).await?;
+                let previous = std::mem::replace(&mut state.desired, desired);
+                converge(&myself, state, &previous).await?;
             }
             ClusterMsg::HostConnected {
                 host_id,

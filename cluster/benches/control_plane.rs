@@ -4,7 +4,8 @@
 //! write commits is measured, repeatedly.
 //!
 //! Run: `cargo bench -p qvdc-cluster --bench control_plane` (QVDC_BENCH_KILLS=N to change
-//! the number of failovers, QVDC_BENCH_SECONDS=N the seconds per concurrency level).
+//! the number of failovers, QVDC_BENCH_SECONDS=N the seconds per concurrency level,
+//! QVDC_BENCH_WRITE=toggle|create to run one workload only).
 
 use std::{
     net::SocketAddr,
@@ -27,10 +28,19 @@ mod support;
 use support::Nodes;
 
 const HOST: &str = "bench-host";
+/// A second host, assigned and unassigned by the toggle workload (a pool keeps `HOST`).
+const HOST_2: &str = "bench-host-2";
 const OPERATOR: &str = "bench";
 
 fn start() -> Nodes {
-    Nodes::start(&[(Role::Operator, OPERATOR), (Role::Host, HOST)], false)
+    Nodes::start(
+        &[
+            (Role::Operator, OPERATOR),
+            (Role::Host, HOST),
+            (Role::Host, HOST_2),
+        ],
+        false,
+    )
 }
 
 fn new_client(nodes: &Nodes) -> Client {
@@ -45,15 +55,15 @@ fn new_client(nodes: &Nodes) -> Client {
 }
 
 /// Registers a host (without ever heartbeating) so that pools can be assigned to it.
-async fn register_host(cluster: &Nodes) {
+async fn register_host(cluster: &Nodes, host: &str) {
     let endpoint = Endpoint::bind(
         "127.0.0.1:0".parse().unwrap(),
-        &cluster.identity(HOST),
+        &cluster.identity(host),
         false,
     )
     .unwrap();
     let inventory = Inventory {
-        hostname: HOST.into(),
+        hostname: host.into(),
         cpu_cores: 1,
         memory_bytes: 1 << 30,
         ..Inventory::default()
@@ -65,7 +75,7 @@ async fn register_host(cluster: &Nodes) {
                 continue;
             };
             let register = Request::Host(HostMessage::Register {
-                host_id: HOST.into(),
+                host_id: host.into(),
                 inventory: inventory.clone(),
                 vms: Vec::new(),
             });
@@ -108,16 +118,60 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
-async fn throughput(cluster: &Nodes, clients: usize, seconds: u64, round: usize) {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let mut tasks = Vec::new();
+/// What each client writes, one committed write at a time.
+#[derive(Clone, Copy, PartialEq)]
+enum Workload {
+    /// Create a new pool every time: the desired state grows by one object (and the leader by
+    /// one pool supervisor) per write.
+    Create,
+    /// Unassign and re-assign the host of the client's own pool: a steady set of objects, each
+    /// write changing one of them.
+    Toggle,
+}
+
+async fn toggle_pool(client: &mut Client, pool: &str, assign: bool) -> Duration {
+    let (request_id, pool, hosts) = (client.new_request_id(), pool.to_owned(), vec![HOST_2.into()]);
+    let request = if assign {
+        ApiRequest::PoolAssign {
+            request_id,
+            pool,
+            hosts,
+        }
+    } else {
+        ApiRequest::PoolUnassign {
+            request_id,
+            pool,
+            hosts,
+        }
+    };
+    let started = Instant::now();
+    match client.request(request).await {
+        Ok(ApiResponse::Done) => started.elapsed(),
+        other => panic!("write failed: {other:?}"),
+    }
+}
+
+async fn throughput(cluster: &Nodes, workload: Workload, clients: usize, seconds: u64, round: usize) {
+    let mut ready = Vec::new();
     for c in 0..clients {
         let mut client = new_client(cluster);
+        let own = format!("r{round}-c{c}");
+        if workload == Workload::Toggle {
+            create_pool(&mut client, own.clone()).await;
+        }
+        ready.push((client, own));
+    }
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for (mut client, own) in ready {
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut n = 0;
             while Instant::now() < deadline {
-                latencies.push(create_pool(&mut client, format!("r{round}-c{c}-{n}")).await);
+                latencies.push(match workload {
+                    Workload::Create => create_pool(&mut client, format!("{own}-{n}")).await,
+                    Workload::Toggle => toggle_pool(&mut client, &own, n % 2 == 0).await,
+                });
                 n += 1;
             }
             latencies
@@ -193,13 +247,30 @@ fn main() {
         .unwrap();
     runtime.block_on(async {
         let mut cluster = start();
-        register_host(&cluster).await;
+        register_host(&cluster, HOST).await;
+        register_host(&cluster, HOST_2).await;
         println!(
             "3 qvdc servers on loopback, QUIC + mTLS, redb with fsync; {} cores",
             num_cpus()
         );
-        for (round, clients) in [1, 16, 256].into_iter().enumerate() {
-            throughput(&cluster, clients, seconds, round).await;
+        let workloads = match std::env::var("QVDC_BENCH_WRITE").as_deref() {
+            Ok("create") => vec![Workload::Create],
+            Ok("toggle") => vec![Workload::Toggle],
+            _ => vec![Workload::Toggle, Workload::Create],
+        };
+        let mut round = 0;
+        for workload in workloads {
+            println!(
+                "{}",
+                match workload {
+                    Workload::Toggle => "writes: pool assign/unassign, one pool per client",
+                    Workload::Create => "writes: pool create, a new pool every write",
+                }
+            );
+            for clients in [1, 16, 256] {
+                throughput(&cluster, workload, clients, seconds, round).await;
+                round += 1;
+            }
         }
         failover(&mut cluster, kills).await;
     });

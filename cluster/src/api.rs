@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 
-use openraft::error::{ClientWriteError, RaftError};
 use qvdc_actors::{
     core::placement::{self, HostFacts},
     Supervision,
@@ -16,7 +15,7 @@ use qvdc_transport::protocol::{
     PoolSpec, PoolView, Response, VmSpec,
 };
 
-use crate::node::NodeInner;
+use crate::{node::NodeInner, propose::ProposeError};
 
 fn rejected(e: ValidationError) -> Response {
     let kind = match e {
@@ -48,15 +47,12 @@ pub(crate) async fn propose(node: &NodeInner, command: Command) -> Result<(), Re
         return Err(node.not_leader());
     }
     node.desired.borrow().validate(&command).map_err(rejected)?;
-    match node.raft.client_write(command).await {
-        Ok(written) => match written.data {
-            Outcome::Applied | Outcome::Unchanged => Ok(()),
-            Outcome::Rejected(e) => Err(rejected(e)),
-        },
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(node.not_leader()),
-        Err(e) => Err(unavailable(format!(
-            "the write was not committed: {e}; retry"
-        ))),
+    match node.proposer.propose(command).await {
+        Ok(Outcome::Applied | Outcome::Unchanged) => Ok(()),
+        Ok(Outcome::Rejected(e)) => Err(rejected(e)),
+        Ok(Outcome::Batch(_)) => unreachable!("one command, one outcome"),
+        Err(ProposeError::NotLeader) => Err(node.not_leader()),
+        Err(e) => Err(unavailable(format!("{e}; retry"))),
     }
 }
 

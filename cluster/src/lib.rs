@@ -7,6 +7,7 @@ pub mod client;
 mod hosts;
 pub mod node;
 pub mod output;
+mod propose;
 
 pub use client::{Client, ClientError};
 pub use node::{Node, NodeConfig, Storage};

@@ -19,7 +19,7 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use crate::{api, hosts};
+use crate::{api, hosts, propose::Proposer};
 
 /// How long a quorum's confirmation lets the leader answer hosts and reported-state queries
 /// without asking again: three quarters of the shortest election timeout, so an isolated
@@ -63,6 +63,7 @@ pub struct NodeInner {
     pub(crate) id: NodeId,
     pub(crate) raft: Raft,
     pub(crate) desired: watch::Receiver<Arc<DesiredState>>,
+    pub(crate) proposer: Proposer,
     pub(crate) supervision: RwLock<Option<Supervision>>,
     /// When a quorum last confirmed this node's leadership (the moment the check began).
     pub(crate) confirmed_at: std::sync::Mutex<Option<Instant>>,
@@ -92,7 +93,7 @@ impl Node {
             config.node_id,
             qvdc_raft::raft_config(config.retention),
             network,
-            store::LogStore::new(db),
+            store::LogStore::new(db)?,
             machine,
         )
         .await
@@ -108,9 +109,11 @@ impl Node {
                 debug!(error = %e, "cluster already initialised by a peer");
             }
         }
+        let (proposer, proposing) = Proposer::start(raft.clone());
         let inner = Arc::new(NodeInner {
             id: config.node_id,
             raft,
+            proposer,
             desired,
             supervision: RwLock::new(None),
             confirmed_at: std::sync::Mutex::new(None),
@@ -121,7 +124,7 @@ impl Node {
         Ok(Self {
             inner,
             endpoint,
-            tasks: Arc::new(vec![leadership, serving]),
+            tasks: Arc::new(vec![leadership, serving, proposing]),
         })
     }
 

@@ -19,6 +19,10 @@ pub const HEARTBEAT_INTERVAL_MS: u64 = 100;
 pub const ELECTION_TIMEOUT_MS_MIN: u64 = 400;
 pub const ELECTION_TIMEOUT_MS_MAX: u64 = 800;
 
+/// Most log entries openraft puts in one replication message. An entry carries up to
+/// 256 batched commands, so this keeps a message to a few MiB.
+pub const ENTRIES_PER_APPEND_MAX: u64 = 64;
+
 /// When a node snapshots its state machine and how much log it keeps behind a snapshot.
 /// A follower that falls further behind than the kept log catches up by snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +55,7 @@ pub fn raft_config(retention: LogRetention) -> Arc<openraft::Config> {
         election_timeout_max: ELECTION_TIMEOUT_MS_MAX,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(retention.snapshot_after_logs),
         max_in_snapshot_log_to_keep: retention.logs_kept_after_snapshot,
+        max_payload_entries: ENTRIES_PER_APPEND_MAX,
         ..Default::default()
     };
     Arc::new(

@@ -1,11 +1,22 @@
-//! Durable Raft storage on redb: the log, the vote and the state machine share one database
-//! file and every write transaction commits with redb's default immediate durability, so an
-//! acknowledged entry survives `kill -9`.
+//! Durable Raft storage on redb: the log, the vote and snapshots share one database file.
 //!
-//! The state machine persists its whole `DesiredState` with the applied log id in one
-//! transaction per applied batch: small, simple, and atomic. Snapshots are that same blob.
+//! Readers see an in-memory copy of the log; every change to the file goes through one queue
+//! to one writer task, which commits everything queued so far in one redb transaction with
+//! one fsync. Appends, truncations, purges and votes wait for their commit; the committed
+//! index rides along with the next one. Being one ordered queue, the committed index never
+//! reaches the disk before the entries it points at.
+//!
+//! The state machine lives in memory. It is persisted only as snapshots; after a restart
+//! openraft re-applies the committed log behind the latest snapshot, which rebuilds exactly
+//! the state that was acknowledged (see docs/adr/0010-write-path.md).
 
-use std::{io::Cursor, ops::RangeBounds, path::Path, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    io::Cursor,
+    ops::{Bound, RangeBounds},
+    path::Path,
+    sync::{Arc, Mutex, MutexGuard},
+};
 
 use openraft::{
     storage::{LogFlushed, RaftLogStorage, RaftStateMachine},
@@ -14,9 +25,9 @@ use openraft::{
 };
 use qvdc_transport::codec;
 pub use redb::Database;
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
     model::{DesiredState, Outcome},
@@ -31,7 +42,6 @@ const MACHINE: TableDefinition<&str, &[u8]> = TableDefinition::new("state_machin
 const KEY_VOTE: &str = "vote";
 const KEY_COMMITTED: &str = "committed";
 const KEY_PURGED: &str = "last_purged";
-const KEY_DATA: &str = "data";
 const KEY_SNAPSHOT: &str = "snapshot";
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +50,8 @@ pub enum StoreError {
     Db(#[from] redb::Error),
     #[error("stored record is corrupt: {0}")]
     Codec(#[from] codec::CodecError),
+    #[error("the log writer has stopped: {0}")]
+    Writer(String),
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -92,27 +104,27 @@ fn get<T: serde::de::DeserializeOwned>(
 fn put<T: Serialize>(
     database: &Database,
     table: TableDefinition<&str, &[u8]>,
-    pairs: &[(&str, &T)],
+    key: &str,
+    value: &T,
 ) -> Result<()> {
-    let encoded: Vec<(&str, Vec<u8>)> = pairs
-        .iter()
-        .map(|(k, v)| Ok((*k, codec::to_bytes(v)?)))
-        .collect::<Result<_>>()?;
+    let encoded = codec::to_bytes(value)?;
     db(|| {
         let txn = database.begin_write()?;
-        {
-            let mut table = txn.open_table(table)?;
-            for (key, value) in &encoded {
-                table.insert(*key, value.as_slice())?;
-            }
-        }
+        txn.open_table(table)?.insert(key, encoded.as_slice())?;
         txn.commit()?;
         Ok(())
     })
 }
 
-fn read_err(e: StoreError) -> StorageError {
-    StorageIOError::read_logs(AnyError::new(&e)).into()
+/// Runs blocking file I/O from async code: on a multi-threaded runtime the worker hands its
+/// other tasks to another thread first; on a current-thread runtime (the simulation, whose
+/// disk is memory) it simply runs, which keeps the simulation deterministic.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }
 
 fn write_err(e: StoreError) -> StorageError {
@@ -122,59 +134,174 @@ fn write_err(e: StoreError) -> StorageError {
 // ---------------------------------------------------------------------------------------
 // Log
 
-/// The Raft log and vote. Cheap to clone: clones share the database.
+/// One change to the file, queued for the writer.
+enum Op {
+    Put(Vec<(u64, Vec<u8>)>),
+    /// Remove entries from this index on (a conflicting suffix).
+    Truncate(u64),
+    /// Remove entries up to and including this log id and remember it.
+    Purge(Vec<u8>, u64),
+    Meta(&'static str, Vec<u8>),
+}
+
+/// Who is told when an [`Op`] is on disk.
+enum Done {
+    Nobody,
+    Waiter(oneshot::Sender<std::result::Result<(), String>>),
+}
+
+struct Job {
+    op: Op,
+    done: Done,
+}
+
+/// What readers see: the log as appended, ahead of the disk by at most one batch.
+#[derive(Debug, Default)]
+struct LogCache {
+    entries: BTreeMap<u64, Entry>,
+    last_purged: Option<LogId>,
+    vote: Option<Vote>,
+    committed: Option<LogId>,
+}
+
+#[derive(Debug)]
+struct LogShared {
+    cache: Mutex<LogCache>,
+    jobs: mpsc::UnboundedSender<Job>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Job")
+    }
+}
+
+/// The Raft log and vote. Cheap to clone: clones share the in-memory log and the writer.
 #[derive(Debug, Clone)]
 pub struct LogStore {
-    db: Arc<Database>,
+    shared: Arc<LogShared>,
 }
 
 impl LogStore {
-    pub fn new(db: Arc<Database>) -> Self {
-        Self { db }
-    }
-
-    fn entries(&self, range: impl RangeBounds<u64>) -> Result<Vec<Entry>> {
-        let raw: Vec<Vec<u8>> = db(|| {
-            let txn = self.db.begin_read()?;
-            let table = txn.open_table(LOGS)?;
-            let mut out = Vec::new();
-            for item in table.range::<u64>(range)? {
-                out.push(item?.1.value().to_vec());
-            }
-            Ok(out)
-        })?;
-        Ok(raw
-            .iter()
-            .map(|b| codec::from_bytes(b))
-            .collect::<std::result::Result<_, _>>()?)
-    }
-
-    fn last_entry(&self) -> Result<Option<Entry>> {
-        let raw = db(|| {
-            let txn = self.db.begin_read()?;
-            let table = txn.open_table(LOGS)?;
-            let last = table.last()?.map(|(_, v)| v.value().to_vec());
-            Ok(last)
-        })?;
-        Ok(raw.map(|b| codec::from_bytes(&b)).transpose()?)
-    }
-
-    fn remove(&self, range: impl RangeBounds<u64>, purged: Option<&LogId>) -> Result<()> {
-        let purged = purged.map(codec::to_bytes).transpose()?;
-        db(|| {
-            let txn = self.db.begin_write()?;
-            {
-                let mut table = txn.open_table(LOGS)?;
-                table.retain_in::<u64, _>(range, |_, _| false)?;
-            }
-            if let Some(purged) = &purged {
-                txn.open_table(META)?
-                    .insert(KEY_PURGED, purged.as_slice())?;
-            }
-            txn.commit()?;
-            Ok(())
+    /// Loads the log from `db` and starts its writer task on the current runtime.
+    pub fn new(db: Arc<Database>) -> Result<Self> {
+        let cache = load_log(&db)?;
+        let (jobs, queue) = mpsc::unbounded_channel();
+        tokio::spawn(write_queued(db, queue));
+        Ok(Self {
+            shared: Arc::new(LogShared {
+                cache: Mutex::new(cache),
+                jobs,
+            }),
         })
     }
+
+    fn cache(&self) -> MutexGuard<'_, LogCache> {
+        self.shared.cache.lock().expect("log cache lock poisoned")
+    }
+
+    fn queue(&self, op: Op, done: Done) -> Result<()> {
+        self.shared
+            .jobs
+            .send(Job { op, done })
+            .map_err(|_| StoreError::Writer("queue closed".into()))
+    }
+
+    /// Queues `op` and waits until it is on disk.
+    async fn write_through(&self, op: Op) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.queue(op, Done::Waiter(tx))?;
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StoreError::Writer(e)),
+            Err(_) => Err(StoreError::Writer("stopped before writing".into())),
+        }
+    }
+}
+
+fn load_log(database: &Database) -> Result<LogCache> {
+    let raw: Vec<(u64, Vec<u8>)> = db(|| {
+        let txn = database.begin_read()?;
+        let table = txn.open_table(LOGS)?;
+        let mut out = Vec::new();
+        for item in table.iter()? {
+            let (index, bytes) = item?;
+            out.push((index.value(), bytes.value().to_vec()));
+        }
+        Ok(out)
+    })?;
+    let mut entries = BTreeMap::new();
+    for (index, bytes) in raw {
+        entries.insert(index, codec::from_bytes(&bytes)?);
+    }
+    Ok(LogCache {
+        entries,
+        last_purged: get(database, META, KEY_PURGED)?,
+        vote: get(database, META, KEY_VOTE)?,
+        committed: get::<Option<LogId>>(database, META, KEY_COMMITTED)?.flatten(),
+    })
+}
+
+/// The writer: takes everything queued, commits it in one transaction, then reports.
+async fn write_queued(db: Arc<Database>, mut queue: mpsc::UnboundedReceiver<Job>) {
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        while let Ok(job) = queue.try_recv() {
+            batch.push(job);
+        }
+        let result = blocking(|| commit(&db, &batch)).map_err(|e| e.to_string());
+        for job in batch {
+            match job.done {
+                Done::Nobody => {}
+                Done::Waiter(tx) => {
+                    let _ = tx.send(result.clone());
+                }
+            }
+        }
+    }
+}
+
+fn commit(database: &Database, batch: &[Job]) -> Result<()> {
+    // The committed index alone may wait for the next durable commit: losing it only means
+    // re-learning it from the leader after a crash.
+    let durable = batch
+        .iter()
+        .any(|job| !matches!(job.op, Op::Meta(KEY_COMMITTED, _)));
+    db(|| {
+        let mut txn = database.begin_write()?;
+        if !durable {
+            txn.set_durability(Durability::None)?;
+        }
+        {
+            let mut logs = txn.open_table(LOGS)?;
+            let mut meta = txn.open_table(META)?;
+            for job in batch {
+                match &job.op {
+                    Op::Put(entries) => {
+                        for (index, bytes) in entries {
+                            logs.insert(*index, bytes.as_slice())?;
+                        }
+                    }
+                    Op::Truncate(from) => {
+                        logs.retain_in::<u64, _>(*from.., |_, _| false)?;
+                    }
+                    Op::Purge(log_id, upto) => {
+                        logs.retain_in::<u64, _>(..=*upto, |_, _| false)?;
+                        meta.insert(KEY_PURGED, log_id.as_slice())?;
+                    }
+                    Op::Meta(key, bytes) => {
+                        meta.insert(*key, bytes.as_slice())?;
+                    }
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    })
+}
+
+fn clamp(range: &impl RangeBounds<u64>) -> (Bound<u64>, Bound<u64>) {
+    (range.start_bound().cloned(), range.end_bound().cloned())
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -182,7 +309,12 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> std::result::Result<Vec<Entry>, StorageError> {
-        self.entries(range).map_err(read_err)
+        let cache = self.cache();
+        Ok(cache
+            .entries
+            .range(clamp(&range))
+            .map(|(_, entry)| entry.clone())
+            .collect())
     }
 }
 
@@ -190,11 +322,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> std::result::Result<LogState<TypeConfig>, StorageError> {
-        let last_purged: Option<LogId> = get(&self.db, META, KEY_PURGED).map_err(read_err)?;
-        let last = self.last_entry().map_err(read_err)?.map(|e| e.log_id);
+        let cache = self.cache();
+        let last = cache.entries.values().next_back().map(|e| e.log_id);
         Ok(LogState {
-            last_purged_log_id: last_purged,
-            last_log_id: last.or(last_purged),
+            last_purged_log_id: cache.last_purged,
+            last_log_id: last.or(cache.last_purged),
         })
     }
 
@@ -203,26 +335,31 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> std::result::Result<(), StorageError> {
-        put(&self.db, META, &[(KEY_VOTE, vote)])
-            .map_err(|e| StorageIOError::write_vote(AnyError::new(&e)).into())
+        let to_err = |e: StoreError| -> StorageError { StorageIOError::write_vote(AnyError::new(&e)).into() };
+        let bytes = codec::to_bytes(vote).map_err(|e| to_err(e.into()))?;
+        self.write_through(Op::Meta(KEY_VOTE, bytes))
+            .await
+            .map_err(to_err)?;
+        self.cache().vote = Some(*vote);
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> std::result::Result<Option<Vote>, StorageError> {
-        get(&self.db, META, KEY_VOTE)
-            .map_err(|e| StorageIOError::read_vote(AnyError::new(&e)).into())
+        Ok(self.cache().vote)
     }
 
     async fn save_committed(
         &mut self,
         committed: Option<LogId>,
     ) -> std::result::Result<(), StorageError> {
-        put(&self.db, META, &[(KEY_COMMITTED, &committed)]).map_err(write_err)
+        let bytes = codec::to_bytes(&committed).map_err(|e| write_err(e.into()))?;
+        self.cache().committed = committed;
+        self.queue(Op::Meta(KEY_COMMITTED, bytes), Done::Nobody)
+            .map_err(write_err)
     }
 
     async fn read_committed(&mut self) -> std::result::Result<Option<LogId>, StorageError> {
-        Ok(get::<Option<LogId>>(&self.db, META, KEY_COMMITTED)
-            .map_err(read_err)?
-            .flatten())
+        Ok(self.cache().committed)
     }
 
     async fn append<I>(
@@ -234,40 +371,45 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let encoded: Vec<(u64, Vec<u8>)> = entries
-            .into_iter()
-            .map(|e| Ok((e.log_id.index, codec::to_bytes(&e)?)))
-            .collect::<Result<_>>()
-            .map_err(write_err)?;
-        let written = db(|| {
-            let txn = self.db.begin_write()?;
-            {
-                let mut table = txn.open_table(LOGS)?;
-                for (index, bytes) in &encoded {
-                    table.insert(*index, bytes.as_slice())?;
-                }
-            }
-            txn.commit()?;
-            Ok(())
-        });
-        match written {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(write_err(e))
+        let mut encoded = Vec::new();
+        {
+            let mut cache = self.cache();
+            for entry in entries {
+                let bytes = codec::to_bytes(&entry).map_err(|e| write_err(e.into()))?;
+                encoded.push((entry.log_id.index, bytes));
+                cache.entries.insert(entry.log_id.index, entry);
             }
         }
+        // openraft 0.9 counts a leader's own entries as stored as soon as `append` returns,
+        // not when the callback fires; returning before they are on disk could let an entry
+        // count as committed while only one node has it durably. So wait for the disk.
+        let written = self.write_through(Op::Put(encoded)).await;
+        callback.log_io_completed(
+            written
+                .as_ref()
+                .map_err(|e| std::io::Error::other(e.to_string()))
+                .copied(),
+        );
+        written.map_err(write_err)
     }
 
     async fn truncate(&mut self, log_id: LogId) -> std::result::Result<(), StorageError> {
-        self.remove(log_id.index.., None).map_err(write_err)
+        self.cache().entries.split_off(&log_id.index);
+        self.write_through(Op::Truncate(log_id.index))
+            .await
+            .map_err(write_err)
     }
 
     async fn purge(&mut self, log_id: LogId) -> std::result::Result<(), StorageError> {
-        self.remove(..=log_id.index, Some(&log_id))
+        {
+            let mut cache = self.cache();
+            let kept = cache.entries.split_off(&(log_id.index + 1));
+            cache.entries = kept;
+            cache.last_purged = Some(log_id);
+        }
+        let bytes = codec::to_bytes(&log_id).map_err(|e| write_err(e.into()))?;
+        self.write_through(Op::Purge(bytes, log_id.index))
+            .await
             .map_err(write_err)
     }
 }
@@ -275,7 +417,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 // ---------------------------------------------------------------------------------------
 // State machine
 
-/// Everything the state machine persists, atomically, after each applied batch.
+/// What a snapshot holds: the applied state and where in the log it stands.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct MachineData {
     last_applied: Option<LogId>,
@@ -299,10 +441,13 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
-    /// Loads the state machine from the database and returns it with a subscription to its
-    /// desired state.
+    /// Loads the state machine from the latest snapshot in the database and returns it with a
+    /// subscription to its desired state. openraft re-applies the committed log behind it.
     pub fn open(db: Arc<Database>) -> Result<(Self, watch::Receiver<Arc<DesiredState>>)> {
-        let data: MachineData = get(&db, MACHINE, KEY_DATA)?.unwrap_or_default();
+        let data: MachineData = match get::<StoredSnapshot>(&db, MACHINE, KEY_SNAPSHOT)? {
+            Some(stored) => codec::from_bytes(&stored.data)?,
+            None => MachineData::default(),
+        };
         let (published, subscribed) = watch::channel(Arc::new(data.state.clone()));
         Ok((
             Self {
@@ -312,10 +457,6 @@ impl StateMachine {
             },
             subscribed,
         ))
-    }
-
-    fn persist(&self) -> Result<()> {
-        put(&self.db, MACHINE, &[(KEY_DATA, &self.data)])
     }
 
     fn publish(&self) {
@@ -355,7 +496,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             meta: meta.clone(),
             data: bytes.clone(),
         };
-        put(&self.db, MACHINE, &[(KEY_SNAPSHOT, &stored)]).map_err(sm_write_err)?;
+        let db = self.db.clone();
+        blocking(|| put(&db, MACHINE, KEY_SNAPSHOT, &stored)).map_err(sm_write_err)?;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(bytes)),
@@ -393,7 +535,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             });
         }
-        self.persist().map_err(sm_write_err)?;
         self.publish();
         Ok(outcomes)
     }
@@ -432,8 +573,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: meta.clone(),
             data: bytes,
         };
-        put(&self.db, MACHINE, &[(KEY_SNAPSHOT, &stored)]).map_err(sm_write_err)?;
-        self.persist().map_err(sm_write_err)?;
+        let db = self.db.clone();
+        blocking(|| put(&db, MACHINE, KEY_SNAPSHOT, &stored)).map_err(sm_write_err)?;
         self.publish();
         Ok(())
     }
@@ -453,7 +594,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Command;
     use openraft::testing::{StoreBuilder, Suite};
+    use qvdc_transport::protocol::Inventory;
 
     struct TempStore;
 
@@ -465,7 +608,7 @@ mod tests {
             let dir = tempfile::tempdir().expect("temp dir");
             let database = open(&dir.path().join("raft.redb")).expect("open database");
             let (machine, _) = StateMachine::open(database.clone()).expect("open state machine");
-            Ok((dir, LogStore::new(database), machine))
+            Ok((dir, LogStore::new(database).expect("open log"), machine))
         }
     }
 
@@ -475,37 +618,94 @@ mod tests {
         Suite::test_all(TempStore).unwrap();
     }
 
-    #[tokio::test]
-    async fn applied_state_survives_reopening_the_file() {
-        use crate::model::Command;
-        use qvdc_transport::protocol::Inventory;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("raft.redb");
-        let log_id = LogId::new(openraft::CommittedLeaderId::new(1, 1), 1);
+    fn register(host: &str, index: u64) -> Entry {
         let inventory = Inventory {
-            hostname: "h".into(),
+            hostname: host.into(),
             cpu_cores: 1,
             memory_bytes: 1,
             ..Inventory::default()
         };
-        let command = Command::RegisterHost {
-            host_id: "host-1".into(),
-            inventory,
-        };
+        Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Command::RegisterHost {
+                host_id: host.into(),
+                inventory,
+            }),
+        }
+    }
+
+    /// Entries queued behind each other reach the file in order, with the vote and the
+    /// committed index, and a reopened store reads back exactly that.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_log_survives_reopening_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.redb");
+        let vote = Vote::new_committed(1, 1);
+        {
+            let mut log = LogStore::new(open(&path).unwrap()).unwrap();
+            for index in 1..=5 {
+                let entry = register(&format!("host-{index}"), index);
+                log.cache().entries.insert(index, entry.clone());
+                let bytes = codec::to_bytes(&entry).unwrap();
+                log.queue(Op::Put(vec![(index, bytes)]), Done::Nobody)
+                    .unwrap();
+            }
+            log.truncate(register("x", 5).log_id).await.unwrap();
+            log.save_committed(Some(register("x", 3).log_id))
+                .await
+                .unwrap();
+            // The vote waits for its own write, and so for everything queued before it.
+            log.save_vote(&vote).await.unwrap();
+        }
+        // The old writer lets go of the file once it sees its queue closed.
+        let mut reopened = open(&path);
+        for _ in 0..100 {
+            if reopened.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            reopened = open(&path);
+        }
+        let mut log = LogStore::new(reopened.unwrap()).unwrap();
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id.map(|id| id.index), Some(4));
+        assert_eq!(log.read_vote().await.unwrap(), Some(vote));
+        assert_eq!(
+            log.read_committed().await.unwrap().map(|id| id.index),
+            Some(3)
+        );
+        let hosts: Vec<Entry> = log.try_get_log_entries(2..4).await.unwrap();
+        assert_eq!(hosts, vec![register("host-2", 2), register("host-3", 3)]);
+    }
+
+    /// A restarted state machine starts from the latest snapshot, not from nothing.
+    #[tokio::test]
+    async fn the_state_machine_reopens_at_its_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.redb");
+        let entry = register("host-1", 1);
+        let log_id = entry.log_id;
         {
             let (mut machine, watch) = StateMachine::open(open(&path).unwrap()).unwrap();
-            let entry = Entry {
-                log_id,
-                payload: EntryPayload::Normal(command),
-            };
             assert_eq!(
                 machine.apply([entry]).await.unwrap(),
                 vec![Outcome::Applied]
             );
             assert!(watch.borrow().hosts.contains_key("host-1"));
+            machine
+                .get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .unwrap();
+            machine.apply([register("host-2", 2)]).await.unwrap();
         }
         let (mut machine, watch) = StateMachine::open(open(&path).unwrap()).unwrap();
         assert_eq!(machine.applied_state().await.unwrap().0, Some(log_id));
         assert!(watch.borrow().hosts.contains_key("host-1"));
+        assert!(
+            !watch.borrow().hosts.contains_key("host-2"),
+            "what was applied after the snapshot comes back from the log, not from here"
+        );
     }
 }
