@@ -320,7 +320,10 @@ fn sync_children<R: Clone + PartialEq, M: ractor::Message>(
                 }
                 continue;
             }
-            DiffItem::Add(name, now) | DiffItem::Update { new: (name, now), .. } => (name, now),
+            DiffItem::Add(name, now)
+            | DiffItem::Update {
+                new: (name, now), ..
+            } => (name, now),
         };
         match children.get(name) {
             Some(actor) => actor.cast(record(now.clone()))?,

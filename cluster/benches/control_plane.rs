@@ -130,7 +130,11 @@ enum Workload {
 }
 
 async fn toggle_pool(client: &mut Client, pool: &str, assign: bool) -> Duration {
-    let (request_id, pool, hosts) = (client.new_request_id(), pool.to_owned(), vec![HOST_2.into()]);
+    let (request_id, pool, hosts) = (
+        client.new_request_id(),
+        pool.to_owned(),
+        vec![HOST_2.into()],
+    );
     let request = if assign {
         ApiRequest::PoolAssign {
             request_id,
@@ -151,7 +155,13 @@ async fn toggle_pool(client: &mut Client, pool: &str, assign: bool) -> Duration 
     }
 }
 
-async fn throughput(cluster: &Nodes, workload: Workload, clients: usize, seconds: u64, round: usize) {
+async fn throughput(
+    cluster: &Nodes,
+    workload: Workload,
+    clients: usize,
+    seconds: u64,
+    round: usize,
+) {
     let mut ready = Vec::new();
     for c in 0..clients {
         let mut client = new_client(cluster);

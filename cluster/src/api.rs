@@ -34,7 +34,7 @@ fn rejected(e: ValidationError) -> Response {
     Response::Api(Err(ApiError::new(kind, e.to_string())))
 }
 
-fn unavailable(message: impl Into<String>) -> Response {
+pub(crate) fn unavailable(message: impl Into<String>) -> Response {
     Response::Api(Err(ApiError::new(ApiErrorKind::Unavailable, message)))
 }
 

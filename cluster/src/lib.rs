@@ -4,6 +4,7 @@
 
 mod api;
 pub mod client;
+mod forward;
 mod hosts;
 pub mod node;
 pub mod output;

@@ -6,7 +6,10 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use openraft::ServerState;
 use qvdc_actors::{Supervision, Timings};
-use qvdc_raft::{network::Network, store, DesiredState, NodeId, Raft};
+use qvdc_raft::{
+    network::{Network, Peers},
+    store, DesiredState, NodeId, Raft,
+};
 use qvdc_transport::{
     protocol::{LeaderHint, Leadership, Request, Response},
     quic, quinn,
@@ -19,7 +22,7 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use crate::{api, hosts, propose::Proposer};
+use crate::{api, forward, hosts, propose::Proposer};
 
 /// How long a quorum's confirmation lets the leader answer hosts and reported-state queries
 /// without asking again: three quarters of the shortest election timeout, so an isolated
@@ -64,9 +67,13 @@ pub struct NodeInner {
     pub(crate) raft: Raft,
     pub(crate) desired: watch::Receiver<Arc<DesiredState>>,
     pub(crate) proposer: Proposer,
+    /// Connections to the other nodes, for passing operator requests to the leader.
+    pub(crate) peers: Peers,
     pub(crate) supervision: RwLock<Option<Supervision>>,
     /// When a quorum last confirmed this node's leadership (the moment the check began).
     pub(crate) confirmed_at: std::sync::Mutex<Option<Instant>>,
+    /// The last leader this node knew of, for hints while none is known.
+    pub(crate) last_leader: std::sync::Mutex<Option<LeaderHint>>,
 }
 
 /// A running control-plane node. Cheap to clone.
@@ -88,7 +95,8 @@ impl Node {
             Storage::Database(db) => db.clone(),
         };
         let (machine, desired) = store::StateMachine::open(db.clone())?;
-        let network = Network::new(endpoint.clone());
+        let peers = Peers::new(endpoint.clone());
+        let network = Network::new(peers.clone());
         let raft = Raft::new(
             config.node_id,
             qvdc_raft::raft_config(config.retention),
@@ -114,9 +122,11 @@ impl Node {
             id: config.node_id,
             raft,
             proposer,
+            peers,
             desired,
             supervision: RwLock::new(None),
             confirmed_at: std::sync::Mutex::new(None),
+            last_leader: std::sync::Mutex::new(None),
         });
         let leadership = tokio::spawn(follow_leadership(inner.clone(), config.timings));
         let serving = tokio::spawn(accept_loop(inner.clone(), endpoint.clone()));
@@ -174,6 +184,7 @@ async fn follow_leadership(node: Arc<NodeInner>, timings: Timings) {
             }
         }
         drop(slot);
+        node.leader_hint(); // remembers the leader while one is known
         if metrics.changed().await.is_err() {
             return;
         }
@@ -182,14 +193,25 @@ async fn follow_leadership(node: Arc<NodeInner>, timings: Timings) {
 
 impl NodeInner {
     /// Where to send a client that reached a follower.
+    /// The current leader, or while an election is under way (or this node is cut off) the
+    /// last leader it knew: a hint the client can try, which beats no hint at all.
     pub(crate) fn leader_hint(&self) -> Option<LeaderHint> {
-        let metrics = self.raft.metrics().borrow().clone();
-        let leader = metrics.current_leader?;
-        let node = metrics.membership_config.membership().get_node(&leader)?;
-        Some(LeaderHint {
-            node_id: leader,
-            addr: node.addr.clone(),
-        })
+        let current = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            metrics.current_leader.and_then(|leader| {
+                let node = metrics.membership_config.membership().get_node(&leader)?;
+                Some(LeaderHint {
+                    node_id: leader,
+                    addr: node.addr.clone(),
+                })
+            })
+        };
+        let mut last = self.last_leader.lock().expect("leader hint lock poisoned");
+        if current.is_some() {
+            last.clone_from(&current);
+        }
+        last.clone().filter(|hint| hint.node_id != self.id)
     }
 
     pub(crate) fn not_leader(&self) -> Response {
@@ -303,7 +325,21 @@ async fn dispatch(
             hosts::handle(node, peer, connection, message).await
         }
         Request::Host(_) => forbidden(peer, "speaking for a host", Role::Host),
-        Request::Api(request) if peer.role == Role::Operator => api::handle(node, request).await,
+        Request::Api(request) if peer.role == Role::Operator => {
+            if forward::is_leader(node) || !forward::needs_leader(&request) {
+                api::handle(node, request).await
+            } else {
+                forward::to_leader(node, request).await
+            }
+        }
         Request::Api(_) => forbidden(peer, "the operator API", Role::Operator),
+        Request::Forwarded(request) if peer.role == Role::Server => {
+            if forward::is_leader(node) {
+                api::handle(node, request).await
+            } else {
+                node.not_leader()
+            }
+        }
+        Request::Forwarded(_) => forbidden(peer, "passing on operator requests", Role::Server),
     }
 }

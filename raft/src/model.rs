@@ -1428,7 +1428,10 @@ mod tests {
             Outcome::Batch(outcomes) => {
                 assert_eq!(outcomes[0], Outcome::Applied);
                 assert!(
-                    matches!(&outcomes[1], Outcome::Rejected(ValidationError::PoolExists(_))),
+                    matches!(
+                        &outcomes[1],
+                        Outcome::Rejected(ValidationError::PoolExists(_))
+                    ),
                     "the second create sees the first: {:?}",
                     outcomes[1]
                 );
@@ -1439,7 +1442,11 @@ mod tests {
         }
         assert!(state.pools.contains_key("p") && state.pools.contains_key("q"));
         let before = state.clone();
-        let nested = Command::Batch(vec![Command::Batch(vec![create("r", "/srv/r", &["host-1"])])]);
+        let nested = Command::Batch(vec![Command::Batch(vec![create(
+            "r",
+            "/srv/r",
+            &["host-1"],
+        )])]);
         assert_eq!(
             state.apply(&nested),
             Outcome::Rejected(ValidationError::NestedRequest)

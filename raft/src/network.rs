@@ -56,56 +56,22 @@ pub async fn handle_rpc(raft: &Raft, payload: &[u8]) -> Result<Vec<u8>, CodecErr
 type Slot = Arc<Mutex<Option<qvdc_transport::quinn::Connection>>>;
 type Connections = Arc<std::sync::Mutex<BTreeMap<SocketAddr, Slot>>>;
 
-/// Creates one client per peer; all share the endpoint and the connection cache.
+/// Connections to the other control-plane nodes, one cached per address. Raft RPCs and
+/// operator requests a follower passes on to the leader share them. Cheap to clone.
 #[derive(Debug, Clone)]
-pub struct Network {
+pub struct Peers {
     endpoint: Endpoint,
     connections: Connections,
 }
 
-impl Network {
+impl Peers {
     pub fn new(endpoint: Endpoint) -> Self {
         Self {
             endpoint,
             connections: Arc::default(),
         }
     }
-}
 
-impl RaftNetworkFactory<TypeConfig> for Network {
-    type Network = PeerClient;
-
-    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
-        PeerClient {
-            target,
-            addr: node.addr.parse().map_err(|_| node.addr.clone()),
-            endpoint: self.endpoint.clone(),
-            connections: self.connections.clone(),
-        }
-    }
-}
-
-#[derive(Debug)]
-pub struct PeerClient {
-    target: NodeId,
-    addr: Result<SocketAddr, String>,
-    endpoint: Endpoint,
-    connections: Connections,
-}
-
-#[derive(Debug, thiserror::Error)]
-enum PeerError {
-    #[error("peer address {0:?} is not HOST:PORT")]
-    BadAddress(String),
-    #[error(transparent)]
-    Transport(#[from] TransportError),
-    #[error("no answer within {0:?}")]
-    Timeout(Duration),
-    #[error("unexpected reply to a Raft RPC: {0}")]
-    Protocol(String),
-}
-
-impl PeerClient {
     async fn connection(
         &self,
         addr: SocketAddr,
@@ -127,21 +93,91 @@ impl PeerClient {
         slots.entry(addr).or_default().clone()
     }
 
-    async fn exchange(&self, rpc: &RaftRpc, ttl: Duration) -> Result<RaftReply, PeerError> {
-        let addr = self.addr.clone().map_err(PeerError::BadAddress)?;
+    /// Sends one request to the node at `addr` and waits up to `ttl` for its answer. A call
+    /// that fails or times out drops the cached connection, so the next one dials afresh: a
+    /// peer that was restarted listens on a new endpoint, and a connection to its old one
+    /// would otherwise swallow requests until QUIC's idle timeout.
+    pub async fn call(
+        &self,
+        addr: SocketAddr,
+        request: &Request,
+        ttl: Duration,
+    ) -> Result<Response, PeerError> {
         let attempt = async {
             let connection = self.connection(addr).await?;
-            let request = Request::Raft(codec::to_bytes(rpc).map_err(TransportError::from)?);
-            let result = quic::call::<_, Response>(&connection, &request).await;
-            if result.is_err() {
-                *self.slot(addr).lock().await = None;
-            }
-            Ok::<_, PeerError>(result?)
+            Ok::<_, TransportError>((
+                connection.clone(),
+                quic::call::<_, Response>(&connection, request).await,
+            ))
         };
-        let response = tokio::time::timeout(ttl, attempt)
-            .await
-            .map_err(|_| PeerError::Timeout(ttl))??;
-        match response {
+        let (connection, result) = match tokio::time::timeout(ttl, attempt).await {
+            Ok(Ok((connection, result))) => (Some(connection), result.map_err(PeerError::from)),
+            Ok(Err(e)) => (None, Err(e.into())),
+            Err(_) => (None, Err(PeerError::Timeout(ttl))),
+        };
+        if result.is_err() {
+            let slot = self.slot(addr);
+            let mut slot = slot.lock().await;
+            let same = match (&*slot, &connection) {
+                (Some(cached), Some(used)) => cached.stable_id() == used.stable_id(),
+                _ => true,
+            };
+            if same {
+                *slot = None;
+            }
+        }
+        result
+    }
+}
+
+/// Creates one Raft client per peer; all share [`Peers`].
+#[derive(Debug, Clone)]
+pub struct Network {
+    peers: Peers,
+}
+
+impl Network {
+    pub fn new(peers: Peers) -> Self {
+        Self { peers }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
+        PeerClient {
+            target,
+            addr: node.addr.parse().map_err(|_| node.addr.clone()),
+            peers: self.peers.clone(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct PeerClient {
+    target: NodeId,
+    addr: Result<SocketAddr, String>,
+    peers: Peers,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("peer address {0:?} is not HOST:PORT")]
+    BadAddress(String),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("unexpected reply: {0}")]
+    Protocol(String),
+}
+
+impl PeerClient {
+    async fn exchange(&self, rpc: &RaftRpc, ttl: Duration) -> Result<RaftReply, PeerError> {
+        let addr = self.addr.clone().map_err(PeerError::BadAddress)?;
+        let request = Request::Raft(codec::to_bytes(rpc).map_err(TransportError::from)?);
+        match self.peers.call(addr, &request, ttl).await? {
             Response::Raft(bytes) => {
                 codec::from_bytes(&bytes).map_err(|e| PeerError::Transport(e.into()))
             }

@@ -335,7 +335,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> std::result::Result<(), StorageError> {
-        let to_err = |e: StoreError| -> StorageError { StorageIOError::write_vote(AnyError::new(&e)).into() };
+        let to_err = |e: StoreError| -> StorageError {
+            StorageIOError::write_vote(AnyError::new(&e)).into()
+        };
         let bytes = codec::to_bytes(vote).map_err(|e| to_err(e.into()))?;
         self.write_through(Op::Meta(KEY_VOTE, bytes))
             .await

@@ -24,6 +24,11 @@ const SIM_DURATION_S: u64 = 600;
 /// each step, so a run costs about machines × links × steps; 5 ms is far below every timer
 /// that matters (Raft heartbeats are 100 ms) and makes large worlds 5 times cheaper than 1 ms.
 const TICK_MS: u64 = 5;
+/// Longest one-way delay of a simulated datagram (turmoil draws delays from an exponential
+/// distribution up to this bound). The Raft timings are made for a LAN (heartbeat 50 ms,
+/// elections after 600–875 ms of silence); turmoil's default of up to 100 ms one way is a
+/// WAN, where a round trip alone can exceed an election timeout and leadership churns.
+const MESSAGE_LATENCY_MS_MAX: u64 = 25;
 /// turmoil drops datagrams beyond a socket's queue (64 by default); a kernel holds far more.
 const UDP_QUEUE_DATAGRAMS_MAX: usize = 4096;
 
@@ -93,6 +98,8 @@ where
         .simulation_duration(Duration::from_secs(SIM_DURATION_S))
         .udp_capacity(UDP_QUEUE_DATAGRAMS_MAX)
         .tick_duration(Duration::from_millis(TICK_MS))
+        .min_message_latency(Duration::ZERO)
+        .max_message_latency(Duration::from_millis(MESSAGE_LATENCY_MS_MAX))
         .build();
     for i in 1..=config.nodes {
         world::add_node(&mut world, config, &certs, i)?;

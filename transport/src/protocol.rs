@@ -19,6 +19,9 @@ pub enum Request {
     Raft(Vec<u8>),
     /// An operator's request.
     Api(ApiRequest),
+    /// An operator's request that a follower passes on to the leader; only servers send it,
+    /// and it is never passed on again.
+    Forwarded(ApiRequest),
     /// A host agent's message.
     Host(HostMessage),
 }

@@ -59,6 +59,17 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
     Arc::new(config)
 }
 
+/// Endpoint settings for a peer that accepts connections: its stateless-reset secrets
+/// survive restarts (see [`Identity::stateless_reset_keys`]).
+pub(crate) fn endpoint_config(identity: &Identity) -> quinn::EndpointConfig {
+    let (reset_key, cid_key) = identity.stateless_reset_keys();
+    let mut config = quinn::EndpointConfig::new(reset_key);
+    config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    config
+}
+
 pub(crate) fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, TransportError> {
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(identity.server_config()?)
         .map_err(|e| TransportError::Endpoint(e.to_string()))?;
@@ -83,11 +94,20 @@ impl Endpoint {
         accept: bool,
     ) -> Result<Self, TransportError> {
         let server = accept.then(|| server_config(identity)).transpose()?;
+        let bind_err = |e: std::io::Error| TransportError::Endpoint(format!("bind {addr}: {e}"));
         let mut inner = match server {
-            Some(server) => quinn::Endpoint::server(server, addr),
+            Some(server) => {
+                let socket = std::net::UdpSocket::bind(addr).map_err(bind_err)?;
+                quinn::Endpoint::new(
+                    endpoint_config(identity),
+                    Some(server),
+                    socket,
+                    Arc::new(quinn::TokioRuntime),
+                )
+            }
             None => quinn::Endpoint::client(addr),
         }
-        .map_err(|e| TransportError::Endpoint(format!("bind {addr}: {e}")))?;
+        .map_err(bind_err)?;
         inner.set_default_client_config(client_config(identity)?);
         Ok(Self { inner })
     }

@@ -130,7 +130,7 @@ pub async fn bind(
         .map_err(|e| TransportError::Endpoint(format!("bind {addr}: {e}")))?;
     let mut seed_bytes = [0u8; 32];
     seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
-    let mut config = quinn::EndpointConfig::default();
+    let mut config = crate::quic::endpoint_config(identity);
     config.rng_seed(Some(seed_bytes));
     let server = accept.then(|| server_config(identity)).transpose()?;
     let socket = Arc::new(SimSocket {

@@ -119,6 +119,23 @@ impl Identity {
         Ok(Self { ca, chain, key })
     }
 
+    /// Secrets for QUIC stateless resets, derived from this peer's private key so that they
+    /// are the same after a restart: the HMAC key behind reset tokens and the key that signs
+    /// connection ids. A restarted node then recognises the connection ids it issued before
+    /// and answers packets on its previous incarnation's connections with a reset, so peers
+    /// learn at their next packet that the connection is gone instead of waiting out the
+    /// idle timeout.
+    pub fn stateless_reset_keys(&self) -> (Arc<ring::hmac::Key>, u64) {
+        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+        context.update(b"qvdc stateless reset v1");
+        context.update(self.key.secret_der());
+        let digest = context.finish();
+        let bytes = digest.as_ref();
+        let hmac = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, bytes);
+        let cid_key = u64::from_le_bytes(bytes[..8].try_into().expect("a SHA-256 digest"));
+        (Arc::new(hmac), cid_key)
+    }
+
     /// The identity described by this process's own certificate.
     pub fn peer_identity(&self) -> Result<PeerIdentity, TlsError> {
         identity_of(&self.chain[0])

@@ -1,0 +1,115 @@
+//! Operator requests that reach a follower are passed on to the leader over the nodes' own
+//! connections, so a client may talk to any node. A follower that loses its leader while a
+//! request is on its way waits for the next one and passes the request on again; retried
+//! mutations are safe because each carries its request id (the first outcome is replayed).
+
+use std::time::Duration;
+
+use openraft::RaftMetrics;
+use qvdc_raft::NodeId;
+use qvdc_transport::protocol::{ApiRequest, Request, Response};
+use tokio::{sync::watch, time::Instant};
+
+use crate::{api, node::NodeInner};
+
+/// How long a follower keeps trying to reach a known leader for one request before it sends
+/// the client there itself. Several election timeouts, so one failover fits in it.
+pub(crate) const FORWARD_DEADLINE_MS: u64 = 5_000;
+/// How long a follower that knows of no leader waits for one before it tells the client to
+/// try another node: longer than an election, shorter than the client's patience. A follower
+/// cut off from the others stays leaderless and must not hold clients long.
+pub(crate) const LEADERLESS_WAIT_MS: u64 = 1_000;
+/// How often a follower that knows of no leader looks again.
+const LEADER_POLL_MS: u64 = 20;
+
+type Metrics = watch::Receiver<RaftMetrics<NodeId, openraft::BasicNode>>;
+
+pub(crate) fn is_leader(node: &NodeInner) -> bool {
+    node.raft.metrics().borrow().current_leader == Some(node.id)
+}
+
+/// Whether a request must be answered by the leader. `cluster status` is answered by the
+/// node asked: it says who that node believes leads.
+pub(crate) fn needs_leader(request: &ApiRequest) -> bool {
+    !matches!(request, ApiRequest::ClusterStatus)
+}
+
+enum Leader {
+    Me,
+    At(NodeId, std::net::SocketAddr),
+    Unknown,
+}
+
+fn leader_of(metrics: &Metrics, me: NodeId) -> Leader {
+    let m = metrics.borrow();
+    let Some(id) = m.current_leader else {
+        return Leader::Unknown;
+    };
+    if id == me {
+        return Leader::Me;
+    }
+    m.membership_config
+        .membership()
+        .get_node(&id)
+        .and_then(|n| n.addr.parse().ok())
+        .map_or(Leader::Unknown, |addr| Leader::At(id, addr))
+}
+
+/// Resolves once this node believes someone other than `from` leads (or no one).
+async fn leader_changes(metrics: &mut Metrics, from: Option<NodeId>) {
+    loop {
+        if metrics.borrow_and_update().current_leader != from {
+            return;
+        }
+        if metrics.changed().await.is_err() {
+            return std::future::pending().await; // Raft stopped; the deadline ends the wait
+        }
+    }
+}
+
+/// Passes `request` to the leader and returns its answer, following leadership changes until
+/// [`FORWARD_DEADLINE_MS`] has passed.
+pub(crate) async fn to_leader(node: &NodeInner, request: ApiRequest) -> Response {
+    let started = Instant::now();
+    let deadline = started + Duration::from_millis(FORWARD_DEADLINE_MS);
+    let mut leaderless_since = Some(started);
+    let mut metrics: Metrics = node.raft.metrics();
+    let forwarded = Request::Forwarded(request.clone());
+    let mut last = String::from("no leader is known");
+    loop {
+        let (known, call) = match leader_of(&metrics, node.id) {
+            Leader::Me => return api::handle(node, request).await,
+            Leader::At(id, addr) => {
+                leaderless_since = None;
+                (Some(id), Some((id, addr)))
+            }
+            Leader::Unknown => {
+                let since = *leaderless_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= Duration::from_millis(LEADERLESS_WAIT_MS) {
+                    break;
+                }
+                (None, None)
+            }
+        };
+        if let Some((id, addr)) = call {
+            tokio::select! {
+                answer = node.peers.call(addr, &forwarded, deadline - Instant::now()) => match answer {
+                    Ok(Response::NotLeader { .. }) => last = format!("node {id} no longer leads"),
+                    Ok(response) => return response,
+                    Err(e) => last = format!("leader {id} at {addr}: {e}"),
+                },
+                () = leader_changes(&mut metrics, known) => continue,
+                () = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        tokio::select! {
+            () = leader_changes(&mut metrics, known) => {}
+            () = tokio::time::sleep(Duration::from_millis(LEADER_POLL_MS)) => {}
+            () = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    // Let the client try on its own: towards the leader this node believes in, if any, which
+    // the client may reach when this node cannot; otherwise to another node.
+    tracing::debug!(node = node.id, %last, "could not pass a request on to a leader");
+    node.not_leader()
+}
