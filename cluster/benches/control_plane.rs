@@ -14,10 +14,7 @@ use std::{
 
 use qvdc_cluster::Client;
 use qvdc_transport::{
-    protocol::{
-        ApiRequest, ApiResponse, HostMessage, Inventory, PoolSource, PoolSpec, Request, Response,
-    },
-    quic,
+    protocol::{ApiRequest, ApiResponse, PoolSource, PoolSpec},
     tls::Role,
     Endpoint,
 };
@@ -52,43 +49,6 @@ fn new_client(nodes: &Nodes) -> Client {
     .unwrap();
     let addrs: Vec<SocketAddr> = nodes.addrs.iter().map(|a| a.parse().unwrap()).collect();
     Client::new(endpoint, addrs, Duration::from_secs(30))
-}
-
-/// Registers a host (without ever heartbeating) so that pools can be assigned to it.
-async fn register_host(cluster: &Nodes, host: &str) {
-    let endpoint = Endpoint::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        &cluster.identity(host),
-        false,
-    )
-    .unwrap();
-    let inventory = Inventory {
-        hostname: host.into(),
-        cpu_cores: 1,
-        memory_bytes: 1 << 30,
-        ..Inventory::default()
-    };
-    let started = Instant::now();
-    loop {
-        for addr in &cluster.addrs {
-            let Ok(connection) = endpoint.connect(addr.parse().unwrap()).await else {
-                continue;
-            };
-            let register = Request::Host(HostMessage::Register {
-                host_id: host.into(),
-                inventory: inventory.clone(),
-                vms: Vec::new(),
-            });
-            if let Ok(Response::Host(_)) = quic::call::<_, Response>(&connection, &register).await {
-                return;
-            }
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "could not register the bench host"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 async fn create_pool(client: &mut Client, name: String) -> Duration {
@@ -257,8 +217,8 @@ fn main() {
         .unwrap();
     runtime.block_on(async {
         let mut cluster = start();
-        register_host(&cluster, HOST).await;
-        register_host(&cluster, HOST_2).await;
+        cluster.register_host(HOST).await;
+        cluster.register_host(HOST_2).await;
         println!(
             "3 qvdc servers on loopback, QUIC + mTLS, redb with fsync; {} cores",
             num_cpus()

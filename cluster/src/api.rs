@@ -15,7 +15,7 @@ use qvdc_transport::protocol::{
     PoolSpec, PoolView, Response, VmSpec,
 };
 
-use crate::{node::NodeInner, propose::ProposeError};
+use crate::{membership, node::NodeInner, propose::ProposeError};
 
 fn rejected(e: ValidationError) -> Response {
     let kind = match e {
@@ -66,6 +66,10 @@ pub(crate) async fn handle(node: &NodeInner, request: ApiRequest) -> Response {
             }
             Response::Api(Ok(ApiResponse::ClusterStatus(status)))
         }
+        ApiRequest::ClusterAddNode { node_id, addr } => {
+            membership::add_node(node, node_id, addr).await
+        }
+        ApiRequest::ClusterRemoveNode { node_id } => membership::remove_node(node, node_id).await,
         ApiRequest::PoolCreate {
             request_id,
             spec,
@@ -601,7 +605,7 @@ fn host_views(
         .collect()
 }
 
-fn cluster_status(node: &NodeInner) -> ClusterStatus {
+pub(crate) fn cluster_status(node: &NodeInner) -> ClusterStatus {
     let metrics = node.raft.metrics().borrow().clone();
     let membership = metrics.membership_config.membership();
     let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();

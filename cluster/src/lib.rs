@@ -6,6 +6,7 @@ mod api;
 pub mod client;
 mod forward;
 mod hosts;
+pub mod membership;
 pub mod node;
 pub mod output;
 mod propose;

@@ -54,8 +54,12 @@ pub enum Storage {
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     pub node_id: NodeId,
-    /// Every initial member's id and QUIC address, this node included.
+    /// Every initial member's id and QUIC address, this node included. Empty for a node
+    /// that joins a running cluster.
     pub initial_cluster: BTreeMap<NodeId, String>,
+    /// The node joins a running cluster (`qvctl cluster add-node`) instead of forming one:
+    /// it never initialises a membership of its own and waits to be added.
+    pub join: bool,
     pub storage: Storage,
     pub timings: Timings,
     pub retention: qvdc_raft::LogRetention,
@@ -87,7 +91,7 @@ pub struct Node {
 impl Node {
     /// Opens storage, starts Raft, initialises the cluster if it is new, and serves `endpoint`.
     pub async fn start(config: NodeConfig, endpoint: Endpoint) -> Result<Self, NodeError> {
-        if !config.initial_cluster.contains_key(&config.node_id) {
+        if !config.join && !config.initial_cluster.contains_key(&config.node_id) {
             return Err(NodeError::NotAMember(config.node_id));
         }
         let db = match &config.storage {
@@ -106,11 +110,13 @@ impl Node {
         )
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
-        if !raft
+        let initialized = raft
             .is_initialized()
             .await
-            .map_err(|e| NodeError::Raft(e.to_string()))?
-        {
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        if !initialized && config.join {
+            info!(node = config.node_id, "waiting to be added to a cluster");
+        } else if !initialized {
             // Every initial member proposes the same membership; openraft accepts that.
             let members = qvdc_raft::initial_members(&config.initial_cluster);
             if let Err(e) = raft.initialize(members).await {

@@ -100,8 +100,10 @@ fn cluster_table(s: &ClusterStatus) -> String {
     for m in &s.members {
         let role = if s.leader == Some(m.node_id) {
             "leader"
-        } else {
+        } else if m.voter {
             "follower"
+        } else {
+            "learner"
         };
         t.add_row(vec![
             m.node_id.to_string(),

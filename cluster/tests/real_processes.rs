@@ -1026,6 +1026,7 @@ fn a_node_refuses_what_a_certificate_does_not_allow_and_oversized_frames() {
         let config = qvdc_cluster::NodeConfig {
             node_id: 1,
             initial_cluster: [(1, addr.to_string())].into(),
+            join: false,
             storage: qvdc_cluster::Storage::Dir(dir.path().join("node-1")),
             timings: Default::default(),
             retention: Default::default(),

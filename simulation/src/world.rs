@@ -136,6 +136,7 @@ pub(crate) fn add_node(
             let node_config = NodeConfig {
                 node_id: i,
                 initial_cluster,
+                join: false,
                 storage: Storage::Database(db),
                 timings: Timings::default(),
                 retention,

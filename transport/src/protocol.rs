@@ -511,6 +511,16 @@ pub struct CommandResult {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ApiRequest {
     ClusterStatus,
+    /// Adds a node started with `qvdc server --join`: first as a learner that copies the log
+    /// (or a snapshot), then as a voter once it has caught up. Answered with the new status.
+    ClusterAddNode {
+        node_id: u64,
+        addr: String,
+    },
+    /// Removes a node (voter or learner) from the membership. Answered with the new status.
+    ClusterRemoveNode {
+        node_id: u64,
+    },
     HostList,
     /// `request_id` makes the request safe to retry: the same id always gets the first
     /// answer and is applied at most once.

@@ -310,6 +310,27 @@ enum CertsCommand {
 enum ClusterCommand {
     /// Members, leader and term, as the answering node sees them.
     Status,
+    /// Add a control-plane node started with `qvdc server --join`. It first copies the state
+    /// as a learner (no vote), then becomes a voter. Give it a server certificate first
+    /// (`qvctl certs issue --role server --name node-4`).
+    ///
+    /// Example: qvctl cluster add-node 4 10.0.0.4:7100
+    #[command(verbatim_doc_comment)]
+    AddNode {
+        /// An id no node of this cluster has used before.
+        node_id: u64,
+        /// The new node's --listen address, IP:PORT.
+        addr: String,
+    },
+    /// Remove a node from the cluster: it loses its vote and stops receiving the log. Works
+    /// on a dead node too; stop the process yourself.
+    RemoveNode { node_id: u64 },
+    /// Replace a dead node with a fresh one started with `qvdc server --join`: adds NEW,
+    /// then removes OLD. The new node gets a new id; ids are never reused.
+    ///
+    /// Example: qvctl cluster replace-node 2 5 10.0.0.5:7100
+    #[command(verbatim_doc_comment)]
+    ReplaceNode { old: u64, new: u64, addr: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -468,6 +489,13 @@ fn certs(command: CertsCommand) -> anyhow::Result<()> {
 fn request_of(command: Command, request_id: String) -> ApiRequest {
     match command {
         Command::Cluster(ClusterCommand::Status) => ApiRequest::ClusterStatus,
+        Command::Cluster(ClusterCommand::AddNode { node_id, addr }) => {
+            ApiRequest::ClusterAddNode { node_id, addr }
+        }
+        Command::Cluster(ClusterCommand::RemoveNode { node_id }) => {
+            ApiRequest::ClusterRemoveNode { node_id }
+        }
+        Command::Cluster(ClusterCommand::ReplaceNode { .. }) => unreachable!("two requests"),
         Command::Host(HostCommand::List) => ApiRequest::HostList,
         Command::Host(HostCommand::Show { host }) => ApiRequest::HostShow { host },
         Command::Host(HostCommand::Maintenance { host, state }) => ApiRequest::HostMaintenance {
@@ -828,6 +856,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .request_id
         .clone()
         .unwrap_or_else(|| client.new_request_id());
+    if let Command::Cluster(ClusterCommand::ReplaceNode { old, new, addr }) = cli.command {
+        let steps = [
+            ApiRequest::ClusterAddNode { node_id: new, addr },
+            ApiRequest::ClusterRemoveNode { node_id: old },
+        ];
+        for step in steps {
+            match client.request(step).await {
+                Ok(response) => println!("{}", output::render(&response, cli.output)),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Ok(ExitCode::from(e.exit_code() as u8));
+                }
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let wait = wait_goal(&cli.command);
     let outcome = match client.request(request_of(cli.command, request_id)).await {
         Ok(response) => {

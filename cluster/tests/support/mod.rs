@@ -22,12 +22,23 @@ pub(crate) struct Nodes {
     processes: Vec<Option<Child>>,
     /// Write each node's output to `<dir>/node-N.log` (tests) or drop it (benchmarks).
     logs: bool,
+    /// Flags every node gets on top of the usual ones.
+    extra_args: Vec<String>,
 }
 
 impl Nodes {
     /// Creates the CA, server certificates for node-1..3 and the `others`, picks free ports
     /// and starts the three nodes.
     pub(crate) fn start(others: &[(Role, &str)], logs: bool) -> Self {
+        Self::start_with_args(others, logs, &[])
+    }
+
+    /// Like [`Nodes::start`], with `extra_args` for every node (e.g. log retention).
+    pub(crate) fn start_with_args(
+        others: &[(Role, &str)],
+        logs: bool,
+        extra_args: &[&str],
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let certs = dir.path().join("certs");
         tls::init_ca(&certs).unwrap();
@@ -45,6 +56,7 @@ impl Nodes {
             addrs,
             processes: Vec::new(),
             logs,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
         };
         for id in 1..=NODES {
             let child = nodes.spawn(id);
@@ -95,13 +107,29 @@ impl Nodes {
         (log.try_clone().unwrap().into(), log.into())
     }
 
+    /// Starts node `id` (beyond the initial three) empty, with `--join`, on a fresh port and
+    /// with a fresh certificate; `qvctl cluster add-node` then brings it in.
+    pub(crate) fn start_joining(&mut self, id: usize) -> String {
+        assert_eq!(id, self.addrs.len() + 1, "nodes join in id order");
+        tls::issue(&self.certs(), Role::Server, &format!("node-{id}")).unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        self.addrs.push(addr.clone());
+        let child = self.spawn(id);
+        self.processes.push(Some(child));
+        addr
+    }
+
     fn spawn(&self, id: usize) -> Child {
-        let initial: Vec<String> = self
-            .addrs
+        let initial: Vec<String> = self.addrs[..NODES]
             .iter()
             .enumerate()
             .map(|(i, a)| format!("{}={a}", i + 1))
             .collect();
+        let bootstrap = if id > NODES {
+            vec!["--join".to_owned()]
+        } else {
+            vec!["--initial-cluster".to_owned(), initial.join(",")]
+        };
         let data_dir = self
             .dir
             .path()
@@ -117,12 +145,9 @@ impl Nodes {
                 "--listen",
                 &self.addrs[id - 1],
             ])
-            .args([
-                "--data-dir",
-                &data_dir,
-                "--initial-cluster",
-                &initial.join(","),
-            ])
+            .args(["--data-dir", &data_dir])
+            .args(bootstrap)
+            .args(&self.extra_args)
             .args(self.tls_args(&format!("node-{id}")))
             // Test guests have no OS and ignore shutdown requests: do not wait long for them.
             .args(["--vm-shutdown-timeout-ms", "3000"])
@@ -130,6 +155,46 @@ impl Nodes {
             .stderr(stderr)
             .spawn()
             .expect("start qvdc server")
+    }
+
+    /// Registers host `host` (its certificate must exist) without ever heartbeating, so that
+    /// pools can be assigned to it; tries every node until the leader takes it.
+    pub(crate) async fn register_host(&self, host: &str) {
+        use qvdc_transport::{
+            protocol::{HostMessage, Inventory, Request, Response},
+            quic, Endpoint,
+        };
+        let endpoint =
+            Endpoint::bind("127.0.0.1:0".parse().unwrap(), &self.identity(host), false).unwrap();
+        let inventory = Inventory {
+            hostname: host.into(),
+            cpu_cores: 1,
+            memory_bytes: 1 << 30,
+            ..Inventory::default()
+        };
+        let started = std::time::Instant::now();
+        loop {
+            for addr in &self.addrs {
+                let Ok(connection) = endpoint.connect(addr.parse().unwrap()).await else {
+                    continue;
+                };
+                let register = Request::Host(HostMessage::Register {
+                    host_id: host.into(),
+                    inventory: inventory.clone(),
+                    vms: Vec::new(),
+                });
+                if let Ok(Response::Host(_)) =
+                    quic::call::<_, Response>(&connection, &register).await
+                {
+                    return;
+                }
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(30),
+                "could not register host {host}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
 
     /// `kill -9` node `id` and wait for it to be gone.

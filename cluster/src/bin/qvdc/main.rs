@@ -28,12 +28,16 @@ enum Command {
     /// Run one control-plane node.
     ///
     /// Three nodes started with the same --initial-cluster form a cluster; a node restarted
-    /// with its data dir rejoins with its state. Every flag may also come from --config.
+    /// with its data dir rejoins with its state. A new node (to grow the cluster or replace
+    /// a dead one) starts with --join and is added with `qvctl cluster add-node`. Every flag
+    /// may also come from --config.
     ///
     /// Example:
     ///   qvdc server --node-id 1 --listen 127.0.0.1:7101 --data-dir /var/lib/qvdc \
     ///     --initial-cluster 1=127.0.0.1:7101,2=127.0.0.1:7102,3=127.0.0.1:7103 \
     ///     --ca-cert certs/ca.crt --cert certs/node-1.crt --key certs/node-1.key
+    ///   qvdc server --node-id 4 --listen 127.0.0.1:7104 --data-dir /var/lib/qvdc --join \
+    ///     --ca-cert certs/ca.crt --cert certs/node-4.crt --key certs/node-4.key
     #[command(verbatim_doc_comment)]
     Server(ServerArgs),
     /// Start a local sandbox: certificates, 3 control-plane nodes and N host agents on
@@ -60,6 +64,12 @@ struct ServerArgs {
     /// Every initial member as ID=HOST:PORT, comma-separated.
     #[arg(long)]
     initial_cluster: Option<String>,
+    /// Join a running cluster instead of forming one: start with an empty data dir and
+    /// wait for `qvctl cluster add-node ID ADDR` (run against the cluster) to add this node.
+    /// --initial-cluster is not needed then.
+    #[arg(long, conflicts_with = "initial_cluster")]
+    #[serde(default)]
+    join: bool,
     /// Cluster CA certificate.
     #[arg(long, env = "QVDC_CA_CERT")]
     ca_cert: Option<PathBuf>,
@@ -101,6 +111,7 @@ impl ServerArgs {
             listen: self.listen.or(file.listen),
             data_dir: self.data_dir.or(file.data_dir),
             initial_cluster: self.initial_cluster.or(file.initial_cluster),
+            join: self.join || file.join,
             ca_cert: self.ca_cert.or(file.ca_cert),
             cert: self.cert.or(file.cert),
             key: self.key.or(file.key),
@@ -146,8 +157,15 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let node_id = required(args.node_id, "node-id")?;
     let listen = required(args.listen, "listen")?;
     let data_dir = required(args.data_dir, "data-dir")?;
-    let initial_cluster =
-        parse_initial_cluster(&required(args.initial_cluster, "initial-cluster")?)?;
+    let initial_cluster = if args.join {
+        BTreeMap::new()
+    } else {
+        let text = args.initial_cluster.context(
+            "missing --initial-cluster (or `initial-cluster = ...` in --config); \
+             to add this node to a running cluster, start it with --join instead",
+        )?;
+        parse_initial_cluster(&text)?
+    };
     let identity = Identity::load(
         &required(args.ca_cert, "ca-cert")?,
         &required(args.cert, "cert")?,
@@ -188,6 +206,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let config = NodeConfig {
         node_id,
         initial_cluster,
+        join: args.join,
         storage: Storage::Dir(data_dir),
         timings,
         retention,

@@ -1,0 +1,131 @@
+//! Growing, shrinking and repairing the control plane: `qvctl cluster add-node` and
+//! `remove-node`. A new node starts empty with `qvdc server --join`; the leader adds it as a
+//! learner, which copies the log (or, if the log behind the latest snapshot is gone, the
+//! snapshot), and makes it a voter once it has caught up. Replacing a dead node is removing
+//! it and adding a fresh one under a new id: a fresh data dir must never reuse the id of a
+//! node that may have voted, or one term could see two votes from "the same" node.
+
+use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
+
+use openraft::{
+    error::{ClientWriteError, RaftError},
+    BasicNode, ChangeMembers,
+};
+use qvdc_raft::NodeId;
+use qvdc_transport::protocol::{ApiError, ApiErrorKind, ApiResponse, Response};
+
+use crate::{api, node::NodeInner};
+
+/// How long a new node may take to catch up before the operator is told what to check.
+pub const CATCH_UP_TIMEOUT_MS: u64 = 30_000;
+
+fn rejected(kind: ApiErrorKind, message: String) -> Response {
+    Response::Api(Err(ApiError::new(kind, message)))
+}
+
+/// What openraft's answer to a membership change means for the operator.
+fn failed(
+    node: &NodeInner,
+    what: &str,
+    e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>,
+) -> Response {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => node.not_leader(),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            rejected(ApiErrorKind::Invalid, format!("{what}: {e}"))
+        }
+        e => api::unavailable(format!("{what}: {e}; retry")),
+    }
+}
+
+fn members(node: &NodeInner) -> (BTreeSet<NodeId>, Vec<(NodeId, String)>) {
+    let metrics = node.raft.metrics();
+    let metrics = metrics.borrow();
+    let membership = metrics.membership_config.membership();
+    let voters = membership.voter_ids().collect();
+    let all = membership
+        .nodes()
+        .map(|(id, n)| (*id, n.addr.clone()))
+        .collect();
+    (voters, all)
+}
+
+fn status(node: &NodeInner) -> Response {
+    Response::Api(Ok(ApiResponse::ClusterStatus(api::cluster_status(node))))
+}
+
+pub(crate) async fn add_node(node: &NodeInner, id: NodeId, addr: String) -> Response {
+    if id == 0 {
+        return rejected(ApiErrorKind::Invalid, "node ids start at 1".into());
+    }
+    if addr.parse::<SocketAddr>().is_err() {
+        return rejected(
+            ApiErrorKind::Invalid,
+            format!("node address {addr:?} is not IP:PORT (for example 10.0.0.4:7100)"),
+        );
+    }
+    let (voters, all) = members(node);
+    if let Some((other, _)) = all.iter().find(|(other, a)| *a == addr && *other != id) {
+        return rejected(
+            ApiErrorKind::AlreadyExists,
+            format!("node {other} already listens on {addr}; one address, one node"),
+        );
+    }
+    if let Some((_, known)) = all.iter().find(|(other, _)| *other == id) {
+        if *known != addr {
+            return rejected(
+                ApiErrorKind::AlreadyExists,
+                format!(
+                    "node {id} is already a member at {known}; remove it first \
+                     (`qvctl cluster remove-node {id}`) or add the new node under another id"
+                ),
+            );
+        }
+        if voters.contains(&id) {
+            return status(node); // already done: adding is safe to retry
+        }
+    }
+    let catch_up = node.raft.add_learner(id, BasicNode::new(&addr), true);
+    match tokio::time::timeout(Duration::from_millis(CATCH_UP_TIMEOUT_MS), catch_up).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return failed(node, &format!("adding node {id} as a learner"), e),
+        Err(_) => {
+            return api::unavailable(format!(
+                "node {id} at {addr} did not catch up within {CATCH_UP_TIMEOUT_MS} ms; check \
+                 that it runs `qvdc server --join` with a server certificate of this cluster's \
+                 CA and is reachable from the leader. It stays a learner (no vote) until the \
+                 same add-node succeeds"
+            ))
+        }
+    }
+    let promote = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
+    match node.raft.change_membership(promote, false).await {
+        Ok(_) => status(node),
+        Err(e) => failed(node, &format!("making node {id} a voter"), e),
+    }
+}
+
+pub(crate) async fn remove_node(node: &NodeInner, id: NodeId) -> Response {
+    let (voters, all) = members(node);
+    if !all.iter().any(|(other, _)| *other == id) {
+        return rejected(
+            ApiErrorKind::NotFound,
+            format!("node {id} is not a member; `qvctl cluster status` lists the members"),
+        );
+    }
+    if voters.len() == 1 && voters.contains(&id) {
+        return rejected(
+            ApiErrorKind::Invalid,
+            format!("node {id} is the last voter; add another node before removing it"),
+        );
+    }
+    let change = if voters.contains(&id) {
+        ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+    } else {
+        ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+    };
+    match node.raft.change_membership(change, false).await {
+        Ok(_) => status(node),
+        Err(e) => failed(node, &format!("removing node {id}"), e),
+    }
+}
