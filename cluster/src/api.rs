@@ -15,7 +15,7 @@ use qvdc_transport::protocol::{
     PoolSpec, PoolView, Response, VmSpec,
 };
 
-use crate::{membership, node::NodeInner, propose::ProposeError};
+use crate::{membership, node::NodeInner, propose::ProposeError, stale};
 
 fn rejected(e: ValidationError) -> Response {
     let kind = match e {
@@ -66,6 +66,7 @@ pub(crate) async fn handle(node: &NodeInner, request: ApiRequest) -> Response {
             }
             Response::Api(Ok(ApiResponse::ClusterStatus(status)))
         }
+        ApiRequest::Stale(request) => stale::answer(node, *request),
         ApiRequest::ClusterAddNode { node_id, addr } => {
             membership::add_node(node, node_id, addr).await
         }
@@ -585,7 +586,7 @@ async fn create_pool(
     }
 }
 
-fn host_views(
+pub(crate) fn host_views(
     node: &NodeInner,
     live: &std::collections::BTreeMap<String, Liveness>,
 ) -> Vec<HostView> {

@@ -29,9 +29,9 @@ pub(crate) fn is_leader(node: &NodeInner) -> bool {
 }
 
 /// Whether a request must be answered by the leader. `cluster status` is answered by the
-/// node asked: it says who that node believes leads.
+/// node asked (it says who that node believes leads), and so are stale reads.
 pub(crate) fn needs_leader(request: &ApiRequest) -> bool {
-    !matches!(request, ApiRequest::ClusterStatus)
+    !matches!(request, ApiRequest::ClusterStatus | ApiRequest::Stale(_))
 }
 
 enum Leader {

@@ -12,7 +12,9 @@ use std::{
 
 use qvdc_cluster::{Client, ClientError};
 use qvdc_transport::{
-    protocol::{ApiErrorKind, ApiRequest, ApiResponse, ClusterStatus, PoolSource, PoolSpec},
+    protocol::{
+        ApiErrorKind, ApiRequest, ApiResponse, ClusterStatus, Health, PoolSource, PoolSpec,
+    },
     tls::Role,
     Endpoint,
 };
@@ -233,5 +235,47 @@ async fn nodes_join_leave_and_are_replaced() {
             assert_eq!(pools.len(), 63, "60 + 3 pools, each once");
         }
         other => panic!("pool list: {other:?}"),
+    }
+
+    // With two of three voters gone there is no leader: a linearizable read cannot be
+    // answered, a stale one is, from the survivor's own state.
+    let lone = now_live[0];
+    for dead in &now_live[1..] {
+        nodes.kill(*dead);
+    }
+    // Past the leader's lease (150 ms): a leader may serve reads within it without asking.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let endpoint = Endpoint::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        &nodes.identity(OPERATOR),
+        false,
+    )
+    .unwrap();
+    let addr = nodes.addrs[lone - 1].parse().unwrap();
+    let mut impatient = Client::new(endpoint, vec![addr], Duration::from_secs(3));
+    match impatient.request(ApiRequest::PoolList).await {
+        Err(ClientError::Timeout { .. } | ClientError::Unreachable { .. }) => {}
+        Ok(answer) => {
+            panic!("a node without a quorum answered a linearizable read: {answer:.200?}")
+        }
+        Err(e) => panic!("unexpected error: {e}"),
+    }
+    let stale = ApiRequest::Stale(Box::new(ApiRequest::PoolShow {
+        name: "after-replacement".into(),
+    }));
+    match impatient.request(stale).await {
+        Ok(ApiResponse::Pool(view)) => {
+            assert_eq!(view.spec.name, "after-replacement");
+            assert_eq!(view.health, Health::Unknown, "no reports without a leader");
+        }
+        other => panic!("stale read from node {lone}: {other:?}"),
+    }
+    let stale_write = ApiRequest::Stale(Box::new(ApiRequest::PoolDelete {
+        request_id: "x".into(),
+        pool: "after-replacement".into(),
+    }));
+    match impatient.request(stale_write).await {
+        Err(ClientError::Rejected(e)) => assert!(e.message.contains("--stale"), "{}", e.message),
+        other => panic!("a stale write was not refused: {other:?}"),
     }
 }

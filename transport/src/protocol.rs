@@ -511,6 +511,10 @@ pub struct CommandResult {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ApiRequest {
     ClusterStatus,
+    /// A read answered by whichever node receives it, from its own copy of the desired
+    /// state, without the leader: available during elections, possibly behind, and with
+    /// reported state unknown (`qvctl --stale`).
+    Stale(Box<ApiRequest>),
     /// Adds a node started with `qvdc server --join`: first as a learner that copies the log
     /// (or a snapshot), then as a voter once it has caught up. Answered with the new status.
     ClusterAddNode {

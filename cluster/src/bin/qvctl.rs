@@ -38,6 +38,12 @@ struct Cli {
     /// Output format.
     #[arg(long, short, global = true, value_enum, default_value = "table")]
     output: output::Format,
+    /// Read from whichever node answers first, from its own copy of the desired state,
+    /// without the leader: works during elections and on a cut-off node, may miss the
+    /// latest changes, and shows hosts' reports (health, power, liveness) as unknown.
+    /// For status, list and show commands. Without it, reads are linearizable.
+    #[arg(long, global = true)]
+    stale: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -873,7 +879,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let wait = wait_goal(&cli.command);
-    let outcome = match client.request(request_of(cli.command, request_id)).await {
+    let mut request = request_of(cli.command, request_id);
+    if cli.stale {
+        request = ApiRequest::Stale(Box::new(request));
+    }
+    let outcome = match client.request(request).await {
         Ok(response) => {
             println!("{}", output::render(&response, cli.output));
             match wait {
