@@ -8,7 +8,7 @@ use qvdc_actors::{
     core::placement::{self, HostFacts},
     Supervision,
 };
-use qvdc_raft::{Command, DesiredState, Outcome, ValidationError};
+use qvdc_raft::{model::OrdMap, Command, DesiredState, Outcome, ValidationError};
 use qvdc_transport::protocol::{
     ApiError, ApiErrorKind, ApiRequest, ApiResponse, ClusterStatus, CommandOutput, DesiredPower,
     Health, HostCommandKind, HostDetail, HostPool, HostView, Liveness, MemberStatus, NetworkView,
@@ -241,9 +241,15 @@ pub(crate) async fn handle(node: &NodeInner, request: ApiRequest) -> Response {
                 Err(response) => return response,
             };
             let result = match request {
-                ApiRequest::NetworkList => {
-                    supervision.network_views().await.map(ApiResponse::Networks)
-                }
+                ApiRequest::NetworkList => supervision.network_views().await.map(|views| {
+                    let desired = node.desired.borrow().clone();
+                    ApiResponse::Networks(complete(
+                        views,
+                        &desired.networks,
+                        |v| &v.spec.name,
+                        stale::network_view,
+                    ))
+                }),
                 ApiRequest::NetworkShow { network } => {
                     match supervision.network_view(&network).await {
                         Ok(Some(view)) => Ok(ApiResponse::Network(view)),
@@ -269,7 +275,15 @@ pub(crate) async fn handle(node: &NodeInner, request: ApiRequest) -> Response {
                 Err(response) => return response,
             };
             let result = match request {
-                ApiRequest::VmList => supervision.vm_views().await.map(ApiResponse::Vms),
+                ApiRequest::VmList => supervision.vm_views().await.map(|views| {
+                    let desired = node.desired.borrow().clone();
+                    ApiResponse::Vms(complete(
+                        views,
+                        &desired.vms,
+                        |v| &v.spec.name,
+                        stale::vm_view,
+                    ))
+                }),
                 ApiRequest::VmShow { name } => match supervision.vm_view(&name).await {
                     Ok(Some(view)) => Ok(ApiResponse::Vm(view)),
                     Ok(None) => return not_found_vm(node, &name),
@@ -290,7 +304,15 @@ pub(crate) async fn handle(node: &NodeInner, request: ApiRequest) -> Response {
                     .liveness()
                     .await
                     .map(|live| ApiResponse::Hosts(host_views(node, &live))),
-                ApiRequest::PoolList => supervision.pool_views().await.map(ApiResponse::Pools),
+                ApiRequest::PoolList => supervision.pool_views().await.map(|views| {
+                    let desired = node.desired.borrow().clone();
+                    ApiResponse::Pools(complete(
+                        views,
+                        &desired.pools,
+                        |v| &v.spec.name,
+                        stale::pool_view,
+                    ))
+                }),
                 ApiRequest::PoolShow { name } => match supervision.pool_view(&name).await {
                     Ok(Some(view)) => Ok(ApiResponse::Pool(view)),
                     Ok(None) => return not_found_pool(node, &name),
@@ -557,6 +579,29 @@ async fn create_vm(
         Some(vm) => created(vm),
         None => unavailable(format!("VM {name} was created and deleted meanwhile")),
     }
+}
+
+/// Makes a list of supervisors' views agree with the applied desired state. A supervisor
+/// starts (or stops) a moment after the write that created (or deleted) its object was
+/// acknowledged; a read must still show every acknowledged write, so an object without a
+/// supervisor yet appears with its reports unknown, and one already deleted does not appear.
+fn complete<V, R>(
+    views: Vec<V>,
+    desired: &OrdMap<String, R>,
+    name: fn(&V) -> &String,
+    desired_only: fn(&R) -> V,
+) -> Vec<V> {
+    let mut by_name: std::collections::BTreeMap<String, V> = views
+        .into_iter()
+        .filter(|v| desired.contains_key(name(v)))
+        .map(|v| (name(&v).clone(), v))
+        .collect();
+    for (object, record) in desired {
+        by_name
+            .entry(object.clone())
+            .or_insert_with(|| desired_only(record));
+    }
+    by_name.into_values().collect()
 }
 
 fn not_found_pool(node: &NodeInner, name: &str) -> Response {

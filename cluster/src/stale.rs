@@ -25,7 +25,7 @@ use crate::{api, node::NodeInner};
 /// Views built from records alone: no host has reported, so every report is unknown.
 const NOBODY: Leadership = Leadership { term: 0, node: 0 };
 
-fn pool_view(record: &PoolRecord) -> PoolView {
+pub(crate) fn pool_view(record: &PoolRecord) -> PoolView {
     let core = PoolCore::new(
         record.spec.clone(),
         record.hosts.clone(),
@@ -40,11 +40,11 @@ fn pool_view(record: &PoolRecord) -> PoolView {
     }
 }
 
-fn vm_view(record: &VmRecord) -> VmView {
+pub(crate) fn vm_view(record: &VmRecord) -> VmView {
     VmCore::new(record.clone(), NOBODY, Timings::default()).view(Instant::now())
 }
 
-fn network_view(record: &NetworkRecord) -> NetworkView {
+pub(crate) fn network_view(record: &NetworkRecord) -> NetworkView {
     NetworkCore::new(record.clone(), NOBODY, Timings::default()).view(Instant::now())
 }
 
