@@ -60,7 +60,7 @@ async fn propose_batches(raft: Raft, mut waiting: mpsc::UnboundedReceiver<(Comma
         let entry = if commands.len() == 1 {
             commands.pop().expect("one command")
         } else {
-            Command::Batch(commands)
+            Command::Batch(commands.into())
         };
         let outcomes: Vec<Result<Outcome, ProposeError>> = match raft.client_write(entry).await {
             Ok(written) => match written.data {

@@ -220,8 +220,9 @@ pub enum Command {
     },
     /// Commands proposed at about the same time, carried by one log entry and applied in
     /// order, each on its own: concurrent writes share one append, one fsync and one
-    /// replication round instead of paying for each.
-    Batch(Vec<Command>),
+    /// replication round instead of paying for each. Shared, because openraft clones an
+    /// entry for every follower it replicates to and for applying it.
+    Batch(Arc<[Command]>),
 }
 
 /// What applying a command did; the application response of a Raft log entry.
@@ -1418,12 +1419,12 @@ mod tests {
     #[test]
     fn a_batch_applies_each_command_on_its_own() {
         let mut state = with_hosts(&["host-1"]);
-        let batch = Command::Batch(vec![
+        let batch = Command::Batch(Arc::from(vec![
             once("r1", create("p", "/srv/p", &["host-1"])),
             once("r2", create("p", "/srv/p", &["host-1"])),
             once("r1", create("p", "/srv/p", &["host-1"])),
             create("q", "/srv/q", &["host-1"]),
-        ]);
+        ]));
         match state.apply(&batch) {
             Outcome::Batch(outcomes) => {
                 assert_eq!(outcomes[0], Outcome::Applied);
@@ -1442,11 +1443,8 @@ mod tests {
         }
         assert!(state.pools.contains_key("p") && state.pools.contains_key("q"));
         let before = state.clone();
-        let nested = Command::Batch(vec![Command::Batch(vec![create(
-            "r",
-            "/srv/r",
-            &["host-1"],
-        )])]);
+        let inner = Command::Batch(Arc::from(vec![create("r", "/srv/r", &["host-1"])]));
+        let nested = Command::Batch(Arc::from(vec![inner]));
         assert_eq!(
             state.apply(&nested),
             Outcome::Rejected(ValidationError::NestedRequest)
