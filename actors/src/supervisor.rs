@@ -356,7 +356,7 @@ async fn converge(
         &mut state.pools,
         &previous.pools,
         &desired.pools,
-        PoolMsg::Record,
+        |record| PoolMsg::Record(PoolRecord::clone(&record)),
         "pool deleted",
     )?;
     for pool in pools {

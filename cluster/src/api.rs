@@ -310,7 +310,7 @@ pub(crate) async fn handle(node: &NodeInner, request: ApiRequest) -> Response {
                         views,
                         &desired.pools,
                         |v| &v.spec.name,
-                        stale::pool_view,
+                        |record| stale::pool_view(record),
                     ))
                 }),
                 ApiRequest::PoolShow { name } => match supervision.pool_view(&name).await {

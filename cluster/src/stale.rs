@@ -66,7 +66,7 @@ pub(crate) fn answer(node: &NodeInner, request: ApiRequest) -> Response {
             &Default::default(),
         ))),
         ApiRequest::PoolList => ok(ApiResponse::Pools(
-            desired.pools.values().map(pool_view).collect(),
+            desired.pools.values().map(|p| pool_view(p)).collect(),
         )),
         ApiRequest::PoolShow { name } => match desired.pools.get(&name) {
             Some(record) => ok(ApiResponse::Pool(pool_view(record))),

@@ -76,7 +76,7 @@ pub struct VmRecord {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DesiredState {
     pub hosts: OrdMap<String, HostRecord>,
-    pub pools: OrdMap<String, PoolRecord>,
+    pub pools: OrdMap<String, Arc<PoolRecord>>,
     /// VMs by name.
     pub vms: OrdMap<String, VmRecord>,
     pub networks: OrdMap<String, NetworkRecord>,
@@ -611,6 +611,7 @@ impl DesiredState {
     fn pool(&self, pool: &str) -> Result<&PoolRecord, ValidationError> {
         self.pools
             .get(pool)
+            .map(|record| &**record)
             .ok_or_else(|| ValidationError::NoSuchPool(pool.to_owned()))
     }
 
@@ -806,7 +807,7 @@ impl DesiredState {
                     hosts: hosts.iter().cloned().collect(),
                     volumes: BTreeMap::new(),
                 };
-                let previous = self.pools.insert(spec.name.clone(), record);
+                let previous = self.pools.insert(spec.name.clone(), Arc::new(record));
                 assert!(previous.is_none(), "validation rejects duplicate pools");
                 for host in hosts {
                     self.indexed(Kind::Pool, host, &spec.name, true);
@@ -856,7 +857,7 @@ impl DesiredState {
                     format: *format,
                     size_bytes: *size_bytes,
                 };
-                let pool = self.pools.get_mut(pool).expect("validated");
+                let pool = Arc::make_mut(self.pools.get_mut(pool).expect("validated"));
                 pool.volumes.insert(name.clone(), record);
                 Outcome::Applied
             }
@@ -865,14 +866,14 @@ impl DesiredState {
                 name,
                 size_bytes,
             } => {
-                let pool = self.pools.get_mut(pool).expect("validated");
+                let pool = Arc::make_mut(self.pools.get_mut(pool).expect("validated"));
                 let volume = pool.volumes.get_mut(name).expect("validated");
                 let before = volume.size_bytes;
                 volume.size_bytes = *size_bytes;
                 changed(before != *size_bytes)
             }
             Command::DeleteVolume { pool, name } => {
-                let pool = self.pools.get_mut(pool).expect("validated");
+                let pool = Arc::make_mut(self.pools.get_mut(pool).expect("validated"));
                 pool.volumes.remove(name).expect("validated");
                 Outcome::Applied
             }
@@ -930,7 +931,7 @@ impl DesiredState {
     /// Assigns (or unassigns) a pool or network to `hosts`, keeping the index in step.
     fn reassign(&mut self, kind: Kind, name: &str, hosts: &[String], assign: bool) -> Outcome {
         let assigned = match kind {
-            Kind::Pool => &mut self.pools.get_mut(name).expect("validated").hosts,
+            Kind::Pool => &mut Arc::make_mut(self.pools.get_mut(name).expect("validated")).hosts,
             Kind::Network => &mut self.networks.get_mut(name).expect("validated").hosts,
             Kind::Vm => unreachable!("a VM has one host, set when it is created"),
         };
@@ -978,7 +979,7 @@ impl DesiredState {
         self.index_of(host_id)
             .into_iter()
             .flat_map(|i| &i.pools)
-            .filter_map(|name| self.pools.get(name))
+            .filter_map(|name| self.pools.get(name).map(|record| &**record))
     }
 }
 
