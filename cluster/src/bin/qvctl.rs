@@ -316,9 +316,10 @@ enum CertsCommand {
 enum ClusterCommand {
     /// Members, leader and term, as the answering node sees them.
     Status,
-    /// Add a control-plane node started with `qvdc server --join`. It first copies the state
-    /// as a learner (no vote), then becomes a voter. Give it a server certificate first
-    /// (`qvctl certs issue --role server --name node-4`).
+    /// Add a control-plane node started with `qvdc server --join`
+    ///
+    /// It first copies the state as a learner (no vote), then becomes a voter. Give it a
+    /// server certificate first (`qvctl certs issue --role server --name node-4`).
     ///
     /// Example: qvctl cluster add-node 4 10.0.0.4:7100
     #[command(verbatim_doc_comment)]
@@ -328,11 +329,13 @@ enum ClusterCommand {
         /// The new node's --listen address, IP:PORT.
         addr: String,
     },
-    /// Remove a node from the cluster: it loses its vote and stops receiving the log. Works
-    /// on a dead node too; stop the process yourself.
+    /// Remove a node from the cluster (dead or alive).
+    ///
+    /// It loses its vote and stops receiving the log; stop the process yourself.
     RemoveNode { node_id: u64 },
-    /// Replace a dead node with a fresh one started with `qvdc server --join`: adds NEW,
-    /// then removes OLD. The new node gets a new id; ids are never reused.
+    /// Replace a dead node with a fresh one started with `qvdc server --join`
+    ///
+    /// Adds NEW, then removes OLD. The new node gets a new id; ids are never reused.
     ///
     /// Example: qvctl cluster replace-node 2 5 10.0.0.5:7100
     #[command(verbatim_doc_comment)]
