@@ -303,22 +303,9 @@ async fn read_until(stop: Arc<AtomicBool>, dialer: Dialer, history: History, who
 
 /// What node `id` says about the cluster, answered by that node itself.
 async fn status_of(dialer: &Dialer, id: usize) -> Option<ClusterStatus> {
-    let mut client = dialer.node_client(id);
-    let answer = tokio::time::timeout(STATUS_WAIT, client.request(ApiRequest::ClusterStatus));
-    match answer.await {
-        Ok(Ok(ApiResponse::ClusterStatus(status))) => {
-            assert_eq!(
-                status.node_id, id as u64,
-                "cluster status sent to node {id} was answered by node {}",
-                status.node_id
-            );
-            Some(status)
-        }
-        _ => None,
-    }
+    support::status_of(dialer.node_client(id), id).await
 }
 
-/// The node that says it leads (a leader says so only after a quorum confirmed it).
 async fn confirmed_leader(dialer: &Dialer) -> usize {
     let started = Instant::now();
     while started.elapsed() < RECOVERY_WAIT {
@@ -358,28 +345,8 @@ async fn first_commit(dialer: &Dialer, history: &History, who: u64, label: &str)
 
 /// Waits until every node answers with the same applied index and state digest.
 async fn converged(dialer: &Dialer) -> ClusterStatus {
-    let started = Instant::now();
-    loop {
-        let mut statuses = Vec::new();
-        for id in 1..=NODES {
-            statuses.push(status_of(dialer, id).await);
-        }
-        let seen: Vec<_> = statuses
-            .iter()
-            .map(|s| s.as_ref().map(|s| (s.last_applied, s.state_digest)))
-            .collect();
-        if seen[0].is_some_and(|(applied, _)| applied.is_some())
-            && seen.iter().all(|s| *s == seen[0])
-        {
-            return statuses[0].clone().unwrap();
-        }
-        assert!(
-            started.elapsed() < CONVERGE_WAIT,
-            "the nodes did not converge on one state within {CONVERGE_WAIT:?}; \
-             per node (last_applied, state_digest), None if it did not answer: {seen:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ids: Vec<usize> = (1..=NODES).collect();
+    support::converged(&ids, |id| dialer.node_client(id), CONVERGE_WAIT).await
 }
 
 /// The pools listed once two lists in a row agree (the leader's pool supervisors follow the

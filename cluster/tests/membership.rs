@@ -54,15 +54,8 @@ async fn create_pool(client: &mut Client, name: &str) {
     }
 }
 
-/// `cluster status` as node `id` itself sees it (it is answered locally, never forwarded).
 async fn status_of(nodes: &Nodes, id: usize) -> Option<ClusterStatus> {
-    match client(nodes, &[id])
-        .request(ApiRequest::ClusterStatus)
-        .await
-    {
-        Ok(ApiResponse::ClusterStatus(s)) => Some(s),
-        _ => None,
-    }
+    support::status_of(client(nodes, &[id]), id).await
 }
 
 async fn change(client: &mut Client, request: ApiRequest) -> ClusterStatus {
@@ -80,27 +73,8 @@ fn voters(s: &ClusterStatus) -> Vec<u64> {
         .collect()
 }
 
-/// Waits until every node in `ids` has applied the same index with the same state digest.
 async fn converged(nodes: &Nodes, ids: &[usize]) -> ClusterStatus {
-    let started = Instant::now();
-    loop {
-        let mut all = Vec::new();
-        for id in ids {
-            all.extend(status_of(nodes, *id).await);
-        }
-        let same = all.len() == ids.len()
-            && all.iter().all(|s| {
-                s.last_applied == all[0].last_applied && s.state_digest == all[0].state_digest
-            });
-        if same {
-            return all.swap_remove(0);
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "nodes {ids:?} did not converge: {all:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    support::converged(ids, |id| client(nodes, &[id]), Duration::from_secs(20)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

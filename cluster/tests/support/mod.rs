@@ -231,3 +231,59 @@ pub(crate) fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// `cluster status` as node `id` itself sees it (the status request is answered by the node
+/// that receives it, never forwarded); `client` must know only that node's address. `None`
+/// if the node does not answer within 1.5 s.
+pub(crate) async fn status_of(
+    mut client: qvdc_cluster::Client,
+    id: usize,
+) -> Option<qvdc_transport::protocol::ClusterStatus> {
+    use qvdc_transport::protocol::{ApiRequest, ApiResponse};
+    let answer = tokio::time::timeout(
+        std::time::Duration::from_millis(1_500),
+        client.request(ApiRequest::ClusterStatus),
+    );
+    match answer.await {
+        Ok(Ok(ApiResponse::ClusterStatus(status))) => {
+            assert_eq!(
+                status.node_id, id as u64,
+                "cluster status sent to node {id} was answered by node {}",
+                status.node_id
+            );
+            Some(status)
+        }
+        _ => None,
+    }
+}
+
+/// Waits until every node in `ids` reports the same applied index (not none) and the same
+/// state digest, asking each through `client_for(id)`; panics after `wait`.
+pub(crate) async fn converged(
+    ids: &[usize],
+    client_for: impl Fn(usize) -> qvdc_cluster::Client,
+    wait: std::time::Duration,
+) -> qvdc_transport::protocol::ClusterStatus {
+    let started = std::time::Instant::now();
+    loop {
+        let mut statuses = Vec::new();
+        for id in ids {
+            statuses.push(status_of(client_for(*id), *id).await);
+        }
+        let seen: Vec<_> = statuses
+            .iter()
+            .map(|s| s.as_ref().map(|s| (s.last_applied, s.state_digest)))
+            .collect();
+        if seen[0].is_some_and(|(applied, _)| applied.is_some())
+            && seen.iter().all(|s| *s == seen[0])
+        {
+            return statuses.swap_remove(0).expect("checked above");
+        }
+        assert!(
+            started.elapsed() < wait,
+            "nodes {ids:?} did not converge on one state within {wait:?}; per node \
+             (last_applied, state_digest), None if it did not answer: {seen:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
