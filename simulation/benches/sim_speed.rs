@@ -48,6 +48,7 @@ fn main() {
                         failing_hosts: vec![hosts],
                         disruption: Disruption::Crash,
                         retention: Default::default(),
+                        impairment: Default::default(),
                     };
                     let run_started = Instant::now();
                     let outcome = pool_flow::run(&config)

@@ -43,6 +43,7 @@ pub fn run(seed: u64) -> anyhow::Result<CatchUp> {
         failing_hosts: vec![],
         disruption: Disruption::Crash,
         retention: RETENTION,
+        impairment: Default::default(),
     };
     let run = harness::run(&config, script)?;
     Ok(CatchUp {

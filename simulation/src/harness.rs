@@ -92,6 +92,7 @@ where
     Fut: Future<Output = anyhow::Result<T>> + 'static,
 {
     seed_thread_rng(config.seed);
+    qvdc_transport::sim::impair(config.impairment, config.seed);
     let certs = Arc::new(Certs::new(config)?);
     let mut world = turmoil::Builder::new()
         .rng_seed(config.seed)

@@ -26,6 +26,7 @@ pub fn run(seed: u64) -> anyhow::Result<Lagging> {
         failing_hosts: vec![],
         disruption: Disruption::Isolate,
         retention: Default::default(),
+        impairment: Default::default(),
     };
     let run = harness::run(&config, script)?;
     Ok(Lagging {

@@ -33,6 +33,8 @@ pub struct SimConfig {
     pub disruption: Disruption,
     /// Snapshot and log-purge thresholds of every node.
     pub retention: LogRetention,
+    /// Datagram loss and duplication on every link, for the whole run.
+    pub impairment: qvdc_transport::sim::Impairment,
 }
 
 /// How the scenario takes the leader away.

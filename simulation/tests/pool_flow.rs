@@ -11,6 +11,7 @@ fn config(seed: u64) -> SimConfig {
         failing_hosts: vec![3],
         disruption: Disruption::Crash,
         retention: Default::default(),
+        impairment: Default::default(),
     }
 }
 
@@ -101,4 +102,32 @@ fn forty_seeds_pass() {
         "replay with `qvsim replay --seed N --trace`:\n{}",
         failures.join("\n")
     );
+}
+
+/// A network that loses 5% of datagrams and delivers 2% twice, for the whole run: QUIC must
+/// recover, the flow must still pass, and the losses must replay from the seed. The trace
+/// differs from the clean network's, so the impairment did reach the datagrams.
+#[test]
+fn a_lossy_duplicating_network_passes_and_replays() {
+    let lossy = |seed| SimConfig {
+        impairment: qvdc_transport::sim::Impairment {
+            loss_per_mille: 50,
+            duplicate_per_mille: 20,
+        },
+        ..config(seed)
+    };
+    let first = pool_flow::run(&lossy(11)).unwrap();
+    let again = pool_flow::run(&lossy(11)).unwrap();
+    assert_eq!(
+        first.trace_hash, again.trace_hash,
+        "losses replay from the seed"
+    );
+    let clean = pool_flow::run(&config(11)).unwrap();
+    assert_ne!(
+        first.trace_hash, clean.trace_hash,
+        "loss and duplication changed what happened"
+    );
+    for seed in 12..20 {
+        pool_flow::run(&lossy(seed)).unwrap_or_else(|e| panic!("seed {seed}: {e:#}"));
+    }
 }

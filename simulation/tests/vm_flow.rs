@@ -10,6 +10,7 @@ fn config(seed: u64, disruption: Disruption) -> SimConfig {
         failing_hosts: vec![3],
         disruption,
         retention: Default::default(),
+        impairment: Default::default(),
     }
 }
 

@@ -22,6 +22,56 @@ use crate::{
 
 type Readiness = Pin<Box<dyn Future<Output = io::Result<()>> + Send>>;
 
+/// Loss and duplication the simulated network applies to datagrams, in parts per thousand.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Impairment {
+    pub loss_per_mille: u32,
+    pub duplicate_per_mille: u32,
+}
+
+thread_local! {
+    /// The impairment for every simulated send on this thread (one simulation runs on one
+    /// thread), and the generator that decides each datagram's fate: an xorshift seeded by
+    /// the run, so a seed replays the same losses.
+    static IMPAIRED: std::cell::Cell<(Impairment, u64)> = const {
+        std::cell::Cell::new((
+            Impairment { loss_per_mille: 0, duplicate_per_mille: 0 },
+            0x9e37_79b9_7f4a_7c15,
+        ))
+    };
+}
+
+/// Sets the loss and duplication of this thread's simulated network; `seed` fixes which
+/// datagrams are hit. The harness calls it when a run starts and when its faults change.
+pub fn impair(impairment: Impairment, seed: u64) {
+    IMPAIRED.with(|cell| cell.set((impairment, seed | 1)));
+}
+
+/// What happens to the next datagram: how many copies go out (0, 1 or 2).
+fn copies() -> usize {
+    IMPAIRED.with(|cell| {
+        let (impairment, mut state) = cell.get();
+        if impairment == Impairment::default() {
+            return 1;
+        }
+        let mut draw = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % 1000) as u32
+        };
+        let copies = if draw() < impairment.loss_per_mille {
+            0
+        } else if draw() < impairment.duplicate_per_mille {
+            2
+        } else {
+            1
+        };
+        cell.set((impairment, state));
+        copies
+    })
+}
+
 /// A turmoil UDP socket seen through quinn's socket interface.
 pub struct SimSocket {
     socket: Arc<turmoil::net::UdpSocket>,
@@ -57,6 +107,15 @@ impl quinn::AsyncUdpSocket for SimSocket {
             transmit.segment_size.is_none(),
             "one datagram per transmit (max_transmit_segments is 1)"
         );
+        let copies = copies();
+        if copies == 0 {
+            return Ok(()); // lost on the way
+        }
+        for _ in 1..copies {
+            let _ = self
+                .socket
+                .try_send_to(transmit.contents, transmit.destination);
+        }
         match self
             .socket
             .try_send_to(transmit.contents, transmit.destination)

@@ -6,6 +6,7 @@ use std::{ops::Range, process::ExitCode, sync::Mutex, time::Instant};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use qvdc_simulation::{catch_up, pool_flow, vm_flow, Disruption, SimConfig};
+use qvdc_transport::sim::Impairment;
 
 /// Run qvdc's deterministic simulation: real control-plane nodes and host agents in a
 /// simulated network, with the leader crashed and restarted in every run.
@@ -66,6 +67,12 @@ struct Shape {
     /// How the leader is taken away once the pool is up (pool-flow).
     #[arg(long, value_enum, default_value = "crash")]
     disruption: Disruption,
+    /// Datagrams lost on every link, per thousand, for the whole run (QUIC retransmits).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=500))]
+    loss_per_mille: u32,
+    /// Datagrams delivered twice, per thousand, for the whole run.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=500))]
+    duplicate_per_mille: u32,
 }
 
 impl Shape {
@@ -77,6 +84,10 @@ impl Shape {
             failing_hosts: self.failing_hosts.clone(),
             disruption: self.disruption,
             retention: Default::default(),
+            impairment: Impairment {
+                loss_per_mille: self.loss_per_mille,
+                duplicate_per_mille: self.duplicate_per_mille,
+            },
         }
     }
 
@@ -92,9 +103,12 @@ impl Shape {
             Scenario::VmFlow => "vm-flow",
         };
         format!(
-            "--scenario {scenario} --hosts {} --failing-hosts {} --disruption {disruption}",
+            "--scenario {scenario} --hosts {} --failing-hosts {} --disruption {disruption} \
+             --loss-per-mille {} --duplicate-per-mille {}",
             self.hosts,
-            failing.join(",")
+            failing.join(","),
+            self.loss_per_mille,
+            self.duplicate_per_mille
         )
     }
 }
