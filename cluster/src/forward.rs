@@ -10,7 +10,10 @@ use qvdc_raft::NodeId;
 use qvdc_transport::protocol::{ApiRequest, Request, Response};
 use tokio::{sync::watch, time::Instant};
 
-use crate::{api, node::NodeInner};
+use crate::{
+    api,
+    node::{self, NodeInner},
+};
 
 /// How long a follower keeps trying to reach a known leader for one request before it sends
 /// the client there itself. Several election timeouts, so one failover fits in it.
@@ -41,18 +44,14 @@ enum Leader {
 }
 
 fn leader_of(metrics: &Metrics, me: NodeId) -> Leader {
-    let m = metrics.borrow();
-    let Some(id) = m.current_leader else {
-        return Leader::Unknown;
-    };
-    if id == me {
-        return Leader::Me;
+    match node::current_leader(&metrics.borrow()) {
+        Some(hint) if hint.node_id == me => Leader::Me,
+        Some(hint) => hint
+            .addr
+            .parse()
+            .map_or(Leader::Unknown, |addr| Leader::At(hint.node_id, addr)),
+        None => Leader::Unknown,
     }
-    m.membership_config
-        .membership()
-        .get_node(&id)
-        .and_then(|n| n.addr.parse().ok())
-        .map_or(Leader::Unknown, |addr| Leader::At(id, addr))
 }
 
 /// Resolves once this node believes someone other than `from` leads (or no one).

@@ -197,22 +197,24 @@ async fn follow_leadership(node: Arc<NodeInner>, timings: Timings) {
     }
 }
 
+/// The leader these metrics name, with its address from the membership.
+pub(crate) fn current_leader(
+    metrics: &openraft::RaftMetrics<NodeId, openraft::BasicNode>,
+) -> Option<LeaderHint> {
+    let leader = metrics.current_leader?;
+    let node = metrics.membership_config.membership().get_node(&leader)?;
+    Some(LeaderHint {
+        node_id: leader,
+        addr: node.addr.clone(),
+    })
+}
+
 impl NodeInner {
     /// Where to send a client that reached a follower.
     /// The current leader, or while an election is under way (or this node is cut off) the
     /// last leader it knew: a hint the client can try, which beats no hint at all.
     pub(crate) fn leader_hint(&self) -> Option<LeaderHint> {
-        let current = {
-            let metrics = self.raft.metrics();
-            let metrics = metrics.borrow();
-            metrics.current_leader.and_then(|leader| {
-                let node = metrics.membership_config.membership().get_node(&leader)?;
-                Some(LeaderHint {
-                    node_id: leader,
-                    addr: node.addr.clone(),
-                })
-            })
-        };
+        let current = current_leader(&self.raft.metrics().borrow());
         let mut last = self.last_leader.lock().expect("leader hint lock poisoned");
         if current.is_some() {
             last.clone_from(&current);
