@@ -53,8 +53,35 @@ pub async fn handle_rpc(raft: &Raft, payload: &[u8]) -> Result<Vec<u8>, CodecErr
 /// One slot per peer. Dialing a peer holds only that peer's slot: a dead peer's connect
 /// timeout must never delay RPCs to live ones (it once kept a new leader from confirming
 /// its quorum while it kept re-dialing the crashed old leader).
-type Slot = Arc<Mutex<Option<qvdc_transport::quinn::Connection>>>;
+type Slot = Arc<Mutex<PeerLink>>;
 type Connections = Arc<std::sync::Mutex<BTreeMap<SocketAddr, Slot>>>;
+
+/// After a failed call, a peer is not dialed again for this long, doubling with each further
+/// failure up to [`REDIAL_BACKOFF_MS_MAX`]. Raft calls every peer every heartbeat (50 ms);
+/// without it, a dead or cut-off peer costs a handshake per heartbeat.
+pub const REDIAL_BACKOFF_MS_MIN: u64 = 50;
+/// Longest pause between dials of a failing peer: how late, at most, a restarted peer hears
+/// from the others again.
+pub const REDIAL_BACKOFF_MS_MAX: u64 = 800;
+
+#[derive(Debug, Default)]
+struct PeerLink {
+    connection: Option<qvdc_transport::quinn::Connection>,
+    /// Calls that failed in a row.
+    failures: u32,
+    /// No dial before this.
+    quiet_until: Option<tokio::time::Instant>,
+}
+
+impl PeerLink {
+    fn failed(&mut self) {
+        self.connection = None;
+        self.failures = self.failures.saturating_add(1);
+        let doublings = self.failures.saturating_sub(1).min(8);
+        let backoff = (REDIAL_BACKOFF_MS_MIN << doublings).min(REDIAL_BACKOFF_MS_MAX);
+        self.quiet_until = Some(tokio::time::Instant::now() + Duration::from_millis(backoff));
+    }
+}
 
 /// Connections to the other control-plane nodes, one cached per address. Raft RPCs and
 /// operator requests a follower passes on to the leader share them. Cheap to clone.
@@ -75,13 +102,23 @@ impl Peers {
     async fn connection(
         &self,
         addr: SocketAddr,
-    ) -> Result<qvdc_transport::quinn::Connection, TransportError> {
+    ) -> Result<qvdc_transport::quinn::Connection, PeerError> {
         let mut slot = self.slot(addr).lock_owned().await;
-        if let Some(c) = slot.as_ref().filter(|c| c.close_reason().is_none()) {
+        if let Some(c) = slot
+            .connection
+            .as_ref()
+            .filter(|c| c.close_reason().is_none())
+        {
             return Ok(c.clone());
         }
+        if let Some(until) = slot.quiet_until {
+            let now = tokio::time::Instant::now();
+            if until > now {
+                return Err(PeerError::BackingOff(until - now));
+            }
+        }
         let connection = self.endpoint.connect(addr).await?;
-        *slot = Some(connection.clone());
+        slot.connection = Some(connection.clone());
         Ok(connection)
     }
 
@@ -105,25 +142,29 @@ impl Peers {
     ) -> Result<Response, PeerError> {
         let attempt = async {
             let connection = self.connection(addr).await?;
-            Ok::<_, TransportError>((
+            Ok::<_, PeerError>((
                 connection.clone(),
                 quic::call::<_, Response>(&connection, request).await,
             ))
         };
         let (connection, result) = match tokio::time::timeout(ttl, attempt).await {
             Ok(Ok((connection, result))) => (Some(connection), result.map_err(PeerError::from)),
-            Ok(Err(e)) => (None, Err(e.into())),
+            Ok(Err(e @ PeerError::BackingOff(_))) => return Err(e),
+            Ok(Err(e)) => (None, Err(e)),
             Err(_) => (None, Err(PeerError::Timeout(ttl))),
         };
-        if result.is_err() {
-            let slot = self.slot(addr);
-            let mut slot = slot.lock().await;
-            let same = match (&*slot, &connection) {
+        let slot = self.slot(addr);
+        let mut slot = slot.lock().await;
+        if result.is_ok() {
+            slot.failures = 0;
+            slot.quiet_until = None;
+        } else {
+            let same = match (&slot.connection, &connection) {
                 (Some(cached), Some(used)) => cached.stable_id() == used.stable_id(),
                 _ => true,
             };
             if same {
-                *slot = None;
+                slot.failed();
             }
         }
         result
@@ -169,6 +210,8 @@ pub enum PeerError {
     Transport(#[from] TransportError),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    #[error("not dialed again for {0:?} after failing")]
+    BackingOff(Duration),
     #[error("unexpected reply: {0}")]
     Protocol(String),
 }
@@ -190,7 +233,8 @@ fn failed<E: std::error::Error>(e: PeerError) -> RPCError<NodeId, BasicNode, E> 
     match e {
         PeerError::Transport(
             TransportError::Connect { .. } | TransportError::ConnectTimeout { .. },
-        ) => RPCError::Unreachable(Unreachable::new(&e)),
+        )
+        | PeerError::BackingOff(_) => RPCError::Unreachable(Unreachable::new(&e)),
         _ => RPCError::Network(NetworkError::new(&e)),
     }
 }
