@@ -16,3 +16,10 @@ fi
 # The real-process tests start qhost, which lives in another crate: build every binary first.
 cargo build --workspace --bins
 cargo nextest run --workspace --no-fail-fast "$@"
+
+# The default simulation scenario (3 nodes, 10 hosts, every fault) over 200 seeds, on all
+# cores; a failing seed prints the command that replays it.
+cargo run --quiet -p qvdc-simulation --bin qvsim -- run --seeds 0..200
+
+# The checkers bite: each deliberate bug (a test-only feature) is caught within a few seeds.
+cargo nextest run -p qvdc-simulation --features deliberate-bugs --test deliberate_bugs

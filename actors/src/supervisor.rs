@@ -283,8 +283,14 @@ async fn spawn_vm(
     let Some(record) = state.desired.vms.get(name) else {
         return Ok(());
     };
+    let mut core = VmCore::new(record.clone(), state.leadership, state.timings);
+    if qvdc_transport::bugs::active(qvdc_transport::bugs::Bug::StartVmOnSecondHost) {
+        if let Some(spare) = state.desired.hosts.keys().find(|h| **h != record.host) {
+            core = core.with_spare_host(spare.clone());
+        }
+    }
     let args = VmArgs {
-        core: VmCore::new(record.clone(), state.leadership, state.timings),
+        core,
         cluster: myself.clone(),
         tick_ms: state.timings.tick_ms,
     };

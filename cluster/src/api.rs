@@ -47,6 +47,11 @@ pub(crate) async fn propose(node: &NodeInner, command: Command) -> Result<(), Re
         return Err(node.not_leader());
     }
     node.desired.borrow().validate(&command).map_err(rejected)?;
+    if qvdc_transport::bugs::active(qvdc_transport::bugs::Bug::AckBeforeCommit) {
+        let proposer = node.proposer.clone();
+        tokio::spawn(async move { proposer.propose(command).await });
+        return Ok(());
+    }
     match node.proposer.propose(command).await {
         Ok(Outcome::Applied | Outcome::Unchanged) => Ok(()),
         Ok(Outcome::Rejected(e)) => Err(rejected(e)),

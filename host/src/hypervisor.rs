@@ -6,7 +6,12 @@
 //! libvirt allows it — and knows nothing of who manages a domain: the VM actors (`vms`) decide
 //! what may be done to which domain.
 
-use std::{collections::BTreeMap, future::Future, path::PathBuf, sync::Mutex};
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
 
 use qvdc_transport::protocol::{HostError, HostErrorKind, PowerState, VmReport, VolumeFormat};
 
@@ -191,9 +196,10 @@ struct SimState {
 
 /// Domains in memory, for the simulation and fast tests. Guests shut down at once when asked
 /// unless told to ignore it. No threads, no clocks.
-#[derive(Debug, Default)]
+/// Clones share the domains, so a simulation can fault the hypervisor a host agent owns.
+#[derive(Debug, Default, Clone)]
 pub struct SimHypervisor {
-    state: Mutex<SimState>,
+    state: Arc<Mutex<SimState>>,
 }
 
 impl SimHypervisor {
@@ -207,6 +213,16 @@ impl SimHypervisor {
             Some(reason) => Err(HostError::new(HostErrorKind::Failed, reason.clone())),
             None => Ok(state),
         }
+    }
+
+    /// Every defined domain and its power state: what the host really runs.
+    pub fn domains(&self) -> BTreeMap<String, PowerState> {
+        let state = self.state.lock().expect("sim hypervisor poisoned");
+        state
+            .domains
+            .iter()
+            .map(|(name, d)| (name.clone(), d.power))
+            .collect()
     }
 
     /// Makes every call fail with `reason` (`None` heals it).

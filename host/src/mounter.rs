@@ -565,10 +565,11 @@ struct SimTable {
 
 /// An in-memory mount table and volume store for the simulation. Sources always exist; a
 /// mount failure or a hang can be switched on to exercise those paths. No threads, no clocks.
-#[derive(Debug)]
+/// Clones share the table, so a simulation can fault the mounter a host agent owns.
+#[derive(Debug, Clone)]
 pub struct SimMounter {
     capacity: Capacity,
-    table: Mutex<SimTable>,
+    table: Arc<Mutex<SimTable>>,
 }
 
 impl SimMounter {
@@ -580,7 +581,7 @@ impl SimMounter {
         };
         Self {
             capacity,
-            table: Mutex::new(SimTable::default()),
+            table: Arc::default(),
         }
     }
 
@@ -588,6 +589,17 @@ impl SimMounter {
     pub fn failing_mounts(self, reason: impl Into<String>) -> Self {
         self.table().mount_failure = Some(reason.into());
         self
+    }
+
+    /// From now on every mount fails with `reason` (`None`: mounts work again). Mounts
+    /// already in the table stay.
+    pub fn set_mount_failure(&self, reason: Option<String>) {
+        self.table().mount_failure = reason;
+    }
+
+    /// The mount table: what the host really has mounted.
+    pub fn mounts(&self) -> Vec<PathBuf> {
+        self.table().mounts.keys().cloned().collect()
     }
 
     /// While hung, calls into a mounted filesystem do not return, like those to a dead NFS

@@ -49,6 +49,7 @@ fn main() {
                         disruption: Disruption::Crash,
                         retention: Default::default(),
                         impairment: Default::default(),
+                        ..Default::default()
                     };
                     let run_started = Instant::now();
                     let outcome = pool_flow::run(&config)

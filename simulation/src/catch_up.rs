@@ -44,6 +44,7 @@ pub fn run(seed: u64) -> anyhow::Result<CatchUp> {
         disruption: Disruption::Crash,
         retention: RETENTION,
         impairment: Default::default(),
+        ..Default::default()
     };
     let run = harness::run(&config, script)?;
     Ok(CatchUp {

@@ -1,19 +1,23 @@
 //! Runs one simulated world: builds the machines, runs an operator script as turmoil's client,
 //! applies the faults the script asks for between steps, and records the event trace.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, future::Future, sync::Arc, time::Duration};
 
 use anyhow::bail;
 use qvdc_cluster::Client;
 use qvdc_raft::runtime::seed_thread_rng;
-use qvdc_transport::protocol::{ApiRequest, ApiResponse, ClusterStatus, Liveness};
+use qvdc_transport::{
+    protocol::{ApiRequest, ApiResponse, ClusterStatus, Liveness},
+    sim::Impairment,
+};
 use tokio::time::Instant;
+use tracing::info;
 use tracing_subscriber::{layer::SubscriberExt, Layer};
 
 use crate::{
     invariants,
     trace::{self, Events, TraceLayer},
-    world::{self, Certs, Disruption, Shared, SimConfig},
+    world::{self, Certs, Disruption, HostParts, Shared, SimConfig},
 };
 
 /// How often scripts poll for a condition.
@@ -33,13 +37,34 @@ const MESSAGE_LATENCY_MS_MAX: u64 = 25;
 const UDP_QUEUE_DATAGRAMS_MAX: usize = 4096;
 
 /// Faults a script asks the world for; each is applied once, before the next step.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Faults {
     pub(crate) crash: Option<String>,
     pub(crate) restart: Option<String>,
     /// Cut this control-plane machine off from the other control-plane machines.
     pub(crate) isolate: Option<String>,
     pub(crate) heal: Option<String>,
+    /// Changes to the world, applied in order.
+    pub(crate) actions: Vec<Action>,
+    /// Each host's simulated mounter and hypervisor, as of its latest boot: for faults
+    /// inside hosts, and for comparing what hosts really have with what the cluster reports.
+    pub(crate) hosts: BTreeMap<String, HostParts>,
+}
+
+/// A change to the simulated world. Links are (from, to) machine pairs.
+#[derive(Debug, Clone)]
+pub(crate) enum Action {
+    Crash(String),
+    Restart(String),
+    Partition(Vec<(String, String)>),
+    Repair(Vec<(String, String)>),
+    PartitionOneway(Vec<(String, String)>),
+    RepairOneway(Vec<(String, String)>),
+    Hold(Vec<(String, String)>),
+    Release(Vec<(String, String)>),
+    Impair(Impairment),
+    /// Every link between machines delivers again, held datagrams included.
+    HealNetwork,
 }
 
 /// A finished run: what the script returned and the trace of events.
@@ -67,7 +92,17 @@ where
     let subscriber = tracing_subscriber::registry()
         .with(TraceLayer::new(events.clone()).with_filter(trace::recorded()))
         .with(printed);
-    let value = tracing::subscriber::with_default(subscriber, || simulate(config, script));
+    panics::watch();
+    let value = tracing::subscriber::with_default(subscriber, || {
+        // A panic that escapes the world (one in a machine's main task) ends the run here
+        // instead of taking down the thread that runs seeds.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| simulate(config, script)))
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the simulation panicked")))
+    });
+    let value = match panics::seen() {
+        Some(first) => Err(anyhow::anyhow!("a panic in the system: {first}")),
+        None => value,
+    };
     // A failed run has no outcome to carry its trace; QVSIM_DUMP=1 prints it instead.
     if value.is_err() && std::env::var_os("QVSIM_DUMP").is_some() {
         for e in events.lock().expect("trace lock poisoned").iter() {
@@ -76,6 +111,7 @@ where
     }
     let value = value?;
     let trace = std::mem::take(&mut *events.lock().expect("trace lock poisoned"));
+    invariants::one_leader_per_leadership(&trace)?;
     invariants::hosts_obey_leaderships_in_order(&trace)?;
     invariants::vm_runs_on_one_host_at_a_time(&trace)?;
     Ok(Run {
@@ -92,6 +128,7 @@ where
     Fut: Future<Output = anyhow::Result<T>> + 'static,
 {
     seed_thread_rng(config.seed);
+    inject_bugs(&config.bugs)?;
     qvdc_transport::sim::impair(config.impairment, config.seed);
     let certs = Arc::new(Certs::new(config)?);
     let mut world = turmoil::Builder::new()
@@ -105,14 +142,14 @@ where
     for i in 1..=config.nodes {
         world::add_node(&mut world, config, &certs, i)?;
     }
-    for i in 1..=config.hosts {
-        world::add_host(&mut world, config, &certs, i);
-    }
     let faults: Shared<Faults> = Arc::default();
+    for i in 1..=config.hosts {
+        world::add_host(&mut world, config, &certs, i, &faults);
+    }
     let result: Shared<Option<T>> = Arc::new(std::sync::Mutex::new(None));
     let script = script(config.clone(), certs, faults.clone());
     let slot = result.clone();
-    world.client("operator", async move {
+    world.client(world::OPERATOR_MACHINE, async move {
         let value = script.await.map_err(|e| format!("{e:#}"))?;
         *slot.lock().expect("result lock poisoned") = Some(value);
         Ok(())
@@ -131,9 +168,58 @@ where
     value.ok_or_else(|| anyhow::anyhow!("the operator script finished without a result"))
 }
 
+#[cfg(feature = "deliberate-bugs")]
+fn inject_bugs(bugs: &[qvdc_transport::bugs::Bug]) -> anyhow::Result<()> {
+    qvdc_transport::bugs::inject(bugs);
+    Ok(())
+}
+
+#[cfg(not(feature = "deliberate-bugs"))]
+fn inject_bugs(bugs: &[qvdc_transport::bugs::Bug]) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        bugs.is_empty(),
+        "deliberate bugs {bugs:?} need a build with the `deliberate-bugs` feature \
+         (cargo run -p qvdc-simulation --features deliberate-bugs --bin qvsim)"
+    );
+    Ok(())
+}
+
+/// Panics anywhere in a run, also in tasks whose runtime swallows them: a hook records each
+/// on the thread it happens on (a run is one thread), and the run fails if it saw any.
+mod panics {
+    use std::{cell::RefCell, sync::Once};
+
+    thread_local! {
+        static SEEN: RefCell<Option<String>> = const { RefCell::new(None) };
+    }
+
+    /// Starts watching this thread for panics (again), forgetting earlier ones.
+    pub(super) fn watch() {
+        static HOOK: Once = Once::new();
+        HOOK.call_once(|| {
+            let default = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                let _ = SEEN.try_with(|seen| {
+                    seen.borrow_mut().get_or_insert_with(|| info.to_string());
+                });
+                default(info);
+            }));
+        });
+        SEEN.with(|seen| *seen.borrow_mut() = None);
+    }
+
+    /// The first panic since [`watch`].
+    pub(super) fn seen() -> Option<String> {
+        SEEN.with(|seen| seen.borrow_mut().take())
+    }
+}
+
 fn apply(world: &mut turmoil::Sim<'_>, config: &SimConfig, requested: &mut Faults) {
+    for action in std::mem::take(&mut requested.actions) {
+        act(world, config, action);
+    }
     if let Some(machine) = requested.crash.take() {
-        world.crash(machine);
+        crash(world, machine);
     }
     if let Some(machine) = requested.restart.take() {
         world.bounce(machine);
@@ -148,6 +234,51 @@ fn apply(world: &mut turmoil::Sim<'_>, config: &SimConfig, requested: &mut Fault
             world.repair(machine.as_str(), peer);
         }
     }
+}
+
+fn act(world: &mut turmoil::Sim<'_>, config: &SimConfig, action: Action) {
+    match action {
+        Action::Crash(machine) => crash(world, machine),
+        Action::Restart(machine) => world.bounce(machine),
+        Action::Partition(links) => links
+            .iter()
+            .for_each(|(a, b)| world.partition(a.as_str(), b.as_str())),
+        Action::Repair(links) => links
+            .iter()
+            .for_each(|(a, b)| world.repair(a.as_str(), b.as_str())),
+        Action::PartitionOneway(links) => links
+            .iter()
+            .for_each(|(a, b)| world.partition_oneway(a.as_str(), b.as_str())),
+        Action::RepairOneway(links) => links
+            .iter()
+            .for_each(|(a, b)| world.repair_oneway(a.as_str(), b.as_str())),
+        Action::Hold(links) => links
+            .iter()
+            .for_each(|(a, b)| world.hold(a.as_str(), b.as_str())),
+        Action::Release(links) => links
+            .iter()
+            .for_each(|(a, b)| world.release(a.as_str(), b.as_str())),
+        Action::Impair(impairment) => qvdc_transport::sim::set_impairment(impairment),
+        Action::HealNetwork => {
+            let mut machines: Vec<String> = (1..=config.nodes).map(SimConfig::node_name).collect();
+            machines.extend((1..=config.hosts).map(SimConfig::host_name));
+            machines.push(world::OPERATOR_MACHINE.to_owned());
+            for (i, a) in machines.iter().enumerate() {
+                for b in &machines[i + 1..] {
+                    world.release(a.as_str(), b.as_str());
+                    world.repair(a.as_str(), b.as_str());
+                }
+            }
+            qvdc_transport::sim::set_impairment(Impairment::default());
+        }
+    }
+}
+
+/// Crashes `machine` and records it: a crashed host's guests stop with it, which the VM
+/// invariant must know.
+fn crash(world: &mut turmoil::Sim<'_>, machine: String) {
+    info!(machine = %machine, "machine crashed");
+    world.crash(machine);
 }
 
 /// The other control-plane machines.

@@ -15,6 +15,29 @@ fn parse(line: &str) -> Option<(&str, BTreeMap<&str, &str>)> {
     Some((machine, fields))
 }
 
+/// Election safety, in the form openraft's leader ids give it (ADR 7): a leader is named by
+/// its leadership `(term, node)`, and several nodes may lead one after another within a
+/// term (a higher node id outranks a lower one). So the unit of "one leader" is the
+/// leadership: each leadership a node takes up must name that node, which also catches a
+/// node starting supervision under a leadership it did not win (stale or foreign metrics).
+pub fn one_leader_per_leadership(trace: &[String]) -> anyhow::Result<()> {
+    for line in trace.iter().filter(|l| l.contains("became leader")) {
+        let Some((_, fields)) = parse(line) else {
+            continue;
+        };
+        let leadership = fields.get("leadership").and_then(|l| leadership_of_pair(l));
+        let node: Option<u64> = fields.get("node").and_then(|n| n.parse().ok());
+        let (Some((term, leader)), Some(node)) = (leadership, node) else {
+            bail!("a leader without its node or leadership: {line}");
+        };
+        ensure!(
+            leader == node,
+            "node {node} took up leadership {term}/{leader}, which names another node:\n  {line}"
+        );
+    }
+    Ok(())
+}
+
 /// Fencing, as the hosts report it: a host never executes a command of a lower leadership
 /// (term, then leader node) after one of a higher leadership.
 pub fn hosts_obey_leaderships_in_order(trace: &[String]) -> anyhow::Result<()> {
@@ -41,7 +64,19 @@ pub fn hosts_obey_leaderships_in_order(trace: &[String]) -> anyhow::Result<()> {
 /// start (or reboot) on one host while it still runs on another is a split brain.
 pub fn vm_runs_on_one_host_at_a_time(trace: &[String]) -> anyhow::Result<()> {
     let mut running: BTreeMap<&str, std::collections::BTreeSet<&str>> = BTreeMap::new();
-    for line in trace.iter().filter(|l| l.contains("vm operation done")) {
+    let relevant = |l: &&String| l.contains("vm operation done") || l.contains("machine crashed");
+    for line in trace.iter().filter(relevant) {
+        if line.contains("machine crashed") {
+            // A crashed host's guests stopped with it.
+            let Some((_, fields)) = parse(line) else {
+                continue;
+            };
+            let machine = fields.get("machine").copied().unwrap_or_default();
+            running.values_mut().for_each(|hosts| {
+                hosts.remove(machine);
+            });
+            continue;
+        }
         let Some((machine, fields)) = parse(line) else {
             continue;
         };
@@ -70,6 +105,11 @@ pub fn vm_runs_on_one_host_at_a_time(trace: &[String]) -> anyhow::Result<()> {
 /// `TERM/NODE.SEQ`, a command id as displayed, to its (term, node).
 fn leadership_of(id: &str) -> Option<(u64, u64)> {
     let (leadership, _seq) = id.split_once('.')?;
+    leadership_of_pair(leadership)
+}
+
+/// `TERM/NODE`, a leadership as displayed, to its (term, node).
+fn leadership_of_pair(leadership: &str) -> Option<(u64, u64)> {
     let (term, node) = leadership.split_once('/')?;
     Some((term.parse().ok()?, node.parse().ok()?))
 }
@@ -118,6 +158,50 @@ mod tests {
         ];
         let err = vm_runs_on_one_host_at_a_time(&split).unwrap_err();
         assert!(err.to_string().contains("web runs on"), "{err}");
+    }
+
+    #[test]
+    fn a_vm_whose_host_crashed_may_start_elsewhere() {
+        let crashed = [
+            line(1, "host-1", "vm operation done vm=web op=start"),
+            line(2, "-", "machine crashed machine=host-1"),
+            line(3, "host-2", "vm operation done vm=web op=start"),
+        ];
+        vm_runs_on_one_host_at_a_time(&crashed).unwrap();
+        let partitioned = [
+            line(1, "host-1", "vm operation done vm=web op=start"),
+            line(2, "-", "machine crashed machine=host-3"),
+            line(3, "host-2", "vm operation done vm=web op=start"),
+        ];
+        assert!(vm_runs_on_one_host_at_a_time(&partitioned).is_err());
+    }
+
+    #[test]
+    fn a_leader_under_another_nodes_leadership_is_caught() {
+        let ok = [
+            line(
+                1,
+                "cp2",
+                "became leader: supervision started node=2 leadership=1/2",
+            ),
+            line(
+                2,
+                "cp3",
+                "became leader: supervision started node=3 leadership=1/3",
+            ),
+            line(
+                3,
+                "cp2",
+                "became leader: supervision started node=2 leadership=4/2",
+            ),
+        ];
+        one_leader_per_leadership(&ok).unwrap();
+        let foreign = [line(
+            1,
+            "cp1",
+            "became leader: supervision started node=1 leadership=3/2",
+        )];
+        assert!(one_leader_per_leadership(&foreign).is_err());
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub fn run(seed: u64) -> anyhow::Result<Lagging> {
         disruption: Disruption::Isolate,
         retention: Default::default(),
         impairment: Default::default(),
+        ..Default::default()
     };
     let run = harness::run(&config, script)?;
     Ok(Lagging {

@@ -4,6 +4,8 @@
 //! storage medium are simulated. A seed fixes the run; its event trace replays exactly.
 
 pub mod catch_up;
+pub mod chaos;
+pub mod faults;
 mod harness;
 pub mod invariants;
 pub mod lagging_follower;
@@ -13,4 +15,6 @@ pub mod trace;
 pub mod vm_flow;
 mod world;
 
+pub use faults::{Chaos, FaultKind};
+pub use qvdc_transport::bugs::Bug;
 pub use world::{Certs, Disruption, SimConfig};

@@ -415,7 +415,9 @@ impl Registry {
     pub fn for_history(history: &[Operation<Registry>]) -> Self {
         let (mut sent, mut repeated) = (BTreeSet::new(), BTreeSet::new());
         for operation in history {
-            if let RegistryOp::Create { request_id, .. } = &operation.op {
+            if let RegistryOp::Create { request_id, .. } | RegistryOp::Delete { request_id, .. } =
+                &operation.op
+            {
                 if !sent.insert(request_id) {
                     repeated.insert(request_id.clone());
                 }
@@ -441,6 +443,8 @@ impl Hash for Registry {
 pub enum RegistryOp {
     /// Create `name`, unless `request_id` was seen before.
     Create { name: String, request_id: String },
+    /// Delete `name`, unless `request_id` was seen before.
+    Delete { name: String, request_id: String },
     /// List every name.
     Read,
 }
@@ -452,6 +456,10 @@ pub enum RegistryRet {
     Created,
     /// The name existed before the request.
     AlreadyExists,
+    /// The request deleted the name.
+    Deleted,
+    /// The name did not exist when the delete was applied.
+    NotFound,
     /// Every name.
     Names(BTreeSet<String>),
 }
@@ -461,26 +469,36 @@ impl Model for Registry {
     type Ret = RegistryRet;
 
     fn step(&self, op: &RegistryOp) -> (Self, RegistryRet) {
-        let RegistryOp::Create { name, request_id } = op else {
-            return (
-                self.clone(),
-                RegistryRet::Names(BTreeSet::clone(&self.names)),
-            );
+        let (name, request_id, create) = match op {
+            RegistryOp::Read => {
+                let names = BTreeSet::clone(&self.names);
+                return (self.clone(), RegistryRet::Names(names));
+            }
+            RegistryOp::Create { name, request_id } => (name, request_id, true),
+            RegistryOp::Delete { name, request_id } => (name, request_id, false),
         };
         if let Some(first) = self.answers.get(request_id) {
             return (self.clone(), first.clone());
         }
         let mut next = self.clone();
-        let answer = match next.names.contains(name) {
-            true => RegistryRet::AlreadyExists,
-            false => {
+        let answer = match (create, next.names.contains(name)) {
+            (true, true) => RegistryRet::AlreadyExists,
+            (false, false) => RegistryRet::NotFound,
+            (true, false) => {
                 Arc::make_mut(&mut next.names).insert(name.clone());
-                let mut hasher = std::hash::DefaultHasher::new();
-                name.hash(&mut hasher);
-                next.names_digest ^= hasher.finish();
                 RegistryRet::Created
             }
+            (false, true) => {
+                Arc::make_mut(&mut next.names).remove(name);
+                RegistryRet::Deleted
+            }
         };
+        if answer == RegistryRet::Created || answer == RegistryRet::Deleted {
+            // Adding and removing a name flip the same bits: the digest is of the set.
+            let mut hasher = std::hash::DefaultHasher::new();
+            name.hash(&mut hasher);
+            next.names_digest ^= hasher.finish();
+        }
         if self
             .remembered
             .as_ref()
@@ -637,6 +655,42 @@ mod tests {
                 create(2, 2, 12, "r2", Created),
             ],
         );
+    }
+
+    #[test]
+    fn registry_delete_frees_the_name_once() {
+        use RegistryRet::{Deleted, NotFound};
+        let delete = |client, call, ret_at, id: &str, ret| {
+            let op = RegistryOp::Delete {
+                name: "vm".into(),
+                request_id: id.into(),
+            };
+            Operation::answered(client, call, ret_at, op, ret)
+        };
+        let initial = Registry::default();
+        let cycle = [
+            delete(1, 0, 1, "d0", NotFound),
+            create(1, 2, 3, "c1", Created),
+            delete(2, 4, 6, "d1", Deleted),
+            delete(3, 5, 7, "d2", NotFound),
+            create(1, 8, 9, "c2", Created),
+        ];
+        assert_eq!(check(&initial, &cycle), Ok(()));
+        // Two racing deletes cannot both have deleted it.
+        let twice = [
+            create(1, 0, 1, "c1", Created),
+            delete(2, 2, 6, "d1", Deleted),
+            delete(3, 3, 7, "d2", Deleted),
+        ];
+        rejection(&initial, &twice);
+        // A read after an acknowledged delete must not see the name.
+        let names = |v: &[&str]| RegistryRet::Names(v.iter().map(|n| n.to_string()).collect());
+        let stale = [
+            create(1, 0, 1, "c1", Created),
+            delete(1, 2, 3, "d1", Deleted),
+            Operation::answered(2, 4, 5, RegistryOp::Read, names(&["vm"])),
+        ];
+        rejection(&initial, &stale);
     }
 
     #[test]

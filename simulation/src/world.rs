@@ -4,10 +4,11 @@ use std::{collections::BTreeMap, net::SocketAddr, path::Path, sync::Arc, time::D
 
 use qvdc_actors::Timings;
 use qvdc_cluster::{Client, Node, NodeConfig, Storage};
-use qvdc_host::{
-    Agent, AgentConfig, Fence, HostParts, MemoryFence, SimHypervisor, SimMounter, SimNetworker,
-};
+use qvdc_host::{Agent, AgentConfig, Fence, MemoryFence, SimHypervisor, SimMounter, SimNetworker};
 use qvdc_raft::{store, LogRetention};
+use qvdc_transport::bugs::Bug;
+
+use crate::{faults::Chaos, harness::Faults};
 use qvdc_transport::{
     protocol::Inventory,
     sim,
@@ -19,6 +20,8 @@ pub(crate) const NODE_PORT: u16 = 7000;
 pub(crate) const HOST_PORT: u16 = 7100;
 pub(crate) const CLIENT_PORT: u16 = 7200;
 pub(crate) const OPERATOR: &str = "admin";
+/// The machine the operator's scripts (and the chaos driver) run on.
+pub(crate) const OPERATOR_MACHINE: &str = "operator";
 const HOST_DISK_BYTES: u64 = 100 << 30;
 
 /// Shape of a simulated cluster.
@@ -35,6 +38,27 @@ pub struct SimConfig {
     pub retention: LogRetention,
     /// Datagram loss and duplication on every link, for the whole run.
     pub impairment: qvdc_transport::sim::Impairment,
+    /// The faults the chaos scenario draws from, and for how long.
+    pub chaos: Chaos,
+    /// Deliberate bugs switched on for this run (needs the `deliberate-bugs` feature).
+    pub bugs: Vec<Bug>,
+}
+
+impl Default for SimConfig {
+    /// Three nodes, three healthy hosts, the leader crashed, every fault in the chaos phase.
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            nodes: 3,
+            hosts: 3,
+            failing_hosts: Vec::new(),
+            disruption: Disruption::Crash,
+            retention: LogRetention::default(),
+            impairment: Default::default(),
+            chaos: Chaos::default(),
+            bugs: Vec::new(),
+        }
+    }
 }
 
 /// How the scenario takes the leader away.
@@ -151,9 +175,24 @@ pub(crate) fn add_node(
     Ok(())
 }
 
-/// Registers host agent `i` with the world, with a simulated mounter.
-pub(crate) fn add_host(world: &mut turmoil::Sim<'_>, config: &SimConfig, certs: &Certs, i: usize) {
+/// The simulated parts of a host that the simulation reaches into.
+#[derive(Debug, Clone)]
+pub(crate) struct HostParts {
+    pub(crate) mounter: SimMounter,
+    pub(crate) hypervisor: SimHypervisor,
+}
+
+/// Registers host agent `i` with the world, with a simulated mounter and hypervisor. A crash
+/// loses both (the host rebooted); each boot registers its new ones in `faults`.
+pub(crate) fn add_host(
+    world: &mut turmoil::Sim<'_>,
+    config: &SimConfig,
+    certs: &Certs,
+    i: usize,
+    faults: &Shared<Faults>,
+) {
     let name = SimConfig::host_name(i);
+    let faults = faults.clone();
     let identity = certs.get(&name);
     let failing = config.failing_hosts.contains(&i);
     let (seed, nodes) = (config.seed, config.nodes);
@@ -161,6 +200,7 @@ pub(crate) fn add_host(world: &mut turmoil::Sim<'_>, config: &SimConfig, certs: 
     let fence_store = MemoryFence::default();
     world.host(name.clone(), move || {
         let (identity, name, fence_store) = (identity.clone(), name.clone(), fence_store.clone());
+        let faults = faults.clone();
         async move {
             let fence = Fence::open(Box::new(fence_store))?;
             let endpoint = sim::bind(
@@ -177,7 +217,7 @@ pub(crate) fn add_host(world: &mut turmoil::Sim<'_>, config: &SimConfig, certs: 
             let config = AgentConfig {
                 host_id: name.clone(),
                 cluster: node_addrs(nodes),
-                pool_root: format!("/var/lib/qhost/{name}/pools").into(),
+                pool_root: pool_root(&name),
                 inventory: Inventory {
                     hostname: name.clone(),
                     cpu_model: "Simulated CPU".into(),
@@ -191,15 +231,34 @@ pub(crate) fn add_host(world: &mut turmoil::Sim<'_>, config: &SimConfig, certs: 
                 rescan_inventory: None,
                 heartbeat_interval_ms: qvdc_host::agent::HEARTBEAT_INTERVAL_MS_DEFAULT,
             };
-            let parts = HostParts {
+            let hypervisor = SimHypervisor::new();
+            let reachable = HostParts {
+                mounter: mounter.clone(),
+                hypervisor: hypervisor.clone(),
+            };
+            faults
+                .lock()
+                .expect("faults lock poisoned")
+                .hosts
+                .insert(name.clone(), reachable);
+            let parts = qvdc_host::HostParts {
                 mounter,
-                hypervisor: SimHypervisor::new(),
+                hypervisor,
                 networker: SimNetworker::new().with_uplinks(["eth0"]),
             };
             Agent::new(config, endpoint, parts, fence).run().await;
             Ok(())
         }
     });
+}
+
+fn pool_root(host: &str) -> std::path::PathBuf {
+    format!("/var/lib/qhost/{host}/pools").into()
+}
+
+/// Where `host` mounts `pool`.
+pub(crate) fn pool_target(host: &str, pool: &str) -> std::path::PathBuf {
+    pool_root(host).join(pool)
 }
 
 /// An operator's client inside the world, talking to every node or to chosen ones.

@@ -12,6 +12,7 @@ fn config(seed: u64) -> SimConfig {
         disruption: Disruption::Crash,
         retention: Default::default(),
         impairment: Default::default(),
+        ..Default::default()
     }
 }
 

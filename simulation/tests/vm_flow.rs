@@ -11,6 +11,7 @@ fn config(seed: u64, disruption: Disruption) -> SimConfig {
         disruption,
         retention: Default::default(),
         impairment: Default::default(),
+        ..Default::default()
     }
 }
 

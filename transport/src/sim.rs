@@ -47,6 +47,15 @@ pub fn impair(impairment: Impairment, seed: u64) {
     IMPAIRED.with(|cell| cell.set((impairment, seed | 1)));
 }
 
+/// Changes the loss and duplication of this thread's simulated network and keeps the
+/// generator's position, so a run that switches impairment on and off still replays.
+pub fn set_impairment(impairment: Impairment) {
+    IMPAIRED.with(|cell| {
+        let (_, state) = cell.get();
+        cell.set((impairment, state));
+    });
+}
+
 /// What happens to the next datagram: how many copies go out (0, 1 or 2).
 fn copies() -> usize {
     IMPAIRED.with(|cell| {

@@ -6,8 +6,12 @@
 use std::{collections::BTreeSet, time::Duration};
 
 use qvdc_raft::{model::VmRecord, DesiredState};
-use qvdc_transport::protocol::{
-    CommandId, DesiredPower, HostCommand, HostCommandKind, Leadership, PowerState, VmReport, VmView,
+use qvdc_transport::{
+    bugs::{self, Bug},
+    protocol::{
+        CommandId, DesiredPower, HostCommand, HostCommandKind, Leadership, PowerState, VmReport,
+        VmView,
+    },
 };
 use tokio::time::Instant;
 
@@ -45,6 +49,8 @@ pub struct VmCore {
     /// Why the gap is not closing, shown until the VM reaches its desired state.
     failure: Option<String>,
     timings: Timings,
+    /// Only with [`Bug::StartVmOnSecondHost`]: where the bug starts the VM, and whether it did.
+    spare: Option<(String, u8)>,
 }
 
 impl VmCore {
@@ -57,7 +63,46 @@ impl VmCore {
             pending: None,
             failure: None,
             timings,
+            spare: None,
         }
+    }
+
+    /// The host [`Bug::StartVmOnSecondHost`] starts the VM on when its own host goes silent.
+    pub fn with_spare_host(mut self, host: String) -> Self {
+        self.spare = Some((host, 0));
+        self
+    }
+
+    /// The deliberate bug: the VM's host went silent, so define and start the VM on the spare
+    /// host at once (before its host supervisor removes the domain as a stray), without
+    /// knowing whether it still runs where it was.
+    fn start_on_spare_host(&mut self) -> Vec<Effect> {
+        let running = self.record.power == DesiredPower::Running;
+        let Some((host, done)) = self.spare.as_mut().filter(|s| running && s.1 == 0) else {
+            return Vec::new();
+        };
+        *done = 1;
+        let host = host.clone();
+        let kinds = [
+            HostCommandKind::DefineVm(self.record.spec.clone()),
+            HostCommandKind::StartVm {
+                name: self.record.spec.name.clone(),
+            },
+        ];
+        kinds
+            .into_iter()
+            .map(|kind| {
+                let id = CommandId {
+                    leadership: self.leadership,
+                    seq: self.next_seq,
+                };
+                self.next_seq += 1;
+                Effect::Send {
+                    host: host.clone(),
+                    command: HostCommand { id, kind },
+                }
+            })
+            .collect()
     }
 
     pub fn record(&self) -> &VmRecord {
@@ -147,6 +192,9 @@ impl VmCore {
     /// Decides whether to send a command now.
     pub fn tick(&mut self, now: Instant) -> Vec<Effect> {
         if self.fresh(now).is_none() {
+            if self.observation.is_some() && bugs::active(Bug::StartVmOnSecondHost) {
+                return self.start_on_spare_host();
+            }
             return Vec::new(); // the host is unreachable: it gets its commands when back
         }
         if let Some(conflict) = self.conflict() {

@@ -1,19 +1,32 @@
 //! `qvsim`: runs the deterministic simulation over many seeds, and replays one seed with its
 //! event trace.
 
-use std::{ops::Range, process::ExitCode, sync::Mutex, time::Instant};
+use std::{
+    collections::BTreeSet,
+    ops::Range,
+    process::ExitCode,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use qvdc_simulation::{catch_up, pool_flow, vm_flow, Disruption, SimConfig};
+use qvdc_simulation::{
+    catch_up, chaos, pool_flow, vm_flow, Bug, Chaos, Disruption, FaultKind, SimConfig,
+};
 use qvdc_transport::sim::Impairment;
 
 /// Run qvdc's deterministic simulation: real control-plane nodes and host agents in a
-/// simulated network, with the leader crashed and restarted in every run.
+/// simulated network. The default scenario has operators working concurrently while faults
+/// drawn from the seed hit nodes, links and hosts, then heals and checks that the system
+/// converged to what the operators were told. A failing seed prints the command that
+/// replays it exactly.
 ///
 /// Examples:
-///   qvsim run --seeds 0..100
+///   qvsim run --seeds 0..200
+///   qvsim run --seeds 0..50 --faults node-crash,host-partition
 ///   qvsim replay --seed 42 --trace
+///   qvsim run --scenario vm-flow --hosts 3 --seeds 0..100
 #[derive(Debug, Parser)]
 #[command(version, verbatim_doc_comment)]
 struct Cli {
@@ -43,8 +56,10 @@ enum Command {
     },
 }
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Scenario {
+    /// Concurrent operators under faults drawn from the seed, then healing and convergence.
+    Chaos,
     /// Pool create with a failing host, leader taken away, old leader back.
     PoolFlow,
     /// A follower misses the purged log and catches up by snapshot.
@@ -55,28 +70,69 @@ enum Scenario {
 
 #[derive(Debug, Clone, clap::Args)]
 struct Shape {
-    /// Number of host agents.
-    #[arg(long, default_value_t = 3)]
-    hosts: usize,
-    /// Hosts (1-based, comma-separated) whose pool mounts fail.
-    #[arg(long, value_delimiter = ',', default_value = "3")]
-    failing_hosts: Vec<usize>,
     /// Which scenario to run.
-    #[arg(long, value_enum, default_value = "pool-flow")]
+    #[arg(long, value_enum, default_value = "chaos")]
     scenario: Scenario,
-    /// How the leader is taken away once the pool is up (pool-flow).
+    /// Number of host agents.
+    #[arg(long, default_value_t = 10)]
+    hosts: usize,
+    /// Hosts (1-based, comma-separated) whose pool mounts always fail (pool-flow, vm-flow).
+    #[arg(long, value_delimiter = ',')]
+    failing_hosts: Vec<usize>,
+    /// How the leader is taken away once the pool is up (pool-flow, vm-flow).
     #[arg(long, value_enum, default_value = "crash")]
     disruption: Disruption,
+    /// Faults the chaos phase draws from (comma-separated), or `none`.
+    #[arg(long, value_delimiter = ',', value_parser = parse_fault, default_value = "all")]
+    faults: Vec<Option<Vec<FaultKind>>>,
+    /// Simulated seconds of the chaos phase.
+    #[arg(long, default_value_t = qvdc_simulation::faults::CHAOS_MS_DEFAULT / 1000)]
+    chaos_seconds: u64,
     /// Datagrams lost on every link, per thousand, for the whole run (QUIC retransmits).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=500))]
     loss_per_mille: u32,
     /// Datagrams delivered twice, per thousand, for the whole run.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=500))]
     duplicate_per_mille: u32,
+    /// A deliberate bug to switch on, to see the checkers catch it (repeatable; needs a build
+    /// with `--features deliberate-bugs`): ack-before-commit, no-leader-lease,
+    /// skip-fence-check, start-vm-on-second-host.
+    #[arg(long = "bug")]
+    bugs: Vec<Bug>,
+}
+
+/// A fault kind's name, `all` or `none`.
+fn parse_fault(text: &str) -> Result<Option<Vec<FaultKind>>, String> {
+    match text {
+        "all" => Ok(Some(FaultKind::ALL.to_vec())),
+        "none" => Ok(None),
+        name => <FaultKind as clap::ValueEnum>::from_str(name, false)
+            .map(|k| Some(vec![k]))
+            .map_err(|_| {
+                let names: Vec<String> = FaultKind::ALL.iter().map(|k| fault_name(*k)).collect();
+                format!(
+                    "no fault named {name:?}; the faults are all, none, {}",
+                    names.join(", ")
+                )
+            }),
+    }
+}
+
+fn fault_name(kind: FaultKind) -> String {
+    name_of(&kind)
+}
+
+/// A value's name on the command line.
+fn name_of(value: &impl clap::ValueEnum) -> String {
+    value
+        .to_possible_value()
+        .map(|v| v.get_name().to_owned())
+        .unwrap_or_default()
 }
 
 impl Shape {
     fn config(&self, seed: u64) -> SimConfig {
+        let kinds: BTreeSet<FaultKind> = self.faults.iter().flatten().flatten().copied().collect();
         SimConfig {
             seed,
             nodes: 3,
@@ -88,28 +144,83 @@ impl Shape {
                 loss_per_mille: self.loss_per_mille,
                 duplicate_per_mille: self.duplicate_per_mille,
             },
+            chaos: Chaos {
+                kinds,
+                duration: Duration::from_secs(self.chaos_seconds),
+            },
+            bugs: self.bugs.clone(),
         }
     }
 
+    /// The flags that reproduce this shape.
     fn flags(&self) -> String {
         let failing: Vec<String> = self.failing_hosts.iter().map(ToString::to_string).collect();
-        let disruption = match self.disruption {
-            Disruption::Crash => "crash",
-            Disruption::Isolate => "isolate",
+        let config = self.config(0);
+        let faults: Vec<String> = config.chaos.kinds.iter().map(|k| fault_name(*k)).collect();
+        let faults = if faults.is_empty() {
+            "none".to_owned()
+        } else {
+            faults.join(",")
         };
-        let scenario = match self.scenario {
-            Scenario::PoolFlow => "pool-flow",
-            Scenario::CatchUp => "catch-up",
-            Scenario::VmFlow => "vm-flow",
-        };
-        format!(
-            "--scenario {scenario} --hosts {} --failing-hosts {} --disruption {disruption} \
+        let mut flags = format!(
+            "--scenario {} --hosts {} --disruption {} --faults {faults} --chaos-seconds {} \
              --loss-per-mille {} --duplicate-per-mille {}",
+            name_of(&self.scenario),
             self.hosts,
-            failing.join(","),
+            name_of(&self.disruption),
+            self.chaos_seconds,
             self.loss_per_mille,
             self.duplicate_per_mille
-        )
+        );
+        if !failing.is_empty() {
+            flags.push_str(&format!(" --failing-hosts {}", failing.join(",")));
+        }
+        for bug in &self.bugs {
+            flags.push_str(&format!(" --bug {}", bug.name()));
+        }
+        flags
+    }
+
+    /// Runs one seed: its trace, the trace's hash, and a one-line summary.
+    fn run_one(&self, seed: u64) -> anyhow::Result<(Vec<String>, u64, String)> {
+        let config = self.config(seed);
+        Ok(match self.scenario {
+            Scenario::Chaos => {
+                let o = chaos::run(&config)?;
+                let summary = format!(
+                    "{} faults, {} registry operations ({} unknown outcome) linearizable, {} VMs; \
+                     converged {:?} after healing (simulated)",
+                    o.faults.injected, o.operations, o.unknown, o.vms, o.heal
+                );
+                (o.trace, o.trace_hash, summary)
+            }
+            Scenario::CatchUp => {
+                let o = catch_up::run(seed)?;
+                let summary = format!(
+                    "node {} crashed at index {}, the leader purged through {}, the node caught \
+                     up with snapshot {}",
+                    o.follower, o.applied_before_crash, o.leader_purged, o.follower_snapshot
+                );
+                (o.trace, o.trace_hash, summary)
+            }
+            Scenario::VmFlow => {
+                let o = vm_flow::run(&config)?;
+                let summary = format!(
+                    "VM placed on {}, running {:?} after create (simulated)",
+                    o.host, o.create_to_running
+                );
+                (o.trace, o.trace_hash, summary)
+            }
+            Scenario::PoolFlow => {
+                let o = pool_flow::run(&config)?;
+                let summary = format!(
+                    "pool create -> aggregate {:?}; leader cp{} crash -> same aggregate {:?} \
+                     (simulated)",
+                    o.create_to_aggregate, o.crashed_node, o.crash_to_aggregate
+                );
+                (o.trace, o.trace_hash, summary)
+            }
+        })
     }
 }
 
@@ -141,11 +252,7 @@ fn run(seeds: Range<u64>, shape: &Shape) -> ExitCode {
                 let Some(seed) = next.lock().expect("seed lock").next() else {
                     return;
                 };
-                let result = match shape.scenario {
-                    Scenario::PoolFlow => pool_flow::run(&shape.config(seed)).map(drop),
-                    Scenario::CatchUp => catch_up::run(seed).map(drop),
-                    Scenario::VmFlow => vm_flow::run(&shape.config(seed)).map(drop),
-                };
+                let result = shape.run_one(seed);
                 if let Err(e) = result {
                     failures
                         .lock()
@@ -179,53 +286,16 @@ fn run(seeds: Range<u64>, shape: &Shape) -> ExitCode {
 
 fn replay(seed: u64, trace: bool, shape: &Shape) -> anyhow::Result<()> {
     let started = Instant::now();
-    if let Scenario::CatchUp = shape.scenario {
-        let outcome = catch_up::run(seed).with_context(|| format!("seed {seed}"))?;
-        if trace {
-            outcome.trace.iter().for_each(|event| println!("{event}"));
-        }
-        println!(
-            "seed {seed}: ok in {:.2} s wall; trace {:016x}; node {} crashed at index {}, the leader \
-             purged through {}, the node caught up with snapshot {}",
-            started.elapsed().as_secs_f64(),
-            outcome.trace_hash,
-            outcome.follower,
-            outcome.applied_before_crash,
-            outcome.leader_purged,
-            outcome.follower_snapshot
-        );
-        return Ok(());
-    }
-    if let Scenario::VmFlow = shape.scenario {
-        let outcome = vm_flow::run(&shape.config(seed)).with_context(|| format!("seed {seed}"))?;
-        if trace {
-            outcome.trace.iter().for_each(|event| println!("{event}"));
-        }
-        println!(
-            "seed {seed}: ok in {:.2} s wall; trace {:016x}; VM placed on {}, running {:?} after \
-             create (simulated time)",
-            started.elapsed().as_secs_f64(),
-            outcome.trace_hash,
-            outcome.host,
-            outcome.create_to_running
-        );
-        return Ok(());
-    }
-    let outcome = pool_flow::run(&shape.config(seed)).with_context(|| format!("seed {seed}"))?;
+    let (events, hash, summary) = shape
+        .run_one(seed)
+        .with_context(|| format!("seed {seed}"))?;
     if trace {
-        for event in &outcome.trace {
-            println!("{event}");
-        }
+        events.iter().for_each(|event| println!("{event}"));
     }
     println!(
-        "seed {seed}: ok in {:.2} s wall; trace {:016x} ({} events); pool create -> aggregate {:?}; \
-         leader cp{} crash -> same aggregate {:?} (simulated time)",
+        "seed {seed}: ok in {:.2} s wall; trace {hash:016x} ({} events); {summary}",
         started.elapsed().as_secs_f64(),
-        outcome.trace_hash,
-        outcome.trace.len(),
-        outcome.create_to_aggregate,
-        outcome.crashed_node,
-        outcome.crash_to_aggregate
+        events.len()
     );
     Ok(())
 }

@@ -1,0 +1,420 @@
+//! The default scenario: several operators work concurrently while faults drawn from the
+//! seed hit the control plane, the network and the hosts; then everything heals, and the
+//! system must converge within a bound to exactly what the operators were told.
+//!
+//! Workload, during the chaos phase:
+//! * registry clients create, delete and list pools from a small set of names (so they
+//!   collide); their history must be linearizable against [`Registry`];
+//! * a VM client creates VMs (started), stops and starts them, and deletes some.
+//!
+//! After healing, within [`HEAL_BOUND_S`] of simulated time: every host is Ready; every pool
+//! is mounted on every host it is assigned to and nowhere else, as each host's mount table
+//! really is; every VM is in its desired power state on its host and defined nowhere else,
+//! as each host's hypervisor really is; the cluster's views say the same; all nodes hold the
+//! same state at the same index. The trace invariants of every run apply as well.
+
+use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::{bail, ensure, Context};
+use qvdc_cluster::{Client, ClientError};
+use qvdc_transport::protocol::{
+    ApiErrorKind, ApiRequest, ApiResponse, DesiredPower, Health, PoolSource, PoolSpec, PowerState,
+    VmSpec,
+};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use tokio::time::Instant;
+use tracing::info;
+
+use crate::{
+    faults::{self, FaultLog},
+    harness::{self, ask, eventually, Faults},
+    linearizability::{self, Operation, Registry, RegistryOp, RegistryRet},
+    world::{self, Certs, Shared, SimConfig},
+};
+
+/// After the chaos phase, how long (simulated) the system has to converge. The slowest
+/// path: a command that failed often waits out the longest retry backoff (32 s) before it
+/// is sent again.
+pub const HEAL_BOUND_S: u64 = 90;
+/// Clients that race on the pool registry.
+const REGISTRY_CLIENTS: u64 = 3;
+/// Pool names the registry clients share.
+const POOL_NAMES: u64 = 5;
+/// How long one operator request may take before its outcome counts as unknown.
+const REQUEST_TIMEOUT_MS: u64 = 4_000;
+/// Pause between one client's requests (uniform between these bounds).
+const THINK_MS: (u64, u64) = (20, 300);
+
+/// What a run did.
+#[derive(Debug)]
+pub struct Outcome {
+    pub trace: Vec<String>,
+    pub trace_hash: u64,
+    pub faults: FaultLog,
+    /// Registry operations checked for linearizability, and how many had unknown outcomes.
+    pub operations: usize,
+    pub unknown: usize,
+    /// VMs that existed after healing.
+    pub vms: usize,
+    /// Simulated time from the end of the chaos phase until everything converged.
+    pub heal: Duration,
+}
+
+struct Summary {
+    faults: FaultLog,
+    operations: usize,
+    unknown: usize,
+    vms: usize,
+    heal: Duration,
+}
+
+/// Runs the scenario for `config.seed`.
+pub fn run(config: &SimConfig) -> anyhow::Result<Outcome> {
+    let run = harness::run(config, script)?;
+    let s = run.value;
+    Ok(Outcome {
+        trace: run.trace,
+        trace_hash: run.trace_hash,
+        faults: s.faults,
+        operations: s.operations,
+        unknown: s.unknown,
+        vms: s.vms,
+        heal: s.heal,
+    })
+}
+
+async fn script(
+    config: SimConfig,
+    certs: Arc<Certs>,
+    faults: Shared<Faults>,
+) -> anyhow::Result<Summary> {
+    let nodes = world::node_addrs(config.nodes);
+    let mut admin = world::operator(&config, &certs, 0, nodes.clone()).await?;
+    harness::all_hosts_ready(&mut admin, config.hosts).await?;
+
+    let start = Instant::now();
+    let end = start + config.chaos.duration;
+    let mut registry_clients = Vec::new();
+    for i in 0..REGISTRY_CLIENTS {
+        let offset = 20 + u16::try_from(i).expect("few clients");
+        registry_clients.push(client(&config, &certs, offset).await?);
+    }
+    let vm_client = client(&config, &certs, 30).await?;
+    let workload = async {
+        let registry = registry_clients
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| registry_client(&config, i as u64, c, start, end));
+        let (histories, ()) = tokio::join!(
+            join_all(registry.collect()),
+            vms_client(&config, vm_client, end)
+        );
+        histories.into_iter().flatten().collect::<Vec<_>>()
+    };
+    let (fault_log, mut history) = tokio::join!(faults::drive(&config, &faults), workload);
+    let healed_at = Instant::now();
+    info!(faults = fault_log.injected, "healing");
+
+    harness::all_hosts_ready(&mut admin, config.hosts)
+        .await
+        .context("after healing")?;
+    let vms = eventually(
+        "the cluster converged on what the hosts really have",
+        Duration::from_secs(HEAL_BOUND_S),
+        async || converged(&config, &mut admin, &faults).await,
+    )
+    .await?;
+    let heal = healed_at.elapsed();
+    harness::nodes_agree(&config, &certs).await?;
+
+    // A last read, after everything settled, pins the final set of pools.
+    let read_at = start.elapsed().as_millis() as u64;
+    let names = pool_names(&mut admin).await?;
+    let answered_at = start.elapsed().as_millis() as u64;
+    history.push(Operation::answered(
+        REGISTRY_CLIENTS,
+        read_at,
+        answered_at,
+        RegistryOp::Read,
+        RegistryRet::Names(names),
+    ));
+    let unknown = history.iter().filter(|o| o.returned.is_none()).count();
+    linearizability::check(&Registry::for_history(&history), &history).map_err(|v| {
+        anyhow::anyhow!(
+            "the pool registry history ({} operations): {v}",
+            history.len()
+        )
+    })?;
+    Ok(Summary {
+        faults: fault_log,
+        operations: history.len(),
+        unknown,
+        vms,
+        heal,
+    })
+}
+
+async fn client(config: &SimConfig, certs: &Certs, offset: u16) -> anyhow::Result<Client> {
+    let nodes = world::node_addrs(config.nodes);
+    let client = world::operator(config, certs, offset, nodes).await?;
+    Ok(client.with_timeout(Duration::from_millis(REQUEST_TIMEOUT_MS)))
+}
+
+/// Awaits every future, concurrently, in order.
+async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut set = Vec::with_capacity(futures.len());
+    for f in futures {
+        set.push(Box::pin(f));
+    }
+    let mut outputs: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, out) in set.iter_mut().zip(outputs.iter_mut()) {
+            if out.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *out = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs
+        .into_iter()
+        .map(|o| o.expect("every future finished"))
+        .collect()
+}
+
+/// Sends `request` and classifies the answer: `Ok(Some)` answered, `Ok(None)` unknown (timed
+/// out, cluster unavailable), `Err` an answer a correct cluster never gives.
+async fn send(
+    client: &mut Client,
+    request: ApiRequest,
+) -> Option<Result<ApiResponse, ApiErrorKind>> {
+    let deadline = Duration::from_millis(REQUEST_TIMEOUT_MS * 2);
+    match tokio::time::timeout(deadline, client.request(request)).await {
+        Ok(Ok(response)) => Some(Ok(response)),
+        Ok(Err(ClientError::Rejected(e))) if e.kind != ApiErrorKind::Unavailable => {
+            Some(Err(e.kind))
+        }
+        _ => None,
+    }
+}
+
+async fn registry_client(
+    config: &SimConfig,
+    who: u64,
+    mut client: Client,
+    start: Instant,
+    end: Instant,
+) -> Vec<Operation<Registry>> {
+    let mut rng = StdRng::seed_from_u64(config.seed ^ (0x5eed_0000 + who));
+    let mut history = Vec::new();
+    let at = || start.elapsed().as_millis() as u64;
+    while Instant::now() < end {
+        let name = format!("p{}", rng.gen_range(0..POOL_NAMES));
+        let draw = rng.gen_range(0..100);
+        let call = at();
+        let (op, answer) = if draw < 45 {
+            let hosts = some_hosts(config, &mut rng);
+            let request_id = client.new_request_id();
+            let request = ApiRequest::PoolCreate {
+                request_id: request_id.clone(),
+                spec: PoolSpec {
+                    name: name.clone(),
+                    source: PoolSource::Dir {
+                        path: format!("/srv/{name}"),
+                    },
+                },
+                hosts,
+            };
+            let answer = match send(&mut client, request).await {
+                Some(Ok(ApiResponse::PoolCreated { .. })) => Some(RegistryRet::Created),
+                Some(Err(ApiErrorKind::AlreadyExists)) => Some(RegistryRet::AlreadyExists),
+                other => unexpected(other),
+            };
+            (RegistryOp::Create { name, request_id }, answer)
+        } else if draw < 75 {
+            let request_id = client.new_request_id();
+            let request = ApiRequest::PoolDelete {
+                request_id: request_id.clone(),
+                pool: name.clone(),
+            };
+            let answer = match send(&mut client, request).await {
+                Some(Ok(ApiResponse::Done)) => Some(RegistryRet::Deleted),
+                Some(Err(ApiErrorKind::NotFound)) => Some(RegistryRet::NotFound),
+                other => unexpected(other),
+            };
+            (RegistryOp::Delete { name, request_id }, answer)
+        } else {
+            let answer = match send(&mut client, ApiRequest::PoolList).await {
+                Some(Ok(ApiResponse::Pools(pools))) => Some(RegistryRet::Names(
+                    pools.into_iter().map(|p| p.spec.name).collect(),
+                )),
+                other => unexpected(other),
+            };
+            (RegistryOp::Read, answer)
+        };
+        history.push(match answer {
+            Some(ret) => Operation::answered(who, call, at(), op, ret),
+            None => Operation::unknown(who, call, op),
+        });
+        think(&mut rng).await;
+    }
+    history
+}
+
+/// An answer the registry does not model: unknown, unless it is a definite answer of the
+/// wrong kind, which the checker then reports as a return no order explains.
+fn unexpected(answer: Option<Result<ApiResponse, ApiErrorKind>>) -> Option<RegistryRet> {
+    answer.map(|other| RegistryRet::Names([format!("unexpected answer: {other:?}")].into()))
+}
+
+fn some_hosts(config: &SimConfig, rng: &mut StdRng) -> Vec<String> {
+    let count = rng.gen_range(1..=config.hosts.min(3));
+    let mut hosts: Vec<String> = Vec::new();
+    while hosts.len() < count {
+        let host = SimConfig::host_name(rng.gen_range(1..=config.hosts));
+        if !hosts.contains(&host) {
+            hosts.push(host);
+        }
+    }
+    hosts
+}
+
+async fn think(rng: &mut StdRng) {
+    let pause = rng.gen_range(THINK_MS.0..=THINK_MS.1);
+    tokio::time::sleep(Duration::from_millis(pause)).await;
+}
+
+/// Creates, stops, starts and deletes VMs until `end`. Its answers are not modelled: the
+/// VMs' final state is checked against what the cluster holds after healing.
+async fn vms_client(config: &SimConfig, mut client: Client, end: Instant) {
+    let mut rng = StdRng::seed_from_u64(config.seed ^ 0x0056_4d56_4d56_4d00);
+    let mut made = 0u32;
+    while Instant::now() < end {
+        let draw = rng.gen_range(0..100);
+        let name = format!("vm{}", rng.gen_range(0..made.max(1)));
+        let request = if draw < 30 || made == 0 {
+            made += 1;
+            ApiRequest::VmCreate {
+                request_id: client.new_request_id(),
+                spec: VmSpec {
+                    id: String::new(),
+                    name: format!("vm{}", made - 1),
+                    vcpus: 1,
+                    memory_bytes: 512 << 20,
+                    disks: vec![],
+                    nics: vec![],
+                },
+                host: None,
+                start: true,
+            }
+        } else if draw < 80 {
+            let power = if rng.gen_bool(0.5) {
+                DesiredPower::Running
+            } else {
+                DesiredPower::Stopped
+            };
+            ApiRequest::VmSetPower {
+                request_id: client.new_request_id(),
+                name,
+                power,
+            }
+        } else {
+            ApiRequest::VmDelete {
+                request_id: client.new_request_id(),
+                name,
+            }
+        };
+        let _ = send(&mut client, request).await;
+        think(&mut rng).await;
+    }
+}
+
+async fn pool_names(client: &mut Client) -> anyhow::Result<std::collections::BTreeSet<String>> {
+    match ask(client, ApiRequest::PoolList).await? {
+        ApiResponse::Pools(pools) => Ok(pools.into_iter().map(|p| p.spec.name).collect()),
+        other => bail!("pool list answered {other:?}"),
+    }
+}
+
+/// Whether the cluster and the hosts agree, and agree with the desired state: `Ok(None)`
+/// not yet (the error of the last probe says what differs), `Ok(Some(vms))` converged.
+async fn converged(
+    config: &SimConfig,
+    client: &mut Client,
+    faults: &Shared<Faults>,
+) -> anyhow::Result<Option<usize>> {
+    let ApiResponse::Pools(pools) = ask(client, ApiRequest::PoolList).await? else {
+        bail!("pool list answered something else");
+    };
+    let ApiResponse::Vms(vms) = ask(client, ApiRequest::VmList).await? else {
+        bail!("vm list answered something else");
+    };
+    let hosts = faults.lock().expect("faults lock poisoned").hosts.clone();
+    // Pools: assigned ⇔ mounted, in the cluster's view and in each host's mount table.
+    let mut expected_mounts: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+    for pool in &pools {
+        for host in &pool.hosts {
+            ensure!(
+                host.health == Health::Healthy && host.mounted,
+                "pool {} on {}: {:?} (mounted: {}, error: {:?})",
+                pool.spec.name,
+                host.host_id,
+                host.health,
+                host.mounted,
+                host.error
+            );
+            expected_mounts
+                .entry(host.host_id.clone())
+                .or_default()
+                .push(world::pool_target(&host.host_id, &pool.spec.name));
+        }
+    }
+    // VMs: each in its desired state on its host, and on no other.
+    let mut expected_domains: BTreeMap<String, BTreeMap<String, PowerState>> = BTreeMap::new();
+    for vm in &vms {
+        let want = match vm.desired {
+            DesiredPower::Running => PowerState::Running,
+            DesiredPower::Stopped => PowerState::ShutOff,
+        };
+        ensure!(
+            vm.power == want,
+            "VM {} on {} is {:?}, desired {:?} ({})",
+            vm.spec.name,
+            vm.host,
+            vm.power,
+            vm.desired,
+            vm.reason
+        );
+        expected_domains
+            .entry(vm.host.clone())
+            .or_default()
+            .insert(vm.spec.name.clone(), want);
+    }
+    for i in 1..=config.hosts {
+        let name = SimConfig::host_name(i);
+        let parts = hosts.get(&name).context("a host that never booted")?;
+        let mut mounted = parts.mounter.mounts();
+        mounted.sort();
+        let mut expected = expected_mounts.remove(&name).unwrap_or_default();
+        expected.sort();
+        ensure!(
+            mounted == expected,
+            "{name} has mounted {mounted:?}, the cluster says {expected:?}"
+        );
+        let domains = parts.hypervisor.domains();
+        let expected = expected_domains.remove(&name).unwrap_or_default();
+        ensure!(
+            domains == expected,
+            "{name} runs {domains:?}, the cluster says {expected:?}"
+        );
+    }
+    Ok(Some(vms.len()))
+}

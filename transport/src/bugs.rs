@@ -1,0 +1,81 @@
+//! Deliberate bugs, for showing that the simulation's checkers catch what they claim to.
+//!
+//! Each bug is a small, plausible mistake placed in production code behind
+//! [`active`]. Without the `deliberate-bugs` feature, [`active`] is a constant `false` and
+//! the compiler removes the faulty branches; with it, a simulation run switches one bug on
+//! for its own thread (one run is one thread), so parallel runs do not see each other's bugs.
+
+/// A mistake the simulation can be asked to make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Bug {
+    /// The API answers a write once it passes validation against the leader's current
+    /// state, without waiting for Raft to commit it.
+    AckBeforeCommit,
+    /// A leader keeps serving hosts and reads without a quorum confirming it within the
+    /// lease: a deposed leader that does not know it yet keeps acting.
+    NoLeaderLease,
+    /// A host obeys commands and registrations of any leadership, not only of the highest
+    /// it has seen.
+    SkipFenceCheck,
+    /// When a VM's host stops answering, the VM supervisor starts the VM on another host
+    /// without waiting for the first one to be confirmed stopped.
+    StartVmOnSecondHost,
+}
+
+impl Bug {
+    pub const ALL: [Bug; 4] = [
+        Bug::AckBeforeCommit,
+        Bug::NoLeaderLease,
+        Bug::SkipFenceCheck,
+        Bug::StartVmOnSecondHost,
+    ];
+
+    /// The bug's name on command lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            Bug::AckBeforeCommit => "ack-before-commit",
+            Bug::NoLeaderLease => "no-leader-lease",
+            Bug::SkipFenceCheck => "skip-fence-check",
+            Bug::StartVmOnSecondHost => "start-vm-on-second-host",
+        }
+    }
+}
+
+impl std::str::FromStr for Bug {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Bug::ALL
+            .into_iter()
+            .find(|b| b.name() == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Bug::ALL.iter().map(|b| b.name()).collect();
+                format!("no bug named {name:?}; the bugs are {}", names.join(", "))
+            })
+    }
+}
+
+#[cfg(feature = "deliberate-bugs")]
+thread_local! {
+    static ACTIVE: std::cell::RefCell<Vec<Bug>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Whether `bug` is switched on for this thread.
+#[inline]
+pub fn active(bug: Bug) -> bool {
+    #[cfg(feature = "deliberate-bugs")]
+    {
+        ACTIVE.with(|a| a.borrow().contains(&bug))
+    }
+    #[cfg(not(feature = "deliberate-bugs"))]
+    {
+        let _ = bug;
+        false
+    }
+}
+
+/// Switches exactly `bugs` on for this thread.
+#[cfg(feature = "deliberate-bugs")]
+pub fn inject(bugs: &[Bug]) {
+    ACTIVE.with(|a| *a.borrow_mut() = bugs.to_vec());
+}
