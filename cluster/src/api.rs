@@ -46,7 +46,15 @@ pub(crate) async fn propose(node: &NodeInner, command: Command) -> Result<(), Re
     if node.raft.metrics().borrow().current_leader != Some(node.id) {
         return Err(node.not_leader());
     }
-    node.desired.borrow().validate(&command).map_err(rejected)?;
+    let verdict = node.desired.borrow().validate(&command);
+    if verdict.is_err() {
+        // The applied state can lag the log: a new leader applies what earlier terms
+        // committed only after its election, and a deposed leader does not know it is one.
+        // A rejection is an answer too, so judge again once a quorum has confirmed this
+        // leadership and everything committed before it is applied.
+        node.leading().await?;
+        node.desired.borrow().validate(&command).map_err(rejected)?;
+    }
     if qvdc_transport::bugs::active(qvdc_transport::bugs::Bug::AckBeforeCommit) {
         let proposer = node.proposer.clone();
         tokio::spawn(async move { proposer.propose(command).await });

@@ -74,8 +74,10 @@ pub struct NodeInner {
     /// Connections to the other nodes, for passing operator requests to the leader.
     pub(crate) peers: Peers,
     pub(crate) supervision: RwLock<Option<Supervision>>,
-    /// When a quorum last confirmed this node's leadership (the moment the check began).
-    pub(crate) confirmed_at: std::sync::Mutex<Option<Instant>>,
+    /// When a quorum last confirmed this node's leadership (the moment the check began), and
+    /// which leadership it confirmed: a lease never carries over into a later leadership,
+    /// whose first confirmation is also what makes it apply what earlier terms committed.
+    pub(crate) confirmed_at: std::sync::Mutex<Option<(Leadership, Instant)>>,
     /// The last leader this node knew of, for hints while none is known.
     pub(crate) last_leader: std::sync::Mutex<Option<LeaderHint>>,
 }
@@ -243,7 +245,10 @@ impl NodeInner {
             return Err(self.not_leader());
         };
         let lease = Duration::from_millis(LEADER_LEASE_MS);
-        let fresh = |at: &Option<Instant>| at.is_some_and(|at| at.elapsed() < lease);
+        let leadership = supervision.leadership();
+        let fresh = |confirmed: &Option<(Leadership, Instant)>| {
+            confirmed.is_some_and(|(of, at)| of == leadership && at.elapsed() < lease)
+        };
         if fresh(&self.confirmed_at.lock().expect("lease lock poisoned"))
             || qvdc_transport::bugs::active(qvdc_transport::bugs::Bug::NoLeaderLease)
         {
@@ -256,8 +261,12 @@ impl NodeInner {
         );
         match confirm.await {
             Ok(Ok(_)) => {
-                let mut at = self.confirmed_at.lock().expect("lease lock poisoned");
-                *at = Some(at.map_or(asked, |previous| previous.max(asked)));
+                let mut confirmed = self.confirmed_at.lock().expect("lease lock poisoned");
+                let at = match *confirmed {
+                    Some((of, previous)) if of == leadership => previous.max(asked),
+                    _ => asked,
+                };
+                *confirmed = Some((leadership, at));
                 Ok(supervision)
             }
             _ => {
