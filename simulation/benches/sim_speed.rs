@@ -1,5 +1,6 @@
 //! How fast the simulation runs: simulated seconds per wall-clock second, and seeds per
-//! minute on every core, for the pool flow with 10 and with 100 hosts.
+//! minute on every core, for the default chaos scenario (3 nodes, all faults) with 10 and
+//! with 100 hosts.
 //!
 //! cargo bench -p qvdc-simulation --bench sim_speed
 //! QVSIM_BENCH_SEEDS=N seeds per shape (default 20).
@@ -9,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use qvdc_simulation::{pool_flow, Disruption, SimConfig};
+use qvdc_simulation::{chaos, SimConfig};
 
 /// Simulated time a run covered: the stamp of its last trace event.
 fn simulated(trace: &[String]) -> Duration {
@@ -28,7 +29,7 @@ fn main() {
         .unwrap_or(20);
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "pool flow (3 nodes, leader crash and restart), {seeds} seeds per shape, {workers} threads"
+        "chaos scenario (3 nodes, all faults, default phase), {seeds} seeds per shape, {workers} threads"
     );
     println!("hosts | seeds/min | simulated s per wall s (one run) | mean run | mean simulated");
     for hosts in [10, 100] {
@@ -43,16 +44,11 @@ fn main() {
                     };
                     let config = SimConfig {
                         seed,
-                        nodes: 3,
                         hosts,
-                        failing_hosts: vec![hosts],
-                        disruption: Disruption::Crash,
-                        retention: Default::default(),
-                        impairment: Default::default(),
                         ..Default::default()
                     };
                     let run_started = Instant::now();
-                    let outcome = pool_flow::run(&config)
+                    let outcome = chaos::run(&config)
                         .unwrap_or_else(|e| panic!("seed {seed} with {hosts} hosts failed: {e:#}"));
                     let wall = run_started.elapsed();
                     runs.lock().unwrap().push((wall, simulated(&outcome.trace)));

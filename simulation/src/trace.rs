@@ -40,6 +40,23 @@ fn is_machine_span(meta: &Metadata<'_>) -> bool {
     meta.is_span() && meta.name() == "node" && meta.target().starts_with("turmoil")
 }
 
+/// The `name` field of turmoil's machine span, without formatting the others.
+struct NameField(Option<String>);
+
+impl Visit for NameField {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "name" {
+            self.0 = Some(value.to_owned());
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "name" {
+            self.0 = Some(format!("{value:?}").trim_matches('"').to_owned());
+        }
+    }
+}
+
 #[derive(Default)]
 struct Fields(String);
 
@@ -59,15 +76,10 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for TraceLayer {
         if !is_machine_span(attrs.metadata()) {
             return;
         }
-        let mut fields = Fields::default();
-        attrs.record(&mut fields);
-        if let Some(span) = ctx.span(id) {
-            let name = fields
-                .0
-                .trim()
-                .trim_start_matches("name=")
-                .trim_matches('"')
-                .to_owned();
+        // turmoil opens one of these per machine per step: keep it cheap.
+        let mut name = NameField(None);
+        attrs.record(&mut name);
+        if let (Some(span), Some(name)) = (ctx.span(id), name.0) {
             span.extensions_mut().insert(MachineName(name));
         }
     }
