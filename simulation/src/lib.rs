@@ -5,6 +5,7 @@
 
 pub mod catch_up;
 pub mod chaos;
+pub mod deposed_leader;
 pub mod faults;
 mod harness;
 pub mod invariants;

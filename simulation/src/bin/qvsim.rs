@@ -12,7 +12,8 @@ use std::{
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use qvdc_simulation::{
-    catch_up, chaos, pool_flow, vm_flow, Bug, Chaos, Disruption, FaultKind, SimConfig,
+    catch_up, chaos, deposed_leader, pool_flow, vm_flow, Bug, Chaos, Disruption, FaultKind,
+    SimConfig,
 };
 use qvdc_transport::sim::Impairment;
 
@@ -66,6 +67,8 @@ enum Scenario {
     CatchUp,
     /// A VM placed, started, kept on its host across a leader loss, stopped and deleted.
     VmFlow,
+    /// A host left with only a deposed leader, whose state is stale, must not obey it.
+    DeposedLeader,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -200,6 +203,14 @@ impl Shape {
                     "node {} crashed at index {}, the leader purged through {}, the node caught \
                      up with snapshot {}",
                     o.follower, o.applied_before_crash, o.leader_purged, o.follower_snapshot
+                );
+                (o.trace, o.trace_hash, summary)
+            }
+            Scenario::DeposedLeader => {
+                let o = deposed_leader::run(&config)?;
+                let summary = format!(
+                    "cp{} deposed by cp{}; the host refused it {} times and kept its state",
+                    o.old, o.new, o.refusals
                 );
                 (o.trace, o.trace_hash, summary)
             }
