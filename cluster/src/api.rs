@@ -103,9 +103,7 @@ pub(crate) async fn handle(node: &NodeInner, request: ApiRequest) -> Response {
             let command = Command::SetVmPower { name, power };
             once(node, request_id, command).await
         }
-        ApiRequest::VmDelete { request_id, name } => {
-            once(node, request_id, Command::DeleteVm { name }).await
-        }
+        ApiRequest::VmDelete { request_id, name } => delete_vm(node, request_id, name).await,
         ApiRequest::VmForceOff { request_id, name } => {
             let command = Command::SetVmPower {
                 name: name.clone(),
@@ -536,6 +534,43 @@ async fn place(
         );
         Response::Api(Err(ApiError::new(ApiErrorKind::Invalid, message)))
     })
+}
+
+/// Deletes a VM once its host has confirmed that the guest is gone. Forgetting the record
+/// first would free the VM's name and disks while its guest may still run on a host that has
+/// not heard of the delete (one cut off from the cluster, say): a new VM of that name or on
+/// those disks could then run beside it. So the VM is first stopped in the desired state (so
+/// nothing starts it again), then its host destroys and undefines the domain, and only then
+/// is the record deleted. While the host is unreachable the delete fails and says so.
+async fn delete_vm(node: &NodeInner, request_id: String, name: String) -> Response {
+    let record = node.desired.borrow().vms.get(&name).cloned();
+    let Some(record) = record else {
+        // Unknown, or a retry of a delete that went through: the request id decides.
+        return once(node, request_id, Command::DeleteVm { name }).await;
+    };
+    let supervision = match node.leading().await {
+        Ok(supervision) => supervision,
+        Err(response) => return response,
+    };
+    if record.power != DesiredPower::Stopped {
+        let stop = Command::SetVmPower {
+            name: name.clone(),
+            power: DesiredPower::Stopped,
+        };
+        if let Err(response) = propose(node, stop).await {
+            return response;
+        }
+    }
+    let host = &record.host;
+    let undefine = HostCommandKind::UndefineVm { name: name.clone() };
+    if let Err(reason) = supervision.execute(host, undefine).await {
+        return unavailable(format!(
+            "VM {name} is stopped, but its host {host} did not confirm that the guest is gone \
+             ({reason}), so the VM is not deleted: its name and disks stay reserved. Retry once \
+             the host is back (`qvctl host list`)"
+        ));
+    }
+    once(node, request_id, Command::DeleteVm { name }).await
 }
 
 async fn create_vm(

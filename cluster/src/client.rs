@@ -59,6 +59,9 @@ enum Attempt {
         reason: String,
         reached: bool,
     },
+    /// The node (the leader, or one passing the request on) could not do it right now and
+    /// said why: ask it again after a pause.
+    Unavailable(String),
 }
 
 impl Client {
@@ -136,10 +139,9 @@ impl Client {
         };
         match quic::call::<_, Response>(&connection, &Request::Api(request.clone())).await {
             Ok(Response::Api(Ok(response))) => Attempt::Done(Ok(response)),
-            Ok(Response::Api(Err(e))) if e.kind == ApiErrorKind::Unavailable => Attempt::Retry {
-                reason: e.message,
-                reached: true,
-            },
+            Ok(Response::Api(Err(e))) if e.kind == ApiErrorKind::Unavailable => {
+                Attempt::Unavailable(e.message)
+            }
             Ok(Response::Api(Err(e))) => Attempt::Done(Err(ClientError::Rejected(e))),
             Ok(Response::Forbidden { reason }) => {
                 Attempt::Done(Err(ClientError::Forbidden(reason)))
@@ -178,6 +180,8 @@ impl Client {
         let mut redirects = 0u32;
         let mut reached_any = false;
         let mut last = String::from("nothing tried");
+        // Why the cluster could not do it, which says more than a dead node's silence.
+        let mut unavailable: Option<String> = None;
         while started.elapsed() < self.timeout {
             let addr = next.take().unwrap_or_else(|| {
                 rotation += 1;
@@ -193,6 +197,12 @@ impl Client {
                 Attempt::Redirect(leader) => {
                     last = format!("too many redirects (last to {leader})")
                 }
+                Attempt::Unavailable(reason) => {
+                    reached_any = true;
+                    unavailable = Some(format!("{addr}: {reason}"));
+                    tokio::time::sleep(Duration::from_millis(RETRY_INTERVAL_MS)).await;
+                    next = Some(addr);
+                }
                 Attempt::Retry { reason, reached } => {
                     reached_any |= reached;
                     last = format!("{addr}: {reason}");
@@ -204,6 +214,7 @@ impl Client {
             }
         }
         let waited_ms = started.elapsed().as_millis() as u64;
+        let last = unavailable.unwrap_or(last);
         Err(if reached_any {
             ClientError::Timeout { waited_ms, last }
         } else {

@@ -301,12 +301,19 @@ async fn vms_client(config: &SimConfig, mut client: Client, end: Instant) {
         let draw = rng.gen_range(0..100);
         let name = format!("vm{}", rng.gen_range(0..made.max(1)));
         let request = if draw < 30 || made == 0 {
-            made += 1;
+            // Half the creates reuse a name, which may belong to a VM deleted a moment ago
+            // whose guest still runs on a host that has not heard of the delete.
+            let create = if made > 0 && rng.gen_bool(0.5) {
+                name
+            } else {
+                made += 1;
+                format!("vm{}", made - 1)
+            };
             ApiRequest::VmCreate {
                 request_id: client.new_request_id(),
                 spec: VmSpec {
                     id: String::new(),
-                    name: format!("vm{}", made - 1),
+                    name: create,
                     vcpus: 1,
                     memory_bytes: 512 << 20,
                     disks: vec![],

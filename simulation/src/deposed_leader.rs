@@ -18,7 +18,7 @@ use qvdc_transport::protocol::{ApiRequest, ApiResponse, Liveness, PoolSource, Po
 use tokio::time::Instant;
 
 use crate::{
-    harness::{self, ask, eventually, status, Action, Faults},
+    harness::{self, ask, change, eventually, status, Action, Faults},
     linearizability::{self, Operation, Registry, RegistryOp, RegistryRet},
     world::{self, Certs, Disruption, Shared, SimConfig},
 };
@@ -144,7 +144,7 @@ async fn script(
 
     // The host moves to the successor, which deletes the pool: the host unmounts it.
     let old_link = vec![(host.clone(), SimConfig::node_name(old))];
-    act(&faults, Action::Partition(old_link.clone()));
+    change(&faults, Action::Partition(old_link.clone()));
     eventually(
         "the host Ready with the successor",
         Duration::from_secs(60),
@@ -195,12 +195,12 @@ async fn script(
         .iter()
         .map(|i| (host.clone(), SimConfig::node_name(*i)))
         .collect();
-    act(&faults, Action::Repair(old_link));
-    act(&faults, Action::Partition(new_links.clone()));
+    change(&faults, Action::Repair(old_link));
+    change(&faults, Action::Partition(new_links.clone()));
     tokio::time::sleep(Duration::from_secs(STRANDED_S)).await;
     let remounted = is_mounted(&faults, &host)?;
 
-    act(&faults, Action::Repair(new_links));
+    change(&faults, Action::Repair(new_links));
     faults.lock().expect("faults lock poisoned").heal = Some(SimConfig::node_name(old));
     harness::nodes_agree(&config, &certs).await?;
     Ok(Stranded {
@@ -209,14 +209,6 @@ async fn script(
         remounted,
         history,
     })
-}
-
-fn act(faults: &Shared<Faults>, action: Action) {
-    faults
-        .lock()
-        .expect("faults lock poisoned")
-        .actions
-        .push(action);
 }
 
 /// Whether `host`'s simulated mount table holds the pool.

@@ -103,17 +103,20 @@ where
         Some(first) => Err(anyhow::anyhow!("a panic in the system: {first}")),
         None => value,
     };
+    let trace = std::mem::take(&mut *events.lock().expect("trace lock poisoned"));
+    let value = value.and_then(|value| {
+        invariants::one_leader_per_leadership(&trace)?;
+        invariants::hosts_obey_leaderships_in_order(&trace)?;
+        invariants::vm_runs_on_one_host_at_a_time(&trace)?;
+        Ok(value)
+    });
     // A failed run has no outcome to carry its trace; QVSIM_DUMP=1 prints it instead.
     if value.is_err() && std::env::var_os("QVSIM_DUMP").is_some() {
-        for e in events.lock().expect("trace lock poisoned").iter() {
+        for e in &trace {
             eprintln!("{e}");
         }
     }
     let value = value?;
-    let trace = std::mem::take(&mut *events.lock().expect("trace lock poisoned"));
-    invariants::one_leader_per_leadership(&trace)?;
-    invariants::hosts_obey_leaderships_in_order(&trace)?;
-    invariants::vm_runs_on_one_host_at_a_time(&trace)?;
     Ok(Run {
         value,
         trace_hash: trace::hash(&trace),
@@ -290,6 +293,15 @@ fn peers(nodes: u64, machine: &str) -> Vec<String> {
         .map(SimConfig::node_name)
         .filter(|n| n != machine)
         .collect()
+}
+
+/// Asks the world for `action` before its next step.
+pub(crate) fn change(faults: &Shared<Faults>, action: Action) {
+    faults
+        .lock()
+        .expect("faults lock poisoned")
+        .actions
+        .push(action);
 }
 
 pub(crate) async fn ask(client: &mut Client, request: ApiRequest) -> anyhow::Result<ApiResponse> {

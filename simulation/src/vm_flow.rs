@@ -9,19 +9,21 @@ use std::{sync::Arc, time::Duration};
 use anyhow::{bail, ensure};
 use qvdc_cluster::{Client, ClientError};
 use qvdc_transport::protocol::{
-    ApiErrorKind, ApiRequest, ApiResponse, Liveness, NetworkSpec, PoolSource, PoolSpec, PowerState,
-    VmDisk, VmNic, VmSpec, VmView, VolumeFormat,
+    ApiErrorKind, ApiRequest, ApiResponse, DesiredPower, Liveness, NetworkSpec, PoolSource,
+    PoolSpec, PowerState, VmDisk, VmNic, VmSpec, VmView, VolumeFormat,
 };
 use tokio::time::Instant;
 
 use crate::{
-    harness::{self, ask, eventually, Faults},
+    harness::{self, ask, change, eventually, Action, Faults},
     world::{self, Certs, Shared, SimConfig},
 };
 
 const POOL: &str = "shared";
 const VM: &str = "web";
 const NETWORK: &str = "prod";
+/// How long the operator waits for a delete the cut-off host cannot confirm (simulated).
+const DELETE_TIMEOUT_S: u64 = 5;
 
 /// What a run measured, in simulated time, and its event trace.
 #[derive(Debug)]
@@ -198,6 +200,68 @@ async fn operator_script(
         after.host
     );
 
+    // The VM's host is cut off: deleting the VM now must fail and keep the VM (stopped in
+    // the desired state, its guest still running where the cluster cannot see it), so that
+    // its name and disks are not reused under a live guest. Once the host is back, the VM
+    // stops; started again, it goes on.
+    let links: Vec<(String, String)> = (1..=config.nodes)
+        .map(|i| (host.clone(), SimConfig::node_name(i)))
+        .collect();
+    change(&faults, Action::Partition(links.clone()));
+    eventually("host unreachable", Duration::from_secs(60), async || {
+        let ApiResponse::Hosts(hosts) = ask(&mut majority, ApiRequest::HostList).await? else {
+            bail!("not a host list")
+        };
+        Ok(hosts
+            .iter()
+            .any(|h| h.host_id == host && h.liveness == Liveness::Unreachable)
+            .then_some(()))
+    })
+    .await?;
+    let delete = ApiRequest::VmDelete {
+        request_id: majority.new_request_id(),
+        name: VM.into(),
+    };
+    let mut impatient = world::operator(&config, &certs, 3, world::node_addrs(config.nodes))
+        .await?
+        .with_timeout(Duration::from_secs(DELETE_TIMEOUT_S));
+    match impatient.request(delete).await {
+        Err(e)
+            if e.to_string()
+                .contains("did not confirm that the guest is gone") => {}
+        other => bail!("deleting a VM whose host is cut off answered {other:?}"),
+    }
+    let kept = vm(&mut majority).await?;
+    ensure!(
+        kept.desired == DesiredPower::Stopped,
+        "a VM whose delete failed is {:?}, not stopped",
+        kept.desired
+    );
+    let guest = faults.lock().expect("faults lock poisoned").hosts[&host]
+        .hypervisor
+        .domains();
+    ensure!(
+        guest.get(VM) == Some(&PowerState::Running),
+        "the cut-off host's guest should still run (nothing could reach it): {guest:?}"
+    );
+    change(&faults, Action::Repair(links));
+    eventually(
+        "VM stopped once its host is back",
+        Duration::from_secs(60),
+        async || Ok((vm(&mut majority).await?.power == PowerState::ShutOff).then_some(())),
+    )
+    .await?;
+    let start = ApiRequest::VmSetPower {
+        request_id: majority.new_request_id(),
+        name: VM.into(),
+        power: DesiredPower::Running,
+    };
+    ask(&mut majority, start).await?;
+    eventually("VM running again", Duration::from_secs(60), async || {
+        Ok((vm(&mut majority).await?.power == PowerState::Running).then_some(()))
+    })
+    .await?;
+
     // The VM's host agent crashes (and its hypervisor with it): the host turns Unreachable
     // and the VM's power unknown; once back, it gets the pool and the VM again.
     faults.lock().expect("faults lock poisoned").crash = Some(host.clone());
@@ -236,7 +300,7 @@ async fn operator_script(
     let stop = ApiRequest::VmSetPower {
         request_id: majority.new_request_id(),
         name: VM.into(),
-        power: qvdc_transport::protocol::DesiredPower::Stopped,
+        power: DesiredPower::Stopped,
     };
     ask(&mut majority, stop).await?;
     eventually("VM shut off", Duration::from_secs(60), async || {

@@ -560,7 +560,8 @@ pub enum ApiRequest {
         request_id: String,
         name: String,
     },
-    /// Removes the VM: the host destroys and undefines its domain. Its volumes stay.
+    /// Removes the VM once its host has destroyed and undefined its domain (the VM is
+    /// stopped first; Unavailable while the host does not answer). Its volumes stay.
     VmDelete {
         request_id: String,
         name: String,

@@ -237,7 +237,9 @@ enum VmCommand {
         #[command(flatten)]
         wait: Wait,
     },
-    /// Delete a VM: its host destroys and undefines the domain. Volumes stay.
+    /// Delete a VM: it is stopped, its host destroys and undefines the domain, then the VM is
+    /// gone. While its host is unreachable the delete fails and the VM stays, stopped, so its
+    /// name and disks cannot be reused under a guest that may still run. Volumes stay.
     Delete {
         name: String,
         #[command(flatten)]
