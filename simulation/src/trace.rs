@@ -13,11 +13,23 @@ pub type Events = Arc<Mutex<Vec<String>>>;
 /// A tracing layer that appends qvdc's events to an [`Events`] list.
 pub struct TraceLayer {
     events: Events,
+    /// Simulated milliseconds as of the last step, which the harness keeps up to date: the
+    /// time of events between steps (the harness crashing a machine), which turmoil does not
+    /// know.
+    between_steps: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl TraceLayer {
     pub fn new(events: Events) -> Self {
-        Self { events }
+        Self {
+            events,
+            between_steps: Default::default(),
+        }
+    }
+
+    /// The clock for events between steps; store the world's elapsed milliseconds in it.
+    pub fn between_steps(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+        self.between_steps.clone()
     }
 }
 
@@ -96,7 +108,13 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for TraceLayer {
             .unwrap_or_else(|| "-".into());
         let mut fields = Fields::default();
         event.record(&mut fields);
-        let at_ms = turmoil::sim_elapsed().unwrap_or_default().as_millis();
+        let at_ms = turmoil::sim_elapsed().map_or_else(
+            || {
+                self.between_steps
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            },
+            |at| u64::try_from(at.as_millis()).unwrap_or(u64::MAX),
+        );
         let line = format!(
             "{at_ms:>8} {machine:<9} {:<5} {}:{}",
             meta.level(),

@@ -22,6 +22,8 @@ use crate::{
 const POOL: &str = "shared";
 const VM: &str = "web";
 const NETWORK: &str = "prod";
+/// How long the VM's host stays cut off before the operator tries to delete the VM.
+const CUT_OFF_S: u64 = 3;
 /// How long the operator waits for a delete the cut-off host cannot confirm (simulated).
 const DELETE_TIMEOUT_S: u64 = 5;
 
@@ -218,6 +220,9 @@ async fn operator_script(
             .then_some(()))
     })
     .await?;
+    // Meanwhile the VM stays where it is: nothing starts it on another host while its guest
+    // may still run here (the VM invariant watches every start).
+    tokio::time::sleep(Duration::from_secs(CUT_OFF_S)).await;
     let delete = ApiRequest::VmDelete {
         request_id: majority.new_request_id(),
         name: VM.into(),
