@@ -47,8 +47,9 @@ pub enum Storage {
     /// A redb file: `<data-dir>/raft.redb`.
     Dir(std::path::PathBuf),
     /// An already open database: the simulation keeps one per node outside the node, so
-    /// that what was committed survives a simulated crash as it would on disk.
-    Database(Arc<store::Database>),
+    /// that what was committed survives a simulated crash as it would on disk, with the
+    /// latency its log commits take (the simulation's slow disk).
+    Database(Arc<store::Database>, store::DiskLatency),
 }
 
 #[derive(Debug, Clone)]
@@ -96,9 +97,12 @@ impl Node {
         if !config.join && !config.initial_cluster.contains_key(&config.node_id) {
             return Err(NodeError::NotAMember(config.node_id));
         }
-        let db = match &config.storage {
-            Storage::Dir(dir) => store::open(&dir.join("raft.redb"))?,
-            Storage::Database(db) => db.clone(),
+        let (db, latency) = match &config.storage {
+            Storage::Dir(dir) => (
+                store::open(&dir.join("raft.redb"))?,
+                store::DiskLatency::default(),
+            ),
+            Storage::Database(db, latency) => (db.clone(), latency.clone()),
         };
         let (machine, desired) = store::StateMachine::open(db.clone())?;
         let peers = Peers::new(endpoint.clone());
@@ -107,7 +111,7 @@ impl Node {
             config.node_id,
             qvdc_raft::raft_config(config.retention),
             network,
-            store::LogStore::new(db)?,
+            store::LogStore::new(db, latency)?,
             machine,
         )
         .await

@@ -15,7 +15,11 @@ use std::{
     io::Cursor,
     ops::{Bound, RangeBounds},
     path::Path,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+    time::Duration,
 };
 
 use openraft::{
@@ -182,12 +186,29 @@ pub struct LogStore {
     shared: Arc<LogShared>,
 }
 
+/// Extra time each commit of the log takes before it starts: zero on a real disk; the
+/// simulation raises it to make a node's disk slow. Clones share the setting.
+#[derive(Debug, Clone, Default)]
+pub struct DiskLatency(Arc<AtomicU64>);
+
+impl DiskLatency {
+    pub fn set(&self, latency: Duration) {
+        let ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
+        self.0.store(ms, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> Duration {
+        Duration::from_millis(self.0.load(Ordering::Relaxed))
+    }
+}
+
 impl LogStore {
-    /// Loads the log from `db` and starts its writer task on the current runtime.
-    pub fn new(db: Arc<Database>) -> Result<Self> {
+    /// Loads the log from `db` and starts its writer task on the current runtime; each of
+    /// its commits first waits out `latency`.
+    pub fn new(db: Arc<Database>, latency: DiskLatency) -> Result<Self> {
         let cache = load_log(&db)?;
         let (jobs, queue) = mpsc::unbounded_channel();
-        tokio::spawn(write_queued(db, queue));
+        tokio::spawn(write_queued(db, queue, latency));
         Ok(Self {
             shared: Arc::new(LogShared {
                 cache: Mutex::new(cache),
@@ -243,8 +264,17 @@ fn load_log(database: &Database) -> Result<LogCache> {
 }
 
 /// The writer: takes everything queued, commits it in one transaction, then reports.
-async fn write_queued(db: Arc<Database>, mut queue: mpsc::UnboundedReceiver<Job>) {
+async fn write_queued(
+    db: Arc<Database>,
+    mut queue: mpsc::UnboundedReceiver<Job>,
+    latency: DiskLatency,
+) {
     while let Some(first) = queue.recv().await {
+        let slow = latency.get();
+        if !slow.is_zero() {
+            // What queues up meanwhile rides along, as it would behind a slow fsync.
+            tokio::time::sleep(slow).await;
+        }
         let mut batch = vec![first];
         while let Ok(job) = queue.try_recv() {
             batch.push(job);
@@ -610,7 +640,11 @@ mod tests {
             let dir = tempfile::tempdir().expect("temp dir");
             let database = open(&dir.path().join("raft.redb")).expect("open database");
             let (machine, _) = StateMachine::open(database.clone()).expect("open state machine");
-            Ok((dir, LogStore::new(database).expect("open log"), machine))
+            Ok((
+                dir,
+                LogStore::new(database, DiskLatency::default()).expect("open log"),
+                machine,
+            ))
         }
     }
 
@@ -636,6 +670,24 @@ mod tests {
         }
     }
 
+    /// A slow disk (the simulation's fault) makes every commit wait; a normal one does not.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_disk_delays_each_commit() {
+        let latency = DiskLatency::default();
+        let mut log = LogStore::new(open_in_memory().unwrap(), latency.clone()).unwrap();
+        let vote = Vote::new_committed(1, 1);
+        let took = |started: tokio::time::Instant| started.elapsed();
+
+        let started = tokio::time::Instant::now();
+        log.save_vote(&vote).await.unwrap();
+        assert_eq!(took(started), Duration::ZERO, "no latency on a normal disk");
+
+        latency.set(Duration::from_millis(250));
+        let started = tokio::time::Instant::now();
+        log.save_vote(&vote).await.unwrap();
+        assert!(took(started) >= Duration::from_millis(250), "{:?}", took(started));
+    }
+
     /// Entries queued behind each other reach the file in order, with the vote and the
     /// committed index, and a reopened store reads back exactly that.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -644,7 +696,7 @@ mod tests {
         let path = dir.path().join("raft.redb");
         let vote = Vote::new_committed(1, 1);
         {
-            let mut log = LogStore::new(open(&path).unwrap()).unwrap();
+            let mut log = LogStore::new(open(&path).unwrap(), DiskLatency::default()).unwrap();
             for index in 1..=5 {
                 let entry = register(&format!("host-{index}"), index);
                 log.cache().entries.insert(index, entry.clone());
@@ -668,7 +720,7 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             reopened = open(&path);
         }
-        let mut log = LogStore::new(reopened.unwrap()).unwrap();
+        let mut log = LogStore::new(reopened.unwrap(), DiskLatency::default()).unwrap();
         let state = log.get_log_state().await.unwrap();
         assert_eq!(state.last_log_id.map(|id| id.index), Some(4));
         assert_eq!(log.read_vote().await.unwrap(), Some(vote));

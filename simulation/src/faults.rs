@@ -3,12 +3,13 @@
 //!
 //! Faults act on the world (crashes, partitions, held links, lossy links) through the
 //! harness, which applies them between steps, and inside hosts through the live handles of
-//! their simulated mounter and hypervisor. Each injection is a trace event, so a replay
+//! their simulated mounter and hypervisor, and on nodes through their disk latency. Each injection is a trace event, so a replay
 //! shows what hit the system and when.
 
 use std::{collections::BTreeSet, time::Duration};
 
 use qvdc_host::{SimHypervisor, SimMounter};
+use qvdc_raft::store::DiskLatency;
 use qvdc_transport::sim::Impairment;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use tokio::time::Instant;
@@ -42,10 +43,12 @@ pub enum FaultKind {
     MountHang,
     /// Every libvirt call on a host fails.
     LibvirtError,
+    /// A control-plane node's disk turns slow: each commit of its Raft log waits 20–300 ms.
+    SlowDisk,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 10] = [
+    pub const ALL: [FaultKind; 11] = [
         FaultKind::NodeCrash,
         FaultKind::NodePartition,
         FaultKind::AsymmetricPartition,
@@ -56,6 +59,7 @@ impl FaultKind {
         FaultKind::MountFailure,
         FaultKind::MountHang,
         FaultKind::LibvirtError,
+        FaultKind::SlowDisk,
     ];
 
     /// What the fault occupies: two faults on one thing are never in effect at once, so
@@ -68,6 +72,7 @@ impl FaultKind {
             | FaultKind::HostPartition
             | FaultKind::DelaySpike => Slot::Links,
             FaultKind::PacketLoss => Slot::Loss,
+            FaultKind::SlowDisk => Slot::Disk,
             FaultKind::HostCrash
             | FaultKind::MountFailure
             | FaultKind::MountHang
@@ -83,6 +88,8 @@ enum Slot {
     /// One network fault at a time (turmoil keeps one state per link).
     Links,
     Loss,
+    /// One slow disk at a time.
+    Disk,
     /// One fault per host; the host is part of the slot.
     Host,
 }
@@ -104,6 +111,8 @@ const FAULT_GAP_MS: (u64, u64) = (100, 1_000);
 const FAULT_MS: (u64, u64) = (200, 6_000);
 /// How long a delay spike holds datagrams (uniform between these bounds).
 const SPIKE_MS: (u64, u64) = (50, 1_500);
+/// How long a slow disk makes each log commit wait (uniform between these bounds).
+const SLOW_DISK_MS: (u64, u64) = (20, 300);
 /// Hosts down or faulted at the same time, at most.
 const HOSTS_FAULTED_MAX: usize = 3;
 const LOSS: Impairment = Impairment {
@@ -126,6 +135,7 @@ enum Undo {
     Mounts(SimMounter),
     Unhang(SimMounter),
     Hypervisor(SimHypervisor),
+    Disk(DiskLatency),
 }
 
 struct Active {
@@ -274,6 +284,13 @@ fn inject(
             let off = Impairment::default();
             (Undo::Actions(vec![Action::Impair(off)]), None, None)
         }
+        FaultKind::SlowDisk => {
+            let disk = requested.disks.get(&node)?.clone();
+            let slow = rng.gen_range(SLOW_DISK_MS.0..=SLOW_DISK_MS.1);
+            disk.set(Duration::from_millis(slow));
+            info!(fault = "slow-disk", machine = %node, commit_ms = slow, "fault injected");
+            (Undo::Disk(disk), None, None)
+        }
         FaultKind::MountFailure | FaultKind::MountHang | FaultKind::LibvirtError => {
             let host = host?;
             let parts = requested.hosts.get(&host)?.clone();
@@ -315,6 +332,7 @@ fn undo(faults: &Shared<Faults>, done: Vec<Active>) {
             Undo::Mounts(mounter) => mounter.set_mount_failure(None),
             Undo::Unhang(mounter) => mounter.set_hung(false),
             Undo::Hypervisor(hypervisor) => hypervisor.set_failure(None),
+            Undo::Disk(disk) => disk.set(Duration::ZERO),
         }
     }
 }

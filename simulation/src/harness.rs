@@ -49,6 +49,8 @@ pub(crate) struct Faults {
     /// Each host's simulated mounter and hypervisor, as of its latest boot: for faults
     /// inside hosts, and for comparing what hosts really have with what the cluster reports.
     pub(crate) hosts: BTreeMap<String, HostParts>,
+    /// Each control-plane node's disk latency, for slow-disk faults.
+    pub(crate) disks: BTreeMap<String, qvdc_raft::store::DiskLatency>,
 }
 
 /// A change to the simulated world. Links are (from, to) machine pairs.
@@ -144,10 +146,10 @@ where
         .min_message_latency(Duration::ZERO)
         .max_message_latency(Duration::from_millis(MESSAGE_LATENCY_MS_MAX))
         .build();
-    for i in 1..=config.nodes {
-        world::add_node(&mut world, config, &certs, i)?;
-    }
     let faults: Shared<Faults> = Arc::default();
+    for i in 1..=config.nodes {
+        world::add_node(&mut world, config, &certs, i, &faults)?;
+    }
     for i in 1..=config.hosts {
         world::add_host(&mut world, config, &certs, i, &faults);
     }

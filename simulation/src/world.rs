@@ -134,19 +134,27 @@ fn endpoint_seed(seed: u64, machine: &str) -> u64 {
 }
 
 /// Registers control-plane node `i` with the world. Its database lives outside the machine,
-/// so a crash keeps what was committed.
+/// so a crash keeps what was committed; its disk's latency is in `faults.disks`.
 pub(crate) fn add_node(
     world: &mut turmoil::Sim<'_>,
     config: &SimConfig,
     certs: &Certs,
     i: u64,
+    faults: &Shared<Faults>,
 ) -> anyhow::Result<()> {
     let name = SimConfig::node_name(i);
     let identity = certs.get(&format!("node-{i}"));
     let db = store::open_in_memory()?;
+    let latency = store::DiskLatency::default();
+    faults
+        .lock()
+        .expect("faults lock poisoned")
+        .disks
+        .insert(name.clone(), latency.clone());
     let (seed, nodes, retention) = (config.seed, config.nodes, config.retention);
     world.host(name.clone(), move || {
         let (identity, db, name) = (identity.clone(), db.clone(), name.clone());
+        let latency = latency.clone();
         async move {
             let endpoint = sim::bind(
                 SocketAddr::from(([0, 0, 0, 0], NODE_PORT)),
@@ -163,7 +171,7 @@ pub(crate) fn add_node(
                 node_id: i,
                 initial_cluster,
                 join: false,
-                storage: Storage::Database(db),
+                storage: Storage::Database(db, latency),
                 timings: Timings::default(),
                 retention,
             };
