@@ -1119,3 +1119,188 @@ fn a_node_refuses_what_a_certificate_does_not_allow_and_oversized_frames() {
         );
     });
 }
+
+/// Drops the datagrams between one node's port and other nodes' ports on loopback (an
+/// nftables table of its own), both ways; dropping it removes the table.
+struct Partition {
+    table: String,
+}
+
+impl Partition {
+    fn new(name: &str, cut_off: &str, from: &[String]) -> Self {
+        let table: String = format!("qvdc_{name}")
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        let others = from.join(", ");
+        let script = format!(
+            "table inet {table} {{\n  chain input {{\n    type filter hook input priority 0; \
+             policy accept;\n    udp sport {cut_off} udp dport {{ {others} }} drop\n    \
+             udp sport {{ {others} }} udp dport {cut_off} drop\n  }}\n}}\n"
+        );
+        let mut nft = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("run nft (scripts/setup.sh installs nftables)");
+        use std::io::Write;
+        nft.stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        assert!(nft.wait().unwrap().success(), "nft -f: {script}");
+        Self { table }
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", &self.table])
+            .status();
+    }
+}
+
+/// A leader cut off from the other nodes keeps running and believing it leads. The hosts go
+/// to its successor, which deletes a pool (the hosts unmount it); then the successor's nodes
+/// are frozen, so the hosts can reach only the deposed leader, whose state still has the
+/// pool. It must not change them: it cannot confirm its leadership, so it refuses them.
+/// (Without the lease the hosts never leave the deposed leader, and the test fails waiting
+/// for the successor to have them; the host's fence stands behind that, see
+/// `host/tests/fencing.rs` and the simulation's `deposed-leader` scenario.)
+#[test]
+fn a_partitioned_old_leader_cannot_change_hosts_needs_root() {
+    if !may_mount() {
+        eprintln!("skipped: needs root to mount (set QVDC_REQUIRE_REAL=1 to make this a failure)");
+        return;
+    }
+    let cluster = Cluster::start();
+    cluster.wait_ready_with_pool();
+    let mounts = ["host-1", "host-2"].map(|h| cluster.dir().join(h).join("pools/shared"));
+    assert!(
+        mounts.iter().all(|m| mounted(m)),
+        "host-1 and host-2 mount the pool"
+    );
+
+    let old = cluster.json(&["cluster", "status"]).unwrap()["leader"]
+        .as_u64()
+        .unwrap() as usize;
+    let others: Vec<usize> = (1..=3).filter(|i| *i != old).collect();
+    let port = |i: usize| {
+        cluster.addrs()[i - 1]
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let unique = cluster
+        .dir()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .to_string();
+    let cut = Partition::new(
+        &unique,
+        &port(old),
+        &others.iter().map(|i| port(*i)).collect::<Vec<_>>(),
+    );
+    let majority: Vec<String> = others
+        .iter()
+        .map(|i| cluster.addrs()[i - 1].clone())
+        .collect();
+    let json_at = |args: &[&str]| -> Option<Value> {
+        let mut all = args.to_vec();
+        all.extend(["--output", "json", "--timeout-ms", "3000"]);
+        let out = cluster.qvctl_as("admin", &cluster.certs(), &majority, &all);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).unwrap())
+    };
+
+    let started = Instant::now();
+    let new = eventually(
+        &cluster,
+        "a successor with the hosts",
+        Duration::from_secs(30),
+        || {
+            let leader = json_at(&["cluster", "status"])?["leader"].as_u64()?;
+            let hosts = json_at(&["host", "list"])?;
+            let ready = hosts.as_array()?.iter().all(|h| h["liveness"] == "Ready");
+            (leader != old as u64 && ready).then_some(leader)
+        },
+    );
+    eprintln!(
+        "node {old} cut off -> node {new} leads with every host Ready: {:?}",
+        started.elapsed()
+    );
+    let out = cluster.qvctl_as(
+        "admin",
+        &cluster.certs(),
+        &majority,
+        &["pool", "delete", "shared"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    eventually(
+        &cluster,
+        "the pool unmounted by the successor",
+        Duration::from_secs(15),
+        || mounts.iter().all(|m| !mounted(m)).then_some(()),
+    );
+
+    // Only the deposed leader is left for the hosts to talk to.
+    for i in &others {
+        cluster.nodes.freeze(*i);
+    }
+    std::thread::sleep(Duration::from_secs(10));
+    let remounted: Vec<_> = mounts.iter().filter(|m| mounted(m)).collect();
+    for i in &others {
+        cluster.nodes.thaw(*i);
+    }
+    assert!(
+        remounted.is_empty(),
+        "the deposed leader node {old} mounted the deleted pool again: {remounted:?}"
+    );
+    // Each host asked the deposed leader and was turned away.
+    let old_addr = &cluster.addrs()[old - 1];
+    for host in ["host-1", "host-2", "host-3"] {
+        let log = std::fs::read_to_string(cluster.dir().join(format!("{host}.log"))).unwrap();
+        assert!(
+            log.lines()
+                .any(|l| l.contains(old_addr.as_str()) && l.contains("no leader elected yet")),
+            "{host} never tried the deposed leader {old_addr}"
+        );
+    }
+
+    // Healed, the old leader rejoins and every node holds the same state.
+    drop(cut);
+    eventually(
+        &cluster,
+        "all nodes at one index",
+        Duration::from_secs(30),
+        || {
+            let statuses: Option<Vec<Value>> = (1..=3)
+                .map(|i| {
+                    let only = vec![cluster.addrs()[i - 1].clone()];
+                    let out = cluster.qvctl_as(
+                        "admin",
+                        &cluster.certs(),
+                        &only,
+                        &["cluster", "status", "-o", "json", "--timeout-ms", "2000"],
+                    );
+                    serde_json::from_slice(&out.stdout).ok()
+                })
+                .collect();
+            let statuses = statuses?;
+            let same = statuses.iter().all(|s| {
+                s["last_applied"] == statuses[0]["last_applied"]
+                    && s["state_digest"] == statuses[0]["state_digest"]
+            });
+            same.then_some(())
+        },
+    );
+    assert!(
+        cluster.json(&["pool", "show", "shared"]).is_none(),
+        "the pool stays deleted"
+    );
+}

@@ -685,7 +685,11 @@ mod tests {
         latency.set(Duration::from_millis(250));
         let started = tokio::time::Instant::now();
         log.save_vote(&vote).await.unwrap();
-        assert!(took(started) >= Duration::from_millis(250), "{:?}", took(started));
+        assert!(
+            took(started) >= Duration::from_millis(250),
+            "{:?}",
+            took(started)
+        );
     }
 
     /// Entries queued behind each other reach the file in order, with the vote and the

@@ -204,6 +204,25 @@ impl Nodes {
         child.wait().unwrap();
     }
 
+    /// Freezes node `id` (SIGSTOP): it neither answers nor sends until [`Nodes::thaw`].
+    pub(crate) fn freeze(&self, id: usize) {
+        self.signal(id, "-STOP");
+    }
+
+    /// Lets a frozen node `id` run again (SIGCONT).
+    pub(crate) fn thaw(&self, id: usize) {
+        self.signal(id, "-CONT");
+    }
+
+    fn signal(&self, id: usize, signal: &str) {
+        let child = self.processes[id - 1].as_ref().expect("node is running");
+        let sent = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill {signal} node {id}");
+    }
+
     /// Starts node `id` again with its data directory.
     pub(crate) fn restart(&mut self, id: usize) {
         assert!(
