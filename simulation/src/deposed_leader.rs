@@ -13,7 +13,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use anyhow::{bail, ensure, Context};
+use anyhow::{ensure, Context};
 use qvdc_transport::protocol::{ApiRequest, ApiResponse, Liveness, PoolSource, PoolSpec};
 use tokio::time::Instant;
 
@@ -145,20 +145,7 @@ async fn script(
     // The host moves to the successor, which deletes the pool: the host unmounts it.
     let old_link = vec![(host.clone(), SimConfig::node_name(old))];
     change(&faults, Action::Partition(old_link.clone()));
-    eventually(
-        "the host Ready with the successor",
-        Duration::from_secs(60),
-        async || {
-            let ApiResponse::Hosts(list) = ask(&mut majority, ApiRequest::HostList).await? else {
-                bail!("not a host list")
-            };
-            Ok(list
-                .iter()
-                .any(|h| h.host_id == host && h.liveness == Liveness::Ready)
-                .then_some(()))
-        },
-    )
-    .await?;
+    harness::host_becomes(&mut majority, &host, Liveness::Ready).await?;
     let call = at();
     let request_id = majority.new_request_id();
     let delete = ApiRequest::PoolDelete {

@@ -440,6 +440,33 @@ pub(crate) fn bring_back(config: &SimConfig, faults: &Shared<Faults>, machine: S
     }
 }
 
+/// Host `host`'s liveness as the cluster reports it (`None`: not registered).
+pub(crate) async fn liveness_of(
+    client: &mut Client,
+    host: &str,
+) -> anyhow::Result<Option<Liveness>> {
+    let ApiResponse::Hosts(list) = ask(client, ApiRequest::HostList).await? else {
+        bail!("not a host list")
+    };
+    Ok(list
+        .into_iter()
+        .find(|h| h.host_id == host)
+        .map(|h| h.liveness))
+}
+
+/// Waits until the cluster reports host `host` as `liveness`.
+pub(crate) async fn host_becomes(
+    client: &mut Client,
+    host: &str,
+    liveness: Liveness,
+) -> anyhow::Result<()> {
+    let what = format!("{host} {liveness:?}");
+    eventually(&what, Duration::from_secs(60), async || {
+        Ok((liveness_of(client, host).await? == Some(liveness)).then_some(()))
+    })
+    .await
+}
+
 /// Waits until `hosts` hosts are registered and Ready.
 pub(crate) async fn all_hosts_ready(client: &mut Client, hosts: usize) -> anyhow::Result<()> {
     eventually("all hosts Ready", Duration::from_secs(60), async || {

@@ -210,16 +210,7 @@ async fn operator_script(
         .map(|i| (host.clone(), SimConfig::node_name(i)))
         .collect();
     change(&faults, Action::Partition(links.clone()));
-    eventually("host unreachable", Duration::from_secs(60), async || {
-        let ApiResponse::Hosts(hosts) = ask(&mut majority, ApiRequest::HostList).await? else {
-            bail!("not a host list")
-        };
-        Ok(hosts
-            .iter()
-            .any(|h| h.host_id == host && h.liveness == Liveness::Unreachable)
-            .then_some(()))
-    })
-    .await?;
+    harness::host_becomes(&mut majority, &host, Liveness::Unreachable).await?;
     // Meanwhile the VM stays where it is: nothing starts it on another host while its guest
     // may still run here (the VM invariant watches every start).
     tokio::time::sleep(Duration::from_secs(CUT_OFF_S)).await;
@@ -275,12 +266,8 @@ async fn operator_script(
         Duration::from_secs(60),
         async || {
             let view = vm(&mut majority).await?;
-            let ApiResponse::Hosts(hosts) = ask(&mut majority, ApiRequest::HostList).await? else {
-                bail!("not a host list")
-            };
-            let unreachable = hosts
-                .iter()
-                .any(|h| h.host_id == host && h.liveness == Liveness::Unreachable);
+            let unreachable =
+                harness::liveness_of(&mut majority, &host).await? == Some(Liveness::Unreachable);
             Ok((unreachable && view.power == PowerState::Unknown).then_some(()))
         },
     )
