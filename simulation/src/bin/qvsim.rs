@@ -76,6 +76,9 @@ struct Shape {
     /// Which scenario to run.
     #[arg(long, value_enum, default_value = "chaos")]
     scenario: Scenario,
+    /// Number of control-plane nodes (chaos, pool-flow, vm-flow; the others use 3).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(3..=7))]
+    nodes: u64,
     /// Number of host agents.
     #[arg(long, default_value_t = 10)]
     hosts: usize,
@@ -138,7 +141,7 @@ impl Shape {
         let kinds: BTreeSet<FaultKind> = self.faults.iter().flatten().flatten().copied().collect();
         SimConfig {
             seed,
-            nodes: 3,
+            nodes: self.nodes,
             hosts: self.hosts,
             failing_hosts: self.failing_hosts.clone(),
             disruption: self.disruption,
@@ -166,9 +169,10 @@ impl Shape {
             faults.join(",")
         };
         let mut flags = format!(
-            "--scenario {} --hosts {} --disruption {} --faults {faults} --chaos-seconds {} \
-             --loss-per-mille {} --duplicate-per-mille {}",
+            "--scenario {} --nodes {} --hosts {} --disruption {} --faults {faults} \
+             --chaos-seconds {} --loss-per-mille {} --duplicate-per-mille {}",
             name_of(&self.scenario),
+            self.nodes,
             self.hosts,
             name_of(&self.disruption),
             self.chaos_seconds,
