@@ -40,3 +40,21 @@ fn only_the_chosen_faults_are_drawn() {
         "{injected:?}"
     );
 }
+
+#[test]
+fn five_nodes_come_through_the_chaos_and_agree() {
+    let five = SimConfig {
+        nodes: 5,
+        ..config(1)
+    };
+    let outcome = chaos::run(&five).unwrap();
+    assert!(outcome.faults.injected >= 10, "{:?}", outcome.faults);
+    // The run checked that all nodes ended at one index with one state; that they were
+    // five shows in their start-up lines.
+    let started = outcome
+        .trace
+        .iter()
+        .filter(|l| l.contains("control-plane node started"))
+        .count();
+    assert!(started >= 5, "{started} node starts for five nodes");
+}
