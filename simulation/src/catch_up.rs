@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::{ensure, Context};
 use qvdc_raft::LogRetention;
-use qvdc_transport::protocol::{ApiRequest, ClusterStatus, PoolSource, PoolSpec};
+use qvdc_transport::protocol::{ApiRequest, ClusterStatus};
 
 use crate::{
     harness::{self, ask, eventually, status, Faults},
@@ -72,12 +72,7 @@ async fn script(
     faults.lock().expect("faults lock poisoned").crash = Some(SimConfig::node_name(follower));
 
     for i in 0..POOLS {
-        let spec = PoolSpec {
-            name: format!("pool-{i}"),
-            source: PoolSource::Dir {
-                path: format!("/srv/{i}"),
-            },
-        };
+        let spec = world::dir_pool(&format!("pool-{i}"));
         let create = ApiRequest::PoolCreate {
             request_id: client.new_request_id(),
             spec,

@@ -18,8 +18,7 @@ use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 use anyhow::{bail, ensure, Context};
 use qvdc_cluster::{Client, ClientError};
 use qvdc_transport::protocol::{
-    ApiErrorKind, ApiRequest, ApiResponse, DesiredPower, Health, PoolSource, PoolSpec, PowerState,
-    VmSpec,
+    ApiErrorKind, ApiRequest, ApiResponse, DesiredPower, Health, PowerState, VmSpec,
 };
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use tokio::time::Instant;
@@ -225,12 +224,7 @@ async fn registry_client(
             let request_id = client.new_request_id();
             let request = ApiRequest::PoolCreate {
                 request_id: request_id.clone(),
-                spec: PoolSpec {
-                    name: name.clone(),
-                    source: PoolSource::Dir {
-                        path: format!("/srv/{name}"),
-                    },
-                },
+                spec: world::dir_pool(&name),
                 hosts,
             };
             let answer = match send(&mut client, request).await {

@@ -14,7 +14,7 @@
 use std::{sync::Arc, time::Duration};
 
 use anyhow::{ensure, Context};
-use qvdc_transport::protocol::{ApiRequest, ApiResponse, Liveness, PoolSource, PoolSpec};
+use qvdc_transport::protocol::{ApiRequest, ApiResponse, Liveness};
 use tokio::time::Instant;
 
 use crate::{
@@ -104,12 +104,7 @@ async fn script(
     let request_id = client.new_request_id();
     let create = ApiRequest::PoolCreate {
         request_id: request_id.clone(),
-        spec: PoolSpec {
-            name: POOL.into(),
-            source: PoolSource::Dir {
-                path: format!("/srv/{POOL}"),
-            },
-        },
+        spec: world::dir_pool(POOL),
         hosts: vec![host.clone()],
     };
     ask(&mut client, create).await?;

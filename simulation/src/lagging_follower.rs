@@ -6,7 +6,7 @@
 use std::{sync::Arc, time::Duration};
 
 use anyhow::{ensure, Context};
-use qvdc_transport::protocol::{ApiRequest, ApiResponse, PoolSource, PoolSpec, VolumeFormat};
+use qvdc_transport::protocol::{ApiRequest, ApiResponse, VolumeFormat};
 
 use crate::{
     harness::{self, ask, eventually, status, Faults},
@@ -55,12 +55,7 @@ async fn script(
     faults.lock().expect("faults lock poisoned").isolate = Some(SimConfig::node_name(follower));
     // Let the isolation take effect before the write the follower must miss.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let spec = PoolSpec {
-        name: "p".into(),
-        source: PoolSource::Dir {
-            path: "/srv/p".into(),
-        },
-    };
+    let spec = world::dir_pool("p");
     let create = ApiRequest::PoolCreate {
         request_id: client.new_request_id(),
         spec,

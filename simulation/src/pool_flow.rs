@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::{bail, ensure};
 use qvdc_cluster::Client;
-use qvdc_transport::protocol::{ApiRequest, ApiResponse, Health, PoolSource, PoolSpec, PoolView};
+use qvdc_transport::protocol::{ApiRequest, ApiResponse, Health, PoolView};
 use tokio::time::Instant;
 
 use crate::{
@@ -78,12 +78,7 @@ async fn operator_script(
 
     harness::all_hosts_ready(&mut client, config.hosts).await?;
 
-    let spec = PoolSpec {
-        name: POOL.into(),
-        source: PoolSource::Dir {
-            path: "/srv/shared".into(),
-        },
-    };
+    let spec = world::dir_pool(POOL);
     let created = Instant::now();
     let create = ApiRequest::PoolCreate {
         request_id: client.new_request_id(),

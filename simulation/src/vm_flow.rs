@@ -9,8 +9,8 @@ use std::{sync::Arc, time::Duration};
 use anyhow::{bail, ensure};
 use qvdc_cluster::{Client, ClientError};
 use qvdc_transport::protocol::{
-    ApiErrorKind, ApiRequest, ApiResponse, DesiredPower, Liveness, NetworkSpec, PoolSource,
-    PoolSpec, PowerState, VmDisk, VmNic, VmSpec, VmView, VolumeFormat,
+    ApiErrorKind, ApiRequest, ApiResponse, DesiredPower, Liveness, NetworkSpec, PowerState, VmDisk,
+    VmNic, VmSpec, VmView, VolumeFormat,
 };
 use tokio::time::Instant;
 
@@ -63,12 +63,7 @@ async fn operator_script(
     let mut client = world::operator(&config, &certs, 0, world::node_addrs(config.nodes)).await?;
     let hosts: Vec<String> = (1..=config.hosts).map(SimConfig::host_name).collect();
     harness::all_hosts_ready(&mut client, config.hosts).await?;
-    let spec = PoolSpec {
-        name: POOL.into(),
-        source: PoolSource::Dir {
-            path: "/srv/shared".into(),
-        },
-    };
+    let spec = world::dir_pool(POOL);
     let create = ApiRequest::PoolCreate {
         request_id: client.new_request_id(),
         spec,

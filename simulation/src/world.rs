@@ -10,7 +10,7 @@ use qvdc_transport::bugs::Bug;
 
 use crate::{faults::Chaos, harness::Faults};
 use qvdc_transport::{
-    protocol::Inventory,
+    protocol::{Inventory, PoolSource, PoolSpec},
     sim,
     tls::{self, Identity, Role},
     Endpoint,
@@ -262,6 +262,16 @@ pub(crate) fn add_host(
 
 fn pool_root(host: &str) -> std::path::PathBuf {
     format!("/var/lib/qhost/{host}/pools").into()
+}
+
+/// A `dir` pool named `name` on `/srv/<name>`: the pool every scenario creates.
+pub(crate) fn dir_pool(name: &str) -> PoolSpec {
+    PoolSpec {
+        name: name.to_owned(),
+        source: PoolSource::Dir {
+            path: format!("/srv/{name}"),
+        },
+    }
 }
 
 /// Where `host` mounts `pool`.

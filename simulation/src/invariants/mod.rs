@@ -53,11 +53,6 @@ impl TraceChecks {
     }
 }
 
-/// Runs one invariant over a whole trace.
-pub fn check_trace(invariant: &mut dyn TraceInvariant, trace: &[String]) -> anyhow::Result<()> {
-    trace.iter().try_for_each(|line| invariant.observe(line))
-}
-
 /// The machine and the `key=value` fields of a trace line.
 fn parse(line: &str) -> Option<(&str, BTreeMap<&str, &str>)> {
     let mut words = line.split_whitespace();
@@ -84,6 +79,11 @@ mod tests {
     use qvdc_transport::protocol::ClusterStatus;
 
     use super::*;
+
+    /// Runs one invariant over a whole trace.
+    fn check_trace(invariant: &mut dyn TraceInvariant, trace: &[String]) -> anyhow::Result<()> {
+        trace.iter().try_for_each(|line| invariant.observe(line))
+    }
 
     fn vm_runs_on_one_host_at_a_time(trace: &[String]) -> anyhow::Result<()> {
         check_trace(&mut VmRunsOnOneHostAtATime::default(), trace)
