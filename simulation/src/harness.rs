@@ -26,8 +26,8 @@ pub(crate) const POLL_MS: u64 = 100;
 const SIM_DURATION_S: u64 = 600;
 /// Simulated time per step of the world. turmoil visits every machine and every link on
 /// each step, so a run costs about machines × links × steps; 5 ms is far below every timer
-/// that matters (Raft heartbeats are 100 ms) and makes large worlds 5 times cheaper than 1 ms.
-const TICK_MS: u64 = 5;
+/// that matters (Raft heartbeats are 50 ms) and makes large worlds 5 times cheaper than 1 ms.
+pub const TICK_MS: u64 = 5;
 /// Longest one-way delay of a simulated datagram (turmoil draws delays from an exponential
 /// distribution up to this bound). The Raft timings are made for a LAN (heartbeat 50 ms,
 /// elections after 600–875 ms of silence); turmoil's default of up to 100 ms one way is a

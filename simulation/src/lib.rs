@@ -12,10 +12,12 @@ pub mod invariants;
 pub mod lagging_follower;
 pub mod linearizability;
 pub mod pool_flow;
+pub mod steady;
 pub mod trace;
 pub mod vm_flow;
 mod world;
 
 pub use faults::{Chaos, FaultKind};
+pub use harness::TICK_MS;
 pub use qvdc_transport::bugs::Bug;
 pub use world::{Certs, Disruption, SimConfig};
