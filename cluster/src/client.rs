@@ -1,5 +1,6 @@
-//! The operator's client: dial any control-plane node, follow redirects to the leader, retry
-//! while an election is under way, and give up after a deadline with an error that says why.
+//! The operator's client: dial any control-plane node, follow redirects to the leader (and
+//! move there once a node has passed a request on to it), retry while an election is under
+//! way, and give up after a deadline with an error that says why.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -45,6 +46,9 @@ pub struct Client {
     endpoint: Endpoint,
     nodes: Vec<SocketAddr>,
     connection: Option<(SocketAddr, quinn::Connection)>,
+    /// The leader, as named by a node that passed our last request on to it: where the next
+    /// request goes.
+    leader: Option<SocketAddr>,
     timeout: Duration,
     /// Prefix of this client's request ids; random unless set (the simulation sets it).
     request_prefix: String,
@@ -74,6 +78,7 @@ impl Client {
             endpoint,
             nodes,
             connection: None,
+            leader: None,
             timeout,
             request_prefix: format!("{:016x}", rand::random::<u64>()),
             requests_made: 0,
@@ -137,7 +142,15 @@ impl Client {
                 }
             }
         };
-        match quic::call::<_, Response>(&connection, &Request::Api(request.clone())).await {
+        let answer =
+            match quic::call::<_, Response>(&connection, &Request::Api(request.clone())).await {
+                Ok(Response::ApiPassedOn { leader, result }) => {
+                    self.leader = leader.addr.parse().ok().filter(|leader| *leader != addr);
+                    Ok(Response::Api(result))
+                }
+                other => other,
+            };
+        match answer {
             Ok(Response::Api(Ok(response))) => Attempt::Done(Ok(response)),
             Ok(Response::Api(Err(e))) if e.kind == ApiErrorKind::Unavailable => {
                 Attempt::Unavailable(e.message)
@@ -172,9 +185,12 @@ impl Client {
     /// Sends `request` to the leader, wherever it is, until it is answered or the timeout passes.
     pub async fn request(&mut self, request: ApiRequest) -> Result<ApiResponse, ClientError> {
         let started = Instant::now();
-        let mut next = match &self.connection {
-            Some((addr, connection)) if connection.close_reason().is_none() => Some(*addr),
-            _ => self.connect_first().await,
+        let mut next = match (self.leader.take(), &self.connection) {
+            // A node passed our last request on to the leader: go there directly. If the
+            // leader cannot be reached, the attempt fails over to the other nodes as usual.
+            (Some(leader), _) => Some(leader),
+            (None, Some((addr, connection))) if connection.close_reason().is_none() => Some(*addr),
+            (None, _) => self.connect_first().await,
         };
         let mut rotation = 0usize;
         let mut redirects = 0u32;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use openraft::RaftMetrics;
 use qvdc_raft::NodeId;
-use qvdc_transport::protocol::{ApiRequest, Request, Response};
+use qvdc_transport::protocol::{ApiRequest, LeaderHint, Request, Response};
 use tokio::{sync::watch, time::Instant};
 
 use crate::{
@@ -66,8 +66,9 @@ async fn leader_changes(metrics: &mut Metrics, from: Option<NodeId>) {
     }
 }
 
-/// Passes `request` to the leader and returns its answer, following leadership changes until
-/// [`FORWARD_DEADLINE_MS`] has passed.
+/// Passes `request` to the leader and returns its answer, naming the leader so the client can
+/// go there itself next time, following leadership changes until [`FORWARD_DEADLINE_MS`] has
+/// passed.
 pub(crate) async fn to_leader(node: &NodeInner, request: ApiRequest) -> Response {
     let started = Instant::now();
     let deadline = started + Duration::from_millis(FORWARD_DEADLINE_MS);
@@ -94,6 +95,10 @@ pub(crate) async fn to_leader(node: &NodeInner, request: ApiRequest) -> Response
             tokio::select! {
                 answer = node.peers.call(addr, &forwarded, deadline - Instant::now()) => match answer {
                     Ok(Response::NotLeader { .. }) => last = format!("node {id} no longer leads"),
+                    Ok(Response::Api(result)) => {
+                        let leader = LeaderHint { node_id: id, addr: addr.to_string() };
+                        return Response::ApiPassedOn { leader, result };
+                    }
                     Ok(response) => return response,
                     Err(e) => last = format!("leader {id} at {addr}: {e}"),
                 },

@@ -11,6 +11,7 @@ mod harness;
 pub mod invariants;
 pub mod lagging_follower;
 pub mod linearizability;
+pub mod passed_on;
 pub mod pool_flow;
 pub mod steady;
 pub mod trace;

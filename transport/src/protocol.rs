@@ -30,6 +30,13 @@ pub enum Request {
 pub enum Response {
     Raft(Vec<u8>),
     Api(Result<ApiResponse, ApiError>),
+    /// The leader's answer to an operator request this node passed on to it. Clients that
+    /// send more than one request move to `leader`, which spares every later request the
+    /// extra hop.
+    ApiPassedOn {
+        leader: LeaderHint,
+        result: Result<ApiResponse, ApiError>,
+    },
     Host(HostReply),
     /// This node is not the leader; `leader` is where to go instead, if known.
     NotLeader {

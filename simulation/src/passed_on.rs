@@ -1,0 +1,83 @@
+//! A client that knows only a follower: its first request is passed on to the leader, whose
+//! address comes back with the answer, and the client moves there. So when the follower then
+//! crashes, the client's next request is still answered promptly, by the leader it now
+//! talks to directly.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::{ensure, Context};
+use qvdc_transport::protocol::{ApiRequest, ApiResponse};
+
+use crate::{
+    harness::{self, eventually, status, Faults},
+    world::{self, Certs, Shared, SimConfig},
+};
+
+/// How long the follower's client waits for each answer: a few round trips, far less than
+/// finding another node after a dead one would take.
+const PATIENCE_MS: u64 = 1_000;
+
+pub struct PassedOn {
+    pub follower: u64,
+    pub trace: Vec<String>,
+}
+
+pub fn run(seed: u64) -> anyhow::Result<PassedOn> {
+    let config = SimConfig {
+        seed,
+        hosts: 1,
+        ..Default::default()
+    };
+    let run = harness::run(&config, script)?;
+    Ok(PassedOn {
+        trace: run.trace,
+        ..run.value
+    })
+}
+
+async fn script(
+    config: SimConfig,
+    certs: Arc<Certs>,
+    faults: Shared<Faults>,
+) -> anyhow::Result<PassedOn> {
+    let mut admin = world::operator(&config, &certs, 0, world::node_addrs(config.nodes)).await?;
+    harness::all_hosts_ready(&mut admin, config.hosts).await?;
+    let leader = eventually("a known leader", Duration::from_secs(30), async || {
+        Ok(status(&mut admin).await?.leader)
+    })
+    .await?;
+    let follower = (1..=config.nodes)
+        .find(|i| *i != leader)
+        .context("no follower")?;
+    let mut client = world::operator(&config, &certs, 1, vec![world::node_addr(follower)])
+        .await?
+        .with_timeout(Duration::from_millis(PATIENCE_MS));
+    let create = |client: &mut qvdc_cluster::Client, name: &str| ApiRequest::PoolCreate {
+        request_id: client.new_request_id(),
+        spec: world::dir_pool(name),
+        hosts: vec![SimConfig::host_name(1)],
+    };
+
+    let first = create(&mut client, "through-the-follower");
+    let answer = client.request(first).await;
+    ensure!(
+        matches!(answer, Ok(ApiResponse::PoolCreated { .. })),
+        "a create sent to follower cp{follower} answered {answer:?}"
+    );
+    let machine = SimConfig::node_name(follower);
+    faults.lock().expect("faults lock poisoned").crash = Some(machine.clone());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = create(&mut client, "from-the-leader");
+    let answer = client.request(second).await;
+    ensure!(
+        matches!(answer, Ok(ApiResponse::PoolCreated { .. })),
+        "after follower cp{follower} crashed, its client's next create answered {answer:?}; \
+         the client should have moved to the leader cp{leader}"
+    );
+    faults.lock().expect("faults lock poisoned").restart = Some(machine);
+    harness::nodes_agree(&config, &certs).await?;
+    Ok(PassedOn {
+        follower,
+        trace: Vec::new(),
+    })
+}
