@@ -30,13 +30,6 @@ pub enum Request {
 pub enum Response {
     Raft(Vec<u8>),
     Api(Result<ApiResponse, ApiError>),
-    /// The leader's answer to an operator request this node passed on to it. Clients that
-    /// send more than one request move to `leader`, which spares every later request the
-    /// extra hop.
-    ApiPassedOn {
-        leader: LeaderHint,
-        result: Result<ApiResponse, ApiError>,
-    },
     Host(HostReply),
     /// This node is not the leader; `leader` is where to go instead, if known.
     NotLeader {
@@ -49,6 +42,13 @@ pub enum Response {
     /// The request could not be read (too large, another protocol version, malformed).
     Malformed {
         reason: String,
+    },
+    /// The leader's answer to an operator request this node passed on to it. Clients that
+    /// send more than one request move to `leader`, which spares every later request the
+    /// extra hop.
+    ApiPassedOn {
+        leader: LeaderHint,
+        result: Result<ApiResponse, ApiError>,
     },
 }
 
@@ -848,4 +848,41 @@ pub struct VolumeView {
     /// A host confirmed the file exists at this size.
     pub ready: bool,
     pub error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::to_bytes;
+
+    /// Variants are numbered by position on the wire (ADR 2: enums only gain variants at the
+    /// end). A variant inserted mid-enum renumbers the ones after it, and a peer of the same
+    /// protocol version reads one reply as another: this pins the numbers.
+    #[test]
+    fn response_variants_keep_their_wire_numbers() {
+        let reason = || "r".to_string();
+        let hint = LeaderHint {
+            node_id: 1,
+            addr: "a".into(),
+        };
+        let numbered = [
+            (0u8, Response::Raft(vec![])),
+            (1, Response::Api(Ok(ApiResponse::Done))),
+            (2, Response::Host(HostReply::HeartbeatAck)),
+            (3, Response::NotLeader { leader: None }),
+            (4, Response::Forbidden { reason: reason() }),
+            (5, Response::Malformed { reason: reason() }),
+            (
+                6,
+                Response::ApiPassedOn {
+                    leader: hint,
+                    result: Ok(ApiResponse::Done),
+                },
+            ),
+        ];
+        for (number, response) in numbered {
+            let body = to_bytes(&response).unwrap();
+            assert_eq!(body[0], number, "{response:?} is variant {}", body[0]);
+        }
+    }
 }
