@@ -412,10 +412,22 @@ impl Actor for ClusterSupervisor {
                 }
             }
         });
-        let mut state = ClusterState {
+        // Children start in the tree's first message, not here: `spawn` waits for
+        // `pre_start`, and a new leader must not keep operators waiting while thousands of
+        // supervisors start (it measured ~0.6 s of failover at 25,000 pools).
+        myself
+            .cast(ClusterMsg::DesiredChanged(desired.clone()))
+            .map_err(|e| format!("the supervision tree cannot reach itself: {e}"))?;
+        info!(
+            leadership = %args.leadership,
+            hosts = desired.hosts.len(),
+            pools = desired.pools.len(),
+            "supervision started"
+        );
+        let state = ClusterState {
             leadership: args.leadership,
             timings: args.timings,
-            desired,
+            desired: Arc::new(DesiredState::default()),
             hosts: BTreeMap::new(),
             pools: BTreeMap::new(),
             vms: BTreeMap::new(),
@@ -426,14 +438,6 @@ impl Actor for ClusterSupervisor {
             backoff_ms: BTreeMap::new(),
             watcher,
         };
-        let empty = DesiredState::default();
-        converge(&myself, &mut state, &empty).await?;
-        info!(
-            leadership = %args.leadership,
-            hosts = state.hosts.len(),
-            pools = state.pools.len(),
-            "supervision started"
-        );
         Ok(state)
     }
 
