@@ -7,16 +7,12 @@
 //! the number of failovers, QVDC_BENCH_SECONDS=N the seconds per concurrency level,
 //! QVDC_BENCH_WRITE=toggle|create to run one workload only).
 
-use std::{
-    net::SocketAddr,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use qvdc_cluster::Client;
 use qvdc_transport::{
     protocol::{ApiRequest, ApiResponse, PoolSource, PoolSpec},
     tls::Role,
-    Endpoint,
 };
 
 #[path = "../tests/support/mod.rs"]
@@ -41,14 +37,7 @@ fn start() -> Nodes {
 }
 
 fn new_client(nodes: &Nodes) -> Client {
-    let endpoint = Endpoint::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        &nodes.identity(OPERATOR),
-        false,
-    )
-    .unwrap();
-    let addrs: Vec<SocketAddr> = nodes.addrs.iter().map(|a| a.parse().unwrap()).collect();
-    Client::new(endpoint, addrs, Duration::from_secs(30))
+    nodes.client(OPERATOR, &[1, 2, 3], Duration::from_secs(30))
 }
 
 async fn create_pool(client: &mut Client, name: String) -> Duration {
@@ -174,18 +163,6 @@ async fn leader(client: &mut Client) -> usize {
     }
 }
 
-/// A client that knows only node `id` (1-based).
-fn client_of(nodes: &Nodes, id: usize) -> Client {
-    let endpoint = Endpoint::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        &nodes.identity(OPERATOR),
-        false,
-    )
-    .unwrap();
-    let addr = nodes.addrs[id - 1].parse().unwrap();
-    Client::new(endpoint, vec![addr], Duration::from_secs(30))
-}
-
 async fn failover(cluster: &mut Nodes, kills: usize) {
     let mut times = Vec::new();
     let mut rejoins = Vec::new();
@@ -206,7 +183,7 @@ async fn failover(cluster: &mut Nodes, kills: usize) {
         let nodes = &*cluster;
         support::converged(
             &[1, 2, 3],
-            |id| client_of(nodes, id),
+            |id| nodes.client(OPERATOR, &[id], Duration::from_secs(30)),
             Duration::from_secs(120),
         )
         .await;

@@ -5,10 +5,7 @@
 
 mod support;
 
-use std::{
-    net::SocketAddr,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use qvdc_cluster::{Client, ClientError};
 use qvdc_transport::{
@@ -16,7 +13,6 @@ use qvdc_transport::{
         ApiErrorKind, ApiRequest, ApiResponse, ClusterStatus, Health, PoolSource, PoolSpec,
     },
     tls::Role,
-    Endpoint,
 };
 use support::Nodes;
 
@@ -24,17 +20,7 @@ const OPERATOR: &str = "admin";
 const HOST: &str = "host-1";
 
 fn client(nodes: &Nodes, ids: &[usize]) -> Client {
-    let endpoint = Endpoint::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        &nodes.identity(OPERATOR),
-        false,
-    )
-    .unwrap();
-    let addrs: Vec<SocketAddr> = ids
-        .iter()
-        .map(|id| nodes.addrs[id - 1].parse().unwrap())
-        .collect();
-    Client::new(endpoint, addrs, Duration::from_secs(20))
+    nodes.client(OPERATOR, ids, Duration::from_secs(20))
 }
 
 async fn create_pool(client: &mut Client, name: &str) {
@@ -219,14 +205,7 @@ async fn nodes_join_leave_and_are_replaced() {
     }
     // Past the leader's lease (150 ms): a leader may serve reads within it without asking.
     tokio::time::sleep(Duration::from_millis(1_000)).await;
-    let endpoint = Endpoint::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        &nodes.identity(OPERATOR),
-        false,
-    )
-    .unwrap();
-    let addr = nodes.addrs[lone - 1].parse().unwrap();
-    let mut impatient = Client::new(endpoint, vec![addr], Duration::from_secs(3));
+    let mut impatient = nodes.client(OPERATOR, &[lone], Duration::from_secs(3));
     match impatient.request(ApiRequest::PoolList).await {
         Err(ClientError::Timeout { .. } | ClientError::Unreachable { .. }) => {}
         Ok(answer) => {

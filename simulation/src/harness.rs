@@ -386,6 +386,21 @@ pub(crate) struct Disrupted {
     pub(crate) after: ClusterStatus,
 }
 
+/// The leader, once one is known, and a node that follows it.
+pub(crate) async fn leader_and_follower(
+    config: &SimConfig,
+    client: &mut Client,
+) -> anyhow::Result<(u64, u64)> {
+    let leader = eventually("a known leader", Duration::from_secs(30), async || {
+        Ok(status(client).await?.leader)
+    })
+    .await?;
+    let follower = (1..=config.nodes)
+        .find(|i| *i != leader)
+        .ok_or_else(|| anyhow::anyhow!("no follower of cp{leader}"))?;
+    Ok((leader, follower))
+}
+
 /// Crashes or isolates the current leader, as `config.disruption` says, and waits until the
 /// other nodes have elected a successor.
 pub(crate) async fn take_leader_away(

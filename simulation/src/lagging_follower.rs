@@ -5,11 +5,11 @@
 
 use std::{sync::Arc, time::Duration};
 
-use anyhow::{ensure, Context};
+use anyhow::ensure;
 use qvdc_transport::protocol::{ApiRequest, ApiResponse, VolumeFormat};
 
 use crate::{
-    harness::{self, ask, eventually, status, Faults},
+    harness::{self, ask, Faults},
     world::{self, Certs, Disruption, Shared, SimConfig},
 };
 
@@ -43,15 +43,7 @@ async fn script(
 ) -> anyhow::Result<Lagging> {
     let mut client = world::operator(&config, &certs, 0, world::node_addrs(config.nodes)).await?;
     harness::all_hosts_ready(&mut client, config.hosts).await?;
-    let before = eventually("a known leader", Duration::from_secs(30), async || {
-        let s = status(&mut client).await?;
-        Ok(s.leader.is_some().then_some(s))
-    })
-    .await?;
-    let leader = before.leader.context("no leader")?;
-    let follower = (1..=config.nodes)
-        .find(|i| *i != leader)
-        .context("no follower")?;
+    let (_, follower) = harness::leader_and_follower(&config, &mut client).await?;
     faults.lock().expect("faults lock poisoned").isolate = Some(SimConfig::node_name(follower));
     // Let the isolation take effect before the write the follower must miss.
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -5,11 +5,11 @@
 
 use std::{sync::Arc, time::Duration};
 
-use anyhow::{ensure, Context};
+use anyhow::ensure;
 use qvdc_transport::protocol::{ApiRequest, ApiResponse};
 
 use crate::{
-    harness::{self, eventually, status, Faults},
+    harness::{self, Faults},
     world::{self, Certs, Shared, SimConfig},
 };
 
@@ -42,13 +42,7 @@ async fn script(
 ) -> anyhow::Result<PassedOn> {
     let mut admin = world::operator(&config, &certs, 0, world::node_addrs(config.nodes)).await?;
     harness::all_hosts_ready(&mut admin, config.hosts).await?;
-    let leader = eventually("a known leader", Duration::from_secs(30), async || {
-        Ok(status(&mut admin).await?.leader)
-    })
-    .await?;
-    let follower = (1..=config.nodes)
-        .find(|i| *i != leader)
-        .context("no follower")?;
+    let (leader, follower) = harness::leader_and_follower(&config, &mut admin).await?;
     let mut client = world::operator(&config, &certs, 1, vec![world::node_addr(follower)])
         .await?
         .with_timeout(Duration::from_millis(PATIENCE_MS));

@@ -65,6 +65,27 @@ impl Nodes {
         nodes
     }
 
+    /// A client of operator `name` (whose certificate was issued at start) that knows only
+    /// nodes `ids` (1-based).
+    pub(crate) fn client(
+        &self,
+        name: &str,
+        ids: &[usize],
+        timeout: std::time::Duration,
+    ) -> qvdc_cluster::Client {
+        let endpoint = qvdc_transport::Endpoint::bind(
+            "127.0.0.1:0".parse().expect("a literal address"),
+            &self.identity(name),
+            false,
+        )
+        .expect("a loopback endpoint binds");
+        let addrs = ids
+            .iter()
+            .map(|id| self.addrs[id - 1].parse().expect("node addresses parse"))
+            .collect();
+        qvdc_cluster::Client::new(endpoint, addrs, timeout)
+    }
+
     pub(crate) fn certs(&self) -> PathBuf {
         self.dir.path().join("certs")
     }
