@@ -182,9 +182,40 @@ impl Client {
         }
     }
 
-    /// Sends `request` to the leader, wherever it is, until it is answered or the timeout passes.
+    /// Sends `request` to the leader, wherever it is, until it is answered or the timeout
+    /// passes. The timeout holds even while a handshake or a call hangs on a node that died.
     pub async fn request(&mut self, request: ApiRequest) -> Result<ApiResponse, ClientError> {
         let started = Instant::now();
+        let mut progress = Progress {
+            reached_any: false,
+            last: String::from("nothing tried"),
+            unavailable: None,
+        };
+        let timeout = self.timeout;
+        let answered = tokio::time::timeout(
+            timeout,
+            self.until_answered(&request, started, &mut progress),
+        );
+        if let Ok(Some(result)) = answered.await {
+            return result;
+        }
+        let waited_ms = started.elapsed().as_millis() as u64;
+        let last = progress.unavailable.unwrap_or(progress.last);
+        Err(if progress.reached_any {
+            ClientError::Timeout { waited_ms, last }
+        } else {
+            ClientError::Unreachable { waited_ms, last }
+        })
+    }
+
+    /// Tries until a node answers for good (`Some`) or the time is up (`None`), recording in
+    /// `progress` what the error should say.
+    async fn until_answered(
+        &mut self,
+        request: &ApiRequest,
+        started: Instant,
+        progress: &mut Progress,
+    ) -> Option<Result<ApiResponse, ClientError>> {
         let mut next = match (self.leader.take(), &self.connection) {
             // A node passed our last request on to the leader: go there directly. If the
             // leader cannot be reached, the attempt fails over to the other nodes as usual.
@@ -194,34 +225,30 @@ impl Client {
         };
         let mut rotation = 0usize;
         let mut redirects = 0u32;
-        let mut reached_any = false;
-        let mut last = String::from("nothing tried");
-        // Why the cluster could not do it, which says more than a dead node's silence.
-        let mut unavailable: Option<String> = None;
         while started.elapsed() < self.timeout {
             let addr = next.take().unwrap_or_else(|| {
                 rotation += 1;
                 self.nodes[(rotation - 1) % self.nodes.len()]
             });
-            match self.attempt(addr, &request).await {
-                Attempt::Done(result) => return result,
+            match self.attempt(addr, request).await {
+                Attempt::Done(result) => return Some(result),
                 Attempt::Redirect(leader) if redirects < REDIRECTS_MAX => {
                     redirects += 1;
-                    reached_any = true;
+                    progress.reached_any = true;
                     next = Some(leader);
                 }
                 Attempt::Redirect(leader) => {
-                    last = format!("too many redirects (last to {leader})")
+                    progress.last = format!("too many redirects (last to {leader})")
                 }
                 Attempt::Unavailable(reason) => {
-                    reached_any = true;
-                    unavailable = Some(format!("{addr}: {reason}"));
+                    progress.reached_any = true;
+                    progress.unavailable = Some(format!("{addr}: {reason}"));
                     tokio::time::sleep(Duration::from_millis(RETRY_INTERVAL_MS)).await;
                     next = Some(addr);
                 }
                 Attempt::Retry { reason, reached } => {
-                    reached_any |= reached;
-                    last = format!("{addr}: {reason}");
+                    progress.reached_any |= reached;
+                    progress.last = format!("{addr}: {reason}");
                     tokio::time::sleep(Duration::from_millis(RETRY_INTERVAL_MS)).await;
                     if !reached {
                         next = self.connect_first().await;
@@ -229,12 +256,14 @@ impl Client {
                 }
             }
         }
-        let waited_ms = started.elapsed().as_millis() as u64;
-        let last = unavailable.unwrap_or(last);
-        Err(if reached_any {
-            ClientError::Timeout { waited_ms, last }
-        } else {
-            ClientError::Unreachable { waited_ms, last }
-        })
+        None
     }
+}
+
+/// What the attempts of one request ran into, for the error if none succeeds.
+struct Progress {
+    reached_any: bool,
+    last: String,
+    /// Why the cluster could not do it, which says more than a dead node's silence.
+    unavailable: Option<String>,
 }

@@ -1,11 +1,13 @@
 //! A client that knows only a follower: its first request is passed on to the leader, whose
 //! address comes back with the answer, and the client moves there. So when the follower then
 //! crashes, the client's next request is still answered promptly, by the leader it now
-//! talks to directly.
+//! talks to directly; a client connected only to the crashed follower gets its error when
+//! its timeout ends.
 
 use std::{sync::Arc, time::Duration};
 
 use anyhow::ensure;
+use qvdc_cluster::ClientError;
 use qvdc_transport::protocol::{ApiRequest, ApiResponse};
 
 use crate::{
@@ -58,6 +60,11 @@ async fn script(
         matches!(answer, Ok(ApiResponse::PoolCreated { .. })),
         "a create sent to follower cp{follower} answered {answer:?}"
     );
+    let mut stranded = world::operator(&config, &certs, 2, vec![world::node_addr(follower)])
+        .await?
+        .with_timeout(Duration::from_millis(PATIENCE_MS));
+    // A status is answered by the node asked: the connection stays with the follower.
+    harness::status(&mut stranded).await?;
     let machine = SimConfig::node_name(follower);
     faults.lock().expect("faults lock poisoned").crash = Some(machine.clone());
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -67,6 +74,17 @@ async fn script(
         matches!(answer, Ok(ApiResponse::PoolCreated { .. })),
         "after follower cp{follower} crashed, its client's next create answered {answer:?}; \
          the client should have moved to the leader cp{leader}"
+    );
+    // A client whose only node crashed under its open connection gets its error when its
+    // patience ends, not when QUIC gives up on the connection.
+    let asked = tokio::time::Instant::now();
+    let answer = stranded.request(ApiRequest::PoolList).await;
+    let waited = asked.elapsed();
+    ensure!(
+        matches!(answer, Err(ClientError::Unreachable { .. }))
+            && waited <= Duration::from_millis(PATIENCE_MS + 100),
+        "a client of crashed cp{follower} with {PATIENCE_MS} ms of patience got {answer:?} \
+         after {waited:?}"
     );
     faults.lock().expect("faults lock poisoned").restart = Some(machine);
     harness::nodes_agree(&config, &certs).await?;

@@ -1,4 +1,5 @@
-//! A client that first reached a follower moves to the leader the follower named.
+//! A client that first reached a follower moves to the leader the follower named; a client
+//! whose only node dies under it gets its error when its timeout ends.
 
 use qvdc_simulation::passed_on;
 
