@@ -1,9 +1,9 @@
-//! The steady state: the default world with no operator and no fault, doing only what a
-//! quiet cluster does (Raft heartbeats, host heartbeats and probes, QUIC keep-alives,
+//! The steady state: the default world with no operator writes and no fault, doing only
+//! what a quiet cluster does (Raft heartbeats, host heartbeats and probes, QUIC keep-alives,
 //! supervisors' tickers) for as long as the chaos phase lasts, while an operator lists the
-//! hosts once a second. It measures the cost of the
-//! system itself in the simulation, the floor under every scenario's speed; it also checks
-//! that a quiet cluster stays quiet: no host drops out and the nodes agree at the end.
+//! hosts once a second. It measures the cost of the system itself in the simulation, the
+//! floor under every scenario's speed; it also checks that a quiet cluster stays quiet: no
+//! host drops out, nothing warns or changes leader, and the nodes agree at the end.
 
 use std::{sync::Arc, time::Duration};
 
@@ -22,7 +22,7 @@ const LOOK_EVERY_MS: u64 = 1_000;
 #[derive(Debug)]
 pub struct Steady {
     /// Simulated time the world ran, set-up included.
-    pub simulated: std::time::Duration,
+    pub simulated: Duration,
     pub trace: Vec<String>,
 }
 
@@ -58,8 +58,8 @@ pub fn run(config: &SimConfig) -> anyhow::Result<Steady> {
 }
 
 struct Quiet {
-    quiet_from: std::time::Duration,
-    simulated: std::time::Duration,
+    quiet_from: Duration,
+    simulated: Duration,
 }
 
 async fn script(
