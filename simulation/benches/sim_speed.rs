@@ -11,16 +11,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use qvdc_simulation::{chaos, steady, SimConfig, TICK_MS};
+use qvdc_simulation::{chaos, steady, trace, SimConfig, TICK_MS};
 
 /// Simulated time a run covered: the stamp of its last trace event.
 fn simulated(trace: &[String]) -> Duration {
-    let ms = trace
-        .last()
-        .and_then(|line| line.split_whitespace().next())
-        .and_then(|ms| ms.parse().ok())
-        .unwrap_or(0);
-    Duration::from_millis(ms)
+    Duration::from_millis(
+        trace
+            .last()
+            .and_then(|line| trace::at_ms(line))
+            .unwrap_or(0),
+    )
 }
 
 /// Runs `seeds` seeds of `run` on every core; returns (wall, simulated) per run and the

@@ -12,6 +12,7 @@ use qvdc_transport::protocol::{ApiRequest, ApiResponse, Liveness};
 
 use crate::{
     harness::{self, Faults},
+    trace,
     world::{self, Certs, Shared, SimConfig},
 };
 
@@ -36,12 +37,7 @@ pub fn run(config: &SimConfig) -> anyhow::Result<Steady> {
         .trace
         .iter()
         .filter(|line| {
-            let at: u64 = line
-                .split_whitespace()
-                .next()
-                .and_then(|ms| ms.parse().ok())
-                .unwrap_or(0);
-            at >= quiet_from
+            trace::at_ms(line).unwrap_or(0) >= quiet_from
                 && [" WARN ", " ERROR ", "leader", "registered"]
                     .iter()
                     .any(|mark| line.contains(mark))

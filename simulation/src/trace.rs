@@ -125,6 +125,11 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for TraceLayer {
     }
 }
 
+/// The simulated milliseconds a trace line was stamped with (its first field).
+pub fn at_ms(line: &str) -> Option<u64> {
+    line.split_whitespace().next()?.parse().ok()
+}
+
 /// FNV-1a over the trace: stable across Rust versions and platforms.
 pub fn hash(events: &[String]) -> u64 {
     let mut hash = 0xcbf2_9ce4_8422_2325u64;
