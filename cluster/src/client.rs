@@ -191,12 +191,9 @@ impl Client {
             last: String::from("nothing tried"),
             unavailable: None,
         };
-        let timeout = self.timeout;
-        let answered = tokio::time::timeout(
-            timeout,
-            self.until_answered(&request, started, &mut progress),
-        );
-        if let Ok(Some(result)) = answered.await {
+        let answered =
+            tokio::time::timeout(self.timeout, self.until_answered(&request, &mut progress));
+        if let Ok(result) = answered.await {
             return result;
         }
         let waited_ms = started.elapsed().as_millis() as u64;
@@ -208,14 +205,13 @@ impl Client {
         })
     }
 
-    /// Tries until a node answers for good (`Some`) or the time is up (`None`), recording in
-    /// `progress` what the error should say.
+    /// Tries until a node answers for good, recording in `progress` what the error should say
+    /// if the caller's timeout ends it first.
     async fn until_answered(
         &mut self,
         request: &ApiRequest,
-        started: Instant,
         progress: &mut Progress,
-    ) -> Option<Result<ApiResponse, ClientError>> {
+    ) -> Result<ApiResponse, ClientError> {
         let mut next = match (self.leader.take(), &self.connection) {
             // A node passed our last request on to the leader: go there directly. If the
             // leader cannot be reached, the attempt fails over to the other nodes as usual.
@@ -225,13 +221,13 @@ impl Client {
         };
         let mut rotation = 0usize;
         let mut redirects = 0u32;
-        while started.elapsed() < self.timeout {
+        loop {
             let addr = next.take().unwrap_or_else(|| {
                 rotation += 1;
                 self.nodes[(rotation - 1) % self.nodes.len()]
             });
             match self.attempt(addr, request).await {
-                Attempt::Done(result) => return Some(result),
+                Attempt::Done(result) => return result,
                 Attempt::Redirect(leader) if redirects < REDIRECTS_MAX => {
                     redirects += 1;
                     progress.reached_any = true;
@@ -256,7 +252,6 @@ impl Client {
                 }
             }
         }
-        None
     }
 }
 
