@@ -2,9 +2,9 @@
 //! until the phase ends and everything is healed.
 //!
 //! Faults act on the world (crashes, partitions, held links, lossy links) through the
-//! harness, which applies them between steps, and inside hosts through the live handles of
-//! their simulated mounter and hypervisor, and on nodes through their disk latency. Each injection is a trace event, so a replay
-//! shows what hit the system and when.
+//! harness, which applies them between steps; inside hosts through the live handles of their
+//! simulated mounter and hypervisor; and on nodes through their disk latency. Each injection
+//! is a trace event, so a replay shows what hit the system and when.
 
 use std::{collections::BTreeSet, time::Duration};
 

@@ -2,7 +2,10 @@
 //! time and the simulated machine it happened on. Two runs of one seed must produce the same
 //! trace, byte for byte; its hash is how tests compare them.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc, Mutex,
+};
 
 use tracing::{field::Visit, span, Event, Level, Metadata, Subscriber};
 use tracing_subscriber::{layer::Context, registry::LookupSpan, Layer};
@@ -16,7 +19,7 @@ pub struct TraceLayer {
     /// Simulated milliseconds as of the last step, which the harness keeps up to date: the
     /// time of events between steps (the harness crashing a machine), which turmoil does not
     /// know.
-    between_steps: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    between_steps: Arc<AtomicU64>,
 }
 
 impl TraceLayer {
@@ -28,7 +31,7 @@ impl TraceLayer {
     }
 
     /// The clock for events between steps; store the world's elapsed milliseconds in it.
-    pub fn between_steps(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+    pub fn between_steps(&self) -> Arc<AtomicU64> {
         self.between_steps.clone()
     }
 }
@@ -109,10 +112,7 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for TraceLayer {
         let mut fields = Fields::default();
         event.record(&mut fields);
         let at_ms = turmoil::sim_elapsed().map_or_else(
-            || {
-                self.between_steps
-                    .load(std::sync::atomic::Ordering::Relaxed)
-            },
+            || self.between_steps.load(Ordering::Relaxed),
             |at| u64::try_from(at.as_millis()).unwrap_or(u64::MAX),
         );
         let line = format!(
