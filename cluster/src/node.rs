@@ -70,6 +70,8 @@ pub struct NodeConfig {
 pub struct NodeInner {
     pub(crate) id: NodeId,
     pub(crate) raft: Raft,
+    /// The Raft log, which answers to pre-votes compare with a candidate's.
+    pub(crate) log: store::LogStore,
     pub(crate) desired: watch::Receiver<Arc<DesiredState>>,
     pub(crate) proposer: Proposer,
     /// Connections to the other nodes, for passing operator requests to the leader.
@@ -107,11 +109,12 @@ impl Node {
         let (machine, desired) = store::StateMachine::open(db.clone())?;
         let peers = Peers::new(endpoint.clone());
         let network = Network::new(peers.clone());
+        let log = store::LogStore::new(db, latency)?;
         let raft = Raft::new(
             config.node_id,
             qvdc_raft::raft_config(config.retention),
             network,
-            store::LogStore::new(db, latency)?,
+            log.clone(),
             machine,
         )
         .await
@@ -130,9 +133,16 @@ impl Node {
             }
         }
         let (proposer, proposing) = Proposer::start(raft.clone());
+        let elections = tokio::spawn(qvdc_raft::election::run(
+            raft.clone(),
+            log.clone(),
+            peers.clone(),
+            config.node_id,
+        ));
         let inner = Arc::new(NodeInner {
             id: config.node_id,
             raft,
+            log,
             proposer,
             peers,
             desired,
@@ -146,7 +156,7 @@ impl Node {
         Ok(Self {
             inner,
             endpoint,
-            tasks: Arc::new(vec![leadership, serving, proposing]),
+            tasks: Arc::new(vec![leadership, serving, proposing, elections]),
         })
     }
 
@@ -336,7 +346,7 @@ async fn dispatch(
 ) -> Response {
     match request {
         Request::Raft(payload) if peer.role == Role::Server => {
-            match qvdc_raft::network::handle_rpc(&node.raft, &payload).await {
+            match qvdc_raft::network::handle_rpc(&node.raft, &node.log, &payload).await {
                 Ok(reply) => Response::Raft(reply),
                 Err(e) => Response::Malformed {
                     reason: format!("Raft RPC: {e}"),

@@ -2,6 +2,7 @@
 //! Raft RPC over the transport, and the model of what should exist (hosts, pools) with its
 //! validation. It never talks to hosts.
 
+pub mod election;
 pub mod model;
 pub mod network;
 pub mod runtime;
@@ -13,10 +14,11 @@ use std::{collections::BTreeMap, sync::Arc};
 pub use model::{Command, DesiredState, Outcome, ValidationError};
 pub use types::{NodeId, Raft, TypeConfig};
 
-/// Raft timing for a LAN: a leader heartbeats every 50 ms. openraft 0.9 lets a follower that
-/// hears nothing start an election after its lease on the leader (`ELECTION_TIMEOUT_MS_MAX`)
-/// plus its own timeout (randomised in `ELECTION_TIMEOUT_MS_MIN..MAX`), checked every 75 ms:
-/// 600–875 ms after a leader dies. See docs/adr/0003-raft-storage-and-timing.md.
+/// Raft timing for a LAN: a leader heartbeats every 50 ms. A voter refuses candidates for
+/// `ELECTION_TIMEOUT_MS_MAX` after its leader's last message (openraft's lease); qvdc's
+/// election timer (`election`) asks for a pre-vote once that lease and a random spread of
+/// up to `MAX - MIN` have passed: 400–600 ms after a leader dies, checked every 25 ms. See
+/// docs/adr/0003-raft-storage-and-timing.md and docs/adr/0012-pre-vote.md.
 pub const HEARTBEAT_INTERVAL_MS: u64 = 50;
 pub const ELECTION_TIMEOUT_MS_MIN: u64 = 200;
 pub const ELECTION_TIMEOUT_MS_MAX: u64 = 400;
@@ -58,6 +60,8 @@ pub fn raft_config(retention: LogRetention) -> Arc<openraft::Config> {
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(retention.snapshot_after_logs),
         max_in_snapshot_log_to_keep: retention.logs_kept_after_snapshot,
         max_payload_entries: ENTRIES_PER_APPEND_MAX,
+        // Elections start from qvdc's own timer, which asks for a pre-vote first (election.rs).
+        enable_elect: false,
         ..Default::default()
     };
     Arc::new(

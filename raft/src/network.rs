@@ -20,13 +20,18 @@ use qvdc_transport::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use crate::types::{NodeId, Raft, TypeConfig};
+use crate::{
+    election::{self, PreVoteRequest, PreVoteResponse},
+    store::LogStore,
+    types::{NodeId, Raft, TypeConfig},
+};
 
 #[derive(Debug, Serialize, Deserialize)]
 enum RaftRpc {
     AppendEntries(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<NodeId>),
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    PreVote(PreVoteRequest),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -36,18 +41,53 @@ enum RaftReply {
     InstallSnapshot(
         Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
     ),
+    PreVote(PreVoteResponse),
 }
 
 /// Answers one Raft RPC received from a peer; the caller has checked that the peer is a server.
-pub async fn handle_rpc(raft: &Raft, payload: &[u8]) -> Result<Vec<u8>, CodecError> {
+/// `log` is this node's log, which a pre-vote's answer compares with the candidate's.
+pub async fn handle_rpc(
+    raft: &Raft,
+    log: &LogStore,
+    payload: &[u8],
+) -> Result<Vec<u8>, CodecError> {
     let reply = match codec::from_bytes(payload)? {
         RaftRpc::AppendEntries(rpc) => RaftReply::AppendEntries(raft.append_entries(rpc).await),
         RaftRpc::Vote(rpc) => RaftReply::Vote(raft.vote(rpc).await),
         RaftRpc::InstallSnapshot(rpc) => {
             RaftReply::InstallSnapshot(raft.install_snapshot(rpc).await)
         }
+        RaftRpc::PreVote(rpc) => RaftReply::PreVote(election::answer(raft, log, &rpc).await),
     };
     codec::to_bytes(&reply)
+}
+
+/// Asks the node at `addr` for a pre-vote, waiting up to `ttl` for its answer.
+pub async fn pre_vote(
+    peers: &Peers,
+    addr: SocketAddr,
+    request: &PreVoteRequest,
+    ttl: Duration,
+) -> Result<PreVoteResponse, PeerError> {
+    match exchange(peers, addr, &RaftRpc::PreVote(request.clone()), ttl).await? {
+        RaftReply::PreVote(response) => Ok(response),
+        other => Err(PeerError::Protocol(format!("{other:?}"))),
+    }
+}
+
+async fn exchange(
+    peers: &Peers,
+    addr: SocketAddr,
+    rpc: &RaftRpc,
+    ttl: Duration,
+) -> Result<RaftReply, PeerError> {
+    let request = Request::Raft(codec::to_bytes(rpc).map_err(TransportError::from)?);
+    match peers.call(addr, &request, ttl).await? {
+        Response::Raft(bytes) => {
+            codec::from_bytes(&bytes).map_err(|e| PeerError::Transport(e.into()))
+        }
+        other => Err(PeerError::Protocol(format!("{other:?}"))),
+    }
 }
 
 /// One slot per peer. Dialing a peer holds only that peer's slot: a dead peer's connect
@@ -219,13 +259,7 @@ pub enum PeerError {
 impl PeerClient {
     async fn exchange(&self, rpc: &RaftRpc, ttl: Duration) -> Result<RaftReply, PeerError> {
         let addr = self.addr.clone().map_err(PeerError::BadAddress)?;
-        let request = Request::Raft(codec::to_bytes(rpc).map_err(TransportError::from)?);
-        match self.peers.call(addr, &request, ttl).await? {
-            Response::Raft(bytes) => {
-                codec::from_bytes(&bytes).map_err(|e| PeerError::Transport(e.into()))
-            }
-            other => Err(PeerError::Protocol(format!("{other:?}"))),
-        }
+        exchange(&self.peers, addr, rpc, ttl).await
     }
 }
 

@@ -217,6 +217,14 @@ impl LogStore {
         })
     }
 
+    /// The last entry of the log (as appended, possibly not yet on disk), or the last purged
+    /// one if the log is empty behind a snapshot.
+    pub fn last_log_id(&self) -> Option<LogId> {
+        let cache = self.cache();
+        let last = cache.entries.values().next_back().map(|e| e.log_id);
+        last.or(cache.last_purged)
+    }
+
     fn cache(&self) -> MutexGuard<'_, LogCache> {
         self.shared.cache.lock().expect("log cache lock poisoned")
     }
@@ -352,11 +360,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> std::result::Result<LogState<TypeConfig>, StorageError> {
-        let cache = self.cache();
-        let last = cache.entries.values().next_back().map(|e| e.log_id);
+        let last_purged_log_id = self.cache().last_purged;
         Ok(LogState {
-            last_purged_log_id: cache.last_purged,
-            last_log_id: last.or(cache.last_purged),
+            last_purged_log_id,
+            last_log_id: self.last_log_id(),
         })
     }
 

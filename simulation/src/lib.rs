@@ -13,6 +13,7 @@ pub mod lagging_follower;
 pub mod linearizability;
 pub mod passed_on;
 pub mod pool_flow;
+pub mod rejoin;
 pub mod steady;
 pub mod trace;
 pub mod vm_flow;

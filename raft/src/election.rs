@@ -1,0 +1,223 @@
+//! Elections that ask before they disturb anyone (pre-vote).
+//!
+//! openraft 0.9 starts an election by moving to a new term and voting for itself. A node whose
+//! log lacks the dead leader's last entry loses that election, and having voted for itself it
+//! also refuses the up-to-date node's candidacy in the same term: the cluster waits one more
+//! election timeout. So qvdc turns openraft's own election timer off and runs this one. A voter
+//! that has not heard from a leader for a while first asks the other voters whether they would
+//! vote for it: yes only if its log is at least as up to date as theirs and they have not heard
+//! from a leader themselves within the leader lease. Only with a quorum of yeses does it ask
+//! openraft to elect it. Asking changes no vote and no term on either side, so pre-vote only
+//! decides when elections start; which one wins, and safety, stay with openraft.
+
+use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
+
+use openraft::ServerState;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tokio::{task::JoinSet, time::Instant};
+use tracing::{debug, info};
+
+use crate::{
+    network::{self, Peers},
+    runtime::ThreadRng,
+    store::LogStore,
+    types::{LogId, NodeId, Raft},
+    ELECTION_TIMEOUT_MS_MAX, ELECTION_TIMEOUT_MS_MIN,
+};
+
+/// How long a follower trusts a leader it heard from: openraft's voters refuse candidates
+/// for this long after the leader's last message (its `leader_lease`, the maximal election
+/// timeout), so starting an election sooner is pointless.
+pub const VOTER_LEASE_MS: u64 = ELECTION_TIMEOUT_MS_MAX;
+/// Random spread of the moments voters start elections, so that one usually starts alone.
+pub const ELECTION_JITTER_MS: u64 = ELECTION_TIMEOUT_MS_MAX - ELECTION_TIMEOUT_MS_MIN;
+/// How often a voter looks whether it is time to start an election.
+pub const ELECTION_CHECK_MS: u64 = 25;
+
+/// "Would you vote for me if I stood now?", sent by a voter before it starts an election.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PreVoteRequest {
+    pub candidate: NodeId,
+    /// The last entry of the candidate's log.
+    pub last_log_id: Option<LogId>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PreVoteResponse {
+    pub granted: bool,
+}
+
+/// This node's answer to a pre-vote: what openraft would answer the real vote request,
+/// without changing anything.
+pub async fn answer(raft: &Raft, log: &LogStore, request: &PreVoteRequest) -> PreVoteResponse {
+    let mine = log.last_log_id();
+    let lease = Duration::from_millis(VOTER_LEASE_MS);
+    let leader_heard = raft
+        .with_raft_state(move |state| {
+            state.server_state == ServerState::Leader
+                || (state.vote_ref().is_committed()
+                    && state
+                        .vote_last_modified()
+                        .is_some_and(|heard| Instant::now() <= heard + lease))
+        })
+        .await
+        // A node shutting down votes for no one.
+        .unwrap_or(true);
+    let granted = !leader_heard && request.last_log_id >= mine;
+    debug!(
+        candidate = request.candidate,
+        granted, leader_heard, "answered a pre-vote"
+    );
+    PreVoteResponse { granted }
+}
+
+/// What the election timer needs to know of this node, read from openraft's state.
+struct Standing {
+    /// Whether this node may stand: a voter that does not lead.
+    may_stand: bool,
+    /// Whether this node follows a leader that was elected (rather than a candidate's vote).
+    following_leader: bool,
+    /// When this node last heard from its leader, or last changed its vote.
+    heard: Option<Instant>,
+    /// Each configuration of the membership in force (two during a change) with addresses.
+    configs: Vec<BTreeSet<NodeId>>,
+    addrs: Vec<(NodeId, String)>,
+}
+
+async fn standing(raft: &Raft, me: NodeId) -> Option<Standing> {
+    raft.with_raft_state(move |state| {
+        let membership = state.membership_state.effective().membership();
+        let configs = membership.get_joint_config().clone();
+        let voter = configs.iter().any(|config| config.contains(&me));
+        Standing {
+            may_stand: voter
+                && !matches!(
+                    state.server_state,
+                    ServerState::Leader | ServerState::Shutdown
+                ),
+            following_leader: state.vote_ref().is_committed(),
+            heard: state.vote_last_modified(),
+            configs,
+            addrs: membership
+                .nodes()
+                .map(|(id, node)| (*id, node.addr.clone()))
+                .collect(),
+        }
+    })
+    .await
+    .ok()
+}
+
+fn jitter() -> Duration {
+    Duration::from_millis(ThreadRng.gen_range(0..ELECTION_JITTER_MS))
+}
+
+/// Whether `granted` holds a majority of every configuration in `configs`.
+fn is_quorum(configs: &[BTreeSet<NodeId>], granted: &BTreeSet<NodeId>) -> bool {
+    configs
+        .iter()
+        .all(|config| config.intersection(granted).count() * 2 > config.len())
+}
+
+/// Asks the other voters for a pre-vote; true once a quorum (this node included) said yes.
+async fn canvass(
+    peers: &Peers,
+    me: NodeId,
+    last_log_id: Option<LogId>,
+    standing: &Standing,
+) -> bool {
+    let mut granted = BTreeSet::from([me]);
+    if is_quorum(&standing.configs, &granted) {
+        return true;
+    }
+    let voters: BTreeSet<NodeId> = standing.configs.iter().flatten().copied().collect();
+    let request = PreVoteRequest {
+        candidate: me,
+        last_log_id,
+    };
+    let mut asks = JoinSet::new();
+    for (id, addr) in &standing.addrs {
+        if *id == me || !voters.contains(id) {
+            continue;
+        }
+        let Ok(addr) = addr.parse::<SocketAddr>() else {
+            continue;
+        };
+        let (peers, request, id) = (peers.clone(), request.clone(), *id);
+        asks.spawn(async move {
+            let ttl = Duration::from_millis(ELECTION_TIMEOUT_MS_MIN);
+            (id, network::pre_vote(&peers, addr, &request, ttl).await)
+        });
+    }
+    while let Some(asked) = asks.join_next().await {
+        if let Ok((id, Ok(PreVoteResponse { granted: true }))) = asked {
+            granted.insert(id);
+            if is_quorum(&standing.configs, &granted) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// The election timer of node `me`; runs until Raft shuts down. A follower of an elected
+/// leader stands after the leader lease plus jitter without a message from it (400–600 ms);
+/// a node whose last election went nowhere tries again after 200–400 ms.
+pub async fn run(raft: Raft, log: LogStore, peers: Peers, me: NodeId) {
+    let mut wait = jitter();
+    let mut not_before = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(ELECTION_CHECK_MS)).await;
+        let Some(standing) = standing(&raft, me).await else {
+            return; // Raft has stopped
+        };
+        if !standing.may_stand {
+            continue;
+        }
+        let silence = if standing.following_leader {
+            Duration::from_millis(VOTER_LEASE_MS) + wait
+        } else {
+            Duration::from_millis(ELECTION_TIMEOUT_MS_MIN) + wait
+        };
+        let now = Instant::now();
+        if now < not_before || standing.heard.is_some_and(|heard| now < heard + silence) {
+            continue;
+        }
+        wait = jitter();
+        not_before = now + Duration::from_millis(ELECTION_TIMEOUT_MS_MIN) + wait;
+        if canvass(&peers, me, log.last_log_id(), &standing).await {
+            info!(
+                node = me,
+                "a quorum would vote for this node: standing for election"
+            );
+            if raft.trigger().elect().await.is_err() {
+                return;
+            }
+        } else {
+            debug!(node = me, "pre-vote found no quorum; not standing");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(ids: &[NodeId]) -> BTreeSet<NodeId> {
+        ids.iter().copied().collect()
+    }
+
+    #[test]
+    fn a_quorum_is_a_majority_of_every_configuration() {
+        let three = vec![set(&[1, 2, 3])];
+        assert!(!is_quorum(&three, &set(&[1])));
+        assert!(is_quorum(&three, &set(&[1, 2])));
+        let single = vec![set(&[1])];
+        assert!(is_quorum(&single, &set(&[1])));
+        // Joint: {1,2,3} → {3,4,5}: 1,2,3 hold the old majority but only one of the new.
+        let joint = vec![set(&[1, 2, 3]), set(&[3, 4, 5])];
+        assert!(!is_quorum(&joint, &set(&[1, 2, 3])));
+        assert!(is_quorum(&joint, &set(&[2, 3, 4])));
+    }
+}
