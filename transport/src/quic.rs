@@ -182,14 +182,30 @@ where
     codec::write_frame(&mut send, request).await?;
     send.finish()
         .map_err(|e| TransportError::Stream(e.to_string()))?;
-    Ok(codec::read_frame(&mut recv).await?)
+    read_last_frame(&mut recv).await
 }
 
 /// Reads the one request on an accepted stream; the caller answers with [`respond`].
 pub async fn read_request<Q: DeserializeOwned>(
     recv: &mut quinn::RecvStream,
 ) -> Result<Q, TransportError> {
-    Ok(codec::read_frame(recv).await?)
+    read_last_frame(recv).await
+}
+
+/// Reads a stream's one frame and then its end. A stream dropped before its end was read
+/// is stopped, which costs a STOP_SENDING frame to the peer and an acknowledgement back on
+/// every request; the sender finishes right after the frame, so the end arrives with it.
+async fn read_last_frame<T: DeserializeOwned>(
+    recv: &mut quinn::RecvStream,
+) -> Result<T, TransportError> {
+    let frame = codec::read_frame(recv).await?;
+    match recv.read_to_end(0).await {
+        Ok(_) => Ok(frame),
+        Err(quinn::ReadToEndError::TooLong) => Err(TransportError::Stream(
+            "more than one frame on a one-request stream".into(),
+        )),
+        Err(quinn::ReadToEndError::Read(e)) => Err(TransportError::Stream(e.to_string())),
+    }
 }
 
 /// Writes the one response on an accepted stream and closes our side.
