@@ -73,12 +73,27 @@ impl Nodes {
         ids: &[usize],
         timeout: std::time::Duration,
     ) -> qvdc_cluster::Client {
-        let endpoint = qvdc_transport::Endpoint::bind(
+        self.client_on(self.endpoint(name), ids, timeout)
+    }
+
+    /// A loopback endpoint with the certificate of operator `name`; clients made with
+    /// [`Nodes::client_on`] may share it (each still has its own connection).
+    pub(crate) fn endpoint(&self, name: &str) -> qvdc_transport::Endpoint {
+        qvdc_transport::Endpoint::bind(
             "127.0.0.1:0".parse().expect("a literal address"),
             &self.identity(name),
             false,
         )
-        .expect("a loopback endpoint binds");
+        .expect("a loopback endpoint binds")
+    }
+
+    /// A client on `endpoint` that knows only nodes `ids` (1-based).
+    pub(crate) fn client_on(
+        &self,
+        endpoint: qvdc_transport::Endpoint,
+        ids: &[usize],
+        timeout: std::time::Duration,
+    ) -> qvdc_cluster::Client {
         let addrs = ids
             .iter()
             .map(|id| self.addrs[id - 1].parse().expect("node addresses parse"))
