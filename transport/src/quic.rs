@@ -199,12 +199,15 @@ async fn read_last_frame<T: DeserializeOwned>(
     recv: &mut quinn::RecvStream,
 ) -> Result<T, TransportError> {
     let frame = codec::read_frame(recv).await?;
-    match recv.read_to_end(0).await {
-        Ok(_) => Ok(frame),
-        Err(quinn::ReadToEndError::TooLong) => Err(TransportError::Stream(
+    // An ordered read: quinn's `read_to_end` reads unordered, which must not follow ordered
+    // reads on one stream (quinn-proto 0.11 then underflows its flow-control count).
+    let mut more = [0u8; 1];
+    match recv.read(&mut more).await {
+        Ok(None) => Ok(frame),
+        Ok(Some(_)) => Err(TransportError::Stream(
             "more than one frame on a one-request stream".into(),
         )),
-        Err(quinn::ReadToEndError::Read(e)) => Err(TransportError::Stream(e.to_string())),
+        Err(e) => Err(TransportError::Stream(e.to_string())),
     }
 }
 
