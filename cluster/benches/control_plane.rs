@@ -135,6 +135,8 @@ async fn throughput(
         }
         ready.push((client, own));
     }
+    let mut observer = new_client(cluster);
+    let before = leadership(&mut observer).await;
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
     for (mut client, own) in ready {
@@ -157,21 +159,32 @@ async fn throughput(
         all.extend(task.await.unwrap());
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let after = leadership(&mut observer).await;
     all.sort();
     println!(
-        "{clients:>4} clients: {:>8.0} writes/s   p50 {:>10}   p99 {:>10}   ({} writes in {elapsed:.1} s)",
+        "{clients:>4} clients: {:>8.0} writes/s   p50 {:>10}   p99 {:>10}   ({} writes in {elapsed:.1} s){}",
         all.len() as f64 / elapsed,
         ms(percentile(&all, 0.5)),
         ms(percentile(&all, 0.99)),
-        all.len()
+        all.len(),
+        if after == before {
+            String::new()
+        } else {
+            format!("   LEADER CHANGED: node {} term {} -> node {} term {}", before.0, before.1, after.0, after.1)
+        }
     );
 }
 
 async fn leader(client: &mut Client) -> usize {
+    leadership(client).await.0
+}
+
+/// The leader and its term, as the node the client talks to knows them.
+async fn leadership(client: &mut Client) -> (usize, u64) {
     loop {
         if let Ok(ApiResponse::ClusterStatus(s)) = client.request(ApiRequest::ClusterStatus).await {
             if let Some(leader) = s.leader {
-                return leader as usize;
+                return (leader as usize, s.term);
             }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -16,8 +16,8 @@ pub use types::{NodeId, Raft, TypeConfig};
 
 /// Raft timing for a LAN: a leader heartbeats every 50 ms. A voter refuses candidates for
 /// `ELECTION_TIMEOUT_MS_MAX` after its leader's last message (openraft's lease); qvdc's
-/// election timer (`election`) asks for a pre-vote once that lease and a random spread of
-/// up to `MAX - MIN` have passed: 400–600 ms after a leader dies, checked every 25 ms. See
+/// election timer (`election`) asks for a pre-vote once that lease and an election timeout
+/// (`MIN..MAX`) have passed: 600–800 ms after a leader dies, checked every 25 ms. See
 /// docs/adr/0003-raft-storage-and-timing.md and docs/adr/0012-pre-vote.md.
 pub const HEARTBEAT_INTERVAL_MS: u64 = 50;
 pub const ELECTION_TIMEOUT_MS_MIN: u64 = 200;
