@@ -163,10 +163,9 @@ async fn canvass(
 
 /// The election timer of node `me`; runs until Raft shuts down. A follower of an elected
 /// leader stands after the leader lease plus an election timeout (200–400 ms) without a
-/// message from it: 600–800 ms. (Standing right after the lease, 400–600 ms, changed leaders
-/// under 256-client load in the benchmark: a loaded follower can go that long between the
-/// leader's messages.)
-/// a node whose last election went nowhere tries again after 200–400 ms.
+/// message from it: 600–800 ms; a node whose last election went nowhere tries again after
+/// 200–400 ms. (Standing right after the lease, 400–600 ms, changed leaders under 256-client
+/// load in the benchmark: a loaded follower can go that long between the leader's messages.)
 pub async fn run(raft: Raft, log: LogStore, peers: Peers, me: NodeId) {
     let mut wait = jitter();
     let mut not_before = Instant::now();

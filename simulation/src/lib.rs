@@ -6,6 +6,7 @@
 pub mod catch_up;
 pub mod chaos;
 pub mod deposed_leader;
+pub mod elections;
 pub mod faults;
 mod harness;
 pub mod invariants;
@@ -13,7 +14,6 @@ pub mod lagging_follower;
 pub mod linearizability;
 pub mod passed_on;
 pub mod pool_flow;
-pub mod rejoin;
 pub mod steady;
 pub mod trace;
 pub mod vm_flow;
