@@ -15,7 +15,8 @@
 use std::{sync::Arc, time::Duration};
 
 use anyhow::ensure;
-use qvdc_transport::protocol::ApiRequest;
+use qvdc_cluster::Client;
+use qvdc_transport::protocol::{ApiRequest, ClusterStatus};
 
 use crate::{
     harness::{self, Faults},
@@ -46,16 +47,28 @@ pub fn missed_entry(seed: u64) -> anyhow::Result<Vec<String>> {
     Ok(harness::run(&config(seed), missed_entry_script)?.trace)
 }
 
+/// Once the hosts are ready: the leader, a client of it alone, and its status.
+async fn settled(
+    config: &SimConfig,
+    certs: &Certs,
+) -> anyhow::Result<(u64, Client, ClusterStatus)> {
+    let mut client = world::operator(config, certs, 0, world::node_addrs(config.nodes)).await?;
+    harness::all_hosts_ready(&mut client, config.hosts).await?;
+    let (leader, _) = harness::leader_and_follower(config, &mut client).await?;
+    let mut at_leader = world::operator(config, certs, 1, vec![world::node_addr(leader)]).await?;
+    let status = harness::status(&mut at_leader).await?;
+    Ok((leader, at_leader, status))
+}
+
 async fn rejoin_script(
     config: SimConfig,
     certs: Arc<Certs>,
     faults: Shared<Faults>,
 ) -> anyhow::Result<Vec<String>> {
-    let mut client = world::operator(&config, &certs, 0, world::node_addrs(config.nodes)).await?;
-    harness::all_hosts_ready(&mut client, config.hosts).await?;
-    let (leader, follower) = harness::leader_and_follower(&config, &mut client).await?;
-    let mut at_leader = world::operator(&config, &certs, 1, vec![world::node_addr(leader)]).await?;
-    let before = harness::status(&mut at_leader).await?;
+    let (leader, mut at_leader, before) = settled(&config, &certs).await?;
+    let follower = (1..=config.nodes)
+        .find(|i| *i != leader)
+        .expect("three nodes");
 
     faults.lock().expect("faults lock poisoned").isolate = Some(SimConfig::node_name(follower));
     tokio::time::sleep(Duration::from_millis(ISOLATION_MS)).await;
@@ -90,15 +103,11 @@ async fn missed_entry_script(
     certs: Arc<Certs>,
     faults: Shared<Faults>,
 ) -> anyhow::Result<Vec<String>> {
-    let mut client = world::operator(&config, &certs, 0, world::node_addrs(config.nodes)).await?;
-    harness::all_hosts_ready(&mut client, config.hosts).await?;
-    let (leader, _) = harness::leader_and_follower(&config, &mut client).await?;
+    let (leader, mut at_leader, before) = settled(&config, &certs).await?;
     // openraft orders two candidacies of one term by node id: only a lagging candidate with
     // the higher id blocks the other's candidacy in that term, so that one lags.
     let followers: Vec<u64> = (1..=config.nodes).filter(|i| *i != leader).collect();
     let (current, lagging) = (followers[0], followers[1]);
-    let mut at_leader = world::operator(&config, &certs, 1, vec![world::node_addr(leader)]).await?;
-    let before = harness::status(&mut at_leader).await?;
 
     // Cut the follower off for less than an election timeout, write meanwhile (the leader and
     // the other follower commit it), then kill the leader as the follower comes back.
