@@ -72,25 +72,25 @@ pub async fn answer(raft: &Raft, log: &LogStore, request: &PreVoteRequest) -> Pr
     PreVoteResponse { granted }
 }
 
-/// What the election timer needs to know of this node, read from openraft's state.
-struct Standing {
+/// When this node last heard from a leader, as its election timer needs it. Read every
+/// check, so it allocates nothing.
+struct Silence {
     /// Whether this node may stand: a voter that does not lead.
     may_stand: bool,
     /// Whether this node follows a leader that was elected (rather than a candidate's vote).
     following_leader: bool,
     /// When this node last heard from its leader, or last changed its vote.
     heard: Option<Instant>,
-    /// Each configuration of the membership in force (two during a change) with addresses.
-    configs: Vec<BTreeSet<NodeId>>,
-    addrs: Vec<(NodeId, String)>,
 }
 
-async fn standing(raft: &Raft, me: NodeId) -> Option<Standing> {
+async fn silence(raft: &Raft, me: NodeId) -> Option<Silence> {
     raft.with_raft_state(move |state| {
         let membership = state.membership_state.effective().membership();
-        let configs = membership.get_joint_config().clone();
-        let voter = configs.iter().any(|config| config.contains(&me));
-        Standing {
+        let voter = membership
+            .get_joint_config()
+            .iter()
+            .any(|config| config.contains(&me));
+        Silence {
             may_stand: voter
                 && !matches!(
                     state.server_state,
@@ -98,12 +98,29 @@ async fn standing(raft: &Raft, me: NodeId) -> Option<Standing> {
                 ),
             following_leader: state.vote_ref().is_committed(),
             heard: state.vote_last_modified(),
-            configs,
-            addrs: membership
-                .nodes()
-                .map(|(id, node)| (*id, node.addr.clone()))
-                .collect(),
         }
+    })
+    .await
+    .ok()
+}
+
+/// Who decides whether this node may stand: each configuration of the membership in force
+/// (two during a change), and the other voters' addresses. Read only when it is time to ask.
+struct Electorate {
+    configs: Vec<BTreeSet<NodeId>>,
+    others: Vec<(NodeId, String)>,
+}
+
+async fn electorate(raft: &Raft, me: NodeId) -> Option<Electorate> {
+    raft.with_raft_state(move |state| {
+        let membership = state.membership_state.effective().membership();
+        let configs = membership.get_joint_config().clone();
+        let others = membership
+            .nodes()
+            .filter(|(id, _)| **id != me && configs.iter().any(|c| c.contains(id)))
+            .map(|(id, node)| (*id, node.addr.clone()))
+            .collect();
+        Electorate { configs, others }
     })
     .await
     .ok()
@@ -125,35 +142,31 @@ async fn canvass(
     peers: &Peers,
     me: NodeId,
     last_log_id: Option<LogId>,
-    standing: &Standing,
+    electorate: &Electorate,
 ) -> bool {
     let mut granted = BTreeSet::from([me]);
-    if is_quorum(&standing.configs, &granted) {
+    if is_quorum(&electorate.configs, &granted) {
         return true;
     }
-    let voters: BTreeSet<NodeId> = standing.configs.iter().flatten().copied().collect();
     let request = PreVoteRequest {
         candidate: me,
         last_log_id,
     };
     let mut asks = JoinSet::new();
-    for (id, addr) in &standing.addrs {
-        if *id == me || !voters.contains(id) {
-            continue;
-        }
+    for (id, addr) in &electorate.others {
         let Ok(addr) = addr.parse::<SocketAddr>() else {
             continue;
         };
         let (peers, request, id) = (peers.clone(), request.clone(), *id);
         asks.spawn(async move {
             let ttl = Duration::from_millis(ELECTION_TIMEOUT_MS_MIN);
-            (id, network::pre_vote(&peers, addr, &request, ttl).await)
+            (id, network::pre_vote(&peers, addr, request, ttl).await)
         });
     }
     while let Some(asked) = asks.join_next().await {
         if let Ok((id, Ok(PreVoteResponse { granted: true }))) = asked {
             granted.insert(id);
-            if is_quorum(&standing.configs, &granted) {
+            if is_quorum(&electorate.configs, &granted) {
                 return true;
             }
         }
@@ -171,24 +184,31 @@ pub async fn run(raft: Raft, log: LogStore, peers: Peers, me: NodeId) {
     let mut not_before = Instant::now();
     loop {
         tokio::time::sleep(Duration::from_millis(ELECTION_CHECK_MS)).await;
-        let Some(standing) = standing(&raft, me).await else {
-            return; // Raft has stopped
-        };
-        if !standing.may_stand {
+        // The leader (the busiest node) need not ask its Raft core.
+        if raft.metrics().borrow().state == ServerState::Leader {
             continue;
         }
-        let silence = if standing.following_leader {
+        let Some(silence) = silence(&raft, me).await else {
+            return; // Raft has stopped
+        };
+        if !silence.may_stand {
+            continue;
+        }
+        let long_enough = if silence.following_leader {
             Duration::from_millis(VOTER_LEASE_MS + ELECTION_TIMEOUT_MS_MIN) + wait
         } else {
             Duration::from_millis(ELECTION_TIMEOUT_MS_MIN) + wait
         };
         let now = Instant::now();
-        if now < not_before || standing.heard.is_some_and(|heard| now < heard + silence) {
+        if now < not_before || silence.heard.is_some_and(|heard| now < heard + long_enough) {
             continue;
         }
         wait = jitter();
         not_before = now + Duration::from_millis(ELECTION_TIMEOUT_MS_MIN) + wait;
-        if canvass(&peers, me, log.last_log_id(), &standing).await {
+        let Some(electorate) = electorate(&raft, me).await else {
+            return;
+        };
+        if canvass(&peers, me, log.last_log_id(), &electorate).await {
             info!(
                 node = me,
                 "a quorum would vote for this node: standing for election"

@@ -66,10 +66,10 @@ pub async fn handle_rpc(
 pub async fn pre_vote(
     peers: &Peers,
     addr: SocketAddr,
-    request: &PreVoteRequest,
+    request: PreVoteRequest,
     ttl: Duration,
 ) -> Result<PreVoteResponse, PeerError> {
-    match exchange(peers, addr, &RaftRpc::PreVote(request.clone()), ttl).await? {
+    match exchange(peers, addr, &RaftRpc::PreVote(request), ttl).await? {
         RaftReply::PreVote(response) => Ok(response),
         other => Err(PeerError::Protocol(format!("{other:?}"))),
     }

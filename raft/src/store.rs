@@ -168,6 +168,13 @@ struct LogCache {
     committed: Option<LogId>,
 }
 
+impl LogCache {
+    fn last_log_id(&self) -> Option<LogId> {
+        let last = self.entries.values().next_back().map(|e| e.log_id);
+        last.or(self.last_purged)
+    }
+}
+
 #[derive(Debug)]
 struct LogShared {
     cache: Mutex<LogCache>,
@@ -220,9 +227,7 @@ impl LogStore {
     /// The last entry of the log (as appended, possibly not yet on disk), or the last purged
     /// one if the log is empty behind a snapshot.
     pub fn last_log_id(&self) -> Option<LogId> {
-        let cache = self.cache();
-        let last = cache.entries.values().next_back().map(|e| e.log_id);
-        last.or(cache.last_purged)
+        self.cache().last_log_id()
     }
 
     fn cache(&self) -> MutexGuard<'_, LogCache> {
@@ -360,10 +365,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> std::result::Result<LogState<TypeConfig>, StorageError> {
-        let last_purged_log_id = self.cache().last_purged;
+        let cache = self.cache();
         Ok(LogState {
-            last_purged_log_id,
-            last_log_id: self.last_log_id(),
+            last_purged_log_id: cache.last_purged,
+            last_log_id: cache.last_log_id(),
         })
     }
 
