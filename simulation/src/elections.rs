@@ -20,21 +20,17 @@ use qvdc_transport::protocol::{ApiRequest, ClusterStatus};
 
 use crate::{
     harness::{self, Faults},
-    world::{self, Certs, Disruption, Shared, SimConfig},
+    world::{self, Certs, Shared, SimConfig},
 };
 
 /// How long the follower stays cut off: many election timeouts.
 pub const ISOLATION_MS: u64 = 3_000;
 
 fn config(seed: u64) -> SimConfig {
+    // Three nodes (the default); the scripts cut nodes off and crash them themselves.
     SimConfig {
         seed,
-        nodes: 3,
         hosts: 1,
-        failing_hosts: vec![],
-        disruption: Disruption::Isolate,
-        retention: Default::default(),
-        impairment: Default::default(),
         ..Default::default()
     }
 }
@@ -52,9 +48,7 @@ async fn settled(
     config: &SimConfig,
     certs: &Certs,
 ) -> anyhow::Result<(u64, Client, ClusterStatus)> {
-    let mut client = world::operator(config, certs, 0, world::node_addrs(config.nodes)).await?;
-    harness::all_hosts_ready(&mut client, config.hosts).await?;
-    let (leader, _) = harness::leader_and_follower(config, &mut client).await?;
+    let (_, leader, _) = harness::ready(config, certs).await?;
     let mut at_leader = world::operator(config, certs, 1, vec![world::node_addr(leader)]).await?;
     let status = harness::status(&mut at_leader).await?;
     Ok((leader, at_leader, status))

@@ -386,6 +386,15 @@ pub(crate) struct Disrupted {
     pub(crate) after: ClusterStatus,
 }
 
+/// The usual start of a scenario: an operator who knows every node (client 0), every host
+/// Ready, and then the leader and a node that follows it.
+pub(crate) async fn ready(config: &SimConfig, certs: &Certs) -> anyhow::Result<(Client, u64, u64)> {
+    let mut client = world::operator(config, certs, 0, world::node_addrs(config.nodes)).await?;
+    all_hosts_ready(&mut client, config.hosts).await?;
+    let (leader, follower) = leader_and_follower(config, &mut client).await?;
+    Ok((client, leader, follower))
+}
+
 /// The leader, once one is known, and a node that follows it.
 pub(crate) async fn leader_and_follower(
     config: &SimConfig,

@@ -41,9 +41,7 @@ async fn script(
     certs: Arc<Certs>,
     faults: Shared<Faults>,
 ) -> anyhow::Result<Lagging> {
-    let mut client = world::operator(&config, &certs, 0, world::node_addrs(config.nodes)).await?;
-    harness::all_hosts_ready(&mut client, config.hosts).await?;
-    let (_, follower) = harness::leader_and_follower(&config, &mut client).await?;
+    let (mut client, _, follower) = harness::ready(&config, &certs).await?;
     faults.lock().expect("faults lock poisoned").isolate = Some(SimConfig::node_name(follower));
     // Let the isolation take effect before the write the follower must miss.
     tokio::time::sleep(Duration::from_millis(500)).await;

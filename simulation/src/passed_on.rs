@@ -42,9 +42,7 @@ async fn script(
     certs: Arc<Certs>,
     faults: Shared<Faults>,
 ) -> anyhow::Result<PassedOn> {
-    let mut admin = world::operator(&config, &certs, 0, world::node_addrs(config.nodes)).await?;
-    harness::all_hosts_ready(&mut admin, config.hosts).await?;
-    let (leader, follower) = harness::leader_and_follower(&config, &mut admin).await?;
+    let (_admin, leader, follower) = harness::ready(&config, &certs).await?;
     let mut client = world::operator(&config, &certs, 1, vec![world::node_addr(follower)])
         .await?
         .with_timeout(Duration::from_millis(PATIENCE_MS));
