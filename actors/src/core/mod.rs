@@ -10,6 +10,8 @@ pub mod volumes;
 
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 /// Timing knobs of the supervision tree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timings {
@@ -19,8 +21,6 @@ pub struct Timings {
     pub command_retry_ms: u64,
     /// How long the leader waits for a host to answer one command.
     pub command_timeout_ms: u64,
-    /// How often pool supervisors reconcile.
-    pub tick_ms: u64,
     /// How long a guest gets to shut down before its host destroys it.
     pub vm_shutdown_timeout_ms: u64,
 }
@@ -32,7 +32,6 @@ impl Default for Timings {
             command_retry_ms: 2_000,
             // Long enough for a guest's shutdown (the host answers once it stopped).
             command_timeout_ms: 40_000,
-            tick_ms: 250,
             vm_shutdown_timeout_ms: 30_000,
         }
     }
@@ -46,6 +45,11 @@ impl Timings {
         Duration::from_millis(self.command_retry_ms)
     }
 
+    /// When a command sent at `sent_at`, the `attempts`-th in a row, may be sent again.
+    pub fn resend_at(&self, sent_at: Instant, attempts: u32) -> Instant {
+        sent_at + self.retry_after(attempts)
+    }
+
     /// How long to wait before resending, after `attempts` unsuccessful commands: a host that
     /// keeps failing is asked less and less often, up to `RETRY_DOUBLINGS_MAX` doublings.
     pub fn retry_after(&self, attempts: u32) -> Duration {
@@ -57,3 +61,82 @@ impl Timings {
 /// Resends back off exponentially up to this many doublings of the retry interval
 /// (2 s × 2^4 = 32 s with the default timings).
 pub const RETRY_DOUBLINGS_MAX: u32 = 4;
+
+/// The earliest of `deadlines` still ahead of `now`: when a core's next tick may act
+/// differently from a tick now. Deadlines already past are left out: what they allowed was
+/// either done by the tick at `now` or waits for an input (a host that is silent).
+pub(crate) fn next_after(
+    now: Instant,
+    deadlines: impl IntoIterator<Item = Instant>,
+) -> Option<Instant> {
+    deadlines.into_iter().filter(|&t| t > now).min()
+}
+
+/// Checks that a core's `next_due` is honest: a supervisor ticks it only after inputs and when
+/// the alarm rings, and that must send exactly what ticking every millisecond sends.
+#[cfg(test)]
+pub(crate) mod alarm_check {
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    /// One way to drive a core: `input` is a host's heartbeat (called every `report_every_ms`,
+    /// from 0), `tick` returns the sequence numbers of the commands it sent.
+    pub(crate) struct Drive<C> {
+        pub report_every_ms: u64,
+        pub until_ms: u64,
+        pub input: fn(&mut C, Instant),
+        pub tick: fn(&mut C, Instant) -> Vec<u64>,
+        pub next_due: fn(&C, Instant) -> Option<Instant>,
+    }
+
+    impl<C> Drive<C> {
+        /// (ms, seq) of every command sent, ticking every millisecond (`event_driven` false)
+        /// or after every heartbeat and at `next_due` only.
+        pub(crate) fn sends(&self, mut core: C, event_driven: bool) -> Vec<(u64, u64)> {
+            let t0 = Instant::now();
+            let mut sent = Vec::new();
+            let mut ms = 0;
+            while ms <= self.until_ms {
+                if ms % self.report_every_ms == 0 {
+                    (self.input)(&mut core, t0 + Duration::from_millis(ms));
+                }
+                let now = t0 + Duration::from_millis(ms);
+                sent.extend((self.tick)(&mut core, now).into_iter().map(|seq| (ms, seq)));
+                ms = if event_driven {
+                    let report = (ms / self.report_every_ms + 1) * self.report_every_ms;
+                    let due = (self.next_due)(&core, now)
+                        .map(|at| at.duration_since(t0).as_nanos().div_ceil(1_000_000) as u64);
+                    assert!(due.is_none_or(|due| due > ms), "due at {due:?}, now {ms}");
+                    due.map_or(report, |due| due.min(report))
+                } else {
+                    ms + 1
+                };
+            }
+            sent
+        }
+
+        /// Both ways send the same commands at the same moments, and the alarm mattered: without
+        /// it (heartbeats only) the resends would come later.
+        pub(crate) fn check(&self, core: impl Fn() -> C) {
+            let every_ms = self.sends(core(), false);
+            assert!(
+                every_ms.len() >= 3,
+                "too few commands to tell: {every_ms:?}"
+            );
+            assert_eq!(self.sends(core(), true), every_ms);
+            let heartbeats_only = Drive {
+                report_every_ms: self.report_every_ms,
+                until_ms: self.until_ms,
+                input: self.input,
+                tick: self.tick,
+                next_due: |_, _| None,
+            };
+            assert_ne!(
+                heartbeats_only.sends(core(), true),
+                every_ms,
+                "resends must fall between heartbeats for this check to mean anything"
+            );
+        }
+    }
+}

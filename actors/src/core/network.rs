@@ -93,6 +93,15 @@ impl NetworkCore {
             .filter(|o| now.saturating_duration_since(o.seen_at) <= self.timings.stale_after())
     }
 
+    /// When a tick may next send something no input prompted: a resend falling due.
+    pub fn next_due(&self, now: Instant) -> Option<Instant> {
+        let resends = self.pending.values();
+        super::next_after(
+            now,
+            resends.map(|p| self.timings.resend_at(p.sent_at, p.attempts)),
+        )
+    }
+
     pub fn tick(&mut self, now: Instant) -> Vec<Effect> {
         let due: Vec<String> = self
             .record
@@ -237,6 +246,25 @@ mod tests {
                 kind: HostCommandKind::CreateNetwork(record().spec),
             },
         }
+    }
+
+    #[test]
+    fn ticking_after_inputs_and_at_next_due_sends_what_ticking_all_the_time_does() {
+        // host-1 reports the bridge down every 700 ms; its resends fall due between reports.
+        super::super::alarm_check::Drive {
+            report_every_ms: 700,
+            until_ms: 40_000,
+            input: |core: &mut NetworkCore, at| core.observe("host-1", at, Some(report(false))),
+            tick: |core, now| {
+                let effects = core.tick(now);
+                effects
+                    .into_iter()
+                    .map(|Effect::Send { command, .. }| command.id.seq)
+                    .collect()
+            },
+            next_due: NetworkCore::next_due,
+        }
+        .check(|| NetworkCore::new(record(), LEADERSHIP, Timings::default()));
     }
 
     #[test]

@@ -145,6 +145,16 @@ impl PoolCore {
         }
     }
 
+    /// When a tick may next send something no input prompted: a resend falling due. Ticks
+    /// after every input and at this instant do all a tick at any other time would.
+    pub fn next_due(&self, now: Instant) -> Option<Instant> {
+        let resends = self.pending.values();
+        super::next_after(
+            now,
+            resends.map(|p| self.timings.resend_at(p.sent_at, p.attempts)),
+        )
+    }
+
     /// Decides which hosts need InitStoragePool now.
     pub fn tick(&mut self, now: Instant) -> Vec<Effect> {
         let due: Vec<String> = self
@@ -442,6 +452,28 @@ mod tests {
         assert_eq!(overall_health(3, 1, 2), Health::Degraded);
         assert_eq!(overall_health(3, 0, 1), Health::Error);
         assert_eq!(overall_health(3, 0, 0), Health::Unknown);
+    }
+
+    #[test]
+    fn ticking_after_inputs_and_at_next_due_sends_what_ticking_all_the_time_does() {
+        // host-3 fails every 700 ms; its resends fall due between its reports.
+        super::super::alarm_check::Drive {
+            report_every_ms: 700,
+            until_ms: 40_000,
+            input: |core: &mut PoolCore, at| {
+                core.observe("host-3", at, Some(failed("Permission denied")));
+            },
+            tick: |core, now| seqs(core.tick(now)),
+            next_due: PoolCore::next_due,
+        }
+        .check(core);
+    }
+
+    fn seqs(effects: Vec<Effect>) -> Vec<u64> {
+        effects
+            .into_iter()
+            .map(|Effect::Send { command, .. }| command.id.seq)
+            .collect()
     }
 
     #[test]

@@ -189,6 +189,26 @@ impl VmCore {
         }
     }
 
+    /// When a tick may next send something no input prompted: the pending command's resend
+    /// (an unanswered one is first given the command timeout), and, with the deliberate bug
+    /// armed, the moment the host turns silent.
+    pub fn next_due(&self, now: Instant) -> Option<Instant> {
+        let resend = self.pending.as_ref().map(|p| {
+            let retry = self.timings.resend_at(p.sent_at, p.attempts);
+            if p.answered {
+                retry
+            } else {
+                retry.max(p.sent_at + Duration::from_millis(self.timings.command_timeout_ms))
+            }
+        });
+        let silent = self
+            .observation
+            .as_ref()
+            .filter(|_| self.spare.is_some())
+            .map(|o| o.seen_at + self.timings.stale_after() + Duration::from_millis(1));
+        super::next_after(now, resend.into_iter().chain(silent))
+    }
+
     /// Decides whether to send a command now.
     pub fn tick(&mut self, now: Instant) -> Vec<Effect> {
         if self.fresh(now).is_none() {
@@ -362,6 +382,49 @@ mod tests {
             (view.power, view.desired, view.error),
             (PowerState::Running, DesiredPower::Running, None)
         );
+    }
+
+    fn sent(effects: Vec<Effect>) -> Vec<CommandId> {
+        effects
+            .into_iter()
+            .map(|Effect::Send { command, .. }| command.id)
+            .collect()
+    }
+
+    #[test]
+    fn ticking_after_inputs_and_at_next_due_sends_what_ticking_all_the_time_does() {
+        let running = || {
+            VmCore::new(
+                record(DesiredPower::Running),
+                leadership(),
+                Timings::default(),
+            )
+        };
+        let shut_off = |core: &mut VmCore, at| core.observe(at, Some(report(PowerState::ShutOff)));
+        // Every start fails at once: resent after the backoff.
+        super::super::alarm_check::Drive {
+            report_every_ms: 700,
+            until_ms: 40_000,
+            input: shut_off,
+            tick: |core, now| {
+                let ids = sent(core.tick(now));
+                for id in &ids {
+                    core.command_done(*id, Err("Cannot access storage file".into()));
+                }
+                ids.into_iter().map(|id| id.seq).collect()
+            },
+            next_due: VmCore::next_due,
+        }
+        .check(running);
+        // No start is ever answered: resent after the command timeout.
+        super::super::alarm_check::Drive {
+            report_every_ms: 700,
+            until_ms: 130_000,
+            input: shut_off,
+            tick: |core, now| sent(core.tick(now)).into_iter().map(|id| id.seq).collect(),
+            next_due: VmCore::next_due,
+        }
+        .check(running);
     }
 
     #[test]

@@ -65,6 +65,15 @@ impl VolumesCore {
         self.confirmed.get(name) != Some(&record.size_bytes)
     }
 
+    /// When a tick may next send something no input prompted: a resend falling due.
+    pub fn next_due(&self, now: Instant) -> Option<Instant> {
+        let resends = self.pending.values();
+        super::next_after(
+            now,
+            resends.map(|p| self.timings.resend_at(p.sent_at, p.attempts)),
+        )
+    }
+
     /// Sends CreateVolume for each volume not yet confirmed at its size, through `host` (a
     /// healthy host of the pool; `None` when there is none, and then nothing is sent).
     pub fn tick(&mut self, now: Instant, host: Option<&str>) -> Vec<Effect> {
@@ -203,6 +212,25 @@ mod tests {
         core.set_desired(grown);
         assert!(!core.views()[0].ready);
         assert_eq!(core.tick(t0, Some("host-1")), [create(1, 128 << 20)]);
+    }
+
+    #[test]
+    fn ticking_after_inputs_and_at_next_due_sends_what_ticking_all_the_time_does() {
+        // Nothing answers; the pool's host is healthy throughout.
+        super::super::alarm_check::Drive {
+            report_every_ms: 700,
+            until_ms: 40_000,
+            input: |_: &mut VolumesCore, _| {},
+            tick: |core, now| {
+                let effects = core.tick(now, Some("host-1"));
+                effects
+                    .into_iter()
+                    .map(|Effect::Send { command, .. }| command.id.seq - u64::MAX / 2)
+                    .collect()
+            },
+            next_due: VolumesCore::next_due,
+        }
+        .check(core);
     }
 
     #[test]
