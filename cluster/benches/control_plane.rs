@@ -137,6 +137,7 @@ async fn throughput(
     }
     let mut observer = new_client(cluster);
     let before = leadership(&mut observer).await;
+    let cpu_before = cluster.cpu_time();
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
     for (mut client, own) in ready {
@@ -159,13 +160,15 @@ async fn throughput(
         all.extend(task.await.unwrap());
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cluster.cpu_time() - cpu_before;
     let after = leadership(&mut observer).await;
     all.sort();
     println!(
-        "{clients:>4} clients: {:>8.0} writes/s   p50 {:>10}   p99 {:>10}   ({} writes in {elapsed:.1} s){}",
+        "{clients:>4} clients: {:>8.0} writes/s   p50 {:>10}   p99 {:>10}   servers' CPU {:>4.0} µs/write   ({} writes in {elapsed:.1} s){}",
         all.len() as f64 / elapsed,
         ms(percentile(&all, 0.5)),
         ms(percentile(&all, 0.99)),
+        cpu.as_secs_f64() * 1e6 / all.len() as f64,
         all.len(),
         if after == before {
             String::new()

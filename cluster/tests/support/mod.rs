@@ -240,6 +240,32 @@ impl Nodes {
         child.wait().unwrap();
     }
 
+    /// CPU time the running nodes have used so far (user and system, from `/proc`), for
+    /// the benchmark's CPU-per-write figure, which varies less with the machine's speed than
+    /// the write rate does.
+    #[allow(dead_code)] // only the benchmark uses it
+    pub(crate) fn cpu_time(&self) -> std::time::Duration {
+        // Kernel clock ticks per second (USER_HZ): 100 on Linux.
+        const TICKS_PER_SECOND: u64 = 100;
+        let ticks: u64 = self
+            .processes
+            .iter()
+            .flatten()
+            .map(|child| {
+                let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id()))
+                    .unwrap_or_default();
+                // Fields after the command name (which is in parentheses): utime is the
+                // 12th and stime the 13th of them.
+                let fields: Vec<&str> = stat
+                    .rsplit_once(')')
+                    .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+                let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+                field(11).unwrap_or(0) + field(12).unwrap_or(0)
+            })
+            .sum();
+        std::time::Duration::from_millis(ticks * 1000 / TICKS_PER_SECOND)
+    }
+
     /// Freezes node `id` (SIGSTOP): it neither answers nor sends until [`Nodes::thaw`].
     pub(crate) fn freeze(&self, id: usize) {
         self.signal(id, "-STOP");
