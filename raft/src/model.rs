@@ -771,8 +771,9 @@ impl DesiredState {
             if let Some(outcome) = self.requests.get(request_id) {
                 return outcome.clone();
             }
+            // Validating the request validates the command it carries.
             let outcome = match self.validate(command) {
-                Ok(()) => self.apply(inner),
+                Ok(()) => self.apply_valid(inner),
                 Err(e) => Outcome::Rejected(e),
             };
             if !matches!(outcome, Outcome::Rejected(ValidationError::BadRequestId)) {
@@ -780,9 +781,14 @@ impl DesiredState {
             }
             return outcome;
         }
-        if let Err(e) = self.validate(command) {
-            return Outcome::Rejected(e);
+        match self.validate(command) {
+            Ok(()) => self.apply_valid(command),
+            Err(e) => Outcome::Rejected(e),
         }
+    }
+
+    /// Applies a command that [`DesiredState::validate`] accepted against this very state.
+    fn apply_valid(&mut self, command: &Command) -> Outcome {
         match command {
             Command::RegisterHost { host_id, inventory } => {
                 let maintenance = self.hosts.get(host_id).is_some_and(|h| h.maintenance);
