@@ -29,7 +29,7 @@ use openraft::{
 };
 use qvdc_transport::codec;
 pub use redb::Database;
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -276,33 +276,21 @@ fn load_log(database: &Database) -> Result<LogCache> {
     })
 }
 
-/// The writer: takes everything queued, commits it in one transaction, then reports. A
-/// committed index alone gets no transaction: nobody waits for it, so it rides along with the
-/// next write (a node that restarts before then re-learns it from the leader). That saves
-/// every node a transaction per commit, which an append could otherwise queue behind.
+/// The writer: takes everything queued, commits it in one transaction, then reports.
 async fn write_queued(
     db: Arc<Database>,
     mut queue: mpsc::UnboundedReceiver<Job>,
     latency: DiskLatency,
 ) {
-    let mut carried = Vec::new();
     while let Some(first) = queue.recv().await {
         let slow = latency.get();
         if !slow.is_zero() {
             // What queues up meanwhile rides along, as it would behind a slow fsync.
             tokio::time::sleep(slow).await;
         }
-        let mut batch = std::mem::take(&mut carried);
-        batch.push(first);
+        let mut batch = vec![first];
         while let Ok(job) = queue.try_recv() {
             batch.push(job);
-        }
-        if batch
-            .iter()
-            .all(|job| matches!(job.op, Op::Meta(KEY_COMMITTED, _)))
-        {
-            carried = batch;
-            continue;
         }
         let result = blocking(|| commit(&db, &batch)).map_err(|e| e.to_string());
         for job in batch {
@@ -317,8 +305,16 @@ async fn write_queued(
 }
 
 fn commit(database: &Database, batch: &[Job]) -> Result<()> {
+    // The committed index alone may wait for the next durable commit: losing it only means
+    // re-learning it from the leader after a crash.
+    let durable = batch
+        .iter()
+        .any(|job| !matches!(job.op, Op::Meta(KEY_COMMITTED, _)));
     db(|| {
-        let txn = database.begin_write()?;
+        let mut txn = database.begin_write()?;
+        if !durable {
+            txn.set_durability(Durability::None)?;
+        }
         {
             let mut logs = txn.open_table(LOGS)?;
             let mut meta = txn.open_table(META)?;
@@ -750,38 +746,6 @@ mod tests {
         );
         let hosts: Vec<Entry> = log.try_get_log_entries(2..4).await.unwrap();
         assert_eq!(hosts, vec![register("host-2", 2), register("host-3", 3)]);
-    }
-
-    /// Saving the committed index costs no transaction of its own: it reaches the file with
-    /// the next write, whatever that is.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_committed_index_rides_along_with_the_next_write() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("raft.redb");
-        let database = open(&path).unwrap();
-        let mut log = LogStore::new(database.clone(), DiskLatency::default()).unwrap();
-        let committed = |db: &Database| {
-            get::<Option<LogId>>(db, META, KEY_COMMITTED)
-                .unwrap()
-                .flatten()
-                .map(|id| id.index)
-        };
-        let put = |index| {
-            let bytes = codec::to_bytes(&register("h", index)).unwrap();
-            Op::Put(vec![(index, bytes)])
-        };
-        log.write_through(put(1)).await.unwrap();
-        log.save_committed(Some(register("x", 1).log_id))
-            .await
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(committed(&database), None, "not written on its own");
-        log.write_through(put(2)).await.unwrap();
-        assert_eq!(
-            committed(&database),
-            Some(1),
-            "written with the next append"
-        );
     }
 
     /// A restarted state machine starts from the latest snapshot, not from nothing.
