@@ -83,6 +83,12 @@ pub struct NodeInner {
     pub(crate) confirmed_at: std::sync::Mutex<Option<(Leadership, Instant)>>,
     /// The last leader this node knew of, for hints while none is known.
     pub(crate) last_leader: std::sync::Mutex<Option<LeaderHint>>,
+    /// The last entry in this node's log when it started. openraft 0.9 restores a node that
+    /// led before it stopped as leader of the same term, without a new entry; its read
+    /// index is then the committed index it read back from disk, which can lag what it had
+    /// acknowledged before it stopped (found by chaos seed 132). Everything it acknowledged
+    /// is in its own log, so it serves nothing until that much is applied.
+    pub(crate) logged_at_start: Option<u64>,
 }
 
 /// A running control-plane node. Cheap to clone.
@@ -110,6 +116,7 @@ impl Node {
         let peers = Peers::new(endpoint.clone());
         let network = Network::new(peers.clone());
         let log = store::LogStore::new(db, latency)?;
+        let logged_at_start = log.last_log_id().map(|id| id.index);
         let raft = Raft::new(
             config.node_id,
             qvdc_raft::raft_config(config.retention),
@@ -149,6 +156,7 @@ impl Node {
             supervision: RwLock::new(None),
             confirmed_at: std::sync::Mutex::new(None),
             last_leader: std::sync::Mutex::new(None),
+            logged_at_start,
         });
         let leadership = tokio::spawn(follow_leadership(inner.clone(), config.timings));
         let serving = tokio::spawn(accept_loop(inner.clone(), endpoint.clone()));
@@ -273,8 +281,15 @@ impl NodeInner {
             Duration::from_millis(LEADER_CONFIRM_TIMEOUT_MS),
             self.raft.ensure_linearizable(),
         );
-        match confirm.await {
-            Ok(Ok(_)) => {
+        let caught_up = async {
+            confirm.await.ok()?.ok()?;
+            let timeout = Duration::from_millis(LEADER_CONFIRM_TIMEOUT_MS);
+            let wait = self.raft.wait(Some(timeout));
+            let applied = wait.applied_index_at_least(self.logged_at_start, "log at start applied");
+            applied.await.ok()
+        };
+        match caught_up.await {
+            Some(_) => {
                 let mut confirmed = self.confirmed_at.lock().expect("lease lock poisoned");
                 let at = match *confirmed {
                     Some((of, previous)) if of == leadership => previous.max(asked),
@@ -283,7 +298,7 @@ impl NodeInner {
                 *confirmed = Some((leadership, at));
                 Ok(supervision)
             }
-            _ => {
+            None => {
                 debug!(node = self.id, "leadership not confirmed by a quorum");
                 Err(Response::NotLeader { leader: None })
             }
