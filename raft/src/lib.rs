@@ -23,6 +23,14 @@ pub const HEARTBEAT_INTERVAL_MS: u64 = 50;
 pub const ELECTION_TIMEOUT_MS_MIN: u64 = 200;
 pub const ELECTION_TIMEOUT_MS_MAX: u64 = 400;
 
+/// How long a leader waits for a follower's answer to a replication message (openraft
+/// would wait one heartbeat interval). A follower's fsync, or the leader's own runtime on
+/// a busy machine, can take longer than 50 ms now and then; counting that as a failure cost
+/// a re-dial and a pause in replication, and with both followers at once, a commit stall.
+/// It stays well below the 600 ms after which a follower that heard nothing stands for
+/// election, since the next heartbeat to that follower waits behind the message.
+pub const APPEND_TIMEOUT_MS: u64 = 250;
+
 /// Most log entries openraft puts in one replication message. An entry carries up to
 /// 256 batched commands, so this keeps a message to a few MiB.
 pub const ENTRIES_PER_APPEND_MAX: u64 = 64;

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use openraft::{
     error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable},
-    network::{RPCOption, RaftNetwork, RaftNetworkFactory},
+    network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory},
     raft::{
         AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest,
         InstallSnapshotResponse, VoteRequest, VoteResponse,
@@ -117,10 +117,15 @@ impl PeerLink {
     fn failed(&mut self) {
         self.connection = None;
         self.failures = self.failures.saturating_add(1);
-        let doublings = self.failures.saturating_sub(1).min(8);
-        let backoff = (REDIAL_BACKOFF_MS_MIN << doublings).min(REDIAL_BACKOFF_MS_MAX);
-        self.quiet_until = Some(tokio::time::Instant::now() + Duration::from_millis(backoff));
+        self.quiet_until =
+            Some(tokio::time::Instant::now() + redial_pause(self.failures.saturating_sub(1)));
     }
+}
+
+/// The pause after the `(n + 1)`th failure in a row.
+fn redial_pause(n: u32) -> Duration {
+    let ms = REDIAL_BACKOFF_MS_MIN << n.min(8);
+    Duration::from_millis(ms.min(REDIAL_BACKOFF_MS_MAX))
 }
 
 /// Connections to the other control-plane nodes, one cached per address. Raft RPCs and
@@ -287,10 +292,12 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        match self
-            .exchange(&RaftRpc::AppendEntries(rpc), option.hard_ttl())
-            .await
-        {
+        // A leader's read confirmation sends its own heartbeats under openraft's shorter
+        // timeout, which still applies to them.
+        let ttl = option
+            .hard_ttl()
+            .max(Duration::from_millis(crate::APPEND_TIMEOUT_MS));
+        match self.exchange(&RaftRpc::AppendEntries(rpc), ttl).await {
             Ok(RaftReply::AppendEntries(result)) => remote(self.target, result),
             Ok(other) => Err(failed(PeerError::Protocol(format!("{other:?}")))),
             Err(e) => Err(failed(e)),
@@ -313,6 +320,14 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             Ok(other) => Err(failed(PeerError::Protocol(format!("{other:?}")))),
             Err(e) => Err(failed(e)),
         }
+    }
+
+    /// After an unreachable peer, replication pauses as long as the peer is not dialed
+    /// again ([`REDIAL_BACKOFF_MS_MIN`], doubling to [`REDIAL_BACKOFF_MS_MAX`]), not
+    /// openraft's flat 500 ms: one failed call to a live follower no longer halts its
+    /// replication for half a second.
+    fn backoff(&self) -> Backoff {
+        Backoff::new((0..8).chain(std::iter::repeat(8)).map(redial_pause))
     }
 
     async fn vote(

@@ -14,6 +14,7 @@ pub mod lagging_follower;
 pub mod linearizability;
 pub mod passed_on;
 pub mod pool_flow;
+pub mod slow_followers;
 pub mod steady;
 pub mod trace;
 pub mod vm_flow;
