@@ -6,7 +6,7 @@
 //! Run: `cargo bench -p qvdc-cluster --bench control_plane` (QVDC_BENCH_KILLS=N to change
 //! the number of failovers, QVDC_BENCH_SECONDS=N the seconds per concurrency level,
 //! QVDC_BENCH_WRITE=toggle|create to run one workload only, QVDC_BENCH_ENDPOINT=own to give
-//! each client its own UDP socket).
+//! each client its own UDP socket, QVDC_BENCH_LOGS=1 to keep the nodes' logs).
 
 use std::time::{Duration, Instant};
 
@@ -26,15 +26,23 @@ const HOST: &str = "bench-host";
 const HOST_2: &str = "bench-host-2";
 const OPERATOR: &str = "bench";
 
+/// QVDC_BENCH_LOGS=1 keeps each node's log (and data) after the run, even a failed one, and
+/// prints where; by default the nodes' output is dropped and their directory removed.
 fn start() -> Nodes {
-    Nodes::start(
+    let keep = std::env::var("QVDC_BENCH_LOGS").as_deref() == Ok("1");
+    let mut nodes = Nodes::start(
         &[
             (Role::Operator, OPERATOR),
             (Role::Host, HOST),
             (Role::Host, HOST_2),
         ],
-        false,
-    )
+        keep,
+    );
+    if keep {
+        nodes.dir.disable_cleanup(true);
+        println!("node logs and data: {}", nodes.dir.path().display());
+    }
+    nodes
 }
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);

@@ -85,13 +85,13 @@ impl Client {
         }
     }
 
-    /// Fixes the prefix of this client's request ids (the simulation derives it from its seed).
     /// How long [`Client::request`] keeps trying before it gives up.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
     }
 
+    /// Fixes the prefix of this client's request ids (the simulation derives it from its seed).
     pub fn with_request_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.request_prefix = prefix.into();
         self
