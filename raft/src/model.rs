@@ -5,7 +5,8 @@
 //! `DesiredState` and feeds it committed commands.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
+    hash::BuildHasherDefault,
     sync::Arc,
 };
 
@@ -103,38 +104,174 @@ enum Kind {
 
 /// The outcomes of the most recent operator requests, by request id. It is replicated state,
 /// so a retry sent to a new leader after a failover gets the first outcome too.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Every applied batch publishes a copy of the desired state, so whatever the next batch
+/// changes is copied first. Ids arrive in no order, so in one search tree each recorded id
+/// copied a path of nodes, and forgetting the oldest id another: two thirds of applying a
+/// write. Here ids are kept in generations of [`REQUEST_GENERATION`], in the order they
+/// were recorded: only the newest generation changes, so a batch copies at most that one,
+/// and the oldest is forgotten from its front without being changed at all.
+#[derive(Debug, Clone, Default)]
 pub struct RequestLog {
-    /// Ids are shared between the two collections, so copying a tree node on a change
-    /// copies pointers, not strings.
-    outcomes: OrdMap<Arc<str>, Outcome>,
-    /// Request ids, oldest first, for forgetting past `REQUESTS_REMEMBERED_MAX`.
-    order: imbl::Vector<Arc<str>>,
+    /// Oldest first. All but the newest are full and never change again.
+    generations: VecDeque<Arc<Generation>>,
+    /// How many ids at the front of the oldest generation are forgotten.
+    forgotten: usize,
+    /// Ids remembered.
+    len: usize,
+}
+
+/// Ids recorded per generation: a batch copies up to this many outcomes, and a lookup asks
+/// `REQUESTS_REMEMBERED_MAX / REQUEST_GENERATION + 1` generations at most.
+const REQUEST_GENERATION: usize = 512;
+
+#[derive(Debug, Clone, Default)]
+struct Generation {
+    /// Each id's outcome and its place in `order`.
+    outcomes: HashMap<Arc<str>, (usize, Outcome), BuildHasherDefault<Fnv1a>>,
+    /// Ids in the order they were recorded.
+    order: Vec<Arc<str>>,
+}
+
+/// FNV-1a: deterministic (the map's order is never observed, but nothing here depends on
+/// the process) and fast on short keys. Request ids come from authenticated operators.
+struct Fnv1a(u64);
+
+impl Default for Fnv1a {
+    fn default() -> Self {
+        Self(FNV_OFFSET)
+    }
+}
+
+impl std::hash::Hasher for Fnv1a {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = fnv1a(self.0, bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn fnv1a(hash: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(hash, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 impl RequestLog {
     pub fn get(&self, request_id: &str) -> Option<&Outcome> {
-        self.outcomes.get(request_id)
+        self.generations
+            .iter()
+            .enumerate()
+            .rev()
+            .find_map(|(i, generation)| {
+                let (place, outcome) = generation.outcomes.get(request_id)?;
+                (i > 0 || *place >= self.forgotten).then_some(outcome)
+            })
     }
 
     pub fn len(&self) -> usize {
-        self.outcomes.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.outcomes.is_empty()
+        self.len == 0
+    }
+
+    /// The remembered ids and their outcomes, oldest first.
+    fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &Outcome)> {
+        self.generations
+            .iter()
+            .flat_map(|generation| {
+                generation
+                    .order
+                    .iter()
+                    .map(|id| (id, &generation.outcomes[id].1))
+            })
+            .skip(self.forgotten)
     }
 
     fn record(&mut self, request_id: &str, outcome: Outcome) {
-        let request_id: Arc<str> = request_id.into();
-        let previous = self.outcomes.insert(request_id.clone(), outcome);
-        assert!(previous.is_none(), "a request id is recorded once");
-        self.order.push_back(request_id);
-        if self.order.len() > REQUESTS_REMEMBERED_MAX {
-            let oldest = self.order.pop_front().expect("longer than the bound");
-            self.outcomes.remove(&*oldest);
+        if self
+            .generations
+            .back()
+            .is_none_or(|newest| newest.order.len() == REQUEST_GENERATION)
+        {
+            self.generations.push_back(Arc::default());
         }
-        assert_eq!(self.order.len(), self.outcomes.len());
+        let newest = Arc::make_mut(self.generations.back_mut().expect("one was just added"));
+        let request_id: Arc<str> = request_id.into();
+        let place = newest.order.len();
+        let previous = newest.outcomes.insert(request_id.clone(), (place, outcome));
+        assert!(previous.is_none(), "a request id is recorded once");
+        newest.order.push(request_id);
+        self.len += 1;
+        if self.len > REQUESTS_REMEMBERED_MAX {
+            self.len -= 1;
+            self.forgotten += 1;
+            if self.forgotten == self.generations[0].order.len() {
+                self.generations.pop_front();
+                self.forgotten = 0;
+            }
+        }
+    }
+}
+
+impl PartialEq for RequestLog {
+    fn eq(&self, other: &Self) -> bool {
+        self.len == other.len && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for RequestLog {}
+
+/// Encoded as the outcomes by id and the ids oldest first, whatever the generations.
+#[derive(Serialize)]
+struct RequestLogOut<'a> {
+    outcomes: BTreeMap<&'a str, &'a Outcome>,
+    order: Vec<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct RequestLogIn {
+    outcomes: BTreeMap<String, Outcome>,
+    order: Vec<String>,
+}
+
+impl Serialize for RequestLog {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        RequestLogOut {
+            outcomes: self.iter().map(|(id, outcome)| (&**id, outcome)).collect(),
+            order: self.iter().map(|(id, _)| &**id).collect(),
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for RequestLog {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let RequestLogIn {
+            mut outcomes,
+            order,
+        } = RequestLogIn::deserialize(deserializer)?;
+        if order.len() != outcomes.len() {
+            return Err(serde::de::Error::custom(format!(
+                "request log: {} ids in order but {} outcomes",
+                order.len(),
+                outcomes.len()
+            )));
+        }
+        let mut log = RequestLog::default();
+        for id in order {
+            let outcome = outcomes.remove(&id).ok_or_else(|| {
+                serde::de::Error::custom(format!("request log: no outcome for {id:?}, or twice"))
+            })?;
+            log.record(&id, outcome);
+        }
+        Ok(log)
     }
 }
 
@@ -915,9 +1052,7 @@ impl DesiredState {
     /// applied the same log agree on it; `cluster status` shows it so that can be checked.
     pub fn digest(&self) -> u64 {
         let bytes = qvdc_transport::codec::to_bytes(self).expect("desired state fits a frame");
-        bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
-            (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
-        })
+        fnv1a(FNV_OFFSET, &bytes)
     }
 
     fn indexed(&mut self, kind: Kind, host: &str, name: &str, present: bool) {
@@ -1509,5 +1644,77 @@ mod tests {
             .requests
             .get(&format!("id-{}", REQUESTS_REMEMBERED_MAX + 4))
             .is_some());
+    }
+
+    fn outcome_of(i: usize) -> Outcome {
+        if i.is_multiple_of(3) {
+            Outcome::Rejected(ValidationError::NoSuchPool(format!("p{i}")))
+        } else {
+            Outcome::Applied
+        }
+    }
+
+    #[test]
+    fn the_request_log_forgets_exactly_the_oldest_and_its_copies_stay_as_they_were() {
+        let mut log = RequestLog::default();
+        let total = REQUESTS_REMEMBERED_MAX + 2 * REQUEST_GENERATION + 7;
+        let mut copies = Vec::new();
+        for i in 0..total {
+            log.record(&format!("id-{i}"), outcome_of(i));
+            if i.is_multiple_of(997) {
+                copies.push((i, log.clone()));
+            }
+        }
+        assert_eq!(log.len(), REQUESTS_REMEMBERED_MAX);
+        let first_kept = total - REQUESTS_REMEMBERED_MAX;
+        assert_eq!(log.get(&format!("id-{}", first_kept - 1)), None);
+        for i in first_kept..total {
+            assert_eq!(log.get(&format!("id-{i}")), Some(&outcome_of(i)), "id-{i}");
+        }
+        // Recording into the log never changed a copy taken earlier.
+        for (at, copy) in copies {
+            let kept_from = (at + 1).saturating_sub(REQUESTS_REMEMBERED_MAX);
+            assert_eq!(copy.len(), at + 1 - kept_from, "copy at id-{at}");
+            assert_eq!(copy.get(&format!("id-{at}")), Some(&outcome_of(at)));
+            assert_eq!(copy.get(&format!("id-{}", at + 1)), None);
+            assert_eq!(
+                copy.get(&format!("id-{kept_from}")),
+                Some(&outcome_of(kept_from))
+            );
+            if kept_from > 0 {
+                assert_eq!(copy.get(&format!("id-{}", kept_from - 1)), None);
+            }
+        }
+    }
+
+    #[test]
+    fn the_request_log_encodes_as_outcomes_by_id_and_ids_oldest_first() {
+        use qvdc_transport::codec;
+        let mut log = RequestLog::default();
+        let total = REQUESTS_REMEMBERED_MAX + REQUEST_GENERATION / 2 + 3;
+        for i in 0..total {
+            log.record(&format!("id-{i}"), outcome_of(i));
+        }
+        // The encoding (snapshots, the state digest) does not depend on the generations.
+        let kept: Vec<String> = (total - REQUESTS_REMEMBERED_MAX..total)
+            .map(|i| format!("id-{i}"))
+            .collect();
+        let by_id: BTreeMap<&str, Outcome> = kept
+            .iter()
+            .map(|id| (id.as_str(), outcome_of(id[3..].parse().unwrap())))
+            .collect();
+        let bytes = codec::to_bytes(&log).unwrap();
+        assert_eq!(bytes, codec::to_bytes(&(by_id, &kept)).unwrap());
+        let decoded: RequestLog = codec::from_bytes(&bytes).unwrap();
+        assert_eq!(decoded, log);
+        assert_eq!(decoded.get(&kept[0]), log.get(&kept[0]));
+        assert_eq!(
+            decoded.get(&format!("id-{}", total - REQUESTS_REMEMBERED_MAX - 1)),
+            None
+        );
+
+        let mismatched = codec::to_bytes(&(BTreeMap::<&str, Outcome>::new(), vec!["x"])).unwrap();
+        let refused = codec::from_bytes::<RequestLog>(&mismatched).unwrap_err();
+        assert!(refused.to_string().contains("request log"), "{refused}");
     }
 }
