@@ -188,19 +188,19 @@ pub async fn run(raft: Raft, log: LogStore, peers: Peers, me: NodeId) {
         if raft.metrics().borrow().state == ServerState::Leader {
             continue;
         }
-        let Some(silence) = silence(&raft, me).await else {
+        let Some(before) = silence(&raft, me).await else {
             return; // Raft has stopped
         };
-        if !silence.may_stand {
+        if !before.may_stand {
             continue;
         }
-        let long_enough = if silence.following_leader {
+        let long_enough = if before.following_leader {
             Duration::from_millis(VOTER_LEASE_MS + ELECTION_TIMEOUT_MS_MIN) + wait
         } else {
             Duration::from_millis(ELECTION_TIMEOUT_MS_MIN) + wait
         };
         let now = Instant::now();
-        if now < not_before || silence.heard.is_some_and(|heard| now < heard + long_enough) {
+        if now < not_before || before.heard.is_some_and(|heard| now < heard + long_enough) {
             continue;
         }
         wait = jitter();
@@ -209,6 +209,18 @@ pub async fn run(raft: Raft, log: LogStore, peers: Peers, me: NodeId) {
             return;
         };
         if canvass(&peers, me, log.last_log_id(), &electorate).await {
+            // Asking takes a round trip or more. If this node voted for another candidate
+            // or heard from a leader meanwhile, the yeses are stale, and standing now would
+            // depose whoever just won (seen in the benchmark: a node granted its vote, a
+            // leader was elected, and 14 ms later the node stood on a quorum of pre-votes
+            // asked before; the cluster lost one more election round).
+            let Some(after) = silence(&raft, me).await else {
+                return;
+            };
+            if after.heard != before.heard || !after.may_stand {
+                debug!(node = me, "voted or heard a leader while asking; not standing");
+                continue;
+            }
             info!(
                 node = me,
                 "a quorum would vote for this node: standing for election"
