@@ -218,7 +218,10 @@ pub async fn run(raft: Raft, log: LogStore, peers: Peers, me: NodeId) {
                 return;
             };
             if after.heard != before.heard || !after.may_stand {
-                debug!(node = me, "voted or heard a leader while asking; not standing");
+                debug!(
+                    node = me,
+                    "voted or heard a leader while asking; not standing"
+                );
                 continue;
             }
             info!(
