@@ -11,8 +11,10 @@ use qvdc_raft::{
     store, DesiredState, NodeId, Raft,
 };
 use qvdc_transport::{
+    admission::Admission,
     protocol::{LeaderHint, Leadership, Request, Response},
-    quic, quinn,
+    quic::{self, RequestError},
+    quinn,
     tls::{PeerIdentity, Role},
     Endpoint,
 };
@@ -307,16 +309,19 @@ impl NodeInner {
 }
 
 async fn accept_loop(node: Arc<NodeInner>, endpoint: Endpoint) {
+    let admission = Admission::default();
     while let Some(incoming) = endpoint.accept().await {
-        let node = node.clone();
+        let Some(incoming) = admission.screen(incoming) else {
+            continue;
+        };
+        let (node, admission) = (node.clone(), admission.clone());
         tokio::spawn(async move {
-            let connection = match incoming.await {
-                Ok(c) => c,
-                Err(e) => return debug!(error = %e, "handshake failed"),
-            };
-            match quic::peer_identity(&connection) {
-                Ok(peer) => serve_connection(node, connection, peer).await,
-                Err(e) => warn!(error = %e, "peer without a usable identity; closing"),
+            match admission.admit(incoming).await {
+                Ok((connection, peer, admitted)) => {
+                    serve_connection(node, connection, peer).await;
+                    drop(admitted);
+                }
+                Err(e) => debug!(error = %e, "connection not admitted"),
             }
         });
     }
@@ -328,9 +333,13 @@ async fn serve_connection(node: Arc<NodeInner>, connection: quinn::Connection, p
     while let Ok((send, mut recv)) = connection.accept_bi().await {
         let (node, peer, connection) = (node.clone(), peer.clone(), connection.clone());
         tokio::spawn(async move {
-            let response = match quic::read_request::<Request>(&mut recv).await {
+            let response = match quic::read_request_from(&mut recv, &peer).await {
                 Ok(request) => dispatch(&node, &peer, &connection, request).await,
-                Err(e) => {
+                Err(RequestError::Forbidden(reason)) => {
+                    debug!(peer = %peer.name, %reason, "request refused by kind");
+                    Response::Forbidden { reason }
+                }
+                Err(RequestError::Unreadable(e)) => {
                     debug!(error = %e, peer = %peer.name, "unreadable request");
                     Response::Malformed {
                         reason: e.to_string(),
@@ -346,10 +355,7 @@ async fn serve_connection(node: Arc<NodeInner>, connection: quinn::Connection, p
 
 fn forbidden(peer: &PeerIdentity, what: &str, needed: Role) -> Response {
     Response::Forbidden {
-        reason: format!(
-            "certificate {:?} has role {}, but {what} needs role {needed}; use a {needed} certificate",
-            peer.name, peer.role
-        ),
+        reason: quic::forbidden_reason(peer, what, needed),
     }
 }
 

@@ -287,6 +287,7 @@ pub enum Command {
     /// outcome of the first application.
     Once {
         request_id: String,
+        #[serde(deserialize_with = "qvdc_transport::codec::nested")]
         command: Box<Command>,
     },
     CreatePool {
@@ -359,7 +360,7 @@ pub enum Command {
     /// order, each on its own: concurrent writes share one append, one fsync and one
     /// replication round instead of paying for each. Shared, because openraft clones an
     /// entry for every follower it replicates to and for applying it.
-    Batch(Arc<[Command]>),
+    Batch(#[serde(deserialize_with = "qvdc_transport::codec::nested")] Arc<[Command]>),
 }
 
 /// What applying a command did; the application response of a Raft log entry.
@@ -1127,6 +1128,7 @@ impl DesiredState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use qvdc_transport::codec;
 
     fn inventory() -> Inventory {
         Inventory {
@@ -1135,6 +1137,29 @@ mod tests {
             memory_bytes: 1 << 30,
             ..Inventory::default()
         }
+    }
+
+    /// A log entry is decoded from whatever a peer holding a server certificate sends; a
+    /// once-only command wrapping itself a million times must be refused, not recursed into
+    /// until the stack overflows.
+    #[test]
+    fn deeply_nested_commands_are_refused_when_decoded() {
+        let inner = codec::to_bytes(&Command::DeletePool { pool: "p".into() }).unwrap();
+        for depth in [5, 100_000] {
+            let mut bytes = Vec::new();
+            for _ in 0..depth {
+                bytes.extend_from_slice(&[1, 1, b'r']); // Once { request_id: "r", command: ...
+            }
+            bytes.extend_from_slice(&inner);
+            let err = codec::from_bytes::<Command>(&bytes).unwrap_err();
+            assert!(err.to_string().contains("nested more than"), "{err}");
+        }
+        let legitimate = Command::Batch(Arc::from(vec![Command::Once {
+            request_id: "r".into(),
+            command: Box::new(Command::DeletePool { pool: "p".into() }),
+        }]));
+        let bytes = codec::to_bytes(&legitimate).unwrap();
+        assert_eq!(codec::from_bytes::<Command>(&bytes).unwrap(), legitimate);
     }
 
     fn with_hosts(ids: &[&str]) -> DesiredState {
@@ -1689,7 +1714,6 @@ mod tests {
 
     #[test]
     fn the_request_log_encodes_as_outcomes_by_id_and_ids_oldest_first() {
-        use qvdc_transport::codec;
         let mut log = RequestLog::default();
         let total = REQUESTS_REMEMBERED_MAX + REQUEST_GENERATION / 2 + 3;
         for i in 0..total {

@@ -3,8 +3,15 @@
 //!
 //! Frame layout: `[u32 BE body length][u16 BE protocol version][bincode body]`, where the
 //! length counts the version and the body. Swapping the encoding means changing this file only.
+//!
+//! Everything a peer sends is bounded before it costs memory: the announced length is
+//! checked against the caller's limit, the buffer grows only as bytes really arrive, and
+//! messages that contain themselves (a stale read of a request, a batch of commands) may
+//! nest only [`NESTING_DEPTH_MAX`] deep, so a small frame cannot exhaust the decoder's stack.
 
-use serde::{de::DeserializeOwned, Serialize};
+use std::cell::Cell;
+
+use serde::{de::DeserializeOwned, Deserialize, Deserializer, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::protocol::PROTOCOL_VERSION;
@@ -14,6 +21,19 @@ use crate::protocol::PROTOCOL_VERSION;
 pub const FRAME_BYTES_MAX: usize = 16 * 1024 * 1024;
 const LENGTH_BYTES: usize = 4;
 const VERSION_BYTES: usize = 2;
+/// How deep a message may contain messages of its own kind. Legitimate messages nest once
+/// or twice (a stale read of a request; a batch of once-only commands); without a bound,
+/// a 10 KB frame of nested variants overflows a 2 MiB stack while being decoded.
+pub const NESTING_DEPTH_MAX: u32 = 4;
+/// The first allocation for a frame's body; it grows as the peer actually sends bytes, so
+/// announcing a large frame and sending nothing pins no more than this.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+thread_local! {
+    /// How many [`nested`] fields the decoder is inside on this thread. Decoding is
+    /// synchronous, so the count always returns to zero when a decode ends.
+    static NESTING: Cell<u32> = const { Cell::new(0) };
+}
 
 /// Why a frame could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +48,12 @@ pub enum CodecError {
     VersionMismatch { got: u16, expected: u16 },
     #[error("malformed frame: {0}")]
     Malformed(String),
+    #[error("a {kind} frame of {bytes} bytes exceeds the {limit} bytes allowed for it")]
+    KindTooLarge {
+        kind: &'static str,
+        bytes: usize,
+        limit: usize,
+    },
     #[error("could not encode message: {0}")]
     Encode(String),
     #[error("stream error: {0}")]
@@ -36,6 +62,40 @@ pub enum CodecError {
 
 fn bincode_config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<FRAME_BYTES_MAX>()
+}
+
+/// Deserializes a field that holds a message of its own kind (use it as
+/// `#[serde(deserialize_with = "codec::nested")]`), refusing to go deeper than
+/// [`NESTING_DEPTH_MAX`] such fields.
+pub fn nested<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Level;
+    impl Drop for Level {
+        fn drop(&mut self) {
+            NESTING.with(|depth| depth.set(depth.get() - 1));
+        }
+    }
+    let depth = NESTING.with(|depth| {
+        depth.set(depth.get() + 1);
+        depth.get()
+    });
+    let _level = Level;
+    if depth > NESTING_DEPTH_MAX {
+        return Err(serde::de::Error::custom(format!(
+            "messages nested more than {NESTING_DEPTH_MAX} deep"
+        )));
+    }
+    T::deserialize(deserializer)
+}
+
+/// The variant index a bincode body starts with, if it is an enum's small variant (bincode
+/// writes indexes below 251 as one byte). Lets a reader refuse a message kind before it
+/// decodes any of it.
+pub fn peek_variant(body: &[u8]) -> Option<u8> {
+    body.first().copied().filter(|tag| *tag < 251)
 }
 
 /// Encodes `value` as a bare bincode body (no length, no version) — for payloads that travel
@@ -125,18 +185,44 @@ where
     R: AsyncRead + Unpin,
     T: DeserializeOwned,
 {
+    let bytes = read_frame_bytes(reader, FRAME_BYTES_MAX).await?;
+    decode_frame_body(&bytes)
+}
+
+/// Reads the part of one frame after its length prefix (version and body), refusing a
+/// frame that announces more than `limit` bytes. The buffer grows only as the peer sends,
+/// in steps of at most [`READ_CHUNK_BYTES`].
+pub async fn read_frame_bytes<R>(reader: &mut R, limit: usize) -> Result<Vec<u8>, CodecError>
+where
+    R: AsyncRead + Unpin,
+{
+    assert!(
+        limit <= FRAME_BYTES_MAX,
+        "no reader accepts more than a frame"
+    );
     let mut prefix = [0u8; LENGTH_BYTES];
     reader.read_exact(&mut prefix).await?;
     let length = u32::from_be_bytes(prefix) as usize;
-    if length > FRAME_BYTES_MAX {
+    if length > limit {
         return Err(CodecError::FrameTooLarge {
             bytes: length,
-            limit: FRAME_BYTES_MAX,
+            limit,
         });
     }
-    let mut bytes = vec![0u8; length];
-    reader.read_exact(&mut bytes).await?;
-    decode_frame_body(&bytes)
+    let mut bytes = Vec::with_capacity(length.min(READ_CHUNK_BYTES));
+    while bytes.len() < length {
+        let want = (length - bytes.len()).min(READ_CHUNK_BYTES);
+        bytes.reserve(want);
+        let start = bytes.len();
+        bytes.resize(start + want, 0);
+        let got = reader.read(&mut bytes[start..]).await?;
+        bytes.truncate(start + got);
+        if got == 0 {
+            return Err(CodecError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+    }
+    assert_eq!(bytes.len(), length);
+    Ok(bytes)
 }
 
 #[cfg(test)]

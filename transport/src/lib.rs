@@ -4,6 +4,7 @@
 //!
 //! This crate knows nothing of Raft, libvirt or actors: Raft messages cross it as opaque bytes.
 
+pub mod admission;
 pub mod bugs;
 pub mod codec;
 pub mod protocol;

@@ -6,6 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::{codec, tls::Role};
+
 /// Bumped only for incompatible changes; the codec rejects frames of other versions.
 pub const PROTOCOL_VERSION: u16 = 1;
 /// TLS application protocol name; a peer that does not offer it fails the handshake.
@@ -24,6 +26,31 @@ pub enum Request {
     Forwarded(ApiRequest),
     /// A host agent's message.
     Host(HostMessage),
+}
+
+impl Request {
+    /// The role a certificate needs to send the kind of request whose wire variant is
+    /// `tag`, and what that kind is called in a refusal; `None` for a tag that names no
+    /// kind (the decoder then refuses the frame).
+    pub fn needs_role(tag: u8) -> Option<(Role, &'static str)> {
+        match tag {
+            0 => Some((Role::Server, "Raft")),
+            1 => Some((Role::Operator, "the operator API")),
+            2 => Some((Role::Server, "passing on operator requests")),
+            3 => Some((Role::Host, "speaking for a host")),
+            _ => None,
+        }
+    }
+
+    /// The wire variant of this request (see [`Request::needs_role`]).
+    pub fn tag(&self) -> u8 {
+        match self {
+            Request::Raft(_) => 0,
+            Request::Api(_) => 1,
+            Request::Forwarded(_) => 2,
+            Request::Host(_) => 3,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -521,7 +548,7 @@ pub enum ApiRequest {
     /// A read answered by whichever node receives it, from its own copy of the desired
     /// state, without the leader: available during elections, possibly behind, and with
     /// reported state unknown (`qvctl --stale`).
-    Stale(Box<ApiRequest>),
+    Stale(#[serde(deserialize_with = "codec::nested")] Box<ApiRequest>),
     /// Adds a node started with `qvdc server --join`: first as a learner that copies the log
     /// (or a snapshot), then as a voter once it has caught up. Answered with the new status.
     ClusterAddNode {
@@ -853,7 +880,57 @@ pub struct VolumeView {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::to_bytes;
+    use crate::codec::{decode_frame_body, from_bytes, to_bytes, CodecError, NESTING_DEPTH_MAX};
+
+    /// A reader refuses a request by its first byte before decoding it (`needs_role`): the
+    /// byte must be the variant each request encodes as.
+    #[test]
+    fn request_tags_are_their_wire_variants() {
+        let requests = [
+            Request::Raft(vec![1]),
+            Request::Api(ApiRequest::ClusterStatus),
+            Request::Forwarded(ApiRequest::HostList),
+            Request::Host(HostMessage::InventoryChanged {
+                host_id: "h".into(),
+                inventory: Inventory::default(),
+            }),
+        ];
+        for request in requests {
+            let body = to_bytes(&request).unwrap();
+            assert_eq!(body[0], request.tag(), "{request:?}");
+            assert!(Request::needs_role(request.tag()).is_some());
+        }
+        assert_eq!(Request::needs_role(4), None);
+    }
+
+    /// A frame of nothing but nested stale reads: before the nesting bound, 10 KB of them
+    /// overflowed a 2 MiB stack while decoding (and a 100 KB one sent by a host certificate
+    /// aborted a node). Now it is a typed error, at any size up to the frame limit.
+    #[test]
+    fn deeply_nested_stale_reads_are_refused_not_recursed_into() {
+        for depth in [NESTING_DEPTH_MAX as usize + 1, 10_000, 1_000_000] {
+            let mut frame = crate::protocol::PROTOCOL_VERSION.to_be_bytes().to_vec();
+            frame.push(Request::Api(ApiRequest::ClusterStatus).tag());
+            frame.extend(std::iter::repeat_n(1u8, depth)); // ApiRequest::Stale, over and over
+            frame.push(0); // ApiRequest::ClusterStatus
+            let err = decode_frame_body::<Request>(&frame).unwrap_err();
+            assert!(
+                matches!(&err, CodecError::Malformed(m) if m.contains("nested more than")),
+                "{err}"
+            );
+        }
+        // As deep as the bound allows still decodes.
+        let mut request = ApiRequest::ClusterStatus;
+        for _ in 0..NESTING_DEPTH_MAX {
+            request = ApiRequest::Stale(Box::new(request));
+        }
+        let body = to_bytes(&request).unwrap();
+        assert_eq!(from_bytes::<ApiRequest>(&body).unwrap(), request);
+        // The bound counts depth, not how many nested messages a decode met before.
+        for _ in 0..3 {
+            assert_eq!(from_bytes::<ApiRequest>(&body).unwrap(), request);
+        }
+    }
 
     /// Variants are numbered by position on the wire (ADR 2: enums only gain variants at the
     /// end). A variant inserted mid-enum renumbers the ones after it, and a peer of the same

@@ -10,7 +10,8 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::{
     codec::{self, CodecError},
-    tls::{self, Identity, PeerIdentity, TlsError},
+    protocol::Request,
+    tls::{self, Identity, PeerIdentity, Role, TlsError},
 };
 
 /// A connection with no traffic for this long is considered dead.
@@ -19,8 +20,25 @@ pub const IDLE_TIMEOUT_MS: u64 = 4_000;
 pub const KEEP_ALIVE_INTERVAL_MS: u64 = 1_000;
 /// Bound on how many requests one peer may have in flight on one connection.
 pub const STREAMS_PER_CONNECTION_MAX: u32 = 256;
+/// The application error code of a connection closed because its peer is over a bound
+/// (see `admission`); the close frame's reason says which.
+pub const REFUSED_CODE: u32 = 1;
 /// Time allowed for dialing and completing the handshake.
 pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
+/// Time a peer has to send a whole request once it opened its stream: a stream that
+/// trickles (slowloris) is cut off and its task freed.
+pub const REQUEST_READ_TIMEOUT_MS: u64 = 10_000;
+/// Time a peer has to take our whole answer: one that stops reading does not keep the
+/// answer's buffer and task alive.
+pub const RESPONSE_WRITE_TIMEOUT_MS: u64 = 10_000;
+/// Largest request a host or an operator may send. Raft traffic between servers may use
+/// the whole [`codec::FRAME_BYTES_MAX`]; nothing a host or an operator legitimately sends
+/// comes near this (a registration with a thousand existing domains is about 0.5 MiB).
+pub const PEER_REQUEST_BYTES_MAX: usize = 1024 * 1024;
+/// Bytes one peer may have in flight towards us on one stream, and on all its streams of
+/// one connection: what a peer that sends and never finishes can pin per connection.
+pub const STREAM_RECEIVE_WINDOW_BYTES: u32 = 1024 * 1024;
+pub const CONNECTION_RECEIVE_WINDOW_BYTES: u32 = 4 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -54,6 +72,8 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
                 .expect("small timeout"),
         ))
         .keep_alive_interval(Some(Duration::from_millis(KEEP_ALIVE_INTERVAL_MS)))
+        .stream_receive_window(STREAM_RECEIVE_WINDOW_BYTES.into())
+        .receive_window(CONNECTION_RECEIVE_WINDOW_BYTES.into())
         .max_concurrent_bidi_streams(STREAMS_PER_CONNECTION_MAX.into())
         .max_concurrent_uni_streams(0u32.into());
     Arc::new(config)
@@ -182,42 +202,114 @@ where
     codec::write_frame(&mut send, request).await?;
     send.finish()
         .map_err(|e| TransportError::Stream(e.to_string()))?;
-    read_last_frame(&mut recv).await
+    let bytes = read_last_frame(&mut recv, codec::FRAME_BYTES_MAX).await?;
+    Ok(codec::decode_frame_body(&bytes)?)
 }
 
-/// Reads the one request on an accepted stream; the caller answers with [`respond`].
+/// Reads the one request on an accepted stream from a trusted sender (a host reading its
+/// leader's commands); the caller answers with [`respond`].
 pub async fn read_request<Q: DeserializeOwned>(
     recv: &mut quinn::RecvStream,
 ) -> Result<Q, TransportError> {
-    read_last_frame(recv).await
+    let bytes = read_last_frame(recv, codec::FRAME_BYTES_MAX).await?;
+    Ok(codec::decode_frame_body(&bytes)?)
 }
 
-/// Reads a stream's one frame and then its end. A stream dropped before its end was read
-/// is stopped, which costs a STOP_SENDING frame to the peer and an acknowledgement back on
-/// every request; the sender finishes right after the frame, so the end arrives with it.
-async fn read_last_frame<T: DeserializeOwned>(
+/// Why a control-plane node did not take a request.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// The sender's certificate does not allow this kind of request; nothing of it was
+    /// decoded.
+    #[error("{0}")]
+    Forbidden(String),
+    #[error(transparent)]
+    Unreadable(#[from] TransportError),
+}
+
+/// Reads the one [`Request`] on a stream accepted from a peer with `role`. The role bounds
+/// the frame's size and decides which kinds of request are decoded at all: a host's or an
+/// operator's frame is refused by its first byte when it is of a kind their role may not
+/// send, so no bytes of it reach the decoder.
+pub async fn read_request_from(
     recv: &mut quinn::RecvStream,
-) -> Result<T, TransportError> {
-    let frame = codec::read_frame(recv).await?;
-    // An ordered read: quinn's `read_to_end` reads unordered, which must not follow ordered
-    // reads on one stream (quinn-proto 0.11 then underflows its flow-control count).
-    let mut more = [0u8; 1];
-    match recv.read(&mut more).await {
-        Ok(None) => Ok(frame),
-        Ok(Some(_)) => Err(TransportError::Stream(
-            "more than one frame on a one-request stream".into(),
-        )),
-        Err(e) => Err(TransportError::Stream(e.to_string())),
+    peer: &PeerIdentity,
+) -> Result<Request, RequestError> {
+    let limit = match peer.role {
+        Role::Server => codec::FRAME_BYTES_MAX,
+        Role::Host | Role::Operator => PEER_REQUEST_BYTES_MAX,
+    };
+    let bytes = read_last_frame(recv, limit).await?;
+    let body = bytes.get(2..).unwrap_or_default();
+    if let Some((needed, what)) = codec::peek_variant(body).and_then(Request::needs_role) {
+        if needed != peer.role {
+            return Err(RequestError::Forbidden(forbidden_reason(
+                peer, what, needed,
+            )));
+        }
     }
+    let request = codec::decode_frame_body(&bytes).map_err(TransportError::from)?;
+    Ok(request)
 }
 
-/// Writes the one response on an accepted stream and closes our side.
+/// The words of a refusal: who asked, what they asked for, and which certificate to use.
+pub fn forbidden_reason(peer: &PeerIdentity, what: &str, needed: Role) -> String {
+    format!(
+        "certificate {:?} has role {}, but {what} needs role {needed}; use a {needed} certificate",
+        peer.name, peer.role
+    )
+}
+
+/// Reads a stream's one frame and then its end, within [`REQUEST_READ_TIMEOUT_MS`]. A
+/// stream dropped before its end was read is stopped, which costs a STOP_SENDING frame to
+/// the peer and an acknowledgement back on every request; the sender finishes right after
+/// the frame, so the end arrives with it.
+async fn read_last_frame(
+    recv: &mut quinn::RecvStream,
+    limit: usize,
+) -> Result<Vec<u8>, TransportError> {
+    let read = async {
+        let frame = codec::read_frame_bytes(recv, limit).await?;
+        // An ordered read: quinn's `read_to_end` reads unordered, which must not follow
+        // ordered reads on one stream (quinn-proto 0.11 then underflows its flow-control
+        // count).
+        let mut more = [0u8; 1];
+        match recv.read(&mut more).await {
+            Ok(None) => Ok(frame),
+            Ok(Some(_)) => Err(TransportError::Stream(
+                "more than one frame on a one-request stream".into(),
+            )),
+            Err(e) => Err(TransportError::Stream(e.to_string())),
+        }
+    };
+    let deadline = Duration::from_millis(REQUEST_READ_TIMEOUT_MS);
+    tokio::time::timeout(deadline, read)
+        .await
+        .unwrap_or_else(|_| {
+            Err(TransportError::Stream(format!(
+                "request not received within {REQUEST_READ_TIMEOUT_MS} ms"
+            )))
+        })
+}
+
+/// Writes the one response on an accepted stream and closes our side, giving up after
+/// [`RESPONSE_WRITE_TIMEOUT_MS`] if the peer does not take it.
 pub async fn respond<A: Serialize>(
     mut send: quinn::SendStream,
     response: &A,
 ) -> Result<(), TransportError> {
-    codec::write_frame(&mut send, response).await?;
-    send.finish()
-        .map_err(|e| TransportError::Stream(e.to_string()))?;
-    Ok(())
+    let write = async {
+        codec::write_frame(&mut send, response).await?;
+        send.finish()
+            .map_err(|e| TransportError::Stream(e.to_string()))
+    };
+    let deadline = Duration::from_millis(RESPONSE_WRITE_TIMEOUT_MS);
+    match tokio::time::timeout(deadline, write).await {
+        Ok(result) => result,
+        Err(_) => {
+            let _ = send.reset(0u32.into());
+            Err(TransportError::Stream(format!(
+                "answer not taken within {RESPONSE_WRITE_TIMEOUT_MS} ms"
+            )))
+        }
+    }
 }
