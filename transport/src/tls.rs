@@ -20,6 +20,28 @@ const CA_NAME: &str = "qvdc cluster CA";
 const CA_CERT_FILE: &str = "ca.crt";
 const CA_KEY_FILE: &str = "ca.key";
 const NAME_BYTES_MAX: usize = 64;
+/// Names no certificate may take: `ca` would be written over the CA's own files.
+pub const NAMES_RESERVED: [&str; 1] = ["ca"];
+/// How long a new CA is valid.
+pub const CA_VALIDITY_DAYS: u32 = 3_650;
+/// How long a certificate is valid unless `--days` says otherwise: a year, so that a lost
+/// certificate stops working on its own even if nobody revokes it.
+pub const CERT_VALIDITY_DAYS_DEFAULT: u32 = 365;
+/// The longest validity `--days` may ask for: the CA's.
+pub const CERT_VALIDITY_DAYS_MAX: u32 = CA_VALIDITY_DAYS;
+/// A certificate is valid from this long before it is issued, for clocks a little behind.
+const CLOCK_SKEW_SECS: i64 = 3_600;
+/// The DER prefix of an Ed25519 private key as PKCS#8 v1 (RFC 8410), before its 32-byte
+/// seed. ring writes v2 documents, which add the public key; OpenSSL 3.0 and Python's
+/// `cryptography` cannot read those, so keys are written as v1, which every tool reads.
+const ED25519_PKCS8_V1_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+/// The same key as ring writes it (v2), up to the seed.
+const ED25519_PKCS8_V2_PREFIX: [u8; 16] = [
+    0x30, 0x51, 0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+const ED25519_SEED_BYTES: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -34,6 +56,10 @@ pub enum TlsError {
     CaExists(PathBuf),
     #[error("invalid name {name:?}: {why}")]
     BadName { name: String, why: &'static str },
+    #[error("{0} already exists; pass --replace to issue a new certificate and key in its place")]
+    Exists(PathBuf),
+    #[error("--days must be 1 to {CERT_VALIDITY_DAYS_MAX}, not {0}")]
+    BadValidity(u32),
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
     #[error("TLS configuration failed: {0}")]
@@ -186,11 +212,111 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
-fn write(path: &Path, contents: &str) -> Result<(), TlsError> {
-    std::fs::write(path, contents).map_err(|source| TlsError::Io {
+/// Who may read a file this module writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Secrecy {
+    /// A certificate: anyone may read it.
+    Public,
+    /// A private key: only its owner (0600).
+    Secret,
+}
+
+/// Writes `contents` to `path` through a new file beside it that nothing else can have
+/// opened or linked (`O_EXCL`, no symlink followed, mode set at creation), synced, then
+/// renamed over `path`: a key is never readable by others, not even for a moment, and a
+/// symlink planted at `path` is replaced, never written through.
+fn write(path: &Path, contents: &str, secrecy: Secrecy) -> Result<(), TlsError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| TlsError::Io {
         path: path.to_owned(),
         source,
-    })
+    };
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".new");
+    let temporary = PathBuf::from(temporary);
+    let mode = match secrecy {
+        Secrecy::Public => 0o644,
+        Secrecy::Secret => 0o600,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&temporary)
+        .map_err(|source| TlsError::Io {
+            path: temporary.clone(),
+            source,
+        })?;
+    let written = file
+        .write_all(contents.as_bytes())
+        .and_then(|()| file.sync_all())
+        .and_then(|()| std::fs::rename(&temporary, path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(io(e));
+    }
+    Ok(())
+}
+
+/// A key pair's private key as PKCS#8 v1 PEM, the form OpenSSL and other tools read.
+fn key_pem(key: &KeyPair) -> String {
+    let der = key.serialize_der();
+    let seed = der
+        .strip_prefix(&ED25519_PKCS8_V2_PREFIX[..])
+        .and_then(|rest| rest.get(..ED25519_SEED_BYTES))
+        .expect("ring writes Ed25519 keys as PKCS#8 v2 with the seed first");
+    let mut v1 = ED25519_PKCS8_V1_PREFIX.to_vec();
+    v1.extend_from_slice(seed);
+    assert_eq!(v1.len(), ED25519_PKCS8_V1_PREFIX.len() + ED25519_SEED_BYTES);
+    private_key_pem(&v1)
+}
+
+fn private_key_pem(der: &[u8]) -> String {
+    let body = base64_encode(der);
+    let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
+    for line in body.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        pem.push('\n');
+    }
+    pem.push_str("-----END PRIVATE KEY-----\n");
+    pem
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The validity window of a certificate issued now for `days`.
+fn validity(days: u32) -> (time::OffsetDateTime, time::OffsetDateTime) {
+    // Certificate tooling runs in the CLI, never in the simulation: wall-clock time is right.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_secs();
+    let now = time::OffsetDateTime::from_unix_timestamp(now as i64).expect("a sane clock");
+    (
+        now - time::Duration::seconds(CLOCK_SKEW_SECS),
+        now + time::Duration::days(i64::from(days)),
+    )
 }
 
 fn bad_pem(path: &Path, e: impl fmt::Display) -> TlsError {
@@ -255,17 +381,66 @@ pub fn init_ca(dir: &Path) -> Result<PathBuf, TlsError> {
     params.distinguished_name.push(DnType::CommonName, CA_NAME);
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    params.not_after = rcgen::date_time_ymd(2100, 1, 1);
+    (params.not_before, params.not_after) = validity(CA_VALIDITY_DAYS);
     let cert = params.self_signed(&key)?;
-    write(&dir.join(CA_KEY_FILE), &key.serialize_pem())?;
-    write(&cert_path, &cert.pem())?;
+    let key_path = dir.join(CA_KEY_FILE);
+    if key_path.exists() {
+        return Err(TlsError::CaExists(key_path));
+    }
+    write(&key_path, &key_pem(&key), Secrecy::Secret)?;
+    write(&cert_path, &cert.pem(), Secrecy::Public)?;
     Ok(cert_path)
 }
 
-/// Issues a certificate for `name` with `role`, signed by the CA in `dir`; writes
-/// `dir/NAME.crt` and `dir/NAME.key` and returns their paths.
+/// How to issue a certificate.
+#[derive(Debug, Clone, Copy)]
+pub struct IssueOptions {
+    /// Days from now until it expires.
+    pub days: u32,
+    /// Replace an existing certificate and key of the same name (rotation).
+    pub replace: bool,
+}
+
+impl Default for IssueOptions {
+    fn default() -> Self {
+        Self {
+            days: CERT_VALIDITY_DAYS_DEFAULT,
+            replace: false,
+        }
+    }
+}
+
+/// Issues a certificate for `name` with `role`, signed by the CA in `dir`, valid for
+/// [`CERT_VALIDITY_DAYS_DEFAULT`]; writes `dir/NAME.crt` and `dir/NAME.key` (mode 0600) and
+/// returns their paths. Refuses to replace an existing pair.
 pub fn issue(dir: &Path, role: Role, name: &str) -> Result<(PathBuf, PathBuf), TlsError> {
+    issue_with(dir, role, name, IssueOptions::default())
+}
+
+/// [`issue`] with a chosen validity, optionally replacing an existing pair.
+pub fn issue_with(
+    dir: &Path,
+    role: Role,
+    name: &str,
+    options: IssueOptions,
+) -> Result<(PathBuf, PathBuf), TlsError> {
     validate_name(name)?;
+    if NAMES_RESERVED.contains(&name) {
+        return Err(TlsError::BadName {
+            name: name.to_owned(),
+            why: "is reserved for the cluster CA's own files",
+        });
+    }
+    if !(1..=CERT_VALIDITY_DAYS_MAX).contains(&options.days) {
+        return Err(TlsError::BadValidity(options.days));
+    }
+    let cert_path = dir.join(format!("{name}.crt"));
+    let key_path = dir.join(format!("{name}.key"));
+    if !options.replace {
+        if let Some(existing) = [&cert_path, &key_path].into_iter().find(|p| p.exists()) {
+            return Err(TlsError::Exists(existing.clone()));
+        }
+    }
     let ca_key_path = dir.join(CA_KEY_FILE);
     let ca_cert_path = dir.join(CA_CERT_FILE);
     let ca_key = KeyPair::from_pem(&String::from_utf8_lossy(&read(&ca_key_path)?))
@@ -291,13 +466,12 @@ pub fn issue(dir: &Path, role: Role, name: &str) -> Result<(PathBuf, PathBuf), T
         ],
         Role::Host | Role::Operator => vec![ExtendedKeyUsagePurpose::ClientAuth],
     };
-    params.not_after = rcgen::date_time_ymd(2100, 1, 1);
+    (params.not_before, params.not_after) = validity(options.days);
     let key = KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
     let cert = params.signed_by(&key, &issuer)?;
-    let cert_path = dir.join(format!("{name}.crt"));
-    let key_path = dir.join(format!("{name}.key"));
-    write(&key_path, &key.serialize_pem())?;
-    write(&cert_path, &cert.pem())?;
+    // The key first: a certificate on disk without its key is of no use to anyone.
+    write(&key_path, &key_pem(&key), Secrecy::Secret)?;
+    write(&cert_path, &cert.pem(), Secrecy::Public)?;
     Ok((cert_path, key_path))
 }
 
@@ -326,6 +500,140 @@ mod tests {
             id.server_config().unwrap();
             id.client_config().unwrap();
         }
+    }
+
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn keys_are_private_and_certificates_public() {
+        let dir = tempfile::tempdir().unwrap();
+        init_ca(dir.path()).unwrap();
+        let (cert, key) = issue(dir.path(), Role::Host, "host-1").unwrap();
+        assert_eq!(mode(&dir.path().join("ca.key")), 0o600);
+        assert_eq!(mode(&key), 0o600);
+        assert_eq!(mode(&cert), 0o644);
+        assert_eq!(mode(&dir.path().join("ca.crt")), 0o644);
+    }
+
+    /// A symlink planted where a key will be written is replaced, not written through.
+    #[test]
+    fn a_key_is_never_written_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        init_ca(dir.path()).unwrap();
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, "untouched").unwrap();
+        std::os::unix::fs::symlink(&target, dir.path().join("host-1.key")).unwrap();
+        let options = IssueOptions {
+            replace: true,
+            ..IssueOptions::default()
+        };
+        let (_, key) = issue_with(dir.path(), Role::Host, "host-1", options).unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched");
+        assert!(!std::fs::symlink_metadata(&key).unwrap().is_symlink());
+        assert!(std::fs::read_to_string(&key)
+            .unwrap()
+            .contains("PRIVATE KEY"));
+    }
+
+    #[test]
+    fn an_existing_pair_is_replaced_only_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        init_ca(dir.path()).unwrap();
+        let (cert, _) = issue(dir.path(), Role::Operator, "alice").unwrap();
+        let first = std::fs::read(&cert).unwrap();
+        let err = issue(dir.path(), Role::Operator, "alice").unwrap_err();
+        assert!(err.to_string().contains("pass --replace"), "{err}");
+        assert_eq!(std::fs::read(&cert).unwrap(), first);
+        let options = IssueOptions {
+            replace: true,
+            ..IssueOptions::default()
+        };
+        issue_with(dir.path(), Role::Operator, "alice", options).unwrap();
+        assert_ne!(std::fs::read(&cert).unwrap(), first);
+    }
+
+    #[test]
+    fn the_ca_name_is_reserved() {
+        let dir = tempfile::tempdir().unwrap();
+        init_ca(dir.path()).unwrap();
+        let ca_key = std::fs::read(dir.path().join("ca.key")).unwrap();
+        let err = issue(dir.path(), Role::Server, "ca").unwrap_err();
+        assert!(err.to_string().contains("reserved"), "{err}");
+        assert_eq!(std::fs::read(dir.path().join("ca.key")).unwrap(), ca_key);
+    }
+
+    #[test]
+    fn validity_is_chosen_at_issue() {
+        let dir = tempfile::tempdir().unwrap();
+        init_ca(dir.path()).unwrap();
+        let days = |role, name, days| {
+            let options = IssueOptions {
+                days,
+                replace: false,
+            };
+            issue_with(dir.path(), role, name, options).map(|(cert, _)| {
+                let pem = std::fs::read(cert).unwrap();
+                let der = CertificateDer::from_pem_slice(&pem).unwrap();
+                let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
+                let validity = parsed.validity();
+                let secs = validity.not_after.timestamp() - validity.not_before.timestamp();
+                (secs - CLOCK_SKEW_SECS) / 86_400
+            })
+        };
+        assert_eq!(days(Role::Host, "h-30", 30).unwrap(), 30);
+        let default = issue(dir.path(), Role::Host, "h-default").unwrap().0;
+        assert!(std::fs::read(default)
+            .unwrap()
+            .starts_with(b"-----BEGIN CERTIFICATE"));
+        for bad in [0, CERT_VALIDITY_DAYS_MAX + 1] {
+            let err = days(Role::Host, "h-bad", bad).unwrap_err();
+            assert!(matches!(err, TlsError::BadValidity(d) if d == bad), "{err}");
+        }
+    }
+
+    /// Operators inspect keys and use them from other tools: OpenSSL 3.0 refuses the PKCS#8
+    /// v2 form ring writes, so keys must be v1. Needs the `openssl` command.
+    #[test]
+    fn openssl_reads_issued_keys_needs_openssl() {
+        let present = std::process::Command::new("openssl")
+            .arg("version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !present {
+            assert!(
+                std::env::var("QVDC_REQUIRE_REAL").as_deref() != Ok("1"),
+                "QVDC_REQUIRE_REAL=1 but openssl is missing (scripts/setup.sh installs it)"
+            );
+            eprintln!("skipping: no openssl");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        init_ca(dir.path()).unwrap();
+        let (cert, key) = issue(dir.path(), Role::Server, "node-1").unwrap();
+        for key in [key, dir.path().join("ca.key")] {
+            let out = std::process::Command::new("openssl")
+                .args(["pkey", "-noout", "-text", "-in"])
+                .arg(&key)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "openssl pkey {}: {}",
+                key.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(String::from_utf8_lossy(&out.stdout).contains("ED25519"));
+        }
+        let verify = std::process::Command::new("openssl")
+            .args(["verify", "-CAfile"])
+            .arg(dir.path().join("ca.crt"))
+            .arg(&cert)
+            .output()
+            .unwrap();
+        assert!(verify.status.success(), "{verify:?}");
     }
 
     #[test]

@@ -302,7 +302,14 @@ enum CertsCommand {
         #[arg(long)]
         dir: PathBuf,
     },
-    /// Issue a certificate signed by the CA in DIR: writes DIR/NAME.crt and DIR/NAME.key.
+    /// Issue a certificate signed by the CA in DIR: writes DIR/NAME.crt and DIR/NAME.key
+    ///
+    /// The key is written readable by its owner only (0600), as PKCS#8 that `openssl pkey`
+    /// reads. The name `ca` is reserved. To rotate a certificate, issue it again with
+    /// --replace; nodes and hosts pick up the new files when restarted.
+    ///
+    /// Example: qvctl certs issue --dir certs --role host --name host-1 --days 90
+    #[command(verbatim_doc_comment)]
     Issue {
         #[arg(long)]
         dir: PathBuf,
@@ -311,6 +318,12 @@ enum CertsCommand {
         role: Role,
         #[arg(long)]
         name: String,
+        /// Days until the certificate expires (1 to 3650).
+        #[arg(long, default_value_t = tls::CERT_VALIDITY_DAYS_DEFAULT)]
+        days: u32,
+        /// Replace an existing certificate and key of this name.
+        #[arg(long)]
+        replace: bool,
     },
 }
 
@@ -485,10 +498,17 @@ fn certs(command: CertsCommand) -> anyhow::Result<()> {
                 dir.display()
             );
         }
-        CertsCommand::Issue { dir, role, name } => {
-            let (cert, key) = tls::issue(&dir, role, &name)?;
+        CertsCommand::Issue {
+            dir,
+            role,
+            name,
+            days,
+            replace,
+        } => {
+            let options = tls::IssueOptions { days, replace };
+            let (cert, key) = tls::issue_with(&dir, role, &name, options)?;
             println!(
-                "issued {role} certificate {} (key {})",
+                "issued {role} certificate {}, valid for {days} days (key {}, readable by its owner only)",
                 cert.display(),
                 key.display()
             );
