@@ -26,6 +26,10 @@ use crate::core::{
 
 pub(crate) const RESTART_BACKOFF_MS_MIN: u64 = 100;
 pub(crate) const RESTART_BACKOFF_MS_MAX: u64 = 5_000;
+/// Removals one heartbeat may trigger on its host: a host that reports many objects it
+/// should not have (or makes them up) costs the leader a few commands per heartbeat, not
+/// one per name.
+pub(crate) const STRAY_REMOVALS_PER_HEARTBEAT_MAX: usize = 8;
 
 // ---------------------------------------------------------------------------------------
 // Messages
@@ -641,8 +645,12 @@ fn remove_strays(
                 .iter()
                 .any(|(kind, names)| kind == what && names.contains(name))
     });
+    let mut sent = 0;
     for (what, names) in strays {
         for name in names {
+            if sent == STRAY_REMOVALS_PER_HEARTBEAT_MAX {
+                return; // the rest on a later heartbeat
+            }
             let key = (host_id.to_owned(), what, name.clone());
             let due = state.removing.get(&key).is_none_or(|sent| {
                 now.saturating_duration_since(*sent) >= state.timings.command_retry()
@@ -651,6 +659,7 @@ fn remove_strays(
                 continue;
             }
             state.removing.insert(key, now);
+            sent += 1;
             let kind = match what {
                 "remove-pool" => HostCommandKind::RemoveStoragePool { pool: name.clone() },
                 "remove-network" => HostCommandKind::RemoveNetwork { name: name.clone() },

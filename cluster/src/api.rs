@@ -34,6 +34,10 @@ fn rejected(e: ValidationError) -> Response {
     Response::Api(Err(ApiError::new(kind, e.to_string())))
 }
 
+fn invalid(message: impl Into<String>) -> Response {
+    Response::Api(Err(ApiError::new(ApiErrorKind::Invalid, message)))
+}
+
 pub(crate) fn unavailable(message: impl Into<String>) -> Response {
     Response::Api(Err(ApiError::new(ApiErrorKind::Unavailable, message)))
 }
@@ -45,6 +49,13 @@ pub(crate) async fn propose(node: &NodeInner, command: Command) -> Result<(), Re
     // applied the pool created a moment ago would reject a volume in it. Send it on instead.
     if node.raft.metrics().borrow().current_leader != Some(node.id) {
         return Err(node.not_leader());
+    }
+    let bytes = qvdc_transport::codec::encoded_len(&command);
+    if bytes > qvdc_raft::model::COMMAND_BYTES_MAX {
+        return Err(invalid(format!(
+            "the request is {bytes} bytes encoded, more than the {} one change may take; split it (assign fewer hosts at a time)",
+            qvdc_raft::model::COMMAND_BYTES_MAX
+        )));
     }
     let verdict = node.desired.borrow().validate(&command);
     if verdict.is_err() {

@@ -26,6 +26,11 @@ pub(crate) async fn handle(
             ),
         };
     }
+    if let Err(reason) = message.check() {
+        return Response::Malformed {
+            reason: format!("host {host_id}: {reason}"),
+        };
+    }
     let supervision = match node.leading().await {
         Ok(supervision) => supervision,
         Err(response) => return response,

@@ -248,6 +248,29 @@ impl NodeInner {
         last.clone().filter(|hint| hint.node_id != self.id)
     }
 
+    /// Whether a peer with a server certificate speaks for a current member (voter or
+    /// learner) of this node's membership: a removed node's certificate may no longer take
+    /// part in Raft or pass requests on. A node that is not in a cluster yet (started with
+    /// `--join`) knows no members and hears from whichever leader adds it.
+    pub(crate) fn member_server(&self, peer: &PeerIdentity) -> Result<(), Response> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        let claimed = qvdc_raft::node_of_server_cert(&peer.name);
+        let joining = membership.nodes().next().is_none();
+        if joining || claimed.is_some_and(|id| membership.get_node(&id).is_some()) {
+            return Ok(());
+        }
+        let members: Vec<String> = membership.nodes().map(|(id, _)| id.to_string()).collect();
+        Err(Response::Forbidden {
+            reason: format!(
+                "server certificate {:?} is not of a member of this cluster (members: {}); a node is added with `qvctl cluster add-node` and its certificate must be named node-ID",
+                peer.name,
+                members.join(", ")
+            ),
+        })
+    }
+
     pub(crate) fn not_leader(&self) -> Response {
         Response::NotLeader {
             leader: self.leader_hint(),
@@ -365,6 +388,9 @@ async fn dispatch(
     connection: &quinn::Connection,
     request: Request,
 ) -> Response {
+    if let (Role::Server, Err(refusal)) = (peer.role, node.member_server(peer)) {
+        return refusal;
+    }
     match request {
         Request::Raft(payload) if peer.role == Role::Server => {
             match qvdc_raft::network::handle_rpc(&node.raft, &node.log, &payload).await {

@@ -4,7 +4,10 @@
 //! once, so batching adds no latency when the cluster is quiet (see ADR 10).
 
 use openraft::error::{ClientWriteError, RaftError};
-use qvdc_raft::{Command, Outcome, Raft};
+use qvdc_raft::{
+    model::{BATCH_BYTES_MAX, COMMAND_BYTES_MAX},
+    Command, Outcome, Raft,
+};
 use tokio::sync::{mpsc, oneshot};
 
 /// Most commands carried by one log entry. With openraft sending up to
@@ -25,7 +28,7 @@ type Reply = oneshot::Sender<Result<Outcome, ProposeError>>;
 /// The queue of commands waiting to be proposed. Cheap to clone.
 #[derive(Debug, Clone)]
 pub(crate) struct Proposer {
-    queue: mpsc::UnboundedSender<(Command, Reply)>,
+    queue: mpsc::UnboundedSender<(Command, usize, Reply)>,
 }
 
 impl Proposer {
@@ -38,8 +41,13 @@ impl Proposer {
     /// Commits `command` (with whatever else is waiting) and returns its own outcome.
     pub(crate) async fn propose(&self, command: Command) -> Result<Outcome, ProposeError> {
         let (reply, outcome) = oneshot::channel();
+        let bytes = qvdc_transport::codec::encoded_len(&command);
+        assert!(
+            bytes <= COMMAND_BYTES_MAX,
+            "the API refuses commands over the limit"
+        );
         self.queue
-            .send((command, reply))
+            .send((command, bytes, reply))
             .map_err(|_| ProposeError::Failed("the node is shutting down".into()))?;
         outcome
             .await
@@ -47,12 +55,31 @@ impl Proposer {
     }
 }
 
-async fn propose_batches(raft: Raft, mut waiting: mpsc::UnboundedReceiver<(Command, Reply)>) {
-    while let Some(first) = waiting.recv().await {
-        let mut batch = vec![first];
+type Waiting = mpsc::UnboundedReceiver<(Command, usize, Reply)>;
+
+async fn propose_batches(raft: Raft, mut waiting: Waiting) {
+    // A command taken from the queue that would have made the last batch too large.
+    let mut held = None;
+    loop {
+        let first = match held.take() {
+            Some(first) => first,
+            None => match waiting.recv().await {
+                Some(first) => first,
+                None => return,
+            },
+        };
+        let mut bytes = first.1;
+        let mut batch = vec![(first.0, first.2)];
         while batch.len() < BATCH_COMMANDS_MAX {
             match waiting.try_recv() {
-                Ok(next) => batch.push(next),
+                Ok(next) if bytes + next.1 > BATCH_BYTES_MAX => {
+                    held = Some(next);
+                    break;
+                }
+                Ok((command, size, reply)) => {
+                    bytes += size;
+                    batch.push((command, reply));
+                }
                 Err(_) => break,
             }
         }

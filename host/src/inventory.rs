@@ -54,10 +54,25 @@ pub fn scan_at(root: &Path) -> Inventory {
         threads_per_core: cpu.threads_per_core,
         cpu_cores: cpu.logical,
         memory_bytes,
-        disks: scan_disks(root),
-        nics: scan_nics(root),
+        disks: bounded(scan_disks(root), "disks"),
+        nics: bounded(scan_nics(root), "NICs"),
         hypervisor: String::new(),
     }
+}
+
+/// Keeps an inventory within what the control plane accepts: a host with more devices
+/// than that still registers, with the first ones by name.
+fn bounded<T>(mut devices: Vec<T>, what: &str) -> Vec<T> {
+    let max = qvdc_transport::protocol::host_bounds::INVENTORY_DEVICES_MAX;
+    if devices.len() > max {
+        tracing::warn!(
+            count = devices.len(),
+            max,
+            "inventory lists only the first {max} {what}"
+        );
+        devices.truncate(max);
+    }
+    devices
 }
 
 /// Reads the CPU topology from the text of `/proc/cpuinfo`.

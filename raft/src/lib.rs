@@ -54,6 +54,22 @@ impl Default for LogRetention {
     }
 }
 
+/// The name a node's server certificate carries: a server certificate speaks for the node
+/// of that id, and only while that node is a member.
+pub fn server_cert_name(node_id: NodeId) -> String {
+    format!("node-{node_id}")
+}
+
+/// The node a server certificate's name speaks for, if it is of the form `node-ID`.
+pub fn node_of_server_cert(name: &str) -> Option<NodeId> {
+    let id = name.strip_prefix("node-")?;
+    // Exactly the digits `server_cert_name` writes: no sign, no leading zeros.
+    if id.starts_with('0') || !id.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    id.parse().ok()
+}
+
 /// The openraft configuration every node runs with.
 pub fn raft_config(retention: LogRetention) -> Arc<openraft::Config> {
     assert!(
@@ -85,4 +101,28 @@ pub fn initial_members(peers: &BTreeMap<NodeId, String>) -> BTreeMap<NodeId, ope
         .iter()
         .map(|(id, addr)| (*id, openraft::BasicNode::new(addr)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_certificate_names_map_to_node_ids_one_to_one() {
+        for id in [1, 7, 10, u64::MAX] {
+            assert_eq!(node_of_server_cert(&server_cert_name(id)), Some(id));
+        }
+        for name in [
+            "node-",
+            "node-01",
+            "node-+1",
+            "node-1x",
+            "node--1",
+            "Node-1",
+            "1",
+            "node-99999999999999999999",
+        ] {
+            assert_eq!(node_of_server_cert(name), None, "{name}");
+        }
+    }
 }

@@ -28,6 +28,27 @@ pub const VM_MEMORY_BYTES_MIN: u64 = 16 << 20;
 pub const VM_DISKS_MAX: usize = 26;
 /// Largest volume (16 TiB).
 pub const VOLUME_BYTES_MAX: u64 = 16 << 40;
+pub const VM_NICS_MAX: usize = 32;
+/// Objects of each kind the desired state may hold. Every node holds the whole state in
+/// memory and in every snapshot: these keep both bounded (a full state is a few hundred
+/// MiB at most) while leaving room far beyond today's largest clusters.
+pub const HOSTS_MAX: usize = 16_384;
+pub const POOLS_MAX: usize = 100_000;
+pub const VMS_MAX: usize = 100_000;
+pub const NETWORKS_MAX: usize = 10_000;
+pub const VOLUMES_PER_POOL_MAX: usize = 100_000;
+/// The largest command one operator request or host registration may propose, encoded. A
+/// log entry batches commands up to [`BATCH_BYTES_MAX`], and one replication message
+/// carries up to `ENTRIES_PER_APPEND_MAX` entries, which must fit the transport's frame.
+pub const COMMAND_BYTES_MAX: usize = 192 * 1024;
+/// The largest batch of commands in one log entry, encoded (a lone command may reach
+/// [`COMMAND_BYTES_MAX`]).
+pub const BATCH_BYTES_MAX: usize = 192 * 1024;
+const _: () = assert!(
+    crate::ENTRIES_PER_APPEND_MAX as usize * BATCH_BYTES_MAX
+        <= qvdc_transport::codec::FRAME_BYTES_MAX * 3 / 4,
+    "a replication message of full entries fits a frame, with room for its envelope"
+);
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostRecord {
@@ -424,6 +445,20 @@ pub enum ValidationError {
     BadRequestId,
     #[error("a request or batch cannot contain another request or batch")]
     NestedRequest,
+    #[error("inventory refused: {0}")]
+    BadInventory(String),
+    #[error("the cluster already holds {max} {what}, its limit; delete some first")]
+    TooMany { what: String, max: usize },
+}
+
+fn room_for(what: &str, count: usize, max: usize) -> Result<(), ValidationError> {
+    if count >= max {
+        return Err(ValidationError::TooMany {
+            what: what.to_owned(),
+            max,
+        });
+    }
+    Ok(())
 }
 
 /// Checks a name of a pool, host or other object: 1 to 64 bytes of `[A-Za-z0-9._-]`, not
@@ -449,6 +484,14 @@ pub fn validate_name(what: &str, name: &str) -> Result<(), ValidationError> {
         });
     }
     Ok(())
+}
+
+fn is_mac(mac: &str) -> bool {
+    let pairs: Vec<&str> = mac.split(':').collect();
+    pairs.len() == 6
+        && pairs
+            .iter()
+            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 fn changed(changed: bool) -> Outcome {
@@ -529,7 +572,14 @@ impl DesiredState {
     /// again when applying, so a command that became invalid while in flight changes nothing.
     pub fn validate(&self, command: &Command) -> Result<(), ValidationError> {
         match command {
-            Command::RegisterHost { host_id, .. } => validate_name("host", host_id),
+            Command::RegisterHost { host_id, inventory } => {
+                validate_name("host", host_id)?;
+                inventory.check().map_err(ValidationError::BadInventory)?;
+                if !self.hosts.contains_key(host_id) {
+                    room_for("hosts", self.hosts.len(), HOSTS_MAX)?;
+                }
+                Ok(())
+            }
             Command::CreatePool { spec, hosts } => self.validate_create_pool(spec, hosts),
             Command::CreateVm { spec, host, .. } => self.validate_create_vm(spec, host),
             Command::AssignPool { pool, hosts } | Command::UnassignPool { pool, hosts } => {
@@ -547,7 +597,13 @@ impl DesiredState {
             } => {
                 validate_name("volume", name)?;
                 validate_volume_size(*size_bytes)?;
-                if self.pool(pool)?.volumes.contains_key(name) {
+                let record = self.pool(pool)?;
+                room_for(
+                    "volumes in one pool",
+                    record.volumes.len(),
+                    VOLUMES_PER_POOL_MAX,
+                )?;
+                if record.volumes.contains_key(name) {
                     return Err(ValidationError::VolumeExists {
                         pool: pool.clone(),
                         name: name.clone(),
@@ -635,6 +691,7 @@ impl DesiredState {
         if self.pools.contains_key(&spec.name) {
             return Err(ValidationError::PoolExists(spec.name.clone()));
         }
+        room_for("pools", self.pools.len(), POOLS_MAX)?;
         if hosts.is_empty() {
             return Err(ValidationError::NoHosts);
         }
@@ -706,6 +763,7 @@ impl DesiredState {
         if self.networks.contains_key(&spec.name) {
             return Err(ValidationError::NetworkExists(spec.name.clone()));
         }
+        room_for("networks", self.networks.len(), NETWORKS_MAX)?;
         let bad = |m: String| Err(ValidationError::BadNetwork(m));
         let ifname = |n: &str| {
             !n.is_empty()
@@ -833,6 +891,7 @@ impl DesiredState {
         if self.vms.contains_key(&spec.name) {
             return Err(ValidationError::VmExists(spec.name.clone()));
         }
+        room_for("VMs", self.vms.len(), VMS_MAX)?;
         if self.vms.values().any(|vm| vm.spec.id == spec.id) {
             return bad(format!("VM id {:?} is taken", spec.id));
         }
@@ -850,6 +909,16 @@ impl DesiredState {
         }
         if spec.disks.len() > VM_DISKS_MAX {
             return bad(format!("a VM may have at most {VM_DISKS_MAX} disks"));
+        }
+        if spec.nics.len() > VM_NICS_MAX {
+            return bad(format!("a VM may have at most {VM_NICS_MAX} NICs"));
+        }
+        for mac in spec.nics.iter().filter_map(|nic| nic.mac.as_deref()) {
+            if !is_mac(mac) {
+                return bad(format!(
+                    "MAC address {mac:?} must be six hex pairs separated by ':', like 52:54:00:12:34:56"
+                ));
+            }
         }
         if !self.hosts.contains_key(host) {
             return Err(ValidationError::UnknownHosts(vec![host.to_owned()]));
@@ -1052,8 +1121,20 @@ impl DesiredState {
     /// A fingerprint of the whole desired state (FNV-1a over its encoding). Nodes that
     /// applied the same log agree on it; `cluster status` shows it so that can be checked.
     pub fn digest(&self) -> u64 {
-        let bytes = qvdc_transport::codec::to_bytes(self).expect("desired state fits a frame");
-        fnv1a(FNV_OFFSET, &bytes)
+        struct Fnv(u64);
+        impl std::io::Write for Fnv {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0 = fnv1a(self.0, bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut hash = Fnv(FNV_OFFSET);
+        qvdc_transport::codec::encode_into(self, &mut hash)
+            .expect("encoding into memory cannot fail");
+        hash.0
     }
 
     fn indexed(&mut self, kind: Kind, host: &str, name: &str, present: bool) {
@@ -1160,6 +1241,99 @@ mod tests {
         }]));
         let bytes = codec::to_bytes(&legitimate).unwrap();
         assert_eq!(codec::from_bytes::<Command>(&bytes).unwrap(), legitimate);
+    }
+
+    #[test]
+    fn an_inventory_over_its_bounds_is_refused_naming_the_bound() {
+        let state = DesiredState::default();
+        let mut inventory = inventory();
+        inventory.nics = (0..600)
+            .map(|i| qvdc_transport::protocol::NicInventory {
+                name: format!("eth{i}"),
+                mac: "52:54:00:00:00:01".into(),
+                speed_mbps: None,
+                up: true,
+            })
+            .collect();
+        let register = Command::RegisterHost {
+            host_id: "h".into(),
+            inventory: inventory.clone(),
+        };
+        let err = state.validate(&register).unwrap_err();
+        assert!(
+            err.to_string().contains("600 NICs, more than the 512"),
+            "{err}"
+        );
+        inventory.nics.clear();
+        inventory.cpu_model = "x".repeat(5_000);
+        let register = Command::RegisterHost {
+            host_id: "h".into(),
+            inventory,
+        };
+        let err = state.validate(&register).unwrap_err();
+        assert!(err.to_string().contains("CPU model is 5000 bytes"), "{err}");
+    }
+
+    #[test]
+    fn each_kind_of_object_stops_at_its_limit() {
+        let mut state = with_hosts(&["h"]);
+        let network = |i: usize| Command::CreateNetwork {
+            spec: NetworkSpec {
+                name: format!("n{i}"),
+                bridge: format!("br{i}"),
+                vlan: None,
+                uplink: None,
+            },
+            hosts: vec!["h".into()],
+        };
+        for i in 0..NETWORKS_MAX {
+            assert_eq!(state.apply(&network(i)), Outcome::Applied, "network {i}");
+        }
+        let refused = state.apply(&network(NETWORKS_MAX));
+        let Outcome::Rejected(err) = refused else {
+            panic!("{refused:?}")
+        };
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "the cluster already holds {NETWORKS_MAX} networks, its limit; delete some first"
+            )
+        );
+        assert_eq!(state.networks.len(), NETWORKS_MAX);
+    }
+
+    /// The state outgrew the 16 MiB frame once and `digest()` panicked; it is now hashed as
+    /// it is encoded, and stored without the frame's bound.
+    #[test]
+    fn a_state_larger_than_a_frame_has_a_digest_and_is_stored() {
+        let hosts: Vec<String> = (0..POOL_HOSTS_MAX)
+            .map(|i| format!("host-with-a-long-name-{i:05}"))
+            .collect();
+        let refs: Vec<&str> = hosts.iter().map(String::as_str).collect();
+        let mut state = with_hosts(&refs);
+        let mut pool = 0;
+        while codec::encoded_len(&state) <= codec::FRAME_BYTES_MAX {
+            let command = Command::CreatePool {
+                spec: PoolSpec {
+                    name: format!("p{pool}"),
+                    source: PoolSource::Dir {
+                        path: "/srv".into(),
+                    },
+                },
+                hosts: hosts.clone(),
+            };
+            assert_eq!(state.apply(&command), Outcome::Applied);
+            pool += 1;
+        }
+        let digest = state.digest();
+        let stored = codec::to_stored_bytes(&state).unwrap();
+        assert!(stored.len() > codec::FRAME_BYTES_MAX);
+        assert!(
+            codec::to_bytes(&state).is_err(),
+            "the frame codec still bounds frames"
+        );
+        let back: DesiredState = codec::from_stored_bytes(&stored).unwrap();
+        assert_eq!(back.digest(), digest);
     }
 
     fn with_hosts(ids: &[&str]) -> DesiredState {

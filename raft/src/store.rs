@@ -102,7 +102,7 @@ fn get<T: serde::de::DeserializeOwned>(
         let table = txn.open_table(table)?;
         Ok(table.get(key)?.map(|guard| guard.value().to_vec()))
     })?;
-    Ok(bytes.map(|b| codec::from_bytes(&b)).transpose()?)
+    Ok(bytes.map(|b| codec::from_stored_bytes(&b)).transpose()?)
 }
 
 fn put<T: Serialize>(
@@ -111,7 +111,7 @@ fn put<T: Serialize>(
     key: &str,
     value: &T,
 ) -> Result<()> {
-    let encoded = codec::to_bytes(value)?;
+    let encoded = codec::to_stored_bytes(value)?;
     db(|| {
         let txn = database.begin_write()?;
         txn.open_table(table)?.insert(key, encoded.as_slice())?;
@@ -266,7 +266,7 @@ fn load_log(database: &Database) -> Result<LogCache> {
     })?;
     let mut entries = BTreeMap::new();
     for (index, bytes) in raw {
-        entries.insert(index, codec::from_bytes(&bytes)?);
+        entries.insert(index, codec::from_stored_bytes(&bytes)?);
     }
     Ok(LogCache {
         entries,
@@ -380,7 +380,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let to_err = |e: StoreError| -> StorageError {
             StorageIOError::write_vote(AnyError::new(&e)).into()
         };
-        let bytes = codec::to_bytes(vote).map_err(|e| to_err(e.into()))?;
+        let bytes = codec::to_stored_bytes(vote).map_err(|e| to_err(e.into()))?;
         self.write_through(Op::Meta(KEY_VOTE, bytes))
             .await
             .map_err(to_err)?;
@@ -396,7 +396,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         &mut self,
         committed: Option<LogId>,
     ) -> std::result::Result<(), StorageError> {
-        let bytes = codec::to_bytes(&committed).map_err(|e| write_err(e.into()))?;
+        let bytes = codec::to_stored_bytes(&committed).map_err(|e| write_err(e.into()))?;
         self.cache().committed = committed;
         self.queue(Op::Meta(KEY_COMMITTED, bytes), Done::Nobody)
             .map_err(write_err)
@@ -419,7 +419,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         {
             let mut cache = self.cache();
             for entry in entries {
-                let bytes = codec::to_bytes(&entry).map_err(|e| write_err(e.into()))?;
+                let bytes = codec::to_stored_bytes(&entry).map_err(|e| write_err(e.into()))?;
                 encoded.push((entry.log_id.index, bytes));
                 cache.entries.insert(entry.log_id.index, entry);
             }
@@ -451,7 +451,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             cache.entries = kept;
             cache.last_purged = Some(log_id);
         }
-        let bytes = codec::to_bytes(&log_id).map_err(|e| write_err(e.into()))?;
+        let bytes = codec::to_stored_bytes(&log_id).map_err(|e| write_err(e.into()))?;
         self.write_through(Op::Purge(bytes, log_id.index))
             .await
             .map_err(write_err)
@@ -489,7 +489,7 @@ impl StateMachine {
     /// subscription to its desired state. openraft re-applies the committed log behind it.
     pub fn open(db: Arc<Database>) -> Result<(Self, watch::Receiver<Arc<DesiredState>>)> {
         let data: MachineData = match get::<StoredSnapshot>(&db, MACHINE, KEY_SNAPSHOT)? {
-            Some(stored) => codec::from_bytes(&stored.data)?,
+            Some(stored) => codec::from_stored_bytes(&stored.data)?,
             None => MachineData::default(),
         };
         let (published, subscribed) = watch::channel(Arc::new(data.state.clone()));
@@ -522,7 +522,7 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> std::result::Result<Snapshot, StorageError> {
-        let bytes = codec::to_bytes(&self.data).map_err(|e| sm_write_err(e.into()))?;
+        let bytes = codec::to_stored_bytes(&self.data).map_err(|e| sm_write_err(e.into()))?;
         let last = self.data.last_applied;
         let snapshot_id = match last {
             Some(id) => format!(
@@ -602,7 +602,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> std::result::Result<(), StorageError> {
         let bytes = snapshot.into_inner();
-        let data: MachineData = codec::from_bytes(&bytes).map_err(|e| {
+        let data: MachineData = codec::from_stored_bytes(&bytes).map_err(|e| {
             StorageError::from(StorageIOError::read_snapshot(
                 Some(meta.signature()),
                 AnyError::new(&e),
@@ -716,7 +716,7 @@ mod tests {
             for index in 1..=5 {
                 let entry = register(&format!("host-{index}"), index);
                 log.cache().entries.insert(index, entry.clone());
-                let bytes = codec::to_bytes(&entry).unwrap();
+                let bytes = codec::to_stored_bytes(&entry).unwrap();
                 log.queue(Op::Put(vec![(index, bytes)]), Done::Nobody)
                     .unwrap();
             }

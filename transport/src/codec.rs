@@ -98,6 +98,63 @@ pub fn peek_variant(body: &[u8]) -> Option<u8> {
     body.first().copied().filter(|tag| *tag < 251)
 }
 
+/// The largest value written to disk: a snapshot of the whole desired state. It is not
+/// bound by the frame, since snapshots travel between nodes in chunks; this only keeps a
+/// corrupt length from asking for more memory than any real state needs.
+pub const STORED_BYTES_MAX: usize = 1024 * 1024 * 1024;
+
+fn stored_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<STORED_BYTES_MAX>()
+}
+
+/// Encodes a value for disk: the same encoding as [`to_bytes`], bound by
+/// [`STORED_BYTES_MAX`] instead of the frame.
+pub fn to_stored_bytes<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+    bincode::serde::encode_to_vec(value, stored_config())
+        .map_err(|e| CodecError::Encode(e.to_string()))
+}
+
+/// Decodes what [`to_stored_bytes`] wrote; trailing bytes are an error.
+pub fn from_stored_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (value, used) = bincode::serde::decode_from_slice(bytes, stored_config())
+        .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    if used != bytes.len() {
+        return Err(CodecError::Malformed(format!(
+            "{} trailing bytes after the value",
+            bytes.len() - used
+        )));
+    }
+    Ok(value)
+}
+
+/// Streams `value`'s encoding into `writer` without holding it in memory, whatever its
+/// size (for fingerprints of the whole state).
+pub fn encode_into<T: Serialize, W: std::io::Write>(
+    value: &T,
+    writer: &mut W,
+) -> Result<(), CodecError> {
+    bincode::serde::encode_into_std_write(value, writer, bincode::config::standard())
+        .map(drop)
+        .map_err(|e| CodecError::Encode(e.to_string()))
+}
+
+/// How many bytes `value` encodes to, without encoding it into memory.
+pub fn encoded_len<T: Serialize>(value: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    encode_into(value, &mut count).expect("counting cannot fail");
+    count.0
+}
+
 /// Encodes `value` as a bare bincode body (no length, no version) — for payloads that travel
 /// inside another message, such as Raft RPCs, and for values stored on disk.
 pub fn to_bytes<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {

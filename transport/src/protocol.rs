@@ -352,6 +352,113 @@ impl HostMessage {
     }
 }
 
+/// Bounds on what one host message may hold. A host is the source of truth for its own
+/// state, not for how much of the leader's memory that state may take: a message over any
+/// bound is refused whole, with the bound named, before it reaches Raft or a supervisor.
+pub mod host_bounds {
+    /// Pools one heartbeat may report.
+    pub const POOL_REPORTS_MAX: usize = 1_024;
+    /// Domains one heartbeat or registration may report, qvdc's and others'.
+    pub const VM_REPORTS_MAX: usize = 4_096;
+    /// Networks one heartbeat may report.
+    pub const NETWORK_REPORTS_MAX: usize = 1_024;
+    /// Disks and NICs one inventory may list (physical ones: bridges and taps are not listed).
+    pub const INVENTORY_DEVICES_MAX: usize = 512;
+    /// A disk's or NIC's name or a MAC address in an inventory.
+    pub const DEVICE_NAME_BYTES_MAX: usize = 64;
+    /// A name in a report or an inventory (a pool, a domain, a bridge, a disk, a NIC).
+    pub const NAME_BYTES_MAX: usize = 255;
+    /// Free text: an error message, a CPU model, a hypervisor's version, a mount path.
+    pub const TEXT_BYTES_MAX: usize = 4_096;
+}
+
+fn bounded_text(what: &str, text: &str, max: usize) -> Result<(), String> {
+    if text.len() > max {
+        return Err(format!(
+            "{what} is {} bytes, more than the {max} allowed",
+            text.len()
+        ));
+    }
+    Ok(())
+}
+
+fn bounded_count(what: &str, count: usize, max: usize) -> Result<(), String> {
+    if count > max {
+        return Err(format!(
+            "{count} {what}, more than the {max} allowed in one message"
+        ));
+    }
+    Ok(())
+}
+
+impl Inventory {
+    /// Checks the inventory against [`host_bounds`].
+    pub fn check(&self) -> Result<(), String> {
+        use host_bounds::*;
+        bounded_text("hostname", &self.hostname, NAME_BYTES_MAX)?;
+        bounded_text("CPU model", &self.cpu_model, TEXT_BYTES_MAX)?;
+        bounded_text("hypervisor", &self.hypervisor, TEXT_BYTES_MAX)?;
+        bounded_count("disks", self.disks.len(), INVENTORY_DEVICES_MAX)?;
+        bounded_count("NICs", self.nics.len(), INVENTORY_DEVICES_MAX)?;
+        for disk in &self.disks {
+            bounded_text("a disk name", &disk.name, DEVICE_NAME_BYTES_MAX)?;
+        }
+        for nic in &self.nics {
+            bounded_text("a NIC name", &nic.name, DEVICE_NAME_BYTES_MAX)?;
+            bounded_text("a MAC address", &nic.mac, DEVICE_NAME_BYTES_MAX)?;
+        }
+        Ok(())
+    }
+}
+
+fn check_vm_reports(vms: &[VmReport]) -> Result<(), String> {
+    use host_bounds::*;
+    bounded_count("domains", vms.len(), VM_REPORTS_MAX)?;
+    for vm in vms {
+        bounded_text("a domain name", &vm.name, NAME_BYTES_MAX)?;
+        bounded_text("a VM id", vm.id.as_deref().unwrap_or(""), NAME_BYTES_MAX)?;
+        bounded_text("a power-state reason", &vm.reason, TEXT_BYTES_MAX)?;
+    }
+    Ok(())
+}
+
+impl HostMessage {
+    /// Checks the message against [`host_bounds`]; the error names the bound.
+    pub fn check(&self) -> Result<(), String> {
+        use host_bounds::*;
+        match self {
+            HostMessage::Register { inventory, vms, .. } => {
+                inventory.check()?;
+                check_vm_reports(vms)
+            }
+            HostMessage::InventoryChanged { inventory, .. } => inventory.check(),
+            HostMessage::Heartbeat {
+                pools,
+                vms,
+                networks,
+                ..
+            } => {
+                bounded_count("pool reports", pools.len(), POOL_REPORTS_MAX)?;
+                for pool in pools {
+                    bounded_text("a pool name", &pool.pool, NAME_BYTES_MAX)?;
+                    bounded_text("a mount path", &pool.mount_path, TEXT_BYTES_MAX)?;
+                    let error = pool.error.as_deref().unwrap_or("");
+                    bounded_text("a pool error", error, TEXT_BYTES_MAX)?;
+                }
+                check_vm_reports(vms)?;
+                bounded_count("network reports", networks.len(), NETWORK_REPORTS_MAX)?;
+                for network in networks {
+                    bounded_text("a network name", &network.network, NAME_BYTES_MAX)?;
+                    bounded_text("a bridge name", &network.bridge, NAME_BYTES_MAX)?;
+                    let error = network.error.as_deref().unwrap_or("");
+                    bounded_text("a network error", error, TEXT_BYTES_MAX)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum HostReply {
     Registered {

@@ -172,9 +172,17 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         &required(args.cert, "cert")?,
         &required(args.key, "key")?,
     )?;
-    if identity.peer_identity()?.role != Role::Server {
+    let own = identity.peer_identity()?;
+    if own.role != Role::Server {
         bail!(
             "--cert is not a server certificate; issue one with `qvctl certs issue --role server`"
+        );
+    }
+    let expected = qvdc_raft::server_cert_name(node_id);
+    if own.name != expected {
+        bail!(
+            "--cert is the certificate of {:?}, but this is node {node_id}: peers accept a node only with a certificate named {expected:?}; issue one with `qvctl certs issue --role server --name {expected}`",
+            own.name
         );
     }
     std::fs::create_dir_all(&data_dir)
