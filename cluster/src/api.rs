@@ -600,6 +600,13 @@ async fn create_vm(
     };
     // A VM's id is the id of the request that created it: unique, and a retry finds it.
     spec.id = request_id.clone();
+    // A disk is attached in its volume's own format, never the one the request names: a
+    // raw disk opened as qcow2 would let its guest-written header name host files.
+    for disk in &mut spec.disks {
+        if let Ok(volume) = node.desired.borrow().volume(&disk.pool, &disk.volume) {
+            disk.format = volume.format;
+        }
+    }
     if node.desired.borrow().requests.get(&request_id).is_some() {
         if let Some(vm) = node
             .desired

@@ -91,6 +91,26 @@ pub struct NodeInner {
     /// acknowledged before it stopped (found by chaos seed 132). Everything it acknowledged
     /// is in its own log, so it serves nothing until that much is applied.
     pub(crate) logged_at_start: Option<u64>,
+    /// The members this node saw last and the nodes it saw removed (see `member_server`).
+    pub(crate) servers: std::sync::Mutex<Servers>,
+}
+
+/// Members of the Raft membership as one node has watched it change.
+#[derive(Debug, Default)]
+pub(crate) struct Servers {
+    members: std::collections::BTreeSet<NodeId>,
+    removed: std::collections::BTreeSet<NodeId>,
+}
+
+impl Servers {
+    /// Takes in the current membership: whoever was a member and is no longer is removed
+    /// for good (ids are never reused).
+    fn observe(&mut self, members: std::collections::BTreeSet<NodeId>) {
+        self.removed.extend(self.members.difference(&members));
+        // An id an operator added again anyway is a member again.
+        self.removed.retain(|id| !members.contains(id));
+        self.members = members;
+    }
 }
 
 /// A running control-plane node. Cheap to clone.
@@ -159,6 +179,7 @@ impl Node {
             confirmed_at: std::sync::Mutex::new(None),
             last_leader: std::sync::Mutex::new(None),
             logged_at_start,
+            servers: std::sync::Mutex::new(Servers::default()),
         });
         let leadership = tokio::spawn(follow_leadership(inner.clone(), config.timings));
         let serving = tokio::spawn(accept_loop(inner.clone(), endpoint.clone()));
@@ -198,6 +219,16 @@ async fn follow_leadership(node: Arc<NodeInner>, timings: Timings) {
                 term: m.current_term,
                 node: node.id,
             };
+            let members = m
+                .membership_config
+                .membership()
+                .nodes()
+                .map(|(id, _)| *id)
+                .collect();
+            node.servers
+                .lock()
+                .expect("server list lock poisoned")
+                .observe(members);
             (m.state == ServerState::Leader, leadership)
         };
         let mut slot = node.supervision.write().await;
@@ -248,27 +279,38 @@ impl NodeInner {
         last.clone().filter(|hint| hint.node_id != self.id)
     }
 
-    /// Whether a peer with a server certificate speaks for a current member (voter or
-    /// learner) of this node's membership: a removed node's certificate may no longer take
-    /// part in Raft or pass requests on. A node that is not in a cluster yet (started with
-    /// `--join`) knows no members and hears from whichever leader adds it.
-    pub(crate) fn member_server(&self, peer: &PeerIdentity) -> Result<(), Response> {
-        let metrics = self.raft.metrics();
-        let metrics = metrics.borrow();
-        let membership = metrics.membership_config.membership();
-        let claimed = qvdc_raft::node_of_server_cert(&peer.name);
-        let joining = membership.nodes().next().is_none();
-        if joining || claimed.is_some_and(|id| membership.get_node(&id).is_some()) {
+    /// Whether a peer with a server certificate may still take part in Raft and pass
+    /// requests on: not if it speaks for a node this node has seen removed from the
+    /// membership. A node id this node does not know yet is let through: this node may lag
+    /// behind the membership that added it (a new leader, a joiner's snapshot), and Raft's
+    /// terms already refuse what an outdated peer sends.
+    ///
+    /// Passing an operator's request on is for current members only (`strict`): only a
+    /// leader receives them, and a leader knows every member.
+    pub(crate) fn member_server(&self, peer: &PeerIdentity, strict: bool) -> Result<(), String> {
+        let Some(id) = qvdc_raft::node_of_server_cert(&peer.name) else {
+            return Err(format!(
+                "server certificate {:?} names no node; a node's certificate is named node-ID",
+                peer.name
+            ));
+        };
+        let servers = self.servers.lock().expect("server list lock poisoned");
+        let (removed, member) = (servers.removed.contains(&id), servers.members.contains(&id));
+        drop(servers);
+        if strict && !member && !removed {
+            return Err(format!(
+                "server certificate {:?} is not of a member of this cluster; add node {id} with `qvctl cluster add-node` first",
+                peer.name
+            ));
+        }
+        if !removed {
             return Ok(());
         }
-        let members: Vec<String> = membership.nodes().map(|(id, _)| id.to_string()).collect();
-        Err(Response::Forbidden {
-            reason: format!(
-                "server certificate {:?} is not of a member of this cluster (members: {}); a node is added with `qvctl cluster add-node` and its certificate must be named node-ID",
-                peer.name,
-                members.join(", ")
-            ),
-        })
+        warn!(peer = %peer.name, "refused the certificate of a removed node");
+        Err(format!(
+            "server certificate {:?} is of node {id}, which was removed from this cluster; node ids are never reused: start a new node with a new id and add it with `qvctl cluster add-node`",
+            peer.name
+        ))
     }
 
     pub(crate) fn not_leader(&self) -> Response {
@@ -388,8 +430,11 @@ async fn dispatch(
     connection: &quinn::Connection,
     request: Request,
 ) -> Response {
-    if let (Role::Server, Err(refusal)) = (peer.role, node.member_server(peer)) {
-        return refusal;
+    if peer.role == Role::Server {
+        let strict = matches!(request, Request::Forwarded(_));
+        if let Err(reason) = node.member_server(peer, strict) {
+            return Response::Forbidden { reason };
+        }
     }
     match request {
         Request::Raft(payload) if peer.role == Role::Server => {
@@ -421,5 +466,34 @@ async fn dispatch(
             }
         }
         Request::Forwarded(_) => forbidden(peer, "passing on operator requests", Role::Server),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_gone_from_the_membership_is_removed_for_good() {
+        let mut servers = Servers::default();
+        let set = |ids: &[NodeId]| ids.iter().copied().collect();
+        servers.observe(set(&[]));
+        servers.observe(set(&[1, 2, 3]));
+        assert!(
+            servers.removed.is_empty(),
+            "a joiner's first membership removes nobody"
+        );
+        servers.observe(set(&[1, 2, 3, 4]));
+        servers.observe(set(&[1, 3, 4]));
+        assert_eq!(servers.removed, set(&[2]));
+        // A lagging node jumps ahead by snapshot: everyone gone meanwhile is removed.
+        servers.observe(set(&[4, 5, 6]));
+        assert_eq!(servers.removed, set(&[1, 2, 3]));
+        servers.observe(set(&[3, 4, 5, 6]));
+        assert_eq!(
+            servers.removed,
+            set(&[1, 2]),
+            "an id added again is a member again"
+        );
     }
 }

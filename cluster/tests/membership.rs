@@ -11,7 +11,9 @@ use qvdc_cluster::{Client, ClientError};
 use qvdc_transport::{
     protocol::{
         ApiErrorKind, ApiRequest, ApiResponse, ClusterStatus, Health, PoolSource, PoolSpec,
+        Request, Response,
     },
+    quic,
     tls::Role,
 };
 use support::Nodes;
@@ -166,6 +168,31 @@ async fn nodes_join_leave_and_are_replaced() {
         live.iter().map(|id| *id as u64).collect::<Vec<_>>()
     );
     create_pool(&mut survivor, "after-removal").await;
+
+    // The removed nodes' certificates may no longer take part in Raft or pass requests on.
+    let removed = format!("node-{leader}");
+    let connection = nodes
+        .endpoint(&removed)
+        .connect(nodes.addrs[live[0] - 1].parse().unwrap())
+        .await
+        .unwrap();
+    for request in [
+        Request::Raft(vec![0]),
+        Request::Forwarded(ApiRequest::PoolList),
+    ] {
+        match quic::call::<_, Response>(&connection, &request)
+            .await
+            .unwrap()
+        {
+            Response::Forbidden { reason } => {
+                assert!(
+                    reason.contains("which was removed from this cluster"),
+                    "{reason}"
+                )
+            }
+            other => panic!("a removed node's {request:?} got {other:?}"),
+        }
+    }
 
     // Replace one more dead node with a fresh one (new id, empty data dir).
     let victim = live[0];

@@ -419,6 +419,31 @@ fn vm_flow_across_real_processes_needs_root() {
     }
     let mut cluster = Cluster::start();
     cluster.wait_ready_with_pool();
+    // A VM's disk must be a volume of its pool.
+    let out = cluster.qvctl(&[
+        "vm",
+        "create",
+        "web",
+        "--memory",
+        "64M",
+        "--disk",
+        "shared/disk-a.qcow2",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        text(&out).contains("pool shared has no volume \"disk-a.qcow2\""),
+        "{}",
+        text(&out)
+    );
+    let out = cluster.qvctl(&[
+        "volume",
+        "create",
+        "shared",
+        "disk-a.qcow2",
+        "--size",
+        "64M",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
 
     // Placed where the pool is healthy: host-3 cannot mount it.
     let started = Instant::now();
@@ -584,6 +609,17 @@ fn host_agents_killed_and_restarted_are_seen_and_given_their_config_again_needs_
         let out = cluster.qvctl(args);
         assert!(out.status.success(), "{args:?}: {}", text(&out));
     };
+    ok(
+        &cluster,
+        &[
+            "volume",
+            "create",
+            "shared",
+            "disk-a.qcow2",
+            "--size",
+            "64M",
+        ],
+    );
     // Maintenance keeps new VMs off a host.
     ok(&cluster, &["host", "maintenance", "host-1", "on"]);
     ok(

@@ -20,6 +20,7 @@ use crate::{
     mounter::Mounter,
     network::{Networker, Networks},
     pools::{validate_volume_name, PoolOp, Pools},
+    source_policy::SourcePolicy,
     vms::{VmOp, Vms},
 };
 
@@ -43,6 +44,8 @@ pub struct AgentConfig {
     pub cluster: Vec<SocketAddr>,
     /// `<data-dir>/pools`: where pools are mounted.
     pub pool_root: PathBuf,
+    /// Which pool sources this host accepts.
+    pub pool_sources: SourcePolicy,
     pub inventory: Inventory,
     /// How to look at the hardware again; the agent sends the result when it changed. `None`
     /// keeps `inventory` as given (the simulation).
@@ -111,6 +114,7 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
         let pools = Pools::new(
             parts.mounter,
             config.pool_root.clone(),
+            config.pool_sources.clone(),
             probe_interval,
             report_now.clone(),
         );

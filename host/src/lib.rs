@@ -10,6 +10,7 @@ pub mod libvirt;
 pub mod mounter;
 pub mod network;
 pub mod pools;
+pub mod source_policy;
 pub mod testing;
 pub mod vms;
 

@@ -21,6 +21,8 @@ use qvdc_transport::protocol::{
     Capacity, HostError, HostErrorKind, PoolSource, VolumeFormat, VolumeInfo,
 };
 
+use crate::source_policy::SourcePolicy;
+
 /// Directory entries counted as volumes at most; a pool with more reports this many.
 pub const VOLUME_COUNT_MAX: u64 = 1_000_000;
 
@@ -52,6 +54,9 @@ pub enum MountError {
         path: String,
         reason: String,
     },
+    /// The host does not accept this source (see `source_policy`).
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl From<MountError> for HostError {
@@ -59,6 +64,7 @@ impl From<MountError> for HostError {
         let kind = match e {
             MountError::Timeout { .. } | MountError::Stuck { .. } => HostErrorKind::Timeout,
             MountError::Source { .. } => HostErrorKind::NotFound,
+            MountError::Refused(_) => HostErrorKind::Invalid,
             _ => HostErrorKind::Failed,
         };
         HostError::new(kind, e.to_string())
@@ -154,11 +160,22 @@ fn no_volume(name: &str, dir: &Path) -> HostError {
 pub struct RealMounter {
     /// Paths with a call still running on a blocking thread.
     in_flight: Arc<Mutex<BTreeMap<PathBuf, &'static str>>>,
+    /// Checked again on a source's canonical path, after following links.
+    policy: Arc<SourcePolicy>,
 }
 
 impl RealMounter {
+    /// A mounter that accepts every source outside the system directories.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A mounter that accepts only what `policy` allows, also after following links.
+    pub fn with_policy(policy: SourcePolicy) -> Self {
+        Self {
+            policy: Arc::new(policy),
+            ..Self::default()
+        }
     }
 
     /// Runs `f` on a blocking thread unless a call on `path` is still running.
@@ -221,7 +238,82 @@ fn shown(p: &Path) -> String {
     p.display().to_string()
 }
 
-fn mount_now(source: &PoolSource, target: &Path) -> Result<(), MountError> {
+/// Options every pool is mounted with: nothing on a pool runs set-uid or opens the host's
+/// devices through a device node someone placed there.
+const POOL_MOUNT_OPTIONS: &str = "nosuid,nodev";
+
+/// Checks a local source's canonical path (links followed) against `policy`, and that a
+/// block device is not in use.
+fn check_real_source(policy: &SourcePolicy, source: &PoolSource) -> Result<(), MountError> {
+    use std::os::unix::fs::FileTypeExt;
+    let (PoolSource::Dir { path } | PoolSource::Block { device: path, .. }) = source else {
+        return Ok(());
+    };
+    let canonical = std::fs::canonicalize(path).map_err(|e| MountError::Source {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    let device = std::fs::metadata(&canonical).is_ok_and(|m| m.file_type().is_block_device());
+    policy
+        .check_path(&canonical, device)
+        .map_err(|e| MountError::Refused(e.message))?;
+    if device {
+        if let Some(why) = device_in_use(&canonical) {
+            return Err(MountError::Refused(format!(
+                "block device {} is in use ({why}); qvdc formats and mounts only devices nothing else uses",
+                canonical.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Why block device `device` must not become a pool, if it is in use: it or one of its
+/// partitions is mounted, held by another device (LVM, RAID, dm-crypt) or used as swap.
+fn device_in_use(device: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let rdev = std::fs::metadata(device).ok()?.rdev();
+    let (major, minor) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
+    let disk = PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
+    let mut parts = vec![(format!("{major}:{minor}"), disk.clone())];
+    for entry in std::fs::read_dir(&disk).into_iter().flatten().flatten() {
+        let dir = entry.path();
+        if dir.join("partition").exists() {
+            if let Ok(dev) = std::fs::read_to_string(dir.join("dev")) {
+                parts.push((dev.trim().to_owned(), dir));
+            }
+        }
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for (dev, dir) in &parts {
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+        let name = name.unwrap_or_else(|| dev.clone());
+        let mounted_at = mountinfo.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            (fields.get(2) == Some(&dev.as_str())).then(|| fields.get(4).copied().unwrap_or("?"))
+        });
+        if let Some(at) = mounted_at {
+            return Some(format!("{name} is mounted on {at}"));
+        }
+        let holders: Vec<String> = std::fs::read_dir(dir.join("holders"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        if !holders.is_empty() {
+            return Some(format!("{name} is held by {}", holders.join(", ")));
+        }
+    }
+    let swaps = std::fs::read_to_string("/proc/swaps").unwrap_or_default();
+    let swapped = swaps.lines().skip(1).any(|line| {
+        let used = line.split_whitespace().next().map(Path::new);
+        used.and_then(|p| std::fs::canonicalize(p).ok()).as_deref() == Some(device)
+    });
+    swapped.then(|| "it is used as swap".to_owned())
+}
+
+fn mount_now(policy: &SourcePolicy, source: &PoolSource, target: &Path) -> Result<(), MountError> {
     if let PoolSource::Dir { path } | PoolSource::Block { device: path, .. } = source {
         if let Err(e) = std::fs::metadata(path) {
             return Err(MountError::Source {
@@ -237,6 +329,7 @@ fn mount_now(source: &PoolSource, target: &Path) -> Result<(), MountError> {
     if mounted_in_mountinfo(target)? {
         return Ok(());
     }
+    check_real_source(policy, source)?;
     match source {
         PoolSource::Dir { path } => bind_now(Path::new(path), target),
         PoolSource::Nfs {
@@ -269,22 +362,35 @@ fn bind_now(source: &Path, target: &Path) -> Result<(), MountError> {
             reason: "not a directory".into(),
         });
     }
+    use nix::mount::MsFlags;
+    let failed = |e: nix::Error| MountError::Mount {
+        from: shown(source),
+        target: shown(target),
+        reason: e.desc().into(),
+    };
     nix::mount::mount(
         Some(source),
         target,
         None::<&str>,
-        nix::mount::MsFlags::MS_BIND,
+        MsFlags::MS_BIND,
         None::<&str>,
     )
-    .map_err(|e| MountError::Mount {
-        from: shown(source),
-        target: shown(target),
-        reason: e.desc().into(),
-    })
+    .map_err(failed)?;
+    // A bind mount takes no flags of its own at first: they come with a remount.
+    let restricted =
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    if let Err(e) = nix::mount::mount(None::<&str>, target, None::<&str>, restricted, None::<&str>)
+    {
+        let _ = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH);
+        return Err(failed(e));
+    }
+    Ok(())
 }
 
 /// mount(8), which knows the helpers (mount.nfs, loop devices) that mount(2) alone does not.
 fn run_mount(from: &str, target: &Path, mut args: Vec<String>) -> Result<(), MountError> {
+    // Last, so that no option given before can undo them.
+    args.extend(["-o".to_owned(), POOL_MOUNT_OPTIONS.to_owned()]);
     args.extend([from.to_owned(), shown(target)]);
     let failed = |reason: String| MountError::Mount {
         from: from.to_owned(),
@@ -474,7 +580,8 @@ fn list_volumes_now(dir: &Path) -> Result<Vec<VolumeInfo>, HostError> {
 impl Mounter for RealMounter {
     async fn mount(&self, source: PoolSource, target: PathBuf) -> Result<(), MountError> {
         let path = target.clone();
-        self.blocking("mount", &path, move || mount_now(&source, &target))
+        let policy = self.policy.clone();
+        self.blocking("mount", &path, move || mount_now(&policy, &source, &target))
             .await
     }
 
@@ -912,6 +1019,107 @@ mod tests {
         }
         let scratch = tempfile::tempdir().unwrap();
         conformance(&RealMounter::new(), scratch.path()).await;
+    }
+
+    /// The mount options of `target` in the kernel's mount table.
+    fn mount_options(target: &Path) -> String {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let target = shown(target);
+        mountinfo
+            .lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split(' ').collect();
+                (fields.get(4) == Some(&target.as_str())).then(|| fields[5].to_owned())
+            })
+            .next_back()
+            .unwrap_or_else(|| panic!("{target} is not mounted"))
+    }
+
+    #[tokio::test]
+    async fn real_pools_are_mounted_nosuid_nodev_needs_root() {
+        if !may_mount() {
+            return;
+        }
+        let scratch = tempfile::tempdir().unwrap();
+        let source = scratch.path().join("source");
+        let target = scratch.path().join("target");
+        std::fs::create_dir_all(&source).unwrap();
+        let mounter = RealMounter::new();
+        mounter
+            .mount(dir_source(&source), target.clone())
+            .await
+            .unwrap();
+        let options = mount_options(&target);
+        mounter.unmount(target.clone()).await.unwrap();
+        let options: Vec<&str> = options.split(',').collect();
+        assert!(
+            options.contains(&"nosuid") && options.contains(&"nodev"),
+            "{options:?}"
+        );
+    }
+
+    /// The block device under the root filesystem, as measured once: a `block` pool on the
+    /// host's own root disk was accepted and mounted.
+    fn root_device() -> PathBuf {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let devices = mountinfo.lines().filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let (dev, at) = (fields[2], fields[4]);
+            let uevent = std::fs::read_to_string(format!("/sys/dev/block/{dev}/uevent")).ok()?;
+            let name = uevent.lines().find_map(|l| l.strip_prefix("DEVNAME="))?;
+            Some((at == "/", PathBuf::from(format!("/dev/{name}"))))
+        });
+        // The root's device if it is a block device, else any mounted block device.
+        let mut devices: Vec<(bool, PathBuf)> = devices.filter(|(_, d)| d.exists()).collect();
+        devices.sort_by_key(|(root, _)| !root);
+        devices
+            .into_iter()
+            .next()
+            .expect("a mounted block device")
+            .1
+    }
+
+    #[tokio::test]
+    async fn real_mounter_refuses_a_block_device_that_is_mounted_needs_root() {
+        if !may_mount() {
+            return;
+        }
+        let device = root_device();
+        let scratch = tempfile::tempdir().unwrap();
+        let source = PoolSource::Block {
+            device: shown(&device),
+            fs_type: "ext4".into(),
+        };
+        let err = RealMounter::new()
+            .mount(source, scratch.path().join("target"))
+            .await
+            .unwrap_err();
+        let MountError::Refused(message) = &err else {
+            panic!("{device:?} was not refused: {err:?}")
+        };
+        assert!(
+            message.contains("is in use") && message.contains("is mounted on"),
+            "{message}"
+        );
+    }
+
+    /// A link to a system directory is followed before the source is judged.
+    #[tokio::test]
+    async fn real_mounter_refuses_a_link_into_a_system_directory_needs_root() {
+        if !may_mount() {
+            return;
+        }
+        let scratch = tempfile::tempdir().unwrap();
+        let link = scratch.path().join("innocent");
+        std::os::unix::fs::symlink("/etc", &link).unwrap();
+        let err = RealMounter::new()
+            .mount(dir_source(&link), scratch.path().join("target"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, MountError::Refused(m) if m.contains("/etc is in /etc")),
+            "{err:?}"
+        );
     }
 
     #[tokio::test]

@@ -16,7 +16,10 @@ use qvdc_transport::protocol::{
 use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{info, warn};
 
-use crate::mounter::{MountError, Mounter};
+use crate::{
+    mounter::{MountError, Mounter},
+    source_policy::SourcePolicy,
+};
 
 /// How long a probe of a mounted pool (mount table, statvfs) may take before the pool is
 /// reported DEGRADED as possibly hung.
@@ -58,6 +61,8 @@ struct PoolHandle {
 /// Pools assigned to this host, keyed by name.
 pub struct Pools<M> {
     mounter: Arc<M>,
+    /// Which sources this host accepts; checked before every mount.
+    policy: Arc<SourcePolicy>,
     root: PathBuf,
     probe_interval: Duration,
     /// Signalled when a pool's report changed because of a command.
@@ -97,9 +102,16 @@ fn validate_size(size_bytes: u64) -> Result<(), HostError> {
 impl<M: Mounter> Pools<M> {
     /// `root` is `<data-dir>/pools`; each pool mounts at `root/<pool name>`. `changed` is
     /// signalled after a command changed a pool, so the host reports it at once.
-    pub fn new(mounter: M, root: PathBuf, probe_interval: Duration, changed: Arc<Notify>) -> Self {
+    pub fn new(
+        mounter: M,
+        root: PathBuf,
+        policy: SourcePolicy,
+        probe_interval: Duration,
+        changed: Arc<Notify>,
+    ) -> Self {
         Self {
             mounter: Arc::new(mounter),
+            policy: Arc::new(policy),
             root,
             probe_interval,
             changed,
@@ -181,6 +193,7 @@ impl<M: Mounter> Pools<M> {
             spec,
             mount_path,
             mounter: self.mounter.clone(),
+            policy: self.policy.clone(),
             mount_error: None,
             report: report.clone(),
         };
@@ -201,6 +214,7 @@ struct PoolActor<M> {
     spec: PoolSpec,
     mount_path: PathBuf,
     mounter: Arc<M>,
+    policy: Arc<SourcePolicy>,
     /// Why the last mount failed; cleared by a successful one.
     mount_error: Option<MountError>,
     report: Arc<Mutex<PoolReport>>,
@@ -257,8 +271,13 @@ impl<M: Mounter> PoolActor<M> {
                     self.unmount().await?;
                 }
                 self.spec = spec;
-                let call = self.mounter.mount(self.spec.source.clone(), dir.clone());
-                let result = bounded(OPERATION_TIMEOUT_MS, "mount", &dir, call).await;
+                let result = match self.policy.check(&self.spec.source) {
+                    Ok(()) => {
+                        let call = self.mounter.mount(self.spec.source.clone(), dir.clone());
+                        bounded(OPERATION_TIMEOUT_MS, "mount", &dir, call).await
+                    }
+                    Err(refused) => Err(MountError::Refused(refused.message)),
+                };
                 match &result {
                     Ok(()) => info!(%pool, source = %self.spec.source, "pool mounted"),
                     Err(e) => warn!(%pool, error = %e, "pool mount failed"),
@@ -409,9 +428,31 @@ mod tests {
         Pools::new(
             mounter,
             "/data/pools".into(),
+            SourcePolicy::new(Vec::new(), Some("/data".into())),
             interval,
             Arc::new(Notify::new()),
         )
+    }
+
+    /// A source the host does not accept is never handed to the mounter; the pool reports
+    /// ERROR with the reason, and the command fails as invalid.
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_source_is_never_mounted_and_is_reported() {
+        let mounter = SimMounter::new(1000);
+        let pools = pools(mounter.clone());
+        let etc = PoolSpec {
+            name: "p".into(),
+            source: PoolSource::Dir {
+                path: "/etc".into(),
+            },
+        };
+        let err = pools.execute("p", PoolOp::Init(etc)).await.unwrap_err();
+        assert_eq!(err.kind, HostErrorKind::Invalid);
+        assert!(err.message.contains("operating system"), "{}", err.message);
+        assert!(mounter.mounts().is_empty(), "nothing was mounted");
+        let report = pools.reports().pop().unwrap();
+        assert_eq!(report.health, Health::Error);
+        assert!(report.error.unwrap().contains("/etc is in /etc"));
     }
 
     #[tokio::test(start_paused = true)]

@@ -811,7 +811,7 @@ impl DesiredState {
             .ok_or_else(|| ValidationError::NoSuchPool(pool.to_owned()))
     }
 
-    fn volume(&self, pool: &str, name: &str) -> Result<&VolumeRecord, ValidationError> {
+    pub fn volume(&self, pool: &str, name: &str) -> Result<&VolumeRecord, ValidationError> {
         self.pool(pool)?
             .volumes
             .get(name)
@@ -938,7 +938,21 @@ impl DesiredState {
                         disk.pool, disk.volume, disk.pool
                     ))
                 }
-                Some(_) => {}
+                Some(pool) => match pool.volumes.get(&disk.volume) {
+                    None => {
+                        return bad(format!(
+                            "disk {}/{}: pool {} has no volume {:?}; create it first with `qvctl volume create {} {} --size SIZE`",
+                            disk.pool, disk.volume, disk.pool, disk.volume, disk.pool, disk.volume
+                        ))
+                    }
+                    Some(volume) if volume.format != disk.format => {
+                        return bad(format!(
+                            "disk {}/{} is a {} volume and cannot be attached as {}",
+                            disk.pool, disk.volume, volume.format, disk.format
+                        ))
+                    }
+                    Some(_) => {}
+                },
             }
         }
         for nic in &spec.nics {
@@ -1376,6 +1390,16 @@ mod tests {
         }
     }
 
+    /// A qcow2 volume `name` in `pool`, which a VM's disk must be.
+    fn qcow2(pool: &str, name: &str) -> Command {
+        Command::CreateVolume {
+            pool: pool.into(),
+            name: name.into(),
+            format: VolumeFormat::Qcow2,
+            size_bytes: 64 << 20,
+        }
+    }
+
     fn create_vm(spec: VmSpec, host: &str) -> Command {
         Command::CreateVm {
             spec,
@@ -1389,6 +1413,19 @@ mod tests {
         let mut state = with_hosts(&["host-1", "host-2"]);
         state.apply(&create("p", "/srv/p", &["host-1"]));
         let spec = vm("web", "vm-1", &[("p", "web.qcow2")]);
+        rejected_with(
+            &mut state,
+            create_vm(spec.clone(), "host-1"),
+            "pool p has no volume \"web.qcow2\"; create it first",
+        );
+        assert_eq!(state.apply(&qcow2("p", "web.qcow2")), Outcome::Applied);
+        let mut raw = spec.clone();
+        raw.disks[0].format = VolumeFormat::Raw;
+        rejected_with(
+            &mut state,
+            create_vm(raw, "host-1"),
+            "disk p/web.qcow2 is a qcow2 volume and cannot be attached as raw",
+        );
         assert_eq!(state.apply(&create_vm(spec, "host-1")), Outcome::Applied);
         assert_eq!(state.vms_of_host("host-1").count(), 1);
         assert_eq!(state.vms_of_host("host-2").count(), 0);
@@ -1427,6 +1464,7 @@ mod tests {
         };
         assert_eq!(state.apply(&assign), Outcome::Applied);
         assert_eq!(state.apply(&assign), Outcome::Unchanged);
+        assert_eq!(state.apply(&qcow2("p", "web.qcow2")), Outcome::Applied);
         state.apply(&create_vm(
             vm("web", "vm-1", &[("p", "web.qcow2")]),
             "host-2",
@@ -1610,6 +1648,7 @@ mod tests {
                 network: "n1".into(),
                 hosts: hosts(&["host-3"]),
             },
+            qcow2("a", "v"),
             create_vm(vm("w1", "vm-1", &[("a", "v")]), "host-1"),
             create_vm(vm("w2", "vm-2", &[]), "host-2"),
             Command::DeleteVm { name: "w1".into() },

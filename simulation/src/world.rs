@@ -4,7 +4,10 @@ use std::{collections::BTreeMap, net::SocketAddr, path::Path, sync::Arc, time::D
 
 use qvdc_actors::Timings;
 use qvdc_cluster::{Client, Node, NodeConfig, Storage};
-use qvdc_host::{Agent, AgentConfig, Fence, MemoryFence, SimHypervisor, SimMounter, SimNetworker};
+use qvdc_host::{
+    source_policy::SourcePolicy, Agent, AgentConfig, Fence, MemoryFence, SimHypervisor, SimMounter,
+    SimNetworker,
+};
 use qvdc_raft::{store, LogRetention};
 use qvdc_transport::bugs::Bug;
 
@@ -226,6 +229,10 @@ pub(crate) fn add_host(
                 host_id: name.clone(),
                 cluster: node_addrs(nodes),
                 pool_root: pool_root(&name),
+                pool_sources: SourcePolicy::new(
+                    Vec::new(),
+                    pool_root(&name).parent().map(Into::into),
+                ),
                 inventory: Inventory {
                     hostname: name.clone(),
                     cpu_model: "Simulated CPU".into(),

@@ -198,12 +198,20 @@ where
     Q: Serialize,
     A: DeserializeOwned,
 {
-    let (mut send, mut recv) = connection.open_bi().await?;
-    codec::write_frame(&mut send, request).await?;
-    send.finish()
-        .map_err(|e| TransportError::Stream(e.to_string()))?;
-    let bytes = read_last_frame(&mut recv, codec::FRAME_BYTES_MAX).await?;
-    Ok(codec::decode_frame_body(&bytes)?)
+    let exchange = async {
+        let (mut send, mut recv) = connection.open_bi().await?;
+        codec::write_frame(&mut send, request).await?;
+        send.finish()
+            .map_err(|e| TransportError::Stream(e.to_string()))?;
+        let bytes = read_last_frame(&mut recv, codec::FRAME_BYTES_MAX).await?;
+        Ok(codec::decode_frame_body(&bytes)?)
+    };
+    // A stream's error says only "connection lost"; the connection knows why (a peer that
+    // refused us says so in its close frame).
+    exchange.await.map_err(|e| match connection.close_reason() {
+        Some(reason) => TransportError::Connection(reason),
+        None => e,
+    })
 }
 
 /// Reads the one request on an accepted stream from a trusted sender (a host reading its

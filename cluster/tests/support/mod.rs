@@ -266,6 +266,26 @@ impl Nodes {
         std::time::Duration::from_millis(ticks * 1000 / TICKS_PER_SECOND)
     }
 
+    /// Whether node `id`'s process is still running (it may have died of a bad input).
+    pub(crate) fn alive(&mut self, id: usize) -> bool {
+        self.processes[id - 1]
+            .as_mut()
+            .is_some_and(|child| child.try_wait().expect("poll the child").is_none())
+    }
+
+    /// Node `id`'s resident memory, from `/proc/PID/status`.
+    pub(crate) fn rss_bytes(&self, id: usize) -> u64 {
+        let child = self.processes[id - 1].as_ref().expect("node is running");
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+            .expect("read the node's /proc status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc status");
+        kib * 1024
+    }
+
     /// Freezes node `id` (SIGSTOP): it neither answers nor sends until [`Nodes::thaw`].
     pub(crate) fn freeze(&self, id: usize) {
         self.signal(id, "-STOP");
@@ -301,6 +321,11 @@ impl Drop for Nodes {
         for child in self.processes.iter_mut().flatten() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        // QVDC_KEEP=1 keeps the certificates, data and logs of a run to look at.
+        if std::env::var_os("QVDC_KEEP").is_some() {
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+            eprintln!("KEPT {}", dir.keep().display());
         }
     }
 }

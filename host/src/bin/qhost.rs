@@ -10,6 +10,7 @@ use qvdc_host::{
     agent::{InventoryRescan, HEARTBEAT_INTERVAL_MS_DEFAULT, INVENTORY_RESCAN_MS},
     inventory,
     libvirt::SYSTEM_URI,
+    source_policy::SourcePolicy,
     Agent, AgentConfig, Fence, FileFence, HostParts, IpNetworker, Libvirt, RealMounter,
 };
 use qvdc_transport::{tls::Identity, Endpoint};
@@ -54,6 +55,12 @@ struct Args {
     /// must exist; useful when several agents share one machine).
     #[arg(long)]
     netns: Option<String>,
+    /// Pool sources this host accepts: directories, image files or block devices at or
+    /// under these paths, comma-separated (default: any, except the host's system
+    /// directories, this agent's --data-dir, and block devices that are mounted or in use,
+    /// which are always refused).
+    #[arg(long, env = "QHOST_POOL_SOURCE_ALLOW", value_delimiter = ',')]
+    pool_source_allow: Vec<PathBuf>,
 }
 
 fn resolve(addrs: &[String]) -> anyhow::Result<Vec<SocketAddr>> {
@@ -91,10 +98,22 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let endpoint = Endpoint::bind(args.bind, &identity, false)?;
+    let data_dir = std::fs::canonicalize(&args.data_dir)
+        .with_context(|| format!("resolving {}", args.data_dir.display()))?;
+    for allowed in &args.pool_source_allow {
+        if !allowed.is_absolute() {
+            bail!(
+                "--pool-source-allow {}: give absolute paths",
+                allowed.display()
+            );
+        }
+    }
+    let pool_sources = SourcePolicy::new(args.pool_source_allow.clone(), Some(data_dir));
     let config = AgentConfig {
         host_id: args.host_id,
         cluster: resolve(&args.cluster)?,
         pool_root: args.data_dir.join("pools"),
+        pool_sources: pool_sources.clone(),
         inventory: inventory::scan(),
         rescan_inventory: Some(InventoryRescan {
             scan: inventory::scan,
@@ -104,7 +123,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let fence = Fence::open(Box::new(FileFence::new(args.data_dir.join("fence"))))?;
     let parts = HostParts {
-        mounter: RealMounter::new(),
+        mounter: RealMounter::with_policy(pool_sources),
         hypervisor: Libvirt::new(args.libvirt),
         networker: match args.netns {
             Some(netns) => IpNetworker::in_namespace(netns),

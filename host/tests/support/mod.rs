@@ -58,6 +58,7 @@ pub fn start_sim_agent(
         host_id: "host-1".into(),
         cluster: vec![leader],
         pool_root: dir.join("pools"),
+        pool_sources: qvdc_host::source_policy::SourcePolicy::new(Vec::new(), Some(dir.into())),
         inventory: small_inventory(),
         rescan_inventory,
         heartbeat_interval_ms: 200,
