@@ -389,14 +389,12 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Host<M, H, N> {
                 };
                 pools.execute(&pool, op).await
             }
-            K::ResizeVolume {
-                pool,
-                name,
-                size_bytes,
-            } => {
-                let op = PoolOp::ResizeVolume { name, size_bytes };
-                pools.execute(&pool, op).await
-            }
+            // The leader grows a volume with CreateVolume, which names the volume's format; a
+            // resize without one would have to guess it from bytes a guest may have written.
+            K::ResizeVolume { pool, name, .. } => Err(HostError::new(
+                HostErrorKind::Invalid,
+                format!("resizing {pool}/{name} needs the volume's format; send CreateVolume with the new size"),
+            )),
             K::DeleteVolume { pool, name } => {
                 pools.execute(&pool, PoolOp::DeleteVolume { name }).await
             }

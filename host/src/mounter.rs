@@ -101,11 +101,13 @@ pub trait Mounter: Send + Sync + 'static {
         format: VolumeFormat,
         size_bytes: u64,
     ) -> impl Future<Output = Result<(), HostError>> + Send;
-    /// Grows a volume; shrinking is refused (it would cut off data the guest may use).
+    /// Grows a volume of the given format; shrinking is refused (it would cut off data the
+    /// guest may use). The format comes from the volume's record, never from its bytes.
     fn resize_volume(
         &self,
         dir: PathBuf,
         name: String,
+        format: VolumeFormat,
         size_bytes: u64,
     ) -> impl Future<Output = Result<(), HostError>> + Send;
     fn delete_volume(
@@ -234,6 +236,54 @@ fn mounted_in_mountinfo(target: &Path) -> Result<bool, MountError> {
         .any(|point| point == wanted))
 }
 
+/// The filesystem type and source of the mount at `target`, from the kernel's mount table.
+fn mount_source_at(target: &Path) -> Option<(String, String)> {
+    let canonical = std::fs::canonicalize(target).ok()?;
+    let wanted = canonical.to_string_lossy().replace(' ', "\\040");
+    let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    table.lines().rev().find_map(|line| {
+        let (mine, theirs) = line.split_once(" - ")?;
+        (mine.split(' ').nth(4)? == wanted).then_some(())?;
+        let mut fields = theirs.split(' ');
+        Some((fields.next()?.to_owned(), fields.next()?.to_owned()))
+    })
+}
+
+/// Whether what is mounted at `target` is `source`. A restarted agent finds its old mounts
+/// in place; one left from an earlier pool of the same name must not be taken for this one.
+fn mounted_from(source: &PoolSource, target: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let same_file = |a: &Path, b: &Path| match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    };
+    match source {
+        // A bind mount's root is the source directory itself.
+        PoolSource::Dir { path } => same_file(Path::new(path), target),
+        PoolSource::Nfs { server, export, .. } => {
+            mount_source_at(target).is_some_and(|(_, from)| from == format!("{server}:{export}"))
+        }
+        PoolSource::Block { device, .. } => {
+            let Some((_, from)) = mount_source_at(target) else {
+                return false;
+            };
+            let wanted = std::fs::canonicalize(device).ok();
+            let from = Path::new(&from);
+            // An image file is mounted through a loop device that names its backing file.
+            let backing = from
+                .file_name()
+                .map(|loop_name| {
+                    Path::new("/sys/block")
+                        .join(loop_name)
+                        .join("loop/backing_file")
+                })
+                .and_then(|file| std::fs::read_to_string(file).ok())
+                .map(|text| PathBuf::from(text.trim()));
+            wanted.is_some() && (std::fs::canonicalize(from).ok() == wanted || backing == wanted)
+        }
+    }
+}
+
 fn shown(p: &Path) -> String {
     p.display().to_string()
 }
@@ -327,7 +377,19 @@ fn mount_now(policy: &SourcePolicy, source: &PoolSource, target: &Path) -> Resul
         reason: e.to_string(),
     })?;
     if mounted_in_mountinfo(target)? {
-        return Ok(());
+        if mounted_from(source, target) {
+            return Ok(());
+        }
+        // Left from an earlier pool of this name (the agent restarted since): the mount
+        // point is the agent's own, so the stale mount goes and the pool's source comes.
+        nix::mount::umount(target).map_err(|e| MountError::Mount {
+            from: source.to_string(),
+            target: shown(target),
+            reason: format!(
+                "a stale mount is in the way and cannot be unmounted: {}",
+                e.desc()
+            ),
+        })?;
     }
     check_real_source(policy, source)?;
     match source {
@@ -499,18 +561,42 @@ fn qemu_img(args: &[&str]) -> Result<(), HostError> {
     ))
 }
 
-fn create_volume_now(path: &Path, format: VolumeFormat, size: u64) -> Result<(), HostError> {
-    match volume_info(path) {
-        Ok(have) if have.format == Some(format) && have.size_bytes == size => return Ok(()),
-        Ok(have) if have.format == Some(format) && have.size_bytes < size => {
-            return resize_volume_now(path, size);
+/// The volume at `path` read as `format`, the format its record says: a raw volume's size
+/// is its length whatever its bytes say (its guest may have written a qcow2 header into
+/// it), and a qcow2 volume must start with the qcow2 header. `None` if there is no file.
+fn volume_as(path: &Path, format: VolumeFormat) -> Result<Option<VolumeInfo>, HostError> {
+    let found = match volume_info(path) {
+        Ok(found) => found,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_failed("reading", path, e)),
+    };
+    match format {
+        VolumeFormat::Qcow2 if found.format != Some(VolumeFormat::Qcow2) => {
+            Err(volume_exists_differently(&found.name, &found, format, 0))
         }
-        Ok(have) => {
+        VolumeFormat::Qcow2 => Ok(Some(found)),
+        VolumeFormat::Raw => {
+            let len = std::fs::metadata(path)
+                .map_err(|e| io_failed("reading", path, e))?
+                .len();
+            Ok(Some(VolumeInfo {
+                format: Some(VolumeFormat::Raw),
+                size_bytes: len,
+                ..found
+            }))
+        }
+    }
+}
+
+fn create_volume_now(path: &Path, format: VolumeFormat, size: u64) -> Result<(), HostError> {
+    match volume_as(path, format)? {
+        Some(have) if have.size_bytes == size => return Ok(()),
+        Some(have) if have.size_bytes < size => return resize_volume_now(path, format, size),
+        Some(have) => {
             let name = have.name.clone();
             return Err(volume_exists_differently(&name, &have, format, size));
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_failed("reading", path, e)),
+        None => {}
     }
     match format {
         VolumeFormat::Raw => {
@@ -530,15 +616,11 @@ fn create_volume_now(path: &Path, format: VolumeFormat, size: u64) -> Result<(),
     }
 }
 
-fn resize_volume_now(path: &Path, size: u64) -> Result<(), HostError> {
-    let have = match volume_info(path) {
-        Ok(have) => have,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let dir = path.parent().unwrap_or(path);
-            let name = path.file_name().unwrap_or_default().to_string_lossy();
-            return Err(no_volume(&name, dir));
-        }
-        Err(e) => return Err(io_failed("reading", path, e)),
+fn resize_volume_now(path: &Path, format: VolumeFormat, size: u64) -> Result<(), HostError> {
+    let Some(have) = volume_as(path, format)? else {
+        let dir = path.parent().unwrap_or(path);
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        return Err(no_volume(&name, dir));
     };
     if size < have.size_bytes {
         return Err(shrink_refused(&have.name, have.size_bytes, size));
@@ -546,12 +628,12 @@ fn resize_volume_now(path: &Path, size: u64) -> Result<(), HostError> {
     if size == have.size_bytes {
         return Ok(());
     }
-    match have.format {
-        Some(VolumeFormat::Qcow2) => {
+    match format {
+        VolumeFormat::Qcow2 => {
             let path = path.to_string_lossy();
             qemu_img(&["resize", "-q", "-f", "qcow2", &path, &size.to_string()])
         }
-        _ => std::fs::OpenOptions::new()
+        VolumeFormat::Raw => std::fs::OpenOptions::new()
             .write(true)
             .open(path)
             .and_then(|f| f.set_len(size).and_then(|()| f.sync_all()))
@@ -631,10 +713,11 @@ impl Mounter for RealMounter {
         &self,
         dir: PathBuf,
         name: String,
+        format: VolumeFormat,
         size_bytes: u64,
     ) -> Result<(), HostError> {
         self.blocking("resize volume", &dir.clone(), move || {
-            resize_volume_now(&dir.join(name), size_bytes)
+            resize_volume_now(&dir.join(name), format, size_bytes)
         })
         .await
     }
@@ -736,18 +819,9 @@ impl Mounter for SimMounter {
                 reason: reason.clone(),
             });
         }
-        match table.mounts.get(&target) {
-            Some(existing) if *existing == source => Ok(()),
-            Some(existing) => Err(MountError::Mount {
-                from: source.to_string(),
-                target: shown(&target),
-                reason: format!("already mounted from {existing}"),
-            }),
-            None => {
-                table.mounts.insert(target, source);
-                Ok(())
-            }
-        }
+        // Like the real mounter: a mount of another source at the target is replaced.
+        table.mounts.insert(target, source);
+        Ok(())
     }
 
     async fn is_mounted(&self, target: PathBuf) -> Result<bool, MountError> {
@@ -811,6 +885,7 @@ impl Mounter for SimMounter {
         &self,
         dir: PathBuf,
         name: String,
+        format: VolumeFormat,
         size_bytes: u64,
     ) -> Result<(), HostError> {
         self.unless_hung().await;
@@ -818,6 +893,9 @@ impl Mounter for SimMounter {
         let Some(have) = table.files.get_mut(&dir).and_then(|f| f.get_mut(&name)) else {
             return Err(no_volume(&name, &dir));
         };
+        if have.format != Some(format) {
+            return Err(volume_exists_differently(&name, have, format, size_bytes));
+        }
         if size_bytes < have.size_bytes {
             return Err(shrink_refused(&name, have.size_bytes, size_bytes));
         }
@@ -914,12 +992,27 @@ mod tests {
         assert_eq!(listed, expected);
         assert_eq!(mounter.usage(target.clone()).await.unwrap().volume_count, 2);
 
-        for (name, size) in [("disk.qcow2", 128 << 20), ("data.img", 4 << 20)] {
+        let formats = [
+            ("disk.qcow2", VolumeFormat::Qcow2, 128 << 20),
+            ("data.img", VolumeFormat::Raw, 4 << 20),
+        ];
+        for (name, format, size) in formats {
             mounter
-                .resize_volume(target.clone(), name.into(), size)
+                .resize_volume(target.clone(), name.into(), format, size)
                 .await
                 .unwrap();
         }
+        // A volume is resized only as the format it was created with.
+        let err = mounter
+            .resize_volume(
+                target.clone(),
+                "data.img".into(),
+                VolumeFormat::Qcow2,
+                8 << 20,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, HostErrorKind::Conflict, "{err}");
         let sizes: Vec<u64> = mounter
             .list_volumes(target.clone())
             .await
@@ -929,12 +1022,12 @@ mod tests {
             .collect();
         assert_eq!(sizes, [4 << 20, 128 << 20]);
         let err = mounter
-            .resize_volume(target.clone(), "data.img".into(), 1)
+            .resize_volume(target.clone(), "data.img".into(), VolumeFormat::Raw, 1)
             .await
             .unwrap_err();
         assert_eq!(err.kind, HostErrorKind::Invalid, "{err}");
         let err = mounter
-            .resize_volume(target.clone(), "nope".into(), 1)
+            .resize_volume(target.clone(), "nope".into(), VolumeFormat::Raw, 1)
             .await
             .unwrap_err();
         assert_eq!(err.kind, HostErrorKind::NotFound, "{err}");
@@ -1021,6 +1114,58 @@ mod tests {
         conformance(&RealMounter::new(), scratch.path()).await;
     }
 
+    /// A guest owns its raw disk's bytes and can write a qcow2 header into them, naming a
+    /// backing file on the host. The volume is still raw: it grows as a raw file, and no
+    /// qemu-img ever opens it as qcow2.
+    #[tokio::test]
+    async fn a_raw_volume_with_a_guest_written_qcow2_header_stays_raw_needs_root() {
+        if !may_mount() || !have("qemu-img") {
+            return;
+        }
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path().to_path_buf();
+        let mounter = RealMounter::new();
+        let name = "guest.img".to_string();
+        mounter
+            .create_volume(dir.clone(), name.clone(), VolumeFormat::Raw, 1 << 20)
+            .await
+            .unwrap();
+        let path = dir.join(&name);
+        let mut header = vec![0u8; 512];
+        header[..4].copy_from_slice(QCOW2_MAGIC);
+        header[4..8].copy_from_slice(&3u32.to_be_bytes()); // version
+        header[24..32].copy_from_slice(&(1u64 << 40).to_be_bytes()); // "virtual size"
+        {
+            use std::io::{Seek, Write};
+            let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            file.seek(std::io::SeekFrom::Start(0)).unwrap();
+            file.write_all(&header).unwrap();
+        }
+        mounter
+            .resize_volume(dir.clone(), name.clone(), VolumeFormat::Raw, 2 << 20)
+            .await
+            .unwrap();
+        mounter
+            .create_volume(dir.clone(), name.clone(), VolumeFormat::Raw, 3 << 20)
+            .await
+            .unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 3 << 20);
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(
+            &bytes[..512],
+            &header[..],
+            "the guest's bytes are untouched"
+        );
+        let err = mounter
+            .resize_volume(dir.clone(), name, VolumeFormat::Raw, 1 << 20)
+            .await
+            .unwrap_err();
+        assert!(
+            err.message.contains(&format!("is {} bytes", 3 << 20)),
+            "{err}"
+        );
+    }
+
     /// The mount options of `target` in the kernel's mount table.
     fn mount_options(target: &Path) -> String {
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
@@ -1056,6 +1201,47 @@ mod tests {
             options.contains(&"nosuid") && options.contains(&"nodev"),
             "{options:?}"
         );
+    }
+
+    /// A mount left at a pool's mount point by an earlier pool of the same name (the agent
+    /// restarted in between and forgot it) is replaced, not taken for the new source.
+    #[tokio::test]
+    async fn a_stale_mount_of_another_source_is_replaced_needs_root() {
+        if !may_mount() {
+            return;
+        }
+        let scratch = tempfile::tempdir().unwrap();
+        let (old, new) = (scratch.path().join("old"), scratch.path().join("new"));
+        for (dir, marker) in [(&old, "old-marker"), (&new, "new-marker")] {
+            std::fs::create_dir_all(dir).unwrap();
+            std::fs::write(dir.join(marker), "").unwrap();
+        }
+        let target = scratch.path().join("target");
+        RealMounter::new()
+            .mount(dir_source(&old), target.clone())
+            .await
+            .unwrap();
+        // A new agent: no memory of the first mount.
+        let mounter = RealMounter::new();
+        mounter
+            .mount(dir_source(&old), target.clone())
+            .await
+            .unwrap();
+        assert!(
+            target.join("old-marker").exists(),
+            "the same source is kept"
+        );
+        mounter
+            .mount(dir_source(&new), target.clone())
+            .await
+            .unwrap();
+        let replaced = target.join("new-marker").exists() && !target.join("old-marker").exists();
+        mounter.unmount(target.clone()).await.unwrap();
+        assert!(
+            !mounted_in_mountinfo(&target).unwrap(),
+            "one mount, not two stacked"
+        );
+        assert!(replaced, "the stale mount was reused");
     }
 
     /// The block device under the root filesystem, as measured once: a `block` pool on the

@@ -43,6 +43,7 @@ pub enum PoolOp {
     },
     ResizeVolume {
         name: String,
+        format: VolumeFormat,
         size_bytes: u64,
     },
     DeleteVolume {
@@ -129,11 +130,21 @@ impl<M: Mounter> Pools<M> {
     }
 
     /// Runs `op` on pool `name`'s actor. `Init` starts the actor if the pool is new.
+    /// The name becomes a directory under the pool root, so it is checked here again, whoever
+    /// sent it: a name like `../x` would mount outside the root.
     pub async fn execute(&self, name: &str, op: PoolOp) -> Result<CommandOutput, HostError> {
+        validate_volume_name(name).map_err(|_| {
+            HostError::new(
+                HostErrorKind::Invalid,
+                format!("pool name {name:?} must be letters, digits, '.', '_' or '-', not starting with '.' or '-'"),
+            )
+        })?;
         if let PoolOp::CreateVolume {
             name, size_bytes, ..
         }
-        | PoolOp::ResizeVolume { name, size_bytes } = &op
+        | PoolOp::ResizeVolume {
+            name, size_bytes, ..
+        } = &op
         {
             validate_volume_name(name)?;
             validate_size(*size_bytes)?;
@@ -316,8 +327,12 @@ impl<M: Mounter> PoolActor<M> {
                             .await
                             .map_or_else(|_| Err(timeout("creating a volume")), done)
                     }
-                    PoolOp::ResizeVolume { name, size_bytes } => {
-                        tokio::time::timeout(limit, m.resize_volume(dir, name, size_bytes))
+                    PoolOp::ResizeVolume {
+                        name,
+                        format,
+                        size_bytes,
+                    } => {
+                        tokio::time::timeout(limit, m.resize_volume(dir, name, format, size_bytes))
                             .await
                             .map_or_else(|_| Err(timeout("resizing a volume")), done)
                     }
@@ -453,6 +468,21 @@ mod tests {
         let report = pools.reports().pop().unwrap();
         assert_eq!(report.health, Health::Error);
         assert!(report.error.unwrap().contains("/etc is in /etc"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pool_names_that_leave_the_pool_root_are_refused() {
+        let mounter = SimMounter::new(1000);
+        let pools = pools(mounter.clone());
+        for name in ["../etc", "..", "a/b", ".hidden", ""] {
+            let err = pools
+                .execute(name, PoolOp::Init(spec(name)))
+                .await
+                .unwrap_err();
+            assert_eq!(err.kind, HostErrorKind::Invalid, "{name}");
+            assert!(err.message.contains("pool name"), "{}", err.message);
+        }
+        assert!(mounter.mounts().is_empty());
     }
 
     #[tokio::test(start_paused = true)]
