@@ -12,9 +12,15 @@ use qvdc_transport::protocol::{HostError, HostErrorKind, PoolSource};
 /// Directories whose contents belong to the host's operating system: no pool may be one of
 /// them or inside one. `/dev` is among them for directories and image files; block pools
 /// name devices under it, which are checked for being in use instead.
-pub const SYSTEM_DIRS: [&str; 14] = [
-    "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/root",
-    "/run", "/sbin", "/sys", "/usr",
+pub const SYSTEM_DIRS: [&str; 13] = [
+    "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/run",
+    "/sbin", "/sys", "/usr",
+];
+/// Directories that hold other people's files: a pool may live below them (a checkout in a
+/// home directory, `/var/lib/libvirt/images`) but may not be one of them, since volume
+/// commands create and delete files in a pool's top directory.
+pub const SHARED_DIRS: [&str; 9] = [
+    "/home", "/media", "/mnt", "/opt", "/root", "/srv", "/tmp", "/var", "/var/lib",
 ];
 
 /// The sources a host accepts for its pools.
@@ -97,6 +103,32 @@ impl SourcePolicy {
                 )));
             }
         }
+        if SHARED_DIRS.iter().any(|dir| path == Path::new(dir)) {
+            return Err(refused(format!(
+                "pool source {} holds other files of the host; give the pool a directory of its own below it",
+                path.display()
+            )));
+        }
+        // A user's private files: ~/.ssh, ~/.gnupg and the like, of root or of any user.
+        let names: Vec<String> = path
+            .components()
+            .filter_map(|c| match c {
+                Component::Normal(name) => Some(name.to_string_lossy().into_owned()),
+                _ => None,
+            })
+            .collect();
+        let in_home = match names.first().map(String::as_str) {
+            Some("root") => names.get(1),
+            Some("home") => names.get(2),
+            _ => None,
+        };
+        let hidden = in_home.is_some_and(|name| name.starts_with('.'));
+        if hidden && !device {
+            return Err(refused(format!(
+                "pool source {} is in a hidden directory (such as ~/.ssh), which holds a user's private files",
+                path.display()
+            )));
+        }
         if !self.allow.is_empty() && !self.allow.iter().any(|a| path.starts_with(a)) {
             let allowed: Vec<String> = self.allow.iter().map(|a| a.display().to_string()).collect();
             return Err(refused(format!(
@@ -168,6 +200,20 @@ mod tests {
                 "{path}"
             );
         }
+        for path in ["/root", "/home", "/srv", "/tmp", "/opt"] {
+            let message = refusal(&policy, dir(path));
+            assert!(
+                message.contains("directory of its own"),
+                "{path}: {message}"
+            );
+        }
+        for path in ["/root/.ssh", "/home/alice/.gnupg/x"] {
+            let message = refusal(&policy, dir(path));
+            assert!(message.contains("hidden directory"), "{path}: {message}");
+        }
+        policy.check(&dir("/root/qvdc/qvdc-dev/shared")).unwrap();
+        policy.check(&dir("/home/alice/pools")).unwrap();
+        policy.check(&dir("/tmp/.tmpAbc/pool")).unwrap();
         assert!(refusal(&policy, dir("/srv/../etc")).contains("'..'"));
         assert!(refusal(&policy, dir("srv")).contains("absolute"));
         assert!(refusal(&policy, block("/etc/passwd")).contains("operating system"));
