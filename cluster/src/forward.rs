@@ -69,12 +69,16 @@ async fn leader_changes(metrics: &mut Metrics, from: Option<NodeId>) {
 /// Passes `request` to the leader and returns its answer, naming the leader so the client can
 /// go there itself next time, following leadership changes until [`FORWARD_DEADLINE_MS`] has
 /// passed.
-pub(crate) async fn to_leader(node: &NodeInner, request: ApiRequest) -> Response {
+/// `operator` is the name in the certificate of the operator who asked.
+pub(crate) async fn to_leader(node: &NodeInner, operator: &str, request: ApiRequest) -> Response {
     let started = Instant::now();
     let deadline = started + Duration::from_millis(FORWARD_DEADLINE_MS);
     let mut leaderless_since = Some(started);
     let mut metrics: Metrics = node.raft.metrics();
-    let forwarded = Request::Forwarded(request.clone());
+    let forwarded = Request::ForwardedFor {
+        operator: operator.to_owned(),
+        request: request.clone(),
+    };
     let mut last = String::from("no leader is known");
     loop {
         let (known, call) = match leader_of(&metrics, node.id) {

@@ -431,7 +431,10 @@ async fn dispatch(
     request: Request,
 ) -> Response {
     if peer.role == Role::Server {
-        let strict = matches!(request, Request::Forwarded(_));
+        let strict = matches!(
+            request,
+            Request::Forwarded(_) | Request::ForwardedFor { .. }
+        );
         if let Err(reason) = node.member_server(peer, strict) {
             return Response::Forbidden { reason };
         }
@@ -454,7 +457,7 @@ async fn dispatch(
             if forward::is_leader(node) || !forward::needs_leader(&request) {
                 api::handle(node, request).await
             } else {
-                forward::to_leader(node, request).await
+                forward::to_leader(node, &peer.name, request).await
             }
         }
         Request::Api(_) => forbidden(peer, "the operator API", Role::Operator),
@@ -465,7 +468,17 @@ async fn dispatch(
                 node.not_leader()
             }
         }
-        Request::Forwarded(_) => forbidden(peer, "passing on operator requests", Role::Server),
+        Request::ForwardedFor { operator, request } if peer.role == Role::Server => {
+            if forward::is_leader(node) {
+                debug!(%operator, via = %peer.name, "operator request passed on");
+                api::handle(node, request).await
+            } else {
+                node.not_leader()
+            }
+        }
+        Request::Forwarded(_) | Request::ForwardedFor { .. } => {
+            forbidden(peer, "passing on operator requests", Role::Server)
+        }
     }
 }
 

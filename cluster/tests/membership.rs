@@ -179,6 +179,10 @@ async fn nodes_join_leave_and_are_replaced() {
     for request in [
         Request::Raft(vec![0]),
         Request::Forwarded(ApiRequest::PoolList),
+        Request::ForwardedFor {
+            operator: OPERATOR.into(),
+            request: ApiRequest::PoolList,
+        },
     ] {
         match quic::call::<_, Response>(&connection, &request)
             .await

@@ -199,6 +199,10 @@ async fn wrong_certificates(nodes: &Nodes, leader: usize, follower: usize) {
         Request::Raft(vec![0, 1, 2]),
         Request::Api(ApiRequest::ClusterStatus),
         Request::Forwarded(ApiRequest::PoolList),
+        Request::ForwardedFor {
+            operator: OPERATOR.into(),
+            request: ApiRequest::PoolList,
+        },
         Request::Host(HostMessage::InventoryChanged {
             host_id: HOST.into(),
             inventory: inventory(),
@@ -221,8 +225,13 @@ async fn wrong_certificates(nodes: &Nodes, leader: usize, follower: usize) {
                     // yet: its Raft messages reach the decoder (and Raft's terms), but only
                     // members pass requests on. Removed nodes: see tests/membership.rs.
                     (STRANGER, Request::Raft(_)) => "Raft RPC:",
-                    (STRANGER, Request::Forwarded(_)) => "is not of a member of this cluster",
-                    (_, Request::Raft(_) | Request::Forwarded(_)) => "needs role server",
+                    (STRANGER, Request::Forwarded(_) | Request::ForwardedFor { .. }) => {
+                        "is not of a member of this cluster"
+                    }
+                    (
+                        _,
+                        Request::Raft(_) | Request::Forwarded(_) | Request::ForwardedFor { .. },
+                    ) => "needs role server",
                     (_, Request::Api(_)) => "needs role operator",
                     (_, Request::Host(_)) => "needs role host",
                 };

@@ -26,6 +26,13 @@ pub enum Request {
     Forwarded(ApiRequest),
     /// A host agent's message.
     Host(HostMessage),
+    /// An operator's request that a follower passes on to the leader, with the name in the
+    /// operator's certificate, so the leader knows who asked; only servers send it, and it is
+    /// never passed on again. Replaces `Forwarded`, which leaders still accept.
+    ForwardedFor {
+        operator: String,
+        request: ApiRequest,
+    },
 }
 
 impl Request {
@@ -38,6 +45,7 @@ impl Request {
             1 => Some((Role::Operator, "the operator API")),
             2 => Some((Role::Server, "passing on operator requests")),
             3 => Some((Role::Host, "speaking for a host")),
+            4 => Some((Role::Server, "passing on operator requests")),
             _ => None,
         }
     }
@@ -49,6 +57,7 @@ impl Request {
             Request::Api(_) => 1,
             Request::Forwarded(_) => 2,
             Request::Host(_) => 3,
+            Request::ForwardedFor { .. } => 4,
         }
     }
 }
@@ -997,6 +1006,10 @@ mod tests {
             Request::Raft(vec![1]),
             Request::Api(ApiRequest::ClusterStatus),
             Request::Forwarded(ApiRequest::HostList),
+            Request::ForwardedFor {
+                operator: "alice".into(),
+                request: ApiRequest::HostList,
+            },
             Request::Host(HostMessage::InventoryChanged {
                 host_id: "h".into(),
                 inventory: Inventory::default(),
@@ -1007,7 +1020,7 @@ mod tests {
             assert_eq!(body[0], request.tag(), "{request:?}");
             assert!(Request::needs_role(request.tag()).is_some());
         }
-        assert_eq!(Request::needs_role(4), None);
+        assert_eq!(Request::needs_role(5), None);
     }
 
     /// A frame of nothing but nested stale reads: before the nesting bound, 10 KB of them
