@@ -77,6 +77,24 @@ struct Link {
     kind: Option<String>,
     admin_up: bool,
     master: Option<String>,
+    /// The interface's alias, where qvdc marks what it created (see [`owner_mark`]).
+    alias: Option<String>,
+}
+
+/// The alias qvdc gives an interface it creates for `network`: the bridge and its VLAN port.
+/// An interface without it was there before and belongs to someone else: qvdc neither
+/// adopts it nor ever deletes it.
+fn owner_mark(network: &str) -> String {
+    format!("qvdc network {network}")
+}
+
+fn not_ours(interface: &str, what: &str) -> HostError {
+    HostError::new(
+        HostErrorKind::Conflict,
+        format!(
+            "{what} {interface} already exists on this host and was not created by qvdc for this network; pick another name (qvdc never takes over or deletes interfaces it did not create)"
+        ),
+    )
 }
 
 impl IpNetworker {
@@ -158,6 +176,7 @@ fn parse_link(json: &str) -> Result<Link, HostError> {
             .as_array()
             .is_some_and(|flags| flags.iter().any(|f| f == "UP")),
         master: text(&link["master"]),
+        alias: text(&link["ifalias"]),
     })
 }
 
@@ -165,10 +184,19 @@ impl Networker for IpNetworker {
     async fn ensure(&self, spec: NetworkSpec) -> Result<(), HostError> {
         let port = vlan_port(&spec)?;
         let bridge = spec.bridge.as_str();
+        let mark = owner_mark(&spec.name);
         match self.link(bridge).await? {
             None => {
                 self.ip(&["link", "add", "name", bridge, "type", "bridge"])
                     .await?;
+                self.ip(&["link", "set", "dev", bridge, "alias", &mark])
+                    .await?;
+            }
+            Some(link)
+                if link.kind.as_deref() == Some("bridge")
+                    && link.alias.as_deref() != Some(mark.as_str()) =>
+            {
+                return Err(not_ours(bridge, "bridge"));
             }
             Some(link) if link.kind.as_deref() != Some("bridge") => {
                 return Err(HostError::new(
@@ -191,12 +219,20 @@ impl Networker for IpNetworker {
                 format!("uplink {uplink} does not exist on this host; check the host's interfaces (ip link)"),
             ));
         }
-        if self.link(&port).await?.is_none() {
-            let id = vlan.to_string();
-            self.ip(&[
-                "link", "add", "link", uplink, "name", &port, "type", "vlan", "id", &id,
-            ])
-            .await?;
+        match self.link(&port).await? {
+            None => {
+                let id = vlan.to_string();
+                self.ip(&[
+                    "link", "add", "link", uplink, "name", &port, "type", "vlan", "id", &id,
+                ])
+                .await?;
+                self.ip(&["link", "set", "dev", &port, "alias", &mark])
+                    .await?;
+            }
+            Some(link) if link.alias.as_deref() != Some(mark.as_str()) => {
+                return Err(not_ours(&port, "VLAN interface"));
+            }
+            Some(_) => {}
         }
         self.ip(&["link", "set", &port, "master", bridge, "up"])
             .await?;
@@ -205,18 +241,21 @@ impl Networker for IpNetworker {
 
     async fn remove(&self, spec: NetworkSpec) -> Result<(), HostError> {
         let port = vlan_port(&spec)?;
+        let mark = owner_mark(&spec.name);
+        let ours = |link: &Option<Link>| {
+            link.as_ref()
+                .is_some_and(|l| l.alias.as_deref() == Some(mark.as_str()))
+        };
         if let Some(port) = port {
-            if self.link(&port).await?.is_some() {
+            if ours(&self.link(&port).await?) {
                 self.ip(&["link", "del", &port]).await?;
             }
         }
-        match self.link(&spec.bridge).await? {
-            Some(link) if link.kind.as_deref() == Some("bridge") => {
-                self.ip(&["link", "del", &spec.bridge]).await.map(drop)
-            }
-            // Not ours to delete: `ensure` refused it as a conflict.
-            _ => Ok(()),
+        // Only what qvdc created for this network: `ensure` refused anything else.
+        if ours(&self.link(&spec.bridge).await?) {
+            self.ip(&["link", "del", &spec.bridge]).await?;
         }
+        Ok(())
     }
 
     async fn report(&self, spec: NetworkSpec) -> NetworkReport {
@@ -269,6 +308,8 @@ impl Networker for IpNetworker {
 struct SimNet {
     uplinks: Vec<String>,
     bridges: BTreeMap<String, NetworkSpec>,
+    /// Bridges that were on the host before qvdc: never adopted, never deleted.
+    foreign: Vec<String>,
     failure: Option<String>,
 }
 
@@ -289,6 +330,12 @@ impl SimNetworker {
         self
     }
 
+    /// A bridge someone else created on this host.
+    pub fn with_foreign_bridge(self, bridge: &str) -> Self {
+        self.net().foreign.push(bridge.to_owned());
+        self
+    }
+
     /// Makes every `ensure` fail with `reason` (`None` heals it).
     pub fn set_failure(&self, reason: Option<String>) {
         self.net().failure = reason;
@@ -305,6 +352,9 @@ impl Networker for SimNetworker {
         let mut net = self.net();
         if let Some(reason) = &net.failure {
             return Err(HostError::new(HostErrorKind::Failed, reason.clone()));
+        }
+        if net.foreign.contains(&spec.bridge) {
+            return Err(not_ours(&spec.bridge, "bridge"));
         }
         if let Some(uplink) = &spec.uplink {
             if !net.uplinks.contains(uplink) {
@@ -410,7 +460,17 @@ mod tests {
 
     /// The behaviour every `Networker` must show. The host has an uplink `eth0`; `vlans` says
     /// whether its kernel can make VLAN interfaces (8021q).
-    async fn conformance(n: &impl Networker, vlans: bool) {
+    /// `foreign` is a bridge that existed on the host before qvdc.
+    async fn conformance(n: &impl Networker, vlans: bool, foreign: &str) {
+        let theirs = spec("theirs", foreign, None);
+        let err = n.ensure(theirs.clone()).await.unwrap_err();
+        assert_eq!(err.kind, HostErrorKind::Conflict, "{err}");
+        assert!(err.message.contains("was not created by qvdc"), "{err}");
+        n.remove(theirs.clone()).await.unwrap();
+        // Still there, and still not taken over (a deleted one would now be created).
+        let again = n.ensure(theirs).await.unwrap_err();
+        assert_eq!(again.kind, HostErrorKind::Conflict, "{again}");
+
         let plain = spec("prod", "qvbr-prod", None);
         for _ in 0..2 {
             n.ensure(plain.clone()).await.expect("ensure is idempotent");
@@ -464,7 +524,10 @@ mod tests {
 
     #[tokio::test]
     async fn sim_networker_conforms() {
-        conformance(&SimNetworker::new().with_uplinks(["eth0"]), true).await;
+        let networker = SimNetworker::new()
+            .with_uplinks(["eth0"])
+            .with_foreign_bridge("br-them");
+        conformance(&networker, true, "br-them").await;
     }
 
     #[tokio::test]
@@ -574,7 +637,29 @@ mod tests {
         let networker = IpNetworker::in_namespace(&namespace.0);
         let vlans = namespace.vlans();
         eprintln!("this kernel makes VLAN interfaces: {vlans}");
-        conformance(&networker, vlans).await;
+        let status = std::process::Command::new("ip")
+            .args([
+                "-n",
+                &namespace.0,
+                "link",
+                "add",
+                "name",
+                "br-them",
+                "type",
+                "bridge",
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        std::process::Command::new("ip")
+            .args(["-n", &namespace.0, "link", "set", "br-them", "up"])
+            .status()
+            .unwrap();
+        conformance(&networker, vlans, "br-them").await;
+        assert!(
+            networker.link("br-them").await.unwrap().is_some(),
+            "left alone"
+        );
 
         // A bridge name taken by another kind of interface is a conflict, and is left alone.
         let taken = spec("t", "eth0", None);
