@@ -116,11 +116,19 @@ pub fn to_stored_bytes<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
 
 /// Decodes what [`to_stored_bytes`] wrote; trailing bytes are an error.
 pub fn from_stored_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    let (value, used) = bincode::serde::decode_from_slice(bytes, stored_config())
+    decode_exactly(bytes, stored_config())
+}
+
+/// Decodes one value that must fill `bytes` exactly.
+fn decode_exactly<T: DeserializeOwned>(
+    bytes: &[u8],
+    config: impl bincode::config::Config,
+) -> Result<T, CodecError> {
+    let (value, used) = bincode::serde::decode_from_slice(bytes, config)
         .map_err(|e| CodecError::Malformed(e.to_string()))?;
     if used != bytes.len() {
         return Err(CodecError::Malformed(format!(
-            "{} trailing bytes after the value",
+            "{} trailing bytes after the message",
             bytes.len() - used
         )));
     }
@@ -172,15 +180,7 @@ pub fn to_bytes<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
 /// Decodes a bare bincode body written by [`to_bytes`]. Trailing bytes are an error: a frame
 /// holds exactly one message.
 pub fn from_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    let (value, used) = bincode::serde::decode_from_slice(bytes, bincode_config())
-        .map_err(|e| CodecError::Malformed(e.to_string()))?;
-    if used != bytes.len() {
-        return Err(CodecError::Malformed(format!(
-            "{} trailing bytes after the message",
-            bytes.len() - used
-        )));
-    }
-    Ok(value)
+    decode_exactly(bytes, bincode_config())
 }
 
 /// Encodes one complete frame, prefix included.
