@@ -172,6 +172,10 @@ async fn nested_frames(nodes: &Nodes, node: usize) {
     expect_refusal(raw(&operator, &bytes).await, "nested more than");
     let host = connect(nodes, HOST, node).await;
     expect_refusal(raw(&host, &bytes).await, "needs role operator");
+    // The kind in bincode's long form (a fuzzer's find): a host's passed-on request must not
+    // slip past the role gate into the decoder.
+    let long_form = frame(&[0xfb, 0x02, 0x00, 0x00]);
+    expect_refusal(raw(&host, &long_form).await, "not written in one byte");
     // Nested once-only commands inside a Raft payload, from a member's peer: refused by the
     // same bound when the payload is decoded (Raft RPCs are only for servers: node-9 is
     // refused first, as a non-member; see wrong_certificates).

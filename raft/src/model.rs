@@ -97,23 +97,102 @@ pub struct VmRecord {
 /// write costs in proportion to what it changed, not to how much exists (ADR 10).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DesiredState {
+    #[serde(deserialize_with = "grown::ord_map")]
     pub hosts: OrdMap<String, HostRecord>,
+    #[serde(deserialize_with = "grown::ord_map")]
     pub pools: OrdMap<String, Arc<PoolRecord>>,
     /// VMs by name.
+    #[serde(deserialize_with = "grown::ord_map")]
     pub vms: OrdMap<String, VmRecord>,
+    #[serde(deserialize_with = "grown::ord_map")]
     pub networks: OrdMap<String, NetworkRecord>,
     pub requests: RequestLog,
     /// What is assigned to each host, so per-host lookups (every heartbeat) do not scan every
     /// object. Kept in step by `apply`; see `index_matches_a_scan` in the tests.
+    #[serde(deserialize_with = "grown::ord_map")]
     by_host: OrdMap<String, HostIndex>,
 }
 
 /// The names of what is assigned to one host.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct HostIndex {
+    #[serde(deserialize_with = "grown::ord_set")]
     pools: OrdSet<String>,
+    #[serde(deserialize_with = "grown::ord_set")]
     vms: OrdSet<String>,
+    #[serde(deserialize_with = "grown::ord_set")]
     networks: OrdSet<String>,
+}
+
+/// Decoding of the persistent maps that grows them as entries arrive. imbl's own
+/// `Deserialize` reserves room for as many entries as the input claims before reading any:
+/// nine bytes of a snapshot claiming 2^32 hosts asked for an 858 GB allocation (found by
+/// the `snapshot` fuzz target). Same encoding, so nothing stored changes.
+mod grown {
+    use std::marker::PhantomData;
+
+    use imbl::{OrdMap, OrdSet};
+    use serde::{
+        de::{MapAccess, SeqAccess, Visitor},
+        Deserialize, Deserializer,
+    };
+
+    struct MapVisitor<K, V>(PhantomData<(K, V)>);
+
+    impl<'de, K, V> Visitor<'de> for MapVisitor<K, V>
+    where
+        K: Deserialize<'de> + Ord + Clone,
+        V: Deserialize<'de> + Clone,
+    {
+        type Value = OrdMap<K, V>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a map")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+            let mut map = OrdMap::new();
+            while let Some((key, value)) = access.next_entry()? {
+                map.insert(key, value);
+            }
+            Ok(map)
+        }
+    }
+
+    pub(super) fn ord_map<'de, D, K, V>(deserializer: D) -> Result<OrdMap<K, V>, D::Error>
+    where
+        D: Deserializer<'de>,
+        K: Deserialize<'de> + Ord + Clone,
+        V: Deserialize<'de> + Clone,
+    {
+        deserializer.deserialize_map(MapVisitor(PhantomData))
+    }
+
+    struct SetVisitor<T>(PhantomData<T>);
+
+    impl<'de, T: Deserialize<'de> + Ord + Clone> Visitor<'de> for SetVisitor<T> {
+        type Value = OrdSet<T>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a set")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+            let mut set = OrdSet::new();
+            while let Some(item) = access.next_element()? {
+                set.insert(item);
+            }
+            Ok(set)
+        }
+    }
+
+    pub(super) fn ord_set<'de, D, T>(deserializer: D) -> Result<OrdSet<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de> + Ord + Clone,
+    {
+        deserializer.deserialize_seq(SetVisitor(PhantomData))
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -1314,6 +1393,21 @@ mod tests {
             )
         );
         assert_eq!(state.networks.len(), NETWORKS_MAX);
+    }
+
+    /// Found by the `snapshot` fuzz target: a count of 2^32 hosts in nine bytes made imbl
+    /// reserve 858 GB before reading a single host.
+    #[test]
+    fn a_huge_claimed_count_is_not_reserved_up_front() {
+        let claims_u32_max_hosts = [0xfc, 0xff, 0xff, 0xff, 0xff];
+        let err = codec::from_stored_bytes::<DesiredState>(&claims_u32_max_hosts).unwrap_err();
+        assert!(matches!(err, codec::CodecError::Malformed(_)), "{err}");
+        let state = with_hosts(&["h1", "h2"]);
+        let bytes = codec::to_stored_bytes(&state).unwrap();
+        assert_eq!(
+            codec::from_stored_bytes::<DesiredState>(&bytes).unwrap(),
+            state
+        );
     }
 
     /// The state outgrew the 16 MiB frame once and `digest()` panicked; it is now hashed as

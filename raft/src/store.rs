@@ -608,10 +608,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 AnyError::new(&e),
             ))
         })?;
-        assert_eq!(
-            data.last_applied, meta.last_log_id,
-            "a snapshot's data matches its metadata"
-        );
+        // A peer's snapshot whose data contradicts its metadata is refused, not a panic.
+        if data.last_applied != meta.last_log_id {
+            let mismatch = std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "snapshot data is of {:?} but its metadata says {:?}",
+                    data.last_applied, meta.last_log_id
+                ),
+            );
+            return Err(StorageError::from(StorageIOError::read_snapshot(
+                Some(meta.signature()),
+                AnyError::new(&mismatch),
+            )));
+        }
         self.data = data;
         let stored = StoredSnapshot {
             meta: meta.clone(),

@@ -248,12 +248,18 @@ pub async fn read_request_from(
     };
     let bytes = read_last_frame(recv, limit).await?;
     let body = bytes.get(2..).unwrap_or_default();
-    if let Some((needed, what)) = codec::peek_variant(body).and_then(Request::needs_role) {
-        if needed != peer.role {
-            return Err(RequestError::Forbidden(forbidden_reason(
-                peer, what, needed,
-            )));
-        }
+    // A kind written in bincode's long form (found by the `request_frame` fuzz target) or
+    // unknown is refused here too: no qvdc peer writes one, and it would pass the gate.
+    let Some((needed, what)) = codec::peek_variant(body).and_then(Request::needs_role) else {
+        let reason = "the request's kind is missing, unknown or not written in one byte";
+        return Err(RequestError::Unreadable(TransportError::Codec(
+            CodecError::Malformed(reason.into()),
+        )));
+    };
+    if needed != peer.role {
+        return Err(RequestError::Forbidden(forbidden_reason(
+            peer, what, needed,
+        )));
     }
     let request = codec::decode_frame_body(&bytes).map_err(TransportError::from)?;
     Ok(request)
