@@ -46,7 +46,9 @@ impl FileFence {
         }
     }
 
-    fn parse(&self, text: &str) -> Result<Leadership, FenceError> {
+    /// Reads the leadership out of a fence file's text as [`FenceStore::load`] does: public
+    /// for fuzzing and tests.
+    pub fn parse(&self, text: &str) -> Result<Leadership, FenceError> {
         let mut numbers = text.split_whitespace().map(str::parse::<u64>);
         match (numbers.next(), numbers.next(), numbers.next()) {
             (Some(Ok(term)), Some(Ok(node)), None) => Ok(Leadership { term, node }),

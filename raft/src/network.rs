@@ -62,6 +62,17 @@ pub async fn handle_rpc(
     codec::to_bytes(&reply)
 }
 
+/// Decodes a payload as [`handle_rpc`] would, without answering it: for fuzzing and tests.
+pub fn decode_rpc(payload: &[u8]) -> Result<(), CodecError> {
+    codec::from_bytes::<RaftRpc>(payload).map(drop)
+}
+
+/// Decodes a peer's answer to an RPC as the node that sent the RPC would: for fuzzing and
+/// tests.
+pub fn decode_reply(payload: &[u8]) -> Result<(), CodecError> {
+    codec::from_bytes::<RaftReply>(payload).map(drop)
+}
+
 /// Asks the node at `addr` for a pre-vote, waiting up to `ttl` for its answer.
 pub async fn pre_vote(
     peers: &Peers,

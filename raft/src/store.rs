@@ -475,6 +475,19 @@ struct StoredSnapshot {
     data: Vec<u8>,
 }
 
+/// Decodes a snapshot's data as `install_snapshot` does: for fuzzing and tests.
+pub fn decode_snapshot(bytes: &[u8]) -> Result<()> {
+    codec::from_bytes::<MachineData>(bytes)?;
+    Ok(())
+}
+
+/// Decodes the stored snapshot record, data included, as [`StateMachine::open`] does: for
+/// fuzzing and tests.
+pub fn decode_stored_snapshot(bytes: &[u8]) -> Result<()> {
+    let stored: StoredSnapshot = codec::from_bytes(bytes)?;
+    decode_snapshot(&stored.data)
+}
+
 /// The applied desired state. Every applied batch is published on a watch channel, which is
 /// how the leader's supervisors learn of changes.
 #[derive(Debug)]
