@@ -12,19 +12,19 @@ use qvdc_raft::{
 use qvdc_transport::codec;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(entry) = codec::from_bytes::<Entry>(data) {
+    if let Ok(entry) = codec::from_stored_bytes::<Entry>(data) {
         round_trips(&entry);
     }
-    if let Ok(command) = codec::from_bytes::<Command>(data) {
+    if let Ok(command) = codec::from_stored_bytes::<Command>(data) {
         round_trips(&command);
     }
-    if let Ok(vote) = codec::from_bytes::<Vote>(data) {
+    if let Ok(vote) = codec::from_stored_bytes::<Vote>(data) {
         round_trips(&vote);
     }
-    if let Ok(log_id) = codec::from_bytes::<Option<LogId>>(data) {
+    if let Ok(log_id) = codec::from_stored_bytes::<Option<LogId>>(data) {
         round_trips(&log_id);
     }
-    if let Ok(log_id) = codec::from_bytes::<LogId>(data) {
+    if let Ok(log_id) = codec::from_stored_bytes::<LogId>(data) {
         round_trips(&log_id);
     }
 });

@@ -477,14 +477,14 @@ struct StoredSnapshot {
 
 /// Decodes a snapshot's data as `install_snapshot` does: for fuzzing and tests.
 pub fn decode_snapshot(bytes: &[u8]) -> Result<()> {
-    codec::from_bytes::<MachineData>(bytes)?;
+    codec::from_stored_bytes::<MachineData>(bytes)?;
     Ok(())
 }
 
 /// Decodes the stored snapshot record, data included, as [`StateMachine::open`] does: for
 /// fuzzing and tests.
 pub fn decode_stored_snapshot(bytes: &[u8]) -> Result<()> {
-    let stored: StoredSnapshot = codec::from_bytes(bytes)?;
+    let stored: StoredSnapshot = codec::from_stored_bytes(bytes)?;
     decode_snapshot(&stored.data)
 }
 
