@@ -23,3 +23,7 @@ cargo run --quiet -p qvdc-simulation --bin qvsim -- run --seeds 0..200
 
 # The checkers bite: each deliberate bug (a test-only feature) is caught within a few seeds.
 cargo nextest run -p qvdc-simulation --features deliberate-bugs --test deliberate_bugs
+
+# Every decoder of peer and disk bytes under libFuzzer for a few seconds each (the long runs
+# are in docs/security.md; scripts/fuzz.sh runs longer ones).
+QVDC_FUZZ_SECONDS="${QVDC_FUZZ_SECONDS:-10}" ./scripts/fuzz.sh

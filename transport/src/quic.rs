@@ -246,8 +246,14 @@ pub async fn read_request_from(
         Role::Server => codec::FRAME_BYTES_MAX,
         Role::Host | Role::Operator => PEER_REQUEST_BYTES_MAX,
     };
-    let bytes = read_last_frame(recv, limit).await?;
-    let body = bytes.get(2..).unwrap_or_default();
+    let frame = read_last_frame(recv, limit).await?;
+    gate_and_decode(&frame, peer)
+}
+
+/// Decodes a request frame (version and body) from `peer` if its role may send that kind
+/// of request, judged by the body's first byte before anything is decoded.
+pub fn gate_and_decode(frame: &[u8], peer: &PeerIdentity) -> Result<Request, RequestError> {
+    let body = frame.get(2..).unwrap_or_default();
     // A kind written in bincode's long form (found by the `request_frame` fuzz target) or
     // unknown is refused here too: no qvdc peer writes one, and it would pass the gate.
     let Some((needed, what)) = codec::peek_variant(body).and_then(Request::needs_role) else {
@@ -261,7 +267,12 @@ pub async fn read_request_from(
             peer, what, needed,
         )));
     }
-    let request = codec::decode_frame_body(&bytes).map_err(TransportError::from)?;
+    let request: Request = codec::decode_frame_body(frame).map_err(TransportError::from)?;
+    assert_eq!(
+        request.tag(),
+        body[0],
+        "a request decodes as the kind its first byte names"
+    );
     Ok(request)
 }
 
