@@ -285,7 +285,12 @@ async fn write_until(
         if matches!(answer, Answer::Unknown(_)) {
             client = dialer.client();
         }
-        tokio::time::sleep(pause).await;
+        // Unpaced writers go straight on: even a zero sleep waits for the timer's next
+        // millisecond, and with all writers waiting at once the kill found no write in
+        // flight (seen once in a CI run, about one in forty by that arithmetic).
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
     }
 }
 
