@@ -394,10 +394,19 @@ async fn accept_loop(node: Arc<NodeInner>, endpoint: Endpoint) {
 
 async fn serve_connection(node: Arc<NodeInner>, connection: quinn::Connection, peer: PeerIdentity) {
     debug!(role = %peer.role, name = %peer.name, remote = %connection.remote_address(), "peer connected");
+    let permits = Arc::new(tokio::sync::Semaphore::new(Admission::streams_max(
+        peer.role,
+    )));
     let peer = Arc::new(peer);
-    while let Ok((send, mut recv)) = connection.accept_bi().await {
+    loop {
+        let permit = permits.clone().acquire_owned().await;
+        let permit = permit.expect("the semaphore is never closed");
+        let Ok((send, mut recv)) = connection.accept_bi().await else {
+            break;
+        };
         let (node, peer, connection) = (node.clone(), peer.clone(), connection.clone());
         tokio::spawn(async move {
+            let _permit = permit;
             let response = match quic::read_request_from(&mut recv, &peer).await {
                 Ok(request) => dispatch(&node, &peer, &connection, request).await,
                 Err(RequestError::Forbidden(reason)) => {

@@ -278,6 +278,31 @@ async fn connection_flood(nodes: &Nodes, node: usize) {
         qvdc_transport::admission::CONNECTIONS_PER_HOST_MAX,
         "refused: {refused:?}"
     );
+    // A host connection is served at most STREAMS_PER_HOST_MAX requests at once: with that
+    // many trickling, the next request waits until one of them ends.
+    let streams_max = qvdc_transport::admission::STREAMS_PER_HOST_MAX;
+    let host = admitted[0].clone();
+    let mut trickling = Vec::new();
+    for _ in 0..streams_max {
+        let (mut send, recv) = host.open_bi().await.unwrap();
+        send.write_all(&1_000u32.to_be_bytes()).await.unwrap();
+        trickling.push((send, recv));
+    }
+    let ask = Request::Api(ApiRequest::ClusterStatus);
+    let waiting = quic::call::<_, Response>(&host, &ask);
+    tokio::pin!(waiting);
+    let early = tokio::time::timeout(Duration::from_millis(1_000), &mut waiting).await;
+    assert!(
+        early.is_err(),
+        "request {} of a host was served: {early:?}",
+        streams_max + 1
+    );
+    for (mut send, _) in trickling {
+        let _ = send.reset(0u32.into());
+    }
+    let answer = tokio::time::timeout(Duration::from_secs(5), waiting).await;
+    let answer = answer.expect("served once a place was free").unwrap();
+    expect_refusal(answer, "needs role operator");
     assert!(
         refused
             .iter()

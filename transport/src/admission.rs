@@ -27,8 +27,8 @@ pub const CONNECTIONS_PER_SERVER_MAX: usize = 8;
 /// Connections one operator certificate may hold: tools and benchmarks open many.
 pub const CONNECTIONS_PER_OPERATOR_MAX: usize = 1_024;
 /// Requests a host may have in flight on its connection: a heartbeat, a registration and a
-/// few command results.
-pub const STREAMS_PER_HOST_MAX: u32 = 16;
+/// few command results. Further streams wait, unread, until one of these is answered.
+pub const STREAMS_PER_HOST_MAX: usize = 16;
 
 /// The bounds, shared by every connection one endpoint accepts.
 #[derive(Debug, Clone, Default)]
@@ -139,14 +139,21 @@ impl Admission {
             connection.close(quic::REFUSED_CODE.into(), reason.as_bytes());
             return Err(TransportError::Stream(reason));
         }
-        if peer.role == Role::Host {
-            connection.set_max_concurrent_bi_streams(STREAMS_PER_HOST_MAX.into());
-        }
         let admitted = Admitted {
             state: self.state.clone(),
             key,
         };
         Ok((connection, peer, admitted))
+    }
+
+    /// How many requests a peer with `role` may have served at once on one connection. QUIC's
+    /// stream limit is advertised before the peer's certificate is known, so the bound for
+    /// hosts is kept by the server not accepting more streams than this at a time.
+    pub fn streams_max(role: Role) -> usize {
+        match role {
+            Role::Host => STREAMS_PER_HOST_MAX,
+            Role::Server | Role::Operator => quic::STREAMS_PER_CONNECTION_MAX as usize,
+        }
     }
 
     /// Connections admitted and not yet dropped, for tests and metrics.
