@@ -8,7 +8,10 @@ use qvdc_actors::{
     core::placement::{self, HostFacts},
     Supervision,
 };
-use qvdc_raft::{model::OrdMap, Command, DesiredState, Outcome, ValidationError};
+use qvdc_raft::{
+    model::{OrdMap, RequestDigest},
+    Command, DesiredState, Outcome, ValidationError,
+};
 use qvdc_transport::protocol::{
     ApiError, ApiErrorKind, ApiRequest, ApiResponse, ClusterStatus, CommandOutput, DesiredPower,
     Health, HostCommandKind, HostDetail, HostPool, HostView, Liveness, MemberStatus, NetworkView,
@@ -81,6 +84,10 @@ pub(crate) async fn propose(node: &NodeInner, command: Command) -> Result<(), Re
 }
 
 pub(crate) async fn handle(node: &NodeInner, request: ApiRequest) -> Response {
+    // A write's request id is bound to the request as the operator sent it: a retry repeats
+    // it exactly, whichever node it reaches and however the leader then places it.
+    let digest = RequestDigest::of(&request);
+    let key = |id: String| RequestKey { id, digest };
     match request {
         ApiRequest::ClusterStatus => {
             let mut status = cluster_status(node);
@@ -99,28 +106,28 @@ pub(crate) async fn handle(node: &NodeInner, request: ApiRequest) -> Response {
             request_id,
             spec,
             hosts,
-        } => create_pool(node, request_id, spec, hosts).await,
+        } => create_pool(node, key(request_id), spec, hosts).await,
         ApiRequest::VmCreate {
             request_id,
             spec,
             host,
             start,
-        } => create_vm(node, request_id, spec, host, start).await,
+        } => create_vm(node, key(request_id), spec, host, start).await,
         ApiRequest::VmSetPower {
             request_id,
             name,
             power,
         } => {
             let command = Command::SetVmPower { name, power };
-            once(node, request_id, command).await
+            once(node, key(request_id), command).await
         }
-        ApiRequest::VmDelete { request_id, name } => delete_vm(node, request_id, name).await,
+        ApiRequest::VmDelete { request_id, name } => delete_vm(node, key(request_id), name).await,
         ApiRequest::VmForceOff { request_id, name } => {
             let command = Command::SetVmPower {
                 name: name.clone(),
                 power: DesiredPower::Stopped,
             };
-            if let Err(response) = propose_once(node, request_id, command).await {
+            if let Err(response) = propose_once(node, key(request_id), command).await {
                 return response;
             }
             on_vm_host(
@@ -142,14 +149,14 @@ pub(crate) async fn handle(node: &NodeInner, request: ApiRequest) -> Response {
             request_id,
             pool,
             hosts,
-        } => once(node, request_id, Command::AssignPool { pool, hosts }).await,
+        } => once(node, key(request_id), Command::AssignPool { pool, hosts }).await,
         ApiRequest::PoolUnassign {
             request_id,
             pool,
             hosts,
-        } => once(node, request_id, Command::UnassignPool { pool, hosts }).await,
+        } => once(node, key(request_id), Command::UnassignPool { pool, hosts }).await,
         ApiRequest::PoolDelete { request_id, pool } => {
-            once(node, request_id, Command::DeletePool { pool }).await
+            once(node, key(request_id), Command::DeletePool { pool }).await
         }
         ApiRequest::VolumeCreate {
             request_id,
@@ -164,7 +171,7 @@ pub(crate) async fn handle(node: &NodeInner, request: ApiRequest) -> Response {
                 format,
                 size_bytes,
             };
-            once(node, request_id, command).await
+            once(node, key(request_id), command).await
         }
         ApiRequest::VolumeResize {
             request_id,
@@ -177,7 +184,7 @@ pub(crate) async fn handle(node: &NodeInner, request: ApiRequest) -> Response {
                 name,
                 size_bytes,
             };
-            once(node, request_id, command).await
+            once(node, key(request_id), command).await
         }
         ApiRequest::VolumeDelete {
             request_id,
@@ -188,7 +195,7 @@ pub(crate) async fn handle(node: &NodeInner, request: ApiRequest) -> Response {
                 pool: pool.clone(),
                 name: name.clone(),
             };
-            if let Err(response) = propose_once(node, request_id, command).await {
+            if let Err(response) = propose_once(node, key(request_id), command).await {
                 return response;
             }
             // The record is gone; now the file, through any healthy host of the pool.
@@ -230,17 +237,31 @@ pub(crate) async fn handle(node: &NodeInner, request: ApiRequest) -> Response {
             request_id,
             host,
             on,
-        } => once(node, request_id, Command::SetMaintenance { host, on }).await,
+        } => once(node, key(request_id), Command::SetMaintenance { host, on }).await,
         ApiRequest::NetworkCreate {
             request_id,
             spec,
             hosts,
-        } => once(node, request_id, Command::CreateNetwork { spec, hosts }).await,
+        } => {
+            once(
+                node,
+                key(request_id),
+                Command::CreateNetwork { spec, hosts },
+            )
+            .await
+        }
         ApiRequest::NetworkAssign {
             request_id,
             network,
             hosts,
-        } => once(node, request_id, Command::AssignNetwork { network, hosts }).await,
+        } => {
+            once(
+                node,
+                key(request_id),
+                Command::AssignNetwork { network, hosts },
+            )
+            .await
+        }
         ApiRequest::NetworkUnassign {
             request_id,
             network,
@@ -248,7 +269,7 @@ pub(crate) async fn handle(node: &NodeInner, request: ApiRequest) -> Response {
         } => {
             once(
                 node,
-                request_id,
+                key(request_id),
                 Command::UnassignNetwork { network, hosts },
             )
             .await
@@ -256,7 +277,7 @@ pub(crate) async fn handle(node: &NodeInner, request: ApiRequest) -> Response {
         ApiRequest::NetworkDelete {
             request_id,
             network,
-        } => once(node, request_id, Command::DeleteNetwork { network }).await,
+        } => once(node, key(request_id), Command::DeleteNetwork { network }).await,
         ApiRequest::NetworkShow { .. } | ApiRequest::NetworkList => {
             let supervision = match node.leading().await {
                 Ok(supervision) => supervision,
@@ -357,22 +378,40 @@ fn not_found_vm(node: &NodeInner, name: &str) -> Response {
     Response::Api(Err(ApiError::new(ApiErrorKind::NotFound, message)))
 }
 
-/// Commits `command` once per `request_id`.
-async fn propose_once(
-    node: &NodeInner,
-    request_id: String,
-    command: Command,
-) -> Result<(), Response> {
-    let command = Command::Once {
-        request_id,
-        command: Box::new(command),
-    };
-    propose(node, command).await
+/// An operator's request id and the digest of the request it came with.
+#[derive(Debug, Clone)]
+struct RequestKey {
+    id: String,
+    digest: RequestDigest,
 }
 
-/// Commits `command` once per `request_id`; answers `Done`.
-async fn once(node: &NodeInner, request_id: String, command: Command) -> Response {
-    match propose_once(node, request_id, command).await {
+impl RequestKey {
+    /// `command`, applied at most once for this request.
+    fn once(self, command: Command) -> Command {
+        Command::Once {
+            request_id: self.id,
+            digest: self.digest,
+            command: Box::new(command),
+        }
+    }
+
+    /// Whether this very request was applied before.
+    fn applied_before(&self, state: &DesiredState) -> bool {
+        state
+            .requests
+            .lookup(&self.id)
+            .is_some_and(|(digest, _)| digest == self.digest)
+    }
+}
+
+/// Commits `command` once per request.
+async fn propose_once(node: &NodeInner, key: RequestKey, command: Command) -> Result<(), Response> {
+    propose(node, key.once(command)).await
+}
+
+/// Commits `command` once per request; answers `Done`.
+async fn once(node: &NodeInner, key: RequestKey, command: Command) -> Response {
+    match propose_once(node, key, command).await {
         Ok(()) => Response::Api(Ok(ApiResponse::Done)),
         Err(response) => response,
     }
@@ -553,11 +592,11 @@ async fn place(
 /// those disks could then run beside it. So the VM is first stopped in the desired state (so
 /// nothing starts it again), then its host destroys and undefines the domain, and only then
 /// is the record deleted. While the host is unreachable the delete fails and says so.
-async fn delete_vm(node: &NodeInner, request_id: String, name: String) -> Response {
+async fn delete_vm(node: &NodeInner, key: RequestKey, name: String) -> Response {
     let record = node.desired.borrow().vms.get(&name).cloned();
     let Some(record) = record else {
         // Unknown, or a retry of a delete that went through: the request id decides.
-        return once(node, request_id, Command::DeleteVm { name }).await;
+        return once(node, key, Command::DeleteVm { name }).await;
     };
     let supervision = match node.leading().await {
         Ok(supervision) => supervision,
@@ -581,12 +620,12 @@ async fn delete_vm(node: &NodeInner, request_id: String, name: String) -> Respon
              the host is back (`qvctl host list`)"
         ));
     }
-    once(node, request_id, Command::DeleteVm { name }).await
+    once(node, key, Command::DeleteVm { name }).await
 }
 
 async fn create_vm(
     node: &NodeInner,
-    request_id: String,
+    key: RequestKey,
     mut spec: VmSpec,
     host: Option<String>,
     start: bool,
@@ -599,7 +638,7 @@ async fn create_vm(
         }))
     };
     // A VM's id is the id of the request that created it: unique, and a retry finds it.
-    spec.id = request_id.clone();
+    spec.id = key.id.clone();
     // A disk is attached in its volume's own format, never the one the request names: a
     // raw disk opened as qcow2 would let its guest-written header name host files.
     for disk in &mut spec.disks {
@@ -607,7 +646,7 @@ async fn create_vm(
             disk.format = volume.format;
         }
     }
-    if node.desired.borrow().requests.get(&request_id).is_some() {
+    if key.applied_before(&node.desired.borrow()) {
         if let Some(vm) = node
             .desired
             .borrow()
@@ -638,7 +677,7 @@ async fn create_vm(
     };
     let name = spec.name.clone();
     let command = Command::CreateVm { spec, host, power };
-    if let Err(response) = propose_once(node, request_id, command).await {
+    if let Err(response) = propose_once(node, key, command).await {
         return response;
     }
     match node.desired.borrow().vms.get(&name) {
@@ -682,16 +721,12 @@ fn not_found_pool(node: &NodeInner, name: &str) -> Response {
 
 async fn create_pool(
     node: &NodeInner,
-    request_id: String,
+    key: RequestKey,
     spec: PoolSpec,
     hosts: Vec<String>,
 ) -> Response {
     let name = spec.name.clone();
-    let command = Command::Once {
-        request_id,
-        command: Box::new(Command::CreatePool { spec, hosts }),
-    };
-    match propose(node, command).await {
+    match propose_once(node, key, Command::CreatePool { spec, hosts }).await {
         Ok(()) => Response::Api(Ok(ApiResponse::PoolCreated { name })),
         Err(response) => response,
     }

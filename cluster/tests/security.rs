@@ -146,6 +146,8 @@ async fn hostile_peers_cannot_crash_exhaust_or_subvert_a_node() {
     oversized_proposal(&mut honest).await;
     still_serving(&mut nodes, &mut honest, "oversized proposal").await;
 
+    reused_request_id(&mut honest).await;
+
     slow_streams(&mut nodes, &mut honest, follower).await;
     still_serving(&mut nodes, &mut honest, "slow streams").await;
 
@@ -452,6 +454,35 @@ async fn oversized_proposal(honest: &mut Client) {
             );
         }
         other => panic!("an oversized proposal was not refused: {other:?}"),
+    }
+}
+
+/// A request id that succeeded once cannot carry another request: the retry of the first
+/// still gets its outcome, and the other request is refused without being validated away.
+async fn reused_request_id(honest: &mut Client) {
+    let delete = ApiRequest::PoolDelete {
+        request_id: "after-nested-frames".into(), // the id that created the pool
+        pool: "after-oversized-frames".into(),
+    };
+    match honest.request(delete).await {
+        Err(ClientError::Rejected(e)) => {
+            assert_eq!(e.kind, ApiErrorKind::Invalid);
+            assert!(
+                e.message.contains("already used for a different request"),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!("a reused request id was not refused: {other:?}"),
+    }
+    match honest.request(ApiRequest::PoolList).await {
+        Ok(ApiResponse::Pools(pools)) => assert!(
+            pools
+                .iter()
+                .any(|p| p.spec.name == "after-oversized-frames"),
+            "the pool the refused request named is still there"
+        ),
+        other => panic!("{other:?}"),
     }
 }
 

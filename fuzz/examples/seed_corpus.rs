@@ -741,6 +741,7 @@ fn joint_membership() -> Membership<u64, BasicNode> {
 fn commands() -> Vec<(&'static str, Command)> {
     let once = |id: &str, command: Command| Command::Once {
         request_id: id.into(),
+        digest: qvdc_raft::model::RequestDigest::of(&command),
         command: Box::new(command),
     };
     let hosts = || vec!["host-1".to_string(), "host-2".to_string()];

@@ -227,8 +227,9 @@ const REQUEST_GENERATION: usize = 512;
 
 #[derive(Debug, Clone, Default)]
 struct Generation {
-    /// Each id's outcome and its place in `order`.
-    outcomes: HashMap<Arc<str>, (usize, Outcome), BuildHasherDefault<Fnv1a>>,
+    /// Each id's place in `order`, the digest of the request it was first used for, and
+    /// that request's outcome.
+    outcomes: HashMap<Arc<str>, (usize, RequestDigest, Outcome), BuildHasherDefault<Fnv1a>>,
     /// Ids in the order they were recorded.
     order: Vec<Arc<str>>,
 }
@@ -261,15 +262,34 @@ fn fnv1a(hash: u64, bytes: &[u8]) -> u64 {
     })
 }
 
+/// What a request id is bound to: the digest of the operator's request that first used it
+/// (see [`qvdc_transport::codec::digest`]). A retry repeats the request and so its digest; the
+/// same id sent with another request is refused instead of answered with the first one's
+/// outcome, which would skip the new request's validation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RequestDigest(pub [u8; 16]);
+
+impl RequestDigest {
+    pub fn of<T: Serialize>(request: &T) -> Self {
+        Self(qvdc_transport::codec::digest(request))
+    }
+}
+
 impl RequestLog {
+    /// The outcome recorded for `request_id`, if it is remembered.
     pub fn get(&self, request_id: &str) -> Option<&Outcome> {
+        self.lookup(request_id).map(|(_, outcome)| outcome)
+    }
+
+    /// The digest of the request `request_id` was recorded with, and its outcome.
+    pub fn lookup(&self, request_id: &str) -> Option<(RequestDigest, &Outcome)> {
         self.generations
             .iter()
             .enumerate()
             .rev()
             .find_map(|(i, generation)| {
-                let (place, outcome) = generation.outcomes.get(request_id)?;
-                (i > 0 || *place >= self.forgotten).then_some(outcome)
+                let (place, digest, outcome) = generation.outcomes.get(request_id)?;
+                (i > 0 || *place >= self.forgotten).then_some((*digest, outcome))
             })
     }
 
@@ -282,19 +302,19 @@ impl RequestLog {
     }
 
     /// The remembered ids and their outcomes, oldest first.
-    fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &Outcome)> {
+    fn iter(&self) -> impl Iterator<Item = (&Arc<str>, (&RequestDigest, &Outcome))> {
         self.generations
             .iter()
             .flat_map(|generation| {
-                generation
-                    .order
-                    .iter()
-                    .map(|id| (id, &generation.outcomes[id].1))
+                generation.order.iter().map(|id| {
+                    let (_, digest, outcome) = &generation.outcomes[id];
+                    (id, (digest, outcome))
+                })
             })
             .skip(self.forgotten)
     }
 
-    fn record(&mut self, request_id: &str, outcome: Outcome) {
+    fn record(&mut self, request_id: &str, digest: RequestDigest, outcome: Outcome) {
         if self
             .generations
             .back()
@@ -305,7 +325,9 @@ impl RequestLog {
         let newest = Arc::make_mut(self.generations.back_mut().expect("one was just added"));
         let request_id: Arc<str> = request_id.into();
         let place = newest.order.len();
-        let previous = newest.outcomes.insert(request_id.clone(), (place, outcome));
+        let previous = newest
+            .outcomes
+            .insert(request_id.clone(), (place, digest, outcome));
         assert!(previous.is_none(), "a request id is recorded once");
         newest.order.push(request_id);
         self.len += 1;
@@ -331,13 +353,13 @@ impl Eq for RequestLog {}
 /// Encoded as the outcomes by id and the ids oldest first, whatever the generations.
 #[derive(Serialize)]
 struct RequestLogOut<'a> {
-    outcomes: BTreeMap<&'a str, &'a Outcome>,
+    outcomes: BTreeMap<&'a str, (&'a RequestDigest, &'a Outcome)>,
     order: Vec<&'a str>,
 }
 
 #[derive(Deserialize)]
 struct RequestLogIn {
-    outcomes: BTreeMap<String, Outcome>,
+    outcomes: BTreeMap<String, (RequestDigest, Outcome)>,
     order: Vec<String>,
 }
 
@@ -366,10 +388,10 @@ impl<'de> Deserialize<'de> for RequestLog {
         }
         let mut log = RequestLog::default();
         for id in order {
-            let outcome = outcomes.remove(&id).ok_or_else(|| {
+            let (digest, outcome) = outcomes.remove(&id).ok_or_else(|| {
                 serde::de::Error::custom(format!("request log: no outcome for {id:?}, or twice"))
             })?;
-            log.record(&id, outcome);
+            log.record(&id, digest, outcome);
         }
         Ok(log)
     }
@@ -387,6 +409,8 @@ pub enum Command {
     /// outcome of the first application.
     Once {
         request_id: String,
+        /// The digest of the operator's request, which the id is bound to.
+        digest: RequestDigest,
         #[serde(deserialize_with = "qvdc_transport::codec::nested")]
         command: Box<Command>,
     },
@@ -522,6 +546,8 @@ pub enum ValidationError {
     BadNetwork(String),
     #[error("request id must be 1 to {REQUEST_ID_BYTES_MAX} bytes")]
     BadRequestId,
+    #[error("request id {0:?} was already used for a different request; a retry must repeat its request exactly: use a new request id (or leave out --request-id) for a new request")]
+    RequestIdReused(String),
     #[error("a request or batch cannot contain another request or batch")]
     NestedRequest,
     #[error("inventory refused: {0}")]
@@ -736,6 +762,7 @@ impl DesiredState {
             }
             Command::Once {
                 request_id,
+                digest,
                 command,
             } => {
                 if request_id.is_empty() || request_id.len() > REQUEST_ID_BYTES_MAX {
@@ -744,10 +771,12 @@ impl DesiredState {
                 if matches!(**command, Command::Once { .. } | Command::Batch(_)) {
                     return Err(ValidationError::NestedRequest);
                 }
-                if self.requests.get(request_id).is_some() {
-                    return Ok(()); // a retry: it replays the recorded outcome
+                match self.requests.lookup(request_id) {
+                    // A retry: it replays the recorded outcome.
+                    Some((recorded, _)) if recorded == *digest => Ok(()),
+                    Some(_) => Err(ValidationError::RequestIdReused(request_id.clone())),
+                    None => self.validate(command),
                 }
-                self.validate(command)
             }
             // Each command of a batch is validated when it is applied, against the state the
             // commands before it left.
@@ -1065,19 +1094,28 @@ impl DesiredState {
         }
         if let Command::Once {
             request_id,
+            digest,
             command: inner,
         } = command
         {
-            if let Some(outcome) = self.requests.get(request_id) {
-                return outcome.clone();
+            if let Some((recorded, outcome)) = self.requests.lookup(request_id) {
+                if recorded == *digest {
+                    return outcome.clone();
+                }
             }
             // Validating the request validates the command it carries.
             let outcome = match self.validate(command) {
                 Ok(()) => self.apply_valid(inner),
                 Err(e) => Outcome::Rejected(e),
             };
-            if !matches!(outcome, Outcome::Rejected(ValidationError::BadRequestId)) {
-                self.requests.record(request_id, outcome.clone());
+            // An id that is not valid, or is another request's, records nothing.
+            if !matches!(
+                outcome,
+                Outcome::Rejected(
+                    ValidationError::BadRequestId | ValidationError::RequestIdReused(_)
+                )
+            ) {
+                self.requests.record(request_id, *digest, outcome.clone());
             }
             return outcome;
         }
@@ -1322,16 +1360,18 @@ mod tests {
         for depth in [5, 100_000] {
             let mut bytes = Vec::new();
             for _ in 0..depth {
-                bytes.extend_from_slice(&[1, 1, b'r']); // Once { request_id: "r", command: ...
+                bytes.extend_from_slice(&[1, 1, b'r']); // Once { request_id: "r",
+                bytes.extend_from_slice(&[0; 16]); //        digest,
+                                                   //        command: ...
             }
             bytes.extend_from_slice(&inner);
             let err = codec::from_bytes::<Command>(&bytes).unwrap_err();
             assert!(err.to_string().contains("nested more than"), "{err}");
         }
-        let legitimate = Command::Batch(Arc::from(vec![Command::Once {
-            request_id: "r".into(),
-            command: Box::new(Command::DeletePool { pool: "p".into() }),
-        }]));
+        let legitimate = Command::Batch(Arc::from(vec![once(
+            "r",
+            Command::DeletePool { pool: "p".into() },
+        )]));
         let bytes = codec::to_bytes(&legitimate).unwrap();
         assert_eq!(codec::from_bytes::<Command>(&bytes).unwrap(), legitimate);
     }
@@ -1863,11 +1903,66 @@ mod tests {
         assert_eq!(state, before);
     }
 
+    /// `command` as an operator's request with id `id`; the request is the command itself.
     fn once(id: &str, command: Command) -> Command {
         Command::Once {
             request_id: id.into(),
+            digest: RequestDigest::of(&command),
             command: Box::new(command),
         }
+    }
+
+    /// A request id is bound to the request it was first used for: reused for another, it
+    /// is refused, whatever that first request's outcome was, and the first outcome stays.
+    #[test]
+    fn a_request_id_reused_for_another_request_is_refused() {
+        let mut state = with_hosts(&["host-1"]);
+        let first = once("r1", create("p", "/srv/p", &["host-1"]));
+        assert_eq!(state.apply(&first), Outcome::Applied);
+        let volume = |name: &str| Command::CreateVolume {
+            pool: "p".into(),
+            name: name.into(),
+            format: VolumeFormat::Raw,
+            size_bytes: 1 << 20,
+        };
+        assert_eq!(state.apply(&once("r2", volume("v"))), Outcome::Applied);
+        let before = state.clone();
+        let reused = once(
+            "r1",
+            Command::DeleteVolume {
+                pool: "p".into(),
+                name: "v".into(),
+            },
+        );
+        let refused = state.apply(&reused);
+        assert_eq!(
+            refused,
+            Outcome::Rejected(ValidationError::RequestIdReused("r1".into()))
+        );
+        let Outcome::Rejected(e) = refused else {
+            unreachable!()
+        };
+        assert!(e.to_string().contains("use a new request id"), "{e}");
+        assert_eq!(state, before, "nothing applied, nothing recorded");
+        assert_eq!(
+            state.apply(&first),
+            Outcome::Applied,
+            "the retry still replays"
+        );
+        // The same id, same command, but another digest (another request that asked for the
+        // same change) is another request too.
+        let Command::Once { command, .. } = first else {
+            unreachable!()
+        };
+        let other = Command::Once {
+            request_id: "r1".into(),
+            digest: RequestDigest([7; 16]),
+            command,
+        };
+        assert!(matches!(
+            state.apply(&other),
+            Outcome::Rejected(ValidationError::RequestIdReused(_))
+        ));
     }
 
     #[test]
@@ -1992,7 +2087,11 @@ mod tests {
         let total = REQUESTS_REMEMBERED_MAX + 2 * REQUEST_GENERATION + 7;
         let mut copies = Vec::new();
         for i in 0..total {
-            log.record(&format!("id-{i}"), outcome_of(i));
+            log.record(
+                &format!("id-{i}"),
+                RequestDigest([i as u8; 16]),
+                outcome_of(i),
+            );
             if i.is_multiple_of(997) {
                 copies.push((i, log.clone()));
             }
@@ -2024,15 +2123,22 @@ mod tests {
         let mut log = RequestLog::default();
         let total = REQUESTS_REMEMBERED_MAX + REQUEST_GENERATION / 2 + 3;
         for i in 0..total {
-            log.record(&format!("id-{i}"), outcome_of(i));
+            log.record(
+                &format!("id-{i}"),
+                RequestDigest([i as u8; 16]),
+                outcome_of(i),
+            );
         }
         // The encoding (snapshots, the state digest) does not depend on the generations.
         let kept: Vec<String> = (total - REQUESTS_REMEMBERED_MAX..total)
             .map(|i| format!("id-{i}"))
             .collect();
-        let by_id: BTreeMap<&str, Outcome> = kept
+        let by_id: BTreeMap<&str, (RequestDigest, Outcome)> = kept
             .iter()
-            .map(|id| (id.as_str(), outcome_of(id[3..].parse().unwrap())))
+            .map(|id| {
+                let i: usize = id[3..].parse().unwrap();
+                (id.as_str(), (RequestDigest([i as u8; 16]), outcome_of(i)))
+            })
             .collect();
         let bytes = codec::to_bytes(&log).unwrap();
         assert_eq!(bytes, codec::to_bytes(&(by_id, &kept)).unwrap());
@@ -2044,7 +2150,9 @@ mod tests {
             None
         );
 
-        let mismatched = codec::to_bytes(&(BTreeMap::<&str, Outcome>::new(), vec!["x"])).unwrap();
+        let mismatched =
+            codec::to_bytes(&(BTreeMap::<&str, (RequestDigest, Outcome)>::new(), vec!["x"]))
+                .unwrap();
         let refused = codec::from_bytes::<RequestLog>(&mismatched).unwrap_err();
         assert!(refused.to_string().contains("request log"), "{refused}");
     }

@@ -163,6 +163,27 @@ pub fn encoded_len<T: Serialize>(value: &T) -> usize {
     count.0
 }
 
+/// A SHA-256 digest of `value`'s encoding, cut to 16 bytes: what tells a retried request
+/// (same encoding, same digest) from another request that reuses its id.
+pub fn digest<T: Serialize>(value: &T) -> [u8; 16] {
+    struct Hash(ring::digest::Context);
+    impl std::io::Write for Hash {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.update(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut hash = Hash(ring::digest::Context::new(&ring::digest::SHA256));
+    encode_into(value, &mut hash).expect("hashing cannot fail");
+    let full = hash.0.finish();
+    full.as_ref()[..16]
+        .try_into()
+        .expect("SHA-256 has 32 bytes")
+}
+
 /// Encodes `value` as a bare bincode body (no length, no version) — for payloads that travel
 /// inside another message, such as Raft RPCs, and for values stored on disk.
 pub fn to_bytes<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
