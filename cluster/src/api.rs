@@ -238,6 +238,21 @@ pub(crate) async fn handle(node: &NodeInner, request: ApiRequest) -> Response {
             host,
             on,
         } => once(node, key(request_id), Command::SetMaintenance { host, on }).await,
+        ApiRequest::CertRevoke {
+            request_id,
+            certificate,
+        } => {
+            once(
+                node,
+                key(request_id),
+                Command::RevokeCertificate(certificate),
+            )
+            .await
+        }
+        ApiRequest::CertRevoked => {
+            let revoked = node.desired.borrow().revoked.values().cloned().collect();
+            Response::Api(Ok(ApiResponse::Revoked(revoked)))
+        }
         ApiRequest::NetworkCreate {
             request_id,
             spec,

@@ -10,6 +10,7 @@ pub mod membership;
 pub mod node;
 pub mod output;
 mod propose;
+mod revocation;
 mod stale;
 
 pub use client::{Client, ClientError};

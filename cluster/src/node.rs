@@ -24,7 +24,7 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use crate::{api, forward, hosts, propose::Proposer};
+use crate::{api, forward, hosts, propose::Proposer, revocation::Connections};
 
 /// How long a quorum's confirmation lets the leader answer hosts and reported-state queries
 /// without asking again: three quarters of the shortest election timeout, so an isolated
@@ -93,6 +93,8 @@ pub struct NodeInner {
     pub(crate) logged_at_start: Option<u64>,
     /// The members this node saw last and the nodes it saw removed (see `member_server`).
     pub(crate) servers: std::sync::Mutex<Servers>,
+    /// The connections this node serves, for closing those of revoked certificates.
+    pub(crate) connections: Arc<Connections>,
 }
 
 /// Members of the Raft membership as one node has watched it change.
@@ -180,14 +182,19 @@ impl Node {
             last_leader: std::sync::Mutex::new(None),
             logged_at_start,
             servers: std::sync::Mutex::new(Servers::default()),
+            connections: Arc::default(),
         });
+        let revocations = tokio::spawn(crate::revocation::enforce(
+            inner.connections.clone(),
+            inner.desired.clone(),
+        ));
         let leadership = tokio::spawn(follow_leadership(inner.clone(), config.timings));
         let serving = tokio::spawn(accept_loop(inner.clone(), endpoint.clone()));
         info!(node = config.node_id, "control-plane node started");
         Ok(Self {
             inner,
             endpoint,
-            tasks: Arc::new(vec![leadership, serving, proposing, elections]),
+            tasks: Arc::new(vec![leadership, serving, proposing, elections, revocations]),
         })
     }
 
@@ -394,6 +401,9 @@ async fn accept_loop(node: Arc<NodeInner>, endpoint: Endpoint) {
 
 async fn serve_connection(node: Arc<NodeInner>, connection: quinn::Connection, peer: PeerIdentity) {
     debug!(role = %peer.role, name = %peer.name, remote = %connection.remote_address(), "peer connected");
+    let Some(_registered) = node.connections.admit(&node.desired, &peer, &connection) else {
+        return;
+    };
     let permits = Arc::new(tokio::sync::Semaphore::new(Admission::streams_max(
         peer.role,
     )));

@@ -3,7 +3,7 @@
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use qvdc_transport::protocol::{
     ApiResponse, Capacity, ClusterStatus, HostDetail, HostView, Liveness, NetworkView, PoolView,
-    VmView, VolumeInfo, VolumeView,
+    RevokedCertificate, VmView, VolumeInfo, VolumeView,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -35,6 +35,7 @@ pub fn render(response: &ApiResponse, format: Format) -> String {
             ApiResponse::Host(host) => host_detail(host),
             ApiResponse::Network(network) => networks_table(std::slice::from_ref(network)),
             ApiResponse::Networks(networks) => networks_table(networks),
+            ApiResponse::Revoked(revoked) => revoked_table(revoked),
         },
     }
 }
@@ -58,6 +59,7 @@ fn json(response: &ApiResponse) -> String {
         ApiResponse::Host(h) => serde_json::to_value(h),
         ApiResponse::Network(n) => serde_json::to_value(n),
         ApiResponse::Networks(n) => serde_json::to_value(n),
+        ApiResponse::Revoked(r) => serde_json::to_value(r),
     };
     serde_json::to_string_pretty(&value.expect("API types serialize")).expect("JSON values print")
 }
@@ -214,6 +216,14 @@ fn networks_table(networks: &[NetworkView]) -> String {
                 h.error.clone().unwrap_or_default(),
             ]);
         }
+    }
+    t.to_string()
+}
+
+fn revoked_table(revoked: &[RevokedCertificate]) -> String {
+    let mut t = table(&["SERIAL", "ROLE", "NAME"]);
+    for r in revoked {
+        t.add_row(vec![r.serial.clone(), r.role.clone(), r.name.clone()]);
     }
     t.to_string()
 }

@@ -90,6 +90,9 @@ pub(crate) fn answer(node: &NodeInner, request: ApiRequest) -> Response {
             Some(record) => ok(ApiResponse::Network(network_view(record))),
             None => not_found("network", &network, "network list"),
         },
+        ApiRequest::CertRevoked => ok(ApiResponse::Revoked(
+            desired.revoked.values().cloned().collect(),
+        )),
         _ => Response::Api(Err(ApiError::new(
             ApiErrorKind::Invalid,
             "--stale applies to cluster status and the list and show commands of hosts, \

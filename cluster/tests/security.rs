@@ -512,3 +512,122 @@ async fn slow_streams(nodes: &mut Nodes, honest: &mut Client, node: usize) {
     assert!(waited >= Duration::from_millis(REQUEST_READ_TIMEOUT_MS));
     assert!(waited < Duration::from_millis(REQUEST_READ_TIMEOUT_MS + 5_000));
 }
+
+/// An operator revokes a certificate with `qvctl certs revoke FILE`: every node closes the
+/// connections that presented it, with a reason that says so, and refuses it from then on;
+/// honest peers and a reissued certificate of the same name are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_certificate_is_refused_and_its_connections_closed() {
+    const MALLORY: &str = "mallory";
+    let nodes = Nodes::start(
+        &[
+            (Role::Operator, OPERATOR),
+            (Role::Operator, MALLORY),
+            (Role::Host, HOST),
+        ],
+        true,
+    );
+    nodes.register_host(HOST).await;
+    let mut honest = nodes.client(OPERATOR, &[1, 2, 3], Duration::from_secs(20));
+    let list = Request::Api(ApiRequest::PoolList);
+    // Mallory holds a working connection to every node.
+    let mut held = Vec::new();
+    for id in 1..=support::NODES {
+        let connection = connect(&nodes, MALLORY, id).await;
+        let reply: Response = quic::call(&connection, &list).await.unwrap();
+        assert!(
+            matches!(reply, Response::Api(_) | Response::ApiPassedOn { .. }),
+            "{reply:?}"
+        );
+        held.push(connection);
+    }
+    let certificate = nodes.certs().join(format!("{MALLORY}.crt"));
+    let serial = qvdc_transport::tls::certificate_file(&certificate)
+        .unwrap()
+        .serial;
+
+    let qvctl = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_qvctl"))
+            .args(nodes.tls_args(OPERATOR))
+            .args(["--cluster", &nodes.addrs.join(",")])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    };
+    let revoked_at = Instant::now();
+    let (ok, stdout, stderr) = qvctl(&["certs", "revoke", certificate.to_str().unwrap()]);
+    assert!(ok, "qvctl certs revoke: {stdout}{stderr}");
+
+    for (i, connection) in held.iter().enumerate() {
+        let closed = tokio::time::timeout(Duration::from_secs(5), connection.closed())
+            .await
+            .unwrap_or_else(|_| panic!("node {}: the revoked connection stays open", i + 1));
+        let reason = closed.to_string();
+        assert!(
+            reason.contains("revoked") && reason.contains(&serial),
+            "node {}: {reason}",
+            i + 1
+        );
+    }
+    eprintln!(
+        "every node closed the revoked certificate's connections {:?} after the revocation was sent",
+        revoked_at.elapsed()
+    );
+    for id in 1..=support::NODES {
+        let Ok(connection) = nodes
+            .endpoint(MALLORY)
+            .connect(nodes.addrs[id - 1].parse().unwrap())
+            .await
+        else {
+            continue; // refused during the handshake: as good
+        };
+        let e = quic::call::<_, Response>(&connection, &list)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("revoked"), "node {id}: {e}");
+    }
+
+    // The list shows it; a retry of the same revocation changes nothing.
+    let (ok, stdout, stderr) = qvctl(&["certs", "revoked"]);
+    assert!(
+        ok && stdout.contains(&serial) && stdout.contains(MALLORY),
+        "{stdout}{stderr}"
+    );
+    let (ok, _, stderr) = qvctl(&[
+        "certs",
+        "revoke",
+        "--serial",
+        &serial.to_uppercase(),
+        "--role",
+        "operator",
+        "--name",
+        MALLORY,
+    ]);
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = qvctl(&[
+        "certs", "revoke", "--serial", "xyz", "--role", "host", "--name", "h",
+    ]);
+    assert!(
+        !ok && stderr.contains("not a certificate serial number"),
+        "{stderr}"
+    );
+
+    // A new certificate of the same name works; the honest operator never noticed.
+    let options = qvdc_transport::tls::IssueOptions {
+        replace: true,
+        ..Default::default()
+    };
+    qvdc_transport::tls::issue_with(&nodes.certs(), Role::Operator, MALLORY, options).unwrap();
+    let reissued = connect(&nodes, MALLORY, 1).await;
+    let reply: Response = quic::call(&reissued, &list).await.unwrap();
+    assert!(
+        matches!(reply, Response::Api(_) | Response::ApiPassedOn { .. }),
+        "{reply:?}"
+    );
+    match honest.request(ApiRequest::CertRevoked).await {
+        Ok(ApiResponse::Revoked(list)) => assert_eq!(list.len(), 1, "{list:?}"),
+        other => panic!("{other:?}"),
+    }
+}

@@ -19,6 +19,7 @@ fn gate_and_decode(frame: &[u8]) {
         let peer = PeerIdentity {
             role,
             name: "fuzz".into(),
+            serial: "01".into(),
         };
         if let Ok(request) = quic::gate_and_decode(frame, &peer) {
             let needed = Request::needs_role(request.tag()).map(|(needed, _)| needed);

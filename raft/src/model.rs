@@ -13,7 +13,8 @@ use std::{
 pub use imbl::{ordmap::DiffItem, OrdMap, OrdSet};
 
 use qvdc_transport::protocol::{
-    DesiredPower, Inventory, NetworkSpec, PoolSource, PoolSpec, VmSpec, VolumeFormat,
+    DesiredPower, Inventory, NetworkSpec, PoolSource, PoolSpec, RevokedCertificate, VmSpec,
+    VolumeFormat,
 };
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +38,9 @@ pub const POOLS_MAX: usize = 100_000;
 pub const VMS_MAX: usize = 100_000;
 pub const NETWORKS_MAX: usize = 10_000;
 pub const VOLUMES_PER_POOL_MAX: usize = 100_000;
+/// Certificates the deny list may hold. Certificates expire (a year by default), so a
+/// cluster that needs more has issued them for too long.
+pub const REVOKED_MAX: usize = 100_000;
 /// The largest command one operator request or host registration may propose, encoded. A
 /// log entry batches commands up to [`BATCH_BYTES_MAX`], and one replication message
 /// carries up to `ENTRIES_PER_APPEND_MAX` entries, which must fit the transport's frame.
@@ -106,6 +110,9 @@ pub struct DesiredState {
     pub vms: OrdMap<String, VmRecord>,
     #[serde(deserialize_with = "grown::ord_map")]
     pub networks: OrdMap<String, NetworkRecord>,
+    /// The deny list: certificates no node accepts, by serial.
+    #[serde(deserialize_with = "grown::ord_map")]
+    pub revoked: OrdMap<String, RevokedCertificate>,
     pub requests: RequestLog,
     /// What is assigned to each host, so per-host lookups (every heartbeat) do not scan every
     /// object. Kept in step by `apply`; see `index_matches_a_scan` in the tests.
@@ -480,6 +487,8 @@ pub enum Command {
     DeleteNetwork {
         network: String,
     },
+    /// Puts a certificate on the deny list.
+    RevokeCertificate(RevokedCertificate),
     /// Commands proposed at about the same time, carried by one log entry and applied in
     /// order, each on its own: concurrent writes share one append, one fsync and one
     /// replication round instead of paying for each. Shared, because openraft clones an
@@ -546,6 +555,8 @@ pub enum ValidationError {
     BadNetwork(String),
     #[error("request id must be 1 to {REQUEST_ID_BYTES_MAX} bytes")]
     BadRequestId,
+    #[error("{0}")]
+    BadCertificate(String),
     #[error("request id {0:?} was already used for a different request; a retry must repeat its request exactly: use a new request id (or leave out --request-id) for a new request")]
     RequestIdReused(String),
     #[error("a request or batch cannot contain another request or batch")]
@@ -737,6 +748,7 @@ impl DesiredState {
             }
             Command::CreateNetwork { spec, hosts } => self.validate_create_network(spec, hosts),
             Command::SetMaintenance { host, .. } => self.known_hosts(std::slice::from_ref(host)),
+            Command::RevokeCertificate(certificate) => self.validate_revocation(certificate),
             Command::AssignNetwork { network, hosts } => {
                 self.network(network)?;
                 self.known_hosts(hosts)
@@ -860,6 +872,40 @@ impl DesiredState {
             ))),
             None => Ok(()),
         }
+    }
+
+    fn validate_revocation(&self, certificate: &RevokedCertificate) -> Result<(), ValidationError> {
+        let bad = |m: String| Err(ValidationError::BadCertificate(m));
+        match qvdc_transport::tls::parse_serial(&certificate.serial) {
+            Ok(serial) if serial == certificate.serial => {}
+            Ok(serial) => {
+                return bad(format!(
+                    "serial {:?} is not written as {serial:?}",
+                    certificate.serial
+                ))
+            }
+            Err(e) => return bad(e),
+        }
+        if certificate
+            .role
+            .parse::<qvdc_transport::tls::Role>()
+            .is_err()
+        {
+            return bad(format!(
+                "role {:?} is not server, host or operator",
+                certificate.role
+            ));
+        }
+        if qvdc_transport::tls::validate_name(&certificate.name).is_err() {
+            return bad(format!(
+                "certificate name {:?} is not a valid name",
+                certificate.name
+            ));
+        }
+        if self.revoked.contains_key(&certificate.serial) {
+            return Ok(()); // already revoked: applying it changes nothing
+        }
+        room_for("revoked certificates", self.revoked.len(), REVOKED_MAX)
     }
 
     fn validate_create_network(
@@ -1144,6 +1190,10 @@ impl DesiredState {
             Command::SetMaintenance { host, on } => {
                 let record = self.hosts.get_mut(host).expect("validated");
                 changed(std::mem::replace(&mut record.maintenance, *on) != *on)
+            }
+            Command::RevokeCertificate(certificate) => {
+                let serial = certificate.serial.clone();
+                changed(self.revoked.insert(serial, certificate.clone()).is_none())
             }
             Command::CreatePool { spec, hosts } => {
                 let record = PoolRecord {
@@ -1910,6 +1960,42 @@ mod tests {
             digest: RequestDigest::of(&command),
             command: Box::new(command),
         }
+    }
+
+    #[test]
+    fn revocations_are_checked_kept_and_applied_once() {
+        let mut state = DesiredState::default();
+        let revoke = |serial: &str, role: &str, name: &str| {
+            Command::RevokeCertificate(RevokedCertificate {
+                serial: serial.into(),
+                role: role.into(),
+                name: name.into(),
+            })
+        };
+        assert_eq!(
+            state.apply(&revoke("7a3b", "host", "host-1")),
+            Outcome::Applied
+        );
+        assert_eq!(
+            state.apply(&revoke("7a3b", "host", "host-1")),
+            Outcome::Unchanged
+        );
+        assert!(state.revoked.contains_key("7a3b"));
+        for (command, message) in [
+            (revoke("7A3B", "host", "h"), "is not written as \"7a3b\""),
+            (
+                revoke("xyz", "host", "h"),
+                "not a certificate serial number",
+            ),
+            (revoke("01", "admin", "h"), "not server, host or operator"),
+            (revoke("01", "host", "../h"), "not a valid name"),
+        ] {
+            match state.apply(&command) {
+                Outcome::Rejected(e) => assert!(e.to_string().contains(message), "{e}"),
+                other => panic!("{command:?} gave {other:?}"),
+            }
+        }
+        assert_eq!(state.revoked.len(), 1);
     }
 
     /// A request id is bound to the request it was first used for: reused for another, it

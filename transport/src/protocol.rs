@@ -793,6 +793,24 @@ pub enum ApiRequest {
         host: String,
         on: bool,
     },
+    /// Adds a certificate to the cluster's deny list: every node refuses it from then on and
+    /// closes the connections that presented it.
+    CertRevoke {
+        request_id: String,
+        certificate: RevokedCertificate,
+    },
+    /// The deny list.
+    CertRevoked,
+}
+
+/// A certificate on the cluster's deny list. The serial decides; role and name are what
+/// the certificate said, for the operator reading the list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokedCertificate {
+    /// As [`crate::tls::serial_hex`] writes it.
+    pub serial: String,
+    pub role: String,
+    pub name: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -822,6 +840,7 @@ pub enum ApiResponse {
     Host(HostDetail),
     Network(NetworkView),
     Networks(Vec<NetworkView>),
+    Revoked(Vec<RevokedCertificate>),
 }
 
 /// One host: what it has, whether it is alive, and what is assigned to it.

@@ -114,6 +114,61 @@ impl FromStr for Role {
 pub struct PeerIdentity {
     pub role: Role,
     pub name: String,
+    /// The certificate's serial number, as [`serial_hex`] writes it: what a revocation names.
+    pub serial: String,
+}
+
+/// The longest serial number a certificate may carry (RFC 5280, 4.1.2.2), in bytes.
+pub const SERIAL_BYTES_MAX: usize = 20;
+
+/// A serial number as `openssl x509 -noout -serial` prints it, in lowercase: hexadecimal
+/// without separators or leading zero bytes.
+pub fn serial_hex(raw: &[u8]) -> String {
+    let first = raw
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(raw.len().saturating_sub(1));
+    raw[first..].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Reads a serial number as an operator may paste it: `serial=7A3B…` from `openssl`,
+/// `7a:3b:…` from other tools, any case. Returns it as [`serial_hex`] writes it.
+pub fn parse_serial(text: &str) -> Result<String, String> {
+    let trimmed = text.trim();
+    let digits: String = trimmed
+        .strip_prefix("serial=")
+        .unwrap_or(trimmed)
+        .chars()
+        .filter(|c| *c != ':')
+        .collect();
+    let bad = || {
+        format!(
+            "{text:?} is not a certificate serial number: expected 1 to {} hexadecimal digits, as `openssl x509 -noout -serial -in FILE` prints",
+            SERIAL_BYTES_MAX * 2
+        )
+    };
+    if digits.is_empty()
+        || digits.len() > SERIAL_BYTES_MAX * 2
+        || !digits.chars().all(|c| c.is_ascii_hexdigit())
+    {
+        return Err(bad());
+    }
+    let padded = if digits.len() % 2 == 1 {
+        format!("0{digits}")
+    } else {
+        digits
+    };
+    let raw: Vec<u8> = (0..padded.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&padded[i..i + 2], 16).expect("checked hexadecimal"))
+        .collect();
+    Ok(serial_hex(&raw))
+}
+
+/// The identity in a PEM certificate file, e.g. one to revoke.
+pub fn certificate_file(path: &Path) -> Result<PeerIdentity, TlsError> {
+    let cert = CertificateDer::from_pem_slice(&read(path)?).map_err(|e| bad_pem(path, e))?;
+    identity_of(&cert).map_err(|e| bad_pem(path, e))
 }
 
 /// This process's credentials: the CA it trusts and its own certificate and key.
@@ -340,7 +395,8 @@ pub fn identity_of(cert: &CertificateDer<'_>) -> Result<PeerIdentity, TlsError> 
     let name = field(subject.iter_common_name().next(), "common name")?;
     let role = field(subject.iter_organizational_unit().next(), "role (OU)")?;
     let role = role.parse().map_err(TlsError::PeerCertificate)?;
-    Ok(PeerIdentity { role, name })
+    let serial = serial_hex(parsed.raw_serial());
+    Ok(PeerIdentity { role, name, serial })
 }
 
 /// Checks a peer name: 1 to 64 characters of `[A-Za-z0-9._-]`, not starting with a dot.
@@ -490,16 +546,45 @@ mod tests {
         ] {
             let (cert, key) = issue(dir.path(), role, name).unwrap();
             let id = Identity::load(&dir.path().join("ca.crt"), &cert, &key).unwrap();
-            assert_eq!(
-                id.peer_identity().unwrap(),
-                PeerIdentity {
-                    role,
-                    name: name.into()
-                }
-            );
+            let peer = id.peer_identity().unwrap();
+            assert_eq!((peer.role, peer.name.as_str()), (role, name));
+            assert_eq!(certificate_file(&cert).unwrap(), peer);
+            assert!(!peer.serial.is_empty() && peer.serial.len() <= SERIAL_BYTES_MAX * 2);
             id.server_config().unwrap();
             id.client_config().unwrap();
         }
+    }
+
+    #[test]
+    fn serials_read_as_operators_paste_them() {
+        assert_eq!(serial_hex(&[0x00, 0x7a, 0x3b]), "7a3b");
+        assert_eq!(serial_hex(&[0x00]), "00");
+        for text in ["serial=7A3B", "7a:3b", " 007a3b ", "7a3b"] {
+            assert_eq!(parse_serial(text).unwrap(), "7a3b", "{text}");
+        }
+        assert_eq!(parse_serial("abc").unwrap(), "0abc");
+        for bad in ["", "xyz", "serial=", &"a".repeat(41)] {
+            let e = parse_serial(bad).unwrap_err();
+            assert!(e.contains("openssl x509 -noout -serial"), "{e}");
+        }
+    }
+
+    /// Two certificates issued for the same name (a rotation) have different serials, so
+    /// revoking the old one leaves the new one working.
+    #[test]
+    fn a_reissued_certificate_has_a_new_serial() {
+        let dir = tempfile::tempdir().unwrap();
+        init_ca(dir.path()).unwrap();
+        let (cert, _) = issue(dir.path(), Role::Host, "host-1").unwrap();
+        let old = certificate_file(&cert).unwrap();
+        let options = IssueOptions {
+            replace: true,
+            ..IssueOptions::default()
+        };
+        issue_with(dir.path(), Role::Host, "host-1", options).unwrap();
+        let new = certificate_file(&cert).unwrap();
+        assert_eq!(old.name, new.name);
+        assert_ne!(old.serial, new.serial);
     }
 
     fn mode(path: &Path) -> u32 {
@@ -634,6 +719,18 @@ mod tests {
             .output()
             .unwrap();
         assert!(verify.status.success(), "{verify:?}");
+        // The serial a revocation names is the one openssl shows.
+        let serial = std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-serial", "-in"])
+            .arg(&cert)
+            .output()
+            .unwrap();
+        let shown = String::from_utf8_lossy(&serial.stdout);
+        assert_eq!(
+            parse_serial(&shown).unwrap(),
+            certificate_file(&cert).unwrap().serial,
+            "{shown}"
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use qvdc_cluster::{output, Client};
 use qvdc_transport::{
     protocol::{
         ApiErrorKind, ApiRequest, ApiResponse, DesiredPower, NetworkSpec, PoolSource, PoolSpec,
-        PowerState, VmDisk, VmNic, VmSpec, VolumeFormat,
+        PowerState, RevokedCertificate, VmDisk, VmNic, VmSpec, VolumeFormat,
     },
     tls::{self, Identity, Role},
     Endpoint,
@@ -306,7 +306,8 @@ enum CertsCommand {
     ///
     /// The key is written readable by its owner only (0600), as PKCS#8 that `openssl pkey`
     /// reads. The name `ca` is reserved. To rotate a certificate, issue it again with
-    /// --replace; nodes and hosts pick up the new files when restarted.
+    /// --replace: a running node or host picks up the new files within a few seconds,
+    /// without a restart; then revoke the old one (`qvctl certs revoke`).
     ///
     /// Example: qvctl certs issue --dir certs --role host --name host-1 --days 90
     #[command(verbatim_doc_comment)]
@@ -325,6 +326,33 @@ enum CertsCommand {
         #[arg(long)]
         replace: bool,
     },
+    /// Revoke a certificate: every node refuses it and closes the connections it holds
+    ///
+    /// Name the certificate by its file, or by its serial (as `openssl x509 -noout -serial`
+    /// prints it) with the role and name it was issued for. The deny list is replicated
+    /// like the rest of the cluster's state. To replace a certificate without downtime,
+    /// issue the new one with `certs issue --replace` first, wait until its holder uses it,
+    /// then revoke the old one (keep a copy of the old file, or note its serial).
+    ///
+    /// Examples:
+    ///   qvctl certs revoke certs/host-3.crt
+    ///   qvctl certs revoke --serial 7A3B01 --role operator --name alice
+    #[command(verbatim_doc_comment)]
+    Revoke {
+        /// The certificate file (PEM).
+        #[arg(required_unless_present = "serial", conflicts_with = "serial")]
+        certificate: Option<PathBuf>,
+        #[arg(long, requires_all = ["role", "name"])]
+        serial: Option<String>,
+        /// The role of the certificate --serial names.
+        #[arg(long)]
+        role: Option<Role>,
+        /// The name of the certificate --serial names.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// The certificates on the cluster's deny list.
+    Revoked,
 }
 
 #[derive(Debug, Subcommand)]
@@ -488,6 +516,33 @@ fn client(connection: &Connection) -> anyhow::Result<Client> {
     ))
 }
 
+/// What `certs revoke` names, read from the certificate file or taken from its flags.
+fn revocation(
+    certificate: Option<PathBuf>,
+    serial: Option<String>,
+    role: Option<Role>,
+    name: Option<String>,
+) -> anyhow::Result<RevokedCertificate> {
+    if let Some(path) = certificate {
+        let identity = tls::certificate_file(&path)?;
+        return Ok(RevokedCertificate {
+            serial: identity.serial,
+            role: identity.role.to_string(),
+            name: identity.name,
+        });
+    }
+    // clap requires all three when there is no file.
+    let (Some(serial), Some(role), Some(name)) = (serial, role, name) else {
+        anyhow::bail!("give the certificate file, or --serial with --role and --name");
+    };
+    Ok(RevokedCertificate {
+        serial: tls::parse_serial(&serial).map_err(anyhow::Error::msg)?,
+        role: role.to_string(),
+        name,
+    })
+}
+
+/// Runs the certificate commands that need no cluster.
 fn certs(command: CertsCommand) -> anyhow::Result<()> {
     match command {
         CertsCommand::Init { dir } => {
@@ -513,12 +568,15 @@ fn certs(command: CertsCommand) -> anyhow::Result<()> {
                 key.display()
             );
         }
+        CertsCommand::Revoke { .. } | CertsCommand::Revoked => {
+            unreachable!("sent to the cluster")
+        }
     }
     Ok(())
 }
 
-fn request_of(command: Command, request_id: String) -> ApiRequest {
-    match command {
+fn request_of(command: Command, request_id: String) -> anyhow::Result<ApiRequest> {
+    Ok(match command {
         Command::Cluster(ClusterCommand::Status) => ApiRequest::ClusterStatus,
         Command::Cluster(ClusterCommand::AddNode { node_id, addr }) => {
             ApiRequest::ClusterAddNode { node_id, addr }
@@ -612,8 +670,18 @@ fn request_of(command: Command, request_id: String) -> ApiRequest {
         Command::Pool(PoolCommand::Show { name }) => ApiRequest::PoolShow { name },
         Command::Pool(PoolCommand::List) => ApiRequest::PoolList,
         Command::Vm(command) => vm_request(command, request_id),
+        Command::Certs(CertsCommand::Revoke {
+            certificate,
+            serial,
+            role,
+            name,
+        }) => ApiRequest::CertRevoke {
+            request_id,
+            certificate: revocation(certificate, serial, role, name)?,
+        },
+        Command::Certs(CertsCommand::Revoked) => ApiRequest::CertRevoked,
         Command::Certs(_) | Command::Completions { .. } => unreachable!("handled locally"),
-    }
+    })
 }
 
 fn network_request(command: NetworkCommand, request_id: String) -> ApiRequest {
@@ -869,7 +937,9 @@ async fn step(
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    if let Command::Certs(command) = cli.command {
+    if let Command::Certs(command @ (CertsCommand::Init { .. } | CertsCommand::Issue { .. })) =
+        cli.command
+    {
         certs(command)?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -904,7 +974,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let wait = wait_goal(&cli.command);
-    let mut request = request_of(cli.command, request_id);
+    let mut request = request_of(cli.command, request_id)?;
     if cli.stale {
         request = ApiRequest::Stale(Box::new(request));
     }
