@@ -631,3 +631,86 @@ async fn a_revoked_certificate_is_refused_and_its_connections_closed() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Certificates are rotated without a restart: `certs issue --replace` for two nodes, one
+/// nudged with SIGHUP and one left to notice on its own; new connections get the new
+/// certificates, the old ones are revoked, and the cluster keeps committing with only those
+/// two nodes (the third killed), so they reach each other with their new certificates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_take_rotated_certificates_without_a_restart() {
+    let mut nodes = Nodes::start(&[(Role::Operator, OPERATOR), (Role::Host, HOST)], true);
+    nodes.register_host(HOST).await;
+    let mut honest = nodes.client(OPERATOR, &[1, 2, 3], Duration::from_secs(20));
+    let endpoint = nodes.endpoint(OPERATOR);
+    let serial_of = |id: usize| {
+        let (endpoint, addr) = (endpoint.clone(), nodes.addrs[id - 1].parse().unwrap());
+        async move {
+            let connection = endpoint.connect(addr).await.unwrap();
+            quic::peer_identity(&connection).unwrap().serial
+        }
+    };
+    let old: Vec<String> = vec![serial_of(1).await, serial_of(2).await];
+    let replace = qvdc_transport::tls::IssueOptions {
+        replace: true,
+        ..Default::default()
+    };
+    for id in [1, 2] {
+        let name = format!("node-{id}");
+        qvdc_transport::tls::issue_with(&nodes.certs(), Role::Server, &name, replace).unwrap();
+    }
+    nodes.signal(1, "-HUP");
+    let started = Instant::now();
+    let mut taken = [None, None];
+    while taken.iter().any(Option::is_none) {
+        for (i, id) in [1, 2].into_iter().enumerate() {
+            if taken[i].is_none() && serial_of(id).await != old[i] {
+                taken[i] = Some(started.elapsed());
+            }
+        }
+        let bound = qvdc_transport::tls::CERT_RELOAD_INTERVAL_MS + 3_000;
+        assert!(
+            started.elapsed() < Duration::from_millis(bound),
+            "not every node took its new certificate: {taken:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "new certificate in use: node 1 (SIGHUP) after {:?}, node 2 (on its own) after {:?}",
+        taken[0].unwrap(),
+        taken[1].unwrap()
+    );
+    assert!(
+        taken[0].unwrap() < Duration::from_secs(2),
+        "SIGHUP reloads at once"
+    );
+
+    for (i, serial) in old.iter().enumerate() {
+        let revoke = ApiRequest::CertRevoke {
+            request_id: format!("revoke-old-node-{}", i + 1),
+            certificate: qvdc_transport::protocol::RevokedCertificate {
+                serial: serial.clone(),
+                role: "server".into(),
+                name: format!("node-{}", i + 1),
+            },
+        };
+        match honest.request(revoke).await {
+            Ok(ApiResponse::Done) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    nodes.kill(3);
+    let create = ApiRequest::PoolCreate {
+        request_id: "after-rotation".into(),
+        spec: PoolSpec {
+            name: "after-rotation".into(),
+            source: PoolSource::Dir {
+                path: "/srv/pools".into(),
+            },
+        },
+        hosts: vec![HOST.into()],
+    };
+    match honest.request(create).await {
+        Ok(ApiResponse::PoolCreated { .. }) => {}
+        other => panic!("nodes 1 and 2 did not commit after the rotation: {other:?}"),
+    }
+}

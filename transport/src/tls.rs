@@ -10,8 +10,8 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
-use rustls::RootCertStore;
-use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+use rustls::{sign::CertifiedKey, RootCertStore};
+use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, UnixTime};
 
 /// The DNS name every control-plane certificate carries and every client verifies. Nodes are
 /// found by address; their identity is "a server of this cluster's CA".
@@ -42,6 +42,9 @@ const ED25519_PKCS8_V2_PREFIX: [u8; 16] = [
     0x30, 0x51, 0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
 ];
 const ED25519_SEED_BYTES: usize = 32;
+/// How often a running node or host looks at its certificate files for a new certificate
+/// (SIGHUP makes it look at once).
+pub const CERT_RELOAD_INTERVAL_MS: u64 = 5_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -66,6 +69,8 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     #[error("peer certificate: {0}")]
     PeerCertificate(String),
+    #[error("new certificate {path} not taken: {why}; still using the previous one")]
+    Rotation { path: PathBuf, why: String },
 }
 
 /// What a certificate allows its holder to do.
@@ -172,11 +177,20 @@ pub fn certificate_file(path: &Path) -> Result<PeerIdentity, TlsError> {
 }
 
 /// This process's credentials: the CA it trusts and its own certificate and key.
+///
+/// The certificate and key in use can be replaced while the process runs ([`Identity::reload`]):
+/// every handshake asks [`Credentials`] for them, so new connections use the new pair and
+/// established ones keep theirs. Clones share the pair in use.
 #[derive(Debug)]
 pub struct Identity {
     ca: CertificateDer<'static>,
+    /// The certificate and key loaded at start: the stateless-reset secrets derive from
+    /// this key, so they stay the same across rotations.
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
+    credentials: Arc<Credentials>,
+    /// Where the certificate and key were read from, for reloading.
+    files: (PathBuf, PathBuf),
 }
 
 impl Clone for Identity {
@@ -185,8 +199,73 @@ impl Clone for Identity {
             ca: self.ca.clone(),
             chain: self.chain.clone(),
             key: self.key.clone_key(),
+            credentials: self.credentials.clone(),
+            files: self.files.clone(),
         }
     }
+}
+
+/// The certificate and key this process presents, replaceable at any time.
+#[derive(Debug)]
+struct Credentials {
+    current: std::sync::RwLock<Arc<CertifiedKey>>,
+}
+
+impl Credentials {
+    fn current(&self) -> Arc<CertifiedKey> {
+        self.current
+            .read()
+            .expect("credentials lock poisoned")
+            .clone()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for Credentials {
+    fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+impl rustls::client::ResolvesClientCert for Credentials {
+    fn resolve(&self, _: &[&[u8]], _: &[rustls::SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// What [`Identity::reload`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reload {
+    /// The files hold the certificate in use.
+    Unchanged,
+    /// A new certificate is in use from the next handshake on.
+    Replaced { serial: String },
+}
+
+/// Reads a certificate and its key and checks that they belong together.
+fn certified_key(
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<
+    (
+        CertificateDer<'static>,
+        PrivateKeyDer<'static>,
+        CertifiedKey,
+    ),
+    TlsError,
+> {
+    let cert =
+        CertificateDer::from_pem_slice(&read(cert_path)?).map_err(|e| bad_pem(cert_path, e))?;
+    let key = PrivateKeyDer::from_pem_slice(&read(key_path)?).map_err(|e| bad_pem(key_path, e))?;
+    let certified = CertifiedKey::from_der(vec![cert.clone()], key.clone_key(), &provider())
+        .map_err(|e| TlsError::BadPem {
+            path: key_path.to_owned(),
+            what: format!("not the key of {}: {e}", cert_path.display()),
+        })?;
+    Ok((cert, key, certified))
 }
 
 impl Identity {
@@ -194,10 +273,63 @@ impl Identity {
     pub fn load(ca_cert: &Path, cert: &Path, key: &Path) -> Result<Self, TlsError> {
         let ca =
             CertificateDer::from_pem_slice(&read(ca_cert)?).map_err(|e| bad_pem(ca_cert, e))?;
-        let chain =
-            vec![CertificateDer::from_pem_slice(&read(cert)?).map_err(|e| bad_pem(cert, e))?];
-        let key = PrivateKeyDer::from_pem_slice(&read(key)?).map_err(|e| bad_pem(key, e))?;
-        Ok(Self { ca, chain, key })
+        let (cert_der, key_der, certified) = certified_key(cert, key)?;
+        Ok(Self {
+            ca,
+            chain: vec![cert_der],
+            key: key_der,
+            credentials: Arc::new(Credentials {
+                current: std::sync::RwLock::new(Arc::new(certified)),
+            }),
+            files: (cert.to_owned(), key.to_owned()),
+        })
+    }
+
+    /// Takes the certificate and key files again if they changed (`qvctl certs issue
+    /// --replace`), after checking that they still name this peer, belong together, are
+    /// signed by the cluster CA and are valid now. On any error the pair in use stays.
+    pub fn reload(&self) -> Result<Reload, TlsError> {
+        let (cert_path, key_path) = &self.files;
+        let refuse = |why: String| TlsError::Rotation {
+            path: cert_path.clone(),
+            why,
+        };
+        let (cert, _, certified) = certified_key(cert_path, key_path)?;
+        if self.credentials.current().cert.first() == Some(&cert) {
+            return Ok(Reload::Unchanged);
+        }
+        let new = identity_of(&cert)?;
+        let own = self.peer_identity()?;
+        if (new.role, &new.name) != (own.role, &own.name) {
+            return Err(refuse(format!(
+                "it is the {} certificate of {:?}, but this is {} {:?}",
+                new.role, new.name, own.role, own.name
+            )));
+        }
+        // Every role's certificate authenticates clients: checked as a server checks one.
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(self.roots()?, provider())
+                .build()
+                .map_err(|e| refuse(e.to_string()))?;
+        verifier
+            .verify_client_cert(&cert, &[], UnixTime::now())
+            .map_err(|e| refuse(format!("not accepted by the cluster CA now ({e})")))?;
+        *self
+            .credentials
+            .current
+            .write()
+            .expect("credentials lock poisoned") = Arc::new(certified);
+        Ok(Reload::Replaced { serial: new.serial })
+    }
+
+    /// The serial of the certificate in use.
+    pub fn serial(&self) -> Result<String, TlsError> {
+        let current = self.credentials.current();
+        let cert = current
+            .cert
+            .first()
+            .ok_or_else(|| TlsError::PeerCertificate("no certificate in use".into()))?;
+        Ok(identity_of(cert)?.serial)
     }
 
     /// Secrets for QUIC stateless resets, derived from this peer's private key so that they
@@ -240,8 +372,14 @@ impl Identity {
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(self.chain.clone(), self.key.clone_key())?;
+            .with_cert_resolver(self.credentials.clone());
         config.alpn_protocols = vec![crate::protocol::ALPN.to_vec()];
+        // No session resumption: a resumed session carries the certificate of the
+        // handshake it resumes, so a peer that rotated (or had revoked) its certificate
+        // would keep appearing with the old one. Connections are long-lived; a full
+        // handshake each time costs little.
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
         Ok(config)
     }
 
@@ -250,10 +388,55 @@ impl Identity {
         let mut config = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_root_certificates(self.roots()?)
-            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())?;
+            .with_client_cert_resolver(self.credentials.clone());
         config.alpn_protocols = vec![crate::protocol::ALPN.to_vec()];
+        // Every connection proves its certificate afresh (see `server_config`).
+        config.resumption = rustls::client::Resumption::disabled();
         Ok(config)
     }
+}
+
+/// Keeps `identity` in step with its files: looks every [`CERT_RELOAD_INTERVAL_MS`], and at
+/// once whenever `nudge` is notified (the binaries notify it on SIGHUP). A file that cannot
+/// be taken is reported once, not at every look.
+pub async fn keep_reloaded(identity: Identity, nudge: Arc<tokio::sync::Notify>) {
+    let mut reported: Option<String> = None;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_millis(CERT_RELOAD_INTERVAL_MS)) => {}
+            () = nudge.notified() => {}
+        }
+        match identity.reload() {
+            Ok(Reload::Unchanged) => reported = None,
+            Ok(Reload::Replaced { serial }) => {
+                tracing::info!(%serial, "new certificate in use for new connections");
+                reported = None;
+            }
+            Err(e) => {
+                let error = e.to_string();
+                if reported.as_ref() != Some(&error) {
+                    tracing::warn!(%error, "certificate files not reloaded");
+                }
+                reported = Some(error);
+            }
+        }
+    }
+}
+
+/// Runs [`keep_reloaded`] for a node or host process, with SIGHUP as the nudge.
+pub fn spawn_reloader(identity: Identity) -> tokio::task::JoinHandle<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let nudge = Arc::new(tokio::sync::Notify::new());
+    let hangups = nudge.clone();
+    tokio::spawn(async move {
+        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hangup.recv().await.is_some() {
+            hangups.notify_one();
+        }
+    });
+    tokio::spawn(keep_reloaded(identity, nudge))
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -585,6 +768,71 @@ mod tests {
         let new = certificate_file(&cert).unwrap();
         assert_eq!(old.name, new.name);
         assert_ne!(old.serial, new.serial);
+    }
+
+    /// A rotated certificate is taken while running; one for another name, one whose key
+    /// does not match, and one from another CA are refused, and the pair in use stays.
+    #[test]
+    fn a_running_identity_takes_a_rotated_certificate_and_only_a_good_one() {
+        let dir = tempfile::tempdir().unwrap();
+        init_ca(dir.path()).unwrap();
+        let ca = dir.path().join("ca.crt");
+        let (cert, key) = issue(dir.path(), Role::Host, "host-1").unwrap();
+        let identity = Identity::load(&ca, &cert, &key).unwrap();
+        let first = identity.serial().unwrap();
+        assert_eq!(identity.reload().unwrap(), Reload::Unchanged);
+        let replace = IssueOptions {
+            replace: true,
+            ..IssueOptions::default()
+        };
+        let copy = |from: &str, to: &Path| std::fs::copy(dir.path().join(from), to).unwrap();
+
+        // Another name's pair in this identity's files.
+        issue(dir.path(), Role::Host, "host-2").unwrap();
+        copy("host-2.crt", &cert);
+        copy("host-2.key", &key);
+        let e = identity.reload().unwrap_err().to_string();
+        assert!(
+            e.contains("certificate of \"host-2\", but this is host \"host-1\""),
+            "{e}"
+        );
+        assert_eq!(identity.serial().unwrap(), first);
+
+        // A new certificate with the old key (a rotation caught half-written).
+        let (spare_cert, spare_key) = (dir.path().join("spare.crt"), dir.path().join("spare.key"));
+        let old_key = std::fs::read(dir.path().join("host-2.key")).unwrap();
+        issue_with(dir.path(), Role::Host, "host-1", replace).unwrap();
+        std::fs::copy(&cert, &spare_cert).unwrap();
+        std::fs::copy(&key, &spare_key).unwrap();
+        std::fs::write(&key, &old_key).unwrap();
+        let e = identity.reload().unwrap_err().to_string();
+        assert!(e.contains("not the key of"), "{e}");
+        assert_eq!(identity.serial().unwrap(), first);
+
+        // A pair from another cluster's CA.
+        let other = tempfile::tempdir().unwrap();
+        init_ca(other.path()).unwrap();
+        issue(other.path(), Role::Host, "host-1").unwrap();
+        std::fs::copy(other.path().join("host-1.crt"), &cert).unwrap();
+        std::fs::copy(other.path().join("host-1.key"), &key).unwrap();
+        let e = identity.reload().unwrap_err().to_string();
+        assert!(e.contains("not accepted by the cluster CA"), "{e}");
+        assert_eq!(identity.serial().unwrap(), first);
+
+        // The good one.
+        std::fs::copy(&spare_cert, &cert).unwrap();
+        std::fs::copy(&spare_key, &key).unwrap();
+        let Reload::Replaced { serial } = identity.reload().unwrap() else {
+            panic!("not replaced")
+        };
+        assert_ne!(serial, first);
+        assert_eq!(
+            identity.clone().serial().unwrap(),
+            serial,
+            "clones share it"
+        );
+        assert_eq!(identity.reload().unwrap(), Reload::Unchanged);
+        identity.server_config().unwrap();
     }
 
     fn mode(path: &Path) -> u32 {

@@ -296,7 +296,8 @@ impl Nodes {
         self.signal(id, "-CONT");
     }
 
-    fn signal(&self, id: usize, signal: &str) {
+    /// Sends `signal` ("-HUP", "-STOP", ...) to node `id`.
+    pub(crate) fn signal(&self, id: usize, signal: &str) {
         let child = self.processes[id - 1].as_ref().expect("node is running");
         let sent = Command::new("kill")
             .args([signal, &child.id().to_string()])

@@ -13,7 +13,10 @@ use qvdc_host::{
     source_policy::SourcePolicy,
     Agent, AgentConfig, Fence, FileFence, HostParts, IpNetworker, Libvirt, RealMounter,
 };
-use qvdc_transport::{tls::Identity, Endpoint};
+use qvdc_transport::{
+    tls::{self, Identity},
+    Endpoint,
+};
 
 /// Runs the qvdc host agent on this machine.
 ///
@@ -98,6 +101,8 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let endpoint = Endpoint::bind(args.bind, &identity, false)?;
+    // `qvctl certs issue --replace` while running: new connections use the new pair.
+    tls::spawn_reloader(identity.clone());
     let data_dir = std::fs::canonicalize(&args.data_dir)
         .with_context(|| format!("resolving {}", args.data_dir.display()))?;
     for allowed in &args.pool_source_allow {

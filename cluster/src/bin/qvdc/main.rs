@@ -10,7 +10,7 @@ use qvdc_actors::Timings;
 use qvdc_cluster::{Node, NodeConfig, Storage};
 use qvdc_raft::LogRetention;
 use qvdc_transport::{
-    tls::{Identity, Role},
+    tls::{self, Identity, Role},
     Endpoint,
 };
 use serde::Deserialize;
@@ -188,6 +188,8 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let endpoint = Endpoint::bind(listen, &identity, true)?;
+    // `qvctl certs issue --replace` while running: new connections use the new pair.
+    tls::spawn_reloader(identity.clone());
     let defaults = LogRetention::default();
     let retention = LogRetention {
         snapshot_after_logs: args
