@@ -55,34 +55,43 @@ impl Proposer {
     }
 }
 
-type Waiting = mpsc::UnboundedReceiver<(Command, usize, Reply)>;
+type Queued = (Command, usize, Reply);
+type Waiting = mpsc::UnboundedReceiver<Queued>;
+
+/// The next batch: the held command or the next to arrive, then whatever is already waiting,
+/// up to [`BATCH_COMMANDS_MAX`] commands and [`BATCH_BYTES_MAX`] bytes (a lone command may
+/// be larger, up to `COMMAND_BYTES_MAX`). A command that would overflow the batch is held
+/// for the next one. `None` once the queue is closed and empty.
+async fn next_batch(
+    waiting: &mut Waiting,
+    held: &mut Option<Queued>,
+) -> Option<Vec<(Command, Reply)>> {
+    let first = match held.take() {
+        Some(first) => first,
+        None => waiting.recv().await?,
+    };
+    let mut bytes = first.1;
+    let mut batch = vec![(first.0, first.2)];
+    while batch.len() < BATCH_COMMANDS_MAX {
+        match waiting.try_recv() {
+            Ok(next) if bytes + next.1 > BATCH_BYTES_MAX => {
+                *held = Some(next);
+                break;
+            }
+            Ok((command, size, reply)) => {
+                bytes += size;
+                batch.push((command, reply));
+            }
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
 
 async fn propose_batches(raft: Raft, mut waiting: Waiting) {
     // A command taken from the queue that would have made the last batch too large.
     let mut held = None;
-    loop {
-        let first = match held.take() {
-            Some(first) => first,
-            None => match waiting.recv().await {
-                Some(first) => first,
-                None => return,
-            },
-        };
-        let mut bytes = first.1;
-        let mut batch = vec![(first.0, first.2)];
-        while batch.len() < BATCH_COMMANDS_MAX {
-            match waiting.try_recv() {
-                Ok(next) if bytes + next.1 > BATCH_BYTES_MAX => {
-                    held = Some(next);
-                    break;
-                }
-                Ok((command, size, reply)) => {
-                    bytes += size;
-                    batch.push((command, reply));
-                }
-                Err(_) => break,
-            }
-        }
+    while let Some(batch) = next_batch(&mut waiting, &mut held).await {
         let (mut commands, replies): (Vec<Command>, Vec<Reply>) = batch.into_iter().unzip();
         let entry = if commands.len() == 1 {
             commands.pop().expect("one command")
@@ -105,5 +114,64 @@ async fn propose_batches(raft: Raft, mut waiting: Waiting) {
         for (reply, outcome) in replies.into_iter().zip(outcomes) {
             let _ = reply.send(outcome);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue(waiting: &mpsc::UnboundedSender<Queued>, sizes: &[usize]) {
+        for (i, size) in sizes.iter().enumerate() {
+            let command = Command::DeletePool {
+                pool: format!("p{i}"),
+            };
+            waiting
+                .send((command, *size, oneshot::channel().0))
+                .unwrap();
+        }
+    }
+
+    fn names(batch: &[(Command, Reply)]) -> Vec<String> {
+        batch
+            .iter()
+            .map(|(command, _)| match command {
+                Command::DeletePool { pool } => pool.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    /// A batch stops before the command that would take it over `BATCH_BYTES_MAX`; that
+    /// command opens the next batch; nothing is lost or reordered.
+    #[tokio::test]
+    async fn batches_stay_within_their_byte_bound() {
+        let (queue_to, mut waiting) = mpsc::unbounded_channel();
+        let third = BATCH_BYTES_MAX / 3;
+        queue(&queue_to, &[third, third, third, 1, COMMAND_BYTES_MAX, 1]);
+        drop(queue_to);
+        let mut held = None;
+        let mut batches = Vec::new();
+        while let Some(batch) = next_batch(&mut waiting, &mut held).await {
+            batches.push(names(&batch));
+        }
+        assert_eq!(
+            batches,
+            [vec!["p0", "p1", "p2"], vec!["p3"], vec!["p4"], vec!["p5"],],
+            "BATCH_BYTES_MAX = {BATCH_BYTES_MAX}"
+        );
+    }
+
+    #[tokio::test]
+    async fn batches_stay_within_their_command_bound() {
+        let (queue_to, mut waiting) = mpsc::unbounded_channel();
+        queue(&queue_to, &vec![1; BATCH_COMMANDS_MAX + 1]);
+        drop(queue_to);
+        let mut held = None;
+        let first = next_batch(&mut waiting, &mut held).await.unwrap();
+        assert_eq!(first.len(), BATCH_COMMANDS_MAX);
+        let second = next_batch(&mut waiting, &mut held).await.unwrap();
+        assert_eq!(names(&second), [format!("p{BATCH_COMMANDS_MAX}")]);
+        assert!(next_batch(&mut waiting, &mut held).await.is_none());
     }
 }

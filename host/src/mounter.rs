@@ -9,9 +9,10 @@
 //! Callers bound the wait with a timeout (see `pools`), which is where a hang becomes a report.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     future::Future,
     io::Read,
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::{Path, PathBuf},
     process::Command,
     sync::{Arc, Mutex},
@@ -25,6 +26,12 @@ use crate::source_policy::SourcePolicy;
 
 /// Directory entries counted as volumes at most; a pool with more reports this many.
 pub const VOLUME_COUNT_MAX: u64 = 1_000_000;
+/// The directory in a pool that marks the volume files qvdc created: `NAME` in it for the
+/// volume `NAME`. A file in the pool without its mark is someone else's: qvdc does not
+/// resize, overwrite or delete it. The marks live on the pool's storage, with the volumes,
+/// so every host of a shared pool sees them. Volume names cannot start with '.', so no
+/// volume can be called this.
+pub const OWNERSHIP_DIR: &str = ".qvdc-volumes";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MountError {
@@ -143,6 +150,17 @@ fn shrink_refused(name: &str, have: u64, want: u64) -> HostError {
         HostErrorKind::Invalid,
         format!(
             "volume {name} is {have} bytes; shrinking it to {want} bytes is refused because it would cut off data the guest may use"
+        ),
+    )
+}
+
+fn not_ours(name: &str, dir: &Path) -> HostError {
+    HostError::new(
+        HostErrorKind::Conflict,
+        format!(
+            "{} was not created by qvdc (it has no mark in {}/{OWNERSHIP_DIR}/), so qvdc leaves it alone: move the file away or pick another volume name",
+            dir.join(name).display(),
+            dir.display()
         ),
     )
 }
@@ -512,7 +530,10 @@ const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
 /// length of a raw file.
 fn volume_info(path: &Path) -> std::io::Result<VolumeInfo> {
     let mut header = [0u8; 32];
-    let mut file = std::fs::File::open(path)?;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)?;
     let len = file.metadata()?.len();
     let read = file.read(&mut header)?;
     let name = path
@@ -588,7 +609,54 @@ fn volume_as(path: &Path, format: VolumeFormat) -> Result<Option<VolumeInfo>, Ho
     }
 }
 
+/// Where the mark of the volume at `path` is.
+fn mark_of(path: &Path) -> PathBuf {
+    let dir = path.parent().unwrap_or(path);
+    dir.join(OWNERSHIP_DIR)
+        .join(path.file_name().unwrap_or_default())
+}
+
+/// Whether the volume file at `path` exists; an error if it exists without qvdc's mark.
+fn check_ours(path: &Path) -> Result<bool, HostError> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_failed("reading", path, e)),
+        Ok(_) => match std::fs::symlink_metadata(mark_of(path)) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let dir = path.parent().unwrap_or(path);
+                let name = path.file_name().unwrap_or_default().to_string_lossy();
+                Err(not_ours(&name, dir))
+            }
+            Err(e) => Err(io_failed("reading", &mark_of(path), e)),
+        },
+    }
+}
+
+/// Marks the volume at `path` as qvdc's, durably, before the volume is created: a crash in
+/// between leaves a mark without a volume, which a retry completes.
+fn mark(path: &Path) -> Result<(), HostError> {
+    let mark = mark_of(path);
+    let marks = mark.parent().unwrap_or(&mark);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .recursive(true)
+        .create(marks)
+        .map_err(|e| io_failed("creating", marks, e))?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&mark)
+        .and_then(|file| file.sync_all())
+        .and_then(|()| std::fs::File::open(marks)?.sync_all())
+        .map_err(|e| io_failed("marking", &mark, e))
+}
+
 fn create_volume_now(path: &Path, format: VolumeFormat, size: u64) -> Result<(), HostError> {
+    if !check_ours(path)? {
+        mark(path)?;
+    }
     match volume_as(path, format)? {
         Some(have) if have.size_bytes == size => return Ok(()),
         Some(have) if have.size_bytes < size => return resize_volume_now(path, format, size),
@@ -617,6 +685,7 @@ fn create_volume_now(path: &Path, format: VolumeFormat, size: u64) -> Result<(),
 }
 
 fn resize_volume_now(path: &Path, format: VolumeFormat, size: u64) -> Result<(), HostError> {
+    check_ours(path)?;
     let Some(have) = volume_as(path, format)? else {
         let dir = path.parent().unwrap_or(path);
         let name = path.file_name().unwrap_or_default().to_string_lossy();
@@ -635,6 +704,7 @@ fn resize_volume_now(path: &Path, format: VolumeFormat, size: u64) -> Result<(),
         }
         VolumeFormat::Raw => std::fs::OpenOptions::new()
             .write(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
             .open(path)
             .and_then(|f| f.set_len(size).and_then(|()| f.sync_all()))
             .map_err(|e| io_failed("resizing", path, e)),
@@ -725,12 +795,17 @@ impl Mounter for RealMounter {
     async fn delete_volume(&self, dir: PathBuf, name: String) -> Result<(), HostError> {
         self.blocking("delete volume", &dir.clone(), move || {
             let path = dir.join(name);
-            match std::fs::remove_file(&path) {
+            check_ours(&path)?;
+            let gone = |result: std::io::Result<()>, what: &Path| match result {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    Err(io_failed("deleting", &path, e))
+                    Err(io_failed("deleting", what, e))
                 }
                 _ => Ok(()),
-            }
+            };
+            // The volume first: a crash in between leaves a mark without a volume.
+            gone(std::fs::remove_file(&path), &path)?;
+            let mark = mark_of(&path);
+            gone(std::fs::remove_file(&mark), &mark)
         })
         .await
     }
@@ -749,6 +824,8 @@ struct SimTable {
     mounts: BTreeMap<PathBuf, PoolSource>,
     /// Volume files by directory, then name.
     files: BTreeMap<PathBuf, BTreeMap<String, VolumeInfo>>,
+    /// Files among `files` that qvdc did not create (no ownership mark).
+    foreign: BTreeSet<PathBuf>,
     mount_failure: Option<String>,
     hung: bool,
 }
@@ -785,6 +862,31 @@ impl SimMounter {
     /// already in the table stay.
     pub fn set_mount_failure(&self, reason: Option<String>) {
         self.table().mount_failure = reason;
+    }
+
+    /// Puts a file that qvdc did not create into `dir`, as someone with access to the
+    /// pool's storage might.
+    pub fn plant_foreign(&self, dir: &Path, name: &str) {
+        let mut table = self.table();
+        let info = VolumeInfo {
+            name: name.into(),
+            format: Some(VolumeFormat::Raw),
+            size_bytes: 1,
+        };
+        table
+            .files
+            .entry(dir.to_owned())
+            .or_default()
+            .insert(name.into(), info);
+        table.foreign.insert(dir.join(name));
+    }
+
+    /// An error if `dir/name` is a file qvdc did not create.
+    fn check_ours(table: &SimTable, dir: &Path, name: &str) -> Result<(), HostError> {
+        if table.foreign.contains(&dir.join(name)) {
+            return Err(not_ours(name, dir));
+        }
+        Ok(())
     }
 
     /// The mount table: what the host really has mounted.
@@ -861,6 +963,7 @@ impl Mounter for SimMounter {
     ) -> Result<(), HostError> {
         self.unless_hung().await;
         let mut table = self.table();
+        Self::check_ours(&table, &dir, &name)?;
         let files = table.files.entry(dir).or_default();
         match files.get(&name) {
             Some(have) if have.format == Some(format) && have.size_bytes == size_bytes => Ok(()),
@@ -890,6 +993,7 @@ impl Mounter for SimMounter {
     ) -> Result<(), HostError> {
         self.unless_hung().await;
         let mut table = self.table();
+        Self::check_ours(&table, &dir, &name)?;
         let Some(have) = table.files.get_mut(&dir).and_then(|f| f.get_mut(&name)) else {
             return Err(no_volume(&name, &dir));
         };
@@ -905,7 +1009,9 @@ impl Mounter for SimMounter {
 
     async fn delete_volume(&self, dir: PathBuf, name: String) -> Result<(), HostError> {
         self.unless_hung().await;
-        if let Some(files) = self.table().files.get_mut(&dir) {
+        let mut table = self.table();
+        Self::check_ours(&table, &dir, &name)?;
+        if let Some(files) = table.files.get_mut(&dir) {
             files.remove(&name);
         }
         Ok(())
@@ -933,7 +1039,8 @@ mod tests {
 
     /// The behaviour every `Mounter` must show. Runs against the simulated mounter always and
     /// against real mounts when this process may mount (root).
-    async fn conformance(mounter: &impl Mounter, scratch: &Path) {
+    /// `plant` puts a file qvdc did not create into a pool directory.
+    async fn conformance(mounter: &impl Mounter, scratch: &Path, plant: &dyn Fn(&Path, &str)) {
         let source = scratch.join("source");
         std::fs::create_dir_all(&source).unwrap();
         let target = scratch.join("root/pools/p1");
@@ -1044,6 +1151,29 @@ mod tests {
             .await
             .unwrap();
 
+        // A file qvdc did not create is neither taken over, resized nor deleted.
+        plant(&target, "theirs.img");
+        let refusals = [
+            create("theirs.img", VolumeFormat::Raw, 1).await,
+            mounter
+                .resize_volume(target.clone(), "theirs.img".into(), VolumeFormat::Raw, 8)
+                .await,
+            mounter
+                .delete_volume(target.clone(), "theirs.img".into())
+                .await,
+        ];
+        for refused in refusals {
+            let err = refused.unwrap_err();
+            assert_eq!(err.kind, HostErrorKind::Conflict, "{err}");
+            assert!(err.message.contains("was not created by qvdc"), "{err}");
+        }
+        let listed = mounter.list_volumes(target.clone()).await.unwrap();
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert_eq!(
+            (listed[0].name.as_str(), listed[0].size_bytes),
+            ("theirs.img", 1)
+        );
+
         mounter.unmount(target.clone()).await.unwrap();
         assert!(!mounter.is_mounted(target.clone()).await.unwrap());
         mounter
@@ -1055,7 +1185,9 @@ mod tests {
     #[tokio::test]
     async fn sim_mounter_conforms() {
         let scratch = tempfile::tempdir().unwrap();
-        conformance(&SimMounter::new(1 << 30), scratch.path()).await;
+        let mounter = SimMounter::new(1 << 30);
+        let plant = |dir: &Path, name: &str| mounter.plant_foreign(dir, name);
+        conformance(&mounter, scratch.path(), &plant).await;
     }
 
     #[tokio::test]
@@ -1111,7 +1243,8 @@ mod tests {
             return;
         }
         let scratch = tempfile::tempdir().unwrap();
-        conformance(&RealMounter::new(), scratch.path()).await;
+        let plant = |dir: &Path, name: &str| std::fs::write(dir.join(name), b"x").unwrap();
+        conformance(&RealMounter::new(), scratch.path(), &plant).await;
     }
 
     /// A guest owns its raw disk's bytes and can write a qcow2 header into them, naming a

@@ -60,3 +60,40 @@ async fn a_request_and_its_answer_stop_no_stream() {
         "STOP_SENDING frames sent by client and server over {CALLS} requests"
     );
 }
+
+/// A peer that asks and never reads the answer holds the answering task only for
+/// `RESPONSE_WRITE_TIMEOUT_MS`: the answer is larger than the peer's receive window, so
+/// writing it stalls, and then gives up with an error that says why.
+#[tokio::test]
+async fn an_answer_nobody_reads_is_given_up_after_the_write_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = tls::init_ca(dir.path()).unwrap();
+    let server_identity = identity(dir.path(), &ca, Role::Server, "node-1");
+    let client_identity = identity(dir.path(), &ca, Role::Operator, "operator");
+    let server = Endpoint::bind("127.0.0.1:0".parse().unwrap(), &server_identity, true).unwrap();
+    let addr = server.local_addr().unwrap();
+    let serving = tokio::spawn(async move {
+        let connection = server.accept().await.unwrap().await.unwrap();
+        let (send, mut recv) = connection.accept_bi().await.unwrap();
+        let _: u64 = quic::read_request(&mut recv).await.unwrap();
+        let large = vec![7u8; 4 * quic::STREAM_RECEIVE_WINDOW_BYTES as usize];
+        let started = std::time::Instant::now();
+        let result = quic::respond(send, &large).await;
+        (result, started.elapsed(), connection)
+    });
+    let client = Endpoint::bind("127.0.0.1:0".parse().unwrap(), &client_identity, false).unwrap();
+    let connection = client.connect(addr).await.unwrap();
+    let (mut send, _unread) = connection.open_bi().await.unwrap();
+    let frame = qvdc_transport::codec::encode_frame(&1u64).unwrap();
+    send.write_all(&frame).await.unwrap();
+    send.finish().unwrap();
+
+    let (result, took, _connection) = serving.await.unwrap();
+    let error = result.unwrap_err().to_string();
+    assert!(error.contains("answer not taken within"), "{error}");
+    let bound = std::time::Duration::from_millis(quic::RESPONSE_WRITE_TIMEOUT_MS);
+    assert!(
+        took >= bound && took < bound + std::time::Duration::from_secs(2),
+        "{took:?}"
+    );
+}
