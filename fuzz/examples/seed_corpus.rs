@@ -334,7 +334,23 @@ fn api_requests() -> Vec<(&'static str, ApiRequest)> {
                 on: true,
             },
         ),
+        (
+            "cert-revoke",
+            ApiRequest::CertRevoke {
+                request_id: id(),
+                certificate: revoked(),
+            },
+        ),
+        ("cert-revoked", ApiRequest::CertRevoked),
     ]
+}
+
+fn revoked() -> qvdc_transport::protocol::RevokedCertificate {
+    qvdc_transport::protocol::RevokedCertificate {
+        serial: "7a3b01".into(),
+        role: "operator".into(),
+        name: "mallory".into(),
+    }
 }
 
 fn host_messages() -> Vec<(&'static str, HostMessage)> {
@@ -832,6 +848,10 @@ fn commands() -> Vec<(&'static str, Command)> {
                     },
                 ),
             ])),
+        ),
+        (
+            "revoke-certificate",
+            once("req-9", Command::RevokeCertificate(revoked())),
         ),
         (
             "unassign-network",
