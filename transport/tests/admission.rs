@@ -7,26 +7,20 @@ use std::sync::{
     Arc,
 };
 
+mod support;
+
 use qvdc_transport::{
     admission::{Admission, HANDSHAKES_UNVALIDATED_MAX},
     quic,
-    tls::{self, Identity, Role},
-    Endpoint,
+    tls::Role,
 };
-
-fn identity(dir: &std::path::Path, ca: &std::path::Path, role: Role, name: &str) -> Identity {
-    let (cert, key) = tls::issue(dir, role, name).unwrap();
-    Identity::load(ca, &cert, &key).unwrap()
-}
+use support::Pki;
 
 #[tokio::test]
 async fn a_flood_of_unfinished_handshakes_gets_retries_and_honest_peers_get_in() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = tls::init_ca(dir.path()).unwrap();
-    let server_identity = identity(dir.path(), &ca, Role::Server, "node-1");
-    let client_identity = identity(dir.path(), &ca, Role::Operator, "operator");
-    let server = Endpoint::bind("127.0.0.1:0".parse().unwrap(), &server_identity, true).unwrap();
-    let addr = server.local_addr().unwrap();
+    let pki = Pki::new();
+    let (server, addr) = support::server(&pki.identity(Role::Server, "node-1"));
+    let client_identity = pki.identity(Role::Operator, "operator");
 
     // The node's accept loop, counting the attempts sent away with a Retry.
     let retried = Arc::new(AtomicUsize::new(0));
@@ -57,7 +51,7 @@ async fn a_flood_of_unfinished_handshakes_gets_retries_and_honest_peers_get_in()
     let flood = HANDSHAKES_UNVALIDATED_MAX + 36;
     let trap = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let trap_addr = trap.local_addr().unwrap();
-    let probe = Endpoint::bind("127.0.0.1:0".parse().unwrap(), &client_identity, false).unwrap();
+    let probe = support::client(&client_identity);
     let dialing: Vec<_> = (0..flood)
         .map(|_| {
             let probe = probe.clone();
@@ -91,7 +85,7 @@ async fn a_flood_of_unfinished_handshakes_gets_retries_and_honest_peers_get_in()
     );
 
     // An honest client gets in during the flood, through a Retry of its own.
-    let honest = Endpoint::bind("127.0.0.1:0".parse().unwrap(), &client_identity, false).unwrap();
+    let honest = support::client(&client_identity);
     let started = std::time::Instant::now();
     let connection = honest.connect(addr).await.unwrap();
     assert_eq!(quic::peer_identity(&connection).unwrap().name, "node-1");

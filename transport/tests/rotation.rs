@@ -1,24 +1,20 @@
 //! A certificate replaced while an endpoint runs is what the next connection presents, on
 //! both sides: no session resumption carries the old one over.
 
+mod support;
+
 use qvdc_transport::{
     quic,
-    tls::{self, Identity, IssueOptions, Reload, Role},
-    Endpoint,
+    tls::{self, IssueOptions, Reload, Role},
 };
+use support::Pki;
 
 #[tokio::test]
 async fn the_next_connection_presents_the_rotated_certificates_on_both_sides() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = tls::init_ca(dir.path()).unwrap();
-    let load = |role, name: &str| {
-        let (cert, key) = tls::issue(dir.path(), role, name).unwrap();
-        Identity::load(&ca, &cert, &key).unwrap()
-    };
-    let server_identity = load(Role::Server, "node-1");
-    let client_identity = load(Role::Host, "host-1");
-    let server = Endpoint::bind("127.0.0.1:0".parse().unwrap(), &server_identity, true).unwrap();
-    let addr = server.local_addr().unwrap();
+    let pki = Pki::new();
+    let server_identity = pki.identity(Role::Server, "node-1");
+    let client_identity = pki.identity(Role::Host, "host-1");
+    let (server, addr) = support::server(&server_identity);
     let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(incoming) = server.accept().await {
@@ -28,7 +24,7 @@ async fn the_next_connection_presents_the_rotated_certificates_on_both_sides() {
                 .unwrap();
         }
     });
-    let client = Endpoint::bind("127.0.0.1:0".parse().unwrap(), &client_identity, false).unwrap();
+    let client = support::client(&client_identity);
     let mut connect = async || {
         let connection = client.connect(addr).await.unwrap();
         let server_serial = quic::peer_identity(&connection).unwrap().serial;
@@ -43,8 +39,8 @@ async fn the_next_connection_presents_the_rotated_certificates_on_both_sides() {
         replace: true,
         ..IssueOptions::default()
     };
-    tls::issue_with(dir.path(), Role::Server, "node-1", replace).unwrap();
-    tls::issue_with(dir.path(), Role::Host, "host-1", replace).unwrap();
+    tls::issue_with(pki.dir.path(), Role::Server, "node-1", replace).unwrap();
+    tls::issue_with(pki.dir.path(), Role::Host, "host-1", replace).unwrap();
     for identity in [&server_identity, &client_identity] {
         assert!(matches!(
             identity.reload().unwrap(),

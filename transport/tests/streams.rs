@@ -2,25 +2,16 @@
 //! neither side stops a stream it has read, so a request costs no STOP_SENDING frames (each
 //! would be one more frame to send, acknowledge and process, on every request).
 
-use qvdc_transport::{
-    quic,
-    tls::{self, Identity, Role},
-    Endpoint,
-};
+mod support;
 
-fn identity(dir: &std::path::Path, ca: &std::path::Path, role: Role, name: &str) -> Identity {
-    let (cert, key) = tls::issue(dir, role, name).unwrap();
-    Identity::load(ca, &cert, &key).unwrap()
-}
+use qvdc_transport::{quic, tls::Role};
+use support::Pki;
 
 #[tokio::test]
 async fn a_request_and_its_answer_stop_no_stream() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = tls::init_ca(dir.path()).unwrap();
-    let server_identity = identity(dir.path(), &ca, Role::Server, "node-1");
-    let client_identity = identity(dir.path(), &ca, Role::Operator, "operator");
-    let server = Endpoint::bind("127.0.0.1:0".parse().unwrap(), &server_identity, true).unwrap();
-    let addr = server.local_addr().unwrap();
+    let pki = Pki::new();
+    let (server, addr) = support::server(&pki.identity(Role::Server, "node-1"));
+    let client = support::client(&pki.identity(Role::Operator, "operator"));
     let serving = tokio::spawn(async move {
         let connection = server.accept().await.unwrap().await.unwrap();
         while let Ok((send, mut recv)) = connection.accept_bi().await {
@@ -30,7 +21,6 @@ async fn a_request_and_its_answer_stop_no_stream() {
         connection.stats()
     });
 
-    let client = Endpoint::bind("127.0.0.1:0".parse().unwrap(), &client_identity, false).unwrap();
     let connection = client.connect(addr).await.unwrap();
     const CALLS: u64 = 50;
     for n in 0..CALLS {
@@ -66,12 +56,9 @@ async fn a_request_and_its_answer_stop_no_stream() {
 /// writing it stalls, and then gives up with an error that says why.
 #[tokio::test]
 async fn an_answer_nobody_reads_is_given_up_after_the_write_timeout() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = tls::init_ca(dir.path()).unwrap();
-    let server_identity = identity(dir.path(), &ca, Role::Server, "node-1");
-    let client_identity = identity(dir.path(), &ca, Role::Operator, "operator");
-    let server = Endpoint::bind("127.0.0.1:0".parse().unwrap(), &server_identity, true).unwrap();
-    let addr = server.local_addr().unwrap();
+    let pki = Pki::new();
+    let (server, addr) = support::server(&pki.identity(Role::Server, "node-1"));
+    let client = support::client(&pki.identity(Role::Operator, "operator"));
     let serving = tokio::spawn(async move {
         let connection = server.accept().await.unwrap().await.unwrap();
         let (send, mut recv) = connection.accept_bi().await.unwrap();
@@ -81,7 +68,6 @@ async fn an_answer_nobody_reads_is_given_up_after_the_write_timeout() {
         let result = quic::respond(send, &large).await;
         (result, started.elapsed(), connection)
     });
-    let client = Endpoint::bind("127.0.0.1:0".parse().unwrap(), &client_identity, false).unwrap();
     let connection = client.connect(addr).await.unwrap();
     let (mut send, _unread) = connection.open_bi().await.unwrap();
     let frame = qvdc_transport::codec::encode_frame(&1u64).unwrap();
