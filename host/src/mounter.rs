@@ -243,7 +243,15 @@ fn mounted_in_mountinfo(target: &Path) -> Result<bool, MountError> {
     };
     let canonical = match std::fs::canonicalize(target) {
         Ok(path) => path,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        // Nothing is mounted where no directory is, nor under a file.
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            return Ok(false)
+        }
         Err(e) => return Err(io(e)),
     };
     let table = std::fs::read_to_string("/proc/self/mountinfo").map_err(io)?;
@@ -1180,6 +1188,18 @@ mod tests {
             .unmount(target.clone())
             .await
             .expect("unmounting twice is idempotent");
+    }
+
+    /// A pool whose mount point cannot exist (its parent is a file) was never mounted, so
+    /// removing it succeeds: before, the host kept reporting it forever.
+    #[tokio::test]
+    async fn nothing_is_mounted_under_a_file() {
+        let scratch = tempfile::tempdir().unwrap();
+        std::fs::write(scratch.path().join("pools"), b"not a directory").unwrap();
+        let target = scratch.path().join("pools/p1");
+        let mounter = RealMounter::new();
+        assert!(!mounter.is_mounted(target.clone()).await.unwrap());
+        mounter.unmount(target).await.unwrap();
     }
 
     #[tokio::test]
