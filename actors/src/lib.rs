@@ -34,6 +34,15 @@ pub enum SupervisionError {
     Unavailable(String),
 }
 
+/// What one host said it has in its last heartbeat to the leader, assigned or not.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostReported {
+    /// The pools it has mounted.
+    pub pools: Vec<String>,
+    /// The networks whose bridges it has.
+    pub networks: Vec<String>,
+}
+
 /// A running supervision tree for one leadership. Dropping it does not stop it; call
 /// [`Supervision::stop`].
 #[derive(Clone)]
@@ -221,6 +230,11 @@ impl Supervision {
             views.push(Self::view(pool).await?);
         }
         Ok(views)
+    }
+
+    /// What each host reported in its last heartbeat to this leader.
+    pub async fn reported(&self) -> Result<BTreeMap<String, HostReported>, SupervisionError> {
+        self.children(ClusterMsg::Reported).await
     }
 
     /// Each supervised host's liveness; a host supervisor that does not answer counts as

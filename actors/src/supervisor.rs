@@ -59,6 +59,8 @@ pub(crate) enum ClusterMsg {
     Pools(RpcReplyPort<BTreeMap<String, ActorRef<PoolMsg>>>),
     /// The host supervisors by host id, for the same reason.
     Hosts(RpcReplyPort<BTreeMap<String, ActorRef<HostMsg>>>),
+    /// What each host said it has in its last heartbeat to this leader.
+    Reported(RpcReplyPort<BTreeMap<String, crate::HostReported>>),
     /// The VM supervisors by VM name, for the same reason.
     Vms(RpcReplyPort<BTreeMap<String, ActorRef<VmMsg>>>),
     Respawn {
@@ -498,6 +500,25 @@ impl Actor for ClusterSupervisor {
             }
             ClusterMsg::Hosts(reply) => {
                 let _ = reply.send(state.hosts.clone());
+            }
+            ClusterMsg::Reported(reply) => {
+                let reported = state
+                    .last_heartbeat
+                    .iter()
+                    .map(|(host, beat)| {
+                        let reported = crate::HostReported {
+                            pools: beat
+                                .pools
+                                .iter()
+                                .filter(|p| p.mounted)
+                                .map(|p| p.pool.clone())
+                                .collect(),
+                            networks: beat.networks.iter().map(|n| n.network.clone()).collect(),
+                        };
+                        (host.clone(), reported)
+                    })
+                    .collect();
+                let _ = reply.send(reported);
             }
             ClusterMsg::Respawn { child } => match &child {
                 Child::Host(h) if !state.hosts.contains_key(h) => {

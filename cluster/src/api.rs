@@ -14,8 +14,8 @@ use qvdc_raft::{
 };
 use qvdc_transport::protocol::{
     ApiError, ApiErrorKind, ApiRequest, ApiResponse, ClusterStatus, CommandOutput, DesiredPower,
-    Health, HostCommandKind, HostDetail, HostPool, HostView, Liveness, MemberStatus, NetworkView,
-    PoolSpec, PoolView, Response, VmSpec,
+    HostCommandKind, HostDetail, HostFit, HostPool, HostView, Liveness, MemberStatus, NetworkView,
+    Placement, PoolSpec, PoolView, Response, VmSpec,
 };
 
 use crate::{membership, node::NodeInner, propose::ProposeError, stale};
@@ -249,6 +249,8 @@ pub(crate) async fn handle(node: &NodeInner, request: ApiRequest) -> Response {
             )
             .await
         }
+        ApiRequest::PoolRemnants { pool } => pool_remnants(node, pool).await,
+        ApiRequest::VmPlacement { spec, host } => placement(node, spec, host).await,
         ApiRequest::CertRevoked => {
             let revoked = node.desired.borrow().revoked.values().cloned().collect();
             Response::Api(Ok(ApiResponse::Revoked(revoked)))
@@ -492,6 +494,44 @@ async fn on_pool_host(
     }
 }
 
+/// The hosts whose last heartbeat still shows `pool` mounted though it is not assigned to
+/// them (anymore).
+async fn pool_remnants(node: &NodeInner, pool: String) -> Response {
+    let supervision = match node.leading().await {
+        Ok(supervision) => supervision,
+        Err(response) => return response,
+    };
+    let gathered = async {
+        Ok::<_, qvdc_actors::SupervisionError>((
+            supervision.reported().await?,
+            supervision.liveness().await?,
+        ))
+    };
+    let (reported, liveness) = match gathered.await {
+        Ok(both) => both,
+        Err(e) => return unavailable(e.to_string()),
+    };
+    let desired = node.desired.borrow().clone();
+    let assigned = |host: &str| {
+        desired
+            .pools
+            .get(&pool)
+            .is_some_and(|record| record.hosts.contains(host))
+    };
+    let hosts = reported
+        .into_iter()
+        .filter(|(host, seen)| seen.pools.contains(&pool) && !assigned(host))
+        .map(|(host, _)| {
+            let state = liveness
+                .get(&host)
+                .copied()
+                .unwrap_or(Liveness::Unreachable);
+            (host, state)
+        })
+        .collect();
+    Response::Api(Ok(ApiResponse::Remnants { pool, hosts }))
+}
+
 async fn host_show(node: &NodeInner, host: String) -> Response {
     let supervision = match node.leading().await {
         Ok(supervision) => supervision,
@@ -559,17 +599,100 @@ fn host_facts(
                 .filter(|n| n.hosts.iter().any(|nh| nh.host_id == h.host_id && nh.up))
                 .map(|n| n.spec.name.clone())
                 .collect(),
-            healthy_pools: pools
+            pools: pools
                 .iter()
-                .filter(|p| {
-                    p.hosts
-                        .iter()
-                        .any(|ph| ph.host_id == h.host_id && ph.health == Health::Healthy)
+                .filter_map(|p| {
+                    let here = p.hosts.iter().find(|ph| ph.host_id == h.host_id)?;
+                    Some((p.spec.name.clone(), here.health))
                 })
-                .map(|p| p.spec.name.clone())
                 .collect(),
         })
         .collect()
+}
+
+/// What placement needs to know about every host, now.
+async fn facts_now(
+    supervision: &Supervision,
+    node: &NodeInner,
+) -> Result<Vec<HostFacts>, Response> {
+    let gathered = async {
+        Ok::<_, qvdc_actors::SupervisionError>((
+            supervision.liveness().await?,
+            supervision.pool_views().await?,
+            supervision.network_views().await?,
+        ))
+    };
+    let (liveness, pools, networks) = gathered.await.map_err(|e| unavailable(e.to_string()))?;
+    Ok(host_facts(
+        &node.desired.borrow(),
+        &liveness,
+        &pools,
+        &networks,
+    ))
+}
+
+/// A VM's disks take their volumes' formats, never the ones a request names: a raw disk
+/// opened as qcow2 would let its guest-written header name host files.
+fn with_volume_formats(desired: &DesiredState, spec: &mut VmSpec) {
+    for disk in &mut spec.disks {
+        if let Ok(volume) = desired.volume(&disk.pool, &disk.volume) {
+            disk.format = volume.format;
+        }
+    }
+}
+
+/// Where `spec` would go and why not elsewhere, creating nothing.
+async fn placement(node: &NodeInner, mut spec: VmSpec, host: Option<String>) -> Response {
+    let supervision = match node.leading().await {
+        Ok(supervision) => supervision,
+        Err(response) => return response,
+    };
+    let facts = match facts_now(&supervision, node).await {
+        Ok(facts) => facts,
+        Err(response) => return response,
+    };
+    let desired = node.desired.borrow().clone();
+    with_volume_formats(&desired, &mut spec);
+    let fits = placement::assess(&spec, &facts);
+    let chosen = match &host {
+        Some(host) => fits
+            .iter()
+            .find(|fit| fit.host == *host && fit.misfit.is_none())
+            .map(|fit| fit.host.clone()),
+        None => placement::place(&spec, &facts).ok(),
+    };
+    let mut refused = match (&host, &chosen) {
+        (Some(host), None) if !fits.iter().any(|fit| fit.host == *host) => Some(format!(
+            "no host named {host:?}; `qvctl host list` shows the hosts"
+        )),
+        _ => None,
+    };
+    if let Some(host) = &chosen {
+        let mut checked = spec.clone();
+        checked.id = "dry-run".into();
+        let command = Command::CreateVm {
+            spec: checked,
+            host: host.clone(),
+            power: DesiredPower::Stopped,
+        };
+        refused = desired.validate(&command).err().map(|e| e.to_string());
+    }
+    let hosts = fits
+        .into_iter()
+        .map(|fit| HostFit {
+            host: fit.host,
+            fits: fit.misfit.is_none(),
+            reason: fit.misfit,
+            free_memory_bytes: fit.free_memory_bytes,
+        })
+        .collect();
+    Response::Api(Ok(ApiResponse::Placement(Placement {
+        vm: spec.name,
+        asked: host,
+        chosen,
+        hosts,
+        refused,
+    })))
 }
 
 async fn place(
@@ -577,19 +700,7 @@ async fn place(
     node: &NodeInner,
     spec: &VmSpec,
 ) -> Result<String, Response> {
-    let liveness = supervision
-        .liveness()
-        .await
-        .map_err(|e| unavailable(e.to_string()))?;
-    let pools = supervision
-        .pool_views()
-        .await
-        .map_err(|e| unavailable(e.to_string()))?;
-    let networks = supervision
-        .network_views()
-        .await
-        .map_err(|e| unavailable(e.to_string()))?;
-    let facts = host_facts(&node.desired.borrow(), &liveness, &pools, &networks);
+    let facts = facts_now(supervision, node).await?;
     placement::place(spec, &facts).map_err(|reasons| {
         let why: Vec<String> = reasons.iter().map(|(h, r)| format!("{h}: {r}")).collect();
         let message = format!(
@@ -654,13 +765,7 @@ async fn create_vm(
     };
     // A VM's id is the id of the request that created it: unique, and a retry finds it.
     spec.id = key.id.clone();
-    // A disk is attached in its volume's own format, never the one the request names: a
-    // raw disk opened as qcow2 would let its guest-written header name host files.
-    for disk in &mut spec.disks {
-        if let Ok(volume) = node.desired.borrow().volume(&disk.pool, &disk.volume) {
-            disk.format = volume.format;
-        }
-    }
+    with_volume_formats(&node.desired.borrow(), &mut spec);
     if key.applied_before(&node.desired.borrow()) {
         if let Some(vm) = node
             .desired

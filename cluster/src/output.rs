@@ -2,8 +2,8 @@
 
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use qvdc_transport::protocol::{
-    ApiResponse, Capacity, ClusterStatus, HostDetail, HostView, Liveness, NetworkView, PoolView,
-    RevokedCertificate, VmView, VolumeInfo, VolumeView,
+    ApiResponse, Capacity, ClusterStatus, HostDetail, HostView, Liveness, NetworkView, Placement,
+    PoolView, RevokedCertificate, VmView, VolumeInfo, VolumeView,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -12,8 +12,78 @@ pub enum Format {
     Json,
 }
 
-/// Renders an API response in the chosen format.
+/// Compares names as people read them: runs of digits by their value, so `host-2` comes
+/// before `host-10`; otherwise byte by byte. Equal values with different zero padding
+/// (`v01`, `v1`) fall back to plain order, so the order is total.
+pub fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    let (mut x, mut y) = (a.as_bytes(), b.as_bytes());
+    loop {
+        match (x.first(), y.first()) {
+            (None, None) => return a.cmp(b),
+            (None, Some(_)) => return Ordering::Less,
+            (Some(_), None) => return Ordering::Greater,
+            (Some(p), Some(q)) if p.is_ascii_digit() && q.is_ascii_digit() => {
+                let digits = |s: &[u8]| s.iter().take_while(|c| c.is_ascii_digit()).count();
+                let (m, n) = (digits(x), digits(y));
+                let trim = |s: &'_ [u8]| -> usize { s.iter().take_while(|c| **c == b'0').count() };
+                let (u, v) = (&x[trim(&x[..m])..m], &y[trim(&y[..n])..n]);
+                let by_value = u.len().cmp(&v.len()).then_with(|| u.cmp(v));
+                if by_value != Ordering::Equal {
+                    return by_value;
+                }
+                (x, y) = (&x[m..], &y[n..]);
+            }
+            (Some(p), Some(q)) if p != q => return p.cmp(q),
+            _ => (x, y) = (&x[1..], &y[1..]),
+        }
+    }
+}
+
+fn sort_naturally<T>(items: &mut [T], name: impl Fn(&T) -> &str) {
+    items.sort_by(|a, b| natural_cmp(name(a), name(b)));
+}
+
+/// `response` with every list in natural name order (see [`natural_cmp`]).
+fn in_natural_order(response: &ApiResponse) -> ApiResponse {
+    let mut response = response.clone();
+    let pool = |p: &mut PoolView| {
+        sort_naturally(&mut p.hosts, |h| &h.host_id);
+        sort_naturally(&mut p.volumes, |v| &v.name);
+        sort_naturally(&mut p.healthy_hosts, |h| h);
+        sort_naturally(&mut p.failed_hosts, |h| h);
+    };
+    let network = |n: &mut NetworkView| sort_naturally(&mut n.hosts, |h| &h.host_id);
+    match &mut response {
+        ApiResponse::Hosts(hosts) => sort_naturally(hosts, |h| &h.host_id),
+        ApiResponse::Pool(p) => pool(p),
+        ApiResponse::Pools(pools) => {
+            sort_naturally(pools, |p| &p.spec.name);
+            pools.iter_mut().for_each(pool);
+        }
+        ApiResponse::Vms(vms) => sort_naturally(vms, |v| &v.spec.name),
+        ApiResponse::Files { files, .. } => sort_naturally(files, |f| &f.name),
+        ApiResponse::Volumes(volumes) => sort_naturally(volumes, |v| &v.name),
+        ApiResponse::Host(detail) => {
+            sort_naturally(&mut detail.pools, |p| &p.pool);
+            sort_naturally(&mut detail.vms, |v| &v.spec.name);
+        }
+        ApiResponse::Network(n) => network(n),
+        ApiResponse::Networks(networks) => {
+            sort_naturally(networks, |n| &n.spec.name);
+            networks.iter_mut().for_each(network);
+        }
+        ApiResponse::Revoked(revoked) => sort_naturally(revoked, |r| &r.name),
+        ApiResponse::Remnants { hosts, .. } => sort_naturally(hosts, |(host, _)| host),
+        ApiResponse::Placement(p) => sort_naturally(&mut p.hosts, |h| &h.host),
+        _ => {}
+    }
+    response
+}
+
+/// Renders an API response in the chosen format, lists in natural name order.
 pub fn render(response: &ApiResponse, format: Format) -> String {
+    let response = &in_natural_order(response);
     match format {
         Format::Json => json(response),
         Format::Table => match response {
@@ -36,6 +106,17 @@ pub fn render(response: &ApiResponse, format: Format) -> String {
             ApiResponse::Network(network) => networks_table(std::slice::from_ref(network)),
             ApiResponse::Networks(networks) => networks_table(networks),
             ApiResponse::Revoked(revoked) => revoked_table(revoked),
+            ApiResponse::Placement(placement) => placement_table(placement),
+            ApiResponse::Remnants { pool, hosts } if hosts.is_empty() => {
+                format!("pool {pool} is mounted on no host it is not assigned to")
+            }
+            ApiResponse::Remnants { pool, hosts } => {
+                let mut t = table(&["HOST", "LIVENESS"]);
+                for (host, liveness) in hosts {
+                    t.add_row(vec![host.clone(), liveness.to_string()]);
+                }
+                format!("pool {pool} is still mounted on hosts it is not assigned to:\n{t}")
+            }
         },
     }
 }
@@ -60,6 +141,14 @@ fn json(response: &ApiResponse) -> String {
         ApiResponse::Network(n) => serde_json::to_value(n),
         ApiResponse::Networks(n) => serde_json::to_value(n),
         ApiResponse::Revoked(r) => serde_json::to_value(r),
+        ApiResponse::Placement(p) => serde_json::to_value(p),
+        ApiResponse::Remnants { pool, hosts } => Ok(serde_json::json!({
+            "pool": pool,
+            "hosts": hosts
+                .iter()
+                .map(|(host, liveness)| serde_json::json!({"host": host, "liveness": liveness}))
+                .collect::<Vec<_>>(),
+        })),
     };
     serde_json::to_string_pretty(&value.expect("API types serialize")).expect("JSON values print")
 }
@@ -218,6 +307,33 @@ fn networks_table(networks: &[NetworkView]) -> String {
         }
     }
     t.to_string()
+}
+
+fn placement_table(p: &Placement) -> String {
+    let verdict = match (&p.chosen, &p.refused) {
+        (_, Some(refused)) => format!("VM {} would be refused: {refused}", p.vm),
+        (Some(host), None) => format!(
+            "VM {} would be placed on {host} (dry run: nothing created)",
+            p.vm
+        ),
+        (None, None) => match &p.asked {
+            Some(host) => format!(
+                "host {host} cannot run VM {} now (dry run: nothing created)",
+                p.vm
+            ),
+            None => format!("no host can run VM {} now (dry run: nothing created)", p.vm),
+        },
+    };
+    let mut t = table(&["HOST", "FITS", "FREE MEMORY", "WHY NOT"]);
+    for h in &p.hosts {
+        t.add_row(vec![
+            h.host.clone(),
+            if h.fits { "yes" } else { "no" }.into(),
+            bytes(h.free_memory_bytes),
+            h.reason.clone().unwrap_or_default(),
+        ]);
+    }
+    format!("{verdict}\n{t}")
 }
 
 fn revoked_table(revoked: &[RevokedCertificate]) -> String {
@@ -582,5 +698,37 @@ mod tests {
         assert_eq!(bytes(1023), "1023 B");
         assert_eq!(bytes(1536), "1.5 KiB");
         assert_eq!(bytes(3 << 30), "3.0 GiB");
+    }
+
+    #[test]
+    fn names_sort_as_people_read_them() {
+        let mut names = vec![
+            "host-10", "host-2", "host-1", "host-02", "db", "host-b", "host-a10", "host-a9", "10",
+            "9", "",
+        ];
+        names.sort_by(|a, b| natural_cmp(a, b));
+        assert_eq!(
+            names,
+            [
+                "", "9", "10", "db", "host-1", "host-02", "host-2", "host-10", "host-a9",
+                "host-a10", "host-b"
+            ]
+        );
+        assert_eq!(natural_cmp("v01", "v1"), "v01".cmp("v1"), "a total order");
+    }
+
+    #[test]
+    fn lists_are_rendered_in_natural_order() {
+        let mut ten = pool();
+        ten.spec.name = "p10".into();
+        let mut two = pool();
+        two.spec.name = "p2".into();
+        let json = render(&ApiResponse::Pools(vec![ten, two]), Format::Json);
+        let names: Vec<String> = serde_json::from_str::<Vec<PoolView>>(&json)
+            .unwrap()
+            .into_iter()
+            .map(|p| p.spec.name)
+            .collect();
+        assert_eq!(names, ["p2", "p10"]);
     }
 }

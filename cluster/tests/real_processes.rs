@@ -439,7 +439,7 @@ fn vm_flow_across_real_processes_needs_root() {
         "volume",
         "create",
         "shared",
-        "disk-a.qcow2",
+        "web-root.qcow2",
         "--size",
         "64M",
     ]);
@@ -456,7 +456,7 @@ fn vm_flow_across_real_processes_needs_root() {
         "--memory",
         "64M",
         "--disk",
-        "shared/disk-a.qcow2",
+        "shared/web-root.qcow2",
         "--start",
         "--wait",
     ]);
@@ -488,7 +488,7 @@ fn vm_flow_across_real_processes_needs_root() {
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     let why = text(&out);
     assert!(
-        why.contains("host-3: pool shared not healthy here") && why.contains("MiB free"),
+        why.contains("host-3: pool shared is ERROR here") && why.contains("MiB free"),
         "{why}"
     );
 
@@ -597,6 +597,88 @@ fn vm_flow_across_real_processes_needs_root() {
     cluster.nodes.restart(leader);
 }
 
+/// `vm create --dry-run` names the host it would use and, for every other host, why not:
+/// here host-2 has too little free memory (a large VM is already placed there) and host-3
+/// cannot mount the pool. Nothing is created.
+#[test]
+fn vm_create_dry_run_names_why_each_host_cannot_run_it_needs_root() {
+    if !may_mount() {
+        eprintln!("skipped: needs root to mount (set QVDC_REQUIRE_REAL=1 to make this a failure)");
+        return;
+    }
+    let cluster = Cluster::start();
+    cluster.wait_ready_with_pool();
+    let ok = |args: &[&str]| {
+        let out = cluster.qvctl(args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        out
+    };
+    ok(&[
+        "volume",
+        "create",
+        "shared",
+        "web-root.qcow2",
+        "--size",
+        "64M",
+    ]);
+    let host2 = cluster.json(&["host", "show", "host-2"]).unwrap();
+    let total_mib = host2["host"]["inventory"]["memory_bytes"].as_u64().unwrap() >> 20;
+    let big = format!("{}M", total_mib - 1024);
+    ok(&["vm", "create", "big", "--memory", &big, "--host", "host-2"]);
+
+    let dry_run = [
+        "vm",
+        "create",
+        "web",
+        "--memory",
+        "2G",
+        "--disk",
+        "shared/web-root.qcow2",
+        "--dry-run",
+    ];
+    let out = ok(&dry_run);
+    let shown = text(&out);
+    eprintln!("{shown}");
+    assert!(shown.contains("would be placed on host-1"), "{shown}");
+    let row = |host: &str| {
+        shown
+            .lines()
+            .find(|line| line.contains(host) && line.contains("no"))
+            .unwrap_or_else(|| panic!("no refusal for {host}: {shown}"))
+            .to_owned()
+    };
+    assert!(
+        row("host-2").contains("needs 2048 MiB of memory"),
+        "{shown}"
+    );
+    assert!(
+        row("host-3").contains("pool shared is ERROR here"),
+        "{shown}"
+    );
+
+    let mut as_json = dry_run.to_vec();
+    as_json.extend(["--output", "json"]);
+    let placement: serde_json::Value = serde_json::from_slice(&ok(&as_json).stdout).unwrap();
+    assert_eq!(placement["chosen"], "host-1", "{placement:#}");
+    assert_eq!(placement["hosts"][1]["fits"], false, "{placement:#}");
+
+    // Asking for a host that cannot take it, and for a VM the cluster would refuse.
+    let mut on_host2 = dry_run.to_vec();
+    on_host2.extend(["--host", "host-2"]);
+    let shown = text(&ok(&on_host2));
+    assert!(shown.contains("host host-2 cannot run VM web"), "{shown}");
+    let mut taken = dry_run.to_vec();
+    taken[2] = "big";
+    let shown = text(&ok(&taken));
+    assert!(
+        shown.contains("would be refused") && shown.contains("already exists"),
+        "{shown}"
+    );
+
+    let vms = cluster.json(&["vm", "list"]).unwrap();
+    assert_eq!(vms.as_array().unwrap().len(), 1, "only big exists: {vms:#}");
+}
+
 #[test]
 fn host_agents_killed_and_restarted_are_seen_and_given_their_config_again_needs_root() {
     if !may_mount() {
@@ -615,7 +697,7 @@ fn host_agents_killed_and_restarted_are_seen_and_given_their_config_again_needs_
             "volume",
             "create",
             "shared",
-            "disk-a.qcow2",
+            "web-root.qcow2",
             "--size",
             "64M",
         ],
@@ -631,7 +713,7 @@ fn host_agents_killed_and_restarted_are_seen_and_given_their_config_again_needs_
             "--memory",
             "64M",
             "--disk",
-            "shared/disk-a.qcow2",
+            "shared/web-root.qcow2",
             "--start",
             "--wait",
         ],
@@ -774,10 +856,20 @@ fn storage_flow_assign_unassign_volumes_and_files_needs_root() {
     // Deleting the pool unmounts it everywhere and leaves its data.
     let host1 = cluster.dir().join("host-1/pools/shared");
     assert!(mounted(&host1));
-    ok(&["pool", "delete", "shared"]);
-    eventually(&cluster, "pool unmounted", Duration::from_secs(15), || {
-        (!mounted(&host1) && !mounted(&cluster.dir().join("host-2/pools/shared"))).then_some(())
-    });
+    let out = ok(&[
+        "pool",
+        "delete",
+        "shared",
+        "--wait",
+        "--wait-timeout-ms",
+        "15000",
+    ]);
+    // --wait returned only once both hosts had unmounted it, saying so host by host.
+    assert!(!mounted(&host1) && !mounted(&cluster.dir().join("host-2/pools/shared")));
+    for host in ["host-1", "host-2"] {
+        let line = format!("shared on {host}: unmounted");
+        assert!(text(&out).contains(&line), "{}", text(&out));
+    }
     assert!(source.join("disk-a.qcow2").exists());
 }
 

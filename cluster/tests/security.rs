@@ -713,4 +713,8 @@ async fn nodes_take_rotated_certificates_without_a_restart() {
         Ok(ApiResponse::PoolCreated { .. }) => {}
         other => panic!("nodes 1 and 2 did not commit after the rotation: {other:?}"),
     }
+    // The node said so in its log, which (written to a file) carries no colour codes.
+    let log = std::fs::read_to_string(nodes.dir.path().join("node-1.log")).unwrap();
+    assert!(log.contains("new certificate in use"), "{log}");
+    assert!(!log.contains('\x1b'), "escape codes in a log file");
 }

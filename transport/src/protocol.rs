@@ -801,6 +801,38 @@ pub enum ApiRequest {
     },
     /// The deny list.
     CertRevoked,
+    /// Where `spec` would be placed and why each other host would not do, without creating
+    /// anything (`vm create --dry-run`). With `host`, whether that host would take it.
+    VmPlacement {
+        spec: VmSpec,
+        host: Option<String>,
+    },
+    /// The hosts that still have `pool` mounted although it is no longer assigned to them
+    /// (deleted, or unassigned): what `pool delete --wait` waits for.
+    PoolRemnants {
+        pool: String,
+    },
+}
+
+/// Where a VM would go: the host placement picks (or the one asked for, if it fits), each
+/// host's fit, and why the cluster would refuse the VM whatever the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    pub vm: String,
+    /// The host the request named, if any.
+    pub asked: Option<String>,
+    pub chosen: Option<String>,
+    pub hosts: Vec<HostFit>,
+    /// The cluster would refuse the VM itself (a disk that is no volume, a name in use...).
+    pub refused: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostFit {
+    pub host: String,
+    pub fits: bool,
+    pub reason: Option<String>,
+    pub free_memory_bytes: u64,
 }
 
 /// A certificate on the cluster's deny list. The serial decides; role and name are what
@@ -841,6 +873,13 @@ pub enum ApiResponse {
     Network(NetworkView),
     Networks(Vec<NetworkView>),
     Revoked(Vec<RevokedCertificate>),
+    Placement(Placement),
+    /// Hosts that still have a pool mounted that is not assigned to them, with their
+    /// liveness (an unreachable host cannot unmount until it is back).
+    Remnants {
+        pool: String,
+        hosts: Vec<(String, Liveness)>,
+    },
 }
 
 /// One host: what it has, whether it is alive, and what is assigned to it.
@@ -921,6 +960,15 @@ pub enum Liveness {
     Ready,
     /// Missed heartbeats, or not connected to the current leader yet.
     Unreachable,
+}
+
+impl std::fmt::Display for Liveness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Liveness::Ready => "Ready",
+            Liveness::Unreachable => "Unreachable",
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

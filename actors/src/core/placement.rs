@@ -2,9 +2,9 @@
 //! pools healthy there, the memory its VMs already claim) and gets back a host, or for every
 //! host the reason it does not fit.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use qvdc_transport::protocol::VmSpec;
+use qvdc_transport::protocol::{Health, VmSpec};
 
 /// What placement needs to know about one host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,8 +18,8 @@ pub struct HostFacts {
     pub memory_bytes: u64,
     /// Memory of the VMs already placed there (running or not: they may be started).
     pub committed_memory_bytes: u64,
-    /// Pools assigned to the host that it reports HEALTHY.
-    pub healthy_pools: BTreeSet<String>,
+    /// The pools assigned to the host, with their health there.
+    pub pools: BTreeMap<String, Health>,
     /// Networks assigned to the host that it reports up.
     pub up_networks: BTreeSet<String>,
 }
@@ -39,16 +39,25 @@ pub fn misfit(spec: &VmSpec, host: &HostFacts) -> Option<String> {
     if host.maintenance {
         return Some("in maintenance".into());
     }
-    let missing: Vec<&str> = spec
-        .disks
+    let pools: BTreeSet<&str> = spec.disks.iter().map(|d| d.pool.as_str()).collect();
+    let unassigned: Vec<&str> = pools
         .iter()
-        .map(|d| d.pool.as_str())
-        .filter(|pool| !host.healthy_pools.contains(*pool))
-        .collect::<BTreeSet<_>>()
-        .into_iter()
+        .copied()
+        .filter(|pool| !host.pools.contains_key(*pool))
         .collect();
-    if !missing.is_empty() {
-        return Some(format!("pool {} not healthy here", missing.join(", ")));
+    if !unassigned.is_empty() {
+        let pools = unassigned.join(", ");
+        return Some(format!("pool {pools} is not assigned to this host"));
+    }
+    let unhealthy: Vec<String> = pools
+        .iter()
+        .filter_map(|pool| match host.pools[*pool] {
+            Health::Healthy => None,
+            health => Some(format!("{pool} is {health}")),
+        })
+        .collect();
+    if !unhealthy.is_empty() {
+        return Some(format!("pool {} here", unhealthy.join(", pool ")));
     }
     let down: Vec<&str> = spec
         .nics
@@ -80,23 +89,51 @@ pub fn misfit(spec: &VmSpec, host: &HostFacts) -> Option<String> {
     None
 }
 
+/// How a VM fits one host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fit {
+    pub host: String,
+    /// Why it does not fit, or `None` if it does.
+    pub misfit: Option<String>,
+    /// Memory not claimed by the host's VMs, before this one.
+    pub free_memory_bytes: u64,
+}
+
+/// How `spec` fits each host, in the hosts' order.
+pub fn assess(spec: &VmSpec, hosts: &[HostFacts]) -> Vec<Fit> {
+    hosts
+        .iter()
+        .map(|host| Fit {
+            host: host.host.clone(),
+            misfit: misfit(spec, host),
+            free_memory_bytes: host
+                .memory_bytes
+                .saturating_sub(host.committed_memory_bytes),
+        })
+        .collect()
+}
+
 /// The fitting host with the most free memory (ties go to the first in name order).
 pub fn place(spec: &VmSpec, hosts: &[HostFacts]) -> Result<String, Unplaceable> {
-    let mut best: Option<(&HostFacts, u64)> = None;
+    let mut best: Option<&Fit> = None;
     let mut reasons = Vec::new();
-    for host in hosts {
-        match misfit(spec, host) {
-            Some(reason) => reasons.push((host.host.clone(), reason)),
+    let fits = assess(spec, hosts);
+    for fit in &fits {
+        match &fit.misfit {
+            Some(reason) => reasons.push((fit.host.clone(), reason.clone())),
             None => {
-                let free = host.memory_bytes - host.committed_memory_bytes;
-                if best.is_none_or(|(b, f)| free > f || (free == f && host.host < b.host)) {
-                    best = Some((host, free));
+                let free = fit.free_memory_bytes;
+                let better = |b: &Fit| {
+                    free > b.free_memory_bytes || (free == b.free_memory_bytes && fit.host < b.host)
+                };
+                if best.is_none_or(better) {
+                    best = Some(fit);
                 }
             }
         }
     }
     match best {
-        Some((host, _)) => Ok(host.host.clone()),
+        Some(fit) => Ok(fit.host.clone()),
         None if hosts.is_empty() => Err(vec![(
             "(none)".into(),
             "no host is registered; start qhost on a hypervisor".into(),
@@ -119,7 +156,10 @@ mod tests {
             cpu_cores: 4,
             memory_bytes: 8 << 30,
             committed_memory_bytes: (8 << 30) - (free_mib << 20),
-            healthy_pools: pools.iter().map(|p| (*p).to_owned()).collect(),
+            pools: pools
+                .iter()
+                .map(|p| ((*p).to_owned(), Health::Healthy))
+                .collect(),
             up_networks: ["prod".to_owned()].into(),
         }
     }
@@ -172,6 +212,21 @@ mod tests {
     }
 
     #[test]
+    fn a_pool_is_named_as_unassigned_or_with_its_health() {
+        let mut sick = host("host-1", true, 4096, &["p"]);
+        sick.pools.insert("q".into(), Health::Error);
+        let spec = vm(64, 1, &["q", "p", "r"]);
+        assert_eq!(
+            misfit(&spec, &sick).unwrap(),
+            "pool r is not assigned to this host"
+        );
+        assert_eq!(
+            misfit(&vm(64, 1, &["q", "p"]), &sick).unwrap(),
+            format!("pool q is {} here", Health::Error)
+        );
+    }
+
+    #[test]
     fn ties_go_to_the_first_host_by_name() {
         let hosts = [
             host("host-2", true, 1024, &[]),
@@ -193,7 +248,10 @@ mod tests {
             reasons,
             [
                 ("host-1".into(), "needs 8 vCPUs, has 4 cores".into()),
-                ("host-2".into(), "pool p not healthy here".into()),
+                (
+                    "host-2".into(),
+                    "pool p is not assigned to this host".into()
+                ),
                 ("host-3".into(), "unreachable".into()),
                 ("host-4".into(), "needs 8 vCPUs, has 4 cores".into()),
             ]

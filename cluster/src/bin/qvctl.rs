@@ -11,8 +11,8 @@ use qvdc_cluster::client::ClientError;
 use qvdc_cluster::{output, Client};
 use qvdc_transport::{
     protocol::{
-        ApiErrorKind, ApiRequest, ApiResponse, DesiredPower, NetworkSpec, PoolSource, PoolSpec,
-        PowerState, RevokedCertificate, VmDisk, VmNic, VmSpec, VolumeFormat,
+        ApiErrorKind, ApiRequest, ApiResponse, DesiredPower, Liveness, NetworkSpec, PoolSource,
+        PoolSpec, PowerState, RevokedCertificate, VmDisk, VmNic, VmSpec, VolumeFormat,
     },
     tls::{self, Identity, Role},
     Endpoint,
@@ -36,19 +36,28 @@ struct Cli {
     #[command(flatten)]
     connection: Connection,
     /// Output format.
-    #[arg(long, short, global = true, value_enum, default_value = "table")]
+    #[arg(
+        long,
+        short,
+        global = true,
+        value_enum,
+        default_value = "table",
+        help_heading = "Output"
+    )]
     output: output::Format,
     /// Read from whichever node answers first, from its own copy of the desired state,
     /// without the leader: works during elections and on a cut-off node, may miss the
     /// latest changes, and shows hosts' reports (health, power, liveness) as unknown.
     /// For status, list and show commands. Without it, reads are linearizable.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Output")]
     stale: bool,
     #[command(subcommand)]
     command: Command,
 }
 
+/// Listed after each command's own options, under their own heading.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Connection")]
 struct Connection {
     /// Control-plane addresses, comma-separated; any node will do.
     #[arg(long, global = true, env = "QVDC_CLUSTER", value_delimiter = ',')]
@@ -194,7 +203,16 @@ struct Wait {
 
 #[derive(Debug, Subcommand)]
 enum VmCommand {
-    /// Define a VM; the cluster picks a host unless --host is given.
+    /// Define a VM; the cluster picks a host unless --host is given
+    ///
+    /// With --dry-run, shows where the VM would go and, for every other host, why not
+    /// (unreachable, in maintenance, a pool not healthy there, a network not up, too few
+    /// cores or too little free memory), and creates nothing.
+    ///
+    /// Examples:
+    ///   qvctl vm create web --vcpus 2 --memory 2G --disk shared/web.qcow2 --dry-run
+    ///   qvctl vm create web --vcpus 2 --memory 2G --disk shared/web.qcow2 --start --wait
+    #[command(verbatim_doc_comment)]
     Create {
         name: String,
         #[arg(long, default_value_t = 1)]
@@ -214,6 +232,9 @@ enum VmCommand {
         /// Start it once defined.
         #[arg(long)]
         start: bool,
+        /// Show where it would be placed and why not elsewhere; create nothing.
+        #[arg(long, conflicts_with_all = ["start", "wait"])]
+        dry_run: bool,
         #[command(flatten)]
         wait: Wait,
     },
@@ -460,7 +481,14 @@ enum PoolCommand {
         hosts: Vec<String>,
     },
     /// Delete the pool: every host unmounts it. Its data and files stay on the storage.
-    Delete { name: String },
+    ///
+    /// With --wait, follows each host until it has unmounted the pool.
+    #[command(verbatim_doc_comment)]
+    Delete {
+        name: String,
+        #[command(flatten)]
+        wait: Wait,
+    },
     /// The files in the pool, as one of its hosts sees them.
     Files {
         name: String,
@@ -602,7 +630,7 @@ fn request_of(command: Command, request_id: String) -> anyhow::Result<ApiRequest
             pool: name,
             hosts,
         },
-        Command::Pool(PoolCommand::Delete { name }) => ApiRequest::PoolDelete {
+        Command::Pool(PoolCommand::Delete { name, .. }) => ApiRequest::PoolDelete {
             request_id,
             pool: name,
         },
@@ -736,9 +764,10 @@ fn vm_request(command: VmCommand, request_id: String) -> ApiRequest {
             networks,
             host,
             start,
+            dry_run,
             ..
-        } => ApiRequest::VmCreate {
-            spec: VmSpec {
+        } => {
+            let spec = VmSpec {
                 id: String::new(),
                 name,
                 vcpus,
@@ -748,11 +777,18 @@ fn vm_request(command: VmCommand, request_id: String) -> ApiRequest {
                     .into_iter()
                     .map(|network| VmNic { network, mac: None })
                     .collect(),
-            },
-            host,
-            start,
-            request_id,
-        },
+            };
+            if dry_run {
+                ApiRequest::VmPlacement { spec, host }
+            } else {
+                ApiRequest::VmCreate {
+                    spec,
+                    host,
+                    start,
+                    request_id,
+                }
+            }
+        }
         VmCommand::Start { name, .. } => power(name, DesiredPower::Running),
         VmCommand::Stop { name, .. } => power(name, DesiredPower::Stopped),
         VmCommand::Reboot { name } => ApiRequest::VmReboot { name },
@@ -769,6 +805,8 @@ enum Goal {
     Power(String, PowerState),
     /// The VM gone.
     Gone(String),
+    /// The pool unmounted from every host it is not assigned to.
+    Unmounted(String),
     /// Every host of the pool reported it (healthy or not).
     Reported(String),
 }
@@ -793,6 +831,7 @@ fn wait_goal(command: &Command) -> Option<(Goal, u64)> {
             (Goal::Power(name.clone(), PowerState::ShutOff), wait)
         }
         Command::Vm(VmCommand::Delete { name, wait }) => (Goal::Gone(name.clone()), wait),
+        Command::Pool(PoolCommand::Delete { name, wait }) => (Goal::Unmounted(name.clone()), wait),
         Command::Pool(
             PoolCommand::Create { name, wait, .. } | PoolCommand::Assign { name, wait, .. },
         ) => (Goal::Reported(name.clone()), wait),
@@ -845,6 +884,19 @@ impl Progress {
             bar.finish_with_message(state);
         } else {
             bar.set_message(state);
+        }
+    }
+
+    /// Marks every part shown before that is not in `current` as done with `state`.
+    fn settle(&mut self, current: &[String], state: &str) {
+        let gone: Vec<String> = self
+            .last
+            .iter()
+            .filter(|(part, last)| !current.contains(part) && *last != state)
+            .map(|(part, _)| part.clone())
+            .collect();
+        for part in gone {
+            self.update(&part, state.to_owned(), true);
         }
     }
 
@@ -912,6 +964,29 @@ async fn step(
                 }
                 (_, Ok(other)) => Err(ClientError::Protocol(format!("{other:?}"))),
             }
+        }
+        Goal::Unmounted(pool) => {
+            let hosts = match client
+                .request(ApiRequest::PoolRemnants { pool: pool.clone() })
+                .await?
+            {
+                ApiResponse::Remnants { hosts, .. } => hosts,
+                other => return Err(ClientError::Protocol(format!("{other:?}"))),
+            };
+            let mut current = Vec::new();
+            for (host, liveness) in &hosts {
+                let state = match liveness {
+                    Liveness::Ready => "unmounting".to_owned(),
+                    Liveness::Unreachable => {
+                        "still mounted; the host is unreachable and unmounts once back".to_owned()
+                    }
+                };
+                let part = format!("{pool} on {host}");
+                progress.update(&part, state, false);
+                current.push(part);
+            }
+            progress.settle(&current, "unmounted");
+            Ok(hosts.is_empty())
         }
         Goal::Reported(pool) => {
             let view = match client
@@ -999,7 +1074,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
+    // Colour only for a person at a terminal: a log file or a pipe gets plain text.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
+        .with_ansi(colour)
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
@@ -1010,6 +1089,44 @@ async fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// A command's help lists its own options first; the connection and output flags every
+    /// command shares come after, under their own headings.
+    #[test]
+    fn a_command_help_lists_its_own_options_before_the_shared_ones() {
+        let mut cli = Cli::command();
+        cli.build(); // propagates the global flags to every subcommand, as parsing does
+        let help = cli
+            .find_subcommand_mut("pool")
+            .and_then(|pool| pool.find_subcommand_mut("create"))
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        let at = |needle: &str| {
+            help.find(needle)
+                .unwrap_or_else(|| panic!("{needle} missing:\n{help}"))
+        };
+        assert!(at("--type") < at("--path") && at("--path") < at("--hosts"));
+        assert!(at("--hosts") < at("Connection:") && at("Connection:") < at("--cluster"));
+        assert!(at("--cluster") < at("Output:") && at("Output:") < at("--output"));
+    }
+
+    #[test]
+    fn dry_run_cannot_be_combined_with_start_or_wait() {
+        let base = ["qvctl", "vm", "create", "web", "--memory", "1G", "--dry-run"];
+        assert!(Cli::try_parse_from(base).is_ok());
+        for extra in ["--start", "--wait"] {
+            let args = base.iter().copied().chain([extra]);
+            assert!(Cli::try_parse_from(args).is_err(), "{extra}");
         }
     }
 }
