@@ -1122,7 +1122,15 @@ mod tests {
 
     #[test]
     fn dry_run_cannot_be_combined_with_start_or_wait() {
-        let base = ["qvctl", "vm", "create", "web", "--memory", "1G", "--dry-run"];
+        let base = [
+            "qvctl",
+            "vm",
+            "create",
+            "web",
+            "--memory",
+            "1G",
+            "--dry-run",
+        ];
         assert!(Cli::try_parse_from(base).is_ok());
         for extra in ["--start", "--wait"] {
             let args = base.iter().copied().chain([extra]);

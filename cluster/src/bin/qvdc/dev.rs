@@ -84,6 +84,45 @@ fn spawn(binary: &Path, args: &[String], log: &Path) -> anyhow::Result<Child> {
         .with_context(|| format!("starting {}", binary.display()))
 }
 
+/// How host agents are started: directly as root, or — for a user without root — each in
+/// its own user and mount namespace, where it is root over its own mounts only, so that
+/// its bind mounts of the sandbox's directories work (`unshare -Urm`, which executes the
+/// agent in place: the pid is the agent's). Linux bridges still need real root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HostIsolation {
+    None,
+    UserNamespace,
+}
+
+impl HostIsolation {
+    fn for_this_user() -> Self {
+        if nix::unistd::geteuid().is_root() {
+            Self::None
+        } else {
+            Self::UserNamespace
+        }
+    }
+
+    /// The program to start and the arguments before the agent's own.
+    fn command(self, qhost: &Path) -> (PathBuf, Vec<String>) {
+        match self {
+            Self::None => (qhost.to_owned(), Vec::new()),
+            Self::UserNamespace => {
+                let unshare = [
+                    "--user",
+                    "--map-root-user",
+                    "--mount",
+                    "--propagation",
+                    "private",
+                ];
+                let mut args: Vec<String> = unshare.iter().map(|a| (*a).to_owned()).collect();
+                args.extend(["--".into(), qhost.display().to_string()]);
+                (PathBuf::from("unshare"), args)
+            }
+        }
+    }
+}
+
 fn tls_args(certs: &Path, name: &str) -> Vec<String> {
     let path = |file: String| certs.join(file).display().to_string();
     vec![
@@ -120,6 +159,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         .enumerate()
         .map(|(i, a)| format!("{}={a}", i + 1))
         .collect();
+    let isolation = HostIsolation::for_this_user();
     let mut running = start_nodes(&dir, &certs, &addrs, &initial.join(","))?;
     running.extend(start_hosts(
         &dir,
@@ -127,6 +167,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         &addrs,
         args.hosts,
         &args.libvirt,
+        isolation,
     )?);
     write_env(&dir, &certs, &addrs)?;
     let infos: Vec<&ProcessInfo> = running.iter().map(|r| &r.info).collect();
@@ -138,7 +179,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     let ready = wait_for_leader(&certs, &addrs).await;
     check_alive(&mut running)?;
     let leader = ready?;
-    print_guide(&dir, args.hosts, leader, &args.libvirt);
+    print_guide(&dir, args.hosts, leader, &args.libvirt, isolation);
     super::wait_for_signal().await;
     println!("\nstopping {} processes...", running.len());
     stop_all(&mut running).await;
@@ -199,23 +240,25 @@ fn start_hosts(
     addrs: &[String],
     hosts: u32,
     libvirt: &str,
+    isolation: HostIsolation,
 ) -> anyhow::Result<Vec<Running>> {
-    let qhost = sibling_binary("qhost")?;
+    let (program, before) = isolation.command(&sibling_binary("qhost")?);
     let mut running = Vec::new();
     for i in 1..=hosts {
         let id = format!("host-{i}");
         let data_dir = dir.join(&id);
         let log = dir.join(format!("{id}.log"));
-        let mut argv: Vec<String> = vec![
+        let mut argv = before.clone();
+        argv.extend([
             "--host-id".into(),
             id.clone(),
             "--cluster".into(),
             addrs.join(","),
-        ];
+        ]);
         argv.extend(["--data-dir".into(), data_dir.display().to_string()]);
         argv.extend(["--libvirt".into(), libvirt.to_owned()]);
         argv.extend(tls_args(certs, &id));
-        let child = spawn(&qhost, &argv, &log)?;
+        let child = spawn(&program, &argv, &log)?;
         let pid = child.id().unwrap_or(0);
         running.push(Running {
             child,
@@ -322,9 +365,16 @@ fn unmount_under(dir: &Path) {
     }
 }
 
-fn print_guide(dir: &Path, hosts: u32, leader: u64, libvirt: &str) {
+fn print_guide(dir: &Path, hosts: u32, leader: u64, libvirt: &str, isolation: HostIsolation) {
     let host_list: Vec<String> = (1..=hosts).map(|i| format!("host-{i}")).collect();
     let d = dir.display();
+    if isolation == HostIsolation::UserNamespace {
+        println!(
+            "\nYou are not root, so each host agent runs in its own user and mount namespace: \
+             pools, volumes and VMs on the test driver work; networks (Linux bridges) need \
+             root and report ERROR (\"Operation not permitted\"), as do real VMs."
+        );
+    }
     println!(
         "\nqvdc sandbox is up: 3 control-plane nodes (leader: node {leader}) and {hosts} hosts on {libvirt}.
 Processes, addresses and data dirs: {d}/nodes.json; logs: {d}/*.log
