@@ -41,6 +41,8 @@ pub struct HostReported {
     pub pools: Vec<String>,
     /// The networks whose bridges it has.
     pub networks: Vec<String>,
+    /// Its domains that qvdc does not manage (no qvdc id).
+    pub unmanaged: Vec<qvdc_transport::protocol::VmReport>,
 }
 
 /// A running supervision tree for one leadership. Dropping it does not stop it; call

@@ -514,6 +514,12 @@ impl Actor for ClusterSupervisor {
                                 .map(|p| p.pool.clone())
                                 .collect(),
                             networks: beat.networks.iter().map(|n| n.network.clone()).collect(),
+                            unmanaged: beat
+                                .vms
+                                .iter()
+                                .filter(|v| v.id.is_none())
+                                .cloned()
+                                .collect(),
                         };
                         (host.clone(), reported)
                     })

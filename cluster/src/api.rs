@@ -329,29 +329,38 @@ pub(crate) async fn handle(node: &NodeInner, request: ApiRequest) -> Response {
             };
             result.map_or_else(|e| unavailable(e.to_string()), |r| Response::Api(Ok(r)))
         }
-        ApiRequest::VmShow { .. } | ApiRequest::VmList => {
+        ApiRequest::VmList => {
             let supervision = match node.leading().await {
                 Ok(supervision) => supervision,
                 Err(response) => return response,
             };
-            let result = match request {
-                ApiRequest::VmList => supervision.vm_views().await.map(|views| {
-                    let desired = node.desired.borrow().clone();
-                    ApiResponse::Vms(complete(
-                        views,
-                        &desired.vms,
-                        |v| &v.spec.name,
-                        stale::vm_view,
-                    ))
-                }),
-                ApiRequest::VmShow { name } => match supervision.vm_view(&name).await {
-                    Ok(Some(view)) => Ok(ApiResponse::Vm(view)),
-                    Ok(None) => return not_found_vm(node, &name),
-                    Err(e) => Err(e),
-                },
-                _ => unreachable!("matched above"),
+            let gathered = async {
+                let views = supervision.vm_views().await?;
+                Ok::<_, qvdc_actors::SupervisionError>((
+                    views,
+                    unmanaged_views(&supervision).await?,
+                ))
             };
-            result.map_or_else(|e| unavailable(e.to_string()), |r| Response::Api(Ok(r)))
+            match gathered.await {
+                Ok((views, unmanaged)) => {
+                    let desired = node.desired.borrow().clone();
+                    let mut all = complete(views, &desired.vms, |v| &v.spec.name, stale::vm_view);
+                    all.extend(unmanaged);
+                    Response::Api(Ok(ApiResponse::Vms(all)))
+                }
+                Err(e) => unavailable(e.to_string()),
+            }
+        }
+        ApiRequest::VmShow { name } => {
+            let supervision = match node.leading().await {
+                Ok(supervision) => supervision,
+                Err(response) => return response,
+            };
+            match supervision.vm_view(&name).await {
+                Ok(Some(view)) => Response::Api(Ok(ApiResponse::Vm(view))),
+                Ok(None) => unmanaged_vm(node, &supervision, &name).await,
+                Err(e) => unavailable(e.to_string()),
+            }
         }
         ApiRequest::HostList | ApiRequest::PoolShow { .. } | ApiRequest::PoolList => {
             // Reported state lives in the leader's memory.
@@ -494,6 +503,55 @@ async fn on_pool_host(
     }
 }
 
+/// The domains hosts reported in their last heartbeats that qvdc does not manage.
+async fn unmanaged_views(
+    supervision: &Supervision,
+) -> Result<Vec<qvdc_transport::protocol::VmView>, qvdc_actors::SupervisionError> {
+    Ok(supervision
+        .reported()
+        .await?
+        .iter()
+        .flat_map(|(host, seen)| {
+            seen.unmanaged
+                .iter()
+                .map(|report| qvdc_transport::protocol::VmView::unmanaged(host, report))
+        })
+        .collect())
+}
+
+/// `vm show` of a name no managed VM has: an unmanaged domain of that name, given as
+/// `NAME` (if only one host has one) or `HOST/NAME`.
+async fn unmanaged_vm(node: &NodeInner, supervision: &Supervision, name: &str) -> Response {
+    let unmanaged = match unmanaged_views(supervision).await {
+        Ok(unmanaged) => unmanaged,
+        Err(e) => return unavailable(e.to_string()),
+    };
+    let (host, domain) = match name.split_once('/') {
+        Some((host, domain)) => (Some(host), domain),
+        None => (None, name),
+    };
+    let mut found: Vec<_> = unmanaged
+        .into_iter()
+        .filter(|v| v.spec.name == domain && host.is_none_or(|h| v.host == h))
+        .collect();
+    match found.len() {
+        0 => not_found_vm(node, name),
+        1 => Response::Api(Ok(ApiResponse::Vm(found.pop().expect("one")))),
+        _ => {
+            let on: Vec<String> = found
+                .iter()
+                .map(|v| format!("{}/{domain}", v.host))
+                .collect();
+            let message = format!(
+                "{} hosts have an unmanaged domain named {domain:?}: name one of {}",
+                found.len(),
+                on.join(", ")
+            );
+            Response::Api(Err(ApiError::new(ApiErrorKind::Invalid, message)))
+        }
+    }
+}
+
 /// The hosts whose last heartbeat still shows `pool` mounted though it is not assigned to
 /// them (anymore).
 async fn pool_remnants(node: &NodeInner, pool: String) -> Response {
@@ -540,7 +598,8 @@ async fn host_show(node: &NodeInner, host: String) -> Response {
     let gathered = async {
         let liveness = supervision.liveness().await?;
         let pools = supervision.pool_views().await?;
-        let vms = supervision.vm_views().await?;
+        let mut vms = supervision.vm_views().await?;
+        vms.extend(unmanaged_views(&supervision).await?);
         Ok::<_, qvdc_actors::SupervisionError>((liveness, pools, vms))
     };
     let (liveness, pools, vms) = match gathered.await {

@@ -418,7 +418,7 @@ fn vms_table(vms: &[VmView]) -> String {
         t.add_row(vec![
             vm.spec.name.clone(),
             vm.host.clone(),
-            vm.desired.to_string(),
+            desired_shown(vm),
             vm.power.to_string(),
             vm.spec.vcpus.to_string(),
             bytes(vm.spec.memory_bytes),
@@ -428,13 +428,22 @@ fn vms_table(vms: &[VmView]) -> String {
     t.to_string()
 }
 
+/// What qvdc wants of a VM: nothing, for one it does not manage.
+fn desired_shown(vm: &VmView) -> String {
+    if vm.managed {
+        vm.desired.to_string()
+    } else {
+        "unmanaged".into()
+    }
+}
+
 fn vm_detail(vm: &VmView) -> String {
     format!(
         "vm:      {}\nid:      {}\nhost:    {}\ndesired: {}\npower:   {} ({})\nvcpus:   {}\nmemory:  {}\ndisks:   {}\nerror:   {}",
         vm.spec.name,
-        vm.spec.id,
+        if vm.managed { vm.spec.id.as_str() } else { "- (not managed by qvdc: it never starts, stops or removes it)" },
         vm.host,
-        vm.desired,
+        desired_shown(vm),
         vm.power,
         vm.reason,
         vm.spec.vcpus,
@@ -448,7 +457,7 @@ fn vm_detail(vm: &VmView) -> String {
 mod tests {
     use expect_test::expect;
     use qvdc_transport::protocol::{
-        Health, Inventory, MemberStatus, PoolHostView, PoolSource, PoolSpec,
+        Health, Inventory, MemberStatus, PoolHostView, PoolSource, PoolSpec, PowerState,
     };
 
     use super::*;
@@ -564,6 +573,7 @@ mod tests {
                 nics: Vec::new(),
             },
             host: "host-2".into(),
+            managed: true,
             desired: qvdc_transport::protocol::DesiredPower::Running,
             power: qvdc_transport::protocol::PowerState::ShutOff,
             reason: "destroyed".into(),
@@ -595,6 +605,7 @@ mod tests {
               "desired": "running",
               "error": "start-vm failed: Cannot access storage file",
               "host": "host-2",
+              "managed": true,
               "power": "shut_off",
               "reason": "destroyed",
               "spec": {
@@ -730,5 +741,28 @@ mod tests {
             .map(|p| p.spec.name)
             .collect();
         assert_eq!(names, ["p2", "p10"]);
+    }
+
+    #[test]
+    fn an_unmanaged_domain_is_shown_as_such() {
+        let report = qvdc_transport::protocol::VmReport {
+            name: "legacy-db".into(),
+            id: None,
+            power: PowerState::Running,
+            reason: "booted".into(),
+            vcpus: 4,
+            memory_bytes: 2 << 30,
+        };
+        let vm = VmView::unmanaged("host-3", &report);
+        let table = render(&ApiResponse::Vms(vec![vm.clone()]), Format::Table);
+        let row = table.lines().find(|l| l.contains("legacy-db")).unwrap();
+        assert!(
+            row.contains("host-3") && row.contains("unmanaged") && row.contains("2.0 GiB"),
+            "{row}"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&render(&ApiResponse::Vm(vm), Format::Json)).unwrap();
+        assert_eq!(json["managed"], false);
+        assert_eq!(json["power"], "running");
     }
 }

@@ -427,6 +427,7 @@ fn vm_view() -> VmView {
     VmView {
         spec: vm_spec("web-1"),
         host: "host-1".into(),
+        managed: true,
         desired: DesiredPower::Running,
         power: PowerState::Running,
         reason: "booted".into(),

@@ -378,8 +378,34 @@ async fn converged(
                 .push(world::pool_target(&host.host_id, &pool.spec.name));
         }
     }
-    // VMs: each in its desired state on its host, and on no other.
+    // VMs: each in its desired state on its host, and on no other. Every host also lists
+    // its unmanaged domain, as it was when the host booted: qvdc never touches it.
     let mut expected_domains: BTreeMap<String, BTreeMap<String, PowerState>> = BTreeMap::new();
+    let (unmanaged, vms): (Vec<_>, Vec<_>) = vms.into_iter().partition(|vm| !vm.managed);
+    for i in 1..=config.hosts {
+        let host = SimConfig::host_name(i);
+        let planted = if world::unmanaged_runs(config.seed, i) {
+            PowerState::Running
+        } else {
+            PowerState::ShutOff
+        };
+        let listed: Vec<_> = unmanaged.iter().filter(|vm| vm.host == host).collect();
+        ensure!(
+            listed.len() == 1 && listed[0].spec.name == world::UNMANAGED_DOMAIN,
+            "{host}'s unmanaged domains are listed as {listed:?}, not as its {}",
+            world::UNMANAGED_DOMAIN
+        );
+        ensure!(
+            listed[0].power == planted,
+            "unmanaged domain {} on {host} is {:?}, but it was {planted:?} and qvdc must never touch it",
+            world::UNMANAGED_DOMAIN,
+            listed[0].power
+        );
+        expected_domains
+            .entry(host)
+            .or_default()
+            .insert(world::UNMANAGED_DOMAIN.to_owned(), planted);
+    }
     for vm in &vms {
         let want = match vm.desired {
             DesiredPower::Running => PowerState::Running,

@@ -247,6 +247,8 @@ pub(crate) fn add_host(
                 heartbeat_interval_ms: qvdc_host::agent::HEARTBEAT_INTERVAL_MS_DEFAULT,
             };
             let hypervisor = SimHypervisor::new();
+            // A domain defined before qvdc, on every host: reported, never touched.
+            hypervisor.add_foreign(UNMANAGED_DOMAIN, unmanaged_runs(seed, i));
             let reachable = HostParts {
                 mounter: mounter.clone(),
                 hypervisor: hypervisor.clone(),
@@ -265,6 +267,14 @@ pub(crate) fn add_host(
             Ok(())
         }
     });
+}
+
+/// The domain every simulated host has that qvdc did not define.
+pub(crate) const UNMANAGED_DOMAIN: &str = "legacy-db";
+
+/// Whether host `i`'s unmanaged domain runs (the seed decides, so both kinds occur).
+pub(crate) fn unmanaged_runs(seed: u64, i: usize) -> bool {
+    (seed + i as u64).is_multiple_of(2)
 }
 
 fn pool_root(host: &str) -> std::path::PathBuf {

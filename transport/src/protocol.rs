@@ -1002,12 +1002,42 @@ impl std::fmt::Display for DesiredPower {
 pub struct VmView {
     pub spec: VmSpec,
     pub host: String,
+    /// `false` for a domain qvdc does not manage (defined on its host by someone else):
+    /// the host reports it, qvdc shows it and never starts, stops or removes it. Its
+    /// `desired` then only mirrors its power, and its spec has no id, disks or NICs.
+    pub managed: bool,
     pub desired: DesiredPower,
     /// As the host last reported it; `Unknown` without a fresh report.
     pub power: PowerState,
     pub reason: String,
     /// The last failure closing the gap (a start that failed, a conflicting domain).
     pub error: Option<String>,
+}
+
+impl VmView {
+    /// A domain `host` reports that qvdc does not manage, as the host sees it.
+    pub fn unmanaged(host: &str, report: &VmReport) -> Self {
+        let desired = match report.power {
+            PowerState::Running | PowerState::Paused => DesiredPower::Running,
+            _ => DesiredPower::Stopped,
+        };
+        Self {
+            spec: VmSpec {
+                id: String::new(),
+                name: report.name.clone(),
+                vcpus: report.vcpus,
+                memory_bytes: report.memory_bytes,
+                disks: Vec::new(),
+                nics: Vec::new(),
+            },
+            host: host.to_owned(),
+            managed: false,
+            desired,
+            power: report.power,
+            reason: report.reason.clone(),
+            error: None,
+        }
+    }
 }
 
 /// A network as the operator sees it: its definition and each host's report.

@@ -282,6 +282,7 @@ impl VmCore {
         VmView {
             spec: self.record.spec.clone(),
             host: self.record.host.clone(),
+            managed: true,
             desired: self.record.power,
             power,
             reason,
