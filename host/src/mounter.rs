@@ -624,19 +624,48 @@ fn mark_of(path: &Path) -> PathBuf {
         .join(path.file_name().unwrap_or_default())
 }
 
+/// Refuses a marks directory or mark that is not a real directory or file: a symlink
+/// planted there by someone with access to the pool's storage would make every file look
+/// like qvdc's, or make qvdc unlink a file outside the pool as root.
+fn refuse_link(path: &Path, meta: &std::fs::Metadata, want_dir: bool) -> Result<(), HostError> {
+    let right = if want_dir {
+        meta.file_type().is_dir()
+    } else {
+        meta.file_type().is_file()
+    };
+    if right {
+        return Ok(());
+    }
+    Err(HostError::new(
+        HostErrorKind::Conflict,
+        format!(
+            "{} is not the {} qvdc keeps its ownership marks in (a symlink or something else was put there); qvdc will not use it: remove it",
+            path.display(),
+            if want_dir { "directory" } else { "file" }
+        ),
+    ))
+}
+
 /// Whether the volume file at `path` exists; an error if it exists without qvdc's mark.
 fn check_ours(path: &Path) -> Result<bool, HostError> {
+    let mark = mark_of(path);
+    let marks = mark.parent().unwrap_or(&mark);
+    match std::fs::symlink_metadata(marks) {
+        Ok(meta) => refuse_link(marks, &meta, true)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_failed("reading", marks, e)),
+    }
     match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(io_failed("reading", path, e)),
-        Ok(_) => match std::fs::symlink_metadata(mark_of(path)) {
-            Ok(_) => Ok(true),
+        Ok(_) => match std::fs::symlink_metadata(&mark) {
+            Ok(meta) => refuse_link(&mark, &meta, false).map(|()| true),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let dir = path.parent().unwrap_or(path);
                 let name = path.file_name().unwrap_or_default().to_string_lossy();
                 Err(not_ours(&name, dir))
             }
-            Err(e) => Err(io_failed("reading", &mark_of(path), e)),
+            Err(e) => Err(io_failed("reading", &mark, e)),
         },
     }
 }
@@ -646,11 +675,15 @@ fn check_ours(path: &Path) -> Result<bool, HostError> {
 fn mark(path: &Path) -> Result<(), HostError> {
     let mark = mark_of(path);
     let marks = mark.parent().unwrap_or(&mark);
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .recursive(true)
-        .create(marks)
-        .map_err(|e| io_failed("creating", marks, e))?;
+    match std::fs::DirBuilder::new().mode(0o700).create(marks) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let meta =
+                std::fs::symlink_metadata(marks).map_err(|e| io_failed("reading", marks, e))?;
+            refuse_link(marks, &meta, true)?;
+        }
+        Err(e) => return Err(io_failed("creating", marks, e)),
+    }
     std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -1255,6 +1288,44 @@ mod tests {
             "QVDC_REQUIRE_REAL=1 but {program} is not installed; run scripts/setup.sh"
         );
         found
+    }
+
+    /// A marks directory replaced by a symlink (by anyone who can write to the pool's
+    /// storage) neither makes foreign files qvdc's nor lets qvdc unlink outside the pool.
+    #[tokio::test]
+    async fn a_symlinked_marks_directory_is_refused() {
+        let scratch = tempfile::tempdir().unwrap();
+        let (pool, elsewhere) = (
+            scratch.path().join("pool"),
+            scratch.path().join("elsewhere"),
+        );
+        std::fs::create_dir_all(&pool).unwrap();
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::fs::write(pool.join("theirs.img"), b"x").unwrap();
+        std::fs::write(elsewhere.join("web.qcow2"), b"precious").unwrap();
+        let mounter = RealMounter::new();
+        for target in [Path::new("."), elsewhere.as_path()] {
+            let _ = std::fs::remove_file(pool.join(OWNERSHIP_DIR));
+            std::os::unix::fs::symlink(target, pool.join(OWNERSHIP_DIR)).unwrap();
+            for name in ["theirs.img", "web.qcow2"] {
+                let err = mounter
+                    .delete_volume(pool.clone(), name.into())
+                    .await
+                    .unwrap_err();
+                assert!(err.message.contains("ownership marks"), "{err}");
+            }
+            let err = mounter
+                .create_volume(pool.clone(), "new.img".into(), VolumeFormat::Raw, 1 << 20)
+                .await
+                .unwrap_err();
+            assert!(err.message.contains("ownership marks"), "{err}");
+        }
+        assert!(pool.join("theirs.img").exists());
+        assert_eq!(
+            std::fs::read(elsewhere.join("web.qcow2")).unwrap(),
+            b"precious"
+        );
+        assert!(!pool.join("new.img").exists());
     }
 
     #[tokio::test]
