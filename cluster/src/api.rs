@@ -576,6 +576,12 @@ async fn pool_remnants(node: &NodeInner, pool: String) -> Response {
             .get(&pool)
             .is_some_and(|record| record.hosts.contains(host))
     };
+    let unheard = desired
+        .hosts
+        .keys()
+        .filter(|host| !reported.contains_key(*host))
+        .cloned()
+        .collect();
     let hosts = reported
         .into_iter()
         .filter(|(host, seen)| seen.pools.contains(&pool) && !assigned(host))
@@ -587,7 +593,11 @@ async fn pool_remnants(node: &NodeInner, pool: String) -> Response {
             (host, state)
         })
         .collect();
-    Response::Api(Ok(ApiResponse::Remnants { pool, hosts }))
+    Response::Api(Ok(ApiResponse::Remnants {
+        pool,
+        hosts,
+        unheard,
+    }))
 }
 
 async fn host_show(node: &NodeInner, host: String) -> Response {
@@ -713,11 +723,13 @@ async fn placement(node: &NodeInner, mut spec: VmSpec, host: Option<String>) -> 
     let desired = node.desired.borrow().clone();
     with_volume_formats(&desired, &mut spec);
     let fits = placement::assess(&spec, &facts);
+    // As `vm create` does: a host named with --host is taken as asked (placement's checks
+    // are shown, not applied); otherwise placement picks.
     let chosen = match &host {
         Some(host) => fits
             .iter()
-            .find(|fit| fit.host == *host && fit.misfit.is_none())
-            .map(|fit| fit.host.clone()),
+            .any(|fit| fit.host == *host)
+            .then(|| host.clone()),
         None => placement::place(&spec, &facts).ok(),
     };
     let mut refused = match (&host, &chosen) {

@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use openraft::RaftMetrics;
 use qvdc_raft::NodeId;
-use qvdc_transport::protocol::{ApiRequest, LeaderHint, Request, Response};
+use qvdc_transport::{
+    protocol::{ApiRequest, LeaderHint, Request, Response},
+    tls::PeerIdentity,
+};
 use tokio::{sync::watch, time::Instant};
 
 use crate::{
@@ -70,13 +73,18 @@ async fn leader_changes(metrics: &mut Metrics, from: Option<NodeId>) {
 /// go there itself next time, following leadership changes until [`FORWARD_DEADLINE_MS`] has
 /// passed.
 /// `operator` is the name in the certificate of the operator who asked.
-pub(crate) async fn to_leader(node: &NodeInner, operator: &str, request: ApiRequest) -> Response {
+pub(crate) async fn to_leader(
+    node: &NodeInner,
+    operator: &PeerIdentity,
+    request: ApiRequest,
+) -> Response {
     let started = Instant::now();
     let deadline = started + Duration::from_millis(FORWARD_DEADLINE_MS);
     let mut leaderless_since = Some(started);
     let mut metrics: Metrics = node.raft.metrics();
     let forwarded = Request::ForwardedFor {
-        operator: operator.to_owned(),
+        operator: operator.name.clone(),
+        serial: operator.serial.clone(),
         request: request.clone(),
     };
     let mut last = String::from("no leader is known");

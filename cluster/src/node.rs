@@ -476,7 +476,7 @@ async fn dispatch(
             if forward::is_leader(node) || !forward::needs_leader(&request) {
                 api::handle(node, request).await
             } else {
-                forward::to_leader(node, &peer.name, request).await
+                forward::to_leader(node, peer, request).await
             }
         }
         Request::Api(_) => forbidden(peer, "the operator API", Role::Operator),
@@ -487,7 +487,19 @@ async fn dispatch(
                 node.not_leader()
             }
         }
-        Request::ForwardedFor { operator, request } if peer.role == Role::Server => {
+        Request::ForwardedFor {
+            operator,
+            serial,
+            request,
+        } if peer.role == Role::Server => {
+            if let Some(revoked) = node.desired.borrow().revoked.get(&serial) {
+                return Response::Forbidden {
+                    reason: format!(
+                        "the operator certificate {:?} (serial {serial}) is revoked",
+                        revoked.name
+                    ),
+                };
+            }
             if forward::is_leader(node) {
                 debug!(%operator, via = %peer.name, "operator request passed on");
                 api::handle(node, request).await

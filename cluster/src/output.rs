@@ -74,7 +74,10 @@ fn in_natural_order(response: &ApiResponse) -> ApiResponse {
             networks.iter_mut().for_each(network);
         }
         ApiResponse::Revoked(revoked) => sort_naturally(revoked, |r| &r.name),
-        ApiResponse::Remnants { hosts, .. } => sort_naturally(hosts, |(host, _)| host),
+        ApiResponse::Remnants { hosts, unheard, .. } => {
+            sort_naturally(hosts, |(host, _)| host);
+            sort_naturally(unheard, |host| host);
+        }
         ApiResponse::Placement(p) => sort_naturally(&mut p.hosts, |h| &h.host),
         _ => {}
     }
@@ -107,15 +110,22 @@ pub fn render(response: &ApiResponse, format: Format) -> String {
             ApiResponse::Networks(networks) => networks_table(networks),
             ApiResponse::Revoked(revoked) => revoked_table(revoked),
             ApiResponse::Placement(placement) => placement_table(placement),
-            ApiResponse::Remnants { pool, hosts } if hosts.is_empty() => {
-                format!("pool {pool} is mounted on no host it is not assigned to")
-            }
-            ApiResponse::Remnants { pool, hosts } => {
-                let mut t = table(&["HOST", "LIVENESS"]);
+            ApiResponse::Remnants {
+                pool,
+                hosts,
+                unheard,
+            } => {
+                let mut t = table(&["HOST", "STATE"]);
                 for (host, liveness) in hosts {
-                    t.add_row(vec![host.clone(), liveness.to_string()]);
+                    t.add_row(vec![host.clone(), format!("still mounted ({liveness})")]);
                 }
-                format!("pool {pool} is still mounted on hosts it is not assigned to:\n{t}")
+                for host in unheard {
+                    t.add_row(vec![
+                        host.clone(),
+                        "not heard from by this leader yet".into(),
+                    ]);
+                }
+                format!("pool {pool} on hosts it is not assigned to:\n{t}")
             }
         },
     }
@@ -142,12 +152,17 @@ fn json(response: &ApiResponse) -> String {
         ApiResponse::Networks(n) => serde_json::to_value(n),
         ApiResponse::Revoked(r) => serde_json::to_value(r),
         ApiResponse::Placement(p) => serde_json::to_value(p),
-        ApiResponse::Remnants { pool, hosts } => Ok(serde_json::json!({
+        ApiResponse::Remnants {
+            pool,
+            hosts,
+            unheard,
+        } => Ok(serde_json::json!({
             "pool": pool,
             "hosts": hosts
                 .iter()
                 .map(|(host, liveness)| serde_json::json!({"host": host, "liveness": liveness}))
                 .collect::<Vec<_>>(),
+            "unheard": unheard,
         })),
     };
     serde_json::to_string_pretty(&value.expect("API types serialize")).expect("JSON values print")
@@ -310,19 +325,24 @@ fn networks_table(networks: &[NetworkView]) -> String {
 }
 
 fn placement_table(p: &Placement) -> String {
+    let misfit = |host: &str| {
+        p.hosts
+            .iter()
+            .find(|h| h.host == host)
+            .and_then(|h| h.reason.clone())
+    };
     let verdict = match (&p.chosen, &p.refused) {
         (_, Some(refused)) => format!("VM {} would be refused: {refused}", p.vm),
+        (Some(host), None) if p.asked.is_some() && misfit(host).is_some() => format!(
+            "VM {} would be placed on {host} as asked, although placement would not pick it ({}) (dry run: nothing created)",
+            p.vm,
+            misfit(host).unwrap_or_default()
+        ),
         (Some(host), None) => format!(
             "VM {} would be placed on {host} (dry run: nothing created)",
             p.vm
         ),
-        (None, None) => match &p.asked {
-            Some(host) => format!(
-                "host {host} cannot run VM {} now (dry run: nothing created)",
-                p.vm
-            ),
-            None => format!("no host can run VM {} now (dry run: nothing created)", p.vm),
-        },
+        (None, None) => format!("no host can run VM {} now (dry run: nothing created)", p.vm),
     };
     let mut t = table(&["HOST", "FITS", "FREE MEMORY", "WHY NOT"]);
     for h in &p.hosts {

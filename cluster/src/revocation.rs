@@ -96,25 +96,26 @@ fn close(connection: &quinn::Connection, peer: &PeerIdentity) {
     connection.close(quic::REFUSED_CODE.into(), reason.as_bytes());
 }
 
-/// Closes the connections of every certificate revoked from now on, as revocations are
-/// applied on this node.
+/// Closes the connections of every revoked certificate, from the list this node has applied
+/// when it starts and again whenever the list changes.
 pub(crate) async fn enforce(
     connections: Arc<Connections>,
     mut desired: watch::Receiver<Arc<DesiredState>>,
 ) {
-    let mut seen = desired.borrow_and_update().revoked.clone();
+    // Starting from an empty list: whatever is revoked already is enforced too, in case a
+    // connection was admitted just before a revocation was applied.
+    let mut seen = qvdc_raft::model::OrdMap::new();
     loop {
+        let state = desired.borrow_and_update().clone();
+        if !state.revoked.ptr_eq(&seen) {
+            let closed = connections.close_revoked(&state);
+            if closed > 0 {
+                info!(closed, "closed the connections of revoked certificates");
+            }
+            seen = state.revoked.clone();
+        }
         if desired.changed().await.is_err() {
             return;
         }
-        let state = desired.borrow_and_update().clone();
-        if state.revoked.ptr_eq(&seen) {
-            continue; // the deny list did not change: nothing to look up
-        }
-        let closed = connections.close_revoked(&state);
-        if closed > 0 {
-            info!(closed, "closed the connections of revoked certificates");
-        }
-        seen = state.revoked.clone();
     }
 }

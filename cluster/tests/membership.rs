@@ -181,6 +181,7 @@ async fn nodes_join_leave_and_are_replaced() {
         Request::Forwarded(ApiRequest::PoolList),
         Request::ForwardedFor {
             operator: OPERATOR.into(),
+            serial: "01".into(),
             request: ApiRequest::PoolList,
         },
     ] {

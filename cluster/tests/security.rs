@@ -207,6 +207,7 @@ async fn wrong_certificates(nodes: &Nodes, leader: usize, follower: usize) {
         Request::Forwarded(ApiRequest::PoolList),
         Request::ForwardedFor {
             operator: OPERATOR.into(),
+            serial: "01".into(),
             request: ApiRequest::PoolList,
         },
         Request::Host(HostMessage::InventoryChanged {
@@ -587,6 +588,24 @@ async fn a_revoked_certificate_is_refused_and_its_connections_closed() {
             .await
             .unwrap_err();
         assert!(e.to_string().contains("revoked"), "node {id}: {e}");
+    }
+
+    // A follower that has not applied the revocation yet would pass the revoked operator's
+    // requests on: a node that has applied it refuses them by the serial they carry.
+    for id in 1..=support::NODES {
+        let as_member = connect(&nodes, &format!("node-{}", 1 + id % 3), id).await;
+        let passed_on = Request::ForwardedFor {
+            operator: MALLORY.into(),
+            serial: serial.clone(),
+            request: ApiRequest::PoolList,
+        };
+        let reply: Response = quic::call(&as_member, &passed_on).await.unwrap();
+        match reply {
+            Response::Forbidden { reason } => {
+                assert!(reason.contains("is revoked"), "node {id}: {reason}")
+            }
+            other => panic!("node {id} served a revoked operator's passed-on request: {other:?}"),
+        }
     }
 
     // The list shows it; a retry of the same revocation changes nothing.

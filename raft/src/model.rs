@@ -41,6 +41,9 @@ pub const VOLUMES_PER_POOL_MAX: usize = 100_000;
 /// Certificates the deny list may hold. Certificates expire (a year by default), so a
 /// cluster that needs more has issued them for too long.
 pub const REVOKED_MAX: usize = 100_000;
+/// The longest certificate name a revocation records (an X.520 common name is at most 64
+/// characters of up to 4 bytes).
+pub const REVOKED_NAME_BYTES_MAX: usize = 256;
 /// The largest command one operator request or host registration may propose, encoded. A
 /// log entry batches commands up to [`BATCH_BYTES_MAX`], and one replication message
 /// carries up to `ENTRIES_PER_APPEND_MAX` entries, which must fit the transport's frame.
@@ -896,9 +899,13 @@ impl DesiredState {
                 certificate.role
             ));
         }
-        if qvdc_transport::tls::validate_name(&certificate.name).is_err() {
+        // Any name a certificate may carry: one issued by other tools need not follow
+        // qvdc's naming rules and must still be revocable. The serial decides.
+        if certificate.name.len() > REVOKED_NAME_BYTES_MAX
+            || certificate.name.chars().any(char::is_control)
+        {
             return bad(format!(
-                "certificate name {:?} is not a valid name",
+                "certificate name {:?} is longer than {REVOKED_NAME_BYTES_MAX} bytes or has control characters",
                 certificate.name
             ));
         }
@@ -1192,8 +1199,13 @@ impl DesiredState {
                 changed(std::mem::replace(&mut record.maintenance, *on) != *on)
             }
             Command::RevokeCertificate(certificate) => {
-                let serial = certificate.serial.clone();
-                changed(self.revoked.insert(serial, certificate.clone()).is_none())
+                // A serial revoked again keeps its first record.
+                let first = !self.revoked.contains_key(&certificate.serial);
+                if first {
+                    let serial = certificate.serial.clone();
+                    self.revoked.insert(serial, certificate.clone());
+                }
+                changed(first)
             }
             Command::CreatePool { spec, hosts } => {
                 let record = PoolRecord {
@@ -1988,7 +2000,10 @@ mod tests {
                 "not a certificate serial number",
             ),
             (revoke("01", "admin", "h"), "not server, host or operator"),
-            (revoke("01", "host", "../h"), "not a valid name"),
+            (
+                revoke("01", "host", &"h".repeat(300)),
+                "longer than 256 bytes",
+            ),
         ] {
             match state.apply(&command) {
                 Outcome::Rejected(e) => assert!(e.to_string().contains(message), "{e}"),

@@ -31,6 +31,9 @@ pub enum Request {
     /// never passed on again. Replaces `Forwarded`, which leaders still accept.
     ForwardedFor {
         operator: String,
+        /// The serial of the operator's certificate: the leader refuses a revoked one even
+        /// when the follower that passes the request on has not applied the revocation yet.
+        serial: String,
         request: ApiRequest,
     },
 }
@@ -879,6 +882,9 @@ pub enum ApiResponse {
     Remnants {
         pool: String,
         hosts: Vec<(String, Liveness)>,
+        /// Registered hosts this leader has had no heartbeat from yet (it took over since):
+        /// whether they still have the pool mounted is not known.
+        unheard: Vec<String>,
     },
 }
 
@@ -1105,6 +1111,7 @@ mod tests {
             Request::Forwarded(ApiRequest::HostList),
             Request::ForwardedFor {
                 operator: "alice".into(),
+                serial: "01".into(),
                 request: ApiRequest::HostList,
             },
             Request::Host(HostMessage::InventoryChanged {

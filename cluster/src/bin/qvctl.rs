@@ -805,8 +805,9 @@ enum Goal {
     Power(String, PowerState),
     /// The VM gone.
     Gone(String),
-    /// The pool unmounted from every host it is not assigned to.
-    Unmounted(String),
+    /// The pool unmounted from every host it is not assigned to, these hosts (the pool's
+    /// before the delete) included even if a new leader has not heard from them yet.
+    Unmounted(String, Vec<String>),
     /// Every host of the pool reported it (healthy or not).
     Reported(String),
 }
@@ -831,7 +832,9 @@ fn wait_goal(command: &Command) -> Option<(Goal, u64)> {
             (Goal::Power(name.clone(), PowerState::ShutOff), wait)
         }
         Command::Vm(VmCommand::Delete { name, wait }) => (Goal::Gone(name.clone()), wait),
-        Command::Pool(PoolCommand::Delete { name, wait }) => (Goal::Unmounted(name.clone()), wait),
+        Command::Pool(PoolCommand::Delete { name, wait }) => {
+            (Goal::Unmounted(name.clone(), Vec::new()), wait)
+        }
         Command::Pool(
             PoolCommand::Create { name, wait, .. } | PoolCommand::Assign { name, wait, .. },
         ) => (Goal::Reported(name.clone()), wait),
@@ -965,14 +968,15 @@ async fn step(
                 (_, Ok(other)) => Err(ClientError::Protocol(format!("{other:?}"))),
             }
         }
-        Goal::Unmounted(pool) => {
-            let hosts = match client
+        Goal::Unmounted(pool, had) => {
+            let (hosts, unheard) = match client
                 .request(ApiRequest::PoolRemnants { pool: pool.clone() })
                 .await?
             {
-                ApiResponse::Remnants { hosts, .. } => hosts,
+                ApiResponse::Remnants { hosts, unheard, .. } => (hosts, unheard),
                 other => return Err(ClientError::Protocol(format!("{other:?}"))),
             };
+            let unheard: Vec<&String> = unheard.iter().filter(|h| had.contains(h)).collect();
             let mut current = Vec::new();
             for (host, liveness) in &hosts {
                 let state = match liveness {
@@ -985,8 +989,14 @@ async fn step(
                 progress.update(&part, state, false);
                 current.push(part);
             }
+            for host in &unheard {
+                let part = format!("{pool} on {host}");
+                let state = "not heard from by the new leader yet".to_owned();
+                progress.update(&part, state, false);
+                current.push(part);
+            }
             progress.settle(&current, "unmounted");
-            Ok(hosts.is_empty())
+            Ok(hosts.is_empty() && unheard.is_empty())
         }
         Goal::Reported(pool) => {
             let view = match client
@@ -1048,7 +1058,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let wait = wait_goal(&cli.command);
+    let mut wait = wait_goal(&cli.command);
+    if let Some((Goal::Unmounted(pool, had), _)) = &mut wait {
+        // Which hosts had the pool, asked before it is gone from the record.
+        if let Ok(ApiResponse::Pool(view)) = client
+            .request(ApiRequest::PoolShow { name: pool.clone() })
+            .await
+        {
+            *had = view.hosts.into_iter().map(|h| h.host_id).collect();
+        }
+    }
     let mut request = request_of(cli.command, request_id)?;
     if cli.stale {
         request = ApiRequest::Stale(Box::new(request));
