@@ -372,6 +372,27 @@ impl Cluster {
         self.qvctl_as("admin", &self.certs(), self.addrs(), args)
     }
 
+    /// Runs qvctl as the operator and asserts that it succeeded.
+    fn ok(&self, args: &[&str]) -> Output {
+        let out = self.qvctl(args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        out
+    }
+
+    /// A cluster whose three hosts are Ready and have pool `shared` (see
+    /// [`Cluster::wait_ready_with_pool`]), or `None` when this process may not mount.
+    fn with_pool_needs_root() -> Option<(Self, PathBuf)> {
+        if !may_mount() {
+            eprintln!(
+                "skipped: needs root to mount (set QVDC_REQUIRE_REAL=1 to make this a failure)"
+            );
+            return None;
+        }
+        let cluster = Self::start();
+        let source = cluster.wait_ready_with_pool();
+        Some((cluster, source))
+    }
+
     fn wait_ready_with_pool(&self) -> PathBuf {
         let source = self.dir().join("shared");
         std::fs::create_dir_all(&source).unwrap();
@@ -603,17 +624,10 @@ fn vm_flow_across_real_processes_needs_root() {
 /// cannot mount the pool. Nothing is created.
 #[test]
 fn vm_create_dry_run_names_why_each_host_cannot_run_it_needs_root() {
-    if !may_mount() {
-        eprintln!("skipped: needs root to mount (set QVDC_REQUIRE_REAL=1 to make this a failure)");
+    let Some((cluster, _)) = Cluster::with_pool_needs_root() else {
         return;
-    }
-    let cluster = Cluster::start();
-    cluster.wait_ready_with_pool();
-    let ok = |args: &[&str]| {
-        let out = cluster.qvctl(args);
-        assert!(out.status.success(), "{args:?}: {}", text(&out));
-        out
     };
+    let ok = |args: &[&str]| cluster.ok(args);
     ok(&[
         "volume",
         "create",
@@ -870,17 +884,10 @@ fn mounted(path: &Path) -> bool {
 
 #[test]
 fn storage_flow_assign_unassign_volumes_and_files_needs_root() {
-    if !may_mount() {
-        eprintln!("skipped: needs root to mount (set QVDC_REQUIRE_REAL=1 to make this a failure)");
+    let Some((cluster, source)) = Cluster::with_pool_needs_root() else {
         return;
-    }
-    let cluster = Cluster::start();
-    let source = cluster.wait_ready_with_pool();
-    let ok = |args: &[&str]| {
-        let out = cluster.qvctl(args);
-        assert!(out.status.success(), "{args:?}: {}", text(&out));
-        out
     };
+    let ok = |args: &[&str]| cluster.ok(args);
 
     // host-3 cannot mount the pool: take it away, and the pool is whole again.
     ok(&["pool", "unassign", "shared", "--hosts", "host-3"]);
@@ -960,17 +967,10 @@ fn storage_flow_assign_unassign_volumes_and_files_needs_root() {
 
 #[test]
 fn network_flow_bridges_on_hosts_and_vms_on_them_needs_root() {
-    if !may_mount() {
-        eprintln!("skipped: needs root (set QVDC_REQUIRE_REAL=1 to make this a failure)");
+    let Some((cluster, _)) = Cluster::with_pool_needs_root() else {
         return;
-    }
-    let cluster = Cluster::start();
-    cluster.wait_ready_with_pool();
-    let ok = |args: &[&str]| {
-        let out = cluster.qvctl(args);
-        assert!(out.status.success(), "{args:?}: {}", text(&out));
-        out
     };
+    let ok = |args: &[&str]| cluster.ok(args);
     let bridge_on = |host: usize| {
         Command::new("ip")
             .args(["-n", &cluster.netns[host - 1], "link", "show", "br-prod"])
@@ -1096,11 +1096,7 @@ fn a_vm_runs_under_real_kvm_through_qvctl_needs_root() {
         }
     }
     let _forget = Forget(name.clone());
-    let ok = |args: &[&str]| {
-        let out = cluster.qvctl(args);
-        assert!(out.status.success(), "{args:?}: {}", text(&out));
-        out
-    };
+    let ok = |args: &[&str]| cluster.ok(args);
     ok(&["volume", "create", "shared", "kvm.qcow2", "--size", "64M"]);
     eventually(&cluster, "volume ready", Duration::from_secs(15), || {
         let volumes = cluster.json(&["volume", "list", "shared"])?;
@@ -1385,12 +1381,9 @@ impl Drop for Partition {
 /// `host/tests/fencing.rs` and the simulation's `deposed-leader` scenario.)
 #[test]
 fn a_partitioned_old_leader_cannot_change_hosts_needs_root() {
-    if !may_mount() {
-        eprintln!("skipped: needs root to mount (set QVDC_REQUIRE_REAL=1 to make this a failure)");
+    let Some((cluster, _)) = Cluster::with_pool_needs_root() else {
         return;
-    }
-    let cluster = Cluster::start();
-    cluster.wait_ready_with_pool();
+    };
     let mounts = ["host-1", "host-2"].map(|h| cluster.dir().join(h).join("pools/shared"));
     assert!(
         mounts.iter().all(|m| mounted(m)),
