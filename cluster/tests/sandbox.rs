@@ -261,6 +261,16 @@ fn dev_sandbox_starts_serves_and_stops_cleanly() {
 fn the_tour_works_without_root() {
     const USER: &str = "qvdc-sandbox";
     let dir = tempfile::tempdir().unwrap();
+    /// Removes the user this test made when the test ends, however it ends.
+    struct MadeUser(Option<&'static str>);
+    impl Drop for MadeUser {
+        fn drop(&mut self) {
+            if let Some(user) = self.0 {
+                let _ = Command::new("userdel").arg(user).status();
+            }
+        }
+    }
+    let mut made = MadeUser(None);
     let user = is_root().then(|| {
         let exists = Command::new("id")
             .arg(USER)
@@ -269,7 +279,7 @@ fn the_tour_works_without_root() {
             .status
             .success();
         if !exists {
-            let made = Command::new("useradd")
+            let added = Command::new("useradd")
                 .args([
                     "--system",
                     "--no-create-home",
@@ -279,7 +289,8 @@ fn the_tour_works_without_root() {
                 ])
                 .status()
                 .unwrap();
-            assert!(made.success(), "useradd {USER}");
+            assert!(added.success(), "useradd {USER}");
+            made.0 = Some(USER);
         }
         let id = |flag: &str| {
             let out = Command::new("id").args([flag, USER]).output().unwrap();
