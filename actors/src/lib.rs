@@ -39,8 +39,6 @@ pub enum SupervisionError {
 pub struct HostReported {
     /// The pools it has mounted.
     pub pools: Vec<String>,
-    /// The networks whose bridges it has.
-    pub networks: Vec<String>,
     /// Its domains that qvdc does not manage (no qvdc id).
     pub unmanaged: Vec<qvdc_transport::protocol::VmReport>,
 }

@@ -513,7 +513,6 @@ impl Actor for ClusterSupervisor {
                                 .filter(|p| p.mounted)
                                 .map(|p| p.pool.clone())
                                 .collect(),
-                            networks: beat.networks.iter().map(|n| n.network.clone()).collect(),
                             unmanaged: beat
                                 .vms
                                 .iter()

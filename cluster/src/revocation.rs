@@ -2,17 +2,21 @@
 //! its connections when the revocation is applied, whichever node the peer is connected to.
 //! The list itself is replicated state (`DesiredState::revoked`).
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::BTreeMap, sync::Arc};
 
 use qvdc_raft::DesiredState;
 use qvdc_transport::{quic, quinn, tls::PeerIdentity};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-/// The connections this node serves, by the serial of the certificate each presented.
+/// The connections this node serves, by the serial of the certificate each presented, with
+/// that certificate's identity (ordered maps: what is closed, and in which order, does not
+/// depend on the process).
+type BySerial = BTreeMap<String, BTreeMap<usize, (quinn::Connection, PeerIdentity)>>;
+
 #[derive(Debug, Default)]
 pub(crate) struct Connections {
-    by_serial: std::sync::Mutex<HashMap<String, HashMap<usize, quinn::Connection>>>,
+    by_serial: std::sync::Mutex<BySerial>,
 }
 
 /// Keeps a connection in [`Connections`] while it is served.
@@ -35,9 +39,7 @@ impl Drop for Registered {
 }
 
 impl Connections {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<usize, quinn::Connection>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BySerial> {
         self.by_serial
             .lock()
             .expect("connection registry lock poisoned")
@@ -56,7 +58,7 @@ impl Connections {
         self.lock()
             .entry(peer.serial.clone())
             .or_default()
-            .insert(id, connection.clone());
+            .insert(id, (connection.clone(), peer.clone()));
         let registered = Registered {
             connections: self.clone(),
             serial: peer.serial.clone(),
@@ -72,17 +74,14 @@ impl Connections {
 
     /// Closes every connection whose certificate `desired` revokes.
     fn close_revoked(&self, desired: &DesiredState) -> usize {
-        let doomed: Vec<quinn::Connection> = self
+        let doomed: Vec<(quinn::Connection, PeerIdentity)> = self
             .lock()
             .iter()
             .filter(|(serial, _)| desired.revoked.contains_key(*serial))
             .flat_map(|(_, connections)| connections.values().cloned())
             .collect();
-        for connection in &doomed {
-            match quic::peer_identity(connection) {
-                Ok(peer) => close(connection, &peer),
-                Err(_) => connection.close(quic::REFUSED_CODE.into(), b"certificate revoked"),
-            }
+        for (connection, peer) in &doomed {
+            close(connection, peer);
         }
         doomed.len()
     }
