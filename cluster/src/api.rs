@@ -18,7 +18,7 @@ use qvdc_transport::protocol::{
     Placement, PoolSpec, PoolView, Response, VmSpec,
 };
 
-use crate::{membership, node::NodeInner, propose::ProposeError, stale};
+use crate::{adoption, membership, node::NodeInner, propose::ProposeError, stale};
 
 fn rejected(e: ValidationError) -> Response {
     let kind = match e {
@@ -122,6 +122,14 @@ pub(crate) async fn handle(node: &NodeInner, request: ApiRequest) -> Response {
             once(node, key(request_id), command).await
         }
         ApiRequest::VmDelete { request_id, name } => delete_vm(node, key(request_id), name).await,
+        ApiRequest::VmAdopt {
+            request_id,
+            host,
+            domain,
+        } => adoption::adopt_vm(node, key(request_id), host, domain).await,
+        ApiRequest::VmRelease { request_id, name } => {
+            adoption::release_vm(node, key(request_id), name).await
+        }
         ApiRequest::VmForceOff { request_id, name } => {
             let command = Command::SetVmPower {
                 name: name.clone(),
@@ -338,7 +346,7 @@ pub(crate) async fn handle(node: &NodeInner, request: ApiRequest) -> Response {
                 let views = supervision.vm_views().await?;
                 Ok::<_, qvdc_actors::SupervisionError>((
                     views,
-                    unmanaged_views(&supervision).await?,
+                    unmanaged_views(node, &supervision).await?,
                 ))
             };
             match gathered.await {
@@ -406,14 +414,14 @@ fn not_found_vm(node: &NodeInner, name: &str) -> Response {
 
 /// An operator's request id and the digest of the request it came with.
 #[derive(Debug, Clone)]
-struct RequestKey {
-    id: String,
+pub(crate) struct RequestKey {
+    pub(crate) id: String,
     digest: RequestDigest,
 }
 
 impl RequestKey {
     /// `command`, applied at most once for this request.
-    fn once(self, command: Command) -> Command {
+    pub(crate) fn once(self, command: Command) -> Command {
         Command::Once {
             request_id: self.id,
             digest: self.digest,
@@ -422,7 +430,7 @@ impl RequestKey {
     }
 
     /// Whether this very request was applied before.
-    fn applied_before(&self, state: &DesiredState) -> bool {
+    pub(crate) fn applied_before(&self, state: &DesiredState) -> bool {
         state
             .requests
             .lookup(&self.id)
@@ -436,7 +444,7 @@ async fn propose_once(node: &NodeInner, key: RequestKey, command: Command) -> Re
 }
 
 /// Commits `command` once per request; answers `Done`.
-async fn once(node: &NodeInner, key: RequestKey, command: Command) -> Response {
+pub(crate) async fn once(node: &NodeInner, key: RequestKey, command: Command) -> Response {
     match propose_once(node, key, command).await {
         Ok(()) => Response::Api(Ok(ApiResponse::Done)),
         Err(response) => response,
@@ -464,7 +472,7 @@ async fn on_vm_host(node: &NodeInner, name: &str, kind: HostCommandKind) -> Resp
 
 /// Sends `kind` to `host`, or to the first healthy host of `pool`, and returns which host
 /// answered and what.
-async fn on_pool_host(
+pub(crate) async fn on_pool_host(
     node: &NodeInner,
     pool: &str,
     host: Option<String>,
@@ -503,17 +511,25 @@ async fn on_pool_host(
     }
 }
 
-/// The domains hosts reported in their last heartbeats that qvdc does not manage.
+/// The domains hosts reported in their last heartbeats that qvdc does not manage (an
+/// adopted one whose host has not recorded its VM's id yet is that VM already).
 async fn unmanaged_views(
+    node: &NodeInner,
     supervision: &Supervision,
 ) -> Result<Vec<qvdc_transport::protocol::VmView>, qvdc_actors::SupervisionError> {
-    Ok(supervision
-        .reported()
-        .await?
+    let reported = supervision.reported().await?;
+    let desired = node.desired.borrow();
+    let adopted = |host: &str, report: &qvdc_transport::protocol::VmReport| {
+        desired.vms.get(&report.name).is_some_and(|vm| {
+            vm.host == host && vm.adopted.as_deref() == Some(report.uuid.as_str())
+        })
+    };
+    Ok(reported
         .iter()
         .flat_map(|(host, seen)| {
             seen.unmanaged
                 .iter()
+                .filter(|report| !adopted(host, report))
                 .map(|report| qvdc_transport::protocol::VmView::unmanaged(host, report))
         })
         .collect())
@@ -522,7 +538,7 @@ async fn unmanaged_views(
 /// `vm show` of a name no managed VM has: an unmanaged domain of that name, given as
 /// `NAME` (if only one host has one) or `HOST/NAME`.
 async fn unmanaged_vm(node: &NodeInner, supervision: &Supervision, name: &str) -> Response {
-    let unmanaged = match unmanaged_views(supervision).await {
+    let unmanaged = match unmanaged_views(node, supervision).await {
         Ok(unmanaged) => unmanaged,
         Err(e) => return unavailable(e.to_string()),
     };
@@ -609,7 +625,7 @@ async fn host_show(node: &NodeInner, host: String) -> Response {
         let liveness = supervision.liveness().await?;
         let pools = supervision.pool_views().await?;
         let mut vms = supervision.vm_views().await?;
-        vms.extend(unmanaged_views(&supervision).await?);
+        vms.extend(unmanaged_views(node, &supervision).await?);
         Ok::<_, qvdc_actors::SupervisionError>((liveness, pools, vms))
     };
     let (liveness, pools, vms) = match gathered.await {

@@ -2,6 +2,7 @@
 //! client; and the binaries `qvdc` (server, local sandbox) and `qvctl` (operator CLI).
 //! Business rules live in the lower crates; this crate connects them.
 
+mod adoption;
 mod api;
 pub mod client;
 mod forward;

@@ -772,6 +772,8 @@ mod tests {
             reason: "booted".into(),
             vcpus: 4,
             memory_bytes: 2 << 30,
+            uuid: "u-1".into(),
+            disks: Vec::new(),
         };
         let vm = VmView::unmanaged("host-3", &report);
         let table = render(&ApiResponse::Vms(vec![vm.clone()]), Format::Table);

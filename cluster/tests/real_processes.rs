@@ -1076,6 +1076,166 @@ fn kvm() -> bool {
     ok
 }
 
+/// Removes a domain from the real libvirt when dropped, so a failed test leaves none.
+struct Forget(String);
+
+impl Drop for Forget {
+    fn drop(&mut self) {
+        for verb in ["destroy", "undefine"] {
+            let _ = virsh(&[verb, &self.0]);
+        }
+    }
+}
+
+/// `virsh` on qemu:///system: its output when it succeeds.
+fn virsh(args: &[&str]) -> Option<String> {
+    let out = Command::new("virsh")
+        .args(["-c", "qemu:///system"])
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// A domain defined with `virsh` while host-1's agent is down, its disk a file in the pool:
+/// listed as unmanaged as soon as the agent is back, adopted (its disk a volume), driven
+/// across a leader kill, then released with its guest still running.
+#[test]
+fn a_domain_defined_with_virsh_is_adopted_driven_and_released_needs_root() {
+    if !may_mount() || !kvm() {
+        eprintln!("skipped: needs root and libvirtd with KVM");
+        return;
+    }
+    let mut cluster = Cluster::start_with(["qemu:///system", "test:///default", "test:///default"]);
+    let source = cluster.wait_ready_with_pool();
+    let name = format!("qvdc-legacy-{}", std::process::id());
+    let _forget = Forget(name.clone());
+    let image = source.join("legacy.qcow2");
+    let made = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&image)
+        .arg("64M")
+        .status()
+        .unwrap();
+    assert!(made.success(), "qemu-img create");
+
+    // Defined and started while host-1's agent is away.
+    let mut agent = cluster.hosts.remove(0);
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    let disk = cluster.dir().join("host-1/pools/shared/legacy.qcow2");
+    let xml = format!(
+        "<domain type='kvm'><name>{name}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>\
+         <os><type arch='x86_64' machine='q35'>hvm</type></os><devices>\
+         <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
+         <source file='{}'/><target dev='vda' bus='virtio'/></disk></devices></domain>",
+        disk.display()
+    );
+    let xml_file = cluster.dir().join("legacy.xml");
+    std::fs::write(&xml_file, xml).unwrap();
+    virsh(&["define", &xml_file.display().to_string()]).expect("virsh define");
+    virsh(&["start", &name]).expect("virsh start");
+    let uuid = virsh(&["domuuid", &name]).unwrap();
+    cluster.hosts.insert(0, cluster.spawn_host(1));
+    let restarted = Instant::now();
+    eventually(
+        &cluster,
+        "host-1 Ready again",
+        Duration::from_secs(30),
+        || {
+            let host = cluster.json(&["host", "show", "host-1"])?;
+            (host["host"]["liveness"] == "Ready").then_some(())
+        },
+    );
+    let ready = restarted.elapsed();
+    // Its registration carries the domain: listed within one heartbeat of being Ready.
+    let listed = eventually(
+        &cluster,
+        "listed as unmanaged",
+        Duration::from_secs(1),
+        || {
+            let vm = cluster.json(&["vm", "show", &format!("host-1/{name}")])?;
+            (vm["managed"] == false).then_some(vm)
+        },
+    );
+    eprintln!(
+        "agent restart -> Ready {ready:?} -> listed as unmanaged {:?}",
+        restarted.elapsed()
+    );
+    assert_eq!(listed["power"], "running", "{listed:#}");
+    assert_eq!(
+        listed["spec"]["disks"][0]["volume"], "legacy.qcow2",
+        "{listed:#}"
+    );
+
+    let adopted = Instant::now();
+    cluster.ok(&["vm", "adopt", &format!("host-1/{name}")]);
+    eventually(&cluster, "adopted", Duration::from_secs(15), || {
+        let vm = cluster.json(&["vm", "show", &name])?;
+        let done = vm["managed"] == true
+            && !vm["reason"].as_str()?.starts_with("being adopted")
+            && vm["error"].is_null();
+        done.then_some(())
+    });
+    eprintln!(
+        "vm adopt -> id recorded by the host: {:?}",
+        adopted.elapsed()
+    );
+    let namespace = "https://qvdc.dev/xmlns/vm/1";
+    let metadata = virsh(&["metadata", &name, namespace]).expect("qvdc metadata");
+    assert!(metadata.contains("<id>"), "{metadata}");
+    assert_eq!(virsh(&["domuuid", &name]).unwrap(), uuid, "the same domain");
+    let volumes = cluster.json(&["volume", "list", "shared"]).unwrap();
+    let volume = volumes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "legacy.qcow2")
+        .unwrap_or_else(|| panic!("the disk is a volume: {volumes:#}"));
+    assert_eq!(volume["size_bytes"], 64 << 20, "{volume:#}");
+    assert!(
+        text(&cluster.qvctl(&["vm", "adopt", &format!("host-1/{name}")]))
+            .contains("managed by qvdc already"),
+        "adopting twice is refused"
+    );
+
+    // A leader kill in between loses nothing: the new leader drives the VM.
+    let status = cluster.json(&["cluster", "status"]).unwrap();
+    let leader = status["leader"].as_u64().unwrap() as usize;
+    cluster.nodes.kill(leader);
+    // The guest has no OS and ignores ACPI: destroyed at the (test's 3 s) deadline.
+    cluster.ok(&["vm", "stop", &name, "--wait"]);
+    assert_eq!(virsh(&["domstate", &name]).as_deref(), Some("shut off"));
+    cluster.ok(&["vm", "start", &name, "--wait"]);
+    assert_eq!(virsh(&["domstate", &name]).as_deref(), Some("running"));
+
+    cluster.ok(&["vm", "release", &name]);
+    let back = eventually(&cluster, "unmanaged again", Duration::from_secs(15), || {
+        let vm = cluster.json(&["vm", "show", &format!("host-1/{name}")])?;
+        (vm["managed"] == false).then_some(vm)
+    });
+    assert_eq!(back["power"], "running", "{back:#}");
+    assert!(
+        virsh(&["metadata", &name, namespace]).is_none(),
+        "the qvdc metadata is gone"
+    );
+    let volumes = cluster.json(&["volume", "list", "shared"]).unwrap();
+    assert!(
+        !volumes.to_string().contains("legacy.qcow2"),
+        "the released disk is not a volume: {volumes:#}"
+    );
+    // Left alone: some heartbeats later the guest still runs on the same disk.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(virsh(&["domstate", &name]).as_deref(), Some("running"));
+    assert_eq!(virsh(&["domuuid", &name]).unwrap(), uuid);
+    assert!(image.exists(), "its disk file stays");
+    let marks = source.join(".qvdc-volumes/legacy.qcow2");
+    assert!(!marks.exists(), "qvdc no longer claims the file");
+    cluster.nodes.restart(leader);
+}
+
 #[test]
 fn a_vm_runs_under_real_kvm_through_qvctl_needs_root() {
     if !may_mount() || !kvm() {
@@ -1085,16 +1245,6 @@ fn a_vm_runs_under_real_kvm_through_qvctl_needs_root() {
     let cluster = Cluster::start_with(["qemu:///system", "test:///default", "test:///default"]);
     cluster.wait_ready_with_pool();
     let name = format!("qvdc-rp-{}", std::process::id());
-    struct Forget(String);
-    impl Drop for Forget {
-        fn drop(&mut self) {
-            for verb in ["destroy", "undefine"] {
-                let _ = Command::new("virsh")
-                    .args(["-c", "qemu:///system", verb, &self.0])
-                    .output();
-            }
-        }
-    }
     let _forget = Forget(name.clone());
     let ok = |args: &[&str]| cluster.ok(args);
     ok(&["volume", "create", "shared", "kvm.qcow2", "--size", "64M"]);

@@ -34,7 +34,7 @@ use qvdc_transport::{
     codec,
     protocol::{
         ApiError, ApiErrorKind, ApiRequest, ApiResponse, Capacity, ClusterStatus, CommandId,
-        DesiredPower, DiskInventory, Health, HostCommand, HostCommandKind, HostDetail, HostMessage,
+        DesiredPower, DiskInventory, DiskReport, Health, HostCommand, HostCommandKind, HostDetail, HostMessage,
         HostPool, HostReply, HostView, Inventory, LeaderHint, Leadership, Liveness, MemberStatus,
         NetworkHostView, NetworkReport, NetworkSpec, NetworkView, NicInventory, PoolHostView,
         PoolReport, PoolSource, PoolSpec, PoolView, PowerState, Request, Response, VmDisk, VmNic,
@@ -191,6 +191,25 @@ fn vm_report(name: &str, power: PowerState) -> VmReport {
         reason: "booted".into(),
         vcpus: 2,
         memory_bytes: 2 << 30,
+        uuid: "4dea22b3-1d52-d8f3-2516-782e98ab3fa0".into(),
+        disks: vec![
+            DiskReport {
+                target: "vda".into(),
+                file: Some(format!("/var/lib/qhost/pools/shared/{name}.qcow2")),
+                format: Some(VolumeFormat::Qcow2),
+                volume: Some(VmDisk {
+                    pool: "shared".into(),
+                    volume: format!("{name}.qcow2"),
+                    format: VolumeFormat::Qcow2,
+                }),
+            },
+            DiskReport {
+                target: "vdb".into(),
+                file: None,
+                format: Some(VolumeFormat::Raw),
+                volume: None,
+            },
+        ],
     }
 }
 
@@ -282,6 +301,21 @@ fn api_requests() -> Vec<(&'static str, ApiRequest)> {
             ApiRequest::VmDelete {
                 request_id: id(),
                 name: "web-1".into(),
+            },
+        ),
+        (
+            "vm-adopt",
+            ApiRequest::VmAdopt {
+                request_id: id(),
+                host: "host-1".into(),
+                domain: "legacy".into(),
+            },
+        ),
+        (
+            "vm-release",
+            ApiRequest::VmRelease {
+                request_id: id(),
+                name: "legacy".into(),
             },
         ),
         (
@@ -706,6 +740,20 @@ fn host_commands() -> Vec<(String, Vec<u8>)> {
             HostCommandKind::AdoptVm {
                 name: "legacy".into(),
                 id: "legacy-0001".into(),
+                uuid: "4dea22b3-1d52-d8f3-2516-782e98ab3fa0".into(),
+                volumes: vec![VmDisk {
+                    pool: "shared".into(),
+                    volume: "legacy.qcow2".into(),
+                    format: VolumeFormat::Qcow2,
+                }],
+            },
+        ),
+        (
+            "release-vm",
+            HostCommandKind::ReleaseVm {
+                name: "legacy".into(),
+                id: "legacy-0001".into(),
+                volumes: Vec::new(),
             },
         ),
         (
@@ -853,6 +901,40 @@ fn commands() -> Vec<(&'static str, Command)> {
         (
             "revoke-certificate",
             once("req-9", Command::RevokeCertificate(revoked())),
+        ),
+        (
+            "adopt-vm",
+            once(
+                "req-10",
+                Command::AdoptVm {
+                    spec: vm_spec("legacy"),
+                    host: "host-1".into(),
+                    power: DesiredPower::Running,
+                    uuid: "4dea22b3-1d52-d8f3-2516-782e98ab3fa0".into(),
+                    volumes: vec![qvdc_raft::model::AdoptedVolume {
+                        pool: "images".into(),
+                        name: "legacy.qcow2".into(),
+                        record: qvdc_raft::model::VolumeRecord {
+                            format: VolumeFormat::Qcow2,
+                            size_bytes: 20 << 30,
+                        },
+                    }],
+                },
+            ),
+        ),
+        (
+            "release-vm",
+            Command::Batch(Arc::from(vec![
+                once(
+                    "req-11",
+                    Command::ReleaseVm {
+                        name: "legacy".into(),
+                    },
+                ),
+                Command::ForgetVm {
+                    name: "legacy".into(),
+                },
+            ])),
         ),
         (
             "unassign-network",

@@ -2,12 +2,17 @@
 //! leader, register, then heartbeat while serving the leader's commands on the same
 //! connection. On any failure it re-dials with bounded backoff.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use qvdc_transport::{
     protocol::{
         CommandOutput, CommandResult, HostCommand, HostCommandKind, HostError, HostErrorKind,
-        HostMessage, HostReply, Inventory, PowerState, Request, Response, VmReport, VmSpec,
+        HostMessage, HostReply, Inventory, PowerState, Request, Response, VmDisk, VmReport, VmSpec,
     },
     quic, Endpoint, TransportError,
 };
@@ -408,7 +413,29 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Host<M, H, N> {
             K::RebootVm { name } => vm(name, VmOp::Reboot).await,
             K::ForceOffVm { name } => vm(name, VmOp::ForceOff).await,
             K::UndefineVm { name } => vm(name, VmOp::Undefine).await,
-            K::AdoptVm { name, id } => vm(name, VmOp::Adopt { id }).await,
+            K::AdoptVm {
+                name,
+                id,
+                uuid,
+                volumes,
+            } => {
+                // Its disks first: a VM whose id is recorded must own its volumes.
+                for disk in volumes {
+                    let claim = PoolOp::ClaimVolume {
+                        name: disk.volume,
+                        format: disk.format,
+                    };
+                    pools.execute(&disk.pool, claim).await?;
+                }
+                vm(name, VmOp::Adopt { id, uuid }).await
+            }
+            K::ReleaseVm { name, id, volumes } => {
+                for disk in volumes {
+                    let disown = PoolOp::DisownVolume { name: disk.volume };
+                    pools.execute(&disk.pool, disown).await?;
+                }
+                vm(name, VmOp::Release { id }).await
+            }
             K::CreateNetwork(spec) => self.networks.ensure(spec).await,
             K::RemoveNetwork { name } => self.networks.remove(&name).await,
         }
@@ -486,12 +513,45 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Host<M, H, N> {
         })
     }
 
+    /// Names the volume each file disk is, when it lies directly in a pool mounted here.
+    fn locate_disks(&self, reports: &mut [VmReport]) {
+        let mounted: Vec<(PathBuf, String)> = self
+            .pools
+            .reports()
+            .into_iter()
+            .filter(|r| r.mounted)
+            .map(|r| (self.pools.mount_path(&r.pool), r.pool))
+            .collect();
+        for disk in reports.iter_mut().flat_map(|r| &mut r.disks) {
+            let (Some(file), Some(format)) = (&disk.file, disk.format) else {
+                continue;
+            };
+            let file = Path::new(file);
+            let (Some(dir), Some(volume)) = (file.parent(), file.file_name()) else {
+                continue;
+            };
+            let volume = volume.to_string_lossy();
+            if validate_volume_name(&volume).is_err() {
+                continue;
+            }
+            disk.volume = mounted
+                .iter()
+                .find(|(path, _)| path == dir)
+                .map(|(_, pool)| VmDisk {
+                    pool: pool.clone(),
+                    volume: volume.into_owned(),
+                    format,
+                });
+        }
+    }
+
     /// The domains now. If the hypervisor does not answer, the last known domains with
     /// their power state Unknown (an old answer must not pass for a fresh one).
     async fn vm_reports(&self) -> Vec<VmReport> {
         let mut last = self.last_vms.lock().expect("vm list poisoned").clone();
         match self.vms.reports().await {
-            Ok(reports) => {
+            Ok(mut reports) => {
+                self.locate_disks(&mut reports);
                 last.clone_from(&reports);
                 *self.last_vms.lock().expect("vm list poisoned") = last;
                 reports

@@ -13,7 +13,9 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use qvdc_transport::protocol::{HostError, HostErrorKind, PowerState, VmReport, VolumeFormat};
+use qvdc_transport::protocol::{
+    DiskReport, HostError, HostErrorKind, PowerState, VmReport, VolumeFormat,
+};
 
 /// XML namespace of the metadata element that carries a domain's VM id.
 pub const METADATA_NAMESPACE: &str = "https://qvdc.dev/xmlns/vm/1";
@@ -61,11 +63,11 @@ pub trait Hypervisor: Send + Sync + 'static {
     fn reboot(&self, name: String) -> impl Future<Output = Result<(), HostError>> + Send;
     /// Removes the definition, destroying a running domain first. A missing domain is fine.
     fn undefine(&self, name: String) -> impl Future<Output = Result<(), HostError>> + Send;
-    /// Records `id` in the domain's qvdc metadata.
+    /// Records `id` in the domain's qvdc metadata, or removes that metadata (`None`).
     fn set_id(
         &self,
         name: String,
-        id: String,
+        id: Option<String>,
     ) -> impl Future<Output = Result<(), HostError>> + Send;
     fn domain(
         &self,
@@ -87,6 +89,62 @@ pub(crate) fn not_running(name: &str) -> HostError {
         HostErrorKind::Invalid,
         format!("domain {name} is not running; start it first"),
     )
+}
+
+/// Undoes [`escape`] (and the numeric references libvirt may write).
+fn unescape(text: &str) -> String {
+    text.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&#39;", "'")
+        .replace("&amp;", "&")
+}
+
+/// The value of attribute `name` in the first tag of `xml` that starts with `tag`.
+fn attribute(xml: &str, tag: &str, name: &str) -> Option<String> {
+    let start = xml.find(tag)?;
+    let end = start + xml[start..].find('>')?;
+    let element = &xml[start..end];
+    for quote in ['\'', '"'] {
+        let key = format!(" {name}={quote}");
+        if let Some(at) = element.find(&key) {
+            let value = &element[at + key.len()..];
+            return Some(unescape(&value[..value.find(quote)?]));
+        }
+    }
+    None
+}
+
+/// The disks of a domain, read from its XML as libvirt writes it (`virsh dumpxml`): each
+/// `<disk>` with its target, its file when it is a file, and its format when it is one qvdc
+/// knows. Volumes are filled in by the agent, which knows where pools are mounted.
+pub fn disks_from_xml(xml: &str) -> Vec<DiskReport> {
+    let mut disks = Vec::new();
+    let mut rest = xml;
+    while let Some(start) = rest.find("<disk ") {
+        let after = &rest[start..];
+        let end = after.find("</disk>").unwrap_or(after.len());
+        let disk = &after[..end];
+        rest = &after[end..];
+        let kind = attribute(disk, "<disk ", "type").unwrap_or_default();
+        let file = match kind.as_str() {
+            "file" => attribute(disk, "<source ", "file"),
+            _ => None,
+        };
+        let format = match attribute(disk, "<driver ", "type").as_deref() {
+            Some("qcow2") => Some(VolumeFormat::Qcow2),
+            Some("raw") => Some(VolumeFormat::Raw),
+            _ => None,
+        };
+        disks.push(DiskReport {
+            target: attribute(disk, "<target ", "dev").unwrap_or_default(),
+            file,
+            format,
+            volume: None,
+        });
+    }
+    disks
 }
 
 /// Escapes text for XML content and attribute values.
@@ -115,14 +173,7 @@ pub fn metadata_xml(id: &str) -> String {
 pub fn id_from_metadata(xml: &str) -> Option<String> {
     let start = xml.find("<id>")? + "<id>".len();
     let end = start + xml[start..].find("</id>")?;
-    let raw = &xml[start..end];
-    Some(
-        raw.replace("&lt;", "<")
-            .replace("&gt;", ">")
-            .replace("&quot;", "\"")
-            .replace("&apos;", "'")
-            .replace("&amp;", "&"),
-    )
+    Some(unescape(&xml[start..end]))
 }
 
 /// The libvirt domain XML for `spec`: a q35 machine with virtio disks and NICs. `kind` is
@@ -179,10 +230,12 @@ pub fn domain_xml(spec: &DomainSpec, kind: &str, uuid: Option<&str>) -> String {
 #[derive(Debug, Clone)]
 struct SimDomain {
     id: Option<String>,
+    uuid: String,
     power: PowerState,
     reason: String,
     vcpus: u32,
     memory_bytes: u64,
+    disks: Vec<DiskReport>,
 }
 
 #[derive(Debug, Default)]
@@ -192,6 +245,25 @@ struct SimState {
     failure: Option<String>,
     /// Guests that ignore an ACPI shutdown request.
     deaf_guests: bool,
+    /// Domains defined so far: each gets the next UUID.
+    defined: u64,
+    /// Every call that changed a domain without qvdc's id (adopting one aside): qvdc must
+    /// never touch such a domain, so the simulation checks this stays empty.
+    touched_unmanaged: Vec<String>,
+}
+
+impl SimState {
+    fn next_uuid(&mut self) -> String {
+        self.defined += 1;
+        format!("00000000-0000-4000-8000-{:012x}", self.defined)
+    }
+
+    /// Notes a change to domain `name` by `call` if the domain is not qvdc's.
+    fn note_touch(&mut self, name: &str, call: &str) {
+        if self.domains.get(name).is_some_and(|d| d.id.is_none()) {
+            self.touched_unmanaged.push(format!("{call} {name}"));
+        }
+    }
 }
 
 /// Domains in memory, for the simulation and fast tests. Guests shut down at once when asked
@@ -238,10 +310,23 @@ impl SimHypervisor {
             .deaf_guests = deaf;
     }
 
-    /// A domain someone else defined on this host (it has no qvdc id).
-    pub fn add_foreign(&self, name: &str, running: bool) {
+    /// A domain someone else defined on this host (it has no qvdc id), with raw disks on
+    /// `files`.
+    pub fn add_foreign(&self, name: &str, running: bool, files: &[PathBuf]) {
+        let mut state = self.state.lock().expect("sim hypervisor poisoned");
+        let disks = files
+            .iter()
+            .enumerate()
+            .map(|(i, file)| DiskReport {
+                target: format!("vd{}", char::from(b'a' + (i % 26) as u8)),
+                file: Some(file.display().to_string()),
+                format: Some(VolumeFormat::Raw),
+                volume: None,
+            })
+            .collect();
         let domain = SimDomain {
             id: None,
+            uuid: state.next_uuid(),
             power: if running {
                 PowerState::Running
             } else {
@@ -250,17 +335,25 @@ impl SimHypervisor {
             reason: if running { "booted" } else { "unknown" }.into(),
             vcpus: 1,
             memory_bytes: 64 << 20,
+            disks,
         };
-        let mut state = self.state.lock().expect("sim hypervisor poisoned");
         state.domains.insert(name.to_owned(), domain);
+    }
+
+    /// The calls that changed a domain qvdc does not manage (see `touched_unmanaged`).
+    pub fn touched_unmanaged(&self) -> Vec<String> {
+        let state = self.state.lock().expect("sim hypervisor poisoned");
+        state.touched_unmanaged.clone()
     }
 
     fn with_domain<T>(
         &self,
         name: &str,
+        call: &str,
         f: impl FnOnce(&mut SimDomain, bool) -> Result<T, HostError>,
     ) -> Result<T, HostError> {
         let mut state = self.state()?;
+        state.note_touch(name, call);
         let deaf = state.deaf_guests;
         let domain = state.domains.get_mut(name).ok_or_else(|| not_found(name))?;
         f(domain, deaf)
@@ -275,6 +368,8 @@ fn report(name: &str, d: &SimDomain) -> VmReport {
         reason: d.reason.clone(),
         vcpus: d.vcpus,
         memory_bytes: d.memory_bytes,
+        uuid: d.uuid.clone(),
+        disks: d.disks.clone(),
     }
 }
 
@@ -290,24 +385,39 @@ impl Hypervisor for SimHypervisor {
 
     async fn define(&self, spec: DomainSpec) -> Result<(), HostError> {
         let mut state = self.state()?;
+        state.note_touch(&spec.name, "define");
+        let uuid = state.next_uuid();
         let domain = state
             .domains
             .entry(spec.name.clone())
             .or_insert_with(|| SimDomain {
                 id: None,
+                uuid,
                 power: PowerState::ShutOff,
                 reason: "unknown".into(),
                 vcpus: 0,
                 memory_bytes: 0,
+                disks: Vec::new(),
             });
         domain.id = Some(spec.id);
         domain.vcpus = spec.vcpus;
         domain.memory_bytes = spec.memory_bytes;
+        domain.disks = spec
+            .disks
+            .iter()
+            .enumerate()
+            .map(|(i, disk)| DiskReport {
+                target: format!("vd{}", char::from(b'a' + (i % 26) as u8)),
+                file: Some(disk.path.display().to_string()),
+                format: Some(disk.format),
+                volume: None,
+            })
+            .collect();
         Ok(())
     }
 
     async fn start(&self, name: String) -> Result<(), HostError> {
-        self.with_domain(&name, |d, _| {
+        self.with_domain(&name, "start", |d, _| {
             if d.power != PowerState::Running {
                 set_power(d, PowerState::Running, "booted");
             }
@@ -316,7 +426,7 @@ impl Hypervisor for SimHypervisor {
     }
 
     async fn shutdown(&self, name: String) -> Result<(), HostError> {
-        self.with_domain(&name, |d, deaf| {
+        self.with_domain(&name, "shutdown", |d, deaf| {
             if d.power == PowerState::Running && !deaf {
                 set_power(d, PowerState::ShutOff, "shutdown");
             }
@@ -325,7 +435,7 @@ impl Hypervisor for SimHypervisor {
     }
 
     async fn destroy(&self, name: String) -> Result<(), HostError> {
-        self.with_domain(&name, |d, _| {
+        self.with_domain(&name, "destroy", |d, _| {
             if d.power != PowerState::ShutOff {
                 set_power(d, PowerState::ShutOff, "destroyed");
             }
@@ -334,7 +444,7 @@ impl Hypervisor for SimHypervisor {
     }
 
     async fn reboot(&self, name: String) -> Result<(), HostError> {
-        self.with_domain(&name, |d, _| {
+        self.with_domain(&name, "reboot", |d, _| {
             if d.power != PowerState::Running {
                 return Err(not_running(&name));
             }
@@ -344,15 +454,21 @@ impl Hypervisor for SimHypervisor {
     }
 
     async fn undefine(&self, name: String) -> Result<(), HostError> {
-        self.state()?.domains.remove(&name);
+        let mut state = self.state()?;
+        state.note_touch(&name, "undefine");
+        state.domains.remove(&name);
         Ok(())
     }
 
-    async fn set_id(&self, name: String, id: String) -> Result<(), HostError> {
-        self.with_domain(&name, |d, _| {
-            d.id = Some(id);
-            Ok(())
-        })
+    async fn set_id(&self, name: String, id: Option<String>) -> Result<(), HostError> {
+        // Adopting is the one change an unmanaged domain may see.
+        let mut state = self.state()?;
+        let domain = state
+            .domains
+            .get_mut(&name)
+            .ok_or_else(|| not_found(&name))?;
+        domain.id = id;
+        Ok(())
     }
 
     async fn domain(&self, name: String) -> Result<Option<VmReport>, HostError> {
@@ -448,9 +564,18 @@ pub(crate) mod conformance {
             .await
             .expect("shutting down a stopped domain is fine");
 
-        h.set_id(name.into(), "vm-2".into()).await.unwrap();
+        h.set_id(name.into(), Some("vm-2".into())).await.unwrap();
         let adopted = h.domain(name.into()).await.unwrap().unwrap();
         assert_eq!(adopted.id.as_deref(), Some("vm-2"));
+        assert_eq!(adopted.uuid, defined.uuid, "a domain keeps its UUID");
+        assert!(!adopted.uuid.is_empty());
+        h.set_id(name.into(), None).await.unwrap();
+        h.set_id(name.into(), None)
+            .await
+            .expect("releasing twice is idempotent");
+        let released = h.domain(name.into()).await.unwrap().unwrap();
+        assert_eq!(released.id, None);
+        h.set_id(name.into(), Some("vm-2".into())).await.unwrap();
 
         h.start(name.into()).await.unwrap();
         h.undefine(name.into())
@@ -529,6 +654,56 @@ pub(crate) mod conformance {
             </domain>
         "#]]
         .assert_eq(&domain_xml(&spec, "kvm", None));
+    }
+
+    #[test]
+    fn disks_are_read_from_domain_xml_as_libvirt_writes_it() {
+        let xml = r#"<domain type='kvm'>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='/srv/pools/p1/db&apos;s.qcow2' index='2'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <disk type="block" device="disk">
+      <driver name="qemu" type="raw"/>
+      <source dev="/dev/sdb"/>
+      <target dev="vdb" bus="virtio"/>
+    </disk>
+    <disk type='file' device='cdrom'>
+      <driver name='qemu' type='vmdk'/>
+      <target dev='sda' bus='sata'/>
+    </disk>
+  </devices>
+</domain>"#;
+        let disks = disks_from_xml(xml);
+        let seen: Vec<_> = disks
+            .iter()
+            .map(|d| (d.target.as_str(), d.file.as_deref(), d.format))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (
+                    "vda",
+                    Some("/srv/pools/p1/db's.qcow2"),
+                    Some(VolumeFormat::Qcow2)
+                ),
+                ("vdb", None, Some(VolumeFormat::Raw)),
+                ("sda", None, None),
+            ]
+        );
+        assert!(disks_from_xml(&domain_xml(&spec("a", "1"), "test", None)).is_empty());
+        let with_disk = DomainSpec {
+            disks: vec![DomainDisk {
+                path: "/p/a.raw".into(),
+                format: VolumeFormat::Raw,
+            }],
+            ..spec("a", "1")
+        };
+        let ours = disks_from_xml(&domain_xml(&with_disk, "test", None));
+        assert_eq!(ours[0].file.as_deref(), Some("/p/a.raw"));
+        assert_eq!(ours[0].format, Some(VolumeFormat::Raw));
     }
 
     #[test]

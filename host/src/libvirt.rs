@@ -14,8 +14,8 @@ use virt::{
 };
 
 use crate::hypervisor::{
-    domain_xml, id_from_metadata, metadata_xml, not_found, not_running, DomainSpec, Hypervisor,
-    METADATA_NAMESPACE, METADATA_PREFIX,
+    disks_from_xml, domain_xml, id_from_metadata, metadata_xml, not_found, not_running, DomainSpec,
+    Hypervisor, METADATA_NAMESPACE, METADATA_PREFIX,
 };
 
 /// The URI of the local system hypervisor.
@@ -76,6 +76,8 @@ fn report(domain: &Domain) -> Result<VmReport, HostError> {
         Err(e) if e.code().is(ErrorNumber::NoDomainMetadata) => None,
         Err(e) => return Err(failed(&what, &e)),
     };
+    let uuid = domain.uuid_string().map_err(|e| failed(&what, &e))?;
+    let xml = domain.xml_desc(0).map_err(|e| failed(&what, &e))?;
     Ok(VmReport {
         name,
         id,
@@ -83,6 +85,8 @@ fn report(domain: &Domain) -> Result<VmReport, HostError> {
         reason: reason.to_string(),
         vcpus: info.nr_virt_cpu,
         memory_bytes: info.max_mem * 1024,
+        uuid,
+        disks: disks_from_xml(&xml),
     })
 }
 
@@ -273,7 +277,7 @@ impl Hypervisor for Libvirt {
         }
     }
 
-    async fn set_id(&self, name: String, id: String) -> Result<(), HostError> {
+    async fn set_id(&self, name: String, id: Option<String>) -> Result<(), HostError> {
         self.with_domain(name, move |domain, name| {
             let mut flags = sys::VIR_DOMAIN_AFFECT_CONFIG;
             if active(domain, name)? {
@@ -282,12 +286,12 @@ impl Hypervisor for Libvirt {
             domain
                 .set_metadata(
                     sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
-                    Some(&metadata_xml(&id)),
-                    Some(METADATA_PREFIX),
+                    id.as_deref().map(metadata_xml).as_deref(),
+                    id.as_ref().map(|_| METADATA_PREFIX),
                     Some(METADATA_NAMESPACE),
                     flags,
                 )
-                .map_err(|e| failed(&format!("recording the VM id of domain {name}"), &e))
+                .map_err(|e| failed(&format!("changing the qvdc metadata of domain {name}"), &e))
         })
         .await
     }

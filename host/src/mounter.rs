@@ -127,6 +127,21 @@ pub trait Mounter: Send + Sync + 'static {
         &self,
         dir: PathBuf,
     ) -> impl Future<Output = Result<Vec<VolumeInfo>, HostError>> + Send;
+    /// Takes an existing file (the disk of a domain being adopted) as a volume of `format`:
+    /// marks it as qvdc's. Its bytes are not touched.
+    fn claim_volume(
+        &self,
+        dir: PathBuf,
+        name: String,
+        format: VolumeFormat,
+    ) -> impl Future<Output = Result<(), HostError>> + Send;
+    /// Gives a volume back (its VM was released): removes qvdc's mark, so qvdc never
+    /// resizes or deletes the file again. Its bytes are not touched.
+    fn disown_volume(
+        &self,
+        dir: PathBuf,
+        name: String,
+    ) -> impl Future<Output = Result<(), HostError>> + Send;
 }
 
 fn volume_exists_differently(
@@ -670,6 +685,44 @@ fn check_ours(path: &Path) -> Result<bool, HostError> {
     }
 }
 
+/// Whether the file at `path` carries qvdc's mark (a linked mark or marks directory is an
+/// error, as in [`check_ours`]).
+fn marked(path: &Path) -> Result<bool, HostError> {
+    let mark = mark_of(path);
+    let marks = mark.parent().unwrap_or(&mark);
+    for (at, want_dir) in [(marks, true), (mark.as_path(), false)] {
+        match std::fs::symlink_metadata(at) {
+            Ok(meta) => refuse_link(at, &meta, want_dir)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io_failed("reading", at, e)),
+        }
+    }
+    Ok(true)
+}
+
+fn claim_volume_now(path: &Path, format: VolumeFormat) -> Result<(), HostError> {
+    if volume_as(path, format)?.is_none() {
+        let dir = path.parent().unwrap_or(path);
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        return Err(no_volume(&name, dir));
+    }
+    if !marked(path)? {
+        mark(path)?;
+    }
+    Ok(())
+}
+
+fn disown_volume_now(path: &Path) -> Result<(), HostError> {
+    if !marked(path)? {
+        return Ok(());
+    }
+    let mark = mark_of(path);
+    match std::fs::remove_file(&mark) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_failed("unmarking", &mark, e)),
+        _ => Ok(()),
+    }
+}
+
 /// Marks the volume at `path` as qvdc's, durably, before the volume is created: a crash in
 /// between leaves a mark without a volume, which a retry completes.
 fn mark(path: &Path) -> Result<(), HostError> {
@@ -854,6 +907,25 @@ impl Mounter for RealMounter {
     async fn list_volumes(&self, dir: PathBuf) -> Result<Vec<VolumeInfo>, HostError> {
         self.blocking("list volumes", &dir.clone(), move || list_volumes_now(&dir))
             .await
+    }
+
+    async fn claim_volume(
+        &self,
+        dir: PathBuf,
+        name: String,
+        format: VolumeFormat,
+    ) -> Result<(), HostError> {
+        self.blocking("claim volume", &dir.clone(), move || {
+            claim_volume_now(&dir.join(name), format)
+        })
+        .await
+    }
+
+    async fn disown_volume(&self, dir: PathBuf, name: String) -> Result<(), HostError> {
+        self.blocking("disown volume", &dir.clone(), move || {
+            disown_volume_now(&dir.join(name))
+        })
+        .await
     }
 }
 
@@ -1067,6 +1139,39 @@ impl Mounter for SimMounter {
             .map(|f| f.values().cloned().collect())
             .unwrap_or_default())
     }
+
+    async fn claim_volume(
+        &self,
+        dir: PathBuf,
+        name: String,
+        format: VolumeFormat,
+    ) -> Result<(), HostError> {
+        self.unless_hung().await;
+        let mut table = self.table();
+        match table.files.get(&dir).and_then(|f| f.get(&name)) {
+            None => return Err(no_volume(&name, &dir)),
+            Some(have) if have.format != Some(format) => {
+                return Err(volume_exists_differently(
+                    &name,
+                    have,
+                    format,
+                    have.size_bytes,
+                ))
+            }
+            Some(_) => {}
+        }
+        table.foreign.remove(&dir.join(name));
+        Ok(())
+    }
+
+    async fn disown_volume(&self, dir: PathBuf, name: String) -> Result<(), HostError> {
+        self.unless_hung().await;
+        let mut table = self.table();
+        if table.files.get(&dir).is_some_and(|f| f.contains_key(&name)) {
+            table.foreign.insert(dir.join(name));
+        }
+        Ok(())
+    }
 }
 #[cfg(test)]
 mod tests {
@@ -1215,6 +1320,36 @@ mod tests {
             ("theirs.img", 1)
         );
 
+        // Claimed (its domain was adopted), it is qvdc's; given back, it is not again.
+        let claim = |name: &str, format| mounter.claim_volume(target.clone(), name.into(), format);
+        let err = claim("absent.img", VolumeFormat::Raw).await.unwrap_err();
+        assert_eq!(err.kind, HostErrorKind::NotFound, "{err}");
+        let err = claim("theirs.img", VolumeFormat::Qcow2).await.unwrap_err();
+        assert_eq!(err.kind, HostErrorKind::Conflict, "{err}");
+        for _ in 0..2 {
+            claim("theirs.img", VolumeFormat::Raw).await.unwrap();
+        }
+        mounter
+            .resize_volume(target.clone(), "theirs.img".into(), VolumeFormat::Raw, 8)
+            .await
+            .expect("a claimed file is a volume");
+        for _ in 0..2 {
+            mounter
+                .disown_volume(target.clone(), "theirs.img".into())
+                .await
+                .unwrap();
+        }
+        let err = mounter
+            .delete_volume(target.clone(), "theirs.img".into())
+            .await
+            .unwrap_err();
+        assert!(err.message.contains("was not created by qvdc"), "{err}");
+        let listed = mounter.list_volumes(target.clone()).await.unwrap();
+        assert_eq!(
+            (listed[0].name.as_str(), listed[0].size_bytes),
+            ("theirs.img", 8)
+        );
+
         mounter.unmount(target.clone()).await.unwrap();
         assert!(!mounter.is_mounted(target.clone()).await.unwrap());
         mounter
@@ -1319,6 +1454,17 @@ mod tests {
                 .await
                 .unwrap_err();
             assert!(err.message.contains("ownership marks"), "{err}");
+            for result in [
+                mounter
+                    .claim_volume(pool.clone(), "theirs.img".into(), VolumeFormat::Raw)
+                    .await,
+                mounter
+                    .disown_volume(pool.clone(), "theirs.img".into())
+                    .await,
+            ] {
+                let err = result.unwrap_err();
+                assert!(err.message.contains("ownership marks"), "{err}");
+            }
         }
         assert!(pool.join("theirs.img").exists());
         assert_eq!(

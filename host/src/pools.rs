@@ -50,6 +50,15 @@ pub enum PoolOp {
         name: String,
     },
     ListVolumes,
+    /// Takes an existing file as a volume (an adopted domain's disk).
+    ClaimVolume {
+        name: String,
+        format: VolumeFormat,
+    },
+    /// Lets go of a volume (its VM was released); the file stays.
+    DisownVolume {
+        name: String,
+    },
 }
 
 type Reply = oneshot::Sender<Result<CommandOutput, HostError>>;
@@ -340,6 +349,16 @@ impl<M: Mounter> PoolActor<M> {
                         tokio::time::timeout(limit, m.delete_volume(dir, name))
                             .await
                             .map_or_else(|_| Err(timeout("deleting a volume")), done)
+                    }
+                    PoolOp::ClaimVolume { name, format } => {
+                        tokio::time::timeout(limit, m.claim_volume(dir, name, format))
+                            .await
+                            .map_or_else(|_| Err(timeout("claiming a volume")), done)
+                    }
+                    PoolOp::DisownVolume { name } => {
+                        tokio::time::timeout(limit, m.disown_volume(dir, name))
+                            .await
+                            .map_or_else(|_| Err(timeout("letting go of a volume")), done)
                     }
                     PoolOp::ListVolumes => tokio::time::timeout(limit, m.list_volumes(dir))
                         .await

@@ -32,7 +32,14 @@ pub enum VmOp {
     Reboot,
     ForceOff,
     Undefine,
+    /// Records `id` in the domain, which must be the one with libvirt UUID `uuid` and
+    /// must not be another VM's.
     Adopt {
+        id: String,
+        uuid: String,
+    },
+    /// Removes VM `id`'s metadata from the domain; a domain without it, or gone, is fine.
+    Release {
         id: String,
     },
 }
@@ -47,6 +54,7 @@ impl VmOp {
             VmOp::ForceOff => "force-off",
             VmOp::Undefine => "undefine",
             VmOp::Adopt { .. } => "adopt",
+            VmOp::Release { .. } => "release",
         }
     }
 }
@@ -196,12 +204,21 @@ impl<H: Hypervisor> VmActor<H> {
                 Some(report) if report.id.is_none() => return Err(unmanaged(&name)),
                 Some(_) => bounded("undefining the domain", h.undefine(name)).await?,
             },
-            VmOp::Adopt { id } => {
+            VmOp::Adopt { id, uuid } => {
                 match self.current().await? {
                     None => {
                         return Err(HostError::new(
                             HostErrorKind::NotFound,
                             format!("no domain {name} on this host to adopt"),
+                        ))
+                    }
+                    Some(report) if report.uuid != uuid => {
+                        return Err(HostError::new(
+                            HostErrorKind::Conflict,
+                            format!(
+                                "domain {name} is now another domain (UUID {}, not {uuid}); it is left alone",
+                                report.uuid
+                            ),
                         ))
                     }
                     Some(report) if report.id.as_deref().is_some_and(|have| have != id) => {
@@ -213,10 +230,24 @@ impl<H: Hypervisor> VmActor<H> {
                             ),
                         ))
                     }
-                    Some(_) => {}
+                    Some(report) if report.id.is_some() => {}
+                    Some(_) => bounded("recording the VM id", h.set_id(name, Some(id))).await?,
                 }
-                bounded("recording the VM id", h.set_id(name, id)).await?;
             }
+            VmOp::Release { id } => match self.current().await? {
+                None => {}
+                Some(report) if report.id.is_none() => {}
+                Some(report) if report.id.as_deref() != Some(&id) => {
+                    return Err(HostError::new(
+                        HostErrorKind::Conflict,
+                        format!(
+                            "domain {name} is VM {}, not {id}; it is left alone",
+                            report.id.unwrap_or_default()
+                        ),
+                    ))
+                }
+                Some(_) => bounded("removing the VM id", h.set_id(name, None)).await?,
+            },
         }
         Ok(CommandOutput::Done)
     }
@@ -311,7 +342,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn foreign_domains_are_reported_but_untouched_until_adopted() {
         let vms = Vms::new(SimHypervisor::new());
-        vms.hypervisor().add_foreign("legacy", true);
+        vms.hypervisor().add_foreign("legacy", true, &[]);
         let legacy = &vms.reports().await.unwrap()[0];
         assert_eq!(
             (legacy.id.as_deref(), legacy.power),
@@ -328,7 +359,23 @@ mod tests {
         }
         assert_eq!(vms.reports().await.unwrap()[0].power, PowerState::Running);
 
-        let adopt = |id: &str| VmOp::Adopt { id: id.into() };
+        let uuid = vms.reports().await.unwrap()[0].uuid.clone();
+        let adopt = |id: &str| VmOp::Adopt {
+            id: id.into(),
+            uuid: uuid.clone(),
+        };
+        let err = vms
+            .execute(
+                "legacy",
+                VmOp::Adopt {
+                    id: "vm-9".into(),
+                    uuid: "another".into(),
+                },
+            )
+            .await
+            .unwrap_err();
+        assert!(err.message.contains("another domain"), "{err}");
+        assert!(vms.hypervisor().touched_unmanaged().is_empty());
         vms.execute("legacy", adopt("vm-9")).await.unwrap();
         vms.execute("legacy", adopt("vm-9"))
             .await
@@ -337,6 +384,21 @@ mod tests {
         assert_eq!(err.kind, HostErrorKind::Conflict);
         vms.execute("legacy", VmOp::ForceOff).await.unwrap();
         assert_eq!(vms.reports().await.unwrap()[0].power, PowerState::ShutOff);
+
+        // Released, it is left alone again.
+        let release = |id: &str| VmOp::Release { id: id.into() };
+        let err = vms.execute("legacy", release("vm-10")).await.unwrap_err();
+        assert_eq!(err.kind, HostErrorKind::Conflict, "{err}");
+        for _ in 0..2 {
+            vms.execute("legacy", release("vm-9")).await.unwrap();
+        }
+        assert_eq!(vms.reports().await.unwrap()[0].id, None);
+        let err = vms.execute("legacy", VmOp::Start).await.unwrap_err();
+        assert!(err.message.contains("adopt"), "{err}");
+        assert!(vms.hypervisor().touched_unmanaged().is_empty());
+        vms.execute("gone", release("vm-9"))
+            .await
+            .expect("releasing a domain that is gone is done");
     }
 
     #[tokio::test(start_paused = true)]

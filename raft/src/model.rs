@@ -74,6 +74,14 @@ pub struct PoolRecord {
     pub volumes: BTreeMap<String, VolumeRecord>,
 }
 
+/// A file an adopted domain uses, recorded as a volume of `pool`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdoptedVolume {
+    pub pool: String,
+    pub name: String,
+    pub record: VolumeRecord,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeRecord {
     pub format: VolumeFormat,
@@ -93,6 +101,13 @@ pub struct VmRecord {
     pub spec: VmSpec,
     pub host: String,
     pub power: DesiredPower,
+    /// For a VM adopted from its host: the libvirt UUID of the domain it was. That domain,
+    /// found on the VM's host under the VM's name without qvdc's metadata, is this VM, and
+    /// its host is told to record the VM's id in it.
+    pub adopted: Option<String>,
+    /// The VM is being given back to its host: qvdc no longer acts on its domain, and
+    /// removes the record once the host has forgotten it (see [`Command::ReleaseVm`]).
+    pub releasing: bool,
 }
 
 /// Everything the control plane has decided. Maps are ordered so that every iteration over
@@ -441,6 +456,26 @@ pub enum Command {
     DeleteVm {
         name: String,
     },
+    /// A domain its host reported without qvdc's metadata becomes VM `spec` on `host`, and
+    /// the files its disks are become `volumes` (those not yet volumes). The domain is
+    /// named by its libvirt UUID, so no other domain of that name is ever taken for it.
+    AdoptVm {
+        spec: VmSpec,
+        host: String,
+        power: DesiredPower,
+        uuid: String,
+        volumes: Vec<AdoptedVolume>,
+    },
+    /// First step of giving a VM back to its host: from now on qvdc leaves its domain alone.
+    /// The host then forgets the VM, and [`Command::ForgetVm`] removes the record.
+    ReleaseVm {
+        name: String,
+    },
+    /// Removes a VM being released, and the records of its volumes no other VM uses: its
+    /// host has forgotten them, and the guest runs on, unmanaged.
+    ForgetVm {
+        name: String,
+    },
     AssignPool {
         pool: String,
         hosts: Vec<String>,
@@ -769,12 +804,28 @@ impl DesiredState {
                 self.refuse_if_network_used(network, None)
             }
             Command::SetVmPower { name, .. } | Command::DeleteVm { name } => {
-                if self.vms.contains_key(name) {
-                    Ok(())
-                } else {
-                    Err(ValidationError::NoSuchVm(name.clone()))
+                match self.vms.get(name) {
+                    None => Err(ValidationError::NoSuchVm(name.clone())),
+                    Some(vm) if vm.releasing => Err(ValidationError::BadVm(format!(
+                        "VM {name} is being given back to its host; finish with `qvctl vm release {name}`"
+                    ))),
+                    Some(_) => Ok(()),
                 }
             }
+            Command::AdoptVm {
+                spec,
+                host,
+                uuid,
+                volumes,
+                ..
+            } => self.validate_adoption(spec, host, uuid, volumes),
+            Command::ReleaseVm { name } => self.vm(name).map(|_| ()),
+            Command::ForgetVm { name } => match self.vm(name)? {
+                vm if vm.releasing => Ok(()),
+                _ => Err(ValidationError::BadVm(format!(
+                    "VM {name} is not being released; `qvctl vm release {name}` gives it back"
+                ))),
+            },
             Command::Once {
                 request_id,
                 digest,
@@ -1043,6 +1094,71 @@ impl DesiredState {
         Ok(())
     }
 
+    fn vm(&self, name: &str) -> Result<&VmRecord, ValidationError> {
+        self.vms
+            .get(name)
+            .ok_or_else(|| ValidationError::NoSuchVm(name.to_owned()))
+    }
+
+    /// An adoption is a VM creation over volumes that exist once it is applied: check it as
+    /// one against the state with those volumes added (a cheap copy: the maps are shared).
+    fn validate_adoption(
+        &self,
+        spec: &VmSpec,
+        host: &str,
+        uuid: &str,
+        volumes: &[AdoptedVolume],
+    ) -> Result<(), ValidationError> {
+        let bad = |message: String| Err(ValidationError::BadVm(message));
+        if uuid.is_empty() || uuid.len() > NAME_BYTES_MAX {
+            return bad(format!(
+                "domain UUID {uuid:?} must be 1 to {NAME_BYTES_MAX} bytes"
+            ));
+        }
+        if let Some(vm) = self
+            .vms
+            .values()
+            .find(|vm| vm.adopted.as_deref() == Some(uuid))
+        {
+            return bad(format!(
+                "the domain with UUID {uuid} is already VM {}",
+                vm.spec.name
+            ));
+        }
+        if volumes.len() > VM_DISKS_MAX {
+            return bad(format!("a VM may have at most {VM_DISKS_MAX} disks"));
+        }
+        let mut with_volumes = self.clone();
+        for volume in volumes {
+            validate_name("volume", &volume.name)?;
+            validate_volume_size(volume.record.size_bytes)?;
+            let pool = with_volumes.pool(&volume.pool)?;
+            match pool.volumes.get(&volume.name) {
+                Some(have) if have.format != volume.record.format => {
+                    return bad(format!(
+                        "{}/{} is a {} volume already; the domain opens it as {}",
+                        volume.pool, volume.name, have.format, volume.record.format
+                    ))
+                }
+                Some(_) => {}
+                None => {
+                    room_for(
+                        "volumes in one pool",
+                        pool.volumes.len(),
+                        VOLUMES_PER_POOL_MAX,
+                    )?;
+                    with_volumes.add_volume(&volume.pool, &volume.name, volume.record.clone());
+                }
+            }
+        }
+        with_volumes.validate_create_vm(spec, host)
+    }
+
+    fn add_volume(&mut self, pool: &str, name: &str, record: VolumeRecord) {
+        let pool = Arc::make_mut(self.pools.get_mut(pool).expect("validated"));
+        pool.volumes.insert(name.to_owned(), record);
+    }
+
     fn validate_create_vm(&self, spec: &VmSpec, host: &str) -> Result<(), ValidationError> {
         validate_name("VM", &spec.name)?;
         let bad = |message: String| Err(ValidationError::BadVm(message));
@@ -1221,14 +1337,35 @@ impl DesiredState {
                 Outcome::Applied
             }
             Command::CreateVm { spec, host, power } => {
-                let record = VmRecord {
-                    spec: spec.clone(),
-                    host: host.clone(),
-                    power: *power,
-                };
-                let previous = self.vms.insert(spec.name.clone(), record);
-                assert!(previous.is_none(), "validation rejects duplicate VMs");
-                self.indexed(Kind::Vm, host, &spec.name, true);
+                self.add_vm(spec, host, *power, None);
+                Outcome::Applied
+            }
+            Command::AdoptVm {
+                spec,
+                host,
+                power,
+                uuid,
+                volumes,
+            } => {
+                for volume in volumes {
+                    if self.volume(&volume.pool, &volume.name).is_err() {
+                        self.add_volume(&volume.pool, &volume.name, volume.record.clone());
+                    }
+                }
+                self.add_vm(spec, host, *power, Some(uuid.clone()));
+                Outcome::Applied
+            }
+            Command::ReleaseVm { name } => {
+                let vm = self.vms.get_mut(name).expect("validated");
+                changed(!std::mem::replace(&mut vm.releasing, true))
+            }
+            Command::ForgetVm { name } => {
+                let vm = self.vms.remove(name).expect("validated");
+                self.indexed(Kind::Vm, &vm.host, name, false);
+                for disk in self.released_volumes(&vm) {
+                    let pool = Arc::make_mut(self.pools.get_mut(&disk.pool).expect("listed"));
+                    pool.volumes.remove(&disk.volume);
+                }
                 Outcome::Applied
             }
             Command::SetVmPower { name, power } => {
@@ -1328,6 +1465,44 @@ impl DesiredState {
         qvdc_transport::codec::encode_into(self, &mut hash)
             .expect("encoding into memory cannot fail");
         hash.0
+    }
+
+    fn add_vm(&mut self, spec: &VmSpec, host: &str, power: DesiredPower, adopted: Option<String>) {
+        let record = VmRecord {
+            spec: spec.clone(),
+            host: host.to_owned(),
+            power,
+            adopted,
+            releasing: false,
+        };
+        let previous = self.vms.insert(spec.name.clone(), record);
+        assert!(previous.is_none(), "validation rejects duplicate VMs");
+        self.indexed(Kind::Vm, host, &spec.name, true);
+    }
+
+    /// The volumes that leave qvdc with `vm` when it is released: its disks that are
+    /// volumes and that no other VM uses.
+    pub fn released_volumes(&self, vm: &VmRecord) -> Vec<qvdc_transport::protocol::VmDisk> {
+        let mut volumes: Vec<_> = vm
+            .spec
+            .disks
+            .iter()
+            .filter(|disk| self.volume(&disk.pool, &disk.volume).is_ok())
+            .filter(|disk| {
+                !self.vms.values().any(|other| {
+                    other.spec.name != vm.spec.name
+                        && other
+                            .spec
+                            .disks
+                            .iter()
+                            .any(|d| d.pool == disk.pool && d.volume == disk.volume)
+                })
+            })
+            .cloned()
+            .collect();
+        volumes.sort_by(|a, b| (&a.pool, &a.volume).cmp(&(&b.pool, &b.volume)));
+        volumes.dedup_by(|a, b| a.pool == b.pool && a.volume == b.volume);
+        volumes
     }
 
     fn indexed(&mut self, kind: Kind, host: &str, name: &str, present: bool) {
@@ -1602,6 +1777,90 @@ mod tests {
             host: host.into(),
             power: DesiredPower::Running,
         }
+    }
+
+    fn adopt(spec: VmSpec, uuid: &str, volumes: &[(&str, &str)]) -> Command {
+        Command::AdoptVm {
+            spec,
+            host: "host-1".into(),
+            power: DesiredPower::Running,
+            uuid: uuid.into(),
+            volumes: volumes
+                .iter()
+                .map(|(pool, name)| AdoptedVolume {
+                    pool: (*pool).into(),
+                    name: (*name).into(),
+                    record: VolumeRecord {
+                        format: VolumeFormat::Qcow2,
+                        size_bytes: 1 << 30,
+                    },
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn an_adopted_vm_brings_its_disks_as_volumes_and_leaves_with_them_when_released() {
+        let mut state = with_hosts(&["host-1", "host-2"]);
+        state.apply(&create("p", "/srv/p", &["host-1"]));
+        state.apply(&create("q", "/srv/q", &["host-2"]));
+        state.apply(&qcow2("p", "shared.qcow2"));
+        let spec = vm("db", "req-1", &[("p", "db.qcow2"), ("p", "shared.qcow2")]);
+        rejected_with(
+            &mut state,
+            adopt(spec.clone(), "u-1", &[]),
+            "pool p has no volume \"db.qcow2\"",
+        );
+        rejected_with(
+            &mut state,
+            adopt(spec.clone(), "u-1", &[("q", "db.qcow2")]),
+            "pool p has no volume \"db.qcow2\"",
+        );
+        assert_eq!(
+            state.apply(&adopt(spec.clone(), "u-1", &[("p", "db.qcow2")])),
+            Outcome::Applied
+        );
+        let record = &state.vms["db"];
+        assert_eq!(record.adopted.as_deref(), Some("u-1"));
+        assert_eq!(state.volume("p", "db.qcow2").unwrap().size_bytes, 1 << 30);
+        let again = vm("db2", "req-2", &[]);
+        rejected_with(
+            &mut state,
+            adopt(again, "u-1", &[]),
+            "the domain with UUID u-1 is already VM db",
+        );
+
+        // Another VM shares one of its disks: that volume stays when db is released.
+        let other = vm("web", "req-3", &[("p", "shared.qcow2")]);
+        assert_eq!(state.apply(&create_vm(other, "host-1")), Outcome::Applied);
+        rejected_with(
+            &mut state,
+            Command::ForgetVm { name: "db".into() },
+            "is not being released",
+        );
+        let release = Command::ReleaseVm { name: "db".into() };
+        assert_eq!(state.apply(&release), Outcome::Applied);
+        assert_eq!(state.apply(&release), Outcome::Unchanged);
+        for command in [
+            Command::SetVmPower {
+                name: "db".into(),
+                power: DesiredPower::Stopped,
+            },
+            Command::DeleteVm { name: "db".into() },
+        ] {
+            rejected_with(&mut state, command, "is being given back to its host");
+        }
+        let leaving = state.released_volumes(&state.vms["db"]);
+        assert_eq!(leaving.len(), 1);
+        assert_eq!(leaving[0].volume, "db.qcow2");
+        assert_eq!(
+            state.apply(&Command::ForgetVm { name: "db".into() }),
+            Outcome::Applied
+        );
+        assert!(!state.vms.contains_key("db"));
+        assert!(state.volume("p", "db.qcow2").is_err());
+        assert!(state.volume("p", "shared.qcow2").is_ok());
+        assert_eq!(state.vms_of_host("host-1").count(), 1);
     }
 
     #[test]

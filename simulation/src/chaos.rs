@@ -117,6 +117,7 @@ async fn script(
     harness::all_hosts_ready(&mut admin, config.hosts)
         .await
         .context("after healing")?;
+    finish_releases(&mut admin).await?;
     let vms = eventually(
         "the cluster converged on what the hosts really have",
         Duration::from_secs(HEAL_BOUND_S),
@@ -316,6 +317,19 @@ async fn vms_client(config: &SimConfig, mut client: Client, end: Instant) {
                 host: None,
                 start: true,
             }
+        } else if draw < 36 {
+            // The hosts' own domains: taken over, and given back.
+            let host = SimConfig::host_name(rng.gen_range(1..=config.hosts));
+            ApiRequest::VmAdopt {
+                request_id: client.new_request_id(),
+                host,
+                domain: world::UNMANAGED_DOMAIN.into(),
+            }
+        } else if draw < 40 {
+            ApiRequest::VmRelease {
+                request_id: client.new_request_id(),
+                name: world::UNMANAGED_DOMAIN.into(),
+            }
         } else if draw < 80 {
             let power = if rng.gen_bool(0.5) {
                 DesiredPower::Running
@@ -336,6 +350,38 @@ async fn vms_client(config: &SimConfig, mut client: Client, end: Instant) {
         let _ = send(&mut client, request).await;
         think(&mut rng).await;
     }
+}
+
+/// A release cut short by a fault leaves its VM being released, which only its operator
+/// finishes: do what they would, retry it.
+async fn finish_releases(client: &mut Client) -> anyhow::Result<()> {
+    eventually(
+        "releases cut short by faults finished",
+        Duration::from_secs(HEAL_BOUND_S),
+        async || {
+            let ApiResponse::Vms(vms) = ask(client, ApiRequest::VmList).await? else {
+                bail!("vm list answered something else");
+            };
+            let releasing: Vec<String> = vms
+                .into_iter()
+                .filter(|vm| {
+                    vm.error
+                        .as_ref()
+                        .is_some_and(|e| e.contains("being given back"))
+                })
+                .map(|vm| vm.spec.name)
+                .collect();
+            for name in &releasing {
+                let release = ApiRequest::VmRelease {
+                    request_id: client.new_request_id(),
+                    name: name.clone(),
+                };
+                ask(client, release).await?;
+            }
+            Ok(releasing.is_empty().then_some(()))
+        },
+    )
+    .await
 }
 
 async fn pool_names(client: &mut Client) -> anyhow::Result<std::collections::BTreeSet<String>> {
@@ -389,7 +435,27 @@ async fn converged(
         } else {
             PowerState::ShutOff
         };
+        let touched = hosts
+            .get(&host)
+            .context("a host that never booted")?
+            .hypervisor
+            .touched_unmanaged();
+        ensure!(
+            touched.is_empty(),
+            "qvdc touched unmanaged domains on {host}: {touched:?}"
+        );
+        let adopted = vms
+            .iter()
+            .any(|vm| vm.host == host && vm.spec.name == world::UNMANAGED_DOMAIN);
         let listed: Vec<_> = unmanaged.iter().filter(|vm| vm.host == host).collect();
+        if adopted {
+            // Its VM is checked below like every other; its desired power is what it had.
+            ensure!(
+                listed.is_empty(),
+                "{host}'s adopted domain is listed as unmanaged too"
+            );
+            continue;
+        }
         ensure!(
             listed.len() == 1 && listed[0].spec.name == world::UNMANAGED_DOMAIN,
             "{host}'s unmanaged domains are listed as {listed:?}, not as its {}",
@@ -407,6 +473,13 @@ async fn converged(
             .insert(world::UNMANAGED_DOMAIN.to_owned(), planted);
     }
     for vm in &vms {
+        ensure!(
+            !vm.reason.starts_with("being adopted"),
+            "VM {} on {} is still {}",
+            vm.spec.name,
+            vm.host,
+            vm.reason
+        );
         let want = match vm.desired {
             DesiredPower::Running => PowerState::Running,
             DesiredPower::Stopped => PowerState::ShutOff,

@@ -3,6 +3,7 @@
 //! supervisors, host agent and QUIC transport; only the UDP socket, the mounter and the
 //! storage medium are simulated. A seed fixes the run; its event trace replays exactly.
 
+pub mod adoption;
 pub mod catch_up;
 pub mod chaos;
 pub mod deposed_leader;

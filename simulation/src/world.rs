@@ -247,8 +247,16 @@ pub(crate) fn add_host(
                 heartbeat_interval_ms: qvdc_host::agent::HEARTBEAT_INTERVAL_MS_DEFAULT,
             };
             let hypervisor = SimHypervisor::new();
-            // A domain defined before qvdc, on every host: reported, never touched.
-            hypervisor.add_foreign(UNMANAGED_DOMAIN, unmanaged_runs(seed, i));
+            // A domain defined before qvdc, on every host: reported, never touched. The
+            // first host's has a disk in what will be pool `legacy` once mounted there.
+            let disks = if i == 1 {
+                let dir = pool_target(&name, LEGACY_POOL);
+                mounter.plant_foreign(&dir, LEGACY_DISK);
+                vec![dir.join(LEGACY_DISK)]
+            } else {
+                Vec::new()
+            };
+            hypervisor.add_foreign(UNMANAGED_DOMAIN, unmanaged_runs(seed, i), &disks);
             let reachable = HostParts {
                 mounter: mounter.clone(),
                 hypervisor: hypervisor.clone(),
@@ -271,6 +279,10 @@ pub(crate) fn add_host(
 
 /// The domain every simulated host has that qvdc did not define.
 pub(crate) const UNMANAGED_DOMAIN: &str = "legacy-db";
+/// The pool whose directory holds the first host's unmanaged domain's disk (raw), once a
+/// scenario creates it.
+pub(crate) const LEGACY_POOL: &str = "legacy";
+pub(crate) const LEGACY_DISK: &str = "legacy-db.raw";
 
 /// Whether host `i`'s unmanaged domain runs (the seed decides, so both kinds occur).
 pub(crate) fn unmanaged_runs(seed: u64, i: usize) -> bool {

@@ -3,7 +3,7 @@
 //! the bug (the CI sweep and the scenarios' own tests run them). Needs `--features
 //! deliberate-bugs`.
 
-use qvdc_simulation::{chaos, deposed_leader, vm_flow, Bug, SimConfig};
+use qvdc_simulation::{adoption, chaos, deposed_leader, vm_flow, Bug, SimConfig};
 
 /// Seeds tried per bug before the test gives up on it.
 const SEEDS_MAX: u64 = 20;
@@ -65,5 +65,15 @@ fn a_host_without_its_fence_obeying_a_deposed_leader_is_caught() {
     let bugs = [Bug::NoLeaderLease, Bug::SkipFenceCheck];
     caught(&bugs, "executed a command of leadership", |seed| {
         deposed_leader::run(&config(seed, 1, &bugs)).map(drop)
+    });
+}
+
+/// A release that forgets the VM before its host let go of the domain leaves a qvdc domain
+/// no VM claims: the host removes it as a stray, and the guest the operator got back is gone.
+#[test]
+fn a_release_that_skips_the_host_is_caught() {
+    let bugs = [Bug::ReleaseWithoutHost];
+    caught(&bugs, "qvdc touched it after letting go", |seed| {
+        adoption::run(&config(seed, 3, &bugs)).map(drop)
     });
 }

@@ -20,14 +20,18 @@ pub enum Bug {
     /// When a VM's host stops answering, the VM supervisor starts the VM on another host
     /// without waiting for the first one to be confirmed stopped.
     StartVmOnSecondHost,
+    /// Releasing a VM forgets its record without its host first removing the VM's id
+    /// from the domain: the host then holds a qvdc domain no VM claims.
+    ReleaseWithoutHost,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 4] = [
+    pub const ALL: [Bug; 5] = [
         Bug::AckBeforeCommit,
         Bug::NoLeaderLease,
         Bug::SkipFenceCheck,
         Bug::StartVmOnSecondHost,
+        Bug::ReleaseWithoutHost,
     ];
 
     /// The bug's name on command lines.
@@ -37,6 +41,7 @@ impl Bug {
             Bug::NoLeaderLease => "no-leader-lease",
             Bug::SkipFenceCheck => "skip-fence-check",
             Bug::StartVmOnSecondHost => "start-vm-on-second-host",
+            Bug::ReleaseWithoutHost => "release-without-host",
         }
     }
 }

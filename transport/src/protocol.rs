@@ -308,6 +308,25 @@ pub struct VmReport {
     pub reason: String,
     pub vcpus: u32,
     pub memory_bytes: u64,
+    /// The domain's libvirt UUID: it names one domain for good, whatever it is called.
+    pub uuid: String,
+    /// Its disks, in the order the guest sees them.
+    pub disks: Vec<DiskReport>,
+}
+
+/// One disk of a domain, as its host sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskReport {
+    /// The guest's device name (`vda`).
+    pub target: String,
+    /// The file behind it; `None` for a disk that is not a file (a block device, a network
+    /// disk, an empty CD-ROM drive).
+    pub file: Option<String>,
+    /// The format the domain opens it in, when qvdc knows that format.
+    pub format: Option<VolumeFormat>,
+    /// The volume it is, when the file lies directly in a pool mounted on the host: what
+    /// adopting the domain makes of it.
+    pub volume: Option<VmDisk>,
 }
 
 /// A vSwitch: a Linux bridge on each assigned host, optionally trunked to a VLAN on an uplink.
@@ -570,10 +589,20 @@ pub enum HostCommandKind {
     UndefineVm {
         name: String,
     },
-    /// Take over a domain qvdc did not create: record `id` in its metadata.
+    /// Take over a domain qvdc did not create: mark `volumes` as qvdc's, then record `id` in
+    /// the metadata of domain `name`, which must be the domain with libvirt UUID `uuid`.
     AdoptVm {
         name: String,
         id: String,
+        uuid: String,
+        volumes: Vec<VmDisk>,
+    },
+    /// Give a VM back to its host untouched: unmark `volumes`, then remove VM `id`'s metadata
+    /// from domain `name`. The guest keeps running as it was.
+    ReleaseVm {
+        name: String,
+        id: String,
+        volumes: Vec<VmDisk>,
     },
     /// Create the network's bridge (and VLAN port) on this host.
     CreateNetwork(NetworkSpec),
@@ -599,6 +628,7 @@ impl HostCommandKind {
             HostCommandKind::ForceOffVm { .. } => "force-off-vm",
             HostCommandKind::UndefineVm { .. } => "undefine-vm",
             HostCommandKind::AdoptVm { .. } => "adopt-vm",
+            HostCommandKind::ReleaseVm { .. } => "release-vm",
             HostCommandKind::CreateNetwork(_) => "create-network",
             HostCommandKind::RemoveNetwork { .. } => "remove-network",
         }
@@ -716,6 +746,21 @@ pub enum ApiRequest {
     /// Removes the VM once its host has destroyed and undefined its domain (the VM is
     /// stopped first; Unavailable while the host does not answer). Its volumes stay.
     VmDelete {
+        request_id: String,
+        name: String,
+    },
+    /// Brings domain `domain`, which `host` reports and qvdc does not manage, under
+    /// management as a VM of the same name. Its disks must be files directly in pools mounted
+    /// on that host; they become volumes. Answered with `VmCreated`.
+    VmAdopt {
+        request_id: String,
+        host: String,
+        domain: String,
+    },
+    /// Gives a VM back to its host untouched: its host forgets that qvdc manages the domain
+    /// and its disks, then the VM and its volumes' records are removed. The guest keeps
+    /// running as it was (Unavailable while the host does not answer).
+    VmRelease {
         request_id: String,
         name: String,
     },
@@ -1010,7 +1055,8 @@ pub struct VmView {
     pub host: String,
     /// `false` for a domain qvdc does not manage (defined on its host by someone else):
     /// the host reports it, qvdc shows it and never starts, stops or removes it. Its
-    /// `desired` then only mirrors its power, and its spec has no id, disks or NICs.
+    /// `desired` then only mirrors its power, and its spec has no id or NICs and lists only
+    /// the disks that lie in pools (what adopting it would make volumes of).
     pub managed: bool,
     pub desired: DesiredPower,
     /// As the host last reported it; `Unknown` without a fresh report.
@@ -1033,7 +1079,11 @@ impl VmView {
                 name: report.name.clone(),
                 vcpus: report.vcpus,
                 memory_bytes: report.memory_bytes,
-                disks: Vec::new(),
+                disks: report
+                    .disks
+                    .iter()
+                    .filter_map(|d| d.volume.clone())
+                    .collect(),
                 nics: Vec::new(),
             },
             host: host.to_owned(),

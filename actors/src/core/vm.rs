@@ -146,9 +146,17 @@ impl VmCore {
             .filter(|o| now.saturating_duration_since(o.seen_at) <= self.timings.stale_after())
     }
 
+    /// Whether `report` is the domain this VM was adopted from, not yet carrying its id.
+    fn is_adoptee(&self, report: &VmReport) -> bool {
+        report.id.is_none() && self.record.adopted.as_deref() == Some(report.uuid.as_str())
+    }
+
     /// A domain of that name on the host that is not this VM.
     fn conflict(&self) -> Option<String> {
         let report = self.observation.as_ref()?.report.as_ref()?;
+        if self.is_adoptee(report) {
+            return None;
+        }
         (report.id.as_deref() != Some(&self.record.spec.id)).then(|| {
             format!(
                 "host {} has another domain named {} ({}); rename or remove it",
@@ -164,6 +172,10 @@ impl VmCore {
 
     /// The command that closes the gap to the last observation, if there is a gap.
     fn wanted(&self) -> Option<HostCommandKind> {
+        if self.record.releasing {
+            // Being given back: the release request talks to the host; nothing else may.
+            return None;
+        }
         let observation = self.observation.as_ref()?;
         let spec = &self.record.spec;
         let Some(report) = &observation.report else {
@@ -171,6 +183,14 @@ impl VmCore {
         };
         if self.conflict().is_some() {
             return None;
+        }
+        if self.is_adoptee(report) {
+            return Some(HostCommandKind::AdoptVm {
+                name: spec.name.clone(),
+                id: spec.id.clone(),
+                uuid: report.uuid.clone(),
+                volumes: spec.disks.clone(),
+            });
         }
         let outdated = report.vcpus != spec.vcpus || report.memory_bytes != spec.memory_bytes;
         let name = spec.name.clone();
@@ -277,7 +297,22 @@ impl VmCore {
             Some(Observation {
                 report: Some(report),
                 ..
+            }) if self.is_adoptee(report) => (
+                report.power,
+                "being adopted: its host has not recorded the VM's id yet".to_owned(),
+            ),
+            Some(Observation {
+                report: Some(report),
+                ..
             }) => (report.power, report.reason.clone()),
+        };
+        let error = if self.record.releasing {
+            Some(format!(
+                "being given back to host {}; `qvctl vm release {}` finishes it",
+                self.record.host, self.record.spec.name
+            ))
+        } else {
+            self.failure.clone()
         };
         VmView {
             spec: self.record.spec.clone(),
@@ -286,7 +321,7 @@ impl VmCore {
             desired: self.record.power,
             power,
             reason,
-            error: self.failure.clone(),
+            error,
         }
     }
 }
@@ -326,6 +361,8 @@ mod tests {
             },
             host: "host-1".into(),
             power,
+            adopted: None,
+            releasing: false,
         }
     }
 
@@ -337,6 +374,8 @@ mod tests {
             reason: "r".into(),
             vcpus: 2,
             memory_bytes: 64 << 20,
+            uuid: "uuid-web".into(),
+            disks: Vec::new(),
         }
     }
 
@@ -543,6 +582,54 @@ mod tests {
         ];
         let strays: Vec<String> = strays(&desired, "host-1", &reports).into_iter().collect();
         assert_eq!(strays, ["db", "old", "web2"]);
+    }
+
+    #[test]
+    fn the_adopted_domain_gets_the_vm_id_and_no_other_domain_of_its_name_does() {
+        let mut adopted = record(DesiredPower::Running);
+        adopted.adopted = Some("uuid-web".into());
+        let mut core = VmCore::new(adopted.clone(), leadership(), Timings::default());
+        let t0 = Instant::now();
+        let mut unmanaged = report(PowerState::Running);
+        unmanaged.id = None;
+        core.observe(t0, Some(unmanaged.clone()));
+        let adopt = HostCommandKind::AdoptVm {
+            name: "web".into(),
+            id: "vm-1".into(),
+            uuid: "uuid-web".into(),
+            volumes: Vec::new(),
+        };
+        assert_eq!(core.tick(t0), [send(1, adopt)]);
+        assert_eq!(core.view(t0).error, None);
+
+        // Another domain under the VM's name (redefined behind qvdc's back) is left alone.
+        let mut core = VmCore::new(adopted, leadership(), Timings::default());
+        let mut impostor = unmanaged;
+        impostor.uuid = "uuid-other".into();
+        core.observe(t0, Some(impostor));
+        assert_eq!(core.tick(t0), []);
+        let error = core.view(t0).error.unwrap();
+        assert!(error.contains("not managed by qvdc"), "{error}");
+    }
+
+    #[test]
+    fn a_vm_being_released_is_never_acted_on() {
+        let mut releasing = record(DesiredPower::Running);
+        releasing.releasing = true;
+        let mut core = VmCore::new(releasing, leadership(), Timings::default());
+        let t0 = Instant::now();
+        for seen in [
+            Some(report(PowerState::ShutOff)),
+            None,
+            Some(VmReport {
+                id: None,
+                ..report(PowerState::Crashed)
+            }),
+        ] {
+            core.observe(t0, seen);
+            assert_eq!(core.tick(t0), []);
+        }
+        assert!(core.view(t0).error.unwrap().contains("vm release web"));
     }
 
     #[test]

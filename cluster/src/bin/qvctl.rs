@@ -266,6 +266,26 @@ enum VmCommand {
         #[command(flatten)]
         wait: Wait,
     },
+    /// Bring a domain qvdc did not create under management, as a VM of the same name
+    ///
+    /// `qvctl vm list` shows such domains as unmanaged. The domain is left as it is (running
+    /// or not); from now on qvdc keeps it in that state. Each of its disks must be a qcow2 or
+    /// raw file directly in a pool mounted on its host: those files become volumes. Its NICs
+    /// stay as they are and are not shown as qvdc networks.
+    ///
+    /// Examples:
+    ///   qvctl vm adopt host-1/legacy-db
+    ///   qvctl vm show legacy-db
+    #[command(verbatim_doc_comment)]
+    Adopt {
+        /// The domain as HOST/DOMAIN, e.g. host-1/legacy-db.
+        #[arg(value_parser = parse_host_domain)]
+        domain: (String, String),
+    },
+    /// Give a VM back to its host untouched: the guest keeps running as it is, qvdc forgets
+    /// the VM and the volumes of its disks (their files stay) and lists it as unmanaged.
+    /// While its host is unreachable the release fails; qvdc leaves the VM alone meanwhile.
+    Release { name: String },
     /// One VM: its definition, host, desired and reported power state.
     Show { name: String },
     /// All VMs.
@@ -294,6 +314,18 @@ fn parse_size(text: &str) -> Result<u64, String> {
         .map_err(|_| format!("{text:?} is not a size; write it like 512M or 2G"))?;
     n.checked_mul(1 << shift)
         .ok_or_else(|| format!("{text} is too large"))
+}
+
+/// Parses HOST/DOMAIN.
+fn parse_host_domain(text: &str) -> Result<(String, String), String> {
+    match text.split_once('/') {
+        Some((host, domain)) if !host.is_empty() && !domain.is_empty() => {
+            Ok((host.into(), domain.into()))
+        }
+        _ => Err(format!(
+            "{text:?} must be HOST/DOMAIN, like host-1/legacy-db; `qvctl vm list` shows the unmanaged domains"
+        )),
+    }
 }
 
 /// Parses POOL/VOLUME[:raw|:qcow2].
@@ -794,6 +826,14 @@ fn vm_request(command: VmCommand, request_id: String) -> ApiRequest {
         VmCommand::Reboot { name } => ApiRequest::VmReboot { name },
         VmCommand::ForceOff { name, .. } => ApiRequest::VmForceOff { request_id, name },
         VmCommand::Delete { name, .. } => ApiRequest::VmDelete { request_id, name },
+        VmCommand::Adopt {
+            domain: (host, domain),
+        } => ApiRequest::VmAdopt {
+            request_id,
+            host,
+            domain,
+        },
+        VmCommand::Release { name } => ApiRequest::VmRelease { request_id, name },
         VmCommand::Show { name } => ApiRequest::VmShow { name },
         VmCommand::List => ApiRequest::VmList,
     }

@@ -12,8 +12,8 @@ use std::{
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use qvdc_simulation::{
-    catch_up, chaos, deposed_leader, pool_flow, vm_flow, Bug, Chaos, Disruption, FaultKind,
-    SimConfig,
+    adoption, catch_up, chaos, deposed_leader, pool_flow, vm_flow, Bug, Chaos, Disruption,
+    FaultKind, SimConfig,
 };
 use qvdc_transport::sim::Impairment;
 
@@ -69,6 +69,8 @@ enum Scenario {
     VmFlow,
     /// A host left with only a deposed leader, whose state is stale, must not obey it.
     DeposedLeader,
+    /// A domain qvdc did not create adopted, driven across a leader loss, and released.
+    Adoption,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -215,6 +217,14 @@ impl Shape {
                 let summary = format!(
                     "cp{} deposed by cp{}; the host refused it {} times and kept its state",
                     o.old, o.new, o.refusals
+                );
+                (o.trace, o.trace_hash, summary)
+            }
+            Scenario::Adoption => {
+                let o = adoption::run(&config)?;
+                let summary = format!(
+                    "legacy-db adopted (id recorded {:?} after the request), driven across a leader loss and released untouched (simulated)",
+                    o.adopted_in
                 );
                 (o.trace, o.trace_hash, summary)
             }

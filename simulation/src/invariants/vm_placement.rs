@@ -40,7 +40,8 @@ impl TraceInvariant for VmRunsOnOneHostAtATime {
             "start" | "reboot" => {
                 hosts.insert(machine.to_owned());
             }
-            "shutdown" | "force-off" | "undefine" => {
+            // A released guest runs on, but no longer as this VM: the name is free again.
+            "shutdown" | "force-off" | "undefine" | "release" => {
                 hosts.remove(machine);
             }
             "define" | "adopt" => {}
