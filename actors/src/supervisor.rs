@@ -983,8 +983,8 @@ fn reconcile_pool(
             }
         })?;
     }
-    let through = state.core.healthy_host(now).map(str::to_owned);
-    for effect in state.volumes.tick(now, through.as_deref()) {
+    let healthy = state.core.healthy_hosts(now);
+    for effect in state.volumes.tick(now, &healthy) {
         let volumes::Effect::Send {
             host,
             volume,

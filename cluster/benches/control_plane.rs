@@ -61,6 +61,7 @@ fn shared_endpoint(nodes: &Nodes) -> Option<qvdc_transport::Endpoint> {
 
 async fn create_pool(client: &mut Client, name: String) -> Duration {
     let spec = PoolSpec {
+        scope: Default::default(),
         name,
         source: PoolSource::Dir {
             path: "/srv/bench".into(),

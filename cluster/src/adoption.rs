@@ -19,7 +19,7 @@ use qvdc_raft::{
 use qvdc_transport::bugs::{self, Bug};
 use qvdc_transport::protocol::{
     ApiError, ApiErrorKind, ApiResponse, CommandOutput, DesiredPower, HostCommandKind, Liveness,
-    PowerState, Response, VmDisk, VmReport, VmSpec, VolumeInfo,
+    PoolScope, PowerState, Response, VmDisk, VmReport, VmSpec, VolumeInfo,
 };
 
 use crate::{
@@ -86,6 +86,7 @@ async fn files_on(
 /// a raw disk's guest-written header would be trusted).
 fn new_volumes(
     node: &NodeInner,
+    host: &str,
     domain: &str,
     disks: &[VmDisk],
     files: &BTreeMap<String, Vec<VolumeInfo>>,
@@ -118,10 +119,16 @@ fn new_volumes(
                 file.format.map_or("something else".to_owned(), |f| format!("a {f} image"))
             ));
         }
+        // A local pool's file is on this host's own storage.
+        let local = desired
+            .pools
+            .get(&disk.pool)
+            .is_some_and(|p| p.spec.scope == PoolScope::Local);
         volumes.push(AdoptedVolume {
             pool: disk.pool.clone(),
             name: disk.volume.clone(),
             record: VolumeRecord {
+                host: local.then(|| host.to_owned()),
                 format: disk.format,
                 size_bytes: file.size_bytes,
             },
@@ -212,7 +219,7 @@ pub(crate) async fn adopt_vm(
         Ok(files) => files,
         Err(response) => return response,
     };
-    let volumes = match new_volumes(node, &domain, &disks, &files) {
+    let volumes = match new_volumes(node, &host, &domain, &disks, &files) {
         Ok(volumes) => volumes,
         Err(why) => return refused(format!("{domain} cannot be adopted: {why}")),
     };

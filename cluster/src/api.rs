@@ -15,7 +15,7 @@ use qvdc_raft::{
 use qvdc_transport::protocol::{
     ApiError, ApiErrorKind, ApiRequest, ApiResponse, ClusterStatus, CommandOutput, DesiredPower,
     HostCommandKind, HostDetail, HostFit, HostPool, HostView, Liveness, MemberStatus, NetworkView,
-    Placement, PoolSpec, PoolView, Response, VmSpec,
+    Placement, PoolScope, PoolSpec, PoolView, Response, VmSpec,
 };
 
 use crate::{adoption, membership, node::NodeInner, propose::ProposeError, stale};
@@ -172,8 +172,18 @@ pub(crate) async fn handle(node: &NodeInner, request: ApiRequest) -> Response {
             name,
             format,
             size_bytes,
+            host,
         } => {
+            // A local pool with a single host needs no --host.
+            let host = host.or_else(|| {
+                let desired = node.desired.borrow();
+                let record = desired.pools.get(&pool)?;
+                let only = (record.spec.scope == PoolScope::Local && record.hosts.len() == 1)
+                    .then(|| record.hosts.first())??;
+                Some(only.clone())
+            });
             let command = Command::CreateVolume {
+                host,
                 pool,
                 name,
                 format,
@@ -203,14 +213,22 @@ pub(crate) async fn handle(node: &NodeInner, request: ApiRequest) -> Response {
                 pool: pool.clone(),
                 name: name.clone(),
             };
+            // A local pool's volume lives on one host: the file goes there.
+            let lives_on = node
+                .desired
+                .borrow()
+                .volume(&pool, &name)
+                .ok()
+                .and_then(|v| v.host.clone());
             if let Err(response) = propose_once(node, key(request_id), command).await {
                 return response;
             }
-            // The record is gone; now the file, through any healthy host of the pool.
+            // The record is gone; now the file, through its host or any healthy host of the
+            // pool.
             on_pool_host(
                 node,
                 &pool,
-                None,
+                lives_on,
                 HostCommandKind::DeleteVolume {
                     pool: pool.clone(),
                     name,
@@ -353,6 +371,9 @@ pub(crate) async fn handle(node: &NodeInner, request: ApiRequest) -> Response {
                 Ok((views, unmanaged)) => {
                     let desired = node.desired.borrow().clone();
                     let mut all = complete(views, &desired.vms, |v| &v.spec.name, stale::vm_view);
+                    for view in &mut all {
+                        explain_pinned(&desired, view);
+                    }
                     all.extend(unmanaged);
                     Response::Api(Ok(ApiResponse::Vms(all)))
                 }
@@ -365,7 +386,10 @@ pub(crate) async fn handle(node: &NodeInner, request: ApiRequest) -> Response {
                 Err(response) => return response,
             };
             match supervision.vm_view(&name).await {
-                Ok(Some(view)) => Response::Api(Ok(ApiResponse::Vm(view))),
+                Ok(Some(mut view)) => {
+                    explain_pinned(&node.desired.borrow(), &mut view);
+                    Response::Api(Ok(ApiResponse::Vm(view)))
+                }
                 Ok(None) => unmanaged_vm(node, &supervision, &name).await,
                 Err(e) => unavailable(e.to_string()),
             }
@@ -738,7 +762,8 @@ async fn placement(node: &NodeInner, mut spec: VmSpec, host: Option<String>) -> 
     };
     let desired = node.desired.borrow().clone();
     with_volume_formats(&desired, &mut spec);
-    let fits = placement::assess(&spec, &facts);
+    let pins = placement::pins(&desired, &spec);
+    let fits = placement::assess(&spec, &pins, &facts);
     // As `vm create` does: a host named with --host is taken as asked (placement's checks
     // are shown, not applied); otherwise placement picks.
     let chosen = match &host {
@@ -746,7 +771,7 @@ async fn placement(node: &NodeInner, mut spec: VmSpec, host: Option<String>) -> 
             .iter()
             .any(|fit| fit.host == *host)
             .then(|| host.clone()),
-        None => placement::place(&spec, &facts).ok(),
+        None => placement::place(&spec, &pins, &facts).ok(),
     };
     let mut refused = match (&host, &chosen) {
         (Some(host), None) if !fits.iter().any(|fit| fit.host == *host) => Some(format!(
@@ -788,7 +813,8 @@ async fn place(
     spec: &VmSpec,
 ) -> Result<String, Response> {
     let facts = facts_now(supervision, node).await?;
-    placement::place(spec, &facts).map_err(|reasons| {
+    let pins = placement::pins(&node.desired.borrow(), spec);
+    placement::place(spec, &pins, &facts).map_err(|reasons| {
         let why: Vec<String> = reasons.iter().map(|(h, r)| format!("{h}: {r}")).collect();
         let message = format!(
             "no host can run VM {}: {}; free capacity, fix the pools, or pass --host",
@@ -891,6 +917,26 @@ async fn create_vm(
         Some(vm) => created(vm),
         None => unavailable(format!("VM {name} was created and deleted meanwhile")),
     }
+}
+
+/// A VM whose host is not heard from says why it cannot run elsewhere when its disks are on
+/// that host's own storage.
+fn explain_pinned(desired: &DesiredState, view: &mut qvdc_transport::protocol::VmView) {
+    if !view.managed || !view.reason.starts_with("no fresh report") {
+        return;
+    }
+    let pins = placement::pins(desired, &view.spec);
+    let Some(pin) = pins.first() else {
+        return;
+    };
+    let why = format!(
+        "its host {} is not heard from, and the VM cannot run elsewhere: disk {}/{} is on {}'s own storage (pool {} is local)",
+        view.host, pin.pool, pin.volume, pin.host, pin.pool
+    );
+    view.error = Some(match view.error.take() {
+        Some(error) => format!("{error}; {why}"),
+        None => why,
+    });
 }
 
 /// Makes a list of supervisors' views agree with the applied desired state. A supervisor

@@ -3,7 +3,7 @@
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use qvdc_transport::protocol::{
     ApiResponse, Capacity, ClusterStatus, HostDetail, HostView, Liveness, NetworkView, Placement,
-    PoolView, RevokedCertificate, VmView, VolumeInfo, VolumeView,
+    PoolScope, PoolView, RevokedCertificate, VmView, VolumeInfo, VolumeView,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -255,11 +255,12 @@ fn hosts_table(hosts: &[HostView]) -> String {
 }
 
 fn pools_table(pools: &[PoolView]) -> String {
-    let mut t = table(&["POOL", "SOURCE", "HEALTH", "HOSTS OK", "CAPACITY"]);
+    let mut t = table(&["POOL", "SCOPE", "SOURCE", "HEALTH", "HOSTS OK", "CAPACITY"]);
     for p in pools {
         let ok = format!("{}/{}", p.healthy_hosts.len(), p.hosts.len());
         t.add_row(vec![
             p.spec.name.clone(),
+            p.spec.scope.to_string(),
             p.spec.source.to_string(),
             p.health.to_string(),
             ok,
@@ -292,8 +293,12 @@ fn pool_detail(p: &PoolView) -> String {
             hosts.join(", ")
         }
     };
+    let scope = match p.spec.scope {
+        PoolScope::Shared => "shared (one storage seen by every host)",
+        PoolScope::Local => "local (each host's own storage; capacity is their sum)",
+    };
     format!(
-        "pool:     {}\nsource:   {}\nhealth:   {}\ncapacity: {}\nhealthy:  {}\nfailed:   {}\n{t}",
+        "pool:     {}\nscope:    {scope}\nsource:   {}\nhealth:   {}\ncapacity: {}\nhealthy:  {}\nfailed:   {}\n{t}",
         p.spec.name,
         p.spec.source,
         p.health,
@@ -374,15 +379,24 @@ fn files_table(pool: &str, host: &str, files: &[VolumeInfo]) -> String {
 }
 
 fn volumes_table(volumes: &[VolumeView]) -> String {
-    let mut t = table(&["VOLUME", "FORMAT", "SIZE", "READY", "ERROR"]);
+    let local = volumes.iter().any(|v| v.host.is_some());
+    let mut header = vec!["VOLUME", "FORMAT", "SIZE", "READY", "ERROR"];
+    if local {
+        header.insert(1, "HOST");
+    }
+    let mut t = table(&header);
     for v in volumes {
-        t.add_row(vec![
+        let mut row = vec![
             v.name.clone(),
             v.format.to_string(),
             bytes(v.size_bytes),
             v.ready.to_string(),
             v.error.clone().unwrap_or_default(),
-        ]);
+        ];
+        if local {
+            row.insert(1, v.host.clone().unwrap_or_default());
+        }
+        t.add_row(row);
     }
     t.to_string()
 }
@@ -505,6 +519,7 @@ mod tests {
         };
         PoolView {
             spec: PoolSpec {
+                scope: Default::default(),
                 name: "shared".into(),
                 source: PoolSource::Dir {
                     path: "/srv/shared".into(),
@@ -527,6 +542,7 @@ mod tests {
     fn pool_detail_table() {
         expect![[r#"
             pool:     shared
+            scope:    shared (one storage seen by every host)
             source:   dir /srv/shared
             health:   DEGRADED
             capacity: 25.0 GiB / 100.0 GiB (75.0 GiB free)
@@ -544,11 +560,11 @@ mod tests {
     #[test]
     fn pool_list_table() {
         expect![[r#"
-            ┌────────┬─────────────────┬──────────┬──────────┬──────────────────────────────────────┐
-            │ POOL   ┆ SOURCE          ┆ HEALTH   ┆ HOSTS OK ┆ CAPACITY                             │
-            ╞════════╪═════════════════╪══════════╪══════════╪══════════════════════════════════════╡
-            │ shared ┆ dir /srv/shared ┆ DEGRADED ┆ 2/3      ┆ 25.0 GiB / 100.0 GiB (75.0 GiB free) │
-            └────────┴─────────────────┴──────────┴──────────┴──────────────────────────────────────┘"#]].assert_eq(&render(&ApiResponse::Pools(vec![pool()]), Format::Table));
+            ┌────────┬────────┬─────────────────┬──────────┬──────────┬──────────────────────────────────────┐
+            │ POOL   ┆ SCOPE  ┆ SOURCE          ┆ HEALTH   ┆ HOSTS OK ┆ CAPACITY                             │
+            ╞════════╪════════╪═════════════════╪══════════╪══════════╪══════════════════════════════════════╡
+            │ shared ┆ shared ┆ dir /srv/shared ┆ DEGRADED ┆ 2/3      ┆ 25.0 GiB / 100.0 GiB (75.0 GiB free) │
+            └────────┴────────┴─────────────────┴──────────┴──────────┴──────────────────────────────────────┘"#]].assert_eq(&render(&ApiResponse::Pools(vec![pool()]), Format::Table));
     }
 
     #[test]
@@ -668,6 +684,7 @@ mod tests {
             │ dmz     ┆ br-dmz ┆ 42 on eth0 ┆ host-1 ┆ false ┆ VLAN port eth0.42 does not exist │
             └─────────┴────────┴────────────┴────────┴───────┴──────────────────────────────────┘"#]].assert_eq(&render(&ApiResponse::Networks(vec![network]), Format::Table));
         let volume = VolumeView {
+            host: None,
             name: "web.qcow2".into(),
             format: qvdc_transport::protocol::VolumeFormat::Qcow2,
             size_bytes: 20 << 30,

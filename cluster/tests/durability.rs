@@ -222,6 +222,7 @@ async fn create_pool(client: &mut Client, history: &History, who: u64, name: Str
     let request = ApiRequest::PoolCreate {
         request_id: request_id.clone(),
         spec: PoolSpec {
+            scope: Default::default(),
             name: name.clone(),
             source: PoolSource::Dir {
                 path: "/srv/durability".into(),

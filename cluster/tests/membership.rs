@@ -29,6 +29,7 @@ async fn create_pool(client: &mut Client, name: &str) {
     let request = ApiRequest::PoolCreate {
         request_id: client.new_request_id(),
         spec: PoolSpec {
+            scope: Default::default(),
             name: name.into(),
             source: PoolSource::Dir {
                 path: format!("/srv/{name}"),

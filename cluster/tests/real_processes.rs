@@ -705,6 +705,136 @@ fn vm_create_dry_run_names_why_each_host_cannot_run_it_needs_root() {
     assert_eq!(managed.len(), 1, "only big exists: {vms:#}");
 }
 
+/// A local pool: each host has its own storage under it (here, on one machine, the hosts'
+/// storages are one directory, but qvdc treats them as separate). A volume is made on one
+/// host, a VM on it is placed on that host only, and while that host is gone the VM says why
+/// it cannot run elsewhere.
+#[test]
+fn a_vm_on_a_local_volume_stays_on_the_volume_s_host_needs_root() {
+    if !may_mount() {
+        eprintln!("skipped: needs root (set QVDC_REQUIRE_REAL=1 to make this a failure)");
+        return;
+    }
+    let mut cluster = Cluster::start();
+    eventually(
+        &cluster,
+        "three hosts Ready",
+        Duration::from_secs(30),
+        || {
+            let hosts = cluster.json(&["host", "list"])?;
+            let hosts = hosts.as_array()?;
+            (hosts.len() == 3 && hosts.iter().all(|h| h["liveness"] == "Ready")).then_some(())
+        },
+    );
+    let storage = cluster.dir().join("local");
+    std::fs::create_dir_all(&storage).unwrap();
+    let path = storage.display().to_string();
+    cluster.ok(&[
+        "pool",
+        "create",
+        "local",
+        "--scope",
+        "local",
+        "--path",
+        &path,
+        "--hosts",
+        "host-1,host-2",
+    ]);
+    let pool = eventually(
+        &cluster,
+        "pool local mounted",
+        Duration::from_secs(30),
+        || cluster.json(&["pool", "show", "local"]).and_then(settled),
+    );
+    assert_eq!(pool["spec"]["scope"], "local", "{pool:#}");
+    let per_host: u64 = pool["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["capacity"]["total_bytes"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        pool["capacity"]["total_bytes"].as_u64(),
+        Some(per_host),
+        "a local pool has each host's own storage: {pool:#}"
+    );
+
+    let make = [
+        "volume", "create", "local", "db.raw", "--size", "16M", "--format", "raw",
+    ];
+    let refused = text(&cluster.qvctl(&make));
+    assert!(
+        refused.contains("pool local is local: name the host")
+            && refused.contains("host-1, host-2"),
+        "{refused}"
+    );
+    let mut on_host2 = make.to_vec();
+    on_host2.extend(["--host", "host-2"]);
+    cluster.ok(&on_host2);
+    eventually(
+        &cluster,
+        "volume ready on host-2",
+        Duration::from_secs(15),
+        || {
+            let volumes = cluster.json(&["volume", "list", "local"])?;
+            (volumes[0]["ready"] == true && volumes[0]["host"] == "host-2").then_some(())
+        },
+    );
+
+    let vm = [
+        "vm",
+        "create",
+        "db",
+        "--memory",
+        "64M",
+        "--disk",
+        "local/db.raw:raw",
+    ];
+    let mut dry_run = vm.to_vec();
+    dry_run.push("--dry-run");
+    let shown = text(&cluster.ok(&dry_run));
+    assert!(shown.contains("would be placed on host-2"), "{shown}");
+    for host in ["host-1", "host-3"] {
+        assert!(
+            shown.lines().any(|l| l.contains(host)
+                && l.contains(
+                    "disk local/db.raw is on host-2's own storage (pool local is local)"
+                )),
+            "{host}: {shown}"
+        );
+    }
+    let mut pinned_elsewhere = vm.to_vec();
+    pinned_elsewhere.extend(["--host", "host-1"]);
+    let refused = text(&cluster.qvctl(&pinned_elsewhere));
+    assert!(
+        refused.contains("the VM can only run on host-2"),
+        "{refused}"
+    );
+    let mut start = vm.to_vec();
+    start.extend(["--start", "--wait"]);
+    cluster.ok(&start);
+    let shown = cluster.json(&["vm", "show", "db"]).unwrap();
+    assert_eq!(shown["host"], "host-2", "{shown:#}");
+
+    // host-2 goes away: the VM cannot run elsewhere, and says why.
+    let mut agent = cluster.hosts.remove(1);
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    let why = eventually(&cluster, "the VM explains", Duration::from_secs(15), || {
+        let vm = cluster.json(&["vm", "show", "db"])?;
+        vm["error"].as_str().map(str::to_owned)
+    });
+    assert!(
+        why.contains("cannot run elsewhere: disk local/db.raw is on host-2's own storage"),
+        "{why}"
+    );
+    cluster.hosts.insert(1, cluster.spawn_host(2));
+    eventually(&cluster, "the VM back", Duration::from_secs(30), || {
+        let vm = cluster.json(&["vm", "show", "db"])?;
+        (vm["power"] == "running" && vm["error"].is_null()).then_some(())
+    });
+}
+
 /// Domains a host had before qvdc (here the one libvirt's test driver starts with, `test`,
 /// on every host) are listed with their host, power, vCPUs and memory, marked unmanaged,
 /// and left alone: they are still running heartbeats later.
@@ -1427,6 +1557,7 @@ fn a_node_refuses_what_a_certificate_does_not_allow_and_oversized_frames() {
             .unwrap();
         forbidden(reply, "needs role server");
         let spec = PoolSpec {
+            scope: Default::default(),
             name: "p".into(),
             source: PoolSource::Dir {
                 path: "/srv".into(),

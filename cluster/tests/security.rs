@@ -90,6 +90,7 @@ async fn still_serving(nodes: &mut Nodes, honest: &mut Client, after: &str) {
     let create = ApiRequest::PoolCreate {
         request_id: name.clone(),
         spec: PoolSpec {
+            scope: Default::default(),
             name,
             source: PoolSource::Dir {
                 path: "/srv/pools".into(),
@@ -721,6 +722,7 @@ async fn nodes_take_rotated_certificates_without_a_restart() {
     let create = ApiRequest::PoolCreate {
         request_id: "after-rotation".into(),
         spec: PoolSpec {
+            scope: Default::default(),
             name: "after-rotation".into(),
             source: PoolSource::Dir {
                 path: "/srv/pools".into(),

@@ -450,6 +450,7 @@ mod tests {
 
     fn spec(name: &str) -> PoolSpec {
         PoolSpec {
+            scope: Default::default(),
             name: name.into(),
             source: PoolSource::Dir {
                 path: "/srv/pool".into(),
@@ -475,6 +476,7 @@ mod tests {
         let mounter = SimMounter::new(1000);
         let pools = pools(mounter.clone());
         let etc = PoolSpec {
+            scope: Default::default(),
             name: "p".into(),
             source: PoolSource::Dir {
                 path: "/etc".into(),

@@ -19,6 +19,7 @@ use support::{accept_host, certificates, identity, start_sim_agent, HostSession}
 
 fn init_pool() -> HostCommandKind {
     HostCommandKind::InitStoragePool(PoolSpec {
+        scope: Default::default(),
         name: "p".into(),
         source: PoolSource::Dir {
             path: "/srv/p".into(),

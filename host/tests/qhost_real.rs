@@ -176,6 +176,7 @@ async fn qhost_runs_a_kvm_vm_on_a_volume_and_reports_what_happens_to_it() {
     let source = dir.join("pool-source");
     std::fs::create_dir(&source).unwrap();
     let spec = PoolSpec {
+        scope: Default::default(),
         name: "local".into(),
         source: PoolSource::Dir {
             path: source.display().to_string(),

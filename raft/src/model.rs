@@ -13,8 +13,8 @@ use std::{
 pub use imbl::{ordmap::DiffItem, OrdMap, OrdSet};
 
 use qvdc_transport::protocol::{
-    DesiredPower, Inventory, NetworkSpec, PoolSource, PoolSpec, RevokedCertificate, VmSpec,
-    VolumeFormat,
+    DesiredPower, Inventory, NetworkSpec, PoolScope, PoolSource, PoolSpec, RevokedCertificate,
+    VmSpec, VolumeFormat,
 };
 use serde::{Deserialize, Serialize};
 
@@ -82,10 +82,45 @@ pub struct AdoptedVolume {
     pub record: VolumeRecord,
 }
 
+impl PoolRecord {
+    /// Whether a volume of this pool may live on `host`: a local pool's volume on one of its
+    /// hosts, a shared pool's on none in particular.
+    pub fn check_volume_host(&self, host: Option<&str>) -> Result<(), ValidationError> {
+        let pool = &self.spec.name;
+        let bad = |m: String| Err(ValidationError::BadVolume(m));
+        let hosts = || self.hosts.iter().cloned().collect::<Vec<_>>().join(", ");
+        match (self.spec.scope, host) {
+            (PoolScope::Shared, None) => Ok(()),
+            (PoolScope::Shared, Some(host)) => bad(format!(
+                "pool {pool} is shared: its hosts see the same volumes, so a volume is on no host in particular (drop --host {host})"
+            )),
+            (PoolScope::Local, None) => bad(format!(
+                "pool {pool} is local: name the host whose storage holds the volume with --host, one of {}",
+                hosts()
+            )),
+            (PoolScope::Local, Some(host)) if !self.hosts.contains(host) => bad(format!(
+                "pool {pool} is not assigned to host {host}; name one of {}",
+                hosts()
+            )),
+            (PoolScope::Local, Some(_)) => Ok(()),
+        }
+    }
+
+    /// The volumes of this pool that live on `host` (a local pool's), in name order.
+    pub fn volumes_on<'a>(&'a self, host: &'a str) -> impl Iterator<Item = &'a String> + 'a {
+        self.volumes
+            .iter()
+            .filter(move |(_, v)| v.host.as_deref() == Some(host))
+            .map(|(name, _)| name)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeRecord {
     pub format: VolumeFormat,
     pub size_bytes: u64,
+    /// In a local pool, the host whose storage holds it; `None` in a shared pool.
+    pub host: Option<String>,
 }
 
 /// A vSwitch and the hosts that carry it.
@@ -489,11 +524,13 @@ pub enum Command {
     DeletePool {
         pool: String,
     },
+    /// In a local pool `host` is the host whose storage holds it; in a shared pool `None`.
     CreateVolume {
         pool: String,
         name: String,
         format: VolumeFormat,
         size_bytes: u64,
+        host: Option<String>,
     },
     /// Grows a volume.
     ResizeVolume {
@@ -747,11 +784,13 @@ impl DesiredState {
                 pool,
                 name,
                 size_bytes,
+                host,
                 ..
             } => {
                 validate_name("volume", name)?;
                 validate_volume_size(*size_bytes)?;
                 let record = self.pool(pool)?;
+                record.check_volume_host(host.as_deref())?;
                 room_for(
                     "volumes in one pool",
                     record.volumes.len(),
@@ -1082,6 +1121,14 @@ impl DesiredState {
         if let Command::UnassignPool { .. } = command {
             for host in hosts {
                 self.refuse_if_used(pool, Some(host), None)?;
+                let held: Vec<&String> = record.volumes_on(host).collect();
+                if !held.is_empty() {
+                    let held: Vec<&str> = held.iter().map(|v| v.as_str()).collect();
+                    return Err(ValidationError::InUse(format!(
+                        "host {host}'s own storage in local pool {pool} holds volume {}; delete them first (unassigned, they could not be reached)",
+                        held.join(", ")
+                    )));
+                }
             }
             if hosts.iter().filter(|h| record.hosts.contains(*h)).count() == record.hosts.len() {
                 return Err(ValidationError::InUse(format!(
@@ -1226,6 +1273,16 @@ impl DesiredState {
                         return bad(format!(
                             "disk {}/{} is a {} volume and cannot be attached as {}",
                             disk.pool, disk.volume, volume.format, disk.format
+                        ))
+                    }
+                    Some(volume) if volume.host.as_deref().is_some_and(|h| h != host) => {
+                        return bad(format!(
+                            "disk {}/{} is on {}'s own storage (pool {} is local), so the VM can only run on {}",
+                            disk.pool,
+                            disk.volume,
+                            volume.host.as_deref().unwrap_or_default(),
+                            disk.pool,
+                            volume.host.as_deref().unwrap_or_default()
                         ))
                     }
                     Some(_) => {}
@@ -1395,8 +1452,10 @@ impl DesiredState {
                 name,
                 format,
                 size_bytes,
+                host,
             } => {
                 let record = VolumeRecord {
+                    host: host.clone(),
                     format: *format,
                     size_bytes: *size_bytes,
                 };
@@ -1700,6 +1759,7 @@ mod tests {
         while codec::encoded_len(&state) <= codec::FRAME_BYTES_MAX {
             let command = Command::CreatePool {
                 spec: PoolSpec {
+                    scope: Default::default(),
                     name: format!("p{pool}"),
                     source: PoolSource::Dir {
                         path: "/srv".into(),
@@ -1736,6 +1796,7 @@ mod tests {
     fn create(name: &str, path: &str, hosts: &[&str]) -> Command {
         Command::CreatePool {
             spec: PoolSpec {
+                scope: Default::default(),
                 name: name.into(),
                 source: PoolSource::Dir { path: path.into() },
             },
@@ -1764,6 +1825,7 @@ mod tests {
     /// A qcow2 volume `name` in `pool`, which a VM's disk must be.
     fn qcow2(pool: &str, name: &str) -> Command {
         Command::CreateVolume {
+            host: None,
             pool: pool.into(),
             name: name.into(),
             format: VolumeFormat::Qcow2,
@@ -1791,6 +1853,7 @@ mod tests {
                     pool: (*pool).into(),
                     name: (*name).into(),
                     record: VolumeRecord {
+                        host: None,
                         format: VolumeFormat::Qcow2,
                         size_bytes: 1 << 30,
                     },
@@ -1948,6 +2011,7 @@ mod tests {
         let mut state = with_hosts(&["host-1"]);
         state.apply(&create("p", "/srv/p", &["host-1"]));
         let volume = |name: &str, size| Command::CreateVolume {
+            host: None,
             pool: "p".into(),
             name: name.into(),
             format: qvdc_transport::protocol::VolumeFormat::Qcow2,
@@ -2280,6 +2344,7 @@ mod tests {
         let first = once("r1", create("p", "/srv/p", &["host-1"]));
         assert_eq!(state.apply(&first), Outcome::Applied);
         let volume = |name: &str| Command::CreateVolume {
+            host: None,
             pool: "p".into(),
             name: name.into(),
             format: VolumeFormat::Raw,

@@ -18,7 +18,8 @@ use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 use anyhow::{bail, ensure, Context};
 use qvdc_cluster::{Client, ClientError};
 use qvdc_transport::protocol::{
-    ApiErrorKind, ApiRequest, ApiResponse, DesiredPower, Health, PowerState, VmSpec,
+    ApiErrorKind, ApiRequest, ApiResponse, DesiredPower, Health, PoolScope, PoolSpec, PowerState,
+    VmDisk, VmSpec, VolumeFormat,
 };
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use tokio::time::Instant;
@@ -90,6 +91,16 @@ async fn script(
     let nodes = world::node_addrs(config.nodes);
     let mut admin = world::operator(&config, &certs, 0, nodes.clone()).await?;
     harness::all_hosts_ready(&mut admin, config.hosts).await?;
+    // Each host's own storage, for VMs that must stay where their disk is.
+    let local = ApiRequest::PoolCreate {
+        request_id: admin.new_request_id(),
+        spec: PoolSpec {
+            scope: PoolScope::Local,
+            ..world::dir_pool(LOCAL_POOL)
+        },
+        hosts: (1..=config.hosts).map(SimConfig::host_name).collect(),
+    };
+    ask(&mut admin, local).await?;
 
     let start = Instant::now();
     let end = start + config.chaos.duration;
@@ -248,9 +259,9 @@ async fn registry_client(
             (RegistryOp::Delete { name, request_id }, answer)
         } else {
             let answer = match send(&mut client, ApiRequest::PoolList).await {
-                Some(Ok(ApiResponse::Pools(pools))) => Some(RegistryRet::Names(
-                    pools.into_iter().map(|p| p.spec.name).collect(),
-                )),
+                Some(Ok(ApiResponse::Pools(pools))) => Some(RegistryRet::Names(registry_names(
+                    pools.into_iter().map(|p| p.spec.name),
+                ))),
                 other => unexpected(other),
             };
             (RegistryOp::Read, answer)
@@ -282,6 +293,9 @@ fn some_hosts(config: &SimConfig, rng: &mut StdRng) -> Vec<String> {
     hosts
 }
 
+/// The local pool the VMs' disks are made in (every host has its own storage under it).
+const LOCAL_POOL: &str = "local";
+
 async fn think(rng: &mut StdRng) {
     let pause = rng.gen_range(THINK_MS.0..=THINK_MS.1);
     tokio::time::sleep(Duration::from_millis(pause)).await;
@@ -304,6 +318,26 @@ async fn vms_client(config: &SimConfig, mut client: Client, end: Instant) {
                 made += 1;
                 format!("vm{}", made - 1)
             };
+            // A third of them on a disk of one host's own storage: placed there only.
+            let mut disks = Vec::new();
+            if rng.gen_bool(1.0 / 3.0) {
+                let volume = format!("{create}.raw");
+                let on = SimConfig::host_name(rng.gen_range(1..=config.hosts));
+                let make = ApiRequest::VolumeCreate {
+                    request_id: client.new_request_id(),
+                    pool: LOCAL_POOL.into(),
+                    name: volume.clone(),
+                    format: VolumeFormat::Raw,
+                    size_bytes: 64 << 20,
+                    host: Some(on),
+                };
+                let _ = send(&mut client, make).await;
+                disks.push(VmDisk {
+                    pool: LOCAL_POOL.into(),
+                    volume,
+                    format: VolumeFormat::Raw,
+                });
+            }
             ApiRequest::VmCreate {
                 request_id: client.new_request_id(),
                 spec: VmSpec {
@@ -311,7 +345,7 @@ async fn vms_client(config: &SimConfig, mut client: Client, end: Instant) {
                     name: create,
                     vcpus: 1,
                     memory_bytes: 512 << 20,
-                    disks: vec![],
+                    disks,
                     nics: vec![],
                 },
                 host: None,
@@ -384,9 +418,14 @@ async fn finish_releases(client: &mut Client) -> anyhow::Result<()> {
     .await
 }
 
+/// The pools of the registry model: all but the VMs' local pool, which the script made.
+fn registry_names(names: impl Iterator<Item = String>) -> std::collections::BTreeSet<String> {
+    names.filter(|name| name != LOCAL_POOL).collect()
+}
+
 async fn pool_names(client: &mut Client) -> anyhow::Result<std::collections::BTreeSet<String>> {
     match ask(client, ApiRequest::PoolList).await? {
-        ApiResponse::Pools(pools) => Ok(pools.into_iter().map(|p| p.spec.name).collect()),
+        ApiResponse::Pools(pools) => Ok(registry_names(pools.into_iter().map(|p| p.spec.name))),
         other => bail!("pool list answered {other:?}"),
     }
 }
@@ -472,7 +511,29 @@ async fn converged(
             .or_default()
             .insert(world::UNMANAGED_DOMAIN.to_owned(), planted);
     }
+    let ApiResponse::Volumes(local) = ask(
+        client,
+        ApiRequest::VolumeList {
+            pool: LOCAL_POOL.into(),
+        },
+    )
+    .await?
+    else {
+        bail!("volume list answered something else");
+    };
     for vm in &vms {
+        for disk in vm.spec.disks.iter().filter(|d| d.pool == LOCAL_POOL) {
+            let on = local.iter().find(|v| v.name == disk.volume);
+            let on = on.and_then(|v| v.host.as_deref());
+            ensure!(
+                on == Some(vm.host.as_str()),
+                "VM {} runs on {}, but its disk {}/{} is on {on:?}'s own storage",
+                vm.spec.name,
+                vm.host,
+                LOCAL_POOL,
+                disk.volume
+            );
+        }
         ensure!(
             !vm.reason.starts_with("being adopted"),
             "VM {} on {} is still {}",

@@ -56,6 +56,7 @@ async fn script(
     let mut through_follower =
         world::operator(&config, &certs, 1, vec![world::node_addr(follower)]).await?;
     let volume = ApiRequest::VolumeCreate {
+        host: None,
         request_id: through_follower.new_request_id(),
         pool: "p".into(),
         name: "v.qcow2".into(),

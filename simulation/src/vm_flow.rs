@@ -121,6 +121,7 @@ async fn operator_script(
     )
     .await?;
     let volume = ApiRequest::VolumeCreate {
+        host: None,
         request_id: client.new_request_id(),
         pool: POOL.into(),
         name: "web.qcow2".into(),

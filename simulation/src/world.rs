@@ -296,6 +296,7 @@ fn pool_root(host: &str) -> std::path::PathBuf {
 /// A `dir` pool named `name` on `/srv/<name>`: the pool every scenario creates.
 pub(crate) fn dir_pool(name: &str) -> PoolSpec {
     PoolSpec {
+        scope: Default::default(),
         name: name.to_owned(),
         source: PoolSource::Dir {
             path: format!("/srv/{name}"),

@@ -130,6 +130,31 @@ impl std::fmt::Display for PoolSource {
 pub struct PoolSpec {
     pub name: String,
     pub source: PoolSource,
+    pub scope: PoolScope,
+}
+
+/// Whether a pool's hosts share one storage or each has its own.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolScope {
+    /// One storage every host of the pool sees (NFS, a shared block device): a volume
+    /// exists once, and a VM on it may run on any of the pool's hosts.
+    #[default]
+    Shared,
+    /// Each host has its own storage under the pool's name (a local disk): a volume lives
+    /// on one host, and a VM on it runs on that host only.
+    Local,
+}
+
+impl std::fmt::Display for PoolScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PoolScope::Shared => "shared",
+            PoolScope::Local => "local",
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -789,12 +814,15 @@ pub enum ApiRequest {
         pool: String,
         host: Option<String>,
     },
+    /// In a local pool, `host` names the host the volume is made on (it may be left out
+    /// when the pool has one host); in a shared pool it must be `None`.
     VolumeCreate {
         request_id: String,
         pool: String,
         name: String,
         format: VolumeFormat,
         size_bytes: u64,
+        host: Option<String>,
     },
     VolumeResize {
         request_id: String,
@@ -1126,8 +1154,9 @@ pub struct PoolHostView {
 pub struct PoolView {
     pub spec: PoolSpec,
     pub health: Health,
-    /// As seen by the healthy host with the least space available (not a sum: hosts
-    /// share the storage).
+    /// For a shared pool, as seen by the healthy host with the least space available (not
+    /// a sum: hosts share the storage); for a local pool, the sum of its healthy hosts' own
+    /// storage (each host's is in `hosts`).
     pub capacity: Capacity,
     pub healthy_hosts: Vec<String>,
     pub failed_hosts: Vec<String>,
@@ -1141,6 +1170,8 @@ pub struct VolumeView {
     pub name: String,
     pub format: VolumeFormat,
     pub size_bytes: u64,
+    /// The host it lives on, in a local pool.
+    pub host: Option<String>,
     /// A host confirmed the file exists at this size.
     pub ready: bool,
     pub error: Option<String>,

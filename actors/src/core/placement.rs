@@ -27,12 +27,42 @@ pub struct HostFacts {
 /// Why no host fits, host by host, in host order.
 pub type Unplaceable = Vec<(String, String)>;
 
+/// A disk that ties a VM to one host: a volume on that host's own storage (a local pool).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pin {
+    pub pool: String,
+    pub volume: String,
+    pub host: String,
+}
+
+/// The disks of `spec` that live on one host's own storage.
+pub fn pins(desired: &qvdc_raft::DesiredState, spec: &VmSpec) -> Vec<Pin> {
+    spec.disks
+        .iter()
+        .filter_map(|disk| {
+            let volume = desired.volume(&disk.pool, &disk.volume).ok()?;
+            Some(Pin {
+                pool: disk.pool.clone(),
+                volume: disk.volume.clone(),
+                host: volume.host.clone()?,
+            })
+        })
+        .collect()
+}
+
 fn mib(bytes: u64) -> u64 {
     bytes >> 20
 }
 
-/// Why `spec` does not fit on `host`, or `None` if it does.
-pub fn misfit(spec: &VmSpec, host: &HostFacts) -> Option<String> {
+/// Why `spec` (whose disks `pins` tie it to hosts) does not fit on `host`, or `None` if it
+/// does.
+pub fn misfit(spec: &VmSpec, pins: &[Pin], host: &HostFacts) -> Option<String> {
+    if let Some(pin) = pins.iter().find(|pin| pin.host != host.host) {
+        return Some(format!(
+            "disk {}/{} is on {}'s own storage (pool {} is local)",
+            pin.pool, pin.volume, pin.host, pin.pool
+        ));
+    }
     if !host.ready {
         return Some("unreachable".into());
     }
@@ -100,12 +130,12 @@ pub struct Fit {
 }
 
 /// How `spec` fits each host, in the hosts' order.
-pub fn assess(spec: &VmSpec, hosts: &[HostFacts]) -> Vec<Fit> {
+pub fn assess(spec: &VmSpec, pins: &[Pin], hosts: &[HostFacts]) -> Vec<Fit> {
     hosts
         .iter()
         .map(|host| Fit {
             host: host.host.clone(),
-            misfit: misfit(spec, host),
+            misfit: misfit(spec, pins, host),
             free_memory_bytes: host
                 .memory_bytes
                 .saturating_sub(host.committed_memory_bytes),
@@ -114,10 +144,10 @@ pub fn assess(spec: &VmSpec, hosts: &[HostFacts]) -> Vec<Fit> {
 }
 
 /// The fitting host with the most free memory (ties go to the first in name order).
-pub fn place(spec: &VmSpec, hosts: &[HostFacts]) -> Result<String, Unplaceable> {
+pub fn place(spec: &VmSpec, pins: &[Pin], hosts: &[HostFacts]) -> Result<String, Unplaceable> {
     let mut best: Option<&Fit> = None;
     let mut reasons = Vec::new();
-    let fits = assess(spec, hosts);
+    let fits = assess(spec, pins, hosts);
     for fit in &fits {
         match &fit.misfit {
             Some(reason) => reasons.push((fit.host.clone(), reason.clone())),
@@ -190,8 +220,8 @@ mod tests {
             host("host-3", true, 4096, &[]),
             host("host-4", false, 8192, &["p"]),
         ];
-        assert_eq!(place(&vm(256, 1, &["p"]), &hosts), Ok("host-2".into()));
-        assert_eq!(place(&vm(256, 1, &[]), &hosts), Ok("host-3".into()));
+        assert_eq!(place(&vm(256, 1, &["p"]), &[], &hosts), Ok("host-2".into()));
+        assert_eq!(place(&vm(256, 1, &[]), &[], &hosts), Ok("host-3".into()));
     }
 
     #[test]
@@ -204,9 +234,9 @@ mod tests {
             network: "prod".into(),
             mac: None,
         });
-        assert_eq!(place(&spec, &hosts), Ok("host-2".into()));
+        assert_eq!(place(&spec, &[], &hosts), Ok("host-2".into()));
         assert_eq!(
-            place(&spec, &hosts[..1]).unwrap_err()[0].1,
+            place(&spec, &[], &hosts[..1]).unwrap_err()[0].1,
             "network prod not up here"
         );
     }
@@ -217,13 +247,45 @@ mod tests {
         sick.pools.insert("q".into(), Health::Error);
         let spec = vm(64, 1, &["q", "p", "r"]);
         assert_eq!(
-            misfit(&spec, &sick).unwrap(),
+            misfit(&spec, &[], &sick).unwrap(),
             "pool r is not assigned to this host"
         );
         assert_eq!(
-            misfit(&vm(64, 1, &["q", "p"]), &sick).unwrap(),
+            misfit(&vm(64, 1, &["q", "p"]), &[], &sick).unwrap(),
             format!("pool q is {} here", Health::Error)
         );
+    }
+
+    #[test]
+    fn a_vm_on_a_local_volume_goes_to_that_volume_s_host_only() {
+        let hosts = [
+            host("host-1", true, 8192, &["local"]),
+            host("host-2", false, 1024, &["local"]),
+            host("host-3", true, 64, &["local"]),
+        ];
+        let spec = vm(256, 1, &["local"]);
+        let pinned = |host: &str| {
+            vec![Pin {
+                pool: "local".into(),
+                volume: "v".into(),
+                host: host.into(),
+            }]
+        };
+        let reasons = place(&spec, &pinned("host-2"), &hosts).unwrap_err();
+        let why: Vec<&str> = reasons.iter().map(|(_, r)| r.as_str()).collect();
+        assert_eq!(
+            why,
+            [
+                "disk local/v is on host-2's own storage (pool local is local)",
+                "unreachable",
+                "disk local/v is on host-2's own storage (pool local is local)",
+            ]
+        );
+        let reasons = place(&spec, &pinned("host-3"), &hosts).unwrap_err();
+        assert_eq!(reasons[2].1, "needs 256 MiB of memory, 64 MiB free");
+        let mut roomy = hosts.clone();
+        roomy[2].committed_memory_bytes = 0;
+        assert_eq!(place(&spec, &pinned("host-3"), &roomy), Ok("host-3".into()));
     }
 
     #[test]
@@ -232,7 +294,7 @@ mod tests {
             host("host-2", true, 1024, &[]),
             host("host-1", true, 1024, &[]),
         ];
-        assert_eq!(place(&vm(64, 1, &[]), &hosts), Ok("host-1".into()));
+        assert_eq!(place(&vm(64, 1, &[]), &[], &hosts), Ok("host-1".into()));
     }
 
     #[test]
@@ -243,7 +305,7 @@ mod tests {
             host("host-3", false, 4096, &["p"]),
             host("host-4", true, 4096, &["p"]),
         ];
-        let reasons = place(&vm(256, 8, &["p"]), &hosts).unwrap_err();
+        let reasons = place(&vm(256, 8, &["p"]), &[], &hosts).unwrap_err();
         assert_eq!(
             reasons,
             [
@@ -258,11 +320,11 @@ mod tests {
         );
         let mut resting = host("host-5", true, 4096, &["p"]);
         resting.maintenance = true;
-        let reasons = place(&vm(256, 1, &["p"]), &[resting]).unwrap_err();
+        let reasons = place(&vm(256, 1, &["p"]), &[], &[resting]).unwrap_err();
         assert_eq!(reasons[0].1, "in maintenance");
-        let reasons = place(&vm(256, 1, &["p"]), &hosts[..1]).unwrap_err();
+        let reasons = place(&vm(256, 1, &["p"]), &[], &hosts[..1]).unwrap_err();
         assert_eq!(reasons[0].1, "needs 256 MiB of memory, 128 MiB free");
-        assert!(place(&vm(1, 1, &[]), &[]).unwrap_err()[0]
+        assert!(place(&vm(1, 1, &[]), &[], &[]).unwrap_err()[0]
             .1
             .contains("no host"));
     }

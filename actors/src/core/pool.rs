@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use qvdc_transport::protocol::{
     Capacity, CommandId, Health, HostCommand, HostCommandKind, Leadership, PoolHostView,
-    PoolReport, PoolSpec, PoolView,
+    PoolReport, PoolScope, PoolSpec, PoolView,
 };
 use tokio::time::Instant;
 
@@ -86,16 +86,17 @@ impl PoolCore {
         self.hosts = hosts;
     }
 
-    /// The first assigned host (by name) with a fresh healthy report: where volume work goes.
-    pub fn healthy_host(&self, now: Instant) -> Option<&str> {
+    /// The assigned hosts (by name) with a fresh healthy report: where volume work goes.
+    pub fn healthy_hosts(&self, now: Instant) -> Vec<String> {
         self.hosts
             .iter()
-            .find(|h| {
+            .filter(|h| {
                 self.fresh(h, now)
                     .and_then(|o| o.report.as_ref())
                     .is_some_and(|r| r.health == Health::Healthy)
             })
-            .map(String::as_str)
+            .cloned()
+            .collect()
     }
 
     /// A heartbeat from `host` arrived; `report` is this pool's entry in it, if any.
@@ -242,14 +243,24 @@ impl PoolCore {
             .filter(|h| matches!(h.health, Health::Error | Health::Degraded))
             .map(|h| h.host_id.clone())
             .collect();
-        // One pool is one storage seen from several hosts: adding their views would count a
-        // shared filesystem once per host. The pool offers what its tightest healthy host sees.
-        let capacity = hosts
+        let healthy_capacities = hosts
             .iter()
             .filter(|h| h.health == Health::Healthy)
-            .map(|h| h.capacity)
-            .min_by_key(|c| (c.available_bytes, c.total_bytes))
-            .unwrap_or_default();
+            .map(|h| h.capacity);
+        let capacity = match self.spec.scope {
+            // One pool is one storage seen from several hosts: adding their views would count
+            // a shared filesystem once per host. It offers what its tightest healthy host sees.
+            PoolScope::Shared => healthy_capacities
+                .min_by_key(|c| (c.available_bytes, c.total_bytes))
+                .unwrap_or_default(),
+            // Each host brings its own storage: the pool has all of it (each host's own is
+            // in its row, and a volume must fit on one host).
+            PoolScope::Local => healthy_capacities.fold(Capacity::default(), |sum, c| Capacity {
+                total_bytes: sum.total_bytes.saturating_add(c.total_bytes),
+                used_bytes: sum.used_bytes.saturating_add(c.used_bytes),
+                available_bytes: sum.available_bytes.saturating_add(c.available_bytes),
+            }),
+        };
         let health = overall_health(hosts.len(), healthy.len(), failed.len());
         PoolView {
             spec: self.spec.clone(),
@@ -308,6 +319,7 @@ mod tests {
 
     fn spec() -> PoolSpec {
         PoolSpec {
+            scope: Default::default(),
             name: "shared".into(),
             source: PoolSource::Dir {
                 path: "/srv/shared".into(),

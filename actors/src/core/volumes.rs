@@ -1,5 +1,6 @@
-//! The volumes of one pool. A pool is one storage seen by all its hosts, so each volume is
-//! created once, through the first healthy host; the host's CreateVolume is idempotent and
+//! The volumes of one pool. A shared pool is one storage seen by all its hosts, so each
+//! volume is created once, through the first healthy host; a local pool's volume lives on
+//! one host and is created through that host only. The host's CreateVolume is idempotent and
 //! grows a smaller file, so after a failover the new leader simply asks again.
 
 use std::collections::BTreeMap;
@@ -74,14 +75,16 @@ impl VolumesCore {
         )
     }
 
-    /// Sends CreateVolume for each volume not yet confirmed at its size, through `host` (a
-    /// healthy host of the pool; `None` when there is none, and then nothing is sent).
-    pub fn tick(&mut self, now: Instant, host: Option<&str>) -> Vec<Effect> {
-        let Some(host) = host else {
-            return Vec::new();
+    /// Sends CreateVolume for each volume not yet confirmed at its size: through its own
+    /// host (a local pool's volume), or through the first of `healthy` (the pool's hosts
+    /// that report it healthy now). A volume whose host is not healthy waits.
+    pub fn tick(&mut self, now: Instant, healthy: &[String]) -> Vec<Effect> {
+        let through = |record: &VolumeRecord| match &record.host {
+            Some(host) => healthy.iter().find(|h| *h == host),
+            None => healthy.first(),
         };
         let mut effects = Vec::new();
-        let due: Vec<(String, VolumeRecord)> = self
+        let due: Vec<(String, VolumeRecord, String)> = self
             .desired
             .iter()
             .filter(|(name, record)| self.missing(name, record))
@@ -90,9 +93,9 @@ impl VolumesCore {
                     now.saturating_duration_since(p.sent_at) >= self.timings.retry_after(p.attempts)
                 })
             })
-            .map(|(n, r)| (n.clone(), r.clone()))
+            .filter_map(|(n, r)| Some((n.clone(), r.clone(), through(r)?.clone())))
             .collect();
-        for (name, record) in due {
+        for (name, record, host) in due {
             let id = CommandId {
                 leadership: self.leadership,
                 seq: self.next_seq,
@@ -114,7 +117,7 @@ impl VolumesCore {
                 size_bytes: record.size_bytes,
             };
             effects.push(Effect::Send {
-                host: host.to_owned(),
+                host,
                 volume: name,
                 command: HostCommand { id, kind },
             });
@@ -147,6 +150,7 @@ impl VolumesCore {
                 name: name.clone(),
                 format: record.format,
                 size_bytes: record.size_bytes,
+                host: record.host.clone(),
                 ready: !self.missing(name, record),
                 error: self.failures.get(name).cloned(),
             })
@@ -167,6 +171,7 @@ mod tests {
     fn core() -> VolumesCore {
         let mut core = VolumesCore::new("p".into(), LEADERSHIP, Timings::default());
         let record = VolumeRecord {
+            host: None,
             format: VolumeFormat::Qcow2,
             size_bytes: 64 << 20,
         };
@@ -197,21 +202,27 @@ mod tests {
     fn a_volume_is_created_once_through_a_healthy_host_and_again_when_it_grows() {
         let mut core = core();
         let t0 = Instant::now();
-        assert_eq!(core.tick(t0, None), [], "no healthy host: nothing to do");
-        assert_eq!(core.tick(t0, Some("host-1")), [create(0, 64 << 20)]);
-        assert_eq!(core.tick(t0, Some("host-1")), [], "in flight");
+        assert_eq!(core.tick(t0, &[]), [], "no healthy host: nothing to do");
+        assert_eq!(core.tick(t0, &["host-1".to_owned()]), [create(0, 64 << 20)]);
+        assert_eq!(core.tick(t0, &["host-1".to_owned()]), [], "in flight");
         let id = CommandId {
             leadership: LEADERSHIP,
             seq: u64::MAX / 2,
         };
         core.command_done("web.qcow2", id, Ok(()));
         assert!(core.views()[0].ready);
-        assert_eq!(core.tick(t0 + Duration::from_secs(60), Some("host-1")), []);
+        assert_eq!(
+            core.tick(t0 + Duration::from_secs(60), &["host-1".to_owned()]),
+            []
+        );
         let mut grown = core.desired.clone();
         grown.get_mut("web.qcow2").unwrap().size_bytes = 128 << 20;
         core.set_desired(grown);
         assert!(!core.views()[0].ready);
-        assert_eq!(core.tick(t0, Some("host-1")), [create(1, 128 << 20)]);
+        assert_eq!(
+            core.tick(t0, &["host-1".to_owned()]),
+            [create(1, 128 << 20)]
+        );
     }
 
     #[test]
@@ -222,7 +233,7 @@ mod tests {
             until_ms: 40_000,
             input: |_: &mut VolumesCore, _| {},
             tick: |core, now| {
-                let effects = core.tick(now, Some("host-1"));
+                let effects = core.tick(now, &["host-1".to_owned()]);
                 effects
                     .into_iter()
                     .map(|Effect::Send { command, .. }| command.id.seq - u64::MAX / 2)
@@ -237,7 +248,7 @@ mod tests {
     fn a_failure_is_shown_and_retried_with_backoff() {
         let mut core = core();
         let t0 = Instant::now();
-        core.tick(t0, Some("host-1"));
+        core.tick(t0, &["host-1".to_owned()]);
         let id = CommandId {
             leadership: LEADERSHIP,
             seq: u64::MAX / 2,
@@ -249,11 +260,11 @@ mod tests {
             (false, Some("No space left on device"))
         );
         assert_eq!(
-            core.tick(t0 + Duration::from_millis(1_999), Some("host-1")),
+            core.tick(t0 + Duration::from_millis(1_999), &["host-1".to_owned()]),
             []
         );
         assert_eq!(
-            core.tick(t0 + Duration::from_millis(2_000), Some("host-1")),
+            core.tick(t0 + Duration::from_millis(2_000), &["host-1".to_owned()]),
             [create(1, 64 << 20)]
         );
     }

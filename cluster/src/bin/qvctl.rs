@@ -11,8 +11,8 @@ use qvdc_cluster::client::ClientError;
 use qvdc_cluster::{output, Client};
 use qvdc_transport::{
     protocol::{
-        ApiErrorKind, ApiRequest, ApiResponse, DesiredPower, Liveness, NetworkSpec, PoolSource,
-        PoolSpec, PowerState, RevokedCertificate, VmDisk, VmNic, VmSpec, VolumeFormat,
+        ApiErrorKind, ApiRequest, ApiResponse, DesiredPower, Liveness, NetworkSpec, PoolScope,
+        PoolSource, PoolSpec, PowerState, RevokedCertificate, VmDisk, VmNic, VmSpec, VolumeFormat,
     },
     tls::{self, Identity, Role},
     Endpoint,
@@ -153,7 +153,8 @@ enum NetworkCommand {
 
 #[derive(Debug, Subcommand)]
 enum VolumeCommand {
-    /// Create a volume file in a pool, through one of its healthy hosts.
+    /// Create a volume file in a pool, through one of its healthy hosts (in a local pool,
+    /// through the host named with --host, whose storage then holds it).
     Create {
         pool: String,
         name: String,
@@ -162,6 +163,10 @@ enum VolumeCommand {
         size: u64,
         #[arg(long, value_enum, default_value = "qcow2")]
         format: FormatArg,
+        /// The host whose own storage holds the volume (local pools; may be left out when
+        /// the pool has one host). VMs using the volume run on that host only.
+        #[arg(long)]
+        host: Option<String>,
     },
     /// Grow a volume.
     Resize {
@@ -491,6 +496,11 @@ enum PoolCommand {
         /// Hosts to mount it on, comma-separated.
         #[arg(long, value_delimiter = ',', required = true)]
         hosts: Vec<String>,
+        /// shared: every host sees the same storage (NFS, a SAN), a VM may run on any of
+        /// them. local: each host has its own storage under this pool (a local disk); a
+        /// volume lives on one host and VMs using it run there only.
+        #[arg(long, value_enum, default_value = "shared")]
+        scope: ScopeArg,
         #[command(flatten)]
         wait: Wait,
     },
@@ -528,6 +538,21 @@ enum PoolCommand {
         #[arg(long)]
         host: Option<String>,
     },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ScopeArg {
+    Shared,
+    Local,
+}
+
+impl From<ScopeArg> for PoolScope {
+    fn from(scope: ScopeArg) -> Self {
+        match scope {
+            ScopeArg::Shared => PoolScope::Shared,
+            ScopeArg::Local => PoolScope::Local,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -674,7 +699,9 @@ fn request_of(command: Command, request_id: String) -> anyhow::Result<ApiRequest
             name,
             size,
             format,
+            host,
         }) => ApiRequest::VolumeCreate {
+            host,
             request_id,
             pool,
             name,
@@ -704,6 +731,7 @@ fn request_of(command: Command, request_id: String) -> anyhow::Result<ApiRequest
             device,
             fs_type,
             hosts,
+            scope,
             ..
         }) => {
             // clap requires each type's flags, so the unwraps below cannot fail.
@@ -723,7 +751,11 @@ fn request_of(command: Command, request_id: String) -> anyhow::Result<ApiRequest
             };
             ApiRequest::PoolCreate {
                 request_id,
-                spec: PoolSpec { name, source },
+                spec: PoolSpec {
+                    name,
+                    source,
+                    scope: scope.into(),
+                },
                 hosts,
             }
         }
