@@ -137,13 +137,16 @@ fn new_volumes(
     Ok(volumes)
 }
 
-/// `vm adopt HOST/DOMAIN`: the domain becomes a VM of the same name.
+/// `vm adopt HOST/DOMAIN [--name NAME]`: the domain becomes a VM of its name (renamed to
+/// NAME first, if given).
 pub(crate) async fn adopt_vm(
     node: &NodeInner,
     key: RequestKey,
     host: String,
     domain: String,
+    name: Option<String>,
 ) -> Response {
+    let target = name.unwrap_or_else(|| domain.clone());
     let created = |name: &str, host: &str| {
         Response::Api(Ok(ApiResponse::VmCreated {
             name: name.to_owned(),
@@ -191,9 +194,13 @@ pub(crate) async fn adopt_vm(
             )))
         }
     }
+    // A retry of an adoption whose rename went through finds the domain under its new name.
     let Some(report) = reported
         .get(&host)
-        .and_then(|seen| seen.unmanaged.iter().find(|r| r.name == domain))
+        .and_then(|seen| {
+            let named = |name: &str| seen.unmanaged.iter().find(|r| r.name == name);
+            named(&domain).or_else(|| named(&target))
+        })
         .cloned()
     else {
         let managed = node
@@ -228,7 +235,7 @@ pub(crate) async fn adopt_vm(
         PowerState::Running | PowerState::Paused => DesiredPower::Running,
         PowerState::Unknown => {
             return unavailable(format!(
-                "host {host} cannot say whether {domain} runs right now ({}); adopting keeps it                  as it is, so retry once the host can",
+                "host {host} cannot say whether {domain} runs right now ({}); adopting keeps it as it is, so retry once the host can",
                 report.reason
             ))
         }
@@ -237,9 +244,17 @@ pub(crate) async fn adopt_vm(
         | PowerState::Crashed
         | PowerState::Suspended => DesiredPower::Stopped,
     };
+    let rename = report.name != target;
+    if rename && report.power != PowerState::ShutOff {
+        return refused(format!(
+            "{domain} on {host} is {}: libvirt renames only shut-off domains, so stop it first \
+             or adopt it under its own name (without --name)",
+            report.power
+        ));
+    }
     let spec = VmSpec {
         id: key.id.clone(),
-        name: domain.clone(),
+        name: target.clone(),
         vcpus: report.vcpus,
         memory_bytes: report.memory_bytes,
         disks,
@@ -249,15 +264,31 @@ pub(crate) async fn adopt_vm(
         spec,
         host: host.clone(),
         power,
-        uuid: report.uuid,
+        uuid: report.uuid.clone(),
         volumes,
     };
+    if rename {
+        // Checked before the domain is renamed: a refused adoption leaves it as it was.
+        if let Err(e) = node.desired.borrow().validate(&command) {
+            return api::rejected(e);
+        }
+        let rename = HostCommandKind::RenameVm {
+            name: domain.clone(),
+            to: target.clone(),
+            uuid: report.uuid.clone(),
+        };
+        if let Err(reason) = supervision.execute(&host, rename).await {
+            return unavailable(format!(
+                "host {host} did not rename {domain} to {target} ({reason}); nothing was adopted"
+            ));
+        }
+    }
     let id = key.id.clone();
     if let Err(response) = propose(node, key.once(command)).await {
         return response;
     }
     Response::Api(Ok(ApiResponse::VmCreated {
-        name: domain,
+        name: target,
         id,
         host,
     }))

@@ -20,7 +20,7 @@ use qvdc_transport::protocol::{
 
 use crate::{adoption, membership, node::NodeInner, propose::ProposeError, stale};
 
-fn rejected(e: ValidationError) -> Response {
+pub(crate) fn rejected(e: ValidationError) -> Response {
     let kind = match e {
         ValidationError::PoolExists(_) | ValidationError::VmExists(_) => {
             ApiErrorKind::AlreadyExists
@@ -126,7 +126,8 @@ pub(crate) async fn handle(node: &NodeInner, request: ApiRequest) -> Response {
             request_id,
             host,
             domain,
-        } => adoption::adopt_vm(node, key(request_id), host, domain).await,
+            name,
+        } => adoption::adopt_vm(node, key(request_id), host, domain, name).await,
         ApiRequest::VmRelease { request_id, name } => {
             adoption::release_vm(node, key(request_id), name).await
         }

@@ -309,6 +309,7 @@ fn api_requests() -> Vec<(&'static str, ApiRequest)> {
                 request_id: id(),
                 host: "host-1".into(),
                 domain: "legacy".into(),
+                name: Some("legacy-1".into()),
             },
         ),
         (
@@ -746,6 +747,14 @@ fn host_commands() -> Vec<(String, Vec<u8>)> {
                     volume: "legacy.qcow2".into(),
                     format: VolumeFormat::Qcow2,
                 }],
+            },
+        ),
+        (
+            "rename-vm",
+            HostCommandKind::RenameVm {
+                name: "legacy".into(),
+                to: "legacy-1".into(),
+                uuid: "4dea22b3-1d52-d8f3-2516-782e98ab3fa0".into(),
             },
         ),
         (

@@ -429,6 +429,7 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Host<M, H, N> {
                 }
                 vm(name, VmOp::Adopt { id, uuid }).await
             }
+            K::RenameVm { name, to, uuid } => vm(name, VmOp::Rename { to, uuid }).await,
             K::ReleaseVm { name, id, volumes } => {
                 for disk in volumes {
                     let disown = PoolOp::DisownVolume { name: disk.volume };

@@ -63,6 +63,12 @@ pub trait Hypervisor: Send + Sync + 'static {
     fn reboot(&self, name: String) -> impl Future<Output = Result<(), HostError>> + Send;
     /// Removes the definition, destroying a running domain first. A missing domain is fine.
     fn undefine(&self, name: String) -> impl Future<Output = Result<(), HostError>> + Send;
+    /// Renames a shut-off domain (libvirt renames no running one).
+    fn rename(
+        &self,
+        name: String,
+        to: String,
+    ) -> impl Future<Output = Result<(), HostError>> + Send;
     /// Records `id` in the domain's qvdc metadata, or removes that metadata (`None`).
     fn set_id(
         &self,
@@ -460,6 +466,27 @@ impl Hypervisor for SimHypervisor {
         Ok(())
     }
 
+    async fn rename(&self, name: String, to: String) -> Result<(), HostError> {
+        // Renaming for an adoption is, with the id, the one change an unmanaged domain may see.
+        let mut state = self.state()?;
+        let domain = state.domains.get(&name).ok_or_else(|| not_found(&name))?;
+        if domain.power != PowerState::ShutOff {
+            return Err(HostError::new(
+                HostErrorKind::Invalid,
+                format!("domain {name} is running; only a shut-off domain can be renamed"),
+            ));
+        }
+        if state.domains.contains_key(&to) {
+            return Err(HostError::new(
+                HostErrorKind::Conflict,
+                format!("a domain named {to} exists already"),
+            ));
+        }
+        let domain = state.domains.remove(&name).expect("just seen");
+        state.domains.insert(to, domain);
+        Ok(())
+    }
+
     async fn set_id(&self, name: String, id: Option<String>) -> Result<(), HostError> {
         // Adopting is the one change an unmanaged domain may see.
         let mut state = self.state()?;
@@ -564,6 +591,12 @@ pub(crate) mod conformance {
             .await
             .expect("shutting down a stopped domain is fine");
 
+        let renamed = format!("{name}-renamed");
+        h.rename(name.into(), renamed.clone()).await.unwrap();
+        assert_eq!(h.domain(name.into()).await.unwrap(), None);
+        let moved = h.domain(renamed.clone()).await.unwrap().unwrap();
+        assert_eq!(moved.uuid, defined.uuid, "renamed, it is the same domain");
+        h.rename(renamed, name.into()).await.unwrap();
         h.set_id(name.into(), Some("vm-2".into())).await.unwrap();
         let adopted = h.domain(name.into()).await.unwrap().unwrap();
         assert_eq!(adopted.id.as_deref(), Some("vm-2"));

@@ -277,6 +277,15 @@ impl Hypervisor for Libvirt {
         }
     }
 
+    async fn rename(&self, name: String, to: String) -> Result<(), HostError> {
+        self.with_domain(name, move |domain, name| {
+            domain
+                .rename(&to, 0)
+                .map_err(|e| failed(&format!("renaming domain {name} to {to}"), &e))
+        })
+        .await
+    }
+
     async fn set_id(&self, name: String, id: Option<String>) -> Result<(), HostError> {
         self.with_domain(name, move |domain, name| {
             let mut flags = sys::VIR_DOMAIN_AFFECT_CONFIG;

@@ -42,6 +42,12 @@ pub enum VmOp {
     Release {
         id: String,
     },
+    /// Renames the unmanaged, shut-off domain with libvirt UUID `uuid` to `to`, for adopting
+    /// it under another name; done already if it has that name.
+    Rename {
+        to: String,
+        uuid: String,
+    },
 }
 
 impl VmOp {
@@ -55,6 +61,7 @@ impl VmOp {
             VmOp::Undefine => "undefine",
             VmOp::Adopt { .. } => "adopt",
             VmOp::Release { .. } => "release",
+            VmOp::Rename { .. } => "rename",
         }
     }
 }
@@ -234,6 +241,27 @@ impl<H: Hypervisor> VmActor<H> {
                     Some(_) => bounded("recording the VM id", h.set_id(name, Some(id))).await?,
                 }
             }
+            VmOp::Rename { to, uuid } => {
+                let renamed = bounded("looking up the domain", h.domain(to.clone())).await?;
+                if renamed.is_some_and(|r| r.uuid == uuid) {
+                    return Ok(CommandOutput::Done);
+                }
+                match self.current().await? {
+                    None => {
+                        return Err(HostError::new(
+                            HostErrorKind::NotFound,
+                            format!("no domain {name} on this host to rename"),
+                        ))
+                    }
+                    Some(report) if report.uuid != uuid || report.id.is_some() => {
+                        return Err(HostError::new(
+                            HostErrorKind::Conflict,
+                            format!("domain {name} is not the unmanaged domain {uuid}; it is left alone"),
+                        ))
+                    }
+                    Some(_) => bounded("renaming the domain", h.rename(name, to)).await?,
+                }
+            }
             VmOp::Release { id } => match self.current().await? {
                 None => {}
                 Some(report) if report.id.is_none() => {}
@@ -399,6 +427,38 @@ mod tests {
         vms.execute("gone", release("vm-9"))
             .await
             .expect("releasing a domain that is gone is done");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unmanaged_domain_is_renamed_for_adoption_only_while_shut_off() {
+        let vms = Vms::new(SimHypervisor::new());
+        vms.hypervisor().add_foreign("legacy", true, &[]);
+        let uuid = vms.reports().await.unwrap()[0].uuid.clone();
+        let rename = |uuid: &str| VmOp::Rename {
+            to: "legacy-2".into(),
+            uuid: uuid.into(),
+        };
+        let err = vms.execute("legacy", rename("other")).await.unwrap_err();
+        assert_eq!(err.kind, HostErrorKind::Conflict, "{err}");
+        let err = vms.execute("legacy", rename(&uuid)).await.unwrap_err();
+        assert!(err.message.contains("shut-off"), "{err}");
+
+        vms.hypervisor().add_foreign("legacy", false, &[]);
+        let uuid = vms.reports().await.unwrap()[0].uuid.clone();
+        for _ in 0..2 {
+            vms.execute("legacy", rename(&uuid))
+                .await
+                .expect("renaming again is done already");
+        }
+        let names: Vec<String> = vms
+            .reports()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(names, ["legacy-2"]);
+        assert!(vms.hypervisor().touched_unmanaged().is_empty());
     }
 
     #[tokio::test(start_paused = true)]

@@ -1162,13 +1162,13 @@ impl DesiredState {
                 "domain UUID {uuid:?} must be 1 to {NAME_BYTES_MAX} bytes"
             ));
         }
+        // UUIDs are unique on one host; a domain copied to another host may keep its UUID.
         if let Some(vm) = self
-            .vms
-            .values()
+            .vms_of_host(host)
             .find(|vm| vm.adopted.as_deref() == Some(uuid))
         {
             return bad(format!(
-                "the domain with UUID {uuid} is already VM {}",
+                "the domain with UUID {uuid} on {host} is already VM {}",
                 vm.spec.name
             ));
         }
@@ -1890,7 +1890,7 @@ mod tests {
         rejected_with(
             &mut state,
             adopt(again, "u-1", &[]),
-            "the domain with UUID u-1 is already VM db",
+            "the domain with UUID u-1 on host-1 is already VM db",
         );
 
         // Another VM shares one of its disks: that volume stays when db is released.

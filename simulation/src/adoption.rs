@@ -67,6 +67,72 @@ fn planted(config: &SimConfig, i: usize) -> PowerState {
     }
 }
 
+/// The second host's `legacy-db`, whose name the first one's VM now has: refused under its
+/// own name, adopted as `legacy-db-2` (renamed first, which needs it shut off), released.
+async fn adopt_renamed(
+    config: &SimConfig,
+    client: &mut Client,
+    faults: &Shared<Faults>,
+) -> anyhow::Result<()> {
+    let host = SimConfig::host_name(2);
+    let adopt = |client: &mut Client, name: Option<&str>| ApiRequest::VmAdopt {
+        request_id: client.new_request_id(),
+        host: host.clone(),
+        domain: UNMANAGED_DOMAIN.into(),
+        name: name.map(str::to_owned),
+    };
+    let taken = adopt(client, None);
+    match client.request(taken).await {
+        Err(e) if e.to_string().contains("already exists") => {}
+        other => bail!("adopting a domain under a VM's name answered {other:?}"),
+    }
+    let renamed = adopt(client, Some(RENAMED));
+    if planted(config, 2) == PowerState::Running {
+        match client.request(renamed).await {
+            Err(e) if e.to_string().contains("renames only shut-off domains") => return Ok(()),
+            other => bail!("adopting a running domain under another name answered {other:?}"),
+        }
+    }
+    ask(client, renamed).await?;
+    eventually("legacy-db-2 adopted", Duration::from_secs(60), async || {
+        let vm = vms(client)
+            .await?
+            .into_iter()
+            .find(|vm| vm.spec.name == RENAMED);
+        Ok(vm
+            .filter(|vm| vm.host == host && vm.managed && !vm.reason.starts_with("being adopted"))
+            .map(drop))
+    })
+    .await?;
+    let domains = faults.lock().expect("faults lock poisoned").hosts[&host]
+        .hypervisor
+        .domains();
+    ensure!(
+        domains.contains_key(RENAMED) && !domains.contains_key(UNMANAGED_DOMAIN),
+        "{host} has {domains:?} after the rename"
+    );
+    let release = ApiRequest::VmRelease {
+        request_id: client.new_request_id(),
+        name: RENAMED.into(),
+    };
+    ask(client, release).await?;
+    eventually(
+        "legacy-db-2 released",
+        Duration::from_secs(60),
+        async || {
+            let vm = vms(client)
+                .await?
+                .into_iter()
+                .find(|vm| vm.spec.name == RENAMED);
+            Ok(vm.filter(|vm| vm.host == host && !vm.managed).map(drop))
+        },
+    )
+    .await
+}
+
+/// The name the second host's `legacy-db` is adopted under.
+const RENAMED: &str = "legacy-db-2";
+
 async fn script(
     config: SimConfig,
     certs: Arc<Certs>,
@@ -101,6 +167,7 @@ async fn script(
         request_id: client.new_request_id(),
         host: host.clone(),
         domain: UNMANAGED_DOMAIN.into(),
+        name: None,
     };
     let ApiResponse::VmCreated { name, .. } = ask(&mut client, adopt).await? else {
         bail!("vm adopt answered something else");
@@ -117,6 +184,7 @@ async fn script(
         volumes(&mut client).await? == [LEGACY_DISK],
         "the adopted disk is not a volume"
     );
+    adopt_renamed(&config, &mut client, &faults).await?;
 
     // A leader change in between loses nothing: the new leader knows the VM, and drives it.
     let disrupted = harness::take_leader_away(&config, &certs, &mut client, &faults).await?;
@@ -189,10 +257,10 @@ async fn script(
             "qvdc touched unmanaged domains on {name}: {touched:?}"
         );
         if i > 1 {
-            let power = parts[&name]
-                .hypervisor
-                .domains()
+            let domains = parts[&name].hypervisor.domains();
+            let power = domains
                 .get(UNMANAGED_DOMAIN)
+                .or_else(|| domains.get(RENAMED))
                 .copied();
             ensure!(
                 power == Some(planted(&config, i)),

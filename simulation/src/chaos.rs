@@ -358,6 +358,7 @@ async fn vms_client(config: &SimConfig, mut client: Client, end: Instant) {
                 request_id: client.new_request_id(),
                 host,
                 domain: world::UNMANAGED_DOMAIN.into(),
+                name: None,
             }
         } else if draw < 40 {
             ApiRequest::VmRelease {

@@ -622,6 +622,13 @@ pub enum HostCommandKind {
         uuid: String,
         volumes: Vec<VmDisk>,
     },
+    /// Rename the unmanaged, shut-off domain `name` (libvirt UUID `uuid`) to `to`, to adopt
+    /// it under that name.
+    RenameVm {
+        name: String,
+        to: String,
+        uuid: String,
+    },
     /// Give a VM back to its host untouched: unmark `volumes`, then remove VM `id`'s metadata
     /// from domain `name`. The guest keeps running as it was.
     ReleaseVm {
@@ -654,6 +661,7 @@ impl HostCommandKind {
             HostCommandKind::UndefineVm { .. } => "undefine-vm",
             HostCommandKind::AdoptVm { .. } => "adopt-vm",
             HostCommandKind::ReleaseVm { .. } => "release-vm",
+            HostCommandKind::RenameVm { .. } => "rename-vm",
             HostCommandKind::CreateNetwork(_) => "create-network",
             HostCommandKind::RemoveNetwork { .. } => "remove-network",
         }
@@ -777,10 +785,13 @@ pub enum ApiRequest {
     /// Brings domain `domain`, which `host` reports and qvdc does not manage, under
     /// management as a VM of the same name. Its disks must be files directly in pools mounted
     /// on that host; they become volumes. Answered with `VmCreated`.
+    /// With `name`, the domain (which must be shut off: libvirt renames no running one) is
+    /// renamed to it first.
     VmAdopt {
         request_id: String,
         host: String,
         domain: String,
+        name: Option<String>,
     },
     /// Gives a VM back to its host untouched: its host forgets that qvdc manages the domain
     /// and its disks, then the VM and its volumes' records are removed. The guest keeps

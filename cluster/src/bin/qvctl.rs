@@ -271,7 +271,7 @@ enum VmCommand {
         #[command(flatten)]
         wait: Wait,
     },
-    /// Bring a domain qvdc did not create under management, as a VM of the same name
+    /// Bring a domain qvdc did not create under management, as a VM of its name
     ///
     /// `qvctl vm list` shows such domains as unmanaged. The domain is left as it is (running
     /// or not); from now on qvdc keeps it in that state. Each of its disks must be a qcow2 or
@@ -280,12 +280,17 @@ enum VmCommand {
     ///
     /// Examples:
     ///   qvctl vm adopt host-1/legacy-db
+    ///   qvctl vm adopt host-2/legacy-db --name legacy-db-2   # renamed first; must be shut off
     ///   qvctl vm show legacy-db
     #[command(verbatim_doc_comment)]
     Adopt {
         /// The domain as HOST/DOMAIN, e.g. host-1/legacy-db.
         #[arg(value_parser = parse_host_domain)]
         domain: (String, String),
+        /// Adopt it as a VM of this name: the domain is renamed first, which libvirt does
+        /// only while it is shut off. Needed when a VM already has the domain's name.
+        #[arg(long)]
+        name: Option<String>,
     },
     /// Give a VM back to its host untouched: the guest keeps running as it is, qvdc forgets
     /// the VM and the volumes of its disks (their files stay) and lists it as unmanaged.
@@ -860,10 +865,12 @@ fn vm_request(command: VmCommand, request_id: String) -> ApiRequest {
         VmCommand::Delete { name, .. } => ApiRequest::VmDelete { request_id, name },
         VmCommand::Adopt {
             domain: (host, domain),
+            name,
         } => ApiRequest::VmAdopt {
             request_id,
             host,
             domain,
+            name,
         },
         VmCommand::Release { name } => ApiRequest::VmRelease { request_id, name },
         VmCommand::Show { name } => ApiRequest::VmShow { name },
