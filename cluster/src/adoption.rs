@@ -147,38 +147,21 @@ pub(crate) async fn adopt_vm(
     name: Option<String>,
 ) -> Response {
     let target = name.unwrap_or_else(|| domain.clone());
-    let created = |name: &str, host: &str| {
-        Response::Api(Ok(ApiResponse::VmCreated {
-            name: name.to_owned(),
-            id: key.id.clone(),
-            host: host.to_owned(),
-        }))
-    };
     // A retry of an adoption that went through finds its VM.
-    if key.applied_before(&node.desired.borrow()) {
-        if let Some(vm) = node
-            .desired
-            .borrow()
-            .vms
-            .values()
-            .find(|vm| vm.spec.id == key.id)
-        {
-            return created(&vm.spec.name, &vm.host);
-        }
+    if let Some(vm) = key.vm_made_before(&node.desired.borrow()) {
+        return Response::Api(Ok(ApiResponse::VmCreated {
+            name: vm.spec.name.clone(),
+            id: vm.spec.id.clone(),
+            host: vm.host.clone(),
+        }));
     }
     let supervision = match node.leading().await {
         Ok(supervision) => supervision,
         Err(response) => return response,
     };
-    let gathered = async {
-        Ok::<_, qvdc_actors::SupervisionError>((
-            supervision.liveness().await?,
-            supervision.reported().await?,
-        ))
-    };
-    let (liveness, reported) = match gathered.await {
+    let (reported, liveness) = match api::reported_now(&supervision).await {
         Ok(both) => both,
-        Err(e) => return unavailable(e.to_string()),
+        Err(response) => return response,
     };
     match liveness.get(&host) {
         Some(Liveness::Ready) => {}
@@ -285,7 +268,16 @@ pub(crate) async fn adopt_vm(
     }
     let id = key.id.clone();
     if let Err(response) = propose(node, key.once(command)).await {
-        return response;
+        return match response {
+            Response::Api(Err(mut e)) if rename => {
+                e.message = format!(
+                    "{} (the domain is now named {target} on {host} and is not adopted)",
+                    e.message
+                );
+                Response::Api(Err(e))
+            }
+            other => other,
+        };
     }
     Response::Api(Ok(ApiResponse::VmCreated {
         name: target,
@@ -328,7 +320,17 @@ pub(crate) async fn release_vm(node: &NodeInner, key: RequestKey, name: String) 
              the host is back (`qvctl host list`)"
         ));
     }
-    match propose(node, Command::ForgetVm { name: name.clone() }).await {
+    let volumes = {
+        let desired = node.desired.borrow();
+        let vm = desired.vms.get(&name);
+        vm.map(|vm| desired.released_volumes(vm))
+            .unwrap_or_default()
+    };
+    let forget = Command::ForgetVm {
+        name: name.clone(),
+        volumes,
+    };
+    match propose(node, forget).await {
         Ok(()) => Response::Api(Ok(ApiResponse::Done)),
         // Forgotten meanwhile by a concurrent retry of this release.
         Err(_) if !node.desired.borrow().vms.contains_key(&name) => {

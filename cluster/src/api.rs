@@ -214,29 +214,43 @@ pub(crate) async fn handle(node: &NodeInner, request: ApiRequest) -> Response {
                 pool: pool.clone(),
                 name: name.clone(),
             };
-            // A local pool's volume lives on one host: the file goes there.
-            let lives_on = node
-                .desired
-                .borrow()
-                .volume(&pool, &name)
-                .ok()
-                .and_then(|v| v.host.clone());
+            // A local pool's volume lives on one host: the file goes there. A retry finds the
+            // record gone, so it asks every host (each deletes only its own marked file).
+            let hosts = {
+                let desired = node.desired.borrow();
+                let record = desired.pools.get(&pool);
+                let local = record.is_some_and(|p| p.spec.scope == PoolScope::Local);
+                let on = desired
+                    .volume(&pool, &name)
+                    .ok()
+                    .and_then(|v| v.host.clone());
+                let hosts: Vec<String> = match (&on, record) {
+                    (Some(host), _) => vec![host.clone()],
+                    (None, Some(p)) if local => p.hosts.iter().cloned().collect(),
+                    _ => Vec::new(),
+                };
+                hosts
+            };
             if let Err(response) = propose_once(node, key(request_id), command).await {
                 return response;
             }
-            // The record is gone; now the file, through its host or any healthy host of the
-            // pool.
-            on_pool_host(
-                node,
-                &pool,
-                lives_on,
-                HostCommandKind::DeleteVolume {
-                    pool: pool.clone(),
-                    name,
-                },
-            )
-            .await
-            .map_or_else(|r| r, |_| Response::Api(Ok(ApiResponse::Done)))
+            // The record is gone; now the file, through its host(s) or any healthy host of
+            // the pool.
+            let delete = || HostCommandKind::DeleteVolume {
+                pool: pool.clone(),
+                name: name.clone(),
+            };
+            if hosts.is_empty() {
+                return on_pool_host(node, &pool, None, delete())
+                    .await
+                    .map_or_else(|r| r, |_| Response::Api(Ok(ApiResponse::Done)));
+            }
+            for host in hosts {
+                if let Err(response) = on_pool_host(node, &pool, Some(host), delete()).await {
+                    return response;
+                }
+            }
+            Response::Api(Ok(ApiResponse::Done))
         }
         ApiRequest::PoolFiles { pool, host } => {
             let list = HostCommandKind::ListVolumes { pool: pool.clone() };
@@ -454,6 +468,18 @@ impl RequestKey {
         }
     }
 
+    /// The VM this very request made (created or adopted) when it was applied before: a
+    /// VM's id is the id of the request that made it.
+    pub(crate) fn vm_made_before<'a>(
+        &self,
+        state: &'a DesiredState,
+    ) -> Option<&'a qvdc_raft::model::VmRecord> {
+        if !self.applied_before(state) {
+            return None;
+        }
+        state.vms.values().find(|vm| vm.spec.id == self.id)
+    }
+
     /// Whether this very request was applied before.
     pub(crate) fn applied_before(&self, state: &DesiredState) -> bool {
         state
@@ -593,6 +619,25 @@ async fn unmanaged_vm(node: &NodeInner, supervision: &Supervision, name: &str) -
     }
 }
 
+/// What each host last reported, and each host's liveness, as this leader knows them now.
+pub(crate) async fn reported_now(
+    supervision: &Supervision,
+) -> Result<
+    (
+        BTreeMap<String, qvdc_actors::HostReported>,
+        BTreeMap<String, Liveness>,
+    ),
+    Response,
+> {
+    let gathered = async {
+        Ok::<_, qvdc_actors::SupervisionError>((
+            supervision.reported().await?,
+            supervision.liveness().await?,
+        ))
+    };
+    gathered.await.map_err(|e| unavailable(e.to_string()))
+}
+
 /// The hosts whose last heartbeat still shows `pool` mounted though it is not assigned to
 /// them (anymore).
 async fn pool_remnants(node: &NodeInner, pool: String) -> Response {
@@ -600,15 +645,9 @@ async fn pool_remnants(node: &NodeInner, pool: String) -> Response {
         Ok(supervision) => supervision,
         Err(response) => return response,
     };
-    let gathered = async {
-        Ok::<_, qvdc_actors::SupervisionError>((
-            supervision.reported().await?,
-            supervision.liveness().await?,
-        ))
-    };
-    let (reported, liveness) = match gathered.await {
+    let (reported, liveness) = match reported_now(&supervision).await {
         Ok(both) => both,
-        Err(e) => return unavailable(e.to_string()),
+        Err(response) => return response,
     };
     let desired = node.desired.borrow().clone();
     let assigned = |host: &str| {
@@ -880,16 +919,8 @@ async fn create_vm(
     // A VM's id is the id of the request that created it: unique, and a retry finds it.
     spec.id = key.id.clone();
     with_volume_formats(&node.desired.borrow(), &mut spec);
-    if key.applied_before(&node.desired.borrow()) {
-        if let Some(vm) = node
-            .desired
-            .borrow()
-            .vms
-            .values()
-            .find(|vm| vm.spec.id == spec.id)
-        {
-            return created(vm);
-        }
+    if let Some(vm) = key.vm_made_before(&node.desired.borrow()) {
+        return created(vm);
     }
     let host = match host {
         Some(host) => host,

@@ -238,16 +238,7 @@ fn pool_flow_across_real_processes_survives_leader_kill_needs_root() {
     std::fs::create_dir_all(&source).unwrap();
     std::fs::write(source.join("disk-a.qcow2"), b"x").unwrap();
 
-    eventually(
-        &cluster,
-        "three hosts Ready",
-        Duration::from_secs(30),
-        || {
-            let hosts = cluster.json(&["host", "list"])?;
-            let hosts = hosts.as_array()?;
-            (hosts.len() == 3 && hosts.iter().all(|h| h["liveness"] == "Ready")).then_some(())
-        },
-    );
+    cluster.wait_hosts_ready();
 
     let created = Instant::now();
     let source_arg = source.display().to_string();
@@ -393,15 +384,19 @@ impl Cluster {
         Some((cluster, source))
     }
 
-    fn wait_ready_with_pool(&self) -> PathBuf {
-        let source = self.dir().join("shared");
-        std::fs::create_dir_all(&source).unwrap();
-        std::fs::write(source.join("disk-a.qcow2"), b"x").unwrap();
+    fn wait_hosts_ready(&self) {
         eventually(self, "three hosts Ready", Duration::from_secs(30), || {
             let hosts = self.json(&["host", "list"])?;
             let hosts = hosts.as_array()?;
             (hosts.len() == 3 && hosts.iter().all(|h| h["liveness"] == "Ready")).then_some(())
         });
+    }
+
+    fn wait_ready_with_pool(&self) -> PathBuf {
+        let source = self.dir().join("shared");
+        std::fs::create_dir_all(&source).unwrap();
+        std::fs::write(source.join("disk-a.qcow2"), b"x").unwrap();
+        self.wait_hosts_ready();
         let path = source.display().to_string();
         let out = self.qvctl(&[
             "pool",
@@ -716,16 +711,7 @@ fn a_vm_on_a_local_volume_stays_on_the_volume_s_host_needs_root() {
         return;
     }
     let mut cluster = Cluster::start();
-    eventually(
-        &cluster,
-        "three hosts Ready",
-        Duration::from_secs(30),
-        || {
-            let hosts = cluster.json(&["host", "list"])?;
-            let hosts = hosts.as_array()?;
-            (hosts.len() == 3 && hosts.iter().all(|h| h["liveness"] == "Ready")).then_some(())
-        },
-    );
+    cluster.wait_hosts_ready();
     let storage = cluster.dir().join("local");
     std::fs::create_dir_all(&storage).unwrap();
     let path = storage.display().to_string();
@@ -1325,6 +1311,23 @@ fn a_domain_defined_with_virsh_is_adopted_driven_and_released_needs_root() {
         .find(|v| v["name"] == "legacy.qcow2")
         .unwrap_or_else(|| panic!("the disk is a volume: {volumes:#}"));
     assert_eq!(volume["size_bytes"], 64 << 20, "{volume:#}");
+    assert!(
+        source.join(".qvdc-volumes/legacy.qcow2").exists(),
+        "adopting marked the disk file as qvdc's"
+    );
+    eventually(
+        &cluster,
+        "adopted volume ready",
+        Duration::from_secs(15),
+        || {
+            let volumes = cluster.json(&["volume", "list", "shared"])?;
+            let ready = volumes
+                .as_array()?
+                .iter()
+                .any(|v| v["name"] == "legacy.qcow2" && v["ready"] == true);
+            ready.then_some(())
+        },
+    );
     assert!(
         text(&cluster.qvctl(&["vm", "adopt", &format!("host-1/{name}")]))
             .contains("managed by qvdc already"),

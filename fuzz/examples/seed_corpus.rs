@@ -942,6 +942,11 @@ fn commands() -> Vec<(&'static str, Command)> {
                 ),
                 Command::ForgetVm {
                     name: "legacy".into(),
+                    volumes: vec![VmDisk {
+                        pool: "images".into(),
+                        volume: "legacy.qcow2".into(),
+                        format: VolumeFormat::Qcow2,
+                    }],
                 },
             ])),
         ),

@@ -419,7 +419,14 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Host<M, H, N> {
                 uuid,
                 volumes,
             } => {
-                // Its disks first: a VM whose id is recorded must own its volumes.
+                // The domain must be the one adopted before its files are marked; the files are
+                // marked before the id is recorded: a VM whose id is recorded owns its volumes.
+                let check = VmOp::Adopt {
+                    id: id.clone(),
+                    uuid: uuid.clone(),
+                    dry: true,
+                };
+                vm(name.clone(), check).await?;
                 for disk in volumes {
                     let claim = PoolOp::ClaimVolume {
                         name: disk.volume,
@@ -427,15 +434,25 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Host<M, H, N> {
                     };
                     pools.execute(&disk.pool, claim).await?;
                 }
-                vm(name, VmOp::Adopt { id, uuid }).await
+                let adopt = VmOp::Adopt {
+                    id,
+                    uuid,
+                    dry: false,
+                };
+                vm(name, adopt).await
             }
             K::RenameVm { name, to, uuid } => vm(name, VmOp::Rename { to, uuid }).await,
             K::ReleaseVm { name, id, volumes } => {
+                let check = VmOp::Release {
+                    id: id.clone(),
+                    dry: true,
+                };
+                vm(name.clone(), check).await?;
                 for disk in volumes {
                     let disown = PoolOp::DisownVolume { name: disk.volume };
                     pools.execute(&disk.pool, disown).await?;
                 }
-                vm(name, VmOp::Release { id }).await
+                vm(name, VmOp::Release { id, dry: false }).await
             }
             K::CreateNetwork(spec) => self.networks.ensure(spec).await,
             K::RemoveNetwork { name } => self.networks.remove(&name).await,

@@ -37,10 +37,14 @@ pub enum VmOp {
     Adopt {
         id: String,
         uuid: String,
+        /// Only check that it may be adopted; change nothing.
+        dry: bool,
     },
     /// Removes VM `id`'s metadata from the domain; a domain without it, or gone, is fine.
     Release {
         id: String,
+        /// Only check that it may be released; change nothing.
+        dry: bool,
     },
     /// Renames the unmanaged, shut-off domain with libvirt UUID `uuid` to `to`, for adopting
     /// it under another name; done already if it has that name.
@@ -59,7 +63,9 @@ impl VmOp {
             VmOp::Reboot => "reboot",
             VmOp::ForceOff => "force-off",
             VmOp::Undefine => "undefine",
+            VmOp::Adopt { dry: true, .. } => "check-adopt",
             VmOp::Adopt { .. } => "adopt",
+            VmOp::Release { dry: true, .. } => "check-release",
             VmOp::Release { .. } => "release",
             VmOp::Rename { .. } => "rename",
         }
@@ -211,7 +217,7 @@ impl<H: Hypervisor> VmActor<H> {
                 Some(report) if report.id.is_none() => return Err(unmanaged(&name)),
                 Some(_) => bounded("undefining the domain", h.undefine(name)).await?,
             },
-            VmOp::Adopt { id, uuid } => {
+            VmOp::Adopt { id, uuid, dry } => {
                 match self.current().await? {
                     None => {
                         return Err(HostError::new(
@@ -237,7 +243,7 @@ impl<H: Hypervisor> VmActor<H> {
                             ),
                         ))
                     }
-                    Some(report) if report.id.is_some() => {}
+                    Some(report) if report.id.is_some() || dry => {}
                     Some(_) => bounded("recording the VM id", h.set_id(name, Some(id))).await?,
                 }
             }
@@ -262,7 +268,7 @@ impl<H: Hypervisor> VmActor<H> {
                     Some(_) => bounded("renaming the domain", h.rename(name, to)).await?,
                 }
             }
-            VmOp::Release { id } => match self.current().await? {
+            VmOp::Release { id, dry } => match self.current().await? {
                 None => {}
                 Some(report) if report.id.is_none() => {}
                 Some(report) if report.id.as_deref() != Some(&id) => {
@@ -274,6 +280,7 @@ impl<H: Hypervisor> VmActor<H> {
                         ),
                     ))
                 }
+                Some(_) if dry => {}
                 Some(_) => bounded("removing the VM id", h.set_id(name, None)).await?,
             },
         }
@@ -391,6 +398,7 @@ mod tests {
         let adopt = |id: &str| VmOp::Adopt {
             id: id.into(),
             uuid: uuid.clone(),
+            dry: false,
         };
         let err = vms
             .execute(
@@ -398,6 +406,7 @@ mod tests {
                 VmOp::Adopt {
                     id: "vm-9".into(),
                     uuid: "another".into(),
+                    dry: true,
                 },
             )
             .await
@@ -414,7 +423,10 @@ mod tests {
         assert_eq!(vms.reports().await.unwrap()[0].power, PowerState::ShutOff);
 
         // Released, it is left alone again.
-        let release = |id: &str| VmOp::Release { id: id.into() };
+        let release = |id: &str| VmOp::Release {
+            id: id.into(),
+            dry: false,
+        };
         let err = vms.execute("legacy", release("vm-10")).await.unwrap_err();
         assert_eq!(err.kind, HostErrorKind::Conflict, "{err}");
         for _ in 0..2 {

@@ -491,26 +491,6 @@ pub enum Command {
     DeleteVm {
         name: String,
     },
-    /// A domain its host reported without qvdc's metadata becomes VM `spec` on `host`, and
-    /// the files its disks are become `volumes` (those not yet volumes). The domain is
-    /// named by its libvirt UUID, so no other domain of that name is ever taken for it.
-    AdoptVm {
-        spec: VmSpec,
-        host: String,
-        power: DesiredPower,
-        uuid: String,
-        volumes: Vec<AdoptedVolume>,
-    },
-    /// First step of giving a VM back to its host: from now on qvdc leaves its domain alone.
-    /// The host then forgets the VM, and [`Command::ForgetVm`] removes the record.
-    ReleaseVm {
-        name: String,
-    },
-    /// Removes a VM being released, and the records of its volumes no other VM uses: its
-    /// host has forgotten them, and the guest runs on, unmanaged.
-    ForgetVm {
-        name: String,
-    },
     AssignPool {
         pool: String,
         hosts: Vec<String>,
@@ -569,6 +549,30 @@ pub enum Command {
     /// replication round instead of paying for each. Shared, because openraft clones an
     /// entry for every follower it replicates to and for applying it.
     Batch(#[serde(deserialize_with = "qvdc_transport::codec::nested")] Arc<[Command]>),
+    /// A domain its host reported without qvdc's metadata becomes VM `spec` on `host`, and
+    /// the files its disks are become `volumes` (those not yet volumes). The domain is
+    /// named by its libvirt UUID, so no other domain of that name is ever taken for it.
+    AdoptVm {
+        spec: VmSpec,
+        host: String,
+        power: DesiredPower,
+        uuid: String,
+        volumes: Vec<AdoptedVolume>,
+    },
+    /// First step of giving a VM back to its host: from now on qvdc leaves its domain alone.
+    /// The host then forgets the VM, and [`Command::ForgetVm`] removes the record.
+    ReleaseVm {
+        name: String,
+    },
+    /// Removes a VM being released, and the records of its volumes no other VM uses: its
+    /// host has forgotten them, and the guest runs on, unmanaged.
+    ForgetVm {
+        name: String,
+        /// The volumes its host let go of: exactly those the VM leaves with now, or the
+        /// command is refused (another VM took or dropped one meanwhile) and the release is
+        /// redone.
+        volumes: Vec<qvdc_transport::protocol::VmDisk>,
+    },
 }
 
 /// What applying a command did; the application response of a Raft log entry.
@@ -859,11 +863,16 @@ impl DesiredState {
                 ..
             } => self.validate_adoption(spec, host, uuid, volumes),
             Command::ReleaseVm { name } => self.vm(name).map(|_| ()),
-            Command::ForgetVm { name } => match self.vm(name)? {
-                vm if vm.releasing => Ok(()),
-                _ => Err(ValidationError::BadVm(format!(
+            Command::ForgetVm { name, volumes } => match self.vm(name)? {
+                vm if !vm.releasing => Err(ValidationError::BadVm(format!(
                     "VM {name} is not being released; `qvctl vm release {name}` gives it back"
                 ))),
+                vm if self.released_volumes(vm) != *volumes => {
+                    Err(ValidationError::BadVm(format!(
+                        "VM {name}'s volumes changed while it was being released; retry `qvctl vm release {name}`"
+                    )))
+                }
+                _ => Ok(()),
             },
             Command::Once {
                 request_id,
@@ -1179,7 +1188,27 @@ impl DesiredState {
         for volume in volumes {
             validate_name("volume", &volume.name)?;
             validate_volume_size(volume.record.size_bytes)?;
+            if !spec
+                .disks
+                .iter()
+                .any(|d| d.pool == volume.pool && d.volume == volume.name)
+            {
+                return bad(format!(
+                    "{}/{} is not a disk of {}",
+                    volume.pool, volume.name, spec.name
+                ));
+            }
             let pool = with_volumes.pool(&volume.pool)?;
+            // A local pool's file is on the adopting host's own storage.
+            let on = (pool.spec.scope == PoolScope::Local).then_some(host);
+            if volume.record.host.as_deref() != on {
+                return bad(format!(
+                    "{}/{} must be recorded on {}",
+                    volume.pool,
+                    volume.name,
+                    on.unwrap_or("no host (the pool is shared)")
+                ));
+            }
             match pool.volumes.get(&volume.name) {
                 Some(have) if have.format != volume.record.format => {
                     return bad(format!(
@@ -1249,6 +1278,19 @@ impl DesiredState {
         }
         for disk in &spec.disks {
             validate_name("volume", &disk.volume)?;
+            if let Some(leaving) = self.vms.values().find(|vm| {
+                vm.releasing
+                    && vm
+                        .spec
+                        .disks
+                        .iter()
+                        .any(|d| d.pool == disk.pool && d.volume == disk.volume)
+            }) {
+                return bad(format!(
+                    "disk {}/{} leaves qvdc with VM {}, which is being released",
+                    disk.pool, disk.volume, leaving.spec.name
+                ));
+            }
             match self.pools.get(&disk.pool) {
                 None => {
                     return bad(format!(
@@ -1416,10 +1458,10 @@ impl DesiredState {
                 let vm = self.vms.get_mut(name).expect("validated");
                 changed(!std::mem::replace(&mut vm.releasing, true))
             }
-            Command::ForgetVm { name } => {
+            Command::ForgetVm { name, volumes } => {
                 let vm = self.vms.remove(name).expect("validated");
                 self.indexed(Kind::Vm, &vm.host, name, false);
-                for disk in self.released_volumes(&vm) {
+                for disk in volumes {
                     let pool = Arc::make_mut(self.pools.get_mut(&disk.pool).expect("listed"));
                     pool.volumes.remove(&disk.volume);
                 }
@@ -1874,10 +1916,24 @@ mod tests {
             adopt(spec.clone(), "u-1", &[]),
             "pool p has no volume \"db.qcow2\"",
         );
+        let mut elsewhere = adopt(spec.clone(), "u-1", &[("p", "db.qcow2")]);
+        if let Command::AdoptVm { volumes, .. } = &mut elsewhere {
+            volumes[0].record.host = Some("host-1".into());
+        }
+        rejected_with(
+            &mut state,
+            elsewhere,
+            "must be recorded on no host (the pool is shared)",
+        );
+        rejected_with(
+            &mut state,
+            adopt(vm("db", "req-1", &[]), "u-1", &[("p", "db.qcow2")]),
+            "p/db.qcow2 is not a disk of db",
+        );
         rejected_with(
             &mut state,
             adopt(spec.clone(), "u-1", &[("q", "db.qcow2")]),
-            "pool p has no volume \"db.qcow2\"",
+            "q/db.qcow2 is not a disk of db",
         );
         assert_eq!(
             state.apply(&adopt(spec.clone(), "u-1", &[("p", "db.qcow2")])),
@@ -1896,11 +1952,11 @@ mod tests {
         // Another VM shares one of its disks: that volume stays when db is released.
         let other = vm("web", "req-3", &[("p", "shared.qcow2")]);
         assert_eq!(state.apply(&create_vm(other, "host-1")), Outcome::Applied);
-        rejected_with(
-            &mut state,
-            Command::ForgetVm { name: "db".into() },
-            "is not being released",
-        );
+        let forget = |volumes: Vec<qvdc_transport::protocol::VmDisk>| Command::ForgetVm {
+            name: "db".into(),
+            volumes,
+        };
+        rejected_with(&mut state, forget(vec![]), "is not being released");
         let release = Command::ReleaseVm { name: "db".into() };
         assert_eq!(state.apply(&release), Outcome::Applied);
         assert_eq!(state.apply(&release), Outcome::Unchanged);
@@ -1913,13 +1969,22 @@ mod tests {
         ] {
             rejected_with(&mut state, command, "is being given back to its host");
         }
+        // Its disks are leaving: no other VM may take them meanwhile.
+        let taker = vm("taker", "req-4", &[("p", "db.qcow2")]);
+        rejected_with(
+            &mut state,
+            create_vm(taker, "host-1"),
+            "leaves qvdc with VM db, which is being released",
+        );
         let leaving = state.released_volumes(&state.vms["db"]);
         assert_eq!(leaving.len(), 1);
         assert_eq!(leaving[0].volume, "db.qcow2");
-        assert_eq!(
-            state.apply(&Command::ForgetVm { name: "db".into() }),
-            Outcome::Applied
+        rejected_with(
+            &mut state,
+            forget(vec![]),
+            "volumes changed while it was being released",
         );
+        assert_eq!(state.apply(&forget(leaving)), Outcome::Applied);
         assert!(!state.vms.contains_key("db"));
         assert!(state.volume("p", "db.qcow2").is_err());
         assert!(state.volume("p", "shared.qcow2").is_ok());

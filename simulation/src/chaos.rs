@@ -101,6 +101,13 @@ async fn script(
         hosts: (1..=config.hosts).map(SimConfig::host_name).collect(),
     };
     ask(&mut admin, local).await?;
+    // The pool the first host's unmanaged domain has its disk in: adopting it claims the file.
+    let legacy = ApiRequest::PoolCreate {
+        request_id: admin.new_request_id(),
+        spec: world::dir_pool(world::LEGACY_POOL),
+        hosts: vec![SimConfig::host_name(1)],
+    };
+    ask(&mut admin, legacy).await?;
 
     let start = Instant::now();
     let end = start + config.chaos.duration;
@@ -419,9 +426,11 @@ async fn finish_releases(client: &mut Client) -> anyhow::Result<()> {
     .await
 }
 
-/// The pools of the registry model: all but the VMs' local pool, which the script made.
+/// The pools of the registry model: all but those the script made.
 fn registry_names(names: impl Iterator<Item = String>) -> std::collections::BTreeSet<String> {
-    names.filter(|name| name != LOCAL_POOL).collect()
+    names
+        .filter(|name| name != LOCAL_POOL && name != world::LEGACY_POOL)
+        .collect()
 }
 
 async fn pool_names(client: &mut Client) -> anyhow::Result<std::collections::BTreeSet<String>> {

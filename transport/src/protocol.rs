@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::{codec, tls::Role};
 
 /// Bumped only for incompatible changes; the codec rejects frames of other versions.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// TLS application protocol name; a peer that does not offer it fails the handshake.
 pub const ALPN: &[u8] = b"qvdc/1";
 
@@ -622,6 +622,11 @@ pub enum HostCommandKind {
         uuid: String,
         volumes: Vec<VmDisk>,
     },
+    /// Create the network's bridge (and VLAN port) on this host.
+    CreateNetwork(NetworkSpec),
+    RemoveNetwork {
+        name: String,
+    },
     /// Rename the unmanaged, shut-off domain `name` (libvirt UUID `uuid`) to `to`, to adopt
     /// it under that name.
     RenameVm {
@@ -635,11 +640,6 @@ pub enum HostCommandKind {
         name: String,
         id: String,
         volumes: Vec<VmDisk>,
-    },
-    /// Create the network's bridge (and VLAN port) on this host.
-    CreateNetwork(NetworkSpec),
-    RemoveNetwork {
-        name: String,
     },
 }
 
@@ -782,24 +782,6 @@ pub enum ApiRequest {
         request_id: String,
         name: String,
     },
-    /// Brings domain `domain`, which `host` reports and qvdc does not manage, under
-    /// management as a VM of the same name. Its disks must be files directly in pools mounted
-    /// on that host; they become volumes. Answered with `VmCreated`.
-    /// With `name`, the domain (which must be shut off: libvirt renames no running one) is
-    /// renamed to it first.
-    VmAdopt {
-        request_id: String,
-        host: String,
-        domain: String,
-        name: Option<String>,
-    },
-    /// Gives a VM back to its host untouched: its host forgets that qvdc manages the domain
-    /// and its disks, then the VM and its volumes' records are removed. The guest keeps
-    /// running as it was (Unavailable while the host does not answer).
-    VmRelease {
-        request_id: String,
-        name: String,
-    },
     VmShow {
         name: String,
     },
@@ -898,6 +880,24 @@ pub enum ApiRequest {
     /// (deleted, or unassigned): what `pool delete --wait` waits for.
     PoolRemnants {
         pool: String,
+    },
+    /// Brings domain `domain`, which `host` reports and qvdc does not manage, under
+    /// management as a VM of the same name. Its disks must be files directly in pools mounted
+    /// on that host; they become volumes. Answered with `VmCreated`.
+    /// With `name`, the domain (which must be shut off: libvirt renames no running one) is
+    /// renamed to it first.
+    VmAdopt {
+        request_id: String,
+        host: String,
+        domain: String,
+        name: Option<String>,
+    },
+    /// Gives a VM back to its host untouched: its host forgets that qvdc manages the domain
+    /// and its disks, then the VM and its volumes' records are removed. The guest keeps
+    /// running as it was (Unavailable while the host does not answer).
+    VmRelease {
+        request_id: String,
+        name: String,
     },
 }
 

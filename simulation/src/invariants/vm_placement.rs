@@ -44,7 +44,7 @@ impl TraceInvariant for VmRunsOnOneHostAtATime {
             "shutdown" | "force-off" | "undefine" | "release" => {
                 hosts.remove(machine);
             }
-            "define" | "adopt" | "rename" => {}
+            "define" | "adopt" | "rename" | "check-adopt" | "check-release" => {}
             other => bail!("unknown VM operation {other:?}: {line}"),
         }
         ensure!(
