@@ -34,11 +34,11 @@ use qvdc_transport::{
     codec,
     protocol::{
         ApiError, ApiErrorKind, ApiRequest, ApiResponse, Capacity, ClusterStatus, CommandId,
-        DesiredPower, DiskInventory, DiskReport, Health, HostCommand, HostCommandKind, HostDetail, HostMessage,
-        HostPool, HostReply, HostView, Inventory, LeaderHint, Leadership, Liveness, MemberStatus,
-        NetworkHostView, NetworkReport, NetworkSpec, NetworkView, NicInventory, PoolHostView,
-        PoolReport, PoolSource, PoolSpec, PoolView, PowerState, Request, Response, VmDisk, VmNic,
-        VmReport, VmSpec, VmView, VolumeFormat, VolumeInfo, VolumeView,
+        DesiredPower, DiskInventory, DiskReport, Health, HostCommand, HostCommandKind, HostDetail,
+        HostMessage, HostPool, HostReply, HostView, Inventory, LeaderHint, Leadership, Liveness,
+        MemberStatus, NetworkHostView, NetworkReport, NetworkSpec, NetworkView, NicInventory,
+        PoolHostView, PoolReport, PoolScope, PoolSource, PoolSpec, PoolView, PowerState, Request,
+        Response, VmDisk, VmNic, VmReport, VmSpec, VmView, VolumeFormat, VolumeInfo, VolumeView,
     },
 };
 use serde::Serialize;
@@ -128,6 +128,7 @@ fn inventory() -> Inventory {
 
 fn pool_spec(name: &str) -> PoolSpec {
     PoolSpec {
+        scope: PoolScope::Shared,
         name: name.into(),
         source: PoolSource::Dir {
             path: format!("/srv/{name}"),
@@ -137,6 +138,7 @@ fn pool_spec(name: &str) -> PoolSpec {
 
 fn nfs_pool() -> PoolSpec {
     PoolSpec {
+        scope: PoolScope::Shared,
         name: "shared".into(),
         source: PoolSource::Nfs {
             server: "nas.example".into(),
@@ -148,6 +150,7 @@ fn nfs_pool() -> PoolSpec {
 
 fn block_pool() -> PoolSpec {
     PoolSpec {
+        scope: PoolScope::Local,
         name: "fast".into(),
         source: PoolSource::Block {
             device: "/dev/nvme0n1p3".into(),
@@ -322,6 +325,7 @@ fn api_requests() -> Vec<(&'static str, ApiRequest)> {
         (
             "volume-create",
             ApiRequest::VolumeCreate {
+                host: Some("host-2".into()),
                 request_id: id(),
                 pool: "images".into(),
                 name: "web-1-root".into(),
@@ -495,6 +499,7 @@ fn pool_view() -> PoolView {
             error: Some("mount: permission denied".into()),
         }],
         volumes: vec![VolumeView {
+            host: None,
             name: "web-1-root".into(),
             format: VolumeFormat::Qcow2,
             size_bytes: 20 << 30,
@@ -852,6 +857,7 @@ fn commands() -> Vec<(&'static str, Command)> {
             once(
                 "req-2",
                 Command::CreateVolume {
+                    host: None,
                     pool: "images".into(),
                     name: "web-1-root".into(),
                     format: VolumeFormat::Qcow2,
@@ -924,6 +930,7 @@ fn commands() -> Vec<(&'static str, Command)> {
                         pool: "images".into(),
                         name: "legacy.qcow2".into(),
                         record: qvdc_raft::model::VolumeRecord {
+                            host: None,
                             format: VolumeFormat::Qcow2,
                             size_bytes: 20 << 30,
                         },
