@@ -2037,6 +2037,52 @@ mod tests {
     }
 
     #[test]
+    fn a_local_pool_keeps_each_volume_on_one_of_its_hosts() {
+        let mut state = with_hosts(&["host-1", "host-2", "host-3"]);
+        let mut local = create("l", "/srv/l", &["host-1", "host-2"]);
+        if let Command::CreatePool { spec, .. } = &mut local {
+            spec.scope = PoolScope::Local;
+        }
+        assert_eq!(state.apply(&local), Outcome::Applied);
+        let volume = |host: Option<&str>| Command::CreateVolume {
+            pool: "l".into(),
+            name: "db.qcow2".into(),
+            format: VolumeFormat::Qcow2,
+            size_bytes: 64 << 20,
+            host: host.map(str::to_owned),
+        };
+        rejected_with(&mut state, volume(None), "pool l is local: name the host");
+        rejected_with(
+            &mut state,
+            volume(Some("host-3")),
+            "pool l is not assigned to host host-3",
+        );
+        assert_eq!(state.apply(&volume(Some("host-2"))), Outcome::Applied);
+        rejected_with(
+            &mut state,
+            create_vm(vm("db", "vm-1", &[("l", "db.qcow2")]), "host-1"),
+            "the VM can only run on host-2",
+        );
+        assert_eq!(
+            state.apply(&create_vm(vm("db", "vm-1", &[("l", "db.qcow2")]), "host-2")),
+            Outcome::Applied
+        );
+        state.apply(&Command::DeleteVm { name: "db".into() });
+        let unassign = |host: &str| Command::UnassignPool {
+            pool: "l".into(),
+            hosts: vec![host.into()],
+        };
+        rejected_with(&mut state, unassign("host-2"), "holds volume db.qcow2");
+        assert_eq!(state.apply(&unassign("host-1")), Outcome::Applied);
+        let mut shared = volume(Some("host-1"));
+        if let Command::CreateVolume { pool, .. } = &mut shared {
+            state.apply(&create("s", "/srv/s", &["host-1"]));
+            *pool = "s".into();
+        }
+        rejected_with(&mut state, shared, "pool s is shared");
+    }
+
+    #[test]
     fn pools_are_assigned_unassigned_and_deleted_unless_a_vm_needs_them() {
         let mut state = with_hosts(&["host-1", "host-2", "host-3"]);
         state.apply(&create("p", "/srv/p", &["host-1"]));

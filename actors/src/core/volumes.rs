@@ -199,6 +199,30 @@ mod tests {
     }
 
     #[test]
+    fn a_local_volume_is_created_through_its_own_host_only() {
+        let mut core = core();
+        let record = VolumeRecord {
+            format: VolumeFormat::Qcow2,
+            size_bytes: 64 << 20,
+            host: Some("host-2".into()),
+        };
+        core.set_desired([("web.qcow2".to_owned(), record)].into());
+        let t0 = Instant::now();
+        let healthy = |hosts: &[&str]| hosts.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            core.tick(t0, &healthy(&["host-1", "host-3"])),
+            [],
+            "its host is not healthy: it waits"
+        );
+        let sent = core.tick(t0, &healthy(&["host-1", "host-2"]));
+        let hosts: Vec<&str> = sent
+            .iter()
+            .map(|Effect::Send { host, .. }| host.as_str())
+            .collect();
+        assert_eq!(hosts, ["host-2"]);
+    }
+
+    #[test]
     fn a_volume_is_created_once_through_a_healthy_host_and_again_when_it_grows() {
         let mut core = core();
         let t0 = Instant::now();
