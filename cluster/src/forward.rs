@@ -13,10 +13,7 @@ use qvdc_transport::{
 };
 use tokio::{sync::watch, time::Instant};
 
-use crate::{
-    api,
-    node::{self, NodeInner},
-};
+use crate::{api, context::Context};
 
 /// How long a follower keeps trying to reach a known leader for one request before it sends
 /// the client there itself. Several election timeouts, so one failover fits in it.
@@ -29,10 +26,6 @@ pub(crate) const LEADERLESS_WAIT_MS: u64 = 1_000;
 const LEADER_POLL_MS: u64 = 20;
 
 type Metrics = watch::Receiver<RaftMetrics<NodeId, openraft::BasicNode>>;
-
-pub(crate) fn is_leader(node: &NodeInner) -> bool {
-    node.raft.metrics().borrow().current_leader == Some(node.id)
-}
 
 /// Whether a request must be answered by the leader. `cluster status` is answered by the
 /// node asked (it says who that node believes leads), and so are stale reads.
@@ -47,7 +40,7 @@ enum Leader {
 }
 
 fn leader_of(metrics: &Metrics, me: NodeId) -> Leader {
-    match node::current_leader(&metrics.borrow()) {
+    match crate::context::current_leader(&metrics.borrow()) {
         Some(hint) if hint.node_id == me => Leader::Me,
         Some(hint) => hint
             .addr
@@ -74,7 +67,7 @@ async fn leader_changes(metrics: &mut Metrics, from: Option<NodeId>) {
 /// passed.
 /// `operator` is the name in the certificate of the operator who asked.
 pub(crate) async fn to_leader(
-    node: &NodeInner,
+    node: &Context,
     operator: &PeerIdentity,
     request: ApiRequest,
 ) -> Response {

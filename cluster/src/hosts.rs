@@ -9,10 +9,10 @@ use qvdc_transport::{
 };
 use tracing::info;
 
-use crate::{api::propose, node::NodeInner};
+use crate::{context::Context, write::propose};
 
 pub(crate) async fn handle(
-    node: &NodeInner,
+    node: &Context,
     peer: &PeerIdentity,
     connection: &quinn::Connection,
     message: HostMessage,
@@ -75,7 +75,7 @@ pub(crate) async fn handle(
 
 /// Records the host and its inventory through Raft unless the state machine has it already.
 async fn record_inventory(
-    node: &NodeInner,
+    node: &Context,
     host_id: &str,
     inventory: Inventory,
 ) -> Result<(), Response> {

@@ -1,18 +1,24 @@
 //! qvdc-cluster: a control-plane node wired from raft, actors and transport; the operator
 //! client; and the binaries `qvdc` (server, local sandbox) and `qvctl` (operator CLI).
 //! Business rules live in the lower crates; this crate connects them.
+//!
+//! Within the crate, modules only look down: `node` (wiring: accept, dispatch by role, follow
+//! leadership) → `forward`, `hosts`, `api` (handlers) → `write`, `calls`, `reply` → `context`
+//! (who leads, the lease, membership checks) → `lease`, `propose`, `revocation`.
 
-mod adoption;
 mod api;
+mod calls;
 pub mod client;
+mod context;
 mod forward;
 mod hosts;
-pub mod membership;
+mod lease;
 pub mod node;
 pub mod output;
 mod propose;
+mod reply;
 mod revocation;
-mod stale;
+mod write;
 
 pub use client::{Client, ClientError};
 pub use node::{Node, NodeConfig, Storage};

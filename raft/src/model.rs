@@ -335,6 +335,43 @@ impl RequestDigest {
     }
 }
 
+/// An operator's request id and the digest of the request it came with. A write's request
+/// id is bound to the request as the operator sent it: a retry repeats it exactly, whichever
+/// node it reaches and however the leader then places it.
+#[derive(Debug, Clone)]
+pub struct RequestKey {
+    pub id: String,
+    pub digest: RequestDigest,
+}
+
+impl RequestKey {
+    /// `command`, applied at most once for this request.
+    pub fn once(self, command: Command) -> Command {
+        Command::Once {
+            request_id: self.id,
+            digest: self.digest,
+            command: Box::new(command),
+        }
+    }
+
+    /// Whether this very request was applied before.
+    pub fn applied_before(&self, state: &DesiredState) -> bool {
+        state
+            .requests
+            .lookup(&self.id)
+            .is_some_and(|(digest, _)| digest == self.digest)
+    }
+
+    /// The VM this very request made (created or adopted) when it was applied before: a
+    /// VM's id is the id of the request that made it (see [`DesiredState::vm_to_make`]).
+    pub fn vm_made_before<'a>(&self, state: &'a DesiredState) -> Option<&'a VmRecord> {
+        if !self.applied_before(state) {
+            return None;
+        }
+        state.vms.values().find(|vm| vm.spec.id == self.id)
+    }
+}
+
 impl RequestLog {
     /// The outcome recorded for `request_id`, if it is remembered.
     pub fn get(&self, request_id: &str) -> Option<&Outcome> {
@@ -1069,6 +1106,52 @@ impl DesiredState {
             .get(pool)
             .map(|record| &**record)
             .ok_or_else(|| ValidationError::NoSuchPool(pool.to_owned()))
+    }
+
+    /// The VM spec a request to create `spec` makes: its id is the request's id (unique, and
+    /// a retry finds the VM by it), and its disks take their volumes' formats, never the ones
+    /// the request names (a raw disk opened as qcow2 would let its guest-written header name
+    /// host files).
+    pub fn vm_to_make(&self, request: &RequestKey, mut spec: VmSpec) -> VmSpec {
+        spec.id = request.id.clone();
+        self.with_volume_formats(&mut spec);
+        spec
+    }
+
+    /// `spec` with each disk in its volume's format.
+    pub fn with_volume_formats(&self, spec: &mut VmSpec) {
+        for disk in &mut spec.disks {
+            if let Ok(volume) = self.volume(&disk.pool, &disk.volume) {
+                disk.format = volume.format;
+            }
+        }
+    }
+
+    /// The host a new volume of `pool` goes on: the one asked for, or, for a local pool
+    /// with a single host, that host (so the operator need not name it).
+    pub fn volume_host(&self, pool: &str, asked: Option<String>) -> Option<String> {
+        asked.or_else(|| {
+            let record = self.pools.get(pool)?;
+            let only = record.spec.scope == PoolScope::Local && record.hosts.len() == 1;
+            only.then(|| record.hosts.first().cloned())?
+        })
+    }
+
+    /// The hosts that may hold the file of volume `pool`/`name`: its own host if the record
+    /// names one; every host of a local pool if the record is gone (a retried delete: each
+    /// host deletes only a file marked as this volume's); none for a shared pool, whose
+    /// files any healthy host reaches.
+    pub fn volume_file_hosts(&self, pool: &str, name: &str) -> Vec<String> {
+        let record = self.pools.get(pool);
+        let local = record.is_some_and(|p| p.spec.scope == PoolScope::Local);
+        match (
+            self.volume(pool, name).ok().and_then(|v| v.host.clone()),
+            record,
+        ) {
+            (Some(host), _) => vec![host],
+            (None, Some(p)) if local => p.hosts.iter().cloned().collect(),
+            _ => Vec::new(),
+        }
     }
 
     pub fn volume(&self, pool: &str, name: &str) -> Result<&VolumeRecord, ValidationError> {

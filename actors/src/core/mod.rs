@@ -1,10 +1,12 @@
 //! The decisions of the supervision tree as plain state machines over plain data: no tokio,
 //! no actors, `now` passed in. Actors feed them inputs and carry out the effects they return.
 
+pub mod adoption;
 pub mod liveness;
 pub mod network;
 pub mod placement;
 pub mod pool;
+pub mod protocols;
 pub mod vm;
 pub mod volumes;
 

@@ -1,10 +1,12 @@
-//! Where a new VM runs. Pure: the caller gathers each host's facts (liveness, inventory, the
-//! pools healthy there, the memory its VMs already claim) and gets back a host, or for every
-//! host the reason it does not fit.
+//! Where a new VM runs. Pure: [`facts`] assembles each host's facts (liveness, inventory,
+//! the pools healthy there, the memory its VMs already claim) from the desired state and the
+//! leader's reports, and [`place`] gives back a host, or for every host the reason it does
+//! not fit.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use qvdc_transport::protocol::{Health, VmSpec};
+use qvdc_raft::DesiredState;
+use qvdc_transport::protocol::{Health, Liveness, NetworkView, PoolView, VmSpec, VmView};
 
 /// What placement needs to know about one host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +38,7 @@ pub struct Pin {
 }
 
 /// The disks of `spec` that live on one host's own storage.
-pub fn pins(desired: &qvdc_raft::DesiredState, spec: &VmSpec) -> Vec<Pin> {
+pub fn pins(desired: &DesiredState, spec: &VmSpec) -> Vec<Pin> {
     spec.disks
         .iter()
         .filter_map(|disk| {
@@ -48,6 +50,63 @@ pub fn pins(desired: &qvdc_raft::DesiredState, spec: &VmSpec) -> Vec<Pin> {
             })
         })
         .collect()
+}
+
+/// What placement needs to know about every registered host, from the desired state and
+/// the leader's latest reports.
+pub fn facts(
+    desired: &DesiredState,
+    liveness: &BTreeMap<String, Liveness>,
+    pools: &[PoolView],
+    networks: &[NetworkView],
+) -> Vec<HostFacts> {
+    desired
+        .hosts
+        .values()
+        .map(|h| HostFacts {
+            host: h.host_id.clone(),
+            ready: liveness.get(&h.host_id) == Some(&Liveness::Ready),
+            maintenance: h.maintenance,
+            cpu_cores: h.inventory.cpu_cores,
+            memory_bytes: h.inventory.memory_bytes,
+            committed_memory_bytes: desired
+                .vms_of_host(&h.host_id)
+                .map(|vm| vm.spec.memory_bytes)
+                .sum(),
+            up_networks: networks
+                .iter()
+                .filter(|n| n.hosts.iter().any(|nh| nh.host_id == h.host_id && nh.up))
+                .map(|n| n.spec.name.clone())
+                .collect(),
+            pools: pools
+                .iter()
+                .filter_map(|p| {
+                    let here = p.hosts.iter().find(|ph| ph.host_id == h.host_id)?;
+                    Some((p.spec.name.clone(), here.health))
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// A VM whose host is not heard from says why it cannot run elsewhere when its disks are on
+/// that host's own storage.
+pub fn explain_pinned(desired: &DesiredState, view: &mut VmView) {
+    if !view.managed || !view.reason.starts_with("no fresh report") {
+        return;
+    }
+    let pins = pins(desired, &view.spec);
+    let Some(pin) = pins.first() else {
+        return;
+    };
+    let why = format!(
+        "its host {} is not heard from, and the VM cannot run elsewhere: disk {}/{} is on {}'s own storage (pool {} is local)",
+        view.host, pin.pool, pin.volume, pin.host, pin.pool
+    );
+    view.error = Some(match view.error.take() {
+        Some(error) => format!("{error}; {why}"),
+        None => why,
+    });
 }
 
 fn mib(bytes: u64) -> u64 {

@@ -14,10 +14,10 @@ use openraft::{
 use qvdc_raft::NodeId;
 use qvdc_transport::protocol::{ApiError, ApiErrorKind, ApiResponse, Response};
 
-use crate::{api, node::NodeInner};
+use crate::{context::Context, reply::unavailable};
 
 /// How long a new node may take to catch up before the operator is told what to check.
-pub const CATCH_UP_TIMEOUT_MS: u64 = 30_000;
+pub(crate) const CATCH_UP_TIMEOUT_MS: u64 = 30_000;
 
 fn rejected(kind: ApiErrorKind, message: String) -> Response {
     Response::Api(Err(ApiError::new(kind, message)))
@@ -25,7 +25,7 @@ fn rejected(kind: ApiErrorKind, message: String) -> Response {
 
 /// What openraft's answer to a membership change means for the operator.
 fn failed(
-    node: &NodeInner,
+    node: &Context,
     what: &str,
     e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>,
 ) -> Response {
@@ -34,11 +34,11 @@ fn failed(
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
             rejected(ApiErrorKind::Invalid, format!("{what}: {e}"))
         }
-        e => api::unavailable(format!("{what}: {e}; retry")),
+        e => unavailable(format!("{what}: {e}; retry")),
     }
 }
 
-fn members(node: &NodeInner) -> (BTreeSet<NodeId>, Vec<(NodeId, String)>) {
+fn members(node: &Context) -> (BTreeSet<NodeId>, Vec<(NodeId, String)>) {
     let metrics = node.raft.metrics();
     let metrics = metrics.borrow();
     let membership = metrics.membership_config.membership();
@@ -50,11 +50,11 @@ fn members(node: &NodeInner) -> (BTreeSet<NodeId>, Vec<(NodeId, String)>) {
     (voters, all)
 }
 
-fn status(node: &NodeInner) -> Response {
-    Response::Api(Ok(ApiResponse::ClusterStatus(api::cluster_status(node))))
+fn status(node: &Context) -> Response {
+    Response::Api(Ok(ApiResponse::ClusterStatus(node.cluster_status())))
 }
 
-pub(crate) async fn add_node(node: &NodeInner, id: NodeId, addr: String) -> Response {
+pub(crate) async fn add_node(node: &Context, id: NodeId, addr: String) -> Response {
     if id == 0 {
         return rejected(ApiErrorKind::Invalid, "node ids start at 1".into());
     }
@@ -90,7 +90,7 @@ pub(crate) async fn add_node(node: &NodeInner, id: NodeId, addr: String) -> Resp
         Ok(Ok(_)) => {}
         Ok(Err(e)) => return failed(node, &format!("adding node {id} as a learner"), e),
         Err(_) => {
-            return api::unavailable(format!(
+            return unavailable(format!(
                 "node {id} at {addr} did not catch up within {CATCH_UP_TIMEOUT_MS} ms; check \
                  that it runs `qvdc server --join` with a server certificate of this cluster's \
                  CA and is reachable from the leader. It stays a learner (no vote) until the \
@@ -105,7 +105,7 @@ pub(crate) async fn add_node(node: &NodeInner, id: NodeId, addr: String) -> Resp
     }
 }
 
-pub(crate) async fn remove_node(node: &NodeInner, id: NodeId) -> Response {
+pub(crate) async fn remove_node(node: &Context, id: NodeId) -> Response {
     let (voters, all) = members(node);
     if !all.iter().any(|(other, _)| *other == id) {
         return rejected(

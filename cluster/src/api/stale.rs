@@ -20,7 +20,7 @@ use qvdc_transport::protocol::{
 };
 use tokio::time::Instant;
 
-use crate::{api, node::NodeInner};
+use crate::context::Context;
 
 /// Views built from records alone: no host has reported, so every report is unknown.
 const NOBODY: Leadership = Leadership { term: 0, node: 0 };
@@ -56,15 +56,12 @@ fn not_found(what: &str, name: &str, list: &str) -> Response {
 }
 
 /// Answers `request` from this node's own state.
-pub(crate) fn answer(node: &NodeInner, request: ApiRequest) -> Response {
-    let desired: std::sync::Arc<DesiredState> = node.desired.borrow().clone();
+pub(crate) fn answer(ctx: &Context, request: ApiRequest) -> Response {
+    let desired: std::sync::Arc<DesiredState> = ctx.desired();
     let ok = |response| Response::Api(Ok(response));
     match request {
-        ApiRequest::ClusterStatus => ok(ApiResponse::ClusterStatus(api::cluster_status(node))),
-        ApiRequest::HostList => ok(ApiResponse::Hosts(api::host_views(
-            node,
-            &Default::default(),
-        ))),
+        ApiRequest::ClusterStatus => ok(ApiResponse::ClusterStatus(ctx.cluster_status())),
+        ApiRequest::HostList => ok(ApiResponse::Hosts(ctx.host_views(&Default::default()))),
         ApiRequest::PoolList => ok(ApiResponse::Pools(
             desired.pools.values().map(|p| pool_view(p)).collect(),
         )),

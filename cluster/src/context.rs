@@ -1,0 +1,263 @@
+//! The context every request handler of a node works with, and the questions only it can
+//! answer: who leads, whether this node may act as leader right now (its lease), whether a
+//! peer's server certificate still speaks for a member. Handlers sit above this module;
+//! nothing here knows of them.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use qvdc_actors::Supervision;
+use qvdc_raft::{network::Peers, store, DesiredState, NodeId, Raft};
+use qvdc_transport::{
+    protocol::{ClusterStatus, HostView, LeaderHint, Liveness, MemberStatus, Response},
+    tls::PeerIdentity,
+};
+use tokio::{
+    sync::{watch, RwLock},
+    time::{Duration, Instant},
+};
+use tracing::{debug, warn};
+
+use crate::{
+    lease::{Lease, LEADER_CONFIRM_TIMEOUT_MS},
+    propose::Proposer,
+    revocation::Connections,
+};
+
+/// What every handler of a running node works with: its Raft instance, its view of the
+/// desired state, its supervision tree while it leads, and its leader lease.
+pub(crate) struct Context {
+    pub(crate) id: NodeId,
+    pub(crate) raft: Raft,
+    /// The Raft log, which answers to pre-votes compare with a candidate's.
+    pub(crate) log: store::LogStore,
+    pub(crate) desired: watch::Receiver<Arc<DesiredState>>,
+    pub(crate) proposer: Proposer,
+    /// Connections to the other nodes, for passing operator requests to the leader.
+    pub(crate) peers: Peers,
+    pub(crate) supervision: RwLock<Option<Supervision>>,
+    /// The last quorum confirmation of this node's leadership.
+    pub(crate) lease: Lease,
+    /// The last leader this node knew of, for hints while none is known.
+    pub(crate) last_leader: std::sync::Mutex<Option<LeaderHint>>,
+    /// The last entry in this node's log when it started. openraft 0.9 restores a node that
+    /// led before it stopped as leader of the same term, without a new entry; its read
+    /// index is then the committed index it read back from disk, which can lag what it had
+    /// acknowledged before it stopped (found by chaos seed 132). Everything it acknowledged
+    /// is in its own log, so it serves nothing until that much is applied.
+    pub(crate) logged_at_start: Option<u64>,
+    /// The members this node saw last and the nodes it saw removed (see `member_server`).
+    pub(crate) servers: std::sync::Mutex<Servers>,
+    /// The connections this node serves, for closing those of revoked certificates.
+    pub(crate) connections: Arc<Connections>,
+}
+
+/// Members of the Raft membership as one node has watched it change.
+#[derive(Debug, Default)]
+pub(crate) struct Servers {
+    members: std::collections::BTreeSet<NodeId>,
+    removed: std::collections::BTreeSet<NodeId>,
+}
+
+impl Servers {
+    /// Takes in the current membership: whoever was a member and is no longer is removed
+    /// for good (ids are never reused).
+    pub(crate) fn observe(&mut self, members: std::collections::BTreeSet<NodeId>) {
+        self.removed.extend(self.members.difference(&members));
+        // An id an operator added again anyway is a member again.
+        self.removed.retain(|id| !members.contains(id));
+        self.members = members;
+    }
+}
+
+/// The leader these metrics name, with its address from the membership.
+pub(crate) fn current_leader(
+    metrics: &openraft::RaftMetrics<NodeId, openraft::BasicNode>,
+) -> Option<LeaderHint> {
+    let leader = metrics.current_leader?;
+    let node = metrics.membership_config.membership().get_node(&leader)?;
+    Some(LeaderHint {
+        node_id: leader,
+        addr: node.addr.clone(),
+    })
+}
+
+impl Context {
+    /// Where to send a client that reached a follower.
+    /// The current leader, or while an election is under way (or this node is cut off) the
+    /// last leader it knew: a hint the client can try, which beats no hint at all.
+    pub(crate) fn leader_hint(&self) -> Option<LeaderHint> {
+        let current = current_leader(&self.raft.metrics().borrow());
+        let mut last = self.last_leader.lock().expect("leader hint lock poisoned");
+        if current.is_some() {
+            last.clone_from(&current);
+        }
+        last.clone().filter(|hint| hint.node_id != self.id)
+    }
+
+    /// Whether a peer with a server certificate may still take part in Raft and pass
+    /// requests on: not if it speaks for a node this node has seen removed from the
+    /// membership. A node id this node does not know yet is let through: this node may lag
+    /// behind the membership that added it (a new leader, a joiner's snapshot), and Raft's
+    /// terms already refuse what an outdated peer sends.
+    ///
+    /// Passing an operator's request on is for current members only (`strict`): only a
+    /// leader receives them, and a leader knows every member.
+    pub(crate) fn member_server(&self, peer: &PeerIdentity, strict: bool) -> Result<(), String> {
+        let Some(id) = qvdc_raft::node_of_server_cert(&peer.name) else {
+            return Err(format!(
+                "server certificate {:?} names no node; a node's certificate is named node-ID",
+                peer.name
+            ));
+        };
+        let servers = self.servers.lock().expect("server list lock poisoned");
+        let (removed, member) = (servers.removed.contains(&id), servers.members.contains(&id));
+        drop(servers);
+        if strict && !member && !removed {
+            return Err(format!(
+                "server certificate {:?} is not of a member of this cluster; add node {id} with `qvctl cluster add-node` first",
+                peer.name
+            ));
+        }
+        if !removed {
+            return Ok(());
+        }
+        warn!(peer = %peer.name, "refused the certificate of a removed node");
+        Err(format!(
+            "server certificate {:?} is of node {id}, which was removed from this cluster; node ids are never reused: start a new node with a new id and add it with `qvctl cluster add-node`",
+            peer.name
+        ))
+    }
+
+    pub(crate) fn not_leader(&self) -> Response {
+        Response::NotLeader {
+            leader: self.leader_hint(),
+        }
+    }
+
+    /// The supervision tree, if this node leads.
+    pub(crate) async fn supervision(&self) -> Option<Supervision> {
+        self.supervision.read().await.clone()
+    }
+
+    /// The supervision tree, if this node leads *and* a quorum has confirmed it within the
+    /// lease. A leader cut off from its peers keeps believing it leads (Raft does not step
+    /// it down); this is what stops it from holding on to hosts and serving stale views.
+    /// The error is the response to give: a redirect from a follower, or "no leader here"
+    /// from a leader that could not confirm itself.
+    pub(crate) async fn leading(&self) -> Result<Supervision, Response> {
+        let Some(supervision) = self.supervision().await else {
+            return Err(self.not_leader());
+        };
+        let leadership = supervision.leadership();
+        if self.lease.holds(leadership, Instant::now())
+            || qvdc_transport::bugs::active(qvdc_transport::bugs::Bug::NoLeaderLease)
+        {
+            return Ok(supervision);
+        }
+        let asked = Instant::now();
+        let confirm = tokio::time::timeout(
+            Duration::from_millis(LEADER_CONFIRM_TIMEOUT_MS),
+            self.raft.ensure_linearizable(),
+        );
+        let caught_up = async {
+            confirm.await.ok()?.ok()?;
+            let timeout = Duration::from_millis(LEADER_CONFIRM_TIMEOUT_MS);
+            let wait = self.raft.wait(Some(timeout));
+            let applied = wait.applied_index_at_least(self.logged_at_start, "log at start applied");
+            applied.await.ok()
+        };
+        match caught_up.await {
+            Some(_) => {
+                self.lease.confirmed(leadership, asked);
+                Ok(supervision)
+            }
+            None => {
+                debug!(node = self.id, "leadership not confirmed by a quorum");
+                Err(Response::NotLeader { leader: None })
+            }
+        }
+    }
+
+    /// Whether this node believes it leads (without asking anyone).
+    pub(crate) fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.id)
+    }
+
+    /// The desired state as this node has applied it.
+    pub(crate) fn desired(&self) -> Arc<DesiredState> {
+        self.desired.borrow().clone()
+    }
+
+    /// Every registered host with the liveness `live` gives it (Unreachable if none).
+    pub(crate) fn host_views(&self, live: &BTreeMap<String, Liveness>) -> Vec<HostView> {
+        let desired = self.desired.borrow();
+        desired
+            .hosts
+            .values()
+            .map(|h| HostView {
+                host_id: h.host_id.clone(),
+                inventory: h.inventory.clone(),
+                liveness: live
+                    .get(&h.host_id)
+                    .copied()
+                    .unwrap_or(Liveness::Unreachable),
+                maintenance: h.maintenance,
+            })
+            .collect()
+    }
+
+    /// What this node knows of the cluster: members, leader, term, log and state digest.
+    pub(crate) fn cluster_status(&self) -> ClusterStatus {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, n)| MemberStatus {
+                node_id: *id,
+                addr: n.addr.clone(),
+                voter: voters.contains(id),
+            })
+            .collect();
+        ClusterStatus {
+            node_id: self.id,
+            leader: metrics.current_leader,
+            term: metrics.current_term,
+            last_log_index: metrics.last_log_index,
+            last_applied: metrics.last_applied.map(|l| l.index),
+            members,
+            snapshot_index: metrics.snapshot.map(|l| l.index),
+            purged_index: metrics.purged.map(|l| l.index),
+            state_digest: self.desired.borrow().digest(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_gone_from_the_membership_is_removed_for_good() {
+        let mut servers = Servers::default();
+        let set = |ids: &[NodeId]| ids.iter().copied().collect();
+        servers.observe(set(&[]));
+        servers.observe(set(&[1, 2, 3]));
+        assert!(
+            servers.removed.is_empty(),
+            "a joiner's first membership removes nobody"
+        );
+        servers.observe(set(&[1, 2, 3, 4]));
+        servers.observe(set(&[1, 3, 4]));
+        assert_eq!(servers.removed, set(&[2]));
+        // A lagging node jumps ahead by snapshot: everyone gone meanwhile is removed.
+        servers.observe(set(&[4, 5, 6]));
+        assert_eq!(servers.removed, set(&[1, 2, 3]));
+        servers.observe(set(&[3, 4, 5, 6]));
+        assert_eq!(
+            servers.removed,
+            set(&[1, 2]),
+            "an id added again is a member again"
+        );
+    }
+}

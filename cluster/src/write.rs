@@ -1,0 +1,119 @@
+//! Writes: a command validated against the desired state and committed through Raft, once
+//! per request id; and the multi-step changes the cores describe (`core::protocols`),
+//! carried out step by step.
+
+use qvdc_actors::core::protocols::Step;
+use qvdc_raft::{model::RequestKey, Command, DesiredState, Outcome};
+use qvdc_transport::{
+    bugs::{self, Bug},
+    protocol::{ApiResponse, Response},
+};
+
+use crate::{
+    context::Context,
+    propose::ProposeError,
+    reply::{invalid, rejected, unavailable},
+};
+
+/// Validates `command` against the current desired state and commits it through Raft.
+/// The error is the response to send back as it is.
+pub(crate) async fn propose(ctx: &Context, command: Command) -> Result<(), Response> {
+    // Only the leader's state is current enough to judge a command: a follower that has not
+    // applied the pool created a moment ago would reject a volume in it. Send it on instead.
+    if !ctx.is_leader() {
+        return Err(ctx.not_leader());
+    }
+    let bytes = qvdc_transport::codec::encoded_len(&command);
+    if bytes > qvdc_raft::model::COMMAND_BYTES_MAX {
+        return Err(invalid(format!(
+            "the request is {bytes} bytes encoded, more than the {} one change may take; split it (assign fewer hosts at a time)",
+            qvdc_raft::model::COMMAND_BYTES_MAX
+        )));
+    }
+    let verdict = ctx.desired.borrow().validate(&command);
+    if verdict.is_err() {
+        // The applied state can lag the log: a new leader applies what earlier terms
+        // committed only after its election, and a deposed leader does not know it is one.
+        // A rejection is an answer too, so judge again once a quorum has confirmed this
+        // leadership and everything committed before it is applied.
+        ctx.leading().await?;
+        ctx.desired.borrow().validate(&command).map_err(rejected)?;
+    }
+    if bugs::active(Bug::AckBeforeCommit) {
+        let proposer = ctx.proposer.clone();
+        tokio::spawn(async move { proposer.propose(command).await });
+        return Ok(());
+    }
+    match ctx.proposer.propose(command).await {
+        Ok(Outcome::Applied | Outcome::Unchanged) => Ok(()),
+        Ok(Outcome::Rejected(e)) => Err(rejected(e)),
+        Ok(Outcome::Batch(_)) => unreachable!("one command, one outcome"),
+        Err(ProposeError::NotLeader) => Err(ctx.not_leader()),
+        Err(e) => Err(unavailable(format!("{e}; retry"))),
+    }
+}
+
+/// Commits `command` once per request.
+pub(crate) async fn propose_once(
+    ctx: &Context,
+    key: RequestKey,
+    command: Command,
+) -> Result<(), Response> {
+    propose(ctx, key.once(command)).await
+}
+
+/// Commits `command` once per request; answers `Done`.
+pub(crate) async fn once(ctx: &Context, key: RequestKey, command: Command) -> Response {
+    done(propose_once(ctx, key, command).await)
+}
+
+pub(crate) fn done(result: Result<(), Response>) -> Response {
+    match result {
+        Ok(()) => Response::Api(Ok(ApiResponse::Done)),
+        Err(response) => response,
+    }
+}
+
+/// Most steps one change takes; more means the state keeps moving under it.
+const STEPS_MAX: usize = 8;
+
+/// Carries out the change `next` describes (see `core::protocols`): asks it for the next
+/// step given the desired state now and whether the host has confirmed its part, does that,
+/// and asks again. A step that fails ends the change with its error, unless the state moved
+/// on meanwhile (a racing retry did the work): then the change carries on from there.
+pub(crate) async fn carry_out(
+    ctx: &Context,
+    next: impl Fn(&DesiredState, bool) -> Step,
+) -> Response {
+    let mut host_confirmed = false;
+    for _ in 0..STEPS_MAX {
+        let step = next(&ctx.desired(), host_confirmed);
+        let result = match &step {
+            Step::Commit(command) | Step::Finish(command) => propose(ctx, command.clone()).await,
+            Step::OnHost {
+                host,
+                command,
+                unconfirmed,
+            } => match ctx.leading().await {
+                Ok(supervision) => match supervision.execute(host, command.clone()).await {
+                    Ok(_) => {
+                        host_confirmed = true;
+                        Ok(())
+                    }
+                    Err(reason) => Err(unavailable(format!("{unconfirmed} ({reason})"))),
+                },
+                Err(response) => Err(response),
+            },
+        };
+        match result {
+            Ok(()) if matches!(step, Step::Finish(_)) => return done(Ok(())),
+            Ok(()) => {}
+            Err(response) => {
+                if next(&ctx.desired(), host_confirmed) == step {
+                    return response;
+                }
+            }
+        }
+    }
+    unavailable("the change did not settle: the state kept changing under it; retry")
+}
