@@ -3,24 +3,26 @@
 //! reports into what operators see. It never touches disks or libvirt.
 
 pub mod core;
+mod link;
 mod supervisor;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use qvdc_raft::DesiredState;
-use qvdc_transport::{
-    protocol::{
-        CommandOutput, HostCommand, HostCommandKind, Leadership, Liveness, NetworkReport,
-        NetworkView, PoolReport, PoolView, VmReport, VmView,
-    },
-    quinn,
+use qvdc_transport::protocol::{
+    CommandOutput, HostCommand, HostCommandKind, Leadership, Liveness, NetworkView, PoolView,
+    VmReport, VmView,
 };
 use ractor::{Actor, ActorRef};
 use tokio::sync::watch;
 
-pub use crate::core::Timings;
-use crate::supervisor::{
-    ClusterArgs, ClusterMsg, ClusterSupervisor, Done, HostMsg, NetMsg, PoolMsg, VmMsg,
+use crate::{
+    core::Core,
+    supervisor::{ClusterArgs, ClusterMsg, ClusterSupervisor, Done, HostMsg, ObjectMsg, Objects},
+};
+pub use crate::{
+    core::{CommandError, CommandIds, HostReports, Timings},
+    link::{Call, HostLink, Link},
 };
 
 /// How long an API query waits for the supervision tree.
@@ -40,7 +42,26 @@ pub struct HostReported {
     /// The pools it has mounted.
     pub pools: Vec<String>,
     /// Its domains that qvdc does not manage (no qvdc id).
-    pub unmanaged: Vec<qvdc_transport::protocol::VmReport>,
+    pub unmanaged: Vec<VmReport>,
+}
+
+impl HostReported {
+    fn of(reports: &HostReports) -> Self {
+        Self {
+            pools: reports
+                .pools
+                .iter()
+                .filter(|p| p.mounted)
+                .map(|p| p.pool.clone())
+                .collect(),
+            unmanaged: reports
+                .vms
+                .iter()
+                .filter(|v| v.id.is_none())
+                .cloned()
+                .collect(),
+        }
+    }
 }
 
 /// A running supervision tree for one leadership. Dropping it does not stop it; call
@@ -48,10 +69,9 @@ pub struct HostReported {
 #[derive(Clone)]
 pub struct Supervision {
     root: ActorRef<ClusterMsg>,
-    leadership: Leadership,
-    /// Sequence numbers of commands sent on an operator's behalf (`execute`), counted down
-    /// from the top so they never meet the supervisors' own.
-    next_seq: Arc<std::sync::atomic::AtomicU64>,
+    /// The ids of every command this tree sends, its own and those sent on an operator's
+    /// behalf (`execute`).
+    ids: CommandIds,
 }
 
 fn timeout() -> Option<Duration> {
@@ -69,131 +89,63 @@ impl Supervision {
         desired: watch::Receiver<Arc<DesiredState>>,
         timings: Timings,
     ) -> Result<Self, SupervisionError> {
+        let ids = CommandIds::new(leadership);
         let args = ClusterArgs {
-            leadership,
+            ids: ids.clone(),
             desired,
             timings,
         };
         let (root, _) = Actor::spawn(None, ClusterSupervisor, args)
             .await
             .map_err(|e| SupervisionError::Spawn(e.to_string()))?;
-        Ok(Self {
-            root,
-            leadership,
-            next_seq: Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX)),
-        })
+        Ok(Self { root, ids })
     }
 
     /// The leadership this tree acts for; its commands carry it as their fencing token.
     pub fn leadership(&self) -> Leadership {
-        self.leadership
+        self.ids.leadership()
     }
 
-    /// A host registered on `connection`; commands for it go there from now on.
-    pub fn host_connected(&self, host_id: String, connection: quinn::Connection) {
-        let _ = self.root.cast(ClusterMsg::HostConnected {
-            host_id,
-            connection,
-        });
+    /// A host registered on `link`; commands for it go there from now on.
+    pub fn host_connected(&self, host_id: String, link: Link) {
+        let _ = self.root.cast(ClusterMsg::HostConnected { host_id, link });
     }
 
-    /// A heartbeat arrived on `connection`, which is where the host's commands go from now on.
-    pub fn heartbeat(
-        &self,
-        host_id: String,
-        connection: quinn::Connection,
-        pools: Vec<PoolReport>,
-        vms: Vec<VmReport>,
-        networks: Vec<NetworkReport>,
-    ) {
+    /// A heartbeat arrived on `link`, which is where the host's commands go from now on.
+    pub fn heartbeat(&self, host_id: String, link: Link, reports: HostReports) {
         let _ = self.root.cast(ClusterMsg::Heartbeat {
             host_id,
-            connection,
-            pools,
-            vms,
-            networks,
+            link,
+            reports,
         });
-    }
-
-    async fn network(actor: &ActorRef<NetMsg>) -> Result<NetworkView, SupervisionError> {
-        let answer = actor
-            .call(NetMsg::View, timeout())
-            .await
-            .map_err(unavailable)?;
-        answer.success_or(()).map_err(|_| unavailable("timed out"))
-    }
-
-    pub async fn network_view(&self, name: &str) -> Result<Option<NetworkView>, SupervisionError> {
-        match self.children(ClusterMsg::Networks).await?.get(name) {
-            Some(actor) => Ok(Some(Self::network(actor).await?)),
-            None => Ok(None),
-        }
-    }
-
-    pub async fn network_views(&self) -> Result<Vec<NetworkView>, SupervisionError> {
-        let networks = self.children(ClusterMsg::Networks).await?;
-        let mut views = Vec::with_capacity(networks.len());
-        for actor in networks.values() {
-            views.push(Self::network(actor).await?);
-        }
-        Ok(views)
     }
 
     /// Sends `kind` to `host` now, on an operator's behalf (a reboot), and waits for the
-    /// answer. The error is worded for the operator.
+    /// answer.
     pub async fn execute(
         &self,
         host: &str,
         kind: HostCommandKind,
-    ) -> Result<CommandOutput, String> {
-        let seq = self
-            .next_seq
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        let id = qvdc_transport::protocol::CommandId {
-            leadership: self.leadership,
-            seq,
-        };
+    ) -> Result<CommandOutput, CommandError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let done: Done = Box::new(move |outcome| {
             let _ = tx.send(outcome);
         });
-        let command = HostCommand { id, kind };
+        let command = HostCommand {
+            id: self.ids.next(),
+            kind,
+        };
         self.root
             .cast(ClusterMsg::Execute {
                 host: host.to_owned(),
                 command,
                 done,
             })
-            .map_err(|e| format!("the supervision tree is gone: {e}"))?;
-        rx.await
-            .map_err(|_| "the supervision tree stopped before the host answered".to_owned())?
+            .map_err(|_| CommandError::Stopped)?;
+        rx.await.map_err(|_| CommandError::Stopped)?
     }
 
-    async fn vm(actor: &ActorRef<VmMsg>) -> Result<VmView, SupervisionError> {
-        let answer = actor
-            .call(VmMsg::View, timeout())
-            .await
-            .map_err(unavailable)?;
-        answer.success_or(()).map_err(|_| unavailable("timed out"))
-    }
-
-    pub async fn vm_view(&self, name: &str) -> Result<Option<VmView>, SupervisionError> {
-        match self.children(ClusterMsg::Vms).await?.get(name) {
-            Some(actor) => Ok(Some(Self::vm(actor).await?)),
-            None => Ok(None),
-        }
-    }
-
-    pub async fn vm_views(&self) -> Result<Vec<VmView>, SupervisionError> {
-        let vms = self.children(ClusterMsg::Vms).await?;
-        let mut views = Vec::with_capacity(vms.len());
-        for actor in vms.values() {
-            views.push(Self::vm(actor).await?);
-        }
-        Ok(views)
-    }
-
-    async fn children<T>(
+    pub(crate) async fn children<T>(
         &self,
         message: impl FnOnce(ractor::RpcReplyPort<T>) -> ClusterMsg,
     ) -> Result<T, SupervisionError>
@@ -208,28 +160,59 @@ impl Supervision {
         answer.success_or(()).map_err(|_| unavailable("timed out"))
     }
 
-    async fn view(pool: &ActorRef<PoolMsg>) -> Result<PoolView, SupervisionError> {
-        let answer = pool
-            .call(PoolMsg::View, timeout())
+    async fn view<C: Core>(actor: &ActorRef<ObjectMsg<C>>) -> Result<C::View, SupervisionError> {
+        let answer = actor
+            .call(ObjectMsg::View, timeout())
             .await
             .map_err(unavailable)?;
         answer.success_or(()).map_err(|_| unavailable("timed out"))
     }
 
-    pub async fn pool_view(&self, name: &str) -> Result<Option<PoolView>, SupervisionError> {
-        match self.children(ClusterMsg::Pools).await?.get(name) {
-            Some(pool) => Ok(Some(Self::view(pool).await?)),
+    async fn view_of<C: Core>(
+        &self,
+        list: fn(ractor::RpcReplyPort<Objects<C>>) -> ClusterMsg,
+        name: &str,
+    ) -> Result<Option<C::View>, SupervisionError> {
+        match self.children(list).await?.get(name) {
+            Some(actor) => Ok(Some(Self::view(actor).await?)),
             None => Ok(None),
         }
     }
 
-    pub async fn pool_views(&self) -> Result<Vec<PoolView>, SupervisionError> {
-        let pools = self.children(ClusterMsg::Pools).await?;
-        let mut views = Vec::with_capacity(pools.len());
-        for pool in pools.values() {
-            views.push(Self::view(pool).await?);
+    async fn views_of<C: Core>(
+        &self,
+        list: fn(ractor::RpcReplyPort<Objects<C>>) -> ClusterMsg,
+    ) -> Result<Vec<C::View>, SupervisionError> {
+        let objects = self.children(list).await?;
+        let mut views = Vec::with_capacity(objects.len());
+        for actor in objects.values() {
+            views.push(Self::view(actor).await?);
         }
         Ok(views)
+    }
+
+    pub async fn pool_view(&self, name: &str) -> Result<Option<PoolView>, SupervisionError> {
+        self.view_of(ClusterMsg::Pools, name).await
+    }
+
+    pub async fn pool_views(&self) -> Result<Vec<PoolView>, SupervisionError> {
+        self.views_of(ClusterMsg::Pools).await
+    }
+
+    pub async fn vm_view(&self, name: &str) -> Result<Option<VmView>, SupervisionError> {
+        self.view_of(ClusterMsg::Vms, name).await
+    }
+
+    pub async fn vm_views(&self) -> Result<Vec<VmView>, SupervisionError> {
+        self.views_of(ClusterMsg::Vms).await
+    }
+
+    pub async fn network_view(&self, name: &str) -> Result<Option<NetworkView>, SupervisionError> {
+        self.view_of(ClusterMsg::Networks, name).await
+    }
+
+    pub async fn network_views(&self) -> Result<Vec<NetworkView>, SupervisionError> {
+        self.views_of(ClusterMsg::Networks).await
     }
 
     /// What each host reported in its last heartbeat to this leader.

@@ -3,16 +3,30 @@
 
 use std::collections::BTreeMap;
 
-use qvdc_actors::{HostReported, Supervision};
-use qvdc_transport::protocol::{CommandOutput, HostCommandKind, Liveness, Response};
+use qvdc_actors::{CommandError, HostReported, Supervision};
+use qvdc_transport::protocol::{
+    ApiErrorKind, CommandOutput, HostCommandKind, HostErrorKind, Liveness, Response,
+};
 
 use crate::{
     context::Context,
-    reply::{invalid, no_pool, no_vm, unavailable},
+    reply::{error, invalid, no_pool, no_vm, unavailable},
 };
 
-fn not_carried_out(host: &str, reason: &str) -> Response {
-    unavailable(format!("host {host} did not carry it out: {reason}"))
+/// A host's refusal keeps its kind: a command naming what the host does not have is "not
+/// found", one it cannot carry out as given is "invalid"; the rest may succeed on a retry.
+pub(crate) fn not_carried_out(host: &str, reason: &CommandError) -> Response {
+    let kind = match reason {
+        CommandError::Host(e) => match e.kind {
+            HostErrorKind::NotFound => ApiErrorKind::NotFound,
+            HostErrorKind::Invalid | HostErrorKind::Conflict => ApiErrorKind::Invalid,
+            HostErrorKind::StaleLeadership | HostErrorKind::Timeout | HostErrorKind::Failed => {
+                ApiErrorKind::Unavailable
+            }
+        },
+        _ => ApiErrorKind::Unavailable,
+    };
+    error(kind, format!("host {host} did not carry it out: {reason}"))
 }
 
 /// Sends `kind` to the host of VM `name` now and answers with the host's result.

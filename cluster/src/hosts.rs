@@ -1,10 +1,13 @@
 //! The control plane's side of the host protocol: registration (recorded through Raft) and
 //! heartbeats (soft state, handed to the supervision tree). Only the leader accepts either.
 
+use std::sync::Arc;
+
+use qvdc_actors::{Call, HostLink, HostReports, Link};
 use qvdc_raft::Command;
 use qvdc_transport::{
-    protocol::{HostMessage, HostReply, Inventory, Response},
-    quinn,
+    protocol::{CommandResult, HostCommand, HostMessage, HostReply, Inventory, Response},
+    quic, quinn,
     tls::PeerIdentity,
 };
 use tracing::info;
@@ -49,7 +52,7 @@ pub(crate) async fn handle(
                 Err(response) => return response,
             };
             info!(host = %host_id, leadership = %supervision.leadership(), "host registered");
-            supervision.host_connected(host_id, connection.clone());
+            supervision.host_connected(host_id, link(connection));
             Response::Host(HostReply::Registered {
                 leadership: supervision.leadership(),
             })
@@ -61,7 +64,12 @@ pub(crate) async fn handle(
             networks,
             ..
         } => {
-            supervision.heartbeat(host_id, connection.clone(), pools, vms, networks);
+            let reports = HostReports {
+                pools,
+                vms,
+                networks,
+            };
+            supervision.heartbeat(host_id, link(connection), reports);
             Response::Host(HostReply::HeartbeatAck)
         }
         HostMessage::InventoryChanged { host_id, inventory } => {
@@ -99,4 +107,22 @@ async fn record_inventory(
             Response::Api(Err(e)) => Response::Host(HostReply::Retry { reason: e.message }),
             other => other,
         })
+}
+
+/// A host's QUIC connection, as the supervision tree's way to it.
+struct QuicLink(quinn::Connection);
+
+impl HostLink for QuicLink {
+    fn call(&self, command: HostCommand) -> Call {
+        let connection = self.0.clone();
+        Box::pin(async move {
+            quic::call::<_, CommandResult>(&connection, &command)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+fn link(connection: &quinn::Connection) -> Link {
+    Arc::new(QuicLink(connection.clone()))
 }

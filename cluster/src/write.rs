@@ -86,24 +86,36 @@ pub(crate) async fn carry_out(
     next: impl Fn(&DesiredState, bool) -> Step,
 ) -> Response {
     let mut host_confirmed = false;
+    // Confirmed once, before the first step that is not the last: a leader cut off from its
+    // peers must send the client elsewhere, not start a change it cannot finish.
+    let mut supervision = None;
     for _ in 0..STEPS_MAX {
         let step = next(&ctx.desired(), host_confirmed);
-        let result = match &step {
-            Step::Commit(command) | Step::Finish(command) => propose(ctx, command.clone()).await,
-            Step::OnHost {
-                host,
-                command,
-                unconfirmed,
-            } => match ctx.leading().await {
-                Ok(supervision) => match supervision.execute(host, command.clone()).await {
-                    Ok(_) => {
-                        host_confirmed = true;
-                        Ok(())
-                    }
-                    Err(reason) => Err(unavailable(format!("{unconfirmed} ({reason})"))),
+        if supervision.is_none() && !matches!(step, Step::Finish(_)) {
+            match ctx.leading().await {
+                Ok(leading) => supervision = Some(leading),
+                Err(response) => return response,
+            }
+        }
+        let result = match (&step, &supervision) {
+            (Step::Commit(command) | Step::Finish(command), _) => {
+                propose(ctx, command.clone()).await
+            }
+            (
+                Step::OnHost {
+                    host,
+                    command,
+                    unconfirmed,
                 },
-                Err(response) => Err(response),
+                Some(supervision),
+            ) => match supervision.execute(host, command.clone()).await {
+                Ok(_) => {
+                    host_confirmed = true;
+                    Ok(())
+                }
+                Err(reason) => Err(unavailable(format!("{unconfirmed} ({reason})"))),
             },
+            (Step::OnHost { .. }, None) => unreachable!("confirmed above"),
         };
         match result {
             Ok(()) if matches!(step, Step::Finish(_)) => return done(Ok(())),

@@ -4,15 +4,151 @@
 pub mod adoption;
 pub mod liveness;
 pub mod network;
+pub mod objects;
 pub mod placement;
 pub mod pool;
 pub mod protocols;
+pub mod restarts;
+pub mod strays;
 pub mod vm;
 pub mod volumes;
 
-use std::time::Duration;
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use qvdc_raft::{model::OrdMap, DesiredState};
+use qvdc_transport::protocol::{
+    CommandId, HostCommand, HostError, Leadership, NetworkReport, PoolReport, VmReport,
+};
 
 use tokio::time::Instant;
+
+/// Why a command sent to a host did not succeed: the host's own typed error, or why no
+/// answer came.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CommandError {
+    /// The host carried it out and failed, or refused it.
+    #[error("{0}")]
+    Host(HostError),
+    #[error("host is not connected")]
+    NotConnected,
+    #[error("host {0} has no supervisor")]
+    NoSupervisor(String),
+    #[error("could not deliver command: {0}")]
+    Undelivered(String),
+    #[error("host did not answer within {0} ms")]
+    NoAnswer(u64),
+    #[error("the supervision tree stopped before the host answered")]
+    Stopped,
+}
+
+/// A host's refusal with the hypervisor's or OS's words, for tests.
+#[cfg(test)]
+pub(crate) fn failed(message: &str) -> CommandError {
+    CommandError::Host(HostError::new(
+        qvdc_transport::protocol::HostErrorKind::Failed,
+        message,
+    ))
+}
+
+/// What one host's heartbeat says it has.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HostReports {
+    pub pools: Vec<PoolReport>,
+    pub vms: Vec<VmReport>,
+    pub networks: Vec<NetworkReport>,
+}
+
+/// A command one object's core wants sent, and what its answer goes back to within the
+/// object (`tag`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Order<T> {
+    pub host: String,
+    pub command: HostCommand,
+    pub tag: T,
+}
+
+/// One object the tree supervises — a pool with its volumes, a VM, a network — as the one
+/// generic supervisor drives it: the actor hands it its record when the desired state
+/// changes, each host's report on every heartbeat, each command's answer, and asks it after
+/// each input (and when `next_due` falls) what to send. Nothing here waits or does I/O.
+pub trait Core: Send + Sized + 'static {
+    /// Its entry in the desired state.
+    type Record: Clone + PartialEq + Send + 'static;
+    /// What one host reports of it.
+    type Report: Clone + Send + 'static;
+    type View: Send + 'static;
+    /// What a command's answer goes back to within the object.
+    type Tag: Send + 'static;
+    /// What it is, for logs: "pool", "VM", "network".
+    const KIND: &'static str;
+
+    /// Every object of this kind in the desired state, by name.
+    fn records(desired: &DesiredState) -> &OrdMap<String, Self::Record>;
+    /// The names of the objects of this kind assigned to `host`.
+    fn of_host(desired: &DesiredState, host: &str) -> Vec<String>;
+    /// This kind's part of a host's reports, for object `name`.
+    fn report(reports: &HostReports, name: &str) -> Option<Self::Report>;
+    fn new(
+        record: &Self::Record,
+        desired: &DesiredState,
+        ids: CommandIds,
+        timings: Timings,
+    ) -> Self;
+
+    fn name(&self) -> &str;
+    /// The hosts whose reports it takes.
+    fn hosts(&self) -> Vec<String>;
+    fn set_record(&mut self, record: Self::Record);
+    fn observe(&mut self, host: &str, at: Instant, report: Option<Self::Report>);
+    fn command_done(&mut self, tag: Self::Tag, id: CommandId, outcome: Result<(), CommandError>);
+    fn tick(&mut self, now: Instant) -> Vec<Order<Self::Tag>>;
+    /// When a tick may next act differently without an input.
+    fn next_due(&self, now: Instant) -> Option<Instant>;
+    fn view(&self, now: Instant) -> Self::View;
+}
+
+/// Where the commands of one leadership get their ids: one counter shared by every core of
+/// the tree (cheap to clone), so no two commands of a leadership share an id and a host's
+/// log names each command once.
+#[derive(Debug, Clone)]
+pub struct CommandIds {
+    leadership: Leadership,
+    next: Arc<AtomicU64>,
+}
+
+impl CommandIds {
+    pub fn new(leadership: Leadership) -> Self {
+        Self {
+            leadership,
+            next: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
+    /// The leadership every id carries: the fencing token of its command.
+    pub fn leadership(&self) -> Leadership {
+        self.leadership
+    }
+
+    pub fn next(&self) -> CommandId {
+        CommandId {
+            leadership: self.leadership,
+            seq: self.next.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+}
+
+/// A counter of its own, for a core on its own (a stale view, a test).
+impl From<Leadership> for CommandIds {
+    fn from(leadership: Leadership) -> Self {
+        Self::new(leadership)
+    }
+}
 
 /// Timing knobs of the supervision tree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,12 +6,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use qvdc_raft::{model::NetworkRecord, DesiredState};
 use qvdc_transport::protocol::{
-    CommandId, HostCommand, HostCommandKind, Leadership, NetworkHostView, NetworkReport,
-    NetworkView,
+    CommandId, HostCommand, HostCommandKind, NetworkHostView, NetworkReport, NetworkView,
 };
 use tokio::time::Instant;
 
-use super::Timings;
+use super::CommandError;
+use super::{CommandIds, Timings};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
@@ -34,8 +34,7 @@ struct Pending {
 #[derive(Debug)]
 pub struct NetworkCore {
     record: NetworkRecord,
-    leadership: Leadership,
-    next_seq: u64,
+    ids: CommandIds,
     observations: BTreeMap<String, Observation>,
     pending: BTreeMap<String, Pending>,
     failures: BTreeMap<String, String>,
@@ -43,16 +42,19 @@ pub struct NetworkCore {
 }
 
 impl NetworkCore {
-    pub fn new(record: NetworkRecord, leadership: Leadership, timings: Timings) -> Self {
+    pub fn new(record: NetworkRecord, ids: impl Into<CommandIds>, timings: Timings) -> Self {
         Self {
             record,
-            leadership,
-            next_seq: 1,
+            ids: ids.into(),
             observations: BTreeMap::new(),
             pending: BTreeMap::new(),
             failures: BTreeMap::new(),
             timings,
         }
+    }
+
+    pub fn record(&self) -> &NetworkRecord {
+        &self.record
     }
 
     pub fn name(&self) -> &str {
@@ -79,10 +81,10 @@ impl NetworkCore {
             .insert(host.to_owned(), Observation { seen_at, report });
     }
 
-    pub fn command_done(&mut self, host: &str, id: CommandId, outcome: Result<(), String>) {
+    pub fn command_done(&mut self, host: &str, id: CommandId, outcome: Result<(), CommandError>) {
         if self.pending.get(host).is_some_and(|p| p.id == id) {
             if let Err(reason) = outcome {
-                self.failures.insert(host.to_owned(), reason);
+                self.failures.insert(host.to_owned(), reason.to_string());
             }
         }
     }
@@ -122,11 +124,7 @@ impl NetworkCore {
             .collect();
         let mut effects = Vec::with_capacity(due.len());
         for host in due {
-            let id = CommandId {
-                leadership: self.leadership,
-                seq: self.next_seq,
-            };
-            self.next_seq += 1;
+            let id = self.ids.next();
             let attempts = self.pending.get(&host).map_or(1, |p| p.attempts + 1);
             self.pending.insert(
                 host.clone(),
@@ -209,6 +207,8 @@ mod tests {
     use std::time::Duration;
 
     use qvdc_transport::protocol::NetworkSpec;
+
+    use qvdc_transport::protocol::Leadership;
 
     use super::*;
 

@@ -5,12 +5,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use qvdc_transport::protocol::{
-    Capacity, CommandId, Health, HostCommand, HostCommandKind, Leadership, PoolHostView,
-    PoolReport, PoolScope, PoolSpec, PoolView,
+    Capacity, CommandId, Health, HostCommand, HostCommandKind, PoolHostView, PoolReport, PoolScope,
+    PoolSpec, PoolView,
 };
 use tokio::time::Instant;
 
-use super::Timings;
+use super::CommandError;
+use super::{CommandIds, Timings};
 
 /// What the pool supervisor asks its actor to do.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,8 +38,7 @@ struct Pending {
 pub struct PoolCore {
     spec: PoolSpec,
     hosts: BTreeSet<String>,
-    leadership: Leadership,
-    next_seq: u64,
+    ids: CommandIds,
     observations: BTreeMap<String, Observation>,
     pending: BTreeMap<String, Pending>,
     /// The last command failure per host, shown until a report supersedes it.
@@ -51,19 +51,23 @@ impl PoolCore {
     pub fn new(
         spec: PoolSpec,
         hosts: BTreeSet<String>,
-        leadership: Leadership,
+        ids: impl Into<CommandIds>,
         timings: Timings,
     ) -> Self {
         Self {
             spec,
             hosts,
-            leadership,
-            next_seq: 1,
+            ids: ids.into(),
             observations: BTreeMap::new(),
             pending: BTreeMap::new(),
             failures: BTreeMap::new(),
             timings,
         }
+    }
+
+    /// The hosts the pool is assigned to.
+    pub fn hosts(&self) -> &BTreeSet<String> {
+        &self.hosts
     }
 
     pub fn spec(&self) -> &PoolSpec {
@@ -113,10 +117,10 @@ impl PoolCore {
     }
 
     /// A command's answer came back from `host`.
-    pub fn command_done(&mut self, host: &str, id: CommandId, outcome: Result<(), String>) {
+    pub fn command_done(&mut self, host: &str, id: CommandId, outcome: Result<(), CommandError>) {
         if self.pending.get(host).is_some_and(|p| p.id == id) {
             if let Err(reason) = outcome {
-                self.failures.insert(host.to_owned(), reason);
+                self.failures.insert(host.to_owned(), reason.to_string());
             }
         }
     }
@@ -166,11 +170,7 @@ impl PoolCore {
             .collect();
         let mut effects = Vec::with_capacity(due.len());
         for host in due {
-            let id = CommandId {
-                leadership: self.leadership,
-                seq: self.next_seq,
-            };
-            self.next_seq += 1;
+            let id = self.ids.next();
             let attempts = self.pending.get(&host).map_or(1, |p| p.attempts + 1);
             self.pending.insert(
                 host.clone(),
@@ -313,6 +313,8 @@ mod tests {
 
     use qvdc_transport::protocol::PoolSource;
 
+    use qvdc_transport::protocol::Leadership;
+
     use super::*;
 
     const LEADERSHIP: Leadership = Leadership { term: 7, node: 2 };
@@ -451,7 +453,11 @@ mod tests {
         let t0 = Instant::now();
         core.observe("host-3", t0, None);
         let [Effect::Send { command, .. }] = core.tick(t0).try_into().unwrap();
-        core.command_done("host-3", command.id, Err("Permission denied".into()));
+        core.command_done(
+            "host-3",
+            command.id,
+            Err(crate::core::failed("Permission denied")),
+        );
         let view = core.view(t0);
         assert_eq!(view.hosts[2].health, Health::Error);
         assert_eq!(view.hosts[2].error.as_deref(), Some("Permission denied"));

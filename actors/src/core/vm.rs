@@ -9,13 +9,13 @@ use qvdc_raft::{model::VmRecord, DesiredState};
 use qvdc_transport::{
     bugs::{self, Bug},
     protocol::{
-        CommandId, DesiredPower, HostCommand, HostCommandKind, Leadership, PowerState, VmReport,
-        VmView,
+        CommandId, DesiredPower, HostCommand, HostCommandKind, PowerState, VmReport, VmView,
     },
 };
 use tokio::time::Instant;
 
-use super::Timings;
+use super::CommandError;
+use super::{CommandIds, Timings};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
@@ -42,8 +42,7 @@ struct Pending {
 #[derive(Debug)]
 pub struct VmCore {
     record: VmRecord,
-    leadership: Leadership,
-    next_seq: u64,
+    ids: CommandIds,
     observation: Option<Observation>,
     pending: Option<Pending>,
     /// Why the gap is not closing, shown until the VM reaches its desired state.
@@ -54,11 +53,10 @@ pub struct VmCore {
 }
 
 impl VmCore {
-    pub fn new(record: VmRecord, leadership: Leadership, timings: Timings) -> Self {
+    pub fn new(record: VmRecord, ids: impl Into<CommandIds>, timings: Timings) -> Self {
         Self {
             record,
-            leadership,
-            next_seq: 1,
+            ids: ids.into(),
             observation: None,
             pending: None,
             failure: None,
@@ -92,11 +90,7 @@ impl VmCore {
         kinds
             .into_iter()
             .map(|kind| {
-                let id = CommandId {
-                    leadership: self.leadership,
-                    seq: self.next_seq,
-                };
-                self.next_seq += 1;
+                let id = self.ids.next();
                 Effect::Send {
                     host: host.clone(),
                     command: HostCommand { id, kind },
@@ -130,7 +124,7 @@ impl VmCore {
     }
 
     /// A command's answer came back.
-    pub fn command_done(&mut self, id: CommandId, outcome: Result<(), String>) {
+    pub fn command_done(&mut self, id: CommandId, outcome: Result<(), CommandError>) {
         let Some(pending) = self.pending.as_mut().filter(|p| p.id == id) else {
             return;
         };
@@ -265,11 +259,7 @@ impl VmCore {
             Some(p) => p.attempts + 1,
             None => 1,
         };
-        let id = CommandId {
-            leadership: self.leadership,
-            seq: self.next_seq,
-        };
-        self.next_seq += 1;
+        let id = self.ids.next();
         self.pending = Some(Pending {
             id,
             sent_at: now,
@@ -346,6 +336,8 @@ pub fn strays(desired: &DesiredState, host: &str, reports: &[VmReport]) -> BTree
 #[cfg(test)]
 mod tests {
     use qvdc_transport::protocol::VmSpec;
+
+    use qvdc_transport::protocol::Leadership;
 
     use super::*;
 
@@ -449,7 +441,7 @@ mod tests {
             tick: |core, now| {
                 let ids = sent(core.tick(now));
                 for id in &ids {
-                    core.command_done(*id, Err("Cannot access storage file".into()));
+                    core.command_done(*id, Err(crate::core::failed("Cannot access storage file")));
                 }
                 ids.into_iter().map(|id| id.seq).collect()
             },
@@ -481,7 +473,7 @@ mod tests {
             leadership: leadership(),
             seq: 1,
         };
-        core.command_done(id, Err("Cannot access storage file".into()));
+        core.command_done(id, Err(crate::core::failed("Cannot access storage file")));
         let later = |ms| t0 + Duration::from_millis(ms);
         core.observe(later(1_900), Some(report(PowerState::ShutOff)));
         assert_eq!(core.tick(later(1_900)), []);
@@ -495,7 +487,7 @@ mod tests {
             leadership: leadership(),
             seq: 2,
         };
-        core.command_done(id, Err("Cannot access storage file".into()));
+        core.command_done(id, Err(crate::core::failed("Cannot access storage file")));
         core.observe(later(5_900), Some(report(PowerState::ShutOff)));
         assert_eq!(
             core.tick(later(5_900)),

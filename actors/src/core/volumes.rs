@@ -6,10 +6,11 @@
 use std::collections::BTreeMap;
 
 use qvdc_raft::model::VolumeRecord;
-use qvdc_transport::protocol::{CommandId, HostCommand, HostCommandKind, Leadership, VolumeView};
+use qvdc_transport::protocol::{CommandId, HostCommand, HostCommandKind, VolumeView};
 use tokio::time::Instant;
 
-use super::Timings;
+use super::CommandError;
+use super::{CommandIds, Timings};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
@@ -30,8 +31,7 @@ struct Pending {
 #[derive(Debug)]
 pub struct VolumesCore {
     pool: String,
-    leadership: Leadership,
-    next_seq: u64,
+    ids: CommandIds,
     desired: BTreeMap<String, VolumeRecord>,
     /// Sizes a host confirmed during this leadership.
     confirmed: BTreeMap<String, u64>,
@@ -41,13 +41,10 @@ pub struct VolumesCore {
 }
 
 impl VolumesCore {
-    pub fn new(pool: String, leadership: Leadership, timings: Timings) -> Self {
+    pub fn new(pool: String, ids: impl Into<CommandIds>, timings: Timings) -> Self {
         Self {
             pool,
-            leadership,
-            // Pool commands count up from 1; volume commands from the middle, so the two
-            // never share an id within this leadership.
-            next_seq: u64::MAX / 2,
+            ids: ids.into(),
             desired: BTreeMap::new(),
             confirmed: BTreeMap::new(),
             pending: BTreeMap::new(),
@@ -96,11 +93,7 @@ impl VolumesCore {
             .filter_map(|(n, r)| Some((n.clone(), r.clone(), through(r)?.clone())))
             .collect();
         for (name, record, host) in due {
-            let id = CommandId {
-                leadership: self.leadership,
-                seq: self.next_seq,
-            };
-            self.next_seq += 1;
+            let id = self.ids.next();
             let attempts = self.pending.get(&name).map_or(1, |p| p.attempts + 1);
             self.pending.insert(
                 name.clone(),
@@ -125,7 +118,7 @@ impl VolumesCore {
         effects
     }
 
-    pub fn command_done(&mut self, volume: &str, id: CommandId, outcome: Result<(), String>) {
+    pub fn command_done(&mut self, volume: &str, id: CommandId, outcome: Result<(), CommandError>) {
         if self.pending.get(volume).is_none_or(|p| p.id != id) {
             return;
         }
@@ -139,7 +132,7 @@ impl VolumesCore {
                 self.pending.remove(volume);
             }
             // Stays pending: resent once its backoff has passed.
-            Err(reason) => drop(self.failures.insert(volume.to_owned(), reason)),
+            Err(reason) => drop(self.failures.insert(volume.to_owned(), reason.to_string())),
         }
     }
 
@@ -164,6 +157,8 @@ mod tests {
 
     use qvdc_transport::protocol::VolumeFormat;
 
+    use qvdc_transport::protocol::Leadership;
+
     use super::*;
 
     const LEADERSHIP: Leadership = Leadership { term: 2, node: 1 };
@@ -186,7 +181,7 @@ mod tests {
             command: HostCommand {
                 id: CommandId {
                     leadership: LEADERSHIP,
-                    seq: u64::MAX / 2 + seq,
+                    seq: 1 + seq,
                 },
                 kind: HostCommandKind::CreateVolume {
                     pool: "p".into(),
@@ -231,7 +226,7 @@ mod tests {
         assert_eq!(core.tick(t0, &["host-1".to_owned()]), [], "in flight");
         let id = CommandId {
             leadership: LEADERSHIP,
-            seq: u64::MAX / 2,
+            seq: 1,
         };
         core.command_done("web.qcow2", id, Ok(()));
         assert!(core.views()[0].ready);
@@ -260,7 +255,7 @@ mod tests {
                 let effects = core.tick(now, &["host-1".to_owned()]);
                 effects
                     .into_iter()
-                    .map(|Effect::Send { command, .. }| command.id.seq - u64::MAX / 2)
+                    .map(|Effect::Send { command, .. }| command.id.seq - 1)
                     .collect()
             },
             next_due: VolumesCore::next_due,
@@ -275,9 +270,13 @@ mod tests {
         core.tick(t0, &["host-1".to_owned()]);
         let id = CommandId {
             leadership: LEADERSHIP,
-            seq: u64::MAX / 2,
+            seq: 1,
         };
-        core.command_done("web.qcow2", id, Err("No space left on device".into()));
+        core.command_done(
+            "web.qcow2",
+            id,
+            Err(crate::core::failed("No space left on device")),
+        );
         let view = &core.views()[0];
         assert_eq!(
             (view.ready, view.error.as_deref()),
