@@ -12,6 +12,8 @@ use qvdc_raft::{
 };
 use qvdc_transport::{
     admission::Admission,
+    bugs::{self, Bug},
+    facts::{self, Fact},
     protocol::{Leadership, Request, Response},
     quic::{self, RequestError},
     quinn,
@@ -171,10 +173,16 @@ async fn follow_leadership(node: Arc<Context>, timings: Timings) {
     loop {
         let (leading, leadership) = {
             let m = metrics.borrow_and_update();
-            let leadership = Leadership {
+            let mut leadership = Leadership {
                 term: m.current_term,
                 node: node.id,
             };
+            if bugs::active(Bug::LeadershipOfLastLeader) {
+                let last = node.last_leader.lock().expect("leader hint lock poisoned");
+                if let Some(hint) = last.as_ref() {
+                    leadership.node = hint.node_id;
+                }
+            }
             let members = m
                 .membership_config
                 .membership()
@@ -197,6 +205,10 @@ async fn follow_leadership(node: Arc<Context>, timings: Timings) {
             match Supervision::start(leadership, node.desired.clone(), timings).await {
                 Ok(supervision) => {
                     info!(node = node.id, %leadership, "became leader: supervision started");
+                    facts::state(Fact::LeadershipTaken {
+                        node: node.id,
+                        leadership,
+                    });
                     *slot = Some(supervision);
                 }
                 Err(e) => warn!(error = %e, "could not start supervision"),

@@ -10,6 +10,7 @@ use std::{
 };
 
 use qvdc_transport::{
+    facts::{self, Fact},
     protocol::{
         CommandOutput, CommandResult, HostCommand, HostCommandKind, HostError, HostErrorKind,
         HostMessage, HostReply, Inventory, PowerState, Request, Response, VmDisk, VmReport, VmSpec,
@@ -73,6 +74,8 @@ pub struct HostParts<M, H, N> {
 
 /// The host's actual state and the actors that own it.
 struct Host<M, H, N> {
+    /// This host's id, as its certificate names it.
+    id: String,
     pools: Pools<M>,
     vms: Vms<H>,
     networks: Networks<N>,
@@ -124,8 +127,9 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
             report_now.clone(),
         );
         let host = Host {
+            id: config.host_id.clone(),
             pools,
-            vms: Vms::new(parts.hypervisor),
+            vms: Vms::new(parts.hypervisor).on_host(&config.host_id),
             networks: Networks::new(parts.networker),
             last_vms: std::sync::Mutex::new(Vec::new()),
         };
@@ -361,8 +365,11 @@ async fn execute<M: Mounter, H: Hypervisor, N: Networker>(
             outcome: Err(HostError::new(kind, e.to_string())),
         };
     }
-    // The simulation's fencing invariant reads this line: every command a host obeys.
     info!(id = %command.id, command = command.kind.label(), "executing command");
+    facts::state(Fact::CommandObeyed {
+        host: host.id.clone(),
+        id: command.id,
+    });
     let outcome = host.execute(command.kind).await;
     if let Err(e) = &outcome {
         warn!(id = %command.id, error = %e, "command failed");

@@ -9,7 +9,10 @@ use std::{
     time::Duration,
 };
 
-use qvdc_transport::protocol::{CommandOutput, HostError, HostErrorKind, PowerState, VmReport};
+use qvdc_transport::{
+    facts::{self, Fact, Guest},
+    protocol::{CommandOutput, HostError, HostErrorKind, PowerState, VmReport},
+};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
@@ -55,6 +58,20 @@ pub enum VmOp {
 }
 
 impl VmOp {
+    /// What the operation does to the guest when it succeeds.
+    fn guest(&self) -> Guest {
+        match self {
+            VmOp::Start | VmOp::Reboot => Guest::Runs,
+            // A released guest runs on, but no longer as this VM: the name is free again.
+            VmOp::Shutdown { .. } | VmOp::ForceOff | VmOp::Undefine => Guest::Gone,
+            VmOp::Release { dry: false, .. } => Guest::Gone,
+            VmOp::Define(_)
+            | VmOp::Adopt { .. }
+            | VmOp::Release { dry: true, .. }
+            | VmOp::Rename { .. } => Guest::Unchanged,
+        }
+    }
+
     fn label(&self) -> &'static str {
         match self {
             VmOp::Define(_) => "define",
@@ -76,6 +93,8 @@ type Reply = oneshot::Sender<Result<CommandOutput, HostError>>;
 
 /// The domains on this host and the actors of those qvdc has acted on.
 pub struct Vms<H> {
+    /// The host these domains are on, for the facts VM operations state.
+    host: String,
     hypervisor: Arc<H>,
     actors: Mutex<BTreeMap<String, mpsc::Sender<(VmOp, Reply)>>>,
 }
@@ -97,9 +116,16 @@ async fn bounded<T>(
 impl<H: Hypervisor> Vms<H> {
     pub fn new(hypervisor: H) -> Self {
         Self {
+            host: String::new(),
             hypervisor: Arc::new(hypervisor),
             actors: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// The domains are on host `host`.
+    pub fn on_host(mut self, host: &str) -> Self {
+        self.host = host.to_owned();
+        self
     }
 
     pub fn hypervisor(&self) -> &H {
@@ -118,6 +144,7 @@ impl<H: Hypervisor> Vms<H> {
             let mailbox = actors.entry(name.to_owned()).or_insert_with(|| {
                 let (mailbox, inbox) = mpsc::channel(16);
                 let actor = VmActor {
+                    host: self.host.clone(),
                     name: name.to_owned(),
                     hypervisor: self.hypervisor.clone(),
                 };
@@ -134,6 +161,7 @@ impl<H: Hypervisor> Vms<H> {
 }
 
 struct VmActor<H> {
+    host: String,
     name: String,
     hypervisor: Arc<H>,
 }
@@ -141,11 +169,18 @@ struct VmActor<H> {
 impl<H: Hypervisor> VmActor<H> {
     async fn run(self, mut inbox: mpsc::Receiver<(VmOp, Reply)>) {
         while let Some((op, reply)) = inbox.recv().await {
-            let what = op.label();
+            let (what, guest) = (op.label(), op.guest());
             let result = self.handle(op).await;
             match &result {
-                // The simulation's one-host-per-VM invariant reads this line.
-                Ok(_) => info!(vm = %self.name, op = %what, "vm operation done"),
+                Ok(_) => {
+                    info!(vm = %self.name, op = %what, "vm operation done");
+                    facts::state(Fact::VmOperation {
+                        host: self.host.clone(),
+                        vm: self.name.clone(),
+                        op: what,
+                        guest,
+                    });
+                }
                 Err(e) => warn!(vm = %self.name, op = what, error = %e, "VM operation failed"),
             }
             let _ = reply.send(result);

@@ -1,12 +1,13 @@
 //! Runs one simulated world: builds the machines, runs an operator script as turmoil's client,
 //! applies the faults the script asks for between steps, and records the event trace.
 
-use std::{collections::BTreeMap, future::Future, sync::Arc, time::Duration};
+use std::{cell::Cell, collections::BTreeMap, future::Future, rc::Rc, sync::Arc, time::Duration};
 
 use anyhow::bail;
 use qvdc_cluster::Client;
 use qvdc_raft::runtime::seed_thread_rng;
 use qvdc_transport::{
+    facts::{self, Fact},
     protocol::{ApiRequest, ApiResponse, ClusterStatus, Liveness},
     sim::Impairment,
 };
@@ -100,7 +101,7 @@ where
     let value = tracing::subscriber::with_default(subscriber, || {
         // A panic that escapes the world (one in a machine's main task) ends the run here
         // instead of taking down the thread that runs seeds.
-        let run = || simulate(config, script, &events, &clock);
+        let run = || simulate(config, script, &clock);
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
             .unwrap_or_else(|_| Err(anyhow::anyhow!("the simulation panicked")))
     });
@@ -126,7 +127,6 @@ where
 fn simulate<T, S, Fut>(
     config: &SimConfig,
     script: S,
-    events: &Events,
     clock: &std::sync::atomic::AtomicU64,
 ) -> anyhow::Result<T>
 where
@@ -136,6 +136,19 @@ where
 {
     seed_thread_rng(config.seed);
     inject_bugs(&config.bugs)?;
+    // What production code states it did, stamped with simulated time (between steps, when
+    // the harness itself crashes a machine, the time of the last step).
+    let facts: invariants::Facts = Rc::default();
+    let last_step_ms = Rc::new(Cell::new(0u64));
+    let _watching = {
+        let (into, last_step_ms) = (facts.clone(), last_step_ms.clone());
+        facts::watch(move |fact| {
+            let at_ms = turmoil::sim_elapsed().map_or(last_step_ms.get(), |at| {
+                u64::try_from(at.as_millis()).unwrap_or(u64::MAX)
+            });
+            into.borrow_mut().push((at_ms, fact.clone()));
+        })
+    };
     qvdc_transport::sim::impair(config.impairment, config.seed);
     let certs = Arc::new(Certs::new(config)?);
     let mut world = turmoil::Builder::new()
@@ -161,17 +174,18 @@ where
         *slot.lock().expect("result lock poisoned") = Some(value);
         Ok(())
     });
-    // The trace invariants see each step's events as soon as it is over: a run stops at its
-    // first violation, which names the event (and its simulated time) that broke it.
-    let mut checks = invariants::TraceChecks::default();
+    // The invariants see each step's facts as soon as it is over: a run stops at its first
+    // violation, which names the fact (and its simulated time) that broke it.
+    let mut checks = invariants::FactChecks::default();
     loop {
         let stepped = world.step();
-        checks.check(&events.lock().expect("trace lock poisoned"))?;
+        checks.check(&facts.borrow())?;
         if stepped.map_err(|e| anyhow::anyhow!("simulation failed: {e}"))? {
             break;
         }
         let now_ms = u64::try_from(world.elapsed().as_millis()).unwrap_or(u64::MAX);
         clock.store(now_ms, std::sync::atomic::Ordering::Relaxed);
+        last_step_ms.set(now_ms);
         apply(
             &mut world,
             config,
@@ -295,6 +309,9 @@ fn act(world: &mut turmoil::Sim<'_>, config: &SimConfig, action: Action) {
 /// invariant must know.
 fn crash(world: &mut turmoil::Sim<'_>, machine: String) {
     info!(machine = %machine, "machine crashed");
+    facts::state(Fact::MachineCrashed {
+        machine: machine.clone(),
+    });
     world.crash(machine);
 }
 

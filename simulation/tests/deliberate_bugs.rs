@@ -63,7 +63,7 @@ fn a_deposed_leader_without_a_lease_serves_stale_reads() {
 #[test]
 fn a_host_without_its_fence_obeying_a_deposed_leader_is_caught() {
     let bugs = [Bug::NoLeaderLease, Bug::SkipFenceCheck];
-    caught(&bugs, "executed a command of leadership", |seed| {
+    caught(&bugs, "obeyed command", |seed| {
         deposed_leader::run(&config(seed, 1, &bugs)).map(drop)
     });
 }
@@ -75,5 +75,15 @@ fn a_release_that_skips_the_host_is_caught() {
     let bugs = [Bug::ReleaseWithoutHost];
     caught(&bugs, "qvdc touched it after letting go", |seed| {
         adoption::run(&config(seed, 3, &bugs)).map(drop)
+    });
+}
+
+/// A new leader that names its leadership after the previous leader takes up a leadership
+/// it did not win: its first failover shows it.
+#[test]
+fn a_leader_under_another_nodes_name_is_caught() {
+    let bugs = [Bug::LeadershipOfLastLeader];
+    caught(&bugs, "which names another node", |seed| {
+        chaos::run(&config(seed, 3, &bugs)).map(drop)
     });
 }

@@ -23,15 +23,19 @@ pub enum Bug {
     /// Releasing a VM forgets its record without its host first removing the VM's id
     /// from the domain: the host then holds a qvdc domain no VM claims.
     ReleaseWithoutHost,
+    /// A node that becomes leader names its leadership after the last leader it knew of
+    /// instead of itself: its commands carry another node's fencing token.
+    LeadershipOfLastLeader,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 5] = [
+    pub const ALL: [Bug; 6] = [
         Bug::AckBeforeCommit,
         Bug::NoLeaderLease,
         Bug::SkipFenceCheck,
         Bug::StartVmOnSecondHost,
         Bug::ReleaseWithoutHost,
+        Bug::LeadershipOfLastLeader,
     ];
 
     /// The bug's name on command lines.
@@ -42,6 +46,7 @@ impl Bug {
             Bug::SkipFenceCheck => "skip-fence-check",
             Bug::StartVmOnSecondHost => "start-vm-on-second-host",
             Bug::ReleaseWithoutHost => "release-without-host",
+            Bug::LeadershipOfLastLeader => "leadership-of-last-leader",
         }
     }
 }

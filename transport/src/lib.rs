@@ -7,6 +7,7 @@
 pub mod admission;
 pub mod bugs;
 pub mod codec;
+pub mod facts;
 pub mod protocol;
 pub mod quic;
 #[cfg(feature = "sim")]

@@ -1,35 +1,31 @@
-//! Fencing, as the hosts report it: a host never executes a command of a lower leadership
+//! Fencing, as the hosts state it: a host never obeys a command of a lower leadership
 //! (term, then leader node) after one of a higher leadership.
 
 use std::collections::BTreeMap;
 
-use anyhow::{bail, ensure};
+use anyhow::ensure;
+use qvdc_transport::{facts::Fact, protocol::Leadership};
 
-use super::{leadership_of, parse, TraceInvariant};
+use super::FactInvariant;
 
 #[derive(Default)]
 pub struct HostsObeyLeadershipsInOrder {
-    /// Per host, the highest leadership whose command it executed.
-    highest: BTreeMap<String, (u64, u64)>,
+    /// Per host, the highest leadership whose command it obeyed.
+    highest: BTreeMap<String, Leadership>,
 }
 
-impl TraceInvariant for HostsObeyLeadershipsInOrder {
-    fn observe(&mut self, line: &str) -> anyhow::Result<()> {
-        if !line.contains("executing command") {
-            return Ok(());
-        }
-        let Some((machine, fields)) = parse(line) else {
+impl FactInvariant for HostsObeyLeadershipsInOrder {
+    fn observe(&mut self, at_ms: u64, fact: &Fact) -> anyhow::Result<()> {
+        let Fact::CommandObeyed { host, id } = fact else {
             return Ok(());
         };
-        let Some(leadership) = fields.get("id").and_then(|id| leadership_of(id)) else {
-            bail!("a command without a leadership: {line}");
-        };
-        let seen = self.highest.entry(machine.to_owned()).or_insert(leadership);
+        let seen = self.highest.entry(host.clone()).or_insert(id.leadership);
         ensure!(
-            leadership >= *seen,
-            "{machine} executed a command of leadership {leadership:?} after one of {seen:?}:\n  {line}"
+            id.leadership >= *seen,
+            "at {at_ms} ms {host} obeyed command {id} of leadership {} after one of {seen}",
+            id.leadership
         );
-        *seen = leadership;
+        *seen = id.leadership;
         Ok(())
     }
 }

@@ -4,28 +4,21 @@
 //! each leadership a node takes up must name that node, which also catches a node starting
 //! supervision under a leadership it did not win (stale or foreign metrics).
 
-use anyhow::{bail, ensure};
+use anyhow::ensure;
+use qvdc_transport::facts::Fact;
 
-use super::{leadership_of_pair, parse, TraceInvariant};
+use super::FactInvariant;
 
 pub struct OneLeaderPerLeadership;
 
-impl TraceInvariant for OneLeaderPerLeadership {
-    fn observe(&mut self, line: &str) -> anyhow::Result<()> {
-        if !line.contains("became leader") {
+impl FactInvariant for OneLeaderPerLeadership {
+    fn observe(&mut self, at_ms: u64, fact: &Fact) -> anyhow::Result<()> {
+        let Fact::LeadershipTaken { node, leadership } = fact else {
             return Ok(());
-        }
-        let Some((_, fields)) = parse(line) else {
-            return Ok(());
-        };
-        let leadership = fields.get("leadership").and_then(|l| leadership_of_pair(l));
-        let node: Option<u64> = fields.get("node").and_then(|n| n.parse().ok());
-        let (Some((term, leader)), Some(node)) = (leadership, node) else {
-            bail!("a leader without its node or leadership: {line}");
         };
         ensure!(
-            leader == node,
-            "node {node} took up leadership {term}/{leader}, which names another node:\n  {line}"
+            leadership.node == *node,
+            "at {at_ms} ms node {node} took up leadership {leadership}, which names another node"
         );
         Ok(())
     }

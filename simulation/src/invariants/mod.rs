@@ -1,9 +1,12 @@
-//! Properties every run must have, one module each. Those read from the event trace check it
-//! line by line while the run goes on ([`TraceChecks`], fed after every step of the world),
+//! Properties every run must have, one module each. Those about what the system did check
+//! the typed facts production code states, one by one while the run goes on
+//! ([`FactChecks`], fed after every step of the world),
 //! so a run stops at its first violation, at the simulated moment it happened; the rest are
 //! checked on the final state. Each error is worded for the person replaying the seed.
 
-use std::collections::BTreeMap;
+use std::{cell::RefCell, rc::Rc};
+
+use qvdc_transport::facts::Fact;
 
 mod fencing;
 mod leadership;
@@ -15,19 +18,24 @@ pub use leadership::OneLeaderPerLeadership;
 pub use state::same_index_same_state;
 pub use vm_placement::VmRunsOnOneHostAtATime;
 
-/// A property of the event trace, checked one line at a time, in order.
-pub trait TraceInvariant {
-    /// Takes in the next line; an error is a violation, quoting what shows it.
-    fn observe(&mut self, line: &str) -> anyhow::Result<()>;
+/// A safety property of what the run did, checked one typed fact at a time, in order (see
+/// `qvdc_transport::facts`: production code states them; no checker reads log text).
+pub trait FactInvariant {
+    /// Takes in the next fact, stated at `at_ms` simulated milliseconds; an error is a
+    /// violation, saying what shows it.
+    fn observe(&mut self, at_ms: u64, fact: &Fact) -> anyhow::Result<()>;
 }
 
-/// Every trace invariant, fed the trace as it grows.
-pub struct TraceChecks {
-    checks: Vec<Box<dyn TraceInvariant>>,
+/// Facts stated so far in a run, with their simulated time.
+pub type Facts = Rc<RefCell<Vec<(u64, Fact)>>>;
+
+/// Every fact invariant, fed the facts as they are stated.
+pub struct FactChecks {
+    checks: Vec<Box<dyn FactInvariant>>,
     seen: usize,
 }
 
-impl Default for TraceChecks {
+impl Default for FactChecks {
     fn default() -> Self {
         Self {
             checks: vec![
@@ -40,146 +48,125 @@ impl Default for TraceChecks {
     }
 }
 
-impl TraceChecks {
-    /// Checks the lines of `trace` not seen yet (the trace only ever grows).
-    pub fn check(&mut self, trace: &[String]) -> anyhow::Result<()> {
-        for line in &trace[self.seen..] {
+impl FactChecks {
+    /// Checks the facts not seen yet (the list only ever grows).
+    pub fn check(&mut self, facts: &[(u64, Fact)]) -> anyhow::Result<()> {
+        for (at_ms, fact) in &facts[self.seen..] {
             self.seen += 1;
             for check in &mut self.checks {
-                check.observe(line)?;
+                check.observe(*at_ms, fact)?;
             }
         }
         Ok(())
     }
 }
 
-/// The machine and the `key=value` fields of a trace line.
-fn parse(line: &str) -> Option<(&str, BTreeMap<&str, &str>)> {
-    let mut words = line.split_whitespace();
-    let _at_ms = words.next()?;
-    let machine = words.next()?;
-    let fields = words.filter_map(|w| w.split_once('=')).collect();
-    Some((machine, fields))
-}
-
-/// `TERM/NODE.SEQ`, a command id as displayed, to its (term, node).
-fn leadership_of(id: &str) -> Option<(u64, u64)> {
-    let (leadership, _seq) = id.split_once('.')?;
-    leadership_of_pair(leadership)
-}
-
-/// `TERM/NODE`, a leadership as displayed, to its (term, node).
-fn leadership_of_pair(leadership: &str) -> Option<(u64, u64)> {
-    let (term, node) = leadership.split_once('/')?;
-    Some((term.parse().ok()?, node.parse().ok()?))
-}
-
 #[cfg(test)]
 mod tests {
-    use qvdc_transport::protocol::ClusterStatus;
+    use qvdc_transport::{
+        facts::Guest,
+        protocol::{ClusterStatus, CommandId, Leadership},
+    };
 
     use super::*;
 
-    /// Runs one invariant over a whole trace.
-    fn check_trace(invariant: &mut dyn TraceInvariant, trace: &[String]) -> anyhow::Result<()> {
-        trace.iter().try_for_each(|line| invariant.observe(line))
+    /// Runs one invariant over a list of facts, one millisecond apart.
+    fn check_all(invariant: &mut dyn FactInvariant, facts: &[Fact]) -> anyhow::Result<()> {
+        (0u64..)
+            .zip(facts)
+            .try_for_each(|(at, fact)| invariant.observe(at, fact))
     }
 
-    fn vm_runs_on_one_host_at_a_time(trace: &[String]) -> anyhow::Result<()> {
-        check_trace(&mut VmRunsOnOneHostAtATime::default(), trace)
+    fn vm(host: &str, vm: &str, op: &'static str, guest: Guest) -> Fact {
+        Fact::VmOperation {
+            host: host.into(),
+            vm: vm.into(),
+            op,
+            guest,
+        }
     }
 
-    fn one_leader_per_leadership(trace: &[String]) -> anyhow::Result<()> {
-        check_trace(&mut OneLeaderPerLeadership, trace)
+    fn start(host: &str, name: &str) -> Fact {
+        vm(host, name, "start", Guest::Runs)
     }
 
-    fn hosts_obey_leaderships_in_order(trace: &[String]) -> anyhow::Result<()> {
-        check_trace(&mut HostsObeyLeadershipsInOrder::default(), trace)
+    fn crashed(machine: &str) -> Fact {
+        Fact::MachineCrashed {
+            machine: machine.into(),
+        }
     }
 
-    fn line(at: u64, machine: &str, text: &str) -> String {
-        format!("{at:>8} {machine:<9} INFO  qvdc: {text}")
+    fn took(node: u64, term: u64, of: u64) -> Fact {
+        Fact::LeadershipTaken {
+            node,
+            leadership: Leadership { term, node: of },
+        }
+    }
+
+    fn obeyed(host: &str, term: u64, node: u64, seq: u64) -> Fact {
+        Fact::CommandObeyed {
+            host: host.into(),
+            id: CommandId {
+                leadership: Leadership { term, node },
+                seq,
+            },
+        }
     }
 
     #[test]
     fn a_vm_started_on_a_second_host_is_caught() {
         let ok = [
-            line(1, "host-1", "vm operation done vm=web op=start"),
-            line(2, "host-1", "vm operation done vm=web op=force-off"),
-            line(3, "host-2", "vm operation done vm=web op=start"),
-            line(4, "host-1", "vm operation done vm=db op=start"),
+            start("host-1", "web"),
+            vm("host-1", "web", "force-off", Guest::Gone),
+            start("host-2", "web"),
+            start("host-1", "db"),
+            vm("host-1", "db", "define", Guest::Unchanged),
         ];
-        vm_runs_on_one_host_at_a_time(&ok).unwrap();
-        let split = [
-            line(1, "host-1", "vm operation done vm=web op=start"),
-            line(2, "host-2", "vm operation done vm=web op=start"),
-        ];
-        let err = vm_runs_on_one_host_at_a_time(&split).unwrap_err();
+        check_all(&mut VmRunsOnOneHostAtATime::default(), &ok).unwrap();
+        let split = [start("host-1", "web"), start("host-2", "web")];
+        let err = check_all(&mut VmRunsOnOneHostAtATime::default(), &split).unwrap_err();
         assert!(err.to_string().contains("web runs on"), "{err}");
     }
 
     #[test]
     fn a_vm_whose_host_crashed_may_start_elsewhere() {
-        let crashed = [
-            line(1, "host-1", "vm operation done vm=web op=start"),
-            line(2, "-", "machine crashed machine=host-1"),
-            line(3, "host-2", "vm operation done vm=web op=start"),
+        let crashed_first = [
+            start("host-1", "web"),
+            crashed("host-1"),
+            start("host-2", "web"),
         ];
-        vm_runs_on_one_host_at_a_time(&crashed).unwrap();
-        let partitioned = [
-            line(1, "host-1", "vm operation done vm=web op=start"),
-            line(2, "-", "machine crashed machine=host-3"),
-            line(3, "host-2", "vm operation done vm=web op=start"),
+        check_all(&mut VmRunsOnOneHostAtATime::default(), &crashed_first).unwrap();
+        let another_crashed = [
+            start("host-1", "web"),
+            crashed("host-3"),
+            start("host-2", "web"),
         ];
-        assert!(vm_runs_on_one_host_at_a_time(&partitioned).is_err());
+        assert!(check_all(&mut VmRunsOnOneHostAtATime::default(), &another_crashed).is_err());
     }
 
     #[test]
     fn a_leader_under_another_nodes_leadership_is_caught() {
-        let ok = [
-            line(
-                1,
-                "cp2",
-                "became leader: supervision started node=2 leadership=1/2",
-            ),
-            line(
-                2,
-                "cp3",
-                "became leader: supervision started node=3 leadership=1/3",
-            ),
-            line(
-                3,
-                "cp2",
-                "became leader: supervision started node=2 leadership=4/2",
-            ),
-        ];
-        one_leader_per_leadership(&ok).unwrap();
-        let foreign = [line(
-            1,
-            "cp1",
-            "became leader: supervision started node=1 leadership=3/2",
-        )];
-        assert!(one_leader_per_leadership(&foreign).is_err());
+        let ok = [took(2, 1, 2), took(3, 1, 3), took(2, 4, 2)];
+        check_all(&mut OneLeaderPerLeadership, &ok).unwrap();
+        assert!(check_all(&mut OneLeaderPerLeadership, &[took(1, 3, 2)]).is_err());
     }
 
     #[test]
     fn a_host_obeying_a_deposed_leadership_is_caught() {
         let ok = [
-            line(1, "host-1", "executing command id=2/1.1 pool=p"),
-            line(2, "host-1", "executing command id=2/3.1 pool=p"),
-            line(3, "host-2", "executing command id=1/1.4 pool=p"),
+            obeyed("host-1", 2, 1, 1),
+            obeyed("host-1", 2, 3, 1),
+            obeyed("host-2", 1, 1, 4),
         ];
-        hosts_obey_leaderships_in_order(&ok).unwrap();
-        let deposed_in_term = [
-            line(1, "host-1", "executing command id=3/2.1 pool=p"),
-            line(2, "host-1", "executing command id=3/1.9 pool=p"),
-        ];
-        assert!(hosts_obey_leaderships_in_order(&deposed_in_term).is_err());
-        let older_term = [
-            line(1, "host-1", "executing command id=3/1.1 pool=p"),
-            line(2, "host-1", "executing command id=2/3.2 pool=p"),
-        ];
-        assert!(hosts_obey_leaderships_in_order(&older_term).is_err());
+        check_all(&mut HostsObeyLeadershipsInOrder::default(), &ok).unwrap();
+        let deposed_in_term = [obeyed("host-1", 3, 2, 1), obeyed("host-1", 3, 1, 9)];
+        assert!(check_all(
+            &mut HostsObeyLeadershipsInOrder::default(),
+            &deposed_in_term
+        )
+        .is_err());
+        let older_term = [obeyed("host-1", 3, 1, 1), obeyed("host-1", 2, 3, 2)];
+        assert!(check_all(&mut HostsObeyLeadershipsInOrder::default(), &older_term).is_err());
     }
 
     #[test]
@@ -205,14 +192,14 @@ mod tests {
     }
 
     #[test]
-    fn checks_run_as_the_trace_grows_and_stop_at_the_first_violation() {
-        let mut checks = TraceChecks::default();
-        let mut trace = vec![line(1, "host-1", "vm operation done vm=web op=start")];
-        checks.check(&trace).unwrap();
-        trace.push(line(2, "host-2", "vm operation done vm=db op=start"));
-        checks.check(&trace).unwrap();
-        trace.push(line(3, "host-2", "vm operation done vm=web op=start"));
-        let err = checks.check(&trace).unwrap_err();
-        assert!(err.to_string().contains("web runs on"), "{err}");
+    fn checks_run_as_facts_arrive_and_stop_at_the_first_violation() {
+        let mut checks = FactChecks::default();
+        let mut facts = vec![(1, start("host-1", "web"))];
+        checks.check(&facts).unwrap();
+        facts.push((2, start("host-2", "db")));
+        checks.check(&facts).unwrap();
+        facts.push((3, start("host-2", "web")));
+        let err = checks.check(&facts).unwrap_err();
+        assert!(err.to_string().contains("at 3 ms VM web runs on"), "{err}");
     }
 }

@@ -1,0 +1,96 @@
+//! Facts production code states about what it did, typed, for whoever checks it: the
+//! simulation's safety checkers watch them instead of reading log text, so rewording a log
+//! line cannot switch a check off. Stating a fact costs one thread-local lookup when nobody
+//! watches (always, outside the simulation).
+//!
+//! A simulation run is one thread: [`watch`] installs the run's watcher for that thread and
+//! parallel runs do not see each other's facts.
+
+use std::cell::RefCell;
+
+use crate::protocol::{CommandId, Leadership};
+
+/// Something that happened and that a safety property is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fact {
+    /// Node `node` took up `leadership`: it started its supervision tree under it.
+    LeadershipTaken { node: u64, leadership: Leadership },
+    /// Host `host` passed command `id` through its fence and is carrying it out.
+    CommandObeyed { host: String, id: CommandId },
+    /// Host `host` finished operation `op` on VM `vm`, with this effect on its guest.
+    VmOperation {
+        host: String,
+        vm: String,
+        op: &'static str,
+        guest: Guest,
+    },
+    /// The simulation crashed `machine`: whatever ran there stopped.
+    MachineCrashed { machine: String },
+}
+
+/// What a VM operation did to the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guest {
+    /// It runs now (started, rebooted).
+    Runs,
+    /// It no longer runs as this VM (stopped, undefined, given back to its host).
+    Gone,
+    /// Unchanged (defined, renamed, checked, adopted as it was).
+    Unchanged,
+}
+
+type Watcher = Box<dyn FnMut(&Fact)>;
+
+thread_local! {
+    static WATCHER: RefCell<Option<Watcher>> = const { RefCell::new(None) };
+}
+
+/// States `fact` to this thread's watcher, if any.
+pub fn state(fact: Fact) {
+    WATCHER.with(|watcher| {
+        if let Some(watcher) = watcher.borrow_mut().as_mut() {
+            watcher(&fact);
+        }
+    });
+}
+
+/// Watches the facts stated on this thread until the returned guard is dropped. The watcher
+/// must not state facts itself.
+#[must_use = "the watcher stops when the guard is dropped"]
+pub fn watch(watcher: impl FnMut(&Fact) + 'static) -> Watching {
+    WATCHER.with(|slot| *slot.borrow_mut() = Some(Box::new(watcher)));
+    Watching(())
+}
+
+/// Stops the watcher when dropped.
+pub struct Watching(());
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        WATCHER.with(|slot| slot.borrow_mut().take());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{cell::RefCell, rc::Rc};
+
+    use super::*;
+
+    #[test]
+    fn facts_reach_this_threads_watcher_only_while_it_watches() {
+        let seen = Rc::new(RefCell::new(Vec::new()));
+        let crashed = |m: &str| Fact::MachineCrashed { machine: m.into() };
+        state(crashed("before"));
+        {
+            let into = seen.clone();
+            let _watching = watch(move |fact| into.borrow_mut().push(fact.clone()));
+            state(crashed("during"));
+            std::thread::spawn(move || state(crashed("elsewhere")))
+                .join()
+                .unwrap();
+        }
+        state(crashed("after"));
+        assert_eq!(*seen.borrow(), [crashed("during")]);
+    }
+}
