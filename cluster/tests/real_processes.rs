@@ -1795,3 +1795,76 @@ fn a_partitioned_old_leader_cannot_change_hosts_needs_root() {
         "the pool stays deleted"
     );
 }
+
+/// Resumes a stopped libvirtd when dropped, so a failing test never leaves it stopped.
+struct Resume;
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        let _ = Command::new("pkill")
+            .args(["-CONT", "-x", "libvirtd"])
+            .status();
+    }
+}
+
+/// libvirtd stops answering (SIGSTOP: every call on the host's connection waits). The agent's
+/// heartbeats do not wait on it: host-1 stays Ready with its pool reported healthy, and its
+/// domains' power turns unknown instead of a stale state passed off as fresh. Once libvirtd
+/// runs again, the domain is seen as it is.
+#[test]
+fn a_hung_libvirtd_leaves_the_host_ready_with_its_pools_and_its_domains_unknown_needs_root() {
+    if !may_mount() || !kvm() {
+        eprintln!("skipped: needs root and libvirtd with KVM");
+        return;
+    }
+    let cluster = Cluster::start_with(["qemu:///system", "test:///default", "test:///default"]);
+    cluster.wait_ready_with_pool();
+    let name = format!("qvdc-hang-{}", std::process::id());
+    let _forget = Forget(name.clone());
+    let xml = format!(
+        "<domain type='kvm'><name>{name}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>\
+         <os><type arch='x86_64' machine='q35'>hvm</type></os></domain>"
+    );
+    let xml_file = cluster.dir().join("hang.xml");
+    std::fs::write(&xml_file, xml).unwrap();
+    virsh(&["define", &xml_file.display().to_string()]).expect("virsh define");
+    let shown = format!("host-1/{name}");
+    eventually(&cluster, "listed shut off", Duration::from_secs(10), || {
+        let vm = cluster.json(&["vm", "show", &shown])?;
+        (vm["power"] == "shut_off").then_some(())
+    });
+
+    let _resume = Resume;
+    let stopped = Command::new("pkill")
+        .args(["-STOP", "-x", "libvirtd"])
+        .status()
+        .unwrap();
+    assert!(stopped.success(), "no libvirtd to stop");
+    let hung = Instant::now();
+    eventually(&cluster, "power unknown", Duration::from_secs(15), || {
+        let vm = cluster.json(&["vm", "show", &shown])?;
+        (vm["power"] == "unknown").then_some(())
+    });
+    let unknown_after = hung.elapsed();
+    // Several heartbeats into the hang, the host is Ready and its pool healthy.
+    std::thread::sleep(Duration::from_secs(4));
+    let host = cluster.json(&["host", "show", "host-1"]).unwrap();
+    assert_eq!(host["host"]["liveness"], "Ready", "{host:#}");
+    let pool = cluster.json(&["pool", "show", "shared"]).unwrap();
+    let healthy = pool["healthy_hosts"].as_array().unwrap();
+    assert!(healthy.iter().any(|h| h == "host-1"), "{pool:#}");
+    eprintln!(
+        "libvirtd stopped -> domain power unknown after {unknown_after:?}; host-1 Ready and its pool healthy {:?} in",
+        hung.elapsed()
+    );
+    drop(_resume);
+    let resumed = Instant::now();
+    eventually(&cluster, "seen again", Duration::from_secs(40), || {
+        let vm = cluster.json(&["vm", "show", &shown])?;
+        (vm["power"] != "unknown").then_some(())
+    });
+    eprintln!(
+        "libvirtd resumed -> domain seen again {:?}",
+        resumed.elapsed()
+    );
+}

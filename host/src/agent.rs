@@ -13,11 +13,12 @@ use qvdc_transport::{
     facts::{self, Fact},
     protocol::{
         CommandOutput, CommandResult, HostCommand, HostCommandKind, HostError, HostErrorKind,
-        HostMessage, HostReply, Inventory, PowerState, Request, Response, VmDisk, VmReport, VmSpec,
+        HostMessage, HostReply, Inventory, NetworkReport, PowerState, Request, Response, VmDisk,
+        VmReport, VmSpec,
     },
     quic, Endpoint, TransportError,
 };
-use tokio::sync::Notify;
+use tokio::{sync::Notify, time::Instant};
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -33,6 +34,9 @@ use crate::{
 pub const HEARTBEAT_INTERVAL_MS_DEFAULT: u64 = 1_000;
 /// A heartbeat or registration not answered within this long counts as a lost leader.
 pub const REQUEST_TIMEOUT_MS: u64 = 2_000;
+/// A domain list older than this many heartbeat intervals (the hypervisor has not answered
+/// since) is reported with every power state Unknown.
+pub const SURVEY_STALE_AFTER_BEATS: u64 = 3;
 pub const REDIAL_BACKOFF_MS_MIN: u64 = 100;
 pub const REDIAL_BACKOFF_MS_MAX: u64 = 2_000;
 /// Commands the agent executes at once; more wait for a slot (QUIC flow control pushes back).
@@ -79,8 +83,24 @@ struct Host<M, H, N> {
     pools: Pools<M>,
     vms: Vms<H>,
     networks: Networks<N>,
-    /// The last domain list the hypervisor gave, sent again while it does not answer.
-    last_vms: std::sync::Mutex<Vec<VmReport>>,
+    /// The domains and networks as last surveyed: what heartbeats send.
+    survey: std::sync::Mutex<Survey>,
+}
+
+/// The host's domains and networks as the survey task last found them. Heartbeats send
+/// this and never wait on the hypervisor or `ip` themselves: a hung libvirtd (whose calls
+/// take up to `HYPERVISOR_CALL_TIMEOUT_MS` to fail) must not make a host whose pools are
+/// healthy look Unreachable.
+#[derive(Debug, Default)]
+struct Survey {
+    vms: Vec<VmReport>,
+    /// When the hypervisor last listed the domains.
+    vms_at: Option<Instant>,
+    /// Why the last listing failed, if it did.
+    vms_error: Option<String>,
+    networks: Vec<NetworkReport>,
+    /// Surveys finished so far.
+    count: u64,
 }
 
 /// The running agent. Cheap to share: the state lives behind `Arc`s.
@@ -90,8 +110,11 @@ pub struct Agent<M, H, N> {
     host: Arc<Host<M, H, N>>,
     /// The highest leader term seen; commands from lower terms are refused.
     fence: Arc<Fence>,
-    /// Signalled after a command ran, so its effect is reported now rather than a heartbeat later.
+    /// Signalled after a command ran (or a pool changed), so its effect is surveyed and
+    /// reported now rather than a heartbeat later.
     report_now: Arc<Notify>,
+    /// Signalled when a survey asked for by `report_now` is done: time to send a heartbeat.
+    surveyed: Arc<Notify>,
 }
 
 enum SessionEnd {
@@ -131,7 +154,7 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
             pools,
             vms: Vms::new(parts.hypervisor).on_host(&config.host_id),
             networks: Networks::new(parts.networker),
-            last_vms: std::sync::Mutex::new(Vec::new()),
+            survey: std::sync::Mutex::default(),
         };
         Self {
             config,
@@ -139,12 +162,27 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
             host: Arc::new(host),
             fence: Arc::new(fence),
             report_now,
+            surveyed: Arc::new(Notify::new()),
         }
     }
 
     /// Runs until the task is dropped.
     pub async fn run(mut self) {
-        match self.host.vms.hypervisor().describe().await {
+        let interval = Duration::from_millis(self.config.heartbeat_interval_ms);
+        let _surveying = AbortOnDrop(tokio::spawn(survey_loop(
+            self.host.clone(),
+            interval,
+            self.report_now.clone(),
+            self.surveyed.clone(),
+        )));
+        let describe = self.host.vms.hypervisor().describe();
+        let described = tokio::time::timeout(Duration::from_millis(REQUEST_TIMEOUT_MS), describe);
+        match described.await.unwrap_or_else(|_| {
+            Err(HostError::new(
+                HostErrorKind::Timeout,
+                format!("no answer within {REQUEST_TIMEOUT_MS} ms"),
+            ))
+        }) {
             Ok(hypervisor) => self.config.inventory.hypervisor = hypervisor,
             Err(e) => {
                 warn!(error = %e, "the hypervisor does not answer; VMs cannot run here until it does")
@@ -206,10 +244,16 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
             Ok(c) => c,
             Err(e) => return e.into(),
         };
+        // A first registration waits briefly for the first survey, so the leader does not
+        // take an empty domain list for what the host runs.
+        let first = Duration::from_millis(REQUEST_TIMEOUT_MS);
+        let surveyed = tokio::time::timeout(first, self.host.surveyed_once(&self.surveyed));
+        let _ = surveyed.await;
+        let stale_after = self.stale_after();
         let register = HostMessage::Register {
             host_id: self.config.host_id.clone(),
             inventory: self.config.inventory.clone(),
-            vms: self.host.vm_reports().await,
+            vms: self.host.vm_reports(Instant::now(), stale_after),
         };
         let leadership = match self.request(&connection, register).await {
             Ok(Response::Host(HostReply::Registered { leadership })) => leadership,
@@ -248,7 +292,7 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
         for seq in 1.. {
             tokio::select! {
                 _ = ticker.tick() => {}
-                () = self.report_now.notified() => ticker.reset(),
+                () = self.surveyed.notified() => ticker.reset(),
                 _ = rescan.tick() => {
                     if let Err(end) = self.send_inventory_if_changed(connection).await {
                         return end;
@@ -256,12 +300,13 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
                     continue;
                 }
             }
+            let now = Instant::now();
             let beat = HostMessage::Heartbeat {
                 host_id: self.config.host_id.clone(),
                 seq,
                 pools: self.host.pools.reports(),
-                vms: self.host.vm_reports().await,
-                networks: self.host.networks.reports().await,
+                vms: self.host.vm_reports(now, self.stale_after()),
+                networks: self.host.network_reports(),
             };
             match self.request(connection, beat).await {
                 Ok(Response::Host(HostReply::HeartbeatAck)) => {}
@@ -270,6 +315,11 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
             }
         }
         unreachable!("heartbeat sequence numbers do not run out")
+    }
+
+    /// How old a domain list may be before its power states are reported as unknown.
+    fn stale_after(&self) -> Duration {
+        Duration::from_millis(self.config.heartbeat_interval_ms * SURVEY_STALE_AFTER_BEATS)
     }
 
     async fn send_inventory_if_changed(
@@ -316,6 +366,37 @@ fn not_registered(reply: Response) -> SessionEnd {
             "the control plane could not read our request: {reason}"
         )),
         other => SessionEnd::Failed(format!("unexpected reply {other:?}")),
+    }
+}
+
+/// Surveys the host's domains and networks every `interval`, and at once when something
+/// changed (`asked`), telling the heartbeat (`done`) after each survey it was asked for.
+async fn survey_loop<M: Mounter, H: Hypervisor, N: Networker>(
+    host: Arc<Host<M, H, N>>,
+    interval: Duration,
+    asked: Arc<Notify>,
+    done: Arc<Notify>,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let report = tokio::select! {
+            _ = ticker.tick() => false,
+            () = asked.notified() => true,
+        };
+        host.survey().await;
+        if report || host.survey.lock().expect("survey poisoned").count == 1 {
+            done.notify_one();
+        }
+    }
+}
+
+/// Aborts a task when dropped: a task that lives as long as its owner's future.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -570,25 +651,68 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Host<M, H, N> {
         }
     }
 
-    /// The domains now. If the hypervisor does not answer, the last known domains with
-    /// their power state Unknown (an old answer must not pass for a fresh one).
-    async fn vm_reports(&self) -> Vec<VmReport> {
-        let mut last = self.last_vms.lock().expect("vm list poisoned").clone();
-        match self.vms.reports().await {
+    /// Lists the domains and networks now and keeps what it found for the heartbeats. Slow
+    /// only when the hypervisor or `ip` is: every call is bounded.
+    async fn survey(&self) {
+        let vms = self.vms.reports().await;
+        let networks = self.networks.reports().await;
+        let mut survey = self.survey.lock().expect("survey poisoned");
+        match vms {
             Ok(mut reports) => {
                 self.locate_disks(&mut reports);
-                last.clone_from(&reports);
-                *self.last_vms.lock().expect("vm list poisoned") = last;
-                reports
+                survey.vms = reports;
+                survey.vms_at = Some(Instant::now());
+                survey.vms_error = None;
             }
             Err(e) => {
                 warn!(error = %e, "cannot list domains; reporting them as unknown");
-                for report in &mut last {
-                    report.power = PowerState::Unknown;
-                    report.reason = format!("the hypervisor does not answer: {e}");
-                }
-                last
+                survey.vms_error = Some(e.to_string());
             }
         }
+        survey.networks = networks;
+        survey.count += 1;
+    }
+
+    /// Waits until a first survey has finished.
+    async fn surveyed_once(&self, surveyed: &Notify) {
+        loop {
+            let notified = surveyed.notified();
+            if self.survey.lock().expect("survey poisoned").count > 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// The domains as last surveyed. If the last listing failed, or is older than
+    /// `stale_after` (the hypervisor has not answered since), each with its power state
+    /// Unknown: an old answer must not pass for a fresh one.
+    fn vm_reports(&self, now: Instant, stale_after: Duration) -> Vec<VmReport> {
+        let survey = self.survey.lock().expect("survey poisoned");
+        let mut reports = survey.vms.clone();
+        let age = survey.vms_at.map(|at| now.saturating_duration_since(at));
+        let why = match (&survey.vms_error, age) {
+            (Some(error), _) => Some(format!("the hypervisor does not answer: {error}")),
+            (None, Some(age)) if age > stale_after => Some(format!(
+                "the hypervisor has not answered for {} ms",
+                age.as_millis()
+            )),
+            _ => None,
+        };
+        if let Some(why) = why {
+            for report in &mut reports {
+                report.power = PowerState::Unknown;
+                report.reason.clone_from(&why);
+            }
+        }
+        reports
+    }
+
+    fn network_reports(&self) -> Vec<NetworkReport> {
+        self.survey
+            .lock()
+            .expect("survey poisoned")
+            .networks
+            .clone()
     }
 }

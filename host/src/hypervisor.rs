@@ -249,6 +249,8 @@ struct SimState {
     domains: BTreeMap<String, SimDomain>,
     /// Every call fails with this message, as when libvirtd is down.
     failure: Option<String>,
+    /// Every call waits, as when libvirtd is stopped or deadlocked.
+    hung: bool,
     /// Guests that ignore an ACPI shutdown request.
     deaf_guests: bool,
     /// Domains defined so far: each gets the next UUID.
@@ -306,6 +308,18 @@ impl SimHypervisor {
     /// Makes every call fail with `reason` (`None` heals it).
     pub fn set_failure(&self, reason: Option<String>) {
         self.state.lock().expect("sim hypervisor poisoned").failure = reason;
+    }
+
+    /// While hung, calls do not return, as when libvirtd is stopped or deadlocked; they
+    /// resume once it is no longer hung.
+    pub fn set_hung(&self, hung: bool) {
+        self.state.lock().expect("sim hypervisor poisoned").hung = hung;
+    }
+
+    async fn unless_hung(&self) {
+        while self.state.lock().expect("sim hypervisor poisoned").hung {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 
     /// Guests ignore shutdown requests, so only destroying them stops them.
@@ -386,10 +400,12 @@ fn set_power(d: &mut SimDomain, power: PowerState, reason: &str) {
 
 impl Hypervisor for SimHypervisor {
     async fn describe(&self) -> Result<String, HostError> {
+        self.unless_hung().await;
         self.state().map(|_| "simulated hypervisor".to_owned())
     }
 
     async fn define(&self, spec: DomainSpec) -> Result<(), HostError> {
+        self.unless_hung().await;
         let mut state = self.state()?;
         state.note_touch(&spec.name, "define");
         let uuid = state.next_uuid();
@@ -423,6 +439,7 @@ impl Hypervisor for SimHypervisor {
     }
 
     async fn start(&self, name: String) -> Result<(), HostError> {
+        self.unless_hung().await;
         self.with_domain(&name, "start", |d, _| {
             if d.power != PowerState::Running {
                 set_power(d, PowerState::Running, "booted");
@@ -432,6 +449,7 @@ impl Hypervisor for SimHypervisor {
     }
 
     async fn shutdown(&self, name: String) -> Result<(), HostError> {
+        self.unless_hung().await;
         self.with_domain(&name, "shutdown", |d, deaf| {
             if d.power == PowerState::Running && !deaf {
                 set_power(d, PowerState::ShutOff, "shutdown");
@@ -441,6 +459,7 @@ impl Hypervisor for SimHypervisor {
     }
 
     async fn destroy(&self, name: String) -> Result<(), HostError> {
+        self.unless_hung().await;
         self.with_domain(&name, "destroy", |d, _| {
             if d.power != PowerState::ShutOff {
                 set_power(d, PowerState::ShutOff, "destroyed");
@@ -450,6 +469,7 @@ impl Hypervisor for SimHypervisor {
     }
 
     async fn reboot(&self, name: String) -> Result<(), HostError> {
+        self.unless_hung().await;
         self.with_domain(&name, "reboot", |d, _| {
             if d.power != PowerState::Running {
                 return Err(not_running(&name));
@@ -460,6 +480,7 @@ impl Hypervisor for SimHypervisor {
     }
 
     async fn undefine(&self, name: String) -> Result<(), HostError> {
+        self.unless_hung().await;
         let mut state = self.state()?;
         state.note_touch(&name, "undefine");
         state.domains.remove(&name);
@@ -467,6 +488,7 @@ impl Hypervisor for SimHypervisor {
     }
 
     async fn rename(&self, name: String, to: String) -> Result<(), HostError> {
+        self.unless_hung().await;
         // Renaming for an adoption is, with the id, the one change an unmanaged domain may see.
         let mut state = self.state()?;
         let domain = state.domains.get(&name).ok_or_else(|| not_found(&name))?;
@@ -488,6 +510,7 @@ impl Hypervisor for SimHypervisor {
     }
 
     async fn set_id(&self, name: String, id: Option<String>) -> Result<(), HostError> {
+        self.unless_hung().await;
         // Adopting is the one change an unmanaged domain may see.
         let mut state = self.state()?;
         let domain = state
@@ -499,10 +522,12 @@ impl Hypervisor for SimHypervisor {
     }
 
     async fn domain(&self, name: String) -> Result<Option<VmReport>, HostError> {
+        self.unless_hung().await;
         Ok(self.state()?.domains.get(&name).map(|d| report(&name, d)))
     }
 
     async fn domains(&self) -> Result<Vec<VmReport>, HostError> {
+        self.unless_hung().await;
         let state = self.state()?;
         Ok(state.domains.iter().map(|(n, d)| report(n, d)).collect())
     }

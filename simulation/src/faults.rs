@@ -43,12 +43,14 @@ pub enum FaultKind {
     MountHang,
     /// Every libvirt call on a host fails.
     LibvirtError,
+    /// Every libvirt call on a host hangs, as when libvirtd is stopped.
+    LibvirtHang,
     /// A control-plane node's disk turns slow: each commit of its Raft log waits 20–300 ms.
     SlowDisk,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 11] = [
+    pub const ALL: [FaultKind; 12] = [
         FaultKind::NodeCrash,
         FaultKind::NodePartition,
         FaultKind::AsymmetricPartition,
@@ -60,6 +62,7 @@ impl FaultKind {
         FaultKind::MountHang,
         FaultKind::LibvirtError,
         FaultKind::SlowDisk,
+        FaultKind::LibvirtHang,
     ];
 
     /// What the fault occupies: two faults on one thing are never in effect at once, so
@@ -76,7 +79,8 @@ impl FaultKind {
             FaultKind::HostCrash
             | FaultKind::MountFailure
             | FaultKind::MountHang
-            | FaultKind::LibvirtError => Slot::Host,
+            | FaultKind::LibvirtError
+            | FaultKind::LibvirtHang => Slot::Host,
         }
     }
 }
@@ -135,6 +139,7 @@ enum Undo {
     Mounts(SimMounter),
     Unhang(SimMounter),
     Hypervisor(SimHypervisor),
+    HypervisorHang(SimHypervisor),
     Disk(DiskLatency),
 }
 
@@ -291,7 +296,10 @@ fn inject(
             info!(fault = "slow-disk", machine = %node, commit_ms = slow, "fault injected");
             (Undo::Disk(disk), None, None)
         }
-        FaultKind::MountFailure | FaultKind::MountHang | FaultKind::LibvirtError => {
+        FaultKind::MountFailure
+        | FaultKind::MountHang
+        | FaultKind::LibvirtError
+        | FaultKind::LibvirtHang => {
             let host = host?;
             let parts = requested.hosts.get(&host)?.clone();
             let undo = match kind {
@@ -305,6 +313,10 @@ fn inject(
                     parts.mounter.set_hung(true);
                     Undo::Unhang(parts.mounter)
                 }
+                FaultKind::LibvirtHang => {
+                    parts.hypervisor.set_hung(true);
+                    Undo::HypervisorHang(parts.hypervisor)
+                }
                 _ => {
                     parts.hypervisor.set_failure(Some(
                         "internal error: libvirt connection lost (simulated)".into(),
@@ -315,6 +327,7 @@ fn inject(
             let name = match kind {
                 FaultKind::MountFailure => "mount-failure",
                 FaultKind::MountHang => "mount-hang",
+                FaultKind::LibvirtHang => "libvirt-hang",
                 _ => "libvirt-error",
             };
             info!(fault = name, machine = %host, "fault injected");
@@ -332,6 +345,7 @@ fn undo(faults: &Shared<Faults>, done: Vec<Active>) {
             Undo::Mounts(mounter) => mounter.set_mount_failure(None),
             Undo::Unhang(mounter) => mounter.set_hung(false),
             Undo::Hypervisor(hypervisor) => hypervisor.set_failure(None),
+            Undo::HypervisorHang(hypervisor) => hypervisor.set_hung(false),
             Undo::Disk(disk) => disk.set(Duration::ZERO),
         }
     }

@@ -180,6 +180,44 @@ async fn operator_script(
     .await?;
     let create_to_running = created.elapsed();
 
+    // The VM's host's hypervisor hangs (libvirtd stopped, say). Heartbeats do not wait on it:
+    // the host stays Ready with its pool reported healthy, and the VM's power becomes
+    // Unknown, never a stale "running" passed off as fresh. Once it answers, the VM is
+    // seen running again, where it was.
+    let hypervisor = faults.lock().expect("faults lock poisoned").hosts[&host]
+        .hypervisor
+        .clone();
+    hypervisor.set_hung(true);
+    eventually(
+        "VM power unknown while its hypervisor hangs",
+        Duration::from_secs(60),
+        async || Ok((vm(&mut client).await?.power == PowerState::Unknown).then_some(())),
+    )
+    .await?;
+    let ApiResponse::Hosts(hosts) = ask(&mut client, ApiRequest::HostList).await? else {
+        bail!("host list answered something else");
+    };
+    let liveness = hosts.iter().find(|h| h.host_id == host).map(|h| h.liveness);
+    ensure!(
+        liveness == Some(Liveness::Ready),
+        "{host} is {liveness:?} while only its hypervisor hangs"
+    );
+    let ApiResponse::Pool(pool) =
+        ask(&mut client, ApiRequest::PoolShow { name: POOL.into() }).await?
+    else {
+        bail!("pool show answered something else");
+    };
+    ensure!(
+        pool.healthy_hosts.contains(&host),
+        "pool {POOL} is not reported healthy on {host} while only its hypervisor hangs: {:?}",
+        pool.hosts
+    );
+    hypervisor.set_hung(false);
+    eventually("VM running again", Duration::from_secs(60), async || {
+        Ok((vm(&mut client).await?.power == PowerState::Running).then_some(()))
+    })
+    .await?;
+
     // Take the leader away while the VM runs.
     let disrupted = harness::take_leader_away(&config, &certs, &mut client, &faults).await?;
     let mut majority = disrupted.majority;
