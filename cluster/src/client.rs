@@ -5,13 +5,18 @@
 use std::{net::SocketAddr, time::Duration};
 
 use qvdc_transport::{
+    backoff::Backoff,
     protocol::{ApiError, ApiErrorKind, ApiRequest, ApiResponse, Request, Response},
     quic, quinn, Endpoint, TransportError,
 };
 use tokio::time::Instant;
 
-/// Pause between attempts while no leader is known.
+/// Pause between attempts while no leader is known: from this, doubling up to
+/// [`RETRY_INTERVAL_MS_MAX`], with jitter, so clients that lost their leader together do not
+/// retry together.
 pub const RETRY_INTERVAL_MS: u64 = 200;
+pub const RETRY_INTERVAL_MS_MAX: u64 = 1_000;
+const RETRY: Backoff = Backoff::from_millis(RETRY_INTERVAL_MS, RETRY_INTERVAL_MS_MAX);
 /// Redirects followed for one request before giving up (guards against redirect loops).
 pub const REDIRECTS_MAX: u32 = 16;
 
@@ -221,6 +226,7 @@ impl Client {
         };
         let mut rotation = 0usize;
         let mut redirects = 0u32;
+        let mut failures = 0u32;
         loop {
             let addr = next.take().unwrap_or_else(|| {
                 rotation += 1;
@@ -239,13 +245,15 @@ impl Client {
                 Attempt::Unavailable(reason) => {
                     progress.reached_any = true;
                     progress.unavailable = Some(format!("{addr}: {reason}"));
-                    tokio::time::sleep(Duration::from_millis(RETRY_INTERVAL_MS)).await;
+                    failures += 1;
+                    tokio::time::sleep(RETRY.pause(failures)).await;
                     next = Some(addr);
                 }
                 Attempt::Retry { reason, reached } => {
                     progress.reached_any |= reached;
                     progress.last = format!("{addr}: {reason}");
-                    tokio::time::sleep(Duration::from_millis(RETRY_INTERVAL_MS)).await;
+                    failures += 1;
+                    tokio::time::sleep(RETRY.pause(failures)).await;
                     if !reached {
                         next = self.connect_first().await;
                     }

@@ -10,7 +10,9 @@ use std::{
 };
 
 use qvdc_transport::{
+    backoff::Backoff,
     facts::{self, Fact},
+    limits::{VM_MEMORY_BYTES_MIN, VM_VCPUS_MAX},
     protocol::{
         CommandOutput, CommandResult, HostCommand, HostCommandKind, HostError, HostErrorKind,
         HostMessage, HostReply, Inventory, NetworkReport, PowerState, Request, Response, VmDisk,
@@ -39,13 +41,11 @@ pub const REQUEST_TIMEOUT_MS: u64 = 2_000;
 pub const SURVEY_STALE_AFTER_BEATS: u64 = 3;
 pub const REDIAL_BACKOFF_MS_MIN: u64 = 100;
 pub const REDIAL_BACKOFF_MS_MAX: u64 = 2_000;
+const REDIAL: Backoff = Backoff::from_millis(REDIAL_BACKOFF_MS_MIN, REDIAL_BACKOFF_MS_MAX);
 /// Commands the agent executes at once; more wait for a slot (QUIC flow control pushes back).
 pub const COMMANDS_IN_FLIGHT_MAX: usize = 64;
 /// How often `qhost` looks at its hardware again.
 pub const INVENTORY_RESCAN_MS: u64 = 60_000;
-/// Smallest and largest VM the agent defines.
-pub const VM_MEMORY_BYTES_MIN: u64 = 16 << 20;
-pub const VM_VCPUS_MAX: u32 = 512;
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -191,12 +191,12 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
         let mut next = 0usize;
         let mut hint = None;
         let mut failed: Option<SocketAddr> = None;
-        let mut backoff_ms = REDIAL_BACKOFF_MS_MIN;
+        let mut failures = 0u32;
         loop {
             let addr = hint
                 .take()
                 .unwrap_or_else(|| self.next_address(&mut next, failed));
-            match self.session(addr, &mut backoff_ms).await {
+            match self.session(addr, &mut failures).await {
                 SessionEnd::Redirect(leader) => {
                     debug!(%addr, %leader, "redirected to the leader");
                     hint = Some(leader);
@@ -204,9 +204,11 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
                 }
                 SessionEnd::Failed(reason) => {
                     failed = Some(addr);
-                    warn!(%addr, %reason, "control plane session ended; re-dialing in {backoff_ms} ms");
-                    tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
-                    backoff_ms = (backoff_ms * 2).min(REDIAL_BACKOFF_MS_MAX);
+                    failures = failures.saturating_add(1);
+                    let pause = REDIAL.pause(failures);
+                    let pause_ms = pause.as_millis();
+                    warn!(%addr, %reason, "control plane session ended; re-dialing in {pause_ms} ms");
+                    tokio::time::sleep(pause).await;
                 }
             }
         }
@@ -239,7 +241,8 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
         }
     }
 
-    async fn session(&mut self, addr: SocketAddr, backoff_ms: &mut u64) -> SessionEnd {
+    /// One session with the control plane at `addr`; a registration resets `failures`.
+    async fn session(&mut self, addr: SocketAddr, failures: &mut u32) -> SessionEnd {
         let connection = match self.endpoint.connect(addr).await {
             Ok(c) => c,
             Err(e) => return e.into(),
@@ -265,7 +268,7 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
             // A node that still believes it leads an old term: find the real leader.
             return SessionEnd::Failed(e.to_string());
         }
-        *backoff_ms = REDIAL_BACKOFF_MS_MIN;
+        *failures = 0;
         let commands = tokio::spawn(serve_commands(
             connection.clone(),
             self.host.clone(),

@@ -4,12 +4,11 @@
 
 use std::{collections::BTreeMap, future::Future, sync::Mutex, time::Duration};
 
-use qvdc_transport::protocol::{
-    CommandOutput, HostError, HostErrorKind, NetworkReport, NetworkSpec,
+use qvdc_transport::{
+    limits::{self, IFNAME_BYTES_MAX},
+    protocol::{CommandOutput, HostError, HostErrorKind, NetworkReport, NetworkSpec},
 };
 
-/// Longest Linux interface name.
-pub const IFNAME_BYTES_MAX: usize = 15;
 /// How long one `ip` command may take.
 pub const IP_COMMAND_TIMEOUT_MS: u64 = 5_000;
 
@@ -26,12 +25,7 @@ fn invalid(message: String) -> HostError {
 }
 
 fn validate_ifname(what: &str, name: &str) -> Result<(), HostError> {
-    let ok = !name.is_empty()
-        && name.len() <= IFNAME_BYTES_MAX
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
+    if limits::is_interface_name(name) {
         return Ok(());
     }
     Err(invalid(format!(

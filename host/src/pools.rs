@@ -10,8 +10,11 @@ use std::{
     time::Duration,
 };
 
-use qvdc_transport::protocol::{
-    CommandOutput, Health, HostError, HostErrorKind, PoolReport, PoolSpec, VolumeFormat,
+use qvdc_transport::{
+    limits::{self, NAME_BYTES_MAX, VOLUME_BYTES_MAX},
+    protocol::{
+        CommandOutput, Health, HostError, HostErrorKind, PoolReport, PoolSpec, VolumeFormat,
+    },
 };
 use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{info, warn};
@@ -26,10 +29,6 @@ use crate::{
 pub const PROBE_TIMEOUT_MS: u64 = 3_000;
 /// How long mounting, unmounting or a volume operation may take before it fails as timed out.
 pub const OPERATION_TIMEOUT_MS: u64 = 10_000;
-/// Largest volume a host creates (16 TiB).
-pub const VOLUME_BYTES_MAX: u64 = 16 << 40;
-/// Longest volume name, in bytes.
-pub const VOLUME_NAME_BYTES_MAX: usize = 128;
 
 /// A command addressed to one pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,19 +81,13 @@ pub struct Pools<M> {
 
 /// Checks a volume's name: a plain file name in the pool's directory.
 pub fn validate_volume_name(name: &str) -> Result<(), HostError> {
-    let plain = !name.is_empty()
-        && name.len() <= VOLUME_NAME_BYTES_MAX
-        && !name.starts_with(['.', '-'])
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if plain {
+    if limits::is_plain_name(name) {
         return Ok(());
     }
     Err(HostError::new(
         HostErrorKind::Invalid,
         format!(
-            "volume name {name:?} must be 1 to {VOLUME_NAME_BYTES_MAX} letters, digits, '.', '_' or '-', not starting with '.' or '-'"
+            "volume name {name:?} must be 1 to {NAME_BYTES_MAX} letters, digits, '.', '_' or '-', not starting with '.' or '-'"
         ),
     ))
 }
@@ -446,6 +439,15 @@ mod tests {
     use qvdc_transport::protocol::PoolSource;
 
     use super::*;
+
+    /// The host takes exactly the volume names the control plane's model takes.
+    #[test]
+    fn volume_names_are_bounded_by_the_shared_limit() {
+        assert!(validate_volume_name(&"v".repeat(NAME_BYTES_MAX)).is_ok());
+        let long = validate_volume_name(&"v".repeat(NAME_BYTES_MAX + 1)).unwrap_err();
+        assert!(long.message.contains("1 to 64"), "{long}");
+        assert!(validate_volume_name("../etc").is_err());
+    }
     use crate::mounter::SimMounter;
 
     fn spec(name: &str) -> PoolSpec {

@@ -18,18 +18,15 @@ use qvdc_transport::protocol::{
 };
 use serde::{Deserialize, Serialize};
 
-pub const NAME_BYTES_MAX: usize = 64;
-pub const PATH_BYTES_MAX: usize = 4096;
+pub use qvdc_transport::limits::{
+    NAME_BYTES_MAX, PATH_BYTES_MAX, VM_DISKS_MAX, VM_MEMORY_BYTES_MIN, VM_NICS_MAX, VM_VCPUS_MAX,
+    VOLUME_BYTES_MAX,
+};
+
 pub const POOL_HOSTS_MAX: usize = 1024;
 /// Operator requests whose results are remembered for retries; older ones are forgotten.
 pub const REQUESTS_REMEMBERED_MAX: usize = 10_000;
 pub const REQUEST_ID_BYTES_MAX: usize = 128;
-pub const VM_VCPUS_MAX: u32 = 512;
-pub const VM_MEMORY_BYTES_MIN: u64 = 16 << 20;
-pub const VM_DISKS_MAX: usize = 26;
-/// Largest volume (16 TiB).
-pub const VOLUME_BYTES_MAX: u64 = 16 << 40;
-pub const VM_NICS_MAX: usize = 32;
 /// Objects of each kind the desired state may hold. Every node holds the whole state in
 /// memory and in every snapshot: these keep both bounded (a full state is a few hundred
 /// MiB at most) while leaving room far beyond today's largest clusters.
@@ -706,10 +703,7 @@ pub fn validate_name(what: &str, name: &str) -> Result<(), ValidationError> {
             name: name.to_owned(),
         });
     }
-    let allowed = name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if !allowed || name.starts_with(['.', '-']) {
+    if !qvdc_transport::limits::is_plain_name(name) {
         return Err(ValidationError::BadName {
             what,
             name: name.to_owned(),
@@ -1062,12 +1056,7 @@ impl DesiredState {
         }
         room_for("networks", self.networks.len(), NETWORKS_MAX)?;
         let bad = |m: String| Err(ValidationError::BadNetwork(m));
-        let ifname = |n: &str| {
-            !n.is_empty()
-                && n.len() <= 15
-                && n.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        };
+        let ifname = qvdc_transport::limits::is_interface_name;
         if !ifname(&spec.bridge) {
             return bad(format!(
                 "bridge name {:?} must be 1 to 15 letters, digits, '-', '_' or '.' (a Linux interface name)",

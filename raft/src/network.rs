@@ -128,16 +128,12 @@ impl PeerLink {
     fn failed(&mut self) {
         self.connection = None;
         self.failures = self.failures.saturating_add(1);
-        self.quiet_until =
-            Some(tokio::time::Instant::now() + redial_pause(self.failures.saturating_sub(1)));
+        self.quiet_until = Some(tokio::time::Instant::now() + REDIAL.pause(self.failures));
     }
 }
 
-/// The pause after the `(n + 1)`th failure in a row.
-fn redial_pause(n: u32) -> Duration {
-    let ms = REDIAL_BACKOFF_MS_MIN << n.min(8);
-    Duration::from_millis(ms.min(REDIAL_BACKOFF_MS_MAX))
-}
+const REDIAL: qvdc_transport::backoff::Backoff =
+    qvdc_transport::backoff::Backoff::from_millis(REDIAL_BACKOFF_MS_MIN, REDIAL_BACKOFF_MS_MAX);
 
 /// Connections to the other control-plane nodes, one cached per address. Raft RPCs and
 /// operator requests a follower passes on to the leader share them. Cheap to clone.
@@ -338,7 +334,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     /// openraft's flat 500 ms: one failed call to a live follower no longer halts its
     /// replication for half a second.
     fn backoff(&self) -> Backoff {
-        Backoff::new((0..8).chain(std::iter::repeat(8)).map(redial_pause))
+        Backoff::new((1..).map(|failures| REDIAL.pause(failures)))
     }
 
     async fn vote(

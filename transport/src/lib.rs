@@ -5,11 +5,14 @@
 //! This crate knows nothing of Raft, libvirt or actors: Raft messages cross it as opaque bytes.
 
 pub mod admission;
+pub mod backoff;
 pub mod bugs;
 pub mod codec;
 pub mod facts;
+pub mod limits;
 pub mod protocol;
 pub mod quic;
+pub mod rng;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod tls;

@@ -22,6 +22,7 @@ use std::{
 };
 
 use qvdc_raft::{model::OrdMap, DesiredState};
+use qvdc_transport::backoff::Backoff;
 use qvdc_transport::protocol::{
     CommandId, HostCommand, HostError, Leadership, NetworkReport, PoolReport, VmReport,
 };
@@ -190,9 +191,11 @@ impl Timings {
 
     /// How long to wait before resending, after `attempts` unsuccessful commands: a host that
     /// keeps failing is asked less and less often, up to `RETRY_DOUBLINGS_MAX` doublings.
+    /// The schedule's ceiling, without jitter: cores are pure functions of their inputs and
+    /// time, and each object's resends are already spread by when its own command went out.
     pub fn retry_after(&self, attempts: u32) -> Duration {
-        let doublings = attempts.saturating_sub(1).min(RETRY_DOUBLINGS_MAX);
-        self.command_retry() * 2u32.pow(doublings)
+        let most = self.command_retry() * 2u32.pow(RETRY_DOUBLINGS_MAX);
+        Backoff::new(self.command_retry(), most).ceiling(attempts)
     }
 }
 
