@@ -128,6 +128,12 @@ impl Context {
         ))
     }
 
+    /// Whether this node saw node `id` removed from the membership (ids are never reused).
+    pub(crate) fn was_removed(&self, id: NodeId) -> bool {
+        let servers = self.servers.lock().expect("server list lock poisoned");
+        servers.removed.contains(&id)
+    }
+
     pub(crate) fn not_leader(&self) -> Response {
         Response::NotLeader {
             leader: self.leader_hint(),

@@ -168,6 +168,14 @@ async fn nodes_join_leave_and_are_replaced() {
         voters(&three),
         live.iter().map(|id| *id as u64).collect::<Vec<_>>()
     );
+    // A retried removal (its answer lost, say) finds it done, not "no such node".
+    change(
+        &mut survivor,
+        ApiRequest::ClusterRemoveNode {
+            node_id: leader as u64,
+        },
+    )
+    .await;
     create_pool(&mut survivor, "after-removal").await;
 
     // The removed nodes' certificates may no longer take part in Raft or pass requests on.

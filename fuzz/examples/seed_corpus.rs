@@ -257,6 +257,13 @@ fn api_requests() -> Vec<(&'static str, ApiRequest)> {
             "cluster-remove-node",
             ApiRequest::ClusterRemoveNode { node_id: 4 },
         ),
+        (
+            "vm-reboot",
+            ApiRequest::VmReboot {
+                request_id: "req-7".into(),
+                name: "web-1".into(),
+            },
+        ),
         ("host-list", ApiRequest::HostList),
         (
             "pool-create-dir",
@@ -727,6 +734,7 @@ fn host_commands() -> Vec<(String, Vec<u8>)> {
             "reboot-vm",
             HostCommandKind::RebootVm {
                 name: "web-1".into(),
+                request: "req-7".into(),
             },
         ),
         (

@@ -44,6 +44,8 @@ pub const REDIAL_BACKOFF_MS_MAX: u64 = 2_000;
 const REDIAL: Backoff = Backoff::from_millis(REDIAL_BACKOFF_MS_MIN, REDIAL_BACKOFF_MS_MAX);
 /// Commands the agent executes at once; more wait for a slot (QUIC flow control pushes back).
 pub const COMMANDS_IN_FLIGHT_MAX: usize = 64;
+/// Reboot requests a host remembers, so that a retried one does not reboot a guest twice.
+pub const REBOOTS_REMEMBERED_MAX: usize = 1_024;
 /// How often `qhost` looks at its hardware again.
 pub const INVENTORY_RESCAN_MS: u64 = 60_000;
 
@@ -85,6 +87,8 @@ struct Host<M, H, N> {
     networks: Networks<N>,
     /// The domains and networks as last surveyed: what heartbeats send.
     survey: std::sync::Mutex<Survey>,
+    /// The operator requests whose reboots this host carried out, latest last.
+    rebooted: std::sync::Mutex<std::collections::VecDeque<String>>,
 }
 
 /// The host's domains and networks as the survey task last found them. Heartbeats send
@@ -155,6 +159,7 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
             vms: Vms::new(parts.hypervisor).on_host(&config.host_id),
             networks: Networks::new(parts.networker),
             survey: std::sync::Mutex::default(),
+            rebooted: std::sync::Mutex::default(),
         };
         Self {
             config,
@@ -501,7 +506,19 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Host<M, H, N> {
             }
             K::StartVm { name } => vm(name, VmOp::Start).await,
             K::ShutdownVm { name, timeout_ms } => vm(name, VmOp::Shutdown { timeout_ms }).await,
-            K::RebootVm { name } => vm(name, VmOp::Reboot).await,
+            K::RebootVm { name, request } => {
+                // Once per operator request: a retry after a leader change finds it done.
+                if self.rebooted.lock().expect("reboots poisoned").contains(&request) {
+                    return Ok(CommandOutput::Done);
+                }
+                let done = vm(name, VmOp::Reboot).await?;
+                let mut rebooted = self.rebooted.lock().expect("reboots poisoned");
+                if rebooted.len() == REBOOTS_REMEMBERED_MAX {
+                    rebooted.pop_front();
+                }
+                rebooted.push_back(request);
+                Ok(done)
+            }
             K::ForceOffVm { name } => vm(name, VmOp::ForceOff).await,
             K::UndefineVm { name } => vm(name, VmOp::Undefine).await,
             K::AdoptVm {

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::{codec, tls::Role};
 
 /// Bumped only for incompatible changes; the codec rejects frames of other versions.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// TLS application protocol name; a peer that does not offer it fails the handshake.
 pub const ALPN: &[u8] = b"qvdc/1";
 
@@ -603,8 +603,11 @@ pub enum HostCommandKind {
         name: String,
         timeout_ms: u64,
     },
+    /// Reboot the guest now. `request` is the operator's request id: a host reboots once
+    /// per request, so a request retried after a leader change does not reboot it twice.
     RebootVm {
         name: String,
+        request: String,
     },
     /// Pull the plug.
     ForceOffVm {
@@ -767,8 +770,10 @@ pub enum ApiRequest {
         name: String,
         power: DesiredPower,
     },
-    /// Reboots a running VM now (nothing changes in desired state).
+    /// Reboots a running VM now (nothing changes in desired state); once per request id,
+    /// which its host remembers.
     VmReboot {
+        request_id: String,
         name: String,
     },
     /// Stops the VM at once and keeps it stopped.

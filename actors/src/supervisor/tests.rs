@@ -300,12 +300,18 @@ async fn a_failed_child_is_restarted_after_its_backoff() {
 async fn an_operators_command_keeps_the_hosts_typed_error() {
     let (supervision, _tx, host) = tree(desired()).await;
     *host.answer.lock().unwrap() = Answer::NotFound;
-    let reboot = HostCommandKind::RebootVm { name: "web".into() };
+    let reboot = HostCommandKind::RebootVm {
+        name: "web".into(),
+        request: "r-1".into(),
+    };
     match supervision.execute("host-1", reboot).await {
         Err(CommandError::Host(e)) => assert_eq!(e.kind, HostErrorKind::NotFound),
         other => panic!("{other:?}"),
     }
-    let unknown = HostCommandKind::RebootVm { name: "web".into() };
+    let unknown = HostCommandKind::RebootVm {
+        name: "web".into(),
+        request: "r-1".into(),
+    };
     assert_eq!(
         supervision.execute("host-9", unknown).await,
         Err(CommandError::NoSupervisor("host-9".into()))
@@ -317,7 +323,10 @@ async fn an_operators_command_keeps_the_hosts_typed_error() {
 async fn a_host_that_never_answers_times_out() {
     let (supervision, _tx, host) = tree(desired()).await;
     *host.answer.lock().unwrap() = Answer::Never;
-    let reboot = HostCommandKind::RebootVm { name: "web".into() };
+    let reboot = HostCommandKind::RebootVm {
+        name: "web".into(),
+        request: "r-1".into(),
+    };
     let timeout_ms = Timings::default().command_timeout_ms;
     assert_eq!(
         supervision.execute("host-1", reboot).await,

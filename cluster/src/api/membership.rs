@@ -107,6 +107,9 @@ pub(crate) async fn add_node(node: &Context, id: NodeId, addr: String) -> Respon
 
 pub(crate) async fn remove_node(node: &Context, id: NodeId) -> Response {
     let (voters, all) = members(node);
+    if !all.iter().any(|(other, _)| *other == id) && node.was_removed(id) {
+        return status(node); // already done: removing is safe to retry
+    }
     if !all.iter().any(|(other, _)| *other == id) {
         return rejected(
             ApiErrorKind::NotFound,

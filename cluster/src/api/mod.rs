@@ -82,8 +82,12 @@ pub(crate) async fn handle(ctx: &Context, request: ApiRequest) -> Response {
             )
             .await
         }
-        ApiRequest::VmReboot { name } => {
-            on_vm_host(ctx, &name, HostCommandKind::RebootVm { name: name.clone() }).await
+        ApiRequest::VmReboot { request_id, name } => {
+            let reboot = HostCommandKind::RebootVm {
+                name: name.clone(),
+                request: request_id,
+            };
+            on_vm_host(ctx, &name, reboot).await
         }
         ApiRequest::PoolAssign {
             request_id,

@@ -860,7 +860,7 @@ fn vm_request(command: VmCommand, request_id: String) -> ApiRequest {
         }
         VmCommand::Start { name, .. } => power(name, DesiredPower::Running),
         VmCommand::Stop { name, .. } => power(name, DesiredPower::Stopped),
-        VmCommand::Reboot { name } => ApiRequest::VmReboot { name },
+        VmCommand::Reboot { name } => ApiRequest::VmReboot { request_id, name },
         VmCommand::ForceOff { name, .. } => ApiRequest::VmForceOff { request_id, name },
         VmCommand::Delete { name, .. } => ApiRequest::VmDelete { request_id, name },
         VmCommand::Adopt {
