@@ -13,16 +13,18 @@ use crate::{
     reply::{error, invalid, no_pool, no_vm, unavailable},
 };
 
-/// A host's refusal keeps its kind: a command naming what the host does not have is "not
-/// found", one it cannot carry out as given is "invalid"; the rest may succeed on a retry.
+/// A host's refusal keeps its kind where it is final: a command the host cannot carry out as
+/// given is "invalid". Everything else may succeed on a retry and is "unavailable" — a
+/// host's "not found" included, which can be a passing state (a pool not set up again yet
+/// after the agent restarted).
 pub(crate) fn not_carried_out(host: &str, reason: &CommandError) -> Response {
     let kind = match reason {
         CommandError::Host(e) => match e.kind {
-            HostErrorKind::NotFound => ApiErrorKind::NotFound,
             HostErrorKind::Invalid | HostErrorKind::Conflict => ApiErrorKind::Invalid,
-            HostErrorKind::StaleLeadership | HostErrorKind::Timeout | HostErrorKind::Failed => {
-                ApiErrorKind::Unavailable
-            }
+            HostErrorKind::NotFound
+            | HostErrorKind::StaleLeadership
+            | HostErrorKind::Timeout
+            | HostErrorKind::Failed => ApiErrorKind::Unavailable,
         },
         _ => ApiErrorKind::Unavailable,
     };

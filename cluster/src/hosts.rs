@@ -61,12 +61,14 @@ pub(crate) async fn handle(
             host_id,
             pools,
             vms,
+            vms_known,
             networks,
             ..
         } => {
             let reports = HostReports {
                 pools,
                 vms,
+                vms_known,
                 networks,
             };
             supervision.heartbeat(host_id, link(connection), reports);

@@ -79,18 +79,32 @@ const STEPS_MAX: usize = 8;
 
 /// Carries out the change `next` describes (see `core::protocols`): asks it for the next
 /// step given the desired state now and whether the host has confirmed its part, does that,
-/// and asks again. A step that fails ends the change with its error, unless the state moved
-/// on meanwhile (a racing retry did the work): then the change carries on from there.
+/// and asks again. A host's confirmation counts only for the very step it answered (if the
+/// state moved meanwhile, say another VM took a volume the host just let go of, the step
+/// differs and the host is asked again) and only until this change commits something else. A step that fails ends the
+/// change with its error, unless the state moved on meanwhile (a racing retry did the
+/// work): then the change carries on from there.
 pub(crate) async fn carry_out(
     ctx: &Context,
     next: impl Fn(&DesiredState, bool) -> Step,
 ) -> Response {
-    let mut host_confirmed = false;
+    // The host step the host confirmed, while that confirmation still stands.
+    let mut confirmed: Option<Step> = None;
+    let step_now = |confirmed: &Option<Step>| {
+        let desired = ctx.desired();
+        let unconfirmed = next(&desired, false);
+        let still = confirmed.as_ref() == Some(&unconfirmed);
+        if still {
+            next(&desired, true)
+        } else {
+            unconfirmed
+        }
+    };
     // Confirmed once, before the first step that is not the last: a leader cut off from its
     // peers must send the client elsewhere, not start a change it cannot finish.
     let mut supervision = None;
     for _ in 0..STEPS_MAX {
-        let step = next(&ctx.desired(), host_confirmed);
+        let step = step_now(&confirmed);
         if supervision.is_none() && !matches!(step, Step::Finish(_)) {
             match ctx.leading().await {
                 Ok(leading) => supervision = Some(leading),
@@ -99,7 +113,11 @@ pub(crate) async fn carry_out(
         }
         let result = match (&step, &supervision) {
             (Step::Commit(command) | Step::Finish(command), _) => {
-                propose(ctx, command.clone()).await
+                let committed = propose(ctx, command.clone()).await;
+                if committed.is_ok() {
+                    confirmed = None;
+                }
+                committed
             }
             (
                 Step::OnHost {
@@ -110,7 +128,7 @@ pub(crate) async fn carry_out(
                 Some(supervision),
             ) => match supervision.execute(host, command.clone()).await {
                 Ok(_) => {
-                    host_confirmed = true;
+                    confirmed = Some(step.clone());
                     Ok(())
                 }
                 Err(reason) => Err(unavailable(format!("{unconfirmed} ({reason})"))),
@@ -121,7 +139,7 @@ pub(crate) async fn carry_out(
             Ok(()) if matches!(step, Step::Finish(_)) => return done(Ok(())),
             Ok(()) => {}
             Err(response) => {
-                if next(&ctx.desired(), host_confirmed) == step {
+                if step_now(&confirmed) == step {
                     return response;
                 }
             }

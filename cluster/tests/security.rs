@@ -381,6 +381,7 @@ async fn host_reports(nodes: &Nodes, leader: usize) {
             seq,
             pools: (0..1_000).map(made_up_pool).collect(),
             vms: Vec::new(),
+            vms_known: true,
             networks: Vec::new(),
         });
         let reply: Response = quic::call(&host, &heartbeat).await.unwrap();
@@ -410,6 +411,7 @@ async fn host_reports(nodes: &Nodes, leader: usize) {
         seq: 99,
         pools: (0..5_000).map(made_up_pool).collect(),
         vms: Vec::new(),
+        vms_known: true,
         networks: Vec::new(),
     });
     expect_refusal(

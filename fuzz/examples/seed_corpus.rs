@@ -430,6 +430,7 @@ fn host_messages() -> Vec<(&'static str, HostMessage)> {
                     error: None,
                 }],
                 vms: vec![vm_report("web-1", PowerState::Running)],
+                vms_known: true,
                 networks: vec![NetworkReport {
                     network: "lan".into(),
                     bridge: "br-lan".into(),

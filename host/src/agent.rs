@@ -87,9 +87,12 @@ struct Host<M, H, N> {
     networks: Networks<N>,
     /// The domains and networks as last surveyed: what heartbeats send.
     survey: std::sync::Mutex<Survey>,
-    /// The operator requests whose reboots this host carried out, latest last.
-    rebooted: std::sync::Mutex<std::collections::VecDeque<String>>,
+    /// The reboots of recent operator requests (request id, VM), latest last.
+    rebooted: std::sync::Mutex<std::collections::VecDeque<((String, String), RebootOnce)>>,
 }
+
+/// One operator request's reboot: done at most once, its answer shared by retries.
+type RebootOnce = Arc<tokio::sync::OnceCell<CommandOutput>>;
 
 /// The host's domains and networks as the survey task last found them. Heartbeats send
 /// this and never wait on the hypervisor or `ip` themselves: a hung libvirtd (whose calls
@@ -98,13 +101,15 @@ struct Host<M, H, N> {
 #[derive(Debug, Default)]
 struct Survey {
     vms: Vec<VmReport>,
-    /// When the hypervisor last listed the domains.
+    /// When the listing that gave `vms` began.
     vms_at: Option<Instant>,
     /// Why the last listing failed, if it did.
     vms_error: Option<String>,
     networks: Vec<NetworkReport>,
     /// Surveys finished so far.
     count: u64,
+    /// When a command last finished: a listing begun before then may not show its effect.
+    changed_at: Option<Instant>,
 }
 
 /// The running agent. Cheap to share: the state lives behind `Arc`s.
@@ -298,22 +303,30 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
         rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         rescan.reset();
         for seq in 1.. {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                () = self.surveyed.notified() => ticker.reset(),
+            let surveyed = tokio::select! {
+                _ = ticker.tick() => false,
+                () = self.surveyed.notified() => {
+                    ticker.reset();
+                    true
+                }
                 _ = rescan.tick() => {
                     if let Err(end) = self.send_inventory_if_changed(connection).await {
                         return end;
                     }
                     continue;
                 }
-            }
+            };
             let now = Instant::now();
+            if !surveyed && self.host.awaiting_survey(now, self.stale_after()) {
+                continue; // the survey a command asked for is under way; it reports next
+            }
+            let (vms, vms_known) = self.host.domains(now, self.stale_after());
             let beat = HostMessage::Heartbeat {
                 host_id: self.config.host_id.clone(),
                 seq,
                 pools: self.host.pools.reports(),
-                vms: self.host.vm_reports(now, self.stale_after()),
+                vms,
+                vms_known,
                 networks: self.host.network_reports(),
             };
             match self.request(connection, beat).await {
@@ -428,6 +441,7 @@ async fn serve_commands<M: Mounter, H: Hypervisor, N: Networker>(
                 Err(e) => return warn!(error = %e, "unreadable command"),
             };
             let result = execute(command, &host, &fence).await;
+            host.command_finished();
             report_now.notify_one();
             if let Err(e) = quic::respond(send, &result).await {
                 warn!(error = %e, "could not answer a command");
@@ -470,6 +484,21 @@ async fn execute<M: Mounter, H: Hypervisor, N: Networker>(
 }
 
 impl<M: Mounter, H: Hypervisor, N: Networker> Host<M, H, N> {
+    /// The reboot of VM `name` for operator request `request`, new or under way or done.
+    fn reboot_of(&self, request: String, name: String) -> RebootOnce {
+        let key = (request, name);
+        let mut rebooted = self.rebooted.lock().expect("reboots poisoned");
+        if let Some((_, once)) = rebooted.iter().find(|(seen, _)| *seen == key) {
+            return once.clone();
+        }
+        if rebooted.len() == REBOOTS_REMEMBERED_MAX {
+            rebooted.pop_front();
+        }
+        let once = RebootOnce::default();
+        rebooted.push_back((key, once.clone()));
+        once
+    }
+
     async fn execute(&self, kind: HostCommandKind) -> Result<CommandOutput, HostError> {
         use HostCommandKind as K;
         let pools = &self.pools;
@@ -507,17 +536,13 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Host<M, H, N> {
             K::StartVm { name } => vm(name, VmOp::Start).await,
             K::ShutdownVm { name, timeout_ms } => vm(name, VmOp::Shutdown { timeout_ms }).await,
             K::RebootVm { name, request } => {
-                // Once per operator request: a retry after a leader change finds it done.
-                if self.rebooted.lock().expect("reboots poisoned").contains(&request) {
-                    return Ok(CommandOutput::Done);
-                }
-                let done = vm(name, VmOp::Reboot).await?;
-                let mut rebooted = self.rebooted.lock().expect("reboots poisoned");
-                if rebooted.len() == REBOOTS_REMEMBERED_MAX {
-                    rebooted.pop_front();
-                }
-                rebooted.push_back(request);
-                Ok(done)
+                // Once per operator request: a retry after a leader change, even one that
+                // arrives while the first reboot runs, waits for it and shares its answer; a
+                // failed reboot is tried again.
+                let once = self.reboot_of(request, name.clone());
+                once.get_or_try_init(|| vm(name, VmOp::Reboot))
+                    .await
+                    .cloned()
             }
             K::ForceOffVm { name } => vm(name, VmOp::ForceOff).await,
             K::UndefineVm { name } => vm(name, VmOp::Undefine).await,
@@ -672,25 +697,47 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Host<M, H, N> {
     }
 
     /// Lists the domains and networks now and keeps what it found for the heartbeats. Slow
-    /// only when the hypervisor or `ip` is: every call is bounded.
+    /// only when the hypervisor or `ip` is: every call is bounded, and the two are listed
+    /// side by side, so a hung hypervisor does not hold the networks' reports back.
     async fn survey(&self) {
-        let vms = self.vms.reports().await;
-        let networks = self.networks.reports().await;
-        let mut survey = self.survey.lock().expect("survey poisoned");
-        match vms {
-            Ok(mut reports) => {
-                self.locate_disks(&mut reports);
-                survey.vms = reports;
-                survey.vms_at = Some(Instant::now());
-                survey.vms_error = None;
+        let domains = async {
+            let began = Instant::now();
+            let listed = self.vms.reports().await;
+            let mut survey = self.survey.lock().expect("survey poisoned");
+            match listed {
+                Ok(mut reports) => {
+                    self.locate_disks(&mut reports);
+                    survey.vms = reports;
+                    survey.vms_at = Some(began);
+                    survey.vms_error = None;
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot list domains; reporting them as unknown");
+                    survey.vms_error = Some(e.to_string());
+                }
             }
-            Err(e) => {
-                warn!(error = %e, "cannot list domains; reporting them as unknown");
-                survey.vms_error = Some(e.to_string());
-            }
-        }
-        survey.networks = networks;
-        survey.count += 1;
+        };
+        let networks = async {
+            let reports = self.networks.reports().await;
+            self.survey.lock().expect("survey poisoned").networks = reports;
+        };
+        tokio::join!(domains, networks);
+        self.survey.lock().expect("survey poisoned").count += 1;
+    }
+
+    /// A command finished: domain lists begun before now may not show what it did.
+    fn command_finished(&self) {
+        self.survey.lock().expect("survey poisoned").changed_at = Some(Instant::now());
+    }
+
+    /// Whether the domain list predates the last command, which a survey under way will
+    /// catch up with (for at most `stale_after`, after which the list goes out marked stale).
+    fn awaiting_survey(&self, now: Instant, stale_after: Duration) -> bool {
+        let survey = self.survey.lock().expect("survey poisoned");
+        survey.changed_at.is_some_and(|changed| {
+            survey.vms_at.is_none_or(|listed| listed < changed)
+                && now.saturating_duration_since(changed) < stale_after
+        })
     }
 
     /// Waits until a first survey has finished.
@@ -708,6 +755,12 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Host<M, H, N> {
     /// `stale_after` (the hypervisor has not answered since), each with its power state
     /// Unknown: an old answer must not pass for a fresh one.
     fn vm_reports(&self, now: Instant, stale_after: Duration) -> Vec<VmReport> {
+        self.domains(now, stale_after).0
+    }
+
+    /// The domains as last surveyed (see `vm_reports`), and whether the hypervisor has
+    /// listed them at all yet.
+    fn domains(&self, now: Instant, stale_after: Duration) -> (Vec<VmReport>, bool) {
         let survey = self.survey.lock().expect("survey poisoned");
         let mut reports = survey.vms.clone();
         let age = survey.vms_at.map(|at| now.saturating_duration_since(at));
@@ -725,7 +778,7 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Host<M, H, N> {
                 report.reason.clone_from(&why);
             }
         }
-        reports
+        (reports, survey.vms_at.is_some())
     }
 
     fn network_reports(&self) -> Vec<NetworkReport> {

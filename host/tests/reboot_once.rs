@@ -57,7 +57,13 @@ async fn a_retried_reboot_does_not_reboot_the_guest_again() {
         name: "web".into(),
         request: request.into(),
     };
-    session.command(reboot("req-1")).await.unwrap();
+    // The retry may arrive while the first reboot still runs.
+    let (first, retry) = tokio::join!(
+        session.command_as(registered, 100, reboot("req-1")),
+        session.command_as(registered, 101, reboot("req-1")),
+    );
+    first.unwrap();
+    retry.unwrap();
     session.command(reboot("req-1")).await.unwrap();
     assert_eq!(
         *reboots.borrow(),

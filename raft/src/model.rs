@@ -1143,6 +1143,18 @@ impl DesiredState {
         }
     }
 
+    /// Whether `report`, a domain without qvdc's id on `host`, is a VM adopted from it whose
+    /// host has not recorded the VM's id yet: then it is that VM, not an unmanaged domain.
+    pub fn is_adopted_domain(
+        &self,
+        host: &str,
+        report: &qvdc_transport::protocol::VmReport,
+    ) -> bool {
+        self.vms.get(&report.name).is_some_and(|vm| {
+            vm.host == host && vm.adopted.as_deref() == Some(report.uuid.as_str())
+        })
+    }
+
     pub fn volume(&self, pool: &str, name: &str) -> Result<&VolumeRecord, ValidationError> {
         self.pool(pool)?
             .volumes

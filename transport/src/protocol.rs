@@ -388,6 +388,9 @@ pub enum HostMessage {
         seq: u64,
         pools: Vec<PoolReport>,
         vms: Vec<VmReport>,
+        /// Whether `vms` is the host's domain list at all: false until the hypervisor has
+        /// listed them once, and then an empty `vms` says nothing about what runs there.
+        vms_known: bool,
         networks: Vec<NetworkReport>,
     },
     /// The host's hardware changed since it registered.

@@ -62,6 +62,9 @@ pub(crate) fn failed(message: &str) -> CommandError {
 pub struct HostReports {
     pub pools: Vec<PoolReport>,
     pub vms: Vec<VmReport>,
+    /// Whether `vms` is the host's domain list: false while its hypervisor has not listed
+    /// them yet, when no VM may take "not reported" for "gone".
+    pub vms_known: bool,
     pub networks: Vec<NetworkReport>,
 }
 
@@ -95,6 +98,11 @@ pub trait Core: Send + Sized + 'static {
     fn of_host(desired: &DesiredState, host: &str) -> Vec<String>;
     /// This kind's part of a host's reports, for object `name`.
     fn report(reports: &HostReports, name: &str) -> Option<Self::Report>;
+    /// Whether the reports say anything about this kind (a missing report then means
+    /// "not there").
+    fn reported(_reports: &HostReports) -> bool {
+        true
+    }
     fn new(
         record: &Self::Record,
         desired: &DesiredState,

@@ -157,6 +157,10 @@ impl Core for VmCore {
         reports.vms.iter().find(|r| r.name == name).cloned()
     }
 
+    fn reported(reports: &HostReports) -> bool {
+        reports.vms_known
+    }
+
     fn new(record: &VmRecord, desired: &DesiredState, ids: CommandIds, timings: Timings) -> Self {
         let core = VmCore::new(record.clone(), ids, timings);
         if !bugs::active(Bug::StartVmOnSecondHost) {

@@ -48,8 +48,13 @@ pub fn vm_delete(
         };
         Step::Finish(request.clone().once(delete))
     };
-    // Unknown, or a retry of a delete that went through: the request id decides.
-    let Some(vm) = desired.vms.get(name) else {
+    // Unknown, or a retry of a delete that went through (even if a new VM took the name
+    // since): the request id decides.
+    let Some(vm) = desired
+        .vms
+        .get(name)
+        .filter(|_| !request.applied_before(desired))
+    else {
         return finish();
     };
     if vm.power != DesiredPower::Stopped {
@@ -89,13 +94,17 @@ pub fn vm_release(
     let release = || Command::ReleaseVm {
         name: name.to_owned(),
     };
-    // Unknown, or a retry of a release that went through (or finished by a racing retry):
-    // the request id decides.
-    let Some(vm) = desired.vms.get(name) else {
-        return Step::Finish(request.clone().once(release()));
+    let once = || request.clone().once(release());
+    let applied = request.applied_before(desired);
+    // Unknown, or a retry of a release that went through (or was finished by a racing
+    // retry, or whose name a new VM took since): the request id decides.
+    let Some(vm) = desired.vms.get(name).filter(|vm| vm.releasing || !applied) else {
+        return Step::Finish(once());
     };
-    if !vm.releasing {
-        return Step::Commit(request.clone().once(release()));
+    // Recorded first, also for a VM another request is already releasing, so that a retry
+    // of this one is answered from the record once the VM is gone.
+    if !applied {
+        return Step::Commit(once());
     }
     if !host_confirmed && !bugs::active(Bug::ReleaseWithoutHost) {
         return Step::OnHost {
@@ -219,6 +228,56 @@ mod tests {
         );
     }
 
+    /// `state` with `request` recorded as applied.
+    fn applied(mut state: DesiredState, request: &RequestKey, command: Command) -> DesiredState {
+        let outcome = state.apply(&request.clone().once(command));
+        assert!(
+            !matches!(outcome, qvdc_raft::Outcome::Rejected(_)),
+            "{outcome:?}"
+        );
+        state
+    }
+
+    #[test]
+    fn a_late_retry_of_a_delete_leaves_a_new_vm_of_that_name_alone() {
+        let request = key("del-1");
+        let delete = Command::DeleteVm { name: "web".into() };
+        // The first delete went through; a new VM "web" exists since.
+        let state = applied(
+            state_with_vm(DesiredPower::Stopped, false),
+            &request,
+            delete.clone(),
+        );
+        assert!(!state.vms.contains_key("web"));
+        let state = {
+            let mut state = state;
+            let fresh = state_with_vm(DesiredPower::Running, false);
+            state.vms = fresh.vms;
+            state
+        };
+        assert_eq!(
+            vm_delete(&state, &request, "web", false),
+            Step::Finish(request.clone().once(delete))
+        );
+    }
+
+    #[test]
+    fn a_second_release_records_its_request_before_it_finishes() {
+        let first = key("rel-1");
+        let second = key("rel-2");
+        let release = Command::ReleaseVm { name: "web".into() };
+        let state = applied(
+            state_with_vm(DesiredPower::Running, false),
+            &first,
+            release.clone(),
+        );
+        assert!(state.vms["web"].releasing);
+        assert_eq!(
+            vm_release(&state, &second, "web", false),
+            Step::Commit(second.clone().once(release))
+        );
+    }
+
     #[test]
     fn a_release_marks_then_tells_the_host_then_forgets() {
         let request = key("rel-1");
@@ -230,7 +289,11 @@ mod tests {
             vm_release(&managed, &request, "web", false),
             Step::Commit(release.clone())
         );
-        let releasing = state_with_vm(DesiredPower::Running, true);
+        let releasing = applied(
+            state_with_vm(DesiredPower::Running, false),
+            &request,
+            Command::ReleaseVm { name: "web".into() },
+        );
         match vm_release(&releasing, &request, "web", false) {
             Step::OnHost { host, command, .. } => {
                 assert_eq!(host, "host-1");

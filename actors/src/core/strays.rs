@@ -52,7 +52,15 @@ impl Strays {
     ) -> Vec<HostCommand> {
         let found: [(Stray, BTreeSet<String>); 3] = [
             (Stray::Pool, pool::strays(desired, host, &reports.pools)),
-            (Stray::Vm, vm::strays(desired, host, &reports.vms)),
+            // Nothing is a stray domain while the host does not know its domains.
+            (
+                Stray::Vm,
+                if reports.vms_known {
+                    vm::strays(desired, host, &reports.vms)
+                } else {
+                    BTreeSet::new()
+                },
+            ),
             (
                 Stray::Network,
                 network::strays(desired, host, &reports.networks),
@@ -124,6 +132,7 @@ mod tests {
         let mut strays = Strays::new(Timings::default());
         let reports = HostReports {
             vms: vec![domain("gone", Some("vm-9")), domain("theirs", None)],
+            vms_known: true,
             ..HostReports::default()
         };
         let now = Instant::now();
@@ -145,6 +154,7 @@ mod tests {
         let desired = DesiredState::default();
         let reports = HostReports {
             vms: vec![domain("gone", Some("vm-9"))],
+            vms_known: true,
             ..HostReports::default()
         };
         let t0 = Instant::now();
@@ -175,6 +185,7 @@ mod tests {
             vms: (0..20)
                 .map(|i| domain(&format!("vm-{i:02}"), Some("x")))
                 .collect(),
+            vms_known: true,
             ..HostReports::default()
         };
         let now = Instant::now();

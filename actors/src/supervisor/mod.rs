@@ -161,6 +161,9 @@ impl Spawning<'_> {
             .into_iter()
             .filter_map(|host| {
                 let beat = self.last_heartbeat.get(&host)?;
+                if !C::reported(&beat.reports) {
+                    return None;
+                }
                 let report = C::report(&beat.reports, name);
                 Some(ObjectMsg::Observe {
                     host,
@@ -437,6 +440,9 @@ fn observe_all<C: Core>(
     reports: &HostReports,
     at: Instant,
 ) {
+    if !C::reported(reports) {
+        return; // its objects' last reports age until the host knows again
+    }
     for name in C::of_host(desired, host) {
         if let Some(actor) = objects.get(&name) {
             let _ = actor.cast(ObjectMsg::Observe {

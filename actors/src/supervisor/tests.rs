@@ -172,6 +172,14 @@ async fn settle() {
     }
 }
 
+/// Reports whose domain list is the host's (its hypervisor answered).
+fn known(reports: HostReports) -> HostReports {
+    HostReports {
+        vms_known: true,
+        ..reports
+    }
+}
+
 fn mounted(pool: &str) -> PoolReport {
     PoolReport {
         pool: pool.into(),
@@ -204,7 +212,7 @@ fn domain(name: &str, id: Option<&str>, power: PowerState) -> VmReport {
 #[tokio::test(start_paused = true)]
 async fn each_object_gets_its_commands_from_a_heartbeat_that_lacks_it() {
     let (supervision, _tx, host) = tree(desired()).await;
-    supervision.heartbeat("host-1".into(), host.link(), HostReports::default());
+    supervision.heartbeat("host-1".into(), host.link(), known(HostReports::default()));
     settle().await;
     let kinds = host.kinds();
     let label = |k: &HostCommandKind| k.label();
@@ -225,6 +233,7 @@ async fn a_pools_view_is_what_its_host_last_reported() {
     let (supervision, _tx, host) = tree(desired()).await;
     let reports = HostReports {
         pools: vec![mounted("p")],
+        vms_known: true,
         ..HostReports::default()
     };
     supervision.heartbeat("host-1".into(), host.link(), reports);
@@ -249,6 +258,7 @@ async fn a_stray_domain_is_removed_and_a_foreign_one_left_alone() {
             domain("old", Some("vm-0"), PowerState::Running),
             domain("theirs", None, PowerState::Running),
         ],
+        vms_known: true,
         ..HostReports::default()
     };
     supervision.heartbeat("host-1".into(), host.link(), reports);
@@ -331,6 +341,37 @@ async fn a_host_that_never_answers_times_out() {
     assert_eq!(
         supervision.execute("host-1", reboot).await,
         Err(CommandError::NoAnswer(timeout_ms))
+    );
+    supervision.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_host_that_cannot_list_its_domains_gets_no_vm_commands_and_no_removals() {
+    let (supervision, _tx, host) = tree(desired()).await;
+    let unknown = HostReports {
+        pools: vec![mounted("p")],
+        vms: Vec::new(),
+        vms_known: false,
+        ..HostReports::default()
+    };
+    supervision.heartbeat("host-1".into(), host.link(), unknown);
+    settle().await;
+    let vm_commands: Vec<HostCommandKind> = host
+        .kinds()
+        .into_iter()
+        .filter(|k| {
+            matches!(
+                k,
+                HostCommandKind::DefineVm(_)
+                    | HostCommandKind::StartVm { .. }
+                    | HostCommandKind::UndefineVm { .. }
+            )
+        })
+        .collect();
+    assert_eq!(
+        vm_commands,
+        [],
+        "an empty list that says nothing was taken as the truth"
     );
     supervision.stop().await;
 }

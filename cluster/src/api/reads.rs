@@ -3,7 +3,7 @@
 
 use qvdc_actors::{core::placement, Supervision, SupervisionError};
 use qvdc_raft::model::OrdMap;
-use qvdc_transport::protocol::{ApiResponse, HostDetail, HostPool, Response, VmReport, VmView};
+use qvdc_transport::protocol::{ApiResponse, HostDetail, HostPool, Response, VmView};
 
 use crate::{
     api::stale,
@@ -173,17 +173,12 @@ async fn unmanaged_views(
 ) -> Result<Vec<VmView>, SupervisionError> {
     let reported = supervision.reported().await?;
     let desired = ctx.desired.borrow();
-    let adopted = |host: &str, report: &VmReport| {
-        desired.vms.get(&report.name).is_some_and(|vm| {
-            vm.host == host && vm.adopted.as_deref() == Some(report.uuid.as_str())
-        })
-    };
     Ok(reported
         .iter()
         .flat_map(|(host, seen)| {
             seen.unmanaged
                 .iter()
-                .filter(|report| !adopted(host, report))
+                .filter(|report| !desired.is_adopted_domain(host, report))
                 .map(|report| VmView::unmanaged(host, report))
         })
         .collect())
