@@ -43,6 +43,9 @@ pub struct HostReported {
     pub pools: Vec<String>,
     /// Its domains that qvdc does not manage (no qvdc id).
     pub unmanaged: Vec<VmReport>,
+    /// Whether its hypervisor listed its domains for that heartbeat (else `unmanaged` may
+    /// be stale or incomplete).
+    pub vms_known: bool,
 }
 
 impl HostReported {
@@ -60,6 +63,7 @@ impl HostReported {
                 .filter(|v| v.id.is_none())
                 .cloned()
                 .collect(),
+            vms_known: reports.vms_known,
         }
     }
 }

@@ -110,6 +110,8 @@ struct Survey {
     count: u64,
     /// When a command last finished: a listing begun before then may not show its effect.
     changed_at: Option<Instant>,
+    /// When the last finished survey began, whether its listing succeeded or not.
+    surveyed_from: Option<Instant>,
 }
 
 /// The running agent. Cheap to share: the state lives behind `Arc`s.
@@ -302,6 +304,7 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
         let mut rescan = tokio::time::interval(Duration::from_millis(rescan_ms));
         rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         rescan.reset();
+        let mut waited_for = None;
         for seq in 1.. {
             let surveyed = tokio::select! {
                 _ = ticker.tick() => false,
@@ -316,10 +319,15 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
                     continue;
                 }
             };
-            let now = Instant::now();
-            if !surveyed && self.host.awaiting_survey(now, self.stale_after()) {
-                continue; // the survey a command asked for is under way; it reports next
+            // A tick right after a command waits for the survey the command asked for (which
+            // reports at once), but one tick only: a slow survey never silences the host.
+            if let Some(changed) = self.host.awaiting_survey().filter(|_| !surveyed) {
+                if waited_for != Some(changed) {
+                    waited_for = Some(changed);
+                    continue;
+                }
             }
+            let now = Instant::now();
             let (vms, vms_known) = self.host.domains(now, self.stale_after());
             let beat = HostMessage::Heartbeat {
                 host_id: self.config.host_id.clone(),
@@ -491,8 +499,12 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Host<M, H, N> {
         if let Some((_, once)) = rebooted.iter().find(|(seen, _)| *seen == key) {
             return once.clone();
         }
-        if rebooted.len() == REBOOTS_REMEMBERED_MAX {
-            rebooted.pop_front();
+        if rebooted.len() >= REBOOTS_REMEMBERED_MAX {
+            // The oldest finished one: a reboot under way is never forgotten (at most
+            // COMMANDS_IN_FLIGHT_MAX run at once).
+            if let Some(done) = rebooted.iter().position(|(_, once)| once.initialized()) {
+                rebooted.remove(done);
+            }
         }
         let once = RebootOnce::default();
         rebooted.push_back((key, once.clone()));
@@ -700,8 +712,8 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Host<M, H, N> {
     /// only when the hypervisor or `ip` is: every call is bounded, and the two are listed
     /// side by side, so a hung hypervisor does not hold the networks' reports back.
     async fn survey(&self) {
+        let began = Instant::now();
         let domains = async {
-            let began = Instant::now();
             let listed = self.vms.reports().await;
             let mut survey = self.survey.lock().expect("survey poisoned");
             match listed {
@@ -722,7 +734,9 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Host<M, H, N> {
             self.survey.lock().expect("survey poisoned").networks = reports;
         };
         tokio::join!(domains, networks);
-        self.survey.lock().expect("survey poisoned").count += 1;
+        let mut survey = self.survey.lock().expect("survey poisoned");
+        survey.count += 1;
+        survey.surveyed_from = Some(began);
     }
 
     /// A command finished: domain lists begun before now may not show what it did.
@@ -730,14 +744,15 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Host<M, H, N> {
         self.survey.lock().expect("survey poisoned").changed_at = Some(Instant::now());
     }
 
-    /// Whether the domain list predates the last command, which a survey under way will
-    /// catch up with (for at most `stale_after`, after which the list goes out marked stale).
-    fn awaiting_survey(&self, now: Instant, stale_after: Duration) -> bool {
+    /// The last command's end, if no survey begun after it has finished yet (one is under
+    /// way: a command asks for one).
+    fn awaiting_survey(&self) -> Option<Instant> {
         let survey = self.survey.lock().expect("survey poisoned");
-        survey.changed_at.is_some_and(|changed| {
-            survey.vms_at.is_none_or(|listed| listed < changed)
-                && now.saturating_duration_since(changed) < stale_after
-        })
+        let changed = survey.changed_at?;
+        survey
+            .surveyed_from
+            .is_none_or(|began| began < changed)
+            .then_some(changed)
     }
 
     /// Waits until a first survey has finished.
@@ -772,13 +787,16 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Host<M, H, N> {
             )),
             _ => None,
         };
-        if let Some(why) = why {
+        if let Some(why) = &why {
             for report in &mut reports {
                 report.power = PowerState::Unknown;
-                report.reason.clone_from(&why);
+                report.reason.clone_from(why);
             }
         }
-        (reports, survey.vms_at.is_some())
+        // A list that failed or is stale is sent for what it shows (every power Unknown),
+        // but not as the host's domain list: a VM missing from it is not known to be gone.
+        let known = survey.vms_at.is_some() && why.is_none();
+        (reports, known)
     }
 
     fn network_reports(&self) -> Vec<NetworkReport> {

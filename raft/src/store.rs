@@ -27,7 +27,10 @@ use openraft::{
     AnyError, EntryPayload, LogState, OptionalSend, RaftLogReader, RaftSnapshotBuilder,
     StorageIOError,
 };
-use qvdc_transport::codec;
+use qvdc_transport::{
+    bugs::{self, Bug},
+    codec,
+};
 pub use redb::Database;
 use redb::{Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -535,7 +538,21 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> std::result::Result<Snapshot, StorageError> {
-        let bytes = codec::to_stored_bytes(&self.data).map_err(|e| sm_write_err(e.into()))?;
+        let bytes = if bugs::active(Bug::SnapshotDropsAPool) {
+            let mut state = self.data.state.clone();
+            if let Some(first) = state.pools.keys().next().cloned() {
+                state.pools.remove(&first);
+            }
+            let data = MachineData {
+                last_applied: self.data.last_applied,
+                membership: self.data.membership.clone(),
+                state,
+            };
+            codec::to_stored_bytes(&data)
+        } else {
+            codec::to_stored_bytes(&self.data)
+        };
+        let bytes = bytes.map_err(|e| sm_write_err(e.into()))?;
         let last = self.data.last_applied;
         let snapshot_id = match last {
             Some(id) => format!(

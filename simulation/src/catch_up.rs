@@ -10,6 +10,7 @@ use qvdc_transport::protocol::{ApiRequest, ClusterStatus};
 
 use crate::{
     harness::{self, ask, eventually, status, Faults},
+    invariants,
     world::{self, Certs, Disruption, Shared, SimConfig},
 };
 
@@ -36,7 +37,13 @@ pub struct CatchUp {
 }
 
 pub fn run(seed: u64) -> anyhow::Result<CatchUp> {
+    run_with_bugs(seed, &[])
+}
+
+/// [`run`] with deliberate bugs switched on (a build with the `deliberate-bugs` feature).
+pub fn run_with_bugs(seed: u64, bugs: &[crate::Bug]) -> anyhow::Result<CatchUp> {
     let config = SimConfig {
+        bugs: bugs.to_vec(),
         seed,
         nodes: 3,
         hosts: 1,
@@ -103,10 +110,15 @@ async fn script(
         async || {
             let reference = status(&mut client).await?;
             let s = status(&mut direct).await?;
-            Ok(same_state(&s, &reference).then_some(s))
+            // At one index, one state: a divergence is a violation now, not a wait.
+            let pair = [s.clone(), reference.clone()];
+            if let Err(violation) = invariants::same_index_same_state(&pair) {
+                return Ok(Some(Err(violation)));
+            }
+            Ok(same_state(&s, &reference).then(|| Ok(s)))
         },
     )
-    .await?;
+    .await??;
     harness::nodes_agree(&config, &certs).await?;
     let follower_snapshot = caught_up
         .snapshot_index

@@ -3,7 +3,7 @@
 //! the bug (the CI sweep and the scenarios' own tests run them). Needs `--features
 //! deliberate-bugs`.
 
-use qvdc_simulation::{adoption, chaos, deposed_leader, vm_flow, Bug, SimConfig};
+use qvdc_simulation::{adoption, catch_up, chaos, deposed_leader, vm_flow, Bug, SimConfig};
 
 /// Seeds tried per bug before the test gives up on it.
 const SEEDS_MAX: u64 = 20;
@@ -85,5 +85,15 @@ fn a_leader_under_another_nodes_name_is_caught() {
     let bugs = [Bug::LeadershipOfLastLeader];
     caught(&bugs, "which names another node", |seed| {
         chaos::run(&config(seed, 3, &bugs)).map(drop)
+    });
+}
+
+/// A follower that misses the purged log catches up from a snapshot; a snapshot missing a
+/// pool leaves it with another state than the others at the same index.
+#[test]
+fn a_snapshot_that_drops_a_pool_is_caught() {
+    let bugs = [Bug::SnapshotDropsAPool];
+    caught(&bugs, "hold different states", |seed| {
+        catch_up::run_with_bugs(seed, &bugs).map(drop)
     });
 }

@@ -26,16 +26,20 @@ pub enum Bug {
     /// A node that becomes leader names its leadership after the last leader it knew of
     /// instead of itself: its commands carry another node's fencing token.
     LeadershipOfLastLeader,
+    /// Snapshots are built without one of the pools: a follower that catches up from one
+    /// holds another state than the others at the same index.
+    SnapshotDropsAPool,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 6] = [
+    pub const ALL: [Bug; 7] = [
         Bug::AckBeforeCommit,
         Bug::NoLeaderLease,
         Bug::SkipFenceCheck,
         Bug::StartVmOnSecondHost,
         Bug::ReleaseWithoutHost,
         Bug::LeadershipOfLastLeader,
+        Bug::SnapshotDropsAPool,
     ];
 
     /// The bug's name on command lines.
@@ -47,6 +51,7 @@ impl Bug {
             Bug::StartVmOnSecondHost => "start-vm-on-second-host",
             Bug::ReleaseWithoutHost => "release-without-host",
             Bug::LeadershipOfLastLeader => "leadership-of-last-leader",
+            Bug::SnapshotDropsAPool => "snapshot-drops-a-pool",
         }
     }
 }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::{codec, tls::Role};
 
 /// Bumped only for incompatible changes; the codec rejects frames of other versions.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 /// TLS application protocol name; a peer that does not offer it fails the handshake.
 pub const ALPN: &[u8] = b"qvdc/1";
 

@@ -246,6 +246,11 @@ pub(crate) async fn adopt(
         }
         None => return no_host(&host),
     }
+    if reported.get(&host).is_some_and(|seen| !seen.vms_known) {
+        return unavailable(format!(
+            "host {host}'s hypervisor has not listed its domains lately, so its report of {domain} may be stale; retry once it answers"
+        ));
+    }
     // A retry of an adoption whose rename went through finds the domain under its new name.
     let Some(report) = reported
         .get(&host)
