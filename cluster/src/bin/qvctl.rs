@@ -346,7 +346,10 @@ fn parse_disk(text: &str) -> Result<VmDisk, String> {
         Some((_, other)) => return Err(format!("unknown disk format {other:?}; use qcow2 or raw")),
         None => (text, VolumeFormat::Qcow2),
     };
-    let Some((pool, volume)) = path.split_once('/') else {
+    let Some((pool, volume)) = path
+        .split_once('/')
+        .filter(|(pool, volume)| !pool.is_empty() && !volume.is_empty())
+    else {
         return Err(format!(
             "disk {text:?} must be POOL/VOLUME, like shared/web.qcow2"
         ));
@@ -1216,6 +1219,77 @@ mod tests {
         assert!(at("--type") < at("--path") && at("--path") < at("--hosts"));
         assert!(at("--hosts") < at("Connection:") && at("Connection:") < at("--cluster"));
         assert!(at("--cluster") < at("Output:") && at("Output:") < at("--output"));
+    }
+
+    #[test]
+    fn sizes_take_binary_units_and_refuse_what_is_not_a_size() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size(" 2g "), Ok(2 << 30));
+        assert_eq!(parse_size("1TiB"), Ok(1 << 40));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("10kb"), Ok(10 << 10));
+        assert!(parse_size("2X").unwrap_err().contains("unknown unit"));
+        assert!(parse_size("M").unwrap_err().contains("not a size"));
+        assert!(parse_size("-1G").unwrap_err().contains("not a size"));
+        assert!(parse_size("99999999999T")
+            .unwrap_err()
+            .contains("too large"));
+    }
+
+    #[test]
+    fn disks_and_domains_name_both_parts() {
+        let disk = parse_disk("shared/web.img:raw").unwrap();
+        assert_eq!(
+            (disk.pool.as_str(), disk.volume.as_str(), disk.format),
+            ("shared", "web.img", VolumeFormat::Raw)
+        );
+        assert_eq!(
+            parse_disk("shared/web.qcow2").unwrap().format,
+            VolumeFormat::Qcow2,
+            "qcow2 unless said otherwise"
+        );
+        for bad in ["web.qcow2", "shared/", "/web.qcow2", "shared/web:vmdk"] {
+            assert!(parse_disk(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_host_domain("host-1/legacy-db"),
+            Ok(("host-1".into(), "legacy-db".into()))
+        );
+        for bad in ["legacy-db", "host-1/", "/legacy-db"] {
+            assert!(parse_host_domain(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Every write a command makes carries the invocation's request id, so a retry of the
+    /// same invocation (or `--request-id`) is applied once.
+    #[test]
+    fn writes_carry_the_request_id() {
+        let request = |args: &[&str]| {
+            let cli = Cli::try_parse_from(args.iter().copied()).unwrap();
+            request_of(cli.command, "req-9".into()).unwrap()
+        };
+        match request(&["qvctl", "vm", "reboot", "web"]) {
+            ApiRequest::VmReboot { request_id, name } => {
+                assert_eq!((request_id.as_str(), name.as_str()), ("req-9", "web"))
+            }
+            other => panic!("{other:?}"),
+        }
+        match request(&[
+            "qvctl",
+            "volume",
+            "create",
+            "shared",
+            "web.qcow2",
+            "--size",
+            "1G",
+        ]) {
+            ApiRequest::VolumeCreate {
+                request_id,
+                size_bytes,
+                ..
+            } => assert_eq!((request_id.as_str(), size_bytes), ("req-9", 1 << 30)),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
