@@ -83,15 +83,25 @@ pub(crate) async fn on_pool_host(
     }
 }
 
-/// What each host last reported, and each host's liveness, as this leader knows them now.
+/// The supervision tree once this node's lease is confirmed, with what each host last
+/// reported to it and each host's liveness.
 pub(crate) async fn reported_now(
-    supervision: &Supervision,
-) -> Result<(BTreeMap<String, HostReported>, BTreeMap<String, Liveness>), Response> {
+    ctx: &Context,
+) -> Result<
+    (
+        Supervision,
+        BTreeMap<String, HostReported>,
+        BTreeMap<String, Liveness>,
+    ),
+    Response,
+> {
+    let supervision = ctx.leading().await?;
     let gathered = async {
         Ok::<_, qvdc_actors::SupervisionError>((
             supervision.reported().await?,
             supervision.liveness().await?,
         ))
     };
-    gathered.await.map_err(|e| unavailable(e.to_string()))
+    let (reported, liveness) = gathered.await.map_err(|e| unavailable(e.to_string()))?;
+    Ok((supervision, reported, liveness))
 }

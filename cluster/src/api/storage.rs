@@ -95,12 +95,8 @@ pub(crate) async fn files(ctx: &Context, pool: String, host: Option<String>) -> 
 /// The hosts whose last heartbeat still shows `pool` mounted though it is not assigned to
 /// them (anymore).
 pub(crate) async fn remnants(ctx: &Context, pool: String) -> Response {
-    let supervision = match ctx.leading().await {
-        Ok(supervision) => supervision,
-        Err(response) => return response,
-    };
-    let (reported, liveness) = match reported_now(&supervision).await {
-        Ok(both) => both,
+    let (_, reported, liveness) = match reported_now(ctx).await {
+        Ok(all) => all,
         Err(response) => return response,
     };
     let desired = ctx.desired();

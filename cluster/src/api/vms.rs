@@ -229,12 +229,8 @@ pub(crate) async fn adopt(
     if let Some(vm) = key.vm_made_before(&ctx.desired.borrow()) {
         return created(vm);
     }
-    let supervision = match ctx.leading().await {
-        Ok(supervision) => supervision,
-        Err(response) => return response,
-    };
-    let (reported, liveness) = match reported_now(&supervision).await {
-        Ok(both) => both,
+    let (supervision, reported, liveness) = match reported_now(ctx).await {
+        Ok(all) => all,
         Err(response) => return response,
     };
     match liveness.get(&host) {
