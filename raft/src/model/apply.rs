@@ -1,0 +1,257 @@
+//! What a committed command changes: `DesiredState::apply`, deterministic on every node,
+//! with the per-host index kept in step.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use qvdc_transport::protocol::{DesiredPower, VmSpec};
+
+use super::{
+    state::Kind, Command, DesiredState, HostRecord, NetworkRecord, Outcome, PoolRecord,
+    ValidationError, VmRecord, VolumeRecord,
+};
+
+fn changed(changed: bool) -> Outcome {
+    if changed {
+        Outcome::Applied
+    } else {
+        Outcome::Unchanged
+    }
+}
+
+impl DesiredState {
+    pub(super) fn add_volume(&mut self, pool: &str, name: &str, record: VolumeRecord) {
+        let pool = Arc::make_mut(self.pools.get_mut(pool).expect("validated"));
+        pool.volumes.insert(name.to_owned(), record);
+    }
+
+    /// Applies a committed command. Deterministic: the same state and command give the same
+    /// result on every node.
+    pub fn apply(&mut self, command: &Command) -> Outcome {
+        if let Command::Batch(commands) = command {
+            if let Err(e) = self.validate(command) {
+                return Outcome::Rejected(e);
+            }
+            return Outcome::Batch(commands.iter().map(|c| self.apply(c)).collect());
+        }
+        if let Command::Once {
+            request_id,
+            digest,
+            command: inner,
+        } = command
+        {
+            if let Some((recorded, outcome)) = self.requests.lookup(request_id) {
+                if recorded == *digest {
+                    return outcome.clone();
+                }
+            }
+            // Validating the request validates the command it carries.
+            let outcome = match self.validate(command) {
+                Ok(()) => self.apply_valid(inner),
+                Err(e) => Outcome::Rejected(e),
+            };
+            // An id that is not valid, or is another request's, records nothing.
+            if !matches!(
+                outcome,
+                Outcome::Rejected(
+                    ValidationError::BadRequestId | ValidationError::RequestIdReused(_)
+                )
+            ) {
+                self.requests.record(request_id, *digest, outcome.clone());
+            }
+            return outcome;
+        }
+        match self.validate(command) {
+            Ok(()) => self.apply_valid(command),
+            Err(e) => Outcome::Rejected(e),
+        }
+    }
+
+    /// Applies a command that [`DesiredState::validate`] accepted against this very state.
+    fn apply_valid(&mut self, command: &Command) -> Outcome {
+        match command {
+            Command::RegisterHost { host_id, inventory } => {
+                let maintenance = self.hosts.get(host_id).is_some_and(|h| h.maintenance);
+                let record = HostRecord {
+                    host_id: host_id.clone(),
+                    inventory: inventory.clone(),
+                    maintenance,
+                };
+                if self.hosts.get(host_id) == Some(&record) {
+                    return Outcome::Unchanged;
+                }
+                self.hosts.insert(host_id.clone(), record);
+                Outcome::Applied
+            }
+            Command::SetMaintenance { host, on } => {
+                let record = self.hosts.get_mut(host).expect("validated");
+                changed(std::mem::replace(&mut record.maintenance, *on) != *on)
+            }
+            Command::RevokeCertificate(certificate) => {
+                // A serial revoked again keeps its first record.
+                let first = !self.revoked.contains_key(&certificate.serial);
+                if first {
+                    let serial = certificate.serial.clone();
+                    self.revoked.insert(serial, certificate.clone());
+                }
+                changed(first)
+            }
+            Command::CreatePool { spec, hosts } => {
+                let record = PoolRecord {
+                    spec: spec.clone(),
+                    hosts: hosts.iter().cloned().collect(),
+                    volumes: BTreeMap::new(),
+                };
+                let previous = self.pools.insert(spec.name.clone(), Arc::new(record));
+                assert!(previous.is_none(), "validation rejects duplicate pools");
+                for host in hosts {
+                    self.indexed(Kind::Pool, host, &spec.name, true);
+                }
+                Outcome::Applied
+            }
+            Command::CreateVm { spec, host, power } => {
+                self.add_vm(spec, host, *power, None);
+                Outcome::Applied
+            }
+            Command::AdoptVm {
+                spec,
+                host,
+                power,
+                uuid,
+                volumes,
+            } => {
+                for volume in volumes {
+                    if self.volume(&volume.pool, &volume.name).is_err() {
+                        self.add_volume(&volume.pool, &volume.name, volume.record.clone());
+                    }
+                }
+                self.add_vm(spec, host, *power, Some(uuid.clone()));
+                Outcome::Applied
+            }
+            Command::ReleaseVm { name } => {
+                let vm = self.vms.get_mut(name).expect("validated");
+                changed(!std::mem::replace(&mut vm.releasing, true))
+            }
+            Command::ForgetVm { name, volumes } => {
+                let vm = self.vms.remove(name).expect("validated");
+                self.indexed(Kind::Vm, &vm.host, name, false);
+                for disk in volumes {
+                    let pool = Arc::make_mut(self.pools.get_mut(&disk.pool).expect("listed"));
+                    pool.volumes.remove(&disk.volume);
+                }
+                Outcome::Applied
+            }
+            Command::SetVmPower { name, power } => {
+                let vm = self.vms.get_mut(name).expect("validated");
+                if vm.power == *power {
+                    return Outcome::Unchanged;
+                }
+                vm.power = *power;
+                Outcome::Applied
+            }
+            Command::DeleteVm { name } => {
+                let vm = self.vms.remove(name).expect("validated");
+                self.indexed(Kind::Vm, &vm.host, name, false);
+                Outcome::Applied
+            }
+            Command::AssignPool { pool, hosts } => self.reassign(Kind::Pool, pool, hosts, true),
+            Command::UnassignPool { pool, hosts } => self.reassign(Kind::Pool, pool, hosts, false),
+            Command::DeletePool { pool } => {
+                let record = self.pools.remove(pool).expect("validated");
+                for host in &record.hosts {
+                    self.indexed(Kind::Pool, host, pool, false);
+                }
+                Outcome::Applied
+            }
+            Command::CreateVolume {
+                pool,
+                name,
+                format,
+                size_bytes,
+                host,
+            } => {
+                let record = VolumeRecord {
+                    host: host.clone(),
+                    format: *format,
+                    size_bytes: *size_bytes,
+                };
+                let pool = Arc::make_mut(self.pools.get_mut(pool).expect("validated"));
+                pool.volumes.insert(name.clone(), record);
+                Outcome::Applied
+            }
+            Command::ResizeVolume {
+                pool,
+                name,
+                size_bytes,
+            } => {
+                let pool = Arc::make_mut(self.pools.get_mut(pool).expect("validated"));
+                let volume = pool.volumes.get_mut(name).expect("validated");
+                let before = volume.size_bytes;
+                volume.size_bytes = *size_bytes;
+                changed(before != *size_bytes)
+            }
+            Command::DeleteVolume { pool, name } => {
+                let pool = Arc::make_mut(self.pools.get_mut(pool).expect("validated"));
+                pool.volumes.remove(name).expect("validated");
+                Outcome::Applied
+            }
+            Command::CreateNetwork { spec, hosts } => {
+                let record = NetworkRecord {
+                    spec: spec.clone(),
+                    hosts: hosts.iter().cloned().collect(),
+                };
+                self.networks.insert(spec.name.clone(), record);
+                for host in hosts {
+                    self.indexed(Kind::Network, host, &spec.name, true);
+                }
+                Outcome::Applied
+            }
+            Command::AssignNetwork { network, hosts } => {
+                self.reassign(Kind::Network, network, hosts, true)
+            }
+            Command::UnassignNetwork { network, hosts } => {
+                self.reassign(Kind::Network, network, hosts, false)
+            }
+            Command::DeleteNetwork { network } => {
+                let record = self.networks.remove(network).expect("validated");
+                for host in &record.hosts {
+                    self.indexed(Kind::Network, host, network, false);
+                }
+                Outcome::Applied
+            }
+            Command::Once { .. } | Command::Batch(_) => unreachable!("handled above"),
+        }
+    }
+
+    fn add_vm(&mut self, spec: &VmSpec, host: &str, power: DesiredPower, adopted: Option<String>) {
+        let record = VmRecord {
+            spec: spec.clone(),
+            host: host.to_owned(),
+            power,
+            adopted,
+            releasing: false,
+        };
+        let previous = self.vms.insert(spec.name.clone(), record);
+        assert!(previous.is_none(), "validation rejects duplicate VMs");
+        self.indexed(Kind::Vm, host, &spec.name, true);
+    }
+
+    /// Assigns (or unassigns) a pool or network to `hosts`, keeping the index in step.
+    fn reassign(&mut self, kind: Kind, name: &str, hosts: &[String], assign: bool) -> Outcome {
+        let assigned = match kind {
+            Kind::Pool => &mut Arc::make_mut(self.pools.get_mut(name).expect("validated")).hosts,
+            Kind::Network => &mut self.networks.get_mut(name).expect("validated").hosts,
+            Kind::Vm => unreachable!("a VM has one host, set when it is created"),
+        };
+        let before = assigned.len();
+        if assign {
+            assigned.extend(hosts.iter().cloned());
+        } else {
+            assigned.retain(|h| !hosts.contains(h));
+        }
+        let outcome = changed(assigned.len() != before);
+        for host in hosts {
+            self.indexed(kind, host, name, assign);
+        }
+        outcome
+    }
+}

@@ -1,0 +1,177 @@
+//! The desired state: every object's record in persistent maps, the per-host index kept in
+//! step with them (and the lookups by host it serves), and a decoding of the maps that grows
+//! them as entries arrive. Persisted in snapshots: field order is the encoding.
+
+use std::sync::Arc;
+
+use qvdc_transport::protocol::RevokedCertificate;
+use serde::{Deserialize, Serialize};
+
+use super::{HostRecord, NetworkRecord, OrdMap, OrdSet, PoolRecord, RequestLog, VmRecord};
+
+/// Everything the control plane has decided. Maps are ordered so that every iteration over
+/// them is the same on every node and in every simulation run.
+///
+/// The maps are persistent (structurally shared) B-trees: cloning the whole state is O(1)
+/// and a change copies only the path to what changed. The state machine publishes a clone
+/// after every applied batch and the leader's supervisors diff consecutive versions, so a
+/// write costs in proportion to what it changed, not to how much exists (ADR 10).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredState {
+    #[serde(deserialize_with = "grown::ord_map")]
+    pub hosts: OrdMap<String, HostRecord>,
+    #[serde(deserialize_with = "grown::ord_map")]
+    pub pools: OrdMap<String, Arc<PoolRecord>>,
+    /// VMs by name.
+    #[serde(deserialize_with = "grown::ord_map")]
+    pub vms: OrdMap<String, VmRecord>,
+    #[serde(deserialize_with = "grown::ord_map")]
+    pub networks: OrdMap<String, NetworkRecord>,
+    /// The deny list: certificates no node accepts, by serial.
+    #[serde(deserialize_with = "grown::ord_map")]
+    pub revoked: OrdMap<String, RevokedCertificate>,
+    pub requests: RequestLog,
+    /// What is assigned to each host, so per-host lookups (every heartbeat) do not scan every
+    /// object. Kept in step by `apply`; see `index_matches_a_scan` in the tests.
+    #[serde(deserialize_with = "grown::ord_map")]
+    by_host: OrdMap<String, HostIndex>,
+}
+
+/// The names of what is assigned to one host.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct HostIndex {
+    #[serde(deserialize_with = "grown::ord_set")]
+    pools: OrdSet<String>,
+    #[serde(deserialize_with = "grown::ord_set")]
+    vms: OrdSet<String>,
+    #[serde(deserialize_with = "grown::ord_set")]
+    networks: OrdSet<String>,
+}
+
+/// Decoding of the persistent maps that grows them as entries arrive. imbl's own
+/// `Deserialize` reserves room for as many entries as the input claims before reading any:
+/// nine bytes of a snapshot claiming 2^32 hosts asked for an 858 GB allocation (found by
+/// the `snapshot` fuzz target). Same encoding, so nothing stored changes.
+mod grown {
+    use std::marker::PhantomData;
+
+    use imbl::{OrdMap, OrdSet};
+    use serde::{
+        de::{MapAccess, SeqAccess, Visitor},
+        Deserialize, Deserializer,
+    };
+
+    struct MapVisitor<K, V>(PhantomData<(K, V)>);
+
+    impl<'de, K, V> Visitor<'de> for MapVisitor<K, V>
+    where
+        K: Deserialize<'de> + Ord + Clone,
+        V: Deserialize<'de> + Clone,
+    {
+        type Value = OrdMap<K, V>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a map")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+            let mut map = OrdMap::new();
+            while let Some((key, value)) = access.next_entry()? {
+                map.insert(key, value);
+            }
+            Ok(map)
+        }
+    }
+
+    pub(super) fn ord_map<'de, D, K, V>(deserializer: D) -> Result<OrdMap<K, V>, D::Error>
+    where
+        D: Deserializer<'de>,
+        K: Deserialize<'de> + Ord + Clone,
+        V: Deserialize<'de> + Clone,
+    {
+        deserializer.deserialize_map(MapVisitor(PhantomData))
+    }
+
+    struct SetVisitor<T>(PhantomData<T>);
+
+    impl<'de, T: Deserialize<'de> + Ord + Clone> Visitor<'de> for SetVisitor<T> {
+        type Value = OrdSet<T>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a set")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+            let mut set = OrdSet::new();
+            while let Some(item) = access.next_element()? {
+                set.insert(item);
+            }
+            Ok(set)
+        }
+    }
+
+    pub(super) fn ord_set<'de, D, T>(deserializer: D) -> Result<OrdSet<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de> + Ord + Clone,
+    {
+        deserializer.deserialize_seq(SetVisitor(PhantomData))
+    }
+}
+
+#[derive(Clone, Copy)]
+pub(super) enum Kind {
+    Pool,
+    Vm,
+    Network,
+}
+
+impl DesiredState {
+    pub(super) fn indexed(&mut self, kind: Kind, host: &str, name: &str, present: bool) {
+        let index = self.by_host.entry(host.to_owned()).or_default();
+        let set = match kind {
+            Kind::Pool => &mut index.pools,
+            Kind::Vm => &mut index.vms,
+            Kind::Network => &mut index.networks,
+        };
+        if present {
+            set.insert(name.to_owned());
+        } else {
+            set.remove(name);
+        }
+    }
+
+    fn index_of(&self, host: &str) -> Option<&HostIndex> {
+        self.by_host.get(host)
+    }
+
+    /// The VMs placed on `host_id`, in name order.
+    pub fn vms_of_host<'a>(&'a self, host_id: &'a str) -> impl Iterator<Item = &'a VmRecord> + 'a {
+        self.index_of(host_id)
+            .into_iter()
+            .flat_map(|i| &i.vms)
+            .filter_map(|name| self.vms.get(name))
+    }
+
+    /// The networks assigned to `host_id`, in name order.
+    pub fn networks_of_host<'a>(
+        &'a self,
+        host_id: &'a str,
+    ) -> impl Iterator<Item = &'a NetworkRecord> + 'a {
+        self.index_of(host_id)
+            .into_iter()
+            .flat_map(|i| &i.networks)
+            .filter_map(|name| self.networks.get(name))
+    }
+
+    /// The pools assigned to `host_id`, in name order.
+    pub fn pools_of_host<'a>(
+        &'a self,
+        host_id: &'a str,
+    ) -> impl Iterator<Item = &'a PoolRecord> + 'a {
+        self.index_of(host_id)
+            .into_iter()
+            .flat_map(|i| &i.pools)
+            .filter_map(|name| self.pools.get(name).map(|record| &**record))
+    }
+}

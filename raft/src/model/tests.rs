@@ -1,0 +1,1023 @@
+//! Tests of the desired-state model: validation, apply, the per-host index, the request
+//! log and the encoding.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use qvdc_transport::codec;
+use qvdc_transport::protocol::{
+    DesiredPower, Inventory, NetworkSpec, PoolScope, PoolSource, PoolSpec, RevokedCertificate,
+    VmSpec, VolumeFormat,
+};
+
+use super::requests::REQUEST_GENERATION;
+use super::*;
+
+fn inventory() -> Inventory {
+    Inventory {
+        hostname: "h".into(),
+        cpu_cores: 2,
+        memory_bytes: 1 << 30,
+        ..Inventory::default()
+    }
+}
+
+/// A log entry is decoded from whatever a peer holding a server certificate sends; a
+/// once-only command wrapping itself a million times must be refused, not recursed into
+/// until the stack overflows.
+#[test]
+fn deeply_nested_commands_are_refused_when_decoded() {
+    let inner = codec::to_bytes(&Command::DeletePool { pool: "p".into() }).unwrap();
+    for depth in [5, 100_000] {
+        let mut bytes = Vec::new();
+        for _ in 0..depth {
+            bytes.extend_from_slice(&[1, 1, b'r']); // Once { request_id: "r",
+            bytes.extend_from_slice(&[0; 16]); //        digest,
+                                               //        command: ...
+        }
+        bytes.extend_from_slice(&inner);
+        let err = codec::from_bytes::<Command>(&bytes).unwrap_err();
+        assert!(err.to_string().contains("nested more than"), "{err}");
+    }
+    let legitimate = Command::Batch(Arc::from(vec![once(
+        "r",
+        Command::DeletePool { pool: "p".into() },
+    )]));
+    let bytes = codec::to_bytes(&legitimate).unwrap();
+    assert_eq!(codec::from_bytes::<Command>(&bytes).unwrap(), legitimate);
+}
+
+#[test]
+fn an_inventory_over_its_bounds_is_refused_naming_the_bound() {
+    let state = DesiredState::default();
+    let mut inventory = inventory();
+    inventory.nics = (0..600)
+        .map(|i| qvdc_transport::protocol::NicInventory {
+            name: format!("eth{i}"),
+            mac: "52:54:00:00:00:01".into(),
+            speed_mbps: None,
+            up: true,
+        })
+        .collect();
+    let register = Command::RegisterHost {
+        host_id: "h".into(),
+        inventory: inventory.clone(),
+    };
+    let err = state.validate(&register).unwrap_err();
+    assert!(
+        err.to_string().contains("600 NICs, more than the 512"),
+        "{err}"
+    );
+    inventory.nics.clear();
+    inventory.cpu_model = "x".repeat(5_000);
+    let register = Command::RegisterHost {
+        host_id: "h".into(),
+        inventory,
+    };
+    let err = state.validate(&register).unwrap_err();
+    assert!(err.to_string().contains("CPU model is 5000 bytes"), "{err}");
+}
+
+#[test]
+fn each_kind_of_object_stops_at_its_limit() {
+    let mut state = with_hosts(&["h"]);
+    let network = |i: usize| Command::CreateNetwork {
+        spec: NetworkSpec {
+            name: format!("n{i}"),
+            bridge: format!("br{i}"),
+            vlan: None,
+            uplink: None,
+        },
+        hosts: vec!["h".into()],
+    };
+    for i in 0..NETWORKS_MAX {
+        assert_eq!(state.apply(&network(i)), Outcome::Applied, "network {i}");
+    }
+    let refused = state.apply(&network(NETWORKS_MAX));
+    let Outcome::Rejected(err) = refused else {
+        panic!("{refused:?}")
+    };
+    assert_eq!(
+        err.to_string(),
+        format!("the cluster already holds {NETWORKS_MAX} networks, its limit; delete some first")
+    );
+    assert_eq!(state.networks.len(), NETWORKS_MAX);
+}
+
+/// Found by the `snapshot` fuzz target: a count of 2^32 hosts in nine bytes made imbl
+/// reserve 858 GB before reading a single host.
+#[test]
+fn a_huge_claimed_count_is_not_reserved_up_front() {
+    let claims_u32_max_hosts = [0xfc, 0xff, 0xff, 0xff, 0xff];
+    let err = codec::from_stored_bytes::<DesiredState>(&claims_u32_max_hosts).unwrap_err();
+    assert!(matches!(err, codec::CodecError::Malformed(_)), "{err}");
+    let state = with_hosts(&["h1", "h2"]);
+    let bytes = codec::to_stored_bytes(&state).unwrap();
+    assert_eq!(
+        codec::from_stored_bytes::<DesiredState>(&bytes).unwrap(),
+        state
+    );
+}
+
+/// The state outgrew the 16 MiB frame once and `digest()` panicked; it is now hashed as
+/// it is encoded, and stored without the frame's bound.
+#[test]
+fn a_state_larger_than_a_frame_has_a_digest_and_is_stored() {
+    let hosts: Vec<String> = (0..POOL_HOSTS_MAX)
+        .map(|i| format!("host-with-a-long-name-{i:05}"))
+        .collect();
+    let refs: Vec<&str> = hosts.iter().map(String::as_str).collect();
+    let mut state = with_hosts(&refs);
+    let mut pool = 0;
+    while codec::encoded_len(&state) <= codec::FRAME_BYTES_MAX {
+        let command = Command::CreatePool {
+            spec: PoolSpec {
+                scope: Default::default(),
+                name: format!("p{pool}"),
+                source: PoolSource::Dir {
+                    path: "/srv".into(),
+                },
+            },
+            hosts: hosts.clone(),
+        };
+        assert_eq!(state.apply(&command), Outcome::Applied);
+        pool += 1;
+    }
+    let digest = state.digest();
+    let stored = codec::to_stored_bytes(&state).unwrap();
+    assert!(stored.len() > codec::FRAME_BYTES_MAX);
+    assert!(
+        codec::to_bytes(&state).is_err(),
+        "the frame codec still bounds frames"
+    );
+    let back: DesiredState = codec::from_stored_bytes(&stored).unwrap();
+    assert_eq!(back.digest(), digest);
+}
+
+fn with_hosts(ids: &[&str]) -> DesiredState {
+    let mut state = DesiredState::default();
+    for id in ids {
+        let cmd = Command::RegisterHost {
+            host_id: (*id).into(),
+            inventory: inventory(),
+        };
+        assert_eq!(state.apply(&cmd), Outcome::Applied);
+    }
+    state
+}
+
+fn create(name: &str, path: &str, hosts: &[&str]) -> Command {
+    Command::CreatePool {
+        spec: PoolSpec {
+            scope: Default::default(),
+            name: name.into(),
+            source: PoolSource::Dir { path: path.into() },
+        },
+        hosts: hosts.iter().map(|h| (*h).to_string()).collect(),
+    }
+}
+
+fn vm(name: &str, id: &str, disks: &[(&str, &str)]) -> VmSpec {
+    VmSpec {
+        id: id.into(),
+        name: name.into(),
+        vcpus: 1,
+        memory_bytes: 64 << 20,
+        disks: disks
+            .iter()
+            .map(|(pool, volume)| qvdc_transport::protocol::VmDisk {
+                pool: (*pool).into(),
+                volume: (*volume).into(),
+                format: qvdc_transport::protocol::VolumeFormat::Qcow2,
+            })
+            .collect(),
+        nics: Vec::new(),
+    }
+}
+
+/// A qcow2 volume `name` in `pool`, which a VM's disk must be.
+fn qcow2(pool: &str, name: &str) -> Command {
+    Command::CreateVolume {
+        host: None,
+        pool: pool.into(),
+        name: name.into(),
+        format: VolumeFormat::Qcow2,
+        size_bytes: 64 << 20,
+    }
+}
+
+fn create_vm(spec: VmSpec, host: &str) -> Command {
+    Command::CreateVm {
+        spec,
+        host: host.into(),
+        power: DesiredPower::Running,
+    }
+}
+
+fn adopt(spec: VmSpec, uuid: &str, volumes: &[(&str, &str)]) -> Command {
+    Command::AdoptVm {
+        spec,
+        host: "host-1".into(),
+        power: DesiredPower::Running,
+        uuid: uuid.into(),
+        volumes: volumes
+            .iter()
+            .map(|(pool, name)| AdoptedVolume {
+                pool: (*pool).into(),
+                name: (*name).into(),
+                record: VolumeRecord {
+                    host: None,
+                    format: VolumeFormat::Qcow2,
+                    size_bytes: 1 << 30,
+                },
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn an_adopted_vm_brings_its_disks_as_volumes_and_leaves_with_them_when_released() {
+    let mut state = with_hosts(&["host-1", "host-2"]);
+    state.apply(&create("p", "/srv/p", &["host-1"]));
+    state.apply(&create("q", "/srv/q", &["host-2"]));
+    state.apply(&qcow2("p", "shared.qcow2"));
+    let spec = vm("db", "req-1", &[("p", "db.qcow2"), ("p", "shared.qcow2")]);
+    rejected_with(
+        &mut state,
+        adopt(spec.clone(), "u-1", &[]),
+        "pool p has no volume \"db.qcow2\"",
+    );
+    let mut elsewhere = adopt(spec.clone(), "u-1", &[("p", "db.qcow2")]);
+    if let Command::AdoptVm { volumes, .. } = &mut elsewhere {
+        volumes[0].record.host = Some("host-1".into());
+    }
+    rejected_with(
+        &mut state,
+        elsewhere,
+        "must be recorded on no host (the pool is shared)",
+    );
+    rejected_with(
+        &mut state,
+        adopt(vm("db", "req-1", &[]), "u-1", &[("p", "db.qcow2")]),
+        "p/db.qcow2 is not a disk of db",
+    );
+    rejected_with(
+        &mut state,
+        adopt(spec.clone(), "u-1", &[("q", "db.qcow2")]),
+        "q/db.qcow2 is not a disk of db",
+    );
+    assert_eq!(
+        state.apply(&adopt(spec.clone(), "u-1", &[("p", "db.qcow2")])),
+        Outcome::Applied
+    );
+    let record = &state.vms["db"];
+    assert_eq!(record.adopted.as_deref(), Some("u-1"));
+    assert_eq!(state.volume("p", "db.qcow2").unwrap().size_bytes, 1 << 30);
+    let again = vm("db2", "req-2", &[]);
+    rejected_with(
+        &mut state,
+        adopt(again, "u-1", &[]),
+        "the domain with UUID u-1 on host-1 is already VM db",
+    );
+
+    // Another VM shares one of its disks: that volume stays when db is released.
+    let other = vm("web", "req-3", &[("p", "shared.qcow2")]);
+    assert_eq!(state.apply(&create_vm(other, "host-1")), Outcome::Applied);
+    let forget = |volumes: Vec<qvdc_transport::protocol::VmDisk>| Command::ForgetVm {
+        name: "db".into(),
+        volumes,
+    };
+    rejected_with(&mut state, forget(vec![]), "is not being released");
+    let release = Command::ReleaseVm { name: "db".into() };
+    assert_eq!(state.apply(&release), Outcome::Applied);
+    assert_eq!(state.apply(&release), Outcome::Unchanged);
+    for command in [
+        Command::SetVmPower {
+            name: "db".into(),
+            power: DesiredPower::Stopped,
+        },
+        Command::DeleteVm { name: "db".into() },
+    ] {
+        rejected_with(&mut state, command, "is being given back to its host");
+    }
+    // Its disks are leaving: no other VM may take them meanwhile.
+    let taker = vm("taker", "req-4", &[("p", "db.qcow2")]);
+    rejected_with(
+        &mut state,
+        create_vm(taker, "host-1"),
+        "leaves qvdc with VM db, which is being released",
+    );
+    let leaving = state.released_volumes(&state.vms["db"]);
+    assert_eq!(leaving.len(), 1);
+    assert_eq!(leaving[0].volume, "db.qcow2");
+    rejected_with(
+        &mut state,
+        forget(vec![]),
+        "volumes changed while it was being released",
+    );
+    assert_eq!(state.apply(&forget(leaving)), Outcome::Applied);
+    assert!(!state.vms.contains_key("db"));
+    assert!(state.volume("p", "db.qcow2").is_err());
+    assert!(state.volume("p", "shared.qcow2").is_ok());
+    assert_eq!(state.vms_of_host("host-1").count(), 1);
+}
+
+#[test]
+fn a_vm_is_placed_powered_and_deleted() {
+    let mut state = with_hosts(&["host-1", "host-2"]);
+    state.apply(&create("p", "/srv/p", &["host-1"]));
+    let spec = vm("web", "vm-1", &[("p", "web.qcow2")]);
+    rejected_with(
+        &mut state,
+        create_vm(spec.clone(), "host-1"),
+        "pool p has no volume \"web.qcow2\"; create it first",
+    );
+    assert_eq!(state.apply(&qcow2("p", "web.qcow2")), Outcome::Applied);
+    let mut raw = spec.clone();
+    raw.disks[0].format = VolumeFormat::Raw;
+    rejected_with(
+        &mut state,
+        create_vm(raw, "host-1"),
+        "disk p/web.qcow2 is a qcow2 volume and cannot be attached as raw",
+    );
+    assert_eq!(state.apply(&create_vm(spec, "host-1")), Outcome::Applied);
+    assert_eq!(state.vms_of_host("host-1").count(), 1);
+    assert_eq!(state.vms_of_host("host-2").count(), 0);
+    let stop = Command::SetVmPower {
+        name: "web".into(),
+        power: DesiredPower::Stopped,
+    };
+    assert_eq!(state.apply(&stop), Outcome::Applied);
+    assert_eq!(state.apply(&stop), Outcome::Unchanged);
+    assert_eq!(state.vms["web"].power, DesiredPower::Stopped);
+    let delete = Command::DeleteVm { name: "web".into() };
+    assert_eq!(state.apply(&delete), Outcome::Applied);
+    assert!(matches!(
+        state.apply(&delete),
+        Outcome::Rejected(ValidationError::NoSuchVm(_))
+    ));
+}
+
+fn rejected_with(state: &mut DesiredState, command: Command, message: &str) {
+    let before = state.clone();
+    match state.apply(&command) {
+        Outcome::Rejected(e) => assert!(e.to_string().contains(message), "{e}"),
+        other => panic!("{command:?} was {other:?}"),
+    }
+    assert_eq!(*state, before);
+}
+
+#[test]
+fn a_local_pool_keeps_each_volume_on_one_of_its_hosts() {
+    let mut state = with_hosts(&["host-1", "host-2", "host-3"]);
+    let mut local = create("l", "/srv/l", &["host-1", "host-2"]);
+    if let Command::CreatePool { spec, .. } = &mut local {
+        spec.scope = PoolScope::Local;
+    }
+    assert_eq!(state.apply(&local), Outcome::Applied);
+    let volume = |host: Option<&str>| Command::CreateVolume {
+        pool: "l".into(),
+        name: "db.qcow2".into(),
+        format: VolumeFormat::Qcow2,
+        size_bytes: 64 << 20,
+        host: host.map(str::to_owned),
+    };
+    rejected_with(&mut state, volume(None), "pool l is local: name the host");
+    rejected_with(
+        &mut state,
+        volume(Some("host-3")),
+        "pool l is not assigned to host host-3",
+    );
+    assert_eq!(state.apply(&volume(Some("host-2"))), Outcome::Applied);
+    rejected_with(
+        &mut state,
+        create_vm(vm("db", "vm-1", &[("l", "db.qcow2")]), "host-1"),
+        "the VM can only run on host-2",
+    );
+    assert_eq!(
+        state.apply(&create_vm(vm("db", "vm-1", &[("l", "db.qcow2")]), "host-2")),
+        Outcome::Applied
+    );
+    state.apply(&Command::DeleteVm { name: "db".into() });
+    let unassign = |host: &str| Command::UnassignPool {
+        pool: "l".into(),
+        hosts: vec![host.into()],
+    };
+    rejected_with(&mut state, unassign("host-2"), "holds volume db.qcow2");
+    assert_eq!(state.apply(&unassign("host-1")), Outcome::Applied);
+    let mut shared = volume(Some("host-1"));
+    if let Command::CreateVolume { pool, .. } = &mut shared {
+        state.apply(&create("s", "/srv/s", &["host-1"]));
+        *pool = "s".into();
+    }
+    rejected_with(&mut state, shared, "pool s is shared");
+}
+
+#[test]
+fn pools_are_assigned_unassigned_and_deleted_unless_a_vm_needs_them() {
+    let mut state = with_hosts(&["host-1", "host-2", "host-3"]);
+    state.apply(&create("p", "/srv/p", &["host-1"]));
+    let hosts = |h: &[&str]| h.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>();
+    let assign = Command::AssignPool {
+        pool: "p".into(),
+        hosts: hosts(&["host-2", "host-3"]),
+    };
+    assert_eq!(state.apply(&assign), Outcome::Applied);
+    assert_eq!(state.apply(&assign), Outcome::Unchanged);
+    assert_eq!(state.apply(&qcow2("p", "web.qcow2")), Outcome::Applied);
+    state.apply(&create_vm(
+        vm("web", "vm-1", &[("p", "web.qcow2")]),
+        "host-2",
+    ));
+    let unassign = |h: &[&str]| Command::UnassignPool {
+        pool: "p".into(),
+        hosts: hosts(h),
+    };
+    rejected_with(
+        &mut state,
+        unassign(&["host-2"]),
+        "VM web on host-2 uses pool p",
+    );
+    rejected_with(&mut state, unassign(&["host-9"]), "unknown host(s): host-9");
+    assert_eq!(state.apply(&unassign(&["host-3"])), Outcome::Applied);
+    let delete = Command::DeletePool { pool: "p".into() };
+    rejected_with(&mut state, delete.clone(), "VM web on host-2 uses pool p");
+    state.apply(&Command::DeleteVm { name: "web".into() });
+    rejected_with(&mut state, unassign(&["host-1", "host-2"]), "no host left");
+    assert_eq!(state.apply(&delete), Outcome::Applied);
+    rejected_with(&mut state, delete, "no pool named \"p\"");
+}
+
+#[test]
+fn volumes_are_created_grown_and_deleted_unless_a_vm_uses_them() {
+    let mut state = with_hosts(&["host-1"]);
+    state.apply(&create("p", "/srv/p", &["host-1"]));
+    let volume = |name: &str, size| Command::CreateVolume {
+        host: None,
+        pool: "p".into(),
+        name: name.into(),
+        format: qvdc_transport::protocol::VolumeFormat::Qcow2,
+        size_bytes: size,
+    };
+    assert_eq!(
+        state.apply(&volume("web.qcow2", 64 << 20)),
+        Outcome::Applied
+    );
+    rejected_with(&mut state, volume("web.qcow2", 64 << 20), "already exists");
+    rejected_with(&mut state, volume("../x", 1), "may only contain");
+    rejected_with(&mut state, volume("big", 17 << 40), "1 byte to 16 TiB");
+    let resize = |size| Command::ResizeVolume {
+        pool: "p".into(),
+        name: "web.qcow2".into(),
+        size_bytes: size,
+    };
+    assert_eq!(state.apply(&resize(128 << 20)), Outcome::Applied);
+    rejected_with(&mut state, resize(1 << 20), "can only grow");
+    assert_eq!(state.pools["p"].volumes["web.qcow2"].size_bytes, 128 << 20);
+    state.apply(&create_vm(
+        vm("web", "vm-1", &[("p", "web.qcow2")]),
+        "host-1",
+    ));
+    let delete = Command::DeleteVolume {
+        pool: "p".into(),
+        name: "web.qcow2".into(),
+    };
+    rejected_with(&mut state, delete.clone(), "uses volume p/web.qcow2");
+    state.apply(&Command::DeleteVm { name: "web".into() });
+    assert_eq!(state.apply(&delete), Outcome::Applied);
+    rejected_with(&mut state, delete, "no volume");
+}
+
+#[test]
+fn networks_carry_vms_only_on_their_hosts_and_stay_while_used() {
+    let mut state = with_hosts(&["host-1", "host-2"]);
+    let net = |name: &str, bridge: &str, vlan: Option<(&str, u16)>| Command::CreateNetwork {
+        spec: qvdc_transport::protocol::NetworkSpec {
+            name: name.into(),
+            bridge: bridge.into(),
+            vlan: vlan.map(|v| v.1),
+            uplink: vlan.map(|v| v.0.to_owned()),
+        },
+        hosts: vec!["host-1".into()],
+    };
+    assert_eq!(state.apply(&net("prod", "br-prod", None)), Outcome::Applied);
+    rejected_with(&mut state, net("prod", "br-x", None), "already exists");
+    rejected_with(
+        &mut state,
+        net("dmz", "br-prod", None),
+        "already carries network prod",
+    );
+    rejected_with(
+        &mut state,
+        net("dmz", "br-dmz", Some(("eth0", 5000))),
+        "between 1 and 4094",
+    );
+    rejected_with(
+        &mut state,
+        net("dmz", "a-very-long-bridge", None),
+        "1 to 15",
+    );
+    let mut web = vm("web", "vm-1", &[]);
+    web.nics.push(qvdc_transport::protocol::VmNic {
+        network: "prod".into(),
+        mac: None,
+    });
+    rejected_with(
+        &mut state,
+        create_vm(web.clone(), "host-2"),
+        "network prod is not assigned to host host-2",
+    );
+    assert_eq!(state.apply(&create_vm(web, "host-1")), Outcome::Applied);
+    let delete = Command::DeleteNetwork {
+        network: "prod".into(),
+    };
+    rejected_with(&mut state, delete.clone(), "VM web on host-1 is attached");
+    state.apply(&Command::DeleteVm { name: "web".into() });
+    assert_eq!(state.apply(&delete), Outcome::Applied);
+}
+
+/// The per-host index says what a scan of every object would.
+fn assert_index_matches_a_scan(state: &DesiredState) {
+    for host in state.hosts.keys() {
+        let names = |it: Vec<String>| it;
+        let pools: Vec<String> = state
+            .pools_of_host(host)
+            .map(|p| p.spec.name.clone())
+            .collect();
+        let scanned: Vec<String> = state
+            .pools
+            .values()
+            .filter(|p| p.hosts.contains(host))
+            .map(|p| p.spec.name.clone())
+            .collect();
+        assert_eq!(names(pools), scanned, "pools of {host}");
+        let vms: Vec<&str> = state
+            .vms_of_host(host)
+            .map(|v| v.spec.name.as_str())
+            .collect();
+        let scanned: Vec<&str> = state
+            .vms
+            .values()
+            .filter(|v| v.host == *host)
+            .map(|v| v.spec.name.as_str())
+            .collect();
+        assert_eq!(vms, scanned, "VMs of {host}");
+        let networks: Vec<&str> = state
+            .networks_of_host(host)
+            .map(|n| n.spec.name.as_str())
+            .collect();
+        let scanned: Vec<&str> = state
+            .networks
+            .values()
+            .filter(|n| n.hosts.contains(host))
+            .map(|n| n.spec.name.as_str())
+            .collect();
+        assert_eq!(networks, scanned, "networks of {host}");
+    }
+}
+
+#[test]
+fn index_matches_a_scan_through_every_kind_of_change() {
+    let mut state = with_hosts(&["host-1", "host-2", "host-3"]);
+    let hosts = |h: &[&str]| h.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>();
+    let net = |name: &str, hosts: Vec<String>| Command::CreateNetwork {
+        spec: qvdc_transport::protocol::NetworkSpec {
+            name: name.into(),
+            bridge: format!("br-{name}"),
+            vlan: None,
+            uplink: None,
+        },
+        hosts,
+    };
+    let steps = [
+        create("a", "/srv/a", &["host-1", "host-2"]),
+        create("b", "/srv/b", &["host-3"]),
+        Command::AssignPool {
+            pool: "b".into(),
+            hosts: hosts(&["host-1"]),
+        },
+        Command::UnassignPool {
+            pool: "a".into(),
+            hosts: hosts(&["host-2"]),
+        },
+        net("n1", hosts(&["host-1", "host-3"])),
+        Command::AssignNetwork {
+            network: "n1".into(),
+            hosts: hosts(&["host-2"]),
+        },
+        Command::UnassignNetwork {
+            network: "n1".into(),
+            hosts: hosts(&["host-3"]),
+        },
+        qcow2("a", "v"),
+        create_vm(vm("w1", "vm-1", &[("a", "v")]), "host-1"),
+        create_vm(vm("w2", "vm-2", &[]), "host-2"),
+        Command::DeleteVm { name: "w1".into() },
+        Command::DeletePool { pool: "a".into() },
+        Command::DeleteNetwork {
+            network: "n1".into(),
+        },
+    ];
+    for step in steps {
+        let outcome = state.apply(&step);
+        assert!(
+            !matches!(outcome, Outcome::Rejected(_)),
+            "{step:?}: {outcome:?}"
+        );
+        assert_index_matches_a_scan(&state);
+    }
+    let pools: Vec<_> = state
+        .pools_of_host("host-1")
+        .map(|p| p.spec.name.clone())
+        .collect();
+    assert_eq!(pools, ["b"]);
+}
+
+#[test]
+fn invalid_vms_are_rejected_without_changing_state() {
+    let mut state = with_hosts(&["host-1", "host-2"]);
+    state.apply(&create("p", "/srv/p", &["host-1"]));
+    state.apply(&create_vm(vm("taken", "vm-1", &[]), "host-1"));
+    let before = state.clone();
+    let mut big = vm("big", "vm-2", &[]);
+    big.vcpus = 0;
+    let mut nic = vm("nic", "vm-3", &[]);
+    nic.nics.push(qvdc_transport::protocol::VmNic {
+        network: "prod".into(),
+        mac: None,
+    });
+    let cases = [
+        (
+            create_vm(vm("taken", "vm-9", &[]), "host-1"),
+            "already exists",
+        ),
+        (create_vm(vm("other", "vm-1", &[]), "host-1"), "is taken"),
+        (
+            create_vm(vm("x", "vm-4", &[]), "host-9"),
+            "unknown host(s): host-9",
+        ),
+        (create_vm(big, "host-1"), "1 to 512 vCPUs"),
+        (
+            create_vm(vm("d", "vm-5", &[("nope", "v")]), "host-1"),
+            "no pool named",
+        ),
+        (
+            create_vm(vm("d", "vm-5", &[("p", "v")]), "host-2"),
+            "not assigned to host host-2",
+        ),
+        (create_vm(nic, "host-1"), "network \"prod\" does not exist"),
+    ];
+    for (command, message) in cases {
+        match state.apply(&command) {
+            Outcome::Rejected(e) => assert!(e.to_string().contains(message), "{e}"),
+            other => panic!("{command:?} was {other:?}"),
+        }
+    }
+    assert_eq!(state, before);
+}
+
+#[test]
+fn registering_the_same_host_twice_changes_nothing() {
+    let mut state = with_hosts(&["host-1"]);
+    let again = Command::RegisterHost {
+        host_id: "host-1".into(),
+        inventory: inventory(),
+    };
+    assert_eq!(state.apply(&again), Outcome::Unchanged);
+    assert_eq!(state.hosts.len(), 1);
+}
+
+#[test]
+fn pool_is_created_on_known_hosts() {
+    let mut state = with_hosts(&["host-1", "host-2"]);
+    assert_eq!(
+        state.apply(&create("p", "/srv/p", &["host-1", "host-2"])),
+        Outcome::Applied
+    );
+    let names: Vec<_> = state
+        .pools_of_host("host-2")
+        .map(|p| p.spec.name.clone())
+        .collect();
+    assert_eq!(names, ["p"]);
+}
+
+#[test]
+fn invalid_pools_are_rejected_without_changing_state() {
+    let mut state = with_hosts(&["host-1"]);
+    state.apply(&create("taken", "/srv", &["host-1"]));
+    let before = state.clone();
+    let cases = [
+        (create("", "/srv", &["host-1"]), "must not be empty"),
+        (create("a/b", "/srv", &["host-1"]), "may only contain"),
+        (
+            create(&"x".repeat(65), "/srv", &["host-1"]),
+            "longer than 64",
+        ),
+        (create("taken", "/srv", &["host-1"]), "already exists"),
+        (create("p", "/srv", &[]), "at least one host"),
+        (create("p", "/srv", &["host-1", "host-1"]), "listed twice"),
+        (create("p", "/srv", &["host-9"]), "unknown host(s): host-9"),
+        (create("p", "srv", &["host-1"]), "absolute path"),
+    ];
+    for (command, message) in cases {
+        match state.apply(&command) {
+            Outcome::Rejected(e) => {
+                assert!(e.to_string().contains(message), "{e} !~ {message}")
+            }
+            other => panic!("{command:?} gave {other:?}"),
+        }
+    }
+    assert_eq!(state, before);
+}
+
+/// `command` as an operator's request with id `id`; the request is the command itself.
+fn once(id: &str, command: Command) -> Command {
+    Command::Once {
+        request_id: id.into(),
+        digest: RequestDigest::of(&command),
+        command: Box::new(command),
+    }
+}
+
+#[test]
+fn revocations_are_checked_kept_and_applied_once() {
+    let mut state = DesiredState::default();
+    let revoke = |serial: &str, role: &str, name: &str| {
+        Command::RevokeCertificate(RevokedCertificate {
+            serial: serial.into(),
+            role: role.into(),
+            name: name.into(),
+        })
+    };
+    assert_eq!(
+        state.apply(&revoke("7a3b", "host", "host-1")),
+        Outcome::Applied
+    );
+    assert_eq!(
+        state.apply(&revoke("7a3b", "host", "host-1")),
+        Outcome::Unchanged
+    );
+    assert!(state.revoked.contains_key("7a3b"));
+    for (command, message) in [
+        (revoke("7A3B", "host", "h"), "is not written as \"7a3b\""),
+        (
+            revoke("xyz", "host", "h"),
+            "not a certificate serial number",
+        ),
+        (revoke("01", "admin", "h"), "not server, host or operator"),
+        (
+            revoke("01", "host", &"h".repeat(300)),
+            "longer than 256 bytes",
+        ),
+    ] {
+        match state.apply(&command) {
+            Outcome::Rejected(e) => assert!(e.to_string().contains(message), "{e}"),
+            other => panic!("{command:?} gave {other:?}"),
+        }
+    }
+    assert_eq!(state.revoked.len(), 1);
+}
+
+/// A request id is bound to the request it was first used for: reused for another, it
+/// is refused, whatever that first request's outcome was, and the first outcome stays.
+#[test]
+fn a_request_id_reused_for_another_request_is_refused() {
+    let mut state = with_hosts(&["host-1"]);
+    let first = once("r1", create("p", "/srv/p", &["host-1"]));
+    assert_eq!(state.apply(&first), Outcome::Applied);
+    let volume = |name: &str| Command::CreateVolume {
+        host: None,
+        pool: "p".into(),
+        name: name.into(),
+        format: VolumeFormat::Raw,
+        size_bytes: 1 << 20,
+    };
+    assert_eq!(state.apply(&once("r2", volume("v"))), Outcome::Applied);
+    let before = state.clone();
+    let reused = once(
+        "r1",
+        Command::DeleteVolume {
+            pool: "p".into(),
+            name: "v".into(),
+        },
+    );
+    let refused = state.apply(&reused);
+    assert_eq!(
+        refused,
+        Outcome::Rejected(ValidationError::RequestIdReused("r1".into()))
+    );
+    let Outcome::Rejected(e) = refused else {
+        unreachable!()
+    };
+    assert!(e.to_string().contains("use a new request id"), "{e}");
+    assert_eq!(state, before, "nothing applied, nothing recorded");
+    assert_eq!(
+        state.apply(&first),
+        Outcome::Applied,
+        "the retry still replays"
+    );
+    // The same id, same command, but another digest (another request that asked for the
+    // same change) is another request too.
+    let Command::Once { command, .. } = first else {
+        unreachable!()
+    };
+    let other = Command::Once {
+        request_id: "r1".into(),
+        digest: RequestDigest([7; 16]),
+        command,
+    };
+    assert!(matches!(
+        state.apply(&other),
+        Outcome::Rejected(ValidationError::RequestIdReused(_))
+    ));
+}
+
+#[test]
+fn a_retried_request_returns_its_first_outcome_and_applies_nothing() {
+    let mut state = with_hosts(&["host-1"]);
+    let request = once("r1", create("p", "/srv/p", &["host-1"]));
+    assert_eq!(state.apply(&request), Outcome::Applied);
+    let after_first = state.clone();
+    assert_eq!(
+        state.apply(&request),
+        Outcome::Applied,
+        "a retry is not 'already exists'"
+    );
+    assert_eq!(state, after_first, "the retry changed nothing");
+    match state.apply(&once("r2", create("p", "/srv/p", &["host-1"]))) {
+        Outcome::Rejected(ValidationError::PoolExists(_)) => {}
+        other => panic!("a new request for the same pool is a duplicate: {other:?}"),
+    }
+}
+
+/// A batch applies its commands in order, each against the state the ones before it
+/// left, with its own outcome; a batch inside a batch is refused whole.
+#[test]
+fn a_batch_applies_each_command_on_its_own() {
+    let mut state = with_hosts(&["host-1"]);
+    let batch = Command::Batch(Arc::from(vec![
+        once("r1", create("p", "/srv/p", &["host-1"])),
+        once("r2", create("p", "/srv/p", &["host-1"])),
+        once("r1", create("p", "/srv/p", &["host-1"])),
+        create("q", "/srv/q", &["host-1"]),
+    ]));
+    match state.apply(&batch) {
+        Outcome::Batch(outcomes) => {
+            assert_eq!(outcomes[0], Outcome::Applied);
+            assert!(
+                matches!(
+                    &outcomes[1],
+                    Outcome::Rejected(ValidationError::PoolExists(_))
+                ),
+                "the second create sees the first: {:?}",
+                outcomes[1]
+            );
+            assert_eq!(outcomes[2], Outcome::Applied, "a retry in the same batch");
+            assert_eq!(outcomes[3], Outcome::Applied);
+        }
+        other => panic!("a batch has one outcome per command: {other:?}"),
+    }
+    assert!(state.pools.contains_key("p") && state.pools.contains_key("q"));
+    let before = state.clone();
+    let inner = Command::Batch(Arc::from(vec![create("r", "/srv/r", &["host-1"])]));
+    let nested = Command::Batch(Arc::from(vec![inner]));
+    assert_eq!(
+        state.apply(&nested),
+        Outcome::Rejected(ValidationError::NestedRequest)
+    );
+    assert_eq!(state, before);
+}
+
+#[test]
+fn a_rejected_request_stays_rejected_when_retried() {
+    let mut state = with_hosts(&["host-1"]);
+    let request = once("r1", create("p", "/srv/p", &["host-9"]));
+    let first = state.apply(&request);
+    assert!(matches!(
+        first,
+        Outcome::Rejected(ValidationError::UnknownHosts(_))
+    ));
+    state.apply(&Command::RegisterHost {
+        host_id: "host-9".into(),
+        inventory: inventory(),
+    });
+    assert_eq!(
+        state.apply(&request),
+        first,
+        "the retry gets the original answer"
+    );
+    assert!(state.pools.is_empty());
+}
+
+#[test]
+fn request_ids_are_checked_and_forgotten_beyond_the_bound() {
+    let mut state = with_hosts(&["host-1"]);
+    let bad = once("", create("p", "/srv/p", &["host-1"]));
+    assert_eq!(
+        state.apply(&bad),
+        Outcome::Rejected(ValidationError::BadRequestId)
+    );
+    let nested = once("a", once("b", create("p", "/srv/p", &["host-1"])));
+    assert_eq!(
+        state.apply(&nested),
+        Outcome::Rejected(ValidationError::NestedRequest)
+    );
+    for i in 0..REQUESTS_REMEMBERED_MAX + 5 {
+        let register = Command::RegisterHost {
+            host_id: "host-1".into(),
+            inventory: inventory(),
+        };
+        state.apply(&once(&format!("id-{i}"), register));
+    }
+    assert_eq!(state.requests.len(), REQUESTS_REMEMBERED_MAX);
+    assert!(
+        state.requests.get("id-0").is_none(),
+        "the oldest are forgotten first"
+    );
+    assert!(state
+        .requests
+        .get(&format!("id-{}", REQUESTS_REMEMBERED_MAX + 4))
+        .is_some());
+}
+
+fn outcome_of(i: usize) -> Outcome {
+    if i.is_multiple_of(3) {
+        Outcome::Rejected(ValidationError::NoSuchPool(format!("p{i}")))
+    } else {
+        Outcome::Applied
+    }
+}
+
+#[test]
+fn the_request_log_forgets_exactly_the_oldest_and_its_copies_stay_as_they_were() {
+    let mut log = RequestLog::default();
+    let total = REQUESTS_REMEMBERED_MAX + 2 * REQUEST_GENERATION + 7;
+    let mut copies = Vec::new();
+    for i in 0..total {
+        log.record(
+            &format!("id-{i}"),
+            RequestDigest([i as u8; 16]),
+            outcome_of(i),
+        );
+        if i.is_multiple_of(997) {
+            copies.push((i, log.clone()));
+        }
+    }
+    assert_eq!(log.len(), REQUESTS_REMEMBERED_MAX);
+    let first_kept = total - REQUESTS_REMEMBERED_MAX;
+    assert_eq!(log.get(&format!("id-{}", first_kept - 1)), None);
+    for i in first_kept..total {
+        assert_eq!(log.get(&format!("id-{i}")), Some(&outcome_of(i)), "id-{i}");
+    }
+    // Recording into the log never changed a copy taken earlier.
+    for (at, copy) in copies {
+        let kept_from = (at + 1).saturating_sub(REQUESTS_REMEMBERED_MAX);
+        assert_eq!(copy.len(), at + 1 - kept_from, "copy at id-{at}");
+        assert_eq!(copy.get(&format!("id-{at}")), Some(&outcome_of(at)));
+        assert_eq!(copy.get(&format!("id-{}", at + 1)), None);
+        assert_eq!(
+            copy.get(&format!("id-{kept_from}")),
+            Some(&outcome_of(kept_from))
+        );
+        if kept_from > 0 {
+            assert_eq!(copy.get(&format!("id-{}", kept_from - 1)), None);
+        }
+    }
+}
+
+#[test]
+fn the_request_log_encodes_as_outcomes_by_id_and_ids_oldest_first() {
+    let mut log = RequestLog::default();
+    let total = REQUESTS_REMEMBERED_MAX + REQUEST_GENERATION / 2 + 3;
+    for i in 0..total {
+        log.record(
+            &format!("id-{i}"),
+            RequestDigest([i as u8; 16]),
+            outcome_of(i),
+        );
+    }
+    // The encoding (snapshots, the state digest) does not depend on the generations.
+    let kept: Vec<String> = (total - REQUESTS_REMEMBERED_MAX..total)
+        .map(|i| format!("id-{i}"))
+        .collect();
+    let by_id: BTreeMap<&str, (RequestDigest, Outcome)> = kept
+        .iter()
+        .map(|id| {
+            let i: usize = id[3..].parse().unwrap();
+            (id.as_str(), (RequestDigest([i as u8; 16]), outcome_of(i)))
+        })
+        .collect();
+    let bytes = codec::to_bytes(&log).unwrap();
+    assert_eq!(bytes, codec::to_bytes(&(by_id, &kept)).unwrap());
+    let decoded: RequestLog = codec::from_bytes(&bytes).unwrap();
+    assert_eq!(decoded, log);
+    assert_eq!(decoded.get(&kept[0]), log.get(&kept[0]));
+    assert_eq!(
+        decoded.get(&format!("id-{}", total - REQUESTS_REMEMBERED_MAX - 1)),
+        None
+    );
+
+    let mismatched =
+        codec::to_bytes(&(BTreeMap::<&str, (RequestDigest, Outcome)>::new(), vec!["x"])).unwrap();
+    let refused = codec::from_bytes::<RequestLog>(&mismatched).unwrap_err();
+    assert!(refused.to_string().contains("request log"), "{refused}");
+}
