@@ -1,0 +1,113 @@
+//! `qvctl`: the operator's command line for a qvdc cluster.
+//!
+//! `cli` parses the command line; `commands` turns a command into a request to the cluster
+//! (or runs a certificate command locally); `wait` follows a change with `--wait`, shown by
+//! `progress`. Responses are rendered by the library's `output`.
+
+mod cli;
+mod commands;
+mod progress;
+mod wait;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use qvdc_cluster::output;
+use qvdc_transport::protocol::{ApiRequest, ApiResponse};
+
+use crate::{
+    cli::{CertsCommand, Cli, ClusterCommand, Command},
+    commands::{certs, client, request_of},
+    wait::{follow, wait_goal, Goal},
+};
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Certs(command @ (CertsCommand::Init { .. } | CertsCommand::Issue { .. })) =
+        cli.command
+    {
+        certs(command)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Command::Completions { shell } = cli.command {
+        let mut cli = <Cli as clap::CommandFactory>::command();
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut cli, "qvctl", &mut script);
+        // A reader that stops early (`| head`) is not an error.
+        let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut client = client(&cli.connection)?;
+    let request_id = cli
+        .connection
+        .request_id
+        .clone()
+        .unwrap_or_else(|| client.new_request_id());
+    if let Command::Cluster(ClusterCommand::ReplaceNode { old, new, addr }) = cli.command {
+        let steps = [
+            ApiRequest::ClusterAddNode { node_id: new, addr },
+            ApiRequest::ClusterRemoveNode { node_id: old },
+        ];
+        for step in steps {
+            match client.request(step).await {
+                Ok(response) => println!("{}", output::render(&response, cli.output)),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Ok(ExitCode::from(e.exit_code() as u8));
+                }
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut wait = wait_goal(&cli.command);
+    if let Some((Goal::Unmounted(pool, had), _)) = &mut wait {
+        // Which hosts had the pool, asked before it is gone from the record.
+        if let Ok(ApiResponse::Pool(view)) = client
+            .request(ApiRequest::PoolShow { name: pool.clone() })
+            .await
+        {
+            *had = view.hosts.into_iter().map(|h| h.host_id).collect();
+        }
+    }
+    let mut request = request_of(cli.command, request_id)?;
+    if cli.stale {
+        request = ApiRequest::Stale(Box::new(request));
+    }
+    let outcome = match client.request(request).await {
+        Ok(response) => {
+            println!("{}", output::render(&response, cli.output));
+            match wait {
+                Some((goal, timeout_ms)) => follow(&mut client, goal, timeout_ms).await,
+                None => Ok(()),
+            }
+        }
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(e.exit_code() as u8))
+        }
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    // Colour only for a person at a terminal: a log file or a pipe gets plain text.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none();
+    tracing_subscriber::fmt()
+        .with_ansi(colour)
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    match run(Cli::parse()).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
