@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
-    model::{DesiredState, Outcome},
+    model::{Command, DesiredState, Outcome},
     types::{
         Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig, Vote,
     },
@@ -525,6 +525,16 @@ impl StateMachine {
     }
 }
 
+/// Whether `command` deletes a pool, also inside a request or a batch.
+fn deletes_a_pool(command: &Command) -> bool {
+    match command {
+        Command::DeletePool { .. } => true,
+        Command::Once { command, .. } => deletes_a_pool(command),
+        Command::Batch(commands) => commands.iter().any(deletes_a_pool),
+        _ => false,
+    }
+}
+
 fn sm_write_err(e: StoreError) -> StorageError {
     StorageIOError::write_state_machine(AnyError::new(&e)).into()
 }
@@ -602,7 +612,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.data.last_applied = Some(entry.log_id);
             outcomes.push(match entry.payload {
                 EntryPayload::Blank => Outcome::Unchanged,
-                EntryPayload::Normal(command) => self.data.state.apply(&command),
+                EntryPayload::Normal(command) => {
+                    if bugs::active(Bug::PanicOnPoolDelete) && deletes_a_pool(&command) {
+                        panic!("deliberate bug: the state machine cannot apply a pool's delete");
+                    }
+                    self.data.state.apply(&command)
+                }
                 EntryPayload::Membership(membership) => {
                     self.data.membership = StoredMembership::new(Some(entry.log_id), membership);
                     Outcome::Unchanged

@@ -97,3 +97,42 @@ fn a_snapshot_that_drops_a_pool_is_caught() {
         catch_up::run_with_bugs(seed, &bugs).map(drop)
     });
 }
+
+/// A panic in production code fails its seed alone: `qvsim run` names each panicking seed
+/// with the panic and its replay command, keeps running the other seeds, and exits with a
+/// failure instead of aborting. (In one process the panic would abort it: tearing down the
+/// panicking node's runtime panics again in a destructor.)
+#[test]
+fn a_panicking_seed_is_reported_with_its_replay_and_the_others_still_run() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_qvsim"))
+        .args(["run", "--seeds", "0..3", "--bug", "panic-on-pool-delete"])
+        .output()
+        .expect("qvsim runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{:?}: {stdout}",
+        output.status
+    );
+    for seed in 0..3 {
+        let report = stdout
+            .lines()
+            .skip_while(|l| !l.starts_with(&format!("seed {seed} FAILED:")))
+            .take(2)
+            .collect::<Vec<_>>();
+        assert_eq!(report.len(), 2, "seed {seed} not reported: {stdout}");
+        assert!(
+            report[0].contains("the state machine cannot apply a pool's delete"),
+            "{}",
+            report[0]
+        );
+        assert!(
+            report[1].contains(&format!("replay: qvsim replay --seed {seed} "))
+                && report[1].contains("--bug panic-on-pool-delete"),
+            "{}",
+            report[1]
+        );
+    }
+    assert!(stdout.contains("0 passed, 3 failed"), "{stdout}");
+}

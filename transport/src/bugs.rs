@@ -29,10 +29,13 @@ pub enum Bug {
     /// Snapshots are built without one of the pools: a follower that catches up from one
     /// holds another state than the others at the same index.
     SnapshotDropsAPool,
+    /// A node's state machine panics when it applies the delete of a pool: a crash in
+    /// production code, for showing that a panicking run is reported as its seed's failure.
+    PanicOnPoolDelete,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 7] = [
+    pub const ALL: [Bug; 8] = [
         Bug::AckBeforeCommit,
         Bug::NoLeaderLease,
         Bug::SkipFenceCheck,
@@ -40,6 +43,7 @@ impl Bug {
         Bug::ReleaseWithoutHost,
         Bug::LeadershipOfLastLeader,
         Bug::SnapshotDropsAPool,
+        Bug::PanicOnPoolDelete,
     ];
 
     /// The bug's name on command lines.
@@ -52,6 +56,7 @@ impl Bug {
             Bug::ReleaseWithoutHost => "release-without-host",
             Bug::LeadershipOfLastLeader => "leadership-of-last-leader",
             Bug::SnapshotDropsAPool => "snapshot-drops-a-pool",
+            Bug::PanicOnPoolDelete => "panic-on-pool-delete",
         }
     }
 }

@@ -45,6 +45,15 @@ enum Command {
         #[command(flatten)]
         shape: Shape,
     },
+    /// Run one seed in this process and report on one line to `run`, which starts one such
+    /// process per seed so that a seed that panics or aborts fails alone.
+    #[command(hide = true)]
+    Seed {
+        #[arg(long)]
+        seed: u64,
+        #[command(flatten)]
+        shape: Shape,
+    },
     /// Run one seed and print what it did.
     Replay {
         #[arg(long)]
@@ -103,8 +112,8 @@ struct Shape {
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=500))]
     duplicate_per_mille: u32,
     /// A deliberate bug to switch on, to see the checkers catch it (repeatable; needs a build
-    /// with `--features deliberate-bugs`): ack-before-commit, no-leader-lease,
-    /// skip-fence-check, start-vm-on-second-host.
+    /// with `--features deliberate-bugs`; `--bug help` lists them; docs/simulation.md says
+    /// which checker catches each).
     #[arg(long = "bug")]
     bugs: Vec<Bug>,
 }
@@ -265,6 +274,15 @@ fn parse_range(text: &str) -> Result<Range<u64>, String> {
     Ok(start..end)
 }
 
+/// What a line a seed's process prints starts with when its run passed.
+const SEED_PASSED: &str = "passed";
+/// ... and when it failed with an error (a panic or an abort prints no such line).
+const SEED_FAILED: &str = "failed: ";
+
+/// Runs every seed in a process of its own, as many at once as there are cores: a seed
+/// whose run panics, even where unwinding cannot be caught (a destructor panicking while a
+/// runtime shuts down aborts the process), fails alone, with its replay command, and the
+/// other seeds still run.
 fn run(seeds: Range<u64>, shape: &Shape) -> ExitCode {
     let started = Instant::now();
     let total = seeds.end - seeds.start;
@@ -277,8 +295,7 @@ fn run(seeds: Range<u64>, shape: &Shape) -> ExitCode {
                 let Some(seed) = next.lock().expect("seed lock").next() else {
                     return;
                 };
-                let result = shape.run_one(seed);
-                if let Err(e) = result {
+                if let Err(e) = run_in_process(seed, shape) {
                     failures
                         .lock()
                         .expect("failure lock")
@@ -309,6 +326,81 @@ fn run(seeds: Range<u64>, shape: &Shape) -> ExitCode {
     }
 }
 
+/// Runs `seed` in a child process (this program's hidden `seed` command) and reads its
+/// verdict: its report line, or else the first panic it printed and how it ended.
+fn run_in_process(seed: u64, shape: &Shape) -> anyhow::Result<()> {
+    let program = std::env::current_exe().context("finding this program to run a seed")?;
+    let mut command = std::process::Command::new(program);
+    command.args(["seed", "--seed", &seed.to_string()]);
+    command.args(shape.flags().split_whitespace());
+    // The first panic's message is what the report needs; backtraces would bury it.
+    command.env("RUST_BACKTRACE", "0");
+    let output = command
+        .stdin(std::process::Stdio::null())
+        .output()
+        .context("starting a process for the seed")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if let Some(line) = stdout.lines().rev().find(|l| is_report(l)) {
+        return match line.strip_prefix(SEED_FAILED) {
+            Some(error) => Err(anyhow::anyhow!("{error}")),
+            None => Ok(()),
+        };
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let ended = match (output.status.code(), exit_signal(&output.status)) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(6)) => "aborted (SIGABRT)".to_owned(),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        (None, None) => "ended without a status".to_owned(),
+    };
+    match first_panic(&stderr) {
+        Some(panic) => anyhow::bail!("the run panicked, and its process {ended}: {panic}"),
+        None => anyhow::bail!(
+            "its process {ended} without a report; its last words: {}",
+            stderr.lines().rev().take(3).collect::<Vec<_>>().join(" | ")
+        ),
+    }
+}
+
+fn is_report(line: &str) -> bool {
+    line == SEED_PASSED || line.starts_with(SEED_FAILED)
+}
+
+#[cfg(unix)]
+fn exit_signal(status: &std::process::ExitStatus) -> Option<i32> {
+    std::os::unix::process::ExitStatusExt::signal(status)
+}
+
+#[cfg(not(unix))]
+fn exit_signal(_: &std::process::ExitStatus) -> Option<i32> {
+    None
+}
+
+/// The first panic in a process's standard error: where it happened and its message.
+fn first_panic(stderr: &str) -> Option<String> {
+    let mut lines = stderr.lines().skip_while(|l| !l.contains("panicked at"));
+    let at = lines.next()?;
+    let at = &at[at.find("panicked at")?..];
+    let message = lines.next().unwrap_or_default();
+    Some(format!("{} {message}", at.trim_end_matches(':')))
+}
+
+/// The hidden `seed` command: runs one seed and prints its report line.
+fn seed(seed: u64, shape: &Shape) -> ExitCode {
+    match shape.run_one(seed) {
+        Ok(_) => {
+            println!("{SEED_PASSED}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            // One line: the error's chain joined, newlines folded.
+            let error = format!("{e:#}").replace('\n', " ");
+            println!("{SEED_FAILED}{error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn replay(seed: u64, trace: bool, shape: &Shape) -> anyhow::Result<()> {
     let started = Instant::now();
     let (events, hash, summary) = shape
@@ -328,6 +420,7 @@ fn replay(seed: u64, trace: bool, shape: &Shape) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Run { seeds, shape } => run(seeds, &shape),
+        Command::Seed { seed: n, shape } => seed(n, &shape),
         Command::Replay { seed, trace, shape } => match replay(seed, trace, &shape) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
