@@ -87,10 +87,10 @@ impl Node {
             ),
             Storage::Database(db, latency) => (db.clone(), latency.clone()),
         };
-        let (machine, desired) = store::StateMachine::open(db.clone())?;
+        let (machine, desired) = store::StateMachine::open(db.clone(), config.node_id)?;
         let peers = Peers::new(endpoint.clone());
         let network = Network::new(peers.clone());
-        let log = store::LogStore::new(db, latency)?;
+        let log = store::LogStore::new(db, latency, config.node_id)?;
         let logged_at_start = log.last_log_id().map(|id| id.index);
         let raft = Raft::new(
             config.node_id,

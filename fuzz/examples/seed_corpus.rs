@@ -1209,7 +1209,7 @@ fn snapshots() -> Vec<(String, Vec<u8>)> {
     let mut seeds = Vec::new();
     for applied in [0, 3, all.len()] {
         let db = store::open_in_memory().expect("in-memory database");
-        let (mut machine, _) = store::StateMachine::open(db.clone()).expect("state machine");
+        let (mut machine, _) = store::StateMachine::open(db.clone(), 1).expect("state machine");
         let data = runtime.block_on(async {
             let entries = all[..applied].iter().map(|(_, e)| e.clone());
             machine.apply(entries).await.expect("apply");

@@ -30,6 +30,7 @@ use openraft::{
 use qvdc_transport::{
     bugs::{self, Bug},
     codec,
+    facts::{self, Fact},
 };
 pub use redb::Database;
 use redb::{Durability, ReadableDatabase, ReadableTable, TableDefinition};
@@ -39,7 +40,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::{
     model::{Command, DesiredState, Outcome},
     types::{
-        Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig, Vote,
+        Entry, LogId, NodeId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+        Vote,
     },
 };
 
@@ -180,6 +182,8 @@ impl LogCache {
 
 #[derive(Debug)]
 struct LogShared {
+    /// The node whose log this is, for the facts it states.
+    node: NodeId,
     cache: Mutex<LogCache>,
     jobs: mpsc::UnboundedSender<Job>,
 }
@@ -213,14 +217,15 @@ impl DiskLatency {
 }
 
 impl LogStore {
-    /// Loads the log from `db` and starts its writer task on the current runtime; each of
-    /// its commits first waits out `latency`.
-    pub fn new(db: Arc<Database>, latency: DiskLatency) -> Result<Self> {
+    /// Loads node `node`'s log from `db` and starts its writer task on the current runtime;
+    /// each of its commits first waits out `latency`.
+    pub fn new(db: Arc<Database>, latency: DiskLatency, node: NodeId) -> Result<Self> {
         let cache = load_log(&db)?;
         let (jobs, queue) = mpsc::unbounded_channel();
         tokio::spawn(write_queued(db, queue, latency));
         Ok(Self {
             shared: Arc::new(LogShared {
+                node,
                 cache: Mutex::new(cache),
                 jobs,
             }),
@@ -457,7 +462,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let bytes = codec::to_stored_bytes(&log_id).map_err(|e| write_err(e.into()))?;
         self.write_through(Op::Purge(bytes, log_id.index))
             .await
-            .map_err(write_err)
+            .map_err(write_err)?;
+        facts::state(Fact::LogPurged {
+            node: self.shared.node,
+            through: log_id.index,
+        });
+        Ok(())
     }
 }
 
@@ -495,15 +505,21 @@ pub fn decode_stored_snapshot(bytes: &[u8]) -> Result<()> {
 /// how the leader's supervisors learn of changes.
 #[derive(Debug)]
 pub struct StateMachine {
+    /// The node whose state machine this is, for the facts it states.
+    node: NodeId,
     db: Arc<Database>,
     data: MachineData,
     published: watch::Sender<Arc<DesiredState>>,
 }
 
 impl StateMachine {
-    /// Loads the state machine from the latest snapshot in the database and returns it with a
-    /// subscription to its desired state. openraft re-applies the committed log behind it.
-    pub fn open(db: Arc<Database>) -> Result<(Self, watch::Receiver<Arc<DesiredState>>)> {
+    /// Loads node `node`'s state machine from the latest snapshot in the database and returns
+    /// it with a subscription to its desired state. openraft re-applies the committed log
+    /// behind it.
+    pub fn open(
+        db: Arc<Database>,
+        node: NodeId,
+    ) -> Result<(Self, watch::Receiver<Arc<DesiredState>>)> {
         let data: MachineData = match get::<StoredSnapshot>(&db, MACHINE, KEY_SNAPSHOT)? {
             Some(stored) => codec::from_stored_bytes(&stored.data)?,
             None => MachineData::default(),
@@ -511,6 +527,7 @@ impl StateMachine {
         let (published, subscribed) = watch::channel(Arc::new(data.state.clone()));
         Ok((
             Self {
+                node,
                 db,
                 data,
                 published,
@@ -542,6 +559,7 @@ fn sm_write_err(e: StoreError) -> StorageError {
 /// Builds snapshots from a copy of the applied state taken when the builder was made.
 #[derive(Debug)]
 pub struct SnapshotBuilder {
+    node: NodeId,
     db: Arc<Database>,
     data: MachineData,
 }
@@ -582,6 +600,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         };
         let db = self.db.clone();
         blocking(|| put(&db, MACHINE, KEY_SNAPSHOT, &stored)).map_err(sm_write_err)?;
+        facts::state(Fact::SnapshotBuilt {
+            node: self.node,
+            index: last.map_or(0, |id| id.index),
+        });
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(bytes)),
@@ -630,6 +652,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         SnapshotBuilder {
+            node: self.node,
             db: self.db.clone(),
             data: self.data.clone(),
         }
@@ -675,6 +698,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let db = self.db.clone();
         blocking(|| put(&db, MACHINE, KEY_SNAPSHOT, &stored)).map_err(sm_write_err)?;
         self.publish();
+        facts::state(Fact::SnapshotInstalled {
+            node: self.node,
+            index: meta.last_log_id.map_or(0, |id| id.index),
+        });
         Ok(())
     }
 
@@ -706,10 +733,10 @@ mod tests {
         {
             let dir = tempfile::tempdir().expect("temp dir");
             let database = open(&dir.path().join("raft.redb")).expect("open database");
-            let (machine, _) = StateMachine::open(database.clone()).expect("open state machine");
+            let (machine, _) = StateMachine::open(database.clone(), 1).expect("open state machine");
             Ok((
                 dir,
-                LogStore::new(database, DiskLatency::default()).expect("open log"),
+                LogStore::new(database, DiskLatency::default(), 1).expect("open log"),
                 machine,
             ))
         }
@@ -741,7 +768,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_slow_disk_delays_each_commit() {
         let latency = DiskLatency::default();
-        let mut log = LogStore::new(open_in_memory().unwrap(), latency.clone()).unwrap();
+        let mut log = LogStore::new(open_in_memory().unwrap(), latency.clone(), 1).unwrap();
         let vote = Vote::new_committed(1, 1);
         let took = |started: tokio::time::Instant| started.elapsed();
 
@@ -767,7 +794,7 @@ mod tests {
         let path = dir.path().join("raft.redb");
         let vote = Vote::new_committed(1, 1);
         {
-            let mut log = LogStore::new(open(&path).unwrap(), DiskLatency::default()).unwrap();
+            let mut log = LogStore::new(open(&path).unwrap(), DiskLatency::default(), 1).unwrap();
             for index in 1..=5 {
                 let entry = register(&format!("host-{index}"), index);
                 log.cache().entries.insert(index, entry.clone());
@@ -791,7 +818,7 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             reopened = open(&path);
         }
-        let mut log = LogStore::new(reopened.unwrap(), DiskLatency::default()).unwrap();
+        let mut log = LogStore::new(reopened.unwrap(), DiskLatency::default(), 1).unwrap();
         let state = log.get_log_state().await.unwrap();
         assert_eq!(state.last_log_id.map(|id| id.index), Some(4));
         assert_eq!(log.read_vote().await.unwrap(), Some(vote));
@@ -811,7 +838,7 @@ mod tests {
         let entry = register("host-1", 1);
         let log_id = entry.log_id;
         {
-            let (mut machine, watch) = StateMachine::open(open(&path).unwrap()).unwrap();
+            let (mut machine, watch) = StateMachine::open(open(&path).unwrap(), 1).unwrap();
             assert_eq!(
                 machine.apply([entry]).await.unwrap(),
                 vec![Outcome::Applied]
@@ -825,7 +852,7 @@ mod tests {
                 .unwrap();
             machine.apply([register("host-2", 2)]).await.unwrap();
         }
-        let (mut machine, watch) = StateMachine::open(open(&path).unwrap()).unwrap();
+        let (mut machine, watch) = StateMachine::open(open(&path).unwrap(), 1).unwrap();
         assert_eq!(machine.applied_state().await.unwrap().0, Some(log_id));
         assert!(watch.borrow().hosts.contains_key("host-1"));
         assert!(

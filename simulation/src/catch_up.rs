@@ -49,7 +49,7 @@ pub fn run_with_bugs(seed: u64, bugs: &[crate::Bug]) -> anyhow::Result<CatchUp> 
         hosts: 1,
         failing_hosts: vec![],
         disruption: Disruption::Crash,
-        retention: RETENTION,
+        retention: Some(RETENTION),
         impairment: Default::default(),
         ..Default::default()
     };

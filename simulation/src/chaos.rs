@@ -27,7 +27,7 @@ use tracing::info;
 
 use crate::{
     faults::{self, FaultLog},
-    harness::{self, ask, eventually, Faults},
+    harness::{self, ask, eventually, Faults, LogLifecycle},
     linearizability::{self, Operation, Registry, RegistryOp, RegistryRet},
     world::{self, Certs, Shared, SimConfig},
 };
@@ -58,6 +58,8 @@ pub struct Outcome {
     pub vms: usize,
     /// Simulated time from the end of the chaos phase until everything converged.
     pub heal: Duration,
+    /// Snapshots built and installed and logs purged, by all nodes.
+    pub log: LogLifecycle,
 }
 
 struct Summary {
@@ -80,6 +82,7 @@ pub fn run(config: &SimConfig) -> anyhow::Result<Outcome> {
         unknown: s.unknown,
         vms: s.vms,
         heal: s.heal,
+        log: run.log,
     })
 }
 

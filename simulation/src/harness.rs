@@ -75,6 +75,38 @@ pub(crate) struct Run<T> {
     pub(crate) value: T,
     pub(crate) trace: Vec<String>,
     pub(crate) trace_hash: u64,
+    pub(crate) log: LogLifecycle,
+}
+
+/// What the nodes did with their logs in a run, summed over nodes: the parts of Raft that
+/// only a long-running cluster reaches, which a run must exercise for its checks to cover.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogLifecycle {
+    pub snapshots_built: usize,
+    pub snapshots_installed: usize,
+    pub purges: usize,
+}
+
+impl LogLifecycle {
+    fn of(facts: &[(u64, Fact)]) -> Self {
+        let mut counts = Self::default();
+        for (_, fact) in facts {
+            match fact {
+                Fact::SnapshotBuilt { .. } => counts.snapshots_built += 1,
+                Fact::SnapshotInstalled { .. } => counts.snapshots_installed += 1,
+                Fact::LogPurged { .. } => counts.purges += 1,
+                _ => {}
+            }
+        }
+        counts
+    }
+
+    /// Adds another run's counts.
+    pub fn add(&mut self, other: LogLifecycle) {
+        self.snapshots_built += other.snapshots_built;
+        self.snapshots_installed += other.snapshots_installed;
+        self.purges += other.purges;
+    }
 }
 
 /// Runs `script` as the operator of a world shaped by `config`.
@@ -98,10 +130,11 @@ where
         .with(layer.with_filter(trace::recorded()))
         .with(printed);
     panics::watch();
+    let log = std::cell::Cell::new(LogLifecycle::default());
     let value = tracing::subscriber::with_default(subscriber, || {
         // A panic that escapes the world (one in a machine's main task) ends the run here
         // instead of taking down the thread that runs seeds.
-        let run = || simulate(config, script, &clock);
+        let run = || simulate(config, script, &clock, &log);
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
             .unwrap_or_else(|_| Err(anyhow::anyhow!("the simulation panicked")))
     });
@@ -121,6 +154,7 @@ where
         value,
         trace_hash: trace::hash(&trace),
         trace,
+        log: log.get(),
     })
 }
 
@@ -128,6 +162,7 @@ fn simulate<T, S, Fut>(
     config: &SimConfig,
     script: S,
     clock: &std::sync::atomic::AtomicU64,
+    log: &std::cell::Cell<LogLifecycle>,
 ) -> anyhow::Result<T>
 where
     T: 'static,
@@ -136,6 +171,12 @@ where
 {
     seed_thread_rng(config.seed);
     inject_bugs(&config.bugs)?;
+    let retention = config.retention();
+    info!(
+        snapshot_after_logs = retention.snapshot_after_logs,
+        logs_kept_after_snapshot = retention.logs_kept_after_snapshot,
+        "log retention"
+    );
     // What production code states it did, stamped with simulated time (between steps, when
     // the harness itself crashes a machine, the time of the last step).
     let facts: invariants::Facts = Rc::default();
@@ -192,6 +233,7 @@ where
             &mut faults.lock().expect("faults lock poisoned"),
         );
     }
+    log.set(LogLifecycle::of(&facts.borrow()));
     let value = result.lock().expect("result lock poisoned").take();
     value.ok_or_else(|| anyhow::anyhow!("the operator script finished without a result"))
 }

@@ -25,7 +25,7 @@ pub fn run(seed: u64) -> anyhow::Result<Lagging> {
         hosts: 1,
         failing_hosts: vec![],
         disruption: Disruption::Isolate,
-        retention: Default::default(),
+        retention: Some(Default::default()),
         impairment: Default::default(),
         ..Default::default()
     };

@@ -22,6 +22,6 @@ pub mod vm_flow;
 mod world;
 
 pub use faults::{Chaos, FaultKind};
-pub use harness::TICK_MS;
+pub use harness::{LogLifecycle, TICK_MS};
 pub use qvdc_transport::bugs::Bug;
 pub use world::{Certs, Disruption, SimConfig};

@@ -37,8 +37,9 @@ pub struct SimConfig {
     pub failing_hosts: Vec<usize>,
     /// What happens to the leader once the pool is up.
     pub disruption: Disruption,
-    /// Snapshot and log-purge thresholds of every node.
-    pub retention: LogRetention,
+    /// Snapshot and log-purge thresholds of every node; `None`: drawn from the seed
+    /// ([`SimConfig::retention`]), so that ordinary runs build, send, install and purge.
+    pub retention: Option<LogRetention>,
     /// Datagram loss and duplication on every link, for the whole run.
     pub impairment: qvdc_transport::sim::Impairment,
     /// The faults the chaos scenario draws from, and for how long.
@@ -56,7 +57,7 @@ impl Default for SimConfig {
             hosts: 3,
             failing_hosts: Vec::new(),
             disruption: Disruption::Crash,
-            retention: LogRetention::default(),
+            retention: None,
             impairment: Default::default(),
             chaos: Chaos::default(),
             bugs: Vec::new(),
@@ -75,7 +76,28 @@ pub enum Disruption {
     Isolate,
 }
 
+/// The thresholds a seed draws from: a snapshot after this many entries (down to every
+/// few, as in no production setting, so that snapshots happen in every run)...
+const SNAPSHOT_AFTER_LOGS: [u64; 5] = [3, 8, 24, 100, 5_000];
+/// ... and this many entries kept behind it (none: any lag at all means a snapshot install).
+const LOGS_KEPT_AFTER_SNAPSHOT: [u64; 4] = [0, 2, 16, 1_000];
+
 impl SimConfig {
+    /// The run's log retention: as configured, or drawn from the seed (from a generator of
+    /// its own, so the draw does not shift any other).
+    pub fn retention(&self) -> LogRetention {
+        self.retention.unwrap_or_else(|| {
+            use rand::{rngs::StdRng, Rng, SeedableRng};
+            let mut rng = StdRng::seed_from_u64(self.seed ^ 0x5eed_106e);
+            LogRetention {
+                snapshot_after_logs: SNAPSHOT_AFTER_LOGS
+                    [rng.gen_range(0..SNAPSHOT_AFTER_LOGS.len())],
+                logs_kept_after_snapshot: LOGS_KEPT_AFTER_SNAPSHOT
+                    [rng.gen_range(0..LOGS_KEPT_AFTER_SNAPSHOT.len())],
+            }
+        })
+    }
+
     pub(crate) fn node_name(i: u64) -> String {
         format!("cp{i}")
     }
@@ -154,7 +176,7 @@ pub(crate) fn add_node(
         .expect("faults lock poisoned")
         .disks
         .insert(name.clone(), latency.clone());
-    let (seed, nodes, retention) = (config.seed, config.nodes, config.retention);
+    let (seed, nodes, retention) = (config.seed, config.nodes, config.retention());
     world.host(name.clone(), move || {
         let (identity, db, name) = (identity.clone(), db.clone(), name.clone());
         let latency = latency.clone();

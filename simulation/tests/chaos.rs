@@ -24,6 +24,21 @@ fn a_chaos_run_replays_to_the_same_trace() {
     assert_ne!(first.trace_hash, other.trace_hash);
 }
 
+/// Retention drawn from the seed brings snapshots, their installs on lagging or restarted
+/// followers, and log purges into ordinary runs, under the same faults as everything else.
+#[test]
+fn ordinary_seeds_build_install_and_purge_under_faults() {
+    let mut log = qvdc_simulation::LogLifecycle::default();
+    for seed in 0..6 {
+        let outcome = chaos::run(&config(seed)).unwrap();
+        assert!(outcome.faults.injected >= 10, "{:?}", outcome.faults);
+        log.add(outcome.log);
+    }
+    assert!(log.snapshots_built >= 10, "{log:?}");
+    assert!(log.snapshots_installed >= 1, "{log:?}");
+    assert!(log.purges >= 10, "{log:?}");
+}
+
 #[test]
 fn only_the_chosen_faults_are_drawn() {
     let mut only = config(5);

@@ -98,6 +98,16 @@ fn a_snapshot_that_drops_a_pool_is_caught() {
     });
 }
 
+/// The chaos scenario draws its log retention from the seed, so ordinary seeds build and
+/// install snapshots under faults: the same bug fails them too, not only the catch-up test.
+#[test]
+fn a_snapshot_that_drops_a_pool_fails_ordinary_chaos_seeds() {
+    let bugs = [Bug::SnapshotDropsAPool];
+    caught(&bugs, "hold different states", |seed| {
+        chaos::run(&config(seed, 10, &bugs)).map(drop)
+    });
+}
+
 /// A panic in production code fails its seed alone: `qvsim run` names each panicking seed
 /// with the panic and its replay command, keeps running the other seeds, and exits with a
 /// failure instead of aborting. (In one process the panic would abort it: tearing down the

@@ -10,7 +10,6 @@ fn config(seed: u64) -> SimConfig {
         hosts: 3,
         failing_hosts: vec![3],
         disruption: Disruption::Crash,
-        retention: Default::default(),
         impairment: Default::default(),
         ..Default::default()
     }

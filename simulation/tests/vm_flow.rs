@@ -9,7 +9,6 @@ fn config(seed: u64, disruption: Disruption) -> SimConfig {
         hosts: 3,
         failing_hosts: vec![3],
         disruption,
-        retention: Default::default(),
         impairment: Default::default(),
         ..Default::default()
     }

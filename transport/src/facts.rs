@@ -26,6 +26,12 @@ pub enum Fact {
     },
     /// The simulation crashed `machine`: whatever ran there stopped.
     MachineCrashed { machine: String },
+    /// Node `node` built a snapshot of its state through log index `index`.
+    SnapshotBuilt { node: u64, index: u64 },
+    /// Node `node` replaced its state with a snapshot a leader sent, through `index`.
+    SnapshotInstalled { node: u64, index: u64 },
+    /// Node `node` dropped its log entries up to and including `through`.
+    LogPurged { node: u64, through: u64 },
 }
 
 /// What a VM operation did to the guest.

@@ -13,7 +13,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use qvdc_simulation::{
     adoption, catch_up, chaos, deposed_leader, pool_flow, vm_flow, Bug, Chaos, Disruption,
-    FaultKind, SimConfig,
+    FaultKind, LogLifecycle, SimConfig,
 };
 use qvdc_transport::sim::Impairment;
 
@@ -156,7 +156,7 @@ impl Shape {
             hosts: self.hosts,
             failing_hosts: self.failing_hosts.clone(),
             disruption: self.disruption,
-            retention: Default::default(),
+            retention: None,
             impairment: Impairment {
                 loss_per_mille: self.loss_per_mille,
                 duplicate_per_mille: self.duplicate_per_mille,
@@ -199,17 +199,24 @@ impl Shape {
         flags
     }
 
-    /// Runs one seed: its trace, the trace's hash, and a one-line summary.
-    fn run_one(&self, seed: u64) -> anyhow::Result<(Vec<String>, u64, String)> {
+    /// Runs one seed.
+    fn run_one(&self, seed: u64) -> anyhow::Result<SeedRun> {
         let config = self.config(seed);
-        Ok(match self.scenario {
+        let mut log = LogLifecycle::default();
+        let run = match self.scenario {
             Scenario::Chaos => {
                 let o = chaos::run(&config)?;
                 let summary = format!(
                     "{} faults, {} registry operations ({} unknown outcome) linearizable, {} VMs; \
-                     converged {:?} after healing (simulated)",
-                    o.faults.injected, o.operations, o.unknown, o.vms, o.heal
+                     converged {:?} after healing (simulated); {}",
+                    o.faults.injected,
+                    o.operations,
+                    o.unknown,
+                    o.vms,
+                    o.heal,
+                    lifecycle(&o.log)
                 );
+                log = o.log;
                 (o.trace, o.trace_hash, summary)
             }
             Scenario::CatchUp => {
@@ -254,8 +261,32 @@ impl Shape {
                 );
                 (o.trace, o.trace_hash, summary)
             }
+        };
+        let (trace, trace_hash, summary) = run;
+        Ok(SeedRun {
+            trace,
+            trace_hash,
+            summary,
+            log,
         })
     }
+}
+
+/// What one seed's run did: its trace, the trace's hash, a one-line summary and, for the
+/// chaos scenario, what the nodes did with their logs.
+struct SeedRun {
+    trace: Vec<String>,
+    trace_hash: u64,
+    summary: String,
+    log: LogLifecycle,
+}
+
+/// What the nodes did with their logs, in words.
+fn lifecycle(log: &LogLifecycle) -> String {
+    format!(
+        "{} snapshots built, {} installed, {} log purges",
+        log.snapshots_built, log.snapshots_installed, log.purges
+    )
 }
 
 fn parse_range(text: &str) -> Result<Range<u64>, String> {
@@ -288,6 +319,7 @@ fn run(seeds: Range<u64>, shape: &Shape) -> ExitCode {
     let total = seeds.end - seeds.start;
     let next = Mutex::new(seeds);
     let failures = Mutex::new(Vec::new());
+    let log = Mutex::new(LogLifecycle::default());
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     std::thread::scope(|scope| {
         for _ in 0..workers {
@@ -295,11 +327,12 @@ fn run(seeds: Range<u64>, shape: &Shape) -> ExitCode {
                 let Some(seed) = next.lock().expect("seed lock").next() else {
                     return;
                 };
-                if let Err(e) = run_in_process(seed, shape) {
-                    failures
+                match run_in_process(seed, shape) {
+                    Ok(counted) => log.lock().expect("log lock").add(counted),
+                    Err(e) => failures
                         .lock()
                         .expect("failure lock")
-                        .push((seed, format!("{e:#}")));
+                        .push((seed, format!("{e:#}"))),
                 }
             });
         }
@@ -313,8 +346,14 @@ fn run(seeds: Range<u64>, shape: &Shape) -> ExitCode {
             shape.flags()
         );
     }
+    let log = log.into_inner().expect("log lock");
+    let exercised = if shape.scenario == Scenario::Chaos {
+        format!("; the passed runs: {}", lifecycle(&log))
+    } else {
+        String::new()
+    };
     println!(
-        "{} passed, {} failed ({total} seeds in {elapsed:.1} s on {workers} threads, {:.0} seeds/min)",
+        "{} passed, {} failed ({total} seeds in {elapsed:.1} s on {workers} threads, {:.0} seeds/min){exercised}",
         total as usize - failures.len(),
         failures.len(),
         total as f64 / elapsed * 60.0
@@ -328,7 +367,7 @@ fn run(seeds: Range<u64>, shape: &Shape) -> ExitCode {
 
 /// Runs `seed` in a child process (this program's hidden `seed` command) and reads its
 /// verdict: its report line, or else the first panic it printed and how it ended.
-fn run_in_process(seed: u64, shape: &Shape) -> anyhow::Result<()> {
+fn run_in_process(seed: u64, shape: &Shape) -> anyhow::Result<LogLifecycle> {
     let program = std::env::current_exe().context("finding this program to run a seed")?;
     let mut command = std::process::Command::new(program);
     command.args(["seed", "--seed", &seed.to_string()]);
@@ -343,7 +382,7 @@ fn run_in_process(seed: u64, shape: &Shape) -> anyhow::Result<()> {
     if let Some(line) = stdout.lines().rev().find(|l| is_report(l)) {
         return match line.strip_prefix(SEED_FAILED) {
             Some(error) => Err(anyhow::anyhow!("{error}")),
-            None => Ok(()),
+            None => parse_counts(line),
         };
     }
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -363,7 +402,25 @@ fn run_in_process(seed: u64, shape: &Shape) -> anyhow::Result<()> {
 }
 
 fn is_report(line: &str) -> bool {
-    line == SEED_PASSED || line.starts_with(SEED_FAILED)
+    line.starts_with(SEED_PASSED) || line.starts_with(SEED_FAILED)
+}
+
+/// The counts of a passed report line: `passed BUILT INSTALLED PURGES`.
+fn parse_counts(line: &str) -> anyhow::Result<LogLifecycle> {
+    let counts: Vec<usize> = line
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("a seed's report line {line:?}"))?;
+    let [snapshots_built, snapshots_installed, purges] = counts[..] else {
+        anyhow::bail!("a seed's report line {line:?} has not three counts");
+    };
+    Ok(LogLifecycle {
+        snapshots_built,
+        snapshots_installed,
+        purges,
+    })
 }
 
 #[cfg(unix)]
@@ -388,8 +445,11 @@ fn first_panic(stderr: &str) -> Option<String> {
 /// The hidden `seed` command: runs one seed and prints its report line.
 fn seed(seed: u64, shape: &Shape) -> ExitCode {
     match shape.run_one(seed) {
-        Ok(_) => {
-            println!("{SEED_PASSED}");
+        Ok(SeedRun { log, .. }) => {
+            println!(
+                "{SEED_PASSED} {} {} {}",
+                log.snapshots_built, log.snapshots_installed, log.purges
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -403,7 +463,12 @@ fn seed(seed: u64, shape: &Shape) -> ExitCode {
 
 fn replay(seed: u64, trace: bool, shape: &Shape) -> anyhow::Result<()> {
     let started = Instant::now();
-    let (events, hash, summary) = shape
+    let SeedRun {
+        trace: events,
+        trace_hash: hash,
+        summary,
+        ..
+    } = shape
         .run_one(seed)
         .with_context(|| format!("seed {seed}"))?;
     if trace {
