@@ -13,7 +13,7 @@ use qvdc_transport::{
 };
 use tokio::{
     sync::{watch, RwLock},
-    time::{Duration, Instant},
+    time::Duration,
 };
 use tracing::{debug, warn};
 
@@ -155,12 +155,12 @@ impl Context {
             return Err(self.not_leader());
         };
         let leadership = supervision.leadership();
-        if self.lease.holds(leadership, Instant::now())
+        if self.lease.holds(leadership, self.lease.now())
             || qvdc_transport::bugs::active(qvdc_transport::bugs::Bug::NoLeaderLease)
         {
             return Ok(supervision);
         }
-        let asked = Instant::now();
+        let asked = self.lease.now();
         let confirm = tokio::time::timeout(
             Duration::from_millis(LEADER_CONFIRM_TIMEOUT_MS),
             self.raft.ensure_linearizable(),

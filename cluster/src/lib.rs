@@ -21,4 +21,5 @@ mod revocation;
 mod write;
 
 pub use client::{Client, ClientError};
+pub use lease::{Clock, CLOCK_DRIFT_ALLOWANCE_PERCENT, LEADER_LEASE_MS, LEADER_LEASE_MS_MAX};
 pub use node::{Node, NodeConfig, Storage};

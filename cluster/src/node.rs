@@ -27,7 +27,7 @@ use crate::{
     api,
     context::{Context, Servers},
     forward, hosts,
-    lease::Lease,
+    lease::{Clock, Lease},
     propose::Proposer,
 };
 
@@ -64,6 +64,9 @@ pub struct NodeConfig {
     pub storage: Storage,
     pub timings: Timings,
     pub retention: qvdc_raft::LogRetention,
+    /// The clock the leader lease is measured with: `Clock::default()` (the system's) but in
+    /// the simulation, which makes a node's clock drift to test the lease's allowance for it.
+    pub clock: Clock,
 }
 
 /// A running control-plane node. Cheap to clone.
@@ -129,7 +132,7 @@ impl Node {
             peers,
             desired,
             supervision: RwLock::new(None),
-            lease: Lease::default(),
+            lease: Lease::measured_by(config.clock.clone()),
             last_leader: std::sync::Mutex::new(None),
             logged_at_start,
             servers: std::sync::Mutex::new(Servers::default()),

@@ -1522,6 +1522,7 @@ fn a_node_refuses_what_a_certificate_does_not_allow_and_oversized_frames() {
             storage: qvdc_cluster::Storage::Dir(dir.path().join("node-1")),
             timings: Default::default(),
             retention: Default::default(),
+            clock: Default::default(),
         };
         let node = qvdc_cluster::Node::start(config, server).await.unwrap();
         let connect = |name: &str| {

@@ -52,6 +52,8 @@ pub(crate) struct Faults {
     pub(crate) hosts: BTreeMap<String, HostParts>,
     /// Each control-plane node's disk latency, for slow-disk faults.
     pub(crate) disks: BTreeMap<String, qvdc_raft::store::DiskLatency>,
+    /// Each control-plane node's lease clock, as of its latest boot, for clock drift.
+    pub(crate) clocks: BTreeMap<String, qvdc_cluster::Clock>,
 }
 
 /// A change to the simulated world. Links are (from, to) machine pairs.

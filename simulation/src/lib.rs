@@ -12,6 +12,7 @@ pub mod faults;
 mod harness;
 pub mod invariants;
 pub mod lagging_follower;
+pub mod lease_edge;
 pub mod linearizability;
 pub mod passed_on;
 pub mod pool_flow;

@@ -177,10 +177,20 @@ pub(crate) fn add_node(
         .disks
         .insert(name.clone(), latency.clone());
     let (seed, nodes, retention) = (config.seed, config.nodes, config.retention());
+    let faults = faults.clone();
     world.host(name.clone(), move || {
         let (identity, db, name) = (identity.clone(), db.clone(), name.clone());
         let latency = latency.clone();
+        let faults = faults.clone();
         async move {
+            // Each boot's lease clock starts true; scenarios reach it to make it drift. (Not
+            // before the boot runs: a restart is asked for with the faults locked.)
+            let clock = qvdc_cluster::Clock::default();
+            faults
+                .lock()
+                .expect("faults lock poisoned")
+                .clocks
+                .insert(name.clone(), clock.clone());
             let endpoint = sim::bind(
                 SocketAddr::from(([0, 0, 0, 0], NODE_PORT)),
                 &identity,
@@ -199,6 +209,7 @@ pub(crate) fn add_node(
                 storage: Storage::Database(db, latency),
                 timings: Timings::default(),
                 retention,
+                clock,
             };
             let _node = Node::start(node_config, endpoint).await?;
             std::future::pending::<()>().await;

@@ -3,7 +3,9 @@
 //! the bug (the CI sweep and the scenarios' own tests run them). Needs `--features
 //! deliberate-bugs`.
 
-use qvdc_simulation::{adoption, catch_up, chaos, deposed_leader, vm_flow, Bug, SimConfig};
+use qvdc_simulation::{
+    adoption, catch_up, chaos, deposed_leader, lease_edge, vm_flow, Bug, SimConfig,
+};
 
 /// Seeds tried per bug before the test gives up on it.
 const SEEDS_MAX: u64 = 20;
@@ -105,6 +107,24 @@ fn a_snapshot_that_drops_a_pool_fails_ordinary_chaos_seeds() {
     let bugs = [Bug::SnapshotDropsAPool];
     caught(&bugs, "hold different states", |seed| {
         chaos::run(&config(seed, 10, &bugs)).map(drop)
+    });
+}
+
+/// A lease as long as the voters' refusal window, with no allowance for a slow clock,
+/// outlives the leadership when the successor is elected the moment that window ends.
+#[test]
+fn a_lease_without_the_drift_allowance_is_caught_at_its_edge() {
+    let bugs = [Bug::LeaseWithoutDriftAllowance];
+    caught(&bugs, "its lease outlived its leadership", |seed| {
+        lease_edge::run(&config(seed, 1, &bugs)).map(drop)
+    });
+}
+
+#[test]
+fn a_leader_without_a_lease_is_caught_at_the_edge() {
+    let bugs = [Bug::NoLeaderLease];
+    caught(&bugs, "its lease outlived its leadership", |seed| {
+        lease_edge::run(&config(seed, 1, &bugs)).map(drop)
     });
 }
 

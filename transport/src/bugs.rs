@@ -32,10 +32,13 @@ pub enum Bug {
     /// A node's state machine panics when it applies the delete of a pool: a crash in
     /// production code, for showing that a panicking run is reported as its seed's failure.
     PanicOnPoolDelete,
+    /// The leader lease lasts as long as voters refuse candidates after hearing the leader,
+    /// leaving no allowance for a leader whose clock runs slower than its followers'.
+    LeaseWithoutDriftAllowance,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 8] = [
+    pub const ALL: [Bug; 9] = [
         Bug::AckBeforeCommit,
         Bug::NoLeaderLease,
         Bug::SkipFenceCheck,
@@ -44,6 +47,7 @@ impl Bug {
         Bug::LeadershipOfLastLeader,
         Bug::SnapshotDropsAPool,
         Bug::PanicOnPoolDelete,
+        Bug::LeaseWithoutDriftAllowance,
     ];
 
     /// The bug's name on command lines.
@@ -57,6 +61,7 @@ impl Bug {
             Bug::LeadershipOfLastLeader => "leadership-of-last-leader",
             Bug::SnapshotDropsAPool => "snapshot-drops-a-pool",
             Bug::PanicOnPoolDelete => "panic-on-pool-delete",
+            Bug::LeaseWithoutDriftAllowance => "lease-without-drift-allowance",
         }
     }
 }

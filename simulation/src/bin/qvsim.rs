@@ -12,8 +12,8 @@ use std::{
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use qvdc_simulation::{
-    adoption, catch_up, chaos, deposed_leader, pool_flow, vm_flow, Bug, Chaos, Disruption,
-    FaultKind, LogLifecycle, SimConfig,
+    adoption, catch_up, chaos, deposed_leader, lease_edge, pool_flow, vm_flow, Bug, Chaos,
+    Disruption, FaultKind, LogLifecycle, SimConfig,
 };
 use qvdc_transport::sim::Impairment;
 
@@ -80,6 +80,9 @@ enum Scenario {
     DeposedLeader,
     /// A domain qvdc did not create adopted, driven across a leader loss, and released.
     Adoption,
+    /// A leader with a slow clock cut off from its peers, read right after its successor's
+    /// acknowledged write: the lease at its edge.
+    LeaseEdge,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -241,6 +244,23 @@ impl Shape {
                 let summary = format!(
                     "legacy-db adopted (id recorded {:?} after the request), driven across a leader loss and released untouched (simulated)",
                     o.adopted_in
+                );
+                (o.trace, o.trace_hash, summary)
+            }
+            Scenario::LeaseEdge => {
+                let o = lease_edge::run(&config)?;
+                let answered = o.rounds.iter().filter(|r| r.answered).count();
+                let writes: Vec<String> = o
+                    .rounds
+                    .iter()
+                    .map(|r| format!("cp{}→cp{} {:?}", r.old, r.new, r.cut_to_write))
+                    .collect();
+                let summary = format!(
+                    "{} rounds (cut → successor's write: {}); the cut-off leader answered {} \
+                     of the reads after it, each with the write (simulated)",
+                    o.rounds.len(),
+                    writes.join(", "),
+                    answered
                 );
                 (o.trace, o.trace_hash, summary)
             }

@@ -221,6 +221,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         storage: Storage::Dir(data_dir),
         timings,
         retention,
+        clock: Default::default(),
     };
     let node = Node::start(config, endpoint).await?;
     wait_for_signal().await;
