@@ -3,8 +3,9 @@
 
 use std::{
     collections::BTreeSet,
+    io::Read,
     ops::Range,
-    process::ExitCode,
+    process::{ExitCode, Stdio},
     sync::Mutex,
     time::{Duration, Instant},
 };
@@ -42,6 +43,10 @@ enum Command {
         /// Seeds as START..END (END excluded).
         #[arg(long, value_parser = parse_range, default_value = "0..20")]
         seeds: Range<u64>,
+        /// Wall-clock seconds one seed may take before it counts as hung (a deadlock or a
+        /// livelock in the run) and its process is killed.
+        #[arg(long, default_value_t = 300)]
+        seed_timeout_seconds: u64,
         #[command(flatten)]
         shape: Shape,
     },
@@ -334,7 +339,7 @@ const SEED_FAILED: &str = "failed: ";
 /// whose run panics, even where unwinding cannot be caught (a destructor panicking while a
 /// runtime shuts down aborts the process), fails alone, with its replay command, and the
 /// other seeds still run.
-fn run(seeds: Range<u64>, shape: &Shape) -> ExitCode {
+fn run(seeds: Range<u64>, limit: Duration, shape: &Shape) -> ExitCode {
     let started = Instant::now();
     let total = seeds.end - seeds.start;
     let next = Mutex::new(seeds);
@@ -347,7 +352,7 @@ fn run(seeds: Range<u64>, shape: &Shape) -> ExitCode {
                 let Some(seed) = next.lock().expect("seed lock").next() else {
                     return;
                 };
-                match run_in_process(seed, shape) {
+                match run_in_process(seed, limit, shape) {
                     Ok(counted) => log.lock().expect("log lock").add(counted),
                     Err(e) => failures
                         .lock()
@@ -386,18 +391,64 @@ fn run(seeds: Range<u64>, shape: &Shape) -> ExitCode {
 }
 
 /// Runs `seed` in a child process (this program's hidden `seed` command) and reads its
-/// verdict: its report line, or else the first panic it printed and how it ended.
-fn run_in_process(seed: u64, shape: &Shape) -> anyhow::Result<LogLifecycle> {
+/// verdict: its report line, or else the first panic it printed and how it ended. A child
+/// that runs longer than `limit` is killed and reported as hung.
+fn run_in_process(seed: u64, limit: Duration, shape: &Shape) -> anyhow::Result<LogLifecycle> {
     let program = std::env::current_exe().context("finding this program to run a seed")?;
     let mut command = std::process::Command::new(program);
     command.args(["seed", "--seed", &seed.to_string()]);
     command.args(shape.flags().split_whitespace());
     // The first panic's message is what the report needs; backtraces would bury it.
     command.env("RUST_BACKTRACE", "0");
-    let output = command
-        .stdin(std::process::Stdio::null())
-        .output()
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .context("starting a process for the seed")?;
+    // Read both pipes while waiting, so a chatty child never blocks on a full one.
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().context("waiting for the seed's process")? {
+            break status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!(
+                "the run did not finish within {} s of wall time (a deadlock or a livelock; \
+                 a replay shows where it stops, e.g. with QVSIM_LOG=debug)",
+                limit.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let output = std::process::Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    };
     let stdout = String::from_utf8_lossy(&output.stdout);
     if let Some(line) = stdout.lines().rev().find(|l| is_report(l)) {
         return match line.strip_prefix(SEED_FAILED) {
@@ -504,7 +555,11 @@ fn replay(seed: u64, trace: bool, shape: &Shape) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Run { seeds, shape } => run(seeds, &shape),
+        Command::Run {
+            seeds,
+            seed_timeout_seconds,
+            shape,
+        } => run(seeds, Duration::from_secs(seed_timeout_seconds), &shape),
         Command::Seed { seed: n, shape } => seed(n, &shape),
         Command::Replay { seed, trace, shape } => match replay(seed, trace, &shape) {
             Ok(()) => ExitCode::SUCCESS,
