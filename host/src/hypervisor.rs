@@ -242,6 +242,8 @@ struct SimDomain {
     vcpus: u32,
     memory_bytes: u64,
     disks: Vec<DiskReport>,
+    /// How often its guest was booted (started or rebooted) since it was defined.
+    boots: u32,
 }
 
 #[derive(Debug, Default)]
@@ -293,6 +295,13 @@ impl SimHypervisor {
             Some(reason) => Err(HostError::new(HostErrorKind::Failed, reason.clone())),
             None => Ok(state),
         }
+    }
+
+    /// How often domain `name`'s guest was booted (started or rebooted) since it was
+    /// defined; 0 if there is no such domain.
+    pub fn boots(&self, name: &str) -> u32 {
+        let state = self.state.lock().expect("sim hypervisor poisoned");
+        state.domains.get(name).map_or(0, |d| d.boots)
     }
 
     /// Every defined domain and its power state: what the host really runs.
@@ -356,6 +365,7 @@ impl SimHypervisor {
             vcpus: 1,
             memory_bytes: 64 << 20,
             disks,
+            boots: u32::from(running),
         };
         state.domains.insert(name.to_owned(), domain);
     }
@@ -398,6 +408,12 @@ fn set_power(d: &mut SimDomain, power: PowerState, reason: &str) {
     d.reason = reason.to_owned();
 }
 
+/// The guest boots: it runs, once more.
+fn boot(d: &mut SimDomain) {
+    set_power(d, PowerState::Running, "booted");
+    d.boots += 1;
+}
+
 impl Hypervisor for SimHypervisor {
     async fn describe(&self) -> Result<String, HostError> {
         self.unless_hung().await;
@@ -420,6 +436,7 @@ impl Hypervisor for SimHypervisor {
                 vcpus: 0,
                 memory_bytes: 0,
                 disks: Vec::new(),
+                boots: 0,
             });
         domain.id = Some(spec.id);
         domain.vcpus = spec.vcpus;
@@ -442,7 +459,7 @@ impl Hypervisor for SimHypervisor {
         self.unless_hung().await;
         self.with_domain(&name, "start", |d, _| {
             if d.power != PowerState::Running {
-                set_power(d, PowerState::Running, "booted");
+                boot(d);
             }
             Ok(())
         })
@@ -474,7 +491,7 @@ impl Hypervisor for SimHypervisor {
             if d.power != PowerState::Running {
                 return Err(not_running(&name));
             }
-            set_power(d, PowerState::Running, "booted");
+            boot(d);
             Ok(())
         })
     }

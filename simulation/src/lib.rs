@@ -16,6 +16,7 @@ pub mod lease_edge;
 pub mod linearizability;
 pub mod passed_on;
 pub mod pool_flow;
+pub mod retried_requests;
 pub mod slow_followers;
 pub mod steady;
 pub mod trace;

@@ -259,7 +259,10 @@ async fn operator_script(
         Err(e)
             if e.to_string()
                 .contains("did not confirm that the guest is gone") => {}
-        other => bail!("deleting a VM whose host is cut off answered {other:?}"),
+        other => bail!(
+            "deleting a VM whose host is cut off answered {other:?}: a delete must wait for \
+             the host to confirm the guest gone, or the record goes while the guest may run"
+        ),
     }
     let kept = vm(&mut majority).await?;
     ensure!(

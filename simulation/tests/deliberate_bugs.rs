@@ -4,7 +4,8 @@
 //! deliberate-bugs`.
 
 use qvdc_simulation::{
-    adoption, catch_up, chaos, deposed_leader, lease_edge, vm_flow, Bug, SimConfig,
+    adoption, catch_up, chaos, deposed_leader, lease_edge, retried_requests, vm_flow, Bug,
+    SimConfig,
 };
 
 /// Seeds tried per bug before the test gives up on it.
@@ -125,6 +126,35 @@ fn a_leader_without_a_lease_is_caught_at_the_edge() {
     let bugs = [Bug::NoLeaderLease];
     caught(&bugs, "its lease outlived its leadership", |seed| {
         lease_edge::run(&config(seed, 1, &bugs)).map(drop)
+    });
+}
+
+/// A retry of a committed create, sent to the next leader, is judged anew without the
+/// request log: "already exists", although this very request created the pool.
+#[test]
+fn a_request_log_that_forgets_is_caught_by_a_retry_through_a_new_leader() {
+    let bugs = [Bug::ForgetRequests];
+    caught(&bugs, "the request was judged twice", |seed| {
+        retried_requests::run(&config(seed, 1, &bugs)).map(drop)
+    });
+}
+
+/// A reboot the host carried out for a leader that crashed, asked again by the next one:
+/// without the host's record of the request, the guest boots twice.
+#[test]
+fn a_host_that_reboots_for_every_retry_is_caught() {
+    let bugs = [Bug::RebootEveryRetry];
+    caught(&bugs, "the host carried out a request twice", |seed| {
+        retried_requests::run(&config(seed, 1, &bugs)).map(drop)
+    });
+}
+
+/// A delete that does not wait for the VM's host answers while the host is cut off.
+#[test]
+fn a_delete_that_skips_the_host_is_caught() {
+    let bugs = [Bug::DeleteWithoutHost];
+    caught(&bugs, "a delete must wait for the host", |seed| {
+        vm_flow::run(&config(seed, 3, &bugs)).map(drop)
     });
 }
 

@@ -35,10 +35,19 @@ pub enum Bug {
     /// The leader lease lasts as long as voters refuse candidates after hearing the leader,
     /// leaving no allowance for a leader whose clock runs slower than its followers'.
     LeaseWithoutDriftAllowance,
+    /// The request log finds no request: a retry of an operator's write is judged anew,
+    /// as if it were another request, instead of getting the first outcome.
+    ForgetRequests,
+    /// A host reboots a VM for every copy of a reboot request it receives, not once per
+    /// request: a reboot retried through a new leader runs twice.
+    RebootEveryRetry,
+    /// A VM's delete commits once the VM is desired stopped, without its host confirming
+    /// the domain is gone: a guest still running on a host cut off keeps running unowned.
+    DeleteWithoutHost,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 9] = [
+    pub const ALL: [Bug; 12] = [
         Bug::AckBeforeCommit,
         Bug::NoLeaderLease,
         Bug::SkipFenceCheck,
@@ -48,6 +57,9 @@ impl Bug {
         Bug::SnapshotDropsAPool,
         Bug::PanicOnPoolDelete,
         Bug::LeaseWithoutDriftAllowance,
+        Bug::ForgetRequests,
+        Bug::RebootEveryRetry,
+        Bug::DeleteWithoutHost,
     ];
 
     /// The bug's name on command lines.
@@ -62,6 +74,9 @@ impl Bug {
             Bug::SnapshotDropsAPool => "snapshot-drops-a-pool",
             Bug::PanicOnPoolDelete => "panic-on-pool-delete",
             Bug::LeaseWithoutDriftAllowance => "lease-without-drift-allowance",
+            Bug::ForgetRequests => "forget-requests",
+            Bug::RebootEveryRetry => "reboot-every-retry",
+            Bug::DeleteWithoutHost => "delete-without-host",
         }
     }
 }

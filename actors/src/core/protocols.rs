@@ -63,7 +63,7 @@ pub fn vm_delete(
             power: DesiredPower::Stopped,
         });
     }
-    if !host_confirmed {
+    if !host_confirmed && !bugs::active(Bug::DeleteWithoutHost) {
         return Step::OnHost {
             host: vm.host.clone(),
             command: HostCommandKind::UndefineVm {

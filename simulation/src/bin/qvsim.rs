@@ -13,8 +13,8 @@ use std::{
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use qvdc_simulation::{
-    adoption, catch_up, chaos, deposed_leader, lease_edge, pool_flow, vm_flow, Bug, Chaos,
-    Disruption, FaultKind, LogLifecycle, SimConfig,
+    adoption, catch_up, chaos, deposed_leader, lease_edge, pool_flow, retried_requests, vm_flow,
+    Bug, Chaos, Disruption, FaultKind, LogLifecycle, SimConfig,
 };
 use qvdc_transport::sim::Impairment;
 
@@ -88,6 +88,9 @@ enum Scenario {
     /// A leader with a slow clock cut off from its peers, read right after its successor's
     /// acknowledged write: the lease at its edge.
     LeaseEdge,
+    /// A create and a reboot carried out, their answers lost with their leader, retried
+    /// with the same request ids through the next: nothing happens twice.
+    RetriedRequests,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -266,6 +269,15 @@ impl Shape {
                     o.rounds.len(),
                     writes.join(", "),
                     answered
+                );
+                (o.trace, o.trace_hash, summary)
+            }
+            Scenario::RetriedRequests => {
+                let o = retried_requests::run(&config)?;
+                let summary = format!(
+                    "create retried {:?} after cp{} crashed, reboot retried {:?} after cp{} \
+                     crashed; each took effect once (simulated)",
+                    o.retried_in[0], o.crashed[0], o.retried_in[1], o.crashed[1]
                 );
                 (o.trace, o.trace_hash, summary)
             }
