@@ -50,10 +50,14 @@ fn leader_of(metrics: &Metrics, me: NodeId) -> Leader {
     }
 }
 
-/// Resolves once this node believes someone other than `from` leads (or no one).
+/// Resolves once this node believes someone other than `from` leads (or no one), by the
+/// same reading as [`leader_of`]: a leader that is no longer a member (just removed) counts
+/// as none. Comparing Raft's raw leader instead made a follower whose leader had been
+/// removed spin without yielding, leader "unknown" yet "changed" on every turn.
 async fn leader_changes(metrics: &mut Metrics, from: Option<NodeId>) {
     loop {
-        if metrics.borrow_and_update().current_leader != from {
+        let now = crate::context::current_leader(&metrics.borrow_and_update()).map(|h| h.node_id);
+        if now != from {
             return;
         }
         if metrics.changed().await.is_err() {
@@ -121,4 +125,27 @@ pub(crate) async fn to_leader(
     // the client may reach when this node cannot; otherwise to another node.
     tracing::debug!(node = node.id, %last, "could not pass a request on to a leader");
     node.not_leader()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A leader that is no longer a member reads as no leader, both where the loop decides
+    /// what to do and where it waits for a change: with the two readings apart, waiting for
+    /// a change from "no leader" returned at once, forever, and the loop never yielded.
+    #[tokio::test(start_paused = true)]
+    async fn a_removed_leader_is_no_leader_while_waiting_for_a_change() {
+        let mut removed = RaftMetrics::new_initial(1);
+        removed.current_leader = Some(4); // not in the (empty) membership
+        let (_tx, mut rx) = watch::channel(removed);
+        assert!(matches!(leader_of(&rx, 1), Leader::Unknown));
+        let wait = leader_changes(&mut rx, None);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), wait)
+                .await
+                .is_err(),
+            "no change happened, so the wait must not end"
+        );
+    }
 }

@@ -60,9 +60,12 @@ pub struct Outcome {
     pub heal: Duration,
     /// Snapshots built and installed and logs purged, by all nodes.
     pub log: LogLifecycle,
+    /// Membership changes answered during the chaos phase (the joining node added, removed).
+    pub membership_changes: usize,
 }
 
 struct Summary {
+    membership_changes: usize,
     faults: FaultLog,
     operations: usize,
     unknown: usize,
@@ -83,6 +86,7 @@ pub fn run(config: &SimConfig) -> anyhow::Result<Outcome> {
         vms: s.vms,
         heal: s.heal,
         log: run.log,
+        membership_changes: s.membership_changes,
     })
 }
 
@@ -120,18 +124,21 @@ async fn script(
         registry_clients.push(client(&config, &certs, offset).await?);
     }
     let vm_client = client(&config, &certs, 30).await?;
+    let mut member_client = client(&config, &certs, 31).await?;
     let workload = async {
         let registry = registry_clients
             .into_iter()
             .enumerate()
             .map(|(i, c)| registry_client(&config, i as u64, c, start, end));
-        let (histories, ()) = tokio::join!(
+        let (histories, (), changes) = tokio::join!(
             join_all(registry.collect()),
-            vms_client(&config, vm_client, end)
+            vms_client(&config, vm_client, end),
+            membership_client(&config, &mut member_client, start, end)
         );
-        histories.into_iter().flatten().collect::<Vec<_>>()
+        (histories.into_iter().flatten().collect::<Vec<_>>(), changes)
     };
-    let (fault_log, mut history) = tokio::join!(faults::drive(&config, &faults), workload);
+    let (fault_log, (mut history, membership_changes)) =
+        tokio::join!(faults::drive(&config, &faults), workload);
     let healed_at = Instant::now();
     info!(faults = fault_log.injected, "healing");
 
@@ -139,6 +146,10 @@ async fn script(
         .await
         .context("after healing")?;
     finish_releases(&mut admin).await?;
+    // The joining node leaves for good, if the chaos phase did not see it out.
+    if config.joining_node {
+        leave_for_good(&config, &mut member_client).await?;
+    }
     let vms = eventually(
         "the cluster converged on what the hosts really have",
         Duration::from_secs(HEAL_BOUND_S),
@@ -167,6 +178,7 @@ async fn script(
         )
     })?;
     Ok(Summary {
+        membership_changes,
         faults: fault_log,
         operations: history.len(),
         unknown,
@@ -309,6 +321,67 @@ const LOCAL_POOL: &str = "local";
 async fn think(rng: &mut StdRng) {
     let pause = rng.gen_range(THINK_MS.0..=THINK_MS.1);
     tokio::time::sleep(Duration::from_millis(pause)).await;
+}
+
+/// Removes the joining node, retrying until the cluster says it is not a member.
+async fn leave_for_good(config: &SimConfig, client: &mut Client) -> anyhow::Result<()> {
+    let leave = ApiRequest::ClusterRemoveNode {
+        node_id: joining(config),
+    };
+    eventually(
+        "the joining node removed",
+        Duration::from_secs(HEAL_BOUND_S),
+        // "Not a member" is as good: a node that did not watch the removal (it restarted from
+        // a later snapshot) does not know the id as removed.
+        async || match send(client, leave.clone()).await {
+            Some(Ok(_) | Err(ApiErrorKind::NotFound)) => Ok(Some(())),
+            Some(Err(kind)) => bail!("refused: {kind:?}"),
+            None => bail!("no answer"),
+        },
+    )
+    .await
+}
+
+/// The node that starts empty and is added and removed during the chaos phase.
+fn joining(config: &SimConfig) -> u64 {
+    config.nodes + 1
+}
+
+/// Adds the joining node (as a learner that catches up, then a voter) and removes it again,
+/// each at a moment of the chaos phase drawn from the seed, under whatever faults are in
+/// effect then; each is retried with its outcome unknown until answered or the phase ends.
+/// Returns how many were answered.
+async fn membership_client(
+    config: &SimConfig,
+    client: &mut Client,
+    start: Instant,
+    end: Instant,
+) -> usize {
+    if !config.joining_node {
+        return 0;
+    }
+    let mut rng = StdRng::seed_from_u64(config.seed ^ 0x006d_656d_6265_7273);
+    let span = end - start;
+    let add_at = start + span.mul_f64(rng.gen_range(0.05..0.4));
+    let remove_at = start + span.mul_f64(rng.gen_range(0.5..0.9));
+    let node_id = joining(config);
+    let add = ApiRequest::ClusterAddNode {
+        node_id,
+        addr: world::node_addr(node_id).to_string(),
+    };
+    let remove = ApiRequest::ClusterRemoveNode { node_id };
+    let mut answered = 0;
+    for (at, change) in [(add_at, add), (remove_at, remove)] {
+        tokio::time::sleep_until(at).await;
+        while Instant::now() < end {
+            if let Some(Ok(_)) = send(client, change.clone()).await {
+                info!(?change, "membership changed");
+                answered += 1;
+                break;
+            }
+        }
+    }
+    answered
 }
 
 /// Creates, stops, starts and deletes VMs until `end`. Its answers are not modelled: the

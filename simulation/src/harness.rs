@@ -203,7 +203,7 @@ where
         .max_message_latency(Duration::from_millis(MESSAGE_LATENCY_MS_MAX))
         .build();
     let faults: Shared<Faults> = Arc::default();
-    for i in 1..=config.nodes {
+    for i in 1..=config.nodes + u64::from(config.joining_node) {
         world::add_node(&mut world, config, &certs, i, &faults)?;
     }
     for i in 1..=config.hosts {

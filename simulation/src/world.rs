@@ -46,6 +46,9 @@ pub struct SimConfig {
     pub chaos: Chaos,
     /// Deliberate bugs switched on for this run (needs the `deliberate-bugs` feature).
     pub bugs: Vec<Bug>,
+    /// One more node, `nodes + 1`, that starts empty and waits to be added (`cluster
+    /// add-node`); the chaos scenario adds it and removes it again under faults.
+    pub joining_node: bool,
 }
 
 impl Default for SimConfig {
@@ -61,6 +64,7 @@ impl Default for SimConfig {
             impairment: Default::default(),
             chaos: Chaos::default(),
             bugs: Vec::new(),
+            joining_node: false,
         }
     }
 }
@@ -116,7 +120,7 @@ impl Certs {
     pub fn new(config: &SimConfig) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         tls::init_ca(dir.path())?;
-        let mut names: Vec<(Role, String)> = (1..=config.nodes)
+        let mut names: Vec<(Role, String)> = (1..=config.nodes + u64::from(config.joining_node))
             .map(|i| (Role::Server, format!("node-{i}")))
             .collect();
         names.extend((1..=config.hosts).map(|i| (Role::Host, SimConfig::host_name(i))));
@@ -198,14 +202,20 @@ pub(crate) fn add_node(
                 endpoint_seed(seed, &name),
             )
             .await?;
-            let initial_cluster = (1..=nodes)
-                .zip(node_addrs(nodes))
-                .map(|(id, a)| (id, a.to_string()))
-                .collect();
+            // A node beyond the initial ones starts empty and waits to be added.
+            let join = i > nodes;
+            let initial_cluster = if join {
+                BTreeMap::new()
+            } else {
+                (1..=nodes)
+                    .zip(node_addrs(nodes))
+                    .map(|(id, a)| (id, a.to_string()))
+                    .collect()
+            };
             let node_config = NodeConfig {
                 node_id: i,
                 initial_cluster,
-                join: false,
+                join,
                 storage: Storage::Database(db, latency),
                 timings: Timings::default(),
                 retention,

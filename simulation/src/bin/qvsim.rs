@@ -127,6 +127,10 @@ struct Shape {
     /// which checker catches each).
     #[arg(long = "bug")]
     bugs: Vec<Bug>,
+    /// Chaos: one more node starts empty; during the chaos phase it is added (as a learner,
+    /// then a voter) and removed again, under the faults in effect then.
+    #[arg(long)]
+    membership_changes: bool,
 }
 
 /// A fault kind's name, `all` or `none`.
@@ -177,6 +181,7 @@ impl Shape {
                 duration: Duration::from_secs(self.chaos_seconds),
             },
             bugs: self.bugs.clone(),
+            joining_node: self.membership_changes,
         }
     }
 
@@ -207,6 +212,9 @@ impl Shape {
         for bug in &self.bugs {
             flags.push_str(&format!(" --bug {}", bug.name()));
         }
+        if self.membership_changes {
+            flags.push_str(" --membership-changes");
+        }
         flags
     }
 
@@ -218,12 +226,13 @@ impl Shape {
             Scenario::Chaos => {
                 let o = chaos::run(&config)?;
                 let summary = format!(
-                    "{} faults, {} registry operations ({} unknown outcome) linearizable, {} VMs; \
-                     converged {:?} after healing (simulated); {}",
+                    "{} faults, {} registry operations ({} unknown outcome) linearizable, {} VMs, \
+                     {} membership changes; converged {:?} after healing (simulated); {}",
                     o.faults.injected,
                     o.operations,
                     o.unknown,
                     o.vms,
+                    o.membership_changes,
                     o.heal,
                     lifecycle(&o.log)
                 );
