@@ -40,23 +40,30 @@ enum Leader {
 }
 
 fn leader_of(metrics: &Metrics, me: NodeId) -> Leader {
-    match crate::context::current_leader(&metrics.borrow()) {
-        Some(hint) if hint.node_id == me => Leader::Me,
-        Some(hint) => hint
-            .addr
-            .parse()
-            .map_or(Leader::Unknown, |addr| Leader::At(hint.node_id, addr)),
+    match known_leader(&metrics.borrow()) {
+        Some((id, _)) if id == me => Leader::Me,
+        Some((id, addr)) => Leader::At(id, addr),
         None => Leader::Unknown,
     }
 }
 
+/// The leader as this module reads it, wherever it decides or waits: a member with an
+/// address one can dial. A leader that is no longer a member, or whose address does not
+/// parse, is none.
+fn known_leader(
+    metrics: &RaftMetrics<NodeId, openraft::BasicNode>,
+) -> Option<(NodeId, std::net::SocketAddr)> {
+    let hint = crate::context::current_leader(metrics)?;
+    Some((hint.node_id, hint.addr.parse().ok()?))
+}
+
 /// Resolves once this node believes someone other than `from` leads (or no one), by the
-/// same reading as [`leader_of`]: a leader that is no longer a member (just removed) counts
-/// as none. Comparing Raft's raw leader instead made a follower whose leader had been
+/// same reading as [`leader_of`] ([`known_leader`]): a leader that is no longer a member
+/// (just removed) counts as none. Comparing Raft's raw leader instead made a follower whose leader had been
 /// removed spin without yielding, leader "unknown" yet "changed" on every turn.
 async fn leader_changes(metrics: &mut Metrics, from: Option<NodeId>) {
     loop {
-        let now = crate::context::current_leader(&metrics.borrow_and_update()).map(|h| h.node_id);
+        let now = known_leader(&metrics.borrow_and_update()).map(|(id, _)| id);
         if now != from {
             return;
         }

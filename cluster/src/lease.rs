@@ -28,7 +28,9 @@ pub const LEADER_LEASE_MS_MAX: u64 =
 /// without asking again: half the longest safe lease. The lease is renewed on demand, so a
 /// longer one would save few checks, while a shorter one stops a deposed leader sooner; the
 /// margin also covers a confirming voter that restarts, forgetting when it heard the
-/// leader, more than this after the lease began.
+/// leader, later than the lease lasts in true time (200 ms with a clock at the allowance).
+/// A voter restarting sooner than that could vote for a successor while the lease holds: a
+/// known gap of every lease that voters keep in memory.
 pub const LEADER_LEASE_MS: u64 = LEADER_LEASE_MS_MAX / 2;
 /// How long a leader waits for a quorum to confirm it before saying it cannot lead.
 pub(crate) const LEADER_CONFIRM_TIMEOUT_MS: u64 = 1_000;

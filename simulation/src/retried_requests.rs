@@ -136,7 +136,7 @@ async fn script(
         bail!("the retried reboot was answered \"{e}\"");
     }
     tokio::time::sleep(Duration::from_secs(SETTLE_S)).await;
-    let booted = hypervisor.boots(VM) - boots;
+    let booted = hypervisor.boots(VM).saturating_sub(boots);
     if booted != 1 {
         bail!(
             "{VM} booted {booted} times for one reboot request, retried after cp{} crashed with \

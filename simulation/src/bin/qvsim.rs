@@ -351,10 +351,10 @@ fn parse_range(text: &str) -> Result<Range<u64>, String> {
     Ok(start..end)
 }
 
-/// What a line a seed's process prints starts with when its run passed.
-const SEED_PASSED: &str = "passed";
+/// What the report line of a seed's process starts with when its run passed...
+const SEED_PASSED: &str = "qvsim-seed-report passed";
 /// ... and when it failed with an error (a panic or an abort prints no such line).
-const SEED_FAILED: &str = "failed: ";
+const SEED_FAILED: &str = "qvsim-seed-report failed: ";
 
 /// Runs every seed in a process of its own, as many at once as there are cores: a seed
 /// whose run panics, even where unwinding cannot be caught (a destructor panicking while a
@@ -471,13 +471,23 @@ fn run_in_process(seed: u64, limit: Duration, shape: &Shape) -> anyhow::Result<L
         stderr: err.join().unwrap_or_default(),
     };
     let stdout = String::from_utf8_lossy(&output.stdout);
-    if let Some(line) = stdout.lines().rev().find(|l| is_report(l)) {
-        return match line.strip_prefix(SEED_FAILED) {
-            Some(error) => Err(anyhow::anyhow!("{error}")),
-            None => parse_counts(line),
-        };
-    }
     let stderr = String::from_utf8_lossy(&output.stderr);
+    let report = stdout.lines().rev().find(|l| is_report(l));
+    if report.is_none_or(|line| line.starts_with(SEED_FAILED)) {
+        // QVSIM_DUMP=1 (or QVSIM_LOG) made the child print its trace (or logs) to stderr.
+        if std::env::var_os("QVSIM_DUMP").is_some() || std::env::var_os("QVSIM_LOG").is_some() {
+            eprintln!("--- seed {seed} ---\n{stderr}");
+        }
+    }
+    match report {
+        Some(line) if line.starts_with(SEED_FAILED) => {
+            let error = line.strip_prefix(SEED_FAILED).unwrap_or(line);
+            return Err(anyhow::anyhow!("{error}"));
+        }
+        // A pass counts only from a process that also ended well.
+        Some(line) if output.status.success() => return parse_counts(line),
+        _ => {}
+    }
     let ended = match (output.status.code(), exit_signal(&output.status)) {
         (Some(code), _) => format!("exit code {code}"),
         (None, Some(6)) => "aborted (SIGABRT)".to_owned(),
@@ -497,11 +507,12 @@ fn is_report(line: &str) -> bool {
     line.starts_with(SEED_PASSED) || line.starts_with(SEED_FAILED)
 }
 
-/// The counts of a passed report line: `passed BUILT INSTALLED PURGES`.
+/// The counts of a passed report line: `SEED_PASSED BUILT INSTALLED PURGES`.
 fn parse_counts(line: &str) -> anyhow::Result<LogLifecycle> {
     let counts: Vec<usize> = line
+        .strip_prefix(SEED_PASSED)
+        .unwrap_or_default()
         .split_whitespace()
-        .skip(1)
         .map(str::parse)
         .collect::<Result<_, _>>()
         .with_context(|| format!("a seed's report line {line:?}"))?;
