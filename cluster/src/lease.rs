@@ -35,8 +35,16 @@ pub const LEADER_LEASE_MS: u64 = LEADER_LEASE_MS_MAX / 2;
 /// How long a leader waits for a quorum to confirm it before saying it cannot lead.
 pub(crate) const LEADER_CONFIRM_TIMEOUT_MS: u64 = 1_000;
 
-// An isolated leader must stop acting before the others can elect a new one.
+// An isolated leader must stop acting before the others can elect a new one: the longest
+// lease, stretched in true time by a clock at the allowance, ends within the voters'
+// refusal window, and the lease is at most that.
+const _: () = assert!(
+    LEADER_LEASE_MS_MAX * 100 / (100 - CLOCK_DRIFT_ALLOWANCE_PERCENT)
+        <= qvdc_raft::election::VOTER_LEASE_MS
+);
 const _: () = assert!(LEADER_LEASE_MS <= LEADER_LEASE_MS_MAX);
+// A lease shorter than a heartbeat interval would spare no checks.
+const _: () = assert!(LEADER_LEASE_MS > qvdc_raft::HEARTBEAT_INTERVAL_MS);
 
 /// The clock a node measures its lease with: the runtime's monotonic clock, unless it was
 /// made to run at another rate ([`Clock::set_rate`]) — which only the simulation does, to
@@ -217,6 +225,17 @@ mod tests {
         lease.confirmed(TERM_5, start + ms(90));
         assert!(lease.holds(TERM_5, start + ms(189)));
         assert!(!lease.holds(TERM_5, start + ms(190)));
+    }
+
+    #[test]
+    fn a_new_leadership_runs_from_its_own_check_even_if_an_older_one_was_later() {
+        let (lease, start) = lease();
+        lease.confirmed(TERM_5, start + ms(50));
+        let next_term = Leadership { term: 6, node: 1 };
+        // The next term's check began before the old term's: its lease is its own.
+        lease.confirmed(next_term, start);
+        assert!(lease.holds(next_term, start + ms(99)));
+        assert!(!lease.holds(next_term, start + ms(120)));
     }
 
     #[tokio::test(start_paused = true)]

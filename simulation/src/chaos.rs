@@ -124,7 +124,11 @@ async fn script(
         registry_clients.push(client(&config, &certs, offset).await?);
     }
     let vm_client = client(&config, &certs, 30).await?;
-    let mut member_client = client(&config, &certs, 31).await?;
+    // Only with a joining node: another client's endpoint would change every draw of the run.
+    let mut member_client = match config.joining_node {
+        true => Some(client(&config, &certs, 31).await?),
+        false => None,
+    };
     let workload = async {
         let registry = registry_clients
             .into_iter()
@@ -133,7 +137,7 @@ async fn script(
         let (histories, (), changes) = tokio::join!(
             join_all(registry.collect()),
             vms_client(&config, vm_client, end),
-            membership_client(&config, &mut member_client, start, end)
+            membership_client(&config, member_client.as_mut(), start, end)
         );
         (histories.into_iter().flatten().collect::<Vec<_>>(), changes)
     };
@@ -147,8 +151,8 @@ async fn script(
         .context("after healing")?;
     finish_releases(&mut admin).await?;
     // The joining node leaves for good, if the chaos phase did not see it out.
-    if config.joining_node {
-        leave_for_good(&config, &mut member_client).await?;
+    if let Some(member_client) = member_client.as_mut() {
+        leave_for_good(&config, member_client).await?;
     }
     let vms = eventually(
         "the cluster converged on what the hosts really have",
@@ -353,13 +357,13 @@ fn joining(config: &SimConfig) -> u64 {
 /// Returns how many were answered.
 async fn membership_client(
     config: &SimConfig,
-    client: &mut Client,
+    client: Option<&mut Client>,
     start: Instant,
     end: Instant,
 ) -> usize {
-    if !config.joining_node {
+    let Some(client) = client else {
         return 0;
-    }
+    };
     let mut rng = StdRng::seed_from_u64(config.seed ^ 0x006d_656d_6265_7273);
     let span = end - start;
     let add_at = start + span.mul_f64(rng.gen_range(0.05..0.4));
