@@ -3,11 +3,15 @@
 //! append, one fsync and one replication round for all of them. A lone write is proposed at
 //! once, so batching adds no latency when the cluster is quiet (see ADR 10).
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::{
+    error::{ClientWriteError, RaftError},
+    ServerState,
+};
 use qvdc_raft::{
     model::{BATCH_BYTES_MAX, COMMAND_BYTES_MAX},
     Command, Outcome, Raft,
 };
+use qvdc_transport::bugs::{self, Bug};
 use tokio::sync::{mpsc, oneshot};
 
 /// Most commands carried by one log entry. With openraft sending up to
@@ -98,22 +102,63 @@ async fn propose_batches(raft: Raft, mut waiting: Waiting) {
         } else {
             Command::Batch(commands.into())
         };
-        let outcomes: Vec<Result<Outcome, ProposeError>> = match raft.client_write(entry).await {
-            Ok(written) => match written.data {
-                Outcome::Batch(outcomes) if replies.len() > 1 => {
-                    assert_eq!(outcomes.len(), replies.len(), "one outcome per command");
-                    outcomes.into_iter().map(Ok).collect()
-                }
-                outcome => vec![Ok(outcome)],
-            },
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                vec![Err(ProposeError::NotLeader); replies.len()]
+        let outcomes: Vec<Result<Outcome, ProposeError>> = match write(&raft, entry).await {
+            Ok(Outcome::Batch(outcomes)) if replies.len() > 1 => {
+                assert_eq!(outcomes.len(), replies.len(), "one outcome per command");
+                outcomes.into_iter().map(Ok).collect()
             }
-            Err(e) => vec![Err(ProposeError::Failed(e.to_string())); replies.len()],
+            Ok(outcome) => vec![Ok(outcome)],
+            Err(e) => vec![Err(e); replies.len()],
         };
         for (reply, outcome) in replies.into_iter().zip(outcomes) {
             let _ = reply.send(outcome);
         }
+    }
+}
+
+/// Appends `entry` and waits for its outcome while this node leads in the term it was
+/// proposed in. Once that leadership ends, the outcome is not waited for: openraft answers a
+/// write whose entry a newer leader kept or dropped, but not one whose entry this node
+/// later received inside a snapshot (it never applies that entry itself), and such a wait
+/// would hold up every write queued behind it for good. Whether the entry committed is then
+/// unknown; the request id of a retry sent to the new leader settles it (the request log
+/// answers a committed request again instead of applying it twice).
+async fn write(raft: &Raft, entry: Command) -> Result<Outcome, ProposeError> {
+    let mut metrics = raft.metrics();
+    let term = {
+        let m = metrics.borrow_and_update();
+        if m.state != ServerState::Leader {
+            return Err(ProposeError::NotLeader);
+        }
+        m.current_term
+    };
+    let leadership_ended = async {
+        if bugs::active(Bug::WaitPastLeadership) {
+            std::future::pending::<()>().await;
+        }
+        loop {
+            {
+                let m = metrics.borrow_and_update();
+                if m.state != ServerState::Leader || m.current_term != term {
+                    return;
+                }
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        // An outcome that is there wins over the end of leadership noticed at the same time.
+        biased;
+        written = raft.client_write(entry) => match written {
+            Ok(written) => Ok(written.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(ProposeError::NotLeader)
+            }
+            Err(e) => Err(ProposeError::Failed(e.to_string())),
+        },
+        () = leadership_ended => Err(ProposeError::NotLeader),
     }
 }
 

@@ -19,6 +19,7 @@ pub mod pool_flow;
 pub mod retried_requests;
 pub mod slow_followers;
 pub mod steady;
+pub mod stranded_write;
 pub mod trace;
 pub mod vm_flow;
 mod world;

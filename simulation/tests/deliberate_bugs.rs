@@ -4,8 +4,8 @@
 //! deliberate-bugs`.
 
 use qvdc_simulation::{
-    adoption, catch_up, chaos, deposed_leader, lease_edge, retried_requests, vm_flow, Bug,
-    SimConfig,
+    adoption, catch_up, chaos, deposed_leader, lease_edge, retried_requests, stranded_write,
+    vm_flow, Bug, SimConfig,
 };
 
 /// Seeds tried per bug before the test gives up on it.
@@ -195,4 +195,14 @@ fn a_panicking_seed_is_reported_with_its_replay_and_the_others_still_run() {
         );
     }
     assert!(stdout.contains("0 passed, 3 failed"), "{stdout}");
+}
+
+/// A leader that waits for a write's outcome after its leadership ended never answers a
+/// write whose entry it later received inside its successor's snapshot.
+#[test]
+fn waiting_for_a_write_past_the_leadership_is_caught() {
+    let bugs = [Bug::WaitPastLeadership];
+    caught(&bugs, "kept waiting for a write's outcome", |seed| {
+        stranded_write::run(&config(seed, 1, &bugs)).map(drop)
+    });
 }

@@ -44,10 +44,14 @@ pub enum Bug {
     /// A VM's delete commits once the VM is desired stopped, without its host confirming
     /// the domain is gone: a guest still running on a host cut off keeps running unowned.
     DeleteWithoutHost,
+    /// A leader waits for a write's outcome even after its leadership ended: a write whose
+    /// entry the node later receives inside a snapshot is never answered, and holds up every
+    /// write queued behind it.
+    WaitPastLeadership,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 12] = [
+    pub const ALL: [Bug; 13] = [
         Bug::AckBeforeCommit,
         Bug::NoLeaderLease,
         Bug::SkipFenceCheck,
@@ -60,6 +64,7 @@ impl Bug {
         Bug::ForgetRequests,
         Bug::RebootEveryRetry,
         Bug::DeleteWithoutHost,
+        Bug::WaitPastLeadership,
     ];
 
     /// The bug's name on command lines.
@@ -77,6 +82,7 @@ impl Bug {
             Bug::ForgetRequests => "forget-requests",
             Bug::RebootEveryRetry => "reboot-every-retry",
             Bug::DeleteWithoutHost => "delete-without-host",
+            Bug::WaitPastLeadership => "wait-past-leadership",
         }
     }
 }

@@ -13,8 +13,8 @@ use std::{
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use qvdc_simulation::{
-    adoption, catch_up, chaos, deposed_leader, lease_edge, pool_flow, retried_requests, vm_flow,
-    Bug, Chaos, Disruption, FaultKind, LogLifecycle, SimConfig,
+    adoption, catch_up, chaos, deposed_leader, lease_edge, pool_flow, retried_requests,
+    stranded_write, vm_flow, Bug, Chaos, Disruption, FaultKind, LogLifecycle, SimConfig,
 };
 use qvdc_transport::sim::Impairment;
 
@@ -91,6 +91,9 @@ enum Scenario {
     /// A create and a reboot carried out, their answers lost with their leader, retried
     /// with the same request ids through the next: nothing happens twice.
     RetriedRequests,
+    /// A write left waiting on a leader cut off from its peers, whose successor's snapshot
+    /// later replaces that leader's log: it is answered as soon as the leadership ends.
+    StrandedWrite,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -127,10 +130,11 @@ struct Shape {
     /// which checker catches each).
     #[arg(long = "bug")]
     bugs: Vec<Bug>,
-    /// Chaos: one more node starts empty; during the chaos phase it is added (as a learner,
-    /// then a voter) and removed again, under the faults in effect then.
+    /// Chaos: keep the membership fixed. Without it, one more node starts empty, and during
+    /// the chaos phase it is added (as a learner, then a voter) and removed again, under the
+    /// faults in effect then.
     #[arg(long)]
-    membership_changes: bool,
+    fixed_membership: bool,
 }
 
 /// A fault kind's name, `all` or `none`.
@@ -181,7 +185,7 @@ impl Shape {
                 duration: Duration::from_secs(self.chaos_seconds),
             },
             bugs: self.bugs.clone(),
-            joining_node: self.membership_changes,
+            joining_node: self.scenario == Scenario::Chaos && !self.fixed_membership,
         }
     }
 
@@ -212,8 +216,8 @@ impl Shape {
         for bug in &self.bugs {
             flags.push_str(&format!(" --bug {}", bug.name()));
         }
-        if self.membership_changes {
-            flags.push_str(" --membership-changes");
+        if self.fixed_membership {
+            flags.push_str(" --fixed-membership");
         }
         flags
     }
@@ -287,6 +291,15 @@ impl Shape {
                     "create retried {:?} after cp{} crashed, reboot retried {:?} after cp{} \
                      crashed; each took effect once (simulated)",
                     o.retried_in[0], o.crashed[0], o.retried_in[1], o.crashed[1]
+                );
+                (o.trace, o.trace_hash, summary)
+            }
+            Scenario::StrandedWrite => {
+                let o = stranded_write::run(&config)?;
+                let summary = format!(
+                    "the write stranded on deposed cp{} answered {:?} after the cut healed, \
+                     through cp{} (simulated)",
+                    o.old, o.answered_in, o.new
                 );
                 (o.trace, o.trace_hash, summary)
             }
