@@ -203,7 +203,7 @@ where
         codec::write_frame(&mut send, request).await?;
         send.finish()
             .map_err(|e| TransportError::Stream(e.to_string()))?;
-        let bytes = read_last_frame(&mut recv, codec::FRAME_BYTES_MAX).await?;
+        let bytes = read_last_frame(&mut recv, codec::FRAME_BYTES_MAX, "answer").await?;
         Ok(codec::decode_frame_body(&bytes)?)
     };
     // A stream's error says only "connection lost"; the connection knows why (a peer that
@@ -219,7 +219,7 @@ where
 pub async fn read_request<Q: DeserializeOwned>(
     recv: &mut quinn::RecvStream,
 ) -> Result<Q, TransportError> {
-    let bytes = read_last_frame(recv, codec::FRAME_BYTES_MAX).await?;
+    let bytes = read_last_frame(recv, codec::FRAME_BYTES_MAX, "request").await?;
     Ok(codec::decode_frame_body(&bytes)?)
 }
 
@@ -246,7 +246,7 @@ pub async fn read_request_from(
         Role::Server => codec::FRAME_BYTES_MAX,
         Role::Host | Role::Operator => PEER_REQUEST_BYTES_MAX,
     };
-    let frame = read_last_frame(recv, limit).await?;
+    let frame = read_last_frame(recv, limit, "request").await?;
     gate_and_decode(&frame, peer)
 }
 
@@ -284,13 +284,15 @@ pub fn forbidden_reason(peer: &PeerIdentity, what: &str, needed: Role) -> String
     )
 }
 
-/// Reads a stream's one frame and then its end, within [`REQUEST_READ_TIMEOUT_MS`]. A
+/// Reads a stream's one frame (`what` it is: a request or an answer, for the error) and
+/// then its end, within [`REQUEST_READ_TIMEOUT_MS`]. A
 /// stream dropped before its end was read is stopped, which costs a STOP_SENDING frame to
 /// the peer and an acknowledgement back on every request; the sender finishes right after
 /// the frame, so the end arrives with it.
 async fn read_last_frame(
     recv: &mut quinn::RecvStream,
     limit: usize,
+    what: &str,
 ) -> Result<Vec<u8>, TransportError> {
     let read = async {
         let frame = codec::read_frame_bytes(recv, limit).await?;
@@ -311,7 +313,7 @@ async fn read_last_frame(
         .await
         .unwrap_or_else(|_| {
             Err(TransportError::Stream(format!(
-                "request not received within {REQUEST_READ_TIMEOUT_MS} ms"
+                "{what} not received within {REQUEST_READ_TIMEOUT_MS} ms"
             )))
         })
 }
