@@ -1021,3 +1021,75 @@ fn the_request_log_encodes_as_outcomes_by_id_and_ids_oldest_first() {
     let refused = codec::from_bytes::<RequestLog>(&mismatched).unwrap_err();
     assert!(refused.to_string().contains("request log"), "{refused}");
 }
+
+#[test]
+fn maintenance_is_switched_on_and_off_once_and_survives_a_new_registration() {
+    let mut state = with_hosts(&["host-1"]);
+    let set = |on| Command::SetMaintenance {
+        host: "host-1".into(),
+        on,
+    };
+    assert_eq!(state.apply(&set(true)), Outcome::Applied);
+    assert!(state.hosts["host-1"].maintenance);
+    assert_eq!(state.apply(&set(true)), Outcome::Unchanged);
+    // A host that registers again (after a restart, say) stays in maintenance.
+    let again = Command::RegisterHost {
+        host_id: "host-1".into(),
+        inventory: inventory(),
+    };
+    assert_eq!(state.apply(&again), Outcome::Unchanged);
+    assert!(state.hosts["host-1"].maintenance);
+    assert_eq!(state.apply(&set(false)), Outcome::Applied);
+    assert!(!state.hosts["host-1"].maintenance);
+    assert_eq!(state.apply(&set(false)), Outcome::Unchanged);
+    let unknown = Command::SetMaintenance {
+        host: "host-9".into(),
+        on: true,
+    };
+    assert!(state.validate(&unknown).is_err());
+}
+
+/// What the model accepts must fit what one request may propose: the largest VM and a pool
+/// on the most hosts, every name at its longest, under the longest request id.
+#[test]
+fn the_largest_commands_the_model_accepts_fit_one_proposal() {
+    let name = |c: char| c.to_string().repeat(NAME_BYTES_MAX);
+    let spec = VmSpec {
+        id: name('i'),
+        name: name('v'),
+        vcpus: VM_VCPUS_MAX,
+        memory_bytes: u64::MAX,
+        disks: (0..VM_DISKS_MAX)
+            .map(|_| qvdc_transport::protocol::VmDisk {
+                pool: name('p'),
+                volume: name('d'),
+                format: VolumeFormat::Qcow2,
+            })
+            .collect(),
+        nics: (0..VM_NICS_MAX)
+            .map(|_| qvdc_transport::protocol::VmNic {
+                network: name('n'),
+                mac: Some("52:54:00:00:00:01".into()),
+            })
+            .collect(),
+    };
+    let request_id = "r".repeat(REQUEST_ID_BYTES_MAX);
+    let vm = once(&request_id, create_vm(spec, &name('h')));
+    let hosts: Vec<String> = (0..POOL_HOSTS_MAX)
+        .map(|i| format!("{i:0>width$}", width = NAME_BYTES_MAX))
+        .collect();
+    let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
+    let pool = once(
+        &request_id,
+        create(&name('p'), &"/".repeat(PATH_BYTES_MAX), &hosts),
+    );
+    for command in [vm, pool] {
+        let bytes = codec::encoded_len(&command);
+        assert!(
+            bytes <= COMMAND_BYTES_MAX,
+            "{bytes} bytes > {COMMAND_BYTES_MAX}"
+        );
+        // Not a bound so loose that it bounds nothing: the VM alone is several KiB.
+        assert!(bytes > 4096, "{bytes} bytes");
+    }
+}
