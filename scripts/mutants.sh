@@ -55,6 +55,7 @@ if ! cargo mutants --version >/dev/null 2>&1; then
   cargo install --locked cargo-mutants --version 27.1.0
 fi
 
+mkdir -p mutants-out
 file_args=()
 for f in "${files[@]}"; do file_args+=(-f "$f"); done
 
