@@ -117,18 +117,35 @@ async fn propose_batches(raft: Raft, mut waiting: Waiting) {
 }
 
 /// Appends `entry` and waits for its outcome while this node leads in the term it was
-/// proposed in. Once that leadership ends, the outcome is not waited for: openraft answers a
-/// write whose entry a newer leader kept or dropped, but not one whose entry this node
-/// later received inside a snapshot (it never applies that entry itself), and such a wait
-/// would hold up every write queued behind it for good. Whether the entry committed is then
-/// unknown; the request id of a retry sent to the new leader settles it (the request log
-/// answers a committed request again instead of applying it twice).
+/// proposed in (see [`while_leading`]). Once that leadership ends, whether the entry
+/// committed is unknown: the answer is "not the leader", and the request id of a retry sent
+/// to the new leader settles it (the request log answers a committed request again instead
+/// of applying it twice).
 async fn write(raft: &Raft, entry: Command) -> Result<Outcome, ProposeError> {
+    match while_leading(raft, raft.client_write(entry)).await {
+        Some(Ok(written)) => Ok(written.data),
+        Some(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) | None => {
+            Err(ProposeError::NotLeader)
+        }
+        Some(Err(e)) => Err(ProposeError::Failed(e.to_string())),
+    }
+}
+
+/// Runs `change` (a write to the log, or a membership change) while this node leads in the
+/// term it leads in now; `None` if it does not lead now or that leadership ends first.
+/// openraft answers a write whose entry a newer leader kept or overwrote, but not one whose
+/// entry this node later received inside a snapshot (it never applies that entry itself):
+/// waiting past the leadership could wait for good, and the proposer, which commits one
+/// batch at a time, would hold every later write behind it.
+pub(crate) async fn while_leading<F: std::future::Future>(
+    raft: &Raft,
+    change: F,
+) -> Option<F::Output> {
     let mut metrics = raft.metrics();
     let term = {
         let m = metrics.borrow_and_update();
         if m.state != ServerState::Leader {
-            return Err(ProposeError::NotLeader);
+            return None;
         }
         m.current_term
     };
@@ -138,6 +155,8 @@ async fn write(raft: &Raft, entry: Command) -> Result<Outcome, ProposeError> {
         }
         loop {
             {
+                // Terms only grow and a node leads at most once per term, so a step-down and
+                // a re-election folded into one reading still show another term.
                 let m = metrics.borrow_and_update();
                 if m.state != ServerState::Leader || m.current_term != term {
                     return;
@@ -151,14 +170,8 @@ async fn write(raft: &Raft, entry: Command) -> Result<Outcome, ProposeError> {
     tokio::select! {
         // An outcome that is there wins over the end of leadership noticed at the same time.
         biased;
-        written = raft.client_write(entry) => match written {
-            Ok(written) => Ok(written.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                Err(ProposeError::NotLeader)
-            }
-            Err(e) => Err(ProposeError::Failed(e.to_string())),
-        },
-        () = leadership_ended => Err(ProposeError::NotLeader),
+        done = change => Some(done),
+        () = leadership_ended => None,
     }
 }
 

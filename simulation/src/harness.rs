@@ -78,6 +78,8 @@ pub(crate) struct Run<T> {
     pub(crate) trace: Vec<String>,
     pub(crate) trace_hash: u64,
     pub(crate) log: LogLifecycle,
+    /// What production code stated it did, with the simulated time (ms) of each.
+    pub(crate) facts: Vec<(u64, Fact)>,
 }
 
 /// What the nodes did with their logs in a run, summed over nodes: the parts of Raft that
@@ -132,11 +134,11 @@ where
         .with(layer.with_filter(trace::recorded()))
         .with(printed);
     panics::watch();
-    let log = std::cell::Cell::new(LogLifecycle::default());
+    let stated = std::cell::RefCell::new(Vec::new());
     let value = tracing::subscriber::with_default(subscriber, || {
         // A panic that escapes the world (one in a machine's main task) ends the run here
         // instead of taking down the thread that runs seeds.
-        let run = || simulate(config, script, &clock, &log);
+        let run = || simulate(config, script, &clock, &stated);
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
             .unwrap_or_else(|_| Err(anyhow::anyhow!("the simulation panicked")))
     });
@@ -152,11 +154,13 @@ where
         }
     }
     let value = value?;
+    let facts = stated.into_inner();
     Ok(Run {
         value,
         trace_hash: trace::hash(&trace),
         trace,
-        log: log.get(),
+        log: LogLifecycle::of(&facts),
+        facts,
     })
 }
 
@@ -164,7 +168,7 @@ fn simulate<T, S, Fut>(
     config: &SimConfig,
     script: S,
     clock: &std::sync::atomic::AtomicU64,
-    log: &std::cell::Cell<LogLifecycle>,
+    stated: &std::cell::RefCell<Vec<(u64, Fact)>>,
 ) -> anyhow::Result<T>
 where
     T: 'static,
@@ -235,7 +239,7 @@ where
             &mut faults.lock().expect("faults lock poisoned"),
         );
     }
-    log.set(LogLifecycle::of(&facts.borrow()));
+    *stated.borrow_mut() = facts.borrow().clone();
     let value = result.lock().expect("result lock poisoned").take();
     value.ok_or_else(|| anyhow::anyhow!("the operator script finished without a result"))
 }

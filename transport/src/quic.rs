@@ -26,7 +26,9 @@ pub const REFUSED_CODE: u32 = 1;
 /// Time allowed for dialing and completing the handshake.
 pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
 /// Time a peer has to send a whole request once it opened its stream: a stream that
-/// trickles (slowloris) is cut off and its task freed.
+/// trickles (slowloris) is cut off and its task freed. A caller waits as long for the
+/// answer once its request is sent ([`call`]), so a request the server takes longer than
+/// this to answer reaches the caller as "answer not received".
 pub const REQUEST_READ_TIMEOUT_MS: u64 = 10_000;
 /// Time a peer has to take our whole answer: one that stops reading does not keep the
 /// answer's buffer and task alive.

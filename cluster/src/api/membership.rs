@@ -14,7 +14,7 @@ use openraft::{
 use qvdc_raft::NodeId;
 use qvdc_transport::protocol::{ApiError, ApiErrorKind, ApiResponse, Response};
 
-use crate::{context::Context, reply::unavailable};
+use crate::{context::Context, propose::while_leading, reply::unavailable};
 
 /// How long a new node may take to catch up before the operator is told what to check.
 pub(crate) const CATCH_UP_TIMEOUT_MS: u64 = 30_000;
@@ -85,10 +85,14 @@ pub(crate) async fn add_node(node: &Context, id: NodeId, addr: String) -> Respon
             return status(node); // already done: adding is safe to retry
         }
     }
-    let catch_up = node.raft.add_learner(id, BasicNode::new(&addr), true);
+    let catch_up = while_leading(
+        &node.raft,
+        node.raft.add_learner(id, BasicNode::new(&addr), true),
+    );
     match tokio::time::timeout(Duration::from_millis(CATCH_UP_TIMEOUT_MS), catch_up).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => return failed(node, &format!("adding node {id} as a learner"), e),
+        Ok(Some(Ok(_))) => {}
+        Ok(Some(Err(e))) => return failed(node, &format!("adding node {id} as a learner"), e),
+        Ok(None) => return node.not_leader(),
         Err(_) => {
             return unavailable(format!(
                 "node {id} at {addr} did not catch up within {CATCH_UP_TIMEOUT_MS} ms; check \
@@ -99,9 +103,10 @@ pub(crate) async fn add_node(node: &Context, id: NodeId, addr: String) -> Respon
         }
     }
     let promote = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
-    match node.raft.change_membership(promote, false).await {
-        Ok(_) => status(node),
-        Err(e) => failed(node, &format!("making node {id} a voter"), e),
+    match while_leading(&node.raft, node.raft.change_membership(promote, false)).await {
+        Some(Ok(_)) => status(node),
+        Some(Err(e)) => failed(node, &format!("making node {id} a voter"), e),
+        None => node.not_leader(),
     }
 }
 
@@ -127,8 +132,9 @@ pub(crate) async fn remove_node(node: &Context, id: NodeId) -> Response {
     } else {
         ChangeMembers::RemoveNodes(BTreeSet::from([id]))
     };
-    match node.raft.change_membership(change, false).await {
-        Ok(_) => status(node),
-        Err(e) => failed(node, &format!("removing node {id}"), e),
+    match while_leading(&node.raft, node.raft.change_membership(change, false)).await {
+        Some(Ok(_)) => status(node),
+        Some(Err(e)) => failed(node, &format!("removing node {id}"), e),
+        None => node.not_leader(),
     }
 }

@@ -16,8 +16,8 @@ use qvdc_raft::{
     Command,
 };
 use qvdc_transport::protocol::{
-    ApiResponse, CommandOutput, DesiredPower, HostCommandKind, HostFit, Liveness, Placement,
-    Response, VmDisk, VmSpec, VolumeInfo,
+    ApiErrorKind, ApiResponse, CommandOutput, DesiredPower, HostCommandKind, HostFit, Liveness,
+    Placement, Response, VmDisk, VmSpec, VolumeInfo,
 };
 
 use crate::{
@@ -233,6 +233,11 @@ pub(crate) async fn adopt(
         Ok(all) => all,
         Err(response) => return response,
     };
+    // Asked again once this leadership is confirmed and has applied what was committed
+    // before it: a retry that reaches a new leader right after the adoption committed.
+    if let Some(vm) = key.vm_made_before(&ctx.desired.borrow()) {
+        return created(vm);
+    }
     match liveness.get(&host) {
         Some(Liveness::Ready) => {}
         Some(state) => {
@@ -293,10 +298,18 @@ pub(crate) async fn adopt(
     if let Err(response) = propose(ctx, adoption.command).await {
         return match response {
             Response::Api(Err(mut e)) if adoption.rename.is_some() => {
-                e.message = format!(
-                    "{} (the domain is now named {target} on {host} and is not adopted)",
-                    e.message
-                );
+                e.message = if e.kind == ApiErrorKind::Unavailable {
+                    format!(
+                        "{} (the domain is now named {target} on {host}; whether it was adopted \
+                         is not known: retry with the same request id to settle it)",
+                        e.message
+                    )
+                } else {
+                    format!(
+                        "{} (the domain is now named {target} on {host} and is not adopted)",
+                        e.message
+                    )
+                };
                 Response::Api(Err(e))
             }
             other => other,
