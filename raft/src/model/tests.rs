@@ -1093,3 +1093,88 @@ fn the_largest_commands_the_model_accepts_fit_one_proposal() {
         assert!(bytes > 4096, "{bytes} bytes");
     }
 }
+
+/// Each syntactic check at its edge: the longest name and path pass and one byte more does
+/// not; MAC addresses and NFS servers of each wrong shape are refused.
+#[test]
+fn names_paths_macs_and_nfs_servers_are_checked_at_their_edges() {
+    assert!(validate_name("pool", &"a".repeat(NAME_BYTES_MAX)).is_ok());
+    assert!(matches!(
+        validate_name("pool", &"a".repeat(NAME_BYTES_MAX + 1)),
+        Err(ValidationError::NameTooLong { .. })
+    ));
+    let state = with_hosts(&["host-1"]);
+    let path = |bytes: usize| format!("/{}", "p".repeat(bytes - 1));
+    let longest = create("p", &path(PATH_BYTES_MAX), &["host-1"]);
+    assert_eq!(state.validate(&longest), Ok(()));
+    let longer = create("p", &path(PATH_BYTES_MAX + 1), &["host-1"]);
+    assert_eq!(state.validate(&longer), Err(ValidationError::PathTooLong));
+
+    let macs = [
+        ("52:54:00:12:34:56", true),
+        ("52:54:00:ab:CD:ef", true),
+        ("52:54:00:12:34", false),
+        ("52:54:00:12:34:56:78", false),
+        ("52:54:00:12:34:5g", false),
+        ("525:4:00:12:34:56", false),
+        ("52-54-00-12-34-56", false),
+    ];
+    for (mac, ok) in macs {
+        let mut spec = vm("nic", "vm-3", &[]);
+        spec.nics.push(qvdc_transport::protocol::VmNic {
+            network: "prod".into(),
+            mac: Some(mac.into()),
+        });
+        // A well-formed MAC gets as far as the missing network.
+        let e = state
+            .validate(&create_vm(spec, "host-1"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(!e.contains("MAC address"), ok, "{mac}: {e}");
+    }
+
+    let too_long = "n".repeat(NAME_BYTES_MAX + 1);
+    let servers = [
+        ("nfs1.example.com", true),
+        ("10.0.0.5", true),
+        ("[fd00::1]", true),
+        ("", false),
+        (too_long.as_str(), false),
+        ("nfs server", false),
+        ("nfs;reboot", false),
+    ];
+    for (server, ok) in servers {
+        let command = Command::CreatePool {
+            spec: PoolSpec {
+                scope: Default::default(),
+                name: "n".into(),
+                source: PoolSource::Nfs {
+                    server: server.into(),
+                    export: "/export".into(),
+                    options: None,
+                },
+            },
+            hosts: vec!["host-1".into()],
+        };
+        assert_eq!(state.validate(&command).is_ok(), ok, "{server:?}");
+    }
+}
+
+/// A snapshot holds the state as encoded here: decoding it gives back the same state, the
+/// per-host index included.
+#[test]
+fn a_state_decodes_to_itself_with_its_per_host_index() {
+    let mut state = with_hosts(&["host-1", "host-2"]);
+    assert_eq!(
+        state.apply(&create("p", "/srv/p", &["host-1", "host-2"])),
+        Outcome::Applied
+    );
+    assert_eq!(
+        state.apply(&create_vm(vm("v", "vm-1", &[]), "host-1")),
+        Outcome::Applied
+    );
+    let bytes = codec::to_bytes(&state).unwrap();
+    let decoded: DesiredState = codec::from_bytes(&bytes).unwrap();
+    assert_eq!(decoded, state);
+    assert_index_matches_a_scan(&decoded);
+}
