@@ -1178,3 +1178,43 @@ fn a_state_decodes_to_itself_with_its_per_host_index() {
     assert_eq!(decoded, state);
     assert_index_matches_a_scan(&decoded);
 }
+
+#[test]
+fn nfs_options_and_block_filesystems_are_checked() {
+    let state = with_hosts(&["host-1"]);
+    let pool = |source| Command::CreatePool {
+        spec: PoolSpec {
+            scope: Default::default(),
+            name: "s".into(),
+            source,
+        },
+        hosts: vec!["host-1".into()],
+    };
+    let nfs = |options: Option<String>| {
+        pool(PoolSource::Nfs {
+            server: "nfs1".into(),
+            export: "/export".into(),
+            options,
+        })
+    };
+    let options = [
+        (None, true),
+        (Some("vers=4.2,hard".to_owned()), true),
+        (Some("o".repeat(PATH_BYTES_MAX)), true),
+        (Some("o".repeat(PATH_BYTES_MAX + 1)), false),
+        (Some("vers=4.2, hard".to_owned()), false),
+    ];
+    for (options, ok) in options {
+        let shown = format!("{options:?}");
+        assert_eq!(state.validate(&nfs(options)).is_ok(), ok, "{shown}");
+    }
+    let block = |device: &str, fs_type: &str| {
+        pool(PoolSource::Block {
+            device: device.into(),
+            fs_type: fs_type.into(),
+        })
+    };
+    assert_eq!(state.validate(&block("/dev/vdb", "xfs")), Ok(()));
+    assert!(state.validate(&block("/dev/vdb", "ntfs")).is_err());
+    assert!(state.validate(&block("vdb", "ext4")).is_err());
+}
