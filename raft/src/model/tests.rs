@@ -1218,3 +1218,48 @@ fn nfs_options_and_block_filesystems_are_checked() {
     assert!(state.validate(&block("/dev/vdb", "ntfs")).is_err());
     assert!(state.validate(&block("vdb", "ext4")).is_err());
 }
+
+/// Each bound of a VM's definition at its edge: the largest (or smallest) allowed value gets
+/// past its check, one step beyond is refused by it.
+#[test]
+fn a_vms_bounds_are_checked_at_their_edges() {
+    let state = with_hosts(&["host-1"]);
+    let refused_by = |spec: VmSpec| -> String {
+        match state.validate(&create_vm(spec, "host-1")) {
+            Ok(()) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    };
+    let mut id = vm("v", &"i".repeat(REQUEST_ID_BYTES_MAX), &[]);
+    assert_eq!(refused_by(id.clone()), "");
+    id.id.push('i');
+    assert!(refused_by(id).contains("VM id must be"));
+    let mut empty_id = vm("v", "", &[]);
+    assert!(refused_by(empty_id.clone()).contains("VM id must be"));
+    empty_id.id = "x".into();
+    assert_eq!(refused_by(empty_id), "");
+
+    let mut memory = vm("v", "vm-1", &[]);
+    memory.memory_bytes = VM_MEMORY_BYTES_MIN;
+    assert_eq!(refused_by(memory.clone()), "");
+    memory.memory_bytes -= 1;
+    assert!(refused_by(memory).contains("memory"));
+
+    // At the bound, the disks and NICs get past their count and fail later, on what they
+    // name; one more fails on the count.
+    let mut disks = vm("v", "vm-1", &vec![("nope", "d"); VM_DISKS_MAX]);
+    assert!(refused_by(disks.clone()).contains("no pool named"));
+    disks.disks.push(disks.disks[0].clone());
+    assert!(refused_by(disks).contains("at most"));
+    let mut nics = vm("v", "vm-1", &[]);
+    nics.nics = vec![
+        qvdc_transport::protocol::VmNic {
+            network: "prod".into(),
+            mac: None,
+        };
+        VM_NICS_MAX
+    ];
+    assert!(refused_by(nics.clone()).contains("does not exist"));
+    nics.nics.push(nics.nics[0].clone());
+    assert!(refused_by(nics).contains("at most"));
+}
