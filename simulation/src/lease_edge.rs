@@ -70,12 +70,7 @@ pub struct LeaseEdge {
 
 /// Runs the scenario with `config.seed` and `config.bugs`: three nodes, one host.
 pub fn run(config: &SimConfig) -> anyhow::Result<LeaseEdge> {
-    let config = SimConfig {
-        nodes: 3,
-        hosts: 1,
-        failing_hosts: Vec::new(),
-        ..config.clone()
-    };
+    let config = config.three_nodes_one_host();
     let run = harness::run(&config, script)?;
     Ok(LeaseEdge {
         rounds: run.value,

@@ -40,12 +40,7 @@ pub struct RetriedRequests {
 
 /// Runs the scenario with `config.seed` and `config.bugs`: three nodes, one host.
 pub fn run(config: &SimConfig) -> anyhow::Result<RetriedRequests> {
-    let config = SimConfig {
-        nodes: 3,
-        hosts: 1,
-        failing_hosts: Vec::new(),
-        ..config.clone()
-    };
+    let config = config.three_nodes_one_host();
     let run = harness::run(&config, script)?;
     let (crashed, retried_in) = run.value;
     Ok(RetriedRequests {

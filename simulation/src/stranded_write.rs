@@ -53,14 +53,11 @@ pub struct StrandedWrite {
 /// snapshot every three entries with nothing kept behind it.
 pub fn run(config: &SimConfig) -> anyhow::Result<StrandedWrite> {
     let config = SimConfig {
-        nodes: 3,
-        hosts: 1,
-        failing_hosts: Vec::new(),
         retention: Some(LogRetention {
             snapshot_after_logs: 3,
             logs_kept_after_snapshot: 0,
         }),
-        ..config.clone()
+        ..config.three_nodes_one_host()
     };
     let run = harness::run(&config, script)?;
     let (old, new, answered_in, healed_ms) = run.value;

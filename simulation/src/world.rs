@@ -87,6 +87,17 @@ const SNAPSHOT_AFTER_LOGS: [u64; 5] = [3, 8, 24, 100, 5_000];
 const LOGS_KEPT_AFTER_SNAPSHOT: [u64; 4] = [0, 2, 16, 1_000];
 
 impl SimConfig {
+    /// This run (seed, bugs, faults) in the small world of the edge scenarios: three nodes
+    /// and one host that mounts everything.
+    pub(crate) fn three_nodes_one_host(&self) -> SimConfig {
+        SimConfig {
+            nodes: 3,
+            hosts: 1,
+            failing_hosts: Vec::new(),
+            ..self.clone()
+        }
+    }
+
     /// The run's log retention: as configured, or drawn from the seed (from a generator of
     /// its own, so the draw does not shift any other).
     pub fn retention(&self) -> LogRetention {
