@@ -1263,3 +1263,314 @@ fn a_vms_bounds_are_checked_at_their_edges() {
     nics.nics.push(nics.nics[0].clone());
     assert!(refused_by(nics).contains("at most"));
 }
+
+/// `count` hosts named `h00000`, `h00001`, ...
+fn many_hosts(count: usize) -> (DesiredState, Vec<String>) {
+    let ids: Vec<String> = (0..count).map(|i| format!("h{i:05}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    (with_hosts(&refs), ids)
+}
+
+/// The cluster's host limit stops new hosts only: a host it already knows registers again
+/// (after a restart, with a new inventory) however full the cluster is.
+#[test]
+fn a_full_cluster_refuses_a_new_host_but_not_a_known_one_registering_again() {
+    let (mut state, ids) = many_hosts(HOSTS_MAX);
+    let register = |id: &str| Command::RegisterHost {
+        host_id: id.into(),
+        inventory: Inventory {
+            cpu_cores: 4,
+            ..inventory()
+        },
+    };
+    assert_eq!(state.apply(&register(&ids[7])), Outcome::Applied);
+    rejected_with(
+        &mut state,
+        register("one-too-many"),
+        &format!("already holds {HOSTS_MAX} hosts"),
+    );
+}
+
+/// A pool spans at most `POOL_HOSTS_MAX` hosts, whether it is created that wide or
+/// assigned to more hosts later; exactly the limit is allowed.
+#[test]
+fn a_pool_spans_up_to_its_host_limit_and_not_one_more() {
+    let (mut state, ids) = many_hosts(POOL_HOSTS_MAX + 1);
+    let pool = |name: &str, hosts: &[String]| Command::CreatePool {
+        spec: PoolSpec {
+            scope: Default::default(),
+            name: name.into(),
+            source: PoolSource::Dir {
+                path: "/srv".into(),
+            },
+        },
+        hosts: hosts.to_vec(),
+    };
+    assert_eq!(
+        state.apply(&pool("wide", &ids)),
+        Outcome::Rejected(ValidationError::TooManyHosts)
+    );
+    assert_eq!(
+        state.apply(&pool("full", &ids[..POOL_HOSTS_MAX])),
+        Outcome::Applied
+    );
+    // Grown by assignment: 1,000 hosts, then 24 more (the limit), then one more.
+    let first = POOL_HOSTS_MAX - 24;
+    assert_eq!(state.apply(&pool("p", &ids[..first])), Outcome::Applied);
+    let assign = |hosts: &[String]| Command::AssignPool {
+        pool: "p".into(),
+        hosts: hosts.to_vec(),
+    };
+    assert_eq!(
+        state.apply(&assign(&ids[first..POOL_HOSTS_MAX])),
+        Outcome::Applied
+    );
+    assert_eq!(state.pools["p"].hosts.len(), POOL_HOSTS_MAX);
+    assert_eq!(
+        state.apply(&assign(&ids[POOL_HOSTS_MAX..])),
+        Outcome::Rejected(ValidationError::TooManyHosts)
+    );
+}
+
+/// Growing a volume to the size it has already changes nothing and is not an error.
+#[test]
+fn a_volume_resized_to_its_own_size_is_accepted() {
+    let mut state = with_hosts(&["host-1"]);
+    state.apply(&create("p", "/srv/p", &["host-1"]));
+    state.apply(&qcow2("p", "v"));
+    let same = Command::ResizeVolume {
+        pool: "p".into(),
+        name: "v".into(),
+        size_bytes: 64 << 20,
+    };
+    assert_eq!(state.validate(&same), Ok(()));
+    assert!(!matches!(state.apply(&same), Outcome::Rejected(_)));
+    assert_eq!(state.pools["p"].volumes["v"].size_bytes, 64 << 20);
+}
+
+/// A request id of exactly `REQUEST_ID_BYTES_MAX` bytes is an id; one byte more is not.
+/// The leader checks a request before proposing it: a retry of a request already in the
+/// log must pass that check, so that it can replay its outcome.
+#[test]
+fn request_ids_are_bounded_and_a_retry_passes_the_leaders_check() {
+    let mut state = with_hosts(&["host-1"]);
+    let longest = "r".repeat(REQUEST_ID_BYTES_MAX);
+    let request = once(&longest, create("p", "/srv/p", &["host-1"]));
+    assert_eq!(state.validate(&request), Ok(()));
+    assert_eq!(state.apply(&request), Outcome::Applied);
+    assert_eq!(
+        state.validate(&request),
+        Ok(()),
+        "a retry is not a reused id"
+    );
+    let too_long = "r".repeat(REQUEST_ID_BYTES_MAX + 1);
+    assert_eq!(
+        state.validate(&once(&too_long, create("q", "/srv/q", &["host-1"]))),
+        Err(ValidationError::BadRequestId)
+    );
+}
+
+/// A VM attached to a network on one host does not keep that network on another.
+#[test]
+fn a_network_leaves_a_host_whose_vms_do_not_use_it() {
+    let mut state = with_hosts(&["host-1", "host-2"]);
+    let network = Command::CreateNetwork {
+        spec: NetworkSpec {
+            name: "prod".into(),
+            bridge: "br-prod".into(),
+            vlan: None,
+            uplink: None,
+        },
+        hosts: vec!["host-1".into(), "host-2".into()],
+    };
+    assert_eq!(state.apply(&network), Outcome::Applied);
+    let mut web = vm("web", "vm-1", &[]);
+    web.nics.push(qvdc_transport::protocol::VmNic {
+        network: "prod".into(),
+        mac: None,
+    });
+    assert_eq!(state.apply(&create_vm(web, "host-1")), Outcome::Applied);
+    let unassign = |host: &str| Command::UnassignNetwork {
+        network: "prod".into(),
+        hosts: vec![host.into()],
+    };
+    rejected_with(
+        &mut state,
+        unassign("host-1"),
+        "VM web on host-1 is attached to network prod",
+    );
+    assert_eq!(state.apply(&unassign("host-2")), Outcome::Applied);
+    assert_eq!(
+        state.networks["prod"].hosts.iter().collect::<Vec<_>>(),
+        ["host-1"]
+    );
+}
+
+/// A VLAN network needs an uplink whose VLAN interface (`uplink.vlan`) is a Linux
+/// interface name: 15 bytes at most.
+#[test]
+fn a_vlan_network_is_accepted_while_its_interface_name_fits() {
+    let mut state = with_hosts(&["host-1"]);
+    let vlan = |name: &str, uplink: &str, vlan: u16| Command::CreateNetwork {
+        spec: NetworkSpec {
+            name: name.into(),
+            bridge: format!("br-{name}"),
+            vlan: Some(vlan),
+            uplink: Some(uplink.into()),
+        },
+        hosts: vec!["host-1".into()],
+    };
+    // "enp0s31f6a.4094" is 15 bytes.
+    assert_eq!(
+        state.apply(&vlan("a", "enp0s31f6a", 4094)),
+        Outcome::Applied
+    );
+    assert_eq!(state.apply(&vlan("b", "eth0", 1)), Outcome::Applied);
+    rejected_with(
+        &mut state,
+        vlan("c", "enp0s31f6ab", 4094),
+        "makes an interface name longer than 15 bytes",
+    );
+}
+
+/// A certificate's name may be as long as `REVOKED_NAME_BYTES_MAX` bytes.
+#[test]
+fn a_certificate_named_at_the_length_limit_is_revocable() {
+    let mut state = DesiredState::default();
+    let revoke = |name: String| {
+        Command::RevokeCertificate(RevokedCertificate {
+            serial: "7a3b".into(),
+            role: "operator".into(),
+            name,
+        })
+    };
+    assert_eq!(
+        state.apply(&revoke("n".repeat(REVOKED_NAME_BYTES_MAX))),
+        Outcome::Applied
+    );
+    rejected_with(
+        &mut state,
+        revoke("n".repeat(REVOKED_NAME_BYTES_MAX + 1)),
+        "longer than 256 bytes",
+    );
+}
+
+/// A VM's disk keeps that one volume, not its pool's other volumes nor a volume of the
+/// same name in another pool.
+#[test]
+fn a_volume_no_vm_uses_is_deleted_beside_one_that_is_used() {
+    let mut state = with_hosts(&["host-1"]);
+    state.apply(&create("p", "/srv/p", &["host-1"]));
+    state.apply(&create("q", "/srv/q", &["host-1"]));
+    for (pool, volume) in [("p", "a"), ("p", "b"), ("q", "a")] {
+        assert_eq!(state.apply(&qcow2(pool, volume)), Outcome::Applied);
+    }
+    assert_eq!(
+        state.apply(&create_vm(vm("web", "vm-1", &[("p", "a")]), "host-1")),
+        Outcome::Applied
+    );
+    let delete = |pool: &str, name: &str| Command::DeleteVolume {
+        pool: pool.into(),
+        name: name.into(),
+    };
+    rejected_with(&mut state, delete("p", "a"), "uses volume p/a");
+    assert_eq!(state.apply(&delete("p", "b")), Outcome::Applied);
+    assert_eq!(state.apply(&delete("q", "a")), Outcome::Applied);
+}
+
+/// An adoption's domain UUID is 1 to `NAME_BYTES_MAX` bytes; it brings at most
+/// `VM_DISKS_MAX` volumes, checked before anything else about them; a volume it brings
+/// that exists already must have the format the domain opens it with.
+#[test]
+fn an_adoption_is_checked_at_its_edges() {
+    use qvdc_transport::limits::{NAME_BYTES_MAX, VM_DISKS_MAX};
+    let mut state = with_hosts(&["host-1"]);
+    state.apply(&create("p", "/srv/p", &["host-1"]));
+    state.apply(&qcow2("p", "shared.qcow2"));
+    for uuid in [String::new(), "u".repeat(NAME_BYTES_MAX + 1)] {
+        rejected_with(
+            &mut state,
+            adopt(vm("db", "req-1", &[]), &uuid, &[]),
+            "must be 1 to 64 bytes",
+        );
+    }
+    // More volumes than a VM may have disks, none of them its disks: the count is what
+    // is refused.
+    let names: Vec<String> = (0..=VM_DISKS_MAX).map(|i| format!("d{i}")).collect();
+    let many: Vec<(&str, &str)> = names.iter().map(|n| ("p", n.as_str())).collect();
+    rejected_with(
+        &mut state,
+        adopt(vm("db", "req-1", &[]), "u-1", &many),
+        "at most 26 disks",
+    );
+    // As many as a VM may have is fine.
+    let disks = &many[..VM_DISKS_MAX];
+    assert_eq!(
+        state.apply(&adopt(
+            vm("db", "req-1", disks),
+            &"u".repeat(NAME_BYTES_MAX),
+            disks
+        )),
+        Outcome::Applied
+    );
+    assert_eq!(state.pools["p"].volumes.len(), VM_DISKS_MAX + 1);
+    // Bringing a volume that already exists, in the same format, adds nothing.
+    let shared = vm("web", "req-2", &[("p", "shared.qcow2")]);
+    let mut raw = adopt(shared.clone(), "u-2", &[("p", "shared.qcow2")]);
+    if let Command::AdoptVm { volumes, .. } = &mut raw {
+        volumes[0].record.format = VolumeFormat::Raw;
+    }
+    rejected_with(
+        &mut state,
+        raw,
+        "p/shared.qcow2 is a qcow2 volume already; the domain opens it as raw",
+    );
+    assert_eq!(
+        state.apply(&adopt(shared, "u-2", &[("p", "shared.qcow2")])),
+        Outcome::Applied
+    );
+    assert_eq!(
+        state.pools["p"].volumes["shared.qcow2"].size_bytes,
+        64 << 20,
+        "the existing volume's record stays"
+    );
+    // A volume is one of the VM's disks only by pool and name both.
+    state.apply(&create("q", "/srv/q", &["host-1"]));
+    let spec = vm("app", "req-3", &[("p", "app.qcow2")]);
+    for (pool, name) in [("q", "app.qcow2"), ("p", "other.qcow2")] {
+        rejected_with(
+            &mut state,
+            adopt(spec.clone(), "u-3", &[(pool, name)]),
+            &format!("{pool}/{name} is not a disk of app"),
+        );
+    }
+}
+
+/// While a VM is being released, only its own disks are off limits: another VM may still
+/// share a volume with a VM that stays, and take other volumes of the same pool.
+#[test]
+fn only_the_disks_of_a_vm_being_released_are_off_limits() {
+    let mut state = with_hosts(&["host-1"]);
+    state.apply(&create("p", "/srv/p", &["host-1"]));
+    for name in ["db.qcow2", "shared.qcow2", "other.qcow2"] {
+        state.apply(&qcow2("p", name));
+    }
+    let db = vm("db", "req-1", &[("p", "db.qcow2")]);
+    assert_eq!(state.apply(&create_vm(db, "host-1")), Outcome::Applied);
+    let web = vm("web", "req-2", &[("p", "shared.qcow2")]);
+    assert_eq!(state.apply(&create_vm(web, "host-1")), Outcome::Applied);
+    let release = Command::ReleaseVm { name: "db".into() };
+    assert_eq!(state.apply(&release), Outcome::Applied);
+    let sharer = vm("sharer", "req-3", &[("p", "shared.qcow2")]);
+    assert_eq!(state.apply(&create_vm(sharer, "host-1")), Outcome::Applied);
+    let neighbour = vm("neighbour", "req-4", &[("p", "other.qcow2")]);
+    assert_eq!(
+        state.apply(&create_vm(neighbour, "host-1")),
+        Outcome::Applied
+    );
+    rejected_with(
+        &mut state,
+        create_vm(vm("taker", "req-5", &[("p", "db.qcow2")]), "host-1"),
+        "leaves qvdc with VM db",
+    );
+}
