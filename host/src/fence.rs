@@ -169,6 +169,58 @@ mod tests {
         assert!(reopened.admit(l(1, 5)).is_err());
     }
 
+    /// A fence file that exists but cannot be read (here: a directory in its place, as a
+    /// botched restore might leave) is an error: only a missing file is a fresh start.
+    #[test]
+    fn an_unreadable_fence_file_is_an_error_and_a_missing_one_a_fresh_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fence");
+        let fresh = Fence::open(Box::new(FileFence::new(path.clone()))).unwrap();
+        assert_eq!(fresh.seen(), Leadership::default());
+        std::fs::create_dir(&path).unwrap();
+        let err = Fence::open(Box::new(FileFence::new(path)))
+            .err()
+            .expect("refused");
+        assert!(matches!(err, FenceError::Storage { .. }), "{err}");
+    }
+
+    /// The simulation's fence outlives the machine the way a file does.
+    #[test]
+    fn the_memory_fence_survives_reopening() {
+        let store = MemoryFence::default();
+        let fence = Fence::open(Box::new(store.clone())).unwrap();
+        fence.admit(l(4, 2)).unwrap();
+        drop(fence);
+        let reopened = Fence::open(Box::new(store)).unwrap();
+        assert_eq!(reopened.seen(), l(4, 2));
+        assert!(reopened.admit(l(4, 1)).is_err());
+    }
+
+    /// Counts what reaches the disk.
+    struct CountingFence(Arc<Mutex<Vec<Leadership>>>);
+
+    impl FenceStore for CountingFence {
+        fn load(&self) -> Result<Leadership, FenceError> {
+            Ok(Leadership::default())
+        }
+        fn save(&self, leadership: Leadership) -> Result<(), FenceError> {
+            self.0.lock().unwrap().push(leadership);
+            Ok(())
+        }
+    }
+
+    /// Every command carries its leadership: only a new high may cost a write and an fsync,
+    /// not each command of the leadership already stored.
+    #[test]
+    fn only_a_new_leadership_is_written() {
+        let saved = Arc::new(Mutex::new(Vec::new()));
+        let fence = Fence::open(Box::new(CountingFence(saved.clone()))).unwrap();
+        for leadership in [l(1, 1), l(1, 1), l(1, 1), l(2, 3), l(2, 3)] {
+            fence.admit(leadership).unwrap();
+        }
+        assert_eq!(*saved.lock().unwrap(), [l(1, 1), l(2, 3)]);
+    }
+
     #[test]
     fn a_corrupt_fence_file_is_an_error_not_a_fresh_start() {
         let dir = tempfile::tempdir().unwrap();
