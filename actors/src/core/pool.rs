@@ -470,6 +470,93 @@ mod tests {
         assert_eq!(overall_health(3, 1, 2), Health::Degraded);
         assert_eq!(overall_health(3, 0, 1), Health::Error);
         assert_eq!(overall_health(3, 0, 0), Health::Unknown);
+        assert_eq!(
+            overall_health(0, 0, 0),
+            Health::Unknown,
+            "a pool with no host is not healthy"
+        );
+    }
+
+    fn hosts(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|h| (*h).to_owned()).collect()
+    }
+
+    /// Volume work goes only to hosts whose last report is fresh and healthy.
+    #[test]
+    fn only_fresh_healthy_hosts_take_volume_work() {
+        let mut core = core();
+        let t0 = Instant::now();
+        core.observe("host-1", t0, Some(healthy(100)));
+        core.observe("host-2", t0 + Duration::from_secs(2), Some(healthy(100)));
+        core.observe("host-3", t0 + Duration::from_secs(2), Some(failed("EIO")));
+        assert_eq!(
+            core.healthy_hosts(t0 + Duration::from_secs(2)),
+            ["host-1", "host-2"]
+        );
+        assert_eq!(
+            core.healthy_hosts(t0 + Duration::from_secs(4)),
+            ["host-2"],
+            "host-1's report is stale by now"
+        );
+    }
+
+    /// Reassigned, the pool forgets the hosts it left; what the hosts it keeps confirmed
+    /// stays, unless the pool's source changed: then every host must confirm again.
+    #[test]
+    fn a_new_record_forgets_unassigned_hosts_and_a_new_source_forgets_every_confirmation() {
+        let mut core = core();
+        let t0 = Instant::now();
+        for host in ["host-1", "host-2", "host-3"] {
+            core.observe(host, t0, Some(healthy(100)));
+        }
+        core.set_record(spec(), hosts(&["host-1", "host-2"]));
+        assert_eq!(core.hosts(), &hosts(&["host-1", "host-2"]));
+        let view = core.view(t0);
+        assert_eq!(view.health, Health::Healthy, "{view:?}");
+        assert_eq!(view.healthy_hosts, ["host-1", "host-2"]);
+        assert_eq!(core.healthy_hosts(t0), ["host-1", "host-2"]);
+
+        let moved = PoolSpec {
+            source: PoolSource::Dir {
+                path: "/srv/elsewhere".into(),
+            },
+            ..spec()
+        };
+        core.set_record(moved.clone(), hosts(&["host-1", "host-2"]));
+        assert_eq!(core.spec(), &moved);
+        let view = core.view(t0);
+        assert_eq!(view.health, Health::Unknown, "{view:?}");
+        assert!(core.healthy_hosts(t0).is_empty());
+    }
+
+    /// A host must unmount the pools it reports but no longer holds: unassigned from it,
+    /// or deleted.
+    #[test]
+    fn unassigned_or_deleted_pools_are_strays_on_their_hosts() {
+        let mut desired = qvdc_raft::DesiredState::default();
+        desired.pools.insert(
+            "shared".into(),
+            qvdc_raft::model::PoolRecord {
+                spec: spec(),
+                hosts: hosts(&["host-1", "host-2"]),
+                volumes: Default::default(),
+            }
+            .into(),
+        );
+        let reports = [
+            healthy(1),
+            PoolReport {
+                pool: "old".into(),
+                ..healthy(1)
+            },
+        ];
+        let on = |host: &str| {
+            strays(&desired, host, &reports)
+                .into_iter()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(on("host-1"), ["old"]);
+        assert_eq!(on("host-3"), ["old", "shared"]);
     }
 
     #[test]
