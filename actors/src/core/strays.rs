@@ -178,6 +178,87 @@ mod tests {
         assert_eq!(beat(t0 + Duration::from_millis(5_100), &reports), 1);
     }
 
+    /// A heartbeat settles its own host's removals only: another host's heartbeat does not
+    /// make this host's removal due again.
+    #[test]
+    fn each_hosts_removals_are_its_own() {
+        let timings = Timings::default();
+        let mut strays = Strays::new(timings);
+        let ids = ids();
+        let desired = DesiredState::default();
+        let gone = HostReports {
+            vms: vec![domain("gone", Some("vm-9"))],
+            vms_known: true,
+            ..HostReports::default()
+        };
+        let t0 = Instant::now();
+        let mut beat = |host: &str, at: Duration, reports: &HostReports| {
+            strays
+                .heartbeat(&desired, host, reports, t0 + at, &ids)
+                .len()
+        };
+        assert_eq!(beat("host-1", Duration::ZERO, &gone), 1);
+        let quiet = HostReports {
+            vms_known: true,
+            ..HostReports::default()
+        };
+        assert_eq!(beat("host-2", Duration::from_millis(100), &quiet), 0);
+        assert_eq!(
+            beat("host-1", Duration::from_secs(1), &gone),
+            0,
+            "host-1's removal is still in flight"
+        );
+    }
+
+    /// A pool and a domain may share a name: the pool's removal does not stand for the
+    /// domain's, which was done and is needed again.
+    #[test]
+    fn a_removal_is_kept_by_its_own_kind_and_name_only() {
+        let mut strays = Strays::new(Timings::default());
+        let ids = ids();
+        let desired = DesiredState::default();
+        let pool = qvdc_transport::protocol::PoolReport {
+            pool: "gone".into(),
+            mounted: true,
+            mount_path: "/data/pools/gone".into(),
+            capacity: Default::default(),
+            volume_count: 0,
+            health: qvdc_transport::protocol::Health::Healthy,
+            error: None,
+        };
+        let report = |vm: bool, pools: bool| HostReports {
+            vms: if vm {
+                vec![domain("gone", Some("vm-9"))]
+            } else {
+                vec![]
+            },
+            pools: if pools { vec![pool.clone()] } else { vec![] },
+            vms_known: true,
+            ..HostReports::default()
+        };
+        let t0 = Instant::now();
+        let mut kinds = |at: u64, reports: HostReports| -> Vec<HostCommandKind> {
+            let at = t0 + Duration::from_millis(at);
+            let sent = strays.heartbeat(&desired, "host-1", &reports, at, &ids);
+            sent.into_iter().map(|c| c.kind).collect()
+        };
+        let undefine = HostCommandKind::UndefineVm {
+            name: "gone".into(),
+        };
+        assert_eq!(kinds(0, report(true, false)), [undefine.clone()]);
+        assert_eq!(
+            kinds(1_000, report(false, true)),
+            [HostCommandKind::RemoveStoragePool {
+                pool: "gone".into()
+            }]
+        );
+        assert_eq!(
+            kinds(1_500, report(true, true)),
+            [undefine],
+            "the domain is back: removed again at once; the pool's removal is in flight"
+        );
+    }
+
     #[test]
     fn one_heartbeat_sends_a_bounded_number_of_removals_with_distinct_ids() {
         let mut strays = Strays::new(Timings::default());
