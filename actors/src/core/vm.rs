@@ -215,12 +215,16 @@ impl VmCore {
                 retry.max(p.sent_at + Duration::from_millis(self.timings.command_timeout_ms))
             }
         });
-        let silent = self
-            .observation
+        super::next_after(now, resend.into_iter().chain(self.spare_host_due()))
+    }
+
+    /// With the deliberate bug armed (a spare host set): the moment the VM's host turns
+    /// silent, when [`Self::start_on_spare_host`] acts.
+    fn spare_host_due(&self) -> Option<Instant> {
+        self.observation
             .as_ref()
             .filter(|_| self.spare.is_some())
-            .map(|o| o.seen_at + self.timings.stale_after() + Duration::from_millis(1));
-        super::next_after(now, resend.into_iter().chain(silent))
+            .map(|o| o.seen_at + self.timings.stale_after() + Duration::from_millis(1))
     }
 
     /// Decides whether to send a command now.
