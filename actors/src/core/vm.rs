@@ -75,6 +75,9 @@ impl VmCore {
     /// host at once (before its host supervisor removes the domain as a stray), without
     /// knowing whether it still runs where it was.
     fn start_on_spare_host(&mut self) -> Vec<Effect> {
+        if self.observation.is_none() || !bugs::active(Bug::StartVmOnSecondHost) {
+            return Vec::new();
+        }
         let running = self.record.power == DesiredPower::Running;
         let Some((host, done)) = self.spare.as_mut().filter(|s| running && s.1 == 0) else {
             return Vec::new();
@@ -230,10 +233,9 @@ impl VmCore {
     /// Decides whether to send a command now.
     pub fn tick(&mut self, now: Instant) -> Vec<Effect> {
         if self.fresh(now).is_none() {
-            if self.observation.is_some() && bugs::active(Bug::StartVmOnSecondHost) {
-                return self.start_on_spare_host();
-            }
-            return Vec::new(); // the host is unreachable: it gets its commands when back
+            // The host is unreachable: it gets its commands when back. (Unless the
+            // deliberate bug is armed.)
+            return self.start_on_spare_host();
         }
         if let Some(conflict) = self.conflict() {
             self.failure = Some(conflict);
