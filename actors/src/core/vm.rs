@@ -598,7 +598,18 @@ mod tests {
             volumes: Vec::new(),
         };
         assert_eq!(core.tick(t0), [send(1, adopt)]);
-        assert_eq!(core.view(t0).error, None);
+        let view = core.view(t0);
+        assert_eq!(view.error, None);
+        assert_eq!(view.power, PowerState::Running);
+        assert_eq!(
+            view.reason,
+            "being adopted: its host has not recorded the VM's id yet"
+        );
+        // Once the host has written the id, the host's own reason shows.
+        let mut recorded = report(PowerState::Running);
+        recorded.reason = "booted".into();
+        core.observe(t0, Some(recorded));
+        assert_eq!(core.view(t0).reason, "booted");
 
         // Another domain under the VM's name (redefined behind qvdc's back) is left alone.
         let mut core = VmCore::new(adopted, leadership(), Timings::default());
