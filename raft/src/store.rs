@@ -188,12 +188,6 @@ struct LogShared {
     jobs: mpsc::UnboundedSender<Job>,
 }
 
-impl std::fmt::Debug for Job {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Job")
-    }
-}
-
 /// The Raft log and vote. Cheap to clone: clones share the in-memory log and the writer.
 #[derive(Debug, Clone)]
 pub struct LogStore {
@@ -821,6 +815,11 @@ mod tests {
         let mut log = LogStore::new(reopened.unwrap(), DiskLatency::default(), 1).unwrap();
         let state = log.get_log_state().await.unwrap();
         assert_eq!(state.last_log_id.map(|id| id.index), Some(4));
+        assert_eq!(
+            log.last_log_id(),
+            state.last_log_id,
+            "what elections compare"
+        );
         assert_eq!(log.read_vote().await.unwrap(), Some(vote));
         assert_eq!(
             log.read_committed().await.unwrap().map(|id| id.index),
