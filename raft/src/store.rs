@@ -829,6 +829,49 @@ mod tests {
         assert_eq!(hosts, vec![register("host-2", 2), register("host-3", 3)]);
     }
 
+    /// The process is killed (no destructor runs, as on `kill -9`) right after the vote's
+    /// write returned: everything queued before it, and the vote, are in the file. The test
+    /// runs itself as that process.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn what_a_write_waited_for_survives_a_kill_right_after() {
+        const CHILD: &str = "QVDC_STORE_KILLED_WRITER";
+        let vote = Vote::new_committed(2, 1);
+        if let Some(path) = std::env::var_os(CHILD) {
+            let log = LogStore::new(open(Path::new(&path)).unwrap(), DiskLatency::default(), 1);
+            let mut log = log.unwrap();
+            for index in 1..=3 {
+                let entry = register(&format!("host-{index}"), index);
+                let bytes = codec::to_stored_bytes(&entry).unwrap();
+                log.queue(Op::Put(vec![(index, bytes)]), Done::Nobody)
+                    .unwrap();
+            }
+            log.save_vote(&vote).await.unwrap();
+            std::process::abort();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.redb");
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "store::tests::what_a_write_waited_for_survives_a_kill_right_after",
+                "--nocapture",
+            ])
+            .env(CHILD, &path)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(!status.success(), "the writer was meant to die: {status}");
+        let mut log = LogStore::new(open(&path).unwrap(), DiskLatency::default(), 1).unwrap();
+        assert_eq!(log.read_vote().await.unwrap(), Some(vote));
+        let entries: Vec<Entry> = log.try_get_log_entries(1..=3).await.unwrap();
+        assert_eq!(
+            entries,
+            (1..=3)
+                .map(|i| register(&format!("host-{i}"), i))
+                .collect::<Vec<_>>()
+        );
+    }
+
     /// A restarted state machine starts from the latest snapshot, not from nothing.
     #[tokio::test]
     async fn the_state_machine_reopens_at_its_snapshot() {
