@@ -245,7 +245,10 @@ mod tests {
         let undefine = HostCommandKind::UndefineVm {
             name: "gone".into(),
         };
-        assert_eq!(kinds(0, report(true, false)), [undefine.clone()]);
+        assert_eq!(
+            kinds(0, report(true, false)),
+            std::slice::from_ref(&undefine)
+        );
         assert_eq!(
             kinds(1_000, report(false, true)),
             [HostCommandKind::RemoveStoragePool {
