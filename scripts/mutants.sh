@@ -35,7 +35,9 @@ case "$module" in
     tests=("${raft_tests[@]}") ;;
   store)
     files=(raft/src/store.rs)
-    tests=("${raft_tests[@]}") ;;
+    tests=("${raft_tests[@]}")
+    # Only the deliberate bug that panics on a pool's delete calls it (see cores below).
+    exclude=(--exclude-re 'deletes_a_pool') ;;
   lease)
     files=(cluster/src/lease.rs)
     tests=(-p qvdc-cluster --lib) ;;

@@ -872,6 +872,30 @@ mod tests {
         );
     }
 
+    /// The decoders the fuzzers drive read what the store writes, and refuse what it did
+    /// not: a cut-off record, or bytes that were never a snapshot.
+    #[tokio::test]
+    async fn the_snapshot_decoders_read_what_was_stored_and_refuse_the_rest() {
+        let database = open_in_memory().unwrap();
+        let (mut machine, _watch) = StateMachine::open(database.clone(), 1).unwrap();
+        machine.apply([register("host-1", 1)]).await.unwrap();
+        let mut builder = machine.get_snapshot_builder().await;
+        builder.build_snapshot().await.unwrap();
+        let record = db(|| {
+            let txn = database.begin_read()?;
+            let table = txn.open_table(MACHINE)?;
+            Ok(table.get(KEY_SNAPSHOT)?.map(|bytes| bytes.value().to_vec()))
+        })
+        .unwrap()
+        .expect("a snapshot was stored");
+        decode_stored_snapshot(&record).unwrap();
+        let stored: StoredSnapshot = codec::from_stored_bytes(&record).unwrap();
+        decode_snapshot(&stored.data).unwrap();
+        assert!(decode_stored_snapshot(&record[..record.len() / 2]).is_err());
+        assert!(decode_snapshot(&stored.data[..stored.data.len() - 1]).is_err());
+        assert!(decode_snapshot(b"never a snapshot").is_err());
+    }
+
     /// A restarted state machine starts from the latest snapshot, not from nothing.
     #[tokio::test]
     async fn the_state_machine_reopens_at_its_snapshot() {
