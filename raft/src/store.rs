@@ -896,6 +896,74 @@ mod tests {
         assert!(decode_snapshot(b"never a snapshot").is_err());
     }
 
+    fn entry(index: u64, command: Command) -> Entry {
+        Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(command),
+        }
+    }
+
+    /// A pool's delete is applied like any other command, alone, as a request, or in a
+    /// batch (the deliberate bug that panics on it stays off).
+    #[tokio::test]
+    async fn a_pools_delete_is_applied_in_every_wrapping() {
+        use crate::model::RequestDigest;
+        use qvdc_transport::protocol::{PoolSource, PoolSpec};
+        let (mut machine, watch) = StateMachine::open(open_in_memory().unwrap(), 1).unwrap();
+        let create = |name: &str| Command::CreatePool {
+            spec: PoolSpec {
+                scope: Default::default(),
+                name: name.into(),
+                source: PoolSource::Dir {
+                    path: "/srv/p".into(),
+                },
+            },
+            hosts: vec!["host-1".into()],
+        };
+        let delete = |name: &str| Command::DeletePool { pool: name.into() };
+        let request = Command::Once {
+            request_id: "r1".into(),
+            digest: RequestDigest::of(&delete("b")),
+            command: Box::new(delete("b")),
+        };
+        let entries = [
+            register("host-1", 1),
+            entry(
+                2,
+                Command::Batch(vec![create("a"), create("b"), create("c")].into()),
+            ),
+            entry(3, delete("a")),
+            entry(4, request),
+            entry(5, Command::Batch(vec![delete("c")].into())),
+        ];
+        let outcomes = machine.apply(entries).await.unwrap();
+        let applied = Outcome::Applied;
+        assert_eq!(
+            outcomes[2..],
+            [
+                applied.clone(),
+                applied.clone(),
+                Outcome::Batch(vec![applied].into())
+            ]
+        );
+        assert!(watch.borrow().pools.is_empty());
+    }
+
+    /// Blocking file I/O on the multi-threaded runtime hands the worker's other tasks to
+    /// another thread: with one worker, a task waiting behind a commit still runs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn blocking_io_leaves_the_worker_s_other_tasks_running() {
+        let blocked = tokio::spawn(async {
+            let (tx, rx) = std::sync::mpsc::channel();
+            tokio::spawn(async move { tx.send(()).unwrap() });
+            blocking(|| rx.recv_timeout(Duration::from_secs(5)))
+        });
+        assert!(
+            blocked.await.unwrap().is_ok(),
+            "the task queued behind the blocking call never ran"
+        );
+    }
+
     /// A restarted state machine starts from the latest snapshot, not from nothing.
     #[tokio::test]
     async fn the_state_machine_reopens_at_its_snapshot() {
