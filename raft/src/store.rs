@@ -943,7 +943,7 @@ mod tests {
             [
                 applied.clone(),
                 applied.clone(),
-                Outcome::Batch(vec![applied].into())
+                Outcome::Batch(vec![applied])
             ]
         );
         assert!(watch.borrow().pools.is_empty());
