@@ -49,8 +49,8 @@ case "$module" in
       actors/src/core/restarts.rs actors/src/core/strays.rs)
     tests=(-p qvdc-actors --lib)
     # The deliberate bug's own code runs only with the `deliberate-bugs` feature, which
-    # the unit tests leave off (there it is dead code): tests/deliberate_bugs.rs is its
-    # oracle, not these tests.
+    # the unit tests leave off (past its guard it is dead code there):
+    # simulation/tests/deliberate_bugs.rs is its oracle, not these tests.
     exclude=(--exclude-re 'VmCore::(start_on_spare_host|spare_host_due)') ;;
   *)
     sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'

@@ -850,17 +850,37 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("raft.redb");
-        let status = std::process::Command::new(std::env::current_exe().unwrap())
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
                 "store::tests::what_a_write_waited_for_survives_a_kill_right_after",
                 "--nocapture",
             ])
             .env(CHILD, &path)
-            .stderr(std::process::Stdio::null())
-            .status()
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .unwrap();
-        assert!(!status.success(), "the writer was meant to die: {status}");
+        let mut waited = Duration::ZERO;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if waited > Duration::from_secs(60) {
+                child.kill().unwrap();
+                panic!("the writer hung");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            waited += Duration::from_millis(10);
+        };
+        let mut said = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut said).unwrap();
+        // Killed by SIGABRT, not a panic's exit (which would run destructors).
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(6),
+            "the writer was meant to abort: {status}; it said: {said}"
+        );
         let mut log = LogStore::new(open(&path).unwrap(), DiskLatency::default(), 1).unwrap();
         assert_eq!(log.read_vote().await.unwrap(), Some(vote));
         let entries: Vec<Entry> = log.try_get_log_entries(1..=3).await.unwrap();

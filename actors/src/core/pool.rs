@@ -515,6 +515,11 @@ mod tests {
         assert_eq!(view.health, Health::Healthy, "{view:?}");
         assert_eq!(view.healthy_hosts, ["host-1", "host-2"]);
         assert_eq!(core.healthy_hosts(t0), ["host-1", "host-2"]);
+        // Assigned again, host-3 counts as unknown until it reports again.
+        core.set_record(spec(), hosts(&["host-1", "host-2", "host-3"]));
+        assert_eq!(core.view(t0).hosts[2].health, Health::Unknown);
+        assert_eq!(core.healthy_hosts(t0), ["host-1", "host-2"]);
+        core.set_record(spec(), hosts(&["host-1", "host-2"]));
 
         let moved = PoolSpec {
             source: PoolSource::Dir {

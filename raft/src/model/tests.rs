@@ -1284,6 +1284,7 @@ fn a_full_cluster_refuses_a_new_host_but_not_a_known_one_registering_again() {
         },
     };
     assert_eq!(state.apply(&register(&ids[7])), Outcome::Applied);
+    assert_eq!(state.hosts[&ids[7]].inventory.cpu_cores, 4);
     rejected_with(
         &mut state,
         register("one-too-many"),
@@ -1344,7 +1345,7 @@ fn a_volume_resized_to_its_own_size_is_accepted() {
         size_bytes: 64 << 20,
     };
     assert_eq!(state.validate(&same), Ok(()));
-    assert!(!matches!(state.apply(&same), Outcome::Rejected(_)));
+    assert_eq!(state.apply(&same), Outcome::Unchanged);
     assert_eq!(state.pools["p"].volumes["v"].size_bytes, 64 << 20);
 }
 
@@ -1430,6 +1431,15 @@ fn a_vlan_network_is_accepted_while_its_interface_name_fits() {
         &mut state,
         vlan("c", "enp0s31f6ab", 4094),
         "makes an interface name longer than 15 bytes",
+    );
+    let mut no_uplink = vlan("d", "eth0", 7);
+    if let Command::CreateNetwork { spec, .. } = &mut no_uplink {
+        spec.uplink = None;
+    }
+    rejected_with(
+        &mut state,
+        no_uplink,
+        "a VLAN needs both --vlan and --uplink",
     );
 }
 
