@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 
 ./scripts/setup.sh
 
+# The dependency policy (deny.toml): advisories, licences, sources, banned crates.
+./scripts/deny.sh
+
 if [ "$(id -u)" -eq 0 ]; then
   # Everything the real tests need is here: a test that cannot run must fail, not skip.
   export QVDC_REQUIRE_REAL=1
