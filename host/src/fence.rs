@@ -28,6 +28,12 @@ pub trait FenceStore: Send + Sync + 'static {
     fn save(&self, leadership: Leadership) -> Result<(), FenceError>;
 }
 
+/// The fence file format this build writes and reads: 1 is `TERM NODE` (qvdc 0.1.0 on).
+/// A later format starts with a `qvdc-fence FORMAT` line, which this build recognises and
+/// refuses by name instead of misreading (docs/compatibility.md).
+pub const FENCE_FORMAT: u32 = 1;
+const FENCE_HEADER: &str = "qvdc-fence";
+
 /// A small file (`TERM NODE`), replaced atomically: write, fsync, rename, fsync the directory.
 #[derive(Debug)]
 pub struct FileFence {
@@ -49,6 +55,17 @@ impl FileFence {
     /// Reads the leadership out of a fence file's text as [`FenceStore::load`] does: public
     /// for fuzzing and tests.
     pub fn parse(&self, text: &str) -> Result<Leadership, FenceError> {
+        let mut words = text.split_whitespace();
+        if words.next() == Some(FENCE_HEADER) {
+            return Err(match words.next().and_then(|w| w.parse::<u32>().ok()) {
+                Some(format) if format > FENCE_FORMAT => self.error(format!(
+                    "fence format {format}, written by a newer qhost; this qhost {} reads fence \
+                     format {FENCE_FORMAT}: run the newer qhost again",
+                    env!("CARGO_PKG_VERSION")
+                )),
+                _ => self.error(format!("unknown fence format header in {text:?}")),
+            });
+        }
         let mut numbers = text.split_whitespace().map(str::parse::<u64>);
         match (numbers.next(), numbers.next(), numbers.next()) {
             (Some(Ok(term)), Some(Ok(node)), None) => Ok(Leadership { term, node }),
@@ -232,5 +249,42 @@ mod tests {
                 .expect("refused");
             assert!(matches!(err, FenceError::Storage { .. }), "{garbage:?}");
         }
+    }
+
+    /// A fence file from a newer qhost is refused by its format, with both formats named,
+    /// instead of being read as a leadership or as garbage.
+    #[test]
+    fn a_newer_fence_format_is_refused_by_name() {
+        let fence = FileFence::new(PathBuf::from("/var/lib/qhost/fence"));
+        let err = fence
+            .parse("qvdc-fence 2\n9 3\n")
+            .expect_err("a newer format is refused")
+            .to_string();
+        assert!(err.contains("fence format 2"), "{err}");
+        assert!(
+            err.contains(&format!("reads fence format {FENCE_FORMAT}")),
+            "{err}"
+        );
+        assert!(err.contains("run the newer qhost"), "{err}");
+        let err = fence
+            .parse("qvdc-fence x\n")
+            .expect_err("a header without a format is refused")
+            .to_string();
+        assert!(err.contains("unknown fence format header"), "{err}");
+        assert_eq!(fence.parse("9 3\n").unwrap(), l(9, 3), "format 1 is read");
+    }
+
+    /// Fence files as qvdc 0.1.0 wrote them (fixtures/, docs/compatibility.md) are read.
+    #[test]
+    fn v0_1_0_fence_files_are_read() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fixtures/v0.1.0/wire/fence_file");
+        let fence = FileFence::new(dir.join("fence"));
+        let read = |name: &str| fence.parse(&std::fs::read_to_string(dir.join(name)).unwrap());
+        assert_eq!(read("written").unwrap(), l(7, 2));
+        assert_eq!(read("zero").unwrap(), l(0, 0));
+        assert_eq!(read("largest").unwrap(), l(u64::MAX, u64::MAX));
+        assert_eq!(read("spaced").unwrap(), l(12, 4));
+        assert_eq!(read("no-newline").unwrap(), l(3, 1));
     }
 }

@@ -26,16 +26,18 @@ use crate::{
     types::{NodeId, Raft, TypeConfig},
 };
 
+/// A Raft RPC as it travels between nodes, inside a `Request::Raft` frame.
 #[derive(Debug, Serialize, Deserialize)]
-enum RaftRpc {
+pub enum RaftRpc {
     AppendEntries(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<NodeId>),
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
     PreVote(PreVoteRequest),
 }
 
+/// The answer to a [`RaftRpc`], inside a `Response::Raft` frame.
 #[derive(Debug, Serialize, Deserialize)]
-enum RaftReply {
+pub enum RaftReply {
     AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
     InstallSnapshot(

@@ -33,7 +33,7 @@ use qvdc_transport::{
     facts::{self, Fact},
 };
 pub use redb::Database;
-use redb::{Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -52,6 +52,18 @@ const KEY_VOTE: &str = "vote";
 const KEY_COMMITTED: &str = "committed";
 const KEY_PURGED: &str = "last_purged";
 const KEY_SNAPSHOT: &str = "snapshot";
+/// The storage format the file is in, as a 4-byte big-endian number (not bincode, so that it
+/// stays readable whatever the encoding of the records becomes).
+const KEY_FORMAT: &str = "format";
+
+/// The storage format this build writes. docs/compatibility.md lists every format, what
+/// changed in it and which releases read it.
+///
+/// * 1 — qvdc 0.1.0: the tables and records below, without a `format` key.
+/// * 2 — the same records, with the `format` key.
+pub const STORAGE_FORMAT: u32 = 2;
+/// The oldest storage format this build migrates forward.
+pub const STORAGE_FORMAT_OLDEST: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -61,6 +73,29 @@ pub enum StoreError {
     Codec(#[from] codec::CodecError),
     #[error("the log writer has stopped: {0}")]
     Writer(String),
+    #[error(
+        "{place} is in storage format {found}, written by a newer qvdc; this qvdc {release} \
+         reads storage formats {STORAGE_FORMAT_OLDEST} to {STORAGE_FORMAT}. Run the newer \
+         qvdc on it, or restore this node from a backup this version can read \
+         (docs/operations.md)"
+    )]
+    NewerFormat {
+        place: String,
+        found: u32,
+        release: &'static str,
+    },
+    #[error(
+        "{place} is in storage format {found}, older than the oldest this qvdc {release} \
+         migrates ({STORAGE_FORMAT_OLDEST}). Upgrade through an intermediate release first \
+         (docs/compatibility.md)"
+    )]
+    OlderFormat {
+        place: String,
+        found: u32,
+        release: &'static str,
+    },
+    #[error("{place} has an unreadable storage format record of {bytes} bytes")]
+    CorruptFormat { place: String, bytes: usize },
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -70,10 +105,12 @@ fn db<T>(f: impl FnOnce() -> std::result::Result<T, redb::Error>) -> Result<T> {
     Ok(f()?)
 }
 
-/// Opens (or creates) the node's database file.
+/// Opens (or creates) the node's database file, migrating it to [`STORAGE_FORMAT`] if an
+/// older release wrote it and refusing it if a newer one did.
 pub fn open(path: &Path) -> Result<Arc<Database>> {
     let database = Database::create(path).map_err(redb::Error::from)?;
     init_tables(&database)?;
+    upgrade_format(&database, &path.display().to_string())?;
     Ok(Arc::new(database))
 }
 
@@ -83,7 +120,72 @@ pub fn open_in_memory() -> Result<Arc<Database>> {
         .create_with_backend(redb::backends::InMemoryBackend::new())
         .map_err(redb::Error::from)?;
     init_tables(&database)?;
+    upgrade_format(&database, "the in-memory database")?;
     Ok(Arc::new(database))
+}
+
+/// The storage format of `database`: its `format` record, or 1 for a file that holds data
+/// but no record (written by qvdc 0.1.0), or `None` for a new, empty file.
+pub fn storage_format(database: &Database, place: &str) -> Result<Option<u32>> {
+    let (record, holds_data) = db(|| {
+        let txn = database.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let record = meta.get(KEY_FORMAT)?.map(|guard| guard.value().to_vec());
+        let holds_data = !txn.open_table(LOGS)?.is_empty()?
+            || !meta.is_empty()?
+            || !txn.open_table(MACHINE)?.is_empty()?;
+        Ok((record, holds_data))
+    })?;
+    match record {
+        Some(bytes) => {
+            let format =
+                <[u8; 4]>::try_from(bytes.as_slice()).map_err(|_| StoreError::CorruptFormat {
+                    place: place.to_owned(),
+                    bytes: bytes.len(),
+                })?;
+            Ok(Some(u32::from_be_bytes(format)))
+        }
+        None if holds_data => Ok(Some(1)),
+        None => Ok(None),
+    }
+}
+
+/// Brings `database` to [`STORAGE_FORMAT`]: stamps a new file, migrates an older format one
+/// step at a time in a single transaction (a crash leaves the old format whole), and refuses
+/// a format this build does not know.
+fn upgrade_format(database: &Database, place: &str) -> Result<()> {
+    let release = env!("CARGO_PKG_VERSION");
+    let found = storage_format(database, place)?;
+    match found {
+        Some(found) if found > STORAGE_FORMAT => {
+            return Err(StoreError::NewerFormat {
+                place: place.to_owned(),
+                found,
+                release,
+            })
+        }
+        Some(found) if found < STORAGE_FORMAT_OLDEST => {
+            return Err(StoreError::OlderFormat {
+                place: place.to_owned(),
+                found,
+                release,
+            })
+        }
+        Some(STORAGE_FORMAT) => return Ok(()),
+        _ => {}
+    }
+    db(|| {
+        let txn = database.begin_write()?;
+        // Format 1 → 2 changes no record: it only adds the `format` key written below.
+        txn.open_table(META)?
+            .insert(KEY_FORMAT, STORAGE_FORMAT.to_be_bytes().as_slice())?;
+        txn.commit()?;
+        Ok(())
+    })?;
+    if let Some(found) = found {
+        tracing::info!("{place}: migrated from storage format {found} to {STORAGE_FORMAT}");
+    }
+    Ok(())
 }
 
 fn init_tables(database: &Database) -> Result<()> {

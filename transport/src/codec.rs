@@ -14,7 +14,7 @@ use std::cell::Cell;
 use serde::{de::DeserializeOwned, Deserialize, Deserializer, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::protocol::PROTOCOL_VERSION;
+use crate::protocol::{PROTOCOL_VERSION, PROTOCOL_VERSION_OLDEST};
 
 /// The largest frame (version + body) either side accepts. Raft snapshots are the largest
 /// messages; 16 MiB leaves room for clusters far beyond the walking skeleton.
@@ -43,9 +43,23 @@ pub enum CodecError {
     #[error("frame of {bytes} bytes is too short to hold a protocol version")]
     FrameTooShort { bytes: usize },
     #[error(
-        "peer speaks protocol version {got}, this build speaks {expected}: upgrade the older side"
+        "peer speaks protocol version {got}, newer than this build's {ours} (qvdc {release}): \
+         upgrade this side to a release that speaks {got} (docs/compatibility.md)"
     )]
-    VersionMismatch { got: u16, expected: u16 },
+    PeerNewer {
+        got: u16,
+        ours: u16,
+        release: &'static str,
+    },
+    #[error(
+        "peer speaks protocol version {got}, older than the oldest this build (qvdc {release}) \
+         accepts, {oldest}: upgrade the peer (docs/compatibility.md)"
+    )]
+    PeerOlder {
+        got: u16,
+        oldest: u16,
+        release: &'static str,
+    },
     #[error("malformed frame: {0}")]
     Malformed(String),
     #[error("a {kind} frame of {bytes} bytes exceeds the {limit} bytes allowed for it")]
@@ -234,14 +248,20 @@ pub fn decode_frame_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecEr
     let Some((version, body)) = bytes.split_first_chunk::<VERSION_BYTES>() else {
         return Err(CodecError::FrameTooShort { bytes: bytes.len() });
     };
-    let version = u16::from_be_bytes(*version);
-    if version != PROTOCOL_VERSION {
-        return Err(CodecError::VersionMismatch {
-            got: version,
-            expected: PROTOCOL_VERSION,
-        });
+    let release = env!("CARGO_PKG_VERSION");
+    match u16::from_be_bytes(*version) {
+        got if got > PROTOCOL_VERSION => Err(CodecError::PeerNewer {
+            got,
+            ours: PROTOCOL_VERSION,
+            release,
+        }),
+        got if got < PROTOCOL_VERSION_OLDEST => Err(CodecError::PeerOlder {
+            got,
+            oldest: PROTOCOL_VERSION_OLDEST,
+            release,
+        }),
+        _ => from_bytes(body),
     }
-    from_bytes(body)
 }
 
 /// Writes one frame to a stream.
@@ -346,11 +366,30 @@ mod tests {
     }
 
     #[test]
-    fn other_protocol_versions_are_named_in_the_error() {
-        let mut frame = encode_frame(&Sample::Ping { id: 1 }).unwrap();
-        frame[LENGTH_BYTES..LENGTH_BYTES + VERSION_BYTES].copy_from_slice(&9u16.to_be_bytes());
-        let err = decode_frame_body::<Sample>(&frame[LENGTH_BYTES..]).unwrap_err();
-        assert!(matches!(err, CodecError::VersionMismatch { got: 9, .. }));
+    fn versions_outside_the_accepted_range_are_refused_with_the_side_to_upgrade() {
+        let with_version = |version: u16| {
+            let mut frame = encode_frame(&Sample::Ping { id: 1 }).unwrap();
+            frame[LENGTH_BYTES..LENGTH_BYTES + VERSION_BYTES]
+                .copy_from_slice(&version.to_be_bytes());
+            decode_frame_body::<Sample>(&frame[LENGTH_BYTES..])
+        };
+        let newer = with_version(PROTOCOL_VERSION + 1).unwrap_err();
+        assert!(
+            matches!(newer, CodecError::PeerNewer { got, ours: PROTOCOL_VERSION, .. }
+                if got == PROTOCOL_VERSION + 1),
+            "{newer}"
+        );
+        assert!(newer.to_string().contains("upgrade this side"), "{newer}");
+        let older = with_version(PROTOCOL_VERSION_OLDEST - 1).unwrap_err();
+        assert!(
+            matches!(older, CodecError::PeerOlder { got, oldest: PROTOCOL_VERSION_OLDEST, .. }
+                if got == PROTOCOL_VERSION_OLDEST - 1),
+            "{older}"
+        );
+        assert!(older.to_string().contains("upgrade the peer"), "{older}");
+        for version in PROTOCOL_VERSION_OLDEST..=PROTOCOL_VERSION {
+            assert_eq!(with_version(version).unwrap(), Sample::Ping { id: 1 });
+        }
     }
 
     #[test]

@@ -8,8 +8,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::{codec, tls::Role};
 
-/// Bumped only for incompatible changes; the codec rejects frames of other versions.
+/// The protocol version this build writes in every frame. Bumped only for incompatible
+/// changes; docs/compatibility.md lists the versions and which releases speak them.
 pub const PROTOCOL_VERSION: u16 = 4;
+/// The oldest protocol version this build still reads (4 is qvdc 0.1.0's). A release that
+/// bumps [`PROTOCOL_VERSION`] keeps the previous one readable here for one release, so a
+/// cluster can be upgraded one node at a time.
+pub const PROTOCOL_VERSION_OLDEST: u16 = 4;
 /// TLS application protocol name; a peer that does not offer it fails the handshake.
 pub const ALPN: &[u8] = b"qvdc/1";
 
