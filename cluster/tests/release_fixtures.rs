@@ -162,7 +162,12 @@ async fn write_release_fixtures() {
     let mut nodes = Nodes::start_with_args(
         &others,
         true,
-        &["--snapshot-after-logs", "16", "--logs-kept-after-snapshot", "4"],
+        &[
+            "--snapshot-after-logs",
+            "16",
+            "--logs-kept-after-snapshot",
+            "4",
+        ],
     );
     for host in HOSTS {
         nodes.register_host(host).await;
