@@ -21,5 +21,13 @@ mod revocation;
 mod write;
 
 pub use client::{Client, ClientError};
+
+/// This build's release and commit, as `--version` prints them: `0.2.0 (commit 1a2b3c4d5e6f)`.
+pub const RELEASE: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("QVDC_COMMIT"),
+    ")"
+);
 pub use lease::{Clock, CLOCK_DRIFT_ALLOWANCE_PERCENT, LEADER_LEASE_MS, LEADER_LEASE_MS_MAX};
 pub use node::{Node, NodeConfig, Storage};

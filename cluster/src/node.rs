@@ -31,6 +31,9 @@ use crate::{
     propose::Proposer,
 };
 
+/// The file in a node's data directory that holds its log, vote and snapshots.
+pub const DATA_FILE: &str = "raft.redb";
+
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error("storage: {0}")]
@@ -85,7 +88,7 @@ impl Node {
         }
         let (db, latency) = match &config.storage {
             Storage::Dir(dir) => (
-                store::open(&dir.join("raft.redb"))?,
+                store::open(&dir.join(DATA_FILE))?,
                 store::DiskLatency::default(),
             ),
             Storage::Database(db, latency) => (db.clone(), latency.clone()),

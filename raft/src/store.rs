@@ -94,6 +94,8 @@ pub enum StoreError {
         found: u32,
         release: &'static str,
     },
+    #[error("{place} is in use by a running qvdc: stop it first")]
+    InUse { place: String },
     #[error("{place} has an unreadable storage format record of {bytes} bytes")]
     CorruptFormat { place: String, bytes: usize },
 }
@@ -147,6 +149,26 @@ pub fn storage_format(database: &Database, place: &str) -> Result<Option<u32>> {
         }
         None if holds_data => Ok(Some(1)),
         None => Ok(None),
+    }
+}
+
+/// The storage format of the file at `path`, read without changing the file (for
+/// `qvdc server --check-config`): `None` for an empty file; a newer format than this build
+/// reads is an error, as it is for [`open`].
+pub fn inspect_format(path: &Path) -> Result<Option<u32>> {
+    let place = path.display().to_string();
+    let database = match Database::open(path) {
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(StoreError::InUse { place }),
+        other => other.map_err(redb::Error::from)?,
+    };
+    let found = storage_format(&database, &place)?;
+    match found {
+        Some(found) if found > STORAGE_FORMAT => Err(StoreError::NewerFormat {
+            place,
+            found,
+            release: env!("CARGO_PKG_VERSION"),
+        }),
+        _ => Ok(found),
     }
 }
 

@@ -24,7 +24,7 @@ use qvdc_transport::{
 ///   qhost --host-id host-1 --cluster 127.0.0.1:7001,127.0.0.1:7002 --data-dir /var/lib/qhost \
 ///         --ca-cert certs/ca.crt --cert certs/host-1.crt --key certs/host-1.key
 #[derive(Debug, Parser)]
-#[command(version, verbatim_doc_comment)]
+#[command(name = "qhost", version, verbatim_doc_comment)]
 struct Args {
     /// This host's id; must equal the name in its certificate.
     #[arg(long, env = "QHOST_HOST_ID")]

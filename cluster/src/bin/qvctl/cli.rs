@@ -23,7 +23,7 @@ use qvdc_transport::{
 ///   qvctl vm create web --vcpus 2 --memory 512M --disk shared/web.qcow2 --start --wait
 ///   qvctl vm list
 #[derive(Debug, Parser)]
-#[command(version, verbatim_doc_comment)]
+#[command(name = "qvctl", version = qvdc_cluster::RELEASE, verbatim_doc_comment)]
 pub(crate) struct Cli {
     #[command(flatten)]
     pub(crate) connection: Connection,

@@ -8,7 +8,10 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use qvdc_actors::Timings;
 use qvdc_cluster::{Node, NodeConfig, Storage};
-use qvdc_raft::LogRetention;
+use qvdc_raft::{
+    store::{self, STORAGE_FORMAT},
+    LogRetention,
+};
 use qvdc_transport::{
     tls::{self, Identity, Role},
     Endpoint,
@@ -17,7 +20,7 @@ use serde::Deserialize;
 
 /// The qvdc control plane.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(name = "qvdc", version = qvdc_cluster::RELEASE)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -53,6 +56,11 @@ struct ServerArgs {
     #[arg(long)]
     #[serde(skip)]
     config: Option<PathBuf>,
+    /// Check the flags, the config file, the certificates and the data directory's format,
+    /// say what was found, and exit without starting (0 when all is well).
+    #[arg(long)]
+    #[serde(skip)]
+    check_config: bool,
     /// This node's id in --initial-cluster.
     #[arg(long)]
     node_id: Option<u64>,
@@ -108,6 +116,7 @@ impl ServerArgs {
             toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         Ok(Self {
             config: self.config,
+            check_config: self.check_config,
             node_id: self.node_id.or(file.node_id),
             listen: self.listen.or(file.listen),
             data_dir: self.data_dir.or(file.data_dir),
@@ -153,7 +162,18 @@ fn parse_initial_cluster(text: &str) -> anyhow::Result<BTreeMap<u64, String>> {
     Ok(members)
 }
 
-async fn serve(args: ServerArgs) -> anyhow::Result<()> {
+/// A node's configuration, checked: everything `qvdc server` needs before it binds its
+/// address and opens its data directory.
+struct Checked {
+    config: NodeConfig,
+    listen: SocketAddr,
+    identity: Identity,
+    data_dir: PathBuf,
+}
+
+/// Merges the config file into the flags and checks everything that can be checked without
+/// starting: required values, the certificate's role and name, the numbers.
+fn check(args: ServerArgs) -> anyhow::Result<Checked> {
     let args = args.merged()?;
     let node_id = required(args.node_id, "node-id")?;
     let listen = required(args.listen, "listen")?;
@@ -185,11 +205,12 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             own.name
         );
     }
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("creating {}", data_dir.display()))?;
-    let endpoint = Endpoint::bind(listen, &identity, true)?;
-    // `qvctl certs issue --replace` while running: new connections use the new pair.
-    tls::spawn_reloader(identity.clone());
+    if !args.join && !initial_cluster.contains_key(&node_id) {
+        bail!(
+            "--initial-cluster does not name this node ({node_id}); list every initial member, \
+             this one included, as ID=HOST:PORT"
+        );
+    }
     let defaults = LogRetention::default();
     let retention = LogRetention {
         snapshot_after_logs: args
@@ -218,11 +239,76 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         node_id,
         initial_cluster,
         join: args.join,
-        storage: Storage::Dir(data_dir),
+        storage: Storage::Dir(data_dir.clone()),
         timings,
         retention,
         clock: Default::default(),
     };
+    Ok(Checked {
+        config,
+        listen,
+        identity,
+        data_dir,
+    })
+}
+
+/// `qvdc server --check-config`: checks the configuration and the data directory without
+/// starting, and says what it found.
+fn check_config(args: ServerArgs) -> anyhow::Result<()> {
+    let checked = check(args)?;
+    let config = &checked.config;
+    let role = if config.join {
+        "joins a running cluster".to_owned()
+    } else {
+        let members: Vec<String> = config
+            .initial_cluster
+            .iter()
+            .map(|(id, addr)| format!("{id}={addr}"))
+            .collect();
+        format!("initial cluster {}", members.join(","))
+    };
+    println!(
+        "node {}: listens on {}, {role}",
+        config.node_id, checked.listen
+    );
+    let own = checked.identity.peer_identity()?;
+    println!(
+        "certificate: {} ({}), serial {}",
+        own.name, own.role, own.serial
+    );
+    let file = checked.data_dir.join(qvdc_cluster::node::DATA_FILE);
+    let data = if !file.exists() {
+        "new (created at start)".to_owned()
+    } else {
+        match store::inspect_format(&file)? {
+            Some(format) if format < STORAGE_FORMAT => format!(
+                "storage format {format}, migrated to {STORAGE_FORMAT} when the node starts \
+                 (back it up first: docs/operations.md)"
+            ),
+            Some(format) => format!("storage format {format}"),
+            None => "empty".to_owned(),
+        }
+    };
+    println!("data directory {}: {data}", checked.data_dir.display());
+    println!("configuration OK");
+    Ok(())
+}
+
+async fn serve(args: ServerArgs) -> anyhow::Result<()> {
+    if args.check_config {
+        return check_config(args);
+    }
+    let Checked {
+        config,
+        listen,
+        identity,
+        data_dir,
+    } = check(args)?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let endpoint = Endpoint::bind(listen, &identity, true)?;
+    // `qvctl certs issue --replace` while running: new connections use the new pair.
+    tls::spawn_reloader(identity.clone());
     let node = Node::start(config, endpoint).await?;
     wait_for_signal().await;
     tracing::info!("stopping");
