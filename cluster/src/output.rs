@@ -127,6 +127,12 @@ pub fn render(response: &ApiResponse, format: Format) -> String {
                 }
                 format!("pool {pool} on hosts it is not assigned to:\n{t}")
             }
+            ApiResponse::Backup { index, term, file } => {
+                format!(
+                    "backup at index {index} (term {term}), {} bytes",
+                    file.len()
+                )
+            }
         },
     }
 }
@@ -163,6 +169,9 @@ fn json(response: &ApiResponse) -> String {
                 .map(|(host, liveness)| serde_json::json!({"host": host, "liveness": liveness}))
                 .collect::<Vec<_>>(),
             "unheard": unheard,
+        })),
+        ApiResponse::Backup { index, term, file } => Ok(serde_json::json!({
+            "index": index, "term": term, "bytes": file.len(),
         })),
     };
     serde_json::to_string_pretty(&value.expect("API types serialize")).expect("JSON values print")

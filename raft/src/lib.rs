@@ -2,6 +2,7 @@
 //! Raft RPC over the transport, and the model of what should exist (hosts, pools) with its
 //! validation. It never talks to hosts.
 
+pub mod backup;
 pub mod election;
 pub mod model;
 pub mod network;

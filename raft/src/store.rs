@@ -129,14 +129,10 @@ pub fn open_in_memory() -> Result<Arc<Database>> {
 /// The storage format of `database`: its `format` record, or 1 for a file that holds data
 /// but no record (written by qvdc 0.1.0), or `None` for a new, empty file.
 pub fn storage_format(database: &Database, place: &str) -> Result<Option<u32>> {
-    let (record, holds_data) = db(|| {
+    let record = db(|| {
         let txn = database.begin_read()?;
         let meta = txn.open_table(META)?;
-        let record = meta.get(KEY_FORMAT)?.map(|guard| guard.value().to_vec());
-        let holds_data = !txn.open_table(LOGS)?.is_empty()?
-            || !meta.is_empty()?
-            || !txn.open_table(MACHINE)?.is_empty()?;
-        Ok((record, holds_data))
+        Ok(meta.get(KEY_FORMAT)?.map(|guard| guard.value().to_vec()))
     })?;
     match record {
         Some(bytes) => {
@@ -147,9 +143,62 @@ pub fn storage_format(database: &Database, place: &str) -> Result<Option<u32>> {
                 })?;
             Ok(Some(u32::from_be_bytes(format)))
         }
-        None if holds_data => Ok(Some(1)),
+        None if holds_data(database)? => Ok(Some(1)),
         None => Ok(None),
     }
+}
+
+/// Whether `database` holds anything besides its format record: a log entry, a vote or
+/// other metadata, or a snapshot.
+pub fn holds_data(database: &Database) -> Result<bool> {
+    db(|| {
+        let txn = database.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let format_only = meta.len()? == 1 && meta.get(KEY_FORMAT)?.is_some();
+        Ok(!txn.open_table(LOGS)?.is_empty()?
+            || !(meta.is_empty()? || format_only)
+            || !txn.open_table(MACHINE)?.is_empty()?)
+    })
+}
+
+/// Writes where a node of a new cluster starts (`crate::backup`): `machine` as the current
+/// snapshot, the log empty behind it, and `vote`, in one transaction.
+pub(crate) fn write_starting_point(
+    database: &Database,
+    machine: &MachineData,
+    vote: &Vote,
+) -> Result<()> {
+    let last = machine
+        .last_applied
+        .expect("a starting point stands at a log position");
+    let stored = StoredSnapshot {
+        meta: SnapshotMeta {
+            last_log_id: Some(last),
+            last_membership: machine.membership.clone(),
+            snapshot_id: format!(
+                "start-{}-{}-{}",
+                last.leader_id.term, last.leader_id.node_id, last.index
+            ),
+        },
+        data: codec::to_stored_bytes(machine)?,
+    };
+    let stored = codec::to_stored_bytes(&stored)?;
+    let purged = codec::to_stored_bytes(&last)?;
+    let committed = codec::to_stored_bytes(&Some(last))?;
+    let vote = codec::to_stored_bytes(vote)?;
+    db(|| {
+        let txn = database.begin_write()?;
+        txn.open_table(MACHINE)?
+            .insert(KEY_SNAPSHOT, stored.as_slice())?;
+        {
+            let mut meta = txn.open_table(META)?;
+            meta.insert(KEY_PURGED, purged.as_slice())?;
+            meta.insert(KEY_COMMITTED, committed.as_slice())?;
+            meta.insert(KEY_VOTE, vote.as_slice())?;
+        }
+        txn.commit()?;
+        Ok(())
+    })
 }
 
 /// The storage format of the file at `path`, read without changing the file (for
@@ -594,10 +643,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
 /// What a snapshot holds: the applied state and where in the log it stands.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct MachineData {
-    last_applied: Option<LogId>,
-    membership: StoredMembership,
-    state: DesiredState,
+pub(crate) struct MachineData {
+    pub(crate) last_applied: Option<LogId>,
+    pub(crate) membership: StoredMembership,
+    pub(crate) state: DesiredState,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

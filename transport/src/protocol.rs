@@ -912,6 +912,10 @@ pub enum ApiRequest {
         request_id: String,
         name: String,
     },
+    /// A consistent snapshot of the whole desired state, taken through the leader after
+    /// everything committed before the request was applied: a backup file
+    /// (`qvctl cluster snapshot save`). Answered with [`ApiResponse::Backup`].
+    ClusterBackup,
 }
 
 /// Where a VM would go: the host placement picks (or the one asked for, if it fits), each
@@ -982,6 +986,12 @@ pub enum ApiResponse {
         /// Registered hosts this leader has had no heartbeat from yet (it took over since):
         /// whether they still have the pool mounted is not known.
         unheard: Vec<String>,
+    },
+    /// A backup file (its layout is `qvdc_raft::backup`'s) and where in the log it stands.
+    Backup {
+        index: u64,
+        term: u64,
+        file: Vec<u8>,
     },
 }
 

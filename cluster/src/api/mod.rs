@@ -4,6 +4,7 @@
 //! reads by any node from its own copy. Rules live in the cores (`qvdc_raft::model`,
 //! `qvdc_actors::core`); this module gathers their inputs and carries out their answers.
 
+mod backup;
 pub(crate) mod membership;
 mod reads;
 pub(crate) mod stale;
@@ -37,6 +38,7 @@ pub(crate) async fn handle(ctx: &Context, request: ApiRequest) -> Response {
             Response::Api(Ok(ApiResponse::ClusterStatus(status)))
         }
         ApiRequest::Stale(request) => stale::answer(ctx, *request),
+        ApiRequest::ClusterBackup => backup::save(ctx).await,
         ApiRequest::ClusterAddNode { node_id, addr } => {
             membership::add_node(ctx, node_id, addr).await
         }

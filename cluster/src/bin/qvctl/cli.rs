@@ -441,6 +441,27 @@ pub(crate) enum ClusterCommand {
     /// Example: qvctl cluster replace-node 2 5 10.0.0.5:7100
     #[command(verbatim_doc_comment)]
     ReplaceNode { old: u64, new: u64, addr: String },
+    /// Back up the whole desired state to a file, or check a backup file
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SnapshotCommand {
+    /// Save a consistent backup through the leader: everything acknowledged before it
+    ///
+    /// The file carries the log index and term it stands at and a SHA-256 checksum; it is
+    /// written to FILE.tmp, synced, then renamed, so FILE is never half-written. Restore it
+    /// with `qvdc restore` (docs/operations.md).
+    ///
+    /// Example: qvctl cluster snapshot save /var/backups/qvdc-$(date +%F).qvbk
+    #[command(verbatim_doc_comment)]
+    Save { file: std::path::PathBuf },
+    /// Check a backup file offline and show what it holds
+    ///
+    /// Verifies the header, the length and the checksum, decodes the state, and prints the
+    /// log position, the members it was taken from and how many objects it holds.
+    Inspect { file: std::path::PathBuf },
 }
 
 #[derive(Debug, Subcommand)]

@@ -132,6 +132,7 @@ pub(crate) fn request_of(command: Command, request_id: String) -> anyhow::Result
             ApiRequest::ClusterRemoveNode { node_id }
         }
         Command::Cluster(ClusterCommand::ReplaceNode { .. }) => unreachable!("two requests"),
+        Command::Cluster(ClusterCommand::Snapshot(_)) => unreachable!("handled by `backup`"),
         Command::Host(HostCommand::List) => ApiRequest::HostList,
         Command::Host(HostCommand::Show { host }) => ApiRequest::HostShow { host },
         Command::Host(HostCommand::Maintenance { host, state }) => ApiRequest::HostMaintenance {

@@ -4,6 +4,7 @@
 //! (or runs a certificate command locally); `wait` follows a change with `--wait`, shown by
 //! `progress`. Responses are rendered by the library's `output`.
 
+mod backup;
 mod cli;
 mod commands;
 mod progress;
@@ -16,7 +17,7 @@ use qvdc_cluster::output;
 use qvdc_transport::protocol::{ApiRequest, ApiResponse};
 
 use crate::{
-    cli::{CertsCommand, Cli, ClusterCommand, Command},
+    cli::{CertsCommand, Cli, ClusterCommand, Command, SnapshotCommand},
     commands::{certs, client, request_of},
     wait::{follow, wait_goal, Goal},
 };
@@ -36,7 +37,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
         return Ok(ExitCode::SUCCESS);
     }
+    if let Command::Cluster(ClusterCommand::Snapshot(SnapshotCommand::Inspect { file })) =
+        &cli.command
+    {
+        println!("{}", backup::inspect(file)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut client = client(&cli.connection)?;
+    if let Command::Cluster(ClusterCommand::Snapshot(SnapshotCommand::Save { file })) = &cli.command
+    {
+        return backup::save(&mut client, file).await;
+    }
     let request_id = cli
         .connection
         .request_id

@@ -1,6 +1,7 @@
 //! `qvdc`: a control-plane node (`qvdc server`) and a local sandbox cluster (`qvdc dev`).
 
 mod dev;
+mod recovery;
 
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
 
@@ -47,6 +48,11 @@ enum Command {
     /// Start a local sandbox: certificates, 3 control-plane nodes and N host agents on
     /// loopback, until Ctrl-C.
     Dev(dev::DevArgs),
+    /// Build a node's data directory of a new cluster from a backup file.
+    Restore(recovery::RestoreArgs),
+    /// Make the last surviving node of a cluster that lost its quorum for good a new
+    /// one-node cluster with its state (read --help first).
+    ForceNewCluster(recovery::ForceNewClusterArgs),
 }
 
 #[derive(Debug, Default, Deserialize, clap::Args)]
@@ -340,6 +346,8 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Server(args) => serve(args).await,
         Command::Dev(args) => dev::run(args).await,
+        Command::Restore(args) => recovery::restore(args),
+        Command::ForceNewCluster(args) => recovery::force_new_cluster(args).await,
     }
 }
 

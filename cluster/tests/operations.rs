@@ -1,0 +1,422 @@
+//! Running a cluster for years, with real processes on loopback: a backup taken through the
+//! leader restores a new cluster with every write acknowledged before it (and a corrupt or
+//! truncated backup is refused); a cluster that lost two of three nodes for good is brought
+//! back from the survivor, and its real host agent follows it without being re-provisioned;
+//! `qvdc server --check-config` says what it finds.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use qvdc_cluster::Client;
+use qvdc_transport::{
+    protocol::{
+        ApiRequest, ApiResponse, Liveness, PoolScope, PoolSource, PoolSpec, PowerState, VmSpec,
+    },
+    tls::Role,
+};
+
+mod support;
+
+use support::{free_port, Nodes, NODES, QVDC};
+
+const QVCTL: &str = env!("CARGO_BIN_EXE_qvctl");
+const OPERATOR: &str = "admin";
+
+fn qhost() -> PathBuf {
+    Path::new(QVDC).with_file_name("qhost")
+}
+
+fn run(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run {program}: {e}"))
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn qvctl(nodes: &Nodes, args: &[&str]) -> Output {
+    let mut all: Vec<String> = vec!["--cluster".into(), nodes.addrs.join(",")];
+    all.extend(nodes.tls_args(OPERATOR));
+    all.extend(args.iter().map(|a| a.to_string()));
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    run(QVCTL, &all)
+}
+
+fn pool(name: &str) -> ApiRequest {
+    ApiRequest::PoolCreate {
+        request_id: format!("create-{name}"),
+        spec: PoolSpec {
+            scope: PoolScope::Shared,
+            name: name.into(),
+            source: PoolSource::Dir {
+                path: format!("/srv/{name}"),
+            },
+        },
+        hosts: vec!["host-1".into()],
+    }
+}
+
+async fn pools(client: &mut Client) -> Vec<String> {
+    match client.request(ApiRequest::PoolList).await {
+        Ok(ApiResponse::Pools(pools)) => pools.into_iter().map(|p| p.spec.name).collect(),
+        other => panic!("pool list: {other:?}"),
+    }
+}
+
+/// Asks `request` until the answer satisfies `holds`, for up to 30 s.
+async fn until(
+    client: &mut Client,
+    what: &str,
+    request: ApiRequest,
+    holds: impl Fn(&ApiResponse) -> bool,
+) {
+    let started = Instant::now();
+    loop {
+        if client
+            .request(request.clone())
+            .await
+            .is_ok_and(|r| holds(&r))
+        {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{what}: not within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn runs(response: &ApiResponse) -> bool {
+    matches!(response, ApiResponse::Vm(view) if view.power == PowerState::Running)
+}
+
+/// Points every node at a fresh port: a restored cluster is a new cluster, here on new
+/// addresses.
+fn new_addresses(nodes: &mut Nodes) {
+    nodes.addrs = (0..NODES)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_restores_a_new_cluster_with_every_write_acknowledged_before_it() {
+    let mut nodes = Nodes::start(&[(Role::Operator, OPERATOR), (Role::Host, "host-1")], true);
+    nodes.register_host("host-1").await;
+    let mut client = nodes.client(OPERATOR, &[1, 2, 3], Duration::from_secs(20));
+    for i in 0..10 {
+        client.request(pool(&format!("kept-{i}"))).await.unwrap();
+    }
+    let file = nodes.dir.path().join("cluster.qvbk");
+    let saved = qvctl(
+        &nodes,
+        &["cluster", "snapshot", "save", file.to_str().unwrap()],
+    );
+    assert!(saved.status.success(), "{}", text(&saved));
+    let said = text(&saved);
+    let backup_term: u64 = said
+        .split_once("term ")
+        .and_then(|(_, rest)| rest.split(',').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no term in {said:?}"));
+    let inspected = qvctl(
+        &nodes,
+        &["cluster", "snapshot", "inspect", file.to_str().unwrap()],
+    );
+    assert!(inspected.status.success(), "{}", text(&inspected));
+    assert!(
+        text(&inspected).contains("checksum OK") && text(&inspected).contains("1 hosts, 10 pools"),
+        "{}",
+        text(&inspected)
+    );
+    client.request(pool("after-the-backup")).await.unwrap();
+    let old_term = match client.request(ApiRequest::ClusterStatus).await {
+        Ok(ApiResponse::ClusterStatus(status)) => status.term,
+        other => panic!("status: {other:?}"),
+    };
+    drop(client);
+
+    // Damaged copies are refused by name and leave no data directory behind.
+    let good = std::fs::read(&file).unwrap();
+    let mut flipped = good.clone();
+    flipped[good.len() / 2] ^= 0x40;
+    let damaged = [
+        ("truncated", good[..good.len() - 100].to_vec(), "truncated"),
+        ("flipped", flipped, "checksum"),
+        (
+            "foreign",
+            b"PK\x03\x04 not a backup at all".to_vec(),
+            "not a qvdc backup",
+        ),
+    ];
+    for (name, bytes, said) in damaged {
+        let path = nodes.dir.path().join(format!("{name}.qvbk"));
+        std::fs::write(&path, bytes).unwrap();
+        let target = nodes.dir.path().join(format!("restore-{name}"));
+        let refused = run(
+            QVDC,
+            &[
+                "restore",
+                "--from",
+                path.to_str().unwrap(),
+                "--node-id",
+                "1",
+                "--data-dir",
+                target.to_str().unwrap(),
+                "--initial-cluster",
+                "1=127.0.0.1:1,2=127.0.0.1:2,3=127.0.0.1:3",
+            ],
+        );
+        assert!(!refused.status.success(), "{name} was restored");
+        assert!(text(&refused).contains(said), "{name}: {}", text(&refused));
+        assert!(
+            !target.join("raft.redb").exists(),
+            "{name} left a data directory"
+        );
+    }
+
+    // The old cluster is gone; a new one on new addresses is built from the backup.
+    for id in 1..=NODES {
+        nodes.kill(id);
+        std::fs::remove_dir_all(nodes.dir.path().join(format!("node-{id}"))).unwrap();
+    }
+    new_addresses(&mut nodes);
+    let members: Vec<String> = nodes
+        .addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect();
+    for id in 1..=NODES {
+        let dir = nodes.dir.path().join(format!("node-{id}"));
+        let restored = run(
+            QVDC,
+            &[
+                "restore",
+                "--from",
+                file.to_str().unwrap(),
+                "--node-id",
+                &id.to_string(),
+                "--data-dir",
+                dir.to_str().unwrap(),
+                "--initial-cluster",
+                &members.join(","),
+            ],
+        );
+        assert!(restored.status.success(), "{}", text(&restored));
+    }
+    // Restoring twice into the same directory is refused.
+    let again = run(
+        QVDC,
+        &[
+            "restore",
+            "--from",
+            file.to_str().unwrap(),
+            "--node-id",
+            "1",
+            "--data-dir",
+            nodes.dir.path().join("node-1").to_str().unwrap(),
+            "--initial-cluster",
+            &members.join(","),
+        ],
+    );
+    assert!(!again.status.success() && text(&again).contains("already holds"));
+    for id in 1..=NODES {
+        nodes.restart(id);
+    }
+    let mut client = nodes.client(OPERATOR, &[1, 2, 3], Duration::from_secs(20));
+    client.request(pool("after-the-restore")).await.unwrap();
+    let mut names = pools(&mut client).await;
+    names.sort();
+    let mut expected: Vec<String> = (0..10).map(|i| format!("kept-{i}")).collect();
+    expected.push("after-the-restore".into());
+    expected.sort();
+    assert_eq!(
+        names, expected,
+        "every write before the backup, nothing after it"
+    );
+    match client.request(ApiRequest::ClusterStatus).await {
+        Ok(ApiResponse::ClusterStatus(status)) => {
+            assert!(
+                status.term > 0 && status.members.len() == NODES,
+                "{status:?}"
+            );
+            let addrs: Vec<&str> = status.members.iter().map(|m| m.addr.as_str()).collect();
+            assert_eq!(addrs, nodes.addrs, "the new cluster's members");
+            // Terms continue above the backup's (log positions are ordered by term first).
+            assert!(
+                status.term > backup_term,
+                "{status:?} (backup term {backup_term}, old cluster's {old_term})"
+            );
+        }
+        other => panic!("status: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_survivor_of_a_lost_quorum_becomes_a_new_cluster_that_its_host_follows() {
+    let mut nodes = Nodes::start(&[(Role::Operator, OPERATOR), (Role::Host, "host-1")], true);
+    let host_dir = nodes.dir.path().join("host-1");
+    std::fs::create_dir_all(&host_dir).unwrap();
+    let (stdout, stderr) = nodes.output("host-1");
+    let mut host = Command::new(qhost())
+        .args(["--host-id", "host-1", "--cluster", &nodes.addrs.join(",")])
+        .args(["--data-dir", host_dir.to_str().unwrap()])
+        .args(["--libvirt", "test:///default"])
+        .args(nodes.tls_args("host-1"))
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let vm = |name: &str| ApiRequest::VmCreate {
+        request_id: format!("create-{name}"),
+        spec: VmSpec {
+            id: String::new(),
+            name: name.into(),
+            vcpus: 1,
+            memory_bytes: 64 << 20,
+            disks: Vec::new(),
+            nics: Vec::new(),
+        },
+        host: Some("host-1".into()),
+        start: true,
+    };
+    let show = |name: &str| ApiRequest::VmShow { name: name.into() };
+    let mut client = nodes.client(OPERATOR, &[1, 2, 3], Duration::from_secs(20));
+    until(&mut client, "host-1 registers", ApiRequest::HostList, |r| {
+        matches!(r, ApiResponse::Hosts(hosts) if hosts.iter().any(|h| h.liveness == Liveness::Ready))
+    })
+    .await;
+    client.request(vm("before")).await.unwrap();
+    until(&mut client, "VM before runs", show("before"), runs).await;
+    for i in 0..5 {
+        client.request(pool(&format!("kept-{i}"))).await.unwrap();
+    }
+    drop(client);
+
+    // Nodes 2 and 3 are lost for good; node 1 is stopped to be recovered.
+    for id in 1..=NODES {
+        nodes.kill(id);
+    }
+    let dir = nodes.dir.path().join("node-1");
+    let recovered = run(
+        QVDC,
+        &[
+            "force-new-cluster",
+            "--node-id",
+            "1",
+            "--listen",
+            &nodes.addrs[0],
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ],
+    );
+    assert!(recovered.status.success(), "{}", text(&recovered));
+    assert!(dir.join("raft.redb.before-force-new-cluster").exists());
+    let started = Instant::now();
+    nodes.restart(1);
+    let mut client = nodes.client(OPERATOR, &[1], Duration::from_secs(20));
+    client.request(pool("after-the-recovery")).await.unwrap();
+    eprintln!(
+        "force-new-cluster: first write committed {} ms after the survivor restarted",
+        started.elapsed().as_millis()
+    );
+    let names = pools(&mut client).await;
+    for i in 0..5 {
+        assert!(names.contains(&format!("kept-{i}")), "{names:?}");
+    }
+    match client.request(ApiRequest::ClusterStatus).await {
+        Ok(ApiResponse::ClusterStatus(status)) => {
+            assert_eq!(status.members.len(), 1, "{status:?}");
+            assert_eq!(status.leader, Some(1), "{status:?}");
+        }
+        other => panic!("status: {other:?}"),
+    }
+    // The same qhost process, never restarted or re-provisioned, follows the new cluster:
+    // it reports the VM it kept running and carries out a new leadership's commands.
+    until(
+        &mut client,
+        "VM before is reported again",
+        show("before"),
+        runs,
+    )
+    .await;
+    client.request(vm("after")).await.unwrap();
+    until(&mut client, "VM after runs", show("after"), runs).await;
+    let _ = host.kill();
+    let _ = host.wait();
+}
+
+#[test]
+fn check_config_reports_the_data_directory_and_refuses_what_cannot_start() {
+    let nodes = Nodes::start(&[], false);
+    let data = nodes.dir.path().join("check");
+    let cluster = format!("1={},2=127.0.0.1:2,3=127.0.0.1:3", nodes.addrs[0]);
+    let check = |node_id: &str, data: &Path| {
+        let mut args: Vec<String> = [
+            "server",
+            "--check-config",
+            "--node-id",
+            node_id,
+            "--listen",
+            &nodes.addrs[0],
+            "--initial-cluster",
+            &cluster,
+            "--data-dir",
+            data.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        args.extend(nodes.tls_args("node-1"));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(QVDC, &args)
+    };
+    let fresh = check("1", &data);
+    assert!(fresh.status.success(), "{}", text(&fresh));
+    assert!(
+        text(&fresh).contains("new (created at start)"),
+        "{}",
+        text(&fresh)
+    );
+    assert!(!data.exists(), "checking creates nothing");
+
+    let old = nodes.dir.path().join("old");
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/v0.1.0/data/node-1/raft.redb"),
+        old.join("raft.redb"),
+    )
+    .unwrap();
+    let older = check("1", &old);
+    assert!(older.status.success(), "{}", text(&older));
+    assert!(
+        text(&older).contains("storage format 1, migrated to 2"),
+        "{}",
+        text(&older)
+    );
+
+    let wrong_node = check("2", &data);
+    assert!(!wrong_node.status.success());
+    assert!(
+        text(&wrong_node).contains("node-1"),
+        "{}",
+        text(&wrong_node)
+    );
+
+    // A running node's directory is named as in use.
+    let running = check("1", &nodes.dir.path().join("node-1"));
+    assert!(!running.status.success());
+    assert!(text(&running).contains("in use"), "{}", text(&running));
+}
