@@ -49,6 +49,9 @@ pub(crate) struct Context {
     pub(crate) servers: std::sync::Mutex<Servers>,
     /// The connections this node serves, for closing those of revoked certificates.
     pub(crate) connections: Arc<Connections>,
+    /// Set when the node is being stopped on purpose: it no longer serves as leader (no
+    /// supervision, no reads, no writes) while it hands leadership over.
+    pub(crate) stepping_down: std::sync::atomic::AtomicBool,
 }
 
 /// Members of the Raft membership as one node has watched it change.
@@ -134,6 +137,10 @@ impl Context {
         servers.removed.contains(&id)
     }
 
+    pub(crate) fn is_stepping_down(&self) -> bool {
+        self.stepping_down.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     pub(crate) fn not_leader(&self) -> Response {
         Response::NotLeader {
             leader: self.leader_hint(),
@@ -151,6 +158,9 @@ impl Context {
     /// The error is the response to give: a redirect from a follower, or "no leader here"
     /// from a leader that could not confirm itself.
     pub(crate) async fn leading(&self) -> Result<Supervision, Response> {
+        if self.is_stepping_down() {
+            return Err(Response::NotLeader { leader: None });
+        }
         let Some(supervision) = self.supervision().await else {
             return Err(self.not_leader());
         };

@@ -2,12 +2,17 @@
 //! one supervision tree. Every accepted connection is served according to the role in the
 //! peer's certificate.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{atomic::Ordering, Arc},
+    time::Duration,
+};
 
 use openraft::ServerState;
 use qvdc_actors::{Supervision, Timings};
 use qvdc_raft::{
-    network::{Network, Peers},
+    network::{self, Network, Peers},
     store, NodeId, Raft,
 };
 use qvdc_transport::{
@@ -140,6 +145,7 @@ impl Node {
             logged_at_start,
             servers: std::sync::Mutex::new(Servers::default()),
             connections: Arc::default(),
+            stepping_down: Default::default(),
         });
         let revocations = tokio::spawn(crate::revocation::enforce(
             inner.connections.clone(),
@@ -161,6 +167,59 @@ impl Node {
 
     /// Stops serving, stops supervision, shuts Raft down and closes every connection, so hosts
     /// and peers re-dial at once instead of waiting for an idle timeout.
+    /// Before a planned stop: if this node leads, it stops serving as leader and asks the
+    /// most caught-up voter to stand for election, so that no write waits for an election
+    /// timeout. Returns once another node leads, or after [`HANDOVER_TIMEOUT_MS`] (then the
+    /// others elect a leader the usual way). Returns whether leadership was handed over.
+    pub async fn hand_over(&self) -> bool {
+        let ctx = &self.inner;
+        if !ctx.is_leader() {
+            return false;
+        }
+        ctx.stepping_down.store(true, Ordering::SeqCst);
+        if let Some(supervision) = ctx.supervision.write().await.take() {
+            supervision.stop().await;
+        }
+        let started = tokio::time::Instant::now();
+        let deadline = started + Duration::from_millis(HANDOVER_TIMEOUT_MS);
+        let mut metrics = ctx.raft.metrics();
+        let mut asked: Option<(NodeId, tokio::time::Instant)> = None;
+        loop {
+            let (leader, target) = {
+                let m = metrics.borrow_and_update();
+                (m.current_leader, handover_target(&m, ctx.id))
+            };
+            if leader != Some(ctx.id) {
+                info!(
+                    node = ctx.id,
+                    leader = ?leader,
+                    ms = started.elapsed().as_millis() as u64,
+                    "leadership handed over"
+                );
+                return true;
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                warn!(node = ctx.id, "no voter took over in time; stopping anyway");
+                return false;
+            }
+            // Ask a caught-up voter; ask again if its election did not take.
+            let due =
+                asked.is_none_or(|(_, at)| now >= at + Duration::from_millis(HANDOVER_RETRY_MS));
+            if let (Some((target, addr)), true) = (target, due) {
+                let ttl = Duration::from_millis(HANDOVER_RETRY_MS);
+                match network::elect_now(&ctx.peers, addr, ttl).await {
+                    Ok(started) => debug!(node = ctx.id, target, started, "asked to take over"),
+                    Err(e) => debug!(node = ctx.id, target, error = %e, "handover request failed"),
+                }
+                asked = Some((target, now));
+            }
+            let _ =
+                tokio::time::timeout(Duration::from_millis(HANDOVER_POLL_MS), metrics.changed())
+                    .await;
+        }
+    }
+
     pub async fn shutdown(&self) {
         for task in self.tasks.iter() {
             task.abort();
@@ -171,6 +230,32 @@ impl Node {
         let _ = self.inner.raft.shutdown().await;
         self.endpoint.close();
     }
+}
+
+/// How long a node stopping on purpose tries to hand its leadership over.
+pub const HANDOVER_TIMEOUT_MS: u64 = 2_000;
+/// How long a handover waits for the chosen voter's election before asking again.
+const HANDOVER_RETRY_MS: u64 = 300;
+const HANDOVER_POLL_MS: u64 = 20;
+
+/// The voter to hand leadership to: one whose replicated log has everything this leader
+/// has, so that this leader grants it its vote; none while every voter lags behind.
+fn handover_target(
+    m: &openraft::RaftMetrics<NodeId, openraft::BasicNode>,
+    me: NodeId,
+) -> Option<(NodeId, SocketAddr)> {
+    let replication = m.replication.as_ref()?;
+    let membership = m.membership_config.membership();
+    let voters: Vec<NodeId> = membership.voter_ids().filter(|id| *id != me).collect();
+    let best = voters
+        .iter()
+        .filter_map(|id| Some((*id, replication.get(id)?.map(|log| log.index)?)))
+        .max_by_key(|(id, index)| (*index, std::cmp::Reverse(*id)))?;
+    if best.1 < m.last_log_index.unwrap_or(0) {
+        return None;
+    }
+    let addr = membership.get_node(&best.0)?.addr.parse().ok()?;
+    Some((best.0, addr))
 }
 
 /// Starts the supervision tree when this node becomes leader and stops it when it is not.
@@ -199,7 +284,8 @@ async fn follow_leadership(node: Arc<Context>, timings: Timings) {
                 .lock()
                 .expect("server list lock poisoned")
                 .observe(members);
-            (m.state == ServerState::Leader, leadership)
+            let leading = m.state == ServerState::Leader && !node.is_stepping_down();
+            (leading, leadership)
         };
         let mut slot = node.supervision.write().await;
         let current = slot.as_ref().map(Supervision::leadership);

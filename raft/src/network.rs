@@ -33,6 +33,9 @@ pub enum RaftRpc {
     Vote(VoteRequest<NodeId>),
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
     PreVote(PreVoteRequest),
+    /// "Stand for election now": a leader stopping on purpose hands over to a caught-up
+    /// voter instead of leaving the others to wait out an election timeout.
+    ElectNow,
 }
 
 /// The answer to a [`RaftRpc`], inside a `Response::Raft` frame.
@@ -44,6 +47,8 @@ pub enum RaftReply {
         Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
     ),
     PreVote(PreVoteResponse),
+    /// Whether the election was started.
+    ElectNow(bool),
 }
 
 /// Answers one Raft RPC received from a peer; the caller has checked that the peer is a server.
@@ -60,6 +65,7 @@ pub async fn handle_rpc(
             RaftReply::InstallSnapshot(raft.install_snapshot(rpc).await)
         }
         RaftRpc::PreVote(rpc) => RaftReply::PreVote(election::answer(raft, log, &rpc).await),
+        RaftRpc::ElectNow => RaftReply::ElectNow(raft.trigger().elect().await.is_ok()),
     };
     codec::to_bytes(&reply)
 }
@@ -84,6 +90,14 @@ pub async fn pre_vote(
 ) -> Result<PreVoteResponse, PeerError> {
     match exchange(peers, addr, &RaftRpc::PreVote(request), ttl).await? {
         RaftReply::PreVote(response) => Ok(response),
+        other => Err(PeerError::Protocol(format!("{other:?}"))),
+    }
+}
+
+/// Asks the node at `addr` to stand for election now (a planned handover).
+pub async fn elect_now(peers: &Peers, addr: SocketAddr, ttl: Duration) -> Result<bool, PeerError> {
+    match exchange(peers, addr, &RaftRpc::ElectNow, ttl).await? {
+        RaftReply::ElectNow(started) => Ok(started),
         other => Err(PeerError::Protocol(format!("{other:?}"))),
     }
 }

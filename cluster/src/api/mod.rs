@@ -28,6 +28,13 @@ pub(crate) async fn handle(ctx: &Context, request: ApiRequest) -> Response {
     // it exactly, whichever node it reaches and however the leader then places it.
     let digest = RequestDigest::of(&request);
     let key = |id: String| RequestKey { id, digest };
+    // A leader being stopped on purpose takes nothing new while it hands over; the client
+    // retries and finds the next leader.
+    if ctx.is_stepping_down()
+        && !matches!(request, ApiRequest::ClusterStatus | ApiRequest::Stale(_))
+    {
+        return Response::NotLeader { leader: None };
+    }
     match request {
         ApiRequest::ClusterStatus => {
             let mut status = ctx.cluster_status();

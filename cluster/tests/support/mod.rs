@@ -306,6 +306,17 @@ impl Nodes {
         assert!(sent.success(), "kill {signal} node {id}");
     }
 
+    /// Reaps node `id` if its process has exited on its own; returns whether it had.
+    pub(crate) fn kill_if_exited(&mut self, id: usize) -> bool {
+        let exited = self.processes[id - 1]
+            .as_mut()
+            .is_some_and(|child| child.try_wait().expect("poll the child").is_some());
+        if exited {
+            self.processes[id - 1] = None;
+        }
+        exited
+    }
+
     /// Starts node `id` again with its data directory.
     pub(crate) fn restart(&mut self, id: usize) {
         assert!(

@@ -318,6 +318,9 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let node = Node::start(config, endpoint).await?;
     wait_for_signal().await;
     tracing::info!("stopping");
+    // A planned stop of the leader hands leadership over first: no write waits for an
+    // election timeout.
+    node.hand_over().await;
     node.shutdown().await;
     Ok(())
 }
