@@ -16,6 +16,11 @@ else
   echo "test: not root, so tests that mount filesystems will skip (run as root to include them)" >&2
 fi
 
+# The previous release's qvdc and qhost, for the rolling-upgrade test (before this tree's
+# build, which puts this tree's binaries back in target/debug).
+QVDC_PREVIOUS_RELEASE=$(./scripts/previous-release.sh)
+export QVDC_PREVIOUS_RELEASE
+
 # The real-process tests start qhost, which lives in another crate: build every binary first.
 cargo build --workspace --bins
 cargo nextest run --workspace --no-fail-fast "$@"

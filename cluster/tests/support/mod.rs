@@ -5,7 +5,7 @@
 
 use std::{
     net::UdpSocket,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
 };
 
@@ -24,6 +24,8 @@ pub(crate) struct Nodes {
     logs: bool,
     /// Flags every node gets on top of the usual ones.
     extra_args: Vec<String>,
+    /// The `qvdc` binary each node runs: this build's, or an earlier release's.
+    binaries: Vec<PathBuf>,
 }
 
 impl Nodes {
@@ -35,6 +37,16 @@ impl Nodes {
 
     /// Like [`Nodes::start`], with `extra_args` for every node (e.g. log retention).
     pub(crate) fn start_with_args(
+        others: &[(Role, &str)],
+        logs: bool,
+        extra_args: &[&str],
+    ) -> Self {
+        Self::start_release(Path::new(QVDC), others, logs, extra_args)
+    }
+
+    /// Like [`Nodes::start_with_args`], with every node running the `qvdc` at `binary`.
+    pub(crate) fn start_release(
+        binary: &Path,
         others: &[(Role, &str)],
         logs: bool,
         extra_args: &[&str],
@@ -57,6 +69,7 @@ impl Nodes {
             processes: Vec::new(),
             logs,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            binaries: vec![binary.to_path_buf(); NODES],
         };
         for id in 1..=NODES {
             let child = nodes.spawn(id);
@@ -150,6 +163,7 @@ impl Nodes {
         tls::issue(&self.certs(), Role::Server, &format!("node-{id}")).unwrap();
         let addr = format!("127.0.0.1:{}", free_port());
         self.addrs.push(addr.clone());
+        self.binaries.push(PathBuf::from(QVDC));
         let child = self.spawn(id);
         self.processes.push(Some(child));
         addr
@@ -173,7 +187,7 @@ impl Nodes {
             .display()
             .to_string();
         let (stdout, stderr) = self.output(&format!("node-{id}"));
-        Command::new(QVDC)
+        Command::new(&self.binaries[id - 1])
             .args([
                 "server",
                 "--node-id",
@@ -304,6 +318,11 @@ impl Nodes {
             .status()
             .expect("run kill");
         assert!(sent.success(), "kill {signal} node {id}");
+    }
+
+    /// Makes node `id` run the `qvdc` at `binary` from its next (re)start.
+    pub(crate) fn set_binary(&mut self, id: usize, binary: &Path) {
+        self.binaries[id - 1] = binary.to_path_buf();
     }
 
     /// Reaps node `id` if its process has exited on its own; returns whether it had.

@@ -1,0 +1,325 @@
+//! A rolling upgrade from the previous release to this build, with real processes: three
+//! `qvdc server`s and a `qhost` of the previous release run the operator flow; while a
+//! client keeps writing, each node is stopped and started again with this build's binary
+//! (followers first, then the leader), then the host. Every acknowledged write must be
+//! there at the end, the host must keep its VM, and each node's downtime (the longest write
+//! while it restarted) is printed.
+//!
+//! The previous release's binaries come from `scripts/previous-release.sh`, which builds the
+//! newest `v*` tag; `scripts/test.sh` runs it and sets `QVDC_PREVIOUS_RELEASE`.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use qvdc_cluster::Client;
+use qvdc_transport::{
+    protocol::{
+        ApiRequest, ApiResponse, Liveness, PoolScope, PoolSource, PoolSpec, PowerState, VmSpec,
+    },
+    tls::Role,
+};
+
+mod support;
+
+use support::{Nodes, NODES, QVDC};
+
+const OPERATOR: &str = "admin";
+
+/// The previous release's binaries, or `None` (and the test is skipped) when they were not
+/// built and the run does not require every test.
+fn previous_release() -> Option<PathBuf> {
+    match std::env::var_os("QVDC_PREVIOUS_RELEASE") {
+        Some(dir) => Some(PathBuf::from(dir)),
+        None if std::env::var_os("QVDC_REQUIRE_REAL").is_some() => panic!(
+            "QVDC_PREVIOUS_RELEASE is not set: run `scripts/previous-release.sh` and set it to \
+             the directory it prints"
+        ),
+        None => {
+            eprintln!("skipped: set QVDC_PREVIOUS_RELEASE (scripts/previous-release.sh)");
+            None
+        }
+    }
+}
+
+fn start_host(nodes: &Nodes, qhost: &Path) -> Child {
+    let dir = nodes.dir.path().join("host-1");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (stdout, stderr) = nodes.output("host-1");
+    Command::new(qhost)
+        .args(["--host-id", "host-1", "--cluster", &nodes.addrs.join(",")])
+        .args(["--data-dir", dir.to_str().unwrap()])
+        .args(["--libvirt", "test:///default"])
+        .args(nodes.tls_args("host-1"))
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .unwrap()
+}
+
+fn stop(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
+
+async fn until(
+    client: &mut Client,
+    what: &str,
+    request: ApiRequest,
+    holds: impl Fn(&ApiResponse) -> bool,
+) {
+    let started = Instant::now();
+    loop {
+        if client
+            .request(request.clone())
+            .await
+            .is_ok_and(|r| holds(&r))
+        {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{what}: not within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn vm_runs(response: &ApiResponse) -> bool {
+    matches!(response, ApiResponse::Vm(view) if view.power == PowerState::Running)
+}
+
+fn host_ready(response: &ApiResponse) -> bool {
+    matches!(response, ApiResponse::Hosts(hosts)
+        if hosts.iter().any(|h| h.host_id == "host-1" && h.liveness == Liveness::Ready))
+}
+
+fn pool(name: &str) -> ApiRequest {
+    ApiRequest::PoolCreate {
+        request_id: format!("create-{name}"),
+        spec: PoolSpec {
+            scope: PoolScope::Shared,
+            name: name.into(),
+            source: PoolSource::Dir {
+                path: format!("/srv/{name}"),
+            },
+        },
+        hosts: vec!["host-1".into()],
+    }
+}
+
+/// One write: when it started, how long it took, and the pool it created if acknowledged.
+type Write = (Instant, Duration, Option<String>);
+
+fn longest_between(writes: &[Write], from: Instant, to: Instant) -> Duration {
+    writes
+        .iter()
+        .filter(|(started, took, _)| *started + *took >= from && *started <= to)
+        .map(|(_, took, _)| *took)
+        .max()
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_upgrade_from_the_previous_release_loses_no_acknowledged_write() {
+    let Some(previous) = previous_release() else {
+        return;
+    };
+    let current_qhost = Path::new(QVDC).with_file_name("qhost");
+    let mut nodes = Nodes::start_release(
+        &previous.join("qvdc"),
+        &[(Role::Operator, OPERATOR), (Role::Host, "host-1")],
+        true,
+        &[],
+    );
+    let mut host = start_host(&nodes, &previous.join("qhost"));
+    let mut client = nodes.client(OPERATOR, &[1, 2, 3], Duration::from_secs(20));
+    until(
+        &mut client,
+        "host-1 registers",
+        ApiRequest::HostList,
+        host_ready,
+    )
+    .await;
+    client
+        .request(ApiRequest::VmCreate {
+            request_id: "create-kept".into(),
+            spec: VmSpec {
+                id: String::new(),
+                name: "kept".into(),
+                vcpus: 1,
+                memory_bytes: 64 << 20,
+                disks: Vec::new(),
+                nics: Vec::new(),
+            },
+            host: Some("host-1".into()),
+            start: true,
+        })
+        .await
+        .unwrap();
+    let version = |binary: &Path| {
+        let out = Command::new(binary).arg("--version").output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    eprintln!(
+        "from {} to {}",
+        version(&previous.join("qvdc")),
+        version(Path::new(QVDC))
+    );
+    let show = ApiRequest::VmShow {
+        name: "kept".into(),
+    };
+    until(&mut client, "VM kept runs", show.clone(), vm_runs).await;
+
+    // A client writes without pause through the whole upgrade.
+    let stop_writing = Arc::new(AtomicBool::new(false));
+    let writes: Arc<Mutex<Vec<Write>>> = Arc::default();
+    let writer = {
+        let (stop_writing, writes) = (stop_writing.clone(), writes.clone());
+        let mut client = nodes.client(OPERATOR, &[1, 2, 3], Duration::from_secs(10));
+        tokio::spawn(async move {
+            let mut i = 0;
+            while !stop_writing.load(Ordering::SeqCst) {
+                let name = format!("during-{i}");
+                let started = Instant::now();
+                let acknowledged = client.request(pool(&name)).await.is_ok();
+                let entry = (started, started.elapsed(), acknowledged.then_some(name));
+                writes.lock().unwrap().push(entry);
+                i += 1;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Followers first, the leader last: one election in all while the old release leads.
+    let leader = match client.request(ApiRequest::ClusterStatus).await {
+        Ok(ApiResponse::ClusterStatus(status)) => status.leader.expect("a leader") as usize,
+        other => panic!("status: {other:?}"),
+    };
+    let mut order: Vec<usize> = (1..=NODES).filter(|id| *id != leader).collect();
+    order.push(leader);
+    eprintln!("leader: node {leader}; upgrade order {order:?}");
+    let mut windows = Vec::new();
+    for id in order {
+        let from = Instant::now();
+        nodes.signal(id, "-TERM");
+        while nodes.alive(id) {
+            assert!(
+                from.elapsed() < Duration::from_secs(10),
+                "node {id} did not stop"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        nodes.kill_if_exited(id);
+        nodes.set_binary(id, Path::new(QVDC));
+        nodes.restart(id);
+        // The node is back once it answers with a leader it follows and its applied state
+        // has caught up with what was written meanwhile.
+        let mut own = nodes.client(OPERATOR, &[id], Duration::from_secs(5));
+        let target = writes.lock().unwrap().len();
+        loop {
+            let status = own
+                .request(ApiRequest::Stale(Box::new(ApiRequest::ClusterStatus)))
+                .await;
+            let written = writes.lock().unwrap().len();
+            if let Ok(ApiResponse::ClusterStatus(status)) = status {
+                if status.leader.is_some() && written > target + 5 {
+                    break;
+                }
+            }
+            assert!(
+                from.elapsed() < Duration::from_secs(60),
+                "node {id} did not come back"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        windows.push((format!("node {id}"), from, Instant::now()));
+    }
+
+    // Then the host: its VM keeps running, and the new agent reports it.
+    let from = Instant::now();
+    stop(&mut host);
+    host = start_host(&nodes, &current_qhost);
+    let vm = |name: &str| ApiRequest::VmCreate {
+        request_id: format!("create-{name}"),
+        spec: VmSpec {
+            id: String::new(),
+            name: name.into(),
+            vcpus: 1,
+            memory_bytes: 64 << 20,
+            disks: Vec::new(),
+            nics: Vec::new(),
+        },
+        host: Some("host-1".into()),
+        start: true,
+    };
+    // The new agent carries out a new command, and keeps the VM it was given running.
+    client.request(vm("after")).await.unwrap();
+    let after = ApiRequest::VmShow {
+        name: "after".into(),
+    };
+    until(
+        &mut client,
+        "the upgraded host runs a new VM",
+        after,
+        vm_runs,
+    )
+    .await;
+    until(
+        &mut client,
+        "the upgraded host reports its VM",
+        show,
+        vm_runs,
+    )
+    .await;
+    windows.push(("host-1".into(), from, Instant::now()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop_writing.store(true, Ordering::SeqCst);
+    writer.await.unwrap();
+
+    let writes = writes.lock().unwrap().clone();
+    let acknowledged: Vec<&String> = writes
+        .iter()
+        .filter_map(|(_, _, name)| name.as_ref())
+        .collect();
+    let unanswered = writes.len() - acknowledged.len();
+    let stored: Vec<String> = match client.request(ApiRequest::PoolList).await {
+        Ok(ApiResponse::Pools(pools)) => pools.into_iter().map(|p| p.spec.name).collect(),
+        other => panic!("pool list: {other:?}"),
+    };
+    let lost: Vec<&&String> = acknowledged
+        .iter()
+        .filter(|n| !stored.contains(n))
+        .collect();
+    for (what, from, to) in &windows {
+        eprintln!(
+            "upgrade of {what}: {} ms until back, longest write meanwhile {} ms",
+            to.duration_since(*from).as_millis(),
+            longest_between(&writes, *from, *to).as_millis()
+        );
+    }
+    eprintln!(
+        "{} writes during the upgrade: {} acknowledged, {unanswered} unanswered, {} lost",
+        writes.len(),
+        acknowledged.len(),
+        lost.len()
+    );
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    assert!(acknowledged.len() > 100, "the cluster kept taking writes");
+    // Every node now runs this build: a planned stop of the new leader hands over.
+    match client.request(ApiRequest::ClusterStatus).await {
+        Ok(ApiResponse::ClusterStatus(status)) => {
+            assert_eq!(status.members.len(), NODES, "{status:?}");
+        }
+        other => panic!("status: {other:?}"),
+    }
+    stop(&mut host);
+}
