@@ -25,6 +25,12 @@ export QVDC_PREVIOUS_RELEASE
 cargo build --workspace --bins
 cargo nextest run --workspace --no-fail-fast "$@"
 
+# docs/operations.md's install walkthrough, run as written: three nodes and two hosts, each in
+# a mount namespace of its own (needs root).
+if [ "$(id -u)" -eq 0 ]; then
+  ./scripts/operations-check.sh
+fi
+
 # The default simulation scenario (3 nodes, 10 hosts, every fault) over 200 seeds, on all
 # cores; a failing seed prints the command that replays it.
 cargo run --quiet -p qvdc-simulation --bin qvsim -- run --seeds 0..200
