@@ -17,6 +17,9 @@ if [ "$(cargo deny --version 2>/dev/null)" != "cargo-deny $DENY_VERSION" ]; then
   cargo install --quiet --locked --no-default-features cargo-deny --version "$DENY_VERSION"
 fi
 
+# A snapshot unpacked by an earlier offline run is no clone of GitHub's: start afresh, so
+# that a machine that can reach GitHub always checks against the live database.
+rm -rf "$db"
 if [ "${QVDC_DENY_OFFLINE:-0}" != 1 ] && timeout 60 cargo deny fetch db >/dev/null 2>&1; then
   echo "deny: advisory database fetched from github.com/rustsec/advisory-db"
   exec cargo deny check
@@ -31,6 +34,10 @@ git -C "$db" add -A
 GIT_AUTHOR_DATE="$SNAPSHOT_DATE" GIT_COMMITTER_DATE="$SNAPSHOT_DATE" \
   git -C "$db" -c user.name=qvdc -c user.email=qvdc@localhost -c commit.gpgsign=false \
   commit -q -m "RustSec advisory database snapshot"
+# cargo-deny judges the database's age by the later of its HEAD commit and the files git
+# just wrote: date those too, so that a stale snapshot is reported as stale.
+touch -d "$SNAPSHOT_DATE" "$db/.git/HEAD" "$db/.git/FETCH_HEAD" 2>/dev/null ||
+  { : > "$db/.git/FETCH_HEAD"; touch -d "$SNAPSHOT_DATE" "$db/.git/HEAD" "$db/.git/FETCH_HEAD"; }
 age_days=$(( ($(date +%s) - $(date -d "$SNAPSHOT_DATE" +%s)) / 86400 ))
 echo "deny: github.com unreachable; checking advisories against the committed snapshot of" \
   "$SNAPSHOT_DATE ($age_days days old; third_party/README.md says how to refresh it)"

@@ -27,11 +27,17 @@ made=()
 for dir in /etc/qvdc /etc/systemd/system /usr/local /var/lib/qvdc /var/lib/qhost /srv/qvdc; do
   [ -d "$dir" ] || { mkdir -p "$dir"; made+=("$dir"); }
 done
+# The walkthrough creates the system user qvdc as install.sh does; it goes again if it was not
+# here before.
+had_user=$(getent passwd qvdc >/dev/null && echo yes || echo no)
 cleanup() {
   local status=$?
-  while read -r pid; do kill "$pid" 2>/dev/null || true; done < "$pids"
-  sleep 1
+  # Each machine is a PID namespace: killing its unshare kills everything that ran in it.
   while read -r pid; do kill -9 "$pid" 2>/dev/null || true; done < "$pids"
+  while read -r pid; do
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+  done < "$pids"
+  [ "$had_user" = yes ] || userdel qvdc 2>/dev/null || true
   if [ "$status" -ne 0 ]; then
     for log in "$work"/logs/*.log; do echo "--- $log"; tail -n 20 "$log"; done
   fi
@@ -55,9 +61,11 @@ done
 
 cat > "$work/shim/systemctl" <<'SHIM'
 #!/usr/bin/env bash
-# Stands in for systemd: `systemctl enable --now UNIT` runs the unit as systemd would.
+# Stands in for systemd: `systemctl enable --now UNIT` runs the unit as systemd would;
+# `daemon-reload` has nothing to do.
 set -euo pipefail
-[ "${1:-}" = enable ] && [ "${2:-}" = --now ] || { echo "systemctl stand-in: only 'enable --now UNIT'" >&2; exit 1; }
+[ "${1:-}" = daemon-reload ] && exit 0
+[ "${1:-}" = enable ] && [ "${2:-}" = --now ] || { echo "systemctl stand-in: only 'enable --now UNIT' and 'daemon-reload'" >&2; exit 1; }
 unit=/etc/systemd/system/$3.service
 field() { sed -n "s/^$1=//p" "$unit"; }
 user=$(field User)
@@ -65,11 +73,11 @@ state=$(field StateDirectory)
 envfile=$(field EnvironmentFile)
 if [ -n "$state" ]; then install -d -m 0700 -o "$user" "/var/lib/$state"; fi
 if [ -n "$envfile" ]; then set -a; . "$envfile"; set +a; fi
-as_user() { if [ "$user" = root ]; then "$@"; else runuser -u "$user" -- "$@"; fi; }
+# setpriv changes user and then execs the command, as systemd's User= does.
+as_user=(setpriv --reuid="$user" --regid="$user" --init-groups --)
 pre=$(field ExecStartPre)
-if [ -n "$pre" ]; then as_user $pre > /dev/null; fi
-as_user $(field ExecStart) >> "$QVDC_CHECK_LOGS/$3-$QVDC_CHECK_MACHINE.log" 2>&1 &
-echo $! >> "$QVDC_CHECK_PIDS"
+if [ -n "$pre" ]; then "${as_user[@]}" $pre > /dev/null; fi
+nohup "${as_user[@]}" $(field ExecStart) >> "$QVDC_CHECK_LOGS/$3-$QVDC_CHECK_MACHINE.log" 2>&1 &
 SHIM
 chmod +x "$work/shim/systemctl"
 
@@ -79,17 +87,20 @@ for n in 1 2 3; do addrs+=("127.0.0.1:$(port)"); done
 export CERTS=$work/operator/certs
 export CLUSTER_MEMBERS="1=${addrs[0]},2=${addrs[1]},3=${addrs[2]}"
 export CLUSTER_ADDRS="${addrs[0]},${addrs[1]},${addrs[2]}"
-export QVDC_INSTALL_BIN_DIR=$repo/target/debug QVDC_CHECK_LOGS=$work/logs QVDC_CHECK_PIDS=$pids
+export QVDC_INSTALL_BIN_DIR=$repo/target/debug QVDC_CHECK_LOGS=$work/logs
 
 # The operator's machine: qvctl staged as the doc says, then the certificates.
 ./scripts/install.sh --role all --root "$work/operator/stage" > /dev/null
 (PATH=$work/operator/stage/usr/local/bin:$PATH bash -euo pipefail "$work/blocks/operator.sh") > /dev/null
 
-# One machine: a private mount namespace in which the block runs and its daemons live on.
+# One machine: private mount and PID namespaces in which the block runs and its daemons live
+# on (the namespace's first process then waits, so that killing its unshare stops them all).
 machine() {
   local name=$1 block=$2 exports=$3
   local root=$work/machines/$name
-  QVDC_CHECK_MACHINE=$name unshare --mount --propagation private bash -euo pipefail -c '
+  local done=$work/machines/$name.done
+  QVDC_CHECK_MACHINE=$name unshare --mount --propagation private --pid --fork --kill-child \
+    bash -euo pipefail -c '
     for dir in etc/qvdc etc/systemd/system usr/local var/lib/qvdc var/lib/qhost srv/qvdc; do
       mkdir -p "'"$root"'/$dir"
       mount --bind "'"$root"'/$dir" "/$dir"
@@ -97,8 +108,13 @@ machine() {
     export PATH='"$work"'/shim:/usr/local/bin:$PATH
     # The block sets these itself; the doc says to change them per machine.
     sed -i "s/^export NODE_ID=1 NODE_ADDR=.*/'"$exports"'/; s/^export HOST_ID=host-1$/'"$exports"'/" '"$block"'
-    . '"$block"'
-  ' > "$work/logs/$name-install.log" 2>&1 || { cat "$work/logs/$name-install.log"; return 1; }
+    ( . '"$block"' ) && touch '"$done"' || touch '"$done"'.failed
+    exec sleep infinity
+  ' > "$work/logs/$name-install.log" 2>&1 &
+  echo $! >> "$pids"
+  disown $!  # killed on purpose at the end: no "Killed" notice
+  while [ ! -e "$done" ] && [ ! -e "$done.failed" ]; do sleep 0.1; done
+  if [ -e "$done.failed" ]; then cat "$work/logs/$name-install.log"; return 1; fi
 }
 for n in 1 2 3; do
   cp "$work/blocks/server.sh" "$work/blocks/server-$n.sh"

@@ -25,11 +25,18 @@ if [ -x "$out/qvdc" ] && [ -x "$out/qhost" ] && [ "$(cat "$out/COMMIT" 2>/dev/nu
   exit 0
 fi
 work="$root/target/releases/src-$tag"
-git worktree remove --force "$work" 2>/dev/null || rm -rf "$work"
-git worktree prune
-git worktree add --detach "$work" "$commit" >/dev/null 2>&1
-# Built as a package of its own name, so its binaries do not replace this tree's in
-# target/debug: they are copied out of the build's deps directory right after.
+cleanup() { git worktree remove --force "$work" 2>/dev/null || rm -rf "$work"; git worktree prune; }
+cleanup
+trap cleanup EXIT
+if ! git cat-file -e "$commit^{commit}" 2>/dev/null; then
+  echo "previous-release: commit $commit of $tag is not in this clone (a shallow clone?" \
+    "fetch the history: git fetch --unshallow)" >&2
+  exit 1
+fi
+git worktree add --detach "$work" "$commit" >/dev/null
+# Built in this tree's target directory, so the dependencies both share are reused. Its
+# binaries replace this tree's in target/debug until this tree is built again: they are
+# copied out right after, and scripts/test.sh builds this tree next.
 (cd "$work" && CARGO_TARGET_DIR="$root/target" cargo build --quiet \
   --workspace --bin qvdc --bin qhost) >&2
 mkdir -p "$out"
@@ -37,5 +44,4 @@ for bin in qvdc qhost; do
   cp "$root/target/debug/$bin" "$out/$bin"
 done
 echo "$commit" > "$out/COMMIT"
-git worktree remove --force "$work"
 echo "$out"

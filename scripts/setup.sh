@@ -17,12 +17,13 @@ command -v cargo >/dev/null 2>&1 || { say "cargo not found; install Rust (rustup
 # Debian packages, by what needs them:
 #   build:    pkg-config libvirt-dev (the virt crate links libvirt)
 #   tools:    procps (pgrep, below), openssl (tests read issued keys with it), xz-utils (the
-#             advisory database snapshot scripts/deny.sh unpacks)
+#             advisory database snapshot scripts/deny.sh unpacks), python3 (the JSON checks of
+#             scripts/operations-check.sh)
 #   mounts:   mount (mount/umount), e2fsprogs/xfsprogs (block pools), fuse3 (hung-mount test)
 #   VMs:      libvirt-daemon + QEMU driver + qemu-system-x86 (KVM), libvirt-clients (virsh),
 #             qemu-utils (qemu-img for qcow2 volumes)
 #   networks: iproute2 (bridges, VLANs, namespaces), nftables (partition tests)
-packages=(pkg-config libvirt-dev procps openssl xz-utils mount e2fsprogs xfsprogs fuse3 libvirt-daemon
+packages=(pkg-config libvirt-dev procps openssl xz-utils python3 mount e2fsprogs xfsprogs fuse3 libvirt-daemon
   libvirt-daemon-driver-qemu qemu-system-x86 libvirt-clients qemu-utils iproute2 nftables)
 missing=()
 for p in "${packages[@]}"; do

@@ -173,7 +173,16 @@ impl Node {
     /// others elect a leader the usual way). Returns whether leadership was handed over.
     pub async fn hand_over(&self) -> bool {
         let ctx = &self.inner;
-        if !ctx.is_leader() {
+        let others = {
+            let metrics = ctx.raft.metrics();
+            let m = metrics.borrow();
+            m.membership_config
+                .membership()
+                .voter_ids()
+                .any(|id| id != ctx.id)
+        };
+        // A lone voter has no one to hand over to: it just stops.
+        if !ctx.is_leader() || !others {
             return false;
         }
         ctx.stepping_down.store(true, Ordering::SeqCst);
@@ -189,7 +198,9 @@ impl Node {
                 let m = metrics.borrow_and_update();
                 (m.current_leader, handover_target(&m, ctx.id))
             };
-            if leader != Some(ctx.id) {
+            // Done once another node leads; not when this one merely stopped leading (it
+            // does the moment it votes for the candidate, who may still lose).
+            if leader.is_some_and(|leader| leader != ctx.id) {
                 info!(
                     node = ctx.id,
                     leader = ?leader,
@@ -288,6 +299,9 @@ async fn follow_leadership(node: Arc<Context>, timings: Timings) {
             (leading, leadership)
         };
         let mut slot = node.supervision.write().await;
+        // A planned stop may have begun while the lock was awaited: it took the tree away
+        // and must not get a new one.
+        let leading = leading && !node.is_stepping_down();
         let current = slot.as_ref().map(Supervision::leadership);
         if let Some(current) = current.filter(|c| !leading || *c != leadership) {
             info!(node = node.id, leadership = %current, "leadership lost: stopping supervision");

@@ -20,7 +20,7 @@ use qvdc_transport::{
 
 mod support;
 
-use support::{free_port, Nodes, NODES, QVDC};
+use support::{free_port, Nodes, Reaped, NODES, QVDC};
 
 const QVCTL: &str = env!("CARGO_BIN_EXE_qvctl");
 const OPERATOR: &str = "admin";
@@ -270,15 +270,17 @@ async fn the_survivor_of_a_lost_quorum_becomes_a_new_cluster_that_its_host_follo
     let host_dir = nodes.dir.path().join("host-1");
     std::fs::create_dir_all(&host_dir).unwrap();
     let (stdout, stderr) = nodes.output("host-1");
-    let mut host = Command::new(qhost())
-        .args(["--host-id", "host-1", "--cluster", &nodes.addrs.join(",")])
-        .args(["--data-dir", host_dir.to_str().unwrap()])
-        .args(["--libvirt", "test:///default"])
-        .args(nodes.tls_args("host-1"))
-        .stdout(stdout)
-        .stderr(stderr)
-        .spawn()
-        .unwrap();
+    let _host = Reaped(
+        Command::new(qhost())
+            .args(["--host-id", "host-1", "--cluster", &nodes.addrs.join(",")])
+            .args(["--data-dir", host_dir.to_str().unwrap()])
+            .args(["--libvirt", "test:///default"])
+            .args(nodes.tls_args("host-1"))
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .unwrap(),
+    );
     let vm = |name: &str| ApiRequest::VmCreate {
         request_id: format!("create-{name}"),
         spec: VmSpec {
@@ -354,8 +356,6 @@ async fn the_survivor_of_a_lost_quorum_becomes_a_new_cluster_that_its_host_follo
     .await;
     client.request(vm("after")).await.unwrap();
     until(&mut client, "VM after runs", show("after"), runs).await;
-    let _ = host.kill();
-    let _ = host.wait();
 }
 
 #[test]
@@ -399,6 +399,17 @@ fn check_config_reports_the_data_directory_and_refuses_what_cannot_start() {
         old.join("raft.redb"),
     )
     .unwrap();
+    // v0.1.0's nodes were killed, so the file awaits redb's repair: that is reported, and
+    // nothing is changed.
+    let crashed = check("1", &old);
+    assert!(crashed.status.success(), "{}", text(&crashed));
+    assert!(
+        text(&crashed).contains("not closed cleanly"),
+        "{}",
+        text(&crashed)
+    );
+    // Repaired by redb alone (no format stamped), it is v0.1.0's format 1.
+    drop(qvdc_raft::store::Database::open(old.join("raft.redb")).unwrap());
     let older = check("1", &old);
     assert!(older.status.success(), "{}", text(&older));
     assert!(
@@ -407,6 +418,13 @@ fn check_config_reports_the_data_directory_and_refuses_what_cannot_start() {
         text(&older)
     );
 
+    let after = qvdc_raft::store::Database::open(old.join("raft.redb")).unwrap();
+    assert_eq!(
+        qvdc_raft::store::storage_format(&after, "").unwrap(),
+        Some(1),
+        "checking migrated nothing"
+    );
+    drop(after);
     let wrong_node = check("2", &data);
     assert!(!wrong_node.status.success());
     assert!(

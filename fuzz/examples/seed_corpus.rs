@@ -25,6 +25,7 @@ use openraft::{
     BasicNode, CommittedLeaderId, EntryPayload, Membership,
 };
 use qvdc_raft::{
+    backup,
     election::{PreVoteRequest, PreVoteResponse},
     network, store,
     types::{Entry, LogId, SnapshotMeta, StoredMembership, Vote},
@@ -329,6 +330,7 @@ fn api_requests() -> Vec<(&'static str, ApiRequest)> {
                 name: "legacy".into(),
             },
         ),
+        ("cluster-backup", ApiRequest::ClusterBackup),
         (
             "volume-create",
             ApiRequest::VolumeCreate {
@@ -571,6 +573,14 @@ fn response_frames() -> Vec<(String, Vec<u8>)> {
         ),
         ("vms", ApiResponse::Vms(vec![vm_view()])),
         ("done", ApiResponse::Done),
+        (
+            "backup",
+            ApiResponse::Backup {
+                index: 16,
+                term: 2,
+                file: b"qvdc-bk\n".to_vec(),
+            },
+        ),
         (
             "files",
             ApiResponse::Files {
@@ -1110,6 +1120,7 @@ fn raft_rpcs() -> Vec<(String, Vec<u8>)> {
                 }),
             ),
         ),
+        ("elect-now".to_string(), vec![4]),
     ];
     for (name, payload) in &seeds {
         network::decode_rpc(payload).unwrap_or_else(|e| panic!("{name} decodes: {e}"));
@@ -1172,6 +1183,7 @@ fn raft_replies() -> Vec<(String, Vec<u8>)> {
             "reply-pre-vote".to_string(),
             tagged(3, bytes(&PreVoteResponse { granted: false })),
         ),
+        ("reply-elect-now".to_string(), tagged(4, bytes(&true))),
     ];
     for (name, payload) in &seeds {
         network::decode_reply(payload).unwrap_or_else(|e| panic!("{name} decodes: {e}"));
@@ -1210,14 +1222,19 @@ fn snapshots() -> Vec<(String, Vec<u8>)> {
     for applied in [0, 3, all.len()] {
         let db = store::open_in_memory().expect("in-memory database");
         let (mut machine, _) = store::StateMachine::open(db.clone(), 1).expect("state machine");
-        let data = runtime.block_on(async {
+        let (meta, data) = runtime.block_on(async {
             let entries = all[..applied].iter().map(|(_, e)| e.clone());
             machine.apply(entries).await.expect("apply");
             let mut builder = machine.get_snapshot_builder().await;
             let snapshot = builder.build_snapshot().await.expect("snapshot");
-            snapshot.snapshot.into_inner()
+            (snapshot.meta, snapshot.snapshot.into_inner())
         });
         store::decode_snapshot(&data).expect("a built snapshot decodes");
+        if applied > 0 {
+            let file = backup::encode(&meta, data.clone(), 1).expect("a backup encodes");
+            backup::decode(&file).expect("a backup decodes");
+            seeds.push((format!("backup-after-{applied}"), file));
+        }
         seeds.push((format!("data-after-{applied}"), data));
         let record = stored_snapshot_record(&db);
         store::decode_stored_snapshot(&record).expect("a stored snapshot decodes");

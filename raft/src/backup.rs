@@ -217,7 +217,7 @@ pub fn write_data_dir(
     }
     if path.exists() {
         let database = store::open(path)?;
-        if store::holds_data(&database)? {
+        if store::holds_data(database.as_ref())? {
             return Err(BackupError::NotEmpty(path.display().to_string()));
         }
     }
@@ -279,7 +279,9 @@ pub async fn replay(path: &Path, node: NodeId) -> Result<Replayed, BackupError> 
         .await
         .map_err(contents)?
         .map_or(0, |vote| vote.leader_id().term);
-    let Some(last) = log_state.last_log_id.or(applied) else {
+    // A snapshot installed from a leader can stand past the log when the node stopped before
+    // the purge behind it was written: the later of the two is where the node is.
+    let Some(last) = log_state.last_log_id.max(applied) else {
         return Err(BackupError::Contents(format!(
             "{} holds no log and no snapshot: there is nothing to recover",
             path.display()
@@ -287,7 +289,7 @@ pub async fn replay(path: &Path, node: NodeId) -> Result<Replayed, BackupError> 
     };
     let from = applied.map_or(0, |id| id.index + 1);
     let entries = log
-        .try_get_log_entries(from..last.index + 1)
+        .try_get_log_entries(from..(last.index + 1).max(from))
         .await
         .map_err(contents)?;
     if entries.len() as u64 != (last.index + 1).saturating_sub(from) {

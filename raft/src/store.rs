@@ -96,6 +96,11 @@ pub enum StoreError {
     },
     #[error("{place} is in use by a running qvdc: stop it first")]
     InUse { place: String },
+    #[error(
+        "{place} was not closed cleanly (its node stopped abruptly); qvdc repairs it when the \
+         node starts, and reads its format then"
+    )]
+    NeedsRepair { place: String },
     #[error("{place} has an unreadable storage format record of {bytes} bytes")]
     CorruptFormat { place: String, bytes: usize },
 }
@@ -129,6 +134,10 @@ pub fn open_in_memory() -> Result<Arc<Database>> {
 /// The storage format of `database`: its `format` record, or 1 for a file that holds data
 /// but no record (written by qvdc 0.1.0), or `None` for a new, empty file.
 pub fn storage_format(database: &Database, place: &str) -> Result<Option<u32>> {
+    read_format(database, place)
+}
+
+fn read_format(database: &impl ReadableDatabase, place: &str) -> Result<Option<u32>> {
     let record = db(|| {
         let txn = database.begin_read()?;
         let meta = txn.open_table(META)?;
@@ -150,7 +159,7 @@ pub fn storage_format(database: &Database, place: &str) -> Result<Option<u32>> {
 
 /// Whether `database` holds anything besides its format record: a log entry, a vote or
 /// other metadata, or a snapshot.
-pub fn holds_data(database: &Database) -> Result<bool> {
+pub fn holds_data(database: &impl ReadableDatabase) -> Result<bool> {
     db(|| {
         let txn = database.begin_read()?;
         let meta = txn.open_table(META)?;
@@ -201,16 +210,34 @@ pub(crate) fn write_starting_point(
     })
 }
 
+/// Fails with [`StoreError::InUse`] while a running node holds the file at `path` (redb
+/// holds an exclusive lock on it while open).
+pub fn ensure_not_in_use(path: &Path) -> Result<()> {
+    let place = path.display().to_string();
+    let file = std::fs::File::open(path)
+        .map_err(|e| StoreError::Db(redb::StorageError::from(e).into()))?;
+    match file.try_lock_shared() {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::InUse { place }),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(StoreError::Db(redb::StorageError::from(e).into()))
+        }
+    }
+}
+
 /// The storage format of the file at `path`, read without changing the file (for
 /// `qvdc server --check-config`): `None` for an empty file; a newer format than this build
-/// reads is an error, as it is for [`open`].
+/// reads is an error, as it is for [`open`]. A file its node did not close (it crashed)
+/// needs a repair first, which only opening it for writing does: [`StoreError::NeedsRepair`].
 pub fn inspect_format(path: &Path) -> Result<Option<u32>> {
+    ensure_not_in_use(path)?;
     let place = path.display().to_string();
-    let database = match Database::open(path) {
+    let database = match redb::ReadOnlyDatabase::open(path) {
         Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(StoreError::InUse { place }),
+        Err(redb::DatabaseError::RepairAborted) => return Err(StoreError::NeedsRepair { place }),
         other => other.map_err(redb::Error::from)?,
     };
-    let found = storage_format(&database, &place)?;
+    let found = read_format(&database, &place)?;
     match found {
         Some(found) if found > STORAGE_FORMAT => Err(StoreError::NewerFormat {
             place,

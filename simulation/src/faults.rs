@@ -25,6 +25,9 @@ use crate::{
 pub enum FaultKind {
     /// A control-plane node crashes; it restarts with what it had committed.
     NodeCrash,
+    /// A control-plane node is stopped on purpose (a leader hands leadership over first),
+    /// then started again.
+    NodeStop,
     /// A control-plane node is cut off from the other nodes, both ways.
     NodePartition,
     /// A control-plane node stops hearing the other nodes, which still hear it.
@@ -50,7 +53,7 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 12] = [
+    pub const ALL: [FaultKind; 13] = [
         FaultKind::NodeCrash,
         FaultKind::NodePartition,
         FaultKind::AsymmetricPartition,
@@ -63,13 +66,14 @@ impl FaultKind {
         FaultKind::LibvirtError,
         FaultKind::SlowDisk,
         FaultKind::LibvirtHang,
+        FaultKind::NodeStop,
     ];
 
     /// What the fault occupies: two faults on one thing are never in effect at once, so
     /// undoing one cannot undo the other.
     fn slot(self) -> Slot {
         match self {
-            FaultKind::NodeCrash => Slot::Nodes,
+            FaultKind::NodeCrash | FaultKind::NodeStop => Slot::Nodes,
             FaultKind::NodePartition
             | FaultKind::AsymmetricPartition
             | FaultKind::HostPartition
@@ -234,6 +238,13 @@ fn inject(
         FaultKind::NodeCrash => {
             requested.actions.push(Action::Crash(node.clone()));
             info!(fault = "node-crash", machine = %node, "fault injected");
+            (Undo::Actions(vec![Action::Restart(node)]), None, None)
+        }
+        FaultKind::NodeStop => {
+            if let Some(stop) = requested.stops.get(&node) {
+                stop.notify_one();
+            }
+            info!(fault = "node-stop", machine = %node, "fault injected");
             (Undo::Actions(vec![Action::Restart(node)]), None, None)
         }
         FaultKind::NodePartition => {

@@ -54,6 +54,9 @@ pub(crate) struct Faults {
     pub(crate) disks: BTreeMap<String, qvdc_raft::store::DiskLatency>,
     /// Each control-plane node's lease clock, as of its latest boot, for clock drift.
     pub(crate) clocks: BTreeMap<String, qvdc_cluster::Clock>,
+    /// Each control-plane node's stop switch, as of its latest boot: a planned stop (the node
+    /// hands leadership over, then stops serving) until it is restarted.
+    pub(crate) stops: BTreeMap<String, std::sync::Arc<tokio::sync::Notify>>,
 }
 
 /// A change to the simulated world. Links are (from, to) machine pairs.

@@ -201,11 +201,12 @@ pub(crate) fn add_node(
             // Each boot's lease clock starts true; scenarios reach it to make it drift. (Not
             // before the boot runs: a restart is asked for with the faults locked.)
             let clock = qvdc_cluster::Clock::default();
-            faults
-                .lock()
-                .expect("faults lock poisoned")
-                .clocks
-                .insert(name.clone(), clock.clone());
+            let stop = std::sync::Arc::new(tokio::sync::Notify::new());
+            {
+                let mut faults = faults.lock().expect("faults lock poisoned");
+                faults.clocks.insert(name.clone(), clock.clone());
+                faults.stops.insert(name.clone(), stop.clone());
+            }
             let endpoint = sim::bind(
                 SocketAddr::from(([0, 0, 0, 0], NODE_PORT)),
                 &identity,
@@ -232,7 +233,12 @@ pub(crate) fn add_node(
                 retention,
                 clock,
             };
-            let _node = Node::start(node_config, endpoint).await?;
+            let node = Node::start(node_config, endpoint).await?;
+            // A planned stop, as `qvdc server` does on SIGTERM; the machine stays down until
+            // the fault is undone with a restart.
+            stop.notified().await;
+            node.hand_over().await;
+            node.shutdown().await;
             std::future::pending::<()>().await;
             Ok(())
         }

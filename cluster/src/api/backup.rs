@@ -14,6 +14,7 @@ use crate::{context::Context, reply::unavailable};
 /// How long the leader waits for a snapshot at or past the read index.
 const SNAPSHOT_WAIT_MS: u64 = 10_000;
 const SNAPSHOT_POLL_MS: u64 = 20;
+const SNAPSHOT_ASK_AGAIN_MS: u64 = 500;
 
 pub(crate) async fn save(ctx: &Context) -> Response {
     if !ctx.is_leader() {
@@ -29,7 +30,9 @@ pub(crate) async fn save(ctx: &Context) -> Response {
         }
     };
     let wanted = read.map_or(0, |id| id.index);
-    let mut asked = false;
+    // openraft ignores a request while it is building a snapshot (which may stand before
+    // `wanted`): ask again now and then until one stands far enough.
+    let mut asked: Option<tokio::time::Instant> = None;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(SNAPSHOT_WAIT_MS);
     loop {
         let snapshot = match ctx.raft.get_snapshot().await {
@@ -54,11 +57,12 @@ pub(crate) async fn save(ctx: &Context) -> Response {
                 };
             }
         }
-        if !asked {
+        let now = tokio::time::Instant::now();
+        if asked.is_none_or(|at| now >= at + Duration::from_millis(SNAPSHOT_ASK_AGAIN_MS)) {
             if let Err(e) = ctx.raft.trigger().snapshot().await {
                 return unavailable(format!("asking for a snapshot: {e}; retry"));
             }
-            asked = true;
+            asked = Some(now);
         }
         if tokio::time::Instant::now() >= deadline {
             return unavailable(format!(

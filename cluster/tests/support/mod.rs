@@ -361,6 +361,16 @@ impl Drop for Nodes {
     }
 }
 
+/// A child process killed when dropped, so that a failing test leaves none behind.
+pub(crate) struct Reaped(pub(crate) Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub(crate) fn free_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0")
         .unwrap()

@@ -286,13 +286,16 @@ fn check_config(args: ServerArgs) -> anyhow::Result<()> {
     let data = if !file.exists() {
         "new (created at start)".to_owned()
     } else {
-        match store::inspect_format(&file)? {
-            Some(format) if format < STORAGE_FORMAT => format!(
+        match store::inspect_format(&file) {
+            Ok(Some(format)) if format < STORAGE_FORMAT => format!(
                 "storage format {format}, migrated to {STORAGE_FORMAT} when the node starts \
                  (back it up first: docs/operations.md)"
             ),
-            Some(format) => format!("storage format {format}"),
-            None => "empty".to_owned(),
+            Ok(Some(format)) => format!("storage format {format}"),
+            Ok(None) => "empty".to_owned(),
+            // Not a fault: the repair at start is what redb is for.
+            Err(e @ store::StoreError::NeedsRepair { .. }) => e.to_string(),
+            Err(e) => return Err(e.into()),
         }
     };
     println!("data directory {}: {data}", checked.data_dir.display());

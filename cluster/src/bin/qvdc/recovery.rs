@@ -48,7 +48,7 @@ pub(crate) struct RestoreArgs {
 /// DANGER: only when the other members are gone for good. The node keeps every entry of its
 /// own log, including ones that may never have been committed, and writes that only the
 /// lost members had acknowledged are gone. Stop the node first; its old database is kept next
-/// to the new one (raft.redb.before-force-new-cluster). Then start it with `qvdc server`
+/// to the new one (raft.redb.before-force-new-cluster, in this release's storage format). Then start it with `qvdc server`
 /// (--initial-cluster ID=its --listen address) and grow the cluster back with `qvdc server
 /// --join` and `qvctl cluster add-node`. Hosts reconnect without being re-provisioned.
 ///
@@ -67,7 +67,9 @@ pub(crate) struct ForceNewClusterArgs {
     #[arg(long)]
     data_dir: PathBuf,
     /// Start the new cluster's terms above this one (see `qvdc restore --help`). Defaults to
-    /// the highest term the survivor knows.
+    /// the highest term the survivor voted in; if the lost nodes may have elected a leader
+    /// without it, pass the highest term the hosts obeyed (the first number in a host's
+    /// fence file).
     #[arg(long, default_value_t = 0)]
     term_at_least: u64,
 }
@@ -113,8 +115,9 @@ pub(crate) async fn force_new_cluster(args: ForceNewClusterArgs) -> anyhow::Resu
             file.display()
         );
     }
-    // Refuses a file a running node holds, and a newer format, before anything changes.
-    qvdc_raft::store::inspect_format(&file)?;
+    // Refuses a file a running node holds before anything changes (a newer format is refused
+    // when the replay opens it).
+    qvdc_raft::store::ensure_not_in_use(&file)?;
     let replayed = backup::replay(&file, args.node_id).await?;
     let kept = args
         .data_dir
@@ -132,7 +135,19 @@ pub(crate) async fn force_new_cluster(args: ForceNewClusterArgs) -> anyhow::Resu
         log_id: replayed.last,
         term_at_least: args.term_at_least.max(replayed.vote_term),
     };
-    backup::write_data_dir(&file, args.node_id, &members, &start)?;
+    if let Err(e) = backup::write_data_dir(&file, args.node_id, &members, &start) {
+        // Leave the directory as it was: a node started on an empty one would form a new,
+        // empty cluster.
+        let _ = std::fs::remove_file(&file);
+        std::fs::rename(&kept, &file).with_context(|| {
+            format!(
+                "{e:#}; and putting {} back failed: move it to {} by hand",
+                kept.display(),
+                file.display()
+            )
+        })?;
+        return Err(e.into());
+    }
     println!(
         "node {} is now a one-node cluster at index {} with its state ({} pools, {} VMs); the \
          old database is kept as {}. Start it with `qvdc server --node-id {} --listen {} \
