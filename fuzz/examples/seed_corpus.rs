@@ -1230,15 +1230,15 @@ fn snapshots() -> Vec<(String, Vec<u8>)> {
             (snapshot.meta, snapshot.snapshot.into_inner())
         });
         store::decode_snapshot(&data).expect("a built snapshot decodes");
-        if applied > 0 {
-            let file = backup::encode(&meta, data.clone(), 1).expect("a backup encodes");
-            backup::decode(&file).expect("a backup decodes");
-            seeds.push((format!("backup-after-{applied}"), file));
-        }
-        seeds.push((format!("data-after-{applied}"), data));
+        seeds.push((format!("data-after-{applied}"), data.clone()));
         let record = stored_snapshot_record(&db);
         store::decode_stored_snapshot(&record).expect("a stored snapshot decodes");
         seeds.push((format!("record-after-{applied}"), record));
+        if applied > 0 {
+            let file = backup::encode(&meta, data, 1).expect("a backup encodes");
+            backup::decode(&file).expect("a backup decodes");
+            seeds.push((format!("backup-after-{applied}"), file));
+        }
     }
     let mut state = DesiredState::default();
     for (name, command) in commands() {
