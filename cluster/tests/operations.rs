@@ -12,18 +12,18 @@ use std::{
 
 use qvdc_cluster::Client;
 use qvdc_transport::{
-    protocol::{
-        ApiRequest, ApiResponse, Liveness, PoolScope, PoolSource, PoolSpec, PowerState, VmSpec,
-    },
+    protocol::{ApiRequest, ApiResponse, Liveness},
     tls::Role,
 };
 
 mod support;
 
-use support::{free_port, Nodes, Reaped, NODES, QVDC};
+use support::{dir_pool, free_port, small_vm, until, vm_runs, Nodes, Reaped, NODES, QVDC};
 
 const QVCTL: &str = env!("CARGO_BIN_EXE_qvctl");
 const OPERATOR: &str = "admin";
+/// How long a host gets to register or report.
+const LIMIT: Duration = Duration::from_secs(30);
 
 fn qhost() -> PathBuf {
     Path::new(QVDC).with_file_name("qhost")
@@ -54,17 +54,7 @@ fn qvctl(nodes: &Nodes, args: &[&str]) -> Output {
 }
 
 fn pool(name: &str) -> ApiRequest {
-    ApiRequest::PoolCreate {
-        request_id: format!("create-{name}"),
-        spec: PoolSpec {
-            scope: PoolScope::Shared,
-            name: name.into(),
-            source: PoolSource::Dir {
-                path: format!("/srv/{name}"),
-            },
-        },
-        hosts: vec!["host-1".into()],
-    }
+    dir_pool(name, &["host-1"])
 }
 
 async fn pools(client: &mut Client) -> Vec<String> {
@@ -72,34 +62,6 @@ async fn pools(client: &mut Client) -> Vec<String> {
         Ok(ApiResponse::Pools(pools)) => pools.into_iter().map(|p| p.spec.name).collect(),
         other => panic!("pool list: {other:?}"),
     }
-}
-
-/// Asks `request` until the answer satisfies `holds`, for up to 30 s.
-async fn until(
-    client: &mut Client,
-    what: &str,
-    request: ApiRequest,
-    holds: impl Fn(&ApiResponse) -> bool,
-) {
-    let started = Instant::now();
-    loop {
-        if client
-            .request(request.clone())
-            .await
-            .is_ok_and(|r| holds(&r))
-        {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{what}: not within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn runs(response: &ApiResponse) -> bool {
-    matches!(response, ApiResponse::Vm(view) if view.power == PowerState::Running)
 }
 
 /// Points every node at a fresh port: a restored cluster is a new cluster, here on new
@@ -281,27 +243,22 @@ async fn the_survivor_of_a_lost_quorum_becomes_a_new_cluster_that_its_host_follo
             .spawn()
             .unwrap(),
     );
-    let vm = |name: &str| ApiRequest::VmCreate {
-        request_id: format!("create-{name}"),
-        spec: VmSpec {
-            id: String::new(),
-            name: name.into(),
-            vcpus: 1,
-            memory_bytes: 64 << 20,
-            disks: Vec::new(),
-            nics: Vec::new(),
-        },
-        host: Some("host-1".into()),
-        start: true,
-    };
+    let vm = |name: &str| small_vm(name, "host-1");
     let show = |name: &str| ApiRequest::VmShow { name: name.into() };
     let mut client = nodes.client(OPERATOR, &[1, 2, 3], Duration::from_secs(20));
-    until(&mut client, "host-1 registers", ApiRequest::HostList, |r| {
+    until(&mut client, "host-1 registers", ApiRequest::HostList, LIMIT, |r| {
         matches!(r, ApiResponse::Hosts(hosts) if hosts.iter().any(|h| h.liveness == Liveness::Ready))
     })
     .await;
     client.request(vm("before")).await.unwrap();
-    until(&mut client, "VM before runs", show("before"), runs).await;
+    until(
+        &mut client,
+        "VM before runs",
+        show("before"),
+        LIMIT,
+        vm_runs,
+    )
+    .await;
     for i in 0..5 {
         client.request(pool(&format!("kept-{i}"))).await.unwrap();
     }
@@ -351,11 +308,12 @@ async fn the_survivor_of_a_lost_quorum_becomes_a_new_cluster_that_its_host_follo
         &mut client,
         "VM before is reported again",
         show("before"),
-        runs,
+        LIMIT,
+        vm_runs,
     )
     .await;
     client.request(vm("after")).await.unwrap();
-    until(&mut client, "VM after runs", show("after"), runs).await;
+    until(&mut client, "VM after runs", show("after"), LIMIT, vm_runs).await;
 }
 
 #[test]

@@ -18,19 +18,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use qvdc_cluster::Client;
 use qvdc_transport::{
-    protocol::{
-        ApiRequest, ApiResponse, Liveness, PoolScope, PoolSource, PoolSpec, PowerState, VmSpec,
-    },
+    protocol::{ApiRequest, ApiResponse, Liveness},
     tls::Role,
 };
 
 mod support;
 
-use support::{Nodes, Reaped, NODES, QVDC};
+use support::{dir_pool, small_vm, until, vm_runs, Nodes, Reaped, NODES, QVDC};
 
 const OPERATOR: &str = "admin";
+/// How long a host gets to register or report.
+const LIMIT: Duration = Duration::from_secs(60);
 
 /// The previous release's binaries, or `None` (and the test is skipped) when they were not
 /// built and the run does not require every test.
@@ -72,53 +71,16 @@ fn stop(host: &mut Reaped) {
     let _ = host.0.wait();
 }
 
-async fn until(
-    client: &mut Client,
-    what: &str,
-    request: ApiRequest,
-    holds: impl Fn(&ApiResponse) -> bool,
-) {
-    let started = Instant::now();
-    loop {
-        if client
-            .request(request.clone())
-            .await
-            .is_ok_and(|r| holds(&r))
-        {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "{what}: not within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn vm_runs(response: &ApiResponse) -> bool {
-    matches!(response, ApiResponse::Vm(view) if view.power == PowerState::Running)
-}
-
 fn host_ready(response: &ApiResponse) -> bool {
     matches!(response, ApiResponse::Hosts(hosts)
         if hosts.iter().any(|h| h.host_id == "host-1" && h.liveness == Liveness::Ready))
 }
 
 fn pool(name: &str) -> ApiRequest {
-    ApiRequest::PoolCreate {
-        request_id: format!("create-{name}"),
-        spec: PoolSpec {
-            scope: PoolScope::Shared,
-            name: name.into(),
-            source: PoolSource::Dir {
-                path: format!("/srv/{name}"),
-            },
-        },
-        // A registered host that never heartbeats: the writes are about the control plane.
-        // (Assigned to host-1, a thousand pools would stop it heartbeating: a host reports at
-        // most `POOL_REPORTS_MAX` pools and nothing keeps more from being assigned to it.)
-        hosts: vec!["bulk".into()],
-    }
+    // A registered host that never heartbeats: the writes are about the control plane.
+    // (Assigned to host-1, a thousand pools would stop it heartbeating: a host reports at
+    // most `POOL_REPORTS_MAX` pools and nothing keeps more from being assigned to it.)
+    dir_pool(name, &["bulk"])
 }
 
 /// One write: when it started, how long it took, and the pool it created if acknowledged.
@@ -156,25 +118,11 @@ async fn a_rolling_upgrade_from_the_previous_release_loses_no_acknowledged_write
         &mut client,
         "host-1 registers",
         ApiRequest::HostList,
+        LIMIT,
         host_ready,
     )
     .await;
-    client
-        .request(ApiRequest::VmCreate {
-            request_id: "create-kept".into(),
-            spec: VmSpec {
-                id: String::new(),
-                name: "kept".into(),
-                vcpus: 1,
-                memory_bytes: 64 << 20,
-                disks: Vec::new(),
-                nics: Vec::new(),
-            },
-            host: Some("host-1".into()),
-            start: true,
-        })
-        .await
-        .unwrap();
+    client.request(small_vm("kept", "host-1")).await.unwrap();
     let version = |binary: &Path| {
         let out = Command::new(binary).arg("--version").output().unwrap();
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
@@ -187,7 +135,7 @@ async fn a_rolling_upgrade_from_the_previous_release_loses_no_acknowledged_write
     let show = ApiRequest::VmShow {
         name: "kept".into(),
     };
-    until(&mut client, "VM kept runs", show.clone(), vm_runs).await;
+    until(&mut client, "VM kept runs", show.clone(), LIMIT, vm_runs).await;
 
     // A client writes without pause through the whole upgrade.
     let stop_writing = Arc::new(AtomicBool::new(false));
@@ -258,21 +206,8 @@ async fn a_rolling_upgrade_from_the_previous_release_loses_no_acknowledged_write
     let from = Instant::now();
     stop(&mut host);
     host = start_host(&nodes, &current_qhost);
-    let vm = |name: &str| ApiRequest::VmCreate {
-        request_id: format!("create-{name}"),
-        spec: VmSpec {
-            id: String::new(),
-            name: name.into(),
-            vcpus: 1,
-            memory_bytes: 64 << 20,
-            disks: Vec::new(),
-            nics: Vec::new(),
-        },
-        host: Some("host-1".into()),
-        start: true,
-    };
     // The new agent carries out a new command, and keeps the VM it was given running.
-    client.request(vm("after")).await.unwrap();
+    client.request(small_vm("after", "host-1")).await.unwrap();
     let after = ApiRequest::VmShow {
         name: "after".into(),
     };
@@ -280,6 +215,7 @@ async fn a_rolling_upgrade_from_the_previous_release_loses_no_acknowledged_write
         &mut client,
         "the upgraded host runs a new VM",
         after,
+        LIMIT,
         vm_runs,
     )
     .await;
@@ -287,6 +223,7 @@ async fn a_rolling_upgrade_from_the_previous_release_loses_no_acknowledged_write
         &mut client,
         "the upgraded host reports its VM",
         show,
+        LIMIT,
         vm_runs,
     )
     .await;

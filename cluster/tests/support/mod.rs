@@ -9,7 +9,10 @@ use std::{
     process::{Child, Command, Stdio},
 };
 
-use qvdc_transport::tls::{self, Identity, Role};
+use qvdc_transport::{
+    protocol::{ApiRequest, ApiResponse, PoolScope, PoolSource, PoolSpec, PowerState, VmSpec},
+    tls::{self, Identity, Role},
+};
 
 pub(crate) const QVDC: &str = env!("CARGO_BIN_EXE_qvdc");
 pub(crate) const NODES: usize = 3;
@@ -431,6 +434,65 @@ pub(crate) async fn converged(
             "nodes {ids:?} did not converge on one state within {wait:?}; per node \
              (last_applied, state_digest), None if it did not answer: {seen:?}"
         );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// A dir pool `name` assigned to `hosts`, with a request id of its own.
+pub(crate) fn dir_pool(name: &str, hosts: &[&str]) -> ApiRequest {
+    ApiRequest::PoolCreate {
+        request_id: format!("create-{name}"),
+        spec: PoolSpec {
+            scope: PoolScope::Shared,
+            name: name.into(),
+            source: PoolSource::Dir {
+                path: format!("/srv/{name}"),
+            },
+        },
+        hosts: hosts.iter().map(|h| h.to_string()).collect(),
+    }
+}
+
+/// A small VM (one vCPU, 64 MiB, no disks or NICs) placed on `host` and started.
+pub(crate) fn small_vm(name: &str, host: &str) -> ApiRequest {
+    ApiRequest::VmCreate {
+        request_id: format!("create-{name}"),
+        spec: VmSpec {
+            id: String::new(),
+            name: name.into(),
+            vcpus: 1,
+            memory_bytes: 64 << 20,
+            disks: Vec::new(),
+            nics: Vec::new(),
+        },
+        host: Some(host.into()),
+        start: true,
+    }
+}
+
+/// Whether the answer shows a VM its host reports running.
+pub(crate) fn vm_runs(response: &ApiResponse) -> bool {
+    matches!(response, ApiResponse::Vm(view) if view.power == PowerState::Running)
+}
+
+/// Asks `request` until the answer satisfies `holds`, for up to `limit`.
+pub(crate) async fn until(
+    client: &mut qvdc_cluster::Client,
+    what: &str,
+    request: ApiRequest,
+    limit: std::time::Duration,
+    holds: impl Fn(&ApiResponse) -> bool,
+) {
+    let started = std::time::Instant::now();
+    loop {
+        if client
+            .request(request.clone())
+            .await
+            .is_ok_and(|r| holds(&r))
+        {
+            return;
+        }
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
