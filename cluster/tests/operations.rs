@@ -18,7 +18,7 @@ use qvdc_transport::{
 
 mod support;
 
-use support::{dir_pool, free_port, small_vm, until, vm_runs, Nodes, Reaped, NODES, QVDC};
+use support::{dir_pool, free_port, small_vm, until, vm_runs, Nodes, NODES, QVDC};
 
 const QVCTL: &str = env!("CARGO_BIN_EXE_qvctl");
 const OPERATOR: &str = "admin";
@@ -229,20 +229,7 @@ async fn a_backup_restores_a_new_cluster_with_every_write_acknowledged_before_it
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_survivor_of_a_lost_quorum_becomes_a_new_cluster_that_its_host_follows() {
     let mut nodes = Nodes::start(&[(Role::Operator, OPERATOR), (Role::Host, "host-1")], true);
-    let host_dir = nodes.dir.path().join("host-1");
-    std::fs::create_dir_all(&host_dir).unwrap();
-    let (stdout, stderr) = nodes.output("host-1");
-    let _host = Reaped(
-        Command::new(qhost())
-            .args(["--host-id", "host-1", "--cluster", &nodes.addrs.join(",")])
-            .args(["--data-dir", host_dir.to_str().unwrap()])
-            .args(["--libvirt", "test:///default"])
-            .args(nodes.tls_args("host-1"))
-            .stdout(stdout)
-            .stderr(stderr)
-            .spawn()
-            .unwrap(),
-    );
+    let _host = nodes.start_test_host(&qhost());
     let vm = |name: &str| small_vm(name, "host-1");
     let show = |name: &str| ApiRequest::VmShow { name: name.into() };
     let mut client = nodes.client(OPERATOR, &[1, 2, 3], Duration::from_secs(20));

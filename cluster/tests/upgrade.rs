@@ -47,23 +47,6 @@ fn previous_release() -> Option<PathBuf> {
     }
 }
 
-fn start_host(nodes: &Nodes, qhost: &Path) -> Reaped {
-    let dir = nodes.dir.path().join("host-1");
-    std::fs::create_dir_all(&dir).unwrap();
-    let (stdout, stderr) = nodes.output("host-1");
-    Reaped(
-        Command::new(qhost)
-            .args(["--host-id", "host-1", "--cluster", &nodes.addrs.join(",")])
-            .args(["--data-dir", dir.to_str().unwrap()])
-            .args(["--libvirt", "test:///default"])
-            .args(nodes.tls_args("host-1"))
-            .stdout(stdout)
-            .stderr(stderr)
-            .spawn()
-            .unwrap(),
-    )
-}
-
 fn stop(host: &mut Reaped) {
     let _ = Command::new("kill")
         .args(["-TERM", &host.0.id().to_string()])
@@ -112,7 +95,7 @@ async fn a_rolling_upgrade_from_the_previous_release_loses_no_acknowledged_write
         &[],
     );
     nodes.register_host("bulk").await;
-    let mut host = start_host(&nodes, &previous.join("qhost"));
+    let mut host = nodes.start_test_host(&previous.join("qhost"));
     let mut client = nodes.client(OPERATOR, &[1, 2, 3], Duration::from_secs(20));
     until(
         &mut client,
@@ -205,7 +188,7 @@ async fn a_rolling_upgrade_from_the_previous_release_loses_no_acknowledged_write
     // Then the host: its VM keeps running, and the new agent reports it.
     let from = Instant::now();
     stop(&mut host);
-    host = start_host(&nodes, &current_qhost);
+    host = nodes.start_test_host(&current_qhost);
     // The new agent carries out a new command, and keeps the VM it was given running.
     client.request(small_vm("after", "host-1")).await.unwrap();
     let after = ApiRequest::VmShow {

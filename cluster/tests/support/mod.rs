@@ -323,6 +323,25 @@ impl Nodes {
         assert!(sent.success(), "kill {signal} node {id}");
     }
 
+    /// Starts `qhost` (the one at `binary`) as host-1 on libvirt's test driver, with its data
+    /// directory and log in this cluster's directory; killed when dropped.
+    pub(crate) fn start_test_host(&self, binary: &Path) -> Reaped {
+        let dir = self.dir.path().join("host-1");
+        std::fs::create_dir_all(&dir).unwrap();
+        let (stdout, stderr) = self.output("host-1");
+        Reaped(
+            Command::new(binary)
+                .args(["--host-id", "host-1", "--cluster", &self.addrs.join(",")])
+                .args(["--data-dir", dir.to_str().unwrap()])
+                .args(["--libvirt", "test:///default"])
+                .args(self.tls_args("host-1"))
+                .stdout(stdout)
+                .stderr(stderr)
+                .spawn()
+                .unwrap(),
+        )
+    }
+
     /// Makes node `id` run the `qvdc` at `binary` from its next (re)start.
     pub(crate) fn set_binary(&mut self, id: usize, binary: &Path) {
         self.binaries[id - 1] = binary.to_path_buf();
