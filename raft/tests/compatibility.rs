@@ -246,6 +246,61 @@ fn v0_1_0_frames_decode_and_encode_back_to_the_same_bytes() {
     same_bytes_back::<HostCommand>("host_command", codec::decode_frame_body, frame_body);
 }
 
+/// v0.1.0 had this many `ApiRequest` and `ApiResponse` variants.
+const V0_1_0_API_REQUESTS: u8 = 37;
+const V0_1_0_API_RESPONSES: u8 = 17;
+
+/// The variant of the operator request or answer inside a frame body, if it is one: the
+/// body is the protocol version (2 bytes), the `Request`/`Response` tag (`Api` is 1), for an
+/// answer the `Result` tag (`Ok` is 0), then the variant (one byte below 251).
+fn api_variant(frame: &[u8], answer: bool) -> Option<u8> {
+    let rest = frame.get(2..)?;
+    let rest = rest.strip_prefix(&[1])?;
+    let rest = if answer {
+        rest.strip_prefix(&[0])?
+    } else {
+        rest
+    };
+    codec::peek_variant(rest)
+}
+
+#[test]
+fn v0_1_0_operator_frames_of_every_variant_decode_and_encode_back_to_the_same_bytes() {
+    let api = fixtures("v0.1.0").join("wire/api");
+    let (mut requests, mut answers) = (
+        std::collections::BTreeSet::new(),
+        std::collections::BTreeSet::new(),
+    );
+    for (name, bytes) in files(&api) {
+        let again = if name.starts_with("request-") {
+            requests.extend(api_variant(&bytes, false));
+            frame_body(&codec::decode_frame_body::<Request>(&bytes).unwrap())
+        } else {
+            answers.extend(api_variant(&bytes, true));
+            frame_body(&codec::decode_frame_body::<Response>(&bytes).unwrap())
+        };
+        assert_eq!(again, bytes, "api/{name} re-encodes differently");
+    }
+    for (_, bytes) in files(&fixtures("v0.1.0").join("wire/request_frame")) {
+        requests.extend(api_variant(&bytes, false));
+    }
+    for (_, bytes) in files(&fixtures("v0.1.0").join("wire/response_frame")) {
+        answers.extend(api_variant(&bytes, true));
+    }
+    // Every variant v0.1.0 had is among the fixtures, so none can change unnoticed.
+    let all = |n: u8| (0..n).collect::<std::collections::BTreeSet<u8>>();
+    assert_eq!(
+        requests,
+        all(V0_1_0_API_REQUESTS),
+        "request variants covered"
+    );
+    assert_eq!(
+        answers,
+        all(V0_1_0_API_RESPONSES),
+        "answer variants covered"
+    );
+}
+
 #[test]
 fn v0_1_0_raft_messages_decode_and_encode_back_to_the_same_bytes() {
     for (name, bytes) in files(&fixtures("v0.1.0").join("wire/raft_rpc")) {
