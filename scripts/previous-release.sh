@@ -24,9 +24,12 @@ if [ -x "$out/qvdc" ] && [ -x "$out/qhost" ] && [ "$(cat "$out/COMMIT" 2>/dev/nu
   echo "$out"
   exit 0
 fi
-work="$root/target/releases/src-$tag"
-cleanup() { git worktree remove --force "$work" 2>/dev/null || rm -rf "$work"; git worktree prune; }
-cleanup
+# Outside this checkout: cargo merges the .cargo/config.toml of every parent directory, and
+# a release tree inside this one would build with this tree's flags twice, which changes
+# every dependency's fingerprint and rebuilds them all.
+scratch=$(mktemp -d)
+work="$scratch/src-$tag"
+cleanup() { git worktree remove --force "$work" 2>/dev/null || true; rm -rf "$scratch"; git worktree prune; }
 trap cleanup EXIT
 if ! git cat-file -e "$commit^{commit}" 2>/dev/null; then
   echo "previous-release: commit $commit of $tag is not in this clone (a shallow clone?" \
