@@ -133,11 +133,7 @@ pub fn open_in_memory() -> Result<Arc<Database>> {
 
 /// The storage format of `database`: its `format` record, or 1 for a file that holds data
 /// but no record (written by qvdc 0.1.0), or `None` for a new, empty file.
-pub fn storage_format(database: &Database, place: &str) -> Result<Option<u32>> {
-    read_format(database, place)
-}
-
-fn read_format(database: &impl ReadableDatabase, place: &str) -> Result<Option<u32>> {
+pub fn storage_format(database: &impl ReadableDatabase, place: &str) -> Result<Option<u32>> {
     let record = db(|| {
         let txn = database.begin_read()?;
         let meta = txn.open_table(META)?;
@@ -237,7 +233,7 @@ pub fn inspect_format(path: &Path) -> Result<Option<u32>> {
         Err(redb::DatabaseError::RepairAborted) => return Err(StoreError::NeedsRepair { place }),
         other => other.map_err(redb::Error::from)?,
     };
-    let found = read_format(&database, &place)?;
+    let found = storage_format(&database, &place)?;
     match found {
         Some(found) if found > STORAGE_FORMAT => Err(StoreError::NewerFormat {
             place,
