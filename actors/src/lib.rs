@@ -237,6 +237,20 @@ impl Supervision {
         Ok(out)
     }
 
+    /// How long each supervised host has been silent, counted from the tree's start for a
+    /// host not heard from since; a host supervisor that does not answer counts as silent
+    /// for no time (it is not taken for lost).
+    pub async fn silences(&self) -> Result<BTreeMap<String, Duration>, SupervisionError> {
+        let hosts = self.children(ClusterMsg::Hosts).await?;
+        let mut out = BTreeMap::new();
+        for (host, actor) in hosts {
+            let answer = actor.call(HostMsg::Silence, timeout()).await;
+            let silence = answer.ok().and_then(|r| r.success_or(()).ok());
+            out.insert(host, silence.unwrap_or_default());
+        }
+        Ok(out)
+    }
+
     /// Stops the tree and waits until every actor has stopped.
     pub async fn stop(self) {
         let _ = self

@@ -52,6 +52,8 @@ pub(crate) struct Context {
     /// Set when the node is being stopped on purpose: it no longer serves as leader (no
     /// supervision, no reads, no writes) while it hands leadership over.
     pub(crate) stepping_down: std::sync::atomic::AtomicBool,
+    /// HA's soft state on the leader: the latest plan, the fence lists sent to hosts.
+    pub(crate) ha: std::sync::Mutex<crate::ha::HaState>,
 }
 
 /// Members of the Raft membership as one node has watched it change.

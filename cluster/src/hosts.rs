@@ -71,7 +71,12 @@ pub(crate) async fn handle(
                 vms_known,
                 networks,
             };
+            let lease = crate::ha::lease(node, &host_id, connection.stable_id());
             supervision.heartbeat(host_id, link(connection), reports);
+            Response::Host(lease)
+        }
+        HostMessage::Capabilities { host_id, leases } => {
+            crate::ha::capabilities(node, &host_id, connection.stable_id(), leases);
             Response::Host(HostReply::HeartbeatAck)
         }
         HostMessage::InventoryChanged { host_id, inventory } => {

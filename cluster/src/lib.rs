@@ -11,6 +11,7 @@ mod calls;
 pub mod client;
 mod context;
 mod forward;
+mod ha;
 mod hosts;
 mod lease;
 pub mod node;

@@ -146,6 +146,7 @@ impl Node {
             servers: std::sync::Mutex::new(Servers::default()),
             connections: Arc::default(),
             stepping_down: Default::default(),
+            ha: Default::default(),
         });
         let revocations = tokio::spawn(crate::revocation::enforce(
             inner.connections.clone(),
@@ -316,6 +317,7 @@ async fn follow_leadership(node: Arc<Context>, timings: Timings) {
                         leadership,
                     });
                     *slot = Some(supervision);
+                    tokio::spawn(crate::ha::watch(node.clone(), leadership));
                 }
                 Err(e) => warn!(error = %e, "could not start supervision"),
             }

@@ -62,6 +62,7 @@ fn in_natural_order(response: &ApiResponse) -> ApiResponse {
             pools.iter_mut().for_each(pool);
         }
         ApiResponse::Vms(vms) => sort_naturally(vms, |v| &v.spec.name),
+        ApiResponse::VmHa(views) => sort_naturally(views, |v| &v.vm),
         ApiResponse::Files { files, .. } => sort_naturally(files, |f| &f.name),
         ApiResponse::Volumes(volumes) => sort_naturally(volumes, |v| &v.name),
         ApiResponse::Host(detail) => {
@@ -133,6 +134,7 @@ pub fn render(response: &ApiResponse, format: Format) -> String {
                     file.len()
                 )
             }
+            ApiResponse::VmHa(views) => ha_table(views),
         },
     }
 }
@@ -173,8 +175,22 @@ fn json(response: &ApiResponse) -> String {
         ApiResponse::Backup { index, term, file } => Ok(serde_json::json!({
             "index": index, "term": term, "bytes": file.len(),
         })),
+        ApiResponse::VmHa(v) => serde_json::to_value(v),
     };
     serde_json::to_string_pretty(&value.expect("API types serialize")).expect("JSON values print")
+}
+
+fn ha_table(views: &[qvdc_transport::protocol::VmHaView]) -> String {
+    let mut t = table(&["VM", "HOST", "HA", "STATUS"]);
+    for v in views {
+        t.add_row(vec![
+            v.vm.clone(),
+            v.host.clone(),
+            v.policy.to_string(),
+            v.status.clone().unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    t.to_string()
 }
 
 fn table(header: &[&str]) -> Table {

@@ -358,7 +358,7 @@ fn check_config_reports_the_data_directory_and_refuses_what_cannot_start() {
     let older = check("1", &old);
     assert!(older.status.success(), "{}", text(&older));
     assert!(
-        text(&older).contains("storage format 1, migrated to 2"),
+        text(&older).contains("storage format 1, migrated to 3"),
         "{}",
         text(&older)
     );

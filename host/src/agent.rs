@@ -16,8 +16,8 @@ use qvdc_transport::{
     limits::{VM_MEMORY_BYTES_MIN, VM_VCPUS_MAX},
     protocol::{
         CommandOutput, CommandResult, HostCommand, HostCommandKind, HostError, HostErrorKind,
-        HostMessage, HostReply, Inventory, NetworkReport, PowerState, Request, Response, VmDisk,
-        VmReport, VmSpec,
+        HostMessage, HostReply, Inventory, IsolationResponse, NetworkReport, PowerState, Request,
+        Response, VmDisk, VmReport, VmSpec, HOST_LEASE_MS, ISOLATION_RESPONSE_MS,
     },
     quic, Endpoint, TransportError,
 };
@@ -27,6 +27,7 @@ use tracing::{debug, info, warn};
 use crate::{
     fence::{Fence, FenceError},
     hypervisor::{DomainDisk, DomainNic, DomainSpec, Hypervisor},
+    lease::{HostLease, LeaseStore},
     mounter::Mounter,
     network::{Networker, Networks},
     pools::{validate_volume_name, PoolOp, Pools},
@@ -47,6 +48,8 @@ const REDIAL: Backoff = Backoff::from_millis(REDIAL_BACKOFF_MS_MIN, REDIAL_BACKO
 pub const COMMANDS_IN_FLIGHT_MAX: usize = 64;
 /// Reboot requests a host remembers, so that a retried one does not reboot a guest twice.
 pub const REBOOTS_REMEMBERED_MAX: usize = 1_024;
+/// How often the agent checks whether its lease lapsed.
+const ISOLATION_CHECK_MS: u64 = 200;
 /// How often `qhost` looks at its hardware again.
 pub const INVENTORY_RESCAN_MS: u64 = 60_000;
 
@@ -90,6 +93,7 @@ struct Host<M, H, N> {
     survey: std::sync::Mutex<Survey>,
     /// The reboots of recent operator requests (request id, VM), latest last.
     rebooted: std::sync::Mutex<std::collections::VecDeque<((String, String), RebootOnce)>>,
+    lease: HostLease,
 }
 
 /// One operator request's reboot: done at most once, its answer shared by retries.
@@ -168,6 +172,7 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
             networks: Networks::new(parts.networker),
             survey: std::sync::Mutex::default(),
             rebooted: std::sync::Mutex::default(),
+            lease: HostLease::default(),
         };
         Self {
             config,
@@ -179,6 +184,14 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
         }
     }
 
+    /// Keeps the host's lease in `store`, so a restarted agent knows when its lease lapses
+    /// and what to stop then. Without it, the lease lives in the agent's memory.
+    pub fn with_lease_store(mut self, store: impl LeaseStore) -> Self {
+        let host = Arc::get_mut(&mut self.host).expect("set before the agent runs");
+        host.lease = HostLease::new(Box::new(store));
+        self
+    }
+
     /// Runs until the task is dropped.
     pub async fn run(mut self) {
         let interval = Duration::from_millis(self.config.heartbeat_interval_ms);
@@ -187,6 +200,11 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
             interval,
             self.report_now.clone(),
             self.surveyed.clone(),
+        )));
+        self.host.pools.discover().await;
+        let _fencing = AbortOnDrop(tokio::spawn(isolation_loop(
+            self.host.clone(),
+            self.report_now.clone(),
         )));
         let describe = self.host.vms.hypervisor().describe();
         let described = tokio::time::timeout(Duration::from_millis(REQUEST_TIMEOUT_MS), describe);
@@ -282,6 +300,19 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
             return SessionEnd::Failed(e.to_string());
         }
         *failures = 0;
+        let capabilities = HostMessage::Capabilities {
+            host_id: self.config.host_id.clone(),
+            leases: true,
+        };
+        match self.request(&connection, capabilities).await {
+            Ok(Response::Host(HostReply::HeartbeatAck)) => {}
+            // A leader of a release without leases: heartbeats are acknowledged as before.
+            Ok(Response::Malformed { .. }) => {
+                info!("the leader does not grant host leases; this host will not fence itself");
+            }
+            Ok(other) => return not_registered(other),
+            Err(end) => return end,
+        }
         let commands = tokio::spawn(serve_commands(
             connection.clone(),
             self.host.clone(),
@@ -338,8 +369,14 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
                 vms_known,
                 networks: self.host.network_reports(),
             };
+            let sent_at = Instant::now();
             match self.request(connection, beat).await {
-                Ok(Response::Host(HostReply::HeartbeatAck)) => {}
+                Ok(Response::Host(HostReply::Lease { fenced })) => {
+                    self.host.lease.renew(sent_at, fenced);
+                }
+                // A leader of a release without HA: it restarts nothing elsewhere, so this
+                // host has nothing to fence.
+                Ok(Response::Host(HostReply::HeartbeatAck)) => self.host.lease.disarm(),
                 Ok(other) => return not_registered(other),
                 Err(end) => return end,
             }
@@ -422,6 +459,89 @@ async fn survey_loop<M: Mounter, H: Hypervisor, N: Networker>(
 }
 
 /// Aborts a task when dropped: a task that lives as long as its owner's future.
+/// Runs the isolation response while the lease is lapsed: on every check, every qvdc domain
+/// the hypervisor lists that is not shut off is stopped as its response says (one on no
+/// fence list is powered off: the list naming it may not have arrived), so a stop that
+/// failed is tried again and a guest that started late is stopped too. The first check
+/// runs before anything else the agent does after `AgentStarted`.
+async fn isolation_loop<M: Mounter, H: Hypervisor, N: Networker>(
+    host: Arc<Host<M, H, N>>,
+    report_now: Arc<Notify>,
+) {
+    let mut ticker = tokio::time::interval(Duration::from_millis(ISOLATION_CHECK_MS));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stops: tokio::task::JoinSet<String> = tokio::task::JoinSet::new();
+    let mut stopping = std::collections::BTreeSet::new();
+    let mut kept = std::collections::BTreeSet::new();
+    let mut first = true;
+    loop {
+        ticker.tick().await;
+        while let Some(done) = stops.try_join_next() {
+            if let Ok(name) = done {
+                stopping.remove(&name);
+            }
+        }
+        let lapse = host.lease.respond(Instant::now());
+        if let Some((fenced, new_lapse)) = lapse {
+            if new_lapse {
+                warn!("lease lapsed: no leader renewed it for {HOST_LEASE_MS} ms; stopping HA VMs so they can run elsewhere");
+                kept.clear();
+            }
+            match host.vms.reports().await {
+                Err(e) => {
+                    warn!(error = %e, "lease lapsed, but the hypervisor does not list its domains; retrying")
+                }
+                Ok(domains) => {
+                    for domain in domains.iter().filter(|d| d.power != PowerState::ShutOff) {
+                        let Some(id) = domain.id.as_deref() else {
+                            continue; // not qvdc's: never touched
+                        };
+                        let response = fenced
+                            .iter()
+                            .find(|f| f.id == id)
+                            .map_or(IsolationResponse::PowerOff, |f| f.response);
+                        let name = domain.name.clone();
+                        let op = match response {
+                            IsolationResponse::Keep => {
+                                if kept.insert(name.clone()) {
+                                    info!(vm = %name, "isolation response: kept running");
+                                    facts::state(Fact::KeptOnIsolation {
+                                        host: host.id.clone(),
+                                        vm: name,
+                                    });
+                                }
+                                continue;
+                            }
+                            IsolationResponse::ShutDown => VmOp::Shutdown {
+                                timeout_ms: ISOLATION_RESPONSE_MS,
+                            },
+                            IsolationResponse::PowerOff => VmOp::ForceOff,
+                        };
+                        if !stopping.insert(name.clone()) {
+                            continue; // a stop is under way
+                        }
+                        let (host, report_now) = (host.clone(), report_now.clone());
+                        stops.spawn(async move {
+                            match host.vms.execute(&name, op).await {
+                                Ok(_) => info!(vm = %name, "isolation response: stopped"),
+                                Err(e) => warn!(vm = %name, error = %e, "isolation response failed; retrying"),
+                            }
+                            host.command_finished();
+                            report_now.notify_one();
+                            name
+                        });
+                    }
+                }
+            }
+        }
+        if std::mem::take(&mut first) {
+            facts::state(Fact::AgentStarted {
+                host: host.id.clone(),
+            });
+        }
+    }
+}
+
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
@@ -549,6 +669,10 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Host<M, H, N> {
                 let domain = self.resolve(spec)?;
                 vm(domain.name.clone(), VmOp::Define(domain)).await
             }
+            K::StartVm { name } if self.lease.lapsed(Instant::now()) => Err(HostError::new(
+                HostErrorKind::Conflict,
+                format!("not starting {name}: this host's lease lapsed (it lost the control plane), so its HA VMs may be restarted elsewhere; it starts guests again once a leader renews the lease"),
+            )),
             K::StartVm { name } => vm(name, VmOp::Start).await,
             K::ShutdownVm { name, timeout_ms } => vm(name, VmOp::Shutdown { timeout_ms }).await,
             K::RebootVm { name, request } => {

@@ -9,7 +9,7 @@
 use std::{
     collections::BTreeMap,
     future::Future,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
 };
 
@@ -282,11 +282,102 @@ impl SimState {
 #[derive(Debug, Default, Clone)]
 pub struct SimHypervisor {
     state: Arc<Mutex<SimState>>,
+    /// The shared storage's locks, and this host's pool root (a disk's path below it names
+    /// the same file on every host).
+    locks: Option<(SimStorageLocks, String, PathBuf)>,
+}
+
+/// The write locks QEMU takes on disk images on shared storage, across every simulated
+/// hypervisor of a world: a guest cannot start while a guest of another hypervisor runs
+/// (or is paused) on one of its disks, as with QEMU's image locks and libvirt's `lockd`.
+#[derive(Debug, Default, Clone)]
+pub struct SimStorageLocks(Arc<Mutex<Vec<LockHolder>>>);
+
+/// A hypervisor whose guests take storage locks: its host, its pool root, its domains.
+#[derive(Debug)]
+struct LockHolder {
+    host: String,
+    root: PathBuf,
+    state: std::sync::Weak<Mutex<SimState>>,
+}
+
+impl SimStorageLocks {
+    /// The disk `path` of a hypervisor whose pools are below `root`, as the storage knows it.
+    fn key(root: &Path, path: &str) -> Option<PathBuf> {
+        Path::new(path)
+            .strip_prefix(root)
+            .ok()
+            .map(Path::to_path_buf)
+    }
+
+    /// A disk of `disks` that a live guest of another hypervisor than `me` holds, and that
+    /// hypervisor's host.
+    fn held_elsewhere(
+        &self,
+        me: &Arc<Mutex<SimState>>,
+        root: &Path,
+        disks: &[DiskReport],
+    ) -> Option<(String, String)> {
+        let wanted: Vec<PathBuf> = disks
+            .iter()
+            .filter_map(|d| Self::key(root, d.file.as_deref()?))
+            .collect();
+        let registry = self.0.lock().expect("storage locks poisoned");
+        for holder in registry.iter() {
+            let other_root = &holder.root;
+            let Some(other) = holder.state.upgrade().filter(|o| !Arc::ptr_eq(o, me)) else {
+                continue;
+            };
+            let other = other.lock().expect("sim hypervisor poisoned");
+            let live = other
+                .domains
+                .values()
+                .filter(|d| matches!(d.power, PowerState::Running | PowerState::Paused));
+            for disk in live.flat_map(|d| &d.disks) {
+                let Some(key) = disk.file.as_deref().and_then(|f| Self::key(other_root, f)) else {
+                    continue;
+                };
+                if wanted.contains(&key) {
+                    return Some((key.display().to_string(), holder.host.clone()));
+                }
+            }
+        }
+        None
+    }
 }
 
 impl SimHypervisor {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Host `host`'s hypervisor, whose guests take `locks` on their disks below
+    /// `pool_root`.
+    pub fn with_storage_locks(locks: &SimStorageLocks, host: &str, pool_root: PathBuf) -> Self {
+        let hypervisor = Self::default();
+        locks
+            .0
+            .lock()
+            .expect("storage locks poisoned")
+            .push(LockHolder {
+                host: host.to_owned(),
+                root: pool_root.clone(),
+                state: Arc::downgrade(&hypervisor.state),
+            });
+        Self {
+            locks: Some((locks.clone(), host.to_owned(), pool_root)),
+            ..hypervisor
+        }
+    }
+
+    /// The host lost power: every guest stopped, every lock it held is free.
+    pub fn power_loss(&self) {
+        let mut state = self.state.lock().expect("sim hypervisor poisoned");
+        for domain in state.domains.values_mut() {
+            if domain.power != PowerState::ShutOff {
+                set_power(domain, PowerState::ShutOff, "power lost");
+            }
+        }
     }
 
     fn state(&self) -> Result<std::sync::MutexGuard<'_, SimState>, HostError> {
@@ -457,6 +548,24 @@ impl Hypervisor for SimHypervisor {
 
     async fn start(&self, name: String) -> Result<(), HostError> {
         self.unless_hung().await;
+        if let Some((locks, host, root)) = &self.locks {
+            let disks = {
+                let state = self.state()?;
+                let domain = state.domains.get(&name).ok_or_else(|| not_found(&name))?;
+                domain.disks.clone()
+            };
+            if let Some((disk, holder)) = locks.held_elsewhere(&self.state, root, &disks) {
+                qvdc_transport::facts::state(qvdc_transport::facts::Fact::StorageLockRefused {
+                    host: host.clone(),
+                    vm: name.clone(),
+                    holder,
+                });
+                return Err(HostError::new(
+                    HostErrorKind::Conflict,
+                    format!("starting {name}: Failed to get \"write\" lock on {disk}: a guest on another host holds it"),
+                ));
+            }
+        }
         self.with_domain(&name, "start", |d, _| {
             if d.power != PowerState::Running {
                 boot(d);

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod fence;
 pub mod hypervisor;
 pub mod inventory;
+pub mod lease;
 pub mod libvirt;
 pub mod mounter;
 pub mod network;

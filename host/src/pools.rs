@@ -77,6 +77,10 @@ pub struct Pools<M> {
     /// Signalled when a pool's report changed because of a command.
     changed: Arc<Notify>,
     pools: Mutex<BTreeMap<String, PoolHandle>>,
+    /// Pools found mounted under the root when the agent started (left by its previous run)
+    /// that no command has taken up yet: reported, so the leader either initialises them
+    /// (still assigned) or has them removed (unassigned meanwhile).
+    found: Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// Checks a volume's name: a plain file name in the pool's directory.
@@ -119,6 +123,26 @@ impl<M: Mounter> Pools<M> {
             probe_interval,
             changed,
             pools: Mutex::new(BTreeMap::new()),
+            found: Mutex::default(),
+        }
+    }
+
+    /// Takes note of the pools an earlier run left mounted under the root.
+    pub async fn discover(&self) {
+        match self.mounter.mounted_below(self.root.clone()).await {
+            Ok(names) => {
+                if !names.is_empty() {
+                    info!(pools = ?names, "found pools mounted by an earlier run");
+                }
+                let names = names
+                    .into_iter()
+                    .filter(|n| validate_volume_name(n).is_ok());
+                self.found
+                    .lock()
+                    .expect("found pools poisoned")
+                    .extend(names);
+            }
+            Err(e) => warn!(error = %e, "cannot list the mounts under the pool root"),
         }
     }
 
@@ -154,11 +178,33 @@ impl<M: Mounter> Pools<M> {
         if let PoolOp::DeleteVolume { name } = &op {
             validate_volume_name(name)?;
         }
+        let found = self
+            .found
+            .lock()
+            .expect("found pools poisoned")
+            .contains(name);
+        if found && op == PoolOp::Remove && !self.table().contains_key(name) {
+            let target = self.mount_path(name);
+            self.mounter
+                .unmount(target)
+                .await
+                .map_err(|e| HostError::new(HostErrorKind::Failed, e.to_string()))?;
+            self.found
+                .lock()
+                .expect("found pools poisoned")
+                .remove(name);
+            self.changed.notify_one();
+            return Ok(CommandOutput::Done);
+        }
         let mailbox = {
             let mut table = self.table();
             match (table.get(name), &op) {
                 (Some(handle), _) => handle.mailbox.clone(),
                 (None, PoolOp::Init(spec)) => {
+                    self.found
+                        .lock()
+                        .expect("found pools poisoned")
+                        .remove(name);
                     let handle = self.spawn(spec.clone());
                     let mailbox = handle.mailbox.clone();
                     table.insert(name.to_owned(), handle);
@@ -216,10 +262,24 @@ impl<M: Mounter> Pools<M> {
 
     /// The latest report of every pool, without waiting for any filesystem.
     pub fn reports(&self) -> Vec<PoolReport> {
-        self.table()
+        let table = self.table();
+        let mut reports: Vec<PoolReport> = table
             .values()
             .map(|h| h.report.lock().expect("pool report poisoned").clone())
-            .collect()
+            .collect();
+        let found = self.found.lock().expect("found pools poisoned");
+        for name in found.iter().filter(|n| !table.contains_key(*n)) {
+            reports.push(PoolReport {
+                pool: name.clone(),
+                mounted: true,
+                mount_path: self.mount_path(name).display().to_string(),
+                capacity: Default::default(),
+                volume_count: 0,
+                health: Health::Unknown,
+                error: Some("found mounted when the agent started; not probed yet".into()),
+            });
+        }
+        reports
     }
 }
 

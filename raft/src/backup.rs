@@ -160,8 +160,8 @@ pub fn decode(file: &[u8]) -> Result<Backup, BackupError> {
             release: env!("CARGO_PKG_VERSION"),
         });
     }
-    let machine: MachineData =
-        codec::from_stored_bytes(&body.state).map_err(|e| BackupError::Contents(e.to_string()))?;
+    let machine =
+        MachineData::decode(&body.state).map_err(|e| BackupError::Contents(e.to_string()))?;
     let log_id = body
         .meta
         .last_log_id

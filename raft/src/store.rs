@@ -61,7 +61,10 @@ const KEY_FORMAT: &str = "format";
 ///
 /// * 1 — qvdc 0.1.0: the tables and records below, without a `format` key.
 /// * 2 — the same records, with the `format` key.
-pub const STORAGE_FORMAT: u32 = 2;
+/// * 3 — a VM record holds its HA policy; snapshot data starts with a tag, and data without
+///   it is read as formats 1–2's (see [`MachineData::decode`]). Log entries may hold the
+///   commands appended in this format (HA, fail-over, host removal).
+pub const STORAGE_FORMAT: u32 = 3;
 /// The oldest storage format this build migrates forward.
 pub const STORAGE_FORMAT_OLDEST: u32 = 1;
 
@@ -185,7 +188,7 @@ pub(crate) fn write_starting_point(
                 last.leader_id.term, last.leader_id.node_id, last.index
             ),
         },
-        data: codec::to_stored_bytes(machine)?,
+        data: machine.encode()?,
     };
     let stored = codec::to_stored_bytes(&stored)?;
     let purged = codec::to_stored_bytes(&last)?;
@@ -271,6 +274,8 @@ fn upgrade_format(database: &Database, place: &str) -> Result<()> {
     db(|| {
         let txn = database.begin_write()?;
         // Format 1 → 2 changes no record: it only adds the `format` key written below.
+        // 2 → 3 rewrites nothing either: untagged snapshot data is read as format 2's, and
+        // the next snapshot is written in format 3.
         txn.open_table(META)?
             .insert(KEY_FORMAT, STORAGE_FORMAT.to_be_bytes().as_slice())?;
         txn.commit()?;
@@ -672,6 +677,52 @@ pub(crate) struct MachineData {
     pub(crate) state: DesiredState,
 }
 
+/// Snapshot data from storage format 3 on starts with this tag, then the encoded
+/// [`MachineData`]. Data without it is formats 1–2's (VMs without an HA policy), which a
+/// bincode encoding never starts with 0xff: its first byte is an `Option`'s tag.
+const MACHINE_DATA_TAG: &[u8] = b"\xffqvdc-state-3\n";
+
+/// [`MachineData`] as storage formats 1 and 2 encoded it.
+#[derive(Serialize, Deserialize)]
+struct MachineData2 {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    state: crate::model::format_2::DesiredState2,
+}
+
+impl MachineData {
+    /// The snapshot data of this state, as every snapshot, backup and transfer holds it.
+    /// A state no format-3 record is needed for (no VM has an HA policy) is written as
+    /// format 2 wrote it, untagged, so a node of the previous release can still install a
+    /// snapshot from this one during a rolling upgrade.
+    pub(crate) fn encode(&self) -> Result<Vec<u8>> {
+        if let Some(state) = self.state.to_format_2() {
+            let old = MachineData2 {
+                last_applied: self.last_applied,
+                membership: self.membership.clone(),
+                state,
+            };
+            return Ok(codec::to_stored_bytes(&old)?);
+        }
+        let mut bytes = MACHINE_DATA_TAG.to_vec();
+        bytes.extend(codec::to_stored_bytes(self)?);
+        Ok(bytes)
+    }
+
+    /// Reads snapshot data of any storage format this build reads.
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self> {
+        if let Some(current) = bytes.strip_prefix(MACHINE_DATA_TAG) {
+            return Ok(codec::from_stored_bytes(current)?);
+        }
+        let old: MachineData2 = codec::from_stored_bytes(bytes)?;
+        Ok(Self {
+            last_applied: old.last_applied,
+            membership: old.membership,
+            state: old.state.into(),
+        })
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta,
@@ -680,7 +731,7 @@ struct StoredSnapshot {
 
 /// Decodes a snapshot's data as `install_snapshot` does: for fuzzing and tests.
 pub fn decode_snapshot(bytes: &[u8]) -> Result<()> {
-    codec::from_stored_bytes::<MachineData>(bytes)?;
+    MachineData::decode(bytes)?;
     Ok(())
 }
 
@@ -711,7 +762,7 @@ impl StateMachine {
         node: NodeId,
     ) -> Result<(Self, watch::Receiver<Arc<DesiredState>>)> {
         let data: MachineData = match get::<StoredSnapshot>(&db, MACHINE, KEY_SNAPSHOT)? {
-            Some(stored) => codec::from_stored_bytes(&stored.data)?,
+            Some(stored) => MachineData::decode(&stored.data)?,
             None => MachineData::default(),
         };
         let (published, subscribed) = watch::channel(Arc::new(data.state.clone()));
@@ -766,11 +817,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 membership: self.data.membership.clone(),
                 state,
             };
-            codec::to_stored_bytes(&data)
+            data.encode()
         } else {
-            codec::to_stored_bytes(&self.data)
+            self.data.encode()
         };
-        let bytes = bytes.map_err(|e| sm_write_err(e.into()))?;
+        let bytes = bytes.map_err(sm_write_err)?;
         let last = self.data.last_applied;
         let snapshot_id = match last {
             Some(id) => format!(
@@ -860,7 +911,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> std::result::Result<(), StorageError> {
         let bytes = snapshot.into_inner();
-        let data: MachineData = codec::from_stored_bytes(&bytes).map_err(|e| {
+        let data = MachineData::decode(&bytes).map_err(|e| {
             StorageError::from(StorageIOError::read_snapshot(
                 Some(meta.signature()),
                 AnyError::new(&e),
@@ -1086,6 +1137,83 @@ mod tests {
                 .map(|i| register(&format!("host-{i}"), i))
                 .collect::<Vec<_>>()
         );
+    }
+
+    /// Snapshot data is written as format 2 wrote it while no VM has an HA policy (so the
+    /// previous release can install it), tagged as format 3 once one has; both read back.
+    #[test]
+    fn snapshot_data_stays_in_format_2_until_a_vm_has_an_ha_policy() {
+        use qvdc_transport::protocol::{
+            DesiredPower, HaPolicy, PoolSource, PoolSpec, VmDisk, VmSpec, VolumeFormat,
+        };
+        let mut data = MachineData::default();
+        let setup = [
+            Command::RegisterHost {
+                host_id: "host-1".into(),
+                inventory: Inventory::default(),
+            },
+            Command::CreatePool {
+                spec: PoolSpec {
+                    scope: Default::default(),
+                    name: "shared".into(),
+                    source: PoolSource::Dir {
+                        path: "/srv/shared".into(),
+                    },
+                },
+                hosts: vec!["host-1".into()],
+            },
+            Command::CreateVolume {
+                pool: "shared".into(),
+                name: "d".into(),
+                format: VolumeFormat::Qcow2,
+                size_bytes: 1 << 30,
+                host: None,
+            },
+            Command::CreateVm {
+                spec: VmSpec {
+                    id: "vm-1".into(),
+                    name: "web".into(),
+                    vcpus: 1,
+                    memory_bytes: 64 << 20,
+                    disks: vec![VmDisk {
+                        pool: "shared".into(),
+                        volume: "d".into(),
+                        format: VolumeFormat::Qcow2,
+                    }],
+                    nics: Vec::new(),
+                },
+                host: "host-1".into(),
+                power: DesiredPower::Running,
+            },
+        ];
+        for command in &setup {
+            assert!(!matches!(
+                data.state.apply(command),
+                crate::model::Outcome::Rejected(_)
+            ));
+        }
+        let old = data.encode().unwrap();
+        assert!(!old.starts_with(MACHINE_DATA_TAG), "no HA yet: format 2");
+        let _: MachineData2 = codec::from_stored_bytes(&old).unwrap();
+        assert_eq!(MachineData::decode(&old).unwrap().state, data.state);
+        assert_eq!(Some(data.state.digest()), data.state.digest_in_format_2());
+
+        let ha = HaPolicy {
+            restart: true,
+            ..Default::default()
+        };
+        let set = Command::SetVmHa {
+            name: "web".into(),
+            ha,
+        };
+        assert_eq!(data.state.apply(&set), crate::model::Outcome::Applied);
+        let new = data.encode().unwrap();
+        assert!(
+            new.starts_with(MACHINE_DATA_TAG),
+            "an HA policy needs format 3"
+        );
+        assert_eq!(MachineData::decode(&new).unwrap().state.vms["web"].ha, ha);
+        assert!(codec::from_stored_bytes::<MachineData2>(&new).is_err());
     }
 
     /// The decoders the fuzzers drive read what the store writes, and refuse what it did

@@ -18,8 +18,8 @@ use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 use anyhow::{bail, ensure, Context};
 use qvdc_cluster::{Client, ClientError};
 use qvdc_transport::protocol::{
-    ApiErrorKind, ApiRequest, ApiResponse, DesiredPower, Health, PoolScope, PoolSpec, PowerState,
-    VmDisk, VmSpec, VolumeFormat,
+    ApiErrorKind, ApiRequest, ApiResponse, DesiredPower, HaPolicy, Health, IsolationResponse,
+    PoolScope, PoolSpec, PowerState, VmDisk, VmSpec, VolumeFormat,
 };
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use tokio::time::Instant;
@@ -115,6 +115,14 @@ async fn script(
         hosts: vec![SimConfig::host_name(1)],
     };
     ask(&mut admin, legacy).await?;
+    // The shared pool HA VMs' disks are in: its lock is what stops a second copy of a guest
+    // whose host's agent died.
+    let ha = ApiRequest::PoolCreate {
+        request_id: admin.new_request_id(),
+        spec: world::dir_pool(HA_POOL),
+        hosts: (1..=config.hosts).map(SimConfig::host_name).collect(),
+    };
+    ask(&mut admin, ha).await?;
 
     let start = Instant::now();
     let end = start + config.chaos.duration;
@@ -321,6 +329,8 @@ fn some_hosts(config: &SimConfig, rng: &mut StdRng) -> Vec<String> {
 
 /// The local pool the VMs' disks are made in (every host has its own storage under it).
 const LOCAL_POOL: &str = "local";
+/// The shared pool of the HA VMs' disks.
+const HA_POOL: &str = "ha";
 
 async fn think(rng: &mut StdRng) {
     let pause = rng.gen_range(THINK_MS.0..=THINK_MS.1);
@@ -411,9 +421,28 @@ async fn vms_client(config: &SimConfig, mut client: Client, end: Instant) {
                 made += 1;
                 format!("vm{}", made - 1)
             };
-            // A third of them on a disk of one host's own storage: placed there only.
+            // Half of them HA (restarted elsewhere when their host is lost), on a disk in the
+            // shared pool; a third of the others on a disk of one host's own storage, placed
+            // there only.
+            let ha = rng.gen_bool(0.5);
             let mut disks = Vec::new();
-            if rng.gen_bool(1.0 / 3.0) {
+            if ha {
+                let volume = format!("{create}.qcow2");
+                let make = ApiRequest::VolumeCreate {
+                    request_id: client.new_request_id(),
+                    pool: HA_POOL.into(),
+                    name: volume.clone(),
+                    format: VolumeFormat::Qcow2,
+                    size_bytes: 64 << 20,
+                    host: None,
+                };
+                let _ = send(&mut client, make).await;
+                disks.push(VmDisk {
+                    pool: HA_POOL.into(),
+                    volume,
+                    format: VolumeFormat::Qcow2,
+                });
+            } else if rng.gen_bool(1.0 / 3.0) {
                 let volume = format!("{create}.raw");
                 let on = SimConfig::host_name(rng.gen_range(1..=config.hosts));
                 let make = ApiRequest::VolumeCreate {
@@ -431,18 +460,38 @@ async fn vms_client(config: &SimConfig, mut client: Client, end: Instant) {
                     format: VolumeFormat::Raw,
                 });
             }
-            ApiRequest::VmCreate {
-                request_id: client.new_request_id(),
-                spec: VmSpec {
-                    id: String::new(),
-                    name: create,
-                    vcpus: 1,
-                    memory_bytes: 512 << 20,
-                    disks,
-                    nics: vec![],
-                },
-                host: None,
-                start: true,
+            let spec = VmSpec {
+                id: String::new(),
+                name: create,
+                vcpus: 1,
+                memory_bytes: 512 << 20,
+                disks,
+                nics: vec![],
+            };
+            if ha {
+                let isolation = match rng.gen_range(0..4) {
+                    0 => IsolationResponse::ShutDown,
+                    1 => IsolationResponse::Keep,
+                    _ => IsolationResponse::PowerOff,
+                };
+                ApiRequest::VmCreateHa {
+                    request_id: client.new_request_id(),
+                    spec,
+                    host: None,
+                    start: true,
+                    ha: HaPolicy {
+                        restart: true,
+                        priority: rng.gen_range(0..3),
+                        isolation,
+                    },
+                }
+            } else {
+                ApiRequest::VmCreate {
+                    request_id: client.new_request_id(),
+                    spec,
+                    host: None,
+                    start: true,
+                }
             }
         } else if draw < 36 {
             // The hosts' own domains: taken over, and given back.
@@ -515,7 +564,7 @@ async fn finish_releases(client: &mut Client) -> anyhow::Result<()> {
 /// The pools of the registry model: all but those the script made.
 fn registry_names(names: impl Iterator<Item = String>) -> std::collections::BTreeSet<String> {
     names
-        .filter(|name| name != LOCAL_POOL && name != world::LEGACY_POOL)
+        .filter(|name| name != LOCAL_POOL && name != world::LEGACY_POOL && name != HA_POOL)
         .collect()
 }
 

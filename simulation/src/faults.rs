@@ -10,7 +10,7 @@ use std::{collections::BTreeSet, time::Duration};
 
 use qvdc_host::{SimHypervisor, SimMounter};
 use qvdc_raft::store::DiskLatency;
-use qvdc_transport::sim::Impairment;
+use qvdc_transport::{protocol::PowerState, sim::Impairment};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use tokio::time::Instant;
 use tracing::info;
@@ -50,10 +50,18 @@ pub enum FaultKind {
     LibvirtHang,
     /// A control-plane node's disk turns slow: each commit of its Raft log waits 20–300 ms.
     SlowDisk,
+    /// A host loses power for long enough to be lost (its guests with it): HA restarts its
+    /// VMs elsewhere; it boots empty later.
+    HostPowerLoss,
+    /// A host is cut off from every control-plane node for long enough to be lost, while it
+    /// and its guests run on: it must fence itself before its VMs start elsewhere.
+    HostIsolation,
+    /// A host's agent dies (`kill -9`) while its guests run on, and is restarted later.
+    AgentKill,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 13] = [
+    pub const ALL: [FaultKind; 16] = [
         FaultKind::NodeCrash,
         FaultKind::NodePartition,
         FaultKind::AsymmetricPartition,
@@ -67,6 +75,9 @@ impl FaultKind {
         FaultKind::SlowDisk,
         FaultKind::LibvirtHang,
         FaultKind::NodeStop,
+        FaultKind::HostPowerLoss,
+        FaultKind::HostIsolation,
+        FaultKind::AgentKill,
     ];
 
     /// What the fault occupies: two faults on one thing are never in effect at once, so
@@ -77,10 +88,13 @@ impl FaultKind {
             FaultKind::NodePartition
             | FaultKind::AsymmetricPartition
             | FaultKind::HostPartition
+            | FaultKind::HostIsolation
             | FaultKind::DelaySpike => Slot::Links,
             FaultKind::PacketLoss => Slot::Loss,
             FaultKind::SlowDisk => Slot::Disk,
             FaultKind::HostCrash
+            | FaultKind::HostPowerLoss
+            | FaultKind::AgentKill
             | FaultKind::MountFailure
             | FaultKind::MountHang
             | FaultKind::LibvirtError
@@ -117,6 +131,10 @@ pub const CHAOS_MS_DEFAULT: u64 = 20_000;
 const FAULT_GAP_MS: (u64, u64) = (100, 1_000);
 /// How long a fault stays (uniform between these bounds).
 const FAULT_MS: (u64, u64) = (200, 6_000);
+/// How long a host stays lost: past HA's bound (12 s), by up to 14 s.
+const HOST_LOST_MS: (u64, u64) = (14_000, 26_000);
+/// How long a killed agent stays dead: sometimes past HA's bound, mostly not.
+const AGENT_DEAD_MS: (u64, u64) = (1_000, 16_000);
 /// How long a delay spike holds datagrams (uniform between these bounds).
 const SPIKE_MS: (u64, u64) = (50, 1_500);
 /// How long a slow disk makes each log commit wait (uniform between these bounds).
@@ -149,6 +167,8 @@ enum Undo {
 
 struct Active {
     until: Instant,
+    /// A host lost for longer than HA waits: kept past the chaos phase's end.
+    lost: bool,
     slot: Slot,
     /// The host a host fault is on.
     host: Option<String>,
@@ -193,13 +213,21 @@ pub(crate) async fn drive(config: &SimConfig, faults: &Shared<Faults>) -> FaultL
             log.injected += 1;
             active.push(Active {
                 until: now + fault.1.unwrap_or(lasting),
+                lost: matches!(kind, FaultKind::HostPowerLoss | FaultKind::HostIsolation),
                 slot: kind.slot(),
                 host: fault.2,
                 undo: fault.0,
             });
         }
     }
-    undo(faults, active);
+    // A host lost for good stays lost for its whole draw, so that HA acts on it (under a
+    // leader that has lasted long enough to count the host's silence); the rest heals now.
+    let (lost, rest): (Vec<Active>, Vec<Active>) = active.into_iter().partition(|a| a.lost);
+    undo(faults, rest);
+    if let Some(until) = lost.iter().map(|a| a.until).max() {
+        tokio::time::sleep_until(until).await;
+    }
+    undo(faults, lost);
     faults
         .lock()
         .expect("faults lock poisoned")
@@ -227,9 +255,36 @@ fn inject(
         .map(SimConfig::host_name)
         .filter(|h| !busy_hosts.contains(h))
         .collect();
-    let host =
-        (!free_hosts.is_empty()).then(|| free_hosts[rng.gen_range(0..free_hosts.len())].clone());
     let mut requested = faults.lock().expect("faults lock poisoned");
+    // A host is lost where it matters: one that runs VMs (none yet: another fault instead).
+    let hosts_running_vms: Vec<String> = match kind {
+        FaultKind::HostPowerLoss | FaultKind::HostIsolation | FaultKind::AgentKill => free_hosts
+            .iter()
+            .filter(|h| {
+                requested.hosts.get(*h).is_some_and(|parts| {
+                    parts.hypervisor.domains().iter().any(|(name, power)| {
+                        name != crate::world::UNMANAGED_DOMAIN && *power == PowerState::Running
+                    })
+                })
+            })
+            .cloned()
+            .collect(),
+        _ => Vec::new(),
+    };
+    let losing = matches!(
+        kind,
+        FaultKind::HostPowerLoss | FaultKind::HostIsolation | FaultKind::AgentKill
+    );
+    if losing && hosts_running_vms.is_empty() {
+        return None;
+    }
+    let pick_from = if losing {
+        &hosts_running_vms
+    } else {
+        &free_hosts
+    };
+    let host =
+        (!pick_from.is_empty()).then(|| pick_from[rng.gen_range(0..pick_from.len())].clone());
     let pairs = |a: &str, to: &[String]| -> Vec<(String, String)> {
         to.iter().map(|b| (a.to_owned(), b.clone())).collect()
     };
@@ -270,6 +325,40 @@ fn inject(
             (
                 Undo::Actions(vec![Action::Restart(host.clone())]),
                 None,
+                Some(host),
+            )
+        }
+        FaultKind::HostPowerLoss => {
+            let host = host?;
+            requested.actions.push(Action::Crash(host.clone()));
+            let lasting = rng.gen_range(HOST_LOST_MS.0..=HOST_LOST_MS.1);
+            info!(fault = "host-power-loss", machine = %host, lasting_ms = lasting, "fault injected");
+            (
+                Undo::Actions(vec![Action::Restart(host.clone())]),
+                Some(Duration::from_millis(lasting)),
+                Some(host),
+            )
+        }
+        FaultKind::HostIsolation => {
+            let host = host?;
+            let links = pairs(&host, &all_nodes);
+            requested.actions.push(Action::Partition(links.clone()));
+            let lasting = rng.gen_range(HOST_LOST_MS.0..=HOST_LOST_MS.1);
+            info!(fault = "host-isolation", machine = %host, lasting_ms = lasting, "fault injected");
+            (
+                Undo::Actions(vec![Action::Repair(links)]),
+                Some(Duration::from_millis(lasting)),
+                Some(host),
+            )
+        }
+        FaultKind::AgentKill => {
+            let host = host?;
+            requested.actions.push(Action::KillAgent(host.clone()));
+            let lasting = rng.gen_range(AGENT_DEAD_MS.0..=AGENT_DEAD_MS.1);
+            info!(fault = "agent-kill", machine = %host, lasting_ms = lasting, "fault injected");
+            (
+                Undo::Actions(vec![Action::Restart(host.clone())]),
+                Some(Duration::from_millis(lasting)),
                 Some(host),
             )
         }

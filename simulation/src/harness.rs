@@ -57,6 +57,11 @@ pub(crate) struct Faults {
     /// Each control-plane node's stop switch, as of its latest boot: a planned stop (the node
     /// hands leadership over, then stops serving) until it is restarted.
     pub(crate) stops: BTreeMap<String, std::sync::Arc<tokio::sync::Notify>>,
+    /// The mounts and guests of hosts whose agent was killed: they live on, and the agent's
+    /// next boot finds them.
+    pub(crate) kept: BTreeMap<String, HostParts>,
+    /// The shared storage's image locks, across every host's hypervisor.
+    pub(crate) storage_locks: qvdc_host::hypervisor::SimStorageLocks,
 }
 
 /// A change to the simulated world. Links are (from, to) machine pairs.
@@ -73,6 +78,9 @@ pub(crate) enum Action {
     Impair(Impairment),
     /// Every link between machines delivers again, held datagrams included.
     HealNetwork,
+    /// A host's agent dies (`kill -9`); its guests and mounts live on. Restart it with
+    /// [`Action::Restart`].
+    KillAgent(String),
 }
 
 /// A finished run: what the script returned and the trace of events.
@@ -295,9 +303,33 @@ mod panics {
 
 fn apply(world: &mut turmoil::Sim<'_>, config: &SimConfig, requested: &mut Faults) {
     for action in std::mem::take(&mut requested.actions) {
-        act(world, config, action);
+        match action {
+            // A host that crashes loses power: its guests stop and free their disks.
+            Action::Crash(machine) if requested.hosts.contains_key(&machine) => {
+                requested.hosts[&machine].hypervisor.power_loss();
+                // Guests an agent's death left running die with the power too: the host
+                // boots as new, whether or not its agent restarted in between.
+                requested.kept.remove(&machine);
+                crash(world, machine);
+            }
+            Action::KillAgent(machine) => {
+                info!(machine = %machine, "host agent killed; its guests run on");
+                facts::state(Fact::AgentKilled {
+                    machine: machine.clone(),
+                });
+                if let Some(parts) = requested.hosts.get(&machine) {
+                    requested.kept.insert(machine.clone(), parts.clone());
+                }
+                world.crash(machine);
+            }
+            action => act(world, config, action),
+        }
     }
     if let Some(machine) = requested.crash.take() {
+        if let Some(parts) = requested.hosts.get(&machine) {
+            parts.hypervisor.power_loss();
+            requested.kept.remove(&machine);
+        }
         crash(world, machine);
     }
     if let Some(machine) = requested.restart.take() {
@@ -338,6 +370,7 @@ fn act(world: &mut turmoil::Sim<'_>, config: &SimConfig, action: Action) {
             .iter()
             .for_each(|(a, b)| world.release(a.as_str(), b.as_str())),
         Action::Impair(impairment) => qvdc_transport::sim::set_impairment(impairment),
+        Action::KillAgent(_) => unreachable!("applied with the faults at hand"),
         Action::HealNetwork => {
             // Every link that carries traffic has a node at one end: hosts and the operator
             // talk only to the control plane. Touching the others would make turmoil track

@@ -9,6 +9,7 @@ pub mod chaos;
 pub mod deposed_leader;
 pub mod elections;
 pub mod faults;
+pub mod ha_flow;
 mod harness;
 pub mod invariants;
 pub mod lagging_follower;

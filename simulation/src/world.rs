@@ -5,8 +5,8 @@ use std::{collections::BTreeMap, net::SocketAddr, path::Path, sync::Arc, time::D
 use qvdc_actors::Timings;
 use qvdc_cluster::{Client, Node, NodeConfig, Storage};
 use qvdc_host::{
-    source_policy::SourcePolicy, Agent, AgentConfig, Fence, MemoryFence, SimHypervisor, SimMounter,
-    SimNetworker,
+    lease::MemoryLease, source_policy::SourcePolicy, Agent, AgentConfig, Fence, MemoryFence,
+    SimHypervisor, SimMounter, SimNetworker,
 };
 use qvdc_raft::{store, LogRetention};
 use qvdc_transport::bugs::Bug;
@@ -269,8 +269,12 @@ pub(crate) fn add_host(
     let (seed, nodes) = (config.seed, config.nodes);
     // Outside the machine, like a file on its disk: the fencing term survives a crash.
     let fence_store = MemoryFence::default();
+    // Likewise the lease, as the host's lease file would be; a power loss forgets it (the
+    // guests it was about died), as a new boot ignores the file.
+    let lease_store = MemoryLease::on_clock(turmoil::sim_elapsed);
     world.host(name.clone(), move || {
         let (identity, name, fence_store) = (identity.clone(), name.clone(), fence_store.clone());
+        let lease_store = lease_store.clone();
         let faults = faults.clone();
         async move {
             let fence = Fence::open(Box::new(fence_store))?;
@@ -281,8 +285,29 @@ pub(crate) fn add_host(
                 endpoint_seed(seed, &name),
             )
             .await?;
-            let mut mounter = SimMounter::new(HOST_DISK_BYTES);
-            if failing {
+            // After an agent's death its guests and mounts are still there; after a power
+            // loss (or at first boot) the host starts empty.
+            let kept = faults
+                .lock()
+                .expect("faults lock poisoned")
+                .kept
+                .remove(&name);
+            let survived = kept.is_some();
+            let (mut mounter, hypervisor) = match kept {
+                Some(parts) => (parts.mounter, parts.hypervisor),
+                None => {
+                    let locks = faults
+                        .lock()
+                        .expect("faults lock poisoned")
+                        .storage_locks
+                        .clone();
+                    (
+                        SimMounter::new(HOST_DISK_BYTES),
+                        SimHypervisor::with_storage_locks(&locks, &name, pool_root(&name)),
+                    )
+                }
+            };
+            if failing && !survived {
                 mounter = mounter.failing_mounts("Not a directory (os error 20)");
             }
             let config = AgentConfig {
@@ -306,17 +331,18 @@ pub(crate) fn add_host(
                 rescan_inventory: None,
                 heartbeat_interval_ms: qvdc_host::agent::HEARTBEAT_INTERVAL_MS_DEFAULT,
             };
-            let hypervisor = SimHypervisor::new();
             // A domain defined before qvdc, on every host: reported, never touched. The
             // first host's has a disk in what will be pool `legacy` once mounted there.
-            let disks = if i == 1 {
-                let dir = pool_target(&name, LEGACY_POOL);
-                mounter.plant_foreign(&dir, LEGACY_DISK);
-                vec![dir.join(LEGACY_DISK)]
-            } else {
-                Vec::new()
-            };
-            hypervisor.add_foreign(UNMANAGED_DOMAIN, unmanaged_runs(seed, i), &disks);
+            if !survived {
+                let disks = if i == 1 {
+                    let dir = pool_target(&name, LEGACY_POOL);
+                    mounter.plant_foreign(&dir, LEGACY_DISK);
+                    vec![dir.join(LEGACY_DISK)]
+                } else {
+                    Vec::new()
+                };
+                hypervisor.add_foreign(UNMANAGED_DOMAIN, unmanaged_runs(seed, i), &disks);
+            }
             let reachable = HostParts {
                 mounter: mounter.clone(),
                 hypervisor: hypervisor.clone(),
@@ -331,7 +357,13 @@ pub(crate) fn add_host(
                 hypervisor,
                 networker: SimNetworker::new().with_uplinks(["eth0"]),
             };
-            Agent::new(config, endpoint, parts, fence).run().await;
+            if !survived {
+                lease_store.forget();
+            }
+            Agent::new(config, endpoint, parts, fence)
+                .with_lease_store(lease_store)
+                .run()
+                .await;
             Ok(())
         }
     });

@@ -4,8 +4,8 @@
 //! deliberate-bugs`.
 
 use qvdc_simulation::{
-    adoption, catch_up, chaos, deposed_leader, lease_edge, retried_requests, stranded_write,
-    vm_flow, Bug, SimConfig,
+    adoption, catch_up, chaos, deposed_leader, ha_flow, lease_edge, retried_requests,
+    stranded_write, vm_flow, Bug, SimConfig,
 };
 
 /// Seeds tried per bug before the test gives up on it.
@@ -43,11 +43,23 @@ fn acknowledging_before_commit_is_not_linearizable() {
 }
 
 /// vm-flow cuts the VM's host off for a while; the bug starts the VM elsewhere meanwhile.
+/// The VM's disk is on a shared pool, whose lock (modelled since ADR 23) refuses the second
+/// start; the checker that sees it is the one for restarts that lean on the lock.
 #[test]
 fn a_vm_started_on_a_second_host_is_caught() {
     let bugs = [Bug::StartVmOnSecondHost];
-    caught(&bugs, "runs on", |seed| {
+    caught(&bugs, "the storage lock refused", |seed| {
         vm_flow::run(&config(seed, 3, &bugs)).map(drop)
+    });
+}
+
+/// ha-flow isolates a host with an HA VM: restarting the VM before the host's lease lapsed
+/// (and it fenced itself) leaves only the storage lock between the VM and a second copy.
+#[test]
+fn an_ha_restart_before_the_lease_lapses_is_caught() {
+    let bugs = [Bug::RestartBeforeTheLeaseLapses];
+    caught(&bugs, "whose agent was alive", |seed| {
+        ha_flow::run(&config(seed, 4, &bugs)).map(drop)
     });
 }
 

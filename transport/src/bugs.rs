@@ -48,10 +48,13 @@ pub enum Bug {
     /// entry the node later receives inside a snapshot is never answered, and holds up every
     /// write queued behind it.
     WaitPastLeadership,
+    /// HA restarts a lost host's VMs as soon as the host looks unreachable, without waiting
+    /// for its lease to lapse and its isolation response to finish.
+    RestartBeforeTheLeaseLapses,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 13] = [
+    pub const ALL: [Bug; 14] = [
         Bug::AckBeforeCommit,
         Bug::NoLeaderLease,
         Bug::SkipFenceCheck,
@@ -65,6 +68,7 @@ impl Bug {
         Bug::RebootEveryRetry,
         Bug::DeleteWithoutHost,
         Bug::WaitPastLeadership,
+        Bug::RestartBeforeTheLeaseLapses,
     ];
 
     /// The bug's name on command lines.
@@ -83,6 +87,7 @@ impl Bug {
             Bug::RebootEveryRetry => "reboot-every-retry",
             Bug::DeleteWithoutHost => "delete-without-host",
             Bug::WaitPastLeadership => "wait-past-leadership",
+            Bug::RestartBeforeTheLeaseLapses => "restart-before-the-lease-lapses",
         }
     }
 }

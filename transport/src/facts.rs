@@ -26,6 +26,20 @@ pub enum Fact {
     },
     /// The simulation crashed `machine`: whatever ran there stopped.
     MachineCrashed { machine: String },
+    /// The simulation killed `machine`'s host agent; its guests run on.
+    AgentKilled { machine: String },
+    /// Host `host`'s agent started.
+    AgentStarted { host: String },
+    /// Host `host`'s lease lapsed and it left VM `vm` running, as its isolation response
+    /// says (keep).
+    KeptOnIsolation { host: String, vm: String },
+    /// Shared storage's lock refused to start VM `vm` on `host`: a guest of it still runs on
+    /// `holder`.
+    StorageLockRefused {
+        host: String,
+        vm: String,
+        holder: String,
+    },
     /// Node `node` built a snapshot of its state through log index `index`.
     SnapshotBuilt { node: u64, index: u64 },
     /// Node `node` replaced its state with a snapshot a leader sent, through `index`.

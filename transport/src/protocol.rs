@@ -403,6 +403,11 @@ pub enum HostMessage {
         host_id: String,
         inventory: Inventory,
     },
+    /// Sent after registering: what this host understands beyond its protocol version, so
+    /// the leader sends it nothing it cannot read (`leases`: it takes `HostReply::Lease` for
+    /// a heartbeat). A leader that cannot read this answers `Malformed`; the host then gets
+    /// `HeartbeatAck` as before.
+    Capabilities { host_id: String, leases: bool },
 }
 
 impl HostMessage {
@@ -411,7 +416,8 @@ impl HostMessage {
         match self {
             HostMessage::Register { host_id, .. }
             | HostMessage::Heartbeat { host_id, .. }
-            | HostMessage::InventoryChanged { host_id, .. } => host_id,
+            | HostMessage::InventoryChanged { host_id, .. }
+            | HostMessage::Capabilities { host_id, .. } => host_id,
         }
     }
 }
@@ -496,6 +502,7 @@ impl HostMessage {
                 check_vm_reports(vms)
             }
             HostMessage::InventoryChanged { inventory, .. } => inventory.check(),
+            HostMessage::Capabilities { .. } => Ok(()),
             HostMessage::Heartbeat {
                 pools,
                 vms,
@@ -533,6 +540,97 @@ pub enum HostReply {
     Retry {
         reason: String,
     },
+    /// A heartbeat answered by a leader whose leadership a quorum confirmed within its
+    /// lease: the host's lease runs [`HOST_LEASE_MS`] from when the host sent the heartbeat.
+    /// `fenced` lists what the host powers off once its lease lapses, when that changed since
+    /// the connection's last answer (`None`: as before).
+    Lease {
+        fenced: Option<Vec<FencedVm>>,
+    },
+}
+
+/// How long a host's lease lasts from the heartbeat that renewed it. A host whose lease
+/// lapsed applies each HA VM's isolation response (ADR 23).
+pub const HOST_LEASE_MS: u64 = 8_000;
+/// How long a leader hears nothing from a host, counted from its last heartbeat or from the
+/// leadership's start, before it restarts the host's HA VMs elsewhere: the lease plus time
+/// for the host's isolation response to finish, and margin for clocks that run at slightly
+/// different rates.
+pub const HOST_LOST_AFTER_MS: u64 = HOST_LEASE_MS + ISOLATION_RESPONSE_MS + 1_000;
+/// How long an isolated host's graceful shutdown of a VM may take before it powers it off.
+pub const ISOLATION_RESPONSE_MS: u64 = 3_000;
+
+/// A VM a host stops when its lease lapses, and how.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FencedVm {
+    /// The VM's id, as in its domain's qvdc metadata.
+    pub id: String,
+    pub response: IsolationResponse,
+}
+
+/// What a host does with an HA VM once it can no longer renew its lease (isolated from the
+/// control plane, or the control plane without a leader), before the VM may start elsewhere.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum IsolationResponse {
+    /// Destroys the guest at once: the fastest restart elsewhere.
+    #[default]
+    PowerOff,
+    /// Asks the guest to shut down, and destroys it if it has not within
+    /// [`ISOLATION_RESPONSE_MS`].
+    ShutDown,
+    /// Leaves it running. The VM is still restarted elsewhere once the host is lost, where
+    /// the pool's storage lock refuses the second start while the first guest holds its
+    /// disks.
+    Keep,
+}
+
+impl std::fmt::Display for IsolationResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IsolationResponse::PowerOff => "power-off",
+            IsolationResponse::ShutDown => "shut-down",
+            IsolationResponse::Keep => "keep",
+        })
+    }
+}
+
+/// A VM's high-availability policy.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct HaPolicy {
+    /// Restart the VM on another host when its host is lost.
+    pub restart: bool,
+    /// Higher restarts first when not every lost VM fits.
+    pub priority: u8,
+    pub isolation: IsolationResponse,
+}
+
+impl std::fmt::Display for HaPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.restart {
+            write!(
+                f,
+                "restart (priority {}, isolation {})",
+                self.priority, self.isolation
+            )
+        } else {
+            f.write_str("off")
+        }
+    }
+}
+
+/// A VM's HA policy and what HA is doing about it, as `vm show` and `vm list` add them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmHaView {
+    pub vm: String,
+    pub host: String,
+    pub policy: HaPolicy,
+    /// What HA is doing or waiting for ("host-1 lost 13 s ago; restarted on host-2").
+    pub status: Option<String>,
 }
 
 /// One Raft leadership: its term and the leader's node id, ordered by term, then node. This
@@ -916,6 +1014,31 @@ pub enum ApiRequest {
     /// everything committed before the request was applied: a backup file
     /// (`qvctl cluster snapshot save`). Answered with [`ApiResponse::Backup`].
     ClusterBackup,
+    /// [`ApiRequest::VmCreate`] with an HA policy, created with it in one step.
+    VmCreateHa {
+        request_id: String,
+        spec: VmSpec,
+        host: Option<String>,
+        start: bool,
+        ha: HaPolicy,
+    },
+    /// Changes a VM's HA policy.
+    VmSetHa {
+        request_id: String,
+        name: String,
+        ha: HaPolicy,
+    },
+    /// The HA policy and status of one VM, or of all. Answered with [`ApiResponse::VmHa`].
+    VmHa {
+        name: Option<String>,
+    },
+    /// Forgets a host the control plane has lost: its record and its pool and network
+    /// assignments go (a host that comes back registers as new, with nothing assigned).
+    /// Refused while it is heard from or still has VMs.
+    HostRemove {
+        request_id: String,
+        host: String,
+    },
 }
 
 /// Where a VM would go: the host placement picks (or the one asked for, if it fits), each
@@ -993,6 +1116,8 @@ pub enum ApiResponse {
         term: u64,
         file: Vec<u8>,
     },
+    /// HA policy and status, by VM name.
+    VmHa(Vec<VmHaView>),
 }
 
 /// One host: what it has, whether it is alive, and what is assigned to it.

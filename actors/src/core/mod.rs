@@ -2,6 +2,7 @@
 //! no actors, `now` passed in. Actors feed them inputs and carry out the effects they return.
 
 pub mod adoption;
+pub mod ha;
 pub mod liveness;
 pub mod network;
 pub mod objects;

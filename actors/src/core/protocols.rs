@@ -167,6 +167,7 @@ mod tests {
             power,
             adopted: None,
             releasing,
+            ha: Default::default(),
         };
         state.vms.insert("web".into(), record);
         state

@@ -361,6 +361,7 @@ mod tests {
             power,
             adopted: None,
             releasing: false,
+            ha: Default::default(),
         }
     }
 

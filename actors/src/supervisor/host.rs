@@ -27,6 +27,9 @@ pub(crate) enum HostMsg {
         done: Done,
     },
     Liveness(RpcReplyPort<Liveness>),
+    /// How long the host has not been heard from, counted from when this supervisor started
+    /// if it never was: a new leader gives every host a full lease (ADR 23).
+    Silence(RpcReplyPort<Duration>),
 }
 
 pub(crate) struct HostSupervisor;
@@ -41,6 +44,7 @@ pub(crate) struct HostState {
     timings: Timings,
     link: Option<Link>,
     last_seen: Option<Instant>,
+    started: Instant,
 }
 
 impl Actor for HostSupervisor {
@@ -58,6 +62,7 @@ impl Actor for HostSupervisor {
             timings: args.timings,
             link: None,
             last_seen: None,
+            started: Instant::now(),
         })
     }
 
@@ -78,6 +83,10 @@ impl Actor for HostSupervisor {
                 state.last_seen = Some(Instant::now());
             }
             HostMsg::Execute { command, done } => execute(state, command, done),
+            HostMsg::Silence(reply) => {
+                let since = state.last_seen.unwrap_or(state.started);
+                let _ = reply.send(Instant::now().saturating_duration_since(since));
+            }
             HostMsg::Liveness(reply) => {
                 let _ = reply.send(liveness(
                     state.last_seen,

@@ -23,6 +23,14 @@ use crate::{
     write::{once, propose_once},
 };
 
+/// What placement needs to know about every host, now (for HA's restarts).
+pub(crate) async fn placement_facts(
+    supervision: &qvdc_actors::Supervision,
+    ctx: &Context,
+) -> Result<Vec<qvdc_actors::core::placement::HostFacts>, Response> {
+    vms::facts_now(supervision, ctx).await
+}
+
 pub(crate) async fn handle(ctx: &Context, request: ApiRequest) -> Response {
     // A write's request id is bound to the request as the operator sent it: a retry repeats
     // it exactly, whichever node it reaches and however the leader then places it.
@@ -60,7 +68,26 @@ pub(crate) async fn handle(ctx: &Context, request: ApiRequest) -> Response {
             spec,
             host,
             start,
-        } => vms::create(ctx, key(request_id), spec, host, start).await,
+        } => vms::create(ctx, key(request_id), spec, host, start, Default::default()).await,
+        ApiRequest::VmCreateHa {
+            request_id,
+            spec,
+            host,
+            start,
+            ha,
+        } => vms::create(ctx, key(request_id), spec, host, start, ha).await,
+        ApiRequest::VmSetHa {
+            request_id,
+            name,
+            ha,
+        } => once(ctx, key(request_id), Command::SetVmHa { name, ha }).await,
+        ApiRequest::VmHa { name } => match ctx.leading().await {
+            Ok(_) => crate::ha::view(ctx, name),
+            Err(response) => response,
+        },
+        ApiRequest::HostRemove { request_id, host } => {
+            vms::remove_host(ctx, key(request_id), host).await
+        }
         ApiRequest::VmSetPower {
             request_id,
             name,

@@ -1,7 +1,7 @@
 //! VM requests: create (placed by the placement core), delete and release (the protocols of
 //! `core::protocols`), adopt (`core::adoption`), power, and where a VM would go.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use qvdc_actors::{
     core::{
@@ -16,15 +16,15 @@ use qvdc_raft::{
     Command,
 };
 use qvdc_transport::protocol::{
-    ApiErrorKind, ApiResponse, CommandOutput, DesiredPower, HostCommandKind, HostFit, Liveness,
-    Placement, Response, VmDisk, VmSpec, VolumeInfo,
+    ApiErrorKind, ApiResponse, CommandOutput, DesiredPower, HaPolicy, HostCommandKind, HostFit,
+    Liveness, Placement, Response, VmDisk, VmSpec, VolumeInfo,
 };
 
 use crate::{
     calls::{on_pool_host, reported_now},
     context::Context,
     reply::{invalid, no_host, not_found, rejected, unavailable},
-    write::{carry_out, propose, propose_once},
+    write::{carry_out, once, propose, propose_once},
 };
 
 fn created(vm: &VmRecord) -> Response {
@@ -41,6 +41,7 @@ pub(crate) async fn create(
     spec: VmSpec,
     host: Option<String>,
     start: bool,
+    ha: HaPolicy,
 ) -> Response {
     let spec = ctx.desired.borrow().vm_to_make(&key, spec);
     if let Some(vm) = key.vm_made_before(&ctx.desired.borrow()) {
@@ -65,7 +66,17 @@ pub(crate) async fn create(
         DesiredPower::Stopped
     };
     let name = spec.name.clone();
-    let command = Command::CreateVm { spec, host, power };
+    // Without a policy, the command every release knows.
+    let command = if ha == HaPolicy::default() {
+        Command::CreateVm { spec, host, power }
+    } else {
+        Command::CreateHaVm {
+            spec,
+            host,
+            power,
+            ha,
+        }
+    };
     if let Err(response) = propose_once(ctx, key, command).await {
         return response;
     }
@@ -75,12 +86,57 @@ pub(crate) async fn create(
     }
 }
 
-/// `vm delete`: see [`protocols::vm_delete`].
+/// `vm delete`: see [`protocols::vm_delete`]. An HA VM whose host is lost (silent past its
+/// lease, so the host powered the guest off itself) is deleted without the host, which
+/// removes the domain as a stray if it ever comes back. Any other VM's guest may still run
+/// on a host that is only cut off, so its delete waits for the host as always.
 pub(crate) async fn delete(ctx: &Context, key: RequestKey, name: String) -> Response {
+    let lost = match lost_hosts(ctx).await {
+        Ok(lost) => lost,
+        Err(response) => return response,
+    };
     carry_out(ctx, |desired, confirmed| {
-        protocols::vm_delete(desired, &key, &name, confirmed)
+        let fenced_by_its_host = desired.vms.get(&name).is_some_and(|vm| {
+            lost.contains(&vm.host)
+                && vm.ha.restart
+                && vm.ha.isolation != qvdc_transport::protocol::IsolationResponse::Keep
+        });
+        protocols::vm_delete(desired, &key, &name, confirmed || fenced_by_its_host)
     })
     .await
+}
+
+/// The hosts silent for longer than HA's lost bound, as this leader counts.
+pub(crate) async fn lost_hosts(ctx: &Context) -> Result<BTreeSet<String>, Response> {
+    let supervision = ctx.leading().await?;
+    let silences = supervision
+        .silences()
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    let lost_after = qvdc_actors::core::ha::lost_after();
+    Ok(silences
+        .into_iter()
+        .filter(|(_, silent)| *silent >= lost_after)
+        .map(|(host, _)| host)
+        .collect())
+}
+
+/// `host remove`: only a lost host, and only once no VM is on it.
+pub(crate) async fn remove_host(ctx: &Context, key: RequestKey, host: String) -> Response {
+    if !ctx.desired.borrow().hosts.contains_key(&host) {
+        return no_host(&host);
+    }
+    let lost = match lost_hosts(ctx).await {
+        Ok(lost) => lost,
+        Err(response) => return response,
+    };
+    if !lost.contains(&host) && !key.applied_before(&ctx.desired.borrow()) {
+        return invalid(format!(
+            "host {host} is still heard from (or was within the last {} s); stop its agent or power it off first, then retry",
+            qvdc_actors::core::ha::lost_after().as_secs()
+        ));
+    }
+    once(ctx, key, Command::RemoveHost { host }).await
 }
 
 /// `vm release`: see [`protocols::vm_release`].
@@ -92,7 +148,10 @@ pub(crate) async fn release(ctx: &Context, key: RequestKey, name: String) -> Res
 }
 
 /// What placement needs to know about every host, now.
-async fn facts_now(supervision: &Supervision, ctx: &Context) -> Result<Vec<HostFacts>, Response> {
+pub(crate) async fn facts_now(
+    supervision: &Supervision,
+    ctx: &Context,
+) -> Result<Vec<HostFacts>, Response> {
     let gathered = async {
         Ok::<_, qvdc_actors::SupervisionError>((
             supervision.liveness().await?,

@@ -9,6 +9,7 @@ use clap::Parser;
 use qvdc_host::{
     agent::{InventoryRescan, HEARTBEAT_INTERVAL_MS_DEFAULT, INVENTORY_RESCAN_MS},
     inventory,
+    lease::FileLease,
     libvirt::SYSTEM_URI,
     source_policy::SourcePolicy,
     Agent, AgentConfig, Fence, FileFence, HostParts, IpNetworker, Libvirt, RealMounter,
@@ -139,7 +140,8 @@ async fn main() -> anyhow::Result<()> {
             None => IpNetworker::host(),
         },
     };
-    let agent = Agent::new(config, endpoint, parts, fence);
+    let lease = FileLease::new(args.data_dir.join("lease"));
+    let agent = Agent::new(config, endpoint, parts, fence).with_lease_store(lease);
     tokio::select! {
         () = agent.run() => {}
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),

@@ -103,6 +103,12 @@ pub trait Mounter: Send + Sync + 'static {
     fn is_mounted(&self, target: PathBuf) -> impl Future<Output = Result<bool, MountError>> + Send;
     fn usage(&self, target: PathBuf) -> impl Future<Output = Result<Usage, MountError>> + Send;
     fn unmount(&self, target: PathBuf) -> impl Future<Output = Result<(), MountError>> + Send;
+    /// The names of the mounts directly below `root` (the pools an earlier run of the agent
+    /// left mounted), sorted.
+    fn mounted_below(
+        &self,
+        root: PathBuf,
+    ) -> impl Future<Output = Result<Vec<String>, MountError>> + Send;
 
     /// Creates the volume, or grows it to `size_bytes` if it exists smaller in that format.
     fn create_volume(

@@ -108,6 +108,31 @@ pub(super) fn mounted_in_mountinfo(target: &Path) -> Result<bool, MountError> {
         .any(|point| point == wanted))
 }
 
+/// The names of the mount points directly below `root`, from the kernel's mount table.
+fn mounted_below_now(root: &Path) -> Result<Vec<String>, MountError> {
+    let io = |reason: std::io::Error| MountError::Io {
+        op: "read mountinfo",
+        path: root.display().to_string(),
+        reason: reason.to_string(),
+    };
+    let canonical = match std::fs::canonicalize(root) {
+        Ok(path) => path,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(e)),
+    };
+    let table = std::fs::read_to_string("/proc/self/mountinfo").map_err(io)?;
+    let mut names: Vec<String> = table
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|point| PathBuf::from(point.replace("\\040", " ")))
+        .filter(|point| point.parent() == Some(canonical.as_path()))
+        .filter_map(|point| Some(point.file_name()?.to_string_lossy().into_owned()))
+        .collect();
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
 /// The filesystem type and source of the mount at `target`, from the kernel's mount table.
 fn mount_source_at(target: &Path) -> Option<(String, String)> {
     let canonical = std::fs::canonicalize(target).ok()?;
@@ -685,6 +710,12 @@ impl Mounter for RealMounter {
             })
         })
         .await
+    }
+
+    async fn mounted_below(&self, root: PathBuf) -> Result<Vec<String>, MountError> {
+        let path = root.clone();
+        self.blocking("read mountinfo", &path, move || mounted_below_now(&root))
+            .await
     }
 
     async fn create_volume(

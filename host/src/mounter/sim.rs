@@ -126,6 +126,17 @@ impl Mounter for SimMounter {
         Ok(self.table().mounts.contains_key(&target))
     }
 
+    async fn mounted_below(&self, root: PathBuf) -> Result<Vec<String>, MountError> {
+        self.unless_hung().await;
+        Ok(self
+            .table()
+            .mounts
+            .keys()
+            .filter(|target| target.parent() == Some(root.as_path()))
+            .filter_map(|target| Some(target.file_name()?.to_string_lossy().into_owned()))
+            .collect())
+    }
+
     async fn usage(&self, target: PathBuf) -> Result<Usage, MountError> {
         self.unless_hung().await;
         let table = self.table();

@@ -100,9 +100,9 @@ pub async fn accept_host(endpoint: &Endpoint, leadership: Leadership) -> HostSes
             };
             let reply = match &message {
                 HostMessage::Register { .. } => HostReply::Registered { leadership },
-                HostMessage::Heartbeat { .. } | HostMessage::InventoryChanged { .. } => {
-                    HostReply::HeartbeatAck
-                }
+                HostMessage::Heartbeat { .. }
+                | HostMessage::InventoryChanged { .. }
+                | HostMessage::Capabilities { .. } => HostReply::HeartbeatAck,
             };
             let _ = record.send(message);
             let _ = quic::respond(send, &Response::Host(reply)).await;

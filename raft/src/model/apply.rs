@@ -112,6 +112,42 @@ impl DesiredState {
                 self.add_vm(spec, host, *power, None);
                 Outcome::Applied
             }
+            Command::CreateHaVm {
+                spec,
+                host,
+                power,
+                ha,
+            } => {
+                self.add_vm(spec, host, *power, None);
+                self.vms.get_mut(&spec.name).expect("just added").ha = *ha;
+                Outcome::Applied
+            }
+            Command::SetVmHa { name, ha } => {
+                let vm = self.vms.get_mut(name).expect("validated");
+                changed(std::mem::replace(&mut vm.ha, *ha) != *ha)
+            }
+            Command::FailOverVm { name, from, to } => {
+                self.vms.get_mut(name).expect("validated").host = to.clone();
+                self.indexed(Kind::Vm, from, name, false);
+                self.indexed(Kind::Vm, to, name, true);
+                Outcome::Applied
+            }
+            Command::RemoveHost { host } => {
+                let (pools, networks) = self.take_index(host);
+                for pool in pools {
+                    let record = Arc::make_mut(self.pools.get_mut(&pool).expect("indexed"));
+                    record.hosts.remove(host);
+                    record
+                        .volumes
+                        .retain(|_, volume| volume.host.as_deref() != Some(host.as_str()));
+                }
+                for network in networks {
+                    let record = self.networks.get_mut(&network).expect("indexed");
+                    record.hosts.remove(host);
+                }
+                self.hosts.remove(host);
+                Outcome::Applied
+            }
             Command::AdoptVm {
                 spec,
                 host,
@@ -229,6 +265,7 @@ impl DesiredState {
             power,
             adopted,
             releasing: false,
+            ha: Default::default(),
         };
         let previous = self.vms.insert(spec.name.clone(), record);
         assert!(previous.is_none(), "validation rejects duplicate VMs");

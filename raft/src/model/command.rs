@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use qvdc_transport::protocol::{
-    DesiredPower, Inventory, NetworkSpec, PoolSpec, RevokedCertificate, VmSpec, VolumeFormat,
+    DesiredPower, HaPolicy, Inventory, NetworkSpec, PoolSpec, RevokedCertificate, VmSpec,
+    VolumeFormat,
 };
 use serde::{Deserialize, Serialize};
 
@@ -129,6 +130,29 @@ pub enum Command {
         /// command is refused (another VM took or dropped one meanwhile) and the release is
         /// redone.
         volumes: Vec<qvdc_transport::protocol::VmDisk>,
+    },
+    /// [`Command::CreateVm`] with an HA policy.
+    CreateHaVm {
+        spec: VmSpec,
+        host: String,
+        power: DesiredPower,
+        ha: HaPolicy,
+    },
+    SetVmHa {
+        name: String,
+        ha: HaPolicy,
+    },
+    /// HA: the VM's host `from` was lost, so the VM now belongs to `to`, which defines and
+    /// starts it. Refused if the VM moved meanwhile, so a restart is decided once.
+    FailOverVm {
+        name: String,
+        from: String,
+        to: String,
+    },
+    /// Forgets a lost host: its record, its pool and network assignments, and the records of
+    /// the volumes on its own storage. Refused while VMs are on it.
+    RemoveHost {
+        host: String,
     },
 }
 

@@ -23,9 +23,10 @@ mod validate;
 pub use imbl::{ordmap::DiffItem, OrdMap, OrdSet};
 
 pub use command::{Command, Outcome, ValidationError};
+use queries::fnv_digest;
 pub use records::{AdoptedVolume, HostRecord, NetworkRecord, PoolRecord, VmRecord, VolumeRecord};
 pub use requests::{RequestDigest, RequestKey, RequestLog};
-pub use state::DesiredState;
+pub use state::{format_2, DesiredState};
 pub use validate::{validate_name, BLOCK_FS_TYPES};
 
 pub use qvdc_transport::limits::{

@@ -99,21 +99,14 @@ impl DesiredState {
 
     /// A fingerprint of the whole desired state (FNV-1a over its encoding). Nodes that
     /// applied the same log agree on it; `cluster status` shows it so that can be checked.
+    ///
+    /// A state without HA policies is hashed as format 2 encodes it, so nodes of v0.1.0 and
+    /// of this release show the same digest for it during a rolling upgrade.
     pub fn digest(&self) -> u64 {
-        struct Fnv(u64);
-        impl std::io::Write for Fnv {
-            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-                self.0 = fnv1a(self.0, bytes);
-                Ok(bytes.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
+        match self.to_format_2() {
+            Some(old) => fnv_digest(&old),
+            None => fnv_digest(self),
         }
-        let mut hash = Fnv(FNV_OFFSET);
-        qvdc_transport::codec::encode_into(self, &mut hash)
-            .expect("encoding into memory cannot fail");
-        hash.0
     }
 
     /// The volumes that leave qvdc with `vm` when it is released: its disks that are
@@ -140,4 +133,21 @@ impl DesiredState {
         volumes.dedup_by(|a, b| a.pool == b.pool && a.volume == b.volume);
         volumes
     }
+}
+
+/// FNV-1a over `value`'s encoding.
+pub(super) fn fnv_digest(value: &impl serde::Serialize) -> u64 {
+    struct Fnv(u64);
+    impl std::io::Write for Fnv {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 = fnv1a(self.0, bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut hash = Fnv(FNV_OFFSET);
+    qvdc_transport::codec::encode_into(value, &mut hash).expect("encoding into memory cannot fail");
+    hash.0
 }

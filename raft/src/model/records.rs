@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use qvdc_transport::protocol::{
-    DesiredPower, Inventory, NetworkSpec, PoolScope, PoolSpec, VmSpec, VolumeFormat,
+    DesiredPower, HaPolicy, Inventory, NetworkSpec, PoolScope, PoolSpec, VmSpec, VolumeFormat,
 };
 use serde::{Deserialize, Serialize};
 
@@ -98,4 +98,7 @@ pub struct VmRecord {
     ///
     /// [`Command::ReleaseVm`]: super::Command::ReleaseVm
     pub releasing: bool,
+    /// Whether the VM is restarted elsewhere when its host is lost (storage format 3 on;
+    /// off for VMs made before).
+    pub ha: HaPolicy,
 }

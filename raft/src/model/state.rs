@@ -141,6 +141,20 @@ impl DesiredState {
         }
     }
 
+    /// Drops `host`'s index entry and returns the pools and networks it listed.
+    pub(super) fn take_index(&mut self, host: &str) -> (Vec<String>, Vec<String>) {
+        let index = self.by_host.remove(host).unwrap_or_default();
+        (
+            index.pools.into_iter().collect(),
+            index.networks.into_iter().collect(),
+        )
+    }
+
+    /// The names of the VMs placed on `host_id`, in name order.
+    pub fn vms_on<'a>(&'a self, host_id: &'a str) -> impl Iterator<Item = &'a String> + 'a {
+        self.index_of(host_id).into_iter().flat_map(|i| &i.vms)
+    }
+
     fn index_of(&self, host: &str) -> Option<&HostIndex> {
         self.by_host.get(host)
     }
@@ -173,5 +187,110 @@ impl DesiredState {
             .into_iter()
             .flat_map(|i| &i.pools)
             .filter_map(|name| self.pools.get(name).map(|record| &**record))
+    }
+}
+
+/// The desired state as storage formats 1 and 2 encode it (a VM without an HA policy): how
+/// snapshots written before format 3 are read, and how the digest a release of those formats
+/// reported over a state is computed again.
+pub mod format_2 {
+    use qvdc_transport::protocol::{DesiredPower, RevokedCertificate, VmSpec};
+    use serde::{Deserialize, Serialize};
+
+    use super::{grown, HostIndex};
+    use crate::model::{HostRecord, NetworkRecord, OrdMap, PoolRecord, RequestLog, VmRecord};
+    use std::sync::Arc;
+
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    struct VmRecord2 {
+        spec: VmSpec,
+        host: String,
+        power: DesiredPower,
+        adopted: Option<String>,
+        releasing: bool,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct DesiredState2 {
+        #[serde(deserialize_with = "grown::ord_map")]
+        hosts: OrdMap<String, HostRecord>,
+        #[serde(deserialize_with = "grown::ord_map")]
+        pools: OrdMap<String, Arc<PoolRecord>>,
+        #[serde(deserialize_with = "grown::ord_map")]
+        vms: OrdMap<String, VmRecord2>,
+        #[serde(deserialize_with = "grown::ord_map")]
+        networks: OrdMap<String, NetworkRecord>,
+        #[serde(deserialize_with = "grown::ord_map")]
+        revoked: OrdMap<String, RevokedCertificate>,
+        requests: RequestLog,
+        #[serde(deserialize_with = "grown::ord_map")]
+        by_host: OrdMap<String, HostIndex>,
+    }
+
+    impl From<DesiredState2> for super::DesiredState {
+        fn from(old: DesiredState2) -> Self {
+            let vms = old
+                .vms
+                .into_iter()
+                .map(|(name, vm)| {
+                    let record = VmRecord {
+                        spec: vm.spec,
+                        host: vm.host,
+                        power: vm.power,
+                        adopted: vm.adopted,
+                        releasing: vm.releasing,
+                        ha: Default::default(),
+                    };
+                    (name, record)
+                })
+                .collect();
+            Self {
+                hosts: old.hosts,
+                pools: old.pools,
+                vms,
+                networks: old.networks,
+                revoked: old.revoked,
+                requests: old.requests,
+                by_host: old.by_host,
+            }
+        }
+    }
+
+    impl super::DesiredState {
+        /// This state as format 2 encodes it; `None` if a VM has an HA policy, which format
+        /// 2 cannot hold.
+        pub fn to_format_2(&self) -> Option<DesiredState2> {
+            let vms = self
+                .vms
+                .iter()
+                .map(|(name, vm)| {
+                    (vm.ha == Default::default()).then(|| {
+                        let record = VmRecord2 {
+                            spec: vm.spec.clone(),
+                            host: vm.host.clone(),
+                            power: vm.power,
+                            adopted: vm.adopted.clone(),
+                            releasing: vm.releasing,
+                        };
+                        (name.clone(), record)
+                    })
+                })
+                .collect::<Option<OrdMap<_, _>>>()?;
+            Some(DesiredState2 {
+                hosts: self.hosts.clone(),
+                pools: self.pools.clone(),
+                vms,
+                networks: self.networks.clone(),
+                revoked: self.revoked.clone(),
+                requests: self.requests.clone(),
+                by_host: self.by_host.clone(),
+            })
+        }
+
+        /// The digest a format-2 release computes over this state ([`Self::digest`] over
+        /// its format-2 encoding); `None` if a VM has an HA policy.
+        pub fn digest_in_format_2(&self) -> Option<u64> {
+            Some(crate::model::fnv_digest(&self.to_format_2()?))
+        }
     }
 }

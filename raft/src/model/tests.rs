@@ -611,6 +611,21 @@ fn index_matches_a_scan_through_every_kind_of_change() {
         qcow2("a", "v"),
         create_vm(vm("w1", "vm-1", &[("a", "v")]), "host-1"),
         create_vm(vm("w2", "vm-2", &[]), "host-2"),
+        qcow2("b", "d"),
+        Command::CreateHaVm {
+            spec: vm("w3", "vm-3", &[("b", "d")]),
+            host: "host-3".into(),
+            power: DesiredPower::Running,
+            ha: qvdc_transport::protocol::HaPolicy {
+                restart: true,
+                ..Default::default()
+            },
+        },
+        Command::FailOverVm {
+            name: "w3".into(),
+            from: "host-3".into(),
+            to: "host-1".into(),
+        },
         Command::DeleteVm { name: "w1".into() },
         Command::DeletePool { pool: "a".into() },
         Command::DeleteNetwork {
@@ -1583,4 +1598,150 @@ fn only_the_disks_of_a_vm_being_released_are_off_limits() {
         create_vm(vm("taker", "req-5", &[("p", "db.qcow2")]), "host-1"),
         "leaves qvdc with VM db",
     );
+}
+
+#[test]
+fn a_lost_hosts_vm_moves_once_and_only_to_a_host_that_has_its_disks() {
+    let mut state = with_hosts(&["host-1", "host-2", "host-3"]);
+    let setup = [
+        create("shared", "/srv/shared", &["host-1", "host-2"]),
+        qcow2("shared", "disk"),
+        Command::CreateHaVm {
+            spec: vm("web", "vm-1", &[("shared", "disk")]),
+            host: "host-1".into(),
+            power: DesiredPower::Running,
+            ha: qvdc_transport::protocol::HaPolicy {
+                restart: true,
+                ..Default::default()
+            },
+        },
+    ];
+    for command in setup {
+        assert_eq!(state.apply(&command), Outcome::Applied, "{command:?}");
+    }
+    let fail_over = |from: &str, to: &str| Command::FailOverVm {
+        name: "web".into(),
+        from: from.into(),
+        to: to.into(),
+    };
+    // host-3 does not have the VM's pool.
+    rejected_with(
+        &mut state,
+        fail_over("host-1", "host-3"),
+        "not assigned to host host-3",
+    );
+    assert_eq!(
+        state.apply(&fail_over("host-1", "host-2")),
+        Outcome::Applied
+    );
+    assert_eq!(state.vms["web"].host, "host-2");
+    assert_eq!(state.vms_of_host("host-2").count(), 1);
+    assert_eq!(state.vms_of_host("host-1").count(), 0);
+    // A second decision about the same loss (a leader change in between) changes nothing.
+    rejected_with(&mut state, fail_over("host-1", "host-2"), "moved meanwhile");
+    // Stopped meanwhile (or made non-HA): it stays where it is.
+    state.apply(&Command::SetVmPower {
+        name: "web".into(),
+        power: DesiredPower::Stopped,
+    });
+    rejected_with(
+        &mut state,
+        fail_over("host-2", "host-1"),
+        "no longer a running HA VM",
+    );
+    assert_index_matches_a_scan(&state);
+}
+
+#[test]
+fn a_removed_host_takes_its_assignments_and_local_volumes_but_never_a_vm() {
+    let mut state = with_hosts(&["host-1", "host-2"]);
+    let setup = [
+        create("shared", "/srv/shared", &["host-1", "host-2"]),
+        create_vm(vm("web", "vm-1", &[]), "host-1"),
+    ];
+    for command in setup {
+        assert_eq!(state.apply(&command), Outcome::Applied, "{command:?}");
+    }
+    let remove = Command::RemoveHost {
+        host: "host-1".into(),
+    };
+    rejected_with(&mut state, remove.clone(), "still has VMs web");
+    assert_eq!(
+        state.apply(&Command::DeleteVm { name: "web".into() }),
+        Outcome::Applied
+    );
+    assert_eq!(state.apply(&remove), Outcome::Applied);
+    assert!(!state.hosts.contains_key("host-1"));
+    let hosts: Vec<&String> = state.pools["shared"].hosts.iter().collect();
+    assert_eq!(hosts, ["host-2"]);
+    assert_eq!(state.pools_of_host("host-1").count(), 0);
+    assert_index_matches_a_scan(&state);
+}
+
+#[test]
+fn an_ha_policy_is_kept_with_the_vm_and_needs_disks_on_shared_pools() {
+    use qvdc_transport::protocol::HaPolicy;
+    let mut state = with_hosts(&["host-1", "host-2"]);
+    let local = Command::CreatePool {
+        spec: PoolSpec {
+            scope: PoolScope::Local,
+            name: "own".into(),
+            source: PoolSource::Dir {
+                path: "/srv/own".into(),
+            },
+        },
+        hosts: vec!["host-1".into()],
+    };
+    let setup = [
+        create("shared", "/srv/shared", &["host-1", "host-2"]),
+        qcow2("shared", "disk"),
+        local,
+        Command::CreateVolume {
+            pool: "own".into(),
+            name: "scratch".into(),
+            format: VolumeFormat::Qcow2,
+            size_bytes: 1 << 30,
+            host: Some("host-1".into()),
+        },
+    ];
+    for command in setup {
+        assert_eq!(state.apply(&command), Outcome::Applied, "{command:?}");
+    }
+    let ha = HaPolicy {
+        restart: true,
+        priority: 7,
+        isolation: Default::default(),
+    };
+    let create_ha = |spec: VmSpec| Command::CreateHaVm {
+        spec,
+        host: "host-1".into(),
+        power: DesiredPower::Running,
+        ha,
+    };
+    rejected_with(
+        &mut state,
+        create_ha(vm("bare", "vm-0", &[])),
+        "has no disk",
+    );
+    rejected_with(
+        &mut state,
+        create_ha(vm(
+            "pinned",
+            "vm-2",
+            &[("shared", "disk"), ("own", "scratch")],
+        )),
+        "disk own/scratch is not on a shared pool",
+    );
+    assert_eq!(
+        state.apply(&create_ha(vm("web", "vm-1", &[("shared", "disk")]))),
+        Outcome::Applied
+    );
+    assert_eq!(state.vms["web"].ha, ha);
+    let off = Command::SetVmHa {
+        name: "web".into(),
+        ha: HaPolicy::default(),
+    };
+    assert_eq!(state.apply(&off), Outcome::Applied);
+    assert_eq!(state.apply(&off), Outcome::Unchanged);
+    assert!(!state.vms["web"].ha.restart);
 }

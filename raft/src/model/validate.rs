@@ -5,7 +5,8 @@
 use std::collections::BTreeSet;
 
 use qvdc_transport::protocol::{
-    NetworkSpec, PoolScope, PoolSource, PoolSpec, RevokedCertificate, VmSpec,
+    DesiredPower, HaPolicy, NetworkSpec, PoolScope, PoolSource, PoolSpec, RevokedCertificate,
+    VmSpec,
 };
 
 use super::{
@@ -135,6 +136,29 @@ impl DesiredState {
             }
             Command::CreatePool { spec, hosts } => self.validate_create_pool(spec, hosts),
             Command::CreateVm { spec, host, .. } => self.validate_create_vm(spec, host),
+            Command::CreateHaVm { spec, host, ha, .. } => {
+                self.validate_create_vm(spec, host)?;
+                self.validate_ha(spec, ha)
+            }
+            Command::SetVmHa { name, ha } => match self.vm(name)? {
+                vm if vm.releasing => Err(ValidationError::BadVm(format!(
+                    "VM {name} is being released; qvdc no longer restarts it"
+                ))),
+                vm => self.validate_ha(&vm.spec, ha),
+            },
+            Command::FailOverVm { name, from, to } => self.validate_fail_over(name, from, to),
+            Command::RemoveHost { host } => {
+                self.known_hosts(std::slice::from_ref(host))?;
+                let on_it: Vec<&str> = self.vms_on(host).map(String::as_str).collect();
+                if on_it.is_empty() {
+                    Ok(())
+                } else {
+                    Err(ValidationError::InUse(format!(
+                        "host {host} still has VMs {}; delete them (`qvctl vm delete`) or let HA restart them elsewhere first",
+                        on_it.join(", ")
+                    )))
+                }
+            }
             Command::AssignPool { pool, hosts } | Command::UnassignPool { pool, hosts } => {
                 self.validate_assignment(command, pool, hosts)
             }
@@ -592,6 +616,64 @@ impl DesiredState {
                 ));
             }
         }
+        self.check_vm_fits_host(spec, host)
+    }
+
+    /// Whether a VM of `spec` can have policy `ha`: one restarted elsewhere needs its disks
+    /// on shared pools, whose storage lock keeps a second copy from starting while the first
+    /// may still run (a host whose agent died cannot fence its guests itself).
+    fn validate_ha(&self, spec: &VmSpec, ha: &HaPolicy) -> Result<(), ValidationError> {
+        if !ha.restart {
+            return Ok(());
+        }
+        let name = &spec.name;
+        if spec.disks.is_empty() {
+            return Err(ValidationError::BadVm(format!(
+                "VM {name} has no disk: HA restarts only VMs with disks on shared pools, whose lock keeps a second copy from starting while the first may still run; add a --disk on a shared pool"
+            )));
+        }
+        for disk in &spec.disks {
+            let shared = self
+                .pools
+                .get(&disk.pool)
+                .is_some_and(|p| p.spec.scope == PoolScope::Shared);
+            if !shared {
+                return Err(ValidationError::BadVm(format!(
+                    "VM {name}: disk {}/{} is not on a shared pool, so the VM cannot run on another host; HA needs every disk on a shared pool",
+                    disk.pool, disk.volume
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `name` may move from its lost host `from` to `to`.
+    fn validate_fail_over(&self, name: &str, from: &str, to: &str) -> Result<(), ValidationError> {
+        let vm = self.vm(name)?;
+        let bad = |message: String| Err(ValidationError::BadVm(message));
+        if vm.host != from {
+            return bad(format!(
+                "VM {name} is on host {}, not {from}: it moved meanwhile",
+                vm.host
+            ));
+        }
+        if vm.releasing {
+            return bad(format!("VM {name} is being released"));
+        }
+        if !vm.ha.restart || vm.power != DesiredPower::Running {
+            return bad(format!(
+                "VM {name} is no longer a running HA VM: it stays on {from}"
+            ));
+        }
+        if to == from {
+            return bad(format!("VM {name} is already on host {to}"));
+        }
+        self.check_vm_fits_host(&vm.spec, to)
+    }
+
+    /// Whether `host` has every pool, volume and network `spec` needs.
+    fn check_vm_fits_host(&self, spec: &VmSpec, host: &str) -> Result<(), ValidationError> {
+        let bad = |message: String| Err(ValidationError::BadVm(message));
         if !self.hosts.contains_key(host) {
             return Err(ValidationError::UnknownHosts(vec![host.to_owned()]));
         }
@@ -599,6 +681,7 @@ impl DesiredState {
             validate_name("volume", &disk.volume)?;
             if let Some(leaving) = self.vms.values().find(|vm| {
                 vm.releasing
+                    && vm.spec.id != spec.id
                     && vm
                         .spec
                         .disks

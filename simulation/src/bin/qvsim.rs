@@ -13,7 +13,7 @@ use std::{
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use qvdc_simulation::{
-    adoption, catch_up, chaos, deposed_leader, lease_edge, pool_flow, retried_requests,
+    adoption, catch_up, chaos, deposed_leader, ha_flow, lease_edge, pool_flow, retried_requests,
     stranded_write, vm_flow, Bug, Chaos, Disruption, FaultKind, LogLifecycle, SimConfig,
 };
 use qvdc_transport::sim::Impairment;
@@ -81,6 +81,9 @@ enum Scenario {
     CatchUp,
     /// A VM placed, started, kept on its host across a leader loss, stopped and deleted.
     VmFlow,
+    /// HA: a host's power loss with a leader crash, a host's isolation, an agent killed
+    /// with its guest running; VMs restarted elsewhere, never twice.
+    HaFlow,
     /// A host left with only a deposed leader, whose state is stale, must not obey it.
     DeposedLeader,
     /// A domain qvdc did not create adopted, driven across a leader loss, and released.
@@ -308,6 +311,15 @@ impl Shape {
                 let summary = format!(
                     "VM placed on {}, running {:?} after create (simulated)",
                     o.host, o.create_to_running
+                );
+                (o.trace, o.trace_hash, summary)
+            }
+            Scenario::HaFlow => {
+                let o = ha_flow::run(&config)?;
+                let summary = format!(
+                    "power loss -> VMs running elsewhere after {:?}; isolation -> after {:?} \
+                     (simulated)",
+                    o.restarts, o.isolation_restart
                 );
                 (o.trace, o.trace_hash, summary)
             }

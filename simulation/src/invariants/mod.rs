@@ -9,11 +9,13 @@ use std::{cell::RefCell, rc::Rc};
 use qvdc_transport::facts::Fact;
 
 mod fencing;
+mod ha;
 mod leadership;
 mod state;
 mod vm_placement;
 
 pub use fencing::HostsObeyLeadershipsInOrder;
+pub use ha::LeasesFenceBeforeTheLock;
 pub use leadership::OneLeaderPerLeadership;
 pub use state::same_index_same_state;
 pub use vm_placement::VmRunsOnOneHostAtATime;
@@ -42,6 +44,7 @@ impl Default for FactChecks {
                 Box::new(OneLeaderPerLeadership),
                 Box::<HostsObeyLeadershipsInOrder>::default(),
                 Box::<VmRunsOnOneHostAtATime>::default(),
+                Box::<LeasesFenceBeforeTheLock>::default(),
             ],
             seen: 0,
         }
@@ -142,6 +145,45 @@ mod tests {
             start("host-2", "web"),
         ];
         assert!(check_all(&mut VmRunsOnOneHostAtATime::default(), &another_crashed).is_err());
+    }
+
+    #[test]
+    fn a_lock_refusal_for_a_guest_its_live_host_should_have_fenced_is_caught() {
+        let refused = |holder: &str| Fact::StorageLockRefused {
+            host: "host-2".into(),
+            vm: "web".into(),
+            holder: holder.into(),
+        };
+        let dead_agent = [
+            start("host-1", "web"),
+            Fact::AgentKilled {
+                machine: "host-1".into(),
+            },
+            refused("host-1"),
+        ];
+        check_all(&mut LeasesFenceBeforeTheLock::default(), &dead_agent).unwrap();
+        let kept = [
+            Fact::KeptOnIsolation {
+                host: "host-1".into(),
+                vm: "web".into(),
+            },
+            refused("host-1"),
+        ];
+        check_all(&mut LeasesFenceBeforeTheLock::default(), &kept).unwrap();
+        let restarted_agent = [
+            Fact::AgentKilled {
+                machine: "host-1".into(),
+            },
+            Fact::AgentStarted {
+                host: "host-1".into(),
+            },
+            refused("host-1"),
+        ];
+        let err = check_all(&mut LeasesFenceBeforeTheLock::default(), &restarted_agent);
+        assert!(err
+            .unwrap_err()
+            .to_string()
+            .contains("whose agent was alive"));
     }
 
     #[test]

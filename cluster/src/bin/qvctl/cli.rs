@@ -209,6 +209,11 @@ pub(crate) enum VmCommand {
     /// Examples:
     ///   qvctl vm create web --vcpus 2 --memory 2G --disk shared/web.qcow2 --dry-run
     ///   qvctl vm create web --vcpus 2 --memory 2G --disk shared/web.qcow2 --start --wait
+    ///   qvctl vm create db --memory 4G --disk shared/db.qcow2 --start --ha restart --ha-priority 10
+    ///
+    /// With --ha restart, the VM runs again on another host that has its pools healthy and
+    /// the memory when its host is lost (silent for 12 s: 8 s of lease, then time for the
+    /// host's isolation response); `qvctl vm ha` shows what HA is doing.
     #[command(verbatim_doc_comment)]
     Create {
         name: String,
@@ -233,7 +238,21 @@ pub(crate) enum VmCommand {
         #[arg(long, conflicts_with_all = ["start", "wait"])]
         dry_run: bool,
         #[command(flatten)]
+        ha: HaArgs,
+        #[command(flatten)]
         wait: Wait,
+    },
+    /// Set a VM's HA policy, or show what HA does for every VM (without arguments)
+    ///
+    /// Examples:
+    ///   qvctl vm ha                                   # policy and status of every VM
+    ///   qvctl vm ha db --ha restart --ha-priority 10  # restart db elsewhere if its host is lost
+    ///   qvctl vm ha web --ha off
+    #[command(verbatim_doc_comment)]
+    Ha {
+        name: Option<String>,
+        #[command(flatten)]
+        ha: HaArgs,
     },
     /// Start a VM (and keep it running).
     Start {
@@ -258,6 +277,8 @@ pub(crate) enum VmCommand {
     /// Delete a VM: it is stopped, its host destroys and undefines the domain, then the VM is
     /// gone. While its host is unreachable the delete fails and the VM stays, stopped, so its
     /// name and disks cannot be reused under a guest that may still run. Volumes stay.
+    /// An HA VM (isolation power-off or shut-down) whose host is lost is deleted at once:
+    /// that host stopped the guest itself when its lease lapsed.
     Delete {
         name: String,
         #[command(flatten)]
@@ -292,6 +313,56 @@ pub(crate) enum VmCommand {
     Show { name: String },
     /// All VMs.
     List,
+}
+
+/// A VM's HA policy on the command line.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct HaArgs {
+    /// restart: run the VM again on another host when its host is lost; off: leave it down.
+    #[arg(long, value_enum)]
+    pub(crate) ha: Option<HaMode>,
+    /// Higher restarts first when not every VM of a lost host fits elsewhere (0-255).
+    #[arg(long, default_value_t = 0, requires = "ha")]
+    pub(crate) ha_priority: u8,
+    /// What the VM's host does with it once it loses the control plane for 8 s, before the VM
+    /// may start elsewhere: power-off (at once), shut-down (3 s to shut down, then power off)
+    /// or keep (left running: the pool's storage lock then refuses the second start until
+    /// the first guest ends).
+    #[arg(long, value_enum, default_value_t = Isolation::PowerOff, requires = "ha")]
+    pub(crate) isolation: Isolation,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum HaMode {
+    Restart,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Isolation {
+    PowerOff,
+    ShutDown,
+    Keep,
+}
+
+impl HaArgs {
+    /// The policy asked for, if any.
+    pub(crate) fn policy(&self) -> Option<qvdc_transport::protocol::HaPolicy> {
+        use qvdc_transport::protocol::{HaPolicy, IsolationResponse};
+        let mode = self.ha?;
+        Some(match mode {
+            HaMode::Off => HaPolicy::default(),
+            HaMode::Restart => HaPolicy {
+                restart: true,
+                priority: self.ha_priority,
+                isolation: match self.isolation {
+                    Isolation::PowerOff => IsolationResponse::PowerOff,
+                    Isolation::ShutDown => IsolationResponse::ShutDown,
+                    Isolation::Keep => IsolationResponse::Keep,
+                },
+            },
+        })
+    }
 }
 
 /// Parses 512M, 2G, 1024K, 1T (binary units) or plain bytes.
@@ -476,6 +547,14 @@ pub(crate) enum HostCommand {
         #[arg(value_enum)]
         state: OnOff,
     },
+    /// Forget a dead host: its record and its pool and network assignments go
+    ///
+    /// Only a host silent for 12 s or more (lost), and only once no VM is on it: HA moves its
+    /// HA VMs elsewhere; delete the others (`qvctl vm delete` works for a lost host's VMs).
+    /// A host that comes back later registers again as a new host with nothing assigned,
+    /// and removes the domains that meanwhile run elsewhere.
+    #[command(verbatim_doc_comment)]
+    Remove { host: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

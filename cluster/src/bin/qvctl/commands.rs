@@ -135,6 +135,7 @@ pub(crate) fn request_of(command: Command, request_id: String) -> anyhow::Result
         Command::Cluster(ClusterCommand::Snapshot(_)) => unreachable!("handled by `backup`"),
         Command::Host(HostCommand::List) => ApiRequest::HostList,
         Command::Host(HostCommand::Show { host }) => ApiRequest::HostShow { host },
+        Command::Host(HostCommand::Remove { host }) => ApiRequest::HostRemove { request_id, host },
         Command::Host(HostCommand::Maintenance { host, state }) => ApiRequest::HostMaintenance {
             request_id,
             host,
@@ -224,7 +225,7 @@ pub(crate) fn request_of(command: Command, request_id: String) -> anyhow::Result
         }
         Command::Pool(PoolCommand::Show { name }) => ApiRequest::PoolShow { name },
         Command::Pool(PoolCommand::List) => ApiRequest::PoolList,
-        Command::Vm(command) => vm_request(command, request_id),
+        Command::Vm(command) => vm_request(command, request_id)?,
         Command::Certs(CertsCommand::Revoke {
             certificate,
             serial,
@@ -276,13 +277,13 @@ fn network_request(command: NetworkCommand, request_id: String) -> ApiRequest {
     }
 }
 
-fn vm_request(command: VmCommand, request_id: String) -> ApiRequest {
+fn vm_request(command: VmCommand, request_id: String) -> anyhow::Result<ApiRequest> {
     let power = |name, power| ApiRequest::VmSetPower {
         request_id: request_id.clone(),
         name,
         power,
     };
-    match command {
+    Ok(match command {
         VmCommand::Create {
             name,
             vcpus,
@@ -292,6 +293,7 @@ fn vm_request(command: VmCommand, request_id: String) -> ApiRequest {
             host,
             start,
             dry_run,
+            ha,
             ..
         } => {
             let spec = VmSpec {
@@ -305,17 +307,34 @@ fn vm_request(command: VmCommand, request_id: String) -> ApiRequest {
                     .map(|network| VmNic { network, mac: None })
                     .collect(),
             };
-            if dry_run {
-                ApiRequest::VmPlacement { spec, host }
-            } else {
-                ApiRequest::VmCreate {
+            match ha.policy() {
+                _ if dry_run => ApiRequest::VmPlacement { spec, host },
+                Some(ha) if ha.restart => ApiRequest::VmCreateHa {
+                    request_id,
+                    spec,
+                    host,
+                    start,
+                    ha,
+                },
+                _ => ApiRequest::VmCreate {
                     spec,
                     host,
                     start,
                     request_id,
-                }
+                },
             }
         }
+        VmCommand::Ha { name, ha } => match (name, ha.policy()) {
+            (Some(name), Some(ha)) => ApiRequest::VmSetHa {
+                request_id,
+                name,
+                ha,
+            },
+            (None, Some(_)) => anyhow::bail!(
+                "--ha sets one VM's policy: name the VM, e.g. `qvctl vm ha db --ha restart`"
+            ),
+            (name, None) => ApiRequest::VmHa { name },
+        },
         VmCommand::Start { name, .. } => power(name, DesiredPower::Running),
         VmCommand::Stop { name, .. } => power(name, DesiredPower::Stopped),
         VmCommand::Reboot { name } => ApiRequest::VmReboot { request_id, name },
@@ -333,7 +352,7 @@ fn vm_request(command: VmCommand, request_id: String) -> ApiRequest {
         VmCommand::Release { name } => ApiRequest::VmRelease { request_id, name },
         VmCommand::Show { name } => ApiRequest::VmShow { name },
         VmCommand::List => ApiRequest::VmList,
-    }
+    })
 }
 
 #[cfg(test)]

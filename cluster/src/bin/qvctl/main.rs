@@ -83,9 +83,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if cli.stale {
         request = ApiRequest::Stale(Box::new(request));
     }
+    let ha_of = match (&request, cli.output) {
+        (ApiRequest::VmShow { name }, output::Format::Table) => Some(name.clone()),
+        _ => None,
+    };
     let outcome = match client.request(request).await {
         Ok(response) => {
             println!("{}", output::render(&response, cli.output));
+            // `vm show` adds the VM's HA policy and what HA is doing about it; a cluster of
+            // a release without HA does not know the request, and the line is left out.
+            if let Some(name) = ha_of {
+                let ha = ApiRequest::VmHa { name: Some(name) };
+                if let Ok(ApiResponse::VmHa(views)) = client.request(ha).await {
+                    for view in views {
+                        println!("HA: {}", view.policy);
+                        if let Some(status) = view.status {
+                            println!("HA status: {status}");
+                        }
+                    }
+                }
+            }
             match wait {
                 Some((goal, timeout_ms)) => follow(&mut client, goal, timeout_ms).await,
                 None => Ok(()),
