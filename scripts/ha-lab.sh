@@ -64,6 +64,7 @@ for i in 1 2 3; do
         --cert "$CERTS/node-$i.crt" --key "$CERTS/node-$i.key" \
         --vm-shutdown-timeout-ms 2000 >"$LAB/node-$i.log" 2>&1 &
     PIDS+=($!)
+    disown $! # killed at the end; no job notice for it
 done
 
 start_agent() {
