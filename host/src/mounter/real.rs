@@ -80,51 +80,57 @@ impl RealMounter {
     }
 }
 
-/// Whether `target` is a mount point, per the kernel's mount table.
-pub(super) fn mounted_in_mountinfo(target: &Path) -> Result<bool, MountError> {
-    let io = |reason: std::io::Error| MountError::Io {
-        op: "read mountinfo",
-        path: target.display().to_string(),
-        reason: reason.to_string(),
-    };
-    let canonical = match std::fs::canonicalize(target) {
-        Ok(path) => path,
-        // Nothing is mounted where no directory is, nor under a file.
+/// Every mount point in the kernel's mount table (`\040` read back as a space); `path` names
+/// what the caller was looking at, for the error.
+fn mount_points(path: &Path) -> Result<Vec<PathBuf>, MountError> {
+    let table =
+        std::fs::read_to_string("/proc/self/mountinfo").map_err(|reason| MountError::Io {
+            op: "read mountinfo",
+            path: path.display().to_string(),
+            reason: reason.to_string(),
+        })?;
+    Ok(table
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|point| PathBuf::from(point.replace("\\040", " ")))
+        .collect())
+}
+
+/// `path` resolved, or `None` where nothing can be mounted (no such directory, or a file).
+fn canonical_dir(path: &Path) -> Result<Option<PathBuf>, MountError> {
+    match std::fs::canonicalize(path) {
+        Ok(path) => Ok(Some(path)),
         Err(e)
             if matches!(
                 e.kind(),
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
             ) =>
         {
-            return Ok(false)
+            Ok(None)
         }
-        Err(e) => return Err(io(e)),
+        Err(e) => Err(MountError::Io {
+            op: "read mountinfo",
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// Whether `target` is a mount point, per the kernel's mount table.
+pub(super) fn mounted_in_mountinfo(target: &Path) -> Result<bool, MountError> {
+    let Some(canonical) = canonical_dir(target)? else {
+        return Ok(false);
     };
-    let table = std::fs::read_to_string("/proc/self/mountinfo").map_err(io)?;
-    let wanted = canonical.to_string_lossy().replace(' ', "\\040");
-    Ok(table
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .any(|point| point == wanted))
+    Ok(mount_points(target)?.contains(&canonical))
 }
 
 /// The names of the mount points directly below `root`, from the kernel's mount table.
 fn mounted_below_now(root: &Path) -> Result<Vec<String>, MountError> {
-    let io = |reason: std::io::Error| MountError::Io {
-        op: "read mountinfo",
-        path: root.display().to_string(),
-        reason: reason.to_string(),
+    let Some(canonical) = canonical_dir(root)? else {
+        return Ok(Vec::new());
     };
-    let canonical = match std::fs::canonicalize(root) {
-        Ok(path) => path,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io(e)),
-    };
-    let table = std::fs::read_to_string("/proc/self/mountinfo").map_err(io)?;
-    let mut names: Vec<String> = table
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(|point| PathBuf::from(point.replace("\\040", " ")))
+    let mut names: Vec<String> = mount_points(root)?
+        .into_iter()
         .filter(|point| point.parent() == Some(canonical.as_path()))
         .filter_map(|point| Some(point.file_name()?.to_string_lossy().into_owned()))
         .collect();
