@@ -4,8 +4,27 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Each stage's wall time, printed at the end (and where it stopped, if one fails): the whole
+# run must stay well under 30 minutes on 2 cores.
+STAGES=()
+stage_started=$SECONDS
+stage_name=setup
+stage() {
+  STAGES+=("$(printf '%5d s  %s' $((SECONDS - stage_started)) "$stage_name")")
+  stage_name=$1
+  stage_started=$SECONDS
+}
+report() {
+  local rc=$?
+  stage done
+  echo "test: stage times (total ${SECONDS} s, exit $rc):"
+  printf 'test: %s\n' "${STAGES[@]}"
+}
+trap report EXIT
+
 ./scripts/setup.sh
 
+stage deny
 # The dependency policy (deny.toml): advisories, licences, sources, banned crates.
 ./scripts/deny.sh
 
@@ -16,32 +35,40 @@ else
   echo "test: not root, so tests that mount filesystems will skip (run as root to include them)" >&2
 fi
 
+stage previous-release
 # The previous release's qvdc and qhost, for the rolling-upgrade test (before this tree's
 # build, which puts this tree's binaries back in target/debug).
 QVDC_PREVIOUS_RELEASE=$(./scripts/previous-release.sh)
 export QVDC_PREVIOUS_RELEASE
 
 # The real-process tests start qhost, which lives in another crate: build every binary first.
+stage build
 cargo build --workspace --bins
+stage nextest
 cargo nextest run --workspace --no-fail-fast "$@"
 
 # docs/operations.md's install walkthrough, run as written: three nodes and two hosts, each in
 # a mount namespace of its own (needs root).
 if [ "$(id -u)" -eq 0 ]; then
+  stage operations-check
   ./scripts/operations-check.sh
+  stage ha-lab
   # HA on real KVM: lab hosts, each with its own namespaces and libvirtd (docs/lab.md);
   # a power loss, an agent killed, an isolated host; no VM may ever run twice. (The
   # simulation's ha-flow scenario runs 21 seeds in the nextest suite above.)
   ./scripts/ha-lab.sh --runs 1
 fi
 
+stage chaos
 # The default simulation scenario (3 nodes, 10 hosts, every fault) over 200 seeds, on all
 # cores; a failing seed prints the command that replays it.
 cargo run --quiet -p qvdc-simulation --bin qvsim -- run --seeds 0..200
 
+stage deliberate-bugs
 # The checkers bite: each deliberate bug (a test-only feature) is caught within a few seeds.
 cargo nextest run -p qvdc-simulation --features deliberate-bugs --test deliberate_bugs
 
+stage fuzz
 # Every decoder of peer and disk bytes under libFuzzer for a few seconds each (the long runs
 # are in docs/security.md; scripts/fuzz.sh runs longer ones).
 QVDC_FUZZ_SECONDS="${QVDC_FUZZ_SECONDS:-10}" ./scripts/fuzz.sh

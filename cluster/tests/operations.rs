@@ -417,12 +417,13 @@ fn start_writer(
     })
 }
 
-/// The longest a write took among those in flight at or started after `from`.
+/// The longest any write waited after `from`: a write started before it counts only from
+/// `from` on, so a stall that was already under way when the leader was stopped (a slow disk
+/// on a loaded machine) is not blamed on the stop.
 fn longest_after(writes: &[(Instant, Duration)], from: Instant) -> Duration {
     writes
         .iter()
-        .filter(|(started, took)| *started + *took >= from)
-        .map(|(_, took)| *took)
+        .map(|(started, took)| (*started + *took).saturating_duration_since(from.max(*started)))
         .max()
         .unwrap_or_default()
 }
