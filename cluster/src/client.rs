@@ -47,6 +47,9 @@ impl ClientError {
     }
 }
 
+/// How often in a row one node may answer "unavailable" before the next node is asked.
+const UNAVAILABLE_BEFORE_ROTATING: u32 = 3;
+
 pub struct Client {
     endpoint: Endpoint,
     nodes: Vec<SocketAddr>,
@@ -247,7 +250,11 @@ impl Client {
                     progress.unavailable = Some(format!("{addr}: {reason}"));
                     failures += 1;
                     tokio::time::sleep(RETRY.pause(failures)).await;
-                    next = Some(addr);
+                    // The leader short of a quorum for a moment is worth asking again; a node
+                    // that keeps failing (one removed from the cluster, or cut off from the
+                    // leader it passes requests on to) is not: the others are asked in turn,
+                    // and they redirect to the leader.
+                    next = (!failures.is_multiple_of(UNAVAILABLE_BEFORE_ROTATING)).then_some(addr);
                 }
                 Attempt::Retry { reason, reached } => {
                     progress.reached_any |= reached;
