@@ -2,7 +2,7 @@
 # HA on real KVM: a three-node control plane and lab hosts, each with its own network, mount
 # and PID namespace and its own libvirtd (scripts/lab.sh), sharing one pool directory.
 #
-#   scripts/ha-lab.sh [--runs N] [--hosts H]
+#   scripts/ha-lab.sh [--runs N] [--migrations M] [--hosts H] [--steps 1,2,3,4,5]
 #
 # 1. Power loss, N times: three HA VMs on one host, the host's namespace killed (QEMU with
 #    it); prints the time from the kill to each VM running on another host, and p50/p99.
@@ -11,6 +11,11 @@
 #    removes its copy; the VM runs at its new host.
 # 3. Isolation (nftables in the host's namespace): the host stops its guest itself, the VM
 #    runs elsewhere, nothing runs twice; after healing the host holds no stale domain.
+# 4. Live migration, M times between two hosts (`qvctl vm migrate --wait`): the VM runs at
+#    the other host, the first keeps no domain, nothing runs twice meanwhile; prints how long
+#    the guest was paused (libvirt's downtime) for each.
+# 5. Maintenance of a host running two VMs (`qvctl host maintenance enter --wait`): both run
+#    elsewhere, moved live; the host runs nothing.
 # Exits non-zero on any violation. Needs root and /dev/kvm. Only loopback and the lab's own
 # namespaces are ever sent traffic.
 set -euo pipefail
@@ -19,11 +24,15 @@ ROOT=$(pwd)
 
 RUNS=10
 HOSTS=4
+MIGRATIONS=10
+STEPS=1,2,3,4,5
 while [ $# -gt 0 ]; do
     case "$1" in
         --runs) RUNS=$2; shift 2 ;;
+        --migrations) MIGRATIONS=$2; shift 2 ;;
+        --steps) STEPS=$2; shift 2 ;;
         --hosts) HOSTS=$2; shift 2 ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
         *) echo "ha-lab: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -67,16 +76,20 @@ for i in 1 2 3; do
     disown $! # killed at the end; no job notice for it
 done
 
+# Each agent keeps its data in $LAB/host-I/qhost, which its host sees at one path for all
+# (lab-host.sh), and takes live migrations at its libvirtd's TCP address.
 start_agent() {
     local i=$1
     "$LABSH" spawn "$i" "$LAB/host-$i/qhost.log" "$BIN/qhost" --host-id "host-$i" \
-        --cluster "$CLUSTER" --data-dir "$LAB/host-$i/qhost" --libvirt qemu:///system \
+        --cluster "$CLUSTER" --data-dir /var/lib/qvdc-lab-host --libvirt qemu:///system \
+        --migration-uri "qemu+tcp://10.77.0.$((10 + i))/system" \
         --pool-source-allow "$LAB/shared" --ca-cert "$CERTS/ca.crt" \
         --cert "$CERTS/host-$i.crt" --key "$CERTS/host-$i.key" >"$LAB/host-$i/agent.pid"
 }
 for i in $(seq 1 "$HOSTS"); do start_agent "$i"; done
 
 now_ms() { date +%s%3N; }
+step() { [[ ",$STEPS," == *",$1,"* ]]; }
 # Waits (up to $2 s) until the shell condition $1 holds.
 wait_for() {
     local what=$1 limit=$2 start
@@ -135,6 +148,7 @@ restart_host() { # i: a new boot of the lab host, then its agent
     wait_for "host_ready host-$1" 60
 }
 
+if step 1; then
 echo "== 1. power loss of a host running 3 HA VMs, $RUNS runs"
 TIMES=()
 for run in $(seq 1 "$RUNS"); do
@@ -169,7 +183,8 @@ count=${#TIMES[@]}
 p50=$(echo "$sorted" | sed -n "$(( (count + 1) / 2 ))p")
 p99=$(echo "$sorted" | sed -n "$(( (count * 99 + 99) / 100 ))p")
 echo "power loss -> running elsewhere: $count restarts, min $(echo "$sorted" | head -1) ms, p50 $p50 ms, p99 $p99 ms, max $(echo "$sorted" | tail -1) ms"
-
+fi
+if step 2; then
 echo "== 2. agent kill -9 with its guest running"
 make_vm orphan host-1 power-off
 kill -9 "$(cat "$LAB/host-1/agent.pid")"
@@ -190,7 +205,8 @@ until running_on_other_host orphan host-1 && ! "$LABSH" virsh 1 list --all --nam
 done
 echo "agent back: host-1 removed its copy, orphan runs on $(vm_field orphan host) $(( $(now_ms) - t1 )) ms after the agent restarted"
 remove_vm orphan
-
+fi
+if step 3; then
 echo "== 3. isolation of a host"
 make_vm island host-2 power-off
 "$LABSH" isolate 2
@@ -206,4 +222,60 @@ wait_for "! \"$LABSH\" virsh 2 list --all --name | grep -qx island" 60
 check_once island
 echo "healed: host-2 holds no domain of island"
 remove_vm island
+fi
+
+# Runs "$@" (a qvctl that waits) in the background, checking every lab host's virsh for a
+# second copy of VM $MOVING all the while; fails if the command does.
+while_checking() {
+    "$@" >"$LAB/moving.log" 2>&1 &
+    local pid=$!
+    while kill -0 "$pid" 2>/dev/null; do check_once "${MOVING[@]}"; sleep 0.1; done
+    wait "$pid" || { echo "ha-lab: $* failed:" >&2; cat "$LAB/moving.log" >&2; exit 1; }
+    check_once "${MOVING[@]}"
+}
+# libvirt's record of the last migration of $2 on host $1: how long the guest was paused.
+downtime_ms() { "$LABSH" virsh "$1" domjobinfo "$2" --completed 2>/dev/null | awk '/^Total downtime:/ { print $3 }'; }
+
+if step 4; then
+echo "== 4. live migration, $MIGRATIONS times between two lab hosts"
+MOVING=(mover)
+make_vm mover host-1 power-off
+DOWN=()
+for m in $(seq 1 "$MIGRATIONS"); do
+    from=$(vm_field mover host)
+    to=$([ "$from" = host-1 ] && echo host-2 || echo host-1)
+    t0=$(now_ms)
+    while_checking qvctl vm migrate mover --to "$to" --wait --wait-timeout-ms 60000
+    took=$(( $(now_ms) - t0 ))
+    [ "$(vm_field mover host)" = "$to" ] && [ "$(vm_field mover power)" = running ] \
+        || { echo "ha-lab: mover is $(vm_field mover power) on $(vm_field mover host), not running on $to" >&2; exit 1; }
+    i_from=${from#host-}; i_to=${to#host-}
+    ! "$LABSH" virsh "$i_from" list --all --name | grep -qx mover \
+        || { echo "ha-lab: $from kept a domain of mover after migrating it" >&2; exit 1; }
+    down=$(downtime_ms "$i_to" mover)
+    DOWN+=("${down:-0}")
+    echo "migration $m: mover $from -> $to live: qvctl answered after $took ms; guest paused ${down:-?} ms (libvirt)"
+done
+sorted=$(printf '%s\n' "${DOWN[@]}" | sort -n)
+echo "live migration downtime over ${#DOWN[@]} migrations: min $(echo "$sorted" | head -1) ms, p50 $(echo "$sorted" | sed -n "$(( (${#DOWN[@]} + 1) / 2 ))p") ms, max $(echo "$sorted" | tail -1) ms"
+remove_vm mover
+fi
+if step 5; then
+echo "== 5. maintenance of a host running VMs"
+MOVING=(busy-a busy-b)
+make_vm busy-a host-3 power-off
+make_vm busy-b host-3 power-off
+t0=$(now_ms)
+while_checking qvctl host maintenance enter host-3 --wait --wait-timeout-ms 90000
+for vm in "${MOVING[@]}"; do
+    running_on_other_host "$vm" host-3 || { echo "ha-lab: $vm is not running off host-3 after its evacuation" >&2; exit 1; }
+    to=$(vm_field "$vm" host)
+    echo "$vm: running on $to, guest paused $(downtime_ms "${to#host-}" "$vm") ms (libvirt)"
+done
+! "$LABSH" virsh 3 list --name | grep -q . || { echo "ha-lab: host-3 still runs guests in maintenance" >&2; exit 1; }
+qvctl host list | grep -q "maintenance" || { echo "ha-lab: host list does not show the maintenance" >&2; exit 1; }
+echo "maintenance: host-3 emptied in $(( $(now_ms) - t0 )) ms, every VM moved live"
+qvctl host maintenance exit host-3 >/dev/null
+for vm in "${MOVING[@]}"; do remove_vm "$vm"; done
+fi
 echo "ha-lab: all checks passed"

@@ -29,6 +29,8 @@ for b in virtlogd virtlockd libvirtd virsh ip mount; do
 done
 
 HD=$LABDIR/host-$I
+# Where each lab host sees its own agent data directory (bind-mounted from $HD/qhost).
+LAB_AGENT_DIR=/var/lib/qvdc-lab-host
 SHARED=$LABDIR/shared
 LOCKSPACE=$SHARED/.lockspace
 HOST_UUID=$(printf '00000000-0000-4000-8000-%012d' "$I")
@@ -61,6 +63,10 @@ mount --bind "$HD/lib"   /var/lib/libvirt
 mount --bind "$HD/log"   /var/log/libvirt
 mount --bind "$HD/cache" /var/cache/libvirt
 mount --bind "$HD/etc"   /etc/libvirt
+# The host agent's data directory, at the same path on every lab host (like a fleet with one
+# --data-dir): pools are mounted below it, and a migrated domain keeps its disks' paths.
+mkdir -p "$HD/qhost" "$LAB_AGENT_DIR"
+mount --bind "$HD/qhost" "$LAB_AGENT_DIR"
 
 # --- configuration (rewritten at every boot, so it is always what this script says) -------
 cat > /etc/libvirt/libvirtd.conf <<EOF

@@ -53,10 +53,11 @@ if [ "$(id -u)" -eq 0 ]; then
   stage operations-check
   ./scripts/operations-check.sh
   stage ha-lab
-  # HA on real KVM: lab hosts, each with its own namespaces and libvirtd (docs/lab.md);
-  # a power loss, an agent killed, an isolated host; no VM may ever run twice. (The
-  # simulation's ha-flow scenario runs 21 seeds in the nextest suite above.)
-  ./scripts/ha-lab.sh --runs 1
+  # HA and moves on real KVM: lab hosts, each with its own namespaces and libvirtd
+  # (docs/lab.md); a power loss, an agent killed, an isolated host, live migrations and a
+  # maintenance; no VM may ever run twice. (The simulation's ha-flow and move-flow
+  # scenarios run in the nextest suite above.)
+  ./scripts/ha-lab.sh --runs 1 --migrations 3
 fi
 
 stage chaos

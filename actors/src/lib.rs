@@ -37,7 +37,7 @@ pub enum SupervisionError {
 }
 
 /// What one host said it has in its last heartbeat to the leader, assigned or not.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostReported {
     /// The pools it has mounted.
     pub pools: Vec<String>,
@@ -46,11 +46,22 @@ pub struct HostReported {
     /// Whether its hypervisor listed its domains for that heartbeat (else `unmanaged` may
     /// be stale or incomplete).
     pub vms_known: bool,
+    /// Its domains that carry a qvdc VM id.
+    pub managed: Vec<VmReport>,
+    /// When that heartbeat arrived.
+    pub at: tokio::time::Instant,
 }
 
 impl HostReported {
-    fn of(reports: &HostReports) -> Self {
+    fn of(reports: &HostReports, at: tokio::time::Instant) -> Self {
         Self {
+            managed: reports
+                .vms
+                .iter()
+                .filter(|v| v.id.is_some())
+                .cloned()
+                .collect(),
+            at,
             pools: reports
                 .pools
                 .iter()

@@ -54,6 +54,9 @@ pub(crate) struct Context {
     pub(crate) stepping_down: std::sync::atomic::AtomicBool,
     /// HA's soft state on the leader: the latest plan, the fence lists sent to hosts.
     pub(crate) ha: std::sync::Mutex<crate::ha::HaState>,
+    /// Moves' soft state on the leader: which hosts take live migrations, what each move
+    /// is doing, what each host in maintenance still runs.
+    pub(crate) moves: std::sync::Mutex<crate::moves::MovesState>,
 }
 
 /// Members of the Raft membership as one node has watched it change.

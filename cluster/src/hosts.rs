@@ -75,8 +75,13 @@ pub(crate) async fn handle(
             supervision.heartbeat(host_id, link(connection), reports);
             Response::Host(lease)
         }
-        HostMessage::Capabilities { host_id, leases } => {
+        HostMessage::Capabilities {
+            host_id,
+            leases,
+            migration_uri,
+        } => {
             crate::ha::capabilities(node, &host_id, connection.stable_id(), leases);
+            crate::moves::capabilities(node, &host_id, migration_uri);
             Response::Host(HostReply::HeartbeatAck)
         }
         HostMessage::InventoryChanged { host_id, inventory } => {

@@ -14,6 +14,7 @@ mod forward;
 mod ha;
 mod hosts;
 mod lease;
+mod moves;
 pub mod node;
 pub mod output;
 mod propose;

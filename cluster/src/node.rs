@@ -147,6 +147,7 @@ impl Node {
             connections: Arc::default(),
             stepping_down: Default::default(),
             ha: Default::default(),
+            moves: Default::default(),
         });
         let revocations = tokio::spawn(crate::revocation::enforce(
             inner.connections.clone(),
@@ -318,6 +319,7 @@ async fn follow_leadership(node: Arc<Context>, timings: Timings) {
                     });
                     *slot = Some(supervision);
                     tokio::spawn(crate::ha::watch(node.clone(), leadership));
+                    tokio::spawn(crate::moves::watch(node.clone(), leadership, timings));
                 }
                 Err(e) => warn!(error = %e, "could not start supervision"),
             }

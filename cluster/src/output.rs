@@ -63,6 +63,10 @@ fn in_natural_order(response: &ApiResponse) -> ApiResponse {
         }
         ApiResponse::Vms(vms) => sort_naturally(vms, |v| &v.spec.name),
         ApiResponse::VmHa(views) => sort_naturally(views, |v| &v.vm),
+        ApiResponse::Moves(m) => {
+            sort_naturally(&mut m.moves, |v| &v.vm);
+            sort_naturally(&mut m.evacuations, |e| &e.host);
+        }
         ApiResponse::Files { files, .. } => sort_naturally(files, |f| &f.name),
         ApiResponse::Volumes(volumes) => sort_naturally(volumes, |v| &v.name),
         ApiResponse::Host(detail) => {
@@ -135,6 +139,7 @@ pub fn render(response: &ApiResponse, format: Format) -> String {
                 )
             }
             ApiResponse::VmHa(views) => ha_table(views),
+            ApiResponse::Moves(moves) => moves_table(moves),
         },
     }
 }
@@ -176,8 +181,58 @@ fn json(response: &ApiResponse) -> String {
             "index": index, "term": term, "bytes": file.len(),
         })),
         ApiResponse::VmHa(v) => serde_json::to_value(v),
+        ApiResponse::Moves(m) => serde_json::to_value(m),
     };
     serde_json::to_string_pretty(&value.expect("API types serialize")).expect("JSON values print")
+}
+
+fn moves_table(view: &qvdc_transport::protocol::MovesView) -> String {
+    let mut out = String::new();
+    if view.moves.is_empty() {
+        out.push_str("no VM is moving\n");
+    } else {
+        let mut t = table(&["VM", "FROM", "TO", "MODE", "STATUS"]);
+        for m in &view.moves {
+            let status = if m.failed {
+                format!("FAILED: {}", m.status)
+            } else {
+                m.status.clone()
+            };
+            t.add_row(vec![
+                m.vm.clone(),
+                m.from.clone(),
+                m.to.clone(),
+                m.mode.to_string(),
+                status,
+            ]);
+        }
+        out.push_str(&format!("{t}\n"));
+    }
+    for e in &view.evacuations {
+        if e.remaining.is_empty() {
+            out.push_str(&format!(
+                "host {} is in maintenance and runs no VM\n",
+                e.host
+            ));
+            continue;
+        }
+        out.push_str(&format!(
+            "host {} is in maintenance; {} VM(s) still to move:\n",
+            e.host,
+            e.remaining.len()
+        ));
+        for (vm, what) in &e.remaining {
+            out.push_str(&format!("  {vm}: {what}\n"));
+        }
+    }
+    for e in view.evacuations.iter().filter(|e| !e.unmanaged.is_empty()) {
+        out.push_str(&format!(
+            "host {} also runs domains qvdc does not manage, which stay: {}\n",
+            e.host,
+            e.unmanaged.join(", ")
+        ));
+    }
+    out.trim_end().to_owned()
 }
 
 fn ha_table(views: &[qvdc_transport::protocol::VmHaView]) -> String {

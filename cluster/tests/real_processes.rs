@@ -918,7 +918,7 @@ fn host_agents_killed_and_restarted_are_seen_and_given_their_config_again_needs_
         ],
     );
     // Maintenance keeps new VMs off a host.
-    ok(&cluster, &["host", "maintenance", "host-1", "on"]);
+    ok(&cluster, &["host", "maintenance", "enter", "host-1"]);
     ok(
         &cluster,
         &[
@@ -939,7 +939,7 @@ fn host_agents_killed_and_restarted_are_seen_and_given_their_config_again_needs_
     );
     let hosts = cluster.json(&["host", "list"]).unwrap();
     assert_eq!(hosts[0]["maintenance"], true, "{hosts:#}");
-    ok(&cluster, &["host", "maintenance", "host-1", "off"]);
+    ok(&cluster, &["host", "maintenance", "exit", "host-1"]);
 
     // host-2 dies: Unreachable, its pool report UNKNOWN and its VM's power unknown, within
     // the failure-detection time (3 s by default).

@@ -67,6 +67,9 @@ pub struct AgentConfig {
     /// keeps `inventory` as given (the simulation).
     pub rescan_inventory: Option<InventoryRescan>,
     pub heartbeat_interval_ms: u64,
+    /// The libvirt URI other hosts' libvirtd reach this host's at, to live-migrate VMs
+    /// here; `None`: VMs come here only by shutting down and starting again.
+    pub migration_uri: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -303,6 +306,7 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
         let capabilities = HostMessage::Capabilities {
             host_id: self.config.host_id.clone(),
             leases: true,
+            migration_uri: self.config.migration_uri.clone(),
         };
         match self.request(&connection, capabilities).await {
             Ok(Response::Host(HostReply::HeartbeatAck)) => {}
@@ -726,6 +730,19 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Host<M, H, N> {
                     pools.execute(&disk.pool, disown).await?;
                 }
                 vm(name, VmOp::Release { id, dry: false }).await
+            }
+            K::MigrateVm {
+                name,
+                id,
+                to,
+                storage_unsafe,
+            } => {
+                let op = VmOp::Migrate {
+                    id,
+                    to,
+                    storage_unsafe,
+                };
+                vm(name, op).await
             }
             K::CreateNetwork(spec) => self.networks.ensure(spec).await,
             K::RemoveNetwork { name } => self.networks.remove(&name).await,

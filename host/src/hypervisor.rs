@@ -81,6 +81,16 @@ pub trait Hypervisor: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<VmReport>, HostError>> + Send;
     /// Every domain on the host, sorted by name.
     fn domains(&self) -> impl Future<Output = Result<Vec<VmReport>, HostError>> + Send;
+    /// Live-migrates the running domain `name` to the hypervisor at libvirt URI `to`, peer
+    /// to peer: defined there, running there once its memory is copied (the guest pauses
+    /// here for the last copy), then undefined here. On failure it runs on here.
+    /// `storage_unsafe`: its disks are on storage libvirt cannot tell is shared.
+    fn migrate(
+        &self,
+        name: String,
+        to: String,
+        storage_unsafe: bool,
+    ) -> impl Future<Output = Result<(), HostError>> + Send;
 }
 
 pub(crate) fn not_found(name: &str) -> HostError {
@@ -244,6 +254,10 @@ struct SimDomain {
     disks: Vec<DiskReport>,
     /// How often its guest was booted (started or rebooted) since it was defined.
     boots: u32,
+    /// While a live migration brings it here: the source hypervisor. If the guest dies
+    /// there first (a power loss), this copy goes too, as QEMU's incoming migration ends
+    /// when its source's connection does.
+    incoming_from: Option<std::sync::Weak<Mutex<SimState>>>,
 }
 
 #[derive(Debug, Default)]
@@ -251,6 +265,9 @@ struct SimState {
     domains: BTreeMap<String, SimDomain>,
     /// Every call fails with this message, as when libvirtd is down.
     failure: Option<String>,
+    /// The host lost power: nothing reaches this hypervisor any more (its next boot has a
+    /// new one).
+    powered_off: bool,
     /// Every call waits, as when libvirtd is stopped or deadlocked.
     hung: bool,
     /// Guests that ignore an ACPI shutdown request.
@@ -263,6 +280,27 @@ struct SimState {
 }
 
 impl SimState {
+    /// Drops the incoming copies whose source guest no longer runs.
+    fn prune_incoming(&mut self) {
+        self.domains.retain(|name, d| {
+            let Some(source) = &d.incoming_from else {
+                return true;
+            };
+            let Some(source) = source.upgrade() else {
+                return false;
+            };
+            // Another hypervisor busy right now (never in the one-threaded simulation):
+            // look again next time.
+            let Ok(source) = source.try_lock() else {
+                return true;
+            };
+            source
+                .domains
+                .get(name)
+                .is_some_and(|s| matches!(s.power, PowerState::Running | PowerState::Paused))
+        });
+    }
+
     fn next_uuid(&mut self) -> String {
         self.defined += 1;
         format!("00000000-0000-4000-8000-{:012x}", self.defined)
@@ -346,7 +384,59 @@ impl SimStorageLocks {
     }
 }
 
+impl SimStorageLocks {
+    /// The hosts other than `me`'s whose hypervisor runs a guest of VM `id` (paused ones
+    /// aside): what the simulation checks whenever a guest starts to run.
+    fn running_elsewhere(&self, me: &Arc<Mutex<SimState>>, id: &str) -> Vec<String> {
+        let registry = self.0.lock().expect("storage locks poisoned");
+        registry
+            .iter()
+            .filter_map(|holder| {
+                let other = holder.state.upgrade().filter(|o| !Arc::ptr_eq(o, me))?;
+                let other = other.lock().expect("sim hypervisor poisoned");
+                let runs = other
+                    .domains
+                    .values()
+                    .any(|d| d.id.as_deref() == Some(id) && d.power == PowerState::Running);
+                runs.then(|| holder.host.clone())
+            })
+            .collect()
+    }
+
+    /// Host `host`'s hypervisor (the latest, if it was made again) and its pool root.
+    fn hypervisor_of(&self, host: &str) -> Option<(Arc<Mutex<SimState>>, PathBuf)> {
+        let registry = self.0.lock().expect("storage locks poisoned");
+        registry
+            .iter()
+            .rev()
+            .filter(|holder| holder.host == host)
+            .find_map(|holder| Some((holder.state.upgrade()?, holder.root.clone())))
+    }
+}
+
+/// How long a simulated live migration copies the guest's memory.
+pub const SIM_MIGRATION_MS: u64 = 300;
+
+/// The libvirt URI of a simulated host's hypervisor, where live migrations to it go.
+pub fn sim_migration_uri(host: &str) -> String {
+    format!("sim://{host}")
+}
+
 impl SimHypervisor {
+    /// States that domain `name` (of VM `id`) began to run here, and where else a guest of
+    /// the VM runs at this moment: the ground truth the simulation checks "never twice"
+    /// against.
+    fn note_running(&self, name: &str, id: Option<&str>) {
+        let (Some((locks, host, _)), Some(id)) = (&self.locks, id) else {
+            return;
+        };
+        qvdc_transport::facts::state(qvdc_transport::facts::Fact::GuestRuns {
+            host: host.clone(),
+            vm: name.to_owned(),
+            elsewhere: locks.running_elsewhere(&self.state, id),
+        });
+    }
+
     pub fn new() -> Self {
         Self::default()
     }
@@ -373,6 +463,7 @@ impl SimHypervisor {
     /// The host lost power: every guest stopped, every lock it held is free.
     pub fn power_loss(&self) {
         let mut state = self.state.lock().expect("sim hypervisor poisoned");
+        state.powered_off = true;
         for domain in state.domains.values_mut() {
             if domain.power != PowerState::ShutOff {
                 set_power(domain, PowerState::ShutOff, "power lost");
@@ -381,7 +472,8 @@ impl SimHypervisor {
     }
 
     fn state(&self) -> Result<std::sync::MutexGuard<'_, SimState>, HostError> {
-        let state = self.state.lock().expect("sim hypervisor poisoned");
+        let mut state = self.state.lock().expect("sim hypervisor poisoned");
+        state.prune_incoming();
         match &state.failure {
             Some(reason) => Err(HostError::new(HostErrorKind::Failed, reason.clone())),
             None => Ok(state),
@@ -397,7 +489,8 @@ impl SimHypervisor {
 
     /// Every defined domain and its power state: what the host really runs.
     pub fn domains(&self) -> BTreeMap<String, PowerState> {
-        let state = self.state.lock().expect("sim hypervisor poisoned");
+        let mut state = self.state.lock().expect("sim hypervisor poisoned");
+        state.prune_incoming();
         state
             .domains
             .iter()
@@ -457,6 +550,7 @@ impl SimHypervisor {
             memory_bytes: 64 << 20,
             disks,
             boots: u32::from(running),
+            incoming_from: None,
         };
         state.domains.insert(name.to_owned(), domain);
     }
@@ -528,6 +622,7 @@ impl Hypervisor for SimHypervisor {
                 memory_bytes: 0,
                 disks: Vec::new(),
                 boots: 0,
+                incoming_from: None,
             });
         domain.id = Some(spec.id);
         domain.vcpus = spec.vcpus;
@@ -566,12 +661,17 @@ impl Hypervisor for SimHypervisor {
                 ));
             }
         }
-        self.with_domain(&name, "start", |d, _| {
-            if d.power != PowerState::Running {
+        let booted = self.with_domain(&name, "start", |d, _| {
+            let boots = d.power != PowerState::Running;
+            if boots {
                 boot(d);
             }
-            Ok(())
-        })
+            Ok(boots.then(|| d.id.clone()))
+        })?;
+        if let Some(id) = booted {
+            self.note_running(&name, id.as_deref());
+        }
+        Ok(())
     }
 
     async fn shutdown(&self, name: String) -> Result<(), HostError> {
@@ -656,6 +756,166 @@ impl Hypervisor for SimHypervisor {
         self.unless_hung().await;
         let state = self.state()?;
         Ok(state.domains.iter().map(|(n, d)| report(n, d)).collect())
+    }
+
+    /// As libvirt does it: a paused copy is defined at the destination, the memory is
+    /// copied ([`SIM_MIGRATION_MS`]), then the guest pauses here and runs there, and the
+    /// domain is undefined here. Fails, with the guest running on here, if the guest or
+    /// the copy stopped meanwhile (a power loss) or the destination cannot be reached.
+    async fn migrate(
+        &self,
+        name: String,
+        to: String,
+        _storage_unsafe: bool,
+    ) -> Result<(), HostError> {
+        use qvdc_transport::facts::{self, Fact, Guest};
+        self.unless_hung().await;
+        let failed = |message: String| HostError::new(HostErrorKind::Failed, message);
+        let Some((locks, here, root)) = &self.locks else {
+            return Err(failed(format!(
+                "migrating {name}: this hypervisor has no peers"
+            )));
+        };
+        let there = to.strip_prefix("sim://").unwrap_or_default();
+        let (dest, dest_root) = locks
+            .hypervisor_of(there)
+            .filter(|(dest, _)| !Arc::ptr_eq(dest, &self.state))
+            .ok_or_else(|| failed(format!("migrating {name}: unable to connect to {to}")))?;
+        let mut copy = {
+            let state = self.state()?;
+            let domain = state.domains.get(&name).ok_or_else(|| not_found(&name))?;
+            if domain.power != PowerState::Running {
+                return Err(not_running(&name));
+            }
+            domain.clone()
+        };
+        // The same files, as the destination names them.
+        for disk in &mut copy.disks {
+            let key = disk
+                .file
+                .as_deref()
+                .and_then(|f| SimStorageLocks::key(root, f));
+            disk.file = key.map(|k| dest_root.join(k).display().to_string());
+        }
+        set_power(&mut copy, PowerState::Paused, "migrating in");
+        copy.incoming_from = Some(Arc::downgrade(&self.state));
+        let copy_id = copy.id.clone();
+        {
+            let mut dest = dest.lock().expect("sim hypervisor poisoned");
+            if dest.powered_off {
+                return Err(failed(format!(
+                    "migrating {name}: unable to connect to {to}: no route to host"
+                )));
+            }
+            if let Some(reason) = &dest.failure {
+                return Err(failed(format!("migrating {name}: {to}: {reason}")));
+            }
+            if dest.domains.contains_key(&name) {
+                return Err(HostError::new(
+                    HostErrorKind::Conflict,
+                    format!("migrating {name}: domain {name} already exists at {to}"),
+                ));
+            }
+            dest.domains.insert(name.clone(), copy);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(SIM_MIGRATION_MS)).await;
+        let arrived = |dest: &mut SimState| {
+            dest.domains
+                .get(&name)
+                .is_some_and(|d| d.power == PowerState::Paused)
+        };
+        let give_up = |why: &str| {
+            let mut dest = dest.lock().expect("sim hypervisor poisoned");
+            if arrived(&mut dest)
+                || dest
+                    .domains
+                    .get(&name)
+                    .is_some_and(|d| d.power == PowerState::ShutOff)
+            {
+                dest.domains.remove(&name);
+            }
+            failed(format!("migrating {name} to {to}: {why}"))
+        };
+        // The deliberate bug: the copy runs before the original pauses.
+        let early =
+            qvdc_transport::bugs::active(qvdc_transport::bugs::Bug::MigrationResumesBeforePause);
+        if early {
+            if let Some(d) = dest
+                .lock()
+                .expect("sim hypervisor poisoned")
+                .domains
+                .get_mut(&name)
+            {
+                set_power(d, PowerState::Running, "migrated");
+            }
+            let id = copy_id.as_deref().unwrap_or_default();
+            qvdc_transport::facts::state(Fact::GuestRuns {
+                host: there.to_owned(),
+                vm: name.clone(),
+                elsewhere: locks.running_elsewhere(&dest, id),
+            });
+            if let Some(d) = dest
+                .lock()
+                .expect("sim hypervisor poisoned")
+                .domains
+                .get_mut(&name)
+            {
+                set_power(d, PowerState::Paused, "migrating in");
+            }
+        }
+        {
+            let mut state = self.state.lock().expect("sim hypervisor poisoned");
+            match state.domains.get_mut(&name) {
+                Some(d) if d.power == PowerState::Running => {
+                    set_power(d, PowerState::Paused, "migrating out")
+                }
+                _ => {
+                    drop(state);
+                    return Err(give_up("the guest stopped during the migration"));
+                }
+            }
+        }
+        let resumed = {
+            let mut dest = dest.lock().expect("sim hypervisor poisoned");
+            match dest.domains.get_mut(&name) {
+                Some(d) if d.power == PowerState::Paused && d.incoming_from.is_some() => {
+                    set_power(d, PowerState::Running, "migrated");
+                    d.incoming_from = None;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if resumed {
+            let id = copy_id.as_deref().unwrap_or_default();
+            qvdc_transport::facts::state(Fact::GuestRuns {
+                host: there.to_owned(),
+                vm: name.clone(),
+                elsewhere: locks.running_elsewhere(&dest, id),
+            });
+        }
+        let mut state = self.state.lock().expect("sim hypervisor poisoned");
+        if !resumed {
+            if let Some(d) = state.domains.get_mut(&name) {
+                set_power(d, PowerState::Running, "migration failed");
+            }
+            drop(state);
+            return Err(give_up("the destination lost the guest"));
+        }
+        state.domains.remove(&name);
+        facts::state(Fact::VmOperation {
+            host: here.clone(),
+            vm: name.clone(),
+            op: "migrate-out",
+            guest: Guest::Gone,
+        });
+        facts::state(Fact::VmOperation {
+            host: there.to_owned(),
+            vm: name,
+            op: "migrate-in",
+            guest: Guest::Runs,
+        });
+        Ok(())
     }
 }
 
@@ -776,6 +1036,66 @@ pub(crate) mod conformance {
     #[tokio::test]
     async fn sim_hypervisor_conforms() {
         lifecycle(&SimHypervisor::new(), "sim-vm").await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_simulated_live_migration_moves_the_running_guest_once_or_leaves_it_running() {
+        let locks = SimStorageLocks::default();
+        let a = SimHypervisor::with_storage_locks(&locks, "host-1", "/a/pools".into());
+        let b = SimHypervisor::with_storage_locks(&locks, "host-2", "/b/pools".into());
+        let mut web = spec("web", "vm-1");
+        web.disks.push(DomainDisk {
+            path: "/a/pools/shared/web.qcow2".into(),
+            format: VolumeFormat::Qcow2,
+        });
+        a.define(web).await.unwrap();
+        let to_b = sim_migration_uri("host-2");
+        let err = a
+            .migrate("web".into(), to_b.clone(), false)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.kind,
+            HostErrorKind::Invalid,
+            "only a running guest migrates: {err}"
+        );
+        a.start("web".into()).await.unwrap();
+        a.migrate("web".into(), to_b.clone(), false).await.unwrap();
+        assert!(a.domains().is_empty(), "undefined at the source");
+        let there = b.domain("web".into()).await.unwrap().unwrap();
+        assert_eq!(there.power, PowerState::Running);
+        assert_eq!(there.id.as_deref(), Some("vm-1"));
+        assert_eq!(b.boots("web"), 1, "the same guest, not booted again");
+        assert_eq!(
+            there.disks[0].file.as_deref(),
+            Some("/b/pools/shared/web.qcow2"),
+            "the same file, as the destination names it"
+        );
+
+        // The destination loses power during the copy: the guest runs on at the source.
+        let back = sim_migration_uri("host-1");
+        let migrating = tokio::spawn({
+            let b = b.clone();
+            async move { b.migrate("web".into(), back, false).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(SIM_MIGRATION_MS / 2)).await;
+        assert_eq!(a.domains()["web"], PowerState::Paused, "arriving, paused");
+        a.power_loss();
+        let err = migrating.await.unwrap().unwrap_err();
+        assert!(err.message.contains("lost the guest"), "{err}");
+        assert_eq!(b.domains()["web"], PowerState::Running);
+        assert!(
+            !a.domains().contains_key("web"),
+            "no half-migrated domain left"
+        );
+
+        // Nowhere to go.
+        let err = b
+            .migrate("web".into(), sim_migration_uri("host-9"), false)
+            .await
+            .unwrap_err();
+        assert!(err.message.contains("unable to connect"), "{err}");
+        assert_eq!(b.domains()["web"], PowerState::Running);
     }
 
     #[tokio::test]

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, Once};
 use qvdc_transport::protocol::{HostError, HostErrorKind, PowerState, VmReport};
 use virt::{
     connect::Connect,
-    domain::{Domain, DomainState},
+    domain::{Domain, DomainState, MigrateParameters},
     error::ErrorNumber,
     sys,
 };
@@ -162,6 +162,19 @@ impl Libvirt {
     }
 }
 
+/// Where QEMU sends the guest's memory for a migration to libvirt at `uri`: the same
+/// address, QEMU's own port (libvirt picks it). `None` lets libvirt ask the other side for
+/// its host name, which may not resolve to it.
+fn migration_data_uri(uri: &str) -> Option<String> {
+    let authority = uri.split_once("://")?.1.split('/').next()?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => format!("[{}]", v6.split(']').next()?),
+        None => authority.split(':').next()?.to_owned(),
+    };
+    (!host.is_empty() && host != "[]").then(|| format!("tcp://{host}"))
+}
+
 fn active(domain: &Domain, name: &str) -> Result<bool, HostError> {
     domain
         .is_active()
@@ -313,6 +326,34 @@ impl Hypervisor for Libvirt {
         }
     }
 
+    async fn migrate(
+        &self,
+        name: String,
+        to: String,
+        storage_unsafe: bool,
+    ) -> Result<(), HostError> {
+        self.with_domain(name, move |domain, name| {
+            if !active(domain, name)? {
+                return Err(not_running(name));
+            }
+            let mut flags = sys::VIR_MIGRATE_LIVE
+                | sys::VIR_MIGRATE_PEER2PEER
+                | sys::VIR_MIGRATE_PERSIST_DEST
+                | sys::VIR_MIGRATE_UNDEFINE_SOURCE;
+            if storage_unsafe {
+                flags |= sys::VIR_MIGRATE_UNSAFE;
+            }
+            let parameters = MigrateParameters {
+                uri: migration_data_uri(&to),
+                ..Default::default()
+            };
+            domain
+                .migrate_to_uri3(Some(&to), parameters, flags)
+                .map_err(|e| failed(&format!("migrating domain {name} to {to}"), &e))
+        })
+        .await
+    }
+
     async fn domains(&self) -> Result<Vec<VmReport>, HostError> {
         self.call(|connection| {
             let domains = connection
@@ -340,6 +381,24 @@ mod tests {
 
     use super::*;
     use crate::hypervisor::conformance::{lifecycle, spec, wait_power};
+
+    #[test]
+    fn guest_memory_goes_to_the_address_of_the_libvirt_uri() {
+        let data = |uri| migration_data_uri(uri);
+        assert_eq!(
+            data("qemu+tcp://10.77.0.12/system").as_deref(),
+            Some("tcp://10.77.0.12")
+        );
+        assert_eq!(
+            data("qemu+tls://root@host-2.lab:16514/system").as_deref(),
+            Some("tcp://host-2.lab")
+        );
+        assert_eq!(
+            data("qemu+ssh://[fd00::2]:22/system").as_deref(),
+            Some("tcp://[fd00::2]")
+        );
+        assert_eq!(data("qemu:///system"), None);
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn libvirt_test_driver_conforms() {

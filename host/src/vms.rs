@@ -20,6 +20,9 @@ use crate::hypervisor::{DomainSpec, Hypervisor};
 
 /// How long one hypervisor call may take before it fails as timed out.
 pub const HYPERVISOR_CALL_TIMEOUT_MS: u64 = 30_000;
+/// How long a live migration may take: its memory copied over the network, more than once
+/// for a busy guest.
+pub const MIGRATION_TIMEOUT_MS: u64 = 600_000;
 /// How often a shutting-down domain is looked at.
 pub const SHUTDOWN_POLL_MS: u64 = 250;
 
@@ -55,6 +58,12 @@ pub enum VmOp {
         to: String,
         uuid: String,
     },
+    /// Live-migrates the running domain of VM `id` to the hypervisor at `to`.
+    Migrate {
+        id: String,
+        to: String,
+        storage_unsafe: bool,
+    },
 }
 
 impl VmOp {
@@ -65,7 +74,9 @@ impl VmOp {
             // A released guest runs on, but no longer as this VM: the name is free again.
             VmOp::Shutdown { .. } | VmOp::ForceOff | VmOp::Undefine => Guest::Gone,
             VmOp::Release { dry: false, .. } => Guest::Gone,
+            // The hypervisor states where the guest went, at the moment it moves.
             VmOp::Define(_)
+            | VmOp::Migrate { .. }
             | VmOp::Adopt { .. }
             | VmOp::Release { dry: true, .. }
             | VmOp::Rename { .. } => Guest::Unchanged,
@@ -85,6 +96,7 @@ impl VmOp {
             VmOp::Release { dry: true, .. } => "check-release",
             VmOp::Release { .. } => "release",
             VmOp::Rename { .. } => "rename",
+            VmOp::Migrate { .. } => "migrate",
         }
     }
 }
@@ -242,6 +254,28 @@ impl<H: Hypervisor> VmActor<H> {
                     return Err(crate::hypervisor::not_running(&name));
                 }
                 bounded("rebooting the domain", h.reboot(name)).await?;
+            }
+            VmOp::Migrate {
+                id,
+                to,
+                storage_unsafe,
+            } => {
+                let report = self.managed().await?;
+                if report.id.as_deref() != Some(id.as_str()) {
+                    return Err(HostError::new(
+                        HostErrorKind::Conflict,
+                        format!("domain {name} is not VM {id}; it is not migrated"),
+                    ));
+                }
+                let migrate = h.migrate(name, to, storage_unsafe);
+                tokio::time::timeout(Duration::from_millis(MIGRATION_TIMEOUT_MS), migrate)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(HostError::new(
+                            HostErrorKind::Timeout,
+                            format!("the migration did not finish within {} s", MIGRATION_TIMEOUT_MS / 1_000),
+                        ))
+                    })?;
             }
             VmOp::ForceOff => {
                 self.managed().await?;

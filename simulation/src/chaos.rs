@@ -158,6 +158,7 @@ async fn script(
         .await
         .context("after healing")?;
     finish_releases(&mut admin).await?;
+    end_maintenance(&config, &mut admin).await?;
     // The joining node leaves for good, if the chaos phase did not see it out.
     if let Some(member_client) = member_client.as_mut() {
         leave_for_good(&config, member_client).await?;
@@ -507,7 +508,7 @@ async fn vms_client(config: &SimConfig, mut client: Client, end: Instant) {
                 request_id: client.new_request_id(),
                 name: world::UNMANAGED_DOMAIN.into(),
             }
-        } else if draw < 80 {
+        } else if draw < 72 {
             let power = if rng.gen_bool(0.5) {
                 DesiredPower::Running
             } else {
@@ -518,6 +519,31 @@ async fn vms_client(config: &SimConfig, mut client: Client, end: Instant) {
                 name,
                 power,
             }
+        } else if draw < 82 {
+            // Moved wherever placement puts it: live when it runs and the host takes live
+            // migrations, else shut down and started there.
+            ApiRequest::VmMigrate {
+                request_id: client.new_request_id(),
+                name,
+                to: None,
+            }
+        } else if draw < 88 {
+            // A host in maintenance sends its running VMs away (the host of a VM, so there
+            // is something to move); later it takes VMs again.
+            let on = rng.gen_bool(0.6);
+            let mut host = SimConfig::host_name(rng.gen_range(1..=config.hosts));
+            if on {
+                if let Some(Ok(ApiResponse::Vm(vm))) =
+                    send(&mut client, ApiRequest::VmShow { name }).await
+                {
+                    host = vm.host;
+                }
+            }
+            ApiRequest::HostMaintenance {
+                request_id: client.new_request_id(),
+                host,
+                on,
+            }
         } else {
             ApiRequest::VmDelete {
                 request_id: client.new_request_id(),
@@ -527,6 +553,19 @@ async fn vms_client(config: &SimConfig, mut client: Client, end: Instant) {
         let _ = send(&mut client, request).await;
         think(&mut rng).await;
     }
+}
+
+/// Takes every host out of maintenance, as an operator does once the work on them is done.
+async fn end_maintenance(config: &SimConfig, client: &mut Client) -> anyhow::Result<()> {
+    for i in 1..=config.hosts {
+        let exit = ApiRequest::HostMaintenance {
+            request_id: client.new_request_id(),
+            host: SimConfig::host_name(i),
+            on: false,
+        };
+        ask(client, exit).await?;
+    }
+    Ok(())
 }
 
 /// A release cut short by a fault leaves its VM being released, which only its operator

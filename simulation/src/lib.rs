@@ -15,6 +15,7 @@ pub mod invariants;
 pub mod lagging_follower;
 pub mod lease_edge;
 pub mod linearizability;
+pub mod move_flow;
 pub mod passed_on;
 pub mod pool_flow;
 pub mod retried_requests;

@@ -266,6 +266,8 @@ pub(crate) fn add_host(
     let faults = faults.clone();
     let identity = certs.get(&name);
     let failing = config.failing_hosts.contains(&i);
+    // The last host takes no live migrations: VMs reach it by a cold move.
+    let migration_uri = (i < config.hosts).then(|| qvdc_host::hypervisor::sim_migration_uri(&name));
     let (seed, nodes) = (config.seed, config.nodes);
     // Outside the machine, like a file on its disk: the fencing term survives a crash.
     let fence_store = MemoryFence::default();
@@ -276,6 +278,7 @@ pub(crate) fn add_host(
         let (identity, name, fence_store) = (identity.clone(), name.clone(), fence_store.clone());
         let lease_store = lease_store.clone();
         let faults = faults.clone();
+        let migration_uri = migration_uri.clone();
         async move {
             let fence = Fence::open(Box::new(fence_store))?;
             let endpoint = sim::bind(
@@ -330,6 +333,7 @@ pub(crate) fn add_host(
                 },
                 rescan_inventory: None,
                 heartbeat_interval_ms: qvdc_host::agent::HEARTBEAT_INTERVAL_MS_DEFAULT,
+                migration_uri: migration_uri.clone(),
             };
             // A domain defined before qvdc, on every host: reported, never touched. The
             // first host's has a disk in what will be pool `legacy` once mounted there.

@@ -4,7 +4,7 @@
 //! deliberate-bugs`.
 
 use qvdc_simulation::{
-    adoption, catch_up, chaos, deposed_leader, ha_flow, lease_edge, retried_requests,
+    adoption, catch_up, chaos, deposed_leader, ha_flow, lease_edge, move_flow, retried_requests,
     stranded_write, vm_flow, Bug, SimConfig,
 };
 
@@ -216,5 +216,26 @@ fn waiting_for_a_write_past_the_leadership_is_caught() {
     let bugs = [Bug::WaitPastLeadership];
     caught(&bugs, "kept waiting for a write's outcome", |seed| {
         stranded_write::run(&config(seed, 1, &bugs)).map(drop)
+    });
+}
+
+/// move-flow moves a VM cold to a host that takes no live migrations: recording the move
+/// before the guest is shut down has the new host start it while the old one still runs
+/// it, which only the storage lock stops.
+#[test]
+fn a_cold_move_before_the_shutdown_is_caught() {
+    let bugs = [Bug::ColdMoveWithoutShutdown];
+    caught(&bugs, "whose agent was alive", |seed| {
+        move_flow::run(&config(seed, 4, &bugs)).map(drop)
+    });
+}
+
+/// The simulated hypervisors check "never twice" themselves whenever a guest starts to
+/// run: a live migration that resumes the copy before pausing the original is caught.
+#[test]
+fn a_migration_that_resumes_before_it_pauses_is_caught() {
+    let bugs = [Bug::MigrationResumesBeforePause];
+    caught(&bugs, "began to run on", |seed| {
+        move_flow::run(&config(seed, 4, &bugs)).map(drop)
     });
 }

@@ -51,10 +51,17 @@ pub enum Bug {
     /// HA restarts a lost host's VMs as soon as the host looks unreachable, without waiting
     /// for its lease to lapse and its isolation response to finish.
     RestartBeforeTheLeaseLapses,
+    /// A cold move records the VM as its new host's as soon as it begins, without waiting
+    /// for the guest to be shut down on its old host.
+    ColdMoveWithoutShutdown,
+    /// The simulated hypervisor's live migration resumes the guest at the destination
+    /// before it pauses it at the source: for showing the hypervisors' own "never twice"
+    /// check bites (a model error, not a control-plane one).
+    MigrationResumesBeforePause,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 14] = [
+    pub const ALL: [Bug; 16] = [
         Bug::AckBeforeCommit,
         Bug::NoLeaderLease,
         Bug::SkipFenceCheck,
@@ -69,6 +76,8 @@ impl Bug {
         Bug::DeleteWithoutHost,
         Bug::WaitPastLeadership,
         Bug::RestartBeforeTheLeaseLapses,
+        Bug::ColdMoveWithoutShutdown,
+        Bug::MigrationResumesBeforePause,
     ];
 
     /// The bug's name on command lines.
@@ -88,6 +97,8 @@ impl Bug {
             Bug::DeleteWithoutHost => "delete-without-host",
             Bug::WaitPastLeadership => "wait-past-leadership",
             Bug::RestartBeforeTheLeaseLapses => "restart-before-the-lease-lapses",
+            Bug::ColdMoveWithoutShutdown => "cold-move-without-shutdown",
+            Bug::MigrationResumesBeforePause => "migration-resumes-before-pause",
         }
     }
 }

@@ -40,6 +40,14 @@ pub enum Fact {
         vm: String,
         holder: String,
     },
+    /// A guest of VM `vm` began to run on `host` (booted, or resumed at the end of a live
+    /// migration); `elsewhere` are the hosts where a guest of it ran at that moment, as the
+    /// simulated hypervisors say. Not empty: the VM runs twice.
+    GuestRuns {
+        host: String,
+        vm: String,
+        elsewhere: Vec<String>,
+    },
     /// Node `node` built a snapshot of its state through log index `index`.
     SnapshotBuilt { node: u64, index: u64 },
     /// Node `node` replaced its state with a snapshot a leader sent, through `index`.

@@ -406,8 +406,14 @@ pub enum HostMessage {
     /// Sent after registering: what this host understands beyond its protocol version, so
     /// the leader sends it nothing it cannot read (`leases`: it takes `HostReply::Lease` for
     /// a heartbeat). A leader that cannot read this answers `Malformed`; the host then gets
-    /// `HeartbeatAck` as before.
-    Capabilities { host_id: String, leases: bool },
+    /// `HeartbeatAck` as before. `migration_uri`: the libvirt URI other hosts' libvirtd
+    /// reach this host's at, to live-migrate VMs here (`qhost --migration-uri`); without it
+    /// the host takes no live migrations.
+    Capabilities {
+        host_id: String,
+        leases: bool,
+        migration_uri: Option<String>,
+    },
 }
 
 impl HostMessage {
@@ -502,7 +508,11 @@ impl HostMessage {
                 check_vm_reports(vms)
             }
             HostMessage::InventoryChanged { inventory, .. } => inventory.check(),
-            HostMessage::Capabilities { .. } => Ok(()),
+            HostMessage::Capabilities { migration_uri, .. } => {
+                migration_uri.as_deref().map_or(Ok(()), |uri| {
+                    bounded_text("a migration URI", uri, NAME_BYTES_MAX)
+                })
+            }
             HostMessage::Heartbeat {
                 pools,
                 vms,
@@ -750,6 +760,16 @@ pub enum HostCommandKind {
         id: String,
         volumes: Vec<VmDisk>,
     },
+    /// Live-migrate the running domain `name` (VM `id`) to the host whose libvirtd is at
+    /// `to`, peer to peer: it is defined there, runs there once the memory is copied, and is
+    /// undefined here. `storage_unsafe`: its disks are on a shared directory, which libvirt
+    /// cannot tell is shared (`VIR_MIGRATE_UNSAFE`). Answered once the guest runs there.
+    MigrateVm {
+        name: String,
+        id: String,
+        to: String,
+        storage_unsafe: bool,
+    },
 }
 
 impl HostCommandKind {
@@ -773,6 +793,7 @@ impl HostCommandKind {
             HostCommandKind::RenameVm { .. } => "rename-vm",
             HostCommandKind::CreateNetwork(_) => "create-network",
             HostCommandKind::RemoveNetwork { .. } => "remove-network",
+            HostCommandKind::MigrateVm { .. } => "migrate-vm",
         }
     }
 }
@@ -1039,6 +1060,65 @@ pub enum ApiRequest {
         request_id: String,
         host: String,
     },
+    /// Moves a VM to host `to` (or one placement picks): a running VM live, when both hosts
+    /// can migrate, else by shutting it down and starting it there. Answered with
+    /// [`ApiResponse::Moves`] holding the move.
+    VmMigrate {
+        request_id: String,
+        name: String,
+        to: Option<String>,
+    },
+    /// The moves under way, the last failed one of each VM, and each host in maintenance
+    /// with what it still runs. Answered with [`ApiResponse::Moves`].
+    Moves,
+}
+
+/// How a VM moves between hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrationMode {
+    /// Live migration: the guest runs on, paused only for the last copy of its memory.
+    Live,
+    /// The guest is shut down on its host and started on the other.
+    Cold,
+}
+
+impl std::fmt::Display for MigrationMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MigrationMode::Live => "live",
+            MigrationMode::Cold => "cold",
+        })
+    }
+}
+
+/// One VM's move: under way, or the last that failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveView {
+    pub vm: String,
+    pub from: String,
+    pub to: String,
+    pub mode: MigrationMode,
+    /// What the move is doing or waiting for; for a failed one, why it failed.
+    pub status: String,
+    pub failed: bool,
+}
+
+/// A host in maintenance and what still keeps it from being empty.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvacuationView {
+    pub host: String,
+    /// Its VMs that should run, with what is happening to each ("moving live to host-2",
+    /// "no other host fits: ...").
+    pub remaining: Vec<(String, String)>,
+    /// Running domains qvdc does not manage, which maintenance leaves where they are.
+    pub unmanaged: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MovesView {
+    pub moves: Vec<MoveView>,
+    pub evacuations: Vec<EvacuationView>,
 }
 
 /// Where a VM would go: the host placement picks (or the one asked for, if it fits), each
@@ -1118,6 +1198,7 @@ pub enum ApiResponse {
     },
     /// HA policy and status, by VM name.
     VmHa(Vec<VmHaView>),
+    Moves(MovesView),
 }
 
 /// One host: what it has, whether it is alive, and what is assigned to it.

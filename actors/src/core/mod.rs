@@ -4,6 +4,7 @@
 pub mod adoption;
 pub mod ha;
 pub mod liveness;
+pub mod moves;
 pub mod network;
 pub mod objects;
 pub mod placement;

@@ -184,8 +184,8 @@ impl Core for VmCore {
         VmCore::set_record(self, record);
     }
 
-    fn observe(&mut self, _host: &str, at: Instant, report: Option<VmReport>) {
-        VmCore::observe(self, at, report);
+    fn observe(&mut self, host: &str, at: Instant, report: Option<VmReport>) {
+        VmCore::observe(self, host, at, report);
     }
 
     fn command_done(&mut self, _: (), id: CommandId, outcome: Result<(), CommandError>) {

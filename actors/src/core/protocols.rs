@@ -168,6 +168,8 @@ mod tests {
             adopted: None,
             releasing,
             ha: Default::default(),
+            moving: None,
+            move_failed: None,
         };
         state.vms.insert("web".into(), record);
         state

@@ -106,17 +106,26 @@ impl VmCore {
         &self.record
     }
 
-    /// The record changed (the operator started or stopped the VM): act on it at once.
+    /// The record changed (the operator started or stopped the VM): act on it at once. A
+    /// VM that moved to another host waits for that host's report: what its old host said
+    /// says nothing about the new one.
     pub fn set_record(&mut self, record: VmRecord) {
         if record != self.record {
+            if record.host != self.record.host {
+                self.observation = None;
+            }
             self.record = record;
             self.pending = None;
             self.failure = None;
         }
     }
 
-    /// A heartbeat from the VM's host arrived; `report` is its domain in it, if any.
-    pub fn observe(&mut self, seen_at: Instant, report: Option<VmReport>) {
+    /// A heartbeat from `host` arrived; `report` is the VM's domain in it, if any. Only its
+    /// own host's count (a heartbeat routed before a move was known is ignored).
+    pub fn observe(&mut self, host: &str, seen_at: Instant, report: Option<VmReport>) {
+        if host != self.record.host {
+            return;
+        }
         self.observation = Some(Observation { seen_at, report });
         if self.wanted().is_none() {
             self.pending = None;
@@ -169,8 +178,9 @@ impl VmCore {
 
     /// The command that closes the gap to the last observation, if there is a gap.
     fn wanted(&self) -> Option<HostCommandKind> {
-        if self.record.releasing {
-            // Being given back: the release request talks to the host; nothing else may.
+        if self.record.releasing || self.record.moving.is_some() {
+            // Being given back or moved: the release or the move talks to the host about
+            // the domain; nothing else may.
             return None;
         }
         let observation = self.observation.as_ref()?;
@@ -307,6 +317,8 @@ impl VmCore {
                 "being given back to host {}; `qvctl vm release {}` finishes it",
                 self.record.host, self.record.spec.name
             ))
+        } else if let Some(moving) = &self.record.moving {
+            Some(format!("moving to host {} ({})", moving.to, moving.mode))
         } else {
             self.failure.clone()
         };
@@ -325,10 +337,18 @@ impl VmCore {
 /// Domains on `host` that carry a qvdc VM id but belong to no VM placed there (their VM was
 /// deleted): the host must remove them. Domains without an id are not qvdc's and never count.
 pub fn strays(desired: &DesiredState, host: &str, reports: &[VmReport]) -> BTreeSet<String> {
-    let placed: BTreeSet<(&str, &str)> = desired
+    let mut placed: BTreeSet<(&str, &str)> = desired
         .vms_of_host(host)
         .map(|vm| (vm.spec.name.as_str(), vm.spec.id.as_str()))
         .collect();
+    // A VM moving here arrives before the move is recorded as finished.
+    placed.extend(
+        reports
+            .iter()
+            .filter_map(|r| desired.vms.get(&r.name))
+            .filter(|vm| vm.moving.as_ref().is_some_and(|m| m.to == host))
+            .map(|vm| (vm.spec.name.as_str(), vm.spec.id.as_str())),
+    );
     reports
         .iter()
         .filter(|r| {
@@ -362,6 +382,8 @@ mod tests {
             adopted: None,
             releasing: false,
             ha: Default::default(),
+            moving: None,
+            move_failed: None,
         }
     }
 
@@ -408,13 +430,13 @@ mod tests {
         );
         let t0 = Instant::now();
         assert_eq!(core.tick(t0), [], "nothing before its host reports");
-        core.observe(t0, None);
+        core.observe("host-1", t0, None);
         let define = HostCommandKind::DefineVm(record(DesiredPower::Running).spec);
         assert_eq!(core.tick(t0), [send(1, define)]);
         assert_eq!(core.tick(t0), [], "one command at a time");
-        core.observe(t0, Some(report(PowerState::ShutOff)));
+        core.observe("host-1", t0, Some(report(PowerState::ShutOff)));
         assert_eq!(core.tick(t0), [send(2, start())]);
-        core.observe(t0, Some(report(PowerState::Running)));
+        core.observe("host-1", t0, Some(report(PowerState::Running)));
         assert_eq!(core.tick(t0), []);
         let view = core.view(t0);
         assert_eq!(
@@ -439,7 +461,8 @@ mod tests {
                 Timings::default(),
             )
         };
-        let shut_off = |core: &mut VmCore, at| core.observe(at, Some(report(PowerState::ShutOff)));
+        let shut_off =
+            |core: &mut VmCore, at| core.observe("host-1", at, Some(report(PowerState::ShutOff)));
         // Every start fails at once: resent after the backoff.
         super::super::alarm_check::Drive {
             report_every_ms: 700,
@@ -474,7 +497,7 @@ mod tests {
             Timings::default(),
         );
         let t0 = Instant::now();
-        core.observe(t0, Some(report(PowerState::ShutOff)));
+        core.observe("host-1", t0, Some(report(PowerState::ShutOff)));
         assert_eq!(core.tick(t0), [send(1, start())]);
         let id = CommandId {
             leadership: leadership(),
@@ -482,7 +505,7 @@ mod tests {
         };
         core.command_done(id, Err(crate::core::failed("Cannot access storage file")));
         let later = |ms| t0 + Duration::from_millis(ms);
-        core.observe(later(1_900), Some(report(PowerState::ShutOff)));
+        core.observe("host-1", later(1_900), Some(report(PowerState::ShutOff)));
         assert_eq!(core.tick(later(1_900)), []);
         assert_eq!(core.tick(later(2_000)), [send(2, start())]);
         assert_eq!(
@@ -495,7 +518,7 @@ mod tests {
             seq: 2,
         };
         core.command_done(id, Err(crate::core::failed("Cannot access storage file")));
-        core.observe(later(5_900), Some(report(PowerState::ShutOff)));
+        core.observe("host-1", later(5_900), Some(report(PowerState::ShutOff)));
         assert_eq!(
             core.tick(later(5_900)),
             [],
@@ -517,7 +540,7 @@ mod tests {
             Timings::default(),
         );
         let t0 = Instant::now();
-        core.observe(t0, Some(report(PowerState::Running)));
+        core.observe("host-1", t0, Some(report(PowerState::Running)));
         core.set_record(record(DesiredPower::Stopped));
         let shutdown = HostCommandKind::ShutdownVm {
             name: "web".into(),
@@ -540,7 +563,7 @@ mod tests {
         let t0 = Instant::now();
         let mut foreign = report(PowerState::ShutOff);
         foreign.id = None;
-        core.observe(t0, Some(foreign));
+        core.observe("host-1", t0, Some(foreign));
         assert_eq!(core.tick(t0), []);
         let error = core.view(t0).error.unwrap();
         assert!(error.contains("not managed by qvdc"), "{error}");
@@ -591,7 +614,7 @@ mod tests {
         let t0 = Instant::now();
         let mut unmanaged = report(PowerState::Running);
         unmanaged.id = None;
-        core.observe(t0, Some(unmanaged.clone()));
+        core.observe("host-1", t0, Some(unmanaged.clone()));
         let adopt = HostCommandKind::AdoptVm {
             name: "web".into(),
             id: "vm-1".into(),
@@ -609,14 +632,14 @@ mod tests {
         // Once the host has written the id, the host's own reason shows.
         let mut recorded = report(PowerState::Running);
         recorded.reason = "booted".into();
-        core.observe(t0, Some(recorded));
+        core.observe("host-1", t0, Some(recorded));
         assert_eq!(core.view(t0).reason, "booted");
 
         // Another domain under the VM's name (redefined behind qvdc's back) is left alone.
         let mut core = VmCore::new(adopted, leadership(), Timings::default());
         let mut impostor = unmanaged;
         impostor.uuid = "uuid-other".into();
-        core.observe(t0, Some(impostor));
+        core.observe("host-1", t0, Some(impostor));
         assert_eq!(core.tick(t0), []);
         let error = core.view(t0).error.unwrap();
         assert!(error.contains("not managed by qvdc"), "{error}");
@@ -636,7 +659,7 @@ mod tests {
                 ..report(PowerState::Crashed)
             }),
         ] {
-            core.observe(t0, seen);
+            core.observe("host-1", t0, seen);
             assert_eq!(core.tick(t0), []);
         }
         assert!(core.view(t0).error.unwrap().contains("vm release web"));
@@ -652,8 +675,63 @@ mod tests {
         let t0 = Instant::now();
         let mut old = report(PowerState::ShutOff);
         old.vcpus = 1;
-        core.observe(t0, Some(old));
+        core.observe("host-1", t0, Some(old));
         let define = HostCommandKind::DefineVm(record(DesiredPower::Stopped).spec);
         assert_eq!(core.tick(t0), [send(1, define)]);
+    }
+
+    #[test]
+    fn a_moving_vm_is_left_to_its_move_and_then_waits_for_its_new_host() {
+        use qvdc_raft::model::Move;
+        use qvdc_transport::protocol::MigrationMode;
+        let mut moving = record(DesiredPower::Running);
+        moving.moving = Some(Move {
+            to: "host-2".into(),
+            mode: MigrationMode::Live,
+        });
+        let mut core = VmCore::new(moving.clone(), leadership(), Timings::default());
+        let t0 = Instant::now();
+        // The domain left host-1 (migrated) or is shut off there (a cold move): nothing is
+        // defined or started on host-1 meanwhile.
+        for seen in [None, Some(report(PowerState::ShutOff))] {
+            core.observe("host-1", t0, seen);
+            assert_eq!(core.tick(t0), []);
+        }
+        assert!(core
+            .view(t0)
+            .error
+            .unwrap()
+            .contains("moving to host host-2"));
+        // The move finished: host-1's last report (no such domain) says nothing about
+        // host-2, nor does a late heartbeat of host-1.
+        let mut moved = moving;
+        moved.moving = None;
+        moved.host = "host-2".into();
+        core.set_record(moved);
+        assert_eq!(core.tick(t0), []);
+        core.observe("host-1", t0, None);
+        assert_eq!(core.tick(t0), []);
+        core.observe("host-2", t0, Some(report(PowerState::Running)));
+        assert_eq!(core.tick(t0), []);
+        assert_eq!(core.view(t0).power, PowerState::Running);
+    }
+
+    #[test]
+    fn a_vm_arriving_by_a_move_is_no_stray_where_it_arrives() {
+        use qvdc_raft::model::Move;
+        use qvdc_transport::protocol::MigrationMode;
+        let mut desired = DesiredState::default();
+        let mut web = record(DesiredPower::Running);
+        web.moving = Some(Move {
+            to: "host-2".into(),
+            mode: MigrationMode::Live,
+        });
+        desired.vms.insert("web".into(), web);
+        let arriving = [report(PowerState::Paused)];
+        assert!(strays(&desired, "host-2", &arriving).is_empty());
+        assert_eq!(
+            strays(&desired, "host-3", &arriving),
+            BTreeSet::from(["web".to_owned()])
+        );
     }
 }

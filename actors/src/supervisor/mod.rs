@@ -355,7 +355,12 @@ impl Actor for ClusterSupervisor {
                 let reported = state
                     .last_heartbeat
                     .iter()
-                    .map(|(host, beat)| (host.clone(), crate::HostReported::of(&beat.reports)))
+                    .map(|(host, beat)| {
+                        (
+                            host.clone(),
+                            crate::HostReported::of(&beat.reports, beat.at),
+                        )
+                    })
                     .collect();
                 let _ = reply.send(reported);
             }

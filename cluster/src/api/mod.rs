@@ -173,7 +173,13 @@ pub(crate) async fn handle(ctx: &Context, request: ApiRequest) -> Response {
             request_id,
             host,
             on,
-        } => once(ctx, key(request_id), Command::SetMaintenance { host, on }).await,
+        } => crate::moves::maintenance(ctx, key(request_id), host, on).await,
+        ApiRequest::VmMigrate {
+            request_id,
+            name,
+            to,
+        } => crate::moves::migrate(ctx, key(request_id), name, to).await,
+        ApiRequest::Moves => crate::moves::moves(ctx).await,
         ApiRequest::CertRevoke {
             request_id,
             certificate,

@@ -65,6 +65,14 @@ struct Args {
     /// which are always refused).
     #[arg(long, env = "QHOST_POOL_SOURCE_ALLOW", value_delimiter = ',')]
     pool_source_allow: Vec<PathBuf>,
+    /// The libvirt URI other hosts' libvirtd reach this host's libvirtd at, which makes this
+    /// host a target of live migrations (`qvctl vm migrate`, maintenance), e.g.
+    /// qemu+tls://host-1.example.com/system (libvirtd must listen: `libvirtd --listen`
+    /// with TLS, or TCP on a trusted network). The guest's memory goes to the same
+    /// address. Hosts whose VMs move between them need the same --data-dir, so the disks'
+    /// paths match. Without it, VMs reach this host only by a shut-down and a start.
+    #[arg(long, env = "QHOST_MIGRATION_URI")]
+    migration_uri: Option<String>,
 }
 
 fn resolve(addrs: &[String]) -> anyhow::Result<Vec<SocketAddr>> {
@@ -130,6 +138,7 @@ async fn main() -> anyhow::Result<()> {
             every_ms: INVENTORY_RESCAN_MS,
         }),
         heartbeat_interval_ms: args.heartbeat_interval_ms,
+        migration_uri: args.migration_uri.clone(),
     };
     let fence = Fence::open(Box::new(FileFence::new(args.data_dir.join("fence"))))?;
     let parts = HostParts {

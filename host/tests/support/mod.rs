@@ -62,6 +62,7 @@ pub fn start_sim_agent(
         inventory: small_inventory(),
         rescan_inventory,
         heartbeat_interval_ms: 200,
+        migration_uri: None,
     };
     let endpoint = Endpoint::bind(
         "127.0.0.1:0".parse().unwrap(),

@@ -6,8 +6,10 @@ use std::{collections::BTreeMap, sync::Arc};
 use qvdc_transport::protocol::{DesiredPower, VmSpec};
 
 use super::{
-    state::Kind, Command, DesiredState, HostRecord, NetworkRecord, Outcome, PoolRecord,
-    ValidationError, VmRecord, VolumeRecord,
+    records::{FailedMove, Move},
+    state::Kind,
+    Command, DesiredState, HostRecord, NetworkRecord, Outcome, PoolRecord, ValidationError,
+    VmRecord, VolumeRecord,
 };
 
 fn changed(changed: bool) -> Outcome {
@@ -126,10 +128,32 @@ impl DesiredState {
                 let vm = self.vms.get_mut(name).expect("validated");
                 changed(std::mem::replace(&mut vm.ha, *ha) != *ha)
             }
-            Command::FailOverVm { name, from, to } => {
-                self.vms.get_mut(name).expect("validated").host = to.clone();
+            Command::FailOverVm { name, from, to } | Command::FinishMove { name, from, to } => {
+                let vm = self.vms.get_mut(name).expect("validated");
+                vm.host = to.clone();
+                // A move under way when the host was lost is over: the VM restarts instead.
+                vm.moving = None;
                 self.indexed(Kind::Vm, from, name, false);
                 self.indexed(Kind::Vm, to, name, true);
+                Outcome::Applied
+            }
+            Command::BeginMove { name, to, mode } => {
+                let vm = self.vms.get_mut(name).expect("validated");
+                vm.moving = Some(Move {
+                    to: to.clone(),
+                    mode: *mode,
+                });
+                vm.move_failed = None;
+                Outcome::Applied
+            }
+            Command::AbandonMove { name, to, reason } => {
+                let vm = self.vms.get_mut(name).expect("validated");
+                let mode = vm.moving.take().expect("validated").mode;
+                vm.move_failed = Some(FailedMove {
+                    to: to.clone(),
+                    mode,
+                    reason: reason.clone(),
+                });
                 Outcome::Applied
             }
             Command::RemoveHost { host } => {
@@ -266,6 +290,8 @@ impl DesiredState {
             adopted,
             releasing: false,
             ha: Default::default(),
+            moving: None,
+            move_failed: None,
         };
         let previous = self.vms.insert(spec.name.clone(), record);
         assert!(previous.is_none(), "validation rejects duplicate VMs");

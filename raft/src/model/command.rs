@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use qvdc_transport::protocol::{
-    DesiredPower, HaPolicy, Inventory, NetworkSpec, PoolSpec, RevokedCertificate, VmSpec,
-    VolumeFormat,
+    DesiredPower, HaPolicy, Inventory, MigrationMode, NetworkSpec, PoolSpec, RevokedCertificate,
+    VmSpec, VolumeFormat,
 };
 use serde::{Deserialize, Serialize};
 
@@ -153,6 +153,25 @@ pub enum Command {
     /// the volumes on its own storage. Refused while VMs are on it.
     RemoveHost {
         host: String,
+    },
+    /// A VM starts moving to host `to`; it stays its host's until [`Command::FinishMove`].
+    BeginMove {
+        name: String,
+        to: String,
+        mode: MigrationMode,
+    },
+    /// The VM left `from` and is `to`'s now: it runs there (live) or is shut off at `from`
+    /// (cold, and `to` starts it). Refused unless that move is under way.
+    FinishMove {
+        name: String,
+        from: String,
+        to: String,
+    },
+    /// The move to `to` is given up, for `reason`; the VM stays where it is.
+    AbandonMove {
+        name: String,
+        to: String,
+        reason: String,
     },
 }
 

@@ -24,10 +24,12 @@ pub use imbl::{ordmap::DiffItem, OrdMap, OrdSet};
 
 pub use command::{Command, Outcome, ValidationError};
 use queries::fnv_digest;
-pub use records::{AdoptedVolume, HostRecord, NetworkRecord, PoolRecord, VmRecord, VolumeRecord};
+pub use records::{
+    AdoptedVolume, FailedMove, HostRecord, Move, NetworkRecord, PoolRecord, VmRecord, VolumeRecord,
+};
 pub use requests::{RequestDigest, RequestKey, RequestLog};
 pub use state::{format_2, DesiredState};
-pub use validate::{validate_name, BLOCK_FS_TYPES};
+pub use validate::{validate_name, BLOCK_FS_TYPES, MOVE_REASON_BYTES_MAX};
 
 pub use qvdc_transport::limits::{
     NAME_BYTES_MAX, PATH_BYTES_MAX, VM_DISKS_MAX, VM_MEMORY_BYTES_MIN, VM_NICS_MAX, VM_VCPUS_MAX,

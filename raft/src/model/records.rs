@@ -4,7 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use qvdc_transport::protocol::{
-    DesiredPower, HaPolicy, Inventory, NetworkSpec, PoolScope, PoolSpec, VmSpec, VolumeFormat,
+    DesiredPower, HaPolicy, Inventory, MigrationMode, NetworkSpec, PoolScope, PoolSpec, VmSpec,
+    VolumeFormat,
 };
 use serde::{Deserialize, Serialize};
 
@@ -101,4 +102,24 @@ pub struct VmRecord {
     /// Whether the VM is restarted elsewhere when its host is lost (storage format 3 on;
     /// off for VMs made before).
     pub ha: HaPolicy,
+    /// A move to another host under way: until it finishes or is abandoned, `host` stays
+    /// the VM's host and nothing else is done to its domain (storage format 3 on).
+    pub moving: Option<Move>,
+    /// Why the VM's last move failed, until the next one starts.
+    pub move_failed: Option<FailedMove>,
+}
+
+/// A VM's move to host `to`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Move {
+    pub to: String,
+    pub mode: MigrationMode,
+}
+
+/// A move that was given up, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedMove {
+    pub to: String,
+    pub mode: MigrationMode,
+    pub reason: String,
 }

@@ -240,6 +240,8 @@ pub mod format_2 {
                         adopted: vm.adopted,
                         releasing: vm.releasing,
                         ha: Default::default(),
+                        moving: None,
+                        move_failed: None,
                     };
                     (name, record)
                 })
@@ -257,14 +259,17 @@ pub mod format_2 {
     }
 
     impl super::DesiredState {
-        /// This state as format 2 encodes it; `None` if a VM has an HA policy, which format
-        /// 2 cannot hold.
+        /// This state as format 2 encodes it; `None` if a VM has an HA policy or a move,
+        /// which format 2 cannot hold.
         pub fn to_format_2(&self) -> Option<DesiredState2> {
             let vms = self
                 .vms
                 .iter()
                 .map(|(name, vm)| {
-                    (vm.ha == Default::default()).then(|| {
+                    let new_fields = vm.ha != Default::default()
+                        || vm.moving.is_some()
+                        || vm.move_failed.is_some();
+                    (!new_fields).then(|| {
                         let record = VmRecord2 {
                             spec: vm.spec.clone(),
                             host: vm.host.clone(),

@@ -1745,3 +1745,103 @@ fn an_ha_policy_is_kept_with_the_vm_and_needs_disks_on_shared_pools() {
     assert_eq!(state.apply(&off), Outcome::Unchanged);
     assert!(!state.vms["web"].ha.restart);
 }
+
+#[test]
+fn a_move_keeps_the_vm_on_its_host_until_it_finishes_and_locks_it_meanwhile() {
+    use qvdc_transport::protocol::MigrationMode;
+    let mut state = with_hosts(&["host-1", "host-2", "host-3"]);
+    let local = Command::CreatePool {
+        spec: PoolSpec {
+            scope: PoolScope::Local,
+            name: "own".into(),
+            source: PoolSource::Dir {
+                path: "/srv/own".into(),
+            },
+        },
+        hosts: vec!["host-1".into()],
+    };
+    let setup = [
+        create("shared", "/srv/shared", &["host-1", "host-2"]),
+        qcow2("shared", "disk"),
+        create_vm(vm("web", "vm-1", &[("shared", "disk")]), "host-1"),
+        local,
+        Command::CreateVolume {
+            pool: "own".into(),
+            name: "root".into(),
+            format: VolumeFormat::Qcow2,
+            size_bytes: 1 << 20,
+            host: Some("host-1".into()),
+        },
+        create_vm(vm("db", "vm-2", &[("own", "root")]), "host-1"),
+    ];
+    for command in setup {
+        assert_eq!(state.apply(&command), Outcome::Applied, "{command:?}");
+    }
+    let begin = |name: &str, to: &str, mode| Command::BeginMove {
+        name: name.into(),
+        to: to.into(),
+        mode,
+    };
+    let live = MigrationMode::Live;
+    rejected_with(&mut state, begin("db", "host-2", live), "on a local pool");
+    rejected_with(
+        &mut state,
+        begin("web", "host-3", live),
+        "not assigned to host host-3",
+    );
+    rejected_with(&mut state, begin("web", "host-1", live), "already on host");
+    assert_eq!(state.apply(&begin("web", "host-2", live)), Outcome::Applied);
+    // Under way: the VM is still host-1's, and nothing else may change it.
+    assert_eq!(state.vms["web"].host, "host-1");
+    assert_eq!(state.vms_of_host("host-1").count(), 2);
+    rejected_with(&mut state, begin("web", "host-2", live), "is moving");
+    let stop = Command::SetVmPower {
+        name: "web".into(),
+        power: DesiredPower::Stopped,
+    };
+    rejected_with(&mut state, stop.clone(), "is moving to host host-2");
+    rejected_with(
+        &mut state,
+        Command::DeleteVm { name: "web".into() },
+        "is moving",
+    );
+    let finish = |from: &str, to: &str| Command::FinishMove {
+        name: "web".into(),
+        from: from.into(),
+        to: to.into(),
+    };
+    rejected_with(&mut state, finish("host-1", "host-3"), "not moving");
+    assert_eq!(state.apply(&finish("host-1", "host-2")), Outcome::Applied);
+    assert_eq!(state.vms["web"].host, "host-2");
+    assert_eq!(state.vms["web"].moving, None);
+    // Finished once: the same decision again (a new leader's) changes nothing.
+    rejected_with(&mut state, finish("host-1", "host-2"), "not moving");
+    assert_index_matches_a_scan(&state);
+
+    // Given up: the VM stays, the reason is kept until the next move starts.
+    assert_eq!(state.apply(&begin("web", "host-1", live)), Outcome::Applied);
+    let abandon = Command::AbandonMove {
+        name: "web".into(),
+        to: "host-1".into(),
+        reason: "migration refused".into(),
+    };
+    assert_eq!(state.apply(&abandon), Outcome::Applied);
+    rejected_with(&mut state, abandon, "not moving");
+    assert_eq!(state.vms["web"].host, "host-2");
+    let failed = state.vms["web"].move_failed.clone().expect("kept");
+    assert_eq!(failed.reason, "migration refused");
+    assert_eq!(state.apply(&stop), Outcome::Applied);
+    rejected_with(
+        &mut state,
+        begin("web", "host-1", live),
+        "only a running VM",
+    );
+    assert_eq!(
+        state.apply(&begin("web", "host-1", MigrationMode::Cold)),
+        Outcome::Applied
+    );
+    assert_eq!(state.vms["web"].move_failed, None);
+    // A state with a move cannot be written in format 2.
+    assert!(state.to_format_2().is_none());
+    assert_index_matches_a_scan(&state);
+}

@@ -5,16 +5,30 @@
 use std::collections::BTreeSet;
 
 use qvdc_transport::protocol::{
-    DesiredPower, HaPolicy, NetworkSpec, PoolScope, PoolSource, PoolSpec, RevokedCertificate,
-    VmSpec,
+    DesiredPower, HaPolicy, MigrationMode, NetworkSpec, PoolScope, PoolSource, PoolSpec,
+    RevokedCertificate, VmSpec,
 };
 
 use super::{
-    AdoptedVolume, Command, DesiredState, ValidationError, HOSTS_MAX, NAME_BYTES_MAX, NETWORKS_MAX,
-    PATH_BYTES_MAX, POOLS_MAX, POOL_HOSTS_MAX, REQUEST_ID_BYTES_MAX, REVOKED_MAX,
+    AdoptedVolume, Command, DesiredState, ValidationError, VmRecord, HOSTS_MAX, NAME_BYTES_MAX,
+    NETWORKS_MAX, PATH_BYTES_MAX, POOLS_MAX, POOL_HOSTS_MAX, REQUEST_ID_BYTES_MAX, REVOKED_MAX,
     REVOKED_NAME_BYTES_MAX, VMS_MAX, VM_DISKS_MAX, VM_MEMORY_BYTES_MIN, VM_NICS_MAX, VM_VCPUS_MAX,
     VOLUMES_PER_POOL_MAX, VOLUME_BYTES_MAX,
 };
+
+/// The most a move's failure may say (a hypervisor's error message, cut).
+pub const MOVE_REASON_BYTES_MAX: usize = 1_024;
+
+/// Refuses a change to VM `name` while it moves: its domain is in the hands of the move.
+fn not_moving(name: &str, vm: &VmRecord) -> Result<(), ValidationError> {
+    match &vm.moving {
+        Some(m) => Err(ValidationError::BadVm(format!(
+            "VM {name} is moving to host {} ({}); wait until the move is over (`qvctl vm show {name}`)",
+            m.to, m.mode
+        ))),
+        None => Ok(()),
+    }
+}
 
 fn room_for(what: &str, count: usize, max: usize) -> Result<(), ValidationError> {
     if count >= max {
@@ -147,6 +161,30 @@ impl DesiredState {
                 vm => self.validate_ha(&vm.spec, ha),
             },
             Command::FailOverVm { name, from, to } => self.validate_fail_over(name, from, to),
+            Command::BeginMove { name, to, mode } => self.validate_move(name, to, *mode),
+            Command::FinishMove { name, from, to } => {
+                let vm = self.vm(name)?;
+                match &vm.moving {
+                    Some(m) if m.to == *to && vm.host == *from => Ok(()),
+                    _ => Err(ValidationError::BadVm(format!(
+                        "VM {name} is not moving from {from} to {to}: that move was finished or given up"
+                    ))),
+                }
+            }
+            Command::AbandonMove { name, to, reason } => {
+                let vm = self.vm(name)?;
+                if reason.len() > MOVE_REASON_BYTES_MAX {
+                    return Err(ValidationError::BadVm(format!(
+                        "a move's failure is at most {MOVE_REASON_BYTES_MAX} bytes"
+                    )));
+                }
+                match &vm.moving {
+                    Some(m) if m.to == *to => Ok(()),
+                    _ => Err(ValidationError::BadVm(format!(
+                        "VM {name} is not moving to {to}"
+                    ))),
+                }
+            }
             Command::RemoveHost { host } => {
                 self.known_hosts(std::slice::from_ref(host))?;
                 let on_it: Vec<&str> = self.vms_on(host).map(String::as_str).collect();
@@ -234,7 +272,7 @@ impl DesiredState {
                     Some(vm) if vm.releasing => Err(ValidationError::BadVm(format!(
                         "VM {name} is being given back to its host; finish with `qvctl vm release {name}`"
                     ))),
-                    Some(_) => Ok(()),
+                    Some(vm) => not_moving(name, vm),
                 }
             }
             Command::AdoptVm {
@@ -244,7 +282,7 @@ impl DesiredState {
                 volumes,
                 ..
             } => self.validate_adoption(spec, host, uuid, volumes),
-            Command::ReleaseVm { name } => self.vm(name).map(|_| ()),
+            Command::ReleaseVm { name } => not_moving(name, self.vm(name)?),
             Command::ForgetVm { name, volumes } => match self.vm(name)? {
                 vm if !vm.releasing => Err(ValidationError::BadVm(format!(
                     "VM {name} is not being released; `qvctl vm release {name}` gives it back"
@@ -645,6 +683,47 @@ impl DesiredState {
             }
         }
         Ok(())
+    }
+
+    /// Whether VM `name` may start moving to `to` by `mode`.
+    fn validate_move(
+        &self,
+        name: &str,
+        to: &str,
+        mode: MigrationMode,
+    ) -> Result<(), ValidationError> {
+        let vm = self.vm(name)?;
+        let bad = |message: String| Err(ValidationError::BadVm(message));
+        if vm.releasing {
+            return bad(format!("VM {name} is being given back to its host"));
+        }
+        not_moving(name, vm)?;
+        if vm.host == to {
+            return bad(format!("VM {name} is already on host {to}"));
+        }
+        if mode == MigrationMode::Live && vm.power != DesiredPower::Running {
+            return bad(format!(
+                "VM {name} is stopped: only a running VM migrates live"
+            ));
+        }
+        if self.hosts.get(to).is_some_and(|h| h.maintenance) {
+            return bad(format!(
+                "host {to} is in maintenance: it takes no VMs (`qvctl host maintenance exit {to}`)"
+            ));
+        }
+        for disk in &vm.spec.disks {
+            let shared = self
+                .pools
+                .get(&disk.pool)
+                .is_some_and(|p| p.spec.scope == PoolScope::Shared);
+            if !shared {
+                return bad(format!(
+                    "VM {name}: disk {}/{} is on a local pool, on {}'s own storage: the VM cannot run on another host",
+                    disk.pool, disk.volume, vm.host
+                ));
+            }
+        }
+        self.check_vm_fits_host(&vm.spec, to)
     }
 
     /// Whether `name` may move from its lost host `from` to `to`.

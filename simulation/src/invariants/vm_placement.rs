@@ -17,6 +17,18 @@ pub struct VmRunsOnOneHostAtATime {
 impl FactInvariant for VmRunsOnOneHostAtATime {
     fn observe(&mut self, at_ms: u64, fact: &Fact) -> anyhow::Result<()> {
         let (host, vm, op, guest) = match fact {
+            // What the hypervisors themselves say, beside what the agents said they did.
+            Fact::GuestRuns {
+                host,
+                vm,
+                elsewhere,
+            } => {
+                ensure!(
+                    elsewhere.is_empty(),
+                    "at {at_ms} ms a guest of VM {vm} began to run on {host} while one ran on {elsewhere:?}"
+                );
+                return Ok(());
+            }
             // A crashed host's guests stopped with it.
             Fact::MachineCrashed { machine } => {
                 self.running.values_mut().for_each(|hosts| {

@@ -309,6 +309,31 @@ pub(crate) enum VmCommand {
     /// the VM and the volumes of its disks (their files stay) and lists it as unmanaged.
     /// While its host is unreachable the release fails; qvdc leaves the VM alone meanwhile.
     Release { name: String },
+    /// Move a VM to another host: live if it runs, else stopped here and started there
+    ///
+    /// A running VM migrates live (libvirt peer to peer: its memory is copied while it runs,
+    /// then it pauses for the last copy, typically well under a second) when the new host
+    /// takes live migrations (qhost --migration-uri); otherwise, and for a VM not running
+    /// now, it is shut down here and started there. Every disk must be on a shared pool the
+    /// new host has healthy. Without --to, placement picks the host (most free memory).
+    /// The move is recorded before and after: a leader change or a failed host mid-way
+    /// finishes or abandons it, never runs the VM twice. `qvctl vm moves` shows moves.
+    ///
+    /// Examples:
+    ///   qvctl vm migrate web --to host-2 --wait
+    ///   qvctl vm migrate web                   # wherever placement puts it
+    #[command(verbatim_doc_comment)]
+    Migrate {
+        name: String,
+        /// The host to move it to; placement picks one if left out.
+        #[arg(long)]
+        to: Option<String>,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// The moves under way (and each VM's last failed one), and what every host in
+    /// maintenance still runs.
+    Moves,
     /// One VM: its definition, host, desired and reported power state.
     Show { name: String },
     /// All VMs.
@@ -541,11 +566,25 @@ pub(crate) enum HostCommand {
     List,
     /// One host: inventory, liveness, and the pools and VMs assigned to it.
     Show { host: String },
-    /// Put a host in maintenance (it keeps its VMs but gets no new ones), or take it out.
+    /// Put a host in maintenance and move its VMs off, or take it out again
+    ///
+    /// enter: the host gets no new VMs, and its running VMs move to other hosts, two at a
+    /// time: live (`qvctl vm migrate`) to hosts that take live migrations (qhost
+    /// --migration-uri), else shut down and started on another host. Stopped VMs stay. A
+    /// host that runs a VM that cannot run elsewhere (a disk on the host's own storage) is
+    /// refused: stop that VM first. exit: the host takes VMs again (none move back).
+    ///
+    /// Examples:
+    ///   qvctl host maintenance enter host-1 --wait   # shows each VM's move until none is left
+    ///   qvctl vm moves                               # what moves, and what is left to move
+    ///   qvctl host maintenance exit host-1
+    #[command(verbatim_doc_comment)]
     Maintenance {
-        host: String,
         #[arg(value_enum)]
-        state: OnOff,
+        action: EnterExit,
+        host: String,
+        #[command(flatten)]
+        wait: Wait,
     },
     /// Forget a dead host: its record and its pool and network assignments go
     ///
@@ -558,9 +597,9 @@ pub(crate) enum HostCommand {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub(crate) enum OnOff {
-    On,
-    Off,
+pub(crate) enum EnterExit {
+    Enter,
+    Exit,
 }
 
 #[derive(Debug, Subcommand)]

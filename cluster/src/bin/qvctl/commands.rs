@@ -20,7 +20,7 @@ use qvdc_transport::{
 };
 
 use crate::cli::{
-    CertsCommand, ClusterCommand, Command, Connection, HostCommand, NetworkCommand, OnOff,
+    CertsCommand, ClusterCommand, Command, Connection, EnterExit, HostCommand, NetworkCommand,
     PoolCommand, PoolKind, VmCommand, VolumeCommand,
 };
 
@@ -136,11 +136,13 @@ pub(crate) fn request_of(command: Command, request_id: String) -> anyhow::Result
         Command::Host(HostCommand::List) => ApiRequest::HostList,
         Command::Host(HostCommand::Show { host }) => ApiRequest::HostShow { host },
         Command::Host(HostCommand::Remove { host }) => ApiRequest::HostRemove { request_id, host },
-        Command::Host(HostCommand::Maintenance { host, state }) => ApiRequest::HostMaintenance {
-            request_id,
-            host,
-            on: state == OnOff::On,
-        },
+        Command::Host(HostCommand::Maintenance { host, action, .. }) => {
+            ApiRequest::HostMaintenance {
+                request_id,
+                host,
+                on: action == EnterExit::Enter,
+            }
+        }
         Command::Pool(PoolCommand::Assign { name, hosts, .. }) => ApiRequest::PoolAssign {
             request_id,
             pool: name,
@@ -352,6 +354,12 @@ fn vm_request(command: VmCommand, request_id: String) -> anyhow::Result<ApiReque
         VmCommand::Release { name } => ApiRequest::VmRelease { request_id, name },
         VmCommand::Show { name } => ApiRequest::VmShow { name },
         VmCommand::List => ApiRequest::VmList,
+        VmCommand::Migrate { name, to, .. } => ApiRequest::VmMigrate {
+            request_id,
+            name,
+            to,
+        },
+        VmCommand::Moves => ApiRequest::Moves,
     })
 }
 

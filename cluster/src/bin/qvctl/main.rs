@@ -93,12 +93,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // `vm show` adds the VM's HA policy and what HA is doing about it; a cluster of
             // a release without HA does not know the request, and the line is left out.
             if let Some(name) = ha_of {
-                let ha = ApiRequest::VmHa { name: Some(name) };
+                let ha = ApiRequest::VmHa {
+                    name: Some(name.clone()),
+                };
                 if let Ok(ApiResponse::VmHa(views)) = client.request(ha).await {
                     for view in views {
                         println!("HA: {}", view.policy);
                         if let Some(status) = view.status {
                             println!("HA status: {status}");
+                        }
+                    }
+                }
+                if let Ok(ApiResponse::Moves(moves)) = client.request(ApiRequest::Moves).await {
+                    for m in moves.moves.iter().filter(|m| m.vm == name) {
+                        if m.failed {
+                            println!("last move: to {} ({}) failed: {}", m.to, m.mode, m.status);
+                        } else {
+                            println!("moving: to {} ({}): {}", m.to, m.mode, m.status);
                         }
                     }
                 }

@@ -4,10 +4,12 @@
 use std::time::Duration;
 
 use qvdc_cluster::{client::ClientError, Client};
-use qvdc_transport::protocol::{ApiErrorKind, ApiRequest, ApiResponse, Liveness, PowerState};
+use qvdc_transport::protocol::{
+    ApiError, ApiErrorKind, ApiRequest, ApiResponse, DesiredPower, Liveness, MovesView, PowerState,
+};
 
 use crate::{
-    cli::{Command, PoolCommand, VmCommand},
+    cli::{Command, EnterExit, HostCommand, PoolCommand, VmCommand},
     progress::Progress,
 };
 
@@ -22,6 +24,10 @@ pub(crate) enum Goal {
     Unmounted(String, Vec<String>),
     /// Every host of the pool reported it (healthy or not).
     Reported(String),
+    /// The VM's move over: on the new host and in its desired power state, or failed.
+    Moved(String),
+    /// The host in maintenance and running no VM that should run.
+    Evacuated(String),
 }
 
 /// The goal a `--wait` follows and for how long, if one was asked for.
@@ -50,6 +56,12 @@ pub(crate) fn wait_goal(command: &Command) -> Option<(Goal, u64)> {
         Command::Pool(
             PoolCommand::Create { name, wait, .. } | PoolCommand::Assign { name, wait, .. },
         ) => (Goal::Reported(name.clone()), wait),
+        Command::Vm(VmCommand::Migrate { name, wait, .. }) => (Goal::Moved(name.clone()), wait),
+        Command::Host(HostCommand::Maintenance {
+            action: EnterExit::Enter,
+            host,
+            wait,
+        }) => (Goal::Evacuated(host.clone()), wait),
         _ => return None,
     };
     wait.wait.then_some((goal, wait.wait_timeout_ms))
@@ -147,6 +159,60 @@ async fn step(
             progress.settle(&current, "unmounted");
             Ok(hosts.is_empty() && unheard.is_empty())
         }
+        Goal::Moved(name) => {
+            let moves = moves(client).await?;
+            if let Some(m) = moves.moves.iter().find(|m| m.vm == *name) {
+                let what = format!("{name} {} to {}", m.mode, m.to);
+                if m.failed {
+                    progress.update(&what, format!("failed: {}", m.status), true);
+                    return Err(ClientError::Rejected(ApiError::new(
+                        ApiErrorKind::Unavailable,
+                        format!(
+                            "moving VM {name} to {} failed: {}; it stays on {}",
+                            m.to, m.status, m.from
+                        ),
+                    )));
+                }
+                progress.update(&what, m.status.clone(), false);
+                return Ok(false);
+            }
+            // The move is over: the VM runs (or not) as it should on its new host.
+            let vm = match client
+                .request(ApiRequest::VmShow { name: name.clone() })
+                .await?
+            {
+                ApiResponse::Vm(vm) => vm,
+                other => return Err(ClientError::Protocol(format!("{other:?}"))),
+            };
+            let want = match vm.desired {
+                DesiredPower::Running => PowerState::Running,
+                DesiredPower::Stopped => PowerState::ShutOff,
+            };
+            let reached = vm.power == want;
+            progress.settle(&[], "moved");
+            progress.update(
+                name,
+                format!("{} on {} ({})", vm.power, vm.host, vm.reason),
+                reached,
+            );
+            Ok(reached)
+        }
+        Goal::Evacuated(host) => {
+            let moves = moves(client).await?;
+            let Some(evacuation) = moves.evacuations.iter().find(|e| e.host == *host) else {
+                return Err(ClientError::Rejected(ApiError::new(
+                    ApiErrorKind::Invalid,
+                    format!("host {host} is no longer in maintenance"),
+                )));
+            };
+            let mut current = Vec::new();
+            for (vm, what) in &evacuation.remaining {
+                progress.update(vm, what.clone(), false);
+                current.push(vm.clone());
+            }
+            progress.settle(&current, "moved");
+            Ok(evacuation.remaining.is_empty())
+        }
         Goal::Reported(pool) => {
             let view = match client
                 .request(ApiRequest::PoolShow { name: pool.clone() })
@@ -167,5 +233,12 @@ async fn step(
             }
             Ok(all)
         }
+    }
+}
+
+async fn moves(client: &mut Client) -> Result<MovesView, ClientError> {
+    match client.request(ApiRequest::Moves).await? {
+        ApiResponse::Moves(moves) => Ok(moves),
+        other => Err(ClientError::Protocol(format!("{other:?}"))),
     }
 }
