@@ -107,11 +107,20 @@ for i in $(seq 1 "$HOSTS"); do wait_for "host_ready host-$i" 60; done
 qvctl pool create shared --type dir --path "$LAB/shared" --hosts "$(seq -s, -f 'host-%g' 1 "$HOSTS")" >/dev/null
 wait_for "qvctl pool show shared --output json | grep -qi '\"health\": \"healthy\"'" 60
 
-# The running copies of VM $1 across every lab host that is up.
+# The running copies of VM $1 across every lab host that is up. The hosts are read one
+# after another, so a guest that moves between two reads (a live migration's switch-over)
+# could be seen at both: they are read twice, in opposite orders, and a copy counts only if
+# both reads saw it. A guest that moves once is running at one host in only one of the two
+# passes; two guests that run at once are seen in both.
 copies() {
     local n=0 i
+    local -A first=()
     for i in $(seq 1 "$HOSTS"); do
         [ -e "$LAB/host-$i/ready" ] || continue
+        if "$LABSH" virsh "$i" domstate "$1" 2>/dev/null | grep -q running; then first[$i]=1; fi
+    done
+    for i in $(seq "$HOSTS" -1 1); do
+        [ -n "${first[$i]:-}" ] || continue
         if "$LABSH" virsh "$i" domstate "$1" 2>/dev/null | grep -q running; then n=$((n + 1)); fi
     done
     echo "$n"
@@ -273,7 +282,8 @@ for vm in "${MOVING[@]}"; do
     echo "$vm: running on $to, guest paused $(downtime_ms "${to#host-}" "$vm") ms (libvirt)"
 done
 ! "$LABSH" virsh 3 list --name | grep -q . || { echo "ha-lab: host-3 still runs guests in maintenance" >&2; exit 1; }
-qvctl host list | grep -q "maintenance" || { echo "ha-lab: host list does not show the maintenance" >&2; exit 1; }
+listed=$(qvctl host list)
+grep -q "maintenance" <<<"$listed" || { echo "ha-lab: host list does not show the maintenance:" >&2; echo "$listed" >&2; exit 1; }
 echo "maintenance: host-3 emptied in $(( $(now_ms) - t0 )) ms, every VM moved live"
 qvctl host maintenance exit host-3 >/dev/null
 for vm in "${MOVING[@]}"; do remove_vm "$vm"; done

@@ -152,6 +152,37 @@ impl Context {
         }
     }
 
+    /// Runs `round` every `period` for as long as this node leads for `leadership`, on the
+    /// rounds when a quorum has confirmed it (a deposed leader that does not know it yet
+    /// must not act); a failed round is logged and the next one tries again.
+    pub(crate) async fn each_leader_round<R>(
+        &self,
+        leadership: qvdc_transport::protocol::Leadership,
+        period: Duration,
+        what: &str,
+        mut round: impl FnMut(Supervision) -> R,
+    ) where
+        R: std::future::Future<Output = Result<(), String>>,
+    {
+        let mut ticker = tokio::time::interval(period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let Some(supervision) = self.supervision().await else {
+                return;
+            };
+            if supervision.leadership() != leadership {
+                return;
+            }
+            if self.leading().await.is_err() {
+                continue;
+            }
+            if let Err(e) = round(supervision).await {
+                warn!(error = %e, "{what} round failed; retrying");
+            }
+        }
+    }
+
     /// The supervision tree, if this node leads.
     pub(crate) async fn supervision(&self) -> Option<Supervision> {
         self.supervision.read().await.clone()

@@ -37,8 +37,14 @@ struct Offered {
 /// response, any other kept running (nothing restarts it elsewhere). A VM the host finds
 /// on no list is powered off: the list may not have reached it yet.
 fn fenced(desired: &DesiredState, host: &str) -> Vec<FencedVm> {
+    // A VM on its way here by a live migration may run here before its move is recorded.
+    let arriving = desired
+        .vms
+        .values()
+        .filter(|vm| vm.moving.as_ref().is_some_and(|m| m.to == host));
     desired
         .vms_of_host(host)
+        .chain(arriving)
         .map(|vm| FencedVm {
             id: vm.spec.id.clone(),
             response: if vm.ha.restart {
@@ -92,25 +98,12 @@ pub(crate) fn lease(node: &Context, host: &str, connection: usize) -> HostReply 
 /// Restarts lost hosts' HA VMs while this node leads for `leadership`.
 pub(crate) async fn watch(node: Arc<Context>, leadership: Leadership) {
     node.ha.lock().expect("HA state lock poisoned").plan = ha::Plan::default();
-    let mut ticker = tokio::time::interval(Duration::from_millis(HA_CHECK_MS));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticker.tick().await;
-        let Some(supervision) = node.supervision().await else {
-            return;
-        };
-        if supervision.leadership() != leadership {
-            return;
-        }
-        // Only a leader a quorum confirmed acts: a deposed one that does not know it yet
-        // must not move anything.
-        if node.leading().await.is_err() {
-            continue;
-        }
-        if let Err(e) = round(&node, &supervision).await {
-            warn!(error = %e, "HA round failed; retrying");
-        }
-    }
+    let period = Duration::from_millis(HA_CHECK_MS);
+    let each = |supervision: Supervision| {
+        let node = node.clone();
+        async move { round(&node, &supervision).await }
+    };
+    node.each_leader_round(leadership, period, "HA", each).await;
 }
 
 async fn round(node: &Context, supervision: &Supervision) -> Result<(), String> {

@@ -24,8 +24,9 @@ use qvdc_transport::{
     backoff::Backoff,
     bugs::{self, Bug},
     protocol::{
-        ApiResponse, DesiredPower, EvacuationView, HostCommandKind, HostErrorKind, Leadership,
-        Liveness, MigrationMode, MoveView, MovesView, PoolSource, PowerState, Response, VmReport,
+        ApiErrorKind, ApiResponse, DesiredPower, EvacuationView, HostCommandKind, HostErrorKind,
+        Leadership, Liveness, MigrationMode, MoveView, MovesView, PoolSource, PowerState, Response,
+        VmReport,
     },
 };
 use tokio::time::Instant;
@@ -52,8 +53,10 @@ const REPORT_FRESH_MS: u64 = 1_500;
 pub(crate) struct MovesState {
     /// By host: the libvirt URI it takes live migrations at, as it said when it connected.
     live: HashMap<String, String>,
-    /// By VM: what the task driving its move is doing.
-    driving: HashMap<String, String>,
+    /// By VM: the task driving its move (its number) and what it is doing.
+    driving: HashMap<String, (u64, String)>,
+    /// The number of the next driving task.
+    tasks: u64,
     /// By host in maintenance: what happens to each VM it still runs.
     evacuation: BTreeMap<String, Vec<(String, String)>>,
 }
@@ -80,23 +83,13 @@ pub(crate) async fn watch(node: Arc<Context>, leadership: Leadership, timings: T
         state.driving.clear();
         state.evacuation.clear();
     }
-    let mut ticker = tokio::time::interval(Duration::from_millis(MOVES_CHECK_MS));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticker.tick().await;
-        let Some(supervision) = node.supervision().await else {
-            return;
-        };
-        if supervision.leadership() != leadership {
-            return;
-        }
-        if node.leading().await.is_err() {
-            continue;
-        }
-        if let Err(e) = round(&node, &supervision, timings).await {
-            warn!(error = %e, "moves round failed; retrying");
-        }
-    }
+    let period = Duration::from_millis(MOVES_CHECK_MS);
+    let each = |supervision: Supervision| {
+        let node = node.clone();
+        async move { round(&node, &supervision, timings).await }
+    };
+    node.each_leader_round(leadership, period, "moves", each)
+        .await;
 }
 
 async fn round(
@@ -135,13 +128,18 @@ async fn round(
         let Some(moving) = &vm.moving else {
             continue;
         };
-        {
+        let task = {
             let mut state = node.moves.lock().expect("moves lock poisoned");
             if state.driving.contains_key(name) {
                 continue;
             }
-            state.driving.insert(name.clone(), "starting".to_owned());
-        }
+            state.tasks += 1;
+            let task = state.tasks;
+            state
+                .driving
+                .insert(name.clone(), (task, "starting".to_owned()));
+            task
+        };
         let mv = Drive {
             node: node.clone(),
             supervision: supervision.clone(),
@@ -151,16 +149,16 @@ async fn round(
             to: moving.to.clone(),
             mode: moving.mode,
             shutdown_timeout_ms: timings.vm_shutdown_timeout_ms,
+            task,
         };
         tokio::spawn(async move {
-            let name = mv.name.clone();
-            let node = mv.node.clone();
+            let (name, node) = (mv.name.clone(), mv.node.clone());
             mv.run().await;
-            node.moves
-                .lock()
-                .expect("moves lock poisoned")
-                .driving
-                .remove(&name);
+            let mut state = node.moves.lock().expect("moves lock poisoned");
+            // Only its own entry: a later leadership may drive the move again meanwhile.
+            if state.driving.get(&name).is_some_and(|(t, _)| *t == task) {
+                state.driving.remove(&name);
+            }
         });
     }
     Ok(())
@@ -176,6 +174,8 @@ struct Drive {
     to: String,
     mode: MigrationMode,
     shutdown_timeout_ms: u64,
+    /// This task's number in [`MovesState::driving`].
+    task: u64,
 }
 
 /// What a host last said about one VM's domain.
@@ -188,12 +188,12 @@ enum Seen {
 
 impl Drive {
     fn status(&self, status: String) {
-        self.node
-            .moves
-            .lock()
-            .expect("moves lock poisoned")
-            .driving
-            .insert(self.name.clone(), status);
+        let mut state = self.node.moves.lock().expect("moves lock poisoned");
+        if let Some((task, now)) = state.driving.get_mut(&self.name) {
+            if *task == self.task {
+                *now = status;
+            }
+        }
     }
 
     /// The VM's record while this move is still under way.
@@ -202,7 +202,10 @@ impl Drive {
         let vm = desired.vms.get(&self.name)?;
         let same = vm.host == self.from
             && vm.spec.id == self.id
-            && vm.moving.as_ref().is_some_and(|m| m.to == self.to);
+            && vm
+                .moving
+                .as_ref()
+                .is_some_and(|m| m.to == self.to && m.mode == self.mode);
         same.then(|| vm.clone())
     }
 
@@ -246,12 +249,24 @@ impl Drive {
     }
 
     async fn finish(&self) -> bool {
-        self.commit(Command::FinishMove {
+        let finish = Command::FinishMove {
             name: self.name.clone(),
             from: self.from.clone(),
             to: self.to.clone(),
-        })
-        .await
+        };
+        match propose(&self.node, finish).await {
+            Ok(()) => true,
+            // The new host cannot have the VM any more (its pool was unassigned from it, it
+            // was removed): the move is given up, its copy there is a stray.
+            Err(Response::Api(Err(e))) if e.kind == ApiErrorKind::Invalid => {
+                self.abandon(format!("the move could not be finished: {}", e.message))
+                    .await
+            }
+            Err(response) => {
+                warn!(vm = %self.name, ?response, "move not recorded; retrying");
+                false
+            }
+        }
     }
 
     async fn abandon(&self, reason: String) -> bool {
@@ -277,8 +292,11 @@ impl Drive {
                 if self.record().is_none() {
                     info!(vm = %self.name, from = %self.from, to = %self.to, mode = %self.mode,
                         took_ms = started.elapsed().as_millis() as u64, "move over");
+                    return;
                 }
-                continue; // checks it was recorded; ends the loop if so
+                // Recorded, but not in the state this node applied yet: look again shortly.
+                tokio::time::sleep(Duration::from_millis(MOVES_CHECK_MS)).await;
+                continue;
             }
             failures += 1;
             tokio::time::sleep(backoff.pause(failures)).await;
@@ -297,17 +315,26 @@ impl Drive {
 
     /// One attempt at a live move; `true` once it is recorded as over.
     async fn live_step(&self) -> bool {
-        if let Some(why) = self.lost_host().await {
-            return self.abandon(why).await;
-        }
         // Arrived already (an earlier leader's migration, or an answer lost on the way), as
-        // the destination's latest report says?
+        // the destination's latest report says? Then the move is over whatever became of
+        // the old host.
         let now = Instant::now();
         let latest = now
             .checked_sub(Duration::from_millis(REPORT_FRESH_MS))
             .unwrap_or(now);
-        if let Seen::Domain(PowerState::Running) = self.seen_on(&self.to, latest).await {
-            return self.finish().await;
+        let arriving = match self.seen_on(&self.to, latest).await {
+            Seen::Domain(PowerState::Running) => return self.finish().await,
+            Seen::Domain(PowerState::Paused) => true,
+            _ => false,
+        };
+        if let Some(why) = self.lost_host().await {
+            return self.abandon(why).await;
+        }
+        if arriving {
+            // A migration is under way (sent by this leader or an earlier one): it ends with
+            // the guest at one host or the other, never both running; wait for which.
+            self.status(format!("migrating live from {} to {}", self.from, self.to));
+            return false;
         }
         // Both hosts heard from now: a guest is never sent to a host that may have lost
         // power or the control plane (whose lease may lapse with the guest on it).
@@ -341,13 +368,15 @@ impl Drive {
             Err(CommandError::Host(e)) => {
                 // Refused, failed, or the domain was no longer there (a migration an earlier
                 // leader sent finished meanwhile): the destination's next report tells.
+                // Given up only once the destination has no copy at all: a paused one is a
+                // migration still under way (libvirt refuses a second one meanwhile).
                 match self.seen_on(&self.to, Instant::now()).await {
                     Seen::Domain(PowerState::Running) => self.finish().await,
-                    Seen::Unknown => false,
-                    _ => {
+                    Seen::Absent | Seen::Domain(PowerState::ShutOff | PowerState::Crashed) => {
                         self.abandon(format!("live migration to {} failed: {e}", self.to))
                             .await
                     }
+                    _ => false,
                 }
             }
             Err(e) => {
@@ -466,7 +495,7 @@ fn view(
                 status: state
                     .driving
                     .get(name)
-                    .cloned()
+                    .map(|(_, status)| status.clone())
                     .unwrap_or_else(|| "about to start".to_owned()),
                 failed: false,
             });

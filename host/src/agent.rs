@@ -516,18 +516,35 @@ async fn isolation_loop<M: Mounter, H: Hypervisor, N: Networker>(
                                 }
                                 continue;
                             }
-                            IsolationResponse::ShutDown => VmOp::Shutdown {
+                            IsolationResponse::ShutDown => Some(VmOp::Shutdown {
                                 timeout_ms: ISOLATION_RESPONSE_MS,
-                            },
-                            IsolationResponse::PowerOff => VmOp::ForceOff,
+                            }),
+                            IsolationResponse::PowerOff => None,
                         };
                         if !stopping.insert(name.clone()) {
                             continue; // a stop is under way
                         }
                         let (host, report_now) = (host.clone(), report_now.clone());
                         stops.spawn(async move {
-                            match host.vms.execute(&name, op).await {
-                                Ok(_) => info!(vm = %name, "isolation response: stopped"),
+                            // A shutdown through the domain's actor, given the response time
+                            // (it may wait behind a migration); then, or at once, the plug.
+                            let shut_down = match op {
+                                Some(op) => {
+                                    let grace = Duration::from_millis(ISOLATION_RESPONSE_MS + 500);
+                                    matches!(
+                                        tokio::time::timeout(grace, host.vms.execute(&name, op)).await,
+                                        Ok(Ok(_))
+                                    )
+                                }
+                                None => false,
+                            };
+                            let stopped = if shut_down {
+                                Ok(())
+                            } else {
+                                host.vms.destroy_now(&name).await
+                            };
+                            match stopped {
+                                Ok(()) => info!(vm = %name, "isolation response: stopped"),
                                 Err(e) => warn!(vm = %name, error = %e, "isolation response failed; retrying"),
                             }
                             host.command_finished();

@@ -274,6 +274,9 @@ struct SimState {
     deaf_guests: bool,
     /// Domains defined so far: each gets the next UUID.
     defined: u64,
+    /// The first part of this hypervisor's UUIDs, from its host's name: UUIDs are unique
+    /// across hosts, as libvirt's are.
+    uuid_prefix: u32,
     /// Every call that changed a domain without qvdc's id (adopting one aside): qvdc must
     /// never touch such a domain, so the simulation checks this stays empty.
     touched_unmanaged: Vec<String>,
@@ -303,7 +306,10 @@ impl SimState {
 
     fn next_uuid(&mut self) -> String {
         self.defined += 1;
-        format!("00000000-0000-4000-8000-{:012x}", self.defined)
+        format!(
+            "{:08x}-0000-4000-8000-{:012x}",
+            self.uuid_prefix, self.defined
+        )
     }
 
     /// Notes a change to domain `name` by `call` if the domain is not qvdc's.
@@ -445,6 +451,13 @@ impl SimHypervisor {
     /// `pool_root`.
     pub fn with_storage_locks(locks: &SimStorageLocks, host: &str, pool_root: PathBuf) -> Self {
         let hypervisor = Self::default();
+        hypervisor
+            .state
+            .lock()
+            .expect("sim hypervisor poisoned")
+            .uuid_prefix = host.bytes().fold(0x811c_9dc5u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        });
         locks
             .0
             .lock()
@@ -457,6 +470,62 @@ impl SimHypervisor {
         Self {
             locks: Some((locks.clone(), host.to_owned(), pool_root)),
             ..hypervisor
+        }
+    }
+
+    /// The host's agent died while it migrated guests away: libvirtd, not the agent, runs a
+    /// peer-to-peer migration, so each one ends as if the agent had lived (the copy runs at
+    /// the destination, the domain is undefined here).
+    pub fn agent_gone(&self) {
+        use qvdc_transport::facts::{self, Fact, Guest};
+        let Some((locks, here, _)) = &self.locks else {
+            return;
+        };
+        let holders: Vec<(String, Arc<Mutex<SimState>>)> = {
+            let registry = locks.0.lock().expect("storage locks poisoned");
+            registry
+                .iter()
+                .filter_map(|h| Some((h.host.clone(), h.state.upgrade()?)))
+                .filter(|(_, state)| !Arc::ptr_eq(state, &self.state))
+                .collect()
+        };
+        for (there, dest) in holders {
+            let mut dest = dest.lock().expect("sim hypervisor poisoned");
+            let arriving: Vec<String> = dest
+                .domains
+                .iter()
+                .filter(|(_, d)| {
+                    d.power == PowerState::Paused
+                        && d.incoming_from
+                            .as_ref()
+                            .and_then(std::sync::Weak::upgrade)
+                            .is_some_and(|source| Arc::ptr_eq(&source, &self.state))
+                })
+                .map(|(name, _)| name.clone())
+                .collect();
+            for name in arriving {
+                let mut state = self.state.lock().expect("sim hypervisor poisoned");
+                if state.domains.get(&name).map(|d| d.power) != Some(PowerState::Running) {
+                    continue;
+                }
+                state.domains.remove(&name);
+                drop(state);
+                let copy = dest.domains.get_mut(&name).expect("listed above");
+                set_power(copy, PowerState::Running, "migrated");
+                copy.incoming_from = None;
+                facts::state(Fact::VmOperation {
+                    host: here.clone(),
+                    vm: name.clone(),
+                    op: "migrate-out",
+                    guest: Guest::Gone,
+                });
+                facts::state(Fact::VmOperation {
+                    host: there.clone(),
+                    vm: name,
+                    op: "migrate-in",
+                    guest: Guest::Runs,
+                });
+            }
         }
     }
 

@@ -20,9 +20,6 @@ use crate::hypervisor::{DomainSpec, Hypervisor};
 
 /// How long one hypervisor call may take before it fails as timed out.
 pub const HYPERVISOR_CALL_TIMEOUT_MS: u64 = 30_000;
-/// How long a live migration may take: its memory copied over the network, more than once
-/// for a busy guest.
-pub const MIGRATION_TIMEOUT_MS: u64 = 600_000;
 /// How often a shutting-down domain is looked at.
 pub const SHUTDOWN_POLL_MS: u64 = 250;
 
@@ -149,6 +146,24 @@ impl<H: Hypervisor> Vms<H> {
         bounded("listing domains", self.hypervisor.domains()).await
     }
 
+    /// Pulls the plug on domain `name` now, without waiting behind what its actor is doing
+    /// (a live migration may take minutes): a host whose lease lapsed must stop its guests
+    /// within its isolation response time. libvirt's destroy ends a running migration job.
+    pub async fn destroy_now(&self, name: &str) -> Result<(), HostError> {
+        bounded(
+            "destroying the domain",
+            self.hypervisor.destroy(name.to_owned()),
+        )
+        .await?;
+        facts::state(Fact::VmOperation {
+            host: self.host.clone(),
+            vm: name.to_owned(),
+            op: "force-off",
+            guest: Guest::Gone,
+        });
+        Ok(())
+    }
+
     /// Runs `op` on domain `name`'s actor, starting the actor if needed.
     pub async fn execute(&self, name: &str, op: VmOp) -> Result<CommandOutput, HostError> {
         let mailbox = {
@@ -267,15 +282,11 @@ impl<H: Hypervisor> VmActor<H> {
                         format!("domain {name} is not VM {id}; it is not migrated"),
                     ));
                 }
-                let migrate = h.migrate(name, to, storage_unsafe);
-                tokio::time::timeout(Duration::from_millis(MIGRATION_TIMEOUT_MS), migrate)
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(HostError::new(
-                            HostErrorKind::Timeout,
-                            format!("the migration did not finish within {} s", MIGRATION_TIMEOUT_MS / 1_000),
-                        ))
-                    })?;
+                // Not bounded here: answering while libvirt still migrates would let the
+                // leader give the move up under a guest about to run at the destination.
+                // libvirt ends a migration whose peer is gone (its keepalive), and the
+                // isolation response stops the guest without waiting for this actor.
+                h.migrate(name, to, storage_unsafe).await?;
             }
             VmOp::ForceOff => {
                 self.managed().await?;
@@ -416,6 +427,47 @@ mod tests {
         assert!(vms.reports().await.unwrap().is_empty());
         let err = vms.execute("web", VmOp::Start).await.unwrap_err();
         assert_eq!(err.kind, HostErrorKind::NotFound);
+    }
+
+    /// A host whose lease lapsed stops a guest at once, even while the guest's actor is
+    /// busy migrating it (which may take minutes): the migration fails, the guest runs
+    /// nowhere.
+    #[tokio::test(start_paused = true)]
+    async fn a_guest_is_stopped_now_even_while_its_actor_migrates_it() {
+        use crate::hypervisor::{sim_migration_uri, SimStorageLocks, SIM_MIGRATION_MS};
+        let locks = SimStorageLocks::default();
+        let here = SimHypervisor::with_storage_locks(&locks, "host-1", "/a".into());
+        let there = SimHypervisor::with_storage_locks(&locks, "host-2", "/b".into());
+        let vms = std::sync::Arc::new(Vms::new(here.clone()).on_host("host-1"));
+        vms.execute("web", VmOp::Define(spec("web", "vm-1")))
+            .await
+            .unwrap();
+        vms.execute("web", VmOp::Start).await.unwrap();
+        let migrating = tokio::spawn({
+            let vms = vms.clone();
+            async move {
+                let op = VmOp::Migrate {
+                    id: "vm-1".into(),
+                    to: sim_migration_uri("host-2"),
+                    storage_unsafe: false,
+                };
+                vms.execute("web", op).await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(SIM_MIGRATION_MS / 3)).await;
+        let asked = tokio::time::Instant::now();
+        vms.destroy_now("web").await.unwrap();
+        assert!(asked.elapsed() < Duration::from_millis(SIM_MIGRATION_MS / 3));
+        assert_eq!(here.domains()["web"], PowerState::ShutOff);
+        let err = migrating.await.unwrap().unwrap_err();
+        assert!(
+            err.message.contains("stopped during the migration"),
+            "{err}"
+        );
+        assert!(
+            there.domains().is_empty(),
+            "no copy left at the destination"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -16,18 +16,17 @@
 //! start only for a guest nothing could stop) watch every step; with the deliberate bug
 //! `restart-before-the-lease-lapses`, step 1 restarts the VM while host-2 still runs it.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
-use anyhow::{bail, ensure};
+use anyhow::ensure;
 use qvdc_cluster::Client;
 use qvdc_transport::protocol::{
-    ApiRequest, ApiResponse, HaPolicy, IsolationResponse, PowerState, VmDisk, VmSpec, VmView,
-    VolumeFormat, HOST_LEASE_MS,
+    ApiRequest, HaPolicy, IsolationResponse, PowerState, VmSpec, HOST_LEASE_MS,
 };
 use tokio::time::Instant;
 
 use crate::{
-    harness::{self, ask, change, eventually, Action, Faults},
+    harness::{self, ask, change, eventually, host_domains, shared_disk, vm_view, Action, Faults},
     world::{self, Certs, Shared, SimConfig},
 };
 
@@ -67,20 +66,6 @@ pub fn run(config: &SimConfig) -> anyhow::Result<Outcome> {
     })
 }
 
-async fn vm(client: &mut Client, name: &str) -> anyhow::Result<VmView> {
-    match ask(client, ApiRequest::VmShow { name: name.into() }).await? {
-        ApiResponse::Vm(view) => Ok(view),
-        other => bail!("vm show answered {other:?}"),
-    }
-}
-
-/// What `host`'s hypervisor really has.
-fn domains(faults: &Shared<Faults>, host: &str) -> BTreeMap<String, PowerState> {
-    faults.lock().expect("faults lock poisoned").hosts[host]
-        .hypervisor
-        .domains()
-}
-
 async fn create_vm(
     client: &mut Client,
     name: &str,
@@ -89,34 +74,7 @@ async fn create_vm(
     isolation: IsolationResponse,
 ) -> anyhow::Result<()> {
     let disks = match disk {
-        Some(volume) => {
-            let create = ApiRequest::VolumeCreate {
-                request_id: client.new_request_id(),
-                pool: POOL.into(),
-                name: volume.into(),
-                format: VolumeFormat::Qcow2,
-                size_bytes: 64 << 20,
-                host: None,
-            };
-            ask(client, create).await?;
-            eventually("volume ready", Duration::from_secs(60), async || match ask(
-                client,
-                ApiRequest::VolumeList { pool: POOL.into() },
-            )
-            .await?
-            {
-                ApiResponse::Volumes(v) => {
-                    Ok(v.iter().any(|v| v.name == volume && v.ready).then_some(()))
-                }
-                other => bail!("volume list answered {other:?}"),
-            })
-            .await?;
-            vec![VmDisk {
-                pool: POOL.into(),
-                volume: volume.into(),
-                format: VolumeFormat::Qcow2,
-            }]
-        }
+        Some(volume) => vec![shared_disk(client, POOL, volume).await?],
         None => Vec::new(),
     };
     let create = ApiRequest::VmCreateHa {
@@ -139,7 +97,7 @@ async fn create_vm(
     };
     ask(client, create).await?;
     eventually("VM running", Duration::from_secs(60), async || {
-        Ok((vm(client, name).await?.power == PowerState::Running).then_some(()))
+        Ok((vm_view(client, name).await?.power == PowerState::Running).then_some(()))
     })
     .await
 }
@@ -154,7 +112,7 @@ async fn runs_elsewhere(
         "VM running elsewhere",
         Duration::from_secs(60),
         async || {
-            let view = vm(client, name).await?;
+            let view = vm_view(client, name).await?;
             let moved = view.host != from && view.power == PowerState::Running;
             Ok(moved.then(|| (view.host, Instant::now())))
         },
@@ -202,7 +160,7 @@ async fn script(
     change(&faults, Action::Partition(links.clone()));
     let (to, at) = runs_elsewhere(&mut client, ISOLATED_VM, "host-2").await?;
     let isolation_restart = at.saturating_duration_since(isolated);
-    let left = domains(&faults, "host-2");
+    let left = host_domains(&faults, "host-2");
     ensure!(
         left.get(ISOLATED_VM) != Some(&PowerState::Running),
         "{ISOLATED_VM} runs on {to} and still on isolated host-2: {left:?}"
@@ -211,7 +169,7 @@ async fn script(
     eventually(
         "the isolated host holds no stale domain",
         Duration::from_secs(60),
-        async || Ok((!domains(&faults, "host-2").contains_key(ISOLATED_VM)).then_some(())),
+        async || Ok((!host_domains(&faults, "host-2").contains_key(ISOLATED_VM)).then_some(())),
     )
     .await?;
 
@@ -244,19 +202,19 @@ async fn script(
         "the orphaned VM moved to another host",
         Duration::from_secs(60),
         async || {
-            let view = vm(&mut majority, ORPHAN_VM).await?;
+            let view = vm_view(&mut majority, ORPHAN_VM).await?;
             Ok((view.host != "host-3").then_some(view.host))
         },
     )
     .await?;
     // Give the new host time to try: the lock must refuse it while the first guest runs.
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let still = domains(&faults, "host-3");
+    let still = host_domains(&faults, "host-3");
     ensure!(
         still.get(ORPHAN_VM) == Some(&PowerState::Running),
         "the dead agent's guest should still run: {still:?}"
     );
-    let there = domains(&faults, &moved);
+    let there = host_domains(&faults, &moved);
     ensure!(
         there.get(ORPHAN_VM) != Some(&PowerState::Running),
         "{ORPHAN_VM} runs on {moved} while its first guest still runs on host-3"
@@ -266,8 +224,8 @@ async fn script(
         "the orphaned VM runs at its new host",
         Duration::from_secs(90),
         async || {
-            let view = vm(&mut majority, ORPHAN_VM).await?;
-            let gone = !domains(&faults, "host-3").contains_key(ORPHAN_VM);
+            let view = vm_view(&mut majority, ORPHAN_VM).await?;
+            let gone = !host_domains(&faults, "host-3").contains_key(ORPHAN_VM);
             Ok((gone && view.power == PowerState::Running).then_some(()))
         },
     )

@@ -318,6 +318,7 @@ fn apply(world: &mut turmoil::Sim<'_>, config: &SimConfig, requested: &mut Fault
                     machine: machine.clone(),
                 });
                 if let Some(parts) = requested.hosts.get(&machine) {
+                    parts.hypervisor.agent_gone();
                     requested.kept.insert(machine.clone(), parts.clone());
                 }
                 world.crash(machine);
@@ -605,4 +606,59 @@ pub(crate) async fn all_hosts_ready(client: &mut Client, hosts: usize) -> anyhow
         Ok((list.len() == hosts && ready == hosts).then_some(()))
     })
     .await
+}
+
+/// VM `name` as the cluster shows it.
+pub(crate) async fn vm_view(
+    client: &mut Client,
+    name: &str,
+) -> anyhow::Result<qvdc_transport::protocol::VmView> {
+    match ask(client, ApiRequest::VmShow { name: name.into() }).await? {
+        ApiResponse::Vm(view) => Ok(view),
+        other => anyhow::bail!("vm show answered {other:?}"),
+    }
+}
+
+/// What `host`'s simulated hypervisor really has.
+pub(crate) fn host_domains(
+    faults: &Shared<Faults>,
+    host: &str,
+) -> BTreeMap<String, qvdc_transport::protocol::PowerState> {
+    faults.lock().expect("faults lock poisoned").hosts[host]
+        .hypervisor
+        .domains()
+}
+
+/// Creates qcow2 volume `volume` in shared pool `pool` and waits until it is ready; returns
+/// it as a VM's disk.
+pub(crate) async fn shared_disk(
+    client: &mut Client,
+    pool: &str,
+    volume: &str,
+) -> anyhow::Result<qvdc_transport::protocol::VmDisk> {
+    use qvdc_transport::protocol::{VmDisk, VolumeFormat};
+    let create = ApiRequest::VolumeCreate {
+        request_id: client.new_request_id(),
+        pool: pool.into(),
+        name: volume.into(),
+        format: VolumeFormat::Qcow2,
+        size_bytes: 64 << 20,
+        host: None,
+    };
+    ask(client, create).await?;
+    eventually("volume ready", Duration::from_secs(60), async || match ask(
+        client,
+        ApiRequest::VolumeList { pool: pool.into() },
+    )
+    .await?
+    {
+        ApiResponse::Volumes(v) => Ok(v.iter().any(|v| v.name == volume && v.ready).then_some(())),
+        other => anyhow::bail!("volume list answered {other:?}"),
+    })
+    .await?;
+    Ok(VmDisk {
+        pool: pool.into(),
+        volume: volume.into(),
+        format: VolumeFormat::Qcow2,
+    })
 }

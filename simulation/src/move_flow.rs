@@ -16,17 +16,16 @@
 //! The invariants watch every step: what the agents did and what the simulated hypervisors
 //! say whenever a guest starts to run (a VM never runs on two hosts at once).
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use anyhow::{bail, ensure, Context as _};
 use qvdc_cluster::Client;
 use qvdc_transport::protocol::{
-    ApiRequest, ApiResponse, DesiredPower, MigrationMode, MovesView, PowerState, VmDisk, VmSpec,
-    VmView, VolumeFormat,
+    ApiRequest, ApiResponse, DesiredPower, MigrationMode, MovesView, PowerState, VmSpec,
 };
 
 use crate::{
-    harness::{self, ask, change, eventually, Action, Faults},
+    harness::{self, ask, change, eventually, host_domains, shared_disk, vm_view, Action, Faults},
     world::{self, Certs, Shared, SimConfig},
 };
 
@@ -58,25 +57,11 @@ pub fn run(config: &SimConfig) -> anyhow::Result<Outcome> {
     })
 }
 
-async fn vm(client: &mut Client, name: &str) -> anyhow::Result<VmView> {
-    match ask(client, ApiRequest::VmShow { name: name.into() }).await? {
-        ApiResponse::Vm(view) => Ok(view),
-        other => bail!("vm show answered {other:?}"),
-    }
-}
-
 async fn moves(client: &mut Client) -> anyhow::Result<MovesView> {
     match ask(client, ApiRequest::Moves).await? {
         ApiResponse::Moves(view) => Ok(view),
         other => bail!("moves answered {other:?}"),
     }
-}
-
-/// What `host`'s hypervisor really has.
-fn domains(faults: &Shared<Faults>, host: &str) -> BTreeMap<String, PowerState> {
-    faults.lock().expect("faults lock poisoned").hosts[host]
-        .hypervisor
-        .domains()
 }
 
 /// How often `host`'s guest of `vm` was booted.
@@ -87,26 +72,7 @@ fn boots(faults: &Shared<Faults>, host: &str, vm: &str) -> u32 {
 }
 
 async fn create_vm(client: &mut Client, name: &str, host: &str) -> anyhow::Result<()> {
-    let volume = format!("{name}.qcow2");
-    let create = ApiRequest::VolumeCreate {
-        request_id: client.new_request_id(),
-        pool: POOL.into(),
-        name: volume.clone(),
-        format: VolumeFormat::Qcow2,
-        size_bytes: 64 << 20,
-        host: None,
-    };
-    ask(client, create).await?;
-    eventually("volume ready", Duration::from_secs(60), async || match ask(
-        client,
-        ApiRequest::VolumeList { pool: POOL.into() },
-    )
-    .await?
-    {
-        ApiResponse::Volumes(v) => Ok(v.iter().any(|v| v.name == volume && v.ready).then_some(())),
-        other => bail!("volume list answered {other:?}"),
-    })
-    .await?;
+    let disk = shared_disk(client, POOL, &format!("{name}.qcow2")).await?;
     let create = ApiRequest::VmCreate {
         request_id: client.new_request_id(),
         spec: VmSpec {
@@ -114,11 +80,7 @@ async fn create_vm(client: &mut Client, name: &str, host: &str) -> anyhow::Resul
             name: name.into(),
             vcpus: 1,
             memory_bytes: 1 << 30,
-            disks: vec![VmDisk {
-                pool: POOL.into(),
-                volume,
-                format: VolumeFormat::Qcow2,
-            }],
+            disks: vec![disk],
             nics: Vec::new(),
         },
         host: Some(host.into()),
@@ -134,7 +96,7 @@ async fn runs_on(client: &mut Client, name: &str, host: &str) -> anyhow::Result<
         &format!("{name} running on {host}"),
         Duration::from_secs(90),
         async || {
-            let view = vm(client, name).await?;
+            let view = vm_view(client, name).await?;
             Ok((view.host == host && view.power == PowerState::Running).then_some(()))
         },
     )
@@ -190,7 +152,7 @@ async fn script(
     eventually(
         "host-1 keeps no copy of web",
         Duration::from_secs(30),
-        async || Ok((!domains(&faults, "host-1").contains_key("web")).then_some(())),
+        async || Ok((!host_domains(&faults, "host-1").contains_key("web")).then_some(())),
     )
     .await?;
 
@@ -201,7 +163,7 @@ async fn script(
     eventually(
         "host-2 keeps no copy of web",
         Duration::from_secs(30),
-        async || Ok((!domains(&faults, "host-2").contains_key("web")).then_some(())),
+        async || Ok((!host_domains(&faults, "host-2").contains_key("web")).then_some(())),
     )
     .await?;
 
@@ -210,7 +172,11 @@ async fn script(
     eventually(
         "db arriving on host-3",
         Duration::from_secs(30),
-        async || Ok(domains(&faults, "host-3").contains_key("db").then_some(())),
+        async || {
+            Ok(host_domains(&faults, "host-3")
+                .contains_key("db")
+                .then_some(()))
+        },
     )
     .await?;
     let disrupted = harness::take_leader_away(&config, &certs, &mut client, &faults).await?;
@@ -230,7 +196,7 @@ async fn script(
         "cache arriving on host-2",
         Duration::from_secs(30),
         async || {
-            Ok(domains(&faults, "host-2")
+            Ok(host_domains(&faults, "host-2")
                 .contains_key("cache")
                 .then_some(()))
         },
@@ -251,10 +217,10 @@ async fn script(
     )
     .await?;
     ensure!(
-        !domains(&faults, "host-2").contains_key("cache"),
+        !host_domains(&faults, "host-2").contains_key("cache"),
         "host-2 kept a half-migrated copy of cache ({failed})"
     );
-    ensure!(vm(&mut majority, "cache").await?.host == "host-3");
+    ensure!(vm_view(&mut majority, "cache").await?.host == "host-3");
     change(&faults, Action::Restart("host-3".into()));
     runs_on(&mut majority, "cache", "host-3").await?;
 
@@ -284,7 +250,7 @@ async fn script(
     })
     .await?;
     // Domains qvdc does not manage (the world's legacy ones) stay where they are.
-    let left = domains(&faults, "host-2");
+    let left = host_domains(&faults, "host-2");
     let ours = ["web", "db", "cache"];
     ensure!(
         left.iter()
@@ -295,7 +261,7 @@ async fn script(
         "db running off host-2",
         Duration::from_secs(30),
         async || {
-            let view = vm(&mut majority, "db").await?;
+            let view = vm_view(&mut majority, "db").await?;
             Ok((view.host != "host-2" && view.power == PowerState::Running).then_some(view))
         },
     )

@@ -22,14 +22,19 @@ fn config(seed: u64, hosts: usize, bugs: &[Bug]) -> SimConfig {
 
 /// Runs `scenario` from seed 0 until it fails, and asserts the failure names `checker`.
 fn caught(bugs: &[Bug], checker: &str, scenario: impl Fn(u64) -> anyhow::Result<()>) {
+    caught_by_one_of(bugs, &[checker], scenario);
+}
+
+/// [`caught`], where the bug's effects may first meet one of several checkers.
+fn caught_by_one_of(bugs: &[Bug], checkers: &[&str], scenario: impl Fn(u64) -> anyhow::Result<()>) {
     let Some((seed, error)) =
         (0..SEEDS_MAX).find_map(|seed| scenario(seed).err().map(|e| (seed, format!("{e:#}"))))
     else {
         panic!("{bugs:?} went unnoticed for {SEEDS_MAX} seeds");
     };
     assert!(
-        error.contains(checker),
-        "{bugs:?} failed seed {seed}, but not by {checker:?}: {error}"
+        checkers.iter().any(|checker| error.contains(checker)),
+        "{bugs:?} failed seed {seed}, but not by one of {checkers:?}: {error}"
     );
     eprintln!("{bugs:?}: caught on seed {seed}: {error}");
 }
@@ -115,10 +120,13 @@ fn a_snapshot_that_drops_a_pool_is_caught() {
 
 /// The chaos scenario draws its log retention from the seed, so ordinary seeds build and
 /// install snapshots under faults: the same bug fails them too, not only the catch-up test.
+/// Where a node that installed such a snapshot leads, the lost pool's VM is never defined,
+/// which the convergence check may see before the nodes' digests are compared.
 #[test]
 fn a_snapshot_that_drops_a_pool_fails_ordinary_chaos_seeds() {
     let bugs = [Bug::SnapshotDropsAPool];
-    caught(&bugs, "hold different states", |seed| {
+    let checkers = ["hold different states", "not defined on its host yet"];
+    caught_by_one_of(&bugs, &checkers, |seed| {
         chaos::run(&config(seed, 10, &bugs)).map(drop)
     });
 }

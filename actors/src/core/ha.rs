@@ -71,6 +71,16 @@ pub fn plan(
             }
             continue;
         }
+        if let Some(m) = &vm.moving {
+            plan.waiting.insert(
+                name.clone(),
+                format!(
+                    "host {} lost during a move to {}; restarted elsewhere unless the move finishes",
+                    vm.host, m.to
+                ),
+            );
+            continue;
+        }
         if vm.power != DesiredPower::Running {
             plan.waiting.insert(
                 name.clone(),
@@ -150,6 +160,7 @@ mod tests {
 
     fn facts(host: &str, ready: bool, free_mib: u64) -> HostFacts {
         HostFacts {
+            domains: Some(BTreeMap::new()),
             host: host.into(),
             ready,
             maintenance: false,

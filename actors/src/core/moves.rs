@@ -122,6 +122,18 @@ pub fn evacuate(
                 remaining.push((name, "waiting for a move to finish".to_owned()));
                 continue;
             }
+            // After a failed live migration, the next try moves it cold; after a failed
+            // cold move, the operator decides (`vm migrate` tries again).
+            let retry_cold = BTreeSet::new();
+            let live_hosts = match &vm.move_failed {
+                Some(failed) if failed.mode == MigrationMode::Cold => {
+                    let why = format!("its last move failed: {}", failed.reason);
+                    remaining.push((name, why));
+                    continue;
+                }
+                Some(_) => &retry_cold,
+                None => live_hosts,
+            };
             match target(desired, vm, &hosts, live_hosts) {
                 Ok(begin) => {
                     if let Some(h) = hosts.iter_mut().find(|h| h.host == begin.to) {
@@ -174,6 +186,7 @@ mod tests {
 
     fn facts(host: &str, free_mib: u64, maintenance: bool) -> HostFacts {
         HostFacts {
+            domains: Some(BTreeMap::new()),
             host: host.into(),
             ready: true,
             maintenance,
@@ -312,6 +325,36 @@ mod tests {
                 "waiting for a move to finish"
             ]
         );
+    }
+
+    #[test]
+    fn after_a_failed_live_move_the_next_is_cold_and_after_a_failed_cold_one_none() {
+        use qvdc_raft::model::FailedMove;
+        use DesiredPower::*;
+        let mut desired = state(&[("a", Running), ("b", Running)]);
+        let failed = |name: &str, mode| FailedMove {
+            to: "host-2".into(),
+            mode,
+            reason: format!("{name} refused"),
+        };
+        for (name, mode) in [("a", MigrationMode::Live), ("b", MigrationMode::Cold)] {
+            let mut vm = desired.vms[name].clone();
+            vm.move_failed = Some(failed(name, mode));
+            desired.vms.insert(name.into(), vm);
+        }
+        let hosts = vec![
+            facts("host-1", 1_000, true),
+            facts("host-2", 1_000, false),
+            facts("host-3", 1_000, false),
+        ];
+        let live = BTreeSet::from(["host-2".to_owned(), "host-3".to_owned()]);
+        let plan = evacuate(&desired, hosts, &live);
+        assert_eq!(plan.begin.len(), 1, "{plan:?}");
+        assert_eq!(plan.begin[0].vm, "a");
+        assert_eq!(plan.begin[0].mode, MigrationMode::Cold);
+        let b = &plan.remaining["host-1"][1];
+        assert_eq!(b.0, "b");
+        assert!(b.1.contains("its last move failed: b refused"), "{b:?}");
     }
 
     #[test]

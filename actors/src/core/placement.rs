@@ -24,6 +24,10 @@ pub struct HostFacts {
     pub pools: BTreeMap<String, Health>,
     /// Networks assigned to the host that it reports up.
     pub up_networks: BTreeSet<String>,
+    /// The domains the host reported, by name, with the VM id of those that are qvdc's: a
+    /// VM cannot go where another domain has its name. `None` while the host's hypervisor
+    /// has not listed them (libvirt failing, or the host just booted).
+    pub domains: Option<BTreeMap<String, Option<String>>>,
 }
 
 /// Why no host fits, host by host, in host order.
@@ -73,6 +77,7 @@ pub fn facts(
                 .vms_of_host(&h.host_id)
                 .map(|vm| vm.spec.memory_bytes)
                 .sum(),
+            domains: Some(BTreeMap::new()),
             up_networks: networks
                 .iter()
                 .filter(|n| n.hosts.iter().any(|nh| nh.host_id == h.host_id && nh.up))
@@ -159,6 +164,20 @@ pub fn misfit(spec: &VmSpec, pins: &[Pin], host: &HostFacts) -> Option<String> {
     if !down.is_empty() {
         return Some(format!("network {} not up here", down.join(", ")));
     }
+    let Some(domains) = &host.domains else {
+        return Some("its hypervisor has not listed its domains yet".into());
+    };
+    if let Some(other) = domains.get(&spec.name) {
+        if other.as_deref() != Some(spec.id.as_str()) {
+            return Some(format!(
+                "a domain named {} exists here ({})",
+                spec.name,
+                other
+                    .as_ref()
+                    .map_or("not managed by qvdc".to_owned(), |id| format!("VM {id}"))
+            ));
+        }
+    }
     if spec.vcpus > host.cpu_cores {
         return Some(format!(
             "needs {} vCPUs, has {} cores",
@@ -239,6 +258,7 @@ mod tests {
 
     fn host(name: &str, ready: bool, free_mib: u64, pools: &[&str]) -> HostFacts {
         HostFacts {
+            domains: Some(BTreeMap::new()),
             host: name.into(),
             ready,
             maintenance: false,

@@ -157,15 +157,22 @@ pub(crate) async fn facts_now(
             supervision.liveness().await?,
             supervision.pool_views().await?,
             supervision.network_views().await?,
+            supervision.reported().await?,
         ))
     };
-    let (liveness, pools, networks) = gathered.await.map_err(|e| unavailable(e.to_string()))?;
-    Ok(placement::facts(
-        &ctx.desired.borrow(),
-        &liveness,
-        &pools,
-        &networks,
-    ))
+    let (liveness, pools, networks, reported) =
+        gathered.await.map_err(|e| unavailable(e.to_string()))?;
+    let mut facts = placement::facts(&ctx.desired.borrow(), &liveness, &pools, &networks);
+    for host in &mut facts {
+        host.domains = reported.get(&host.host).filter(|r| r.vms_known).map(|r| {
+            r.managed
+                .iter()
+                .chain(&r.unmanaged)
+                .map(|d| (d.name.clone(), d.id.clone()))
+                .collect()
+        });
+    }
+    Ok(facts)
 }
 
 async fn place(

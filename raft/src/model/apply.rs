@@ -133,6 +133,9 @@ impl DesiredState {
                 vm.host = to.clone();
                 // A move under way when the host was lost is over: the VM restarts instead.
                 vm.moving = None;
+                // The domain it was adopted from stays behind: on its new host, no domain
+                // without qvdc's id is this VM.
+                vm.adopted = None;
                 self.indexed(Kind::Vm, from, name, false);
                 self.indexed(Kind::Vm, to, name, true);
                 Outcome::Applied

@@ -1630,6 +1630,24 @@ fn a_lost_hosts_vm_moves_once_and_only_to_a_host_that_has_its_disks() {
         fail_over("host-1", "host-3"),
         "not assigned to host host-3",
     );
+    // A move under way decides first: HA waits until it is finished or given up.
+    let begin = Command::BeginMove {
+        name: "web".into(),
+        to: "host-2".into(),
+        mode: qvdc_transport::protocol::MigrationMode::Live,
+    };
+    assert_eq!(state.apply(&begin), Outcome::Applied);
+    rejected_with(
+        &mut state,
+        fail_over("host-1", "host-2"),
+        "its move is finished",
+    );
+    let give_up = Command::AbandonMove {
+        name: "web".into(),
+        to: "host-2".into(),
+        reason: "host host-1 was lost during the move".into(),
+    };
+    assert_eq!(state.apply(&give_up), Outcome::Applied);
     assert_eq!(
         state.apply(&fail_over("host-1", "host-2")),
         Outcome::Applied
@@ -1795,6 +1813,14 @@ fn a_move_keeps_the_vm_on_its_host_until_it_finishes_and_locks_it_meanwhile() {
     assert_eq!(state.vms["web"].host, "host-1");
     assert_eq!(state.vms_of_host("host-1").count(), 2);
     rejected_with(&mut state, begin("web", "host-2", live), "is moving");
+    // The destination stays: it cannot be removed while a VM is on its way there.
+    rejected_with(
+        &mut state,
+        Command::RemoveHost {
+            host: "host-2".into(),
+        },
+        "still has VMs web",
+    );
     let stop = Command::SetVmPower {
         name: "web".into(),
         power: DesiredPower::Stopped,
@@ -1830,6 +1856,30 @@ fn a_move_keeps_the_vm_on_its_host_until_it_finishes_and_locks_it_meanwhile() {
     assert_eq!(state.vms["web"].host, "host-2");
     let failed = state.vms["web"].move_failed.clone().expect("kept");
     assert_eq!(failed.reason, "migration refused");
+    // A destination that lost the VM's pool meanwhile cannot have it: the move is not
+    // finished there.
+    assert_eq!(state.apply(&begin("web", "host-1", live)), Outcome::Applied);
+    let unassign = Command::UnassignPool {
+        pool: "shared".into(),
+        hosts: vec!["host-1".into()],
+    };
+    assert_eq!(state.apply(&unassign), Outcome::Applied);
+    rejected_with(
+        &mut state,
+        finish("host-2", "host-1"),
+        "not assigned to host host-1",
+    );
+    let give_up = Command::AbandonMove {
+        name: "web".into(),
+        to: "host-1".into(),
+        reason: "pool gone".into(),
+    };
+    assert_eq!(state.apply(&give_up), Outcome::Applied);
+    let assign = Command::AssignPool {
+        pool: "shared".into(),
+        hosts: vec!["host-1".into()],
+    };
+    assert_eq!(state.apply(&assign), Outcome::Applied);
     assert_eq!(state.apply(&stop), Outcome::Applied);
     rejected_with(
         &mut state,

@@ -165,7 +165,10 @@ impl DesiredState {
             Command::FinishMove { name, from, to } => {
                 let vm = self.vm(name)?;
                 match &vm.moving {
-                    Some(m) if m.to == *to && vm.host == *from => Ok(()),
+                    // The new host must still be able to have it (its pools, its networks).
+                    Some(m) if m.to == *to && vm.host == *from => {
+                        self.check_vm_fits_host(&vm.spec, to)
+                    }
                     _ => Err(ValidationError::BadVm(format!(
                         "VM {name} is not moving from {from} to {to}: that move was finished or given up"
                     ))),
@@ -187,7 +190,15 @@ impl DesiredState {
             }
             Command::RemoveHost { host } => {
                 self.known_hosts(std::slice::from_ref(host))?;
-                let on_it: Vec<&str> = self.vms_on(host).map(String::as_str).collect();
+                let arriving = self
+                    .vms
+                    .values()
+                    .filter(|vm| vm.moving.as_ref().is_some_and(|m| m.to == *host));
+                let on_it: Vec<&str> = self
+                    .vms_on(host)
+                    .map(String::as_str)
+                    .chain(arriving.map(|vm| vm.spec.name.as_str()))
+                    .collect();
                 if on_it.is_empty() {
                     Ok(())
                 } else {
@@ -742,6 +753,14 @@ impl DesiredState {
         if !vm.ha.restart || vm.power != DesiredPower::Running {
             return bad(format!(
                 "VM {name} is no longer a running HA VM: it stays on {from}"
+            ));
+        }
+        if let Some(m) = &vm.moving {
+            // The move decides first (it may have arrived): it is finished or given up,
+            // then HA restarts the VM if it is still on the lost host.
+            return bad(format!(
+                "VM {name} is moving to {}; its move is finished or given up first",
+                m.to
             ));
         }
         if to == from {

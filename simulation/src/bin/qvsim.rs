@@ -13,8 +13,9 @@ use std::{
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use qvdc_simulation::{
-    adoption, catch_up, chaos, deposed_leader, ha_flow, lease_edge, pool_flow, retried_requests,
-    stranded_write, vm_flow, Bug, Chaos, Disruption, FaultKind, LogLifecycle, SimConfig,
+    adoption, catch_up, chaos, deposed_leader, ha_flow, lease_edge, move_flow, pool_flow,
+    retried_requests, stranded_write, vm_flow, Bug, Chaos, Disruption, FaultKind, LogLifecycle,
+    SimConfig,
 };
 use qvdc_transport::sim::Impairment;
 
@@ -84,6 +85,9 @@ enum Scenario {
     /// HA: a host's power loss with a leader crash, a host's isolation, an agent killed
     /// with its guest running; VMs restarted elsewhere, never twice.
     HaFlow,
+    /// Moves: live and cold migrations, a leader crash and a source's power loss mid-copy,
+    /// a host's evacuation for maintenance; never twice.
+    MoveFlow,
     /// A host left with only a deposed leader, whose state is stale, must not obey it.
     DeposedLeader,
     /// A domain qvdc did not create adopted, driven across a leader loss, and released.
@@ -320,6 +324,15 @@ impl Shape {
                     "power loss -> VMs running elsewhere after {:?}; isolation -> after {:?} \
                      (simulated)",
                     o.restarts, o.isolation_restart
+                );
+                (o.trace, o.trace_hash, summary)
+            }
+            Scenario::MoveFlow => {
+                let o = move_flow::run(&config)?;
+                let summary = format!(
+                    "live move done {:?} after vm migrate; maintenance moved db to {} \
+                     (simulated)",
+                    o.live_move, o.evacuated_to
                 );
                 (o.trace, o.trace_hash, summary)
             }
