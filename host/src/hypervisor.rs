@@ -477,7 +477,6 @@ impl SimHypervisor {
     /// peer-to-peer migration, so each one ends as if the agent had lived (the copy runs at
     /// the destination, the domain is undefined here).
     pub fn agent_gone(&self) {
-        use qvdc_transport::facts::{self, Fact, Guest};
         let Some((locks, here, _)) = &self.locks else {
             return;
         };
@@ -513,18 +512,7 @@ impl SimHypervisor {
                 let copy = dest.domains.get_mut(&name).expect("listed above");
                 set_power(copy, PowerState::Running, "migrated");
                 copy.incoming_from = None;
-                facts::state(Fact::VmOperation {
-                    host: here.clone(),
-                    vm: name.clone(),
-                    op: "migrate-out",
-                    guest: Guest::Gone,
-                });
-                facts::state(Fact::VmOperation {
-                    host: there.clone(),
-                    vm: name,
-                    op: "migrate-in",
-                    guest: Guest::Runs,
-                });
+                state_moved(here, &there, name);
             }
         }
     }
@@ -642,6 +630,24 @@ impl SimHypervisor {
         let domain = state.domains.get_mut(name).ok_or_else(|| not_found(name))?;
         f(domain, deaf)
     }
+}
+
+/// States that the guest of `vm` left `from` and runs at `to`: a live migration's
+/// switch-over, in that order.
+fn state_moved(from: &str, to: &str, vm: String) {
+    use qvdc_transport::facts::{self, Fact, Guest};
+    facts::state(Fact::VmOperation {
+        host: from.to_owned(),
+        vm: vm.clone(),
+        op: "migrate-out",
+        guest: Guest::Gone,
+    });
+    facts::state(Fact::VmOperation {
+        host: to.to_owned(),
+        vm,
+        op: "migrate-in",
+        guest: Guest::Runs,
+    });
 }
 
 fn report(name: &str, d: &SimDomain) -> VmReport {
@@ -837,7 +843,7 @@ impl Hypervisor for SimHypervisor {
         to: String,
         _storage_unsafe: bool,
     ) -> Result<(), HostError> {
-        use qvdc_transport::facts::{self, Fact, Guest};
+        use qvdc_transport::facts::Fact;
         self.unless_hung().await;
         let failed = |message: String| HostError::new(HostErrorKind::Failed, message);
         let Some((locks, here, root)) = &self.locks else {
@@ -972,18 +978,7 @@ impl Hypervisor for SimHypervisor {
             return Err(give_up("the destination lost the guest"));
         }
         state.domains.remove(&name);
-        facts::state(Fact::VmOperation {
-            host: here.clone(),
-            vm: name.clone(),
-            op: "migrate-out",
-            guest: Guest::Gone,
-        });
-        facts::state(Fact::VmOperation {
-            host: there.to_owned(),
-            vm: name,
-            op: "migrate-in",
-            guest: Guest::Runs,
-        });
+        state_moved(here, there, name);
         Ok(())
     }
 }
