@@ -97,6 +97,41 @@ fn unavailable(e: impl std::fmt::Display) -> SupervisionError {
     SupervisionError::Unavailable(e.to_string())
 }
 
+/// What the tree measures of the commands it sends hosts, by kind. Cheap to clone: clones
+/// record into the same counters (a node keeps one set across its leaderships).
+#[derive(Debug, Clone, Default)]
+pub struct CommandMetrics {
+    pub sent: qvdc_transport::metrics::Family<
+        qvdc_transport::metrics::KindLabel,
+        qvdc_transport::metrics::Counter,
+    >,
+    pub failed: qvdc_transport::metrics::Family<
+        qvdc_transport::metrics::KindOutcome,
+        qvdc_transport::metrics::Counter,
+    >,
+    pub in_flight: qvdc_transport::metrics::Gauge,
+}
+
+impl CommandMetrics {
+    pub fn register(&self, registry: &mut qvdc_transport::metrics::Registry) {
+        registry.register(
+            "qvdc_host_commands_sent",
+            "Commands the leader sent to hosts, by kind",
+            self.sent.clone(),
+        );
+        registry.register(
+            "qvdc_host_commands_failed",
+            "Commands that failed, by kind and why: host (the host refused or failed it), undelivered, no_answer, not_connected",
+            self.failed.clone(),
+        );
+        registry.register(
+            "qvdc_host_commands_in_flight",
+            "Commands sent and not answered yet",
+            self.in_flight.clone(),
+        );
+    }
+}
+
 impl Supervision {
     /// Starts the tree for `leadership` from the desired state.
     pub async fn start(
@@ -104,11 +139,22 @@ impl Supervision {
         desired: watch::Receiver<Arc<DesiredState>>,
         timings: Timings,
     ) -> Result<Self, SupervisionError> {
+        Self::measured(leadership, desired, timings, CommandMetrics::default()).await
+    }
+
+    /// [`Supervision::start`], counting commands into `metrics`.
+    pub async fn measured(
+        leadership: Leadership,
+        desired: watch::Receiver<Arc<DesiredState>>,
+        timings: Timings,
+        metrics: CommandMetrics,
+    ) -> Result<Self, SupervisionError> {
         let ids = CommandIds::new(leadership);
         let args = ClusterArgs {
             ids: ids.clone(),
             desired,
             timings,
+            metrics,
         };
         let (root, _) = Actor::spawn(None, ClusterSupervisor, args)
             .await

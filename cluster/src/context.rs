@@ -37,6 +37,8 @@ pub(crate) struct Context {
     pub(crate) supervision: RwLock<Option<Supervision>>,
     /// The last quorum confirmation of this node's leadership.
     pub(crate) lease: Lease,
+    /// The lease's clock, also for the wall-clock time stamped on audited changes.
+    pub(crate) clock: crate::lease::Clock,
     /// The last leader this node knew of, for hints while none is known.
     pub(crate) last_leader: std::sync::Mutex<Option<LeaderHint>>,
     /// The last entry in this node's log when it started. openraft 0.9 restores a node that
@@ -54,6 +56,10 @@ pub(crate) struct Context {
     pub(crate) stepping_down: std::sync::atomic::AtomicBool,
     /// HA's soft state on the leader: the latest plan, the fence lists sent to hosts.
     pub(crate) ha: std::sync::Mutex<crate::ha::HaState>,
+    /// What this node counts, for `/metrics`.
+    pub(crate) metrics: crate::metrics::NodeMetrics,
+    /// Reported-state changes for subscribers of the watch API, on the leader.
+    pub(crate) events: crate::events::EventsHub,
     /// Moves' soft state on the leader: which hosts take live migrations, what each move
     /// is doing, what each host in maintenance still runs.
     pub(crate) moves: std::sync::Mutex<crate::moves::MovesState>,

@@ -13,6 +13,8 @@ use qvdc_transport::{
 };
 use tokio::{sync::watch, time::Instant};
 
+use qvdc_raft::model::Caller;
+
 use crate::{api, context::Context};
 
 /// How long a follower keeps trying to reach a known leader for one request before it sends
@@ -94,7 +96,13 @@ pub(crate) async fn to_leader(
     let mut last = String::from("no leader is known");
     loop {
         let (known, call) = match leader_of(&metrics, node.id) {
-            Leader::Me => return api::handle(node, request).await,
+            Leader::Me => {
+                let caller = Caller {
+                    name: Some(operator.name.clone()),
+                    via: None,
+                };
+                return api::handle(node, caller, request).await;
+            }
             Leader::At(id, addr) => {
                 leaderless_since = None;
                 (Some(id), Some((id, addr)))

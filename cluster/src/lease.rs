@@ -58,6 +58,8 @@ struct Rate {
     /// A rate asked for and not yet in effect: it starts at the clock's next reading, taken
     /// on the node's own runtime (a caller on another runtime has other instants).
     asked: Option<u32>,
+    /// Where wall-clock time comes from, if not the system: the simulation's clock.
+    wall: Option<fn() -> u64>,
 }
 
 /// A clock running at `per_mille` thousandths of true time since `true_at`, when it read
@@ -91,6 +93,23 @@ impl Clock {
             });
         }
         rate.drift.map_or(now, |d| d.reading(now))
+    }
+
+    /// Wall-clock time in milliseconds since the Unix epoch, for the timestamps the leader
+    /// stamps on what it records (never for deciding anything).
+    pub fn wall_ms(&self) -> u64 {
+        if let Some(wall) = self.0.lock().expect("clock lock poisoned").wall {
+            return wall();
+        }
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// Makes [`Clock::wall_ms`] read `wall` instead of the system's clock (the simulation's
+    /// time, so that a run is the same byte for byte).
+    pub fn set_wall(&self, wall: fn() -> u64) {
+        self.0.lock().expect("clock lock poisoned").wall = Some(wall);
     }
 
     /// From the clock's next reading on, it advances `per_mille` thousandths of a

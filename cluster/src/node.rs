@@ -11,6 +11,7 @@ use std::{
 
 use openraft::ServerState;
 use qvdc_actors::{Supervision, Timings};
+use qvdc_raft::model::Caller;
 use qvdc_raft::{
     network::{self, Network, Peers},
     store, NodeId, Raft,
@@ -83,6 +84,8 @@ pub struct Node {
     inner: Arc<Context>,
     endpoint: Endpoint,
     tasks: Arc<Vec<tokio::task::JoinHandle<()>>>,
+    /// Tasks started after the node (its metrics server).
+    extra_tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Node {
@@ -98,10 +101,12 @@ impl Node {
             ),
             Storage::Database(db, latency) => (db.clone(), latency.clone()),
         };
-        let (machine, desired) = store::StateMachine::open(db.clone(), config.node_id)?;
+        let metrics = crate::metrics::NodeMetrics::default();
+        let (machine, desired) =
+            store::StateMachine::measured(db.clone(), config.node_id, metrics.store.clone())?;
         let peers = Peers::new(endpoint.clone());
         let network = Network::new(peers.clone());
-        let log = store::LogStore::new(db, latency, config.node_id)?;
+        let log = store::LogStore::measured(db, latency, config.node_id, metrics.store.clone())?;
         let logged_at_start = log.last_log_id().map(|id| id.index);
         let raft = Raft::new(
             config.node_id,
@@ -141,6 +146,7 @@ impl Node {
             desired,
             supervision: RwLock::new(None),
             lease: Lease::measured_by(config.clock.clone()),
+            clock: config.clock.clone(),
             last_leader: std::sync::Mutex::new(None),
             logged_at_start,
             servers: std::sync::Mutex::new(Servers::default()),
@@ -148,6 +154,8 @@ impl Node {
             stepping_down: Default::default(),
             ha: Default::default(),
             moves: Default::default(),
+            events: Default::default(),
+            metrics,
         });
         let revocations = tokio::spawn(crate::revocation::enforce(
             inner.connections.clone(),
@@ -160,11 +168,25 @@ impl Node {
             inner,
             endpoint,
             tasks: Arc::new(vec![leadership, serving, proposing, elections, revocations]),
+            extra_tasks: Arc::default(),
         })
     }
 
     pub fn raft(&self) -> &Raft {
         &self.inner.raft
+    }
+
+    /// Serves this node's Prometheus metrics at `/metrics` on `addr` (ADR 26) until the
+    /// node shuts down. Fails if the address cannot be bound.
+    pub async fn serve_metrics(&self, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+        let listener = crate::metrics::bind(addr).await?;
+        let bound = listener.local_addr()?;
+        let serving = tokio::spawn(crate::metrics::serve(self.inner.clone(), listener));
+        self.extra_tasks
+            .lock()
+            .expect("task list lock poisoned")
+            .push(serving);
+        Ok(bound)
     }
 
     /// Stops serving, stops supervision, shuts Raft down and closes every connection, so hosts
@@ -237,6 +259,14 @@ impl Node {
         for task in self.tasks.iter() {
             task.abort();
         }
+        for task in self
+            .extra_tasks
+            .lock()
+            .expect("task list lock poisoned")
+            .drain(..)
+        {
+            task.abort();
+        }
         if let Some(supervision) = self.inner.supervision.write().await.take() {
             supervision.stop().await;
         }
@@ -274,9 +304,14 @@ fn handover_target(
 /// Starts the supervision tree when this node becomes leader and stops it when it is not.
 async fn follow_leadership(node: Arc<Context>, timings: Timings) {
     let mut metrics = node.raft.metrics();
+    let mut last_leader = None;
     loop {
         let (leading, leadership) = {
             let m = metrics.borrow_and_update();
+            if m.current_leader != last_leader {
+                last_leader = m.current_leader;
+                node.metrics.leader_changes.inc();
+            }
             let mut leadership = Leadership {
                 term: m.current_term,
                 node: node.id,
@@ -310,7 +345,8 @@ async fn follow_leadership(node: Arc<Context>, timings: Timings) {
             slot.take().expect("checked above").stop().await;
         }
         if leading && slot.is_none() {
-            match Supervision::start(leadership, node.desired.clone(), timings).await {
+            let counted = node.metrics.commands.clone();
+            match Supervision::measured(leadership, node.desired.clone(), timings, counted).await {
                 Ok(supervision) => {
                     info!(node = node.id, %leadership, "became leader: supervision started");
                     facts::state(Fact::LeadershipTaken {
@@ -320,6 +356,8 @@ async fn follow_leadership(node: Arc<Context>, timings: Timings) {
                     *slot = Some(supervision);
                     tokio::spawn(crate::ha::watch(node.clone(), leadership));
                     tokio::spawn(crate::moves::watch(node.clone(), leadership, timings));
+                    tokio::spawn(crate::events::watch(node.clone(), leadership));
+                    tokio::spawn(crate::level::raise(node.clone(), leadership));
                 }
                 Err(e) => warn!(error = %e, "could not start supervision"),
             }
@@ -425,16 +463,29 @@ async fn dispatch(
         }
         Request::Host(_) => forbidden(peer, "speaking for a host", Role::Host),
         Request::Api(request) if peer.role == Role::Operator => {
-            if node.is_leader() || !forward::needs_leader(&request) {
-                api::handle(node, request).await
+            let (kind, started) = (request.kind(), tokio::time::Instant::now());
+            let response = if node.is_leader() || !forward::needs_leader(&request) {
+                let caller = Caller {
+                    name: Some(peer.name.clone()),
+                    via: None,
+                };
+                api::handle(node, caller, request).await
             } else {
                 forward::to_leader(node, peer, request).await
-            }
+            };
+            let seconds = qvdc_transport::metrics::since(started);
+            node.metrics.answered(kind, &response, seconds);
+            response
         }
         Request::Api(_) => forbidden(peer, "the operator API", Role::Operator),
         Request::Forwarded(request) if peer.role == Role::Server => {
             if node.is_leader() {
-                api::handle(node, request).await
+                // The previous release's form, which does not say who asked.
+                let caller = Caller {
+                    name: Some("(not named: passed on by a node of the previous release)".into()),
+                    via: qvdc_raft::node_of_server_cert(&peer.name),
+                };
+                api::handle(node, caller, request).await
             } else {
                 node.not_leader()
             }
@@ -454,7 +505,11 @@ async fn dispatch(
             }
             if node.is_leader() {
                 debug!(%operator, via = %peer.name, "operator request passed on");
-                api::handle(node, request).await
+                let caller = Caller {
+                    name: Some(operator),
+                    via: qvdc_raft::node_of_server_cert(&peer.name),
+                };
+                api::handle(node, caller, request).await
             } else {
                 node.not_leader()
             }

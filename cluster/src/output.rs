@@ -140,6 +140,7 @@ pub fn render(response: &ApiResponse, format: Format) -> String {
             }
             ApiResponse::VmHa(views) => ha_table(views),
             ApiResponse::Moves(moves) => moves_table(moves),
+            ApiResponse::Events(page) => event_lines(page).join("\n"),
         },
     }
 }
@@ -182,8 +183,74 @@ fn json(response: &ApiResponse) -> String {
         })),
         ApiResponse::VmHa(v) => serde_json::to_value(v),
         ApiResponse::Moves(m) => serde_json::to_value(m),
+        ApiResponse::Events(e) => serde_json::to_value(e),
     };
     serde_json::to_string_pretty(&value.expect("API types serialize")).expect("JSON values print")
+}
+
+/// Milliseconds since the Unix epoch as a UTC date and time, `2026-12-07 02:15:03.120`.
+pub fn utc(ms: u64) -> String {
+    let (days, rest) = (ms / 86_400_000, ms % 86_400_000);
+    // Days to a civil date (proleptic Gregorian), after Howard Hinnant's algorithm.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:03}",
+        rest / 3_600_000,
+        rest / 60_000 % 60,
+        rest / 1_000 % 60,
+        rest % 1_000
+    )
+}
+
+/// One line per change and per reported event, oldest first: what `qvctl events` prints.
+pub fn event_lines(page: &qvdc_transport::protocol::EventsPage) -> Vec<String> {
+    use qvdc_transport::protocol::AuditOutcome;
+    let mut lines = Vec::new();
+    if let Some(gap) = &page.gap {
+        lines.push(format!("# {gap}"));
+    }
+    for change in &page.changes {
+        let by = match (&change.by, change.via) {
+            (Some(by), Some(via)) => format!("{by} (via node {via})"),
+            (Some(by), None) => by.clone(),
+            (None, _) => "qvdc".to_owned(),
+        };
+        let outcome = match &change.outcome {
+            AuditOutcome::Applied => "applied".to_owned(),
+            AuditOutcome::Unchanged => "unchanged".to_owned(),
+            AuditOutcome::Refused(reason) => format!("REFUSED: {reason}"),
+        };
+        let request = change
+            .request_id
+            .as_ref()
+            .map(|id| format!(" [request {id}]"))
+            .unwrap_or_default();
+        lines.push(format!(
+            "{}  #{:<6} {by}: {} — {outcome}{request}",
+            utc(change.at_ms),
+            change.seq,
+            change.change
+        ));
+    }
+    if let Some(resync) = &page.resync {
+        lines.push(format!(
+            "# reported state from leader node {}: {resync}",
+            page.leader
+        ));
+    }
+    for event in &page.reported {
+        let state = event.state.as_deref().unwrap_or("gone");
+        lines.push(format!("{}  {} {state}", utc(event.at_ms), event.object));
+    }
+    lines
 }
 
 fn moves_table(view: &qvdc_transport::protocol::MovesView) -> String {

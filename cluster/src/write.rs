@@ -3,7 +3,10 @@
 //! carried out step by step.
 
 use qvdc_actors::core::protocols::Step;
-use qvdc_raft::{model::RequestKey, Command, DesiredState, Outcome};
+use qvdc_raft::{
+    model::{Caller, RequestKey, AUDIT_LEVEL},
+    Command, DesiredState, Outcome,
+};
 use qvdc_transport::{
     bugs::{self, Bug},
     protocol::{ApiResponse, Response},
@@ -15,6 +18,28 @@ use crate::{
     reply::{invalid, rejected, unavailable},
 };
 
+tokio::task_local! {
+    /// The operator whose request this task is handling, set around each request by
+    /// `api::handle`: every command proposed on its behalf is recorded as theirs. Outside
+    /// (HA, moves' drivers, host registration) changes are qvdc's own.
+    pub(crate) static CALLER: Caller;
+}
+
+/// `command` with who asked for it and when, once the cluster records that (every member
+/// runs a release that decodes it).
+fn stamped(ctx: &Context, command: Command) -> Command {
+    if ctx.desired.borrow().audit.level < AUDIT_LEVEL {
+        return command;
+    }
+    let caller = CALLER.try_with(Caller::clone).unwrap_or_default();
+    Command::Audited {
+        by: caller.name,
+        via: caller.via,
+        at_ms: ctx.clock.wall_ms(),
+        command: Box::new(command),
+    }
+}
+
 /// Validates `command` against the current desired state and commits it through Raft.
 /// The error is the response to send back as it is.
 pub(crate) async fn propose(ctx: &Context, command: Command) -> Result<(), Response> {
@@ -23,6 +48,7 @@ pub(crate) async fn propose(ctx: &Context, command: Command) -> Result<(), Respo
     if !ctx.is_leader() {
         return Err(ctx.not_leader());
     }
+    let command = stamped(ctx, command);
     let bytes = qvdc_transport::codec::encoded_len(&command);
     if bytes > qvdc_raft::model::COMMAND_BYTES_MAX {
         return Err(invalid(format!(
@@ -31,20 +57,31 @@ pub(crate) async fn propose(ctx: &Context, command: Command) -> Result<(), Respo
         )));
     }
     let verdict = ctx.desired.borrow().validate(&command);
+    let counted = |outcome| ctx.metrics.proposed(outcome);
     if verdict.is_err() {
         // The applied state can lag the log: a new leader applies what earlier terms
         // committed only after its election, and a deposed leader does not know it is one.
         // A rejection is an answer too, so judge again once a quorum has confirmed this
         // leadership and everything committed before it is applied.
         ctx.leading().await?;
-        ctx.desired.borrow().validate(&command).map_err(rejected)?;
+        let verdict = ctx.desired.borrow().validate(&command);
+        verdict.map_err(|e| {
+            counted("refused");
+            rejected(e)
+        })?;
     }
     if bugs::active(Bug::AckBeforeCommit) {
         let proposer = ctx.proposer.clone();
         tokio::spawn(async move { proposer.propose(command).await });
         return Ok(());
     }
-    match ctx.proposer.propose(command).await {
+    let outcome = ctx.proposer.propose(command).await;
+    counted(match &outcome {
+        Ok(Outcome::Rejected(_)) => "refused",
+        Ok(_) => "committed",
+        Err(_) => "failed",
+    });
+    match outcome {
         Ok(Outcome::Applied | Outcome::Unchanged) => Ok(()),
         Ok(Outcome::Rejected(e)) => Err(rejected(e)),
         Ok(Outcome::Batch(_)) => unreachable!("one command, one outcome"),

@@ -547,3 +547,295 @@ async fn a_planned_stop_of_the_leader_hands_over_without_an_election_timeout() {
         planned.as_millis()
     );
 }
+
+/// `qvctl events --follow` across a leader kill misses no applied change: its change numbers
+/// run without a gap from the start of the trail to its end, every acknowledged write is
+/// among them once, with the operator's name, and a request passed on by a follower names
+/// that node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_followed_across_a_leader_kill_miss_no_change() {
+    let mut nodes = Nodes::start(&[(Role::Operator, OPERATOR), (Role::Host, "host-1")], true);
+    nodes.register_host("host-1").await;
+    // The trail begins once the leader has seen every member run this release.
+    let mut client = nodes.client(OPERATOR, &[1, 2, 3], Duration::from_secs(10));
+    let begun = ApiRequest::Events {
+        since: u64::MAX,
+        reported: None,
+        wait_ms: 0,
+        max: 1,
+    };
+    until(
+        &mut client,
+        "the audit trail begins",
+        begun,
+        LIMIT,
+        |r| matches!(r, ApiResponse::Events(page) if page.latest > 1),
+    )
+    .await;
+    let out = nodes.dir.path().join("events.jsonl");
+    let mut args: Vec<String> = vec!["--cluster".into(), nodes.addrs.join(",")];
+    args.extend(nodes.tls_args(OPERATOR));
+    args.extend(
+        [
+            "events",
+            "--follow",
+            "--since",
+            "1",
+            "--changes-only",
+            "--output",
+            "json",
+        ]
+        .map(String::from),
+    );
+    let mut events = Command::new(QVCTL)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // One write through a follower, which passes it on.
+    let leader = leader_of(&nodes).await;
+    let other = (1..=NODES).find(|id| *id != leader).unwrap();
+    let mut via = nodes.client(OPERATOR, &[other], Duration::from_secs(10));
+    via.request(pool("passed-on"))
+        .await
+        .expect("written through a follower");
+    // Writes without pause while the leader is killed.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = start_writer(&nodes, stop.clone(), "followed");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    nodes.kill(leader);
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let written = writer.await.unwrap().len();
+    // The end of the trail, as the new leader has it.
+    let latest = loop {
+        if let Ok(ApiResponse::Events(page)) = client
+            .request(ApiRequest::Events {
+                since: u64::MAX,
+                reported: None,
+                wait_ms: 0,
+                max: 1,
+            })
+            .await
+        {
+            break page.latest;
+        }
+    };
+    // Until the follower printed everything up to it.
+    let read = || {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let changes = loop {
+        let lines = read();
+        let changes: Vec<serde_json::Value> = lines
+            .iter()
+            .filter_map(|l| l.get("change").cloned())
+            .collect();
+        let last = changes.last().and_then(|c| c["seq"].as_u64()).unwrap_or(0);
+        if last + 1 >= latest || Instant::now() > deadline {
+            break changes;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let _ = events.kill();
+    let _ = events.wait();
+    assert!(
+        !read().iter().any(|l| l.get("gap").is_some()),
+        "the follower was told of a gap"
+    );
+    let seqs: Vec<u64> = changes.iter().map(|c| c["seq"].as_u64().unwrap()).collect();
+    let expected: Vec<u64> = (1..latest).collect();
+    assert_eq!(
+        seqs, expected,
+        "change numbers seen by the follower, in order, without a gap"
+    );
+    let pools_created = |prefix: &str| {
+        changes
+            .iter()
+            .filter(|c| {
+                c["change"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with(&format!("pool create {prefix}")))
+                    && c["outcome"] == "Applied"
+            })
+            .count()
+    };
+    assert_eq!(
+        pools_created("followed-"),
+        written,
+        "every acknowledged write was seen once"
+    );
+    let passed_on = changes
+        .iter()
+        .find(|c| {
+            c["change"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("pool create passed-on"))
+        })
+        .expect("the write through a follower is in the trail");
+    assert_eq!(passed_on["by"], OPERATOR);
+    assert_eq!(passed_on["via"], other as u64, "{passed_on}");
+    eprintln!(
+        "followed {} changes across the kill of leader node {leader}; {written} writes",
+        seqs.len()
+    );
+}
+
+/// `GET /metrics` of the server on loopback `port`; empty if it does not answer.
+fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer
+}
+
+/// The value of the first sample whose line starts with `series` (name and labels).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|line| line.starts_with(series))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+/// Every node and the host serve the named series; the leader adds what it knows of hosts,
+/// pools and VMs; and each survivor counts the leader change after a leader kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_and_host_serves_metrics_and_counts_a_leader_change() {
+    let mut nodes =
+        Nodes::start_measured(&[(Role::Operator, OPERATOR), (Role::Host, "host-1")], true);
+    let host_port = free_port();
+    let listen = format!("127.0.0.1:{host_port}");
+    let _host = nodes.start_test_host_with(&qhost(), &["--metrics-listen", &listen]);
+    let mut client = nodes.client(OPERATOR, &[1, 2, 3], LIMIT);
+    until(
+        &mut client,
+        "host-1 is Ready",
+        ApiRequest::HostList,
+        LIMIT,
+        |r| matches!(r, ApiResponse::Hosts(h) if h.iter().any(|h| h.liveness == Liveness::Ready)),
+    )
+    .await;
+    client.request(pool("metered")).await.expect("pool created");
+    client
+        .request(small_vm("metered-vm", "host-1"))
+        .await
+        .expect("VM created");
+    let leader = leader_of(&nodes).await;
+    let leader_port = nodes.metrics_ports[leader - 1];
+    // The leader learns the host's reports within a few heartbeats.
+    let started = Instant::now();
+    let text = loop {
+        let text = scrape(leader_port);
+        if text.contains("qvdc_vms{")
+            && text.contains(r#"qvdc_pool_host_up{pool="metered",host="host-1"}"#)
+        {
+            break text;
+        }
+        assert!(
+            started.elapsed() < LIMIT,
+            "the leader's metrics lack hosts' reports:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.contains("content-type: text/plain; version=0.0.4"),
+        "{text}"
+    );
+    for series in [
+        "qvdc_hosts{liveness=\"Ready\",maintenance=\"false\"} 1",
+        "qvdc_host_heartbeat_age_seconds{host=\"host-1\"}",
+        "qvdc_pool_host_capacity_bytes{pool=\"metered\",host=\"host-1\"}",
+        "qvdc_pool_host_health{pool=\"metered\",host=\"host-1\"",
+        "qvdc_host_commands_sent_total{kind=\"init-pool\"}",
+        "qvdc_host_commands_in_flight",
+        "qvdc_raft_is_leader 1",
+        "qvdc_raft_proposals_total{kind=\"committed\"}",
+    ] {
+        assert!(
+            text.contains(series),
+            "the leader's metrics lack {series}:\n{text}"
+        );
+    }
+    // Operator requests are counted where they arrive, whichever node that was.
+    let all: String = (1..=NODES)
+        .map(|id| scrape(nodes.metrics_ports[id - 1]))
+        .collect();
+    for series in [
+        "qvdc_api_requests_total{kind=\"pool_create\",outcome=\"ok\"} 1",
+        "qvdc_api_request_seconds_bucket{kind=\"vm_create\",le=",
+    ] {
+        assert!(all.contains(series), "no node counted {series}:\n{all}");
+    }
+    for id in 1..=NODES {
+        let text = scrape(nodes.metrics_ports[id - 1]);
+        for series in [
+            "qvdc_raft_has_leader 1",
+            "qvdc_raft_term ",
+            "qvdc_raft_leader_changes_total ",
+            "qvdc_raft_last_log_index ",
+            "qvdc_raft_commit_index ",
+            "qvdc_raft_applied_index ",
+            "qvdc_raft_log_commit_seconds_bucket{le=",
+            "qvdc_raft_snapshot_build_seconds_count ",
+            "qvdc_audit_changes_recorded ",
+        ] {
+            assert!(
+                text.contains(series),
+                "node {id}'s metrics lack {series}:\n{text}"
+            );
+        }
+        let applied = sample(&text, "qvdc_raft_applied_index ").unwrap();
+        assert!(applied > 0.0, "node {id} applied nothing?\n{text}");
+    }
+    let host = scrape(host_port);
+    for series in [
+        "qhost_commands_total{kind=\"init-pool\",outcome=",
+        "qhost_command_seconds_bucket{kind=\"init-pool\",le=",
+        "qhost_pool_probe_seconds_count ",
+        "qhost_survey_seconds_count ",
+        "qhost_libvirt_errors_total",
+        "qhost_mount_errors_total",
+    ] {
+        assert!(
+            host.contains(series),
+            "the host's metrics lack {series}:\n{host}"
+        );
+    }
+    // A leader kill: each survivor sees the leader change (to none, then to the new one).
+    let survivors: Vec<usize> = (1..=NODES).filter(|id| *id != leader).collect();
+    let ports = nodes.metrics_ports.clone();
+    let changes = |id: usize| {
+        sample(&scrape(ports[id - 1]), "qvdc_raft_leader_changes_total ").unwrap_or(0.0)
+    };
+    let before: Vec<f64> = survivors.iter().map(|id| changes(*id)).collect();
+    nodes.kill(leader);
+    let started = Instant::now();
+    loop {
+        let after: Vec<f64> = survivors.iter().map(|id| changes(*id)).collect();
+        let new_leader = survivors
+            .iter()
+            .any(|id| sample(&scrape(ports[id - 1]), "qvdc_raft_is_leader ") == Some(1.0));
+        if new_leader && after.iter().zip(&before).all(|(a, b)| a > b) {
+            eprintln!("leader changes seen by nodes {survivors:?}: {before:?} -> {after:?}");
+            break;
+        }
+        assert!(
+            started.elapsed() < LIMIT,
+            "leader changes did not grow on every survivor: {before:?} -> {after:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

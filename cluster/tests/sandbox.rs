@@ -15,6 +15,29 @@ use serde_json::Value;
 const QVDC: &str = env!("CARGO_BIN_EXE_qvdc");
 const QVCTL: &str = env!("CARGO_BIN_EXE_qvctl");
 
+/// A TCP base port with base..base+3 and base+100..base+104 free (`qvdc dev --metrics-port`):
+/// sandboxes started side by side must not share metrics ports.
+fn free_metrics_base() -> u16 {
+    for _ in 0..200 {
+        let base = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if base > 65_000 {
+            continue;
+        }
+        let ports = (0..3).chain(100..104).map(|i| base + i);
+        let held: Vec<_> = ports
+            .map(|p| std::net::TcpListener::bind(("127.0.0.1", p)))
+            .collect();
+        if held.iter().all(Result::is_ok) {
+            return base;
+        }
+    }
+    panic!("no free block of metrics ports");
+}
+
 /// A base port with the two after it free too.
 fn free_port_run() -> u16 {
     for _ in 0..100 {
@@ -85,6 +108,8 @@ fn start_dev(sandbox: &Path, hosts: usize, user: Option<&str>) -> Dev {
         hosts.to_string(),
         "--base-port".to_owned(),
         base.to_string(),
+        "--metrics-port".to_owned(),
+        free_metrics_base().to_string(),
     ];
     let mut command = match user {
         None => Command::new(QVDC),

@@ -70,6 +70,8 @@ pub struct AgentConfig {
     /// The libvirt URI other hosts' libvirtd reach this host's at, to live-migrate VMs
     /// here; `None`: VMs come here only by shutting down and starting again.
     pub migration_uri: Option<String>,
+    /// What the agent measures (served by `qhost --metrics-listen`).
+    pub metrics: crate::metrics::HostMetrics,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -89,6 +91,7 @@ pub struct HostParts<M, H, N> {
 struct Host<M, H, N> {
     /// This host's id, as its certificate names it.
     id: String,
+    metrics: crate::metrics::HostMetrics,
     pools: Pools<M>,
     vms: Vms<H>,
     networks: Networks<N>,
@@ -167,9 +170,11 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
             config.pool_sources.clone(),
             probe_interval,
             report_now.clone(),
-        );
+        )
+        .measured(config.metrics.clone());
         let host = Host {
             id: config.host_id.clone(),
+            metrics: config.metrics.clone(),
             pools,
             vms: Vms::new(parts.hypervisor).on_host(&config.host_id),
             networks: Networks::new(parts.networker),
@@ -600,6 +605,27 @@ async fn serve_commands<M: Mounter, H: Hypervisor, N: Networker>(
     }
 }
 
+/// What a command works on, for counting its failures.
+enum Family {
+    Vm,
+    Pool,
+    Other,
+}
+
+fn family_of(kind: &HostCommandKind) -> Family {
+    use HostCommandKind as K;
+    match kind {
+        K::InitStoragePool(_)
+        | K::RemoveStoragePool { .. }
+        | K::CreateVolume { .. }
+        | K::ResizeVolume { .. }
+        | K::DeleteVolume { .. }
+        | K::ListVolumes { .. } => Family::Pool,
+        K::CreateNetwork(_) | K::RemoveNetwork { .. } => Family::Other,
+        _ => Family::Vm,
+    }
+}
+
 async fn execute<M: Mounter, H: Hypervisor, N: Networker>(
     command: HostCommand,
     host: &Host<M, H, N>,
@@ -613,19 +639,33 @@ async fn execute<M: Mounter, H: Hypervisor, N: Networker>(
             FenceError::Stale { .. } => HostErrorKind::StaleLeadership,
             _ => HostErrorKind::Failed,
         };
+        host.metrics.command(command.kind.label(), "stale", 0.0);
         return CommandResult {
             id: command.id,
             outcome: Err(HostError::new(kind, e.to_string())),
         };
     }
-    info!(id = %command.id, command = command.kind.label(), "executing command");
+    let kind = command.kind.label();
+    info!(id = %command.id, command = kind, "executing command");
     facts::state(Fact::CommandObeyed {
         host: host.id.clone(),
         id: command.id,
     });
+    let family = family_of(&command.kind);
+    let started = Instant::now();
     let outcome = host.execute(command.kind).await;
-    if let Err(e) = &outcome {
-        warn!(id = %command.id, error = %e, "command failed");
+    let seconds = qvdc_transport::metrics::since(started);
+    match &outcome {
+        Ok(_) => host.metrics.command(kind, "ok", seconds),
+        Err(e) => {
+            warn!(id = %command.id, error = %e, "command failed");
+            host.metrics.command(kind, "failed", seconds);
+            match family {
+                Family::Vm => host.metrics.libvirt_error(kind),
+                Family::Pool => host.metrics.mount_error(kind),
+                Family::Other => {}
+            }
+        }
     }
     CommandResult {
         id: command.id,
@@ -875,6 +915,7 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Host<M, H, N> {
     /// side by side, so a hung hypervisor does not hold the networks' reports back.
     async fn survey(&self) {
         let began = Instant::now();
+        let metrics = &self.metrics;
         let domains = async {
             let listed = self.vms.reports().await;
             let mut survey = self.survey.lock().expect("survey poisoned");
@@ -886,6 +927,7 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Host<M, H, N> {
                     survey.vms_error = None;
                 }
                 Err(e) => {
+                    metrics.libvirt_error("list");
                     warn!(error = %e, "cannot list domains; reporting them as unknown");
                     survey.vms_error = Some(e.to_string());
                 }
@@ -896,6 +938,9 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Host<M, H, N> {
             self.survey.lock().expect("survey poisoned").networks = reports;
         };
         tokio::join!(domains, networks);
+        metrics
+            .survey_seconds
+            .observe(qvdc_transport::metrics::since(began));
         let mut survey = self.survey.lock().expect("survey poisoned");
         survey.count += 1;
         survey.surveyed_from = Some(began);

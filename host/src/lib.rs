@@ -8,6 +8,7 @@ pub mod hypervisor;
 pub mod inventory;
 pub mod lease;
 pub mod libvirt;
+pub mod metrics;
 pub mod mounter;
 pub mod network;
 pub mod pools;

@@ -81,6 +81,7 @@ pub struct Pools<M> {
     /// that no command has taken up yet: reported, so the leader either initialises them
     /// (still assigned) or has them removed (unassigned meanwhile).
     found: Mutex<std::collections::BTreeSet<String>>,
+    metrics: crate::metrics::HostMetrics,
 }
 
 /// Checks a volume's name: a plain file name in the pool's directory.
@@ -124,7 +125,14 @@ impl<M: Mounter> Pools<M> {
             changed,
             pools: Mutex::new(BTreeMap::new()),
             found: Mutex::default(),
+            metrics: Default::default(),
         }
+    }
+
+    /// Times each pool's probes into `metrics` and counts their failures.
+    pub fn measured(mut self, metrics: crate::metrics::HostMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Takes note of the pools an earlier run left mounted under the root.
@@ -255,6 +263,7 @@ impl<M: Mounter> Pools<M> {
             policy: self.policy.clone(),
             mount_error: None,
             report: report.clone(),
+            metrics: self.metrics.clone(),
         };
         tokio::spawn(actor.run(inbox, self.probe_interval));
         PoolHandle { mailbox, report }
@@ -291,6 +300,7 @@ struct PoolActor<M> {
     /// Why the last mount failed; cleared by a successful one.
     mount_error: Option<MountError>,
     report: Arc<Mutex<PoolReport>>,
+    metrics: crate::metrics::HostMetrics,
 }
 
 async fn bounded<T>(
@@ -439,7 +449,14 @@ impl<M: Mounter> PoolActor<M> {
 
     /// Looks at the filesystem and publishes what it found.
     async fn probe(&mut self) {
+        let started = tokio::time::Instant::now();
         let report = self.inspect().await;
+        self.metrics
+            .probe_seconds
+            .observe(qvdc_transport::metrics::since(started));
+        if report.health != Health::Healthy {
+            self.metrics.mount_error("probe");
+        }
         *self.report.lock().expect("pool report poisoned") = report;
     }
 

@@ -36,6 +36,9 @@ pub enum RaftRpc {
     /// "Stand for election now": a leader stopping on purpose hands over to a caught-up
     /// voter instead of leaving the others to wait out an election timeout.
     ElectNow,
+    /// "Which release level do you run?" (`model::CLUSTER_LEVEL`): a leader raises the
+    /// cluster's level once every member answers with at least that level.
+    Level,
 }
 
 /// The answer to a [`RaftRpc`], inside a `Response::Raft` frame.
@@ -49,6 +52,7 @@ pub enum RaftReply {
     PreVote(PreVoteResponse),
     /// Whether the election was started.
     ElectNow(bool),
+    Level(u32),
 }
 
 /// Answers one Raft RPC received from a peer; the caller has checked that the peer is a server.
@@ -66,6 +70,7 @@ pub async fn handle_rpc(
         }
         RaftRpc::PreVote(rpc) => RaftReply::PreVote(election::answer(raft, log, &rpc).await),
         RaftRpc::ElectNow => RaftReply::ElectNow(raft.trigger().elect().await.is_ok()),
+        RaftRpc::Level => RaftReply::Level(crate::model::CLUSTER_LEVEL),
     };
     codec::to_bytes(&reply)
 }
@@ -90,6 +95,15 @@ pub async fn pre_vote(
 ) -> Result<PreVoteResponse, PeerError> {
     match exchange(peers, addr, &RaftRpc::PreVote(request), ttl).await? {
         RaftReply::PreVote(response) => Ok(response),
+        other => Err(PeerError::Protocol(format!("{other:?}"))),
+    }
+}
+
+/// The release level of the node at `addr`. A node of the first release cannot decode the
+/// question: that error means level 0.
+pub async fn level(peers: &Peers, addr: SocketAddr, ttl: Duration) -> Result<u32, PeerError> {
+    match exchange(peers, addr, &RaftRpc::Level, ttl).await? {
+        RaftReply::Level(level) => Ok(level),
         other => Err(PeerError::Protocol(format!("{other:?}"))),
     }
 }

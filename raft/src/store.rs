@@ -395,6 +395,39 @@ pub struct LogStore {
     shared: Arc<LogShared>,
 }
 
+/// What the store measures: how long each commit of the log (one redb transaction and its
+/// fsync, for every append, vote and truncation queued meanwhile) and each snapshot build
+/// take. Cheap to clone: clones record into the same histograms.
+#[derive(Debug, Clone)]
+pub struct StoreMetrics {
+    pub commit_seconds: qvdc_transport::metrics::Histogram,
+    pub snapshot_seconds: qvdc_transport::metrics::Histogram,
+}
+
+impl Default for StoreMetrics {
+    fn default() -> Self {
+        Self {
+            commit_seconds: qvdc_transport::metrics::seconds(),
+            snapshot_seconds: qvdc_transport::metrics::seconds(),
+        }
+    }
+}
+
+impl StoreMetrics {
+    pub fn register(&self, registry: &mut qvdc_transport::metrics::Registry) {
+        registry.register(
+            "qvdc_raft_log_commit_seconds",
+            "Time to commit (write and fsync) one batch of Raft log appends, votes and truncations",
+            self.commit_seconds.clone(),
+        );
+        registry.register(
+            "qvdc_raft_snapshot_build_seconds",
+            "Time to encode and store one snapshot of the desired state",
+            self.snapshot_seconds.clone(),
+        );
+    }
+}
+
 /// Extra time each commit of the log takes before it starts: zero on a real disk; the
 /// simulation raises it to make a node's disk slow. Clones share the setting.
 #[derive(Debug, Clone, Default)]
@@ -415,9 +448,19 @@ impl LogStore {
     /// Loads node `node`'s log from `db` and starts its writer task on the current runtime;
     /// each of its commits first waits out `latency`.
     pub fn new(db: Arc<Database>, latency: DiskLatency, node: NodeId) -> Result<Self> {
+        Self::measured(db, latency, node, StoreMetrics::default())
+    }
+
+    /// [`LogStore::new`], timing each commit into `metrics`.
+    pub fn measured(
+        db: Arc<Database>,
+        latency: DiskLatency,
+        node: NodeId,
+        metrics: StoreMetrics,
+    ) -> Result<Self> {
         let cache = load_log(&db)?;
         let (jobs, queue) = mpsc::unbounded_channel();
-        tokio::spawn(write_queued(db, queue, latency));
+        tokio::spawn(write_queued(db, queue, latency, metrics));
         Ok(Self {
             shared: Arc::new(LogShared {
                 node,
@@ -425,6 +468,11 @@ impl LogStore {
                 jobs,
             }),
         })
+    }
+
+    /// The index of the last entry this node knows to be committed.
+    pub fn committed_index(&self) -> Option<u64> {
+        self.cache().committed.map(|id| id.index)
     }
 
     /// The last entry of the log (as appended, possibly not yet on disk), or the last purged
@@ -484,6 +532,7 @@ async fn write_queued(
     db: Arc<Database>,
     mut queue: mpsc::UnboundedReceiver<Job>,
     latency: DiskLatency,
+    metrics: StoreMetrics,
 ) {
     while let Some(first) = queue.recv().await {
         let slow = latency.get();
@@ -495,7 +544,11 @@ async fn write_queued(
         while let Ok(job) = queue.try_recv() {
             batch.push(job);
         }
+        let started = tokio::time::Instant::now();
         let result = blocking(|| commit(&db, &batch)).map_err(|e| e.to_string());
+        metrics
+            .commit_seconds
+            .observe(qvdc_transport::metrics::since(started));
         for job in batch {
             match job.done {
                 Done::Nobody => {}
@@ -751,6 +804,7 @@ pub struct StateMachine {
     db: Arc<Database>,
     data: MachineData,
     published: watch::Sender<Arc<DesiredState>>,
+    metrics: StoreMetrics,
 }
 
 impl StateMachine {
@@ -760,6 +814,15 @@ impl StateMachine {
     pub fn open(
         db: Arc<Database>,
         node: NodeId,
+    ) -> Result<(Self, watch::Receiver<Arc<DesiredState>>)> {
+        Self::measured(db, node, StoreMetrics::default())
+    }
+
+    /// [`StateMachine::open`], timing each snapshot build into `metrics`.
+    pub fn measured(
+        db: Arc<Database>,
+        node: NodeId,
+        metrics: StoreMetrics,
     ) -> Result<(Self, watch::Receiver<Arc<DesiredState>>)> {
         let data: MachineData = match get::<StoredSnapshot>(&db, MACHINE, KEY_SNAPSHOT)? {
             Some(stored) => MachineData::decode(&stored.data)?,
@@ -772,6 +835,7 @@ impl StateMachine {
                 db,
                 data,
                 published,
+                metrics,
             },
             subscribed,
         ))
@@ -787,7 +851,7 @@ impl StateMachine {
 fn deletes_a_pool(command: &Command) -> bool {
     match command {
         Command::DeletePool { .. } => true,
-        Command::Once { command, .. } => deletes_a_pool(command),
+        Command::Once { command, .. } | Command::Audited { command, .. } => deletes_a_pool(command),
         Command::Batch(commands) => commands.iter().any(deletes_a_pool),
         _ => false,
     }
@@ -803,10 +867,22 @@ pub struct SnapshotBuilder {
     node: NodeId,
     db: Arc<Database>,
     data: MachineData,
+    metrics: StoreMetrics,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> std::result::Result<Snapshot, StorageError> {
+        let started = tokio::time::Instant::now();
+        let built = self.build().await;
+        self.metrics
+            .snapshot_seconds
+            .observe(qvdc_transport::metrics::since(started));
+        built
+    }
+}
+
+impl SnapshotBuilder {
+    async fn build(&mut self) -> std::result::Result<Snapshot, StorageError> {
         let bytes = if bugs::active(Bug::SnapshotDropsAPool) {
             let mut state = self.data.state.clone();
             if let Some(first) = state.pools.keys().next().cloned() {
@@ -896,6 +972,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             node: self.node,
             db: self.db.clone(),
             data: self.data.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 

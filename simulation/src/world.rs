@@ -224,6 +224,8 @@ pub(crate) fn add_node(
                     .map(|(id, a)| (id, a.to_string()))
                     .collect()
             };
+            // Audited changes carry the simulation's time, so a run is the same byte for byte.
+            clock.set_wall(sim_wall_ms);
             let node_config = NodeConfig {
                 node_id: i,
                 initial_cluster,
@@ -334,6 +336,7 @@ pub(crate) fn add_host(
                 rescan_inventory: None,
                 heartbeat_interval_ms: qvdc_host::agent::HEARTBEAT_INTERVAL_MS_DEFAULT,
                 migration_uri: migration_uri.clone(),
+                metrics: Default::default(),
             };
             // A domain defined before qvdc, on every host: reported, never touched. The
             // first host's has a disk in what will be pool `legacy` once mounted there.
@@ -429,3 +432,9 @@ pub(crate) fn node_addr(i: u64) -> SocketAddr {
 }
 
 pub(crate) type Shared<T> = Arc<std::sync::Mutex<T>>;
+
+/// Wall-clock time in the simulation: a fixed epoch (2026-01-01) plus simulated time.
+fn sim_wall_ms() -> u64 {
+    const EPOCH_MS: u64 = 1_767_225_600_000;
+    EPOCH_MS + turmoil::sim_elapsed().map_or(0, |d| d.as_millis() as u64)
+}

@@ -1071,6 +1071,144 @@ pub enum ApiRequest {
     /// The moves under way, the last failed one of each VM, and each host in maintenance
     /// with what it still runs. Answered with [`ApiResponse::Moves`].
     Moves,
+    /// The changes applied to desired state from `since` on (the audit trail, by sequence
+    /// number) and what the leader learned of reported state after `reported`, waiting up to
+    /// `wait_ms` for the first one (a blocking query: ask again with the cursors of the
+    /// answer to follow). Answered with [`ApiResponse::Events`].
+    Events {
+        since: u64,
+        reported: Option<ReportedCursor>,
+        wait_ms: u32,
+        max: u32,
+    },
+    /// How many changes the audit trail keeps (the oldest go first).
+    SetAuditRetention {
+        request_id: String,
+        entries: u32,
+    },
+}
+
+impl ApiRequest {
+    /// The request's kind in snake case (`pool_create`), for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ApiRequest::ClusterStatus => "cluster_status",
+            ApiRequest::Stale(_) => "stale",
+            ApiRequest::ClusterAddNode { .. } => "cluster_add_node",
+            ApiRequest::ClusterRemoveNode { .. } => "cluster_remove_node",
+            ApiRequest::HostList => "host_list",
+            ApiRequest::PoolCreate { .. } => "pool_create",
+            ApiRequest::PoolShow { .. } => "pool_show",
+            ApiRequest::PoolList => "pool_list",
+            ApiRequest::VmCreate { .. } => "vm_create",
+            ApiRequest::VmSetPower { .. } => "vm_set_power",
+            ApiRequest::VmReboot { .. } => "vm_reboot",
+            ApiRequest::VmForceOff { .. } => "vm_force_off",
+            ApiRequest::VmDelete { .. } => "vm_delete",
+            ApiRequest::VmShow { .. } => "vm_show",
+            ApiRequest::VmList => "vm_list",
+            ApiRequest::PoolAssign { .. } => "pool_assign",
+            ApiRequest::PoolUnassign { .. } => "pool_unassign",
+            ApiRequest::PoolDelete { .. } => "pool_delete",
+            ApiRequest::PoolFiles { .. } => "pool_files",
+            ApiRequest::VolumeCreate { .. } => "volume_create",
+            ApiRequest::VolumeResize { .. } => "volume_resize",
+            ApiRequest::VolumeDelete { .. } => "volume_delete",
+            ApiRequest::VolumeList { .. } => "volume_list",
+            ApiRequest::HostShow { .. } => "host_show",
+            ApiRequest::NetworkCreate { .. } => "network_create",
+            ApiRequest::NetworkAssign { .. } => "network_assign",
+            ApiRequest::NetworkUnassign { .. } => "network_unassign",
+            ApiRequest::NetworkDelete { .. } => "network_delete",
+            ApiRequest::NetworkShow { .. } => "network_show",
+            ApiRequest::NetworkList => "network_list",
+            ApiRequest::HostMaintenance { .. } => "host_maintenance",
+            ApiRequest::CertRevoke { .. } => "cert_revoke",
+            ApiRequest::CertRevoked => "cert_revoked",
+            ApiRequest::VmPlacement { .. } => "vm_placement",
+            ApiRequest::PoolRemnants { .. } => "pool_remnants",
+            ApiRequest::VmAdopt { .. } => "vm_adopt",
+            ApiRequest::VmRelease { .. } => "vm_release",
+            ApiRequest::ClusterBackup => "cluster_backup",
+            ApiRequest::VmCreateHa { .. } => "vm_create_ha",
+            ApiRequest::VmSetHa { .. } => "vm_set_ha",
+            ApiRequest::VmHa { .. } => "vm_ha",
+            ApiRequest::HostRemove { .. } => "host_remove",
+            ApiRequest::VmMigrate { .. } => "vm_migrate",
+            ApiRequest::Moves => "moves",
+            ApiRequest::Events { .. } => "events",
+            ApiRequest::SetAuditRetention { .. } => "set_audit_retention",
+        }
+    }
+}
+
+/// Where a subscriber stands in the leader's reported-state changes: they are numbered per
+/// leadership (by its Raft term), so a cursor of an earlier leadership asks for a resync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportedCursor {
+    pub term: u64,
+    pub next: u64,
+}
+
+/// One applied change to desired state, as the audit trail keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// Its place in the trail: consecutive from 1, so a reader sees any gap.
+    pub seq: u64,
+    /// When the leader proposed it, in milliseconds since the Unix epoch by its clock.
+    pub at_ms: u64,
+    /// The name in the certificate of the operator who asked; `None` for qvdc's own changes
+    /// (host registration, HA restarts, moves).
+    pub by: Option<String>,
+    /// The node that passed the operator's request on to the leader.
+    pub via: Option<u64>,
+    pub request_id: Option<String>,
+    /// What changed, in words: "pool create shared-nfs (nfs) on host-1, host-2".
+    pub change: String,
+    pub outcome: AuditOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AuditOutcome {
+    Applied,
+    /// It was in effect already.
+    Unchanged,
+    /// Refused when applied, with the reason.
+    Refused(String),
+}
+
+/// Something the leader learned from hosts' reports: an object's state on a host changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportedEvent {
+    pub seq: u64,
+    pub at_ms: u64,
+    /// `host/NAME`, `pool/NAME@HOST`, `vm/NAME` or `network/NAME@HOST`.
+    pub object: String,
+    /// Its state now ("Ready", "FAILED: Connection refused", "Running on host-2"); `None`
+    /// once the object is gone.
+    pub state: Option<String>,
+}
+
+/// An answer to [`ApiRequest::Events`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventsPage {
+    /// The node that answered (the leader).
+    pub leader: u64,
+    pub changes: Vec<AuditRecord>,
+    /// Ask with `since` = this to continue.
+    pub next: u64,
+    /// The sequence number the next change will get (the trail's end).
+    pub latest: u64,
+    /// Changes between `since` and the first returned that the trail no longer keeps, and
+    /// why; `None` when nothing was skipped.
+    pub gap: Option<String>,
+    pub reported: Vec<ReportedEvent>,
+    /// Ask with this to continue.
+    pub reported_cursor: ReportedCursor,
+    /// Set when `reported` is the state of everything now rather than changes after the
+    /// cursor asked for (the first answer, a new leader, or a subscriber that fell behind
+    /// the leader's bounded buffer), saying which.
+    pub resync: Option<String>,
 }
 
 /// How a VM moves between hosts.
@@ -1199,6 +1337,7 @@ pub enum ApiResponse {
     /// HA policy and status, by VM name.
     VmHa(Vec<VmHaView>),
     Moves(MovesView),
+    Events(EventsPage),
 }
 
 /// One host: what it has, whether it is alive, and what is assigned to it.

@@ -37,11 +37,13 @@ pub(crate) struct HostSupervisor;
 pub(crate) struct HostArgs {
     pub(crate) host_id: String,
     pub(crate) timings: Timings,
+    pub(crate) metrics: crate::CommandMetrics,
 }
 
 pub(crate) struct HostState {
     host_id: String,
     timings: Timings,
+    metrics: crate::CommandMetrics,
     link: Option<Link>,
     last_seen: Option<Instant>,
     started: Instant,
@@ -60,6 +62,7 @@ impl Actor for HostSupervisor {
         Ok(HostState {
             host_id: args.host_id,
             timings: args.timings,
+            metrics: args.metrics,
             link: None,
             last_seen: None,
             started: Instant::now(),
@@ -103,11 +106,26 @@ impl Actor for HostSupervisor {
 fn execute(state: &HostState, command: HostCommand, done: Done) {
     let host = state.host_id.clone();
     let id = command.id;
+    let kind = command.kind.label();
+    let metrics = state.metrics.clone();
+    let failed = move |why: &'static str| {
+        metrics
+            .failed
+            .get_or_create(&qvdc_transport::metrics::KindOutcome { kind, outcome: why })
+            .inc();
+    };
     let Some(link) = state.link.clone() else {
+        failed("not_connected");
         return done(Err(CommandError::NotConnected));
     };
     let timeout_ms = state.timings.command_timeout_ms;
-    info!(%host, %id, command = command.kind.label(), "sending command");
+    info!(%host, %id, command = kind, "sending command");
+    let metrics = state.metrics.clone();
+    metrics
+        .sent
+        .get_or_create(&qvdc_transport::metrics::KindLabel { kind })
+        .inc();
+    metrics.in_flight.inc();
     tokio::spawn(async move {
         let answer = tokio::time::timeout(Duration::from_millis(timeout_ms), link.call(command));
         let outcome = match answer.await {
@@ -119,6 +137,14 @@ fn execute(state: &HostState, command: HostCommand, done: Done) {
             Ok(Err(e)) => Err(CommandError::Undelivered(e)),
             Err(_) => Err(CommandError::NoAnswer(timeout_ms)),
         };
+        metrics.in_flight.dec();
+        match &outcome {
+            Ok(_) => {}
+            Err(CommandError::Host(_)) => failed("host"),
+            Err(CommandError::Undelivered(_)) => failed("undelivered"),
+            Err(CommandError::NoAnswer(_)) => failed("no_answer"),
+            Err(_) => failed("other"),
+        }
         done(outcome);
     });
 }

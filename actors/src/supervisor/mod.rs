@@ -77,11 +77,13 @@ pub(crate) struct ClusterArgs {
     pub ids: CommandIds,
     pub desired: watch::Receiver<Arc<DesiredState>>,
     pub timings: Timings,
+    pub metrics: crate::CommandMetrics,
 }
 
 pub(crate) struct ClusterState {
     ids: CommandIds,
     timings: Timings,
+    metrics: crate::CommandMetrics,
     desired: Arc<DesiredState>,
     hosts: BTreeMap<String, ActorRef<HostMsg>>,
     pools: Objects<PoolObject>,
@@ -129,6 +131,7 @@ async fn spawn_host(
     let args = HostArgs {
         host_id: host_id.to_owned(),
         timings: state.timings,
+        metrics: state.metrics.clone(),
     };
     let (actor, _) = Actor::spawn_linked(None, HostSupervisor, args, myself.get_cell()).await?;
     state.hosts.insert(host_id.to_owned(), actor);
@@ -287,6 +290,7 @@ impl Actor for ClusterSupervisor {
         Ok(ClusterState {
             ids: args.ids,
             timings: args.timings,
+            metrics: args.metrics,
             desired: Arc::new(DesiredState::default()),
             hosts: BTreeMap::new(),
             pools: BTreeMap::new(),

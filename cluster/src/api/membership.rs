@@ -54,6 +54,9 @@ fn status(node: &Context) -> Response {
     Response::Api(Ok(ApiResponse::ClusterStatus(node.cluster_status())))
 }
 
+/// How long a node being added gets to say which release level it runs.
+const JOINER_ANSWER_MS: u64 = 5_000;
+
 pub(crate) async fn add_node(node: &Context, id: NodeId, addr: String) -> Response {
     if id == 0 {
         return rejected(ApiErrorKind::Invalid, "node ids start at 1".into());
@@ -83,6 +86,27 @@ pub(crate) async fn add_node(node: &Context, id: NodeId, addr: String) -> Respon
         }
         if voters.contains(&id) {
             return status(node); // already done: adding is safe to retry
+        }
+    }
+    // A node that cannot decode what the cluster already commits would stall on its log.
+    // A node just started may take a moment to answer.
+    let cluster_level = node.desired().audit.level;
+    if cluster_level > 0 {
+        let asked = tokio::time::Instant::now();
+        let mut level = crate::level::member_level(node, id, &addr).await;
+        while level < cluster_level && asked.elapsed() < Duration::from_millis(JOINER_ANSWER_MS) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            level = crate::level::member_level(node, id, &addr).await;
+        }
+        if level < cluster_level {
+            return rejected(
+                ApiErrorKind::Invalid,
+                format!(
+                    "node {id} at {addr} runs an older release (level {level}) than the cluster \
+                     (level {cluster_level}), or is not running: start it with this release's \
+                     `qvdc server --join` first"
+                ),
+            );
         }
     }
     let catch_up = while_leading(

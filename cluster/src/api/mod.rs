@@ -12,7 +12,7 @@ mod storage;
 mod vms;
 
 use qvdc_raft::{
-    model::{RequestDigest, RequestKey},
+    model::{Caller, RequestDigest, RequestKey},
     Command,
 };
 use qvdc_transport::protocol::{ApiRequest, ApiResponse, DesiredPower, HostCommandKind, Response};
@@ -31,7 +31,14 @@ pub(crate) async fn placement_facts(
     vms::facts_now(supervision, ctx).await
 }
 
-pub(crate) async fn handle(ctx: &Context, request: ApiRequest) -> Response {
+/// Answers an operator's request; `caller` is who sent it (for the audit trail).
+pub(crate) async fn handle(ctx: &Context, caller: Caller, request: ApiRequest) -> Response {
+    crate::write::CALLER
+        .scope(caller, answer(ctx, request))
+        .await
+}
+
+async fn answer(ctx: &Context, request: ApiRequest) -> Response {
     // A write's request id is bound to the request as the operator sent it: a retry repeats
     // it exactly, whichever node it reaches and however the leader then places it.
     let digest = RequestDigest::of(&request);
@@ -180,6 +187,16 @@ pub(crate) async fn handle(ctx: &Context, request: ApiRequest) -> Response {
             to,
         } => crate::moves::migrate(ctx, key(request_id), name, to).await,
         ApiRequest::Moves => crate::moves::moves(ctx).await,
+        ApiRequest::Events {
+            since,
+            reported,
+            wait_ms,
+            max,
+        } => crate::events::answer(ctx, since, reported, wait_ms, max).await,
+        ApiRequest::SetAuditRetention {
+            request_id,
+            entries,
+        } => once(ctx, key(request_id), Command::SetAuditRetention(entries)).await,
         ApiRequest::CertRevoke {
             request_id,
             certificate,

@@ -29,6 +29,8 @@ pub(crate) struct Nodes {
     extra_args: Vec<String>,
     /// The `qvdc` binary each node runs: this build's, or an earlier release's.
     binaries: Vec<PathBuf>,
+    /// Each node's metrics port, when they serve metrics (`Nodes::start_measured`).
+    pub(crate) metrics_ports: Vec<u16>,
 }
 
 impl Nodes {
@@ -47,12 +49,29 @@ impl Nodes {
         Self::start_release(Path::new(QVDC), others, logs, extra_args)
     }
 
+    /// Like [`Nodes::start`], with every node serving Prometheus metrics on a port of its
+    /// own (`metrics_ports`).
+    pub(crate) fn start_measured(others: &[(Role, &str)], logs: bool) -> Self {
+        let ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
+        Self::start_inner(Path::new(QVDC), others, logs, &[], ports)
+    }
+
     /// Like [`Nodes::start_with_args`], with every node running the `qvdc` at `binary`.
     pub(crate) fn start_release(
         binary: &Path,
         others: &[(Role, &str)],
         logs: bool,
         extra_args: &[&str],
+    ) -> Self {
+        Self::start_inner(binary, others, logs, extra_args, Vec::new())
+    }
+
+    fn start_inner(
+        binary: &Path,
+        others: &[(Role, &str)],
+        logs: bool,
+        extra_args: &[&str],
+        metrics_ports: Vec<u16>,
     ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let certs = dir.path().join("certs");
@@ -73,6 +92,7 @@ impl Nodes {
             logs,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             binaries: vec![binary.to_path_buf(); NODES],
+            metrics_ports,
         };
         for id in 1..=NODES {
             let child = nodes.spawn(id);
@@ -190,6 +210,10 @@ impl Nodes {
             .display()
             .to_string();
         let (stdout, stderr) = self.output(&format!("node-{id}"));
+        let metrics: Vec<String> = match self.metrics_ports.get(id - 1) {
+            Some(port) => vec!["--metrics-listen".into(), format!("127.0.0.1:{port}")],
+            None => Vec::new(),
+        };
         Command::new(&self.binaries[id - 1])
             .args([
                 "server",
@@ -201,6 +225,7 @@ impl Nodes {
             .args(["--data-dir", &data_dir])
             .args(bootstrap)
             .args(&self.extra_args)
+            .args(metrics)
             .args(self.tls_args(&format!("node-{id}")))
             // Test guests have no OS and ignore shutdown requests: do not wait long for them.
             .args(["--vm-shutdown-timeout-ms", "3000"])
@@ -326,6 +351,11 @@ impl Nodes {
     /// Starts `qhost` (the one at `binary`) as host-1 on libvirt's test driver, with its data
     /// directory and log in this cluster's directory; killed when dropped.
     pub(crate) fn start_test_host(&self, binary: &Path) -> Reaped {
+        self.start_test_host_with(binary, &[])
+    }
+
+    /// [`Nodes::start_test_host`] with more flags.
+    pub(crate) fn start_test_host_with(&self, binary: &Path, extra: &[&str]) -> Reaped {
         let dir = self.dir.path().join("host-1");
         std::fs::create_dir_all(&dir).unwrap();
         let (stdout, stderr) = self.output("host-1");
@@ -334,6 +364,7 @@ impl Nodes {
                 .args(["--host-id", "host-1", "--cluster", &self.addrs.join(",")])
                 .args(["--data-dir", dir.to_str().unwrap()])
                 .args(["--libvirt", "test:///default"])
+                .args(extra)
                 .args(self.tls_args("host-1"))
                 .stdout(stdout)
                 .stderr(stderr)

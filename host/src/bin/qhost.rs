@@ -73,6 +73,13 @@ struct Args {
     /// paths match. Without it, VMs reach this host only by a shut-down and a start.
     #[arg(long, env = "QHOST_MIGRATION_URI")]
     migration_uri: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (plain HTTP: bind it to an address
+    /// only your monitoring reaches, e.g. 127.0.0.1:9201).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+    /// How logs are written: text lines, or one JSON object per line for log shippers.
+    #[arg(long, env = "QVDC_LOG_FORMAT", default_value = "text")]
+    log_format: qvdc_transport::logging::LogFormat,
 }
 
 fn resolve(addrs: &[String]) -> anyhow::Result<Vec<SocketAddr>> {
@@ -91,16 +98,8 @@ fn resolve(addrs: &[String]) -> anyhow::Result<Vec<SocketAddr>> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // Colour only for a person at a terminal: a log file or a pipe gets plain text.
-    let colour = std::io::IsTerminal::is_terminal(&std::io::stdout())
-        && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt()
-        .with_ansi(colour)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
     let args = Args::parse();
+    qvdc_transport::logging::init(args.log_format, "info", false);
     let identity =
         Identity::load(&args.ca_cert, &args.cert, &args.key).context("loading TLS identity")?;
     let me = identity.peer_identity()?;
@@ -139,6 +138,7 @@ async fn main() -> anyhow::Result<()> {
         }),
         heartbeat_interval_ms: args.heartbeat_interval_ms,
         migration_uri: args.migration_uri.clone(),
+        metrics: Default::default(),
     };
     let fence = Fence::open(Box::new(FileFence::new(args.data_dir.join("fence"))))?;
     let parts = HostParts {
@@ -149,6 +149,14 @@ async fn main() -> anyhow::Result<()> {
             None => IpNetworker::host(),
         },
     };
+    if let Some(addr) = args.metrics_listen {
+        let bound = config
+            .metrics
+            .serve(addr)
+            .await
+            .with_context(|| format!("serving metrics on {addr} (--metrics-listen)"))?;
+        tracing::info!(%bound, "metrics at http://{bound}/metrics");
+    }
     let lease = FileLease::new(args.data_dir.join("lease"));
     let agent = Agent::new(config, endpoint, parts, fence).with_lease_store(lease);
     tokio::select! {

@@ -63,6 +63,7 @@ pub fn start_sim_agent(
         rescan_inventory,
         heartbeat_interval_ms: 200,
         migration_uri: None,
+        metrics: Default::default(),
     };
     let endpoint = Endpoint::bind(
         "127.0.0.1:0".parse().unwrap(),

@@ -35,6 +35,41 @@ impl DesiredState {
             }
             return Outcome::Batch(commands.iter().map(|c| self.apply(c)).collect());
         }
+        if let Command::Audited {
+            by,
+            via,
+            at_ms,
+            command: inner,
+        } = command
+        {
+            if matches!(**inner, Command::Audited { .. } | Command::Batch(_)) {
+                return Outcome::Rejected(ValidationError::NestedRequest);
+            }
+            let (request_id, replay) = match &**inner {
+                Command::Once {
+                    request_id, digest, ..
+                } => (
+                    Some(request_id.clone()),
+                    self.requests
+                        .lookup(request_id)
+                        .is_some_and(|(recorded, _)| recorded == *digest),
+                ),
+                _ => (None, false),
+            };
+            let outcome = self.apply(inner);
+            // A retry of a request replays its first outcome and changes nothing again; qvdc's
+            // own changes that changed nothing (a host registering again) are not news.
+            let operator = by.is_some();
+            if !replay && (operator || outcome == Outcome::Applied) {
+                let caller = super::Caller {
+                    name: by.clone(),
+                    via: *via,
+                };
+                self.audit
+                    .record(*at_ms, caller, request_id, inner, &outcome);
+            }
+            return outcome;
+        }
         if let Command::Once {
             request_id,
             digest,
@@ -281,7 +316,24 @@ impl DesiredState {
                 }
                 Outcome::Applied
             }
-            Command::Once { .. } | Command::Batch(_) => unreachable!("handled above"),
+            Command::SetClusterLevel { level, at_ms } => {
+                let raised = *level > self.audit.level;
+                if raised {
+                    self.audit.level = *level;
+                    let outcome = Outcome::Applied;
+                    self.audit
+                        .record(*at_ms, Default::default(), None, command, &outcome);
+                }
+                changed(raised)
+            }
+            Command::SetAuditRetention(entries) => {
+                let before = std::mem::replace(&mut self.audit.retention, *entries);
+                self.audit.trim();
+                changed(before != *entries)
+            }
+            Command::Once { .. } | Command::Batch(_) | Command::Audited { .. } => {
+                unreachable!("handled above")
+            }
         }
     }
 

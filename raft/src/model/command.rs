@@ -173,6 +173,26 @@ pub enum Command {
         to: String,
         reason: String,
     },
+    /// `command` (a request or one of qvdc's own changes) with who asked for it and when,
+    /// applied as `command` is and recorded in the audit trail. `by` is the operator
+    /// certificate's name (`None` for qvdc's own), `via` the node that passed the request on.
+    /// Proposed only once the cluster runs at [`super::AUDIT_LEVEL`].
+    Audited {
+        by: Option<String>,
+        via: Option<u64>,
+        at_ms: u64,
+        #[serde(deserialize_with = "qvdc_transport::codec::nested")]
+        command: Box<Command>,
+    },
+    /// Every member runs a release of at least `level`, so commands of that level may be
+    /// proposed from now on. Never lowered. Proposed at `at_ms` (for the trail, which
+    /// begins with it).
+    SetClusterLevel {
+        level: u32,
+        at_ms: u64,
+    },
+    /// How many changes the audit trail keeps.
+    SetAuditRetention(u32),
 }
 
 /// What applying a command did; the application response of a Raft log entry.
@@ -244,4 +264,6 @@ pub enum ValidationError {
     BadInventory(String),
     #[error("the cluster already holds {max} {what}, its limit; delete some first")]
     TooMany { what: String, max: usize },
+    #[error("{0}")]
+    BadRetention(String),
 }

@@ -11,6 +11,7 @@
 //! rules that follow from the state). Every public item is re-exported here.
 
 mod apply;
+mod audit;
 mod command;
 mod queries;
 mod records;
@@ -22,6 +23,10 @@ mod validate;
 
 pub use imbl::{ordmap::DiffItem, OrdMap, OrdSet};
 
+pub use audit::{
+    describe, Audit, Caller, AUDIT_LEVEL, AUDIT_RETENTION_DEFAULT, AUDIT_RETENTION_MAX,
+    AUDIT_TEXT_BYTES_MAX, CLUSTER_LEVEL,
+};
 pub use command::{Command, Outcome, ValidationError};
 use queries::fnv_digest;
 pub use records::{

@@ -35,6 +35,8 @@ pub struct DesiredState {
     /// object. Kept in step by `apply`; see `index_matches_a_scan` in the tests.
     #[serde(deserialize_with = "grown::ord_map")]
     by_host: OrdMap<String, HostIndex>,
+    /// The audit trail and the cluster's release level (from storage format 3).
+    pub audit: super::Audit,
 }
 
 /// The names of what is assigned to one host.
@@ -254,14 +256,18 @@ pub mod format_2 {
                 revoked: old.revoked,
                 requests: old.requests,
                 by_host: old.by_host,
+                audit: Default::default(),
             }
         }
     }
 
     impl super::DesiredState {
-        /// This state as format 2 encodes it; `None` if a VM has an HA policy or a move,
-        /// which format 2 cannot hold.
+        /// This state as format 2 encodes it; `None` if a VM has an HA policy or a move, or
+        /// the cluster keeps an audit trail, which format 2 cannot hold.
         pub fn to_format_2(&self) -> Option<DesiredState2> {
+            if self.audit != Default::default() {
+                return None;
+            }
             let vms = self
                 .vms
                 .iter()

@@ -1895,3 +1895,127 @@ fn a_move_keeps_the_vm_on_its_host_until_it_finishes_and_locks_it_meanwhile() {
     assert!(state.to_format_2().is_none());
     assert_index_matches_a_scan(&state);
 }
+
+fn audited(by: Option<&str>, at_ms: u64, command: Command) -> Command {
+    Command::Audited {
+        by: by.map(str::to_owned),
+        via: by.map(|_| 2),
+        at_ms,
+        command: Box::new(command),
+    }
+}
+
+/// Every operator change is recorded once with who, when, which request and the outcome;
+/// a retry is not recorded again; qvdc's own changes only when they changed something; the
+/// oldest go beyond the retention; numbers never repeat.
+#[test]
+fn the_audit_trail_records_each_change_once_and_keeps_the_newest() {
+    let mut state = with_hosts(&["host-1", "host-2"]);
+    let pool = once("r-1", create("shared", "/srv/shared", &["host-1"]));
+    assert_eq!(
+        state.apply(&audited(Some("alice"), 1_000, pool.clone())),
+        Outcome::Applied
+    );
+    // The retry replays the outcome and records nothing.
+    assert_eq!(
+        state.apply(&audited(Some("alice"), 1_500, pool)),
+        Outcome::Applied
+    );
+    // A refusal at apply time is recorded with its reason.
+    let again = once("r-2", create("shared", "/srv/other", &["host-2"]));
+    assert!(matches!(
+        state.apply(&audited(Some("bob"), 2_000, again)),
+        Outcome::Rejected(ValidationError::PoolExists(_))
+    ));
+    // qvdc's own change that changed nothing (a host registering again) is not news.
+    let register = Command::RegisterHost {
+        host_id: "host-1".into(),
+        inventory: inventory(),
+    };
+    state.apply(&audited(None, 3_000, register));
+    let records: Vec<_> = state.audit.records.iter().cloned().collect();
+    assert_eq!(records.len(), 2, "{records:#?}");
+    assert_eq!(records[0].seq, 1);
+    assert_eq!(records[0].by.as_deref(), Some("alice"));
+    assert_eq!(records[0].via, Some(2));
+    assert_eq!(records[0].at_ms, 1_000);
+    assert_eq!(records[0].request_id.as_deref(), Some("r-1"));
+    assert!(
+        records[0].change.starts_with("pool create shared"),
+        "{}",
+        records[0].change
+    );
+    assert_eq!(
+        records[0].outcome,
+        qvdc_transport::protocol::AuditOutcome::Applied
+    );
+    assert_eq!(records[1].seq, 2);
+    assert!(matches!(
+        &records[1].outcome,
+        qvdc_transport::protocol::AuditOutcome::Refused(reason) if reason.contains("already exists")
+    ));
+    // Retention: only the newest stay, numbered on.
+    state.apply(&Command::SetAuditRetention(3));
+    for i in 0..5 {
+        state.apply(&audited(
+            Some("alice"),
+            4_000 + i,
+            once(
+                &format!("m-{i}"),
+                Command::SetMaintenance {
+                    host: "host-2".into(),
+                    on: i % 2 == 0,
+                },
+            ),
+        ));
+    }
+    let seqs: Vec<u64> = state.audit.records.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, [5, 6, 7]);
+    let (from_start, gap) = state.audit.since(1, 10);
+    assert_eq!(gap, Some(5), "a reader from #1 is told #1 to #4 are gone");
+    assert_eq!(from_start.len(), 3);
+    let (tail, gap) = state.audit.since(7, 10);
+    assert_eq!((tail.len(), gap), (1, None));
+    assert!(state.audit.since(8, 10).0.is_empty());
+    assert!(matches!(
+        state.validate(&Command::SetAuditRetention(0)),
+        Err(ValidationError::BadRetention(_))
+    ));
+}
+
+/// The level only rises, and a state with an audit trail is not written in format 2,
+/// which the previous release reads and which has no room for it.
+#[test]
+fn the_cluster_level_only_rises_and_leaves_format_2_behind() {
+    let mut state = with_hosts(&["host-1"]);
+    assert!(state.to_format_2().is_some());
+    let level = |level| Command::SetClusterLevel { level, at_ms: 5 };
+    assert_eq!(state.apply(&level(1)), Outcome::Applied);
+    assert_eq!(state.apply(&level(0)), Outcome::Unchanged);
+    assert_eq!(state.audit.level, 1);
+    assert_eq!(
+        state.audit.records.len(),
+        1,
+        "the trail begins with the level"
+    );
+    assert!(state.to_format_2().is_none());
+    // An audited command inside another is refused, as a nested request is.
+    let nested = audited(
+        Some("a"),
+        1,
+        audited(Some("a"), 1, Command::DeletePool { pool: "p".into() }),
+    );
+    assert_eq!(
+        state.apply(&nested),
+        Outcome::Rejected(ValidationError::NestedRequest)
+    );
+    // And the trail survives the snapshot encoding.
+    state.apply(&audited(
+        Some("a"),
+        9,
+        once("r", create("p", "/srv/p", &["host-1"])),
+    ));
+    let bytes = codec::to_stored_bytes(&state).unwrap();
+    let back: DesiredState = codec::from_stored_bytes(&bytes).unwrap();
+    assert_eq!(back, state);
+}

@@ -323,6 +323,27 @@ impl DesiredState {
                     None => self.validate(command),
                 }
             }
+            Command::Audited { by, command, .. } => {
+                if by.as_ref().is_some_and(|by| by.len() > REVOKED_NAME_BYTES_MAX) {
+                    return Err(ValidationError::BadCertificate(format!(
+                        "a certificate name is at most {REVOKED_NAME_BYTES_MAX} bytes"
+                    )));
+                }
+                if matches!(**command, Command::Audited { .. } | Command::Batch(_)) {
+                    return Err(ValidationError::NestedRequest);
+                }
+                self.validate(command)
+            }
+            Command::SetClusterLevel { .. } => Ok(()),
+            Command::SetAuditRetention(entries) => {
+                if *entries == 0 || *entries > super::AUDIT_RETENTION_MAX {
+                    return Err(ValidationError::BadRetention(format!(
+                        "the audit trail keeps 1 to {} changes, not {entries}",
+                        super::AUDIT_RETENTION_MAX
+                    )));
+                }
+                Ok(())
+            }
             // Each command of a batch is validated when it is applied, against the state the
             // commands before it left.
             Command::Batch(commands) => {

@@ -43,12 +43,16 @@ pub(crate) struct Cli {
     /// For status, list and show commands. Without it, reads are linearizable.
     #[arg(long, global = true, help_heading = "Output")]
     pub(crate) stale: bool,
+    /// For list and show commands: print again each time something changes (a change
+    /// applied, a host's report), like `kubectl get -w`. Ctrl-C stops.
+    #[arg(long, short = 'w', global = true, help_heading = "Output")]
+    pub(crate) watch: bool,
     #[command(subcommand)]
     pub(crate) command: Command,
 }
 
 /// Listed after each command's own options, under their own heading.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Connection")]
 pub(crate) struct Connection {
     /// Control-plane addresses, comma-separated; any node will do.
@@ -95,6 +99,35 @@ pub(crate) enum Command {
     /// Networks (vSwitches): a Linux bridge on each assigned host.
     #[command(subcommand)]
     Network(NetworkCommand),
+    /// What changed, who changed it, and what hosts reported
+    ///
+    /// Two streams, oldest first. Changes to desired state come from the audit trail kept in
+    /// the replicated state: `#N` numbers them without gaps, with the operator's certificate
+    /// name (or "qvdc" for its own: HA restarts, moves, host registration), the node that
+    /// passed the request on, the outcome and the request id. Hosts' reports (host liveness,
+    /// pool health per host, VM power, network state) are what the leader learned; after a
+    /// leader change they start again from the state of everything.
+    ///
+    /// Examples:
+    ///   qvctl events                     the last 20 changes and the current reported state
+    ///   qvctl events --follow            and everything after, as it happens
+    ///   qvctl events --since 120 -f -o json
+    ///                                    one JSON object per line, from change #120 on
+    #[command(verbatim_doc_comment)]
+    Events {
+        /// Start at change #N (default: the last --last changes).
+        #[arg(long, value_name = "N")]
+        since: Option<u64>,
+        /// How many recent changes to start with when --since is not given.
+        #[arg(long, default_value_t = 20, value_name = "N")]
+        last: u64,
+        /// Keep printing as things happen, across leader changes (Ctrl-C stops).
+        #[arg(long, short)]
+        follow: bool,
+        /// Only changes to desired state, not hosts' reports.
+        #[arg(long)]
+        changes_only: bool,
+    },
     /// Print a shell completion script, e.g. `qvctl completions bash > /etc/bash_completion.d/qvctl`.
     Completions {
         #[arg(value_enum)]
@@ -540,6 +573,14 @@ pub(crate) enum ClusterCommand {
     /// Back up the whole desired state to a file, or check a backup file
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Set how many changes the audit trail keeps (`qvctl events`); the oldest go first
+    ///
+    /// The trail is part of the replicated state: each change costs a few hundred bytes in
+    /// every node's memory and snapshot. Default 10000, at most 1000000.
+    AuditRetention {
+        /// Changes to keep.
+        entries: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]

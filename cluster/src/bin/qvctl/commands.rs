@@ -132,6 +132,13 @@ pub(crate) fn request_of(command: Command, request_id: String) -> anyhow::Result
             ApiRequest::ClusterRemoveNode { node_id }
         }
         Command::Cluster(ClusterCommand::ReplaceNode { .. }) => unreachable!("two requests"),
+        Command::Cluster(ClusterCommand::AuditRetention { entries }) => {
+            ApiRequest::SetAuditRetention {
+                request_id,
+                entries,
+            }
+        }
+        Command::Events { .. } => unreachable!("handled by `events`"),
         Command::Cluster(ClusterCommand::Snapshot(_)) => unreachable!("handled by `backup`"),
         Command::Host(HostCommand::List) => ApiRequest::HostList,
         Command::Host(HostCommand::Show { host }) => ApiRequest::HostShow { host },

@@ -7,6 +7,7 @@
 mod backup;
 mod cli;
 mod commands;
+mod events;
 mod progress;
 mod wait;
 
@@ -48,6 +49,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     {
         return backup::save(&mut client, file).await;
     }
+    if let Command::Events {
+        since,
+        last,
+        follow,
+        changes_only,
+    } = cli.command
+    {
+        let format = cli.output;
+        return Ok(events::events(&mut client, since, last, follow, changes_only, format).await);
+    }
     let request_id = cli
         .connection
         .request_id
@@ -82,6 +93,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut request = request_of(cli.command, request_id)?;
     if cli.stale {
         request = ApiRequest::Stale(Box::new(request));
+    }
+    if cli.watch {
+        if !is_read(&request) {
+            anyhow::bail!("--watch is for list and show commands (and `cluster status`)");
+        }
+        return Ok(events::watch(&mut client, request, cli.output).await);
     }
     let ha_of = match (&request, cli.output) {
         (ApiRequest::VmShow { name }, output::Format::Table) => Some(name.clone()),
@@ -128,6 +145,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(e.exit_code() as u8))
         }
     }
+}
+
+/// Whether `request` only reads, so that `--watch` may repeat it.
+fn is_read(request: &ApiRequest) -> bool {
+    matches!(
+        request,
+        ApiRequest::ClusterStatus
+            | ApiRequest::HostList
+            | ApiRequest::HostShow { .. }
+            | ApiRequest::PoolList
+            | ApiRequest::PoolShow { .. }
+            | ApiRequest::VmList
+            | ApiRequest::VmShow { .. }
+            | ApiRequest::VolumeList { .. }
+            | ApiRequest::NetworkList
+            | ApiRequest::NetworkShow { .. }
+            | ApiRequest::Moves
+            | ApiRequest::VmHa { .. }
+            | ApiRequest::Stale(_)
+    )
 }
 
 #[tokio::main(flavor = "current_thread")]

@@ -36,6 +36,10 @@ pub(crate) struct DevArgs {
     /// (no daemon, no real VMs); qemu:///system runs real VMs under KVM.
     #[arg(long, default_value = "test:///default")]
     libvirt: String,
+    /// TCP port of node 1's Prometheus metrics (nodes take the next ports); hosts serve
+    /// theirs from this port + 100 on (host-1 at 9201 by default).
+    #[arg(long, default_value_t = 9101)]
+    metrics_port: u16,
 }
 
 #[derive(Debug, Serialize)]
@@ -44,6 +48,8 @@ struct ProcessInfo {
     id: String,
     pid: u32,
     address: Option<String>,
+    /// Where it serves Prometheus metrics.
+    metrics: String,
     data_dir: PathBuf,
     log: PathBuf,
 }
@@ -160,7 +166,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         .map(|(i, a)| format!("{}={a}", i + 1))
         .collect();
     let isolation = HostIsolation::for_this_user();
-    let mut running = start_nodes(&dir, &certs, &addrs, &initial.join(","))?;
+    let mut running = start_nodes(&dir, &certs, &addrs, &initial.join(","), args.metrics_port)?;
     running.extend(start_hosts(
         &dir,
         &certs,
@@ -168,6 +174,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         args.hosts,
         &args.libvirt,
         isolation,
+        args.metrics_port + 100,
     )?);
     write_env(&dir, &certs, &addrs)?;
     let infos: Vec<&ProcessInfo> = running.iter().map(|r| &r.info).collect();
@@ -180,6 +187,13 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     check_alive(&mut running)?;
     let leader = ready?;
     print_guide(&dir, args.hosts, leader, &args.libvirt, isolation);
+    println!("\nPrometheus metrics:");
+    for r in &running {
+        println!(
+            "  {} {:<8} http://{}/metrics",
+            r.info.role, r.info.id, r.info.metrics
+        );
+    }
     super::wait_for_signal().await;
     println!("\nstopping {} processes...", running.len());
     stop_all(&mut running).await;
@@ -196,6 +210,7 @@ fn start_nodes(
     certs: &Path,
     addrs: &[String],
     initial: &str,
+    metrics_port: u16,
 ) -> anyhow::Result<Vec<Running>> {
     let qvdc = std::env::current_exe()?;
     let mut running = Vec::new();
@@ -217,6 +232,8 @@ fn start_nodes(
             initial.into(),
         ]);
         argv.extend(tls_args(certs, &format!("node-{id}")));
+        let metrics = format!("127.0.0.1:{}", usize::from(metrics_port) + i);
+        argv.extend(["--metrics-listen".into(), metrics.clone()]);
         let child = spawn(&qvdc, &argv, &log)?;
         let pid = child.id().unwrap_or(0);
         running.push(Running {
@@ -226,6 +243,7 @@ fn start_nodes(
                 id,
                 pid,
                 address: Some(addr.clone()),
+                metrics,
                 data_dir,
                 log,
             },
@@ -241,6 +259,7 @@ fn start_hosts(
     hosts: u32,
     libvirt: &str,
     isolation: HostIsolation,
+    metrics_port: u16,
 ) -> anyhow::Result<Vec<Running>> {
     let (program, before) = isolation.command(&sibling_binary("qhost")?);
     let mut running = Vec::new();
@@ -258,6 +277,8 @@ fn start_hosts(
         argv.extend(["--data-dir".into(), data_dir.display().to_string()]);
         argv.extend(["--libvirt".into(), libvirt.to_owned()]);
         argv.extend(tls_args(certs, &id));
+        let metrics = format!("127.0.0.1:{}", u32::from(metrics_port) + i);
+        argv.extend(["--metrics-listen".into(), metrics.clone()]);
         let child = spawn(&program, &argv, &log)?;
         let pid = child.id().unwrap_or(0);
         running.push(Running {
@@ -267,6 +288,7 @@ fn start_hosts(
                 id,
                 pid,
                 address: None,
+                metrics,
                 data_dir,
                 log,
             },
@@ -390,6 +412,7 @@ A short tour, in another shell:
   qvctl vm list                              # placed by the cluster, reported by its host
   qvctl host show host-1                     # what that host runs and mounts
   qvctl vm stop web --wait && qvctl vm delete web --wait
+  qvctl events --follow                      # who changed what, and what hosts report
 
 Press Ctrl-C here to stop everything.",
         host_list.join(",")

@@ -23,6 +23,9 @@ use serde::Deserialize;
 #[derive(Debug, Parser)]
 #[command(name = "qvdc", version = qvdc_cluster::RELEASE)]
 struct Cli {
+    /// How logs are written: text lines, or one JSON object per line for log shippers.
+    #[arg(long, global = true, env = "QVDC_LOG_FORMAT", default_value = "text")]
+    log_format: qvdc_transport::logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -108,6 +111,10 @@ struct ServerArgs {
     /// How long a guest gets to shut down when asked before its host destroys it.
     #[arg(long)]
     vm_shutdown_timeout_ms: Option<u64>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (plain HTTP: bind it to an address
+    /// only your monitoring reaches, e.g. 127.0.0.1:9101).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 impl ServerArgs {
@@ -137,6 +144,7 @@ impl ServerArgs {
                 .or(file.logs_kept_after_snapshot),
             host_stale_after_ms: self.host_stale_after_ms.or(file.host_stale_after_ms),
             vm_shutdown_timeout_ms: self.vm_shutdown_timeout_ms.or(file.vm_shutdown_timeout_ms),
+            metrics_listen: self.metrics_listen.or(file.metrics_listen),
         })
     }
 }
@@ -173,6 +181,7 @@ fn parse_initial_cluster(text: &str) -> anyhow::Result<BTreeMap<u64, String>> {
 struct Checked {
     config: NodeConfig,
     listen: SocketAddr,
+    metrics_listen: Option<SocketAddr>,
     identity: Identity,
     data_dir: PathBuf,
 }
@@ -253,6 +262,7 @@ fn check(args: ServerArgs) -> anyhow::Result<Checked> {
     Ok(Checked {
         config,
         listen,
+        metrics_listen: args.metrics_listen,
         identity,
         data_dir,
     })
@@ -310,6 +320,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let Checked {
         config,
         listen,
+        metrics_listen,
         identity,
         data_dir,
     } = check(args)?;
@@ -319,6 +330,13 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     // `qvctl certs issue --replace` while running: new connections use the new pair.
     tls::spawn_reloader(identity.clone());
     let node = Node::start(config, endpoint).await?;
+    if let Some(addr) = metrics_listen {
+        let bound = node
+            .serve_metrics(addr)
+            .await
+            .with_context(|| format!("serving metrics on {addr} (--metrics-listen)"))?;
+        tracing::info!(%bound, "metrics at http://{bound}/metrics");
+    }
     wait_for_signal().await;
     tracing::info!("stopping");
     // A planned stop of the leader hands leadership over first: no write waits for an
@@ -340,16 +358,9 @@ async fn wait_for_signal() {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // Colour only for a person at a terminal: a log file or a pipe gets plain text.
-    let colour = std::io::IsTerminal::is_terminal(&std::io::stdout())
-        && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt()
-        .with_ansi(colour)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    qvdc_transport::logging::init(cli.log_format, "info", false);
+    match cli.command {
         Command::Server(args) => serve(args).await,
         Command::Dev(args) => dev::run(args).await,
         Command::Restore(args) => recovery::restore(args),
