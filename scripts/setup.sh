@@ -23,8 +23,10 @@ command -v cargo >/dev/null 2>&1 || { say "cargo not found; install Rust (rustup
 #   VMs:      libvirt-daemon + QEMU driver + qemu-system-x86 (KVM), libvirt-clients (virsh),
 #             qemu-utils (qemu-img for qcow2 volumes)
 #   networks: iproute2 (bridges, VLANs, namespaces), nftables (partition tests)
+#   browser:  chromium + chromium-driver (the dashboard's test drives a real headless browser)
 packages=(pkg-config libvirt-dev procps openssl xz-utils python3 mount e2fsprogs xfsprogs fuse3 libvirt-daemon
-  libvirt-daemon-driver-qemu qemu-system-x86 libvirt-clients qemu-utils iproute2 nftables)
+  libvirt-daemon-driver-qemu qemu-system-x86 libvirt-clients qemu-utils iproute2 nftables
+  chromium chromium-driver)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

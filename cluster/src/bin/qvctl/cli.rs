@@ -128,6 +128,24 @@ pub(crate) enum Command {
         #[arg(long)]
         changes_only: bool,
     },
+    /// Serve a web dashboard of the cluster on this machine
+    ///
+    /// Pages for the cluster, hosts, storage pools (with each pool's health on each host),
+    /// VMs, networks and the audit trail, updated live; forms to create pools and VMs and to
+    /// assign pools to hosts. It runs here and talks to the cluster with your certificate,
+    /// like `kubectl proxy`: the servers get no new login. Keep it on a loopback address:
+    /// whoever reaches it acts with your certificate.
+    ///
+    /// Example: qvctl dashboard --open
+    #[command(verbatim_doc_comment)]
+    Dashboard {
+        /// Address to serve the dashboard on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Open it in the default browser (xdg-open).
+        #[arg(long)]
+        open: bool,
+    },
     /// Print a shell completion script, e.g. `qvctl completions bash > /etc/bash_completion.d/qvctl`.
     Completions {
         #[arg(value_enum)]

@@ -139,6 +139,7 @@ pub(crate) fn request_of(command: Command, request_id: String) -> anyhow::Result
             }
         }
         Command::Events { .. } => unreachable!("handled by `events`"),
+        Command::Dashboard { .. } => unreachable!("handled by `dashboard`"),
         Command::Cluster(ClusterCommand::Snapshot(_)) => unreachable!("handled by `backup`"),
         Command::Host(HostCommand::List) => ApiRequest::HostList,
         Command::Host(HostCommand::Show { host }) => ApiRequest::HostShow { host },

@@ -7,6 +7,7 @@
 mod backup;
 mod cli;
 mod commands;
+mod dashboard;
 mod events;
 mod progress;
 mod wait;
@@ -43,6 +44,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     {
         println!("{}", backup::inspect(file)?);
         return Ok(ExitCode::SUCCESS);
+    }
+    if let Command::Dashboard { listen, open } = cli.command {
+        let connection = cli.connection.clone();
+        client(&connection)?; // says now what is missing, before anything listens
+        let connect = Box::new(move || client(&connection));
+        return dashboard::run(listen, open, connect).await;
     }
     let mut client = client(&cli.connection)?;
     if let Command::Cluster(ClusterCommand::Snapshot(SnapshotCommand::Save { file })) = &cli.command

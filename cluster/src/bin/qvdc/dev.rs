@@ -413,6 +413,7 @@ A short tour, in another shell:
   qvctl host show host-1                     # what that host runs and mounts
   qvctl vm stop web --wait && qvctl vm delete web --wait
   qvctl events --follow                      # who changed what, and what hosts report
+  qvctl dashboard --open                     # the same in a browser, live
 
 Press Ctrl-C here to stop everything.",
         host_list.join(",")
