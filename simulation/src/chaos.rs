@@ -98,6 +98,7 @@ async fn script(
     let nodes = world::node_addrs(config.nodes);
     let mut admin = world::operator(&config, &certs, 0, nodes.clone()).await?;
     harness::all_hosts_ready(&mut admin, config.hosts).await?;
+    harness::audit_begun(&mut admin).await?;
     // Each host's own storage, for VMs that must stay where their disk is.
     let local = ApiRequest::PoolCreate {
         request_id: admin.new_request_id(),
@@ -171,6 +172,8 @@ async fn script(
     .await?;
     let heal = healed_at.elapsed();
     harness::nodes_agree(&config, &certs).await?;
+    let trail = harness::audit_trail(&mut admin).await?;
+    check_audit(&trail, &history).context("the audit trail")?;
 
     // A last read, after everything settled, pins the final set of pools.
     let read_at = start.elapsed().as_millis() as u64;
@@ -238,6 +241,57 @@ async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
 
 /// Sends `request` and classifies the answer: `Ok(Some)` answered, `Ok(None)` unknown (timed
 /// out, cluster unavailable), `Err` an answer a correct cluster never gives.
+/// Every acknowledged create and delete of the registry is recorded once in the audit trail,
+/// applied and as the operator's; numbers run without a gap from 1; no request twice.
+fn check_audit(
+    trail: &[qvdc_transport::protocol::AuditRecord],
+    history: &[Operation<Registry>],
+) -> anyhow::Result<()> {
+    use qvdc_transport::protocol::AuditOutcome;
+    for (i, record) in trail.iter().enumerate() {
+        anyhow::ensure!(
+            record.seq == i as u64 + 1,
+            "record {} of the trail is numbered {}",
+            i + 1,
+            record.seq
+        );
+    }
+    let mut recorded: BTreeMap<&str, Vec<&qvdc_transport::protocol::AuditRecord>> = BTreeMap::new();
+    for record in trail {
+        if let Some(id) = &record.request_id {
+            recorded.entry(id.as_str()).or_default().push(record);
+        }
+    }
+    if let Some((id, records)) = recorded.iter().find(|(_, r)| r.len() > 1) {
+        anyhow::bail!(
+            "request {id} is recorded {} times: {:?}",
+            records.len(),
+            records.iter().map(|r| r.seq).collect::<Vec<_>>()
+        );
+    }
+    for operation in history {
+        let id = match (&operation.op, &operation.returned) {
+            (RegistryOp::Create { request_id, .. }, Some((_, RegistryRet::Created)))
+            | (RegistryOp::Delete { request_id, .. }, Some((_, RegistryRet::Deleted))) => {
+                request_id
+            }
+            _ => continue,
+        };
+        let Some([record]) = recorded.get(id.as_str()).map(Vec::as_slice) else {
+            anyhow::bail!(
+                "acknowledged request {id} ({:?}) is not in the trail",
+                operation.op
+            );
+        };
+        anyhow::ensure!(
+            record.outcome == AuditOutcome::Applied
+                && record.by.as_deref() == Some(world::OPERATOR),
+            "acknowledged request {id} is recorded as {record:?}"
+        );
+    }
+    Ok(())
+}
+
 async fn send(
     client: &mut Client,
     request: ApiRequest,

@@ -662,3 +662,50 @@ pub(crate) async fn shared_disk(
         format: VolumeFormat::Qcow2,
     })
 }
+
+/// Waits until the audit trail has begun: every member told the leader it runs this
+/// release and the cluster level was raised, so every change from now on is recorded.
+pub(crate) async fn audit_begun(client: &mut Client) -> anyhow::Result<()> {
+    eventually(
+        "the audit trail begins",
+        Duration::from_secs(30),
+        async || Ok((audit_page(client, u64::MAX).await?.latest > 1).then_some(())),
+    )
+    .await
+}
+
+async fn audit_page(
+    client: &mut Client,
+    since: u64,
+) -> anyhow::Result<qvdc_transport::protocol::EventsPage> {
+    let request = ApiRequest::Events {
+        since,
+        reported: None,
+        wait_ms: 0,
+        max: 1_000,
+    };
+    match ask(client, request).await? {
+        ApiResponse::Events(page) => Ok(page),
+        other => bail!("an events query answered {other:?}"),
+    }
+}
+
+/// The whole audit trail as the leader holds it, read page by page; an error if the leader
+/// reports a gap (a change it no longer keeps).
+pub(crate) async fn audit_trail(
+    client: &mut Client,
+) -> anyhow::Result<Vec<qvdc_transport::protocol::AuditRecord>> {
+    let mut trail = Vec::new();
+    let mut since = 1;
+    loop {
+        let page = audit_page(client, since).await?;
+        if let Some(gap) = page.gap {
+            bail!("the audit trail has a gap: {gap}");
+        }
+        if page.changes.is_empty() {
+            return Ok(trail);
+        }
+        since = page.next;
+        trail.extend(page.changes);
+    }
+}

@@ -61,11 +61,13 @@ async fn script(
     let host = SimConfig::host_name(1);
     let mut admin = world::operator(&config, &certs, 0, world::node_addrs(config.nodes)).await?;
     harness::all_hosts_ready(&mut admin, config.hosts).await?;
+    harness::audit_begun(&mut admin).await?;
 
     // 1. A create whose answer is lost with its leader.
     let mut client = world::operator(&config, &certs, 1, world::node_addrs(config.nodes)).await?;
+    let create_id = client.new_request_id();
     let create = ApiRequest::PoolCreate {
-        request_id: client.new_request_id(),
+        request_id: create_id.clone(),
         spec: world::dir_pool(POOL),
         hosts: vec![host.clone()],
     };
@@ -92,6 +94,15 @@ async fn script(
         ),
     }
     bring_back_and_agree(&config, &certs, &faults, first.0).await?;
+    // The audit trail holds the create once: the retry replayed its outcome.
+    let trail = harness::audit_trail(&mut admin).await?;
+    let records = trail
+        .iter()
+        .filter(|r| r.request_id.as_deref() == Some(create_id.as_str()))
+        .count();
+    if records != 1 {
+        bail!("the audit trail holds request {create_id} {records} times: a retry was recorded as a change of its own");
+    }
 
     // 2. A reboot whose answer is lost with its leader.
     let vm = ApiRequest::VmCreate {

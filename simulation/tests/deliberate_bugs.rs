@@ -159,6 +159,18 @@ fn a_request_log_that_forgets_is_caught_by_a_retry_through_a_new_leader() {
     });
 }
 
+/// The same retry, recorded again in the audit trail when its outcome is replayed: one
+/// change, two records.
+#[test]
+fn an_audit_trail_that_records_retries_is_caught() {
+    let bugs = [Bug::AuditRecordsRetries];
+    caught(
+        &bugs,
+        "a retry was recorded as a change of its own",
+        |seed| retried_requests::run(&config(seed, 1, &bugs)).map(drop),
+    );
+}
+
 /// A reboot the host carried out for a leader that crashed, asked again by the next one:
 /// without the host's record of the request, the guest boots twice.
 #[test]

@@ -58,10 +58,13 @@ pub enum Bug {
     /// before it pauses it at the source: for showing the hypervisors' own "never twice"
     /// check bites (a model error, not a control-plane one).
     MigrationResumesBeforePause,
+    /// The audit trail records a retried request again when it replays the first outcome:
+    /// one change, two records.
+    AuditRecordsRetries,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 16] = [
+    pub const ALL: [Bug; 17] = [
         Bug::AckBeforeCommit,
         Bug::NoLeaderLease,
         Bug::SkipFenceCheck,
@@ -78,6 +81,7 @@ impl Bug {
         Bug::RestartBeforeTheLeaseLapses,
         Bug::ColdMoveWithoutShutdown,
         Bug::MigrationResumesBeforePause,
+        Bug::AuditRecordsRetries,
     ];
 
     /// The bug's name on command lines.
@@ -99,6 +103,7 @@ impl Bug {
             Bug::RestartBeforeTheLeaseLapses => "restart-before-the-lease-lapses",
             Bug::ColdMoveWithoutShutdown => "cold-move-without-shutdown",
             Bug::MigrationResumesBeforePause => "migration-resumes-before-pause",
+            Bug::AuditRecordsRetries => "audit-records-retries",
         }
     }
 }

@@ -3,7 +3,10 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use qvdc_transport::protocol::{DesiredPower, VmSpec};
+use qvdc_transport::{
+    bugs::{self, Bug},
+    protocol::{DesiredPower, VmSpec},
+};
 
 use super::{
     records::{FailedMove, Move},
@@ -60,6 +63,7 @@ impl DesiredState {
             // A retry of a request replays its first outcome and changes nothing again; qvdc's
             // own changes that changed nothing (a host registering again) are not news.
             let operator = by.is_some();
+            let replay = replay && !bugs::active(Bug::AuditRecordsRetries);
             if !replay && (operator || outcome == Outcome::Applied) {
                 let caller = super::Caller {
                     name: by.clone(),
