@@ -28,21 +28,44 @@ const OPERATOR: &str = "bench";
 
 /// QVDC_BENCH_LOGS=1 keeps each node's log (and data) after the run, even a failed one, and
 /// prints where; by default the nodes' output is dropped and their directory removed.
+/// QVDC_BENCH_METRICS=1 has every node serve its metrics and scrapes them all every second
+/// (Prometheus's default is every 15 s), to measure what metrics cost.
 fn start() -> Nodes {
     let keep = std::env::var("QVDC_BENCH_LOGS").as_deref() == Ok("1");
-    let mut nodes = Nodes::start(
-        &[
-            (Role::Operator, OPERATOR),
-            (Role::Host, HOST),
-            (Role::Host, HOST_2),
-        ],
-        keep,
-    );
+    let others = [
+        (Role::Operator, OPERATOR),
+        (Role::Host, HOST),
+        (Role::Host, HOST_2),
+    ];
+    let mut nodes = if std::env::var("QVDC_BENCH_METRICS").as_deref() == Ok("1") {
+        let nodes = Nodes::start_measured(&others, keep);
+        let ports = nodes.metrics_ports.clone();
+        std::thread::spawn(move || loop {
+            for port in &ports {
+                scrape(*port);
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        });
+        println!("metrics served by every node and scraped every second");
+        nodes
+    } else {
+        Nodes::start(&others, keep)
+    };
     if keep {
         nodes.dir.disable_cleanup(true);
         println!("node logs and data: {}", nodes.dir.path().display());
     }
     nodes
+}
+
+/// One `GET /metrics`; the answer is read and dropped.
+fn scrape(port: u16) {
+    use std::io::{Read, Write};
+    if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n");
+        let _ = stream.read_to_end(&mut Vec::new());
+    }
 }
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);

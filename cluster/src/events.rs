@@ -44,6 +44,28 @@ pub(crate) struct EventsHub {
     reported: std::sync::Mutex<Reported>,
     /// Woken when reported state changed or a change was applied.
     pub(crate) news: Notify,
+    /// When a subscriber last asked; rounds run only while one asked within
+    /// [`SUBSCRIBER_IDLE_MS`], so a leader nobody watches spends nothing on them.
+    asked: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// When the last round finished.
+    last_round: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+/// How long after the last query the leader keeps recording reported changes. A follower
+/// polls at least every few seconds, so it never sees the recording stop.
+pub(crate) const SUBSCRIBER_IDLE_MS: u64 = 30_000;
+
+impl EventsHub {
+    fn wanted(&self) -> bool {
+        let asked = *self.asked.lock().expect("events lock poisoned");
+        asked.is_some_and(|at| at.elapsed() < Duration::from_millis(SUBSCRIBER_IDLE_MS))
+    }
+
+    /// Whether the recorded state is fresh: a round finished within two periods.
+    fn fresh(&self) -> bool {
+        let last = *self.last_round.lock().expect("events lock poisoned");
+        last.is_some_and(|at| at.elapsed() < Duration::from_millis(2 * REPORTED_ROUND_MS))
+    }
 }
 
 #[derive(Default)]
@@ -135,13 +157,20 @@ pub(crate) async fn watch(node: Arc<Context>, leadership: Leadership) {
     let each = |supervision: Supervision| {
         let node = node.clone();
         async move {
+            if !node.events.wanted() {
+                return Ok(());
+            }
             let now = reported_now(&supervision).await?;
             let at_ms = node.clock.wall_ms();
             let changed = {
                 let mut reported = node.events.reported.lock().expect("events lock poisoned");
                 record(&mut reported, now, at_ms)
             };
-            if changed {
+            let was_fresh = node.events.fresh();
+            *node.events.last_round.lock().expect("events lock poisoned") =
+                Some(tokio::time::Instant::now());
+            // The first round after a quiet spell also wakes whoever waits for it.
+            if changed || !was_fresh {
                 node.events.news.notify_waiters();
             }
             Ok(())
@@ -228,6 +257,13 @@ pub(crate) async fn answer(
         return response;
     }
     let max = max.clamp(1, EVENTS_PAGE_MAX) as usize;
+    // Rounds run while someone asks; after a quiet spell, wait for one so that what is
+    // answered is the state now (changes while nobody asked come as changes after it).
+    *ctx.events.asked.lock().expect("events lock poisoned") = Some(tokio::time::Instant::now());
+    if !ctx.events.fresh() {
+        let round = Duration::from_millis(3 * REPORTED_ROUND_MS);
+        let _ = tokio::time::timeout(round, ctx.events.news.notified()).await;
+    }
     let deadline =
         tokio::time::Instant::now() + Duration::from_millis(wait_ms.min(EVENTS_WAIT_MS_MAX).into());
     let mut desired = ctx.desired.clone();

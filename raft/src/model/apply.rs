@@ -48,18 +48,17 @@ impl DesiredState {
             if matches!(**inner, Command::Audited { .. } | Command::Batch(_)) {
                 return Outcome::Rejected(ValidationError::NestedRequest);
             }
-            let (request_id, replay) = match &**inner {
+            let (request_id, outcome, replay) = match &**inner {
                 Command::Once {
-                    request_id, digest, ..
-                } => (
-                    Some(request_id.clone()),
-                    self.requests
-                        .lookup(request_id)
-                        .is_some_and(|(recorded, _)| recorded == *digest),
-                ),
-                _ => (None, false),
+                    request_id,
+                    digest,
+                    command,
+                } => {
+                    let (outcome, replay) = self.apply_once(request_id, digest, command);
+                    (Some(request_id.clone()), outcome, replay)
+                }
+                _ => (None, self.apply(inner), false),
             };
-            let outcome = self.apply(inner);
             // A retry of a request replays its first outcome and changes nothing again; qvdc's
             // own changes that changed nothing (a host registering again) are not news.
             let operator = by.is_some();
@@ -80,31 +79,42 @@ impl DesiredState {
             command: inner,
         } = command
         {
-            if let Some((recorded, outcome)) = self.requests.lookup(request_id) {
-                if recorded == *digest {
-                    return outcome.clone();
-                }
-            }
-            // Validating the request validates the command it carries.
-            let outcome = match self.validate(command) {
-                Ok(()) => self.apply_valid(inner),
-                Err(e) => Outcome::Rejected(e),
-            };
-            // An id that is not valid, or is another request's, records nothing.
-            if !matches!(
-                outcome,
-                Outcome::Rejected(
-                    ValidationError::BadRequestId | ValidationError::RequestIdReused(_)
-                )
-            ) {
-                self.requests.record(request_id, *digest, outcome.clone());
-            }
-            return outcome;
+            return self.apply_once(request_id, digest, inner).0;
         }
         match self.validate(command) {
             Ok(()) => self.apply_valid(command),
             Err(e) => Outcome::Rejected(e),
         }
+    }
+
+    /// Applies an operator's request `inner` once per request id; a retry gets the first
+    /// outcome. Returns the outcome and whether it was a retry's replay. The request log is
+    /// looked up once (it is on every write's path).
+    fn apply_once(
+        &mut self,
+        request_id: &str,
+        digest: &super::RequestDigest,
+        inner: &Command,
+    ) -> (Outcome, bool) {
+        let recorded = self.requests.lookup(request_id);
+        if let Some((recorded, outcome)) = recorded {
+            if recorded == *digest {
+                return (outcome.clone(), true);
+            }
+        }
+        let verdict = self.validate_new_request(request_id, inner, recorded.is_some());
+        let outcome = match verdict {
+            Ok(()) => self.apply_valid(inner),
+            Err(e) => Outcome::Rejected(e),
+        };
+        // An id that is not valid, or is another request's, records nothing.
+        if !matches!(
+            outcome,
+            Outcome::Rejected(ValidationError::BadRequestId | ValidationError::RequestIdReused(_))
+        ) {
+            self.requests.record(request_id, *digest, outcome.clone());
+        }
+        (outcome, false)
     }
 
     /// Applies a command that [`DesiredState::validate`] accepted against this very state.

@@ -31,8 +31,10 @@ pub struct Audit {
     pub retention: u32,
     /// The sequence number of the next change recorded.
     pub next_seq: u64,
+    /// Shared, so that copying a chunk of the persistent vector (the first change after
+    /// each publish of the state) copies pointers, not records.
     #[serde(deserialize_with = "grown_vector")]
-    pub records: imbl::Vector<AuditRecord>,
+    pub records: imbl::Vector<std::sync::Arc<AuditRecord>>,
 }
 
 impl Default for Audit {
@@ -69,7 +71,7 @@ impl Audit {
             Outcome::Unchanged => AuditOutcome::Unchanged,
             Outcome::Rejected(e) => AuditOutcome::Refused(cut(e.to_string())),
         };
-        self.records.push_back(AuditRecord {
+        self.records.push_back(std::sync::Arc::new(AuditRecord {
             seq: self.next_seq,
             at_ms,
             by: caller.name,
@@ -77,7 +79,7 @@ impl Audit {
             request_id,
             change: cut(describe(command)),
             outcome,
-        });
+        }));
         self.next_seq += 1;
         self.trim();
     }
@@ -100,7 +102,7 @@ impl Audit {
             .iter()
             .skip(usize::try_from(skip).unwrap_or(usize::MAX))
             .take(max)
-            .cloned()
+            .map(|r| AuditRecord::clone(r))
             .collect();
         (records, gap)
     }
@@ -209,13 +211,15 @@ pub fn describe(command: &Command) -> String {
 }
 
 /// Decodes the trail growing it as records arrive, whatever length the input claims.
-fn grown_vector<'de, D>(deserializer: D) -> Result<imbl::Vector<AuditRecord>, D::Error>
+fn grown_vector<'de, D>(
+    deserializer: D,
+) -> Result<imbl::Vector<std::sync::Arc<AuditRecord>>, D::Error>
 where
     D: serde::Deserializer<'de>,
 {
     struct Records;
     impl<'de> serde::de::Visitor<'de> for Records {
-        type Value = imbl::Vector<AuditRecord>;
+        type Value = imbl::Vector<std::sync::Arc<AuditRecord>>;
 
         fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.write_str("a sequence of audit records")

@@ -309,20 +309,11 @@ impl DesiredState {
                 request_id,
                 digest,
                 command,
-            } => {
-                if request_id.is_empty() || request_id.len() > REQUEST_ID_BYTES_MAX {
-                    return Err(ValidationError::BadRequestId);
-                }
-                if matches!(**command, Command::Once { .. } | Command::Batch(_)) {
-                    return Err(ValidationError::NestedRequest);
-                }
-                match self.requests.lookup(request_id) {
-                    // A retry: it replays the recorded outcome.
-                    Some((recorded, _)) if recorded == *digest => Ok(()),
-                    Some(_) => Err(ValidationError::RequestIdReused(request_id.clone())),
-                    None => self.validate(command),
-                }
-            }
+            } => match self.requests.lookup(request_id) {
+                // A retry: it replays the recorded outcome.
+                Some((recorded, _)) if recorded == *digest => Ok(()),
+                recorded => self.validate_new_request(request_id, command, recorded.is_some()),
+            },
             Command::Audited { by, command, .. } => {
                 if by.as_ref().is_some_and(|by| by.len() > REVOKED_NAME_BYTES_MAX) {
                     return Err(ValidationError::BadCertificate(format!(
@@ -353,6 +344,29 @@ impl DesiredState {
                 Ok(())
             }
         }
+    }
+
+    /// Whether `command` may be applied as a new request `request_id` (`used`: the id was
+    /// recorded for another request).
+    pub(super) fn validate_new_request(
+        &self,
+        request_id: &str,
+        command: &Command,
+        used: bool,
+    ) -> Result<(), ValidationError> {
+        if request_id.is_empty() || request_id.len() > REQUEST_ID_BYTES_MAX {
+            return Err(ValidationError::BadRequestId);
+        }
+        if matches!(
+            command,
+            Command::Once { .. } | Command::Batch(_) | Command::Audited { .. }
+        ) {
+            return Err(ValidationError::NestedRequest);
+        }
+        if used {
+            return Err(ValidationError::RequestIdReused(request_id.to_owned()));
+        }
+        self.validate(command)
     }
 
     fn validate_create_pool(
