@@ -303,7 +303,11 @@ pub(crate) async fn answer(
             })));
         }
         tokio::select! {
-            _ = desired.changed() => {}
+            changed = desired.changed() => {
+                if changed.is_err() {
+                    return ctx.not_leader(); // the node is shutting down
+                }
+            }
             () = &mut news => {}
             () = tokio::time::sleep_until(deadline) => {}
         }

@@ -33,6 +33,25 @@ impl Follower {
         Ok(Self::from(page.latest.saturating_sub(last).max(1)))
     }
 
+    /// Starting from now: the next change and what hosts report from here on. Asks until
+    /// the cluster answers (a follower positioned nowhere would never see a change).
+    pub async fn now(client: &mut Client) -> Self {
+        loop {
+            match Self::from(u64::MAX).query(client, 0).await {
+                Ok(page) => {
+                    return Self {
+                        since: page.latest.max(1),
+                        reported: Some(page.reported_cursor),
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "positioning an events follower; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
     async fn query(&self, client: &mut Client, wait_ms: u32) -> Result<EventsPage, ClientError> {
         let request = ApiRequest::Events {
             since: self.since,

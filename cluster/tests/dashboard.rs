@@ -7,13 +7,17 @@
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
-    net::{TcpListener, TcpStream, UdpSocket},
+    net::TcpStream,
     path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use serde_json::{json, Value};
+
+mod support;
+
+use support::{env_of, free_metrics_base, free_tcp_port, free_udp_run};
 
 const QVDC: &str = env!("CARGO_BIN_EXE_qvdc");
 const QVCTL: &str = env!("CARGO_BIN_EXE_qvctl");
@@ -46,53 +50,6 @@ impl Drop for Dev {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A UDP base port with the two after it free.
-fn free_udp_run() -> u16 {
-    for _ in 0..100 {
-        let base = UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if base < 65000 && (1..3).all(|i| UdpSocket::bind(("127.0.0.1", base + i)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no three consecutive free UDP ports");
-}
-
-/// A TCP base port with base..base+3 and base+100..base+104 free (`qvdc dev --metrics-port`).
-fn free_metrics_base() -> u16 {
-    for _ in 0..200 {
-        let base = free_tcp_port();
-        if base > 65_000 {
-            continue;
-        }
-        let ports = (0..3).chain(100..104).map(|i| base + i);
-        let held: Vec<_> = ports.map(|p| TcpListener::bind(("127.0.0.1", p))).collect();
-        if held.iter().all(Result::is_ok) {
-            return base;
-        }
-    }
-    panic!("no free block of metrics ports");
-}
-
-fn env_of(dir: &Path) -> Vec<(String, String)> {
-    let text = std::fs::read_to_string(dir.join("cluster.env")).unwrap();
-    text.lines()
-        .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
 }
 
 fn qvctl(env: &[(String, String)], args: &[&str]) -> (bool, String) {
@@ -215,6 +172,11 @@ impl Browser {
     }
 
     fn call(&self, method: &str, path: &str, body: Value) -> Value {
+        self.try_call(method, path, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    fn try_call(&self, method: &str, path: &str, body: Value) -> Result<Value, String> {
         let path = format!("/session/{}{path}", self.session);
         let body = if body.is_null() {
             String::new()
@@ -223,8 +185,28 @@ impl Browser {
         };
         let (status, text) = http(self.port, method, &path, &[], &body);
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        assert_eq!(status, 200, "{method} {path}: {text}");
-        value["value"].clone()
+        if status != 200 {
+            return Err(text);
+        }
+        Ok(value["value"].clone())
+    }
+
+    /// Does `act` on the element `css` finds, finding it again if the page redrew it in
+    /// between (a live page replaces its content when news arrives).
+    fn on_element(&self, css: &str, act: &str, body: Value) {
+        for _ in 0..20 {
+            let element = self.element(css);
+            let shown = format!("document.querySelector('{css}')?.scrollIntoView(); return 0");
+            self.script(&shown);
+            match self.try_call("POST", &format!("/element/{element}/{act}"), body.clone()) {
+                Ok(_) => return,
+                Err(e) if e.contains("stale element") || e.contains("not interactable") => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("{act} on {css}: {e}"),
+            }
+        }
+        panic!("{css} kept being redrawn");
     }
 
     fn go(&self, url: &str) {
@@ -252,17 +234,11 @@ impl Browser {
     }
 
     fn type_into(&self, css: &str, text: &str) {
-        let element = self.element(css);
-        self.call(
-            "POST",
-            &format!("/element/{element}/value"),
-            json!({ "text": text }),
-        );
+        self.on_element(css, "value", json!({ "text": text }));
     }
 
     fn click(&self, css: &str) {
-        let element = self.element(css);
-        self.call("POST", &format!("/element/{element}/click"), json!({}));
+        self.on_element(css, "click", json!({}));
     }
 
     fn element_exists(&self, css: &str) -> bool {

@@ -3,7 +3,6 @@
 
 use std::{
     io::{BufRead, BufReader},
-    net::UdpSocket,
     path::Path,
     process::{Command, Stdio},
     sync::mpsc,
@@ -12,57 +11,15 @@ use std::{
 
 use serde_json::Value;
 
+mod support;
+
+use support::{env_of, free_metrics_base, free_udp_run};
+
 const QVDC: &str = env!("CARGO_BIN_EXE_qvdc");
 const QVCTL: &str = env!("CARGO_BIN_EXE_qvctl");
 
-/// A TCP base port with base..base+3 and base+100..base+104 free (`qvdc dev --metrics-port`):
-/// sandboxes started side by side must not share metrics ports.
-fn free_metrics_base() -> u16 {
-    for _ in 0..200 {
-        let base = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if base > 65_000 {
-            continue;
-        }
-        let ports = (0..3).chain(100..104).map(|i| base + i);
-        let held: Vec<_> = ports
-            .map(|p| std::net::TcpListener::bind(("127.0.0.1", p)))
-            .collect();
-        if held.iter().all(Result::is_ok) {
-            return base;
-        }
-    }
-    panic!("no free block of metrics ports");
-}
-
-/// A base port with the two after it free too.
-fn free_port_run() -> u16 {
-    for _ in 0..100 {
-        let base = UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if base < 65000 && (1..3).all(|i| UdpSocket::bind(("127.0.0.1", base + i)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no three consecutive free UDP ports");
-}
-
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
-}
-
-fn env_of(dir: &Path) -> Vec<(String, String)> {
-    let text = std::fs::read_to_string(dir.join("cluster.env")).unwrap();
-    text.lines()
-        .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
 }
 
 fn qvctl_json(env: &[(String, String)], args: &[&str]) -> Option<Value> {
@@ -99,7 +56,7 @@ struct Dev {
 /// Starts `qvdc dev` with `hosts` hosts in `sandbox` — as `user`, if given (the test then
 /// runs as root) — and waits until it says it is up and every host is Ready.
 fn start_dev(sandbox: &Path, hosts: usize, user: Option<&str>) -> Dev {
-    let base = free_port_run();
+    let base = free_udp_run();
     let dev_args = [
         "dev".to_owned(),
         "--dir".to_owned(),

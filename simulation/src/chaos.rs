@@ -239,8 +239,6 @@ async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
         .collect()
 }
 
-/// Sends `request` and classifies the answer: `Ok(Some)` answered, `Ok(None)` unknown (timed
-/// out, cluster unavailable), `Err` an answer a correct cluster never gives.
 /// Every acknowledged create and delete of the registry is recorded once in the audit trail,
 /// applied and as the operator's; numbers run without a gap from 1; no request twice.
 fn check_audit(
@@ -292,6 +290,8 @@ fn check_audit(
     Ok(())
 }
 
+/// Sends `request` and classifies the answer: `Ok(Some)` answered, `Ok(None)` unknown (timed
+/// out, cluster unavailable), `Err` an answer a correct cluster never gives.
 async fn send(
     client: &mut Client,
     request: ApiRequest,

@@ -139,6 +139,7 @@ fn reason(status: u16) -> &'static str {
         411 => "Length Required",
         413 => "Content Too Large",
         431 => "Request Header Fields Too Large",
+        505 => "HTTP Version Not Supported",
         500 => "Internal Server Error",
         501 => "Not Implemented",
         502 => "Bad Gateway",
@@ -230,11 +231,24 @@ async fn read_request(stream: &mut TcpStream, body_max: usize) -> Result<HttpReq
             "chunked request bodies are not taken; send Content-Length".into(),
         ));
     }
-    let length = match request.header("content-length") {
-        None => 0,
-        Some(value) => value
+    let lengths: Vec<&str> = request
+        .headers
+        .iter()
+        .filter(|(name, _)| name == "content-length")
+        .map(|(_, value)| value.as_str())
+        .collect();
+    let length = match lengths.as_slice() {
+        [] => 0,
+        [value] if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => value
             .parse::<usize>()
-            .map_err(|_| Refusal(400, "Content-Length is not a number".into()))?,
+            .map_err(|_| Refusal(413, "Content-Length is too large".into()))?,
+        [_] => return Err(Refusal(400, "Content-Length is not a number".into())),
+        _ => {
+            return Err(Refusal(
+                400,
+                "Content-Length is given more than once".into(),
+            ))
+        }
     };
     if length > body_max {
         return Err(Refusal(
@@ -413,6 +427,10 @@ mod tests {
         assert!(exchange(addr, big).await.starts_with("HTTP/1.1 413"));
         let chunked = b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
         assert!(exchange(addr, chunked).await.starts_with("HTTP/1.1 411"));
+        let twice = b"POST / HTTP/1.1\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab".to_vec();
+        assert!(exchange(addr, twice).await.starts_with("HTTP/1.1 400"));
+        let signed = b"POST / HTTP/1.1\r\ncontent-length: +1\r\n\r\na".to_vec();
+        assert!(exchange(addr, signed).await.starts_with("HTTP/1.1 400"));
         server.abort();
     }
 }

@@ -196,7 +196,17 @@ async fn answer(ctx: &Context, request: ApiRequest) -> Response {
         ApiRequest::SetAuditRetention {
             request_id,
             entries,
-        } => once(ctx, key(request_id), Command::SetAuditRetention(entries)).await,
+        } => {
+            // A member of a release without the trail could not decode the command.
+            if ctx.desired().audit.level < qvdc_raft::model::AUDIT_LEVEL {
+                return crate::reply::invalid(
+                    "the cluster keeps no audit trail yet: a member runs a release without it; \
+                     upgrade every node first (`qvctl cluster status`)"
+                        .to_owned(),
+                );
+            }
+            once(ctx, key(request_id), Command::SetAuditRetention(entries)).await
+        }
         ApiRequest::CertRevoke {
             request_id,
             certificate,

@@ -546,3 +546,55 @@ pub(crate) async fn until(
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// A free TCP port on loopback.
+pub(crate) fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A UDP base port with the two after it free (`qvdc dev --base-port`).
+pub(crate) fn free_udp_run() -> u16 {
+    for _ in 0..100 {
+        let base = UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if base < 65000 && (1..3).all(|i| UdpSocket::bind(("127.0.0.1", base + i)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no three consecutive free UDP ports");
+}
+
+/// A TCP base port with base..base+3 and base+100..base+104 free (`qvdc dev
+/// --metrics-port`): sandboxes started side by side must not share metrics ports.
+pub(crate) fn free_metrics_base() -> u16 {
+    for _ in 0..200 {
+        let base = free_tcp_port();
+        if base > 65_000 {
+            continue;
+        }
+        let ports = (0..3).chain(100..104).map(|i| base + i);
+        let held: Vec<_> = ports
+            .map(|p| std::net::TcpListener::bind(("127.0.0.1", p)))
+            .collect();
+        if held.iter().all(Result::is_ok) {
+            return base;
+        }
+    }
+    panic!("no free block of metrics ports");
+}
+
+/// The variables `qvdc dev` wrote to `<dir>/cluster.env`.
+pub(crate) fn env_of(dir: &Path) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(dir.join("cluster.env")).unwrap();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}

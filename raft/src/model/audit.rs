@@ -17,9 +17,10 @@ pub const CLUSTER_LEVEL: u32 = 1;
 pub const AUDIT_LEVEL: u32 = 1;
 /// Changes the trail keeps unless an operator sets otherwise.
 pub const AUDIT_RETENTION_DEFAULT: u32 = 10_000;
-/// The most a trail may keep: each change costs a few hundred bytes in every node's memory
-/// and in every snapshot.
-pub const AUDIT_RETENTION_MAX: u32 = 1_000_000;
+/// The most a trail may keep: each change costs a few hundred bytes (at most about 1.2 KiB)
+/// in every node's memory and in every snapshot, which must stay far below the stored-bytes
+/// bound.
+pub const AUDIT_RETENTION_MAX: u32 = 100_000;
 /// The longest a change's description or refusal is kept (longer ones are cut).
 pub const AUDIT_TEXT_BYTES_MAX: usize = 512;
 

@@ -594,7 +594,7 @@ pub(crate) enum ClusterCommand {
     /// Set how many changes the audit trail keeps (`qvctl events`); the oldest go first
     ///
     /// The trail is part of the replicated state: each change costs a few hundred bytes in
-    /// every node's memory and snapshot. Default 10000, at most 1000000.
+    /// every node's memory and snapshot. Default 10000, at most 100000.
     AuditRetention {
         /// Changes to keep.
         entries: u32,

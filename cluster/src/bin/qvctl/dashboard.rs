@@ -193,10 +193,10 @@ impl Dashboard {
         let (tx, rx) = mpsc::channel::<Vec<u8>>(64);
         tokio::spawn(async move {
             let _slot = slot;
-            let mut follower = Follower::from(u64::MAX);
-            if let Ok(page) = follower.next(&mut client, 0).await {
-                follower.since = page.latest;
-            }
+            let mut follower = tokio::select! {
+                follower = Follower::now(&mut client) => follower,
+                () = tx.closed() => return,
+            };
             // Tells the page the stream is live (and keeps proxies from buffering).
             if tx.send(b": connected\n\n".to_vec()).await.is_err() {
                 return;

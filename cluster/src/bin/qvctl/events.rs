@@ -85,11 +85,7 @@ pub(crate) async fn events(
 
 /// `--watch`: prints `request`'s answer, then again after each event, until interrupted.
 pub(crate) async fn watch(client: &mut Client, request: ApiRequest, format: Format) -> ExitCode {
-    let mut follower = Follower::from(u64::MAX);
-    // The first query only positions the cursors at "now".
-    if let Ok(page) = follower.next(client, 0).await {
-        follower.since = page.latest;
-    }
+    let mut follower = Follower::now(client).await;
     loop {
         match client.request(request.clone()).await {
             Ok(response) => println!("{}", output::render(&response, format)),

@@ -240,13 +240,18 @@ const pages = {
 };
 
 function route() {
-  const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
+  let parts;
+  try {
+    parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
+  } catch (e) {
+    return () => [h("h1", {}, "Not found")];
+  }
   const [page, name] = parts;
   for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.dataset.page === (page || "overview"));
   if (page === "hosts" && name) return () => pages.host(name);
   if (page === "pools" && name) return () => pages.pool(name);
-  const render = pages[page || "overview"];
-  return render ? () => render() : () => [h("h1", {}, "Not found")];
+  const key = page || "overview";
+  return Object.hasOwn(pages, key) ? () => pages[key]() : () => [h("h1", {}, "Not found")];
 }
 
 let drawing = null;
