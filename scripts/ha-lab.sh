@@ -230,6 +230,8 @@ echo "isolated host-2: island running on $(vm_field island host) after $(( $(now
 wait_for "! \"$LABSH\" virsh 2 list --all --name | grep -qx island" 60
 check_once island
 echo "healed: host-2 holds no domain of island"
+# Its agent may still be re-establishing its session (a lease renewed, liveness Ready).
+wait_for "host_ready host-2" 60
 remove_vm island
 fi
 
@@ -253,6 +255,8 @@ DOWN=()
 for m in $(seq 1 "$MIGRATIONS"); do
     from=$(vm_field mover host)
     to=$([ "$from" = host-1 ] && echo host-2 || echo host-1)
+    # A migration to a host the leader does not hear from is refused, rightly.
+    wait_for "host_ready $to" 60
     t0=$(now_ms)
     while_checking qvctl vm migrate mover --to "$to" --wait --wait-timeout-ms 60000
     took=$(( $(now_ms) - t0 ))
