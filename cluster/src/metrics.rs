@@ -4,7 +4,7 @@
 //! sent to hosts, and — on the leader — hosts by liveness, each pool's health and capacity
 //! on each host, VMs by power state and each host's heartbeat age.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::sync::Arc;
 
 use qvdc_actors::CommandMetrics;
 use qvdc_raft::store::StoreMetrics;
@@ -118,7 +118,6 @@ pub(crate) async fn scrape(ctx: &Context) -> String {
             m.snapshot.map(|id| id.index),
         )
     };
-    let one = |b: bool| if b { 1.0 } else { 0.0 };
     let index = |i: Option<u64>| i.unwrap_or(0) as f64;
     for (name, help, value) in [
         (
@@ -292,9 +291,4 @@ pub(crate) async fn serve(ctx: Arc<Context>, listener: tokio::net::TcpListener) 
         }
     })
     .await;
-}
-
-/// Binds the metrics listener, or says why not.
-pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr).await
 }

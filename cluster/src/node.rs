@@ -179,7 +179,7 @@ impl Node {
     /// Serves this node's Prometheus metrics at `/metrics` on `addr` (ADR 26) until the
     /// node shuts down. Fails if the address cannot be bound.
     pub async fn serve_metrics(&self, addr: SocketAddr) -> std::io::Result<SocketAddr> {
-        let listener = crate::metrics::bind(addr).await?;
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let bound = listener.local_addr()?;
         let serving = tokio::spawn(crate::metrics::serve(self.inner.clone(), listener));
         self.extra_tasks

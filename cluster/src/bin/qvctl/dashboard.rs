@@ -239,20 +239,23 @@ impl Dashboard {
         let request_id = self.request_id().await;
         let request = match path {
             ["api", "pools"] => parse::<PoolForm>(body).and_then(|f| f.request(request_id)),
-            ["api", "pools", pool, "assign"] => {
-                parse::<HostsForm>(body).map(|f| ApiRequest::PoolAssign {
-                    request_id,
-                    pool: (*pool).into(),
-                    hosts: f.hosts(),
-                })
-            }
-            ["api", "pools", pool, "unassign"] => {
-                parse::<HostsForm>(body).map(|f| ApiRequest::PoolUnassign {
-                    request_id,
-                    pool: (*pool).into(),
-                    hosts: f.hosts(),
-                })
-            }
+            ["api", "pools", pool, action @ ("assign" | "unassign")] => parse::<HostsForm>(body)
+                .map(|f| {
+                    let (pool, hosts) = ((*pool).to_owned(), f.hosts());
+                    if *action == "assign" {
+                        ApiRequest::PoolAssign {
+                            request_id,
+                            pool,
+                            hosts,
+                        }
+                    } else {
+                        ApiRequest::PoolUnassign {
+                            request_id,
+                            pool,
+                            hosts,
+                        }
+                    }
+                }),
             ["api", "vms"] => parse::<VmForm>(body).and_then(|f| f.request(request_id)),
             ["api", "vms", name, power @ ("start" | "stop")] => Ok(ApiRequest::VmSetPower {
                 request_id,
