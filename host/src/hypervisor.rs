@@ -512,7 +512,8 @@ impl SimHypervisor {
                 let copy = dest.domains.get_mut(&name).expect("listed above");
                 set_power(copy, PowerState::Running, "migrated");
                 copy.incoming_from = None;
-                state_moved(here, &there, name);
+                let id = copy.id.clone();
+                state_moved(here, &there, name, id);
             }
         }
     }
@@ -634,19 +635,21 @@ impl SimHypervisor {
 
 /// States that the guest of `vm` left `from` and runs at `to`: a live migration's
 /// switch-over, in that order.
-fn state_moved(from: &str, to: &str, vm: String) {
+fn state_moved(from: &str, to: &str, vm: String, id: Option<String>) {
     use qvdc_transport::facts::{self, Fact, Guest};
     facts::state(Fact::VmOperation {
         host: from.to_owned(),
         vm: vm.clone(),
         op: "migrate-out",
         guest: Guest::Gone,
+        id: None,
     });
     facts::state(Fact::VmOperation {
         host: to.to_owned(),
         vm,
         op: "migrate-in",
         guest: Guest::Runs,
+        id,
     });
 }
 
@@ -978,7 +981,7 @@ impl Hypervisor for SimHypervisor {
             return Err(give_up("the destination lost the guest"));
         }
         state.domains.remove(&name);
-        state_moved(here, there, name);
+        state_moved(here, there, name, copy_id);
         Ok(())
     }
 }

@@ -160,6 +160,7 @@ impl<H: Hypervisor> Vms<H> {
             vm: name.to_owned(),
             op: "force-off",
             guest: Guest::Gone,
+            id: None,
         });
         Ok(())
     }
@@ -199,17 +200,19 @@ impl<H: Hypervisor> VmActor<H> {
             let (what, guest) = (op.label(), op.guest());
             let result = self.handle(op).await;
             match &result {
-                Ok(_) => {
+                Ok(id) => {
                     info!(vm = %self.name, op = %what, "vm operation done");
                     facts::state(Fact::VmOperation {
                         host: self.host.clone(),
                         vm: self.name.clone(),
                         op: what,
                         guest,
+                        id: id.clone(),
                     });
                 }
                 Err(e) => warn!(vm = %self.name, op = what, error = %e, "VM operation failed"),
             }
+            let result = result.map(|_| CommandOutput::Done);
             let _ = reply.send(result);
         }
     }
@@ -235,7 +238,9 @@ impl<H: Hypervisor> VmActor<H> {
         }
     }
 
-    async fn handle(&self, op: VmOp) -> Result<CommandOutput, HostError> {
+    /// Carries out `op`. For an op that leaves the guest running, the answer is qvdc's id
+    /// of the VM it runs as.
+    async fn handle(&self, op: VmOp) -> Result<Option<String>, HostError> {
         let h = &self.hypervisor;
         let name = self.name.clone();
         match op {
@@ -257,18 +262,21 @@ impl<H: Hypervisor> VmActor<H> {
                 bounded("defining the domain", h.define(spec)).await?;
             }
             VmOp::Start => {
-                self.managed().await?;
+                let report = self.managed().await?;
                 bounded("starting the domain", h.start(name)).await?;
+                return Ok(report.id);
             }
             VmOp::Shutdown { timeout_ms } => {
                 self.managed().await?;
                 self.shutdown(timeout_ms).await?;
             }
             VmOp::Reboot => {
-                if self.managed().await?.power != PowerState::Running {
+                let report = self.managed().await?;
+                if report.power != PowerState::Running {
                     return Err(crate::hypervisor::not_running(&name));
                 }
                 bounded("rebooting the domain", h.reboot(name)).await?;
+                return Ok(report.id);
             }
             VmOp::Migrate {
                 id,
@@ -330,7 +338,7 @@ impl<H: Hypervisor> VmActor<H> {
             VmOp::Rename { to, uuid } => {
                 let renamed = bounded("looking up the domain", h.domain(to.clone())).await?;
                 if renamed.is_some_and(|r| r.uuid == uuid) {
-                    return Ok(CommandOutput::Done);
+                    return Ok(None);
                 }
                 match self.current().await? {
                     None => {
@@ -364,7 +372,7 @@ impl<H: Hypervisor> VmActor<H> {
                 Some(_) => bounded("removing the VM id", h.set_id(name, None)).await?,
             },
         }
-        Ok(CommandOutput::Done)
+        Ok(None)
     }
 
     /// Asks the guest to stop and waits; a guest still running at the deadline is destroyed.

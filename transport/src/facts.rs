@@ -17,12 +17,15 @@ pub enum Fact {
     LeadershipTaken { node: u64, leadership: Leadership },
     /// Host `host` passed command `id` through its fence and is carrying it out.
     CommandObeyed { host: String, id: CommandId },
-    /// Host `host` finished operation `op` on VM `vm`, with this effect on its guest.
+    /// Host `host` finished operation `op` on VM `vm`, with this effect on its guest. When
+    /// the op left the guest running, `id` is qvdc's id of the VM the domain belongs to (a
+    /// name is reused once a VM is deleted, an id never); `None` otherwise.
     VmOperation {
         host: String,
         vm: String,
         op: &'static str,
         guest: Guest,
+        id: Option<String>,
     },
     /// The simulation crashed `machine`: whatever ran there stopped.
     MachineCrashed { machine: String },

@@ -80,17 +80,30 @@ mod tests {
             .try_for_each(|(at, fact)| invariant.observe(at, fact))
     }
 
+    /// VM `vm`'s operation; a guest it leaves running runs as the VM's first id, `<vm>-1`.
     fn vm(host: &str, vm: &str, op: &'static str, guest: Guest) -> Fact {
         Fact::VmOperation {
             host: host.into(),
             vm: vm.into(),
             op,
             guest,
+            id: (guest == Guest::Runs).then(|| format!("{vm}-1")),
         }
     }
 
     fn start(host: &str, name: &str) -> Fact {
         vm(host, name, "start", Guest::Runs)
+    }
+
+    /// A start of a guest named `name` running as VM `id` (`None`: not known).
+    fn start_as(host: &str, name: &str, id: Option<&str>) -> Fact {
+        Fact::VmOperation {
+            host: host.into(),
+            vm: name.into(),
+            op: "start",
+            guest: Guest::Runs,
+            id: id.map(str::to_owned),
+        }
     }
 
     fn crashed(machine: &str) -> Fact {
@@ -129,6 +142,31 @@ mod tests {
         let split = [start("host-1", "web"), start("host-2", "web")];
         let err = check_all(&mut VmRunsOnOneHostAtATime::default(), &split).unwrap_err();
         assert!(err.to_string().contains("web runs on"), "{err}");
+    }
+
+    #[test]
+    fn a_new_vm_under_a_deleted_ones_name_is_another_vm() {
+        // The deleted web-1 runs on in host-1, which has not heard of the delete.
+        let reused = [
+            start("host-1", "web"),
+            start_as("host-2", "web", Some("web-2")),
+        ];
+        check_all(&mut VmRunsOnOneHostAtATime::default(), &reused).unwrap();
+        // The same id twice is the same VM twice, whatever came between.
+        let twice = [
+            start("host-1", "web"),
+            start_as("host-2", "web", Some("web-2")),
+            start_as("host-3", "web", Some("web-1")),
+        ];
+        let err = check_all(&mut VmRunsOnOneHostAtATime::default(), &twice).unwrap_err();
+        assert!(err.to_string().contains("web-1"), "{err}");
+        // A guest whose id is not known may be either.
+        for unknown in [
+            [start("host-1", "web"), start_as("host-2", "web", None)],
+            [start_as("host-1", "web", None), start("host-2", "web")],
+        ] {
+            assert!(check_all(&mut VmRunsOnOneHostAtATime::default(), &unknown).is_err());
+        }
     }
 
     #[test]
