@@ -160,12 +160,16 @@ impl Context {
 
     /// Runs `round` every `period` for as long as this node leads for `leadership`, on the
     /// rounds when a quorum has confirmed it (a deposed leader that does not know it yet
-    /// must not act); a failed round is logged and the next one tries again.
+    /// must not act); a failed round is logged and the next one tries again. A round
+    /// nobody needs (`wanted` says no) is skipped before the confirmation: a confirmation
+    /// is a round trip to the peers, and a lease renewed by idle loops would start at their
+    /// whim rather than at the requests that need it.
     pub(crate) async fn each_leader_round<R>(
         &self,
         leadership: qvdc_transport::protocol::Leadership,
         period: Duration,
         what: &str,
+        wanted: impl Fn() -> bool,
         mut round: impl FnMut(Supervision) -> R,
     ) where
         R: std::future::Future<Output = Result<(), String>>,
@@ -180,7 +184,7 @@ impl Context {
             if supervision.leadership() != leadership {
                 return;
             }
-            if self.leading().await.is_err() {
+            if !wanted() || self.leading().await.is_err() {
                 continue;
             }
             if let Err(e) = round(supervision).await {

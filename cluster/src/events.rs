@@ -157,9 +157,6 @@ pub(crate) async fn watch(node: Arc<Context>, leadership: Leadership) {
     let each = |supervision: Supervision| {
         let node = node.clone();
         async move {
-            if !node.events.wanted() {
-                return Ok(());
-            }
             let now = reported_now(&supervision).await?;
             let at_ms = node.clock.wall_ms();
             let changed = {
@@ -176,7 +173,8 @@ pub(crate) async fn watch(node: Arc<Context>, leadership: Leadership) {
             Ok(())
         }
     };
-    node.each_leader_round(leadership, period, "reported-state events", each)
+    let wanted = || node.events.wanted();
+    node.each_leader_round(leadership, period, "reported-state events", wanted, each)
         .await;
 }
 

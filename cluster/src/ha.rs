@@ -103,7 +103,8 @@ pub(crate) async fn watch(node: Arc<Context>, leadership: Leadership) {
         let node = node.clone();
         async move { round(&node, &supervision).await }
     };
-    node.each_leader_round(leadership, period, "HA", each).await;
+    node.each_leader_round(leadership, period, "HA", || true, each)
+        .await;
 }
 
 async fn round(node: &Context, supervision: &Supervision) -> Result<(), String> {

@@ -23,9 +23,6 @@ pub(crate) async fn raise(node: Arc<Context>, leadership: Leadership) {
     let each = |_| {
         let node = node.clone();
         async move {
-            if node.desired().audit.level >= CLUSTER_LEVEL {
-                return Ok(());
-            }
             let lowest = lowest_member_level(&node).await;
             if lowest < CLUSTER_LEVEL {
                 debug!(
@@ -46,7 +43,8 @@ pub(crate) async fn raise(node: Arc<Context>, leadership: Leadership) {
             Ok(())
         }
     };
-    node.each_leader_round(leadership, period, "cluster level", each)
+    let below = || node.desired().audit.level < CLUSTER_LEVEL;
+    node.each_leader_round(leadership, period, "cluster level", below, each)
         .await;
 }
 

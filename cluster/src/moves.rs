@@ -88,7 +88,7 @@ pub(crate) async fn watch(node: Arc<Context>, leadership: Leadership, timings: T
         let node = node.clone();
         async move { round(&node, &supervision, timings).await }
     };
-    node.each_leader_round(leadership, period, "moves", each)
+    node.each_leader_round(leadership, period, "moves", || true, each)
         .await;
 }
 
