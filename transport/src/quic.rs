@@ -64,6 +64,9 @@ pub enum TransportError {
 #[derive(Clone, Debug)]
 pub struct Endpoint {
     inner: quinn::Endpoint,
+    /// What this endpoint presents when it dials: endpoints made by [`Endpoint::sharing`]
+    /// share one socket and present identities of their own.
+    client: quinn::ClientConfig,
 }
 
 fn transport_config() -> Arc<quinn::TransportConfig> {
@@ -117,7 +120,7 @@ impl Endpoint {
     ) -> Result<Self, TransportError> {
         let server = accept.then(|| server_config(identity)).transpose()?;
         let bind_err = |e: std::io::Error| TransportError::Endpoint(format!("bind {addr}: {e}"));
-        let mut inner = match server {
+        let inner = match server {
             Some(server) => {
                 let socket = std::net::UdpSocket::bind(addr).map_err(bind_err)?;
                 quinn::Endpoint::new(
@@ -130,15 +133,24 @@ impl Endpoint {
             None => quinn::Endpoint::client(addr),
         }
         .map_err(bind_err)?;
-        inner.set_default_client_config(client_config(identity)?);
-        Ok(Self { inner })
+        Self::from_quinn(inner, identity)
     }
 
     /// Wraps an endpoint built elsewhere (the simulated network builds its own).
     pub fn from_quinn(inner: quinn::Endpoint, identity: &Identity) -> Result<Self, TransportError> {
+        let client = client_config(identity)?;
         let mut inner = inner;
-        inner.set_default_client_config(client_config(identity)?);
-        Ok(Self { inner })
+        inner.set_default_client_config(client.clone());
+        Ok(Self { inner, client })
+    }
+
+    /// An endpoint on this one's socket that dials as `identity`: many peers of one
+    /// process (a load generator's thousands of hosts) need not hold a socket each.
+    pub fn sharing(&self, identity: &Identity) -> Result<Self, TransportError> {
+        Ok(Self {
+            inner: self.inner.clone(),
+            client: client_config(identity)?,
+        })
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr, TransportError> {
@@ -149,13 +161,13 @@ impl Endpoint {
 
     /// Dials a control-plane node and completes the mutual-TLS handshake.
     pub async fn connect(&self, addr: SocketAddr) -> Result<quinn::Connection, TransportError> {
-        let connecting =
-            self.inner
-                .connect(addr, tls::SERVER_NAME)
-                .map_err(|e| TransportError::Connect {
-                    addr,
-                    reason: e.to_string(),
-                })?;
+        let connecting = self
+            .inner
+            .connect_with(self.client.clone(), addr, tls::SERVER_NAME)
+            .map_err(|e| TransportError::Connect {
+                addr,
+                reason: e.to_string(),
+            })?;
         match tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connecting).await {
             Ok(Ok(connection)) => Ok(connection),
             Ok(Err(e)) => Err(TransportError::Connect {

@@ -189,8 +189,9 @@ pub struct Identity {
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     credentials: Arc<Credentials>,
-    /// Where the certificate and key were read from, for reloading.
-    files: (PathBuf, PathBuf),
+    /// Where the certificate and key were read from, for reloading; `None` for an identity
+    /// issued in memory, which has nothing to reload.
+    files: Option<(PathBuf, PathBuf)>,
 }
 
 impl Clone for Identity {
@@ -281,7 +282,25 @@ impl Identity {
             credentials: Arc::new(Credentials {
                 current: std::sync::RwLock::new(Arc::new(certified)),
             }),
-            files: (cert.to_owned(), key.to_owned()),
+            files: Some((cert.to_owned(), key.to_owned())),
+        })
+    }
+
+    fn in_memory(
+        ca: CertificateDer<'static>,
+        cert: CertificateDer<'static>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Self, TlsError> {
+        let certified = CertifiedKey::from_der(vec![cert.clone()], key.clone_key(), &provider())
+            .map_err(|e| TlsError::PeerCertificate(e.to_string()))?;
+        Ok(Self {
+            ca,
+            chain: vec![cert],
+            key,
+            credentials: Arc::new(Credentials {
+                current: std::sync::RwLock::new(Arc::new(certified)),
+            }),
+            files: None,
         })
     }
 
@@ -289,7 +308,9 @@ impl Identity {
     /// --replace`), after checking that they still name this peer, belong together, are
     /// signed by the cluster CA and are valid now. On any error the pair in use stays.
     pub fn reload(&self) -> Result<Reload, TlsError> {
-        let (cert_path, key_path) = &self.files;
+        let Some((cert_path, key_path)) = &self.files else {
+            return Ok(Reload::Unchanged);
+        };
         let refuse = |why: String| TlsError::Rotation {
             path: cert_path.clone(),
             why,
@@ -679,38 +700,79 @@ pub fn issue_with(
             return Err(TlsError::Exists(existing.clone()));
         }
     }
-    let ca_key_path = dir.join(CA_KEY_FILE);
-    let ca_cert_path = dir.join(CA_CERT_FILE);
-    let ca_key = KeyPair::from_pem(&String::from_utf8_lossy(&read(&ca_key_path)?))
-        .map_err(|e| bad_pem(&ca_key_path, e))?;
-    let ca_pem = String::from_utf8_lossy(&read(&ca_cert_path)?).into_owned();
-    let issuer =
-        Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(|e| bad_pem(&ca_cert_path, e))?;
-
-    let mut sans = vec![name.to_owned()];
-    if role == Role::Server {
-        sans.extend([SERVER_NAME.to_owned(), "localhost".to_owned()]);
-    }
-    let mut params = CertificateParams::new(sans)?;
-    params.distinguished_name.push(DnType::CommonName, name);
-    params
-        .distinguished_name
-        .push(DnType::OrganizationalUnitName, role.as_str());
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = match role {
-        Role::Server => vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ],
-        Role::Host | Role::Operator => vec![ExtendedKeyUsagePurpose::ClientAuth],
-    };
-    (params.not_before, params.not_after) = validity(options.days);
-    let key = KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
-    let cert = params.signed_by(&key, &issuer)?;
+    let ca = Ca::open(dir)?;
+    let (cert, key) = ca.sign(role, name, options.days)?;
     // The key first: a certificate on disk without its key is of no use to anyone.
     write(&key_path, &key_pem(&key), Secrecy::Secret)?;
     write(&cert_path, &cert.pem(), Secrecy::Public)?;
     Ok((cert_path, key_path))
+}
+
+/// The cluster CA, opened to issue certificates without writing them anywhere: a load
+/// generator that plays thousands of hosts holds their identities in memory only.
+pub struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    cert: CertificateDer<'static>,
+}
+
+impl Ca {
+    /// Opens the CA in `dir` (`ca.crt`, `ca.key`).
+    pub fn open(dir: &Path) -> Result<Self, TlsError> {
+        let ca_key_path = dir.join(CA_KEY_FILE);
+        let ca_cert_path = dir.join(CA_CERT_FILE);
+        let ca_key = KeyPair::from_pem(&String::from_utf8_lossy(&read(&ca_key_path)?))
+            .map_err(|e| bad_pem(&ca_key_path, e))?;
+        let ca_bytes = read(&ca_cert_path)?;
+        let cert =
+            CertificateDer::from_pem_slice(&ca_bytes).map_err(|e| bad_pem(&ca_cert_path, e))?;
+        let ca_pem = String::from_utf8_lossy(&ca_bytes).into_owned();
+        let issuer =
+            Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(|e| bad_pem(&ca_cert_path, e))?;
+        Ok(Self { issuer, cert })
+    }
+
+    /// A new identity for `name` with `role`, valid for `days`, kept in memory.
+    pub fn identity(&self, role: Role, name: &str, days: u32) -> Result<Identity, TlsError> {
+        validate_name(name)?;
+        if !(1..=CERT_VALIDITY_DAYS_MAX).contains(&days) {
+            return Err(TlsError::BadValidity(days));
+        }
+        let (cert, key) = self.sign(role, name, days)?;
+        let key = PrivateKeyDer::try_from(key.serialize_der())
+            .map_err(|e| TlsError::PeerCertificate(e.to_string()))?;
+        Identity::in_memory(self.cert.clone(), cert.der().clone(), key)
+    }
+
+    /// A certificate for `name` with `role`, valid for `days`, and its new key.
+    fn sign(
+        &self,
+        role: Role,
+        name: &str,
+        days: u32,
+    ) -> Result<(rcgen::Certificate, KeyPair), TlsError> {
+        let issuer = &self.issuer;
+        let mut sans = vec![name.to_owned()];
+        if role == Role::Server {
+            sans.extend([SERVER_NAME.to_owned(), "localhost".to_owned()]);
+        }
+        let mut params = CertificateParams::new(sans)?;
+        params.distinguished_name.push(DnType::CommonName, name);
+        params
+            .distinguished_name
+            .push(DnType::OrganizationalUnitName, role.as_str());
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = match role {
+            Role::Server => vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+            Role::Host | Role::Operator => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        };
+        (params.not_before, params.not_after) = validity(days);
+        let key = KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
+        let cert = params.signed_by(&key, issuer)?;
+        Ok((cert, key))
+    }
 }
 
 #[cfg(test)]
