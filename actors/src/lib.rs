@@ -97,9 +97,10 @@ fn unavailable(e: impl std::fmt::Display) -> SupervisionError {
     SupervisionError::Unavailable(e.to_string())
 }
 
-/// What the tree measures of the commands it sends hosts, by kind. Cheap to clone: clones
-/// record into the same counters (a node keeps one set across its leaderships).
-#[derive(Debug, Clone, Default)]
+/// What the tree measures: the commands it sends hosts, by kind, and how long heartbeats
+/// take to reach the views. Cheap to clone: clones record into the same counters (a node
+/// keeps one set across its leaderships).
+#[derive(Debug, Clone)]
 pub struct CommandMetrics {
     pub sent: qvdc_transport::metrics::Family<
         qvdc_transport::metrics::KindLabel,
@@ -110,6 +111,20 @@ pub struct CommandMetrics {
         qvdc_transport::metrics::Counter,
     >,
     pub in_flight: qvdc_transport::metrics::Gauge,
+    /// From a heartbeat's arrival to its reports being in the views of the pools, VMs and
+    /// networks it reports on (the mailboxes it passes through on the way).
+    pub heartbeat_to_view: qvdc_transport::metrics::Histogram,
+}
+
+impl Default for CommandMetrics {
+    fn default() -> Self {
+        Self {
+            sent: Default::default(),
+            failed: Default::default(),
+            in_flight: Default::default(),
+            heartbeat_to_view: qvdc_transport::metrics::seconds(),
+        }
+    }
 }
 
 impl CommandMetrics {
@@ -128,6 +143,11 @@ impl CommandMetrics {
             "qvdc_host_commands_in_flight",
             "Commands sent and not answered yet",
             self.in_flight.clone(),
+        );
+        registry.register(
+            "qvdc_heartbeat_to_view_seconds",
+            "From a host's heartbeat arriving at the leader to its reports being in the views operators read",
+            self.heartbeat_to_view.clone(),
         );
     }
 }
@@ -178,6 +198,7 @@ impl Supervision {
             host_id,
             link,
             reports,
+            received: tokio::time::Instant::now(),
         });
     }
 

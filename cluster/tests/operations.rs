@@ -769,6 +769,8 @@ async fn every_node_and_host_serves_metrics_and_counts_a_leader_change() {
             "the leader's metrics lack {series}:\n{text}"
         );
     }
+    let routed = sample(&text, "qvdc_heartbeat_to_view_seconds_count ").unwrap_or(0.0);
+    assert!(routed > 0.0, "no heartbeat reached a view:\n{text}");
     // Operator requests are counted where they arrive, whichever node that was.
     let all: String = (1..=NODES)
         .map(|id| scrape(nodes.metrics_ports[id - 1]))
@@ -808,6 +810,7 @@ async fn every_node_and_host_serves_metrics_and_counts_a_leader_change() {
         "qhost_survey_seconds_count ",
         "qhost_libvirt_errors_total",
         "qhost_mount_errors_total",
+        "qhost_sessions_failed_total ",
     ] {
         assert!(
             host.contains(series),

@@ -242,6 +242,7 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
                     tokio::time::sleep(Duration::from_millis(REDIAL_BACKOFF_MS_MIN / 2)).await;
                 }
                 SessionEnd::Failed(reason) => {
+                    self.config.metrics.sessions_failed.inc();
                     failed = Some(addr);
                     failures = failures.saturating_add(1);
                     let pause = REDIAL.pause(failures);

@@ -21,6 +21,9 @@ pub struct HostMetrics {
     pub survey_seconds: Histogram,
     pub libvirt_errors: Family<KindLabel, Counter>,
     pub mount_errors: Family<KindLabel, Counter>,
+    /// Sessions with the control plane that failed (no answer in time, refused, lost) and
+    /// were dialed again; redirects to the leader are not counted.
+    pub sessions_failed: Counter,
 }
 
 impl Default for HostMetrics {
@@ -31,6 +34,7 @@ impl Default for HostMetrics {
         let survey_seconds = metrics::seconds();
         let libvirt_errors = Family::default();
         let mount_errors = Family::default();
+        let sessions_failed = Counter::default();
         let mut registry = Registry::default();
         registry.register(
             "qhost_command_seconds",
@@ -62,6 +66,11 @@ impl Default for HostMetrics {
             "Mount and pool failures: a probe that found a pool unhealthy (probe) or a pool command that failed (its kind)",
             mount_errors.clone(),
         );
+        registry.register(
+            "qhost_sessions_failed",
+            "Sessions with the control plane that failed (no answer in time, refused, connection lost) and were dialed again",
+            sessions_failed.clone(),
+        );
         // Present from the start at 0, so that alerts on their rate have a series to read.
         drop(libvirt_errors.get_or_create(&KindLabel { kind: "list" }));
         drop(mount_errors.get_or_create(&KindLabel { kind: "probe" }));
@@ -73,6 +82,7 @@ impl Default for HostMetrics {
             survey_seconds,
             libvirt_errors,
             mount_errors,
+            sessions_failed,
         }
     }
 }

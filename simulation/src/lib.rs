@@ -22,6 +22,7 @@ pub mod retried_requests;
 pub mod slow_followers;
 pub mod steady;
 pub mod stranded_write;
+pub mod swarm;
 pub mod trace;
 pub mod vm_flow;
 mod world;

@@ -44,6 +44,8 @@ pub(crate) enum ClusterMsg {
         host_id: String,
         link: Link,
         reports: HostReports,
+        /// When the heartbeat came: the time its reports are of.
+        received: Instant,
     },
     Execute {
         host: String,
@@ -145,6 +147,7 @@ struct Spawning<'a> {
     ids: &'a CommandIds,
     timings: Timings,
     last_heartbeat: &'a BTreeMap<String, Heartbeat>,
+    heartbeat_to_view: &'a qvdc_transport::metrics::Histogram,
 }
 
 impl Spawning<'_> {
@@ -172,12 +175,14 @@ impl Spawning<'_> {
                     host,
                     at: beat.at,
                     report,
+                    live: false,
                 })
             })
             .collect();
         let args = ObjectArgs {
             core,
             root: self.root.clone(),
+            heartbeat_to_view: self.heartbeat_to_view.clone(),
         };
         let supervisor = ObjectSupervisor::<C>::default();
         let (actor, _) = Actor::spawn_linked(None, supervisor, args, self.root.get_cell()).await?;
@@ -247,6 +252,7 @@ async fn converge(
         ids: &state.ids,
         timings: state.timings,
         last_heartbeat: &state.last_heartbeat,
+        heartbeat_to_view: &state.metrics.heartbeat_to_view,
     };
     sync_children(&spawning, &mut state.pools, previous).await?;
     sync_children(&spawning, &mut state.vms, previous).await?;
@@ -334,7 +340,8 @@ impl Actor for ClusterSupervisor {
                 host_id,
                 link,
                 reports,
-            } => route_heartbeat(state, host_id, link, reports),
+                received,
+            } => route_heartbeat(state, host_id, link, reports, received),
             ClusterMsg::Execute {
                 host,
                 command,
@@ -425,6 +432,7 @@ async fn respawn(
         ids: &state.ids,
         timings: state.timings,
         last_heartbeat: &state.last_heartbeat,
+        heartbeat_to_view: &state.metrics.heartbeat_to_view,
     };
     match &child {
         Child::Host(h) if !state.hosts.contains_key(h) => spawn_host(myself, state, h).await?,
@@ -458,6 +466,7 @@ fn observe_all<C: Core>(
                 host: host.to_owned(),
                 at,
                 report: C::report(reports, &name),
+                live: true,
             });
         }
     }
@@ -467,8 +476,13 @@ fn observe_all<C: Core>(
 /// registered with an earlier tree of this node never registers again), each object's part
 /// of it to that object's supervisor, and sends the host the removals of what it should no
 /// longer have.
-fn route_heartbeat(state: &mut ClusterState, host_id: String, link: Link, reports: HostReports) {
-    let now = Instant::now();
+fn route_heartbeat(
+    state: &mut ClusterState,
+    host_id: String,
+    link: Link,
+    reports: HostReports,
+    now: Instant,
+) {
     let host = state.hosts.get(&host_id);
     if let Some(actor) = host {
         let _ = actor.cast(HostMsg::Seen(link));

@@ -18,6 +18,8 @@ pub(crate) enum ObjectMsg<C: Core> {
         host: String,
         at: Instant,
         report: Option<C::Report>,
+        /// From a heartbeat as it came, not one replayed to a supervisor started later.
+        live: bool,
     },
     CommandDone {
         tag: C::Tag,
@@ -39,12 +41,14 @@ impl<C> Default for ObjectSupervisor<C> {
 pub(crate) struct ObjectArgs<C> {
     pub(crate) core: C,
     pub(crate) root: ActorRef<ClusterMsg>,
+    pub(crate) heartbeat_to_view: qvdc_transport::metrics::Histogram,
 }
 
 pub(crate) struct ObjectState<C: Core> {
     core: C,
     root: ActorRef<ClusterMsg>,
     alarm: Alarm<ObjectMsg<C>>,
+    heartbeat_to_view: qvdc_transport::metrics::Histogram,
 }
 
 impl<C: Core> Actor for ObjectSupervisor<C> {
@@ -61,6 +65,7 @@ impl<C: Core> Actor for ObjectSupervisor<C> {
             core: args.core,
             root: args.root,
             alarm: Alarm::new(|| ObjectMsg::Tick),
+            heartbeat_to_view: args.heartbeat_to_view,
         })
     }
 
@@ -80,7 +85,18 @@ impl<C: Core> Actor for ObjectSupervisor<C> {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             ObjectMsg::Record(record) => state.core.set_record(record),
-            ObjectMsg::Observe { host, at, report } => state.core.observe(&host, at, report),
+            ObjectMsg::Observe {
+                host,
+                at,
+                report,
+                live,
+            } => {
+                if live {
+                    let waited = Instant::now().saturating_duration_since(at);
+                    state.heartbeat_to_view.observe(waited.as_secs_f64());
+                }
+                state.core.observe(&host, at, report);
+            }
             ObjectMsg::CommandDone { tag, id, outcome } => {
                 if let Err(reason) = &outcome {
                     let (kind, name) = (C::KIND, state.core.name());

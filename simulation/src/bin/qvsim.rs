@@ -30,6 +30,7 @@ use qvdc_transport::sim::Impairment;
 ///   qvsim run --seeds 0..50 --faults node-crash,host-partition
 ///   qvsim replay --seed 42 --trace
 ///   qvsim run --scenario vm-flow --hosts 3 --seeds 0..100
+///   qvsim swarm --dev qvdc-dev --hosts 1000   (real cluster, real time; see --help)
 #[derive(Debug, Parser)]
 #[command(version, verbatim_doc_comment)]
 struct Cli {
@@ -69,6 +70,42 @@ enum Command {
         trace: bool,
         #[command(flatten)]
         shape: Shape,
+    },
+    /// Load a real cluster with thousands of host agents in this process and measure what
+    /// its leader spends. Not simulated: real time, real QUIC, real certificates (issued in
+    /// memory by the cluster's CA); the agents are qvdc's own with simulated hypervisors,
+    /// mounters and networkers. Start the cluster first, e.g. `qvdc dev --dir /tmp/swarm
+    /// --hosts 1`; agents share sockets, so no open-files limit needs raising.
+    /// QVSIM_LOG=qvdc_host=warn prints the agents' logs.
+    #[command(verbatim_doc_comment)]
+    Swarm {
+        /// The `qvdc dev --dir` of the cluster to load (its nodes.json and certs/).
+        #[arg(long, default_value = "qvdc-dev")]
+        dev: std::path::PathBuf,
+        /// How many hosts to run (named swarm-1, swarm-2, ...).
+        #[arg(long, default_value_t = 1_000)]
+        hosts: usize,
+        /// Hosts the measured pool is assigned to (at most 1,024 per pool).
+        #[arg(long, default_value_t = 1_000)]
+        pool_hosts: usize,
+        /// Seconds of steady state over which the leader's CPU is measured.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// How many `pool show` calls are timed.
+        #[arg(long, default_value_t = 200)]
+        pool_reads: usize,
+        /// How many hosts are stopped at the end to time their loss's detection.
+        #[arg(long, default_value_t = 20)]
+        losses: usize,
+        /// Agents per UDP socket.
+        #[arg(long, default_value_t = 250)]
+        per_socket: usize,
+        /// The agents' heartbeat interval, in milliseconds.
+        #[arg(long, default_value_t = qvdc_host::agent::HEARTBEAT_INTERVAL_MS_DEFAULT)]
+        heartbeat_ms: u64,
+        /// Worker threads of this process's runtime.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
     },
 }
 
@@ -638,5 +675,73 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Swarm {
+            dev,
+            hosts,
+            pool_hosts,
+            seconds,
+            pool_reads,
+            losses,
+            per_socket,
+            heartbeat_ms,
+            threads,
+        } => {
+            let config = qvdc_simulation::swarm::SwarmConfig {
+                dev_dir: dev,
+                hosts,
+                per_socket: per_socket.max(1),
+                pool_hosts: pool_hosts.min(hosts),
+                steady: Duration::from_secs(seconds),
+                pool_reads,
+                losses: losses.min(hosts),
+                heartbeat_ms,
+            };
+            match swarm(&config, threads) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
+}
+
+fn swarm(config: &qvdc_simulation::swarm::SwarmConfig, threads: usize) -> anyhow::Result<()> {
+    // The agents' logs, as for a replay: QVSIM_LOG=qvdc_host=warn (any tracing filter).
+    if let Ok(filter) = std::env::var("QVSIM_LOG") {
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .init();
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(qvdc_simulation::swarm::run(config))?;
+    let view = match report.heartbeat_to_view {
+        Some((p50, p99)) => format!("p50 <= {p50:.1} ms, p99 <= {p99:.1} ms"),
+        None => "not served (start the nodes with --metrics-listen)".into(),
+    };
+    println!(
+        "swarm of {} hosts: registered in {:.1} s ({} sessions failed meanwhile)",
+        report.hosts,
+        report.registered_in.as_secs_f64(),
+        report.session_ends_registering
+    );
+    println!(
+        "  leader: {:.3} cores, {:.0} MiB resident; heartbeat to view {view} ({:.0} pool reports/s)",
+        report.leader_cores, report.leader_rss_mib, report.pool_reports_per_s
+    );
+    println!(
+        "  this process (the swarm): {:.3} cores",
+        report.swarm_cores
+    );
+    println!(
+        "  pool show of a pool on {} hosts: {}",
+        report.pool_hosts, report.pool_show
+    );
+    println!("  host loss detection: {}", report.detection);
+    Ok(())
 }
