@@ -105,6 +105,9 @@ impl Core for PoolObject {
                 command,
             })
             .collect();
+        if !self.volumes.wants_hosts(now) {
+            return orders;
+        }
         let healthy = self.mounts.healthy_hosts(now);
         orders.extend(self.volumes.tick(now, &healthy).into_iter().map(
             |volumes::Effect::Send {

@@ -63,6 +63,23 @@ impl VolumesCore {
         self.confirmed.get(name) != Some(&record.size_bytes)
     }
 
+    /// Whether a tick at `now` would look for a host to send something through: a volume
+    /// is missing and not waiting on a command out. (Finding the healthy hosts is the costly
+    /// part of a pool's tick, and ticks follow every heartbeat.)
+    pub fn wants_hosts(&self, now: Instant) -> bool {
+        self.desired.iter().any(|(name, record)| {
+            self.missing(name, record)
+                && self
+                    .pending
+                    .get(name)
+                    .is_none_or(|p| self.resend_due(p, now))
+        })
+    }
+
+    fn resend_due(&self, p: &Pending, now: Instant) -> bool {
+        now.saturating_duration_since(p.sent_at) >= self.timings.retry_after(p.attempts)
+    }
+
     /// When a tick may next send something no input prompted: a resend falling due.
     pub fn next_due(&self, now: Instant) -> Option<Instant> {
         let resends = self.pending.values();
@@ -86,9 +103,9 @@ impl VolumesCore {
             .iter()
             .filter(|(name, record)| self.missing(name, record))
             .filter(|(name, _)| {
-                self.pending.get(*name).is_none_or(|p| {
-                    now.saturating_duration_since(p.sent_at) >= self.timings.retry_after(p.attempts)
-                })
+                self.pending
+                    .get(*name)
+                    .is_none_or(|p| self.resend_due(p, now))
             })
             .filter_map(|(n, r)| Some((n.clone(), r.clone(), through(r)?.clone())))
             .collect();
