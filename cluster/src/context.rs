@@ -37,6 +37,11 @@ pub(crate) struct Context {
     pub(crate) supervision: RwLock<Option<Supervision>>,
     /// The last quorum confirmation of this node's leadership.
     pub(crate) lease: Lease,
+    /// Held while a confirmation is asked for, so that callers who find the lease lapsed
+    /// share one round trip to the peers instead of each starting their own (thousands of
+    /// heartbeats a second each started one, and under that load every one timed out).
+    /// Holds when the last confirmation that failed had begun.
+    pub(crate) confirming: tokio::sync::Mutex<Option<tokio::time::Instant>>,
     /// The lease's clock, also for the wall-clock time stamped on audited changes.
     pub(crate) clock: crate::lease::Clock,
     /// The last leader this node knew of, for hints while none is known.
@@ -216,6 +221,16 @@ impl Context {
         {
             return Ok(supervision);
         }
+        let arrived = self.lease.now();
+        let mut last_failed = self.confirming.lock().await;
+        // Whoever held the lock confirmed the lease (a lease is a bound on time, whoever
+        // asked for it), or failed to after this caller arrived: the answer is the same.
+        if self.lease.holds(leadership, self.lease.now()) {
+            return Ok(supervision);
+        }
+        if last_failed.is_some_and(|began| began >= arrived) {
+            return Err(Response::NotLeader { leader: None });
+        }
         let asked = self.lease.now();
         let confirm = tokio::time::timeout(
             Duration::from_millis(LEADER_CONFIRM_TIMEOUT_MS),
@@ -235,6 +250,7 @@ impl Context {
             }
             None => {
                 debug!(node = self.id, "leadership not confirmed by a quorum");
+                *last_failed = Some(asked);
                 Err(Response::NotLeader { leader: None })
             }
         }

@@ -146,6 +146,7 @@ impl Node {
             desired,
             supervision: RwLock::new(None),
             lease: Lease::measured_by(config.clock.clone()),
+            confirming: Default::default(),
             clock: config.clock.clone(),
             last_leader: std::sync::Mutex::new(None),
             logged_at_start,
