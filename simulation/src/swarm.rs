@@ -24,7 +24,7 @@ use qvdc_host::{
     Fence, HostParts, MemoryFence, SimHypervisor, SimMounter, SimNetworker,
 };
 use qvdc_transport::{
-    protocol::{ApiRequest, ApiResponse, Inventory, Liveness, PoolSource, PoolSpec, PoolView},
+    protocol::{ApiRequest, ApiResponse, Liveness, PoolSource, PoolSpec, PoolView},
     tls::{Ca, Identity, Role},
     Endpoint,
 };
@@ -299,16 +299,7 @@ fn spawn_agent(
         // Only a name: the simulated mounter keeps its table in memory.
         pool_root: PathBuf::from("/nonexistent/qvsim-swarm").join(name),
         pool_sources: SourcePolicy::new(Vec::new(), None),
-        inventory: Inventory {
-            hostname: name.to_owned(),
-            cpu_model: "Simulated CPU".into(),
-            cpu_sockets: 1,
-            cores_per_socket: 8,
-            threads_per_core: 1,
-            cpu_cores: 8,
-            memory_bytes: 32 << 30,
-            ..Inventory::default()
-        },
+        inventory: crate::world::sim_inventory(name),
         rescan_inventory: None,
         heartbeat_interval_ms: config.heartbeat_ms,
         migration_uri: None,

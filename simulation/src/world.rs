@@ -323,16 +323,7 @@ pub(crate) fn add_host(
                     Vec::new(),
                     pool_root(&name).parent().map(Into::into),
                 ),
-                inventory: Inventory {
-                    hostname: name.clone(),
-                    cpu_model: "Simulated CPU".into(),
-                    cpu_sockets: 1,
-                    cores_per_socket: 8,
-                    threads_per_core: 1,
-                    cpu_cores: 8,
-                    memory_bytes: 32 << 30,
-                    ..Inventory::default()
-                },
+                inventory: sim_inventory(&name),
                 rescan_inventory: None,
                 heartbeat_interval_ms: qvdc_host::agent::HEARTBEAT_INTERVAL_MS_DEFAULT,
                 migration_uri: migration_uri.clone(),
@@ -400,6 +391,20 @@ pub(crate) fn dir_pool(name: &str) -> PoolSpec {
         source: PoolSource::Dir {
             path: format!("/srv/{name}"),
         },
+    }
+}
+
+/// What every simulated host has: one 8-core socket and 32 GiB.
+pub(crate) fn sim_inventory(host: &str) -> Inventory {
+    Inventory {
+        hostname: host.to_owned(),
+        cpu_model: "Simulated CPU".into(),
+        cpu_sockets: 1,
+        cores_per_socket: 8,
+        threads_per_core: 1,
+        cpu_cores: 8,
+        memory_bytes: 32 << 30,
+        ..Inventory::default()
     }
 }
 
