@@ -277,7 +277,7 @@ fn start_hosts(
         argv.extend(["--data-dir".into(), data_dir.display().to_string()]);
         argv.extend(["--libvirt".into(), libvirt.to_owned()]);
         argv.extend(tls_args(certs, &id));
-        let metrics = format!("127.0.0.1:{}", u32::from(metrics_port) + i);
+        let metrics = format!("127.0.0.1:{}", u32::from(metrics_port) + i - 1);
         argv.extend(["--metrics-listen".into(), metrics.clone()]);
         let child = spawn(&program, &argv, &log)?;
         let pid = child.id().unwrap_or(0);
