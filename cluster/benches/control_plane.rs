@@ -122,24 +122,8 @@ enum Workload {
 }
 
 async fn toggle_pool(client: &mut Client, pool: &str, assign: bool) -> Duration {
-    let (request_id, pool, hosts) = (
-        client.new_request_id(),
-        pool.to_owned(),
-        vec![HOST_2.into()],
-    );
-    let request = if assign {
-        ApiRequest::PoolAssign {
-            request_id,
-            pool,
-            hosts,
-        }
-    } else {
-        ApiRequest::PoolUnassign {
-            request_id,
-            pool,
-            hosts,
-        }
-    };
+    let request_id = client.new_request_id();
+    let request = ApiRequest::pool_hosts(request_id, pool.to_owned(), vec![HOST_2.into()], assign);
     let started = Instant::now();
     match client.request(request).await {
         Ok(ApiResponse::Done) => started.elapsed(),

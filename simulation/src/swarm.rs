@@ -173,7 +173,7 @@ pub async fn run(config: &SwarmConfig) -> anyhow::Result<SwarmReport> {
     );
 
     let metrics = HostMetrics::default();
-    let before_registering = session_ends(&metrics);
+    let before_registering = metrics.sessions_failed.get();
     let started = Instant::now();
     let mut agents = BTreeMap::new();
     let mut socket: Option<Endpoint> = None;
@@ -192,7 +192,7 @@ pub async fn run(config: &SwarmConfig) -> anyhow::Result<SwarmReport> {
     }
     let ready = wait_ready(&mut admin, &names, Duration::from_secs(600)).await?;
     let registered_in = started.elapsed();
-    let session_ends_registering = session_ends(&metrics) - before_registering;
+    let session_ends_registering = metrics.sessions_failed.get() - before_registering;
     eprintln!(
         "swarm: {ready} hosts Ready {:.1} s after the first agent started; {session_ends_registering} sessions ended meanwhile",
         registered_in.as_secs_f64()
@@ -314,12 +314,6 @@ fn spawn_agent(
     let agent =
         Agent::new(agent_config, endpoint, parts, fence).with_lease_store(MemoryLease::default());
     Ok(tokio::spawn(agent.run()))
-}
-
-/// Sessions of the swarm's agents that failed (their leader did not answer in time, refused
-/// them, or the connection was lost).
-fn session_ends(metrics: &HostMetrics) -> u64 {
-    metrics.sessions_failed.get()
 }
 
 async fn hosts(admin: &mut Client) -> anyhow::Result<Vec<qvdc_transport::protocol::HostView>> {

@@ -1089,6 +1089,23 @@ pub enum ApiRequest {
 }
 
 impl ApiRequest {
+    /// Assigns `pool` to `hosts` (`assign`) or takes it from them.
+    pub fn pool_hosts(request_id: String, pool: String, hosts: Vec<String>, assign: bool) -> Self {
+        if assign {
+            ApiRequest::PoolAssign {
+                request_id,
+                pool,
+                hosts,
+            }
+        } else {
+            ApiRequest::PoolUnassign {
+                request_id,
+                pool,
+                hosts,
+            }
+        }
+    }
+
     /// The request's kind in snake case (`pool_create`), for metrics and logs.
     pub fn kind(&self) -> &'static str {
         match self {

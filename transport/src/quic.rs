@@ -146,6 +146,7 @@ impl Endpoint {
 
     /// An endpoint on this one's socket that dials as `identity`: many peers of one
     /// process (a load generator's thousands of hosts) need not hold a socket each.
+    /// Closing any of them closes the socket for all.
     pub fn sharing(&self, identity: &Identity) -> Result<Self, TransportError> {
         Ok(Self {
             inner: self.inner.clone(),

@@ -241,20 +241,8 @@ impl Dashboard {
             ["api", "pools"] => parse::<PoolForm>(body).and_then(|f| f.request(request_id)),
             ["api", "pools", pool, action @ ("assign" | "unassign")] => parse::<HostsForm>(body)
                 .map(|f| {
-                    let (pool, hosts) = ((*pool).to_owned(), f.hosts());
-                    if *action == "assign" {
-                        ApiRequest::PoolAssign {
-                            request_id,
-                            pool,
-                            hosts,
-                        }
-                    } else {
-                        ApiRequest::PoolUnassign {
-                            request_id,
-                            pool,
-                            hosts,
-                        }
-                    }
+                    let assign = *action == "assign";
+                    ApiRequest::pool_hosts(request_id, (*pool).to_owned(), f.hosts(), assign)
                 }),
             ["api", "vms"] => parse::<VmForm>(body).and_then(|f| f.request(request_id)),
             ["api", "vms", name, power @ ("start" | "stop")] => Ok(ApiRequest::VmSetPower {
