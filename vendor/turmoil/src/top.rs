@@ -6,7 +6,7 @@ use crate::{config, TRACING_TARGET};
 use indexmap::IndexMap;
 use rand::{Rng, RngCore};
 use rand_distr::{Distribution, Exp};
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io::{Error, ErrorKind, Result};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -23,6 +23,15 @@ pub(crate) struct Topology {
     /// forward in the same way we do it elsewhere. We'd like to represent
     /// network state with async in the future.
     rt: Rt<'static>,
+
+    /// The links with messages in flight (a non-empty `sent` queue), by their index in
+    /// `links`. Only these need ticking: a link with nothing in flight has nothing to do.
+    busy: BTreeSet<usize>,
+
+    /// For each host, the links holding messages ready for it, by their index in `links`.
+    /// Delivering to a host visits only these, in the order of `links`, instead of every
+    /// link in the world.
+    ready: HashMap<IpAddr, BTreeSet<usize>>,
 }
 
 /// This type is used as the key in the [`Topology::links`] map. See [`new`]
@@ -46,6 +55,7 @@ impl Pair {
 /// An iterator for the network topology, providing access to all active links
 /// in the simulated network.
 pub struct LinksIter<'a> {
+    now: Instant,
     iter: indexmap::map::IterMut<'a, Pair, Link>,
 }
 
@@ -110,7 +120,7 @@ impl<'a> Iterator for LinksIter<'a> {
         Some(LinkIter {
             a: pair.0,
             b: pair.1,
-            now: link.now,
+            now: self.now,
             iter: link.sent.iter_mut(),
         })
     }
@@ -152,7 +162,8 @@ struct Link {
     /// Messages that are ready to be delivered.
     deliverable: IndexMap<IpAddr, VecDeque<Envelope>>,
 
-    /// The current network time, moved forward with [`Link::tick`].
+    /// The network time when this link was last used: set to the topology's time
+    /// before every use (links are not ticked while idle).
     now: Instant,
 }
 
@@ -178,6 +189,8 @@ impl Topology {
             config,
             links: IndexMap::new(),
             rt: Rt::no_software(),
+            busy: BTreeSet::new(),
+            ready: HashMap::new(),
         }
     }
 
@@ -192,23 +205,19 @@ impl Topology {
     }
 
     pub(crate) fn set_link_message_latency(&mut self, a: IpAddr, b: IpAddr, value: Duration) {
-        let pair = Pair::new(a, b);
-        let latency = self
-            .links
-            .get_mut(&pair)
-            .unwrap_or_else(|| panic!("unable to find link between {pair:?}"))
-            .latency(self.config.latency());
-        latency.min_message_latency = value;
-        latency.max_message_latency = value;
+        let global = self.config.latency().clone();
+        self.with_link(&Pair::new(a, b), |link| {
+            let latency = link.latency(&global);
+            latency.min_message_latency = value;
+            latency.max_message_latency = value;
+        });
     }
 
     pub(crate) fn set_link_max_message_latency(&mut self, a: IpAddr, b: IpAddr, value: Duration) {
-        let pair = Pair::new(a, b);
-        self.links
-            .get_mut(&pair)
-            .unwrap_or_else(|| panic!("unable to find link between {pair:?}"))
-            .latency(self.config.latency())
-            .max_message_latency = value;
+        let global = self.config.latency().clone();
+        self.with_link(&Pair::new(a, b), |link| {
+            link.latency(&global).max_message_latency = value;
+        });
     }
 
     pub(crate) fn set_message_latency_curve(&mut self, value: f64) {
@@ -220,12 +229,10 @@ impl Topology {
     }
 
     pub(crate) fn set_link_fail_rate(&mut self, a: IpAddr, b: IpAddr, value: f64) {
-        let pair = Pair::new(a, b);
-        self.links
-            .get_mut(&pair)
-            .unwrap_or_else(|| panic!("unable to find link between {pair:?}"))
-            .message_loss(self.config.message_loss())
-            .fail_rate = value;
+        let global = self.config.message_loss().clone();
+        self.with_link(&Pair::new(a, b), |link| {
+            link.message_loss(&global).fail_rate = value;
+        });
     }
 
     // Send a `message` from `src` to `dst`. This method returns immediately,
@@ -238,8 +245,13 @@ impl Topology {
         dst: SocketAddr,
         message: Protocol,
     ) -> Result<()> {
-        if let Some(link) = self.links.get_mut(&Pair::new(src.ip(), dst.ip())) {
-            link.enqueue_message(&self.config, rand, src, dst, message)
+        if let Some(index) = self.links.get_index_of(&Pair::new(src.ip(), dst.ip())) {
+            let now = self.rt.now();
+            let link = &mut self.links[index];
+            link.now = now;
+            let result = link.enqueue_message(&self.config, rand, src, dst, message);
+            self.reindex(index);
+            result
         } else {
             Err(Error::new(
                 ErrorKind::ConnectionRefused,
@@ -249,58 +261,101 @@ impl Topology {
     }
 
     // Move messages from any network links to the `dst` host.
+    //
+    // Only the links holding messages ready for `dst` are visited, in the order of
+    // `links`: the others have nothing for it. (A message bounced back by `dst` becomes
+    // ready for its sender, never for `dst`, so the set cannot grow while it is walked.)
     pub(crate) fn deliver_messages(&mut self, rand: &mut dyn RngCore, dst: &mut Host) {
-        for (pair, link) in &mut self.links {
-            if pair.0 == dst.addr || pair.1 == dst.addr {
-                link.deliver_messages(&self.config, rand, dst);
-            }
+        let Some(ready) = self.ready.get_mut(&dst.addr) else {
+            return;
+        };
+        let indices = std::mem::take(ready);
+        let now = self.rt.now();
+        for index in indices {
+            let link = &mut self.links[index];
+            link.now = now;
+            link.deliver_messages(&self.config, rand, dst);
+            self.reindex(index);
         }
     }
 
     pub(crate) fn hold(&mut self, a: IpAddr, b: IpAddr) {
-        self.get_link_mut(&Pair::new(a, b)).hold();
+        self.with_link(&Pair::new(a, b), Link::hold);
     }
 
     pub(crate) fn release(&mut self, a: IpAddr, b: IpAddr) {
-        self.get_link_mut(&Pair::new(a, b)).release();
+        self.with_link(&Pair::new(a, b), Link::release);
     }
 
     pub(crate) fn partition(&mut self, a: IpAddr, b: IpAddr) {
-        self.get_link_mut(&Pair::new(a, b)).explicit_partition();
+        self.with_link(&Pair::new(a, b), Link::explicit_partition);
     }
 
     pub(crate) fn partition_oneway(&mut self, a: IpAddr, b: IpAddr) {
-        let link = &mut self.get_link_mut(&Pair::new(a, b));
-        link.partition_oneway(a, b);
+        self.with_link(&Pair::new(a, b), |link| link.partition_oneway(a, b));
     }
 
     pub(crate) fn repair(&mut self, a: IpAddr, b: IpAddr) {
-        self.get_link_mut(&Pair::new(a, b)).explicit_repair();
+        self.with_link(&Pair::new(a, b), Link::explicit_repair);
     }
 
     pub(crate) fn repair_oneway(&mut self, a: IpAddr, b: IpAddr) {
-        let link = &mut self.get_link_mut(&Pair::new(a, b));
-        link.repair_oneway(a, b);
+        self.with_link(&Pair::new(a, b), |link| link.repair_oneway(a, b));
     }
 
+    // Moves the network's time forward, ticking only the links with messages in flight.
     pub(crate) fn tick_by(&mut self, duration: Duration) {
         let _ = self.rt.tick(duration);
-        for link in self.links.values_mut() {
-            link.tick(self.rt.now());
+        let now = self.rt.now();
+        for index in std::mem::take(&mut self.busy) {
+            self.links[index].tick(now);
+            self.reindex(index);
         }
     }
 
     pub(crate) fn iter_mut(&mut self) -> LinksIter<'_> {
+        // Scheduling a message for delivery through the iterator leaves it in `sent`, so
+        // its link stays busy and is ticked next step: nothing to reindex afterwards.
         LinksIter {
+            now: self.rt.now(),
             iter: self.links.iter_mut(),
         }
     }
 
-    #[inline]
-    fn get_link_mut(&mut self, pair: &Pair) -> &mut Link {
-        self.links
-            .get_mut(pair)
-            .unwrap_or_else(|| panic!("unable to find link between {pair:?}"))
+    /// Runs `f` on the link between `pair`, at the network's current time, and updates
+    /// which links are busy or ready afterwards.
+    fn with_link<R>(&mut self, pair: &Pair, f: impl FnOnce(&mut Link) -> R) -> R {
+        let index = self
+            .links
+            .get_index_of(pair)
+            .unwrap_or_else(|| panic!("unable to find link between {pair:?}"));
+        let link = &mut self.links[index];
+        link.now = self.rt.now();
+        let result = f(link);
+        self.reindex(index);
+        result
+    }
+
+    /// Records whether the link at `index` has messages in flight, and for which of its
+    /// ends it holds messages ready.
+    fn reindex(&mut self, index: usize) {
+        let (pair, link) = self.links.get_index(index).expect("a link's index");
+        if link.sent.is_empty() {
+            self.busy.remove(&index);
+        } else {
+            self.busy.insert(index);
+        }
+        for end in [pair.0, pair.1] {
+            if link
+                .deliverable
+                .get(&end)
+                .is_some_and(|queue| !queue.is_empty())
+            {
+                self.ready.entry(end).or_default().insert(index);
+            } else if let Some(ready) = self.ready.get_mut(&end) {
+                ready.remove(&index);
+            }
+        }
     }
 }
 
