@@ -157,6 +157,23 @@ impl Context {
         self.stepping_down.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// The leadership this node knows of, for a host whose leader went silent: the term and
+    /// its leader (this node or another) with the leader's address.
+    pub(crate) fn who_leads(&self) -> qvdc_transport::protocol::HostReply {
+        let watch = self.raft.metrics();
+        let metrics = watch.borrow();
+        let leader = current_leader(&metrics);
+        qvdc_transport::protocol::HostReply::Leader {
+            leadership: leader
+                .as_ref()
+                .map(|hint| qvdc_transport::protocol::Leadership {
+                    term: metrics.current_term,
+                    node: hint.node_id,
+                }),
+            addr: leader.map(|hint| hint.addr),
+        }
+    }
+
     pub(crate) fn not_leader(&self) -> Response {
         Response::NotLeader {
             leader: self.leader_hint(),

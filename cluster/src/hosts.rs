@@ -34,6 +34,12 @@ pub(crate) async fn handle(
             reason: format!("host {host_id}: {reason}"),
         };
     }
+    if let HostMessage::WhoLeads { .. } = message {
+        // Asked by a host whose leader went silent: what this node knows, at once, whether
+        // it leads or follows (no confirmation round: the host registers with the node named
+        // and that registration confirms it).
+        return Response::Host(node.who_leads());
+    }
     let supervision = match node.leading().await {
         Ok(supervision) => supervision,
         Err(response) => return response,
@@ -90,6 +96,7 @@ pub(crate) async fn handle(
                 Err(response) => response,
             }
         }
+        HostMessage::WhoLeads { .. } => Response::Host(node.who_leads()),
     }
 }
 

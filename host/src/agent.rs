@@ -16,8 +16,9 @@ use qvdc_transport::{
     limits::{VM_MEMORY_BYTES_MIN, VM_VCPUS_MAX},
     protocol::{
         CommandOutput, CommandResult, HostCommand, HostCommandKind, HostError, HostErrorKind,
-        HostMessage, HostReply, Inventory, IsolationResponse, NetworkReport, PowerState, Request,
-        Response, VmDisk, VmReport, VmSpec, HOST_LEASE_MS, ISOLATION_RESPONSE_MS,
+        HostMessage, HostReply, Inventory, IsolationResponse, Leadership, NetworkReport,
+        PowerState, Request, Response, VmDisk, VmReport, VmSpec, HOST_LEASE_MS,
+        ISOLATION_RESPONSE_MS,
     },
     quic, Endpoint, TransportError,
 };
@@ -31,13 +32,27 @@ use crate::{
     mounter::Mounter,
     network::{Networker, Networks},
     pools::{validate_volume_name, PoolOp, Pools},
+    silence::{self, Silence},
     source_policy::SourcePolicy,
     vms::{VmOp, Vms},
 };
 
 pub const HEARTBEAT_INTERVAL_MS_DEFAULT: u64 = 1_000;
-/// A heartbeat or registration not answered within this long counts as a lost leader.
+/// A request whose connection has heard nothing from the leader for this long (not even an
+/// acknowledgement) counts as a lost leader; so does any request not answered within
+/// [`SLOW_ANSWER_MAX_MS`]. A first survey and the hypervisor's self-description wait this
+/// long too.
 pub const REQUEST_TIMEOUT_MS: u64 = 2_000;
+/// How long a leader whose transport still acknowledges may take to answer a request
+/// before the session is given up: a busy leader keeps its hosts (re-dialing would only add
+/// a handshake to its load), but not beyond the point where the host's lease
+/// ([`HOST_LEASE_MS`]) could not be renewed by the answer anyway.
+pub const SLOW_ANSWER_MAX_MS: u64 = 6_000;
+/// While the leader is silent (or slower than [`REQUEST_TIMEOUT_MS`]), how often the agent
+/// asks another control-plane node who leads.
+pub const ASK_WHO_LEADS_EVERY_MS: u64 = 500;
+/// How long asking another node who leads may take, dialing it included.
+pub const ASK_WHO_LEADS_TIMEOUT_MS: u64 = 500;
 /// A domain list older than this many heartbeat intervals (the hypervisor has not answered
 /// since) is reported with every power state Unknown.
 pub const SURVEY_STALE_AFTER_BEATS: u64 = 3;
@@ -137,10 +152,20 @@ pub struct Agent<M, H, N> {
     report_now: Arc<Notify>,
     /// Signalled when a survey asked for by `report_now` is done: time to send a heartbeat.
     surveyed: Arc<Notify>,
+    /// The session's leader and its leadership, once registered.
+    leader: Option<(SocketAddr, Leadership)>,
+    /// A connection to a node asked who leads, kept for the session (asking again costs no
+    /// handshake, and if that node becomes the leader the session moves onto it).
+    standby: Option<(SocketAddr, qvdc_transport::quinn::Connection)>,
+    /// How many times another node was asked who leads (picks the next one to ask).
+    asked: usize,
 }
 
 enum SessionEnd {
     Redirect(SocketAddr),
+    /// Another node leads at a newer term than the session's leader: go there at once,
+    /// on the connection already open to it if there is one.
+    Moved(SocketAddr, Option<qvdc_transport::quinn::Connection>),
     Failed(String),
 }
 
@@ -189,6 +214,9 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
             fence: Arc::new(fence),
             report_now,
             surveyed: Arc::new(Notify::new()),
+            leader: None,
+            standby: None,
+            asked: 0,
         }
     }
 
@@ -229,17 +257,28 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
         }
         let mut next = 0usize;
         let mut hint = None;
+        let mut open = None;
         let mut failed: Option<SocketAddr> = None;
         let mut failures = 0u32;
         loop {
             let addr = hint
                 .take()
                 .unwrap_or_else(|| self.next_address(&mut next, failed));
-            match self.session(addr, &mut failures).await {
+            let end = self.session(addr, open.take(), &mut failures).await;
+            self.leader = None;
+            if let Some((_, standby)) = self.standby.take() {
+                standby.close(0u32.into(), b"session over");
+            }
+            match end {
                 SessionEnd::Redirect(leader) => {
                     debug!(%addr, %leader, "redirected to the leader");
                     hint = Some(leader);
                     tokio::time::sleep(Duration::from_millis(REDIAL_BACKOFF_MS_MIN / 2)).await;
+                }
+                SessionEnd::Moved(leader, connection) => {
+                    info!(from = %addr, to = %leader, "another node leads now; moving there");
+                    hint = Some(leader);
+                    open = connection;
                 }
                 SessionEnd::Failed(reason) => {
                     self.config.metrics.sessions_failed.inc();
@@ -267,25 +306,122 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
         addr
     }
 
+    /// Sends `message` to the leader and waits for its answer: for as long as the leader's
+    /// transport acknowledges what this host sends (up to [`SLOW_ANSWER_MAX_MS`]), and not
+    /// once it has acknowledged nothing for [`REQUEST_TIMEOUT_MS`]. While it is silent or
+    /// slow, other nodes are asked who leads; one that names a newer leader ends the
+    /// session with a move there.
     async fn request(
-        &self,
+        &mut self,
         connection: &qvdc_transport::quinn::Connection,
         message: HostMessage,
     ) -> Result<Response, SessionEnd> {
-        let timeout = Duration::from_millis(REQUEST_TIMEOUT_MS);
-        match tokio::time::timeout(timeout, quic::call(connection, &Request::Host(message))).await {
-            Ok(reply) => Ok(reply?),
-            Err(_) => Err(SessionEnd::Failed(format!(
-                "no answer within {REQUEST_TIMEOUT_MS} ms"
-            ))),
+        let counters = |c: &qvdc_transport::quinn::Connection| {
+            let stats = c.stats();
+            (stats.udp_tx.datagrams, stats.udp_rx.datagrams)
+        };
+        let (sent, received) = counters(connection);
+        let mut silence = Silence::new(sent, received);
+        let request = Request::Host(message);
+        let call = quic::call(connection, &request);
+        tokio::pin!(call);
+        let started = Instant::now();
+        let mut next_ask = started;
+        let mut check = tokio::time::interval(Duration::from_millis(silence::CHECK_EVERY_MS));
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                reply = &mut call => return Ok(reply?),
+                _ = check.tick() => {}
+            }
+            let now = Instant::now();
+            let (sent, received) = counters(connection);
+            let silent_for = silence.observe(sent, received, now);
+            let waited = now - started;
+            if silent_for >= Duration::from_millis(REQUEST_TIMEOUT_MS) {
+                return Err(SessionEnd::Failed(format!(
+                    "the leader acknowledged nothing for {} ms",
+                    silent_for.as_millis()
+                )));
+            }
+            if waited >= Duration::from_millis(SLOW_ANSWER_MAX_MS) {
+                return Err(SessionEnd::Failed(format!(
+                    "no answer within {SLOW_ANSWER_MAX_MS} ms"
+                )));
+            }
+            let late = Silence::is_silent(silent_for)
+                || waited >= Duration::from_millis(REQUEST_TIMEOUT_MS);
+            if late && now >= next_ask {
+                if let Some((at, leadership)) = self.leader {
+                    next_ask = now + Duration::from_millis(ASK_WHO_LEADS_EVERY_MS);
+                    if let Some(moved) = self.who_leads(at, leadership).await {
+                        return Err(moved);
+                    }
+                }
+            }
         }
     }
 
-    /// One session with the control plane at `addr`; a registration resets `failures`.
-    async fn session(&mut self, addr: SocketAddr, failures: &mut u32) -> SessionEnd {
-        let connection = match self.endpoint.connect(addr).await {
-            Ok(c) => c,
-            Err(e) => return e.into(),
+    /// Asks another control-plane node who leads (one node per call, in turn). Returns a
+    /// move if it names a leader of a newer term than `leadership`, the session's.
+    async fn who_leads(
+        &mut self,
+        leader: SocketAddr,
+        leadership: Leadership,
+    ) -> Option<SessionEnd> {
+        let others: Vec<SocketAddr> = (self.config.cluster.iter().copied())
+            .filter(|addr| *addr != leader)
+            .collect();
+        let addr = *others.get(self.asked % others.len().max(1))?;
+        self.asked = self.asked.wrapping_add(1);
+        let limit = Duration::from_millis(ASK_WHO_LEADS_TIMEOUT_MS);
+        let asked = async {
+            let connection = match self.standby.take() {
+                Some((at, c)) if at == addr && c.close_reason().is_none() => c,
+                _ => self.endpoint.connect(addr).await.ok()?,
+            };
+            let ask = HostMessage::WhoLeads {
+                host_id: self.config.host_id.clone(),
+            };
+            let reply = quic::call(&connection, &Request::Host(ask)).await.ok();
+            Some((connection, reply))
+        };
+        let (connection, reply) = tokio::time::timeout(limit, asked).await.ok()??;
+        let named = match reply {
+            Some(Response::Host(HostReply::Leader {
+                leadership: Some(named),
+                addr: Some(at),
+            })) if named.term > leadership.term && named.node != leadership.node => {
+                at.parse::<SocketAddr>().ok()
+            }
+            _ => None,
+        };
+        match named {
+            Some(new_leader) => {
+                let reuse = (new_leader == addr).then_some(connection);
+                Some(SessionEnd::Moved(new_leader, reuse))
+            }
+            None => {
+                self.standby = Some((addr, connection));
+                None
+            }
+        }
+    }
+
+    /// One session with the control plane at `addr` (on `open` if a connection to it is
+    /// open already); a registration resets `failures`.
+    async fn session(
+        &mut self,
+        addr: SocketAddr,
+        open: Option<qvdc_transport::quinn::Connection>,
+        failures: &mut u32,
+    ) -> SessionEnd {
+        let connection = match open {
+            Some(connection) => connection,
+            None => match self.endpoint.connect(addr).await {
+                Ok(c) => c,
+                Err(e) => return e.into(),
+            },
         };
         // A first registration waits briefly for the first survey, so the leader does not
         // take an empty domain list for what the host runs.
@@ -309,6 +445,7 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
             return SessionEnd::Failed(e.to_string());
         }
         *failures = 0;
+        self.leader = Some((addr, leadership));
         let capabilities = HostMessage::Capabilities {
             host_id: self.config.host_id.clone(),
             leases: true,

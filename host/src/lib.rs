@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod mounter;
 pub mod network;
 pub mod pools;
+pub mod silence;
 pub mod source_policy;
 pub mod testing;
 pub mod vms;

@@ -414,6 +414,11 @@ pub enum HostMessage {
         leases: bool,
         migration_uri: Option<String>,
     },
+    /// Asked of another node while the host's leader is silent or slow to answer: who
+    /// leads, as far as that node knows. It changes nothing, and any node answers it, with
+    /// `HostReply::Leader` (a node of the previous release answers `Malformed`, which tells
+    /// the host nothing).
+    WhoLeads { host_id: String },
 }
 
 impl HostMessage {
@@ -423,7 +428,8 @@ impl HostMessage {
             HostMessage::Register { host_id, .. }
             | HostMessage::Heartbeat { host_id, .. }
             | HostMessage::InventoryChanged { host_id, .. }
-            | HostMessage::Capabilities { host_id, .. } => host_id,
+            | HostMessage::Capabilities { host_id, .. }
+            | HostMessage::WhoLeads { host_id } => host_id,
         }
     }
 }
@@ -508,6 +514,7 @@ impl HostMessage {
                 check_vm_reports(vms)
             }
             HostMessage::InventoryChanged { inventory, .. } => inventory.check(),
+            HostMessage::WhoLeads { .. } => Ok(()),
             HostMessage::Capabilities { migration_uri, .. } => {
                 migration_uri.as_deref().map_or(Ok(()), |uri| {
                     bounded_text("a migration URI", uri, NAME_BYTES_MAX)
@@ -556,6 +563,13 @@ pub enum HostReply {
     /// the connection's last answer (`None`: as before).
     Lease {
         fenced: Option<Vec<FencedVm>>,
+    },
+    /// The answer to `WhoLeads`: the leadership the answering node knows of (which may be
+    /// its own) and that leader's address; `None` while it knows no leader (an election is
+    /// under way, or it is cut off).
+    Leader {
+        leadership: Option<Leadership>,
+        addr: Option<String>,
     },
 }
 

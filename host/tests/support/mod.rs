@@ -30,10 +30,11 @@ pub fn identity(dir: &Path, name: &str) -> Identity {
     .unwrap()
 }
 
-/// A CA, a server certificate `node-1` and a host certificate `host-1` in `dir`.
+/// A CA, server certificates `node-1` and `node-2` and a host certificate `host-1` in `dir`.
 pub fn certificates(dir: &Path) {
     tls::init_ca(dir).unwrap();
     tls::issue(dir, Role::Server, "node-1").unwrap();
+    tls::issue(dir, Role::Server, "node-2").unwrap();
     tls::issue(dir, Role::Host, "host-1").unwrap();
 }
 
@@ -54,9 +55,18 @@ pub fn start_sim_agent(
     leader: SocketAddr,
     rescan_inventory: Option<InventoryRescan>,
 ) -> tokio::task::JoinHandle<()> {
+    start_sim_agent_in(dir, vec![leader], rescan_inventory)
+}
+
+/// `start_sim_agent` with a control plane of several nodes, dialed in the order given.
+pub fn start_sim_agent_in(
+    dir: &Path,
+    cluster: Vec<SocketAddr>,
+    rescan_inventory: Option<InventoryRescan>,
+) -> tokio::task::JoinHandle<()> {
     let config = AgentConfig {
         host_id: "host-1".into(),
-        cluster: vec![leader],
+        cluster,
         pool_root: dir.join("pools"),
         pool_sources: qvdc_host::source_policy::SourcePolicy::new(Vec::new(), Some(dir.into())),
         inventory: small_inventory(),
@@ -105,6 +115,10 @@ pub async fn accept_host(endpoint: &Endpoint, leadership: Leadership) -> HostSes
                 HostMessage::Heartbeat { .. }
                 | HostMessage::InventoryChanged { .. }
                 | HostMessage::Capabilities { .. } => HostReply::HeartbeatAck,
+                HostMessage::WhoLeads { .. } => HostReply::Leader {
+                    leadership: Some(leadership),
+                    addr: None,
+                },
             };
             let _ = record.send(message);
             let _ = quic::respond(send, &Response::Host(reply)).await;

@@ -1,0 +1,206 @@
+//! How a host follows its leader: it moves to a new leader as soon as the old one's
+//! transport goes silent and another node names a newer leadership (not a request timeout
+//! later), and it keeps the session of a leader that is alive but slow to answer (a
+//! re-dial would only add a handshake to a busy leader's load).
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use qvdc_host::agent::REQUEST_TIMEOUT_MS;
+use qvdc_transport::{
+    protocol::{HostMessage, HostReply, Leadership, Request, Response},
+    quic, Endpoint,
+};
+use tokio::{net::UdpSocket, sync::mpsc, time::Instant};
+
+mod support;
+
+use support::{certificates, identity, start_sim_agent_in};
+
+const OLD: Leadership = Leadership { term: 5, node: 1 };
+const NEW: Leadership = Leadership { term: 6, node: 2 };
+
+/// A stand-in control-plane node: answers every host request on every connection with
+/// `answer`, after `delay`; reports each request (and on which connection, by number).
+fn serve(
+    endpoint: Endpoint,
+    delay: Duration,
+    answer: impl Fn(&HostMessage) -> HostReply + Send + Sync + 'static,
+) -> (
+    mpsc::UnboundedReceiver<(usize, HostMessage)>,
+    Arc<AtomicUsize>,
+) {
+    let (seen, requests) = mpsc::unbounded_channel();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let accepted = connections.clone();
+    let answer = Arc::new(answer);
+    tokio::spawn(async move {
+        while let Some(incoming) = endpoint.accept().await {
+            let Ok(connection) = incoming.await else {
+                continue;
+            };
+            let number = accepted.fetch_add(1, Ordering::SeqCst) + 1;
+            let (seen, answer) = (seen.clone(), answer.clone());
+            tokio::spawn(async move {
+                while let Ok((send, mut recv)) = connection.accept_bi().await {
+                    let (seen, answer) = (seen.clone(), answer.clone());
+                    tokio::spawn(async move {
+                        let Ok(Request::Host(message)) = quic::read_request(&mut recv).await else {
+                            return;
+                        };
+                        let reply = answer(&message);
+                        let _ = seen.send((number, message));
+                        tokio::time::sleep(delay).await;
+                        let _ = quic::respond(send, &Response::Host(reply)).await;
+                    });
+                }
+            });
+        }
+    });
+    (requests, connections)
+}
+
+fn standard(leadership: Leadership) -> impl Fn(&HostMessage) -> HostReply {
+    move |message| match message {
+        HostMessage::Register { .. } => HostReply::Registered { leadership },
+        _ => HostReply::HeartbeatAck,
+    }
+}
+
+/// A UDP relay in front of `to` that can be cut: from then on it drops every datagram
+/// both ways, as a machine that lost power would (nothing is closed, nothing refused).
+async fn relay(to: SocketAddr) -> (SocketAddr, Arc<AtomicBool>) {
+    let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let back = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let addr = front.local_addr().unwrap();
+    let cut = Arc::new(AtomicBool::new(false));
+    let client = Arc::new(std::sync::Mutex::new(None::<SocketAddr>));
+    {
+        let (front, back, cut, client) = (front.clone(), back.clone(), cut.clone(), client.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65_536];
+            while let Ok((n, from)) = front.recv_from(&mut buf).await {
+                *client.lock().unwrap() = Some(from);
+                if !cut.load(Ordering::SeqCst) {
+                    let _ = back.send_to(&buf[..n], to).await;
+                }
+            }
+        });
+    }
+    {
+        let cut = cut.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65_536];
+            while let Ok((n, _)) = back.recv_from(&mut buf).await {
+                let to_client = *client.lock().unwrap();
+                if let (false, Some(to_client)) = (cut.load(Ordering::SeqCst), to_client) {
+                    let _ = front.send_to(&buf[..n], to_client).await;
+                }
+            }
+        });
+    }
+    (addr, cut)
+}
+
+fn node(dir: &std::path::Path, name: &str) -> Endpoint {
+    Endpoint::bind("127.0.0.1:0".parse().unwrap(), &identity(dir, name), true).unwrap()
+}
+
+async fn next(
+    requests: &mut mpsc::UnboundedReceiver<(usize, HostMessage)>,
+    within: Duration,
+) -> (usize, HostMessage) {
+    tokio::time::timeout(within, requests.recv())
+        .await
+        .expect("the host sent nothing in time")
+        .expect("the stand-in stopped")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_moves_to_a_new_leader_as_soon_as_the_old_one_goes_silent() {
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path());
+    let old = node(dir.path(), "node-1");
+    let (old_relayed, cut) = relay(old.local_addr().unwrap()).await;
+    let (mut to_old, _) = serve(old, Duration::ZERO, standard(OLD));
+    // node-2 follows node-1 until the cut, and leads at term 6 from then on.
+    let new = node(dir.path(), "node-2");
+    let new_addr = new.local_addr().unwrap();
+    let elected = Arc::new(AtomicBool::new(false));
+    let leads = elected.clone();
+    let (mut to_new, _) = serve(new, Duration::ZERO, move |message| match message {
+        HostMessage::WhoLeads { .. } if leads.load(Ordering::SeqCst) => HostReply::Leader {
+            leadership: Some(NEW),
+            addr: Some(new_addr.to_string()),
+        },
+        HostMessage::WhoLeads { .. } => HostReply::Leader {
+            leadership: Some(OLD),
+            addr: Some(old_relayed.to_string()),
+        },
+        other => standard(NEW)(other),
+    });
+
+    let _agent = start_sim_agent_in(dir.path(), vec![old_relayed, new_addr], None);
+    let within = Duration::from_secs(10);
+    assert!(matches!(
+        next(&mut to_old, within).await.1,
+        HostMessage::Register { .. }
+    ));
+    // Heartbeats flow (every 200 ms in these tests).
+    for _ in 0..3 {
+        next(&mut to_old, within).await;
+    }
+    cut.store(true, Ordering::SeqCst);
+    elected.store(true, Ordering::SeqCst);
+    let cut_at = Instant::now();
+    let registered = loop {
+        let (_, message) = next(&mut to_new, within).await;
+        if matches!(message, HostMessage::Register { .. }) {
+            break cut_at.elapsed();
+        }
+    };
+    eprintln!("old leader silent -> registered with the new one after {registered:?}");
+    assert!(
+        registered < Duration::from_millis(REQUEST_TIMEOUT_MS) * 3 / 4,
+        "the host waited {registered:?} for a leader that acknowledged nothing; it should \
+         have asked another node within a fraction of a second"
+    );
+    let (_, heartbeat) = next(&mut to_new, within).await;
+    assert!(
+        matches!(heartbeat, HostMessage::Capabilities { .. }),
+        "{heartbeat:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_leader_keeps_its_hosts_on_their_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path());
+    let leader = node(dir.path(), "node-1");
+    let addr = leader.local_addr().unwrap();
+    // Every answer takes half again the time after which a silent leader counts as lost.
+    let slow = Duration::from_millis(REQUEST_TIMEOUT_MS * 3 / 2);
+    let (mut requests, connections) = serve(leader, slow, standard(OLD));
+    let _agent = start_sim_agent_in(dir.path(), vec![addr], None);
+    let within = Duration::from_secs(20);
+    let mut heartbeats = 0;
+    let started = Instant::now();
+    while heartbeats < 3 {
+        let (connection, message) = next(&mut requests, within).await;
+        assert_eq!(
+            connection,
+            1,
+            "the host dialed again after {:?} ({message:?}): a leader that is slow but \
+             acknowledges must keep its session",
+            started.elapsed()
+        );
+        heartbeats += usize::from(matches!(message, HostMessage::Heartbeat { .. }));
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+}
