@@ -103,8 +103,28 @@ async fn runs_on(client: &mut Client, name: &str, host: &str) -> anyhow::Result<
     .await
 }
 
-/// Begins moving `name` to `to` and returns the mode the cluster chose.
+/// Waits, as an operator would before a move, until the leader has `to` reporting the
+/// shared pool healthy: right after a leader change the new leader may not have heard from
+/// it yet, and refuses a move there.
+async fn target_ready(client: &mut Client, to: &str) -> anyhow::Result<()> {
+    eventually(
+        &format!("{to} reporting pool {POOL} to the leader"),
+        Duration::from_secs(30),
+        async || {
+            let show = ApiRequest::PoolShow { name: POOL.into() };
+            Ok(match ask(client, show).await? {
+                ApiResponse::Pool(view) => view.healthy_hosts.iter().any(|h| h == to).then_some(()),
+                _ => None,
+            })
+        },
+    )
+    .await
+}
+
+/// Begins moving `name` to `to` (once `to` is ready for it) and returns the mode the
+/// cluster chose.
 async fn migrate(client: &mut Client, name: &str, to: &str) -> anyhow::Result<MigrationMode> {
+    target_ready(client, to).await?;
     let request = ApiRequest::VmMigrate {
         request_id: client.new_request_id(),
         name: name.into(),
@@ -140,6 +160,7 @@ async fn script(
     create_vm(&mut client, "cache", "host-3").await?;
 
     // 1. Live, host-1 -> host-2: the guest is not booted again.
+    target_ready(&mut client, "host-2").await?;
     let asked = tokio::time::Instant::now();
     let mode = migrate(&mut client, "web", "host-2").await?;
     ensure!(mode == MigrationMode::Live, "web moved {mode}, not live");
