@@ -1,6 +1,6 @@
 //! Building blocks of a simulated cluster: certificates, control-plane machines, host machines.
 
-use std::{collections::BTreeMap, net::SocketAddr, path::Path, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use qvdc_actors::Timings;
 use qvdc_cluster::{Client, Node, NodeConfig, Storage};
@@ -121,7 +121,9 @@ impl SimConfig {
     }
 }
 
-/// Every identity of the cluster, created once per run in a scratch directory.
+/// Every identity of the cluster, created once per run: the CA in a scratch directory, the
+/// identities issued from it in memory (writing each one's files would cost two fsyncs per
+/// machine and run).
 pub struct Certs {
     _dir: tempfile::TempDir,
     identities: BTreeMap<String, Identity>,
@@ -131,6 +133,7 @@ impl Certs {
     pub fn new(config: &SimConfig) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         tls::init_ca(dir.path())?;
+        let ca = tls::Ca::open(dir.path())?;
         let mut names: Vec<(Role, String)> = (1..=config.nodes + u64::from(config.joining_node))
             .map(|i| (Role::Server, format!("node-{i}")))
             .collect();
@@ -138,7 +141,8 @@ impl Certs {
         names.push((Role::Operator, OPERATOR.to_owned()));
         let mut identities = BTreeMap::new();
         for (role, name) in names {
-            identities.insert(name.clone(), load(dir.path(), role, &name)?);
+            let identity = ca.identity(role, &name, tls::CERT_VALIDITY_DAYS_DEFAULT)?;
+            identities.insert(name, identity);
         }
         Ok(Self {
             _dir: dir,
@@ -149,11 +153,6 @@ impl Certs {
     pub(crate) fn get(&self, name: &str) -> Identity {
         self.identities[name].clone()
     }
-}
-
-fn load(dir: &Path, role: Role, name: &str) -> anyhow::Result<Identity> {
-    let (cert, key) = tls::issue(dir, role, name)?;
-    Ok(Identity::load(&dir.join("ca.crt"), &cert, &key)?)
 }
 
 fn addr_of(name: &str, port: u16) -> SocketAddr {
