@@ -48,8 +48,8 @@ pub const REQUEST_TIMEOUT_MS: u64 = 2_000;
 /// a handshake to its load), but not beyond the point where the host's lease
 /// ([`HOST_LEASE_MS`]) could not be renewed by the answer anyway.
 pub const SLOW_ANSWER_MAX_MS: u64 = 6_000;
-/// While the leader is silent (or slower than [`REQUEST_TIMEOUT_MS`]), how often the agent
-/// asks another control-plane node who leads.
+/// While the leader is silent, how often the agent asks another control-plane node who
+/// leads.
 pub const ASK_WHO_LEADS_EVERY_MS: u64 = 500;
 /// How long asking another node who leads may take, dialing it included.
 pub const ASK_WHO_LEADS_TIMEOUT_MS: u64 = 500;
@@ -308,9 +308,9 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
 
     /// Sends `message` to the leader and waits for its answer: for as long as the leader's
     /// transport acknowledges what this host sends (up to [`SLOW_ANSWER_MAX_MS`]), and not
-    /// once it has acknowledged nothing for [`REQUEST_TIMEOUT_MS`]. While it is silent or
-    /// slow, other nodes are asked who leads; one that names a newer leader ends the
-    /// session with a move there.
+    /// once it has acknowledged nothing for [`REQUEST_TIMEOUT_MS`]. While it is silent,
+    /// other nodes are asked who leads; one that names a newer leader ends the session
+    /// with a move there.
     async fn request(
         &mut self,
         connection: &qvdc_transport::quinn::Connection,
@@ -349,9 +349,9 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
                     "no answer within {SLOW_ANSWER_MAX_MS} ms"
                 )));
             }
-            let late = Silence::is_silent(silent_for)
-                || waited >= Duration::from_millis(REQUEST_TIMEOUT_MS);
-            if late && now >= next_ask {
+            // Only a silent leader makes the host ask around: a slow one is alive, and
+            // thousands of hosts waiting on a busy leader must not turn to its followers.
+            if Silence::is_silent(silent_for) && now >= next_ask {
                 if let Some((at, leadership)) = self.leader {
                     next_ask = now + Duration::from_millis(ASK_WHO_LEADS_EVERY_MS);
                     if let Some(moved) = self.who_leads(at, leadership).await {
@@ -418,7 +418,11 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
     ) -> SessionEnd {
         let connection = match open {
             Some(connection) => connection,
-            None => match self.endpoint.connect(addr).await {
+            None => match self
+                .endpoint
+                .connect_within(addr, connect_limit(*failures))
+                .await
+            {
                 Ok(c) => c,
                 Err(e) => return e.into(),
             },
@@ -563,6 +567,15 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
             other => Err(not_registered(other)),
         }
     }
+}
+
+/// How long a dial may take after `failures` failed sessions in a row: the transport's
+/// limit, doubled with each failure up to 8 times it. A node too busy to finish handshakes
+/// in time (thousands of hosts registering at once) gets longer each round, so the work it
+/// does on a handshake is not thrown away by a host that gave up on it; a dead node costs
+/// the short limit again after every registration.
+fn connect_limit(failures: u32) -> Duration {
+    Duration::from_millis(qvdc_transport::quic::CONNECT_TIMEOUT_MS << failures.min(3))
 }
 
 fn not_registered(reply: Response) -> SessionEnd {
