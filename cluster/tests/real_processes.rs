@@ -325,17 +325,30 @@ fn pool_flow_across_real_processes_survives_leader_kill_needs_root() {
             "no new leader within 15 s"
         );
     };
+    // Every host is alive throughout: the new leader must never show one Unreachable.
+    let mut shown_lost = Vec::new();
     let after = eventually(
         &cluster,
         "aggregate from a new leader",
         Duration::from_secs(15),
         || {
+            if let Some(hosts) = cluster.json(&["host", "list"]) {
+                let lost = hosts.as_array().into_iter().flatten();
+                shown_lost.extend(
+                    lost.filter(|h| h["liveness"] == "Unreachable")
+                        .map(|h| (h["host_id"].clone(), killed_at.elapsed())),
+                );
+            }
             let view = cluster
                 .json(&["pool", "show", "shared"])
                 .and_then(settled)?;
             let status = cluster.json(&["cluster", "status"])?;
             (status["leader"].as_u64() != Some(leader as u64)).then_some(view)
         },
+    );
+    assert!(
+        shown_lost.is_empty(),
+        "live hosts shown Unreachable after the leader kill: {shown_lost:?}"
     );
     eprintln!(
         "leader kill -9 -> new leader seen after {:?}; same aggregate from node {} after {:?} \

@@ -91,8 +91,13 @@ impl Actor for HostSupervisor {
                 let _ = reply.send(Instant::now().saturating_duration_since(since));
             }
             HostMsg::Liveness(reply) => {
+                // A host this tree has not heard from yet is counted from the tree's start,
+                // as for its silence: a new leader gives every host one liveness bound to
+                // find it before showing it Unreachable, rather than showing every host
+                // Unreachable from its election until they re-register.
+                let since = state.last_seen.unwrap_or(state.started);
                 let _ = reply.send(liveness(
-                    state.last_seen,
+                    Some(since),
                     Instant::now(),
                     state.timings.stale_after(),
                 ));

@@ -375,3 +375,28 @@ async fn a_host_that_cannot_list_its_domains_gets_no_vm_commands_and_no_removals
     );
     supervision.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_new_leader_gives_a_host_it_has_not_heard_from_one_liveness_bound() {
+    // A new leadership's tree: host-1 is known from the desired state and has not reached
+    // this leader yet (it is finding it after the election).
+    let (_tx, rx) = watch::channel(Arc::new(desired()));
+    let supervision = Supervision::start(LEADERSHIP, rx, Timings::default())
+        .await
+        .unwrap();
+    settle().await;
+    let liveness = supervision.liveness().await.unwrap();
+    assert_eq!(
+        liveness.get("host-1"),
+        Some(&qvdc_transport::protocol::Liveness::Ready),
+        "a host is not shown lost before a new leader could have heard from it"
+    );
+    // Still nothing once the bound has passed: now it is lost.
+    tokio::time::sleep(Timings::default().stale_after() + Duration::from_millis(1)).await;
+    let liveness = supervision.liveness().await.unwrap();
+    assert_eq!(
+        liveness.get("host-1"),
+        Some(&qvdc_transport::protocol::Liveness::Unreachable)
+    );
+    supervision.stop().await;
+}
