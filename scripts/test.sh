@@ -64,6 +64,9 @@ stage chaos
 # The default simulation scenario (3 nodes, 10 hosts, every fault) over 200 seeds, on all
 # cores; a failing seed prints the command that replays it.
 cargo run --quiet -p qvdc-simulation --bin qvsim -- run --seeds 0..200
+# The same with 100 hosts, over fewer seeds: registrations, heartbeats and host faults at a
+# scale the 10-host world does not reach.
+cargo run --quiet -p qvdc-simulation --bin qvsim -- run --seeds 0..10 --hosts 100
 
 stage deliberate-bugs
 # The checkers bite: each deliberate bug (a test-only feature) is caught within a few seeds.
@@ -71,8 +74,9 @@ cargo nextest run -p qvdc-simulation --features deliberate-bugs --test deliberat
 
 stage fuzz
 # Every decoder of peer and disk bytes under libFuzzer for a few seconds each, a smoke run
-# that keeps the targets building and their seeds passing. Without AddressSanitizer here:
-# its build costs minutes of this run, and qvdc has no unsafe code of its own; the long
-# runs, with it, are in docs/security.md (scripts/fuzz.sh).
-QVDC_FUZZ_SANITIZER="${QVDC_FUZZ_SANITIZER:-none}" QVDC_FUZZ_SECONDS="${QVDC_FUZZ_SECONDS:-6}" \
-  ./scripts/fuzz.sh
+# that keeps the targets building and their seeds passing. Without AddressSanitizer and
+# without optimisation here: both cost minutes of this run's build, and qvdc has no unsafe
+# code of its own; the long runs, optimised and with the sanitizer, are in
+# docs/security.md (scripts/fuzz.sh).
+QVDC_FUZZ_SANITIZER="${QVDC_FUZZ_SANITIZER:-none}" QVDC_FUZZ_PROFILE="${QVDC_FUZZ_PROFILE:-dev}" \
+  QVDC_FUZZ_SECONDS="${QVDC_FUZZ_SECONDS:-6}" ./scripts/fuzz.sh
