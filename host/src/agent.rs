@@ -418,11 +418,7 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
     ) -> SessionEnd {
         let connection = match open {
             Some(connection) => connection,
-            None => match self
-                .endpoint
-                .connect_within(addr, connect_limit(*failures))
-                .await
-            {
+            None => match self.endpoint.connect(addr).await {
                 Ok(c) => c,
                 Err(e) => return e.into(),
             },
@@ -567,15 +563,6 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
             other => Err(not_registered(other)),
         }
     }
-}
-
-/// How long a dial may take after `failures` failed sessions in a row: the transport's
-/// limit, doubled with each failure up to 8 times it. A node too busy to finish handshakes
-/// in time (thousands of hosts registering at once) gets longer each round, so the work it
-/// does on a handshake is not thrown away by a host that gave up on it; a dead node costs
-/// the short limit again after every registration.
-fn connect_limit(failures: u32) -> Duration {
-    Duration::from_millis(qvdc_transport::quic::CONNECT_TIMEOUT_MS << failures.min(3))
 }
 
 fn not_registered(reply: Response) -> SessionEnd {

@@ -18,12 +18,6 @@ pub const CONNECTIONS_MAX: usize = 16_384;
 /// Handshakes in progress from addresses QUIC has not validated yet; past this, new ones
 /// must first prove their address with a Retry round trip (a spoofed flood cannot).
 pub const HANDSHAKES_UNVALIDATED_MAX: usize = 64;
-/// Handshakes in progress in all, validated or not. Past this a node refuses new attempts
-/// at once, and the peer dials again after its backoff, rather than starting cryptographic
-/// work it may not finish before the peer gives up: a registration storm of thousands of
-/// hosts then goes through at the rate the node can handshake, each handshake done once,
-/// instead of timing out and being started again.
-pub const HANDSHAKES_MAX: usize = 256;
 /// Connections one host certificate may hold: one to the leader, plus a re-dial that
 /// overlaps the old connection's last moments.
 pub const CONNECTIONS_PER_HOST_MAX: usize = 4;
@@ -87,58 +81,24 @@ fn per_identity_max(role: Role) -> usize {
     }
 }
 
-/// What a connection attempt says about itself.
-#[derive(Debug, Clone, Copy)]
-struct Attempt {
-    /// QUIC has validated its address (it came back with a Retry token).
-    validated: bool,
-    /// It may still be sent a Retry.
-    may_retry: bool,
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum Screened {
-    Refuse,
-    Retry,
-    Proceed,
-}
-
-/// The decision on a connection attempt, given the handshakes in progress and the
-/// connections held.
-fn screen(handshaking: usize, total: usize, attempt: Attempt) -> Screened {
-    if total >= CONNECTIONS_MAX || handshaking >= HANDSHAKES_MAX {
-        return Screened::Refuse;
-    }
-    if handshaking >= HANDSHAKES_UNVALIDATED_MAX && !attempt.validated && attempt.may_retry {
-        return Screened::Retry;
-    }
-    Screened::Proceed
-}
-
 impl Admission {
     /// Decides what to do with a connection attempt: `None` if it was answered with a
     /// Retry (or refused) and is gone, otherwise the attempt to complete with [`Self::admit`].
     pub fn screen(&self, incoming: quinn::Incoming) -> Option<quinn::Incoming> {
-        let (handshaking, total) = {
-            let counts = self.state.lock().expect("admission lock poisoned");
-            (counts.handshaking, counts.total)
-        };
-        let attempt = Attempt {
-            validated: incoming.remote_address_validated(),
-            may_retry: incoming.may_retry(),
-        };
-        match screen(handshaking, total, attempt) {
-            Screened::Refuse => {
-                incoming.refuse();
-                None
-            }
-            Screened::Retry => {
-                // quinn answers with a Retry token; an honest peer comes back at once.
-                let _ = incoming.retry();
-                None
-            }
-            Screened::Proceed => Some(incoming),
+        let counts = self.state.lock().expect("admission lock poisoned");
+        if counts.total >= CONNECTIONS_MAX {
+            drop(counts);
+            incoming.refuse();
+            return None;
         }
+        let busy = counts.handshaking >= HANDSHAKES_UNVALIDATED_MAX;
+        drop(counts);
+        if busy && !incoming.remote_address_validated() && incoming.may_retry() {
+            // quinn answers with a Retry token; an honest peer comes back at once.
+            let _ = incoming.retry();
+            return None;
+        }
+        Some(incoming)
     }
 
     /// Completes the handshake and admits the peer if its certificate has room left. A peer
@@ -199,34 +159,5 @@ impl Admission {
     /// Connections admitted and not yet dropped, for tests and metrics.
     pub fn connections(&self) -> usize {
         self.state.lock().expect("admission lock poisoned").total
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const NEW: Attempt = Attempt {
-        validated: false,
-        may_retry: true,
-    };
-    const VALIDATED: Attempt = Attempt {
-        validated: true,
-        may_retry: false,
-    };
-
-    #[test]
-    fn attempts_past_the_handshake_bound_are_refused_even_from_validated_addresses() {
-        assert_eq!(screen(0, 0, NEW), Screened::Proceed);
-        assert_eq!(screen(HANDSHAKES_UNVALIDATED_MAX, 0, NEW), Screened::Retry);
-        assert_eq!(
-            screen(HANDSHAKES_UNVALIDATED_MAX, 0, VALIDATED),
-            Screened::Proceed,
-            "an address that came back with its Retry token is let through"
-        );
-        assert_eq!(screen(HANDSHAKES_MAX - 1, 0, VALIDATED), Screened::Proceed);
-        assert_eq!(screen(HANDSHAKES_MAX, 0, VALIDATED), Screened::Refuse);
-        assert_eq!(screen(HANDSHAKES_MAX, 0, NEW), Screened::Refuse);
-        assert_eq!(screen(0, CONNECTIONS_MAX, VALIDATED), Screened::Refuse);
     }
 }

@@ -160,19 +160,8 @@ impl Endpoint {
             .map_err(|e| TransportError::Endpoint(e.to_string()))
     }
 
-    /// Dials a control-plane node and completes the mutual-TLS handshake, within
-    /// [`CONNECT_TIMEOUT_MS`].
+    /// Dials a control-plane node and completes the mutual-TLS handshake.
     pub async fn connect(&self, addr: SocketAddr) -> Result<quinn::Connection, TransportError> {
-        self.connect_within(addr, Duration::from_millis(CONNECT_TIMEOUT_MS))
-            .await
-    }
-
-    /// [`Endpoint::connect`] with a time limit of the caller's.
-    pub async fn connect_within(
-        &self,
-        addr: SocketAddr,
-        limit: Duration,
-    ) -> Result<quinn::Connection, TransportError> {
         let connecting = self
             .inner
             .connect_with(self.client.clone(), addr, tls::SERVER_NAME)
@@ -180,7 +169,7 @@ impl Endpoint {
                 addr,
                 reason: e.to_string(),
             })?;
-        match tokio::time::timeout(limit, connecting).await {
+        match tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connecting).await {
             Ok(Ok(connection)) => Ok(connection),
             Ok(Err(e)) => Err(TransportError::Connect {
                 addr,
@@ -188,7 +177,7 @@ impl Endpoint {
             }),
             Err(_) => Err(TransportError::ConnectTimeout {
                 addr,
-                ms: limit.as_millis() as u64,
+                ms: CONNECT_TIMEOUT_MS,
             }),
         }
     }
