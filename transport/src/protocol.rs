@@ -414,8 +414,8 @@ pub enum HostMessage {
         leases: bool,
         migration_uri: Option<String>,
     },
-    /// Asked of another node while the host's leader is silent or slow to answer: who
-    /// leads, as far as that node knows. It changes nothing, and any node answers it, with
+    /// Asked of another node while the host's leader is silent (it acknowledges nothing the
+    /// host sends): who leads, as far as that node knows. It changes nothing, and any node answers it, with
     /// `HostReply::Leader` (a node of the previous release answers `Malformed`, which tells
     /// the host nothing).
     WhoLeads { host_id: String },
@@ -1676,5 +1676,48 @@ mod tests {
             let body = to_bytes(&response).unwrap();
             assert_eq!(body[0], number, "{response:?} is variant {}", body[0]);
         }
+    }
+
+    /// The host protocol's variants keep their numbers too, and a variant a peer does not
+    /// know is refused as malformed: that is how a node of the previous release answers
+    /// `WhoLeads`, which its enum lacks, and the host takes that answer for "no idea".
+    #[test]
+    fn host_variants_keep_their_wire_numbers_and_an_unknown_one_is_malformed() {
+        let host_id = || "host-1".to_string();
+        let messages = [
+            (
+                3u8,
+                HostMessage::Capabilities {
+                    host_id: host_id(),
+                    leases: true,
+                    migration_uri: None,
+                },
+            ),
+            (4, HostMessage::WhoLeads { host_id: host_id() }),
+        ];
+        for (number, message) in messages {
+            let body = to_bytes(&message).unwrap();
+            assert_eq!(body[0], number, "{message:?} is variant {}", body[0]);
+        }
+        let replies = [
+            (3u8, HostReply::Lease { fenced: None }),
+            (
+                4,
+                HostReply::Leader {
+                    leadership: Some(Leadership { term: 6, node: 2 }),
+                    addr: Some("127.0.0.1:7101".into()),
+                },
+            ),
+        ];
+        for (number, reply) in replies {
+            let body = to_bytes(&reply).unwrap();
+            assert_eq!(body[0], number, "{reply:?} is variant {}", body[0]);
+            assert_eq!(from_bytes::<HostReply>(&body).unwrap(), reply);
+        }
+        let unknown = [5u8, 8, b'h', b'o', b's', b't', b'-', b'1'];
+        assert!(matches!(
+            from_bytes::<HostMessage>(&unknown),
+            Err(CodecError::Malformed(_))
+        ));
     }
 }
