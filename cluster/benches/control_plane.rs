@@ -6,7 +6,9 @@
 //! Run: `cargo bench -p qvdc-cluster --bench control_plane` (QVDC_BENCH_KILLS=N to change
 //! the number of failovers, QVDC_BENCH_SECONDS=N the seconds per concurrency level,
 //! QVDC_BENCH_WRITE=toggle|create to run one workload only, QVDC_BENCH_ENDPOINT=own to give
-//! each client its own UDP socket, QVDC_BENCH_LOGS=1 to keep the nodes' logs).
+//! each client its own UDP socket, QVDC_BENCH_LOGS=1 to keep the nodes' logs,
+//! QVDC_BENCH_CLIENTS="1 16 256" the client counts, QVDC_BENCH_STATE=N to create N pools
+//! before the failovers, QVDC_BENCH_KILLS=0 to skip them).
 
 use std::time::{Duration, Instant};
 
@@ -251,6 +253,33 @@ async fn failover(cluster: &mut Nodes, kills: usize) {
     );
 }
 
+/// Grows the state to about `objects` pools (256 clients creating at once) before the
+/// failovers, which then measure an election and catch-up with a large state.
+async fn fill(cluster: &Nodes, objects: usize) {
+    const WRITERS: usize = 256;
+    let started = Instant::now();
+    let endpoint = shared_endpoint(cluster);
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let mut client = match &endpoint {
+            Some(endpoint) => cluster.client_on(endpoint.clone(), &[1, 2, 3], CLIENT_TIMEOUT),
+            None => new_client(cluster),
+        };
+        tasks.push(tokio::spawn(async move {
+            for n in (w..objects).step_by(WRITERS) {
+                create_pool(&mut client, format!("state-{n}")).await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    println!(
+        "state: {objects} pools created in {:.1} s before the failovers",
+        started.elapsed().as_secs_f64()
+    );
+}
+
 fn env_number(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -265,6 +294,14 @@ fn main() {
     }
     let seconds = env_number("QVDC_BENCH_SECONDS", 5) as u64;
     let kills = env_number("QVDC_BENCH_KILLS", 20);
+    let client_counts: Vec<usize> = std::env::var("QVDC_BENCH_CLIENTS")
+        .map(|list| {
+            list.split([' ', ','])
+                .filter(|c| !c.is_empty())
+                .map(|c| c.parse().expect("QVDC_BENCH_CLIENTS: client counts, e.g. \"1 16 256\""))
+                .collect()
+        })
+        .unwrap_or_else(|_| vec![1, 16, 256]);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -295,12 +332,18 @@ fn main() {
                     Workload::Create => "writes: pool create, a new pool every write",
                 }
             );
-            for clients in [1, 16, 256] {
+            for &clients in &client_counts {
                 throughput(&cluster, workload, clients, seconds, round).await;
                 round += 1;
             }
         }
-        failover(&mut cluster, kills).await;
+        if kills > 0 {
+            let objects = env_number("QVDC_BENCH_STATE", 0);
+            if objects > 0 {
+                fill(&cluster, objects).await;
+            }
+            failover(&mut cluster, kills).await;
+        }
     });
 }
 
