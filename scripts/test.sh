@@ -71,6 +71,8 @@ cargo run --quiet -p qvdc-simulation --bin qvsim -- run --seeds 0..10 --hosts 10
 stage deliberate-bugs
 # The checkers bite: each deliberate bug (a test-only feature) is caught within a few seeds.
 cargo nextest run -p qvdc-simulation --features deliberate-bugs --test deliberate_bugs
+# A leader that counts its own entry before its disk holds it (ADR 31).
+cargo nextest run -p qvdc-raft --features deliberate-bugs --test leader_disk
 
 stage fuzz
 # Every decoder of peer and disk bytes under libFuzzer for a few seconds each, a smoke run

@@ -298,7 +298,10 @@ fn main() {
         .map(|list| {
             list.split([' ', ','])
                 .filter(|c| !c.is_empty())
-                .map(|c| c.parse().expect("QVDC_BENCH_CLIENTS: client counts, e.g. \"1 16 256\""))
+                .map(|c| {
+                    c.parse()
+                        .expect("QVDC_BENCH_CLIENTS: client counts, e.g. \"1 16 256\"")
+                })
                 .collect()
         })
         .unwrap_or_else(|_| vec![1, 16, 256]);

@@ -358,6 +358,8 @@ enum Op {
 enum Done {
     Nobody,
     Waiter(oneshot::Sender<std::result::Result<(), String>>),
+    /// openraft, for appended entries.
+    Flushed(LogFlushed<TypeConfig>),
 }
 
 struct Job {
@@ -540,21 +542,35 @@ async fn write_queued(
             // What queues up meanwhile rides along, as it would behind a slow fsync.
             tokio::time::sleep(slow).await;
         }
-        let mut batch = vec![first];
-        while let Ok(job) = queue.try_recv() {
-            batch.push(job);
-        }
-        let started = tokio::time::Instant::now();
-        let result = blocking(|| commit(&db, &batch)).map_err(|e| e.to_string());
-        metrics
-            .commit_seconds
-            .observe(qvdc_transport::metrics::since(started));
-        for job in batch {
-            match job.done {
-                Done::Nobody => {}
-                Done::Waiter(tx) => {
-                    let _ = tx.send(result.clone());
-                }
+        commit_queued(&db, first, &mut queue, &metrics);
+    }
+}
+
+/// Commits `first` and everything queued behind it in one transaction, then tells each
+/// job's waiter.
+fn commit_queued(
+    db: &Database,
+    first: Job,
+    queue: &mut mpsc::UnboundedReceiver<Job>,
+    metrics: &StoreMetrics,
+) {
+    let mut batch = vec![first];
+    while let Ok(job) = queue.try_recv() {
+        batch.push(job);
+    }
+    let started = tokio::time::Instant::now();
+    let result = blocking(|| commit(db, &batch)).map_err(|e| e.to_string());
+    metrics
+        .commit_seconds
+        .observe(qvdc_transport::metrics::since(started));
+    for job in batch {
+        match job.done {
+            Done::Nobody => {}
+            Done::Waiter(tx) => {
+                let _ = tx.send(result.clone());
+            }
+            Done::Flushed(callback) => {
+                callback.log_io_completed(result.clone().map_err(std::io::Error::other));
             }
         }
     }
@@ -680,17 +696,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 cache.entries.insert(entry.log_id.index, entry);
             }
         }
-        // openraft 0.9 counts a leader's own entries as stored as soon as `append` returns,
-        // not when the callback fires; returning before they are on disk could let an entry
-        // count as committed while only one node has it durably. So wait for the disk.
-        let written = self.write_through(Op::Put(encoded)).await;
-        callback.log_io_completed(
-            written
-                .as_ref()
-                .map_err(|e| std::io::Error::other(e.to_string()))
-                .copied(),
-        );
-        written.map_err(write_err)
+        // Readable from the cache at once, on disk when the callback fires. A leader sends
+        // the entries to its followers meanwhile and counts itself as holding them only
+        // from the callback (openraft as patched in vendor/openraft, ADR 31); a follower
+        // waits for the callback before it answers.
+        let done = if bugs::active(Bug::FlushReportedEarly) {
+            callback.log_io_completed(Ok(()));
+            Done::Nobody
+        } else {
+            Done::Flushed(callback)
+        };
+        self.queue(Op::Put(encoded), done).map_err(write_err)
     }
 
     async fn truncate(&mut self, log_id: LogId) -> std::result::Result<(), StorageError> {

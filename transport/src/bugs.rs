@@ -61,10 +61,14 @@ pub enum Bug {
     /// The audit trail records a retried request again when it replays the first outcome:
     /// one change, two records.
     AuditRecordsRetries,
+    /// The Raft log reports appended entries as flushed when they are queued, before they
+    /// reach the disk: a leader counts itself among the nodes holding an entry it may yet
+    /// lose.
+    FlushReportedEarly,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 17] = [
+    pub const ALL: [Bug; 18] = [
         Bug::AckBeforeCommit,
         Bug::NoLeaderLease,
         Bug::SkipFenceCheck,
@@ -82,6 +86,7 @@ impl Bug {
         Bug::ColdMoveWithoutShutdown,
         Bug::MigrationResumesBeforePause,
         Bug::AuditRecordsRetries,
+        Bug::FlushReportedEarly,
     ];
 
     /// The bug's name on command lines.
@@ -104,6 +109,7 @@ impl Bug {
             Bug::ColdMoveWithoutShutdown => "cold-move-without-shutdown",
             Bug::MigrationResumesBeforePause => "migration-resumes-before-pause",
             Bug::AuditRecordsRetries => "audit-records-retries",
+            Bug::FlushReportedEarly => "flush-reported-early",
         }
     }
 }

@@ -42,6 +42,16 @@ where C: RaftTypeConfig
     /// Result of executing a command sent from state machine worker.
     StateMachine { command_result: sm::CommandResult<C> },
 
+    /// The leader's own entries, up to `log_id`, are flushed to its log storage (or failed
+    /// to be). The leader submits them without waiting, replicates them meanwhile, and counts
+    /// itself as holding them only from here.
+    LocalLogFlushed {
+        /// The leader's vote when the entries were submitted.
+        vote: Vote<C::NodeId>,
+        log_id: crate::LogId<C::NodeId>,
+        result: Result<(), crate::StorageError<C::NodeId>>,
+    },
+
     /// A tick event to wake up RaftCore to check timeout etc.
     Tick {
         /// ith tick
@@ -84,6 +94,9 @@ where C: RaftTypeConfig
             }
             Self::StateMachine { command_result } => {
                 format!("StateMachine command done: {:?}", command_result)
+            }
+            Self::LocalLogFlushed { vote, log_id, result } => {
+                format!("LocalLogFlushed: vote: {}, log_id: {}, ok: {}", vote, log_id, result.is_ok())
             }
             Self::Tick { i } => {
                 format!("Tick {}", i)

@@ -15,7 +15,6 @@ use crate::engine::handler::following_handler::FollowingHandler;
 use crate::engine::handler::leader_handler::LeaderHandler;
 use crate::engine::handler::log_handler::LogHandler;
 use crate::engine::handler::replication_handler::ReplicationHandler;
-use crate::engine::handler::replication_handler::SendNone;
 use crate::engine::handler::server_state_handler::ServerStateHandler;
 use crate::engine::handler::snapshot_handler::SnapshotHandler;
 use crate::engine::handler::vote_handler::VoteHandler;
@@ -154,18 +153,15 @@ where C: RaftTypeConfig
             self.state.membership_state.effective().is_voter(&self.config.id)
         );
 
-        // Previously it is a leader. restore it as leader at once
+        // A node that led before it stopped does not lead again in the same term: a leader
+        // sends its entries before its own disk holds them (see `submit_leader_entries`), so
+        // it may have lost entries that others hold, and leading on would give new entries
+        // their log ids. It starts as a candidate of that term would after a restart (its vote
+        // not granted, itself a follower) and stands in a new term like any other node.
         if self.state.is_leader(&self.config.id) {
-            self.vote_handler().update_internal_server_state();
-
-            let mut rh = self.replication_handler();
-
-            // Restore the progress about the local log
-            rh.update_local_progress(rh.state.last_log_id().cloned());
-
-            rh.initiate_replication(SendNone::False);
-
-            return;
+            let mut vote = self.state.vote_ref().clone();
+            vote.committed = false;
+            self.state.vote.update(C::now(), vote);
         }
 
         let server_state = if self.state.membership_state.effective().is_voter(&self.config.id) {
