@@ -303,14 +303,15 @@ impl Drive {
         }
     }
 
-    /// Either host lost: the move cannot go on (HA restarts an HA VM of a lost host).
-    async fn lost_host(&self) -> Option<String> {
+    /// Either host lost, and why the move cannot go on (HA restarts an HA VM of a lost
+    /// host).
+    async fn lost_host(&self) -> Option<(String, String)> {
         let silences = self.supervision.silences().await.ok()?;
         let lost_after = ha::lost_after();
         [&self.from, &self.to]
             .into_iter()
             .find(|h| silences.get(*h).is_some_and(|s| *s >= lost_after))
-            .map(|h| format!("host {h} was lost during the move"))
+            .map(|h| (h.clone(), format!("host {h} was lost during the move")))
     }
 
     /// One attempt at a live move; `true` once it is recorded as over.
@@ -327,7 +328,25 @@ impl Drive {
             Seen::Domain(PowerState::Paused) => true,
             _ => false,
         };
-        if let Some(why) = self.lost_host().await {
+        if let Some((lost, why)) = self.lost_host().await {
+            if lost == self.to && !bugs::active(Bug::MoveGivenUpOnALostDestination) {
+                // The destination may hold the guest: a migration that finished while its
+                // answer was lost. Only the source's own word decides: still there, the move
+                // is given up; gone, it went over and the VM is the destination's (HA or the
+                // operator deal with a lost host). Never started again at the source on a
+                // guess, which would run it twice once the destination comes back.
+                match self.seen_on(&self.from, latest).await {
+                    Seen::Domain(_) => {}
+                    Seen::Absent => return self.finish().await,
+                    Seen::Unknown => {
+                        self.status(format!(
+                            "{why}; waiting to hear from {} whether the guest left it",
+                            self.from
+                        ));
+                        return false;
+                    }
+                }
+            }
             return self.abandon(why).await;
         }
         if arriving {
@@ -398,7 +417,7 @@ impl Drive {
         if bugs::active(Bug::ColdMoveWithoutShutdown) {
             return self.finish().await;
         }
-        if let Some(why) = self.lost_host().await {
+        if let Some((_, why)) = self.lost_host().await {
             return self.abandon(why).await;
         }
         self.status(format!(

@@ -65,10 +65,14 @@ pub enum Bug {
     /// reach the disk: a leader counts itself among the nodes holding an entry it may yet
     /// lose.
     FlushReportedEarly,
+    /// A live move whose destination is lost is given up without asking the source whether
+    /// the guest already left it: the VM is started again at the source while the migrated
+    /// guest may run on at the destination.
+    MoveGivenUpOnALostDestination,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 18] = [
+    pub const ALL: [Bug; 19] = [
         Bug::AckBeforeCommit,
         Bug::NoLeaderLease,
         Bug::SkipFenceCheck,
@@ -87,6 +91,7 @@ impl Bug {
         Bug::MigrationResumesBeforePause,
         Bug::AuditRecordsRetries,
         Bug::FlushReportedEarly,
+        Bug::MoveGivenUpOnALostDestination,
     ];
 
     /// The bug's name on command lines.
@@ -110,6 +115,7 @@ impl Bug {
             Bug::MigrationResumesBeforePause => "migration-resumes-before-pause",
             Bug::AuditRecordsRetries => "audit-records-retries",
             Bug::FlushReportedEarly => "flush-reported-early",
+            Bug::MoveGivenUpOnALostDestination => "move-given-up-on-a-lost-destination",
         }
     }
 }
