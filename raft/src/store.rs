@@ -462,7 +462,17 @@ impl LogStore {
     ) -> Result<Self> {
         let cache = load_log(&db)?;
         let (jobs, queue) = mpsc::unbounded_channel();
-        tokio::spawn(write_queued(db, queue, latency, metrics));
+        if on_threads() {
+            // A thread of its own: a commit blocks on fsync, and handing a runtime worker's
+            // tasks to another thread around every commit (`block_in_place`) cost more CPU
+            // than the commit itself at one write at a time (ADR 31).
+            std::thread::Builder::new()
+                .name(format!("raft-log-{node}"))
+                .spawn(move || write_queued_on_thread(db, queue, latency, metrics))
+                .map_err(|e| StoreError::Writer(format!("cannot start the log writer: {e}")))?;
+        } else {
+            tokio::spawn(write_queued(db, queue, latency, metrics));
+        }
         Ok(Self {
             shared: Arc::new(LogShared {
                 node,
@@ -529,7 +539,18 @@ fn load_log(database: &Database) -> Result<LogCache> {
     })
 }
 
-/// The writer: takes everything queued, commits it in one transaction, then reports.
+/// Whether the current runtime has worker threads (a node in production); otherwise
+/// (the simulation, current-thread tests) everything stays on the runtime's one thread.
+fn on_threads() -> bool {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    matches!(
+        Handle::try_current().map(|h| h.runtime_flavor()),
+        Ok(RuntimeFlavor::MultiThread)
+    )
+}
+
+/// The writer as a task: takes everything queued, commits it in one transaction, then
+/// reports. For a runtime on one thread, whose disk is memory or a test's file.
 async fn write_queued(
     db: Arc<Database>,
     mut queue: mpsc::UnboundedReceiver<Job>,
@@ -541,6 +562,22 @@ async fn write_queued(
         if !slow.is_zero() {
             // What queues up meanwhile rides along, as it would behind a slow fsync.
             tokio::time::sleep(slow).await;
+        }
+        commit_queued(&db, first, &mut queue, &metrics);
+    }
+}
+
+/// The writer as a thread of its own, for a runtime with worker threads.
+fn write_queued_on_thread(
+    db: Arc<Database>,
+    mut queue: mpsc::UnboundedReceiver<Job>,
+    latency: DiskLatency,
+    metrics: StoreMetrics,
+) {
+    while let Some(first) = queue.blocking_recv() {
+        let slow = latency.get();
+        if !slow.is_zero() {
+            std::thread::sleep(slow);
         }
         commit_queued(&db, first, &mut queue, &metrics);
     }
@@ -559,7 +596,7 @@ fn commit_queued(
         batch.push(job);
     }
     let started = tokio::time::Instant::now();
-    let result = blocking(|| commit(db, &batch)).map_err(|e| e.to_string());
+    let result = commit(db, &batch).map_err(|e| e.to_string());
     metrics
         .commit_seconds
         .observe(qvdc_transport::metrics::since(started));
