@@ -330,10 +330,10 @@ fn put<T: Serialize>(
 /// other tasks to another thread first; on a current-thread runtime (the simulation, whose
 /// disk is memory) it simply runs, which keeps the simulation deterministic.
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    match Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
-        _ => f(),
+    if on_threads() {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
     }
 }
 
