@@ -30,6 +30,8 @@ pub(crate) struct Context {
     pub(crate) raft: Raft,
     /// The Raft log, which answers to pre-votes compare with a candidate's.
     pub(crate) log: store::LogStore,
+    /// The pre-votes this node granted, which its election timer reads (ADR 12).
+    pub(crate) pre_votes: qvdc_raft::election::PreVotes,
     pub(crate) desired: watch::Receiver<Arc<DesiredState>>,
     pub(crate) proposer: Proposer,
     /// Connections to the other nodes, for passing operator requests to the leader.

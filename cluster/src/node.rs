@@ -131,16 +131,19 @@ impl Node {
             }
         }
         let (proposer, proposing) = Proposer::start(raft.clone());
+        let pre_votes = qvdc_raft::election::PreVotes::default();
         let elections = tokio::spawn(qvdc_raft::election::run(
             raft.clone(),
             log.clone(),
             peers.clone(),
+            pre_votes.clone(),
             config.node_id,
         ));
         let inner = Arc::new(Context {
             id: config.node_id,
             raft,
             log,
+            pre_votes,
             proposer,
             peers,
             desired,
@@ -451,7 +454,7 @@ async fn dispatch(
     }
     match request {
         Request::Raft(payload) if peer.role == Role::Server => {
-            match qvdc_raft::network::handle_rpc(&node.raft, &node.log, &payload).await {
+            match qvdc_raft::network::handle_rpc(&node.raft, &node.log, &node.pre_votes, &payload).await {
                 Ok(reply) => Response::Raft(reply),
                 Err(e) => Response::Malformed {
                     reason: format!("Raft RPC: {e}"),

@@ -519,7 +519,7 @@ async fn leader_lost_under_load(
 }
 
 /// A node's election timeout is 200–400 ms and a follower asks for a pre-vote only after
-/// 600–800 ms without a leader. A planned stop must cost no such wait: no surviving node
+/// 410–490 ms without a leader. A planned stop must cost no such wait: no surviving node
 /// stands for election on its own timer (their logs say so), and no write waits as long as
 /// a timeout would have made it (a loose bound: a loaded machine slows the handover too).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

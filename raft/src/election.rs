@@ -10,7 +10,12 @@
 //! openraft to elect it. Asking changes no vote and no term on either side, so pre-vote only
 //! decides when elections start; which one wins, and safety, stay with openraft.
 
-use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use openraft::ServerState;
 use rand::Rng;
@@ -30,10 +35,49 @@ use crate::{
 /// for this long after the leader's last message (its `leader_lease`, the maximal election
 /// timeout), so starting an election sooner is pointless.
 pub const VOTER_LEASE_MS: u64 = ELECTION_TIMEOUT_MS_MAX;
-/// Random spread of the moments voters start elections, so that one usually starts alone.
+/// Random spread of the moments voters try again after an election that went nowhere.
 pub const ELECTION_JITTER_MS: u64 = ELECTION_TIMEOUT_MS_MAX - ELECTION_TIMEOUT_MS_MIN;
+/// How long after the voter lease a follower of a dead leader first asks for pre-votes: the
+/// leader's last heartbeats reach its followers a few milliseconds apart, and a voter that
+/// heard it within the lease says no.
+pub const STAND_MARGIN_MS: u64 = 10;
+/// Random spread of the moments the followers of a dead leader stand, so that one usually
+/// asks first; [`PreVotes`] settles the rest.
+pub const STAND_JITTER_MS: u64 = 80;
 /// How often a voter looks whether it is time to start an election.
-pub const ELECTION_CHECK_MS: u64 = 25;
+pub const ELECTION_CHECK_MS: u64 = 10;
+/// How long a voter that granted a pre-vote lets that candidate run before it stands itself.
+pub const YIELD_MS: u64 = ELECTION_TIMEOUT_MS_MIN;
+
+/// The pre-vote this node granted last, so that its own election timer lets that candidate
+/// run first. Two followers of a dead leader time out within milliseconds of each other now
+/// and then; if both stood, each would vote for itself in the same term and neither win,
+/// costing another election timeout. A node that said yes to a peer does not ask for
+/// itself for a while; two that asked at the same time let the lower id stand. Cheap to
+/// clone; clones share the record.
+#[derive(Debug, Clone, Default)]
+pub struct PreVotes(Arc<Mutex<Option<Granted>>>);
+
+#[derive(Debug, Clone, Copy)]
+struct Granted {
+    candidate: NodeId,
+    at: Instant,
+}
+
+impl PreVotes {
+    fn granted(&self, candidate: NodeId) {
+        *self.0.lock().expect("pre-vote record") = Some(Granted {
+            candidate,
+            at: Instant::now(),
+        });
+    }
+
+    /// The candidate this node said yes to within the last [`YIELD_MS`], and when.
+    fn recent(&self) -> Option<Granted> {
+        let granted = (*self.0.lock().expect("pre-vote record"))?;
+        (Instant::now() < granted.at + Duration::from_millis(YIELD_MS)).then_some(granted)
+    }
+}
 
 /// "Would you vote for me if I stood now?", sent by a voter before it starts an election.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -49,25 +93,42 @@ pub struct PreVoteResponse {
 }
 
 /// This node's answer to a pre-vote: what openraft would answer the real vote request,
-/// without changing anything.
-pub async fn answer(raft: &Raft, log: &LogStore, request: &PreVoteRequest) -> PreVoteResponse {
+/// without changing anything but the record of whom it said yes to.
+pub async fn answer(
+    raft: &Raft,
+    log: &LogStore,
+    pre_votes: &PreVotes,
+    request: &PreVoteRequest,
+) -> PreVoteResponse {
     let mine = log.last_log_id();
     let lease = Duration::from_millis(VOTER_LEASE_MS);
-    let leader_heard = raft
+    let candidacy = Duration::from_millis(ELECTION_TIMEOUT_MS_MIN);
+    let busy = raft
         .with_raft_state(move |state| {
+            let since = |window| {
+                state
+                    .vote_last_modified()
+                    .is_some_and(|changed| Instant::now() <= changed + window)
+            };
             state.server_state == ServerState::Leader
-                || (state.vote_ref().is_committed()
-                    && state
-                        .vote_last_modified()
-                        .is_some_and(|heard| Instant::now() <= heard + lease))
+                // Heard from a leader within the lease.
+                || (state.vote_ref().is_committed() && since(lease))
+                // Stood, or voted for a candidate, moments ago: that election is under way.
+                // (Said yes here, a second candidate would stand in a higher term and depose
+                // the first as it wins: seen in the benchmark, two followers of a dead leader
+                // standing 2 ms apart.)
+                || (!state.vote_ref().is_committed() && since(candidacy))
         })
         .await
         // A node shutting down votes for no one.
         .unwrap_or(true);
-    let granted = !leader_heard && request.last_log_id >= mine;
+    let granted = !busy && request.last_log_id >= mine;
+    if granted {
+        pre_votes.granted(request.candidate);
+    }
     debug!(
         candidate = request.candidate,
-        granted, leader_heard, "answered a pre-vote"
+        granted, busy, "answered a pre-vote"
     );
     PreVoteResponse { granted }
 }
@@ -126,8 +187,8 @@ async fn electorate(raft: &Raft, me: NodeId) -> Option<Electorate> {
     .ok()
 }
 
-fn jitter() -> Duration {
-    Duration::from_millis(ThreadRng.gen_range(0..ELECTION_JITTER_MS))
+fn jitter(spread_ms: u64) -> Duration {
+    Duration::from_millis(ThreadRng.gen_range(0..spread_ms))
 }
 
 /// Whether `granted` holds a majority of every configuration in `configs`.
@@ -175,12 +236,14 @@ async fn canvass(
 }
 
 /// The election timer of node `me`; runs until Raft shuts down. A follower of an elected
-/// leader stands after the leader lease plus an election timeout (200–400 ms) without a
-/// message from it: 600–800 ms; a node whose last election went nowhere tries again after
-/// 200–400 ms. (Standing right after the lease, 400–600 ms, changed leaders under 256-client
-/// load in the benchmark: a loaded follower can go that long between the leader's messages.)
-pub async fn run(raft: Raft, log: LogStore, peers: Peers, me: NodeId) {
-    let mut wait = jitter();
+/// leader asks for pre-votes once it has heard nothing from it for the voter lease, a margin
+/// and a jitter: 410–490 ms. A node whose last election went nowhere tries again 200–400 ms
+/// after its vote changed. Asking again after no quorum said yes costs only a round trip, so
+/// it waits 40–120 ms: the other follower may have heard the leader a little later than this
+/// one, and its lease ends soon after.
+pub async fn run(raft: Raft, log: LogStore, peers: Peers, pre_votes: PreVotes, me: NodeId) {
+    let mut stand_wait = jitter(STAND_JITTER_MS);
+    let mut retry_wait = jitter(ELECTION_JITTER_MS);
     let mut not_before = Instant::now();
     loop {
         tokio::time::sleep(Duration::from_millis(ELECTION_CHECK_MS)).await;
@@ -195,44 +258,66 @@ pub async fn run(raft: Raft, log: LogStore, peers: Peers, me: NodeId) {
             continue;
         }
         let long_enough = if before.following_leader {
-            Duration::from_millis(VOTER_LEASE_MS + ELECTION_TIMEOUT_MS_MIN) + wait
+            Duration::from_millis(VOTER_LEASE_MS + STAND_MARGIN_MS) + stand_wait
         } else {
-            Duration::from_millis(ELECTION_TIMEOUT_MS_MIN) + wait
+            Duration::from_millis(ELECTION_TIMEOUT_MS_MIN) + retry_wait
         };
         let now = Instant::now();
         if now < not_before || before.heard.is_some_and(|heard| now < heard + long_enough) {
             continue;
         }
-        wait = jitter();
-        not_before = now + Duration::from_millis(ELECTION_TIMEOUT_MS_MIN) + wait;
+        // A peer that asked first, and was told yes, runs first: asking now would make it
+        // yield to this node in turn (below), and neither would stand.
+        if let Some(granted) = pre_votes.recent().filter(|g| g.candidate != me) {
+            not_before = granted.at + Duration::from_millis(YIELD_MS);
+            continue;
+        }
+        stand_wait = jitter(STAND_JITTER_MS);
+        retry_wait = jitter(ELECTION_JITTER_MS);
         let Some(electorate) = electorate(&raft, me).await else {
             return;
         };
-        if canvass(&peers, me, log.last_log_id(), &electorate).await {
-            // Asking takes a round trip or more. If this node voted for another candidate
-            // or heard from a leader meanwhile, the yeses are stale, and standing now would
-            // depose whoever just won (seen in the benchmark: a node granted its vote, a
-            // leader was elected, and 14 ms later the node stood on a quorum of pre-votes
-            // asked before; the cluster lost one more election round).
-            let Some(after) = silence(&raft, me).await else {
-                return;
-            };
-            if after.heard != before.heard || !after.may_stand {
-                debug!(
-                    node = me,
-                    "voted or heard a leader while asking; not standing"
-                );
-                continue;
-            }
-            info!(
-                node = me,
-                "a quorum would vote for this node: standing for election"
-            );
-            if raft.trigger().elect().await.is_err() {
-                return;
-            }
-        } else {
+        if !canvass(&peers, me, log.last_log_id(), &electorate).await {
             debug!(node = me, "pre-vote found no quorum; not standing");
+            not_before = Instant::now() + Duration::from_millis(40) + jitter(80);
+            continue;
+        }
+        // Asking takes a round trip or more. If this node voted for another candidate or
+        // heard from a leader meanwhile, the yeses are stale, and standing now would depose
+        // whoever just won (seen in the benchmark: a node granted its vote, a leader was
+        // elected, and 14 ms later the node stood on a quorum of pre-votes asked before; the
+        // cluster lost one more election round).
+        let Some(after) = silence(&raft, me).await else {
+            return;
+        };
+        if after.heard != before.heard || !after.may_stand {
+            debug!(
+                node = me,
+                "voted or heard a leader while asking; not standing"
+            );
+            not_before = Instant::now() + Duration::from_millis(ELECTION_TIMEOUT_MS_MIN);
+            continue;
+        }
+        // Two that asked at the same time said yes to each other: the lower id stands.
+        if let Some(granted) = pre_votes
+            .recent()
+            .filter(|g| g.at >= now && g.candidate < me)
+        {
+            debug!(
+                node = me,
+                candidate = granted.candidate,
+                "asked at the same time as a peer with a lower id; letting it stand"
+            );
+            not_before = granted.at + Duration::from_millis(YIELD_MS);
+            continue;
+        }
+        info!(
+            node = me,
+            "a quorum would vote for this node: standing for election"
+        );
+        not_before = Instant::now() + Duration::from_millis(ELECTION_TIMEOUT_MS_MIN) + retry_wait;
+        if raft.trigger().elect().await.is_err() {
+            return;
         }
     }
 }

@@ -17,9 +17,11 @@ pub use types::{NodeId, Raft, TypeConfig};
 
 /// Raft timing for a LAN: a leader heartbeats every 50 ms. A voter refuses candidates for
 /// `ELECTION_TIMEOUT_MS_MAX` after its leader's last message (openraft's lease); qvdc's
-/// election timer (`election`) asks for a pre-vote once that lease and an election timeout
-/// (`MIN..MAX`) have passed: 600–800 ms after a leader dies, checked every 25 ms. See
-/// docs/adr/0003-raft-storage-and-timing.md and docs/adr/0012-pre-vote.md.
+/// election timer (`election`) asks for a pre-vote once that lease, a 10 ms margin and a
+/// jitter of up to 80 ms have passed: 410–490 ms after a leader's last message, checked
+/// every 10 ms. After an election that went nowhere a node tries again after an election
+/// timeout (`MIN..MAX`). See docs/adr/0003-raft-storage-and-timing.md and
+/// docs/adr/0012-pre-vote.md.
 pub const HEARTBEAT_INTERVAL_MS: u64 = 50;
 pub const ELECTION_TIMEOUT_MS_MIN: u64 = 200;
 pub const ELECTION_TIMEOUT_MS_MAX: u64 = 400;
@@ -28,7 +30,7 @@ pub const ELECTION_TIMEOUT_MS_MAX: u64 = 400;
 /// would wait one heartbeat interval). A follower's fsync, or the leader's own runtime on
 /// a busy machine, can take longer than 50 ms now and then; counting that as a failure cost
 /// a re-dial and a pause in replication, and with both followers at once, a commit stall.
-/// It stays well below the 600 ms after which a follower that heard nothing stands for
+/// It stays below the 410 ms after which a follower that heard nothing asks to stand for
 /// election, since the next heartbeat to that follower waits behind the message.
 pub const APPEND_TIMEOUT_MS: u64 = 250;
 

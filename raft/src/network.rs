@@ -56,10 +56,12 @@ pub enum RaftReply {
 }
 
 /// Answers one Raft RPC received from a peer; the caller has checked that the peer is a server.
-/// `log` is this node's log, which a pre-vote's answer compares with the candidate's.
+/// `log` is this node's log, which a pre-vote's answer compares with the candidate's;
+/// `pre_votes` records the yes it gives, for this node's own election timer.
 pub async fn handle_rpc(
     raft: &Raft,
     log: &LogStore,
+    pre_votes: &election::PreVotes,
     payload: &[u8],
 ) -> Result<Vec<u8>, CodecError> {
     let reply = match codec::from_bytes(payload)? {
@@ -68,7 +70,9 @@ pub async fn handle_rpc(
         RaftRpc::InstallSnapshot(rpc) => {
             RaftReply::InstallSnapshot(raft.install_snapshot(rpc).await)
         }
-        RaftRpc::PreVote(rpc) => RaftReply::PreVote(election::answer(raft, log, &rpc).await),
+        RaftRpc::PreVote(rpc) => {
+            RaftReply::PreVote(election::answer(raft, log, pre_votes, &rpc).await)
+        }
         RaftRpc::ElectNow => RaftReply::ElectNow(raft.trigger().elect().await.is_ok()),
         RaftRpc::Level => RaftReply::Level(crate::model::CLUSTER_LEVEL),
     };

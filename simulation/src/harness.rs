@@ -31,7 +31,7 @@ const SIM_DURATION_S: u64 = 600;
 pub const TICK_MS: u64 = 5;
 /// Longest one-way delay of a simulated datagram (turmoil draws delays from an exponential
 /// distribution up to this bound). The Raft timings are made for a LAN (heartbeat 50 ms,
-/// elections after 600–800 ms of silence); turmoil's default of up to 100 ms one way is a
+/// elections after 410–490 ms of silence); turmoil's default of up to 100 ms one way is a
 /// WAN, where a round trip alone can exceed an election timeout and leadership churns.
 const MESSAGE_LATENCY_MS_MAX: u64 = 25;
 /// turmoil drops datagrams beyond a socket's queue (64 by default); a kernel holds far more.
