@@ -454,7 +454,9 @@ async fn dispatch(
     }
     match request {
         Request::Raft(payload) if peer.role == Role::Server => {
-            match qvdc_raft::network::handle_rpc(&node.raft, &node.log, &node.pre_votes, &payload).await {
+            match qvdc_raft::network::handle_rpc(&node.raft, &node.log, &node.pre_votes, &payload)
+                .await
+            {
                 Ok(reply) => Response::Raft(reply),
                 Err(e) => Response::Malformed {
                     reason: format!("Raft RPC: {e}"),

@@ -18,6 +18,7 @@ use std::{
 };
 
 use openraft::ServerState;
+use qvdc_transport::bugs::{self, Bug};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::{task::JoinSet, time::Instant};
@@ -75,7 +76,21 @@ impl PreVotes {
     /// The candidate this node said yes to within the last [`YIELD_MS`], and when.
     fn recent(&self) -> Option<Granted> {
         let granted = (*self.0.lock().expect("pre-vote record"))?;
-        (Instant::now() < granted.at + Duration::from_millis(YIELD_MS)).then_some(granted)
+        let recent = Instant::now() < granted.at + Duration::from_millis(YIELD_MS);
+        (recent && !bugs::active(Bug::ElectionsWithoutTurns)).then_some(granted)
+    }
+
+    /// Before node `me` asks: a peer it said yes to lately, which runs first.
+    fn deferring_to_an_earlier(&self, me: NodeId) -> Option<Granted> {
+        self.recent().filter(|granted| granted.candidate != me)
+    }
+
+    /// After node `me` asked (from `asked` on) and heard a quorum say yes: a peer with a
+    /// lower id that it said yes to meanwhile. The two asked at the same time and said yes to
+    /// each other; the lower id stands, the other does not.
+    fn deferring_to_a_simultaneous(&self, me: NodeId, asked: Instant) -> Option<Granted> {
+        self.recent()
+            .filter(|granted| granted.at >= asked && granted.candidate < me)
     }
 }
 
@@ -117,7 +132,9 @@ pub async fn answer(
                 // (Said yes here, a second candidate would stand in a higher term and depose
                 // the first as it wins: seen in the benchmark, two followers of a dead leader
                 // standing 2 ms apart.)
-                || (!state.vote_ref().is_committed() && since(candidacy))
+                || (!state.vote_ref().is_committed()
+                    && since(candidacy)
+                    && !bugs::active(Bug::ElectionsWithoutTurns))
         })
         .await
         // A node shutting down votes for no one.
@@ -268,7 +285,7 @@ pub async fn run(raft: Raft, log: LogStore, peers: Peers, pre_votes: PreVotes, m
         }
         // A peer that asked first, and was told yes, runs first: asking now would make it
         // yield to this node in turn (below), and neither would stand.
-        if let Some(granted) = pre_votes.recent().filter(|g| g.candidate != me) {
+        if let Some(granted) = pre_votes.deferring_to_an_earlier(me) {
             not_before = granted.at + Duration::from_millis(YIELD_MS);
             continue;
         }
@@ -299,10 +316,7 @@ pub async fn run(raft: Raft, log: LogStore, peers: Peers, pre_votes: PreVotes, m
             continue;
         }
         // Two that asked at the same time said yes to each other: the lower id stands.
-        if let Some(granted) = pre_votes
-            .recent()
-            .filter(|g| g.at >= now && g.candidate < me)
-        {
+        if let Some(granted) = pre_votes.deferring_to_a_simultaneous(me, now) {
             debug!(
                 node = me,
                 candidate = granted.candidate,
@@ -328,6 +342,45 @@ mod tests {
 
     fn set(ids: &[NodeId]) -> BTreeSet<NodeId> {
         ids.iter().copied().collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_node_that_said_yes_lets_that_candidate_run_first() {
+        let pre_votes = PreVotes::default();
+        assert!(pre_votes.deferring_to_an_earlier(3).is_none());
+        pre_votes.granted(2);
+        tokio::time::advance(Duration::from_millis(YIELD_MS - 1)).await;
+        assert_eq!(
+            pre_votes.deferring_to_an_earlier(3).map(|g| g.candidate),
+            Some(2),
+            "node 3 said yes to node 2 and must not ask for itself yet"
+        );
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(
+            pre_votes.deferring_to_an_earlier(3).is_none(),
+            "node 2 had its turn; node 3 may stand now"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn of_two_that_asked_at_once_the_lower_id_stands() {
+        let (at_2, at_3) = (PreVotes::default(), PreVotes::default());
+        let asked = Instant::now();
+        tokio::time::advance(Duration::from_millis(1)).await;
+        // Each one's request reached the other after both had begun to ask.
+        at_2.granted(3);
+        at_3.granted(2);
+        assert!(at_2.deferring_to_a_simultaneous(2, asked).is_none());
+        assert_eq!(
+            at_3.deferring_to_a_simultaneous(3, asked)
+                .map(|g| g.candidate),
+            Some(2)
+        );
+        // A yes given before this node began to ask is the other rule's: it never asked.
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(at_3
+            .deferring_to_a_simultaneous(3, Instant::now())
+            .is_none());
     }
 
     #[test]

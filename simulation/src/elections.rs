@@ -11,6 +11,11 @@
 //! (openraft orders same-term candidacies by node id): the election takes a second term and
 //! another timeout. With pre-vote it is told no before it moves, and the up-to-date
 //! follower wins the very next term.
+//!
+//! `dead_leader`: the leader dies. Its two followers time out within a few milliseconds of
+//! each other now and then; if both stood, each would vote for itself and neither win, and
+//! the election would take another term. The one that said yes to the other's pre-vote lets
+//! it run, and the new leader is elected in the next term, soon after the voters' lease.
 
 use std::{sync::Arc, time::Duration};
 
@@ -42,6 +47,21 @@ pub fn rejoin(seed: u64) -> anyhow::Result<Vec<String>> {
 pub fn missed_entry(seed: u64) -> anyhow::Result<Vec<String>> {
     Ok(harness::run(&config(seed), missed_entry_script)?.trace)
 }
+
+/// The leader crashes; its successor must lead in the next term. `bugs` are switched on for
+/// the run (needs the `deliberate-bugs` feature).
+pub fn dead_leader(seed: u64, bugs: &[crate::Bug]) -> anyhow::Result<Vec<String>> {
+    let config = SimConfig {
+        bugs: bugs.to_vec(),
+        ..config(seed)
+    };
+    Ok(harness::run(&config, dead_leader_script)?.trace)
+}
+
+/// The longest a dead leader's successor may take to be elected, in simulated time: the
+/// voters' lease and the followers' margin and jitter (410–490 ms), a pre-vote and a vote
+/// round trip on the simulated LAN, and the status polls that notice it.
+const SUCCESSION_MS_MAX: u64 = 800;
 
 /// Once the hosts are ready: the leader, a client of it alone, and its status.
 async fn settled(
@@ -134,6 +154,43 @@ async fn missed_entry_script(
         after.leader.map(|l| format!("cp{l}")),
         after.term,
         before.term + 1
+    );
+    Ok(Vec::new())
+}
+
+async fn dead_leader_script(
+    config: SimConfig,
+    certs: Arc<Certs>,
+    faults: Shared<Faults>,
+) -> anyhow::Result<Vec<String>> {
+    let (leader, _, before) = settled(&config, &certs).await?;
+    let survivors: Vec<_> = (1..=config.nodes)
+        .filter(|i| *i != leader)
+        .map(world::node_addr)
+        .collect();
+    let mut majority = world::operator(&config, &certs, 2, survivors).await?;
+    faults.lock().expect("faults lock poisoned").crash = Some(SimConfig::node_name(leader));
+    let crashed = tokio::time::Instant::now();
+    let after = harness::eventually("a new leader", Duration::from_secs(30), async || {
+        let s = harness::status(&mut majority).await?;
+        Ok(s.leader.filter(|l| *l != leader).map(|_| s))
+    })
+    .await?;
+    let took = crashed.elapsed();
+    ensure!(
+        after.term == before.term + 1,
+        "after cp{leader} (term {}) died, {:?} leads only in term {}, {} ms later: the election \
+         took more than one term",
+        before.term,
+        after.leader.map(|l| format!("cp{l}")),
+        after.term,
+        took.as_millis()
+    );
+    ensure!(
+        took <= Duration::from_millis(SUCCESSION_MS_MAX),
+        "after cp{leader} died, its successor was elected only {} ms later (at most \
+         {SUCCESSION_MS_MAX} ms expected)",
+        took.as_millis()
     );
     Ok(Vec::new())
 }

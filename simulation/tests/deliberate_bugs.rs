@@ -4,8 +4,8 @@
 //! deliberate-bugs`.
 
 use qvdc_simulation::{
-    adoption, catch_up, chaos, deposed_leader, ha_flow, lease_edge, move_flow, retried_requests,
-    stranded_write, vm_flow, Bug, SimConfig,
+    adoption, catch_up, chaos, deposed_leader, elections, ha_flow, lease_edge, move_flow,
+    retried_requests, stranded_write, vm_flow, Bug, SimConfig,
 };
 
 /// Seeds tried per bug before the test gives up on it.
@@ -279,5 +279,15 @@ fn a_migration_that_resumes_before_it_pauses_is_caught() {
     let bugs = [Bug::MigrationResumesBeforePause];
     caught(&bugs, "began to run on", |seed| {
         move_flow::run(&config(seed, 4, &bugs)).map(drop)
+    });
+}
+
+/// Without turns, the followers of a dead leader stand at once now and then and split the
+/// votes: the election takes another term.
+#[test]
+fn elections_without_turns_cost_a_term() {
+    let bugs = [Bug::ElectionsWithoutTurns];
+    caught(&bugs, "took more than one term", |seed| {
+        elections::dead_leader(seed, &bugs).map(drop)
     });
 }

@@ -69,10 +69,14 @@ pub enum Bug {
     /// the guest already left it: the VM is started again at the source while the migrated
     /// guest may run on at the destination.
     MoveGivenUpOnALostDestination,
+    /// Elections take no turns: a node says yes to pre-votes while its own candidacy is
+    /// under way, and stands even after saying yes to a peer. The followers of a dead
+    /// leader then stand at once now and then, and the election takes another term.
+    ElectionsWithoutTurns,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 19] = [
+    pub const ALL: [Bug; 20] = [
         Bug::AckBeforeCommit,
         Bug::NoLeaderLease,
         Bug::SkipFenceCheck,
@@ -92,6 +96,7 @@ impl Bug {
         Bug::AuditRecordsRetries,
         Bug::FlushReportedEarly,
         Bug::MoveGivenUpOnALostDestination,
+        Bug::ElectionsWithoutTurns,
     ];
 
     /// The bug's name on command lines.
@@ -116,6 +121,7 @@ impl Bug {
             Bug::AuditRecordsRetries => "audit-records-retries",
             Bug::FlushReportedEarly => "flush-reported-early",
             Bug::MoveGivenUpOnALostDestination => "move-given-up-on-a-lost-destination",
+            Bug::ElectionsWithoutTurns => "elections-without-turns",
         }
     }
 }
