@@ -1027,6 +1027,35 @@ fn host_agents_killed_and_restarted_are_seen_and_given_their_config_again_needs_
         "host agent restarted -> Ready, pool HEALTHY, VM running again: {:?}",
         restarted.elapsed()
     );
+
+    // Maintenance empties host-2. `--wait` answers once the moved VM's new host reports it
+    // running, not as soon as the record moved it: right after a move the view has no
+    // report from the new host yet, and the VM would show as unknown.
+    let evacuating = Instant::now();
+    ok(
+        &cluster,
+        &[
+            "host",
+            "maintenance",
+            "enter",
+            "host-2",
+            "--wait",
+            "--wait-timeout-ms",
+            "60000",
+        ],
+    );
+    let vm = cluster.json(&["vm", "show", "web"]).unwrap();
+    assert!(
+        vm["host"] != "host-2" && vm["power"] == "running",
+        "`maintenance enter --wait` answered with the VM {} on {}",
+        vm["power"],
+        vm["host"]
+    );
+    eprintln!(
+        "host-2 evacuated, its VM running on {}: {:?}",
+        vm["host"],
+        evacuating.elapsed()
+    );
 }
 
 fn mounted(path: &Path) -> bool {

@@ -634,7 +634,7 @@ pub(crate) enum HostCommand {
     /// refused: stop that VM first. exit: the host takes VMs again (none move back).
     ///
     /// Examples:
-    ///   qvctl host maintenance enter host-1 --wait   # shows each VM's move until none is left
+    ///   qvctl host maintenance enter host-1 --wait   # each VM's move, until all run elsewhere
     ///   qvctl vm moves                               # what moves, and what is left to move
     ///   qvctl host maintenance exit host-1
     #[command(verbatim_doc_comment)]

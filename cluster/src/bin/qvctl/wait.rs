@@ -26,7 +26,8 @@ pub(crate) enum Goal {
     Reported(String),
     /// The VM's move over: on the new host and in its desired power state, or failed.
     Moved(String),
-    /// The host in maintenance and running no VM that should run.
+    /// The host in maintenance and running no VM that should run, and every VM moved off it
+    /// reported by its new host in its desired power state.
     Evacuated(String),
 }
 
@@ -184,11 +185,7 @@ async fn step(
                 ApiResponse::Vm(vm) => vm,
                 other => return Err(ClientError::Protocol(format!("{other:?}"))),
             };
-            let want = match vm.desired {
-                DesiredPower::Running => PowerState::Running,
-                DesiredPower::Stopped => PowerState::ShutOff,
-            };
-            let reached = vm.power == want;
+            let reached = vm.power == wanted_power(vm.desired);
             progress.settle(&[], "moved");
             progress.update(
                 name,
@@ -205,13 +202,40 @@ async fn step(
                     format!("host {host} is no longer in maintenance"),
                 )));
             };
-            let mut current = Vec::new();
-            for (vm, what) in &evacuation.remaining {
-                progress.update(vm, what.clone(), false);
-                current.push(vm.clone());
+            if !evacuation.remaining.is_empty() {
+                let mut current = Vec::new();
+                for (vm, what) in &evacuation.remaining {
+                    progress.update(vm, what.clone(), false);
+                    current.push(vm.clone());
+                }
+                progress.settle(&current, "moved");
+                return Ok(false);
             }
-            progress.settle(&current, "moved");
-            Ok(evacuation.remaining.is_empty())
+            // Every move is over in the record. A moved VM counts once its new host reports
+            // it in its desired power state: right after a live move the view has no report
+            // from the new host yet, and an operator told "evacuated" would see it UNKNOWN.
+            let moved: Vec<String> = progress.last.keys().cloned().collect();
+            let mut all = true;
+            for name in moved {
+                let vm = match client
+                    .request(ApiRequest::VmShow { name: name.clone() })
+                    .await
+                {
+                    Ok(ApiResponse::Vm(vm)) => vm,
+                    // Deleted meanwhile: nothing of it runs on the host.
+                    Err(ClientError::Rejected(e)) if e.kind == ApiErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                    Ok(other) => return Err(ClientError::Protocol(format!("{other:?}"))),
+                };
+                let reached = vm.power == wanted_power(vm.desired) && vm.host != *host;
+                progress.update(
+                    &name,
+                    format!("{} on {} ({})", vm.power, vm.host, vm.reason),
+                    reached,
+                );
+                all &= reached;
+            }
+            Ok(all)
         }
         Goal::Reported(pool) => {
             let view = match client
@@ -233,6 +257,14 @@ async fn step(
             }
             Ok(all)
         }
+    }
+}
+
+/// The power state a VM's view shows once its host carried out what is desired.
+fn wanted_power(desired: DesiredPower) -> PowerState {
+    match desired {
+        DesiredPower::Running => PowerState::Running,
+        DesiredPower::Stopped => PowerState::ShutOff,
     }
 }
 
