@@ -45,6 +45,11 @@ pub const STAND_MARGIN_MS: u64 = 10;
 /// Random spread of the moments the followers of a dead leader stand, so that one usually
 /// asks first; [`PreVotes`] settles the rest.
 pub const STAND_JITTER_MS: u64 = 80;
+/// How soon a node asks again after its pre-votes found no quorum, and the random spread
+/// added: asking costs only a round trip, and a voter that heard the dead leader a little
+/// later than the asker says yes a moment later.
+pub const REASK_MS: u64 = 40;
+pub const REASK_JITTER_MS: u64 = 80;
 /// How often a voter looks whether it is time to start an election.
 pub const ELECTION_CHECK_MS: u64 = 10;
 /// How long a voter that granted a pre-vote lets that candidate run before it stands itself.
@@ -296,7 +301,7 @@ pub async fn run(raft: Raft, log: LogStore, peers: Peers, pre_votes: PreVotes, m
         };
         if !canvass(&peers, me, log.last_log_id(), &electorate).await {
             debug!(node = me, "pre-vote found no quorum; not standing");
-            not_before = Instant::now() + Duration::from_millis(40) + jitter(80);
+            not_before = Instant::now() + Duration::from_millis(REASK_MS) + jitter(REASK_JITTER_MS);
             continue;
         }
         // Asking takes a round trip or more. If this node voted for another candidate or

@@ -557,7 +557,10 @@ fn on_threads() -> bool {
 /// node at 256 clients (measured), during which the Raft core awaiting the purge sent no
 /// heartbeats and the followers elected a new leader. On a runtime with worker threads a
 /// short-lived thread frees them; on one thread (the simulation) it is done in place.
-fn discard<T: Send + 'static>(garbage: T) {
+fn discard(garbage: BTreeMap<u64, Entry>) {
+    if garbage.is_empty() {
+        return;
+    }
     if on_threads() {
         let freeing = std::thread::Builder::new()
             .name("qvdc-log-free".into())
@@ -619,9 +622,7 @@ fn commit_queued(
     let started = tokio::time::Instant::now();
     let result = commit(db, &batch).map_err(|e| e.to_string());
     let took = started.elapsed();
-    metrics
-        .commit_seconds
-        .observe(qvdc_transport::metrics::since(started));
+    metrics.commit_seconds.observe(took.as_secs_f64());
     if took >= Duration::from_millis(SLOW_COMMIT_MS) {
         let count = |f: fn(&Op) -> bool| batch.iter().filter(|job| f(&job.op)).count();
         tracing::warn!(
