@@ -55,14 +55,26 @@ pub const ELECTION_CHECK_MS: u64 = 10;
 /// How long a voter that granted a pre-vote lets that candidate run before it stands itself.
 pub const YIELD_MS: u64 = ELECTION_TIMEOUT_MS_MIN;
 
-/// The pre-vote this node granted last, so that its own election timer lets that candidate
-/// run first. Two followers of a dead leader time out within milliseconds of each other now
-/// and then; if both stood, each would vote for itself in the same term and neither win,
-/// costing another election timeout. A node that said yes to a peer does not ask for
-/// itself for a while; two that asked at the same time let the lower id stand. Cheap to
+/// The pre-vote this node granted last, and when it last decided to stand, so that its own
+/// election timer lets that candidate run first. Two followers of a dead leader time out
+/// within milliseconds of each other now and then; if both stood, each would vote for itself
+/// in the same term and neither win, or the second would depose the first as it won,
+/// costing another election. A node that said yes to a peer does not ask for itself for a
+/// while; two that asked at the same time let the lower id stand; and a node that decided to
+/// stand says no to every pre-vote until its candidacy shows in its vote. Deciding to stand
+/// and saying yes to a peer happen under one lock, so that neither slips in between the
+/// other's check and its effect (seen in the simulation: a node passed its checks, said yes
+/// to a peer with a lower id before its own election began, and both stood). Cheap to
 /// clone; clones share the record.
 #[derive(Debug, Clone, Default)]
-pub struct PreVotes(Arc<Mutex<Option<Granted>>>);
+pub struct PreVotes(Arc<Mutex<Record>>);
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Record {
+    granted: Option<Granted>,
+    /// When this node last decided to stand.
+    stood: Option<Instant>,
+}
 
 #[derive(Debug, Clone, Copy)]
 struct Granted {
@@ -70,32 +82,52 @@ struct Granted {
     at: Instant,
 }
 
+/// Whether something this node did at `at` still holds it to its turn.
+fn within_turn(at: Instant) -> bool {
+    Instant::now() < at + Duration::from_millis(YIELD_MS)
+        && !bugs::active(Bug::ElectionsWithoutTurns)
+}
+
 impl PreVotes {
-    fn granted(&self, candidate: NodeId) {
-        *self.0.lock().expect("pre-vote record") = Some(Granted {
+    fn record(&self) -> std::sync::MutexGuard<'_, Record> {
+        self.0.lock().expect("pre-vote record")
+    }
+
+    /// Says yes to `candidate` unless this node decided to stand itself moments ago.
+    fn grant(&self, candidate: NodeId) -> bool {
+        let mut record = self.record();
+        if record.stood.is_some_and(within_turn) {
+            return false;
+        }
+        record.granted = Some(Granted {
             candidate,
             at: Instant::now(),
         });
+        true
     }
 
     /// The candidate this node said yes to within the last [`YIELD_MS`], and when.
-    fn recent(&self) -> Option<Granted> {
-        let granted = (*self.0.lock().expect("pre-vote record"))?;
-        let recent = Instant::now() < granted.at + Duration::from_millis(YIELD_MS);
-        (recent && !bugs::active(Bug::ElectionsWithoutTurns)).then_some(granted)
+    fn recent(record: &Record) -> Option<Granted> {
+        record.granted.filter(|granted| within_turn(granted.at))
     }
 
     /// Before node `me` asks: a peer it said yes to lately, which runs first.
     fn deferring_to_an_earlier(&self, me: NodeId) -> Option<Granted> {
-        self.recent().filter(|granted| granted.candidate != me)
+        Self::recent(&self.record()).filter(|granted| granted.candidate != me)
     }
 
-    /// After node `me` asked (from `asked` on) and heard a quorum say yes: a peer with a
-    /// lower id that it said yes to meanwhile. The two asked at the same time and said yes to
-    /// each other; the lower id stands, the other does not.
-    fn deferring_to_a_simultaneous(&self, me: NodeId, asked: Instant) -> Option<Granted> {
-        self.recent()
-            .filter(|granted| granted.at >= asked && granted.candidate < me)
+    /// After node `me` asked (from `asked` on) and heard a quorum say yes: stands, unless it
+    /// said yes meanwhile to a peer with a lower id. The two asked at the same time and said
+    /// yes to each other; the lower id stands, the other does not and gets that peer back.
+    fn stand(&self, me: NodeId, asked: Instant) -> Result<(), Granted> {
+        let mut record = self.record();
+        let simultaneous =
+            Self::recent(&record).filter(|granted| granted.at >= asked && granted.candidate < me);
+        if let Some(granted) = simultaneous {
+            return Err(granted);
+        }
+        record.stood = Some(Instant::now());
+        Ok(())
     }
 }
 
@@ -144,10 +176,7 @@ pub async fn answer(
         .await
         // A node shutting down votes for no one.
         .unwrap_or(true);
-    let granted = !busy && request.last_log_id >= mine;
-    if granted {
-        pre_votes.granted(request.candidate);
-    }
+    let granted = !busy && request.last_log_id >= mine && pre_votes.grant(request.candidate);
     debug!(
         candidate = request.candidate,
         granted, busy, "answered a pre-vote"
@@ -321,7 +350,7 @@ pub async fn run(raft: Raft, log: LogStore, peers: Peers, pre_votes: PreVotes, m
             continue;
         }
         // Two that asked at the same time said yes to each other: the lower id stands.
-        if let Some(granted) = pre_votes.deferring_to_a_simultaneous(me, now) {
+        if let Err(granted) = pre_votes.stand(me, now) {
             debug!(
                 node = me,
                 candidate = granted.candidate,
@@ -353,7 +382,7 @@ mod tests {
     async fn a_node_that_said_yes_lets_that_candidate_run_first() {
         let pre_votes = PreVotes::default();
         assert!(pre_votes.deferring_to_an_earlier(3).is_none());
-        pre_votes.granted(2);
+        assert!(pre_votes.grant(2));
         tokio::time::advance(Duration::from_millis(YIELD_MS - 1)).await;
         assert_eq!(
             pre_votes.deferring_to_an_earlier(3).map(|g| g.candidate),
@@ -373,19 +402,28 @@ mod tests {
         let asked = Instant::now();
         tokio::time::advance(Duration::from_millis(1)).await;
         // Each one's request reached the other after both had begun to ask.
-        at_2.granted(3);
-        at_3.granted(2);
-        assert!(at_2.deferring_to_a_simultaneous(2, asked).is_none());
-        assert_eq!(
-            at_3.deferring_to_a_simultaneous(3, asked)
-                .map(|g| g.candidate),
-            Some(2)
-        );
+        assert!(at_2.grant(3));
+        assert!(at_3.grant(2));
+        assert!(at_2.stand(2, asked).is_ok());
+        assert_eq!(at_3.stand(3, asked).map_err(|g| g.candidate), Err(2));
         // A yes given before this node began to ask is the other rule's: it never asked.
         tokio::time::advance(Duration::from_millis(1)).await;
-        assert!(at_3
-            .deferring_to_a_simultaneous(3, Instant::now())
-            .is_none());
+        assert!(at_3.stand(3, Instant::now()).is_ok());
+    }
+
+    /// Node 2 decided to stand; node 1's pre-vote, arriving before node 2's candidacy shows
+    /// in its vote, must be refused: said yes to, node 1 (the lower id) would stand too.
+    #[tokio::test(start_paused = true)]
+    async fn a_node_that_decided_to_stand_says_no_to_pre_votes() {
+        let at_2 = PreVotes::default();
+        let asked = Instant::now();
+        assert!(at_2.stand(2, asked).is_ok());
+        assert!(
+            !at_2.grant(1),
+            "node 2 is standing; it must not say yes to node 1"
+        );
+        tokio::time::advance(Duration::from_millis(YIELD_MS)).await;
+        assert!(at_2.grant(1), "its candidacy is long over");
     }
 
     #[test]
