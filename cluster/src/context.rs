@@ -8,7 +8,11 @@ use std::{collections::BTreeMap, sync::Arc};
 use qvdc_actors::Supervision;
 use qvdc_raft::{network::Peers, store, DesiredState, NodeId, Raft};
 use qvdc_transport::{
-    protocol::{ClusterStatus, HostView, LeaderHint, Liveness, MemberStatus, Response},
+    protocol::{
+        ClusterStatus, HostView, LeaderHint, Leadership, Liveness, MemberStatus, Response,
+        WATCH_LEADER_MAX_MS,
+    },
+    quinn,
     tls::PeerIdentity,
 };
 use tokio::{
@@ -48,6 +52,11 @@ pub(crate) struct Context {
     pub(crate) clock: crate::lease::Clock,
     /// The last leader this node knew of, for hints while none is known.
     pub(crate) last_leader: std::sync::Mutex<Option<LeaderHint>>,
+    /// The leader this node knows now, with its term and address, once it can take hosts:
+    /// another node as soon as this one heard from it, this node once its supervision runs.
+    /// What hosts' `WatchLeader` requests wait on (a channel of its own: Raft's metrics
+    /// change on every commit, and thousands of watches must not wake for each).
+    pub(crate) known_leader: watch::Sender<Option<(Leadership, String)>>,
     /// The last entry in this node's log when it started. openraft 0.9 restores a node that
     /// led before it stopped as leader of the same term, without a new entry; its read
     /// index is then the committed index it read back from disk, which can lag what it had
@@ -173,6 +182,33 @@ impl Context {
                     node: hint.node_id,
                 }),
             addr: leader.map(|hint| hint.addr),
+        }
+    }
+
+    /// Answers a host's `WatchLeader`: once this node knows a leader of a term after
+    /// `newer_than`'s, or after [`WATCH_LEADER_MAX_MS`] with what it knows then. It stops
+    /// waiting when the host's connection closes (a node shutting down closes them all, and
+    /// must not be held by watches).
+    pub(crate) async fn leader_after(
+        &self,
+        newer_than: Leadership,
+        connection: &quinn::Connection,
+    ) -> qvdc_transport::protocol::HostReply {
+        let mut known = self.known_leader.subscribe();
+        let newer = |known: &Option<(Leadership, String)>| {
+            known
+                .as_ref()
+                .is_some_and(|(leadership, _)| leadership.term > newer_than.term)
+        };
+        let limit = Duration::from_millis(WATCH_LEADER_MAX_MS);
+        tokio::select! {
+            _ = tokio::time::timeout(limit, known.wait_for(newer)) => {}
+            _ = connection.closed() => {}
+        }
+        let known = known.borrow().clone();
+        qvdc_transport::protocol::HostReply::Leader {
+            leadership: known.as_ref().map(|(leadership, _)| *leadership),
+            addr: known.map(|(_, addr)| addr),
         }
     }
 

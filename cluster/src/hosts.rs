@@ -34,6 +34,11 @@ pub(crate) async fn handle(
             reason: format!("host {host_id}: {reason}"),
         };
     }
+    if let HostMessage::WatchLeader { newer_than, .. } = message {
+        // Held open by a host while it is registered elsewhere: answered when this node
+        // knows a newer leader than the host's, so the host moves when the election ends.
+        return Response::Host(node.leader_after(newer_than, connection).await);
+    }
     if let HostMessage::WhoLeads { .. } = message {
         // Asked by a host whose leader went silent: what this node knows, at once, whether
         // it leads or follows (no confirmation round: the host registers with the node named
@@ -96,7 +101,9 @@ pub(crate) async fn handle(
                 Err(response) => response,
             }
         }
-        HostMessage::WhoLeads { .. } => Response::Host(node.who_leads()),
+        HostMessage::WhoLeads { .. } | HostMessage::WatchLeader { .. } => {
+            Response::Host(node.who_leads())
+        }
     }
 }
 

@@ -152,6 +152,7 @@ impl Node {
             confirming: Default::default(),
             clock: config.clock.clone(),
             last_leader: std::sync::Mutex::new(None),
+            known_leader: tokio::sync::watch::channel(None).0,
             logged_at_start,
             servers: std::sync::Mutex::new(Servers::default()),
             connections: Arc::default(),
@@ -366,12 +367,37 @@ async fn follow_leadership(node: Arc<Context>, timings: Timings) {
                 Err(e) => warn!(error = %e, "could not start supervision"),
             }
         }
+        let known = known_leader(&node, &metrics.borrow(), slot.as_ref());
         drop(slot);
+        node.known_leader.send_if_modified(|current| {
+            let changed = *current != known;
+            *current = known;
+            changed
+        });
         node.leader_hint(); // remembers the leader while one is known
         if metrics.changed().await.is_err() {
             return;
         }
     }
+}
+
+/// The leader hosts may go to, as these metrics and this node's supervision (`leading`)
+/// show it: another node once it is known, this one once its supervision runs (a host
+/// registering before then would be turned away).
+fn known_leader(
+    node: &Context,
+    m: &openraft::RaftMetrics<NodeId, openraft::BasicNode>,
+    leading: Option<&Supervision>,
+) -> Option<(Leadership, String)> {
+    let hint = crate::context::current_leader(m)?;
+    if hint.node_id == node.id && leading.is_none() {
+        return None;
+    }
+    let leadership = Leadership {
+        term: m.current_term,
+        node: hint.node_id,
+    };
+    Some((leadership, hint.addr))
 }
 
 async fn accept_loop(node: Arc<Context>, endpoint: Endpoint) {

@@ -28,6 +28,7 @@ use tracing::{debug, info, warn};
 use crate::{
     fence::{Fence, FenceError},
     hypervisor::{DomainDisk, DomainNic, DomainSpec, Hypervisor},
+    leader_watch::{NewLeader, Watch},
     lease::{HostLease, LeaseStore},
     mounter::Mounter,
     network::{Networker, Networks},
@@ -159,6 +160,8 @@ pub struct Agent<M, H, N> {
     standby: Option<(SocketAddr, qvdc_transport::quinn::Connection)>,
     /// How many times another node was asked who leads (picks the next one to ask).
     asked: usize,
+    /// While registered: where the session's leader watch says a newer leader is.
+    moved: Option<tokio::sync::oneshot::Receiver<NewLeader>>,
 }
 
 enum SessionEnd {
@@ -217,6 +220,7 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
             leader: None,
             standby: None,
             asked: 0,
+            moved: None,
         }
     }
 
@@ -266,6 +270,7 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
                 .unwrap_or_else(|| self.next_address(&mut next, failed));
             let end = self.session(addr, open.take(), &mut failures).await;
             self.leader = None;
+            self.moved = None;
             if let Some((_, standby)) = self.standby.take() {
                 standby.close(0u32.into(), b"session over");
             }
@@ -332,6 +337,7 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
         loop {
             tokio::select! {
                 reply = &mut call => return Ok(reply?),
+                (at, open) = new_leader(&mut self.moved) => return Err(SessionEnd::Moved(at, open)),
                 _ = check.tick() => {}
             }
             let now = Instant::now();
@@ -446,6 +452,15 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
         }
         *failures = 0;
         self.leader = Some((addr, leadership));
+        let (found, moved) = tokio::sync::oneshot::channel();
+        self.moved = Some(moved);
+        let watch = Watch {
+            endpoint: self.endpoint.clone(),
+            host_id: self.config.host_id.clone(),
+            leader: (addr, leadership),
+            cluster: self.config.cluster.clone(),
+        };
+        let _watching = AbortOnDrop(tokio::spawn(watch.run(found)));
         let capabilities = HostMessage::Capabilities {
             host_id: self.config.host_id.clone(),
             leases: true,
@@ -486,6 +501,7 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
         let mut waited_for = None;
         for seq in 1.. {
             let surveyed = tokio::select! {
+                (at, open) = new_leader(&mut self.moved) => return SessionEnd::Moved(at, open),
                 _ = ticker.tick() => false,
                 () = self.surveyed.notified() => {
                     ticker.reset();
@@ -563,6 +579,21 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
             other => Err(not_registered(other)),
         }
     }
+}
+
+/// Waits until the session's leader watch names a newer leader; forever if there is no
+/// watch or it ended without one (the heartbeats then find the next leader).
+async fn new_leader(moved: &mut Option<tokio::sync::oneshot::Receiver<NewLeader>>) -> NewLeader {
+    if let Some(found) = moved {
+        match found.await {
+            Ok(new_leader) => {
+                *moved = None;
+                return new_leader;
+            }
+            Err(_) => *moved = None,
+        }
+    }
+    std::future::pending().await
 }
 
 fn not_registered(reply: Response) -> SessionEnd {

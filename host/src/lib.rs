@@ -6,6 +6,7 @@ pub mod agent;
 pub mod fence;
 pub mod hypervisor;
 pub mod inventory;
+pub mod leader_watch;
 pub mod lease;
 pub mod libvirt;
 pub mod metrics;

@@ -178,6 +178,71 @@ async fn a_host_moves_to_a_new_leader_as_soon_as_the_old_one_goes_silent() {
     );
 }
 
+/// A host learns of a new leader from the node it watches, when the election ends, even
+/// while its old leader still acknowledges and answers everything (a deposed leader that
+/// does not know it yet, or a dead one whose heartbeat is not due).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_moves_when_the_node_it_watches_names_a_newer_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path());
+    let old = node(dir.path(), "node-1");
+    let old_addr = old.local_addr().unwrap();
+    let (mut to_old, _) = serve(old, Duration::ZERO, standard(OLD));
+    let new = node(dir.path(), "node-2");
+    let new_addr = new.local_addr().unwrap();
+    let elected = Arc::new(AtomicBool::new(false));
+    let leads = elected.clone();
+    let (mut to_new, _) = serve(new, Duration::ZERO, move |message| match message {
+        HostMessage::WatchLeader { newer_than, .. } => {
+            assert_eq!(
+                *newer_than, OLD,
+                "the host watches for a leader after its own"
+            );
+            let known = if leads.load(Ordering::SeqCst) {
+                NEW
+            } else {
+                OLD
+            };
+            HostReply::Leader {
+                leadership: Some(known),
+                addr: Some(if known == NEW { new_addr } else { old_addr }.to_string()),
+            }
+        }
+        other => standard(NEW)(other),
+    });
+
+    let _agent = start_sim_agent_in(dir.path(), vec![old_addr, new_addr], None);
+    let within = Duration::from_secs(10);
+    assert!(matches!(
+        next(&mut to_old, within).await.1,
+        HostMessage::Register { .. }
+    ));
+    // The host watches from node-2 while it heartbeats to node-1.
+    assert!(matches!(
+        next(&mut to_new, within).await.1,
+        HostMessage::WatchLeader { .. }
+    ));
+    elected.store(true, Ordering::SeqCst);
+    let elected_at = Instant::now();
+    let (connection, registered) = loop {
+        let (connection, message) = next(&mut to_new, within).await;
+        if matches!(message, HostMessage::Register { .. }) {
+            break (connection, elected_at.elapsed());
+        }
+    };
+    eprintln!("new leader named -> registered with it after {registered:?}");
+    // Watches are asked again at most once a second; the old leader never went silent, so
+    // without the watch the host would have stayed with it.
+    assert!(
+        registered < Duration::from_millis(1_500),
+        "the host took {registered:?} to follow the leader its watched node named"
+    );
+    assert_eq!(
+        connection, 1,
+        "the host registers on the watch's own connection"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_leader_keeps_its_hosts_on_their_connections() {
     let dir = tempfile::tempdir().unwrap();

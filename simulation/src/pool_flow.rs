@@ -54,6 +54,35 @@ pub fn run(config: &SimConfig) -> anyhow::Result<Outcome> {
     })
 }
 
+/// The longest a pool's view may take to come back from a crashed leader's successor, in
+/// simulated time: the election (410–490 ms after the dead leader's last message, and
+/// the round trips to win it), then each host's move, registration and report, which must
+/// follow the election at once, not a heartbeat interval later.
+pub const VIEW_BACK_MS_MAX: u128 = 900;
+
+/// The flow with the leader crashed, on `seed` with `bugs`: fails unless the pool's whole
+/// view is back from the new leader within [`VIEW_BACK_MS_MAX`] of the crash. Returns how
+/// long it took.
+pub fn view_back_after_crash(seed: u64, bugs: &[crate::Bug]) -> anyhow::Result<Duration> {
+    let config = SimConfig {
+        seed,
+        nodes: 3,
+        hosts: 3,
+        failing_hosts: vec![3],
+        disruption: crate::Disruption::Crash,
+        bugs: bugs.to_vec(),
+        ..Default::default()
+    };
+    let took = run(&config)?.crash_to_aggregate;
+    ensure!(
+        took.as_millis() <= VIEW_BACK_MS_MAX,
+        "the pool's view came back {} ms after the leader crashed (at most {VIEW_BACK_MS_MAX} \
+         ms expected): the hosts did not follow the new leader when it was elected",
+        took.as_millis()
+    );
+    Ok(took)
+}
+
 /// The aggregate once every assigned host has a fresh report and the healthy ones are up.
 async fn settled_view(
     client: &mut Client,

@@ -5,7 +5,7 @@
 
 use qvdc_simulation::{
     adoption, catch_up, chaos, deposed_leader, elections, ha_flow, lease_edge, move_flow,
-    retried_requests, stranded_write, vm_flow, Bug, SimConfig,
+    pool_flow, retried_requests, stranded_write, vm_flow, Bug, SimConfig,
 };
 
 /// Seeds tried per bug before the test gives up on it.
@@ -289,5 +289,15 @@ fn elections_without_turns_cost_a_term() {
     let bugs = [Bug::ElectionsWithoutTurns];
     caught(&bugs, "took more than one term", |seed| {
         elections::dead_leader(seed, &bugs).map(drop)
+    });
+}
+
+/// Without the leader watch, hosts find a crashed leader's successor only when a heartbeat
+/// to the dead one goes unanswered: the pool's view comes back a heartbeat interval late.
+#[test]
+fn hosts_without_a_leader_watch_come_back_late() {
+    let bugs = [Bug::NoLeaderWatch];
+    caught(&bugs, "did not follow the new leader", |seed| {
+        pool_flow::view_back_after_crash(seed, &bugs).map(drop)
     });
 }

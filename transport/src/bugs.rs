@@ -73,10 +73,13 @@ pub enum Bug {
     /// under way, and stands even after saying yes to a peer. The followers of a dead
     /// leader then stand at once now and then, and the election takes another term.
     ElectionsWithoutTurns,
+    /// Hosts keep no watch for a new leader: they look for one only once a heartbeat to
+    /// the dead leader goes unanswered, up to a heartbeat interval after the election.
+    NoLeaderWatch,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 20] = [
+    pub const ALL: [Bug; 21] = [
         Bug::AckBeforeCommit,
         Bug::NoLeaderLease,
         Bug::SkipFenceCheck,
@@ -97,6 +100,7 @@ impl Bug {
         Bug::FlushReportedEarly,
         Bug::MoveGivenUpOnALostDestination,
         Bug::ElectionsWithoutTurns,
+        Bug::NoLeaderWatch,
     ];
 
     /// The bug's name on command lines.
@@ -122,6 +126,7 @@ impl Bug {
             Bug::FlushReportedEarly => "flush-reported-early",
             Bug::MoveGivenUpOnALostDestination => "move-given-up-on-a-lost-destination",
             Bug::ElectionsWithoutTurns => "elections-without-turns",
+            Bug::NoLeaderWatch => "no-leader-watch",
         }
     }
 }

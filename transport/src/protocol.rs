@@ -419,7 +419,23 @@ pub enum HostMessage {
     /// `HostReply::Leader` (a node of the previous release answers `Malformed`, which tells
     /// the host nothing).
     WhoLeads { host_id: String },
+    /// Held open on a node other than the host's leader while the host is registered: the
+    /// node answers with `HostReply::Leader` as soon as it knows a leader of a term after
+    /// `newer_than`'s (it won an election, or heard from the winner), or after
+    /// [`WATCH_LEADER_MAX_MS`] with what it knows, and the host asks again. A host so learns
+    /// of a new leader when the election ends, not when its next heartbeat to the old one
+    /// goes unanswered. A node of the previous release answers `Malformed`; the host then
+    /// relies on its heartbeats alone.
+    WatchLeader {
+        host_id: String,
+        newer_than: Leadership,
+    },
 }
+
+/// How long a node holds a `WatchLeader` that nothing answered: well inside the time a
+/// caller waits for an answer (`quic::REQUEST_READ_TIMEOUT_MS`), so an idle watch ends with
+/// an answer, never with a timeout.
+pub const WATCH_LEADER_MAX_MS: u64 = 8_000;
 
 impl HostMessage {
     /// The host the message speaks for (it must match the sender's certificate).
@@ -429,7 +445,8 @@ impl HostMessage {
             | HostMessage::Heartbeat { host_id, .. }
             | HostMessage::InventoryChanged { host_id, .. }
             | HostMessage::Capabilities { host_id, .. }
-            | HostMessage::WhoLeads { host_id } => host_id,
+            | HostMessage::WhoLeads { host_id }
+            | HostMessage::WatchLeader { host_id, .. } => host_id,
         }
     }
 }
@@ -514,7 +531,7 @@ impl HostMessage {
                 check_vm_reports(vms)
             }
             HostMessage::InventoryChanged { inventory, .. } => inventory.check(),
-            HostMessage::WhoLeads { .. } => Ok(()),
+            HostMessage::WhoLeads { .. } | HostMessage::WatchLeader { .. } => Ok(()),
             HostMessage::Capabilities { migration_uri, .. } => {
                 migration_uri.as_deref().map_or(Ok(()), |uri| {
                     bounded_text("a migration URI", uri, NAME_BYTES_MAX)
@@ -1694,6 +1711,13 @@ mod tests {
                 },
             ),
             (4, HostMessage::WhoLeads { host_id: host_id() }),
+            (
+                5,
+                HostMessage::WatchLeader {
+                    host_id: host_id(),
+                    newer_than: Leadership { term: 6, node: 2 },
+                },
+            ),
         ];
         for (number, message) in messages {
             let body = to_bytes(&message).unwrap();
@@ -1714,7 +1738,7 @@ mod tests {
             assert_eq!(body[0], number, "{reply:?} is variant {}", body[0]);
             assert_eq!(from_bytes::<HostReply>(&body).unwrap(), reply);
         }
-        let unknown = [5u8, 8, b'h', b'o', b's', b't', b'-', b'1'];
+        let unknown = [6u8, 8, b'h', b'o', b's', b't', b'-', b'1'];
         assert!(matches!(
             from_bytes::<HostMessage>(&unknown),
             Err(CodecError::Malformed(_))

@@ -115,10 +115,12 @@ pub async fn accept_host(endpoint: &Endpoint, leadership: Leadership) -> HostSes
                 HostMessage::Heartbeat { .. }
                 | HostMessage::InventoryChanged { .. }
                 | HostMessage::Capabilities { .. } => HostReply::HeartbeatAck,
-                HostMessage::WhoLeads { .. } => HostReply::Leader {
-                    leadership: Some(leadership),
-                    addr: None,
-                },
+                HostMessage::WhoLeads { .. } | HostMessage::WatchLeader { .. } => {
+                    HostReply::Leader {
+                        leadership: Some(leadership),
+                        addr: None,
+                    }
+                }
             };
             let _ = record.send(message);
             let _ = quic::respond(send, &Response::Host(reply)).await;
