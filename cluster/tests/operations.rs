@@ -811,6 +811,7 @@ async fn every_node_and_host_serves_metrics_and_counts_a_leader_change() {
         "qhost_libvirt_errors_total",
         "qhost_mount_errors_total",
         "qhost_sessions_failed_total ",
+        "qhost_registrations_total ",
     ] {
         assert!(
             host.contains(series),

@@ -88,6 +88,9 @@ pub struct AgentConfig {
     pub migration_uri: Option<String>,
     /// What the agent measures (served by `qhost --metrics-listen`).
     pub metrics: crate::metrics::HostMetrics,
+    /// Whether the agent keeps a watch for the next leader on another node while registered
+    /// (ADR 32). Always on in `qhost`; the swarm turns it off to measure what it buys.
+    pub leader_watch: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -451,16 +454,19 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
             return SessionEnd::Failed(e.to_string());
         }
         *failures = 0;
+        self.config.metrics.registrations.inc();
         self.leader = Some((addr, leadership));
-        let (found, moved) = tokio::sync::oneshot::channel();
-        self.moved = Some(moved);
-        let watch = Watch {
-            endpoint: self.endpoint.clone(),
-            host_id: self.config.host_id.clone(),
-            leader: (addr, leadership),
-            cluster: self.config.cluster.clone(),
-        };
-        let _watching = AbortOnDrop(tokio::spawn(watch.run(found)));
+        let _watching = self.config.leader_watch.then(|| {
+            let (found, moved) = tokio::sync::oneshot::channel();
+            self.moved = Some(moved);
+            let watch = Watch {
+                endpoint: self.endpoint.clone(),
+                host_id: self.config.host_id.clone(),
+                leader: (addr, leadership),
+                cluster: self.config.cluster.clone(),
+            };
+            AbortOnDrop(tokio::spawn(watch.run(found)))
+        });
         let capabilities = HostMessage::Capabilities {
             host_id: self.config.host_id.clone(),
             leases: true,

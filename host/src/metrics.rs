@@ -24,6 +24,9 @@ pub struct HostMetrics {
     /// Sessions with the control plane that failed (no answer in time, refused, lost) and
     /// were dialed again; redirects to the leader are not counted.
     pub sessions_failed: Counter,
+    /// Registrations with a leader: one per session that got as far, so one more after
+    /// every leader change.
+    pub registrations: Counter,
 }
 
 impl Default for HostMetrics {
@@ -35,6 +38,7 @@ impl Default for HostMetrics {
         let libvirt_errors = Family::default();
         let mount_errors = Family::default();
         let sessions_failed = Counter::default();
+        let registrations = Counter::default();
         let mut registry = Registry::default();
         registry.register(
             "qhost_command_seconds",
@@ -71,6 +75,11 @@ impl Default for HostMetrics {
             "Sessions with the control plane that failed (no answer in time, refused, connection lost) and were dialed again",
             sessions_failed.clone(),
         );
+        registry.register(
+            "qhost_registrations",
+            "Registrations with a leader: one per session that got that far, one more after every leader change",
+            registrations.clone(),
+        );
         // Present from the start at 0, so that alerts on their rate have a series to read.
         drop(libvirt_errors.get_or_create(&KindLabel { kind: "list" }));
         drop(mount_errors.get_or_create(&KindLabel { kind: "probe" }));
@@ -83,6 +92,7 @@ impl Default for HostMetrics {
             libvirt_errors,
             mount_errors,
             sessions_failed,
+            registrations,
         }
     }
 }

@@ -49,6 +49,12 @@ pub struct SwarmConfig {
     pub losses: usize,
     /// The agents' heartbeat interval.
     pub heartbeat_ms: u64,
+    /// Whether to `kill -9` the leader after the steady window and time the hosts' move to
+    /// the new one (the killed node stays down).
+    pub kill_leader: bool,
+    /// Whether the agents keep a watch for the next leader (ADR 32); off only to measure
+    /// what the watch costs and buys.
+    pub leader_watch: bool,
 }
 
 /// A node of the dev cluster, as its `nodes.json` lists it.
@@ -122,6 +128,8 @@ pub struct SwarmReport {
     pub session_ends_registering: u64,
     /// The leader's CPU over the steady window, in cores.
     pub leader_cores: f64,
+    /// Each follower's CPU over the same window, in cores (what hosts' leader watches cost).
+    pub follower_cores: Vec<f64>,
     /// The leader's resident memory at the end of the steady window.
     pub leader_rss_mib: f64,
     /// This process's CPU over the same window, in cores (the load generator's own cost, on
@@ -138,6 +146,23 @@ pub struct SwarmReport {
     pub pool_show: Spread,
     /// From an agent's stop to the leader showing its host Unreachable.
     pub detection: Spread,
+    /// What a leader `kill -9` did to the hosts, when asked for.
+    pub leader_kill: Option<LeaderKill>,
+}
+
+/// The hosts across a leader `kill -9`.
+#[derive(Debug, Clone, Default)]
+pub struct LeaderKill {
+    /// From the kill to a survivor naming another leader (polled every 20 ms).
+    pub elected_after: Option<Duration>,
+    /// From the kill to each registration with the new leader.
+    pub registered: Spread,
+    /// Hosts registered out of all.
+    pub registered_count: usize,
+    /// The most hosts the new leader showed Unreachable at once (every host was alive).
+    pub unreachable_max: usize,
+    /// Agent sessions that ended meanwhile (timeouts, refusals), not counting moves.
+    pub sessions_failed: u64,
 }
 
 /// Runs the swarm against the dev cluster and measures it.
@@ -204,6 +229,13 @@ pub async fn run(config: &SwarmConfig) -> anyhow::Result<SwarmReport> {
 
     let leader = leader_node(&mut admin, &nodes).await?;
     let (cpu_before, swarm_before) = (cpu_seconds(leader.pid)?, cpu_seconds(std::process::id())?);
+    let followers: Vec<u32> = (nodes.iter())
+        .filter(|n| n.role == "server" && n.pid != leader.pid)
+        .map(|n| n.pid)
+        .collect();
+    let followers_before = (followers.iter())
+        .map(|pid| cpu_seconds(*pid))
+        .collect::<anyhow::Result<Vec<f64>>>()?;
     let histogram_before =
         scrape_histogram(&leader.metrics, "qvdc_heartbeat_to_view_seconds").await;
     let window = Instant::now();
@@ -211,6 +243,10 @@ pub async fn run(config: &SwarmConfig) -> anyhow::Result<SwarmReport> {
     let elapsed = window.elapsed().as_secs_f64();
     let leader_cores = (cpu_seconds(leader.pid)? - cpu_before) / elapsed;
     let swarm_cores = (cpu_seconds(std::process::id())? - swarm_before) / elapsed;
+    let mut follower_cores = Vec::with_capacity(followers.len());
+    for (pid, before) in followers.iter().zip(followers_before) {
+        follower_cores.push((cpu_seconds(*pid)? - before) / elapsed);
+    }
     let leader_rss_mib = rss_mib(leader.pid)?;
     let histogram_after = scrape_histogram(&leader.metrics, "qvdc_heartbeat_to_view_seconds").await;
     let (heartbeat_to_view, pool_reports_per_s) = match (histogram_before, histogram_after) {
@@ -235,6 +271,18 @@ pub async fn run(config: &SwarmConfig) -> anyhow::Result<SwarmReport> {
         );
     }
 
+    let leader_kill = if config.kill_leader {
+        let survivors: Vec<SocketAddr> = (nodes.iter())
+            .filter(|n| n.role == "server" && n.pid != leader.pid)
+            .filter_map(|n| n.address.as_deref()?.parse().ok())
+            .collect();
+        let watcher = operator(&certs, &survivors)?;
+        admin = operator(&certs, &survivors)?;
+        Some(kill_leader(&leader, watcher, &metrics, config.hosts).await?)
+    } else {
+        None
+    };
+
     let detection = detect_losses(&mut admin, &mut agents, &names, config.losses).await?;
     for agent in agents.into_values() {
         agent.abort();
@@ -244,6 +292,7 @@ pub async fn run(config: &SwarmConfig) -> anyhow::Result<SwarmReport> {
         registered_in,
         session_ends_registering,
         leader_cores,
+        follower_cores,
         leader_rss_mib,
         swarm_cores,
         heartbeat_to_view,
@@ -251,6 +300,7 @@ pub async fn run(config: &SwarmConfig) -> anyhow::Result<SwarmReport> {
         pool_hosts: pool_hosts.len(),
         pool_show: Spread::of(reads),
         detection,
+        leader_kill,
     })
 }
 
@@ -304,6 +354,7 @@ fn spawn_agent(
         heartbeat_interval_ms: config.heartbeat_ms,
         migration_uri: None,
         metrics: metrics.clone(),
+        leader_watch: config.leader_watch,
     };
     let parts = HostParts {
         mounter,
@@ -425,6 +476,74 @@ async fn leader_node(admin: &mut Client, nodes: &[NodeInfo]) -> anyhow::Result<N
         .find(|n| n.role == "server" && n.id == leader.to_string())
         .cloned()
         .with_context(|| format!("node {leader} is not in nodes.json"))
+}
+
+/// Kills the leader (`kill -9`) and times, from then on, a survivor naming a new leader and
+/// each host's registration with it (from the agents' own counter), while the new leader's
+/// host list is read for hosts shown Unreachable (none should be: every agent runs on).
+async fn kill_leader(
+    leader: &NodeInfo,
+    mut watcher: Client,
+    metrics: &HostMetrics,
+    hosts: usize,
+) -> anyhow::Result<LeaderKill> {
+    let (registrations, failures) = (metrics.registrations.get(), metrics.sessions_failed.get());
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &leader.pid.to_string()])
+        .status()
+        .context("running kill")?;
+    anyhow::ensure!(killed.success(), "kill -9 {} failed", leader.pid);
+    let killed_at = Instant::now();
+    let old_leader = leader.id.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    let watching = tokio::spawn(async move {
+        let (mut elected_after, mut unreachable_max) = (None, 0);
+        while !stopped.load(std::sync::atomic::Ordering::SeqCst) {
+            let ask = async {
+                if elected_after.is_none() {
+                    if let Ok(ApiResponse::ClusterStatus(status)) =
+                        watcher.request(ApiRequest::ClusterStatus).await
+                    {
+                        let named = status.leader.map(|id| id.to_string());
+                        if named.is_some_and(|id| id != old_leader) {
+                            elected_after = Some(killed_at.elapsed());
+                        }
+                    }
+                } else if let Ok(ApiResponse::Hosts(list)) =
+                    watcher.request(ApiRequest::HostList).await
+                {
+                    let lost = list.iter().filter(|h| h.liveness == Liveness::Unreachable);
+                    unreachable_max = unreachable_max.max(lost.count());
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(2), ask).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (elected_after, unreachable_max)
+    });
+    let mut registered = Vec::with_capacity(hosts);
+    while registered.len() < hosts && killed_at.elapsed() < Duration::from_secs(60) {
+        let now = (metrics.registrations.get() - registrations) as usize;
+        let at = killed_at.elapsed();
+        registered.extend(std::iter::repeat_n(
+            at,
+            now.saturating_sub(registered.len()),
+        ));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The host list keeps being read for a while after the last registration: a new leader
+    // that shows live hosts Unreachable does so one liveness bound after it took over.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (elected_after, unreachable_max) = watching.await.context("the host-list reader")?;
+    Ok(LeaderKill {
+        elected_after,
+        registered_count: registered.len(),
+        registered: Spread::of(registered),
+        unreachable_max,
+        sessions_failed: metrics.sessions_failed.get() - failures,
+    })
 }
 
 /// Stops `count` agents at once (from the end of the list, outside the measured pool when

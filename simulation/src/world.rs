@@ -327,6 +327,7 @@ pub(crate) fn add_host(
                 heartbeat_interval_ms: qvdc_host::agent::HEARTBEAT_INTERVAL_MS_DEFAULT,
                 migration_uri: migration_uri.clone(),
                 metrics: Default::default(),
+                leader_watch: true,
             };
             // A domain defined before qvdc, on every host: reported, never touched. The
             // first host's has a disk in what will be pool `legacy` once mounted there.

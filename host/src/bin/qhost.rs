@@ -139,6 +139,7 @@ async fn main() -> anyhow::Result<()> {
         heartbeat_interval_ms: args.heartbeat_interval_ms,
         migration_uri: args.migration_uri.clone(),
         metrics: Default::default(),
+        leader_watch: true,
     };
     let fence = Fence::open(Box::new(FileFence::new(args.data_dir.join("fence"))))?;
     let parts = HostParts {

@@ -74,6 +74,7 @@ pub fn start_sim_agent_in(
         heartbeat_interval_ms: 200,
         migration_uri: None,
         metrics: Default::default(),
+        leader_watch: true,
     };
     let endpoint = Endpoint::bind(
         "127.0.0.1:0".parse().unwrap(),

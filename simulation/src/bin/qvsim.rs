@@ -103,6 +103,14 @@ enum Command {
         /// The agents' heartbeat interval, in milliseconds.
         #[arg(long, default_value_t = qvdc_host::agent::HEARTBEAT_INTERVAL_MS_DEFAULT)]
         heartbeat_ms: u64,
+        /// After the steady window, `kill -9` the leader and time the hosts' move to the
+        /// new one (the killed node stays down; restart the dev cluster afterwards).
+        #[arg(long)]
+        kill_leader: bool,
+        /// Run the agents without their watch for the next leader (ADR 32), to measure what
+        /// it costs the followers and what it buys after a leader kill.
+        #[arg(long)]
+        without_leader_watch: bool,
         /// Worker threads of this process's runtime.
         #[arg(long, default_value_t = 2)]
         threads: usize,
@@ -684,6 +692,8 @@ fn main() -> ExitCode {
             losses,
             per_socket,
             heartbeat_ms,
+            kill_leader,
+            without_leader_watch,
             threads,
         } => {
             let config = qvdc_simulation::swarm::SwarmConfig {
@@ -695,6 +705,8 @@ fn main() -> ExitCode {
                 pool_reads,
                 losses: losses.min(hosts),
                 heartbeat_ms,
+                kill_leader,
+                leader_watch: !without_leader_watch,
             };
             match swarm(&config, threads) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -734,6 +746,10 @@ fn swarm(config: &qvdc_simulation::swarm::SwarmConfig, threads: usize) -> anyhow
         "  leader: {:.3} cores, {:.0} MiB resident; heartbeat to view {view} ({:.0} pool reports/s)",
         report.leader_cores, report.leader_rss_mib, report.pool_reports_per_s
     );
+    let followers: Vec<String> = (report.follower_cores.iter())
+        .map(|cores| format!("{cores:.3}"))
+        .collect();
+    println!("  followers: {} cores", followers.join(" and "));
     println!(
         "  this process (the swarm): {:.3} cores",
         report.swarm_cores
@@ -742,6 +758,15 @@ fn swarm(config: &qvdc_simulation::swarm::SwarmConfig, threads: usize) -> anyhow
         "  pool show of a pool on {} hosts: {}",
         report.pool_hosts, report.pool_show
     );
+    if let Some(kill) = &report.leader_kill {
+        let elected = kill
+            .elected_after
+            .map_or("not seen".into(), |d| format!("{} ms", d.as_millis()));
+        println!(
+            "  leader kill -9: new leader named after {elected}; {} of {} hosts registered with it, {}; at most {} shown Unreachable; {} sessions failed meanwhile",
+            kill.registered_count, report.hosts, kill.registered, kill.unreachable_max, kill.sessions_failed
+        );
+    }
     println!("  host loss detection: {}", report.detection);
     Ok(())
 }
