@@ -16,8 +16,14 @@ use crate::{
 
 /// A connection with no traffic for this long is considered dead.
 pub const IDLE_TIMEOUT_MS: u64 = 4_000;
-/// Keep-alives keep a quiet connection (a host between heartbeats) from idling out.
+/// Keep-alives keep a quiet connection (a host between heartbeats) from idling out. The
+/// side that dials sends them; the side that accepts sends none (every peer that dials
+/// keeps its own connections alive, and a thousand idle hosts' connections would
+/// otherwise cost their node two packets a second each rather than one).
 pub const KEEP_ALIVE_INTERVAL_MS: u64 = 1_000;
+/// Keep-alives of a connection that only waits (a host's watch for the next leader): well
+/// inside [`IDLE_TIMEOUT_MS`], with time for a lost one to be sent again.
+pub const QUIET_KEEP_ALIVE_INTERVAL_MS: u64 = 2_500;
 /// Bound on how many requests one peer may have in flight on one connection.
 pub const STREAMS_PER_CONNECTION_MAX: u32 = 256;
 /// The application error code of a connection closed because its peer is over a bound
@@ -69,14 +75,14 @@ pub struct Endpoint {
     client: quinn::ClientConfig,
 }
 
-fn transport_config() -> Arc<quinn::TransportConfig> {
+fn transport_config(keep_alive_ms: Option<u64>) -> Arc<quinn::TransportConfig> {
     let mut config = quinn::TransportConfig::default();
     config
         .max_idle_timeout(Some(
             quinn::IdleTimeout::try_from(Duration::from_millis(IDLE_TIMEOUT_MS))
                 .expect("small timeout"),
         ))
-        .keep_alive_interval(Some(Duration::from_millis(KEEP_ALIVE_INTERVAL_MS)))
+        .keep_alive_interval(keep_alive_ms.map(Duration::from_millis))
         .stream_receive_window(STREAM_RECEIVE_WINDOW_BYTES.into())
         .receive_window(CONNECTION_RECEIVE_WINDOW_BYTES.into())
         .max_concurrent_bidi_streams(STREAMS_PER_CONNECTION_MAX.into())
@@ -99,7 +105,7 @@ pub(crate) fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, 
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(identity.server_config()?)
         .map_err(|e| TransportError::Endpoint(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(transport_config());
+    config.transport_config(transport_config(None));
     Ok(config)
 }
 
@@ -107,7 +113,7 @@ pub(crate) fn client_config(identity: &Identity) -> Result<quinn::ClientConfig, 
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(identity.client_config()?)
         .map_err(|e| TransportError::Endpoint(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(transport_config());
+    config.transport_config(transport_config(Some(KEEP_ALIVE_INTERVAL_MS)));
     Ok(config)
 }
 
@@ -162,9 +168,28 @@ impl Endpoint {
 
     /// Dials a control-plane node and completes the mutual-TLS handshake.
     pub async fn connect(&self, addr: SocketAddr) -> Result<quinn::Connection, TransportError> {
+        self.connect_as(self.client.clone(), addr).await
+    }
+
+    /// [`Endpoint::connect`], for a connection that mostly waits: it keeps itself alive
+    /// with a keep-alive every [`QUIET_KEEP_ALIVE_INTERVAL_MS`] rather than every second.
+    pub async fn connect_quietly(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<quinn::Connection, TransportError> {
+        let mut config = self.client.clone();
+        config.transport_config(transport_config(Some(QUIET_KEEP_ALIVE_INTERVAL_MS)));
+        self.connect_as(config, addr).await
+    }
+
+    async fn connect_as(
+        &self,
+        config: quinn::ClientConfig,
+        addr: SocketAddr,
+    ) -> Result<quinn::Connection, TransportError> {
         let connecting = self
             .inner
-            .connect_with(self.client.clone(), addr, tls::SERVER_NAME)
+            .connect_with(config, addr, tls::SERVER_NAME)
             .map_err(|e| TransportError::Connect {
                 addr,
                 reason: e.to_string(),
