@@ -54,6 +54,10 @@ pub const SLOW_ANSWER_MAX_MS: u64 = 6_000;
 pub const ASK_WHO_LEADS_EVERY_MS: u64 = 500;
 /// How long asking another node who leads may take, dialing it included.
 pub const ASK_WHO_LEADS_TIMEOUT_MS: u64 = 500;
+/// How long a handshake with a node just named as the new leader may take: after an
+/// election every host dials it at once, and a handshake given up half done is one more to
+/// start over (measured with the swarm, docs/benchmarks.md).
+pub const NAMED_LEADER_CONNECT_TIMEOUT_MS: u64 = 4_000;
 /// A domain list older than this many heartbeat intervals (the hypervisor has not answered
 /// since) is reported with every power state Unknown.
 pub const SURVEY_STALE_AFTER_BEATS: u64 = 3;
@@ -167,6 +171,16 @@ pub struct Agent<M, H, N> {
     moved: Option<tokio::sync::oneshot::Receiver<NewLeader>>,
 }
 
+/// How a session reaches its node.
+enum Dial {
+    /// On a connection open already (the one a new leader was found on).
+    Open(qvdc_transport::quinn::Connection),
+    /// A node another node just named as the new leader: alive, and likely dialed by every
+    /// host at once, so its handshake is given [`NAMED_LEADER_CONNECT_TIMEOUT_MS`].
+    NamedLeader,
+    Plain,
+}
+
 enum SessionEnd {
     Redirect(SocketAddr),
     /// Another node leads at a newer term than the session's leader: go there at once,
@@ -267,11 +281,17 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
         let mut open = None;
         let mut failed: Option<SocketAddr> = None;
         let mut failures = 0u32;
+        let mut named = false;
         loop {
             let addr = hint
                 .take()
                 .unwrap_or_else(|| self.next_address(&mut next, failed));
-            let end = self.session(addr, open.take(), &mut failures).await;
+            let dial = match open.take() {
+                Some(connection) => Dial::Open(connection),
+                None if std::mem::take(&mut named) => Dial::NamedLeader,
+                None => Dial::Plain,
+            };
+            let end = self.session(addr, dial, &mut failures).await;
             self.leader = None;
             self.moved = None;
             if let Some((_, standby)) = self.standby.take() {
@@ -287,6 +307,7 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
                     info!(from = %addr, to = %leader, "another node leads now; moving there");
                     hint = Some(leader);
                     open = connection;
+                    named = true;
                 }
                 SessionEnd::Failed(reason) => {
                     self.config.metrics.sessions_failed.inc();
@@ -419,18 +440,19 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
 
     /// One session with the control plane at `addr` (on `open` if a connection to it is
     /// open already); a registration resets `failures`.
-    async fn session(
-        &mut self,
-        addr: SocketAddr,
-        open: Option<qvdc_transport::quinn::Connection>,
-        failures: &mut u32,
-    ) -> SessionEnd {
-        let connection = match open {
-            Some(connection) => connection,
-            None => match self.endpoint.connect(addr).await {
-                Ok(c) => c,
-                Err(e) => return e.into(),
-            },
+    async fn session(&mut self, addr: SocketAddr, dial: Dial, failures: &mut u32) -> SessionEnd {
+        let dialed = match dial {
+            Dial::Open(connection) => Ok(connection),
+            Dial::NamedLeader => {
+                (self.endpoint)
+                    .connect_within(addr, NAMED_LEADER_CONNECT_TIMEOUT_MS)
+                    .await
+            }
+            Dial::Plain => self.endpoint.connect(addr).await,
+        };
+        let connection = match dialed {
+            Ok(c) => c,
+            Err(e) => return e.into(),
         };
         // A first registration waits briefly for the first survey, so the leader does not
         // take an empty domain list for what the host runs.

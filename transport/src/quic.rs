@@ -168,7 +168,20 @@ impl Endpoint {
 
     /// Dials a control-plane node and completes the mutual-TLS handshake.
     pub async fn connect(&self, addr: SocketAddr) -> Result<quinn::Connection, TransportError> {
-        self.connect_as(self.client.clone(), addr).await
+        self.connect_as(self.client.clone(), addr, CONNECT_TIMEOUT_MS)
+            .await
+    }
+
+    /// [`Endpoint::connect`], allowing the handshake `ms` rather than
+    /// [`CONNECT_TIMEOUT_MS`]: for a peer known to be alive and busy (a new leader that
+    /// thousands of hosts dial at once), where giving up a handshake half done only to start
+    /// another adds to the load that made it slow.
+    pub async fn connect_within(
+        &self,
+        addr: SocketAddr,
+        ms: u64,
+    ) -> Result<quinn::Connection, TransportError> {
+        self.connect_as(self.client.clone(), addr, ms).await
     }
 
     /// [`Endpoint::connect`], for a connection that mostly waits: it keeps itself alive
@@ -179,13 +192,14 @@ impl Endpoint {
     ) -> Result<quinn::Connection, TransportError> {
         let mut config = self.client.clone();
         config.transport_config(transport_config(Some(QUIET_KEEP_ALIVE_INTERVAL_MS)));
-        self.connect_as(config, addr).await
+        self.connect_as(config, addr, CONNECT_TIMEOUT_MS).await
     }
 
     async fn connect_as(
         &self,
         config: quinn::ClientConfig,
         addr: SocketAddr,
+        timeout_ms: u64,
     ) -> Result<quinn::Connection, TransportError> {
         let connecting = self
             .inner
@@ -194,7 +208,7 @@ impl Endpoint {
                 addr,
                 reason: e.to_string(),
             })?;
-        match tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connecting).await {
+        match tokio::time::timeout(Duration::from_millis(timeout_ms), connecting).await {
             Ok(Ok(connection)) => Ok(connection),
             Ok(Err(e)) => Err(TransportError::Connect {
                 addr,
@@ -202,7 +216,7 @@ impl Endpoint {
             }),
             Err(_) => Err(TransportError::ConnectTimeout {
                 addr,
-                ms: CONNECT_TIMEOUT_MS,
+                ms: timeout_ms,
             }),
         }
     }
