@@ -734,12 +734,16 @@ async fn every_node_and_host_serves_metrics_and_counts_a_leader_change() {
         .expect("VM created");
     let leader = leader_of(&nodes).await;
     let leader_port = nodes.metrics_ports[leader - 1];
-    // The leader learns the host's reports within a few heartbeats.
+    // The leader learns the host's reports within a few heartbeats. The pool's series
+    // appear as soon as its command's answer is in (a failed one shows ERROR at once), which
+    // can be a heartbeat before the host's first report of the pool reaches its view.
     let started = Instant::now();
     let text = loop {
         let text = scrape(leader_port);
+        let routed = sample(&text, "qvdc_heartbeat_to_view_seconds_count ").unwrap_or(0.0);
         if text.contains("qvdc_vms{")
             && text.contains(r#"qvdc_pool_host_up{pool="metered",host="host-1"}"#)
+            && routed > 0.0
         {
             break text;
         }

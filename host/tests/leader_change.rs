@@ -122,6 +122,19 @@ async fn next(
         .expect("the stand-in stopped")
 }
 
+/// Starts an agent with `cluster` and waits until it registers with the first node, whose
+/// requests `to_first` reports.
+async fn registered_with(
+    dir: &std::path::Path,
+    cluster: [SocketAddr; 2],
+    to_first: &mut mpsc::UnboundedReceiver<(usize, HostMessage)>,
+) -> tokio::task::JoinHandle<()> {
+    let agent = start_sim_agent_in(dir, cluster.to_vec(), None);
+    let (_, first) = next(to_first, Duration::from_secs(10)).await;
+    assert!(matches!(first, HostMessage::Register { .. }), "{first:?}");
+    agent
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_moves_to_a_new_leader_as_soon_as_the_old_one_goes_silent() {
     let dir = tempfile::tempdir().unwrap();
@@ -146,12 +159,8 @@ async fn a_host_moves_to_a_new_leader_as_soon_as_the_old_one_goes_silent() {
         other => standard(NEW)(other),
     });
 
-    let _agent = start_sim_agent_in(dir.path(), vec![old_relayed, new_addr], None);
     let within = Duration::from_secs(10);
-    assert!(matches!(
-        next(&mut to_old, within).await.1,
-        HostMessage::Register { .. }
-    ));
+    let _agent = registered_with(dir.path(), [old_relayed, new_addr], &mut to_old).await;
     // Heartbeats flow (every 200 ms in these tests).
     for _ in 0..3 {
         next(&mut to_old, within).await;
@@ -211,12 +220,8 @@ async fn a_host_moves_when_the_node_it_watches_names_a_newer_leader() {
         other => standard(NEW)(other),
     });
 
-    let _agent = start_sim_agent_in(dir.path(), vec![old_addr, new_addr], None);
     let within = Duration::from_secs(10);
-    assert!(matches!(
-        next(&mut to_old, within).await.1,
-        HostMessage::Register { .. }
-    ));
+    let _agent = registered_with(dir.path(), [old_addr, new_addr], &mut to_old).await;
     // The host watches from node-2 while it heartbeats to node-1.
     assert!(matches!(
         next(&mut to_new, within).await.1,
