@@ -286,10 +286,10 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
             let addr = hint
                 .take()
                 .unwrap_or_else(|| self.next_address(&mut next, failed));
-            let dial = match open.take() {
-                Some(connection) => Dial::Open(connection),
-                None if std::mem::take(&mut named) => Dial::NamedLeader,
-                None => Dial::Plain,
+            let dial = match (open.take(), std::mem::take(&mut named)) {
+                (Some(connection), _) => Dial::Open(connection),
+                (None, true) => Dial::NamedLeader,
+                (None, false) => Dial::Plain,
             };
             let end = self.session(addr, dial, &mut failures).await;
             self.leader = None;
