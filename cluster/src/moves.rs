@@ -384,9 +384,23 @@ impl Drive {
                     took_ms = sent.elapsed().as_millis() as u64, "live migration done");
                 self.finish().await
             }
+            Err(CommandError::Host(e))
+                if e.kind == HostErrorKind::NotFound
+                    && !bugs::active(Bug::MoveGivenUpWhenTheSourceHasNoGuest) =>
+            {
+                // The source has no guest: a migration sent before (by an earlier leader, or
+                // by this one with its answer lost) took it over, or it is gone. It runs
+                // nowhere but at the destination, so the VM is the destination's, which starts
+                // it if it has no guest. Not decided by the destination's report: one that
+                // arrives now may carry a survey from before the guest landed, and giving up
+                // on it would start the VM again at the source while it runs at the
+                // destination.
+                info!(vm = %self.name, from = %self.from, to = %self.to,
+                    "the guest left its old host; the move is over");
+                self.finish().await
+            }
             Err(CommandError::Host(e)) => {
-                // Refused, failed, or the domain was no longer there (a migration an earlier
-                // leader sent finished meanwhile): the destination's next report tells.
+                // Refused or failed: the destination's next report tells.
                 // Given up only once the destination has no copy at all: a paused one is a
                 // migration still under way (libvirt refuses a second one meanwhile).
                 match self.seen_on(&self.to, Instant::now()).await {

@@ -69,6 +69,11 @@ pub enum Bug {
     /// the guest already left it: the VM is started again at the source while the migrated
     /// guest may run on at the destination.
     MoveGivenUpOnALostDestination,
+    /// A live move whose source answers that it has no guest (a migration sent earlier went
+    /// over) is given up when the destination's latest report, possibly surveyed before the
+    /// guest landed, does not list it: the VM is started again at the source while it runs
+    /// at the destination.
+    MoveGivenUpWhenTheSourceHasNoGuest,
     /// Elections take no turns: a node says yes to pre-votes while its own candidacy is
     /// under way, and stands even after saying yes to a peer. The followers of a dead
     /// leader then stand at once now and then, and the election takes another term.
@@ -79,7 +84,7 @@ pub enum Bug {
 }
 
 impl Bug {
-    pub const ALL: [Bug; 21] = [
+    pub const ALL: [Bug; 22] = [
         Bug::AckBeforeCommit,
         Bug::NoLeaderLease,
         Bug::SkipFenceCheck,
@@ -99,6 +104,7 @@ impl Bug {
         Bug::AuditRecordsRetries,
         Bug::FlushReportedEarly,
         Bug::MoveGivenUpOnALostDestination,
+        Bug::MoveGivenUpWhenTheSourceHasNoGuest,
         Bug::ElectionsWithoutTurns,
         Bug::NoLeaderWatch,
     ];
@@ -125,6 +131,7 @@ impl Bug {
             Bug::AuditRecordsRetries => "audit-records-retries",
             Bug::FlushReportedEarly => "flush-reported-early",
             Bug::MoveGivenUpOnALostDestination => "move-given-up-on-a-lost-destination",
+            Bug::MoveGivenUpWhenTheSourceHasNoGuest => "move-given-up-when-the-source-has-no-guest",
             Bug::ElectionsWithoutTurns => "elections-without-turns",
             Bug::NoLeaderWatch => "no-leader-watch",
         }
