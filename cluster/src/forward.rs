@@ -8,6 +8,7 @@ use std::time::Duration;
 use openraft::RaftMetrics;
 use qvdc_raft::NodeId;
 use qvdc_transport::{
+    bugs::{self, Bug},
     protocol::{ApiRequest, LeaderHint, Request, Response},
     tls::PeerIdentity,
 };
@@ -84,6 +85,12 @@ pub(crate) async fn to_leader(
     operator: &PeerIdentity,
     request: ApiRequest,
 ) -> Response {
+    if node.was_removed(node.id) && !bugs::active(Bug::RemovedNodePassesRequestsOn) {
+        // The leader refuses a removed node's certificate, and would answer Forbidden to
+        // every request passed on from here: send the client to the leader, or on to
+        // another node, instead of holding it here.
+        return node.not_leader();
+    }
     let started = Instant::now();
     let deadline = started + Duration::from_millis(FORWARD_DEADLINE_MS);
     let mut leaderless_since = Some(started);

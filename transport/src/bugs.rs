@@ -74,6 +74,10 @@ pub enum Bug {
     /// guest landed, does not list it: the VM is started again at the source while it runs
     /// at the destination.
     MoveGivenUpWhenTheSourceHasNoGuest,
+    /// A node removed from the cluster keeps passing operators' requests on to the leader,
+    /// which refuses its certificate: a client that reached it is answered Forbidden, again
+    /// and again, and never tries another node.
+    RemovedNodePassesRequestsOn,
     /// Elections take no turns: a node says yes to pre-votes while its own candidacy is
     /// under way, and stands even after saying yes to a peer. The followers of a dead
     /// leader then stand at once now and then, and the election takes another term.
@@ -84,7 +88,7 @@ pub enum Bug {
 }
 
 impl Bug {
-    pub const ALL: [Bug; 22] = [
+    pub const ALL: [Bug; 23] = [
         Bug::AckBeforeCommit,
         Bug::NoLeaderLease,
         Bug::SkipFenceCheck,
@@ -105,6 +109,7 @@ impl Bug {
         Bug::FlushReportedEarly,
         Bug::MoveGivenUpOnALostDestination,
         Bug::MoveGivenUpWhenTheSourceHasNoGuest,
+        Bug::RemovedNodePassesRequestsOn,
         Bug::ElectionsWithoutTurns,
         Bug::NoLeaderWatch,
     ];
@@ -132,6 +137,7 @@ impl Bug {
             Bug::FlushReportedEarly => "flush-reported-early",
             Bug::MoveGivenUpOnALostDestination => "move-given-up-on-a-lost-destination",
             Bug::MoveGivenUpWhenTheSourceHasNoGuest => "move-given-up-when-the-source-has-no-guest",
+            Bug::RemovedNodePassesRequestsOn => "removed-node-passes-requests-on",
             Bug::ElectionsWithoutTurns => "elections-without-turns",
             Bug::NoLeaderWatch => "no-leader-watch",
         }
