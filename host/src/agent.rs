@@ -35,6 +35,7 @@ use crate::{
     pools::{validate_volume_name, PoolOp, Pools},
     silence::{self, Silence},
     source_policy::SourcePolicy,
+    spares::Spares,
     vms::{VmOp, Vms},
 };
 
@@ -162,9 +163,10 @@ pub struct Agent<M, H, N> {
     surveyed: Arc<Notify>,
     /// The session's leader and its leadership, once registered.
     leader: Option<(SocketAddr, Leadership)>,
-    /// A connection to a node asked who leads, kept for the session (asking again costs no
-    /// handshake, and if that node becomes the leader the session moves onto it).
-    standby: Option<(SocketAddr, qvdc_transport::quinn::Connection)>,
+    /// Connections to nodes that answered and are not in use: the next session, watch or
+    /// question on that node goes over one instead of a new handshake (a node asked who
+    /// leads may become the leader; one that redirected the host is one it may watch).
+    spares: Spares,
     /// How many times another node was asked who leads (picks the next one to ask).
     asked: usize,
     /// While registered: where the session's leader watch says a newer leader is.
@@ -235,7 +237,7 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
             report_now,
             surveyed: Arc::new(Notify::new()),
             leader: None,
-            standby: None,
+            spares: Spares::default(),
             asked: 0,
             moved: None,
         }
@@ -294,9 +296,6 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
             let end = self.session(addr, dial, &mut failures).await;
             self.leader = None;
             self.moved = None;
-            if let Some((_, standby)) = self.standby.take() {
-                standby.close(0u32.into(), b"session over");
-            }
             match end {
                 SessionEnd::Redirect(leader) => {
                     debug!(%addr, %leader, "redirected to the leader");
@@ -361,7 +360,7 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
         loop {
             tokio::select! {
                 reply = &mut call => return Ok(reply?),
-                (at, open) = new_leader(&mut self.moved) => return Err(SessionEnd::Moved(at, open)),
+                found = new_leader(&mut self.moved) => return Err(self.moved_to(found)),
                 _ = check.tick() => {}
             }
             let now = Instant::now();
@@ -406,9 +405,9 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
         self.asked = self.asked.wrapping_add(1);
         let limit = Duration::from_millis(ASK_WHO_LEADS_TIMEOUT_MS);
         let asked = async {
-            let connection = match self.standby.take() {
-                Some((at, c)) if at == addr && c.close_reason().is_none() => c,
-                _ => self.endpoint.connect(addr).await.ok()?,
+            let connection = match self.spares.take(addr) {
+                Some(connection) => connection,
+                None => self.endpoint.connect(addr).await.ok()?,
             };
             let ask = HostMessage::WhoLeads {
                 host_id: self.config.host_id.clone(),
@@ -432,7 +431,7 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
                 Some(SessionEnd::Moved(new_leader, reuse))
             }
             None => {
-                self.standby = Some((addr, connection));
+                self.spares.keep(addr, connection);
                 None
             }
         }
@@ -441,14 +440,14 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
     /// One session with the control plane at `addr` (on `open` if a connection to it is
     /// open already); a registration resets `failures`.
     async fn session(&mut self, addr: SocketAddr, dial: Dial, failures: &mut u32) -> SessionEnd {
-        let dialed = match dial {
-            Dial::Open(connection) => Ok(connection),
-            Dial::NamedLeader => {
+        let dialed = match (dial, self.spares.take(addr)) {
+            (Dial::Open(connection), _) | (_, Some(connection)) => Ok(connection),
+            (Dial::NamedLeader, None) => {
                 (self.endpoint)
                     .connect_within(addr, NAMED_LEADER_CONNECT_TIMEOUT_MS)
                     .await
             }
-            Dial::Plain => self.endpoint.connect(addr).await,
+            (Dial::Plain, None) => self.endpoint.connect(addr).await,
         };
         let connection = match dialed {
             Ok(c) => c,
@@ -467,7 +466,11 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
         };
         let leadership = match self.request(&connection, register).await {
             Ok(Response::Host(HostReply::Registered { leadership })) => leadership,
-            Ok(other) => return not_registered(other),
+            Ok(other) => {
+                // It answered: alive, and maybe the leader or the node to watch soon.
+                self.spares.keep(addr, connection);
+                return not_registered(other);
+            }
             Err(end) => return end,
         };
         info!(%addr, %leadership, host_id = %self.config.host_id, "registered with the leader");
@@ -486,6 +489,7 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
                 host_id: self.config.host_id.clone(),
                 leader: (addr, leadership),
                 cluster: self.config.cluster.clone(),
+                spares: self.spares.take_all(),
             };
             AbortOnDrop(tokio::spawn(watch.run(found)))
         });
@@ -515,6 +519,21 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
         end
     }
 
+    /// Where the session goes after its watch named a new leader: onto the watch's
+    /// connection if the watched node won, else to the winner, keeping the watched node's
+    /// connection (it just answered) for what comes next.
+    fn moved_to(&mut self, found: NewLeader) -> SessionEnd {
+        let NewLeader {
+            addr,
+            watched: (watched, connection),
+        } = found;
+        if watched == addr {
+            return SessionEnd::Moved(addr, Some(connection));
+        }
+        self.spares.keep(watched, connection);
+        SessionEnd::Moved(addr, None)
+    }
+
     async fn heartbeat(&mut self, connection: &qvdc_transport::quinn::Connection) -> SessionEnd {
         let mut ticker =
             tokio::time::interval(Duration::from_millis(self.config.heartbeat_interval_ms));
@@ -529,7 +548,7 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
         let mut waited_for = None;
         for seq in 1.. {
             let surveyed = tokio::select! {
-                (at, open) = new_leader(&mut self.moved) => return SessionEnd::Moved(at, open),
+                found = new_leader(&mut self.moved) => return self.moved_to(found),
                 _ = ticker.tick() => false,
                 () = self.surveyed.notified() => {
                     ticker.reset();

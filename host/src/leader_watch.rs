@@ -7,7 +7,9 @@
 //! moment it knows a leader of a newer term (it won the election, or heard from the winner).
 //! The host then moves its session there, on the watch's own connection if the watched node
 //! is the winner. One connection and one open request per host, on a follower: the watch
-//! costs the leader nothing.
+//! costs the leader nothing. A connection the host already holds to the node it watches
+//! (one that redirected it, say) carries the watch, and the watched node's connection is
+//! handed back when the watch ends, so watching costs no handshake the host need not make.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -19,13 +21,20 @@ use qvdc_transport::{
 use tokio::sync::oneshot;
 use tracing::{debug, info};
 
+use crate::spares::Spares;
+
 /// Pause before watching from another node after a watch's node could not be reached or
 /// refused the watch; also the least time between two watches on one node.
 pub const WATCH_RETRY_MS: u64 = 1_000;
 
-/// Where a watch says the session should go: the new leader, and the watch's connection if
-/// it was open to that leader.
-pub type NewLeader = (SocketAddr, Option<quinn::Connection>);
+/// Where a watch says the session should go.
+pub struct NewLeader {
+    /// The new leader's address.
+    pub addr: SocketAddr,
+    /// The node that named it, and the watch's connection to that node: alive a moment ago,
+    /// and the session's own connection if that node is the new leader.
+    pub watched: (SocketAddr, quinn::Connection),
+}
 
 /// What one watch needs: who the host is, its session's leader and the other nodes.
 pub struct Watch {
@@ -35,6 +44,9 @@ pub struct Watch {
     pub leader: (SocketAddr, Leadership),
     /// Control-plane addresses; every one but the leader's may be watched.
     pub cluster: Vec<SocketAddr>,
+    /// Connections the host holds to nodes, unused: the one to the first node watched is
+    /// used, the others are closed.
+    pub spares: Spares,
 }
 
 impl Watch {
@@ -42,14 +54,20 @@ impl Watch {
     /// where to go on `found`. Ends without sending if no node but the leader is known, or
     /// if a node does not know the request (the previous release): the host then finds a
     /// new leader through its heartbeats alone. Runs until dropped otherwise.
-    pub async fn run(self, found: oneshot::Sender<NewLeader>) {
+    pub async fn run(mut self, found: oneshot::Sender<NewLeader>) {
         if bugs::active(Bug::NoLeaderWatch) {
             return;
         }
-        let others = order(&self.cluster, self.leader.0, &self.host_id);
+        let mut others = order(&self.cluster, self.leader.0, &self.host_id);
+        // A node the host holds a connection to answered a moment ago: watch it first (after
+        // an election, the other may be the dead leader).
+        others.sort_by_key(|addr| !self.spares.holds(*addr));
+        let mut spare = others.first().and_then(|first| self.spares.take(*first));
+        self.spares.close_all();
         let (_, leadership) = self.leader;
         for addr in others.iter().copied().cycle() {
-            match self.watch_at(addr, leadership).await {
+            let open = spare.take();
+            match self.watch_at(addr, open, leadership).await {
                 Ok(new_leader) => {
                     let _ = found.send(new_leader);
                     return;
@@ -66,10 +84,19 @@ impl Watch {
         }
     }
 
-    /// Holds watches open on `addr`, one after another, until one names a newer leader.
-    async fn watch_at(&self, addr: SocketAddr, leadership: Leadership) -> Result<NewLeader, Stop> {
-        let connection =
-            (self.endpoint.connect(addr).await).map_err(|e| Stop::Retry(e.to_string()))?;
+    /// Holds watches open on `addr`, one after another, until one names a newer leader; on
+    /// `open` if that is a connection to `addr` already.
+    async fn watch_at(
+        &self,
+        addr: SocketAddr,
+        open: Option<quinn::Connection>,
+        leadership: Leadership,
+    ) -> Result<NewLeader, Stop> {
+        let connection = match open {
+            Some(connection) => connection,
+            None => (self.endpoint.connect_quietly(addr).await)
+                .map_err(|e| Stop::Retry(e.to_string()))?,
+        };
         loop {
             let asked = tokio::time::Instant::now();
             let ask = HostMessage::WatchLeader {
@@ -88,8 +115,10 @@ impl Watch {
                         Stop::Retry(format!("leader address {at:?} is not an address"))
                     })?;
                     info!(watched = %addr, leader = %at, leadership = %named, "a new leader was elected");
-                    let reuse = (at == addr).then_some(connection);
-                    return Ok((at, reuse));
+                    return Ok(NewLeader {
+                        addr: at,
+                        watched: (addr, connection),
+                    });
                 }
                 // Nothing newer within the node's bound: ask again on the same connection,
                 // but not more than once per retry pause (a node that answers at once, not
@@ -125,7 +154,7 @@ fn order(cluster: &[SocketAddr], leader: SocketAddr, host_id: &str) -> Vec<Socke
     others
 }
 
-/// A number from a host id, the same on every run (FNV-1a)., the same on every run (FNV-1a).
+/// A number from a host id, the same on every run (FNV-1a).
 fn spread(host_id: &str) -> usize {
     let hash = (host_id.bytes()).fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)

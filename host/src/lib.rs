@@ -15,6 +15,7 @@ pub mod network;
 pub mod pools;
 pub mod silence;
 pub mod source_policy;
+pub mod spares;
 pub mod testing;
 pub mod vms;
 

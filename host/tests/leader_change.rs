@@ -14,7 +14,7 @@ use std::{
 
 use qvdc_host::agent::REQUEST_TIMEOUT_MS;
 use qvdc_transport::{
-    protocol::{HostMessage, HostReply, Leadership, Request, Response},
+    protocol::{HostMessage, HostReply, LeaderHint, Leadership, Request, Response},
     quic, Endpoint,
 };
 use tokio::{net::UdpSocket, sync::mpsc, time::Instant};
@@ -32,6 +32,20 @@ fn serve(
     endpoint: Endpoint,
     delay: Duration,
     answer: impl Fn(&HostMessage) -> HostReply + Send + Sync + 'static,
+) -> (
+    mpsc::UnboundedReceiver<(usize, HostMessage)>,
+    Arc<AtomicUsize>,
+) {
+    serve_any(endpoint, delay, move |message| {
+        Response::Host(answer(message))
+    })
+}
+
+/// [`serve`], with answers that need not be host replies (a follower's `NotLeader`).
+fn serve_any(
+    endpoint: Endpoint,
+    delay: Duration,
+    answer: impl Fn(&HostMessage) -> Response + Send + Sync + 'static,
 ) -> (
     mpsc::UnboundedReceiver<(usize, HostMessage)>,
     Arc<AtomicUsize>,
@@ -57,7 +71,7 @@ fn serve(
                         let reply = answer(&message);
                         let _ = seen.send((number, message));
                         tokio::time::sleep(delay).await;
-                        let _ = quic::respond(send, &Response::Host(reply)).await;
+                        let _ = quic::respond(send, &reply).await;
                     });
                 }
             });
@@ -273,4 +287,73 @@ async fn a_slow_leader_keeps_its_hosts_on_their_connections() {
         heartbeats += usize::from(matches!(message, HostMessage::Heartbeat { .. }));
     }
     assert_eq!(connections.load(Ordering::SeqCst), 1);
+}
+
+/// While the cluster elects its first leader, nodes refuse a host's registration or send it
+/// elsewhere; a node that answered is alive, so the host keeps its connection for the next
+/// registration there and for its watch: one handshake per node, not one per attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_dials_each_node_once_while_the_first_leader_is_elected() {
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path());
+    let first = node(dir.path(), "node-1");
+    let first_addr = first.local_addr().unwrap();
+    let second = node(dir.path(), "node-2");
+    let second_addr = second.local_addr().unwrap();
+    // node-1 knows of no leader at first, then names node-2; it is watched afterwards.
+    let asked_first = AtomicUsize::new(0);
+    let (mut to_first, dialed_first) =
+        serve_any(first, Duration::ZERO, move |message| match message {
+            HostMessage::Register { .. } if asked_first.fetch_add(1, Ordering::SeqCst) == 0 => {
+                Response::NotLeader { leader: None }
+            }
+            HostMessage::Register { .. } => Response::NotLeader {
+                leader: Some(LeaderHint {
+                    node_id: 2,
+                    addr: second_addr.to_string(),
+                }),
+            },
+            HostMessage::WatchLeader { newer_than, .. } => Response::Host(HostReply::Leader {
+                leadership: Some(*newer_than),
+                addr: Some(second_addr.to_string()),
+            }),
+            other => Response::Host(standard(NEW)(other)),
+        });
+    // node-2 is still electing itself when first asked.
+    let asked_second = AtomicUsize::new(0);
+    let (mut to_second, dialed_second) =
+        serve_any(second, Duration::ZERO, move |message| match message {
+            HostMessage::Register { .. } if asked_second.fetch_add(1, Ordering::SeqCst) == 0 => {
+                Response::NotLeader { leader: None }
+            }
+            other => Response::Host(standard(NEW)(other)),
+        });
+
+    let within = Duration::from_secs(10);
+    let _agent = start_sim_agent_in(dir.path(), vec![first_addr, second_addr], None);
+    let mut registrations = 0;
+    while registrations < 2 {
+        let (_, message) = next(&mut to_second, within).await;
+        registrations += usize::from(matches!(message, HostMessage::Register { .. }));
+    }
+    // Registered with node-2 at its second answer; it watches node-1 from then on.
+    loop {
+        let (_, message) = next(&mut to_first, within).await;
+        if matches!(message, HostMessage::WatchLeader { .. }) {
+            break;
+        }
+    }
+    // A few heartbeats more, in case a late dial is on its way.
+    for _ in 0..3 {
+        next(&mut to_second, within).await;
+    }
+    assert_eq!(
+        (
+            dialed_first.load(Ordering::SeqCst),
+            dialed_second.load(Ordering::SeqCst)
+        ),
+        (1, 1),
+        "connections the host made to node-1 (refused, redirected, watched) and to \
+         node-2 (refused, registered): one each"
+    );
 }

@@ -20,6 +20,14 @@ fn config(seed: u64, hosts: usize, bugs: &[Bug]) -> SimConfig {
     }
 }
 
+/// `config` as `qvsim run` shapes a chaos seed: with a node added and removed meanwhile.
+fn with_joining_node(config: SimConfig) -> SimConfig {
+    SimConfig {
+        joining_node: true,
+        ..config
+    }
+}
+
 /// Runs `scenario` from seed 0 until it fails, and asserts the failure names `checker`.
 fn caught(bugs: &[Bug], checker: &str, scenario: impl Fn(u64) -> anyhow::Result<()>) {
     caught_by_one_of(bugs, &[checker], scenario);
@@ -43,7 +51,14 @@ fn caught_by_one_of(bugs: &[Bug], checkers: &[&str], scenario: impl Fn(u64) -> a
 /// already left it: the VM runs at both. Chaos seed 442 has that story (a migration's answer
 /// lost, the destination then isolated with its guest kept running); the first seeds of the
 /// sweep do not, so this one seed is run.
+///
+/// Not run for now: since hosts keep the connections of nodes that answered (ADR 33), seed
+/// 442 no longer has the story, and no seed searched since has (chaos with this test's
+/// fixed membership 400..700; with a joining node 0..700 with 10 hosts, 0..300 with 5,
+/// 0..300 with host faults only; move-flow and ha-flow 0..100). Run it with `--ignored`
+/// once a seed is found again.
 #[test]
+#[ignore = "seed 442 lost its story when hosts began reusing connections; no seed found since"]
 fn a_move_given_up_on_a_lost_destination_runs_the_vm_twice() {
     let bugs = [Bug::MoveGivenUpOnALostDestination];
     let error =
@@ -52,6 +67,37 @@ fn a_move_given_up_on_a_lost_destination_runs_the_vm_twice() {
     assert!(
         error.contains("began to run on"),
         "seed 442 failed, but not by running twice: {error}"
+    );
+}
+
+/// A live move whose source answers that it has no guest is given up on the destination's
+/// latest report, which may predate the guest's arrival: the VM is started again at the
+/// source. Chaos seed 96 has that story (a migration sent by a leader that then lost its
+/// leadership finishes while its successor sends it again); the sweep's first seeds do not.
+#[test]
+fn a_move_given_up_when_the_source_has_no_guest_runs_the_vm_twice() {
+    let bugs = [Bug::MoveGivenUpWhenTheSourceHasNoGuest];
+    let error = chaos::run(&with_joining_node(config(96, 10, &bugs)))
+        .expect_err("the bug went unnoticed on seed 96");
+    let error = format!("{error:#}");
+    assert!(
+        error.contains("began to run on"),
+        "seed 96 failed, but not by running twice: {error}"
+    );
+}
+
+/// A removed node keeps passing an operator's requests on to a leader that refuses its
+/// certificate, so a client that reached it never gets an answer. Chaos seed 85 has the
+/// operator connected to the joining node (it led for a while) when the node is removed.
+#[test]
+fn a_removed_node_that_passes_requests_on_holds_its_clients() {
+    let bugs = [Bug::RemovedNodePassesRequestsOn];
+    let error = chaos::run(&with_joining_node(config(85, 10, &bugs)))
+        .expect_err("the bug went unnoticed on seed 85");
+    let error = format!("{error:#}");
+    assert!(
+        error.contains("the joining node removed did not happen"),
+        "seed 85 failed, but not by an unanswered removal: {error}"
     );
 }
 
@@ -267,8 +313,10 @@ fn waiting_for_a_write_past_the_leadership_is_caught() {
 #[test]
 fn a_cold_move_before_the_shutdown_is_caught() {
     let bugs = [Bug::ColdMoveWithoutShutdown];
+    // Seeds from 20: the first seed whose story has the race is 28 (hosts' connection
+    // reuse moved the earlier ones' timing off it).
     caught(&bugs, "whose agent was alive", |seed| {
-        move_flow::run(&config(seed, 4, &bugs)).map(drop)
+        move_flow::run(&config(seed + 20, 4, &bugs)).map(drop)
     });
 }
 
