@@ -121,11 +121,22 @@ async fn hostile_peers_cannot_crash_exhaust_or_subvert_a_node() {
     );
     nodes.register_host(HOST).await;
     let mut honest = nodes.client(OPERATOR, &[1, 2, 3], Duration::from_secs(20));
-    let status = match honest.request(ApiRequest::ClusterStatus).await {
-        Ok(ApiResponse::ClusterStatus(status)) => status,
-        other => panic!("{other:?}"),
+    // The status comes from whichever node answered first; a follower may not have heard
+    // from the leader that registered the host yet (a machine under load).
+    let asked = std::time::Instant::now();
+    let leader = loop {
+        let status = match honest.request(ApiRequest::ClusterStatus).await {
+            Ok(ApiResponse::ClusterStatus(status)) => status,
+            other => panic!("{other:?}"),
+        };
+        match status.leader {
+            Some(leader) => break leader as usize,
+            None if asked.elapsed() < Duration::from_secs(10) => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            None => panic!("no leader known 10 s after registration: {status:#?}"),
+        }
     };
-    let leader = status.leader.expect("a leader after registration") as usize;
     let follower = (1..=3).find(|id| *id != leader).unwrap();
     let idle_rss: Vec<u64> = (1..=3).map(|id| nodes.rss_bytes(id)).collect();
 
