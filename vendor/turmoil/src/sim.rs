@@ -28,6 +28,11 @@ pub struct Sim<'a> {
     /// Per simulated host runtimes
     rts: IndexMap<IpAddr, Rt<'a>>,
 
+    /// The "node" span each host's steps run in, with the name it was made for: made on the
+    /// host's first step and entered on every one after, rather than made and closed again
+    /// for every host on every step.
+    spans: IndexMap<IpAddr, (Arc<str>, tracing::Span)>,
+
     /// Simulation duration since unix epoch. Set when the simulation is
     /// created.
     since_epoch: Duration,
@@ -49,6 +54,7 @@ impl<'a> Sim<'a> {
             config,
             world: RefCell::new(world),
             rts: IndexMap::new(),
+            spans: IndexMap::new(),
             since_epoch,
             elapsed: Duration::ZERO,
             steps: 1, // bumped after each step
@@ -434,7 +440,15 @@ impl<'a> Sim<'a> {
         }
 
         for (&addr, rt) in running {
-            let _span_guard = tracing::span!(Level::INFO, "node", name = &*rt.nodename,).entered();
+            let span = match self.spans.get(&addr) {
+                Some((name, span)) if Arc::ptr_eq(name, &rt.nodename) => span,
+                _ => {
+                    let span = tracing::span!(Level::INFO, "node", name = &*rt.nodename,);
+                    self.spans.insert(addr, (rt.nodename.clone(), span));
+                    &self.spans[&addr].1
+                }
+            };
+            let _span_guard = span.enter();
             {
                 let mut world = self.world.borrow_mut();
                 // We need to move deliverable messages off the network and
