@@ -47,6 +47,19 @@ fn caught_by_one_of(bugs: &[Bug], checkers: &[&str], scenario: impl Fn(u64) -> a
     eprintln!("{bugs:?}: caught on seed {seed}: {error}");
 }
 
+/// A chaos run of `config` (one seed whose story the bug needs) fails, by `checker`.
+fn caught_on_chaos_seed(config: SimConfig, checker: &str) {
+    let (seed, bugs) = (config.seed, config.bugs.clone());
+    let Err(error) = chaos::run(&config) else {
+        panic!("{bugs:?} went unnoticed on chaos seed {seed}");
+    };
+    let error = format!("{error:#}");
+    assert!(
+        error.contains(checker),
+        "{bugs:?} failed chaos seed {seed}, but not by {checker:?}: {error}"
+    );
+}
+
 /// A live move gives up on a lost destination without asking the source whether the guest
 /// already left it: the VM runs at both. Chaos seed 442 has that story (a migration's answer
 /// lost, the destination then isolated with its guest kept running); the first seeds of the
@@ -61,13 +74,7 @@ fn caught_by_one_of(bugs: &[Bug], checkers: &[&str], scenario: impl Fn(u64) -> a
 #[ignore = "seed 442 lost its story when hosts began reusing connections; no seed found since"]
 fn a_move_given_up_on_a_lost_destination_runs_the_vm_twice() {
     let bugs = [Bug::MoveGivenUpOnALostDestination];
-    let error =
-        chaos::run(&config(442, 10, &bugs)).expect_err("the bug went unnoticed on seed 442");
-    let error = format!("{error:#}");
-    assert!(
-        error.contains("began to run on"),
-        "seed 442 failed, but not by running twice: {error}"
-    );
+    caught_on_chaos_seed(config(442, 10, &bugs), "began to run on");
 }
 
 /// A live move whose source answers that it has no guest is given up on the destination's
@@ -77,13 +84,7 @@ fn a_move_given_up_on_a_lost_destination_runs_the_vm_twice() {
 #[test]
 fn a_move_given_up_when_the_source_has_no_guest_runs_the_vm_twice() {
     let bugs = [Bug::MoveGivenUpWhenTheSourceHasNoGuest];
-    let error = chaos::run(&with_joining_node(config(96, 10, &bugs)))
-        .expect_err("the bug went unnoticed on seed 96");
-    let error = format!("{error:#}");
-    assert!(
-        error.contains("began to run on"),
-        "seed 96 failed, but not by running twice: {error}"
-    );
+    caught_on_chaos_seed(with_joining_node(config(96, 10, &bugs)), "began to run on");
 }
 
 /// A removed node keeps passing an operator's requests on to a leader that refuses its
@@ -92,12 +93,9 @@ fn a_move_given_up_when_the_source_has_no_guest_runs_the_vm_twice() {
 #[test]
 fn a_removed_node_that_passes_requests_on_holds_its_clients() {
     let bugs = [Bug::RemovedNodePassesRequestsOn];
-    let error = chaos::run(&with_joining_node(config(85, 10, &bugs)))
-        .expect_err("the bug went unnoticed on seed 85");
-    let error = format!("{error:#}");
-    assert!(
-        error.contains("the joining node removed did not happen"),
-        "seed 85 failed, but not by an unanswered removal: {error}"
+    caught_on_chaos_seed(
+        with_joining_node(config(85, 10, &bugs)),
+        "the joining node removed did not happen",
     );
 }
 
