@@ -481,6 +481,10 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
         *failures = 0;
         self.config.metrics.registrations.inc();
         self.leader = Some((addr, leadership));
+        if !self.config.leader_watch {
+            // Nothing will take the spares over: a session needs no other connection.
+            self.spares.close_all();
+        }
         let _watching = self.config.leader_watch.then(|| {
             let (found, moved) = tokio::sync::oneshot::channel();
             self.moved = Some(moved);
