@@ -8,13 +8,15 @@
 //! A connection to a node that went silent is never kept: reusing it would wait out the
 //! idle timeout where a fresh dial fails in a second.
 
-use std::{collections::HashMap, net::SocketAddr};
+use std::{collections::BTreeMap, net::SocketAddr};
 
 use qvdc_transport::quinn::Connection;
 
-/// Open, unused connections, at most one per node.
+/// Open, unused connections, at most one per node. Ordered by address, so that closing them
+/// all sends the closes in the same order on every run (the simulation replays a seed
+/// exactly only if every packet goes out in the same order).
 #[derive(Default)]
-pub struct Spares(HashMap<SocketAddr, Connection>);
+pub struct Spares(BTreeMap<SocketAddr, Connection>);
 
 impl Spares {
     /// Keeps `connection` to `addr` (which has just answered on it) for later; a spare
@@ -50,7 +52,7 @@ impl Spares {
 
     /// Closes every spare.
     pub fn close_all(&mut self) {
-        for (_, connection) in self.0.drain() {
+        for (_, connection) in std::mem::take(&mut self.0) {
             connection.close(0u32.into(), b"not needed");
         }
     }
