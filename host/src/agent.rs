@@ -279,34 +279,26 @@ impl<M: Mounter, H: Hypervisor, N: Networker> Agent<M, H, N> {
             }
         }
         let mut next = 0usize;
-        let mut hint = None;
-        let mut open = None;
+        // Where the last session said to go next, and how to reach it.
+        let mut then: Option<(SocketAddr, Dial)> = None;
         let mut failed: Option<SocketAddr> = None;
         let mut failures = 0u32;
-        let mut named = false;
         loop {
-            let addr = hint
+            let (addr, dial) = then
                 .take()
-                .unwrap_or_else(|| self.next_address(&mut next, failed));
-            let dial = match (open.take(), std::mem::take(&mut named)) {
-                (Some(connection), _) => Dial::Open(connection),
-                (None, true) => Dial::NamedLeader,
-                (None, false) => Dial::Plain,
-            };
+                .unwrap_or_else(|| (self.next_address(&mut next, failed), Dial::Plain));
             let end = self.session(addr, dial, &mut failures).await;
             self.leader = None;
             self.moved = None;
             match end {
                 SessionEnd::Redirect(leader) => {
                     debug!(%addr, %leader, "redirected to the leader");
-                    hint = Some(leader);
+                    then = Some((leader, Dial::Plain));
                     tokio::time::sleep(Duration::from_millis(REDIAL_BACKOFF_MS_MIN / 2)).await;
                 }
                 SessionEnd::Moved(leader, connection) => {
                     info!(from = %addr, to = %leader, "another node leads now; moving there");
-                    hint = Some(leader);
-                    open = connection;
-                    named = true;
+                    then = Some((leader, connection.map_or(Dial::NamedLeader, Dial::Open)));
                 }
                 SessionEnd::Failed(reason) => {
                     self.config.metrics.sessions_failed.inc();
