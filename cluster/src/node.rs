@@ -53,12 +53,13 @@ pub enum NodeError {
 /// Where a node keeps its Raft data.
 #[derive(Debug, Clone)]
 pub enum Storage {
-    /// A redb file: `<data-dir>/raft.redb`.
+    /// A directory: the database `<data-dir>/raft.redb` and the log's segments in
+    /// `<data-dir>/raft-log/`.
     Dir(std::path::PathBuf),
-    /// An already open database: the simulation keeps one per node outside the node, so
-    /// that what was committed survives a simulated crash as it would on disk, with the
-    /// latency its log commits take (the simulation's slow disk).
-    Database(Arc<store::Database>, store::DiskLatency),
+    /// Storage already open: the simulation keeps one per node outside the node, so that
+    /// what was written survives a simulated crash as it would on disk, with the latency
+    /// its log writes take (the simulation's slow disk).
+    Database(store::Data, store::DiskLatency),
 }
 
 #[derive(Debug, Clone)]

@@ -270,6 +270,10 @@ async fn the_survivor_of_a_lost_quorum_becomes_a_new_cluster_that_its_host_follo
     );
     assert!(recovered.status.success(), "{}", text(&recovered));
     assert!(dir.join("raft.redb.before-force-new-cluster").exists());
+    assert!(
+        dir.join("raft-log.before-force-new-cluster").is_dir(),
+        "the old log went aside with its database"
+    );
     let started = Instant::now();
     nodes.restart(1);
     let mut client = nodes.client(OPERATOR, &[1], Duration::from_secs(20));
@@ -358,7 +362,10 @@ fn check_config_reports_the_data_directory_and_refuses_what_cannot_start() {
     let older = check("1", &old);
     assert!(older.status.success(), "{}", text(&older));
     assert!(
-        text(&older).contains("storage format 1, migrated to 3"),
+        text(&older).contains(&format!(
+            "storage format 1, migrated to {} when the node starts",
+            qvdc_raft::store::STORAGE_FORMAT
+        )),
         "{}",
         text(&older)
     );

@@ -263,4 +263,24 @@ async fn a_rolling_upgrade_from_the_previous_release_loses_no_acknowledged_write
             "node {id}"
         );
     }
+    // The previous release cannot be started on a migrated directory: it would find its
+    // log table empty (storage format 4 moved the log to raft-log/, ADR 34) and lose what
+    // the log held. It must refuse to start instead.
+    nodes.set_binary(1, &previous.join("qvdc"));
+    nodes.restart(1);
+    let started = Instant::now();
+    while !nodes.kill_if_exited(1) {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the previous release runs on a data directory in storage format {}",
+            qvdc_raft::store::STORAGE_FORMAT
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let said = std::fs::read_to_string(nodes.dir.path().join("node-1.log")).unwrap();
+    assert!(
+        said.contains("stored record is corrupt"),
+        "the previous release stopped for another reason than the log it cannot read: {}",
+        &said[said.len().saturating_sub(2000)..]
+    );
 }

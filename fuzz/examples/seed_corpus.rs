@@ -27,7 +27,7 @@ use openraft::{
 use qvdc_raft::{
     backup,
     election::{PreVoteRequest, PreVoteResponse},
-    network, store,
+    logfile, network, store,
     types::{Entry, LogId, SnapshotMeta, StoredMembership, Vote},
     Command, DesiredState, TypeConfig,
 };
@@ -1205,6 +1205,21 @@ fn log_records() -> Vec<(String, Vec<u8>)> {
     seeds.push(("committed".into(), bytes(&Some(log_id(2, 3, 12)))));
     seeds.push(("committed-none".into(), bytes(&None::<LogId>)));
     seeds.push(("purged".into(), bytes(&log_id(2, 3, 9))));
+    // A whole log segment as the store writes it: every entry, then the committed id.
+    let segments = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
+    let backend = logfile::Backend::Memory(segments.clone());
+    let (mut files, _) = logfile::LogFiles::open(backend, logfile::SEGMENT_BYTES).expect("a log");
+    for (_, entry) in entries() {
+        files
+            .append_entry(entry.log_id.index, &bytes(&entry))
+            .expect("an append");
+    }
+    files
+        .append_committed(&bytes(&Some(log_id(2, 3, 12))))
+        .expect("an append");
+    files.flush(true).expect("a flush");
+    let segment = segments.lock().expect("segments")[&1].clone();
+    seeds.push(("segment".into(), segment));
     seeds
 }
 
@@ -1231,7 +1246,7 @@ fn snapshots() -> Vec<(String, Vec<u8>)> {
         });
         store::decode_snapshot(&data).expect("a built snapshot decodes");
         seeds.push((format!("data-after-{applied}"), data.clone()));
-        let record = stored_snapshot_record(&db);
+        let record = stored_snapshot_record(db.database());
         store::decode_stored_snapshot(&record).expect("a stored snapshot decodes");
         seeds.push((format!("record-after-{applied}"), record));
         if applied > 0 {

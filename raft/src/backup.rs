@@ -217,7 +217,7 @@ pub fn write_data_dir(
     }
     if path.exists() {
         let database = store::open(path)?;
-        if store::holds_data(database.as_ref())? {
+        if database.holds_data()? {
             return Err(BackupError::NotEmpty(path.display().to_string()));
         }
     }

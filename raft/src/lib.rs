@@ -4,6 +4,7 @@
 
 pub mod backup;
 pub mod election;
+pub mod logfile;
 pub mod model;
 pub mod network;
 pub mod runtime;

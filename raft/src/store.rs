@@ -1,10 +1,13 @@
-//! Durable Raft storage on redb: the log, the vote and snapshots share one database file.
+//! Durable Raft storage: the log's entries in append-only segment files ([`crate::logfile`]),
+//! the vote, the purge point and snapshots in one redb database file beside them.
 //!
-//! Readers see an in-memory copy of the log; every change to the file goes through one queue
-//! to one writer task, which commits everything queued so far in one redb transaction with
-//! one fsync. Appends, truncations, purges and votes wait for their commit; the committed
-//! index rides along with the next one. Being one ordered queue, the committed index never
-//! reaches the disk before the entries it points at.
+//! Readers see an in-memory copy of the log; every change to disk goes through one queue to
+//! one writer, which writes everything queued so far (appends in one `write` to the active
+//! segment and one `fdatasync`; a vote or purge point in a redb transaction of its own).
+//! Appends, truncations, purges and votes wait until they are on disk; the committed index
+//! rides along with the next write. Being one ordered queue, the committed index never
+//! reaches the disk before the entries it points at, and a vote reaches it before any entry
+//! written after it.
 //!
 //! The state machine lives in memory. It is persisted only as snapshots; after a restart
 //! openraft re-applies the committed log behind the latest snapshot, which rebuilds exactly
@@ -33,11 +36,12 @@ use qvdc_transport::{
     facts::{self, Fact},
 };
 pub use redb::Database;
-use redb::{Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
+    logfile::{self, LogFiles},
     model::{Command, DesiredState, Outcome},
     types::{
         Entry, LogId, NodeId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
@@ -45,16 +49,27 @@ use crate::{
     },
 };
 
+/// The log's entries up to storage format 3; from format 4 on they are in segment files and
+/// this table is empty.
 const LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 const MACHINE: TableDefinition<&str, &[u8]> = TableDefinition::new("state_machine");
 const KEY_VOTE: &str = "vote";
+/// The committed log id: in the log's segments from format 4 on, here before (and where a
+/// restored node starts, [`write_starting_point`]).
 const KEY_COMMITTED: &str = "committed";
 const KEY_PURGED: &str = "last_purged";
 const KEY_SNAPSHOT: &str = "snapshot";
 /// The storage format the file is in, as a 4-byte big-endian number (not bincode, so that it
 /// stays readable whatever the encoding of the records becomes).
 const KEY_FORMAT: &str = "format";
+
+/// What the log's table holds from format 4 on, at the last index: a record no release
+/// before format 4 can decode as an entry. qvdc 0.1.0 does not read the `format` key; it
+/// refuses to start on a stored record it cannot decode, where it would otherwise find an
+/// empty log and lose the entries now in `raft-log/`.
+const LOG_MOVED_KEY: u64 = u64::MAX;
+const LOG_MOVED: &[u8] = b"\xffstorage format 4: this node's Raft log is in raft-log/ (ADR 34)";
 
 /// The storage format this build writes. docs/compatibility.md lists every format, what
 /// changed in it and which releases read it.
@@ -64,7 +79,9 @@ const KEY_FORMAT: &str = "format";
 /// * 3 — a VM record holds its HA policy; snapshot data starts with a tag, and data without
 ///   it is read as formats 1–2's (see [`MachineData::decode`]). Log entries may hold the
 ///   commands appended in this format (HA, fail-over, host removal).
-pub const STORAGE_FORMAT: u32 = 3;
+/// * 4 — the log's entries and committed index move from the `raft_log` table and the
+///   `committed` key to segment files in `raft-log/` beside the database (ADR 34).
+pub const STORAGE_FORMAT: u32 = 4;
 /// The oldest storage format this build migrates forward.
 pub const STORAGE_FORMAT_OLDEST: u32 = 1;
 
@@ -106,6 +123,14 @@ pub enum StoreError {
     NeedsRepair { place: String },
     #[error("{place} has an unreadable storage format record of {bytes} bytes")]
     CorruptFormat { place: String, bytes: usize },
+    #[error(transparent)]
+    Log(#[from] logfile::LogFileError),
+    #[error(
+        "{log} holds a Raft log but its database {place} is new (deleted or moved?): the log \
+         without its vote and snapshot cannot be trusted. Put the database back, or move the \
+         log directory aside to start this node empty"
+    )]
+    OrphanedLog { place: String, log: String },
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -115,23 +140,66 @@ fn db<T>(f: impl FnOnce() -> std::result::Result<T, redb::Error>) -> Result<T> {
     Ok(f()?)
 }
 
-/// Opens (or creates) the node's database file, migrating it to [`STORAGE_FORMAT`] if an
-/// older release wrote it and refusing it if a newer one did.
-pub fn open(path: &Path) -> Result<Arc<Database>> {
-    let database = Database::create(path).map_err(redb::Error::from)?;
-    init_tables(&database)?;
-    upgrade_format(&database, &path.display().to_string())?;
-    Ok(Arc::new(database))
+/// A node's storage: its database file and its log's segments. Cheap to clone: clones are
+/// the same storage.
+#[derive(Debug, Clone)]
+pub struct Data {
+    database: Arc<Database>,
+    log: logfile::Backend,
+    segment_bytes: u64,
 }
 
-/// A database that lives in memory: for the simulation, which has no disk.
-pub fn open_in_memory() -> Result<Arc<Database>> {
+impl Data {
+    pub fn database(&self) -> &Database {
+        &self.database
+    }
+
+    /// Whether the database or the log holds anything (see [`holds_data`]).
+    pub fn holds_data(&self) -> Result<bool> {
+        Ok(holds_data(self.database.as_ref())? || !self.log.list()?.is_empty())
+    }
+}
+
+/// Where the log's segments of the database file at `path` live: `raft-log/` beside
+/// `raft.redb` (and `raft-log.kept/` beside `raft.redb.kept`, so that a pair moved aside
+/// under one suffix still opens together).
+pub fn log_dir(path: &Path) -> std::path::PathBuf {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let name = match name.split_once(".redb") {
+        Some((stem, rest)) => format!("{stem}-log{rest}"),
+        None => format!("{name}-log"),
+    };
+    path.with_file_name(name)
+}
+
+/// Opens (or creates) the node's database file and its log, migrating them to
+/// [`STORAGE_FORMAT`] if an older release wrote them and refusing them if a newer one did.
+pub fn open(path: &Path) -> Result<Data> {
+    let database = Database::create(path).map_err(redb::Error::from)?;
+    init_tables(&database)?;
+    let data = Data {
+        database: Arc::new(database),
+        log: logfile::Backend::Dir(log_dir(path)),
+        segment_bytes: logfile::SEGMENT_BYTES,
+    };
+    upgrade_format(&data, &path.display().to_string())?;
+    Ok(data)
+}
+
+/// Storage that lives in memory: for the simulation, which has no disk. Its log segments are
+/// small, so that runs start and delete them.
+pub fn open_in_memory() -> Result<Data> {
     let database = redb::Builder::new()
         .create_with_backend(redb::backends::InMemoryBackend::new())
         .map_err(redb::Error::from)?;
     init_tables(&database)?;
-    upgrade_format(&database, "the in-memory database")?;
-    Ok(Arc::new(database))
+    let data = Data {
+        database: Arc::new(database),
+        log: logfile::Backend::memory(),
+        segment_bytes: logfile::SIMULATED_SEGMENT_BYTES,
+    };
+    upgrade_format(&data, "the in-memory database")?;
+    Ok(data)
 }
 
 /// The storage format of `database`: its `format` record, or 1 for a file that holds data
@@ -163,19 +231,22 @@ pub fn holds_data(database: &impl ReadableDatabase) -> Result<bool> {
         let txn = database.begin_read()?;
         let meta = txn.open_table(META)?;
         let format_only = meta.len()? == 1 && meta.get(KEY_FORMAT)?.is_some();
-        Ok(!txn.open_table(LOGS)?.is_empty()?
-            || !(meta.is_empty()? || format_only)
-            || !txn.open_table(MACHINE)?.is_empty()?)
+        let entries = txn
+            .open_table(LOGS)?
+            .range(..LOG_MOVED_KEY)?
+            .next()
+            .is_some();
+        Ok(
+            entries
+                || !(meta.is_empty()? || format_only)
+                || !txn.open_table(MACHINE)?.is_empty()?,
+        )
     })
 }
 
 /// Writes where a node of a new cluster starts (`crate::backup`): `machine` as the current
 /// snapshot, the log empty behind it, and `vote`, in one transaction.
-pub(crate) fn write_starting_point(
-    database: &Database,
-    machine: &MachineData,
-    vote: &Vote,
-) -> Result<()> {
+pub(crate) fn write_starting_point(data: &Data, machine: &MachineData, vote: &Vote) -> Result<()> {
     let last = machine
         .last_applied
         .expect("a starting point stands at a log position");
@@ -195,7 +266,7 @@ pub(crate) fn write_starting_point(
     let committed = codec::to_stored_bytes(&Some(last))?;
     let vote = codec::to_stored_bytes(vote)?;
     db(|| {
-        let txn = database.begin_write()?;
+        let txn = data.database.begin_write()?;
         txn.open_table(MACHINE)?
             .insert(KEY_SNAPSHOT, stored.as_slice())?;
         {
@@ -247,10 +318,12 @@ pub fn inspect_format(path: &Path) -> Result<Option<u32>> {
     }
 }
 
-/// Brings `database` to [`STORAGE_FORMAT`]: stamps a new file, migrates an older format one
-/// step at a time in a single transaction (a crash leaves the old format whole), and refuses
-/// a format this build does not know.
-fn upgrade_format(database: &Database, place: &str) -> Result<()> {
+/// Brings `data` to [`STORAGE_FORMAT`]: stamps a new file, migrates an older format in a
+/// single transaction (a crash leaves the old format whole: the log's segments are written
+/// first, and written again from scratch if the crash came before the transaction), and
+/// refuses a format this build does not know.
+fn upgrade_format(data: &Data, place: &str) -> Result<()> {
+    let database = data.database.as_ref();
     let release = env!("CARGO_PKG_VERSION");
     let found = storage_format(database, place)?;
     match found {
@@ -269,13 +342,30 @@ fn upgrade_format(database: &Database, place: &str) -> Result<()> {
             })
         }
         Some(STORAGE_FORMAT) => return Ok(()),
-        _ => {}
+        Some(_) => move_log_to_segments(data)?,
+        None if !data.log.list()?.is_empty() => {
+            return Err(StoreError::OrphanedLog {
+                place: place.to_owned(),
+                log: match &data.log {
+                    logfile::Backend::Dir(dir) => dir.display().to_string(),
+                    logfile::Backend::Memory(_) => "the in-memory log".into(),
+                },
+            })
+        }
+        None => {}
     }
     db(|| {
         let txn = database.begin_write()?;
         // Format 1 → 2 changes no record: it only adds the `format` key written below.
         // 2 → 3 rewrites nothing either: untagged snapshot data is read as format 2's, and
-        // the next snapshot is written in format 3.
+        // the next snapshot is written in format 3. 3 → 4 empties the log's table and the
+        // committed key, whose contents `move_log_to_segments` wrote to the segments.
+        {
+            let mut logs = txn.open_table(LOGS)?;
+            logs.retain(|_, _| false)?;
+            logs.insert(LOG_MOVED_KEY, LOG_MOVED)?;
+        }
+        txn.open_table(META)?.remove(KEY_COMMITTED)?;
         txn.open_table(META)?
             .insert(KEY_FORMAT, STORAGE_FORMAT.to_be_bytes().as_slice())?;
         txn.commit()?;
@@ -284,6 +374,38 @@ fn upgrade_format(database: &Database, place: &str) -> Result<()> {
     if let Some(found) = found {
         tracing::info!("{place}: migrated from storage format {found} to {STORAGE_FORMAT}");
     }
+    Ok(())
+}
+
+/// Writes the log's entries and committed index as a format-3 database holds them into
+/// fresh segments, on disk before the caller's transaction empties the table.
+fn move_log_to_segments(data: &Data) -> Result<()> {
+    let (entries, committed) = db(|| {
+        let txn = data.database.begin_read()?;
+        let mut entries = Vec::new();
+        for item in txn.open_table(LOGS)?.iter()? {
+            let (index, bytes) = item?;
+            entries.push((index.value(), bytes.value().to_vec()));
+        }
+        let committed = txn
+            .open_table(META)?
+            .get(KEY_COMMITTED)?
+            .map(|guard| guard.value().to_vec());
+        Ok((entries, committed))
+    })?;
+    data.log.clear()?;
+    let (mut files, _) = LogFiles::open(data.log.clone(), data.segment_bytes)?;
+    for (index, bytes) in &entries {
+        files.append_entry(*index, bytes)?;
+    }
+    if let Some(committed) = committed {
+        files.append_committed(&committed)?;
+    }
+    files.flush(true)?;
+    tracing::info!(
+        entries = entries.len(),
+        "moved the Raft log into its segment files"
+    );
     Ok(())
 }
 
@@ -450,20 +572,25 @@ impl DiskLatency {
 }
 
 impl LogStore {
-    /// Loads node `node`'s log from `db` and starts its writer task on the current runtime;
+    /// Loads node `node`'s log from `data` and starts its writer task on the current runtime;
     /// each of its commits first waits out `latency`.
-    pub fn new(db: Arc<Database>, latency: DiskLatency, node: NodeId) -> Result<Self> {
-        Self::measured(db, latency, node, StoreMetrics::default())
+    pub fn new(data: Data, latency: DiskLatency, node: NodeId) -> Result<Self> {
+        Self::measured(data, latency, node, StoreMetrics::default())
     }
 
     /// [`LogStore::new`], timing each commit into `metrics`.
     pub fn measured(
-        db: Arc<Database>,
+        data: Data,
         latency: DiskLatency,
         node: NodeId,
         metrics: StoreMetrics,
     ) -> Result<Self> {
-        let cache = load_log(&db)?;
+        let (files, cache) = load_log(&data)?;
+        let db = Writer {
+            database: data.database,
+            files,
+            failed: None,
+        };
         let (jobs, queue) = mpsc::unbounded_channel();
         if on_threads() {
             // A thread of its own: a commit blocks on fsync, and handing a runtime worker's
@@ -519,27 +646,31 @@ impl LogStore {
     }
 }
 
-fn load_log(database: &Database) -> Result<LogCache> {
-    let raw: Vec<(u64, Vec<u8>)> = db(|| {
-        let txn = database.begin_read()?;
-        let table = txn.open_table(LOGS)?;
-        let mut out = Vec::new();
-        for item in table.iter()? {
-            let (index, bytes) = item?;
-            out.push((index.value(), bytes.value().to_vec()));
-        }
-        Ok(out)
-    })?;
+fn load_log(data: &Data) -> Result<(LogFiles, LogCache)> {
+    let database = data.database.as_ref();
+    let (files, loaded) = LogFiles::open(data.log.clone(), data.segment_bytes)?;
+    let last_purged: Option<LogId> = get(database, META, KEY_PURGED)?;
+    let behind = last_purged.map_or(0, |id| id.index + 1);
     let mut entries = BTreeMap::new();
-    for (index, bytes) in raw {
-        entries.insert(index, codec::from_stored_bytes(&bytes)?);
+    // Segments a purge had not yet deleted when the node stopped still hold entries behind
+    // the purge point: they are not part of the log.
+    for (index, bytes) in loaded.entries {
+        if index >= behind {
+            entries.insert(index, codec::from_stored_bytes(&bytes)?);
+        }
     }
-    Ok(LogCache {
+    let committed = match loaded.committed {
+        Some(bytes) => codec::from_stored_bytes::<Option<LogId>>(&bytes)?,
+        // A node restored from a backup starts with its committed index in the database.
+        None => get::<Option<LogId>>(database, META, KEY_COMMITTED)?.flatten(),
+    };
+    let cache = LogCache {
         entries,
-        last_purged: get(database, META, KEY_PURGED)?,
+        last_purged,
         vote: get(database, META, KEY_VOTE)?,
-        committed: get::<Option<LogId>>(database, META, KEY_COMMITTED)?.flatten(),
-    })
+        committed,
+    };
+    Ok((files, cache))
 }
 
 /// Whether the current runtime has worker threads (a node in production); otherwise
@@ -576,7 +707,7 @@ fn discard(garbage: BTreeMap<u64, Entry>) {
 /// The writer as a task: takes everything queued, commits it in one transaction, then
 /// reports. For a runtime on one thread, whose disk is memory or a test's file.
 async fn write_queued(
-    db: Arc<Database>,
+    mut db: Writer,
     mut queue: mpsc::UnboundedReceiver<Job>,
     latency: DiskLatency,
     metrics: StoreMetrics,
@@ -587,13 +718,13 @@ async fn write_queued(
             // What queues up meanwhile rides along, as it would behind a slow fsync.
             tokio::time::sleep(slow).await;
         }
-        commit_queued(&db, first, &mut queue, &metrics);
+        commit_queued(&mut db, first, &mut queue, &metrics);
     }
 }
 
 /// The writer as a thread of its own, for a runtime with worker threads.
 fn write_queued_on_thread(
-    db: Arc<Database>,
+    mut db: Writer,
     mut queue: mpsc::UnboundedReceiver<Job>,
     latency: DiskLatency,
     metrics: StoreMetrics,
@@ -603,14 +734,14 @@ fn write_queued_on_thread(
         if !slow.is_zero() {
             std::thread::sleep(slow);
         }
-        commit_queued(&db, first, &mut queue, &metrics);
+        commit_queued(&mut db, first, &mut queue, &metrics);
     }
 }
 
 /// Commits `first` and everything queued behind it in one transaction, then tells each
 /// job's waiter.
 fn commit_queued(
-    db: &Database,
+    db: &mut Writer,
     first: Job,
     queue: &mut mpsc::UnboundedReceiver<Job>,
     metrics: &StoreMetrics,
@@ -620,7 +751,7 @@ fn commit_queued(
         batch.push(job);
     }
     let started = tokio::time::Instant::now();
-    let result = commit(db, &batch).map_err(|e| e.to_string());
+    let result = db.commit(&batch);
     let took = started.elapsed();
     metrics.commit_seconds.observe(took.as_secs_f64());
     if took >= Duration::from_millis(SLOW_COMMIT_MS) {
@@ -646,43 +777,63 @@ fn commit_queued(
     }
 }
 
-fn commit(database: &Database, batch: &[Job]) -> Result<()> {
-    // The committed index alone may wait for the next durable commit: losing it only means
-    // re-learning it from the leader after a crash.
-    let durable = batch
-        .iter()
-        .any(|job| !matches!(job.op, Op::Meta(KEY_COMMITTED, _)));
-    db(|| {
-        let mut txn = database.begin_write()?;
-        if !durable {
-            txn.set_durability(Durability::None)?;
+/// What the writer owns: the database and the log's open segments.
+struct Writer {
+    database: Arc<Database>,
+    files: LogFiles,
+    /// The first failure: after it nothing more is written (what is on disk and what the
+    /// writer believes may differ), and every later job fails with it.
+    failed: Option<String>,
+}
+
+impl Writer {
+    fn commit(&mut self, batch: &[Job]) -> std::result::Result<(), String> {
+        if let Some(failed) = &self.failed {
+            return Err(format!("an earlier write failed: {failed}"));
         }
-        {
-            let mut logs = txn.open_table(LOGS)?;
-            let mut meta = txn.open_table(META)?;
-            for job in batch {
-                match &job.op {
-                    Op::Put(entries) => {
-                        for (index, bytes) in entries {
-                            logs.insert(*index, bytes.as_slice())?;
-                        }
+        self.write(batch).map_err(|e| {
+            let said = e.to_string();
+            tracing::error!(error = %said, "the Raft log cannot be written");
+            self.failed = Some(said.clone());
+            said
+        })
+    }
+
+    /// Writes the batch in queue order: appends and the committed index go to the active
+    /// segment, synced once at the end (unless the committed index is all there is: losing
+    /// it only means re-learning it from the leader after a crash); a vote or purge point
+    /// is a redb transaction of its own, on disk before anything queued after it is written.
+    fn write(&mut self, batch: &[Job]) -> Result<()> {
+        let mut sync = false;
+        for job in batch {
+            match &job.op {
+                Op::Put(entries) => {
+                    for (index, bytes) in entries {
+                        self.files.append_entry(*index, bytes)?;
                     }
-                    Op::Truncate(from) => {
-                        logs.retain_in::<u64, _>(*from.., |_, _| false)?;
-                    }
-                    Op::Purge(log_id, upto) => {
-                        logs.retain_in::<u64, _>(..=*upto, |_, _| false)?;
-                        meta.insert(KEY_PURGED, log_id.as_slice())?;
-                    }
-                    Op::Meta(key, bytes) => {
-                        meta.insert(*key, bytes.as_slice())?;
-                    }
+                    sync = true;
                 }
+                Op::Meta(KEY_COMMITTED, bytes) => self.files.append_committed(bytes)?,
+                Op::Truncate(from) => self.files.truncate(*from)?,
+                Op::Purge(log_id, upto) => {
+                    self.put_meta(KEY_PURGED, log_id)?;
+                    self.files.purge(*upto)?;
+                }
+                Op::Meta(key, bytes) => self.put_meta(key, bytes)?,
             }
         }
-        txn.commit()?;
+        self.files.flush(sync)?;
         Ok(())
-    })
+    }
+
+    fn put_meta(&self, key: &str, bytes: &[u8]) -> Result<()> {
+        db(|| {
+            let txn = self.database.begin_write()?;
+            txn.open_table(META)?.insert(key, bytes)?;
+            txn.commit()?;
+            Ok(())
+        })
+    }
 }
 
 fn clamp(range: &impl RangeBounds<u64>) -> (Bound<u64>, Bound<u64>) {
@@ -899,19 +1050,17 @@ impl StateMachine {
     /// Loads node `node`'s state machine from the latest snapshot in the database and returns
     /// it with a subscription to its desired state. openraft re-applies the committed log
     /// behind it.
-    pub fn open(
-        db: Arc<Database>,
-        node: NodeId,
-    ) -> Result<(Self, watch::Receiver<Arc<DesiredState>>)> {
-        Self::measured(db, node, StoreMetrics::default())
+    pub fn open(data: Data, node: NodeId) -> Result<(Self, watch::Receiver<Arc<DesiredState>>)> {
+        Self::measured(data, node, StoreMetrics::default())
     }
 
     /// [`StateMachine::open`], timing each snapshot build into `metrics`.
     pub fn measured(
-        db: Arc<Database>,
+        data: Data,
         node: NodeId,
         metrics: StoreMetrics,
     ) -> Result<(Self, watch::Receiver<Arc<DesiredState>>)> {
+        let db = data.database;
         let data: MachineData = match get::<StoredSnapshot>(&db, MACHINE, KEY_SNAPSHOT)? {
             Some(stored) => MachineData::decode(&stored.data)?,
             None => MachineData::default(),
@@ -1304,6 +1453,49 @@ mod tests {
         );
     }
 
+    /// Entries of segments a purge had not deleted yet when the node stopped (it deletes
+    /// them after writing the purge point) are not read back as the log: it starts after
+    /// the purge point, without a gap. Small segments, so that the purge spans several.
+    #[tokio::test]
+    async fn entries_behind_the_purge_point_are_not_the_log_after_a_restart() {
+        let data = Data {
+            segment_bytes: 100,
+            ..open_in_memory().unwrap()
+        };
+        {
+            let mut writer = Writer {
+                database: data.database.clone(),
+                files: LogFiles::open(data.log.clone(), data.segment_bytes)
+                    .unwrap()
+                    .0,
+                failed: None,
+            };
+            let puts = (1..=12)
+                .map(|index| Job {
+                    op: Op::Put(vec![(
+                        index,
+                        codec::to_stored_bytes(&register(&format!("host-{index}"), index)).unwrap(),
+                    )]),
+                    done: Done::Nobody,
+                })
+                .collect::<Vec<_>>();
+            writer.commit(&puts).unwrap();
+            assert!(writer.files.segment_numbers().len() > 2);
+            // The purge point is written, then the node stops before deleting segments.
+            let purged = register("x", 7).log_id;
+            writer
+                .put_meta(KEY_PURGED, &codec::to_stored_bytes(&purged).unwrap())
+                .unwrap();
+        }
+        let mut log = LogStore::new(data, DiskLatency::default(), 1).unwrap();
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id.map(|id| id.index), Some(7));
+        assert_eq!(state.last_log_id.map(|id| id.index), Some(12));
+        let entries = log.try_get_log_entries(0..20).await.unwrap();
+        let indexes: Vec<u64> = entries.iter().map(|e| e.log_id.index).collect();
+        assert_eq!(indexes, (8..=12).collect::<Vec<_>>());
+    }
+
     /// Snapshot data is written as format 2 wrote it while no VM has an HA policy (so the
     /// previous release can install it), tagged as format 3 once one has; both read back.
     #[test]
@@ -1391,7 +1583,7 @@ mod tests {
         let mut builder = machine.get_snapshot_builder().await;
         builder.build_snapshot().await.unwrap();
         let record = db(|| {
-            let txn = database.begin_read()?;
+            let txn = database.database().begin_read()?;
             let table = txn.open_table(MACHINE)?;
             Ok(table.get(KEY_SNAPSHOT)?.map(|bytes| bytes.value().to_vec()))
         })

@@ -175,6 +175,16 @@ async fn v0_1_0_data_directories_open_migrate_and_replay_to_what_was_acknowledge
             Some(STORAGE_FORMAT),
             "the file was migrated"
         );
+        assert_eq!(
+            log_table_len(&db),
+            1,
+            "format 4 keeps no entry in the database, only the record an earlier release stops at"
+        );
+        assert!(
+            segments(&path) > 0,
+            "the entries moved to {}",
+            store::log_dir(&path).display()
+        );
         drop(db);
         let (again, _) = replay(&path, node).await;
         drop(reopen(&path).await);
@@ -182,12 +192,60 @@ async fn v0_1_0_data_directories_open_migrate_and_replay_to_what_was_acknowledge
     }
 }
 
+fn log_table_len(db: &redb::Database) -> u64 {
+    use redb::{ReadableDatabase, ReadableTableMetadata};
+    let txn = db.begin_read().unwrap();
+    txn.open_table(redb::TableDefinition::<u64, &[u8]>::new("raft_log"))
+        .unwrap()
+        .len()
+        .unwrap()
+}
+
+fn segments(path: &Path) -> usize {
+    std::fs::read_dir(store::log_dir(path)).map_or(0, |dir| dir.count())
+}
+
+/// A migration to format 4 that crashed after writing some segments but before its
+/// transaction is run again from scratch: the left-over segment is replaced, not appended
+/// to or read as the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_migration_cut_short_by_a_crash_is_done_again_from_the_start() {
+    let (_dir, path) = data_dir_copy("v0.1.0", 1);
+    let log = store::log_dir(&path);
+    std::fs::create_dir_all(&log).unwrap();
+    std::fs::write(log.join("0000000000000001.seg"), [0xab; 100]).unwrap();
+    std::fs::write(log.join("0000000000000002.seg"), [0xcd; 10]).unwrap();
+    let (state, applied) = replay(&path, 1).await;
+    assert_eq!(applied.map(|id| id.index), Some(55));
+    assert_v0_1_0_flow(&state);
+    let db = reopen(&path).await;
+    assert_eq!(log_table_len(&db), 1);
+    assert_eq!(segments(&path), 1, "the left-overs are gone");
+}
+
+/// A database file that is new while a log sits beside it (the file was deleted or moved)
+/// is refused: the log without its vote and snapshot would be trusted as the node's own.
+#[test]
+fn a_log_without_its_database_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("raft.redb");
+    let log = store::log_dir(&path);
+    std::fs::create_dir_all(&log).unwrap();
+    std::fs::write(log.join("0000000000000001.seg"), b"").unwrap();
+    let err = store::open(&path).expect_err("an orphaned log is refused");
+    let text = err.to_string();
+    assert!(
+        text.contains("raft-log") && text.contains("move the log directory aside"),
+        "{text}"
+    );
+}
+
 #[test]
 fn a_data_directory_from_a_newer_release_is_refused_with_both_formats_named() {
     let (_dir, path) = data_dir_copy("v0.1.0", 1);
     {
         let db = store::open(&path).unwrap();
-        let txn = db.begin_write().unwrap();
+        let txn = db.database().begin_write().unwrap();
         {
             let mut meta = txn
                 .open_table(redb::TableDefinition::<&str, &[u8]>::new("raft_meta"))

@@ -5,7 +5,10 @@ use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
 
 use anyhow::{bail, Context};
 use qvdc_cluster::node::DATA_FILE;
-use qvdc_raft::backup::{self, StartingPoint};
+use qvdc_raft::{
+    backup::{self, StartingPoint},
+    store,
+};
 
 use crate::parse_initial_cluster;
 
@@ -47,8 +50,9 @@ pub(crate) struct RestoreArgs {
 ///
 /// DANGER: only when the other members are gone for good. The node keeps every entry of its
 /// own log, including ones that may never have been committed, and writes that only the
-/// lost members had acknowledged are gone. Stop the node first; its old database is kept next
-/// to the new one (raft.redb.before-force-new-cluster, in this release's storage format). Then start it with `qvdc server`
+/// lost members had acknowledged are gone. Stop the node first; its old database and log are
+/// kept next to the new ones (raft.redb.before-force-new-cluster and
+/// raft-log.before-force-new-cluster, in this release's storage format). Then start it with `qvdc server`
 /// (--initial-cluster ID=its --listen address) and grow the cluster back with `qvdc server
 /// --join` and `qvctl cluster add-node`. Hosts reconnect without being re-provisioned.
 ///
@@ -117,18 +121,36 @@ pub(crate) async fn force_new_cluster(args: ForceNewClusterArgs) -> anyhow::Resu
     }
     // Refuses a file a running node holds before anything changes (a newer format is refused
     // when the replay opens it).
-    qvdc_raft::store::ensure_not_in_use(&file)?;
+    store::ensure_not_in_use(&file)?;
     let replayed = backup::replay(&file, args.node_id).await?;
     let kept = args
         .data_dir
         .join(format!("{DATA_FILE}.before-force-new-cluster"));
-    if kept.exists() {
-        bail!(
-            "{} exists from an earlier recovery: move it away first",
-            kept.display()
-        );
+    // The log's segments go aside with the database, under the same suffix.
+    let (log, kept_log) = (store::log_dir(&file), store::log_dir(&kept));
+    for earlier in [&kept, &kept_log] {
+        if earlier.exists() {
+            bail!(
+                "{} exists from an earlier recovery: move it away first",
+                earlier.display()
+            );
+        }
     }
     std::fs::rename(&file, &kept).with_context(|| format!("moving {} aside", file.display()))?;
+    if log.exists() {
+        if let Err(e) = std::fs::rename(&log, &kept_log) {
+            std::fs::rename(&kept, &file).with_context(|| {
+                format!(
+                    "moving {} aside failed ({e}); and putting {} back failed: move it to {} \
+                     by hand",
+                    log.display(),
+                    kept.display(),
+                    file.display()
+                )
+            })?;
+            return Err(e).with_context(|| format!("moving {} aside", log.display()));
+        }
+    }
     let members = BTreeMap::from([(args.node_id, args.listen.to_string())]);
     let start = StartingPoint {
         state: &replayed.state,
@@ -139,6 +161,18 @@ pub(crate) async fn force_new_cluster(args: ForceNewClusterArgs) -> anyhow::Resu
         // Leave the directory as it was: a node started on an empty one would form a new,
         // empty cluster.
         let _ = std::fs::remove_file(&file);
+        let _ = std::fs::remove_dir_all(&log);
+        if kept_log.exists() {
+            std::fs::rename(&kept_log, &log).with_context(|| {
+                format!(
+                    "{e:#}; and putting {} back failed: move it to {} by hand, and {} to {}",
+                    kept_log.display(),
+                    log.display(),
+                    kept.display(),
+                    file.display()
+                )
+            })?;
+        }
         std::fs::rename(&kept, &file).with_context(|| {
             format!(
                 "{e:#}; and putting {} back failed: move it to {} by hand",
