@@ -231,8 +231,6 @@ struct Segment {
     len: u64,
     /// Its file's size: records, then zeros.
     size: u64,
-    /// The highest entry index in it, if it holds any entry.
-    last: Option<u64>,
 }
 
 /// The open log: its segments, where each entry starts, and the active segment's file.
@@ -262,7 +260,6 @@ impl LogFiles {
             let bytes = backend.read(number)?;
             let is_last = at + 1 == numbers.len();
             let mut offset = 0usize;
-            let mut last = None;
             let mut torn = false;
             while offset < bytes.len() {
                 let rest = &bytes[offset..];
@@ -293,7 +290,6 @@ impl LogFiles {
                         let index = u64::from_le_bytes(index.try_into().expect("8 bytes"));
                         positions.insert(index, (number, offset as u64));
                         loaded.entries.push((index, entry.to_vec()));
-                        last = Some(index);
                     }
                     KIND_COMMITTED => loaded.committed = Some(record.payload.to_vec()),
                     KIND_ENTRY => {
@@ -322,7 +318,6 @@ impl LogFiles {
                 number,
                 len: offset as u64,
                 size,
-                last,
             });
         }
         let file = match segments.last() {
@@ -344,11 +339,6 @@ impl LogFiles {
         ))
     }
 
-    /// Whether any segment exists.
-    pub fn is_empty(&self) -> bool {
-        self.segments.is_empty()
-    }
-
     /// Queues entry `index` (encoded by the store) behind everything queued before.
     /// An entry at or before the last one replaces it and everything after it.
     pub fn append_entry(&mut self, index: u64, entry: &[u8]) -> Result<()> {
@@ -362,7 +352,6 @@ impl LogFiles {
         payload.extend_from_slice(&index.to_le_bytes());
         payload.extend_from_slice(entry);
         encode(&mut self.pending, KIND_ENTRY, &payload);
-        active.last = Some(index);
         self.positions.insert(index, (active.number, offset));
         Ok(())
     }
@@ -427,12 +416,6 @@ impl LogFiles {
         }
         self.backend.sync_dir()?;
         self.positions.split_off(&from);
-        let last = self
-            .positions
-            .iter()
-            .next_back()
-            .filter(|(_, &(s, _))| s == segment)
-            .map(|(&index, _)| index);
         let active = self
             .segments
             .last_mut()
@@ -441,7 +424,6 @@ impl LogFiles {
             .io(segment, set_len(&self.backend, segment, offset))?;
         active.len = offset;
         active.size = offset;
-        active.last = last;
         if self.file.is_none() {
             self.file = self.backend.open_for_writing(segment)?;
         }
@@ -451,11 +433,14 @@ impl LogFiles {
         Ok(())
     }
 
-    /// Deletes the segments that hold nothing after entry `upto` (never the active one).
+    /// Deletes the segments that hold nothing after entry `upto` (never the active one):
+    /// those before the segment of the first entry kept.
     pub fn purge(&mut self, upto: u64) -> Result<()> {
-        let kept = self.positions.split_off(&(upto + 1));
-        self.positions = kept;
-        while self.segments.len() > 1 && self.segments[0].last.is_none_or(|last| last <= upto) {
+        self.positions = self.positions.split_off(&(upto + 1));
+        let first_kept = self.positions.values().next().map(|&(segment, _)| segment);
+        while self.segments.len() > 1
+            && first_kept.is_none_or(|kept| self.segments[0].number < kept)
+        {
             let gone = self.segments.remove(0);
             self.backend.remove(gone.number)?;
         }
@@ -479,7 +464,6 @@ impl LogFiles {
             number: next,
             len: 0,
             size: 0,
-            last: None,
         });
         if let Some(committed) = self.committed.clone() {
             encode(&mut self.pending, KIND_COMMITTED, &committed);
@@ -653,7 +637,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let backend = Backend::Dir(dir.path().join("log"));
         let (mut files, loaded) = reopen(&backend, 200);
-        assert!(loaded.entries.is_empty() && files.is_empty());
+        assert!(loaded.entries.is_empty() && files.segment_numbers().is_empty());
         write(&mut files, 1..=20);
         files.append_committed(b"c17").unwrap();
         files.flush(false).unwrap();
