@@ -522,9 +522,9 @@ pub struct LogStore {
     shared: Arc<LogShared>,
 }
 
-/// What the store measures: how long each commit of the log (one redb transaction and its
-/// fsync, for every append, vote and truncation queued meanwhile) and each snapshot build
-/// take. Cheap to clone: clones record into the same histograms.
+/// What the store measures: how long each commit of the log (the segment write and its
+/// fsync, with any vote or purge point, for everything queued meanwhile) and each snapshot
+/// build take. Cheap to clone: clones record into the same histograms.
 #[derive(Debug, Clone)]
 pub struct StoreMetrics {
     pub commit_seconds: qvdc_transport::metrics::Histogram,
@@ -586,7 +586,7 @@ impl LogStore {
         metrics: StoreMetrics,
     ) -> Result<Self> {
         let (files, cache) = load_log(&data)?;
-        let db = Writer {
+        let writer = Writer {
             database: data.database,
             files,
             failed: None,
@@ -598,10 +598,10 @@ impl LogStore {
             // than the commit itself at one write at a time (ADR 31).
             std::thread::Builder::new()
                 .name(format!("raft-log-{node}"))
-                .spawn(move || write_queued_on_thread(db, queue, latency, metrics))
+                .spawn(move || write_queued_on_thread(writer, queue, latency, metrics))
                 .map_err(|e| StoreError::Writer(format!("cannot start the log writer: {e}")))?;
         } else {
-            tokio::spawn(write_queued(db, queue, latency, metrics));
+            tokio::spawn(write_queued(writer, queue, latency, metrics));
         }
         Ok(Self {
             shared: Arc::new(LogShared {
@@ -704,10 +704,10 @@ fn discard(garbage: BTreeMap<u64, Entry>) {
     }
 }
 
-/// The writer as a task: takes everything queued, commits it in one transaction, then
-/// reports. For a runtime on one thread, whose disk is memory or a test's file.
+/// The writer as a task: takes everything queued, writes it, then reports. For a runtime
+/// on one thread, whose disk is memory or a test's file.
 async fn write_queued(
-    mut db: Writer,
+    mut writer: Writer,
     mut queue: mpsc::UnboundedReceiver<Job>,
     latency: DiskLatency,
     metrics: StoreMetrics,
@@ -718,13 +718,13 @@ async fn write_queued(
             // What queues up meanwhile rides along, as it would behind a slow fsync.
             tokio::time::sleep(slow).await;
         }
-        commit_queued(&mut db, first, &mut queue, &metrics);
+        commit_queued(&mut writer, first, &mut queue, &metrics);
     }
 }
 
 /// The writer as a thread of its own, for a runtime with worker threads.
 fn write_queued_on_thread(
-    mut db: Writer,
+    mut writer: Writer,
     mut queue: mpsc::UnboundedReceiver<Job>,
     latency: DiskLatency,
     metrics: StoreMetrics,
@@ -734,14 +734,13 @@ fn write_queued_on_thread(
         if !slow.is_zero() {
             std::thread::sleep(slow);
         }
-        commit_queued(&mut db, first, &mut queue, &metrics);
+        commit_queued(&mut writer, first, &mut queue, &metrics);
     }
 }
 
-/// Commits `first` and everything queued behind it in one transaction, then tells each
-/// job's waiter.
+/// Writes `first` and everything queued behind it (one sync), then tells each job's waiter.
 fn commit_queued(
-    db: &mut Writer,
+    writer: &mut Writer,
     first: Job,
     queue: &mut mpsc::UnboundedReceiver<Job>,
     metrics: &StoreMetrics,
@@ -751,7 +750,7 @@ fn commit_queued(
         batch.push(job);
     }
     let started = tokio::time::Instant::now();
-    let result = db.commit(&batch);
+    let result = writer.commit(&batch);
     let took = started.elapsed();
     metrics.commit_seconds.observe(took.as_secs_f64());
     if took >= Duration::from_millis(SLOW_COMMIT_MS) {
